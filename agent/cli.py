@@ -1,0 +1,81 @@
+"""`nodefence` command line: the entry point and its sub-commands.
+
+Sub-command modules are imported only when chosen, to keep start-up lean (a manual fence
+pays for the drivers it uses and nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command (no secrets ever appear in it)."""
+    parser = argparse.ArgumentParser(
+        prog="nodefence",
+        description="Fencing and failover agent for Kubernetes clusters that run VMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"nodefence {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fence = sub.add_parser(
+        "fence",
+        help="power-fence a node by hand through its BMCs and prove the result",
+        description=(
+            "Switch a node's power through the levels of its BMC inventory entry and read "
+            "the state back. Exits 0 only when the asked-for state is proven."
+        ),
+    )
+    fence.add_argument("node", help="node name as written in the inventory")
+    fence.add_argument("--inventory", "-i", required=True, help="BMC inventory YAML file")
+    fence.add_argument(
+        "--action",
+        "-a",
+        choices=["off", "on", "reboot", "status"],
+        default="off",
+        help="off (default): power off and prove Off; reboot: off, proven, then on",
+    )
+    fence.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, show the plan and read the current power state; change nothing",
+    )
+    fence.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    fence.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    bmc = sub.add_parser("bmc", help="BMC inventory tools")
+    bmc_sub = bmc.add_subparsers(dest="bmc_command", required=True, metavar="BMC_COMMAND")
+    check = bmc_sub.add_parser(
+        "check",
+        help="probe every device: reachable, credentials, power state, reset supported",
+    )
+    check.add_argument("nodes", nargs="*", help="only these nodes (default: all)")
+    check.add_argument("--inventory", "-i", required=True, help="BMC inventory YAML file")
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "fence":
+        from agent.cli_fence import run_fence
+
+        return run_fence(args)
+    if args.command == "bmc":
+        from agent.cli_fence import run_bmc_check
+
+        return run_bmc_check(args)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""The BMC inventory: node -> ordered fencing levels -> devices, loaded and validated up front.
+
+Nothing is contacted while loading. Any problem raises `InventoryError` naming the file, the
+node, the level/device and the field, so an operator can fix it without guessing; a broken
+file never yields a partial inventory. Passwords come only from `password_file` or
+`password_env` and are wrapped in `Secret` at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from backends.spec import DeviceSpec, DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
+
+_COMMON = {"type", "name", "address", "port", "username", "password_file", "password_env"}
+_TIMEOUTS = {"timeout", "power_timeout", "power_wait", "poll_interval"}
+_IPMI = _COMMON | _TIMEOUTS | {"cipher", "privilege", "lanplus"}
+_REDFISH = (
+    _COMMON
+    | _TIMEOUTS
+    | {
+        "scheme",
+        "auth",
+        "ssl_insecure",
+        "ca_file",
+        "systems_uri",
+        "system_id",
+        "system_name",
+        "system_uuid",
+    }
+)
+_FENCING = {"attempts", "backoff", "backoff_max", "verify_all_channels"}
+
+
+class InventoryError(ValueError):
+    """A problem in the inventory file; the message names file, node and field."""
+
+    def __init__(self, path: Path | str, where: str, problem: str) -> None:
+        self.path = str(path)
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One fencing level: every device must succeed (e.g. both PSUs' PDUs)."""
+
+    devices: tuple[DeviceSpec, ...]
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """How to fence one node: levels tried in order."""
+
+    name: str
+    levels: tuple[Level, ...]
+
+    def devices(self) -> list[DeviceSpec]:
+        """Every device of every level, in order."""
+        return [d for level in self.levels for d in level.devices]
+
+
+@dataclass(frozen=True)
+class FencingPolicy:
+    """Retries and backoff when walking a node's levels.
+
+    `attempts` per level; the pause before attempt k+1 is `backoff * 2**k`, capped at
+    `backoff_max`. `verify_all_channels`: Off must read back on every reachable device of the
+    node, not only on the level that powered it off (single BMCs have reported Off early).
+    """
+
+    attempts: int = 2
+    backoff: float = 0.5
+    backoff_max: float = 5.0
+    verify_all_channels: bool = True
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt number `attempt` (0-based) of a level."""
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.backoff_max, self.backoff * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """All nodes of the inventory file, with the fencing policy it sets."""
+
+    path: str
+    nodes: dict[str, NodeInventory]
+    policy: FencingPolicy
+
+    def node(self, name: str) -> NodeInventory:
+        """The node's inventory; `KeyError` with a helpful message when unknown."""
+        try:
+            return self.nodes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.nodes)) or "none"
+            raise KeyError(
+                f"node {name!r} is not in the inventory {self.path} (known: {known})"
+            ) from None
+
+
+def load_inventory(path: Path | str, env: dict[str, str] | None = None) -> Inventory:
+    """Read, validate and return the inventory at `path`; raise `InventoryError` on any flaw."""
+    path = Path(path)
+    env = dict(os.environ) if env is None else env
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InventoryError(path, "", f"cannot read the file: {err.strerror or err}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InventoryError(path, "", f"not valid YAML{at}") from None
+    return parse_inventory(doc, path=path, env=env)
+
+
+def parse_inventory(doc: Any, *, path: Path, env: dict[str, str]) -> Inventory:
+    """Validate an already-parsed YAML document (see `load_inventory`)."""
+    if not isinstance(doc, dict):
+        raise InventoryError(path, "", "the top level must be a mapping with a `nodes:` key")
+    _no_unknown(path, "top level", doc, {"nodes", "defaults", "fencing", "version"})
+    defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise InventoryError(path, "defaults", "must be a mapping of device fields")
+    policy = _parse_policy(path, doc.get("fencing") or {})
+    nodes_doc = doc.get("nodes")
+    if not isinstance(nodes_doc, dict) or not nodes_doc:
+        raise InventoryError(path, "nodes", "must be a non-empty mapping of node name -> levels")
+    nodes: dict[str, NodeInventory] = {}
+    for name, node_doc in nodes_doc.items():
+        if not isinstance(name, str) or not name:
+            raise InventoryError(path, f"node {name!r}", "node names must be non-empty strings")
+        nodes[name] = _parse_node(path, name, node_doc, defaults, env)
+    return Inventory(path=str(path), nodes=nodes, policy=policy)
+
+
+def _parse_policy(path: Path, doc: Any) -> FencingPolicy:
+    where = "fencing"
+    if not isinstance(doc, dict):
+        raise InventoryError(path, where, "must be a mapping")
+    _no_unknown(path, where, doc, _FENCING)
+    base = FencingPolicy()
+    attempts = _int(path, where, doc, "attempts", base.attempts, 1, 100)
+    backoff = _number(path, where, doc, "backoff", base.backoff, 0.0)
+    backoff_max = _number(path, where, doc, "backoff_max", base.backoff_max, 0.0)
+    verify_all = _bool(path, where, doc, "verify_all_channels", base.verify_all_channels)
+    return FencingPolicy(attempts, backoff, backoff_max, verify_all)
+
+
+def _parse_node(
+    path: Path, name: str, doc: Any, defaults: dict[str, Any], env: dict[str, str]
+) -> NodeInventory:
+    where = f"node {name!r}"
+    if isinstance(doc, dict):
+        _no_unknown(path, where, doc, {"levels"})
+        levels_doc = doc.get("levels")
+    else:
+        levels_doc = None
+    if not isinstance(levels_doc, list) or not levels_doc:
+        raise InventoryError(path, where, "needs `levels:`, a non-empty list of levels")
+    levels: list[Level] = []
+    seen: set[str] = set()
+    for li, level_doc in enumerate(levels_doc, start=1):
+        lwhere = f"{where}, level {li}"
+        if isinstance(level_doc, dict):
+            _no_unknown(path, lwhere, level_doc, {"devices"})
+            devices_doc = level_doc.get("devices")
+        else:
+            devices_doc = level_doc
+        if not isinstance(devices_doc, list) or not devices_doc:
+            raise InventoryError(path, lwhere, "needs `devices:`, a non-empty list of devices")
+        devices: list[DeviceSpec] = []
+        for di, dev_doc in enumerate(devices_doc, start=1):
+            dwhere = f"{lwhere}, device {di}"
+            if not isinstance(dev_doc, dict):
+                raise InventoryError(path, dwhere, "must be a mapping with `type:` and fields")
+            merged = {**defaults, **dev_doc}
+            dev = _parse_device(path, dwhere, merged, env, default_name=f"level{li}-{di}")
+            if dev.name in seen:
+                raise InventoryError(path, dwhere, f"field 'name': {dev.name!r} used twice")
+            seen.add(dev.name)
+            devices.append(dev)
+        levels.append(Level(tuple(devices)))
+    return NodeInventory(name, tuple(levels))
+
+
+def _parse_device(
+    path: Path, where: str, doc: dict[str, Any], env: dict[str, str], default_name: str
+) -> DeviceSpec:
+    kind = doc.get("type")
+    if kind not in ("ipmi", "redfish"):
+        raise InventoryError(path, where, f"field 'type': must be ipmi or redfish, got {kind!r}")
+    where = f"{where} ({kind})"
+    if "password" in doc:
+        raise InventoryError(
+            path,
+            where,
+            "field 'password': inline passwords are not accepted; "
+            "use password_file or password_env",
+        )
+    _no_unknown(path, where, doc, _IPMI if kind == "ipmi" else _REDFISH)
+    name = _str(path, where, doc, "name", default_name)
+    address = _str(path, where, doc, "address", None)
+    username = _str(path, where, doc, "username", None)
+    password = _password(path, where, doc, env)
+    timeouts = DeviceTimeouts(
+        timeout=_number(path, where, doc, "timeout", DeviceTimeouts.timeout, 0.05),
+        power_timeout=_number(
+            path, where, doc, "power_timeout", DeviceTimeouts.power_timeout, 0.05
+        ),
+        power_wait=_number(path, where, doc, "power_wait", DeviceTimeouts.power_wait, 0.0),
+        poll_interval=_number(
+            path, where, doc, "poll_interval", DeviceTimeouts.poll_interval, 0.01
+        ),
+    )
+    if kind == "ipmi":
+        if doc.get("lanplus", True) is not True:
+            raise InventoryError(
+                path, where, "field 'lanplus': only IPMI 2.0 (lanplus: true) is supported"
+            )
+        cipher = _int(path, where, doc, "cipher", 3, 0, 255)
+        if cipher not in (3, 17):
+            raise InventoryError(path, where, f"field 'cipher': must be 3 or 17, got {cipher}")
+        privilege = _choice(
+            path, where, doc, "privilege", "administrator", ("administrator", "operator")
+        )
+        return IpmiDevice(
+            name=name,
+            address=address,
+            username=username,
+            password=password,
+            port=_int(path, where, doc, "port", 623, 1, 65535),
+            cipher=cipher,
+            privilege=privilege,  # type: ignore[arg-type]
+            timeouts=timeouts,
+        )
+    scheme = _choice(path, where, doc, "scheme", "https", ("https", "http"))
+    ca_file = doc.get("ca_file")
+    if ca_file is not None:
+        ca_path = _relative(path, _str(path, where, doc, "ca_file", None))
+        if not ca_path.is_file():
+            raise InventoryError(path, where, f"field 'ca_file': no such file {ca_path}")
+        ca_file = str(ca_path)
+    return RedfishDevice(
+        name=name,
+        address=address,
+        username=username,
+        password=password,
+        port=_int(path, where, doc, "port", 443 if scheme == "https" else 80, 1, 65535),
+        scheme=scheme,  # type: ignore[arg-type]
+        auth=_choice(path, where, doc, "auth", "auto", ("auto", "session", "basic")),  # type: ignore[arg-type]
+        ssl_insecure=_bool(path, where, doc, "ssl_insecure", False),
+        ca_file=ca_file,
+        systems_uri=_opt_str(path, where, doc, "systems_uri"),
+        system_id=_opt_str(path, where, doc, "system_id"),
+        system_name=_opt_str(path, where, doc, "system_name"),
+        system_uuid=_opt_str(path, where, doc, "system_uuid"),
+        timeouts=timeouts,
+    )
+
+
+def _password(path: Path, where: str, doc: dict[str, Any], env: dict[str, str]) -> Secret:
+    pfile, penv = doc.get("password_file"), doc.get("password_env")
+    if (pfile is None) == (penv is None):
+        raise InventoryError(
+            path, where, "set exactly one of the fields 'password_file' and 'password_env'"
+        )
+    if penv is not None:
+        var = _str(path, where, doc, "password_env", None)
+        value = env.get(var)
+        if not value:
+            raise InventoryError(
+                path, where, f"field 'password_env': environment variable {var} is not set"
+            )
+        return Secret(value)
+    file = _relative(path, _str(path, where, doc, "password_file", None))
+    try:
+        value = file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as err:
+        raise InventoryError(
+            path, where, f"field 'password_file': cannot read {file}: {err.strerror or err}"
+        ) from None
+    if not value:
+        raise InventoryError(path, where, f"field 'password_file': {file} is empty")
+    return Secret(value)
+
+
+def _relative(path: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (path.parent / p)
+
+
+def _no_unknown(path: Path, where: str, doc: dict[str, Any], allowed: set[str]) -> None:
+    extra = sorted(str(k) for k in doc if k not in allowed)
+    if extra:
+        raise InventoryError(
+            path,
+            where,
+            f"unknown field {extra[0]!r} (allowed: {', '.join(sorted(allowed))})",
+        )
+
+
+def _str(path: Path, where: str, doc: dict[str, Any], key: str, default: str | None) -> str:
+    value = doc.get(key, default)
+    if value is None:
+        raise InventoryError(path, where, f"field {key!r} is required")
+    if not isinstance(value, str) or not value.strip():
+        raise InventoryError(path, where, f"field {key!r}: must be a non-empty string")
+    return value.strip()
+
+
+def _opt_str(path: Path, where: str, doc: dict[str, Any], key: str) -> str | None:
+    return None if doc.get(key) is None else _str(path, where, doc, key, None)
+
+
+def _choice(
+    path: Path, where: str, doc: dict[str, Any], key: str, default: str, allowed: tuple[str, ...]
+) -> str:
+    value = doc.get(key, default)
+    if value not in allowed:
+        raise InventoryError(
+            path, where, f"field {key!r}: must be one of {', '.join(allowed)}, got {value!r}"
+        )
+    return str(value)
+
+
+def _bool(path: Path, where: str, doc: dict[str, Any], key: str, default: bool) -> bool:
+    value = doc.get(key, default)
+    if not isinstance(value, bool):
+        raise InventoryError(path, where, f"field {key!r}: must be true or false, got {value!r}")
+    return value
+
+
+def _int(
+    path: Path, where: str, doc: dict[str, Any], key: str, default: int, lo: int, hi: int
+) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InventoryError(
+            path, where, f"field {key!r}: must be an integer {lo}-{hi}, got {value!r}"
+        )
+    return value
+
+
+def _number(
+    path: Path, where: str, doc: dict[str, Any], key: str, default: float, lo: float
+) -> float:
+    value = doc.get(key, default)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < lo:
+        raise InventoryError(
+            path, where, f"field {key!r}: must be a number >= {lo:g} (seconds), got {value!r}"
+        )
+    return float(value)

@@ -1,0 +1,249 @@
+"""Execute a power action on one node through its fencing topology.
+
+The thin, effectful half of `agent.topology`: it asks backends for power changes and reads
+the state back until it is proven. Time (clock, sleep) and backends are injected so the walk
+is tested without sockets, and driven over real sockets by the CLI and, later, the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.inventory import FencingPolicy, Level, NodeInventory
+from agent.topology import Action, Outcome, Step, attempt_plan, combined_state
+from backends.base import PowerBackend, PowerState
+from backends.errors import FenceError, PowerVerifyFailed
+from backends.registry import build_backend
+from backends.spec import DeviceSpec
+
+BackendFactory = Callable[[str, DeviceSpec], PowerBackend]
+StepListener = Callable[[Step], None]
+Guard = Callable[[str], Awaitable[None]]
+
+
+class PowerFencer:
+    """Walks one node's levels to switch its power and prove the result.
+
+    `guard(step)` is awaited before every irreversible request (power off/on); it raises to
+    stop the walk (the leader uses it to check it still holds its Lease).
+    """
+
+    def __init__(
+        self,
+        node: NodeInventory,
+        policy: FencingPolicy,
+        *,
+        factory: BackendFactory = build_backend,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_step: StepListener | None = None,
+        guard: Guard | None = None,
+    ) -> None:
+        self.node = node
+        self.policy = policy
+        self._factory = factory
+        self._clock = clock
+        self._sleep = sleep
+        self._on_step = on_step
+        self._guard = guard
+        self._backends: dict[str, PowerBackend] = {}
+        self._started = 0.0
+        self._outcome = Outcome(node.name, Action.STATUS)
+
+    async def run(self, action: Action) -> Outcome:
+        """Carry out `action`; never raises a `FenceError` (failures are in the outcome)."""
+        self._started = self._clock()
+        self._outcome = Outcome(self.node.name, action)
+        try:
+            if action is Action.STATUS:
+                await self._status()
+            elif action is Action.ON:
+                await self._walk_on()
+            else:
+                await self._walk_off(then_on=action is Action.REBOOT)
+        finally:
+            self._outcome.elapsed = self._clock() - self._started
+            await self._close_all()
+        return self._outcome
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def _status(self) -> None:
+        devices = [(li, d) for li, level in enumerate(self.node.levels) for d in level.devices]
+        reads = await asyncio.gather(*(self._read(li, d, "status") for li, d in devices))
+        states = [s for s in reads if s is not None]
+        out = self._outcome
+        out.state = combined_state(states)
+        out.success = bool(states)
+        out.off_proven = out.state is PowerState.OFF and len(states) == len(devices)
+        if not states:
+            out.errors.append("no device of the node could be read")
+
+    async def _walk_off(self, *, then_on: bool) -> None:
+        out = self._outcome
+        for att in attempt_plan(self.node, self.policy):
+            if att.delay:
+                await self._sleep(att.delay)
+            level = self.node.levels[att.level]
+            try:
+                await self._level_set(att.level, level, PowerState.OFF)
+            except FenceError as err:
+                out.errors.append(str(err))
+                continue
+            out.level = att.level + 1
+            break
+        else:
+            out.state = PowerState.UNKNOWN
+            return
+        if self.policy.verify_all_channels:
+            try:
+                await self._confirm_off_elsewhere(out.level - 1)
+            except FenceError as err:
+                out.errors.append(str(err))
+                out.state = PowerState.ON
+                return
+        out.off_proven = True
+        out.state = PowerState.OFF
+        if not then_on:
+            out.success = True
+            return
+        try:
+            level_index = out.level - 1
+            await self._level_set(level_index, self.node.levels[level_index], PowerState.ON)
+        except FenceError as err:
+            out.errors.append(f"node is proven off, but power-on failed: {err}")
+            return
+        out.state = PowerState.ON
+        out.success = True
+
+    async def _walk_on(self) -> None:
+        out = self._outcome
+        for att in attempt_plan(self.node, self.policy):
+            if att.delay:
+                await self._sleep(att.delay)
+            try:
+                await self._level_set(att.level, self.node.levels[att.level], PowerState.ON)
+            except FenceError as err:
+                out.errors.append(str(err))
+                continue
+            out.level = att.level + 1
+            out.state = PowerState.ON
+            out.success = True
+            return
+
+    # -- building blocks -------------------------------------------------------------------
+
+    async def _level_set(self, li: int, level: Level, want: PowerState) -> None:
+        """Request `want` on every device of the level, then prove it on every device."""
+        verb = "off" if want is PowerState.OFF else "on"
+        if self._guard is not None:
+            await self._guard(f"power-{verb}")
+        results = await asyncio.gather(
+            *(self._request(li, d, verb) for d in level.devices), return_exceptions=True
+        )
+        _raise_first(results)
+        results = await asyncio.gather(
+            *(self._verify(li, d, want) for d in level.devices), return_exceptions=True
+        )
+        _raise_first(results)
+
+    async def _request(self, li: int, dev: DeviceSpec, verb: str) -> None:
+        backend = self._backend(dev)
+        try:
+            await (backend.power_off() if verb == "off" else backend.power_on())
+        except FenceError as err:
+            self._step(li, dev, verb, err.reason, str(err))
+            raise
+        self._step(li, dev, verb, "sent")
+
+    async def _verify(self, li: int, dev: DeviceSpec, want: PowerState) -> None:
+        """Poll the device until it reads `want`, within the device's `power_timeout`."""
+        t = dev.timeouts
+        deadline = self._clock() + t.power_timeout
+        if t.power_wait:
+            await self._sleep(t.power_wait)
+        request = f"verify-{want.value}"
+        last = "no read-back yet"
+        while True:
+            try:
+                state = await self._backend(dev).power_state()
+            except FenceError as err:
+                last = f"read-back failed: {err}"
+            else:
+                if state is want:
+                    self._step(li, dev, request, state.value)
+                    return
+                last = f"reads {state.value}"
+            if self._clock() >= deadline:
+                failure = PowerVerifyFailed(
+                    f"power {want.value} not confirmed within power_timeout="
+                    f"{t.power_timeout:g} s ({last})",
+                    node=self.node.name,
+                    device=dev.name,
+                )
+                self._step(li, dev, request, failure.reason, str(failure))
+                raise failure
+            await self._sleep(t.poll_interval)
+
+    async def _confirm_off_elsewhere(self, fenced_level: int) -> None:
+        """Every reachable device of the other levels must read Off too."""
+        others = [
+            (li, d)
+            for li, level in enumerate(self.node.levels)
+            if li != fenced_level
+            for d in level.devices
+        ]
+        if not others:
+            return
+        reads = await asyncio.gather(*(self._read(li, d, "confirm-off") for li, d in others))
+        # Unreachable channels (read None) cannot contradict the proof; those reading
+        # anything but Off get the full power_timeout to catch up, then fail the proof.
+        pending = [
+            (li, d)
+            for (li, d), s in zip(others, reads, strict=True)
+            if s is not None and s is not PowerState.OFF
+        ]
+        if pending:
+            results = await asyncio.gather(
+                *(self._verify(li, d, PowerState.OFF) for li, d in pending),
+                return_exceptions=True,
+            )
+            _raise_first(results)
+
+    async def _read(self, li: int, dev: DeviceSpec, request: str) -> PowerState | None:
+        try:
+            state = await self._backend(dev).power_state()
+        except FenceError as err:
+            self._step(li, dev, request, err.reason, str(err))
+            return None
+        self._step(li, dev, request, state.value)
+        return state
+
+    def _backend(self, dev: DeviceSpec) -> PowerBackend:
+        backend = self._backends.get(dev.name)
+        if backend is None:
+            backend = self._factory(self.node.name, dev)
+            self._backends[dev.name] = backend
+        return backend
+
+    def _step(self, li: int, dev: DeviceSpec, request: str, result: str, detail: str = "") -> None:
+        step = Step(li + 1, dev.name, request, result, self._clock() - self._started, detail)
+        self._outcome.steps.append(step)
+        if self._on_step is not None:
+            self._on_step(step)
+
+    async def _close_all(self) -> None:
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            try:
+                await backend.close()
+            except FenceError:
+                continue  # a failed logout changes nothing about the outcome
+
+
+def _raise_first(results: list[BaseException | None]) -> None:
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r

@@ -1,0 +1,23 @@
+"""Build the power backend for a device spec, chosen by its `type`.
+
+Drivers are imported on first use so that a command touching only IPMI never pays for
+loading the Redfish library (and the other way round).
+"""
+
+from __future__ import annotations
+
+from backends.base import PowerBackend
+from backends.spec import DeviceSpec, IpmiDevice, RedfishDevice
+
+
+def build_backend(node: str, spec: DeviceSpec) -> PowerBackend:
+    """A ready-to-use backend for `spec` (no I/O happens until its first call)."""
+    if isinstance(spec, IpmiDevice):
+        from backends.ipmi import IpmiBackend
+
+        return IpmiBackend(node, spec)
+    if isinstance(spec, RedfishDevice):
+        from backends.redfish import RedfishBackend
+
+        return RedfishBackend(node, spec)
+    raise TypeError(f"unknown device spec {type(spec).__name__}")
