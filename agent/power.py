@@ -23,11 +23,18 @@ StepListener = Callable[[Step], None]
 Guard = Callable[[str], Awaitable[None]]
 
 
+class StopWalk(Exception):
+    """Raised by a guard to stop the walk at once (e.g. this process lost the leader Lease).
+
+    Unlike a `FenceError` it is not retried and does not escalate to the next level.
+    """
+
+
 class PowerFencer:
     """Walks one node's levels to switch its power and prove the result.
 
-    `guard(step)` is awaited before every irreversible request (power off/on); it raises to
-    stop the walk (the leader uses it to check it still holds its Lease).
+    `guard(step)` is awaited before every irreversible request (power off/on); it raises
+    `StopWalk` to stop the walk (the leader uses it to check it still holds its Lease).
     """
 
     def __init__(
@@ -63,6 +70,9 @@ class PowerFencer:
                 await self._walk_on()
             else:
                 await self._walk_off(then_on=action is Action.REBOOT)
+        except StopWalk as stop:
+            self._outcome.success = False
+            self._outcome.errors.append(f"stopped: {stop}")
         finally:
             self._outcome.elapsed = self._clock() - self._started
             await self._close_all()

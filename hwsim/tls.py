@@ -32,7 +32,7 @@ class TlsFiles:
     server_key: Path
 
 
-def make_tls(dir: Path, common_name: str = "hwsim BMC") -> TlsFiles:  # noqa: A002 - brief's name
+def make_tls(dir: Path, common_name: str = "hwsim BMC") -> TlsFiles:
     """Write `ca.pem`, `server.pem`, `server-key.pem` into `dir` and return their paths.
 
     The server certificate names 127.0.0.1, ::1 and localhost (SAN IP and DNS) and is signed by

@@ -1,0 +1,136 @@
+"""A fleet of emulated BMCs (IPMI + Redfish per node) and the inventory that matches it.
+
+`BmcFleet` starts, for each machine, an IPMI BMC on its own UDP port and a Redfish BMC on its
+own HTTPS port (certificate signed by a CA generated for the run), all on 127.0.0.1, and
+writes a nodefence inventory (level 1: IPMI, level 2: Redfish verified with the CA) with the
+password files beside it. The inventory is written only once every emulator listens.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hwsim.fleet import Fleet
+from hwsim.ipmi import IpmiBmc
+from hwsim.redfish import RedfishBmc
+from hwsim.tls import TlsFiles, make_tls
+
+
+@dataclass
+class BmcFleet:
+    """Emulated BMCs for every machine of `fleet`; `start()` binds, `stop()` releases."""
+
+    fleet: Fleet
+    workdir: Path
+    username: str = "admin"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    redfish: bool = True
+    ipmi: bool = True
+    ipmi_bmcs: dict[str, IpmiBmc] = field(default_factory=dict)
+    redfish_bmcs: dict[str, RedfishBmc] = field(default_factory=dict)
+    tls: TlsFiles | None = None
+    power_timeout: float = 10.0
+
+    async def start(self) -> None:
+        """Start every emulator; on any failure stop those already started and re-raise."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.redfish:
+            self.tls = make_tls(self.workdir / "tls")
+        try:
+            for machine in self.fleet:
+                if self.ipmi:
+                    ipmi = IpmiBmc(machine, self.username, self.password)
+                    await ipmi.start()
+                    self.ipmi_bmcs[machine.name] = ipmi
+                if self.redfish:
+                    rf = RedfishBmc([machine], self.username, self.password, tls=self.tls)
+                    await rf.start()
+                    self.redfish_bmcs[machine.name] = rf
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop every emulator (idempotent)."""
+        for ipmi in self.ipmi_bmcs.values():
+            await ipmi.stop()
+        for rf in self.redfish_bmcs.values():
+            await rf.stop()
+        self.ipmi_bmcs.clear()
+        self.redfish_bmcs.clear()
+
+    def inventory(self, password_file: str) -> dict[str, Any]:
+        """The inventory document for the running emulators (paths relative to the file)."""
+        nodes: dict[str, Any] = {}
+        for machine in self.fleet:
+            levels: list[dict[str, Any]] = []
+            if machine.name in self.ipmi_bmcs:
+                levels.append(
+                    {
+                        "devices": [
+                            {
+                                "type": "ipmi",
+                                "name": "ipmi",
+                                "address": "127.0.0.1",
+                                "port": self.ipmi_bmcs[machine.name].port,
+                                "username": self.username,
+                                "password_file": password_file,
+                                "cipher": 17,
+                            }
+                        ]
+                    }
+                )
+            if machine.name in self.redfish_bmcs and self.tls is not None:
+                levels.append(
+                    {
+                        "devices": [
+                            {
+                                "type": "redfish",
+                                "name": "redfish",
+                                "address": "127.0.0.1",
+                                "port": self.redfish_bmcs[machine.name].port,
+                                "username": self.username,
+                                "password_file": password_file,
+                                "ca_file": os.path.relpath(self.tls.ca_cert, self.workdir),
+                                "system_id": machine.name,
+                            }
+                        ]
+                    }
+                )
+            nodes[machine.name] = {"levels": levels}
+        return {
+            "version": 1,
+            "defaults": {
+                "timeout": 2,
+                "power_timeout": self.power_timeout,
+                "poll_interval": 0.05,
+            },
+            "fencing": {"attempts": 2, "backoff": 0.2, "backoff_max": 2},
+            "nodes": nodes,
+        }
+
+    def write_inventory(self, path: Path) -> Path:
+        """Write the password file and the inventory beside it, atomically; returns `path`."""
+        path = path.resolve()
+        if path.parent != self.workdir.resolve():
+            raise ValueError("the inventory must be written into the fleet's workdir")
+        secret = self.workdir / "bmc-password"
+        tmp = secret.with_suffix(".tmp")
+        tmp.write_text(self.password + "\n", encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(secret)
+        doc = self.inventory(secret.name)
+        header = (
+            "# nodefence BMC inventory written by `nodefence-hwsim bmcs` for emulated BMCs.\n"
+            "# Level 1: IPMI (RMCP+, cipher 17); level 2: Redfish over HTTPS (generated CA).\n"
+        )
+        tmp_inv = path.with_suffix(".tmp")
+        tmp_inv.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        tmp_inv.replace(path)
+        return path

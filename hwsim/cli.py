@@ -1,0 +1,166 @@
+"""`nodefence-hwsim`: run emulated hardware on 127.0.0.1 for demos, tests and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="nodefence-hwsim",
+        description="Emulated BMCs and cluster for nodefence, on 127.0.0.1 only.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="start emulated BMCs for a few nodes and fence one by hand (the quick tour)",
+    )
+    demo.add_argument("--nodes", type=int, default=5)
+    demo.add_argument("--workdir", default="run/demo", help="where files are written")
+
+    bmcs = sub.add_parser(
+        "bmcs",
+        help="start IPMI + Redfish emulators for node-1..node-N and write a matching inventory",
+    )
+    bmcs.add_argument("--nodes", type=int, required=True, help="number of nodes")
+    bmcs.add_argument(
+        "--inventory-out",
+        required=True,
+        help="inventory file to write once every emulator listens (TLS files and the "
+        "password file are written beside it)",
+    )
+    bmcs.add_argument("--username", default="admin")
+    bmcs.add_argument("--power-timeout", type=float, default=10.0)
+    bmcs.add_argument("--no-redfish", action="store_true", help="IPMI only (one level per node)")
+    bmcs.add_argument(
+        "--ready-file", help="write the control API URL here once ready (for scripts)"
+    )
+
+    fault = sub.add_parser("fault", help="inject faults into a running `bmcs` fleet")
+    fault.add_argument("--control", required=True, help="control URL printed by `bmcs`")
+    fault.add_argument("machine")
+    fault.add_argument(
+        "settings",
+        nargs="+",
+        help="FIELD=VALUE, e.g. unreachable=true slow=0.5 ignore_off=true off_delay=2 "
+        "fail_first=3 wrong_credentials=true, or power=cut|on|off",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "bmcs":
+        if args.nodes < 1:
+            print("nodefence-hwsim: --nodes must be at least 1", file=sys.stderr)
+            return 2
+        return asyncio.run(_run_bmcs(args))
+    if args.command == "fault":
+        return _run_fault(args)
+    if args.command == "demo":
+        from hwsim.demo import run_demo
+
+        return asyncio.run(run_demo(args.nodes, Path(args.workdir)))
+    return 2
+
+
+async def _run_bmcs(args: argparse.Namespace) -> int:
+    from hwsim.bmcs import BmcFleet
+    from hwsim.control import ControlServer
+    from hwsim.fleet import Fleet
+
+    inventory = Path(args.inventory_out).resolve()
+    fleet = Fleet.of_size(args.nodes)
+    bmcs = BmcFleet(
+        fleet,
+        inventory.parent,
+        username=args.username,
+        redfish=not args.no_redfish,
+        power_timeout=args.power_timeout,
+    )
+    control = ControlServer(fleet)
+    await bmcs.start()
+    control.start()
+    try:
+        bmcs.write_inventory(inventory)
+        for name in fleet.names():
+            ipmi = bmcs.ipmi_bmcs[name].port
+            rf = bmcs.redfish_bmcs[name].url if name in bmcs.redfish_bmcs else "-"
+            print(f"{name}: ipmi 127.0.0.1:{ipmi}  redfish {rf}")
+        print(f"inventory: {inventory}")
+        print(f"control:   {control.url}  (nodefence-hwsim fault --control {control.url} ...)")
+        if args.ready_file:
+            Path(args.ready_file).write_text(control.url + "\n", encoding="utf-8")
+        print("running; Ctrl-C to stop", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        control.stop()
+        await bmcs.stop()
+    return 0
+
+
+def _parse_value(text: str) -> object:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _run_fault(args: argparse.Namespace) -> int:
+    faults: dict[str, object] = {}
+    power: str | None = None
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"nodefence-hwsim: expected FIELD=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        if key == "power":
+            power = value
+        else:
+            faults[key] = _parse_value(value)
+    base = args.control.rstrip("/") + f"/machines/{args.machine}"
+    calls = []
+    if faults:
+        calls.append((base + "/faults", faults))
+    if power:
+        calls.append((base + "/power", {"action": power}))
+    for url, body in calls:
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                print(resp.read().decode())
+        except urllib.error.HTTPError as err:
+            print(f"nodefence-hwsim: {json.loads(err.read()).get('error')}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The HTTP(S) transport of the Redfish emulator: threads, TLS and transport-level faults.
+
+One `ThreadingHTTPServer` per BMC, serving from a background thread with one thread per
+connection, so many emulators run in one process next to an asyncio test. `stop()` never waits
+on a client: it wakes held (`unreachable`) and slow handlers, shuts every open connection down
+and joins the handler threads with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from hwsim.machine import SimMachine
+from hwsim.redfish.service import RedfishOptions, RedfishService, Reply, error
+from hwsim.tls import TlsFiles, server_context
+
+log = logging.getLogger("hwsim.redfish")
+
+_MAX_BODY = 1 << 20
+_HANDSHAKE_TIMEOUT = 10.0  # a client that connects over TLS and never says hello
+_IDLE_TIMEOUT = 60.0  # an idle keep-alive connection
+_STOP_JOIN_TIMEOUT = 5.0
+
+
+class RedfishBmc:
+    """A Redfish BMC on 127.0.0.1 (HTTP, or HTTPS with `tls`) serving `machines` as Systems.
+
+    Use `await start()` then `url`/`port`; `await stop()` (or `async with`) releases everything.
+    Keyword options are `RedfishOptions` fields (`sessions`, `basic_auth`, `reset_types`,
+    `reset_types_via_action_info`, `reject_noop_reset`, `session_timeout`).
+    """
+
+    def __init__(
+        self,
+        machines: Sequence[SimMachine],
+        username: str,
+        password: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TlsFiles | None = None,
+        **options: Any,
+    ) -> None:
+        self.service = RedfishService(machines, username, password, RedfishOptions(**options))
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """`scheme://host:port` of the running service."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve in a background thread; `port` is then the bound port."""
+        if self._server is not None:
+            raise RuntimeError("RedfishBmc already started")
+        context = server_context(self.tls) if self.tls else None
+        server = _Server((self.host, self.port), self.service, context)
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"redfish-bmc:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.debug("redfish bmc listening", extra={"url": self.url})
+
+    async def stop(self) -> None:
+        """Stop serving and close every connection; safe to call more than once."""
+        server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, _STOP_JOIN_TIMEOUT)
+            self._thread = None
+
+    async def __aenter__(self) -> RedfishBmc:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: RedfishService,
+        context: ssl.SSLContext | None,
+    ) -> None:
+        self.service = service
+        self.context = context
+        self.stopping = threading.Event()
+        self._guard = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._workers: set[threading.Thread] = set()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Our own worker bookkeeping (instead of ThreadingMixIn's) so stop() can join with a
+        # deadline rather than waiting on a client.
+        worker = threading.Thread(
+            target=self._work, args=(request, client_address), name="redfish-conn", daemon=True
+        )
+        with self._guard:
+            self._workers.add(worker)
+        worker.start()
+
+    def _work(self, request: socket.socket, client_address: Any) -> None:
+        conn: socket.socket = request
+        self._track(conn)
+        try:
+            if self.context is not None:
+                # The handshake runs here, in the connection's thread: a silent client must not
+                # stall the accept loop.
+                request.settimeout(_HANDSHAKE_TIMEOUT)
+                conn = self.context.wrap_socket(request, server_side=True)
+                self._track(conn, replacing=request)
+            if not self.stopping.is_set():
+                _Handler(conn, client_address, self)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("redfish connection ended: %s", exc)
+        except Exception:
+            log.exception("redfish connection failed")
+        finally:
+            self._untrack(conn)
+            _close(conn)
+            with self._guard:
+                self._workers.discard(threading.current_thread())
+
+    def _track(self, conn: socket.socket, replacing: socket.socket | None = None) -> None:
+        with self._guard:
+            if replacing is not None:
+                self._open.discard(replacing)
+            self._open.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._guard:
+            self._open.discard(conn)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("redfish request error from %s", client_address, exc_info=True)
+
+    def stop(self) -> None:
+        """Wake held handlers, stop accepting, shut connections down, join workers."""
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+        with self._guard:
+            conns, workers = list(self._open), list(self._workers)
+        for conn in conns:
+            # The plain-socket shutdown, also for TLS sockets: it unblocks a reader in any
+            # thread without touching the TLS object that thread is using.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+        deadline = time.monotonic() + _STOP_JOIN_TIMEOUT
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("redfish connection thread did not stop", extra={"thread": worker})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = _IDLE_TIMEOUT
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        server = self.server
+        body = self._read_body()
+        if body is None:
+            return
+        faults = server.service.machine_for(self.path).faults
+        if faults.unreachable:
+            self._hold()
+            return
+        if faults.slow > 0 and server.stopping.wait(faults.slow):
+            self.close_connection = True
+            return
+        try:
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            reply = server.service.handle(method, self.path, headers, body)
+        except Exception:
+            log.exception("redfish emulator failed on %s %s", method, self.path)
+            reply = error(500, "InternalError", "The emulator failed on this request.")
+        self._send(reply, head=method == "HEAD")
+
+    def _read_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(411, "LengthRequired", "Send a Content-Length; chunked is not supported.")
+            return None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_BODY:
+            self._refuse(400, "MalformedJSON", "Content-Length is invalid or too large.")
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _refuse(self, status: int, message_id: str, message: str) -> None:
+        self.close_connection = True
+        self._send(error(status, message_id, message))
+
+    def _hold(self) -> None:
+        """Say nothing until the client gives up or the server stops (fault `unreachable`)."""
+        self.close_connection = True
+        conn = self.connection
+        while not self.server.stopping.is_set():
+            readable, _, _ = select.select([conn], [], [], 0.1)
+            if not readable:
+                continue
+            try:
+                if not conn.recv(4096):
+                    return  # the client closed
+            except ssl.SSLWantReadError:
+                continue
+            except OSError:
+                return
+
+    def _send(self, reply: Reply, head: bool = False) -> None:
+        payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        if reply.body is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("OData-Version", "4.0")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if not head:
+            self.wfile.write(payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own parse errors (bad request line, oversized headers, unknown method):
+        # answer them as Redfish JSON errors and close the connection.
+        self.close_connection = True
+        status = HTTPStatus(code)
+        if status == HTTPStatus.NOT_IMPLEMENTED:
+            status = HTTPStatus.METHOD_NOT_ALLOWED
+        text = message or status.phrase
+        self._send(error(status.value, "GeneralError", text))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("redfish %s: " + format, self.address_string(), *args)
+
+
+def _close(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.close()

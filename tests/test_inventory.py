@@ -1,0 +1,154 @@
+"""The BMC inventory loader: everything validated up front, errors name file, node, field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.inventory import InventoryError, load_inventory
+from backends.spec import IpmiDevice, RedfishDevice
+
+GOOD = """
+defaults:
+  timeout: 3
+fencing:
+  attempts: 3
+  backoff: 0.1
+nodes:
+  node-1:
+    levels:
+      - devices:
+          - type: ipmi
+            address: 10.0.0.11
+            username: admin
+            password_file: secret
+            cipher: 17
+      - devices:
+          - type: redfish
+            name: rf
+            address: 10.0.0.12
+            username: admin
+            password_env: RF_PASS
+            ca_file: ca.pem
+            system_id: System.Embedded.1
+  node-2:
+    levels:
+      - - type: ipmi
+          name: pdu-a
+          address: 10.0.0.21
+          username: admin
+          password_file: secret
+        - type: ipmi
+          name: pdu-b
+          address: 10.0.0.22
+          username: admin
+          password_file: secret
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "secret").write_text("s3cret-pw\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_inventory_loads_levels_devices_and_policy(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, GOOD), env={"RF_PASS": "from-env"})
+    n1 = inv.node("node-1")
+    assert len(n1.levels) == 2
+    ipmi, rf = n1.levels[0].devices[0], n1.levels[1].devices[0]
+    assert isinstance(ipmi, IpmiDevice) and isinstance(rf, RedfishDevice)
+    assert ipmi.cipher == 17 and ipmi.port == 623 and ipmi.timeouts.timeout == 3
+    assert ipmi.password.reveal() == "s3cret-pw"
+    assert rf.password.reveal() == "from-env" and rf.port == 443 and not rf.ssl_insecure
+    assert rf.ca_file == str(tmp_path / "ca.pem")
+    assert [d.name for d in inv.node("node-2").levels[0].devices] == ["pdu-a", "pdu-b"]
+    assert inv.policy.attempts == 3
+
+
+def test_passwords_never_show_in_repr_of_the_loaded_inventory(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, GOOD), env={"RF_PASS": "from-env"})
+    text = repr(inv)
+    assert "s3cret-pw" not in text and "from-env" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("cipher: 17", "cipher: 5"), "node 'node-1', level 1, device 1 (ipmi): field 'cipher'"),
+        (
+            ("            address: 10.0.0.11\n", ""),
+            "node 'node-1', level 1, device 1 (ipmi): field 'address'",
+        ),
+        (("password_env: RF_PASS", "password_env: NOPE"), "environment variable NOPE is not set"),
+        (
+            (
+                "password_file: secret\n            cipher",
+                "password_file: missing\n            cipher",
+            ),
+            "field 'password_file': cannot read",
+        ),
+        (("type: redfish", "type: snmp"), "field 'type': must be ipmi or redfish"),
+        (("ca_file: ca.pem", "ca_file: nope.pem"), "field 'ca_file': no such file"),
+        (("system_id: System.Embedded.1", "sytem_id: x"), "unknown field 'sytem_id'"),
+        (("attempts: 3", "attempts: 0"), "fencing: field 'attempts'"),
+        (("timeout: 3", "timeout: -1"), "defaults"),
+        (("name: pdu-b", "name: pdu-a"), "field 'name': 'pdu-a' used twice"),
+    ],
+)
+def test_a_broken_field_is_named_with_file_node_and_device(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    text = GOOD.replace(change[0], change[1], 1)
+    assert text != GOOD
+    path = write(tmp_path, text)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path, env={"RF_PASS": "x"})
+    message = str(info.value)
+    assert str(path) in message
+    if expected != "defaults":
+        assert expected in message
+    else:
+        assert "field 'timeout'" in message
+
+
+def test_an_inline_password_is_refused_and_not_echoed(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "password_file: secret\n            cipher", "password: hunter2\n            cipher"
+    )
+    with pytest.raises(InventoryError) as info:
+        load_inventory(write(tmp_path, text), env={"RF_PASS": "x"})
+    assert "inline passwords are not accepted" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="not valid YAML at line 2"):
+        load_inventory(write(tmp_path, "nodes:\n  - : [\n"))
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="cannot read the file"):
+        load_inventory(tmp_path / "absent.yaml")
+
+
+def test_an_unknown_node_lists_the_known_ones(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, GOOD), env={"RF_PASS": "x"})
+    with pytest.raises(KeyError, match="known: node-1, node-2"):
+        inv.node("node-9")
+
+
+def test_the_shipped_example_inventory_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "inventory.yaml"
+    env = {"NODEFENCE_BMC_PASSWORD": "x"}
+    text = example.read_text().replace("/etc/nodefence/secrets/", str(tmp_path) + "/")
+    for name in ("worker-1-ipmi", "worker-1-redfish", "worker-2-pdu"):
+        (tmp_path / name).write_text("pw\n")
+    (tmp_path / "bmc-ca.pem").write_text("x")
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    inv = load_inventory(path, env=env)
+    assert set(inv.nodes) == {"worker-1", "worker-2"}
