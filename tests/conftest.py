@@ -1,0 +1,66 @@
+"""Shared fixtures: emulated BMC fleets on free 127.0.0.1 ports, stopped even on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest_asyncio
+
+from hwsim.bmcs import BmcFleet
+from hwsim.fleet import Fleet
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningFleet:
+    """A started `BmcFleet` and its inventory file."""
+
+    fleet: Fleet
+    bmcs: BmcFleet
+    inventory: Path
+
+
+@pytest_asyncio.fixture
+async def bmc_fleet(tmp_path: Path) -> AsyncIterator[RunningFleet]:
+    """Three nodes, each with an IPMI and a Redfish (HTTPS) BMC, and their inventory."""
+    fleet = Fleet.of_size(3)
+    bmcs = BmcFleet(fleet, tmp_path, power_timeout=1.5)
+    await bmcs.start()
+    try:
+        inventory = bmcs.write_inventory(tmp_path / "inventory.yaml")
+        yield RunningFleet(fleet, bmcs, inventory)
+    finally:
+        await bmcs.stop()
+
+
+@dataclass
+class Result:
+    """What a CLI run printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def run_cli(*args: str, module: str = "agent.cli", timeout: float = 60) -> Result:
+    """Run `python -m MODULE ARGS` as a real process without blocking the event loop."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
