@@ -5,8 +5,11 @@ pyghmi traps this module avoids, on purpose:
   ourselves and leave read-back polling to the caller, at its own pace.
 - pyghmi caches sessions by (address, userid) and compares the userid it stored as bytes with
   the one asked for: a str never matches, while bytes can be handed a stale or logged-out
-  session. We always pass str (so no cache hit can happen), keep our own session object and
-  throw it away after any error.
+  session. Worse, its table of sessions being set up is keyed by the str userid but cleaned
+  with the bytes one, so the entry is never removed and the next login with the same
+  credentials is handed the old (logged-out, broken) session. We pass str, drop that stale
+  entry before every login, refuse a session that is not logged in, and throw our session
+  away after any error.
 - Against a BMC that never answers (some do for unknown users) pyghmi's login loop can take
   many seconds: every call runs in a worker thread under our own deadline.
 - pyghmi negotiates cipher suite 17 and silently falls back to 3; we start with the suite
@@ -120,11 +123,14 @@ class IpmiBackend(PowerBackend):
     def _login(self) -> Any:
         spec = self.spec
         cls = _SESSION_FOR_CIPHER[spec.cipher]
+        password = spec.password.reveal()
+        stale_key = (spec.address, spec.username, password, spec.port, None)
+        pyghmi_session.Session.initting_sessions.pop(stale_key, None)
         try:
             sess = cls(
                 bmc=spec.address,
                 userid=spec.username,  # str on purpose: never hit pyghmi's session cache
-                password=spec.password.reveal(),
+                password=password,
                 port=spec.port,
                 privlevel=_PRIVILEGE[spec.privilege],
                 keepalive=False,
@@ -137,6 +143,15 @@ class IpmiBackend(PowerBackend):
             raise BmcUnreachable(
                 f"IPMI socket error: {err.strerror or err}", node=self.node, device=self.device
             ) from None
+        finally:
+            pyghmi_session.Session.initting_sessions.pop(stale_key, None)
+        if getattr(sess, "broken", True) or not getattr(sess, "logged", False):
+            self._drop(sess)
+            raise BmcProtocolError(
+                "IPMI login did not complete (pyghmi handed back a session that is not logged in)",
+                node=self.node,
+                device=self.device,
+            )
         want = hashlib.sha256 if spec.cipher == 17 else hashlib.sha1
         if getattr(sess, "currhashlib", None) is not want:
             self._drop(sess)

@@ -10,7 +10,6 @@ Kuid is the user's password, zero-padded to 20 bytes; no BMC key is configured, 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import struct
@@ -154,7 +153,9 @@ def derive_keys(
     return SessionKeys(sik, suite.hmac(sik, _CONST_1), suite.hmac(sik, _CONST_2))
 
 
-def rakp4_icv(suite: CipherSuite, sik: bytes, console_random: bytes, bmc_sid: int, guid: bytes) -> bytes:
+def rakp4_icv(
+    suite: CipherSuite, sik: bytes, console_random: bytes, bmc_sid: int, guid: bytes
+) -> bytes:
     """RAKP 4 integrity check value: HMAC_SIK(Rm, SIDc, GUIDc), truncated to the code length."""
     data = console_random + struct.pack("<I", bmc_sid) + guid
     return suite.hmac(sik, data)[: suite.code_length]

@@ -2,8 +2,9 @@
 
 A session is born by an Open Session Request, challenged by RAKP 1/2 and becomes active
 after RAKP 3/4. Idle sessions expire after `timeout` seconds (60 s, the spec's default
-inactivity timeout); a full table refuses new sessions, as a real BMC does, so a client that
-never closes its sessions is noticed.
+inactivity timeout). A full table first forgets its least recently used half-open session
+(a console that gave up mid-RAKP never says so); full of active sessions it refuses new ones,
+as a real BMC does, so a client that never closes its sessions is noticed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import Any
 
 from hwsim.ipmi.crypto import CipherSuite, SessionKeys
 
-Peer = tuple[str, int]
+Peer = tuple[Any, ...]  # (host, port) for IPv4, 4-tuple for IPv6
 SEQUENCE_WINDOW = 32  # how far behind the highest sequence number a late packet may arrive
 
 
@@ -50,7 +52,7 @@ class SequenceWindow:
         if sequence == 0:
             return False
         if sequence > self.highest:
-            shift = sequence - self.highest
+            shift = min(sequence - self.highest, SEQUENCE_WINDOW)
             self._seen = (self._seen << shift | 1) & ((1 << SEQUENCE_WINDOW) - 1)
             self.highest = sequence
             return True
@@ -109,12 +111,16 @@ class SessionTable:
         self._expire()
         return len(self._sessions)
 
+    def __contains__(self, bmc_id: object) -> bool:
+        self._expire()
+        return bmc_id in self._sessions
+
     def open(
         self, console_id: int, suite: CipherSuite, max_privilege: Privilege, peer: Peer
     ) -> Session | None:
         """A new session with a fresh non-zero BMC session id, or None when the table is full."""
         self._expire()
-        if len(self._sessions) >= self._capacity:
+        if len(self._sessions) >= self._capacity and not self._evict_half_open():
             return None
         bmc_id = 0
         while bmc_id == 0 or bmc_id in self._sessions:
@@ -146,6 +152,15 @@ class SessionTable:
     def close(self, bmc_id: int) -> bool:
         """Forget a session; True if it existed."""
         return self._sessions.pop(bmc_id, None) is not None
+
+    def _evict_half_open(self) -> bool:
+        # A console that gave up mid-RAKP (a wrong password, say) never closes its session;
+        # the least recently used such session makes room, active sessions never do.
+        half_open = [s for s in self._sessions.values() if s.state is not SessionState.ACTIVE]
+        if not half_open:
+            return False
+        del self._sessions[min(half_open, key=lambda s: s.last_active).bmc_id]
+        return True
 
     def _expire(self) -> None:
         deadline = self._clock() - self._timeout

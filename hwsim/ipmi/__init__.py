@@ -1,0 +1,11 @@
+"""IPMI 2.0 RMCP+ (lanplus) BMC emulator: one `IpmiBmc` per `SimMachine`, on its own UDP port.
+
+Usable with `ipmitool -I lanplus` (cipher suites 3 and 17) and pyghmi's client. Modules:
+`packets` (wire formats), `crypto` (RAKP, keys, integrity, AES), `session` (session state),
+`handshake` (open session and RAKP), `commands` (IPMI commands), `server` (the UDP endpoint).
+"""
+
+from hwsim.ipmi.server import IpmiBmc
+from hwsim.ipmi.stats import BmcStats
+
+__all__ = ["BmcStats", "IpmiBmc"]
