@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from hwsim.machine import SimMachine
+from hwsim.redfish.resources import DEFAULT_RESET_TYPES
 from hwsim.redfish.service import RedfishOptions, RedfishService, Reply, error
 from hwsim.tls import TlsFiles, server_context
 
@@ -39,8 +40,8 @@ class RedfishBmc:
     """A Redfish BMC on 127.0.0.1 (HTTP, or HTTPS with `tls`) serving `machines` as Systems.
 
     Use `await start()` then `url`/`port`; `await stop()` (or `async with`) releases everything.
-    Keyword options are `RedfishOptions` fields (`sessions`, `basic_auth`, `reset_types`,
-    `reset_types_via_action_info`, `reject_noop_reset`, `session_timeout`).
+    The keyword options are those of `RedfishOptions` (see there); `service` is the state
+    behind the wire, for tests (`active_sessions()`, `drop_sessions()`).
     """
 
     def __init__(
@@ -51,9 +52,21 @@ class RedfishBmc:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: TlsFiles | None = None,
-        **options: Any,
+        *,
+        sessions: bool = True,
+        basic_auth: bool = True,
+        reset_types: Sequence[str] | None = DEFAULT_RESET_TYPES,
+        reset_types_via_action_info: bool = False,
+        reject_noop_reset: bool = False,
     ) -> None:
-        self.service = RedfishService(machines, username, password, RedfishOptions(**options))
+        options = RedfishOptions(
+            sessions=sessions,
+            basic_auth=basic_auth,
+            reset_types=reset_types,
+            reset_types_via_action_info=reset_types_via_action_info,
+            reject_noop_reset=reject_noop_reset,
+        )
+        self.service = RedfishService(machines, username, password, options)
         self.host = host
         self.port = port
         self.tls = tls
@@ -105,7 +118,6 @@ class RedfishBmc:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(
@@ -189,7 +201,15 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = _IDLE_TIMEOUT
+    # Buffered writes (flushed once per request by http.server) and no Nagle: headers and body
+    # leave in one segment, so clients do not stall on delayed ACKs (~40 ms a request).
+    wbufsize = -1
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -280,8 +300,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # http.server's own parse errors (bad request line, oversized headers, unknown method):
-        # answer them as Redfish JSON errors and close the connection.
+        # answer them as Redfish JSON errors and close the connection. A request line too broken
+        # to name a version still gets a status line (http.server would assume HTTP/0.9).
         self.close_connection = True
+        self.request_version = "HTTP/1.1"
         status = HTTPStatus(code)
         if status == HTTPStatus.NOT_IMPLEMENTED:
             status = HTTPStatus.METHOD_NOT_ALLOWED

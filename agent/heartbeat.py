@@ -1,0 +1,112 @@
+"""Node side: publish this node's heartbeats over MQTT, with a Last Will and reconnects.
+
+One heartbeat every `interval` seconds on `nodefence/v1/<cluster>/heartbeat/<node>` (see
+`agent.heartbeat_codec`), paced on the event loop's monotonic clock so a slow publish never
+makes the schedule drift. On connect the agent publishes `online` (retained) on its status
+topic; the broker publishes the Last Will `offline` there when the agent vanishes. When the
+broker is lost the agent reconnects with jittered exponential backoff between
+`reconnect_min` and `reconnect_max` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+from agent import __version__
+from agent.config import BrokerConfig
+from agent.heartbeat_codec import (
+    Heartbeat,
+    NodeState,
+    encode_heartbeat,
+    encode_status,
+    heartbeat_topic,
+    status_topic,
+)
+from agent.mqtt_client import make_client
+
+log = logging.getLogger("nodefence.heartbeat")
+
+
+@dataclass
+class PublisherStats:
+    """Counters a status page or metric can show."""
+
+    sent: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    connected: bool = False
+    last_error: str = ""
+
+
+@dataclass
+class HeartbeatPublisher:
+    """Publishes heartbeats for `node` until `stop` is set."""
+
+    broker: BrokerConfig
+    cluster: str
+    node: str
+    interval: float = 1.0
+    boot: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stats: PublisherStats = field(default_factory=PublisherStats)
+    _seq: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, publish, reconnect on loss; returns once `stop` is set (clean offline)."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                attempt = 0
+            except aiomqtt.MqttError as err:
+                self.stats.connected = False
+                self.stats.disconnects += 1
+                self.stats.last_error = str(err)
+                log.warning("broker connection lost: %s", err, extra={"node": self.node})
+            if stop.is_set():
+                return
+            ceiling = min(self.broker.reconnect_max, self.broker.reconnect_min * 2**attempt)
+            attempt += 1
+            delay = random.uniform(
+                self.broker.reconnect_min, max(ceiling, self.broker.reconnect_min)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        status = status_topic(self.cluster, self.node)
+        will = aiomqtt.Will(status, encode_status(NodeState.OFFLINE), qos=1, retain=True)
+        client = make_client(self.broker, f"nodefence-agent-{self.node}", will=will)
+        async with client:
+            self.stats.connected = True
+            self.stats.connects += 1
+            log.info(
+                "connected to broker %s:%s",
+                self.broker.host,
+                self.broker.port,
+                extra={"node": self.node},
+            )
+            await client.publish(status, encode_status(NodeState.ONLINE), qos=1, retain=True)
+            topic = heartbeat_topic(self.cluster, self.node)
+            loop = asyncio.get_running_loop()
+            next_at = loop.time()
+            while not stop.is_set():
+                hb = Heartbeat(self.node, self._seq, self.boot, self.interval, __version__)
+                await client.publish(topic, encode_heartbeat(hb), qos=0)
+                self._seq += 1
+                self.stats.sent += 1
+                next_at += self.interval
+                now = loop.time()
+                if next_at < now:  # we fell behind (suspended?): do not burst to catch up
+                    next_at = now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), next_at - now)
+            # A clean stop says so at once instead of waiting for the Will.
+            await client.publish(status, encode_status(NodeState.OFFLINE), qos=1, retain=True)
+        self.stats.connected = False

@@ -1,0 +1,227 @@
+"""Pure guards: may a DEAD verdict become a fence decision this round?
+
+`decide` takes the detector's verdicts, the leader's own situation (`LeaderFacts`) and the
+cluster's (`ClusterFacts`) and returns a `PolicyDecision`: nodes to fence, nodes held with the
+reason, and alerts. Leader-wide guards come first and freeze every decision: this process is not
+the leader; its broker connection is down, or came back less than `fence_after` ago (silence then
+says nothing about the nodes); it became leader less than `fence_after` ago (it has not seen a
+full window of heartbeats); more than `max_unhealthy` nodes are unhealthy at once (storm: the
+cause is likely shared, fencing would make it worse). Then per node: a node in maintenance or
+without a BMC inventory entry is never fenced, an alert is raised instead. Alerts are produced
+every round their condition holds; the caller de-duplicates them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.detector import NodeHealth, NodeVerdict
+from agent.profiles import DetectionProfile
+
+
+class AlertKind(enum.StrEnum):
+    """What an alert is about; the value is the Event reason suffix and metric label."""
+
+    STORM = "storm"
+    BROKER_DOWN = "broker-down"
+    AGENT_LOST = "agent-lost"
+    MAINTENANCE = "maintenance"
+    NO_INVENTORY = "no-inventory"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something an operator must know; `node` is None for cluster-wide alerts."""
+
+    kind: AlertKind
+    node: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class MaxUnhealthy:
+    """The storm threshold: a node count, or a percentage of the expected nodes (rounded down).
+
+    Decisions freeze when strictly more nodes than `limit(total)` are unhealthy, as in the
+    Machine API's and medik8s' `maxUnhealthy`.
+    """
+
+    value: int
+    percent: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or self.value < 0:
+            raise ValueError(f"max_unhealthy: must be a count >= 0, got {self.value!r}")
+        if self.percent and self.value > 100:
+            raise ValueError(f"max_unhealthy: a percentage must be 0..100, got {self.value}%")
+
+    @classmethod
+    def parse(cls, value: int | str) -> MaxUnhealthy:
+        """From config: an integer count (`3`, `"3"`) or a percentage string (`"40%"`).
+
+        Raises ValueError naming `max_unhealthy` for anything else.
+        """
+        if isinstance(value, str):
+            text = value.strip()
+            percent = text.endswith("%")
+            digits = text[:-1].strip() if percent else text
+            if not digits.isdigit():
+                raise ValueError(
+                    f"max_unhealthy: expected a count like 3 or a percentage like '40%',"
+                    f" got {value!r}"
+                )
+            return cls(int(digits), percent)
+        return cls(value)
+
+    def limit(self, total: int) -> int:
+        """How many unhealthy nodes of `total` are still tolerated."""
+        return total * self.value // 100 if self.percent else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+@dataclass(frozen=True)
+class LeaderFacts:
+    """The deciding process's own situation, in its monotonic seconds.
+
+    `leader_since`: when it became leader (None: it does not hold the Lease).
+    `broker_up_since`: when its current broker connection came up (None: disconnected).
+    """
+
+    now: float
+    leader_since: float | None
+    broker_up_since: float | None
+
+    @property
+    def broker_connected(self) -> bool:
+        """True while the leader's own broker connection is up."""
+        return self.broker_up_since is not None
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the cluster says about its nodes.
+
+    `expected_nodes`: the node count `max_unhealthy` percentages refer to (default: the number
+    of verdicts). Nodes in `maintenance` are never fenced and do not count as unhealthy.
+    """
+
+    max_unhealthy: MaxUnhealthy
+    maintenance: frozenset[str] = frozenset()
+    inventory: frozenset[str] = frozenset()
+    expected_nodes: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """One round's outcome: `fence` the nodes listed; DEAD nodes not fenced are in `held`.
+
+    `frozen`: a leader-wide guard stopped every decision this round.
+    """
+
+    fence: list[str] = field(default_factory=list)
+    frozen: bool = False
+    alerts: list[Alert] = field(default_factory=list)
+    held: dict[str, str] = field(default_factory=dict)
+
+
+def leader_guard(leader: LeaderFacts, fence_after: float) -> str | None:
+    """Why this process may not judge anyone now, or None when it may."""
+    now = leader.now
+    if leader.leader_since is None:
+        return "this process does not hold the leader Lease"
+    if leader.broker_up_since is None:
+        return "the leader's own broker connection is down: silence proves nothing"
+    if now - leader.broker_up_since < fence_after:
+        return (
+            f"the leader's broker connection came back {now - leader.broker_up_since:.1f} s ago;"
+            f" waiting one full fence_after ({fence_after:g} s)"
+        )
+    if now - leader.leader_since < fence_after:
+        return (
+            f"leader for {now - leader.leader_since:.1f} s; a new leader waits one full"
+            f" window ({fence_after:g} s) before judging anyone"
+        )
+    return None
+
+
+def storm_guard(
+    verdicts: Sequence[NodeVerdict], cluster: ClusterFacts
+) -> tuple[int, int, int] | None:
+    """(unhealthy, limit, total) when more nodes than `max_unhealthy` are unhealthy, else None.
+
+    Unhealthy: SUSPECT, DEAD or AGENT_LOST and not in maintenance.
+    """
+    total = cluster.expected_nodes if cluster.expected_nodes is not None else len(verdicts)
+    limit = cluster.max_unhealthy.limit(total)
+    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in cluster.maintenance)
+    return (unhealthy, limit, total) if unhealthy > limit else None
+
+
+def decide(
+    verdicts: Sequence[NodeVerdict],
+    leader: LeaderFacts,
+    cluster: ClusterFacts,
+    profile: DetectionProfile,
+) -> PolicyDecision:
+    """Which DEAD nodes to fence now, which to hold and why, and what to alert on.
+
+    Only DEAD verdicts can be fenced. Every DEAD verdict not fenced appears in `held` with the
+    guard's reason. Leader-wide guards (see the module doc) set `frozen` and hold everyone; a
+    broker outage and a storm raise a cluster-wide alert; per-node AGENT_LOST, maintenance and
+    missing-inventory alerts are raised only while the leader is fit to judge.
+    """
+    dead = [v.node for v in verdicts if v.health is NodeHealth.DEAD]
+    alerts: list[Alert] = []
+
+    blind = leader_guard(leader, profile.fence_after)
+    if blind is not None:
+        if leader.leader_since is not None and not leader.broker_connected:
+            alerts.append(Alert(AlertKind.BROKER_DOWN, None, blind))
+        return PolicyDecision(frozen=True, alerts=alerts, held=dict.fromkeys(dead, blind))
+
+    storm = storm_guard(verdicts, cluster)
+    if storm is not None:
+        unhealthy, limit, total = storm
+        message = (
+            f"storm guard: {unhealthy} of {total} nodes unhealthy at once, more than"
+            f" max_unhealthy {cluster.max_unhealthy} ({limit}); all fencing decisions frozen"
+        )
+        alerts.append(Alert(AlertKind.STORM, None, message))
+        return PolicyDecision(frozen=True, alerts=alerts, held=dict.fromkeys(dead, message))
+
+    fence: list[str] = []
+    held: dict[str, str] = {}
+    for v in verdicts:
+        if v.health is NodeHealth.AGENT_LOST:
+            alerts.append(Alert(AlertKind.AGENT_LOST, v.node, v.reason))
+        if v.health is not NodeHealth.DEAD:
+            continue
+        reasons: list[str] = []
+        if v.node in cluster.maintenance:
+            reasons.append("node is in maintenance")
+            alerts.append(
+                Alert(
+                    AlertKind.MAINTENANCE,
+                    v.node,
+                    f"{v.node} looks dead ({v.reason}) but is in maintenance; not fenced",
+                )
+            )
+        if v.node not in cluster.inventory:
+            reasons.append("node has no BMC inventory entry")
+            alerts.append(
+                Alert(
+                    AlertKind.NO_INVENTORY,
+                    v.node,
+                    f"{v.node} looks dead ({v.reason}) but has no BMC inventory entry; not"
+                    " fenced, add it to the inventory or recover it by hand",
+                )
+            )
+        if reasons:
+            held[v.node] = "; ".join(reasons)
+        else:
+            fence.append(v.node)
+    return PolicyDecision(fence=sorted(fence), frozen=False, alerts=alerts, held=held)
