@@ -14,6 +14,11 @@ pyghmi traps this module avoids, on purpose:
   many seconds: every call runs in a worker thread under our own deadline.
 - pyghmi negotiates cipher suite 17 and silently falls back to 3; we start with the suite
   configured and refuse a session that did not get it.
+- pyghmi's waits (`_poller`, `awaitresponse`, `_cmdwait`) first look at what was received,
+  then register a wait with its IO thread: a reply the IO thread queues in between is not
+  noticed until that wait's own timeout (0.5-1 s), seen here as one fence in eight taking
+  a second longer. `_install_wait_fix` caps every such wait at 20 ms; the callers already
+  loop until their reply or deadline, so they re-check their queues within 20 ms.
 """
 
 from __future__ import annotations
@@ -61,6 +66,25 @@ _UNSUPPORTED_MARKERS = (
     "invalid integrity algorithm",
     "invalid confidentiality algorithm",
 )
+
+
+_WAIT_SLICE = 0.02
+
+
+def _install_wait_fix() -> None:
+    """Cap pyghmi's IO waits at `_WAIT_SLICE` seconds so no queued reply waits for a timer."""
+    if getattr(pyghmi_session, "_nodefence_wait_fix", False):
+        return
+    io_wait = pyghmi_session._io_wait
+
+    def sliced_io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
+        io_wait(min(timeout, _WAIT_SLICE), myaddr, evq)
+
+    pyghmi_session._io_wait = sliced_io_wait
+    pyghmi_session._nodefence_wait_fix = True
+
+
+_install_wait_fix()
 
 
 def _session_class(hash_bits: int) -> type[Any]:
