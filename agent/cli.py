@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     fence.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     fence.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
+    agent = sub.add_parser(
+        "agent",
+        help="run the per-node agent: heartbeats, health endpoint, leader candidacy",
+    )
+    agent.add_argument("--config", "-c", required=True, help="agent config YAML file")
+    agent.add_argument(
+        "--node", help="this node's name (default: $NODE_NAME, as a DaemonSet sets it)"
+    )
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    status = sub.add_parser(
+        "status", help="the current leader and, per node, heartbeat and kubelet lease ages"
+    )
+    status.add_argument("--config", "-c", required=True, help="agent config YAML file")
+    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    status.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a view")
+
     bmc = sub.add_parser("bmc", help="BMC inventory tools")
     bmc_sub = bmc.add_subparsers(dest="bmc_command", required=True, metavar="BMC_COMMAND")
     check = bmc_sub.add_parser(
@@ -70,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.cli_fence import run_fence
 
         return run_fence(args)
+    if args.command in ("agent", "status"):
+        from agent.cli_agent import run_agent_command, run_status
+
+        return run_agent_command(args) if args.command == "agent" else run_status(args)
     if args.command == "bmc":
         from agent.cli_fence import run_bmc_check
 

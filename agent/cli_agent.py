@@ -1,0 +1,146 @@
+"""`nodefence agent` and `nodefence status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from typing import Any, TextIO
+
+import aiomqtt
+
+from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.heartbeat_codec import valid_name
+from agent.inventory import InventoryError, load_inventory
+from agent.leader import view_topic
+from agent.mqtt_client import make_client
+from agent.profiles import ProfileError
+
+
+def _load_config(path: str, err: TextIO) -> AgentConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"nodefence: config error: {e}", file=err)
+        return None
+
+
+def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int:
+    """Validate everything, then run the agent until SIGTERM."""
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return EXIT_USAGE
+    node = args.node or os.environ.get("NODE_NAME", "")
+    if not node or not valid_name(node):
+        print(
+            "nodefence: give this node's name with --node or $NODE_NAME "
+            f"(a DNS-1123 name), got {node!r}",
+            file=err,
+        )
+        return EXIT_USAGE
+    from agent.runner import detection_profile, run_agent_process
+
+    try:
+        detection_profile(cfg)
+    except ProfileError as e:
+        print(f"nodefence: config error: {cfg.path}: detection: {e}", file=err)
+        return EXIT_USAGE
+    inventory_path = cfg.inventory
+    if inventory_path is not None:
+        try:
+            load_inventory(inventory_path)
+        except InventoryError as e:
+            print(f"nodefence: inventory error: {e}", file=err)
+            return EXIT_USAGE
+
+    def inventory_nodes() -> frozenset[str] | None:
+        if inventory_path is None:
+            return None  # detect-only: decisions are reported, nothing is fenced
+        try:
+            return frozenset(load_inventory(inventory_path).nodes)
+        except InventoryError as e:
+            logging.getLogger("nodefence.agent").error("inventory rejected: %s", e)
+            return frozenset()
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s node={node} %(message)s",
+    )
+    return run_agent_process(cfg, node, inventory_nodes)
+
+
+async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:
+    async with make_client(cfg.broker, f"nodefence-status-{os.getpid()}") as client:
+        await client.subscribe(view_topic(cfg.cluster), qos=0)
+        try:
+            async with asyncio.timeout(wait):
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, bytes):
+                        view: dict[str, Any] = json.loads(payload)
+                        return view
+        except TimeoutError:
+            return None
+    return None
+
+
+def _age(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Print the leader's view; non-zero when no leader view can be had."""
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return EXIT_USAGE
+    try:
+        view = asyncio.run(_read_view(cfg, args.wait))
+    except aiomqtt.MqttError as e:
+        print(
+            f"nodefence: cannot reach the broker {cfg.broker.host}:{cfg.broker.port}: {e}", file=err
+        )
+        return EXIT_FAILED
+    except ValueError:
+        print("nodefence: the leader's view is not valid JSON", file=err)
+        return EXIT_FAILED
+    if view is None:
+        print(f"nodefence: no leader view within {args.wait:g} s (is an agent leading?)", file=err)
+        return EXIT_FAILED
+    age = dt.datetime.now().timestamp() - float(view.get("publishedAt", 0))
+    if args.output == "json":
+        json.dump({**view, "viewAge": round(age, 2)}, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    print(
+        f"leader: {view.get('leader')}  profile: {view.get('profile')}  view age: {age:.1f}s"
+        + ("  FROZEN" if view.get("frozen") else ""),
+        file=out,
+    )
+    rows = [["NODE", "STATE", "HEARTBEAT", "KUBELET", "READY", "REASON"]]
+    for r in view.get("nodes", []):
+        ready = {True: "True", False: "False"}.get(r.get("ready"), "Unknown")
+        rows.append(
+            [
+                r["node"],
+                r["state"],
+                _age(r.get("heartbeatAge")),
+                _age(r.get("kubeletAge")),
+                ready,
+                r.get("reason", ""),
+            ]
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)]
+        print("  ".join([*cells, str(row[5])]).rstrip(), file=out)
+    for a in view.get("alerts", []):
+        print(f"ALERT {a['kind']}: {a['message']}", file=out)
+    if view.get("rejected"):
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(view["rejected"].items()))
+        print(f"rejected messages: {rejected}", file=out)
+    return EXIT_OK

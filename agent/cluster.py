@@ -1,0 +1,255 @@
+"""The only module that speaks to the Kubernetes API (official `kubernetes` client).
+
+The client is blocking; every call runs in a worker thread under a deadline, so a hung API
+server can never hold up the leader's loop. Objects come back as small frozen dataclasses,
+so the rest of the agent never handles client models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+T = TypeVar("T")
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+HEALTH_ANNOTATION = "nodefence.io/health-endpoint"
+MAINTENANCE_LABEL = "nodefence.io/maintenance"
+
+
+class ClusterError(Exception):
+    """A Kubernetes API call failed; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the agent needs to know of a Node."""
+
+    name: str
+    uid: str
+    internal_ip: str | None
+    kubelet_port: int
+    ready: bool | None  # None: condition Unknown or missing
+    unschedulable: bool
+    maintenance: bool
+    health_endpoint: str | None  # "host:port" the node's agent announced
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A `coordination.k8s.io/v1` Lease as election and detection read it."""
+
+    name: str
+    namespace: str
+    holder: str | None
+    renew_time: dt.datetime | None
+    acquire_time: dt.datetime | None
+    duration: int | None
+    transitions: int
+    resource_version: str
+
+
+def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
+    """An API client from a kubeconfig file, or the in-cluster service account when None."""
+    if kubeconfig:
+        client: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
+        return client
+    k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return k8s.ApiClient()
+
+
+def _node_info(n: Any) -> NodeInfo:
+    status = n.status
+    ip = None
+    for addr in (status.addresses or []) if status else []:
+        if addr.type == "InternalIP":
+            ip = addr.address
+            break
+    port = 0
+    if status and status.daemon_endpoints and status.daemon_endpoints.kubelet_endpoint:
+        port = status.daemon_endpoints.kubelet_endpoint.port or 0
+    ready: bool | None = None
+    for cond in (status.conditions or []) if status else []:
+        if cond.type == "Ready":
+            ready = {"True": True, "False": False}.get(cond.status)
+    labels = n.metadata.labels or {}
+    annotations = n.metadata.annotations or {}
+    return NodeInfo(
+        name=n.metadata.name,
+        uid=n.metadata.uid or "",
+        internal_ip=ip,
+        kubelet_port=port,
+        ready=ready,
+        unschedulable=bool(n.spec and n.spec.unschedulable),
+        maintenance=labels.get(MAINTENANCE_LABEL) == "true",
+        health_endpoint=annotations.get(HEALTH_ANNOTATION),
+    )
+
+
+def _lease_info(obj: Any) -> LeaseInfo:
+    spec = obj.spec
+    return LeaseInfo(
+        name=obj.metadata.name,
+        namespace=obj.metadata.namespace,
+        holder=spec.holder_identity if spec else None,
+        renew_time=spec.renew_time if spec else None,
+        acquire_time=spec.acquire_time if spec else None,
+        duration=spec.lease_duration_seconds if spec else None,
+        transitions=(spec.lease_transitions or 0) if spec else 0,
+        resource_version=obj.metadata.resource_version,
+    )
+
+
+class ClusterApi:
+    """Async, deadline-bounded access to the objects nodefence reads and writes."""
+
+    def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+        self.core = k8s.CoreV1Api(api_client)
+        self.coordination = k8s.CoordinationV1Api(api_client)
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        def guarded() -> T:
+            try:
+                return fn()
+            except ApiException as err:
+                raise ClusterError(f"{what}: {err.status} {err.reason}", err.status) from None
+            except Exception as err:  # urllib3 errors: connection refused, reset, ...
+                raise ClusterError(f"{what}: {type(err).__name__}: {err}") from None
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(guarded), self.timeout)
+        except TimeoutError:
+            raise ClusterError(f"{what}: no answer within {self.timeout:g} s") from None
+
+    # -- nodes and their kubelets ------------------------------------------------------------
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """Every Node."""
+        nodes = await self._call(
+            "list nodes", lambda: self.core.list_node(_request_timeout=self.timeout)
+        )
+        return [_node_info(n) for n in nodes.items]
+
+    async def node_leases(self) -> dict[str, LeaseInfo]:
+        """The kubelets' Leases in kube-node-lease, by node name."""
+        leases = await self._call(
+            "list node leases",
+            lambda: self.coordination.list_namespaced_lease(
+                NODE_LEASE_NAMESPACE, _request_timeout=self.timeout
+            ),
+        )
+        infos = [_lease_info(obj) for obj in leases.items]
+        return {info.name: info for info in infos}
+
+    async def annotate_node(self, node: str, key: str, value: str | None) -> None:
+        """Set (or with None remove) one annotation on a Node (merge patch)."""
+        body = {"metadata": {"annotations": {key: value}}}
+        await self._call(
+            f"annotate node {node}",
+            lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def node_event(
+        self,
+        node: str,
+        uid: str,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "nodefence",
+    ) -> None:
+        """Record a core/v1 Event about a Node (in the default namespace, as kubelets do)."""
+        now = dt.datetime.now(dt.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{node}.nodefence."),
+            involved_object=k8s.V1ObjectReference(
+                kind="Node", name=node, uid=uid or None, api_version="v1"
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            source=k8s.V1EventSource(component=component),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        await self._call(
+            f"create event {reason} for {node}",
+            lambda: self.core.create_namespaced_event(
+                "default", event, _request_timeout=self.timeout
+            ),
+        )
+
+    # -- leases for leader election ----------------------------------------------------------
+
+    async def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+        """The Lease, or None when it does not exist."""
+        try:
+            obj = await self._call(
+                f"get lease {namespace}/{name}",
+                lambda: self.coordination.read_namespaced_lease(
+                    name, namespace, _request_timeout=self.timeout
+                ),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return None
+            raise
+        return _lease_info(obj)
+
+    async def write_lease(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        holder: str | None,
+        duration: int,
+        renew: dt.datetime | None,
+        acquire: dt.datetime | None,
+        transitions: int,
+        resource_version: str | None,
+    ) -> LeaseInfo:
+        """Create (resource_version None) or replace the Lease; a 409 raises ClusterError."""
+        body = k8s.V1Lease(
+            metadata=k8s.V1ObjectMeta(
+                name=name, namespace=namespace, resource_version=resource_version
+            ),
+            spec=k8s.V1LeaseSpec(
+                holder_identity=holder,
+                lease_duration_seconds=duration,
+                renew_time=renew,
+                acquire_time=acquire,
+                lease_transitions=transitions,
+            ),
+        )
+        if resource_version is None:
+            obj = await self._call(
+                f"create lease {namespace}/{name}",
+                lambda: self.coordination.create_namespaced_lease(
+                    namespace, body, _request_timeout=self.timeout
+                ),
+            )
+        else:
+            obj = await self._call(
+                f"update lease {namespace}/{name}",
+                lambda: self.coordination.replace_namespaced_lease(
+                    name, namespace, body, _request_timeout=self.timeout
+                ),
+            )
+        return _lease_info(obj)

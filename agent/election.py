@@ -1,0 +1,198 @@
+"""Leader election on a `coordination.k8s.io/v1` Lease, with client-go's semantics.
+
+- Acquire: every `retry_period` read the Lease; take it when it is absent, ours, or expired.
+  Expiry is judged on OUR monotonic clock: a Lease is expired when its record (resourceVersion)
+  has not changed for `lease_duration` since we first saw that record, so the other holder's
+  and the API server's clocks are never trusted.
+- Concurrency: updates carry the resourceVersion we read; a 409 means someone else won.
+- Renew: every `retry_period`; if no renewal succeeded for `renew_deadline`, leadership is lost
+  at once: the leader task is cancelled before any other candidate can take the Lease (which
+  needs `lease_duration` > `renew_deadline` of silence).
+- Release: on a clean stop the Lease is handed back (holder cleared, duration 1 s) so a
+  successor takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from agent.cluster import ClusterApi, ClusterError, LeaseInfo
+
+log = logging.getLogger("nodefence.election")
+
+LeaderTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+class NotLeader(Exception):
+    """This process does not (or no longer) hold the leader Lease."""
+
+
+@dataclass(frozen=True)
+class ElectionTiming:
+    """Lease timing in seconds; defaults as client-go (15 / 10 / 2)."""
+
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+class LeaderElector:
+    """Campaigns for the Lease and runs `lead()` while holding it."""
+
+    def __init__(
+        self,
+        api: ClusterApi,
+        namespace: str,
+        name: str,
+        identity: str,
+        timing: ElectionTiming = ElectionTiming(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.timing = timing
+        self._clock = clock
+        self._observed: tuple[str, float] | None = None  # (resourceVersion, when first seen)
+        self._lease: LeaseInfo | None = None
+        self._last_renew: float | None = None
+        self.leader_since: float | None = None
+        self.observed_holder: str | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        """True while a renewal succeeded within `renew_deadline`."""
+        return (
+            self._last_renew is not None
+            and self._clock() - self._last_renew < self.timing.renew_deadline
+        )
+
+    async def confirm(self) -> None:
+        """Renew the Lease now; raise `NotLeader` unless it is still ours (use before every
+        irreversible step)."""
+        if not self.is_leader or not await self._try_acquire_or_renew():
+            raise NotLeader(f"{self.identity} does not hold lease {self.namespace}/{self.name}")
+
+    async def run(self, lead: LeaderTask, stop: asyncio.Event) -> None:
+        """Campaign until `stop`; run `lead()` in a task while leading, cancel it on loss."""
+        try:
+            while not stop.is_set():
+                if await self._try_acquire_or_renew():
+                    await self._lead(lead, stop)
+                else:
+                    await _wait(stop, self.timing.retry_period)
+        finally:
+            await self._release()
+
+    async def _lead(self, lead: LeaderTask, stop: asyncio.Event) -> None:
+        self.leader_since = self._clock()
+        log.info("became leader", extra={"identity": self.identity})
+        task = asyncio.create_task(lead(), name="leader-side")
+        try:
+            while not stop.is_set():
+                if task.done():
+                    task.result()  # a crashed leader side must surface, not linger
+                    return
+                await _wait(stop, self.timing.retry_period)
+                if stop.is_set():
+                    break
+                await self._try_acquire_or_renew()
+                if not self.is_leader:
+                    log.warning(
+                        "lost leadership: no renewal for %.1f s", self.timing.renew_deadline
+                    )
+                    break
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.leader_since = None
+
+    async def _try_acquire_or_renew(self) -> bool:
+        now_wall = dt.datetime.now(dt.UTC)
+        try:
+            lease = await self.api.get_lease(self.namespace, self.name)
+        except ClusterError as err:
+            log.warning("cannot read lease: %s", err)
+            return False
+        now = self._clock()
+        seconds = max(1, round(self.timing.lease_duration))
+        if lease is None:
+            return await self._write(None, now, now_wall, seconds, transitions=0, acquire=now_wall)
+        if self._observed is None or self._observed[0] != lease.resource_version:
+            self._observed = (lease.resource_version, now)
+        self.observed_holder = lease.holder
+        ours = lease.holder == self.identity
+        duration = lease.duration or seconds
+        expired = not lease.holder or now - self._observed[1] >= duration
+        if not ours and not expired:
+            return False
+        transitions = lease.transitions if ours else lease.transitions + 1
+        acquire = lease.acquire_time if ours else now_wall
+        return await self._write(
+            lease.resource_version, now, now_wall, seconds, transitions, acquire
+        )
+
+    async def _write(
+        self,
+        rv: str | None,
+        now: float,
+        now_wall: dt.datetime,
+        seconds: int,
+        transitions: int,
+        acquire: dt.datetime | None,
+    ) -> bool:
+        try:
+            lease = await self.api.write_lease(
+                self.namespace,
+                self.name,
+                holder=self.identity,
+                duration=seconds,
+                renew=now_wall,
+                acquire=acquire,
+                transitions=transitions,
+                resource_version=rv,
+            )
+        except ClusterError as err:
+            if err.status != 409:
+                log.warning("cannot write lease: %s", err)
+            return False
+        self._lease = lease
+        self._observed = (lease.resource_version, now)
+        self._last_renew = now
+        self.observed_holder = self.identity
+        return True
+
+    async def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        was_leader = self.is_leader
+        self._last_renew = None
+        if lease is None or not was_leader:
+            return
+        try:
+            await self.api.write_lease(
+                self.namespace,
+                self.name,
+                holder=None,
+                duration=1,
+                renew=dt.datetime.now(dt.UTC),
+                acquire=None,
+                transitions=lease.transitions,
+                resource_version=lease.resource_version,
+            )
+            log.info("released the lease", extra={"identity": self.identity})
+        except ClusterError as err:
+            log.warning("could not release the lease (it will expire): %s", err)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

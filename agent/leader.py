@@ -1,0 +1,364 @@
+"""Leader side: hear every heartbeat, watch kubelets, ask peers, judge, decide, report.
+
+Thin I/O around the pure `agent.detector` and `agent.policy`: three loops share one detector
+(created per leadership term):
+- broker loop: subscribes to heartbeats and probe results, stamps each on receipt with the
+  leader's monotonic clock, counts and drops malformed or replayed messages, and reconnects;
+  while it is down (and for `fence_after` after) the policy declares nobody dead;
+- kube loop: lists Nodes and kubelet Leases, noting on our clock when a renewTime changed;
+- judge loop: evaluates, asks peers to probe suspects, applies the policy, and reports each
+  new decision once (log + Kubernetes Event + the `on_dead` callback), and publishes the
+  leader's view (retained) for `nodefence status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+from agent.cluster import ClusterApi, ClusterError, NodeInfo
+from agent.config import AgentConfig
+from agent.detector import FailureDetector, NodeHealth, NodeVerdict
+from agent.heartbeat_codec import (
+    PREFIX,
+    HeartbeatRejected,
+    SequenceTracker,
+    decode_heartbeat,
+    heartbeat_filter,
+    node_from_topic,
+)
+from agent.mqtt_client import make_client
+from agent.peers import (
+    ProbeRequest,
+    Target,
+    choose_peers,
+    decode_result,
+    encode_request,
+    probe_topic,
+    result_filter,
+)
+from agent.policy import Alert, ClusterFacts, LeaderFacts, MaxUnhealthy, PolicyDecision, decide
+from agent.profiles import DetectionProfile
+
+log = logging.getLogger("nodefence.leader")
+
+DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
+
+
+def view_topic(cluster: str) -> str:
+    """Retained topic where the leader publishes its view for `nodefence status`."""
+    return f"{PREFIX}/{cluster}/leader/view"
+
+
+@dataclass
+class LeaderStats:
+    """Counters for status output, metrics and tests."""
+
+    heartbeats: int = 0
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    probes_sent: int = 0
+    probe_results: int = 0
+    decisions: list[tuple[float, str, str]] = field(default_factory=list)  # (t, node, kind)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class LeaderSide:
+    """Runs while this process holds the Lease; cancelled the moment it does not."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        profile: DetectionProfile,
+        api: ClusterApi,
+        identity: str,
+        *,
+        inventory: frozenset[str] | None = None,
+        on_dead: DeadCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        tick: float = 0.1,
+        kube_period: float = 1.0,
+    ) -> None:
+        self.cfg = cfg
+        self.profile = profile
+        self.api = api
+        self.identity = identity
+        self.inventory = inventory
+        self.on_dead = on_dead
+        self.clock = clock
+        self.tick = tick
+        self.kube_period = kube_period
+        self.max_unhealthy = MaxUnhealthy.parse(cfg.max_unhealthy)
+        self.stats = LeaderStats()
+        self.detector = FailureDetector(profile)
+        self.sequences = SequenceTracker()
+        self.leader_since = 0.0
+        self.broker_up_since: float | None = None
+        self.nodes: dict[str, NodeInfo] = {}
+        self.kubelet_seen: dict[str, tuple[object, float]] = {}
+        self.last_decision: PolicyDecision | None = None
+        self.verdicts: list[NodeVerdict] = []
+        self._reported: dict[str, NodeHealth] = {}
+        self._alerted: set[tuple[str, str | None]] = set()
+        self._probed: dict[str, float] = {}
+        self._probe_salt = 0
+        self._client: aiomqtt.Client | None = None
+
+    async def run(self) -> None:
+        """Lead until cancelled."""
+        self.leader_since = self.clock()
+        log.info("leader side starting; judging nobody for %.1f s", self.profile.fence_after)
+        await self._refresh_kube()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._broker_loop())
+            tg.create_task(self._kube_loop())
+            tg.create_task(self._judge_loop())
+
+    # -- broker ------------------------------------------------------------------------------
+
+    async def _broker_loop(self) -> None:
+        attempt = 0
+        cluster = self.cfg.cluster
+        while True:
+            client = make_client(self.cfg.broker, f"nodefence-leader-{self.identity}")
+            try:
+                async with client:
+                    await client.subscribe(heartbeat_filter(cluster), qos=0)
+                    await client.subscribe(result_filter(cluster), qos=0)
+                    self._client = client
+                    self.broker_up_since = self.clock()
+                    attempt = 0
+                    log.info("leader connected to the broker")
+                    async for message in client.messages:
+                        self._on_message(str(message.topic), message.payload)
+            except aiomqtt.MqttError as err:
+                log.warning("leader lost the broker: %s", err)
+            finally:
+                self._client = None
+                self.broker_up_since = None
+            attempt += 1
+            await asyncio.sleep(
+                min(
+                    self.cfg.broker.reconnect_max,
+                    self.cfg.broker.reconnect_min * 2 ** min(attempt, 10),
+                )
+            )
+
+    def _on_message(self, topic: str, payload: object) -> None:
+        now = self.clock()
+        data = payload if isinstance(payload, bytes) else str(payload).encode()
+        node = node_from_topic(self.cfg.cluster, topic)
+        if node is not None:
+            try:
+                hb = decode_heartbeat(node, data)
+                self.sequences.check(hb)
+            except HeartbeatRejected as rej:
+                self.stats.rejected[rej.reason.value] += 1
+                log.debug("dropped heartbeat on %s: %s", topic, rej)
+                return
+            self.stats.heartbeats += 1
+            self.detector.observe(hb, now)
+            return
+        prefix = f"{PREFIX}/{self.cfg.cluster}/probe-result/"
+        if topic.startswith(prefix):
+            res = decode_result(topic[len(prefix) :], data)
+            if res is None:
+                self.stats.rejected["malformed_probe_result"] += 1
+                return
+            self.stats.probe_results += 1
+            self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, now)
+
+    # -- kubernetes ----------------------------------------------------------------------------
+
+    async def _kube_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.kube_period)
+            await self._refresh_kube()
+
+    async def _refresh_kube(self) -> None:
+        try:
+            nodes = await self.api.list_nodes()
+            leases = await self.api.node_leases()
+        except ClusterError as err:
+            log.warning("cannot read nodes or kubelet leases: %s", err)
+            return
+        now = self.clock()
+        self.nodes = {n.name: n for n in nodes}
+        for n in nodes:
+            self.detector.expect(n.name, now)
+            lease = leases.get(n.name)
+            renew = lease.renew_time if lease else None
+            seen = self.kubelet_seen.get(n.name)
+            if seen is None:
+                # First look: we cannot know when it was renewed on our clock.
+                self.kubelet_seen[n.name] = (renew, now)
+                renewed_at = None
+            elif renew != seen[0]:
+                self.kubelet_seen[n.name] = (renew, now)
+                renewed_at = now
+            else:
+                renewed_at = None
+            self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
+        for gone in set(self.kubelet_seen) - set(self.nodes):
+            self.kubelet_seen.pop(gone, None)
+            self.detector.forget(gone)
+            self.sequences.forget(gone)
+
+    # -- judging -------------------------------------------------------------------------------
+
+    async def _judge_loop(self) -> None:
+        while True:
+            await self.judge_once()
+            await asyncio.sleep(self.tick)
+
+    async def judge_once(self) -> PolicyDecision:
+        """One round: evaluate, probe suspects, decide, report what is new."""
+        now = self.clock()
+        self.verdicts = self.detector.evaluate(now)
+        healthy = [v.node for v in self.verdicts if v.health is NodeHealth.HEALTHY]
+        for v in self.verdicts:
+            if v.health in (NodeHealth.SUSPECT, NodeHealth.DEAD):
+                await self._ask_peers(v.node, healthy, now)
+        maintenance = frozenset(n for n, info in self.nodes.items() if info.maintenance)
+        inventory = (
+            self.inventory
+            if self.inventory is not None
+            else frozenset(v.node for v in self.verdicts)
+        )
+        decision = decide(
+            self.verdicts,
+            LeaderFacts(now, self.leader_since, self.broker_up_since),
+            ClusterFacts(
+                self.max_unhealthy,
+                maintenance,
+                inventory,
+                expected_nodes=len(self.verdicts) or None,
+            ),
+            self.profile,
+        )
+        self.last_decision = decision
+        await self._report(decision, now)
+        await self._publish_view(decision, now)
+        return decision
+
+    async def _ask_peers(self, suspect: str, healthy: list[str], now: float) -> None:
+        last = self._probed.get(suspect)
+        if last is not None and now - last < max(self.profile.interval, 0.5):
+            return
+        client, info = self._client, self.nodes.get(suspect)
+        if client is None or info is None:
+            return
+        targets: list[Target] = []
+        if info.health_endpoint and ":" in info.health_endpoint:
+            host, _, port = info.health_endpoint.rpartition(":")
+            if port.isdigit():
+                targets.append(Target(host, int(port), "agent"))
+        if info.internal_ip and info.kubelet_port:
+            targets.append(Target(info.internal_ip, info.kubelet_port, "kubelet"))
+        if not targets:
+            return
+        self._probe_salt += 1
+        peers = choose_peers(
+            suspect, healthy, max(self.profile.peer_quorum, 1) + 1, self._probe_salt
+        )
+        if not peers:
+            return
+        req = ProbeRequest(uuid.uuid4().hex[:12], suspect, peers, tuple(targets))
+        self._probed[suspect] = now
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(probe_topic(self.cfg.cluster, suspect), encode_request(req))
+            self.stats.probes_sent += 1
+
+    async def _report(self, decision: PolicyDecision, now: float) -> None:
+        for v in self.verdicts:
+            before = self._reported.get(v.node)
+            current = v.health
+            if v.node in decision.fence:
+                current = NodeHealth.DEAD
+            elif v.health is NodeHealth.DEAD:
+                current = NodeHealth.SUSPECT  # DEAD but held: not declared
+            if before == current:
+                continue
+            self._reported[v.node] = current
+            if current is NodeHealth.DEAD:
+                self.stats.decisions.append((now, v.node, "dead"))
+                log.warning("node %s declared dead: %s", v.node, v.reason)
+                await self._event(v.node, "NodeDeclaredDead", f"declared dead: {v.reason}", True)
+                if self.on_dead is not None:
+                    await self.on_dead(v.node, v)
+            elif current is NodeHealth.AGENT_LOST:
+                self.stats.decisions.append((now, v.node, "agent-lost"))
+                log.warning("node %s: agent lost, node alive: %s", v.node, v.reason)
+                await self._event(v.node, "AgentLostNodeAlive", v.reason, True)
+            elif current is NodeHealth.HEALTHY and before in (
+                NodeHealth.DEAD,
+                NodeHealth.AGENT_LOST,
+            ):
+                self.stats.decisions.append((now, v.node, "recovered"))
+                await self._event(v.node, "NodeHeartbeatsBack", "heartbeats are back", False)
+        for alert in decision.alerts:
+            key = (alert.kind.value, alert.node)
+            if key in self._alerted:
+                continue
+            self._alerted.add(key)
+            self.stats.alerts.append(alert)
+            log.error("alert %s: %s", alert.kind.value, alert.message)
+            if alert.node:
+                await self._event(
+                    alert.node, f"Alert{alert.kind.name.title()}", alert.message, True
+                )
+        active = {(a.kind.value, a.node) for a in decision.alerts}
+        self._alerted &= active  # an alert that cleared may fire again later
+
+    async def _event(self, node: str, reason: str, message: str, warning: bool) -> None:
+        info = self.nodes.get(node)
+        try:
+            await self.api.node_event(node, info.uid if info else "", reason, message, warning)
+        except ClusterError as err:
+            log.warning("cannot record event %s for %s: %s", reason, node, err)
+
+    async def _publish_view(self, decision: PolicyDecision, now: float) -> None:
+        client = self._client
+        if client is None:
+            return
+        rows = []
+        for v in self.verdicts:
+            seen = self.kubelet_seen.get(v.node)
+            rows.append(
+                {
+                    "node": v.node,
+                    "state": v.health.value,
+                    "heartbeatAge": None
+                    if v.since_last_heartbeat is None
+                    else round(v.since_last_heartbeat, 2),
+                    "kubeletAge": None if v.kubelet_age is None else round(v.kubelet_age, 2),
+                    "kubeletLeaseSeen": seen is not None,
+                    "ready": self.nodes[v.node].ready if v.node in self.nodes else None,
+                    "reason": v.reason,
+                }
+            )
+        view = {
+            "v": 1,
+            "leader": self.identity,
+            "profile": self.cfg.profile,
+            "frozen": decision.frozen,
+            "alerts": [
+                {"kind": a.kind.value, "node": a.node, "message": a.message}
+                for a in decision.alerts
+            ],
+            "rejected": dict(self.stats.rejected),
+            "nodes": rows,
+            "publishedAt": time.time(),
+        }
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                view_topic(self.cfg.cluster), json.dumps(view).encode(), qos=0, retain=True
+            )

@@ -1,0 +1,193 @@
+"""Peer probes: other agents check, over the node network, whether a silent node is alive.
+
+The leader asks a few healthy peers to probe a suspect; each probes the suspect's agent health
+endpoint (HTTP `GET /healthz`) and its kubelet port (a TCP connect), and reports back. A node
+whose agent died but whose kubelet still accepts connections is alive: "agent lost, node
+alive", never dead. Messages travel over the broker:
+
+- `nodefence/v1/<cluster>/probe/<suspect>`: the leader's request
+  `{"v":1,"id":..,"suspect":..,"peers":[..],"targets":[{"host":..,"port":..,"kind":..}]}`
+- `nodefence/v1/<cluster>/probe-result/<peer>`: `{"v":1,"id":..,"peer":..,"suspect":..,
+  "reachable":bool}`
+
+Encoding, decoding and peer selection are pure; `run_probe` is the only I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent.health import probe as probe_agent
+from agent.heartbeat_codec import PREFIX, valid_name
+
+MAX_PROBE_PAYLOAD = 4096
+TargetKind = Literal["agent", "kubelet"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint of the suspect to try."""
+
+    host: str
+    port: int
+    kind: TargetKind
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """The leader's request that `peers` probe `suspect` at `targets`."""
+
+    id: str
+    suspect: str
+    peers: tuple[str, ...]
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One peer's answer."""
+
+    id: str
+    peer: str
+    suspect: str
+    reachable: bool
+
+
+def probe_topic(cluster: str, suspect: str) -> str:
+    """Where the leader asks for probes of `suspect`."""
+    return f"{PREFIX}/{cluster}/probe/{suspect}"
+
+
+def probe_filter(cluster: str) -> str:
+    """What every agent subscribes to for probe requests."""
+    return f"{PREFIX}/{cluster}/probe/+"
+
+
+def result_topic(cluster: str, peer: str) -> str:
+    """Where `peer` reports its probe results."""
+    return f"{PREFIX}/{cluster}/probe-result/{peer}"
+
+
+def result_filter(cluster: str) -> str:
+    """What the leader subscribes to for probe results."""
+    return f"{PREFIX}/{cluster}/probe-result/+"
+
+
+def choose_peers(suspect: str, healthy: Sequence[str], count: int, salt: int) -> tuple[str, ...]:
+    """Up to `count` healthy nodes other than the suspect, rotating with `salt` so repeated
+    probes spread over the cluster (pure and deterministic)."""
+    others = sorted(n for n in healthy if n != suspect)
+    if not others:
+        return ()
+    start = salt % len(others)
+    rotated = others[start:] + others[:start]
+    return tuple(rotated[:count])
+
+
+def encode_request(req: ProbeRequest) -> bytes:
+    """The request payload."""
+    return json.dumps(
+        {
+            "v": 1,
+            "id": req.id,
+            "suspect": req.suspect,
+            "peers": list(req.peers),
+            "targets": [{"host": t.host, "port": t.port, "kind": t.kind} for t in req.targets],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_request(payload: bytes) -> ProbeRequest | None:
+    """A valid request, or None for anything malformed (counted by the caller)."""
+    obj = _load(payload)
+    if obj is None:
+        return None
+    try:
+        suspect, rid, peers = obj["suspect"], obj["id"], obj["peers"]
+        targets = tuple(Target(str(t["host"]), int(t["port"]), t["kind"]) for t in obj["targets"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    ok = (
+        isinstance(suspect, str)
+        and valid_name(suspect)
+        and isinstance(rid, str)
+        and isinstance(peers, list)
+        and all(isinstance(p, str) for p in peers)
+        and all(0 < t.port < 65536 and t.kind in ("agent", "kubelet") for t in targets)
+        and len(targets) <= 8
+    )
+    return ProbeRequest(rid, suspect, tuple(peers), targets) if ok else None
+
+
+def encode_result(res: ProbeResult) -> bytes:
+    """The result payload."""
+    return json.dumps(
+        {
+            "v": 1,
+            "id": res.id,
+            "peer": res.peer,
+            "suspect": res.suspect,
+            "reachable": res.reachable,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_result(topic_peer: str, payload: bytes) -> ProbeResult | None:
+    """A valid result whose peer matches its topic, or None."""
+    obj = _load(payload)
+    if obj is None:
+        return None
+    peer, suspect, rid, reachable = (
+        obj.get("peer"),
+        obj.get("suspect"),
+        obj.get("id"),
+        obj.get("reachable"),
+    )
+    if (
+        peer != topic_peer
+        or not isinstance(suspect, str)
+        or not valid_name(suspect)
+        or not isinstance(rid, str)
+        or not isinstance(reachable, bool)
+    ):
+        return None
+    return ProbeResult(rid, peer, suspect, reachable)
+
+
+def _load(payload: bytes) -> dict[str, Any] | None:
+    if len(payload) > MAX_PROBE_PAYLOAD:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) and obj.get("v") == 1 else None
+
+
+async def _tcp_connect(host: str, port: int, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+        return True
+    except (OSError, TimeoutError):
+        return False
+
+
+async def run_probe(req: ProbeRequest, timeout: float) -> bool:
+    """Probe every target at once; True when any answers within `timeout` seconds."""
+    if not req.targets:
+        return False
+    checks = [
+        probe_agent(t.host, t.port, timeout)
+        if t.kind == "agent"
+        else _tcp_connect(t.host, t.port, timeout)
+        for t in req.targets
+    ]
+    return any(await asyncio.gather(*checks))

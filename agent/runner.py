@@ -1,0 +1,133 @@
+"""`nodefence agent`: everything one node runs: heartbeats, the health endpoint, answers to
+peer probes, and the leader candidacy (the leader side runs only while holding the Lease)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import aiomqtt
+
+from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
+from agent.config import AgentConfig
+from agent.election import ElectionTiming, LeaderElector
+from agent.health import HealthServer
+from agent.heartbeat import HeartbeatPublisher
+from agent.leader import LeaderSide
+from agent.mqtt_client import make_client
+from agent.peers import (
+    ProbeResult,
+    decode_request,
+    encode_result,
+    probe_filter,
+    result_topic,
+    run_probe,
+)
+from agent.profiles import DetectionProfile, profile_from_mapping
+
+log = logging.getLogger("nodefence.agent")
+
+
+def detection_profile(cfg: AgentConfig) -> DetectionProfile:
+    """The config's profile with its overrides applied (raises `ProfileError`)."""
+    return profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
+
+
+async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: asyncio.Event) -> None:
+    """Probe suspects when the leader names this node as a peer; report over the broker."""
+    while not stop.is_set():
+        try:
+            async with make_client(cfg.broker, f"nodefence-probe-{node}") as client:
+                await client.subscribe(probe_filter(cfg.cluster), qos=0)
+                async for message in client.messages:
+                    payload = message.payload
+                    if not isinstance(payload, bytes):
+                        continue
+                    req = decode_request(payload)
+                    if req is None or node not in req.peers or req.suspect == node:
+                        continue
+                    reachable = await run_probe(req, timeout)
+                    res = ProbeResult(req.id, node, req.suspect, reachable)
+                    await client.publish(result_topic(cfg.cluster, node), encode_result(res))
+        except aiomqtt.MqttError as err:
+            log.debug("probe responder lost the broker: %s", err)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), cfg.broker.reconnect_max)
+
+
+def advertised_host(cfg: AgentConfig) -> str:
+    """The address peers should probe: the bind address, or the node IP the DaemonSet gives."""
+    if cfg.health_host not in ("0.0.0.0", "::"):
+        return cfg.health_host
+    return os.environ.get("NODE_IP") or os.environ.get("POD_IP") or "127.0.0.1"
+
+
+async def run_agent(
+    cfg: AgentConfig,
+    node: str,
+    stop: asyncio.Event,
+    inventory_nodes: Callable[[], frozenset[str] | None] | None = None,
+) -> None:
+    """Run every part of the agent until `stop` is set."""
+    profile = detection_profile(cfg)
+    publisher = HeartbeatPublisher(cfg.broker, cfg.cluster, node, interval=profile.interval)
+    health = HealthServer(
+        cfg.health_host,
+        cfg.health_port,
+        info=lambda: {"node": node, "boot": publisher.boot, "broker": publisher.stats.connected},
+        ready=lambda: publisher.stats.connected,
+    )
+    await health.start()
+    api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
+    try:
+        await api.annotate_node(node, HEALTH_ANNOTATION, f"{advertised_host(cfg)}:{health.port}")
+    except ClusterError as err:
+        log.warning("cannot announce the health endpoint on node %s: %s", node, err)
+    k = cfg.kube
+    elector = LeaderElector(
+        api,
+        k.namespace,
+        k.lease_name,
+        identity=node,
+        timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
+    )
+
+    async def lead() -> None:
+        inventory = inventory_nodes() if inventory_nodes else None
+        await LeaderSide(cfg, profile, api, node, inventory=inventory).run()
+
+    log.info(
+        "agent for node %s: cluster %s, broker %s:%s, profile %s",
+        node,
+        cfg.cluster,
+        cfg.broker.host,
+        cfg.broker.port,
+        cfg.profile,
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(publisher.run(stop))
+            tg.create_task(elector.run(lead, stop))
+            tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
+    finally:
+        await health.stop()
+
+
+def run_agent_process(
+    cfg: AgentConfig, node: str, inventory_nodes: Callable[[], frozenset[str] | None] | None = None
+) -> int:
+    """Run the agent in this process until SIGTERM/SIGINT; returns the exit code."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_agent(cfg, node, stop, inventory_nodes)
+
+    asyncio.run(main())
+    return 0
