@@ -147,4 +147,6 @@ def conflict(group: str, plural: str, name: str, why: str) -> Conflict:
     )
 
 
-STALE = "the object has been modified; please apply your changes to the latest version and try again"
+STALE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)

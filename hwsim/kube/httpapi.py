@@ -1,0 +1,375 @@
+"""The HTTP face of the store: Kubernetes REST paths, verbs, watches and Status errors (aiohttp).
+
+Every request is appended to an audit list as a `RequestRecord` (verb, resource, namespace, name,
+subresource, response code), so tests can check what a client did, e.g. against RBAC rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from hwsim.kube import discovery, openapi, protobuf
+from hwsim.kube.errors import (
+    ApiError,
+    BadRequest,
+    Gone,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+)
+from hwsim.kube.eviction import evict
+from hwsim.kube.resources import ResourceType
+from hwsim.kube.routing import (
+    Representation,
+    Route,
+    negotiate,
+    parse_resource_path,
+    truthy,
+    verb_for,
+)
+from hwsim.kube.store import ObjectStore
+from hwsim.kube.tables import build_table
+from hwsim.kube.watch import Watcher, WatchEvent
+
+Obj = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as RBAC sees it; `resource` is empty for non-resource paths."""
+
+    verb: str
+    path: str
+    group: str = ""
+    version: str = ""
+    resource: str = ""
+    namespace: str = ""
+    name: str = ""
+    subresource: str = ""
+    code: int = 0
+    user_agent: str = ""
+
+
+def _json(body: Obj, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _number(value: str | None, name: str) -> float:
+    """A numeric query parameter (0 when absent); BadRequest when it is not a number."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, not {value!r}") from None
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if request.content_type == "application/vnd.kubernetes.protobuf":
+        return protobuf.decode(raw)
+    if not raw.strip():
+        return {}
+    try:
+        if "yaml" in request.content_type:
+            return yaml.safe_load(raw)
+        return json.loads(raw)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BadRequest(f"the request body could not be decoded: {exc}") from None
+
+
+class ApiHandler:
+    """The aiohttp request handler; `close_watches()` ends every open watch stream."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        requests: list[RequestRecord],
+        address: Callable[[], str],
+        *,
+        bookmark_interval: float,
+        watch_timeout: float,
+    ) -> None:
+        self.store = store
+        self.requests = requests
+        self._address = address
+        self.bookmark_interval = bookmark_interval
+        self.watch_timeout = watch_timeout
+        self._watchers: set[Watcher] = set()
+        self._recorded: set[int] = set()  # requests recorded early (watches, when they open)
+
+    def application(self) -> web.Application:
+        """An aiohttp application routing every path to this handler."""
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    def close_watches(self) -> None:
+        """End every watch stream this server has open."""
+        for watcher in list(self._watchers):
+            watcher.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Serve one request and record it."""
+        route = parse_resource_path(request.path)
+        verb = (
+            verb_for(request.method, route, request.query.get("watch"))
+            if route
+            else request.method.lower()
+        )
+        code = 500
+        try:
+            if route is None:
+                response = self._non_resource(request.path)
+            else:
+                response = await self._resource(request, route, verb)
+            code = response.status
+            return response
+        except ApiError as exc:
+            code = exc.code
+            return _json(exc.status(), exc.code)
+        except Exception as exc:  # a bug here must still answer like an API server, and show
+            log.exception("hwsim API server failed on %s %s", request.method, request.path)
+            return _json(InternalError(f"hwsim internal error: {exc!r}").status(), 500)
+        finally:
+            if id(request) in self._recorded:
+                self._recorded.discard(id(request))
+            else:
+                self._record(request, route, verb, code)
+
+    def _record(self, request: web.Request, route: Route | None, verb: str, code: int) -> None:
+        self.requests.append(
+            RequestRecord(
+                verb=verb,
+                path=request.path,
+                group=route.group if route else "",
+                version=route.version if route else "",
+                resource=route.plural if route else "",
+                namespace=(route.namespace or "") if route else "",
+                name=route.name if route else "",
+                subresource=route.subresource if route else "",
+                code=code,
+                user_agent=request.headers.get("User-Agent", ""),
+            )
+        )
+
+    def _non_resource(self, path: str) -> web.StreamResponse:
+        parts = [p for p in path.split("/") if p]
+        registry = self.store.registry
+        if parts in (["healthz"], ["livez"], ["readyz"]):
+            return web.Response(text="ok")
+        if parts == ["openapi", "v3"]:
+            return _json(openapi.root(registry))
+        if parts[:2] == ["openapi", "v3"]:
+            return _json(openapi.group_version(registry, "/".join(parts[2:])))
+        if parts == ["version"]:
+            return _json(discovery.SERVER_VERSION)
+        if parts == ["api"]:
+            return _json(discovery.api_versions(self._address()))
+        if len(parts) == 2 and parts[0] == "api":
+            return _json(discovery.resource_list(registry, "", parts[1]))
+        if parts == ["apis"]:
+            return _json(discovery.api_group_list(registry))
+        if len(parts) == 2 and parts[0] == "apis":
+            return _json(discovery.group_of(registry, parts[1]))
+        if len(parts) == 3 and parts[0] == "apis":
+            return _json(discovery.resource_list(registry, parts[1], parts[2]))
+        raise NotFound("the server could not find the requested resource")
+
+    async def _resource(self, request: web.Request, route: Route, verb: str) -> web.StreamResponse:
+        rt = self.store.registry.get(route.group, route.version, route.plural)
+        if route.namespace is not None and not rt.namespaced:
+            raise NotFound("the server could not find the requested resource")
+        if "dryRun" in request.query:
+            raise BadRequest("dryRun is not supported by the hwsim API server")
+        query, ns, name, sub = request.query, route.namespace, route.name, route.subresource
+        rep = negotiate(request.headers.get("Accept"))
+        if sub and sub != "status" and not (sub == "eviction" and "eviction" in rt.subresources):
+            raise NotFound("the server could not find the requested resource")
+        if sub == "status" and not rt.status_subresource:
+            raise NotFound("the server could not find the requested resource")
+        if verb == "get":
+            return self._render(rt, self.store.get(rt, name, ns), rep, query)
+        if verb == "list":
+            found = self.store.list(
+                rt,
+                ns,
+                label_selector=query.get("labelSelector", ""),
+                field_selector=query.get("fieldSelector", ""),
+                limit=int(_number(query.get("limit"), "limit")),
+                continue_token=query.get("continue", ""),
+            )
+            return self._render(rt, found, rep, query)
+        if verb == "watch":
+            return await self._watch(request, rt, route, rep)
+        body = await _body(request)
+        if verb in ("create", "update") and not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        if verb == "create" and sub == "eviction":
+            if ns is None:
+                raise NotFound("the server could not find the requested resource")
+            return _json(evict(self.store, ns, name, body), 201)
+        if verb == "create":
+            if name:
+                raise MethodNotAllowed(f"{request.method} is not supported on a named object")
+            return self._render(rt, self.store.create(rt, body, ns), rep, query, 201)
+        if verb == "update":
+            meta = body.setdefault("metadata", {})
+            if meta.setdefault("name", name) != name:
+                raise BadRequest(
+                    f"the name of the object ({meta['name']}) does not match the name on the URL "
+                    f"({name})"
+                )
+            return self._render(rt, self.store.update(rt, body, ns, subresource=sub), rep, query)
+        if verb == "patch":
+            patched = self.store.patch(
+                rt, name, body, ns, patch_type=request.content_type, subresource=sub
+            )
+            return self._render(rt, patched, rep, query)
+        if verb == "delete":
+            return self._delete(rt, ns, name, body if isinstance(body, dict) else {}, query)
+        if verb == "deletecollection":
+            gone = self.store.delete_collection(
+                rt,
+                ns,
+                label_selector=query.get("labelSelector", ""),
+                field_selector=query.get("fieldSelector", ""),
+            )
+            return _json(gone)
+        raise MethodNotAllowed(f"{request.method} is not supported here")
+
+    def _delete(
+        self, rt: ResourceType, ns: str | None, name: str, options: Obj, query: Any
+    ) -> web.Response:
+        result = self.store.delete(
+            rt,
+            name,
+            ns,
+            preconditions=options.get("preconditions"),
+            propagation_policy=options.get("propagationPolicy") or query.get("propagationPolicy"),
+        )
+        if result["metadata"].get("deletionTimestamp") and result["metadata"].get("finalizers"):
+            return _json(result)
+        details = {"name": name, "group": rt.group, "kind": rt.plural}
+        details["uid"] = result["metadata"]["uid"]
+        return _json(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": details,
+            }
+        )
+
+    def _render(
+        self, rt: ResourceType, body: Obj, rep: Representation, query: Any, status: int = 200
+    ) -> web.Response:
+        return _json(self._transform(rt, body, rep, query), status)
+
+    def _transform(self, rt: ResourceType, body: Obj, rep: Representation, query: Any) -> Obj:
+        is_list = "items" in body and body.get("kind", "").endswith("List")
+        items = body["items"] if is_list else [body]
+        if rep.kind == "Table":
+            return build_table(
+                rt.printed_columns,
+                items,
+                self.store.clock(),
+                api_version=rep.api_version,
+                include_object=query.get("includeObject", "Metadata"),
+                list_meta=body["metadata"] if is_list else {},
+            )
+        if rep.kind == "PartialObjectMetadata":
+            partial = [
+                {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": rep.api_version,
+                    "metadata": o["metadata"],
+                }
+                for o in items
+            ]
+            if not is_list:
+                return partial[0]
+            return {
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": rep.api_version,
+                "metadata": body["metadata"],
+                "items": partial,
+            }
+        return body
+
+    async def _watch(
+        self, request: web.Request, rt: ResourceType, route: Route, rep: Representation
+    ) -> web.StreamResponse:
+        query = request.query
+        fields = query.get("fieldSelector", "")
+        if route.name:
+            fields = ",".join(f for f in (fields, f"metadata.name={route.name}") if f)
+        initial = query.get("sendInitialEvents")
+        timeout = _number(query.get("timeoutSeconds"), "timeoutSeconds") or self.watch_timeout
+        allow_bookmarks = truthy(query.get("allowWatchBookmarks"))
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json"
+        response.enable_chunked_encoding()
+        try:
+            watcher = self.store.watch(
+                rt,
+                route.namespace,
+                resource_version=query.get("resourceVersion"),
+                label_selector=query.get("labelSelector", ""),
+                field_selector=fields,
+                allow_bookmarks=allow_bookmarks,
+                send_initial_events=None if initial is None else truthy(initial),
+            )
+        except Gone as exc:
+            # As the real server: the watch opens, then says 410 in an ERROR event.
+            await response.prepare(request)
+            await response.write(self._line(rt, WatchEvent("ERROR", exc.status()), rep, query))
+            await response.write_eof()
+            return response
+        self._watchers.add(watcher)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_bookmark = loop.time() + self.bookmark_interval
+        try:
+            await response.prepare(request)
+            self._record(request, route, "watch", 200)  # now, not when the stream ends
+            self._recorded.add(id(request))
+            while (now := loop.time()) < deadline:
+                if allow_bookmarks and now >= next_bookmark:
+                    self.store.bookmark(watcher)
+                    next_bookmark = now + self.bookmark_interval
+                wait = deadline - now
+                if allow_bookmarks:
+                    wait = min(wait, max(0.0, next_bookmark - now))
+                event = await watcher.aget(wait)
+                if event is not None:
+                    await response.write(self._line(rt, event, rep, query))
+                elif watcher.closed:
+                    break
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away; nothing to tell it
+        finally:
+            watcher.close()
+            self._watchers.discard(watcher)
+        return response
+
+    def _line(self, rt: ResourceType, event: WatchEvent, rep: Representation, query: Any) -> bytes:
+        obj = event.object
+        if event.type not in ("ERROR", "BOOKMARK"):
+            obj = self._transform(rt, obj, rep, query)
+        return (
+            json.dumps({"type": event.type, "object": obj}, separators=(",", ":")).encode() + b"\n"
+        )

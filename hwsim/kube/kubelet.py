@@ -1,0 +1,197 @@
+"""`SimKubelet`: what a node's kubelet does to the API while its machine has power.
+
+On each tick while `is_powered()`: register the Node after a boot, renew the node's Lease in
+`kube-node-lease` and refresh the Ready condition's heartbeat. While unpowered it does nothing,
+as a dead kubelet does; `NodeLifecycleController` (lifecycle.py) then marks the node Unknown.
+A Node deleted while the kubelet runs is not re-created until the next boot (power cycle),
+like the real kubelet, which registers only at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from hwsim.kube.errors import AlreadyExists, NotFound
+from hwsim.kube.objects import micro_timestamp, timestamp, wall_clock
+from hwsim.kube.patch import STRATEGIC
+from hwsim.kube.periodic import Periodic
+from hwsim.kube.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+_PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure")
+
+
+class SimKubelet:
+    """One node's kubelet against `store`; run with `start()` (task) or `start_in_thread()`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        node_name: str,
+        is_powered: Callable[[], bool],
+        *,
+        lease_interval: float = 10.0,
+        lease_duration_seconds: int = 40,
+        labels: dict[str, str] | None = None,
+        internal_ip: str = "",
+        kubelet_version: str = "v1.32.0",
+        clock: Callable[[], datetime] = wall_clock,
+    ) -> None:
+        self.store = store
+        self.node_name = node_name
+        self.is_powered = is_powered
+        self.lease_duration_seconds = lease_duration_seconds
+        self.labels = dict(labels or {})
+        self.internal_ip = internal_ip
+        self.kubelet_version = kubelet_version
+        self.clock = clock
+        self.booted = False
+        self._machine_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node_name}.hwsim"))
+        self.renewals = 0
+        self.ticks = 0
+        self._loop = Periodic(self.tick, lease_interval, f"kubelet-{node_name}")
+
+    def tick(self) -> None:
+        """One kubelet iteration: nothing when unpowered; else register (after boot) and renew."""
+        self.ticks += 1
+        if not self.is_powered():
+            self.booted = False
+            return
+        if not self.booted:
+            self._register()
+            self.booted = True
+        self._renew_lease()
+        self._heartbeat()
+
+    def _ready(self, now: str, since: str) -> dict[str, str]:
+        return {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "kubelet is posting ready status",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": since,
+        }
+
+    def _register(self) -> None:
+        now = timestamp(self.clock())
+        conditions = [
+            {
+                "type": t,
+                "status": "False",
+                "reason": f"KubeletHas{'No' if t != 'PIDPressure' else 'Sufficient'}{t}",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+            for t in _PRESSURES
+        ]
+        conditions.append(self._ready(now, now))
+        addresses = [{"type": "Hostname", "address": self.node_name}]
+        if self.internal_ip:
+            addresses.insert(0, {"type": "InternalIP", "address": self.internal_ip})
+        status = {
+            "conditions": conditions,
+            "addresses": addresses,
+            "nodeInfo": {
+                "machineID": self._machine_id,
+                "systemUUID": self._machine_id,
+                "bootID": str(uuid.uuid4()),
+                "kernelVersion": "6.1.0-hwsim",
+                "osImage": "hwsim",
+                "containerRuntimeVersion": "containerd://1.7.0",
+                "kubeletVersion": self.kubelet_version,
+                "kubeProxyVersion": self.kubelet_version,
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        }
+        labels = {
+            "kubernetes.io/hostname": self.node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            **self.labels,
+        }
+        node = {
+            "metadata": {"name": self.node_name, "labels": labels},
+            "spec": {},
+            "status": status,
+        }
+        try:
+            self.store.create("nodes", node)
+        except AlreadyExists:  # a reboot: the Node outlived the kubelet
+            self.store.patch(
+                "nodes", self.node_name, {"metadata": {"labels": labels}}, patch_type=STRATEGIC
+            )
+            self.store.patch(
+                "nodes",
+                self.node_name,
+                {"status": status},
+                patch_type=STRATEGIC,
+                subresource="status",
+            )
+
+    def _renew_lease(self) -> None:
+        now = micro_timestamp(self.clock())
+        spec = {
+            "holderIdentity": self.node_name,
+            "leaseDurationSeconds": self.lease_duration_seconds,
+            "renewTime": now,
+        }
+        try:
+            lease = self.store.get("leases", self.node_name, NODE_LEASE_NAMESPACE)
+        except NotFound:
+            meta: dict[str, object] = {"name": self.node_name, "namespace": NODE_LEASE_NAMESPACE}
+            try:
+                node = self.store.get("nodes", self.node_name)
+                meta["ownerReferences"] = [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "name": self.node_name,
+                        "uid": node["metadata"]["uid"],
+                    }
+                ]
+            except NotFound:
+                pass
+            self.store.create("leases", {"metadata": meta, "spec": spec})
+        else:
+            lease["spec"] = {**(lease.get("spec") or {}), **spec}
+            self.store.update("leases", lease)
+        self.renewals += 1
+
+    def _heartbeat(self) -> None:
+        now = timestamp(self.clock())
+        try:
+            node = self.store.get("nodes", self.node_name)
+        except NotFound:
+            log.warning(
+                "kubelet %s: its Node is gone; it registers again after a reboot", self.node_name
+            )
+            return
+        conditions = (node.get("status") or {}).get("conditions") or []
+        ready: dict[str, str] = next((c for c in conditions if c.get("type") == "Ready"), {})
+        since = ready.get("lastTransitionTime", now) if ready.get("status") == "True" else now
+        patch = {"status": {"conditions": [self._ready(now, since)]}}
+        self.store.patch("nodes", self.node_name, patch, patch_type=STRATEGIC, subresource="status")
+
+    def start(self) -> asyncio.Task[None]:
+        """Run as a task on the running loop."""
+        return self._loop.start()
+
+    async def stop(self) -> None:
+        """Stop the task."""
+        await self._loop.stop()
+
+    def start_in_thread(self) -> None:
+        """Run in a daemon thread."""
+        self._loop.start_in_thread()
+
+    def stop_thread(self) -> None:
+        """Stop the thread."""
+        self._loop.stop_thread()
