@@ -111,6 +111,8 @@ class LeaderSide:
         self._probed: dict[str, float] = {}
         self._probe_salt = 0
         self._client: aiomqtt.Client | None = None
+        self._last_kube_look: float | None = None
+        self._connected_once = asyncio.Event()
 
     async def run(self) -> None:
         """Lead until cancelled."""
@@ -135,6 +137,7 @@ class LeaderSide:
                     await client.subscribe(result_filter(cluster), qos=0)
                     self._client = client
                     self.broker_up_since = self.clock()
+                    self._connected_once.set()
                     attempt = 0
                     log.info("leader connected to the broker")
                     async for message in client.messages:
@@ -191,21 +194,23 @@ class LeaderSide:
             log.warning("cannot read nodes or kubelet leases: %s", err)
             return
         now = self.clock()
+        previous_look, self._last_kube_look = self._last_kube_look, now
         self.nodes = {n.name: n for n in nodes}
         for n in nodes:
             self.detector.expect(n.name, now)
             lease = leases.get(n.name)
             renew = lease.renew_time if lease else None
             seen = self.kubelet_seen.get(n.name)
+            renewed_at = None
             if seen is None:
                 # First look: we cannot know when it was renewed on our clock.
                 self.kubelet_seen[n.name] = (renew, now)
-                renewed_at = None
             elif renew != seen[0]:
                 self.kubelet_seen[n.name] = (renew, now)
-                renewed_at = now
-            else:
-                renewed_at = None
+                # The change happened some time after our previous look: stamp it with that
+                # earliest possible moment, so a renewal made just before a node died is never
+                # taken for one made after its last heartbeat (a false "node alive").
+                renewed_at = previous_look if previous_look is not None else now
             self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
         for gone in set(self.kubelet_seen) - set(self.nodes):
             self.kubelet_seen.pop(gone, None)
@@ -215,6 +220,10 @@ class LeaderSide:
     # -- judging -------------------------------------------------------------------------------
 
     async def _judge_loop(self) -> None:
+        # Give the first broker connection a moment, so a leader that is still connecting
+        # does not raise a "broker down" alert (it judges nobody meanwhile anyway).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected_once.wait(), self.profile.fence_after)
         while True:
             await self.judge_once()
             await asyncio.sleep(self.tick)

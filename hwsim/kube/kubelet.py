@@ -40,6 +40,7 @@ class SimKubelet:
         lease_duration_seconds: int = 40,
         labels: dict[str, str] | None = None,
         internal_ip: str = "",
+        kubelet_port: int = 0,
         kubelet_version: str = "v1.32.0",
         clock: Callable[[], datetime] = wall_clock,
     ) -> None:
@@ -49,6 +50,7 @@ class SimKubelet:
         self.lease_duration_seconds = lease_duration_seconds
         self.labels = dict(labels or {})
         self.internal_ip = internal_ip
+        self.kubelet_port = kubelet_port
         self.kubelet_version = kubelet_version
         self.clock = clock
         self.booted = False
@@ -95,7 +97,7 @@ class SimKubelet:
         addresses = [{"type": "Hostname", "address": self.node_name}]
         if self.internal_ip:
             addresses.insert(0, {"type": "InternalIP", "address": self.internal_ip})
-        status = {
+        status: dict[str, object] = {
             "conditions": conditions,
             "addresses": addresses,
             "nodeInfo": {
@@ -111,6 +113,8 @@ class SimKubelet:
                 "architecture": "amd64",
             },
         }
+        if self.kubelet_port:
+            status["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self.kubelet_port}}
         labels = {
             "kubernetes.io/hostname": self.node_name,
             "kubernetes.io/os": "linux",

@@ -1,0 +1,179 @@
+"""A whole simulated cluster on 127.0.0.1: mosquitto, the Kubernetes API emulator, simulated
+nodes (machine + kubelet + a real `nodefence agent` process each) and, optionally, their BMCs.
+
+Used by the end-to-end tests and, later, by `nodefence-hwsim cluster` and the scenarios.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hwsim.broker import MosquittoBroker
+from hwsim.fleet import Fleet
+from hwsim.kube import KubeApiServer, NodeLifecycleController
+from hwsim.kube.errors import NotFound
+from hwsim.simnode import SimNode
+
+
+@dataclass
+class ClusterSettings:
+    """Timings and options of a simulated cluster (short ones suit tests)."""
+
+    nodes: int = 3
+    cluster: str = "sim"
+    profile: str = "default"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    max_unhealthy: str = "40%"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    kubelet_lease_interval: float = 10.0
+    node_monitor_grace: float = 40.0
+    inventory: str | None = None
+
+
+class SimCluster:
+    """Start with `start()`, stop with `stop()` (also on failure); see the module doc."""
+
+    def __init__(self, workdir: Path, settings: ClusterSettings | None = None) -> None:
+        self.workdir = workdir
+        self.settings = settings or ClusterSettings()
+        self.fleet = Fleet.of_size(self.settings.nodes)
+        self.broker = MosquittoBroker(workdir / "mqtt")
+        self.kube = KubeApiServer()
+        self.kubeconfig = workdir / "kubeconfig"
+        self.lifecycle: NodeLifecycleController | None = None
+        self.nodes: dict[str, SimNode] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, agents: bool = True) -> None:
+        """Start broker, API server, kubelets and (unless `agents=False`) every agent."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.broker.start()
+            self.kube.start_in_thread()
+            self.kube.write_kubeconfig(self.kubeconfig)
+            store = self.kube.store
+            for ns in ("default", "kube-node-lease", "nodefence"):
+                try:
+                    store.get("namespaces", ns)
+                except NotFound:
+                    store.create("namespaces", {"metadata": {"name": ns}})
+            self.lifecycle = NodeLifecycleController(
+                store, node_monitor_grace=self.settings.node_monitor_grace
+            )
+            self.lifecycle.start_in_thread()
+            for machine in self.fleet:
+                node = SimNode(
+                    machine,
+                    store,
+                    self.workdir,
+                    lease_interval=self.settings.kubelet_lease_interval,
+                )
+                self.nodes[machine.name] = node
+                node.start()
+            if agents:
+                for name in self.nodes:
+                    self.start_agent(name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every process and server this cluster started (idempotent)."""
+        for node in self.nodes.values():
+            node.stop()
+        if self.lifecycle is not None:
+            self.lifecycle.stop_thread()
+            self.lifecycle = None
+        self.kube.stop_thread()
+        self.broker.stop()
+
+    # -- agents -----------------------------------------------------------------------------------
+
+    def agent_config(self, node: str) -> Path:
+        """Write (and return) the agent config file for `node`."""
+        s = self.settings
+        doc: dict[str, Any] = {
+            "cluster": s.cluster,
+            "broker": {
+                "host": "127.0.0.1",
+                "port": self.broker.port,
+                "keepalive": 5,
+                "reconnect_min": 0.1,
+                "reconnect_max": 1.0,
+            },
+            "detection": {
+                "profile": s.profile,
+                "overrides": s.overrides,
+                "max_unhealthy": s.max_unhealthy,
+            },
+            "kubernetes": {
+                "kubeconfig": str(self.kubeconfig),
+                "namespace": "nodefence",
+                "lease_duration": s.lease_duration,
+                "renew_deadline": s.renew_deadline,
+                "retry_period": s.retry_period,
+            },
+            "health": {"host": "127.0.0.1", "port": 0},
+        }
+        if s.inventory:
+            doc["inventory"] = s.inventory
+        path = self.workdir / "agents" / f"{node}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def start_agent(self, node: str) -> None:
+        """Start (or restart) `node`'s agent process."""
+        self.nodes[node].start_agent(self.agent_config(node))
+
+    # -- observations -----------------------------------------------------------------------------
+
+    def leader(self) -> str | None:
+        """The holder of the nodefence leader Lease, or None."""
+        try:
+            lease = self.kube.store.get("leases", "nodefence-leader", "nodefence")
+        except NotFound:
+            return None
+        holder = (lease.get("spec") or {}).get("holderIdentity")
+        return str(holder) if holder else None
+
+    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        """Core Events in the default namespace (optionally of one reason), oldest first."""
+        items = self.kube.store.list("events", "default")["items"]
+        found = [e for e in items if reason is None or e.get("reason") == reason]
+        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    def wait_for(self, what: str, predicate: Any, timeout: float, interval: float = 0.05) -> Any:
+        """Poll `predicate()` until truthy (returned) or raise `TimeoutError` naming `what`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what}: not within {timeout:g} s\n{self.log_tail()}")
+            time.sleep(interval)
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of every agent log (for failure messages)."""
+        parts = []
+        for node in self.nodes.values():
+            if node.log_path.exists():
+                tail = node.log_path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {node.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def summary(self) -> str:
+        """A one-line JSON summary (for debugging)."""
+        return json.dumps(
+            {"leader": self.leader(), "power": {m.name: m.power_state() for m in self.fleet}}
+        )

@@ -1,0 +1,149 @@
+"""A simulated node: a machine, its kubelet (Lease, Ready, a TCP port peers can reach while it
+has power) and its nodefence agent process. Cutting power silences all three at once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from hwsim.kube import ObjectStore, SimKubelet
+from hwsim.machine import PowerLiteral, SimMachine
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class KubeletPort:
+    """A TCP listener on 127.0.0.1 standing in for the kubelet's port: open only while the
+    machine has power (peers probe it to tell "agent dead" from "node dead")."""
+
+    def __init__(self) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = int(probe.getsockname()[1])
+        probe.close()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Listen (accepting and closing connections) until `close()`."""
+        with self._lock:
+            if self._sock is not None:
+                return
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+            sock.listen(64)
+            self._sock = sock
+            self._thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self._thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        """Stop listening: connections are refused, as on a machine without power."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            with_shutdown(sock)
+
+
+def with_shutdown(sock: socket.socket) -> None:
+    """Close a listening socket so a thread blocked in accept() returns."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+class SimNode:
+    """One node of the simulated cluster."""
+
+    def __init__(
+        self, machine: SimMachine, store: ObjectStore, workdir: Path, lease_interval: float = 10.0
+    ) -> None:
+        self.machine = machine
+        self.name = machine.name
+        self.workdir = workdir
+        self.kubelet_port = KubeletPort()
+        self.kubelet = SimKubelet(
+            store,
+            machine.name,
+            lambda: machine.power_state() == "on",
+            lease_interval=lease_interval,
+            internal_ip="127.0.0.1",
+            kubelet_port=self.kubelet_port.port,
+        )
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.agent_config: Path | None = None
+        self.agent_env: dict[str, str] = {}
+        machine.on_power_change(self._power_changed)
+
+    @property
+    def log_path(self) -> Path:
+        """The agent's log file."""
+        return self.workdir / "logs" / f"{self.name}.log"
+
+    def start(self) -> None:
+        """Start the kubelet (and its port, while powered)."""
+        if self.machine.power_state() == "on":
+            self.kubelet_port.open()
+        self.kubelet.tick()
+        self.kubelet.start_in_thread()
+
+    def stop(self) -> None:
+        """Stop everything of this node (the test harness is shutting down)."""
+        self.kill_agent()
+        self.kubelet.stop_thread()
+        self.kubelet_port.close()
+
+    def start_agent(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
+        """Start `nodefence agent` for this node as a real process, logging to `log_path`."""
+        self.agent_config = config
+        self.agent_env = dict(extra_env or {})
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": self.name, **self.agent_env}
+        with self.log_path.open("ab") as log:
+            self.agent = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "agent", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    def agent_running(self) -> bool:
+        """True while the agent process is alive."""
+        return self.agent is not None and self.agent.poll() is None
+
+    def kill_agent(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the agent: SIGKILL (crash, default) or SIGTERM (clean)."""
+        proc, self.agent = self.agent, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def _power_changed(self, machine: SimMachine, state: PowerLiteral) -> None:
+        if state == "off":
+            self.kubelet_port.close()
+            self.kill_agent()
+        else:
+            self.kubelet_port.open()
+            if self.agent_config is not None and not self.agent_running():
+                self.start_agent(self.agent_config, self.agent_env)
