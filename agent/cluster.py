@@ -196,6 +196,31 @@ class ClusterApi:
             ),
         )
 
+    async def lease_event(
+        self, namespace: str, name: str, reason: str, message: str, component: str = "nodefence"
+    ) -> None:
+        """A Warning Event about the leader Lease: cluster-wide alerts (storm, broker down)."""
+        now = dt.datetime.now(dt.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{name}.nodefence."),
+            involved_object=k8s.V1ObjectReference(
+                kind="Lease", name=name, namespace=namespace, api_version="coordination.k8s.io/v1"
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning",
+            source=k8s.V1EventSource(component=component),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        await self._call(
+            f"create event {reason}",
+            lambda: self.core.create_namespaced_event(
+                namespace, event, _request_timeout=self.timeout
+            ),
+        )
+
     # -- leases for leader election ----------------------------------------------------------
 
     async def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:

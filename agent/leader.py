@@ -46,7 +46,15 @@ from agent.peers import (
     probe_topic,
     result_filter,
 )
-from agent.policy import Alert, ClusterFacts, LeaderFacts, MaxUnhealthy, PolicyDecision, decide
+from agent.policy import (
+    Alert,
+    ClusterFacts,
+    LeaderFacts,
+    MaxUnhealthy,
+    PolicyDecision,
+    decide,
+    leader_guard,
+)
 from agent.profiles import DetectionProfile
 
 log = logging.getLogger("nodefence.leader")
@@ -287,7 +295,10 @@ class LeaderSide:
             self.stats.probes_sent += 1
 
     async def _report(self, decision: PolicyDecision, now: float) -> None:
-        for v in self.verdicts:
+        blind = leader_guard(
+            LeaderFacts(now, self.leader_since, self.broker_up_since), self.profile.fence_after
+        )
+        for v in [] if blind else self.verdicts:  # a blind leader reports no node's state
             before = self._reported.get(v.node)
             current = v.health
             if v.node in decision.fence:
@@ -320,10 +331,16 @@ class LeaderSide:
             self._alerted.add(key)
             self.stats.alerts.append(alert)
             log.error("alert %s: %s", alert.kind.value, alert.message)
+            reason = "Alert" + alert.kind.name.title().replace("_", "")
             if alert.node:
-                await self._event(
-                    alert.node, f"Alert{alert.kind.name.title()}", alert.message, True
-                )
+                await self._event(alert.node, reason, alert.message, True)
+            else:
+                try:
+                    await self.api.lease_event(
+                        self.cfg.kube.namespace, self.cfg.kube.lease_name, reason, alert.message
+                    )
+                except ClusterError as err:
+                    log.warning("cannot record event %s: %s", reason, err)
         active = {(a.kind.value, a.node) for a in decision.alerts}
         self._alerted &= active  # an alert that cleared may fire again later
 

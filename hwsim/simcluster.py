@@ -147,8 +147,13 @@ class SimCluster:
         return str(holder) if holder else None
 
     def events(self, reason: str | None = None) -> list[dict[str, Any]]:
-        """Core Events in the default namespace (optionally of one reason), oldest first."""
-        items = self.kube.store.list("events", "default")["items"]
+        """Core Events about nodes and the leader Lease (optionally of one reason), oldest
+        first."""
+        items = [
+            e
+            for ns in ("default", "nodefence")
+            for e in self.kube.store.list("events", ns)["items"]
+        ]
         found = [e for e in items if reason is None or e.get("reason") == reason]
         return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from hwsim.bmcs import BmcFleet
 from hwsim.fleet import Fleet
+from hwsim.simcluster import ClusterSettings, SimCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,3 +67,19 @@ async def run_cli(*args: str, module: str = "agent.cli", timeout: float = 60) ->
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., SimCluster]]:
+    """Build and start a simulated cluster with the given settings; stopped after the test."""
+    started: list[SimCluster] = []
+
+    def make(**settings: Any) -> SimCluster:
+        cluster = SimCluster(tmp_path / f"cluster{len(started)}", ClusterSettings(**settings))
+        started.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in started:
+        cluster.stop()

@@ -1,0 +1,128 @@
+"""Failure detection end to end: real mosquitto, the Kubernetes API emulator over HTTP,
+simulated kubelets, and one real `nodefence agent` process per node.
+
+Timings are short (Lease 4 s / 3 s / 0.5 s, kubelet Lease every 1-2 s); the detection
+profile is the default one (declared dead 4 s after the last heartbeat when peers agree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hwsim.simcluster import SimCluster
+
+FAST_LEASE = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 0.5}
+Make = Callable[..., SimCluster]
+
+
+def non_leader(cluster: SimCluster, exclude: tuple[str, ...] = ()) -> str:
+    leader = cluster.wait_for("a leader", cluster.leader, 30)
+    return next(n for n in sorted(cluster.nodes, reverse=True) if n != leader and n not in exclude)
+
+
+def settled(cluster: SimCluster) -> str:
+    """Wait for a leader whose window is over and who sees every node healthy."""
+    leader = cluster.wait_for("a leader", cluster.leader, 30)
+    cluster.wait_for(
+        "every node heard", lambda: all(n.agent_running() for n in cluster.nodes.values()), 10
+    )
+    time.sleep(0)  # let the first heartbeats flow; the leader's own window does the rest
+    return str(leader)
+
+
+def no_event_for(cluster: SimCluster, reason: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert not cluster.events(reason), cluster.events(reason)
+        time.sleep(0.1)
+
+
+def test_powered_off_node_is_declared_dead_with_peers_agreeing(make_cluster: Make) -> None:
+    cluster = make_cluster(nodes=4, kubelet_lease_interval=2.0, **FAST_LEASE)
+    settled(cluster)
+    victim = non_leader(cluster)
+    time.sleep(5)  # past the new leader's judging window
+    cluster.fleet[victim].cut_power()
+    events = cluster.wait_for("NodeDeclaredDead", lambda: cluster.events("NodeDeclaredDead"), 20)
+    assert [e["involvedObject"]["name"] for e in events] == [victim]
+    assert "cannot reach" in events[0]["message"]
+    assert not cluster.events("AgentLostNodeAlive")
+
+
+def test_agent_stopped_on_a_live_node_is_agent_lost_never_dead(make_cluster: Make) -> None:
+    cluster = make_cluster(nodes=4, kubelet_lease_interval=2.0, **FAST_LEASE)
+    settled(cluster)
+    victim = non_leader(cluster)
+    time.sleep(5)
+    cluster.nodes[victim].kill_agent()  # the node keeps power: kubelet and its port stay up
+    events = cluster.wait_for(
+        "AgentLostNodeAlive", lambda: cluster.events("AgentLostNodeAlive"), 20
+    )
+    assert events[0]["involvedObject"]["name"] == victim
+    no_event_for(cluster, "NodeDeclaredDead", 6)
+
+
+def test_fresh_kubelet_lease_vetoes_dead_even_when_peers_cannot_reach(
+    make_cluster: Make,
+) -> None:
+    cluster = make_cluster(nodes=4, kubelet_lease_interval=0.5, **FAST_LEASE)
+    settled(cluster)
+    victim = non_leader(cluster)
+    time.sleep(5)
+    node = cluster.nodes[victim]
+    node.kubelet_port.close()  # peers cannot reach anything on the node...
+    node.kill_agent()  # ...and its agent is gone, but its kubelet still renews its Lease
+    cluster.wait_for("AgentLostNodeAlive", lambda: cluster.events("AgentLostNodeAlive"), 20)
+    no_event_for(cluster, "NodeDeclaredDead", 6)
+
+
+def test_leader_killed_hard_is_replaced_and_successor_waits_its_window(
+    make_cluster: Make,
+) -> None:
+    cluster = make_cluster(nodes=3, kubelet_lease_interval=2.0, **FAST_LEASE)
+    old = settled(cluster)
+    time.sleep(2)
+    killed_at = time.monotonic()
+    cluster.nodes[old].kill_agent()  # SIGKILL: the Lease is not released
+    new = cluster.wait_for(
+        "a new leader", lambda: (cluster.leader() or old) != old and cluster.leader(), 15
+    )
+    took = time.monotonic() - killed_at
+    assert new != old
+    assert took >= 2.5, "taken over before the old Lease could have expired"
+    lease = cluster.kube.store.get("leases", "nodefence-leader", "nodefence")
+    acquired = dt.datetime.fromisoformat(lease["spec"]["acquireTime"].replace("Z", "+00:00"))
+    # The old leader's node is alive (agent dead): the successor reports it, but only after
+    # its own full window (fence_after = 4 s) of listening.
+    events = cluster.wait_for(
+        "AgentLostNodeAlive", lambda: cluster.events("AgentLostNodeAlive"), 20
+    )
+    first = dt.datetime.fromisoformat(events[0]["firstTimestamp"].replace("Z", "+00:00"))
+    assert (first - acquired).total_seconds() >= 3.9
+    assert not cluster.events("NodeDeclaredDead")
+
+
+def test_leader_cut_from_the_broker_declares_nobody_dead(make_cluster: Make) -> None:
+    cluster = make_cluster(nodes=3, kubelet_lease_interval=2.0, **FAST_LEASE)
+    settled(cluster)
+    time.sleep(5)
+    cluster.broker.stop()  # every heartbeat stops arriving, for longer than fence_after
+    time.sleep(6)
+    cluster.broker.start()
+    no_event_for(cluster, "NodeDeclaredDead", 7)  # nor in the fence_after after it returns
+    assert cluster.events("AlertBrokerDown"), [e["reason"] for e in cluster.events()]
+
+
+def test_forty_percent_of_nodes_vanishing_trips_the_storm_guard(make_cluster: Make) -> None:
+    cluster = make_cluster(nodes=5, max_unhealthy="1", kubelet_lease_interval=2.0, **FAST_LEASE)
+    leader = settled(cluster)
+    time.sleep(5)
+    victims = [n for n in sorted(cluster.nodes) if n != leader][:2]
+    for v in victims:
+        cluster.fleet[v].cut_power()
+    storm: list[Any] = cluster.wait_for("AlertStorm", lambda: cluster.events("AlertStorm"), 20)
+    assert "2 of 5 nodes unhealthy" in storm[0]["message"]
+    no_event_for(cluster, "NodeDeclaredDead", 5)
