@@ -126,3 +126,39 @@ def test_forty_percent_of_nodes_vanishing_trips_the_storm_guard(make_cluster: Ma
     storm: list[Any] = cluster.wait_for("AlertStorm", lambda: cluster.events("AlertStorm"), 20)
     assert "2 of 5 nodes unhealthy" in storm[0]["message"]
     no_event_for(cluster, "NodeDeclaredDead", 5)
+
+
+def test_status_shows_the_leader_and_every_node(make_cluster: Make) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    cluster = make_cluster(nodes=3, kubelet_lease_interval=1.0, **FAST_LEASE)
+    leader = settled(cluster)
+    cfg = str(cluster.agent_config("node-1"))
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent.cli", "status", "-c", cfg, *extra],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+
+    def all_healthy() -> bool:
+        r = status("-o", "json")
+        if r.returncode != 0:
+            return False
+        view = json.loads(r.stdout)
+        return [n["state"] for n in view["nodes"]] == ["healthy"] * 3
+
+    cluster.wait_for("every node healthy in the view", all_healthy, 20, interval=0.5)
+    r = status()
+    assert r.returncode == 0, r.stderr
+    assert f"leader: {leader}" in r.stdout
+    for name in ("node-1", "node-2", "node-3"):
+        assert name in r.stdout
+    assert "HEARTBEAT" in r.stdout and "KUBELET" in r.stdout

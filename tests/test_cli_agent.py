@@ -1,0 +1,56 @@
+"""`nodefence agent` and `nodefence status` as processes: bad input is refused clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hwsim.broker import MosquittoBroker
+from tests.conftest import run_cli
+
+
+async def test_agent_with_a_broken_config_names_file_and_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("broker: {port: nope}\n")
+    r = await run_cli("agent", "-c", str(cfg), "--node", "node-1")
+    assert r.code == 2 and str(cfg) in r.err and "broker.port" in r.err
+
+
+async def test_agent_without_a_node_name_refuses_to_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("{}\n")
+    r = await run_cli("agent", "-c", str(cfg), "--node", "Bad_Name")
+    assert r.code == 2 and "--node or $NODE_NAME" in r.err
+
+
+async def test_agent_with_a_broken_inventory_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "inv.yaml").write_text("nodes: {}\n")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("inventory: inv.yaml\n")
+    r = await run_cli("agent", "-c", str(cfg), "--node", "node-1")
+    assert r.code == 2 and "inventory error" in r.err and "inv.yaml" in r.err
+
+
+async def test_agent_with_a_bad_profile_override_names_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("detection: {overrides: {fence_aftr: 3}}\n")
+    r = await run_cli("agent", "-c", str(cfg), "--node", "node-1")
+    assert r.code == 2 and "fence_aftr" in r.err
+
+
+async def test_status_without_a_leader_says_so_and_fails(tmp_path: Path) -> None:
+    broker = MosquittoBroker(tmp_path / "mqtt")
+    broker.start()
+    try:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(f"broker: {{port: {broker.port}}}\n")
+        r = await run_cli("status", "-c", str(cfg), "--wait", "0.5")
+    finally:
+        broker.stop()
+    assert r.code == 1 and "no leader view" in r.err
+
+
+async def test_status_with_no_broker_reports_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("broker: {port: 1}\n")
+    r = await run_cli("status", "-c", str(cfg), "--wait", "0.5")
+    assert r.code == 1 and "cannot reach the broker 127.0.0.1:1" in r.err
