@@ -19,6 +19,8 @@ pyghmi traps this module avoids, on purpose:
   noticed until that wait's own timeout (0.5-1 s), seen here as one fence in eight taking
   a second longer. `_install_wait_fix` caps every such wait at 20 ms; the callers already
   loop until their reply or deadline, so they re-check their queues within 20 ms.
+- When a login fails, pyghmi can mark the session broken before recording why, and its
+  constructor then dies reading a missing `errormsg`; our session class waits for it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from typing import Any
 
 from pyghmi import exceptions as pyghmi_exc
@@ -94,6 +97,20 @@ def _session_class(hash_bits: int) -> type[Any]:
         def _initsession(self) -> None:
             super()._initsession()
             self.attemptedhash = hash_bits
+
+        # pyghmi's `_mark_broken` (often run by another thread's event loop) logs out -
+        # which sets `broken` and ends the login wait - before it records `errormsg`; the
+        # waiting constructor then reads a missing attribute. Wait briefly for the reason.
+        @property
+        def errormsg(self) -> str:
+            deadline = time.monotonic() + 1.0
+            while "_nf_errormsg" not in self.__dict__ and time.monotonic() < deadline:
+                time.sleep(0.002)
+            return str(self.__dict__.get("_nf_errormsg", "session failed (no reason given)"))
+
+        @errormsg.setter
+        def errormsg(self, value: str) -> None:
+            self.__dict__["_nf_errormsg"] = value
 
     return _Session
 
@@ -167,6 +184,14 @@ class IpmiBackend(PowerBackend):
             raise BmcUnreachable(
                 f"IPMI socket error: {err.strerror or err}", node=self.node, device=self.device
             ) from None
+        except Exception as err:
+            # pyghmi has internal failures of its own (e.g. a session marked broken before
+            # it recorded why raises AttributeError): a failed login, never a crash.
+            raise BmcProtocolError(
+                f"IPMI login failed inside pyghmi: {type(err).__name__}",
+                node=self.node,
+                device=self.device,
+            ) from None
         finally:
             pyghmi_session.Session.initting_sessions.pop(stale_key, None)
         if getattr(sess, "broken", True) or not getattr(sess, "logged", False):
@@ -204,6 +229,14 @@ class IpmiBackend(PowerBackend):
                 self._drop(sess)
                 raise classify_ipmi_error(
                     str(err), node=self.node, device=self.device, during_login=False
+                ) from None
+            except Exception as err:
+                self._session = None
+                self._drop(sess)
+                raise BmcProtocolError(
+                    f"IPMI request failed inside pyghmi: {type(err).__name__}",
+                    node=self.node,
+                    device=self.device,
                 ) from None
             if "error" in resp:
                 self._session = None
