@@ -58,20 +58,13 @@ def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int
             print(f"nodefence: inventory error: {e}", file=err)
             return EXIT_USAGE
 
-    def inventory_nodes() -> frozenset[str] | None:
-        if inventory_path is None:
-            return None  # detect-only: decisions are reported, nothing is fenced
-        try:
-            return frozenset(load_inventory(inventory_path).nodes)
-        except InventoryError as e:
-            logging.getLogger("nodefence.agent").error("inventory rejected: %s", e)
-            return frozenset()
-
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s node={node} %(message)s",
     )
-    return run_agent_process(cfg, node, inventory_nodes)
+    # The Redfish library logs every request at INFO; keep ours readable.
+    logging.getLogger("redfish").setLevel(logging.WARNING)
+    return run_agent_process(cfg, node)
 
 
 async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:

@@ -20,6 +20,13 @@ from kubernetes.client.exceptions import ApiException
 T = TypeVar("T")
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 HEALTH_ANNOTATION = "nodefence.io/health-endpoint"
+OUT_OF_SERVICE_TAINT = {
+    "key": "node.kubernetes.io/out-of-service",
+    "value": "nodeshutdown",
+    "effect": "NoExecute",
+}
+VM_GROUP, VM_VERSION, VM_PLURAL = "virtualization.deckhouse.io", "v1alpha2", "virtualmachines"
+RECORD_GROUP, RECORD_VERSION, RECORD_PLURAL = "nodefence.io", "v1alpha1", "fenceoperations"
 MAINTENANCE_LABEL = "nodefence.io/maintenance"
 
 
@@ -120,6 +127,7 @@ class ClusterApi:
         self.timeout = timeout
         self.core = k8s.CoreV1Api(api_client)
         self.coordination = k8s.CoordinationV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         def guarded() -> T:
@@ -134,6 +142,10 @@ class ClusterApi:
             return await asyncio.wait_for(asyncio.to_thread(guarded), self.timeout)
         except TimeoutError:
             raise ClusterError(f"{what}: no answer within {self.timeout:g} s") from None
+
+    async def _call_any(self, what: str, fn: Callable[[], Any]) -> Any:
+        """`_call` for client methods typed as returning `object` (custom objects, reads)."""
+        return await self._call(what, fn)
 
     # -- nodes and their kubelets ------------------------------------------------------------
 
@@ -162,6 +174,137 @@ class ClusterApi:
             f"annotate node {node}",
             lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
         )
+
+    async def taint_out_of_service(self, node: str) -> bool:
+        """Put the out-of-service NoExecute taint on the Node (idempotent). False when the Node
+        no longer exists. Taints are an atomic list: read-modify-write with resourceVersion."""
+        for _ in range(5):
+            try:
+                obj = await self._call_any(
+                    f"read node {node}",
+                    lambda: self.core.read_node(node, _request_timeout=self.timeout),
+                )
+            except ClusterError as err:
+                if err.status == 404:
+                    return False
+                raise
+            taints = list(obj.spec.taints or []) if obj.spec else []
+            if any(
+                t.key == OUT_OF_SERVICE_TAINT["key"] and t.effect == "NoExecute" for t in taints
+            ):
+                return True
+            body = {
+                "metadata": {"resourceVersion": obj.metadata.resource_version},
+                "spec": {
+                    "taints": [
+                        *({"key": t.key, "value": t.value, "effect": t.effect} for t in taints),
+                        OUT_OF_SERVICE_TAINT,
+                    ]
+                },
+            }
+            try:
+                await self._call(
+                    f"taint node {node}",
+                    lambda b=body: self.core.patch_node(  # type: ignore[misc]
+                        node, b, _request_timeout=self.timeout
+                    ),
+                )
+                return True
+            except ClusterError as err:
+                if err.status == 404:
+                    return False
+                if err.status != 409:
+                    raise
+        raise ClusterError(f"taint node {node}: kept conflicting with other writers")
+
+    async def delete_node(self, node: str) -> None:
+        """Delete the Node; an already deleted Node is fine."""
+        try:
+            await self._call(
+                f"delete node {node}",
+                lambda: self.core.delete_node(node, _request_timeout=self.timeout),
+            )
+        except ClusterError as err:
+            if err.status != 404:
+                raise
+
+    async def node_exists(self, node: str) -> bool:
+        """Whether the Node object still exists."""
+        try:
+            await self._call(
+                f"read node {node}",
+                lambda: self.core.read_node(node, _request_timeout=self.timeout),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        """Every VirtualMachine in the cluster (an empty list when the CRD is absent)."""
+        try:
+            result = await self._call_any(
+                "list virtual machines",
+                lambda: self.custom.list_cluster_custom_object(
+                    VM_GROUP, VM_VERSION, VM_PLURAL, _request_timeout=self.timeout
+                ),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return []
+            raise
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    # -- fencing records ---------------------------------------------------------------------
+
+    async def list_records(self, namespace: str) -> list[dict[str, Any]]:
+        """Every FenceOperation in `namespace`."""
+        result = await self._call_any(
+            "list fence operations",
+            lambda: self.custom.list_namespaced_custom_object(
+                RECORD_GROUP,
+                RECORD_VERSION,
+                namespace,
+                RECORD_PLURAL,
+                _request_timeout=self.timeout,
+            ),
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def save_record(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create (no resourceVersion) or replace a FenceOperation; 409 on a stale write."""
+        name = body["metadata"]["name"]
+        obj: Any
+        if body["metadata"].get("resourceVersion"):
+            obj = await self._call_any(
+                f"update fence operation {name}",
+                lambda: self.custom.replace_namespaced_custom_object(
+                    RECORD_GROUP,
+                    RECORD_VERSION,
+                    namespace,
+                    RECORD_PLURAL,
+                    name,
+                    body,
+                    _request_timeout=self.timeout,
+                ),
+            )
+        else:
+            obj = await self._call_any(
+                f"create fence operation {name}",
+                lambda: self.custom.create_namespaced_custom_object(
+                    RECORD_GROUP,
+                    RECORD_VERSION,
+                    namespace,
+                    RECORD_PLURAL,
+                    body,
+                    _request_timeout=self.timeout,
+                ),
+            )
+        saved: dict[str, Any] = obj
+        return saved
 
     # -- events ------------------------------------------------------------------------------
 
@@ -226,7 +369,7 @@ class ClusterApi:
     async def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         """The Lease, or None when it does not exist."""
         try:
-            obj = await self._call(
+            obj = await self._call_any(
                 f"get lease {namespace}/{name}",
                 lambda: self.coordination.read_namespaced_lease(
                     name, namespace, _request_timeout=self.timeout
@@ -264,14 +407,14 @@ class ClusterApi:
             ),
         )
         if resource_version is None:
-            obj = await self._call(
+            obj = await self._call_any(
                 f"create lease {namespace}/{name}",
                 lambda: self.coordination.create_namespaced_lease(
                     namespace, body, _request_timeout=self.timeout
                 ),
             )
         else:
-            obj = await self._call(
+            obj = await self._call_any(
                 f"update lease {namespace}/{name}",
                 lambda: self.coordination.replace_namespaced_lease(
                     name, namespace, body, _request_timeout=self.timeout

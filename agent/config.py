@@ -27,7 +27,13 @@ password) come only from a file or an environment variable and are held as `Secr
     health:
       host: 0.0.0.0                 # the agent's health endpoint, probed by peers
       port: 9440
-    inventory: /etc/nodefence/inventory/inventory.yaml   # optional for the node side
+    inventory: /etc/nodefence/inventory/inventory.yaml   # without it: detect and report only
+    fencing:
+      max_parallel: 2               # fencing operations at once
+      after_proof: off              # off (leave it off) | reboot (power on after cleanup)
+      retry_base: 5                 # FenceFailed retries: 5 s, 10 s, ... up to retry_max
+      retry_max: 60
+      recovery_timeout: 300         # how long to wait for ColdStandby VMs to run elsewhere
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -83,6 +89,17 @@ class KubeConfig:
 
 
 @dataclass(frozen=True)
+class FencingConfig:
+    """How the leader runs fencing operations."""
+
+    max_parallel: int = 2
+    after_proof: Literal["off", "reboot"] = "off"
+    retry_base: float = 5.0
+    retry_max: float = 60.0
+    recovery_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole agent config."""
 
@@ -96,9 +113,11 @@ class AgentConfig:
     health_host: str = "0.0.0.0"
     health_port: int = 9440
     inventory: str | None = None
+    fencing: FencingConfig = FencingConfig()
 
 
-_TOP = {"cluster", "broker", "detection", "kubernetes", "health", "inventory"}
+_TOP = {"cluster", "broker", "detection", "kubernetes", "health", "inventory", "fencing"}
+_FENCING = {"max_parallel", "after_proof", "retry_base", "retry_max", "recovery_timeout"}
 _BROKER = {
     "host",
     "port",
@@ -186,6 +205,17 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
             "must hold: retry_period < renew_deadline < lease_duration",
         )
     h = r.mapping(top.get("health") or {}, "health", _HEALTH)
+    f = r.mapping(top.get("fencing") or {}, "fencing", _FENCING)
+    after = r.string(f, "after_proof", "off", "fencing.after_proof")
+    if after not in ("off", "reboot"):
+        raise ConfigError(path, "fencing.after_proof", f"must be off or reboot, got {after!r}")
+    fencing = FencingConfig(
+        max_parallel=r.integer(f, "max_parallel", 2, 1, 100, "fencing.max_parallel"),
+        after_proof=after,  # type: ignore[arg-type]
+        retry_base=r.number(f, "retry_base", 5.0, 0.01, "fencing.retry_base"),
+        retry_max=r.number(f, "retry_max", 60.0, 0.01, "fencing.retry_max"),
+        recovery_timeout=r.number(f, "recovery_timeout", 300.0, 0.1, "fencing.recovery_timeout"),
+    )
     inventory = r.opt_string(top, "inventory", "inventory")
     if inventory is not None:
         inventory = str(_relative(path, inventory))
@@ -200,6 +230,7 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         health_host=r.string(h, "host", "0.0.0.0", "health.host"),
         health_port=r.integer(h, "port", 9440, 0, 65535, "health.port"),
         inventory=inventory,
+        fencing=fencing,
     )
 
 

@@ -28,6 +28,7 @@ import aiomqtt
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import FailureDetector, NodeHealth, NodeVerdict
+from agent.fence_executor import FenceExecutor
 from agent.heartbeat_codec import (
     PREFIX,
     HeartbeatRejected,
@@ -60,6 +61,7 @@ from agent.profiles import DetectionProfile
 log = logging.getLogger("nodefence.leader")
 
 DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
+ExecutorFactory = Callable[["LeaderSide"], FenceExecutor]
 
 
 def view_topic(cluster: str) -> str:
@@ -89,8 +91,9 @@ class LeaderSide:
         api: ClusterApi,
         identity: str,
         *,
-        inventory: frozenset[str] | None = None,
+        inventory: Callable[[], frozenset[str]] | None = None,
         on_dead: DeadCallback | None = None,
+        executor_factory: ExecutorFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 0.1,
         kube_period: float = 1.0,
@@ -101,6 +104,8 @@ class LeaderSide:
         self.identity = identity
         self.inventory = inventory
         self.on_dead = on_dead
+        self.executor_factory = executor_factory
+        self.executor: FenceExecutor | None = None
         self.clock = clock
         self.tick = tick
         self.kube_period = kube_period
@@ -127,10 +132,34 @@ class LeaderSide:
         self.leader_since = self.clock()
         log.info("leader side starting; judging nobody for %.1f s", self.profile.fence_after)
         await self._refresh_kube()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._broker_loop())
-            tg.create_task(self._kube_loop())
-            tg.create_task(self._judge_loop())
+        if self.executor_factory is not None:
+            self.executor = self.executor_factory(self)
+            resumed = await self.executor.resume()
+            if resumed:
+                log.warning("resumed %d unfinished fencing operations", resumed)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._broker_loop())
+                tg.create_task(self._kube_loop())
+                tg.create_task(self._judge_loop())
+        finally:
+            if self.executor is not None:
+                await self.executor.stop()
+
+    def alive_since(self, node: str, since: float) -> str | None:
+        """Evidence that `node` showed life after `since` (leader clock), or None."""
+        last = self.detector.last_heartbeat(node)
+        if last is not None and last > since:
+            return f"heartbeat received {self.clock() - last:.1f} s ago"
+        seen = self.kubelet_seen.get(node)
+        if seen is not None and seen[1] > since and seen[0] is not None:
+            return "kubelet Lease renewed"
+        return None
+
+    def in_maintenance(self, node: str) -> bool:
+        """Whether the Node carries our maintenance mark."""
+        info = self.nodes.get(node)
+        return bool(info and info.maintenance)
 
     # -- broker ------------------------------------------------------------------------------
 
@@ -246,7 +275,7 @@ class LeaderSide:
                 await self._ask_peers(v.node, healthy, now)
         maintenance = frozenset(n for n, info in self.nodes.items() if info.maintenance)
         inventory = (
-            self.inventory
+            self.inventory()
             if self.inventory is not None
             else frozenset(v.node for v in self.verdicts)
         )
@@ -312,6 +341,8 @@ class LeaderSide:
                 self.stats.decisions.append((now, v.node, "dead"))
                 log.warning("node %s declared dead: %s", v.node, v.reason)
                 await self._event(v.node, "NodeDeclaredDead", f"declared dead: {v.reason}", True)
+                if self.executor is not None:
+                    self.executor.submit(v.node)
                 if self.on_dead is not None:
                     await self.on_dead(v.node, v)
             elif current is NodeHealth.AGENT_LOST:

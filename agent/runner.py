@@ -8,15 +8,17 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
 
 import aiomqtt
 
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
+from agent.fence_executor import FenceExecutor
+from agent.fencing import Timing
 from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
+from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
 from agent.mqtt_client import make_client
 from agent.peers import (
@@ -70,7 +72,6 @@ async def run_agent(
     cfg: AgentConfig,
     node: str,
     stop: asyncio.Event,
-    inventory_nodes: Callable[[], frozenset[str] | None] | None = None,
 ) -> None:
     """Run every part of the agent until `stop` is set."""
     profile = detection_profile(cfg)
@@ -96,9 +97,35 @@ async def run_agent(
         timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
     )
 
+    watcher = InventoryWatcher(cfg.inventory) if cfg.inventory else None
+
+    def executor_factory(leader: LeaderSide) -> FenceExecutor:
+        assert watcher is not None
+        return FenceExecutor(
+            api,
+            k.namespace,
+            node,
+            inventory=watcher.current,
+            confirm_leader=elector.confirm,
+            alive_since=leader.alive_since,
+            in_maintenance=leader.in_maintenance,
+            timing=Timing(
+                cfg.fencing.retry_base, cfg.fencing.retry_max, cfg.fencing.recovery_timeout
+            ),
+            max_parallel=cfg.fencing.max_parallel,
+            after_proof=cfg.fencing.after_proof,
+        )
+
     async def lead() -> None:
-        inventory = inventory_nodes() if inventory_nodes else None
-        await LeaderSide(cfg, profile, api, node, inventory=inventory).run()
+        # Without an inventory the leader only detects and reports (nothing is fenced).
+        await LeaderSide(
+            cfg,
+            profile,
+            api,
+            node,
+            inventory=watcher.nodes if watcher else None,
+            executor_factory=executor_factory if watcher else None,
+        ).run()
 
     log.info(
         "agent for node %s: cluster %s, broker %s:%s, profile %s",
@@ -117,9 +144,7 @@ async def run_agent(
         await health.stop()
 
 
-def run_agent_process(
-    cfg: AgentConfig, node: str, inventory_nodes: Callable[[], frozenset[str] | None] | None = None
-) -> int:
+def run_agent_process(cfg: AgentConfig, node: str) -> int:
     """Run the agent in this process until SIGTERM/SIGINT; returns the exit code."""
 
     async def main() -> None:
@@ -127,7 +152,7 @@ def run_agent_process(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_agent(cfg, node, stop, inventory_nodes)
+        await run_agent(cfg, node, stop)
 
     asyncio.run(main())
     return 0

@@ -14,11 +14,15 @@ from typing import Any
 
 import yaml
 
+from hwsim.bmcs import BmcFleet
 from hwsim.broker import MosquittoBroker
 from hwsim.fleet import Fleet
 from hwsim.kube import KubeApiServer, NodeLifecycleController
-from hwsim.kube.errors import NotFound
+from hwsim.kube.errors import AlreadyExists, NotFound
+from hwsim.loop_thread import LoopThread
 from hwsim.simnode import SimNode
+
+CRD_PATH = Path(__file__).resolve().parent.parent / "deploy" / "base" / "crd-fenceoperations.yaml"
 
 
 @dataclass
@@ -36,6 +40,13 @@ class ClusterSettings:
     kubelet_lease_interval: float = 10.0
     node_monitor_grace: float = 40.0
     inventory: str | None = None
+    bmcs: bool = False  # emulated IPMI + Redfish BMCs per node, and their inventory
+    power_timeout: float = 5.0
+    bmc_timeout: float = 1.0
+    vms: int = 0  # VMs placed over the nodes, with a ColdStandby controller
+    boot_delay: float = 1.0
+    migration_delay: float = 1.0
+    fencing: dict[str, Any] = field(default_factory=dict)  # agent config `fencing:` section
 
 
 class SimCluster:
@@ -50,6 +61,9 @@ class SimCluster:
         self.kubeconfig = workdir / "kubeconfig"
         self.lifecycle: NodeLifecycleController | None = None
         self.nodes: dict[str, SimNode] = {}
+        self.loop: LoopThread | None = None
+        self.bmcs: BmcFleet | None = None
+        self.vm_controller: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -66,6 +80,13 @@ class SimCluster:
                     store.get("namespaces", ns)
                 except NotFound:
                     store.create("namespaces", {"metadata": {"name": ns}})
+            crd = yaml.safe_load(CRD_PATH.read_text())
+            try:
+                store.create("customresourcedefinitions", crd)
+            except AlreadyExists:
+                pass
+            if self.settings.bmcs:
+                self._start_bmcs()
             self.lifecycle = NodeLifecycleController(
                 store, node_monitor_grace=self.settings.node_monitor_grace
             )
@@ -79,6 +100,8 @@ class SimCluster:
                 )
                 self.nodes[machine.name] = node
                 node.start()
+            if self.settings.vms:
+                self._start_vms()
             if agents:
                 for name in self.nodes:
                     self.start_agent(name)
@@ -86,10 +109,44 @@ class SimCluster:
             self.stop()
             raise
 
+    def _start_bmcs(self) -> None:
+        self.loop = LoopThread("hwsim-bmcs")
+        self.bmcs = BmcFleet(
+            self.fleet, self.workdir / "bmc", power_timeout=self.settings.power_timeout
+        )
+        self.loop.run(self.bmcs.start())
+        inventory = self.bmcs.write_inventory(self.workdir / "bmc" / "inventory.yaml")
+        text = inventory.read_text().replace(
+            "timeout: 2\n", f"timeout: {self.settings.bmc_timeout}\n", 1
+        )
+        inventory.write_text(text)
+        self.settings.inventory = str(inventory)
+
+    def _start_vms(self) -> None:
+        from hwsim.coldstandby import ColdStandbyController, place_vms
+
+        self.vm_controller = ColdStandbyController(
+            self.kube.store,
+            lambda n: n in self.nodes and self.fleet[n].power_state() == "on",
+            boot_delay=self.settings.boot_delay,
+            migration_delay=self.settings.migration_delay,
+        )
+        place_vms(self.kube.store, self.vm_controller, self.settings.vms, list(self.nodes))
+        self.vm_controller.start_in_thread()
+
     def stop(self) -> None:
         """Stop every process and server this cluster started (idempotent)."""
+        if self.vm_controller is not None:
+            self.vm_controller.stop_thread()
+            self.vm_controller = None
         for node in self.nodes.values():
             node.stop()
+        if self.bmcs is not None and self.loop is not None:
+            self.loop.run(self.bmcs.stop())
+            self.bmcs = None
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
         if self.lifecycle is not None:
             self.lifecycle.stop_thread()
             self.lifecycle = None
@@ -126,6 +183,8 @@ class SimCluster:
         }
         if s.inventory:
             doc["inventory"] = s.inventory
+        if s.fencing:
+            doc["fencing"] = s.fencing
         path = self.workdir / "agents" / f"{node}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -1,0 +1,354 @@
+"""Drives the pure fencing state machine (`agent.fencing`) for each dead node.
+
+Thin on purpose: it asks `next_action`, does exactly that one thing (power walk through the
+BMC topology, VM snapshot, taint, delete, VM check), folds the result in with `apply`, and
+stores the record before going on. Before every irreversible step it renews the leader Lease
+(`confirm_leader`), and right before the first power-off request it checks, one last time,
+that the node has not come back. A stale record write (409) means another leader owns the
+operation: this one stops touching it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent.cluster import ClusterApi, ClusterError
+from agent.fencing import (
+    RESTART_POLICIES,
+    Action,
+    Event,
+    FenceDone,
+    Maintenance,
+    NodeAlive,
+    NodeDeleted,
+    Operation,
+    Phase,
+    PowerOffSending,
+    Tainted,
+    Timing,
+    VmOutcome,
+    VmsSeen,
+    VmsSnapshotted,
+    apply,
+    next_action,
+)
+from agent.inventory import Inventory
+from agent.power import PowerFencer, StopWalk
+from agent.records import from_record, to_record
+from agent.topology import Action as PowerAction
+
+log = logging.getLogger("nodefence.fencing")
+
+ConfirmLeader = Callable[[], Awaitable[None]]
+AliveSince = Callable[[str, float], str | None]
+
+
+class _Superseded(Exception):
+    """Another writer (a newer leader) updated the record: stop acting on it."""
+
+
+@dataclass
+class ExecutorStats:
+    """What the executor did, for status, metrics and tests."""
+
+    started: int = 0
+    finished: dict[str, int] = field(default_factory=dict)  # final phase -> count
+    power_walks: int = 0
+
+
+class FenceExecutor:
+    """Runs fencing operations, at most `max_parallel` at once."""
+
+    def __init__(
+        self,
+        api: ClusterApi,
+        namespace: str,
+        leader_id: str,
+        *,
+        inventory: Callable[[], Inventory | None],
+        confirm_leader: ConfirmLeader,
+        alive_since: AliveSince,
+        in_maintenance: Callable[[str], bool],
+        timing: Timing | None = None,
+        max_parallel: int = 2,
+        after_proof: Literal["off", "reboot"] = "off",
+        check_interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.leader_id = leader_id
+        self.inventory = inventory
+        self.confirm_leader = confirm_leader
+        self.alive_since = alive_since
+        self.in_maintenance = in_maintenance
+        self.timing = timing or Timing()
+        self.after_proof = after_proof
+        self.check_interval = check_interval
+        self.clock = clock
+        self.stats = ExecutorStats()
+        self.operations: dict[str, Operation] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._slots = asyncio.Semaphore(max_parallel)
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def busy(self, node: str) -> bool:
+        """True while an operation for `node` runs here."""
+        task = self._tasks.get(node)
+        return task is not None and not task.done()
+
+    def submit(self, node: str) -> None:
+        """Start fencing `node` unless an operation for it is already running."""
+        if self.busy(node):
+            return
+        op = Operation(node=node, id=uuid.uuid4().hex[:8])
+        self._start(op, None)
+
+    async def resume(self) -> int:
+        """Take over every unfinished operation recorded in the cluster; returns how many."""
+        try:
+            records = await self.api.list_records(self.namespace)
+        except ClusterError as err:
+            log.error("cannot list fencing records to resume: %s", err)
+            return 0
+        resumed = 0
+        for rec in records:
+            try:
+                op = from_record(rec)
+            except (KeyError, ValueError) as err:
+                log.error(
+                    "unreadable fencing record %s: %s", (rec.get("metadata") or {}).get("name"), err
+                )
+                continue
+            if op.final or self.busy(op.node):
+                continue
+            log.warning("resuming the fencing of %s from phase %s", op.node, op.phase.value)
+            self._start(op, rec)
+            resumed += 1
+        return resumed
+
+    async def stop(self) -> None:
+        """Cancel every running operation (leadership lost); records stay for a successor."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def wait_idle(self) -> None:
+        """Wait until no operation runs (tests)."""
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _start(self, op: Operation, record: dict[str, Any] | None) -> None:
+        self.operations[op.node] = op
+        if record is not None:
+            self._records[op.node] = record
+        self.stats.started += 1
+        self._tasks[op.node] = asyncio.create_task(self._run(op), name=f"fence-{op.node}")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _run(self, op: Operation) -> None:
+        async with self._slots:
+            started = self.clock()
+            try:
+                if op.node not in self._records:
+                    await self._save(op)
+                    await self._event(
+                        op, "FenceStarted", f"fencing started: {op.node} declared dead", True
+                    )
+                while not op.final:
+                    action = next_action(op, self.clock())
+                    try:
+                        event = await self._do(action, op, started)
+                    except ClusterError as err:
+                        # The API is flaky or down: retry the same step; nothing irreversible
+                        # is repeated without the leader check before it.
+                        log.error("fencing %s: %s failed: %s", op.node, action.value, err)
+                        await asyncio.sleep(self.check_interval)
+                        continue
+                    op = self.operations[op.node]  # the power walk may have advanced it
+                    if event is None:
+                        continue
+                    before = op.phase
+                    op = apply(op, event, self.clock(), self.timing)
+                    self.operations[op.node] = op
+                    await self._save(op)
+                    if op.phase is not before:
+                        await self._phase_changed(op)
+                self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
+            except _Superseded:
+                log.warning(
+                    "fencing record of %s was updated by another leader; stepping back", op.node
+                )
+            except StopWalk as stop:
+                log.warning("fencing of %s stopped: %s", op.node, stop)
+
+    async def _do(self, action: Action, op: Operation, started: float) -> Event | None:
+        if action is Action.POWER_OFF:
+            return await self._power_off(op, started)
+        if action is Action.WAIT_RETRY:
+            assert op.retry_at is not None
+            await asyncio.sleep(max(0.0, min(op.retry_at - self.clock(), 1.0)))
+            return None
+        if action is Action.SNAPSHOT_VMS:
+            return await self._snapshot(op)
+        if action is Action.TAINT:
+            await self._leader_or_stop()
+            await self.api.taint_out_of_service(op.node)
+            return Tainted()
+        if action is Action.DELETE_NODE:
+            await self._leader_or_stop()
+            await self.api.delete_node(op.node)
+            log.warning("node %s deleted after a proven power-off", op.node)
+            if self.after_proof == "reboot":
+                await self._power_on(op)
+            return NodeDeleted()
+        if action is Action.CHECK_VMS:
+            event = await self._vms_seen(op)
+            await asyncio.sleep(self.check_interval)
+            return event
+        return None
+
+    async def _leader_or_stop(self) -> None:
+        try:
+            await self.confirm_leader()
+        except Exception as err:
+            raise StopWalk(f"not the leader any more: {err}") from None
+
+    async def _power_off(self, op: Operation, started: float) -> Event:
+        inventory = self.inventory()
+        node_inv = inventory.nodes.get(op.node) if inventory else None
+        if inventory is None or node_inv is None:
+            return FenceDone(False, errors=(f"node {op.node} has no BMC inventory entry",))
+        state = {"op": op, "stop": ""}
+
+        async def guard(step: str) -> None:
+            current: Operation = state["op"]  # type: ignore[assignment]
+            if not current.power_off_sent:
+                evidence = self.alive_since(op.node, started)
+                if evidence:
+                    state["stop"] = "alive:" + evidence
+                    raise StopWalk(f"node came back ({evidence})")
+                if self.in_maintenance(op.node):
+                    state["stop"] = "maintenance"
+                    raise StopWalk("node entered maintenance")
+            try:
+                await self.confirm_leader()
+            except Exception as err:
+                state["stop"] = "leader"
+                raise StopWalk(f"not the leader any more: {err}") from None
+            if not current.power_off_sent:
+                # Past this line the request goes out: record the point of no return first.
+                current = apply(current, PowerOffSending(), self.clock(), self.timing)
+                state["op"] = current
+                self.operations[op.node] = current
+                await self._save(current)
+
+        self.stats.power_walks += 1
+        fencer = PowerFencer(node_inv, inventory.policy, guard=guard)
+        outcome = await fencer.run(PowerAction.OFF)
+        op_now: Operation = state["op"]  # type: ignore[assignment]
+        self.operations[op.node] = op_now
+        stop = str(state["stop"])
+        if stop.startswith("alive:"):
+            return NodeAlive(stop[len("alive:") :])
+        if stop == "maintenance":
+            return Maintenance()
+        if stop == "leader":
+            raise StopWalk("lost leadership during the power walk")
+        errors = tuple(outcome.errors)
+        return FenceDone(outcome.off_proven, outcome.level, errors)
+
+    async def _power_on(self, op: Operation) -> None:
+        inventory = self.inventory()
+        node_inv = inventory.nodes.get(op.node) if inventory else None
+        if inventory is None or node_inv is None:
+            return
+        outcome = await PowerFencer(node_inv, inventory.policy).run(PowerAction.ON)
+        if not outcome.success:
+            log.error("powering %s back on after the fence failed: %s", op.node, outcome.reason)
+
+    async def _snapshot(self, op: Operation) -> Event:
+        vms = await self.api.list_vms()
+        found: list[VmOutcome] = []
+        for vm in vms:
+            meta, spec, status = vm.get("metadata", {}), vm.get("spec", {}), vm.get("status", {})
+            if (status or {}).get("nodeName") != op.node:
+                continue
+            policy = (spec or {}).get("runPolicy") or "AlwaysOnUnlessStoppedManually"
+            found.append(
+                VmOutcome(
+                    meta.get("namespace", ""),
+                    meta.get("name", ""),
+                    policy,
+                    policy in RESTART_POLICIES,
+                )
+            )
+        warning = ""
+        if any(v.expected_restart for v in found):
+            nodes = await self.api.list_nodes()
+            room = [
+                n
+                for n in nodes
+                if n.name != op.node and n.ready and not n.unschedulable and not n.maintenance
+            ]
+            if not room:
+                warning = (
+                    f"no other Ready, schedulable node for {op.node}'s "
+                    f"{sum(v.expected_restart for v in found)} ColdStandby VMs"
+                )
+                await self._event(op, "FenceNoRoomForVMs", warning, True)
+        return VmsSnapshotted(tuple(sorted(found, key=lambda v: v.key)), warning)
+
+    async def _vms_seen(self, op: Operation) -> Event:
+        wanted = {v.key for v in op.vms or () if v.expected_restart}
+        running: dict[str, str | None] = {}
+        for vm in await self.api.list_vms():
+            meta, status = vm.get("metadata", {}), vm.get("status") or {}
+            key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+            if key in wanted:
+                running[key] = status.get("nodeName") if status.get("phase") == "Running" else None
+        return VmsSeen(running)
+
+    # -- records and events -------------------------------------------------------------------
+
+    async def _save(self, op: Operation) -> None:
+        body = to_record(
+            op, self.namespace, self.leader_id, self._records.get(op.node), action=self.after_proof
+        )
+        try:
+            self._records[op.node] = await self.api.save_record(self.namespace, body)
+        except ClusterError as err:
+            if err.status == 409:
+                raise _Superseded() from None
+            # Keep going: the power walk must not be held hostage by a flaky API, and the
+            # next save carries the whole state anyway.
+            log.error("cannot store the fencing record of %s: %s", op.node, err)
+
+    async def _phase_changed(self, op: Operation) -> None:
+        warning = op.phase in (Phase.FENCE_FAILED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED)
+        log.log(
+            logging.WARNING if warning else logging.INFO,
+            "fencing %s: %s (%s)",
+            op.node,
+            op.phase.value,
+            op.reason,
+        )
+        await self._event(op, f"Fence{op.phase.value}", op.reason or op.phase.value, warning)
+
+    async def _event(self, op: Operation, reason: str, message: str, warning: bool) -> None:
+        try:
+            await self.api.node_event(op.node, "", reason, f"[{op.id}] {message}", warning)
+        except ClusterError as err:
+            log.warning("cannot record event %s for %s: %s", reason, op.node, err)

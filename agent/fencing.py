@@ -1,0 +1,284 @@
+"""The fencing workflow of one node as a pure state machine (no I/O, no clock reads).
+
+    Pending -> Fencing -> PoweredOff -> Cleaned -> Recovering -> Recovered
+                  |  ^                                      \\-> RecoveryIncomplete
+                  v  |
+               FenceFailed (retry with backoff; the Node is never deleted from here)
+    Pending/Fencing before the power-off request was sent -> Aborted (node came back)
+
+`next_action(op, now)` says what the executor must do next; `apply(op, event, now)` folds the
+result back into a new `Operation`. Safety lives here and is tested exhaustively:
+- taint and delete are only ever planned after `off_proven`;
+- once `power_off_sent` is set (the point of no return) the operation is never aborted: it
+  always runs on to proof, cleanup and recovery;
+- a node coming back, or entering maintenance, before that point aborts the operation.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+RESTART_POLICIES = frozenset({"AlwaysOn", "AlwaysOnUnlessStoppedManually"})
+
+
+class Phase(enum.StrEnum):
+    """Where a fencing operation stands (also the record's `status.phase`)."""
+
+    PENDING = "Pending"
+    FENCING = "Fencing"
+    FENCE_FAILED = "FenceFailed"
+    POWERED_OFF = "PoweredOff"
+    CLEANED = "Cleaned"
+    RECOVERING = "Recovering"
+    RECOVERED = "Recovered"
+    RECOVERY_INCOMPLETE = "RecoveryIncomplete"
+    ABORTED = "Aborted"
+
+
+FINAL = frozenset({Phase.RECOVERED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED})
+
+
+class Action(enum.StrEnum):
+    """What the executor does next."""
+
+    POWER_OFF = "power-off"  # walk the topology until Off is proven (guarded, idempotent)
+    WAIT_RETRY = "wait-retry"  # FenceFailed: wait until `retry_at`
+    SNAPSHOT_VMS = "snapshot-vms"  # record the VMs on the node before it is deleted
+    TAINT = "taint"  # node.kubernetes.io/out-of-service=nodeshutdown:NoExecute (guarded)
+    DELETE_NODE = "delete-node"  # (guarded)
+    CHECK_VMS = "check-vms"  # are the restartable VMs Running elsewhere?
+    NONE = "none"  # final
+
+
+@dataclass(frozen=True)
+class VmOutcome:
+    """One VM that ran on the fenced node and what became of it."""
+
+    namespace: str
+    name: str
+    run_policy: str
+    expected_restart: bool
+    running_on: str | None = None
+    recovered_after: float | None = None  # seconds from node deletion to Running elsewhere
+
+    @property
+    def key(self) -> str:
+        """namespace/name."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One fencing operation: everything a successor leader needs to resume it."""
+
+    node: str
+    id: str
+    phase: Phase = Phase.PENDING
+    power_off_sent: bool = False
+    off_proven: bool = False
+    level: int | None = None
+    attempts: int = 0
+    retry_at: float | None = None
+    tainted: bool = False
+    node_deleted: bool = False
+    deleted_at: float | None = None
+    recovery_deadline: float | None = None
+    vms: tuple[VmOutcome, ...] | None = None
+    errors: tuple[str, ...] = ()
+    reason: str = ""
+    capacity_warning: str = ""
+
+    @property
+    def final(self) -> bool:
+        """True once nothing more will happen."""
+        return self.phase in FINAL
+
+
+# -- events the executor reports -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeAlive:
+    """Heartbeats or the kubelet came back (checked right before the power-off request)."""
+
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """The node entered maintenance mode."""
+
+
+@dataclass(frozen=True)
+class PowerOffSending:
+    """The executor is about to send the first power-off request: the point of no return."""
+
+
+@dataclass(frozen=True)
+class FenceDone:
+    """The topology walk ended: `off_proven` or not, with the errors it met."""
+
+    off_proven: bool
+    level: int | None = None
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VmsSnapshotted:
+    """The VMs that ran on the node, and a capacity warning ("" when there is room)."""
+
+    vms: tuple[VmOutcome, ...]
+    capacity_warning: str = ""
+
+
+@dataclass(frozen=True)
+class Tainted:
+    """The out-of-service taint is on the Node (or the Node is already gone)."""
+
+
+@dataclass(frozen=True)
+class NodeDeleted:
+    """The Node object is gone."""
+
+
+@dataclass(frozen=True)
+class VmsSeen:
+    """Where each snapshotted VM runs now: key -> node name, or None when not Running."""
+
+    running: dict[str, str | None] = field(default_factory=dict)
+
+
+Event = (
+    NodeAlive
+    | Maintenance
+    | PowerOffSending
+    | FenceDone
+    | VmsSnapshotted
+    | Tainted
+    | NodeDeleted
+    | VmsSeen
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Retry backoff and the recovery deadline, in seconds."""
+
+    retry_base: float = 5.0
+    retry_max: float = 60.0
+    recovery_timeout: float = 300.0
+
+    def retry_delay(self, attempts: int) -> float:
+        """Pause after the `attempts`-th failed walk (1-based)."""
+        return float(min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1)))
+
+
+def next_action(op: Operation, now: float) -> Action:
+    """What to do next for `op` at `now`."""
+    if op.final:
+        return Action.NONE
+    if op.phase in (Phase.PENDING, Phase.FENCING):
+        return Action.POWER_OFF
+    if op.phase is Phase.FENCE_FAILED:
+        return Action.POWER_OFF if op.retry_at is None or now >= op.retry_at else Action.WAIT_RETRY
+    # PoweredOff or later: off is proven.
+    if op.vms is None:
+        return Action.SNAPSHOT_VMS
+    if not op.tainted:
+        return Action.TAINT
+    if not op.node_deleted:
+        return Action.DELETE_NODE
+    return Action.CHECK_VMS
+
+
+def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) -> Operation:
+    """Fold one event into the operation (pure)."""
+    if op.final:
+        return op
+    if isinstance(event, NodeAlive | Maintenance):
+        if op.power_off_sent:
+            # Past the point of no return: the node may be alive only because the off has
+            # not landed yet. Record, and carry on to proof, cleanup and recovery.
+            what = "node alive" if isinstance(event, NodeAlive) else "maintenance entered"
+            return replace(op, errors=(*op.errors, f"{what} after the power-off was sent"))
+        reason = (
+            f"node came back before the power-off was sent ({event.evidence})"
+            if isinstance(event, NodeAlive)
+            else "node entered maintenance before the power-off was sent"
+        )
+        return replace(op, phase=Phase.ABORTED, reason=reason)
+    if isinstance(event, PowerOffSending):
+        if op.phase not in (Phase.PENDING, Phase.FENCING, Phase.FENCE_FAILED):
+            return op
+        return replace(op, phase=Phase.FENCING, power_off_sent=True)
+    if isinstance(event, FenceDone):
+        if op.off_proven:
+            return op
+        if event.off_proven:
+            return replace(
+                op,
+                phase=Phase.POWERED_OFF,
+                off_proven=True,
+                level=event.level,
+                attempts=op.attempts + 1,
+                errors=(*op.errors, *event.errors),
+                retry_at=None,
+                reason="power off proven by read-back",
+            )
+        attempts = op.attempts + 1
+        last = event.errors[-1] if event.errors else "no level succeeded"
+        return replace(
+            op,
+            phase=Phase.FENCE_FAILED,
+            attempts=attempts,
+            errors=(*op.errors, *event.errors),
+            retry_at=now + timing.retry_delay(attempts),
+            reason=f"fencing failed (attempt {attempts}): {last}",
+        )
+    if not op.off_proven:
+        return op  # nothing past the proof can happen before it
+    if isinstance(event, VmsSnapshotted):
+        return replace(op, vms=event.vms, capacity_warning=event.capacity_warning)
+    if isinstance(event, Tainted):
+        return replace(op, tainted=True, phase=Phase.POWERED_OFF)
+    if isinstance(event, NodeDeleted):
+        if not op.tainted:
+            op = replace(op, tainted=True)
+        return replace(
+            op,
+            node_deleted=True,
+            phase=Phase.RECOVERING,
+            deleted_at=now,
+            recovery_deadline=now + timing.recovery_timeout,
+            reason="node deleted; waiting for its ColdStandby VMs",
+        )
+    if isinstance(event, VmsSeen):
+        return _fold_vms(op, event, now)
+    return op
+
+
+def _fold_vms(op: Operation, event: VmsSeen, now: float) -> Operation:
+    vms = []
+    for vm in op.vms or ():
+        where = event.running.get(vm.key, vm.running_on)
+        if vm.expected_restart and vm.running_on is None and where and where != op.node:
+            since = now - op.deleted_at if op.deleted_at is not None else None
+            vm = replace(vm, running_on=where, recovered_after=since)
+        vms.append(vm)
+    op = replace(op, vms=tuple(vms))
+    pending = [v for v in vms if v.expected_restart and v.running_on is None]
+    if not pending:
+        return replace(
+            op,
+            phase=Phase.RECOVERED,
+            reason=f"{sum(v.expected_restart for v in vms)} ColdStandby VMs running on other nodes",
+        )
+    if op.recovery_deadline is not None and now >= op.recovery_deadline:
+        names = ", ".join(v.key for v in pending)
+        return replace(
+            op,
+            phase=Phase.RECOVERY_INCOMPLETE,
+            reason=f"not running elsewhere before the deadline: {names}",
+        )
+    return op
