@@ -106,7 +106,8 @@ class NodeVerdict:
 def kubelet_reading(
     facts: KubeletFacts | None, last_heartbeat: float, now: float, stale_after: float
 ) -> Reading:
-    """The kubelet signal about a node last heard at `last_heartbeat`.
+    """The kubelet signal about a node last heard at `last_heartbeat` (callers pass the time
+    the next heartbeat was due, so a renewal made just before the node died proves nothing).
 
     ALIVE: a renewal seen after the last heartbeat and no older than `stale_after`. DEAD: no such
     renewal, and the Lease is stale (no renewal seen for `stale_after`) or Ready is not True.
@@ -330,6 +331,9 @@ class FailureDetector:
             return verdict(
                 NodeHealth.SUSPECT, f"{silent} (suspect after {p.suspect_after:g} s){hint}"
             )
-        kube = kubelet_reading(kubelet, ref, now, p.kubelet_stale_after)
+        # A kubelet renewal proves life only if it came after the NEXT heartbeat was due: one
+        # made between the last heartbeat and the moment the node died is no evidence.
+        due = ref + (st.announced_interval or p.interval)
+        kube = kubelet_reading(kubelet, due, now, p.kubelet_stale_after)
         health, why = judge(p, peers, kube, available)
         return verdict(health, f"{silent}; {why}")

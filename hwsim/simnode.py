@@ -77,10 +77,11 @@ class SimNode:
         self.name = machine.name
         self.workdir = workdir
         self.kubelet_port = KubeletPort()
+        self.partitioned = False
         self.kubelet = SimKubelet(
             store,
             machine.name,
-            lambda: machine.power_state() == "on",
+            self._kubelet_reaches_api,
             lease_interval=lease_interval,
             internal_ip="127.0.0.1",
             kubelet_port=self.kubelet_port.port,
@@ -89,6 +90,24 @@ class SimNode:
         self.agent_config: Path | None = None
         self.agent_env: dict[str, str] = {}
         machine.on_power_change(self._power_changed)
+
+    def _kubelet_reaches_api(self) -> bool:
+        return self.machine.power_state() == "on" and not self.partitioned
+
+    def partition(self) -> None:
+        """Cut the node off the network: its agent, kubelet and kubelet port go silent, but the
+        machine keeps power and keeps running its VMs (the split-brain danger)."""
+        self.partitioned = True
+        self.kubelet_port.close()
+        self.kill_agent()
+
+    def heal(self) -> None:
+        """Reconnect a partitioned node (its agent is started again)."""
+        self.partitioned = False
+        if self.machine.power_state() == "on":
+            self.kubelet_port.open()
+            if self.agent_config is not None and not self.agent_running():
+                self.start_agent(self.agent_config, self.agent_env)
 
     @property
     def log_path(self) -> Path:
@@ -144,6 +163,7 @@ class SimNode:
             self.kubelet_port.close()
             self.kill_agent()
         else:
+            self.partitioned = False  # a power cycle: the node boots with its network
             self.kubelet_port.open()
             if self.agent_config is not None and not self.agent_running():
                 self.start_agent(self.agent_config, self.agent_env)

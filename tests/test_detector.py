@@ -156,11 +156,17 @@ CASES = [
         peers=("p1",),
     ),
     Case(
-        "a_kubelet_renewal_seen_after_the_last_heartbeat_vetoes_death",
-        [HB(10), KUBE(11, True, 11), PEER("p1", DOWN, 13), PEER("p2", DOWN, 13)],
+        "a_kubelet_renewal_seen_after_the_next_heartbeat_was_due_vetoes_death",
+        [HB(10), KUBE(11.5, True, 11.5), PEER("p1", DOWN, 13), PEER("p2", DOWN, 13)],
         14,
         NodeHealth.AGENT_LOST,
-        "kubelet Lease renewed 3.0 s ago, after the last heartbeat",
+        "kubelet Lease renewed 2.5 s ago, after the last heartbeat",
+    ),
+    Case(
+        "a_kubelet_renewal_within_one_interval_of_the_last_heartbeat_does_not_veto",
+        [HB(10), KUBE(10.6, True, 10.6), PEER("p1", DOWN, 13), PEER("p2", DOWN, 13)],
+        14,
+        NodeHealth.DEAD,
     ),
     Case(
         "a_kubelet_renewal_before_the_last_heartbeat_does_not_veto",
@@ -416,7 +422,7 @@ def test_a_node_whose_heartbeats_keep_arriving_is_always_healthy(
 @settings(max_examples=300)
 @given(
     last=st.floats(0, 100),
-    renewed_after=st.floats(0.001, 10),
+    renewed_after=st.floats(1.001, 10),  # after the next heartbeat (interval 1 s) was due
     eval_after_renewal=st.floats(0, DEFAULT.kubelet_stale_after),
     reports=st.lists(
         st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.booleans(), st.floats(0, 200)),
@@ -425,7 +431,7 @@ def test_a_node_whose_heartbeats_keep_arriving_is_always_healthy(
     ready=st.none() | st.booleans(),
     peers=st.integers(0, 3),
 )
-def test_a_node_whose_kubelet_renewed_after_its_last_heartbeat_is_never_dead_by_default(
+def test_a_node_whose_kubelet_renewed_after_its_next_heartbeat_was_due_is_never_dead(
     last: float,
     renewed_after: float,
     eval_after_renewal: float,

@@ -1,0 +1,660 @@
+"""The ColdStandby controller emulator (hwsim.coldstandby): node loss, split brain, Evict.
+
+Most tests drive `tick()` with an injected clock over the API emulator's store, with nodes
+registered by `SimKubelet`s whose power (and network link) the test controls. Two tests run the
+controller in its thread behind the real HTTP server and watch it through the official client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from hwsim.coldstandby import (
+    NOT_APPLICABLE_PHASE,
+    NOT_FOUND,
+    NOT_READY_TO_EXECUTE,
+    OPERATION_FAILED,
+    OUT_OF_SERVICE,
+    TARGET_UNSCHEDULABLE,
+    ColdStandbyController,
+)
+from hwsim.kube import KubeApiServer, NodeLifecycleController, ObjectStore, SimKubelet
+from hwsim.vms import VM_LABEL, make_vm, place_vms
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+VIRT = ("virtualization.deckhouse.io", "v1alpha2")
+BOOT = 2.0
+MIGRATION = 1.0
+
+
+class FakeClock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    """A store with nodes registered by kubelets, and a controller on a fake clock."""
+
+    store: ObjectStore
+    clock: FakeClock
+    ctl: ColdStandbyController
+    power: dict[str, bool]
+    link: dict[str, bool]
+    kubelets: dict[str, SimKubelet] = field(default_factory=dict)
+
+    def run(self, seconds: float = 0.0, step: float = 0.1) -> None:
+        """Tick now, then every `step` until `seconds` have passed on the fake clock."""
+        self.ctl.tick()
+        end = self.clock.now + seconds
+        while self.clock.now < end - 1e-9:
+            self.clock.now = min(end, self.clock.now + step)
+            self.ctl.tick()
+
+    def vm(self, name: str) -> Obj:
+        return self.store.get("virtualmachines", name, "default")
+
+    def where(self, name: str) -> tuple[str, str | None]:
+        status = self.vm(name).get("status") or {}
+        return status.get("phase", ""), status.get("nodeName")
+
+    def pods(self, vm: str) -> list[tuple[str, str]]:
+        items = self.store.list("pods", "default", label_selector=f"{VM_LABEL}={vm}")["items"]
+        return sorted((p["spec"]["nodeName"], p["status"]["phase"]) for p in items)
+
+    def cut_power(self, node: str) -> None:
+        self.power[node] = False
+
+    def partition(self, node: str) -> None:
+        self.link[node] = False
+
+    def set_node(self, node: str, **spec: Any) -> None:
+        self.store.patch("nodes", node, {"spec": spec})
+
+    def evict(self, vm: str, name: str = "", op_type: str = "Evict") -> str:
+        name = name or f"migrate-{vm}-{int(self.clock.now * 1000)}"
+        op = {
+            "apiVersion": "/".join(VIRT),
+            "kind": "VirtualMachineOperation",
+            "metadata": {"name": name},
+            "spec": {"virtualMachineName": vm, "type": op_type},
+        }
+        self.store.create("vmop", op, "default")
+        return name
+
+    def op(self, name: str) -> Obj:
+        return self.store.get("vmop", name, "default").get("status") or {}
+
+
+def make_rig(nodes: int = 3, **options: Any) -> Rig:
+    store = KubeApiServer().store  # in-process: the server's store, no socket needed here
+    clock = FakeClock()
+    names = [f"node-{i}" for i in range(1, nodes + 1)]
+    power = dict.fromkeys(names, True)
+    link = dict.fromkeys(names, True)
+    ctl = ColdStandbyController(
+        store,
+        lambda n: power.get(n, False),
+        boot_delay=BOOT,
+        migration_delay=MIGRATION,
+        clock=clock,
+        **options,
+    )
+    rig = Rig(store, clock, ctl, power, link)
+    for name in names:
+        kubelet = SimKubelet(store, name, lambda n=name: power[n] and link[n])
+        kubelet.tick()
+        rig.kubelets[name] = kubelet
+    return rig
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return make_rig()
+
+
+def condition(status: Obj, type_: str) -> Obj:
+    return next(c for c in status.get("conditions") or [] if c["type"] == type_)
+
+
+# ---- placement ------------------------------------------------------------------------------
+
+
+def test_place_vms_spreads_running_vms_round_robin_with_their_launcher_pods(rig: Rig) -> None:
+    vms = place_vms(rig.store, rig.ctl, 8, ["node-1", "node-2", "node-3"])
+    by_name = {v["metadata"]["name"]: v for v in vms}
+    assert list(by_name) == [f"vm-{i}" for i in range(1, 9)]
+    vm1 = by_name["vm-1"]
+    assert vm1["apiVersion"] == "virtualization.deckhouse.io/v1alpha2"
+    assert vm1["spec"] == {
+        "virtualMachineClassName": "generic",
+        "runPolicy": "AlwaysOn",
+        "cpu": {"cores": 1},
+        "memory": {"size": "1Gi"},
+        "blockDeviceRefs": [{"kind": "VirtualDisk", "name": "vm-1-root"}],
+    }
+    status = vm1["status"]
+    assert (status["phase"], status["nodeName"]) == ("Running", "node-1")
+    assert status["ipAddress"].startswith("10.66.")
+    assert status["stats"]["lastStartTime"]
+    assert condition(status, "AgentReady")["status"] == "True"
+    assert condition(status, "Migratable")["status"] == "True"
+    [pod] = status["virtualMachinePods"]
+    assert pod["active"] is True and pod["name"].startswith("virt-launcher-vm-1-")
+    launcher = rig.store.get("pods", pod["name"], "default")
+    assert launcher["metadata"]["labels"][VM_LABEL] == "vm-1"
+    assert (launcher["spec"]["nodeName"], launcher["status"]["phase"]) == ("node-1", "Running")
+    policies = [v["spec"]["runPolicy"] for v in vms]
+    assert policies[:4] == ["AlwaysOn", "AlwaysOnUnlessStoppedManually", "Manual", "AlwaysOff"]
+    assert [v["status"].get("nodeName") for v in vms] == [
+        "node-1", "node-2", "node-3", None, "node-2", "node-3", "node-1", None,
+    ]  # fmt: skip
+    assert rig.where("vm-4") == ("Stopped", None) and rig.pods("vm-4") == []
+    assert len({v["status"]["ipAddress"] for v in vms}) == 8
+    assert rig.ctl.running_places("default", "vm-2") == {"node-2"}
+    assert rig.ctl.running_places("default", "vm-4") == set()
+
+
+def test_place_vms_again_takes_fresh_names_and_addresses(rig: Rig) -> None:
+    first = place_vms(rig.store, rig.ctl, 3, ["node-1"])
+    second = place_vms(rig.store, rig.ctl, 3, ["node-2"])
+    names = [v["metadata"]["name"] for v in first + second]
+    assert names == [f"vm-{i}" for i in range(1, 7)]
+    assert len({v["status"]["ipAddress"] for v in first + second}) == 6
+
+
+def test_a_vm_placed_by_hand_is_adopted_as_running_where_its_status_says(rig: Rig) -> None:
+    rig.store.create("vm", make_vm("hand", run_policy="AlwaysOn"), "default")
+    status = make_vm("hand", node="node-2", ip_address="10.66.9.9")["status"]
+    rig.store.patch("vm", "hand", {"status": status}, "default", subresource="status")
+    rig.run()
+    assert rig.ctl.running_places("default", "hand") == {"node-2"}
+
+
+# ---- node loss --------------------------------------------------------------------------------
+
+
+def test_a_deleted_node_restarts_its_always_on_vms_elsewhere_after_the_boot_delay(
+    rig: Rig,
+) -> None:
+    place_vms(rig.store, rig.ctl, 4, ["node-1"])  # one VM of each run policy
+    rig.run()
+    rig.cut_power("node-1")  # fenced: proven off, then deleted
+    rig.store.delete("nodes", "node-1")
+    rig.run()
+    assert rig.where("vm-1") == ("Starting", None)
+    assert rig.where("vm-2") == ("Starting", None)
+    assert rig.where("vm-3") == ("Stopped", None)  # Manual
+    assert rig.where("vm-4") == ("Stopped", None)  # AlwaysOff
+    assert all(rig.pods(f"vm-{i}") == [] for i in range(1, 5))
+    rig.run(BOOT - 0.2)
+    assert rig.where("vm-1") == ("Starting", None)
+    rig.run(0.3)
+    for name in ("vm-1", "vm-2"):
+        phase, node = rig.where(name)
+        assert phase == "Running" and node in ("node-2", "node-3")
+        assert rig.pods(name) == [(node, "Running")]
+        assert rig.ctl.running_places("default", name) == {node}
+    assert {rig.where("vm-1")[1], rig.where("vm-2")[1]} == {"node-2", "node-3"}  # spread
+    assert rig.where("vm-3") == ("Stopped", None) and rig.where("vm-4") == ("Stopped", None)
+    assert rig.ctl.violations() == []
+    history = {r.name: r for r in rig.ctl.history}
+    assert set(history) == {"vm-1", "vm-2", "vm-3"}  # vm-4 was not running
+    assert history["vm-1"].why == "deleted" and history["vm-1"].restart_expected
+    assert history["vm-1"].downtime == pytest.approx(BOOT, abs=0.11)
+    assert history["vm-3"].running_at is None and not history["vm-3"].restart_expected
+    assert not history["vm-1"].lost_node_powered  # fenced first
+
+
+def test_the_out_of_service_taint_recovers_vms_without_deleting_the_node(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 3, ["node-1"], policies=["AlwaysOn", "Manual", "AlwaysOn"])
+    rig.cut_power("node-1")
+    taint = {"key": OUT_OF_SERVICE, "value": "nodeshutdown", "effect": "NoExecute"}
+    rig.set_node("node-1", taints=[taint])
+    rig.run(BOOT + 0.1)
+    assert rig.where("vm-1")[0] == "Running" and rig.where("vm-1")[1] != "node-1"
+    assert rig.where("vm-3")[0] == "Running" and rig.where("vm-3")[1] != "node-1"
+    assert rig.where("vm-2") == ("Stopped", None)
+    assert rig.store.get("nodes", "node-1")  # still there
+    assert rig.store.list("pods", field_selector="spec.nodeName=node-1")["items"] == []
+    assert rig.ctl.history[0].why == "out-of-service"
+
+
+def test_an_out_of_service_taint_with_another_effect_changes_nothing(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.set_node("node-1", taints=[{"key": OUT_OF_SERVICE, "effect": "NoSchedule"}])
+    rig.run(BOOT + 1)
+    assert rig.where("vm-1") == ("Running", "node-1")
+
+
+def test_a_node_that_is_only_not_ready_changes_nothing(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 4, ["node-1"])
+    mono = FakeClock()
+    lifecycle = NodeLifecycleController(rig.store, node_monitor_grace=5, monotonic=mono)
+    lifecycle.tick()
+    rig.cut_power("node-1")
+    mono.now += 6
+    lifecycle.tick()
+    node = rig.store.get("nodes", "node-1")
+    assert condition(node["status"], "Ready")["status"] == "Unknown"
+    rig.run(BOOT * 3)
+    for i in (1, 2, 3):
+        assert rig.where(f"vm-{i}") == ("Running", "node-1")  # the API does not know yet
+        assert rig.pods(f"vm-{i}") == [("node-1", "Running")]
+    assert rig.ctl.history == []
+
+
+def test_power_loss_kills_the_processes_at_once_while_the_api_still_says_running(
+    rig: Rig,
+) -> None:
+    place_vms(rig.store, rig.ctl, 2, ["node-1", "node-2"])
+    rig.cut_power("node-1")
+    assert rig.ctl.running_places("default", "vm-1") == set()  # no tick needed
+    assert rig.ctl.running_places("default", "vm-2") == {"node-2"}
+    rig.run(1)
+    assert rig.where("vm-1") == ("Running", "node-1")
+    rig.power["node-1"] = True  # power back: the processes do not come back by themselves
+    assert rig.ctl.running_places("default", "vm-1") == set()
+
+
+def test_a_partitioned_node_deleted_without_power_off_runs_its_vm_twice(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.partition("node-1")  # powered, but its kubelet and agent are cut off
+    rig.kubelets["node-1"].tick()
+    rig.store.delete("nodes", "node-1")  # what skipping fencing looks like
+    rig.run(BOOT + 0.1)
+    phase, node = rig.where("vm-1")
+    assert phase == "Running" and node != "node-1"
+    assert rig.ctl.running_places("default", "vm-1") == {"node-1", node}
+    assert rig.ctl.history[0].lost_node_powered
+    [violation] = rig.ctl.violations()
+    assert "default/vm-1" in violation and "node-1" in violation and str(node) in violation
+    brain = rig.ctl.split_brains[0]
+    assert brain.nodes == tuple(sorted(("node-1", str(node))))
+    assert brain.seen_at == pytest.approx(1000 + BOOT, abs=0.11)  # when the second copy started
+
+
+def test_a_transient_double_run_is_still_reported_after_it_ends(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.store.delete("nodes", "node-1")
+    rig.run(BOOT + 0.1)
+    rig.cut_power("node-1")  # fenced too late
+    rig.run(0.5)
+    assert len(rig.ctl.running_places("default", "vm-1")) == 1
+    assert len(rig.ctl.violations()) == 1
+
+
+def test_a_node_deleted_and_registered_again_between_two_looks_counts_as_lost(
+    rig: Rig,
+) -> None:
+    place_vms(rig.store, rig.ctl, 2, ["node-1"], policies=["AlwaysOn", "Manual"])
+    rig.run()
+    rig.cut_power("node-1")
+    rig.kubelets["node-1"].tick()
+    rig.store.delete("nodes", "node-1")
+    rig.power["node-1"] = True  # the fencer's "reboot": the kubelet registers a new Node
+    rig.kubelets["node-1"].tick()
+    rig.run(BOOT + 0.1)
+    assert rig.where("vm-1")[0] == "Running"
+    assert rig.where("vm-2") == ("Stopped", None)
+    assert [r.why for r in rig.ctl.history] == ["re-registered", "re-registered"]
+    assert rig.ctl.violations() == []
+
+
+def test_with_no_eligible_node_the_vm_is_pending_with_the_reason_until_one_appears() -> None:
+    rig = make_rig(nodes=2)
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.set_node("node-2", unschedulable=True)
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")
+    rig.run(BOOT + 0.5)
+    assert rig.where("vm-1") == ("Pending", None)
+    status = rig.vm("vm-1")["status"]
+    cond = condition(status, "Running")
+    assert cond["message"] == "0/1 nodes are available: 1 node(s) were unschedulable."
+    version = rig.vm("vm-1")["metadata"]["resourceVersion"]
+    rig.run(1)
+    assert rig.vm("vm-1")["metadata"]["resourceVersion"] == version  # no write per tick
+    rig.set_node("node-2", unschedulable=None)
+    rig.run(0.1)
+    assert rig.where("vm-1") == ("Running", "node-2")
+    assert rig.ctl.running_places("default", "vm-1") == {"node-2"}
+
+
+def test_cordoned_tainted_and_not_ready_nodes_are_never_chosen() -> None:
+    rig = make_rig(nodes=5)
+    place_vms(rig.store, rig.ctl, 6, ["node-1"], policies=["AlwaysOn"])
+    rig.set_node("node-2", unschedulable=True)
+    rig.set_node("node-3", taints=[{"key": "dedicated", "value": "db", "effect": "NoSchedule"}])
+    ready = {"type": "Ready", "status": "False", "reason": "KubeletNotReady"}
+    rig.store.patch("nodes", "node-4", {"status": {"conditions": [ready]}}, subresource="status")
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")
+    rig.run(BOOT + 0.1)
+    assert {rig.where(f"vm-{i}") for i in range(1, 7)} == {("Running", "node-5")}
+
+
+def test_the_least_loaded_node_is_chosen() -> None:
+    rig = make_rig(nodes=3)
+    place_vms(rig.store, rig.ctl, 3, ["node-2"], policies=["Manual"])
+    place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")
+    rig.run(BOOT + 0.1)
+    assert rig.where("vm-4") == ("Running", "node-3")
+
+
+def test_work_per_tick_is_bounded_and_the_rest_follows_next_ticks() -> None:
+    rig = make_rig(nodes=2, max_actions=2)
+    place_vms(rig.store, rig.ctl, 6, ["node-1"], policies=["Manual"])
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")
+    rig.ctl.tick()
+    assert [rig.where(f"vm-{i}")[0] for i in range(1, 7)].count("Stopped") == 2
+    rig.run(0.3)
+    assert all(rig.where(f"vm-{i}") == ("Stopped", None) for i in range(1, 7))
+
+
+def test_odd_objects_are_skipped_and_the_rest_is_still_handled(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
+    rig.store.create("vm", {"metadata": {"name": "odd"}, "spec": "nonsense"}, "default")
+    rig.store.patch("vm", "odd", {"status": "garbage"}, "default", subresource="status")
+    rig.store.create("vm", {"metadata": {"name": "odd2"}}, "default")
+    bad = {"phase": "Running", "nodeName": 42, "conditions": "x"}
+    rig.store.patch("vm", "odd2", {"status": bad}, "default", subresource="status")
+    rig.store.create("vmop", {"metadata": {"name": "no-spec"}}, "default")
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")
+    rig.run(BOOT + 0.1)
+    assert rig.where("vm-1")[0] == "Running"
+    assert rig.op("no-spec")["phase"] == "Failed"
+
+
+def test_deleting_a_vm_takes_its_pod_and_forgets_where_it_ran(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.store.delete("vm", "vm-1", "default")
+    rig.run()
+    assert rig.store.list("pods", "default")["items"] == []
+    assert rig.ctl.running_places("default", "vm-1") == set()
+
+
+# ---- Evict ------------------------------------------------------------------------------------
+
+
+def test_evict_migrates_a_running_vm_to_another_node_and_completes(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
+    started = rig.vm("vm-1")["status"]["stats"]["lastStartTime"]
+    phases = rig.store.watch("vm", "default", resource_version=rig.store.resource_version)
+    op = rig.evict("vm-1")
+    rig.run()
+    assert rig.op(op)["phase"] == "InProgress"
+    status = rig.vm("vm-1")["status"]
+    assert (status["phase"], status["nodeName"]) == ("Migrating", "node-1")
+    assert [p["active"] for p in status["virtualMachinePods"]] == [True, False]
+    target = status["migrationState"]["target"]["node"]
+    assert target in ("node-2", "node-3")
+    assert sorted(rig.pods("vm-1")) == sorted([("node-1", "Running"), (target, "Running")])
+    assert rig.ctl.running_places("default", "vm-1") == {"node-1"}
+    rig.run(MIGRATION)
+    assert rig.where("vm-1") == ("Running", target)
+    assert rig.pods("vm-1") == [(target, "Running")]
+    assert rig.ctl.running_places("default", "vm-1") == {target}
+    done = rig.op(op)
+    assert done["phase"] == "Completed"
+    assert condition(done, "Completed")["status"] == "True"
+    status = rig.vm("vm-1")["status"]
+    assert status["migrationState"]["result"] == "Succeeded"
+    assert status["stats"]["lastStartTime"] == started  # live: no restart
+    seen = []
+    while (event := phases.get(0)) is not None:
+        phase = event.object["status"]["phase"]
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+    assert seen == ["Migrating", "Running"]
+    assert rig.ctl.violations() == []
+
+
+def test_the_deprecated_migrate_type_works_like_evict(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    op = rig.evict("vm-1", op_type="Migrate")
+    rig.run(MIGRATION + 0.1)
+    assert rig.op(op)["phase"] == "Completed"
+    assert rig.where("vm-1")[1] != "node-1"
+
+
+def test_evict_never_targets_cordoned_or_tainted_nodes() -> None:
+    rig = make_rig(nodes=4)
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.set_node("node-2", unschedulable=True)
+    rig.set_node("node-3", taints=[{"key": "x", "effect": "NoExecute"}])
+    op = rig.evict("vm-1")
+    rig.run(MIGRATION + 0.1)
+    assert rig.op(op)["phase"] == "Completed"
+    assert rig.where("vm-1") == ("Running", "node-4")
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "message"),
+    [
+        ("stopped", NOT_APPLICABLE_PHASE, "not applicable for VirtualMachine in phase Stopped"),
+        ("unknown", NOT_FOUND, "VirtualMachine not found"),
+        ("no-other-node", TARGET_UNSCHEDULABLE, "0/3 nodes are available: "),
+    ],
+)
+def test_an_evict_that_cannot_run_fails_with_the_reason(
+    rig: Rig, case: str, reason: str, message: str
+) -> None:
+    place_vms(rig.store, rig.ctl, 4, ["node-1"])  # vm-4 is AlwaysOff: Stopped
+    vm = {"stopped": "vm-4", "unknown": "no-such-vm", "no-other-node": "vm-1"}[case]
+    if case == "no-other-node":
+        rig.set_node("node-2", unschedulable=True)
+        rig.set_node("node-3", unschedulable=True)
+    op = rig.evict(vm)
+    rig.run(MIGRATION + 0.1)
+    status = rig.op(op)
+    assert status["phase"] == "Failed"
+    completed = condition(status, "Completed")
+    assert (completed["status"], completed["reason"]) == ("False", reason)
+    assert message in completed["message"]
+    assert rig.where("vm-1") == ("Running", "node-1")
+    assert rig.pods("vm-1") == [("node-1", "Running")]
+
+
+def test_no_other_node_names_why_each_node_was_refused() -> None:
+    rig = make_rig(nodes=2)
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    rig.set_node("node-2", unschedulable=True)
+    op = rig.evict("vm-1")
+    rig.run()
+    message = condition(rig.op(op), "Completed")["message"]
+    assert message == (
+        "0/2 nodes are available: 1 node(s) already run the VM, 1 node(s) were unschedulable."
+    )
+
+
+def test_a_second_evict_while_one_is_in_progress_fails_not_ready_to_be_executed(
+    rig: Rig,
+) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    first = rig.evict("vm-1", "first")
+    rig.run()
+    second = rig.evict("vm-1", "second")
+    rig.run(MIGRATION)
+    assert rig.op(first)["phase"] == "Completed"
+    assert condition(rig.op(second), "Completed")["reason"] == NOT_READY_TO_EXECUTE
+
+
+def test_a_migration_whose_target_loses_power_fails_and_the_vm_stays(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    op = rig.evict("vm-1")
+    rig.run()
+    target = rig.vm("vm-1")["status"]["migrationState"]["target"]["node"]
+    rig.cut_power(target)
+    rig.run(MIGRATION)
+    status = rig.op(op)
+    assert (status["phase"], condition(status, "Completed")["reason"]) == (
+        "Failed",
+        OPERATION_FAILED,
+    )
+    assert rig.where("vm-1") == ("Running", "node-1")
+    assert rig.pods("vm-1") == [("node-1", "Running")]
+    assert rig.vm("vm-1")["status"]["migrationState"]["result"] == "Failed"
+    assert rig.ctl.running_places("default", "vm-1") == {"node-1"}
+
+
+def test_losing_the_source_node_mid_migration_fails_it_and_restarts_the_vm(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
+    op = rig.evict("vm-1")
+    rig.run()
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")
+    rig.run()
+    assert rig.op(op)["phase"] == "Failed"
+    assert rig.where("vm-1") == ("Starting", None)
+    rig.run(BOOT)
+    assert rig.where("vm-1")[0] == "Running"
+    assert len(rig.pods("vm-1")) == 1
+    assert rig.ctl.violations() == []
+
+
+def test_operations_other_than_evict_fail_visibly(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    op = rig.evict("vm-1", op_type="Restart")
+    rig.run()
+    assert rig.op(op)["phase"] == "Failed"
+    assert "Evict" in condition(rig.op(op), "Completed")["message"]
+
+
+# ---- the controller in its thread, seen through the official client ---------------------------
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
+    """The first truthy value of `check()`, polled until `timeout`; fails the test otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+@dataclass
+class Live:
+    server: KubeApiServer
+    ctl: ColdStandbyController
+    power: dict[str, bool]
+    crs: client.CustomObjectsApi
+    core: client.CoreV1Api
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    server = KubeApiServer()
+    server.start_in_thread()
+    power = {"node-1": True, "node-2": True, "node-3": True}
+    ctl = ColdStandbyController(
+        server.store, lambda n: power.get(n, False), boot_delay=0.3, migration_delay=0.3, tick=0.05
+    )
+    cfg = client.Configuration()
+    try:
+        for name in power:
+            SimKubelet(server.store, name, lambda: True).tick()
+        ctl.start_in_thread()
+        cfg.host = server.url
+        with client.ApiClient(cfg) as api:
+            yield Live(server, ctl, power, client.CustomObjectsApi(api), client.CoreV1Api(api))
+    finally:
+        ctl.stop_thread()
+        server.stop_thread()
+
+
+def test_the_official_client_follows_an_evict_to_completed(live: Live) -> None:
+    place_vms(live.server.store, live.ctl, 3, ["node-1", "node-2", "node-3"])
+    vms = live.crs.list_namespaced_custom_object(*VIRT, "default", "virtualmachines")["items"]
+    assert [(v["status"]["phase"], v["status"].get("nodeName")) for v in vms] == [
+        ("Running", "node-1"),
+        ("Running", "node-2"),
+        ("Running", "node-3"),
+    ]
+    op = {
+        "apiVersion": "/".join(VIRT),
+        "kind": "VirtualMachineOperation",
+        "metadata": {"name": f"migrate-vm-1-{int(time.time())}"},
+        "spec": {"virtualMachineName": "vm-1", "type": "Evict"},
+    }
+    live.crs.create_namespaced_custom_object(*VIRT, "default", "virtualmachineoperations", op)
+
+    def phase() -> str:
+        got = live.crs.get_namespaced_custom_object(
+            *VIRT, "default", "virtualmachineoperations", op["metadata"]["name"]
+        )
+        return str((got.get("status") or {}).get("phase") or "")
+
+    eventually(lambda: phase() in ("Completed", "Failed"))
+    assert phase() == "Completed"
+    vm = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", "vm-1")
+    assert vm["status"]["phase"] == "Running" and vm["status"]["nodeName"] != "node-1"
+    pods = live.core.list_namespaced_pod("default", label_selector=f"{VM_LABEL}=vm-1").items
+    assert [p.spec.node_name for p in pods] == [vm["status"]["nodeName"]]
+
+
+def test_the_threaded_controller_restarts_a_deleted_nodes_vm_elsewhere(live: Live) -> None:
+    place_vms(live.server.store, live.ctl, 2, ["node-1"], policies=["AlwaysOn", "Manual"])
+    live.power["node-1"] = False
+    live.core.delete_node("node-1")
+
+    def vm(name: str) -> Obj:
+        got: Obj = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", name)
+        return got
+
+    status = eventually(
+        lambda: (s := vm("vm-1")["status"]).get("nodeName") not in (None, "node-1") and s
+    )
+    assert (status["phase"], status["nodeName"]) in {("Running", "node-2"), ("Running", "node-3")}
+    assert vm("vm-2")["status"]["phase"] == "Stopped"
+    [rec] = [r for r in live.ctl.history if r.name == "vm-1"]
+    assert rec.downtime is not None and rec.downtime >= 0.3
+    assert live.ctl.violations() == []
+
+
+def test_timestamps_are_written_as_rfc3339(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    started = rig.vm("vm-1")["status"]["stats"]["lastStartTime"]
+    when = datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - when) < timedelta(minutes=1)
+
+
+def test_an_evict_of_a_vm_that_is_not_migratable_fails(rig: Rig) -> None:
+    place_vms(rig.store, rig.ctl, 1, ["node-1"])
+    conditions = [c for c in rig.vm("vm-1")["status"]["conditions"] if c["type"] != "Migratable"]
+    conditions.append({"type": "Migratable", "status": "False", "reason": "NotMigratable"})
+    rig.store.patch(
+        "vm", "vm-1", {"status": {"conditions": conditions}}, "default", subresource="status"
+    )
+    op = rig.evict("vm-1")
+    rig.run(MIGRATION + 0.1)
+    assert rig.op(op)["phase"] == "Failed"
+    assert "not migratable" in condition(rig.op(op), "Completed")["message"]
+    assert rig.where("vm-1") == ("Running", "node-1")
+
+
+def test_an_unknown_node_counts_as_unpowered() -> None:
+    store = KubeApiServer().store
+    ctl = ColdStandbyController(store, {"node-1": True}.__getitem__)
+    ctl.mark_running("default", "vm", "node-9")
+    assert ctl.running_places("default", "vm") == set()
