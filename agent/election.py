@@ -66,6 +66,8 @@ class LeaderElector:
         self._last_renew: float | None = None
         self.leader_since: float | None = None
         self.observed_holder: str | None = None
+        # confirm() and the renew loop must not race each other into a self-inflicted 409.
+        self._io = asyncio.Lock()
 
     @property
     def is_leader(self) -> bool:
@@ -117,6 +119,10 @@ class LeaderElector:
             self.leader_since = None
 
     async def _try_acquire_or_renew(self) -> bool:
+        async with self._io:
+            return await self._try_acquire_or_renew_locked()
+
+    async def _try_acquire_or_renew_locked(self) -> bool:
         now_wall = dt.datetime.now(dt.UTC)
         try:
             lease = await self.api.get_lease(self.namespace, self.name)

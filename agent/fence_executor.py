@@ -107,11 +107,34 @@ class FenceExecutor:
         return task is not None and not task.done()
 
     def submit(self, node: str) -> None:
-        """Start fencing `node` unless an operation for it is already running."""
+        """Fence `node` unless an operation for it already runs here; an unfinished recorded
+        operation for it (e.g. one this leader had to stop) is resumed, not duplicated."""
         if self.busy(node):
             return
-        op = Operation(node=node, id=uuid.uuid4().hex[:8])
-        self._start(op, None)
+        last = self.operations.get(node)
+        if last is not None and last.final and last.node_deleted:
+            return  # already fenced and removed; a stale verdict must not fence it twice
+        self._tasks[node] = asyncio.create_task(self._adopt_or_start(node), name=f"fence-{node}")
+
+    async def _adopt_or_start(self, node: str) -> None:
+        record: dict[str, Any] | None = None
+        try:
+            for rec in await self.api.list_records(self.namespace):
+                if (rec.get("spec") or {}).get("nodeName") == node and not from_record(rec).final:
+                    record = rec
+                    break
+        except (ClusterError, KeyError, ValueError) as err:
+            log.error("cannot look for an unfinished operation of %s: %s", node, err)
+            return  # retried at the next judging round
+        if record is not None:
+            op = from_record(record)
+            self._records[node] = record
+            log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
+        else:
+            op = Operation(node=node, id=uuid.uuid4().hex[:8])
+        self.operations[node] = op
+        self.stats.started += 1
+        await self._run(op)
 
     async def resume(self) -> int:
         """Take over every unfinished operation recorded in the cluster; returns how many."""
@@ -159,44 +182,46 @@ class FenceExecutor:
     # -- the loop -------------------------------------------------------------------------------
 
     async def _run(self, op: Operation) -> None:
-        async with self._slots:
-            started = self.clock()
-            try:
-                if op.node not in self._records:
-                    await self._save(op)
-                    await self._event(
-                        op, "FenceStarted", f"fencing started: {op.node} declared dead", True
-                    )
-                while not op.final:
-                    action = next_action(op, self.clock())
-                    try:
-                        event = await self._do(action, op, started)
-                    except ClusterError as err:
-                        # The API is flaky or down: retry the same step; nothing irreversible
-                        # is repeated without the leader check before it.
-                        log.error("fencing %s: %s failed: %s", op.node, action.value, err)
-                        await asyncio.sleep(self.check_interval)
-                        continue
-                    op = self.operations[op.node]  # the power walk may have advanced it
-                    if event is None:
-                        continue
-                    before = op.phase
-                    op = apply(op, event, self.clock(), self.timing)
-                    self.operations[op.node] = op
-                    await self._save(op)
-                    if op.phase is not before:
-                        await self._phase_changed(op)
-                self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
-            except _Superseded:
-                log.warning(
-                    "fencing record of %s was updated by another leader; stepping back", op.node
+        started = self.clock()
+        try:
+            if op.node not in self._records:
+                await self._save(op)
+                await self._event(
+                    op, "FenceStarted", f"fencing started: {op.node} declared dead", True
                 )
-            except StopWalk as stop:
-                log.warning("fencing of %s stopped: %s", op.node, stop)
+            while not op.final:
+                action = next_action(op, self.clock())
+                try:
+                    event = await self._do(action, op, started)
+                except ClusterError as err:
+                    # The API is flaky or down: retry the same step; nothing irreversible
+                    # is repeated without the leader check before it.
+                    log.error("fencing %s: %s failed: %s", op.node, action.value, err)
+                    await asyncio.sleep(self.check_interval)
+                    continue
+                op = self.operations[op.node]  # the power walk may have advanced it
+                if event is None:
+                    continue
+                before = op.phase
+                op = apply(op, event, self.clock(), self.timing)
+                self.operations[op.node] = op
+                await self._save(op)
+                if op.phase is not before:
+                    await self._phase_changed(op)
+            self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
+        except _Superseded:
+            log.warning(
+                "fencing record of %s was updated by another leader; stepping back", op.node
+            )
+        except StopWalk as stop:
+            log.warning("fencing of %s stopped: %s", op.node, stop)
 
     async def _do(self, action: Action, op: Operation, started: float) -> Event | None:
         if action is Action.POWER_OFF:
-            return await self._power_off(op, started)
+            # A bounded number of power walks at once; an operation waiting to retry holds no
+            # slot, so one unfenceable node never starves the others.
+            async with self._slots:
+                return await self._power_off(op, started)
         if action is Action.WAIT_RETRY:
             assert op.retry_at is not None
             await asyncio.sleep(max(0.0, min(op.retry_at - self.clock(), 1.0)))

@@ -292,6 +292,10 @@ class LeaderSide:
         )
         self.last_decision = decision
         await self._report(decision, now)
+        if self.executor is not None:
+            for node in decision.fence:  # no-op while its operation runs
+                if node in self.nodes:
+                    self.executor.submit(node)
         await self._publish_view(decision, now)
         return decision
 
