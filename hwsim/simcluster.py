@@ -123,7 +123,8 @@ class SimCluster:
         self.settings.inventory = str(inventory)
 
     def _start_vms(self) -> None:
-        from hwsim.coldstandby import ColdStandbyController, place_vms
+        from hwsim.coldstandby import ColdStandbyController
+        from hwsim.vms import place_vms
 
         self.vm_controller = ColdStandbyController(
             self.kube.store,
