@@ -34,6 +34,9 @@ password) come only from a file or an environment variable and are held as `Secr
       retry_base: 5                 # FenceFailed retries: 5 s, 10 s, ... up to retry_max
       retry_max: 60
       recovery_timeout: 300         # how long to wait for ColdStandby VMs to run elsewhere
+    metrics:
+      host: 0.0.0.0                 # Prometheus /metrics
+      port: 9441                    # 0 picks a free port (simulations)
 """
 
 from __future__ import annotations
@@ -114,9 +117,11 @@ class AgentConfig:
     health_port: int = 9440
     inventory: str | None = None
     fencing: FencingConfig = FencingConfig()
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9441
 
 
-_TOP = {"cluster", "broker", "detection", "kubernetes", "health", "inventory", "fencing"}
+_TOP = {"cluster", "broker", "detection", "kubernetes", "health", "inventory", "fencing", "metrics"}
 _FENCING = {"max_parallel", "after_proof", "retry_base", "retry_max", "recovery_timeout"}
 _BROKER = {
     "host",
@@ -216,6 +221,7 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         retry_max=r.number(f, "retry_max", 60.0, 0.01, "fencing.retry_max"),
         recovery_timeout=r.number(f, "recovery_timeout", 300.0, 0.1, "fencing.recovery_timeout"),
     )
+    m = r.mapping(top.get("metrics") or {}, "metrics", _HEALTH)
     inventory = r.opt_string(top, "inventory", "inventory")
     if inventory is not None:
         inventory = str(_relative(path, inventory))
@@ -231,6 +237,8 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         health_port=r.integer(h, "port", 9440, 0, 65535, "health.port"),
         inventory=inventory,
         fencing=fencing,
+        metrics_host=r.string(m, "host", "0.0.0.0", "metrics.host"),
+        metrics_port=r.integer(m, "port", 9441, 0, 65535, "metrics.port"),
     )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from agent import metrics
 from agent.cluster import ClusterApi, ClusterError, LeaseInfo
 
 log = logging.getLogger("nodefence.election")
@@ -97,6 +98,7 @@ class LeaderElector:
     async def _lead(self, lead: LeaderTask, stop: asyncio.Event) -> None:
         self.leader_since = self._clock()
         log.info("became leader", extra={"identity": self.identity})
+        metrics.IS_LEADER.set(1)
         task = asyncio.create_task(lead(), name="leader-side")
         try:
             while not stop.is_set():
@@ -117,6 +119,7 @@ class LeaderElector:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self.leader_since = None
+            metrics.IS_LEADER.set(0)
 
     async def _try_acquire_or_renew(self) -> bool:
         async with self._io:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
 from agent.fencing import (
     RESTART_POLICIES,
@@ -209,6 +210,9 @@ class FenceExecutor:
                 if op.phase is not before:
                     await self._phase_changed(op)
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
+            metrics.OPERATIONS.labels(op.phase.value).inc()
+            if op.phase is Phase.RECOVERED and op.deleted_at is not None:
+                metrics.RECOVERY.observe(self.clock() - op.deleted_at)
         except _Superseded:
             log.warning(
                 "fencing record of %s was updated by another leader; stepping back", op.node
@@ -283,6 +287,12 @@ class FenceExecutor:
         self.stats.power_walks += 1
         fencer = PowerFencer(node_inv, inventory.policy, guard=guard)
         outcome = await fencer.run(PowerAction.OFF)
+        if not state["stop"]:
+            metrics.FENCE.labels("proven" if outcome.off_proven else "failed").observe(
+                outcome.elapsed
+            )
+            if not outcome.off_proven:
+                metrics.FENCE_FAILURES.inc()
         op_now: Operation = state["op"]  # type: ignore[assignment]
         self.operations[op.node] = op_now
         stop = str(state["stop"])

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
+from agent import metrics
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import FailureDetector, NodeHealth, NodeVerdict
@@ -202,9 +203,11 @@ class LeaderSide:
                 self.sequences.check(hb)
             except HeartbeatRejected as rej:
                 self.stats.rejected[rej.reason.value] += 1
+                metrics.REJECTED.labels(rej.reason.value).inc()
                 log.debug("dropped heartbeat on %s: %s", topic, rej)
                 return
             self.stats.heartbeats += 1
+            metrics.HEARTBEATS.inc()
             self.detector.observe(hb, now)
             return
         prefix = f"{PREFIX}/{self.cfg.cluster}/probe-result/"
@@ -212,6 +215,7 @@ class LeaderSide:
             res = decode_result(topic[len(prefix) :], data)
             if res is None:
                 self.stats.rejected["malformed_probe_result"] += 1
+                metrics.REJECTED.labels("malformed_probe_result").inc()
                 return
             self.stats.probe_results += 1
             self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, now)
@@ -291,6 +295,10 @@ class LeaderSide:
             self.profile,
         )
         self.last_decision = decision
+        metrics.FROZEN.set(1 if decision.frozen else 0)
+        counts = collections.Counter(v.health.value for v in self.verdicts)
+        for state in NodeHealth:
+            metrics.NODES.labels(state.value).set(counts.get(state.value, 0))
         await self._report(decision, now)
         if self.executor is not None:
             for node in decision.fence:  # no-op while its operation runs
@@ -343,6 +351,8 @@ class LeaderSide:
             self._reported[v.node] = current
             if current is NodeHealth.DEAD:
                 self.stats.decisions.append((now, v.node, "dead"))
+                if v.since_last_heartbeat is not None:
+                    metrics.DETECTION.observe(v.since_last_heartbeat)
                 log.warning("node %s declared dead: %s", v.node, v.reason)
                 await self._event(v.node, "NodeDeclaredDead", f"declared dead: {v.reason}", True)
                 if self.executor is not None:
@@ -365,6 +375,7 @@ class LeaderSide:
                 continue
             self._alerted.add(key)
             self.stats.alerts.append(alert)
+            metrics.ALERTS.labels(alert.kind.value).inc()
             log.error("alert %s: %s", alert.kind.value, alert.message)
             reason = "Alert" + alert.kind.name.title().replace("_", "")
             if alert.node:

@@ -11,6 +11,7 @@ import signal
 
 import aiomqtt
 
+from agent import metrics
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
@@ -83,6 +84,7 @@ async def run_agent(
         ready=lambda: publisher.stats.connected,
     )
     await health.start()
+    metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port)
     api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
     try:
         await api.annotate_node(node, HEALTH_ANNOTATION, f"{advertised_host(cfg)}:{health.port}")
@@ -128,12 +130,13 @@ async def run_agent(
         ).run()
 
     log.info(
-        "agent for node %s: cluster %s, broker %s:%s, profile %s",
+        "agent for node %s: cluster %s, broker %s:%s, profile %s, metrics on port %d",
         node,
         cfg.cluster,
         cfg.broker.host,
         cfg.broker.port,
         cfg.profile,
+        metrics_port,
     )
     try:
         async with asyncio.TaskGroup() as tg:

@@ -181,6 +181,7 @@ class SimCluster:
                 "retry_period": s.retry_period,
             },
             "health": {"host": "127.0.0.1", "port": 0},
+            "metrics": {"host": "127.0.0.1", "port": 0},
         }
         if s.inventory:
             doc["inventory"] = s.inventory

@@ -108,6 +108,23 @@ def test_power_loss_is_fenced_deleted_and_coldstandby_vms_run_elsewhere(make_clu
     reasons = [e["reason"] for e in cluster.events() if e["involvedObject"]["name"] == victim]
     assert reasons.index("NodeDeclaredDead") < reasons.index("FencePoweredOff")
     assert reasons.index("FencePoweredOff") < reasons.index("FenceRecovered")
+    text = leader_metrics(cluster)
+    assert 'nodefence_fence_operations_total{phase="Recovered"} 1.0' in text
+    assert 'nodefence_fence_duration_seconds_count{outcome="proven"} 1.0' in text
+    assert "nodefence_detection_seconds_count 1.0" in text
+    assert "nodefence_recovery_seconds_count 1.0" in text
+    assert "nodefence_is_leader 1.0" in text
+
+
+def leader_metrics(cluster: SimCluster) -> str:
+    import re
+    import urllib.request
+
+    log = cluster.nodes[str(cluster.leader())].log_path.read_text()
+    port = re.findall(r"metrics on port (\d+)", log)[-1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        body: str = resp.read().decode()
+    return body
 
 
 def test_partitioned_node_is_powered_off_before_its_vms_run_elsewhere(make_cluster: Make) -> None:

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the agent (served on `metrics.port`; the leader's are the rich ones).
+
+Names follow Prometheus conventions; every duration is in seconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_TIMES = (0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60, 120, 300)
+
+HEARTBEATS = Counter("nodefence_heartbeats_received_total", "Valid heartbeats the leader received")
+REJECTED = Counter(
+    "nodefence_messages_rejected_total",
+    "Heartbeats and probe results dropped, by reason",
+    ["reason"],
+)
+IS_LEADER = Gauge("nodefence_is_leader", "1 while this agent holds the leader Lease")
+NODES = Gauge("nodefence_nodes", "Nodes by the leader's classification", ["state"])
+FROZEN = Gauge(
+    "nodefence_decisions_frozen",
+    "1 while a leader-wide guard (broker down, storm, new leader) holds decisions",
+)
+DETECTION = Histogram(
+    "nodefence_detection_seconds",
+    "From a node's last heartbeat to its declaration as dead",
+    buckets=_TIMES,
+)
+FENCE = Histogram(
+    "nodefence_fence_duration_seconds",
+    "Power walk to a proven Off (or failure), by outcome",
+    ["outcome"],
+    buckets=_TIMES,
+)
+FENCE_FAILURES = Counter("nodefence_fence_failures_total", "Power walks that did not prove Off")
+RECOVERY = Histogram(
+    "nodefence_recovery_seconds",
+    "From node deletion until its ColdStandby VMs run elsewhere",
+    buckets=_TIMES,
+)
+OPERATIONS = Counter(
+    "nodefence_fence_operations_total", "Fencing operations by final phase", ["phase"]
+)
+ALERTS = Counter("nodefence_alerts_total", "Alerts raised, by kind", ["kind"])
+
+
+def serve(host: str, port: int) -> int:
+    """Serve /metrics in a background thread; returns the bound port (0 picks one)."""
+    server, _ = start_http_server(port, addr=host)
+    return int(server.server_address[1])
