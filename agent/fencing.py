@@ -197,9 +197,10 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
     if op.final:
         return op
     if isinstance(event, NodeAlive | Maintenance):
-        if op.power_off_sent:
+        if op.power_off_sent or op.off_proven:
             # Past the point of no return: the node may be alive only because the off has
-            # not landed yet. Record, and carry on to proof, cleanup and recovery.
+            # not landed yet (or power came back after a proven Off, when the Node may already
+            # be tainted or deleted). Record, and carry on to proof, cleanup and recovery.
             what = "node alive" if isinstance(event, NodeAlive) else "maintenance entered"
             return replace(op, errors=(*op.errors, f"{what} after the power-off was sent"))
         reason = (
@@ -239,10 +240,14 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
     if not op.off_proven:
         return op  # nothing past the proof can happen before it
     if isinstance(event, VmsSnapshotted):
+        if op.node_deleted and op.vms is not None:
+            return op  # a snapshot after the deletion cannot be better; keep the outcomes
         return replace(op, vms=event.vms, capacity_warning=event.capacity_warning)
     if isinstance(event, Tainted):
-        return replace(op, tainted=True, phase=Phase.POWERED_OFF)
+        return op if op.tainted else replace(op, tainted=True)  # never back from Recovering
     if isinstance(event, NodeDeleted):
+        if op.node_deleted:
+            return op  # a resumed or second leader: keep deleted_at and the deadline
         if not op.tainted:
             op = replace(op, tainted=True)
         return replace(
@@ -254,7 +259,8 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
             reason="node deleted; waiting for its ColdStandby VMs",
         )
     if isinstance(event, VmsSeen):
-        return _fold_vms(op, event, now)
+        # VMs are only judged once they were snapshotted and the Node is gone (CHECK_VMS).
+        return _fold_vms(op, event, now) if op.node_deleted and op.vms is not None else op
     return op
 
 
@@ -262,12 +268,13 @@ def _fold_vms(op: Operation, event: VmsSeen, now: float) -> Operation:
     vms = []
     for vm in op.vms or ():
         where = event.running.get(vm.key, vm.running_on)
-        if vm.expected_restart and vm.running_on is None and where and where != op.node:
+        waiting = vm.running_on is None or vm.running_on == op.node  # the snapshot's nodeName
+        if vm.expected_restart and waiting and where and where != op.node:
             since = now - op.deleted_at if op.deleted_at is not None else None
             vm = replace(vm, running_on=where, recovered_after=since)
         vms.append(vm)
     op = replace(op, vms=tuple(vms))
-    pending = [v for v in vms if v.expected_restart and v.running_on is None]
+    pending = [v for v in vms if v.expected_restart and v.running_on in (None, op.node)]
     if not pending:
         return replace(
             op,

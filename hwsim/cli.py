@@ -46,6 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-file", help="write the control API URL here once ready (for scripts)"
     )
 
+    scen = sub.add_parser(
+        "scenario",
+        help="play a failure on a simulated cluster and print its timeline and verdict",
+    )
+    scen.add_argument(
+        "name",
+        choices=["power-loss", "network-partition", "bmc-unreachable", "leader-crash", "rack-loss"],
+    )
+    scen.add_argument("--nodes", type=int, default=5)
+    scen.add_argument("--vms", type=int, default=10)
+    scen.add_argument("--workdir", default="run/scenario", help="where files and logs go")
+    scen.add_argument("--fast", action="store_true", help="short Lease and kubelet timings (tests)")
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="run a simulated cluster (broker, API, BMCs, agents, VMs) until Ctrl-C",
+    )
+    cluster.add_argument("--nodes", type=int, default=5)
+    cluster.add_argument("--vms", type=int, default=10)
+    cluster.add_argument("--workdir", default="run/cluster")
+
     fault = sub.add_parser("fault", help="inject faults into a running `bmcs` fleet")
     fault.add_argument("--control", required=True, help="control URL printed by `bmcs`")
     fault.add_argument("machine")
@@ -68,6 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_bmcs(args))
     if args.command == "fault":
         return _run_fault(args)
+    if args.command == "scenario":
+        if args.nodes < 4:
+            print("nodefence-hwsim: scenarios need at least 4 nodes", file=sys.stderr)
+            return 2
+        from hwsim.broker import INSTALL_HINT, find_mosquitto
+        from hwsim.scenarios import run_scenario
+
+        try:
+            find_mosquitto()
+        except FileNotFoundError:
+            print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
+            return 2
+        ok, _ = run_scenario(
+            args.name, Path(args.workdir).resolve(), args.nodes, args.vms, fast=args.fast
+        )
+        return 0 if ok else 1
+    if args.command == "cluster":
+        return _run_cluster(args)
     if args.command == "demo":
         from hwsim.demo import run_demo
 
@@ -111,6 +150,31 @@ async def _run_bmcs(args: argparse.Namespace) -> int:
     finally:
         control.stop()
         await bmcs.stop()
+    return 0
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    import threading
+
+    from hwsim.simcluster import ClusterSettings, SimCluster
+
+    workdir = Path(args.workdir).resolve()
+    cluster = SimCluster(workdir, ClusterSettings(nodes=args.nodes, vms=args.vms, bmcs=True))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cluster.start()
+    try:
+        print(f"simulated cluster of {args.nodes} nodes and {args.vms} VMs on 127.0.0.1")
+        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get nodes,vm")
+        print(f"  nodefence status -c {cluster.agent_config('node-1')}")
+        print(f"  nodefence fence node-3 -i {cluster.settings.inventory} -a status")
+        print(f"  agent logs: {workdir / 'logs'}")
+        print("running; Ctrl-C stops every process it started", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        cluster.stop()
     return 0
 
 

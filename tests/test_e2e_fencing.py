@@ -105,6 +105,7 @@ def test_power_loss_is_fenced_deleted_and_coldstandby_vms_run_elsewhere(make_clu
     assert rec["status"]["tainted"] and rec["status"]["nodeDeleted"]
     assert not node_exists(cluster, victim)
     assert_recovered_elsewhere(cluster, victim, before, rec)
+    cluster.wait_for("FenceRecovered event", lambda: cluster.events("FenceRecovered"), 10)
     reasons = [e["reason"] for e in cluster.events() if e["involvedObject"]["name"] == victim]
     assert reasons.index("NodeDeclaredDead") < reasons.index("FencePoweredOff")
     assert reasons.index("FencePoweredOff") < reasons.index("FenceRecovered")

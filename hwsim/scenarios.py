@@ -1,0 +1,303 @@
+"""Scripted failure scenarios on a simulated cluster, with a timeline and a verdict.
+
+Each scenario starts a `SimCluster` (mosquitto, the Kubernetes API emulator, emulated BMCs,
+one real agent process per node, the ColdStandby controller and VMs), injects one failure,
+prints what happened as a timeline, and checks the outcome against what nodefence promises.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwsim.simcluster import ClusterSettings, SimCluster
+
+RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
+
+
+@dataclass
+class Timeline:
+    """What the watcher saw, stamped relative to the scenario's start."""
+
+    start: float = field(default_factory=time.monotonic)
+    lines: list[tuple[float, str, str]] = field(default_factory=list)
+    echo: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, node: str, what: str) -> None:
+        """Record (and print) one line."""
+        t = time.monotonic() - self.start
+        with self._lock:
+            self.lines.append((t, node, what))
+        if self.echo:
+            print(f"{t:7.2f}s  {node:<8} {what}", flush=True)
+
+
+class Watcher:
+    """Polls the cluster's API objects and turns every change into a timeline line."""
+
+    def __init__(self, cluster: SimCluster, timeline: Timeline, period: float = 0.05) -> None:
+        self.cluster = cluster
+        self.timeline = timeline
+        self.period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._seen_events: set[str] = set()
+        self._nodes: set[str] = set()
+        self._vms: dict[str, tuple[str, str]] = {}
+        self._leader: str | None = None
+
+    def start(self) -> None:
+        """Begin watching (the first look is the baseline, not reported)."""
+        self._look(report=False)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self._look(report=True)
+            except Exception as err:  # the watcher must never end a scenario early
+                self.timeline.add("-", f"(watcher: {type(err).__name__}: {err})")
+
+    def _look(self, report: bool) -> None:
+        store, tl = self.cluster.kube.store, self.timeline
+        leader = self.cluster.leader()
+        if report and leader != self._leader:
+            tl.add(leader or "-", "holds the leader Lease" if leader else "no leader")
+        self._leader = leader
+        for ev in self.cluster.events():
+            uid = ev["metadata"]["uid"]
+            if uid in self._seen_events:
+                continue
+            self._seen_events.add(uid)
+            if report:
+                tl.add(ev["involvedObject"]["name"], f"{ev['reason']}: {ev.get('message', '')}")
+        nodes = {n["metadata"]["name"] for n in store.list("nodes")["items"]}
+        if report:
+            for gone in sorted(self._nodes - nodes):
+                tl.add(gone, "Node deleted from the cluster")
+        self._nodes = nodes
+        for vm in store.list("virtualmachines")["items"]:
+            key = vm["metadata"]["name"]
+            st = vm.get("status") or {}
+            now = (st.get("phase", ""), st.get("nodeName") or "")
+            if report and self._vms.get(key) != now:
+                where = f" on {now[1]}" if now[1] else ""
+                tl.add(now[1] or "-", f"VM {key} ({vm['spec'].get('runPolicy')}) {now[0]}{where}")
+            self._vms[key] = now
+
+
+@dataclass
+class Scenario:
+    """A named failure: how to inject it and how to judge the outcome."""
+
+    name: str
+    summary: str
+    inject: Callable[[SimCluster, Timeline], list[str]]
+    judge: Callable[[SimCluster, list[str]], list[str]]  # -> problems ("" list = pass)
+    wait: Callable[[SimCluster, list[str]], bool]
+    settings: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 60.0
+
+
+def _victims(cluster: SimCluster, count: int) -> list[str]:
+    leader = cluster.leader()
+    return [n for n in sorted(cluster.nodes, reverse=True) if n != leader][:count]
+
+
+def _records(cluster: SimCluster, node: str) -> list[dict[str, Any]]:
+    items = cluster.kube.store.list("fenceoperations", "nodefence")["items"]
+    return [r for r in items if r["spec"]["nodeName"] == node]
+
+
+def _phase(cluster: SimCluster, node: str) -> str:
+    recs = _records(cluster, node)
+    return str((recs[-1].get("status") or {}).get("phase", "")) if recs else ""
+
+
+def _judge_recovered(cluster: SimCluster, victims: list[str]) -> list[str]:
+    problems = []
+    vms = cluster.kube.store.list("virtualmachines")["items"]
+    for v in victims:
+        if _phase(cluster, v) != "Recovered":
+            problems.append(f"{v}: fencing ended {_phase(cluster, v) or 'never started'}")
+        if cluster.fleet[v].power_state() != "off":
+            problems.append(f"{v}: still powered")
+    for vm in vms:
+        st = vm.get("status") or {}
+        if vm["spec"].get("runPolicy") in RESTARTABLE and st.get("phase") != "Running":
+            problems.append(f"VM {vm['metadata']['name']} is {st.get('phase')}, not Running")
+        if st.get("nodeName") in victims and st.get("phase") == "Running":
+            problems.append(f"VM {vm['metadata']['name']} still on fenced {st.get('nodeName')}")
+    problems += [f"split brain: {v}" for v in cluster.vm_controller.violations()]
+    return problems
+
+
+def _power_loss(cluster: SimCluster, tl: Timeline) -> list[str]:
+    victim = _victims(cluster, 1)
+    tl.add(victim[0], "POWER LOSS (machine off; BMC on standby power)")
+    cluster.fleet[victim[0]].cut_power()
+    return victim
+
+
+def _partition(cluster: SimCluster, tl: Timeline) -> list[str]:
+    victim = _victims(cluster, 1)
+    tl.add(victim[0], "NETWORK PARTITION (still powered, VMs still running there)")
+    cluster.nodes[victim[0]].partition()
+    return victim
+
+
+def _bmc_unreachable(cluster: SimCluster, tl: Timeline) -> list[str]:
+    victim = _victims(cluster, 1)
+    tl.add(victim[0], "BMC UNREACHABLE, then NETWORK PARTITION")
+    cluster.fleet[victim[0]].set_faults(unreachable=True)
+    cluster.nodes[victim[0]].partition()
+    return victim
+
+
+def _judge_fence_failed(cluster: SimCluster, victims: list[str]) -> list[str]:
+    v = victims[0]
+    problems = [] if _phase(cluster, v) == "FenceFailed" else [f"{v}: {_phase(cluster, v)}"]
+    if not any(n["metadata"]["name"] == v for n in cluster.kube.store.list("nodes")["items"]):
+        problems.append(f"{v}: Node deleted without a proven Off")
+    ctl = cluster.vm_controller
+    for key, places in ctl.actual.items():
+        if places - {v} and v in places:
+            problems.append(f"VM {key[1]} started elsewhere while {v} still runs it")
+    problems += [f"split brain: {x}" for x in ctl.violations()]
+    return problems
+
+
+def _leader_crash(cluster: SimCluster, tl: Timeline) -> list[str]:
+    leader = str(cluster.leader())
+    tl.add(leader, "LEADER AGENT KILLED (SIGKILL; node stays up)")
+    cluster.nodes[leader].kill_agent()
+    return [leader]
+
+
+def _judge_leader_crash(cluster: SimCluster, victims: list[str]) -> list[str]:
+    problems = []
+    new = cluster.leader()
+    if new in (None, victims[0]):
+        problems.append("no new leader")
+    if _records(cluster, victims[0]):
+        problems.append(f"{victims[0]} (alive, agent dead) was fenced")
+    if not cluster.events("AgentLostNodeAlive"):
+        problems.append("the old leader's node was not reported as 'agent lost, node alive'")
+    return problems
+
+
+def _rack_loss(cluster: SimCluster, tl: Timeline) -> list[str]:
+    victims = _victims(cluster, 3)
+    for v in victims:
+        tl.add(v, "POWER LOSS (rack)")
+        cluster.fleet[v].cut_power()
+    return victims
+
+
+def _judge_rack_loss(cluster: SimCluster, victims: list[str]) -> list[str]:
+    problems = [] if cluster.events("AlertStorm") else ["no storm alert"]
+    problems += [f"{v} was fenced during a storm" for v in victims if _records(cluster, v)]
+    return problems
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "power-loss",
+            "a worker loses power: fenced, deleted, its VMs restarted",
+            _power_loss,
+            _judge_recovered,
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+        ),
+        Scenario(
+            "network-partition",
+            "a worker is cut off but powered: fenced through its BMC first",
+            _partition,
+            _judge_recovered,
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+        ),
+        Scenario(
+            "bmc-unreachable",
+            "a cut-off worker whose BMC is dead: never deleted",
+            _bmc_unreachable,
+            _judge_fence_failed,
+            lambda c, v: _phase(c, v[0]) == "FenceFailed",
+        ),
+        Scenario(
+            "leader-crash",
+            "the leader's agent dies: another takes over, no fence",
+            _leader_crash,
+            _judge_leader_crash,
+            lambda c, v: bool(c.events("AgentLostNodeAlive")),
+        ),
+        Scenario(
+            "rack-loss",
+            "3 of 5 nodes lose power at once: storm guard, no fencing",
+            _rack_loss,
+            _judge_rack_loss,
+            lambda c, v: bool(c.events("AlertStorm")),
+            timeout=40,
+        ),
+    ]
+}
+
+
+def run_scenario(
+    name: str, workdir: Path, nodes: int = 5, vms: int = 10, fast: bool = False, echo: bool = True
+) -> tuple[bool, Timeline]:
+    """Play scenario `name`; returns (passed, timeline)."""
+    sc = SCENARIOS[name]
+    settings: dict[str, Any] = {
+        "nodes": nodes,
+        "vms": vms,
+        "bmcs": True,
+        "boot_delay": 2.0,
+        "fencing": {"recovery_timeout": 60, "retry_base": 2, "retry_max": 10},
+    }
+    if fast:
+        settings.update(
+            lease_duration=4.0,
+            renew_deadline=3.0,
+            retry_period=0.5,
+            kubelet_lease_interval=2.0,
+            boot_delay=1.0,
+        )
+    settings.update(sc.settings)
+    cluster = SimCluster(workdir, ClusterSettings(**settings))
+    tl = Timeline(echo=echo)
+    if echo:
+        print(f"== scenario {name}: {sc.summary}")
+        print(f"== {nodes} nodes, {vms} VMs, files in {workdir}")
+    cluster.start()
+    watcher = Watcher(cluster, tl)
+    try:
+        cluster.wait_for("a leader", cluster.leader, 30)
+        watcher.start()
+        tl.add(str(cluster.leader()), "holds the leader Lease")
+        # Let the leader hear everyone for its first full window (fence_after) first.
+        time.sleep(4.5)
+        victims = sc.inject(cluster, tl)
+        deadline = time.monotonic() + sc.timeout
+        while time.monotonic() < deadline and not sc.wait(cluster, victims):
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the last changes show up in the timeline
+        problems = sc.judge(cluster, victims)
+    finally:
+        watcher.stop()
+        cluster.stop()
+    if echo:
+        print("== verdict: " + ("PASS, as nodefence promises" if not problems else "FAIL"))
+        for p in problems:
+            print(f"   - {p}")
+    return not problems, tl
