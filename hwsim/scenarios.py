@@ -7,6 +7,7 @@ prints what happened as a timeline, and checks the outcome against what nodefenc
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -274,6 +275,8 @@ def run_scenario(
             boot_delay=1.0,
         )
     settings.update(sc.settings)
+    if (workdir / "kubeconfig").exists():  # a previous run of ours: start clean
+        shutil.rmtree(workdir)
     cluster = SimCluster(workdir, ClusterSettings(**settings))
     tl = Timeline(echo=echo)
     if echo:
