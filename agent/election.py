@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -108,16 +109,24 @@ class LeaderElector:
                 await _wait(stop, self.timing.retry_period)
                 if stop.is_set():
                     break
-                await self._try_acquire_or_renew()
+                # A hung API server must not stretch a renewal past the renew deadline: the
+                # leader side has to stop before anyone else may take the Lease.
+                left = self.timing.renew_deadline - (self._clock() - (self._last_renew or 0.0))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._try_acquire_or_renew(), max(0.01, left))
                 if not self.is_leader:
                     log.warning(
                         "lost leadership: no renewal for %.1f s", self.timing.renew_deadline
                     )
                     break
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's wait_for (used inside aiomqtt) can swallow one cancellation:
+            # cancel until the leader side has really stopped.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.05)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
             self.leader_since = None
             metrics.IS_LEADER.set(0)
 
@@ -133,7 +142,7 @@ class LeaderElector:
             log.warning("cannot read lease: %s", err)
             return False
         now = self._clock()
-        seconds = max(1, round(self.timing.lease_duration))
+        seconds = max(1, math.ceil(self.timing.lease_duration))
         if lease is None:
             return await self._write(None, now, now_wall, seconds, transitions=0, acquire=now_wall)
         if self._observed is None or self._observed[0] != lease.resource_version:

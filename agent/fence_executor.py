@@ -117,6 +117,13 @@ class FenceExecutor:
             return  # already fenced and removed; a stale verdict must not fence it twice
         self._tasks[node] = asyncio.create_task(self._adopt_or_start(node), name=f"fence-{node}")
 
+    def forget(self, node: str) -> None:
+        """Drop a finished operation of a Node that is gone (it may rejoin and fail again)."""
+        op = self.operations.get(node)
+        if op is not None and op.final and not self.busy(node):
+            self.operations.pop(node, None)
+            self._records.pop(node, None)
+
     async def _adopt_or_start(self, node: str) -> None:
         record: dict[str, Any] | None = None
         try:

@@ -61,6 +61,7 @@ class HeartbeatPublisher:
         """Connect, publish, reconnect on loss; returns once `stop` is set (clean offline)."""
         attempt = 0
         while not stop.is_set():
+            connects = self.stats.connects
             try:
                 await self._session(stop)
                 attempt = 0
@@ -71,6 +72,8 @@ class HeartbeatPublisher:
                 log.warning("broker connection lost: %s", err, extra={"node": self.node})
             if stop.is_set():
                 return
+            if self.stats.connects > connects:
+                attempt = 0  # it had connected: this is a new outage, start from the minimum
             ceiling = min(self.broker.reconnect_max, self.broker.reconnect_min * 2**attempt)
             attempt += 1
             delay = random.uniform(
@@ -98,7 +101,11 @@ class HeartbeatPublisher:
             next_at = loop.time()
             while not stop.is_set():
                 hb = Heartbeat(self.node, self._seq, self.boot, self.interval, __version__)
-                await client.publish(topic, encode_heartbeat(hb), qos=0)
+                # Bounded: a broker lost mid-publish must not delay the reconnect by aiomqtt's
+                # default timeout.
+                await client.publish(
+                    topic, encode_heartbeat(hb), qos=0, timeout=max(self.interval, 1.0)
+                )
                 self._seq += 1
                 self.stats.sent += 1
                 next_at += self.interval

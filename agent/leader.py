@@ -65,6 +65,13 @@ DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
 ExecutorFactory = Callable[["LeaderSide"], FenceExecutor]
 
 
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library call swallowed (Python 3.11 wait_for)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def view_topic(cluster: str) -> str:
     """Retained topic where the leader publishes its view for `nodefence status`."""
     return f"{PREFIX}/{cluster}/leader/view"
@@ -179,6 +186,7 @@ class LeaderSide:
                     attempt = 0
                     log.info("leader connected to the broker")
                     async for message in client.messages:
+                        _raise_if_cancelling()
                         self._on_message(str(message.topic), message.payload)
             except aiomqtt.MqttError as err:
                 log.warning("leader lost the broker: %s", err)
@@ -197,6 +205,10 @@ class LeaderSide:
         now = self.clock()
         data = payload if isinstance(payload, bytes) else str(payload).encode()
         node = node_from_topic(self.cfg.cluster, topic)
+        if node is None and topic.startswith(f"{PREFIX}/{self.cfg.cluster}/heartbeat/"):
+            self.stats.rejected["bad_topic"] += 1
+            metrics.REJECTED.labels("bad_topic").inc()
+            return
         if node is not None:
             try:
                 hb = decode_heartbeat(node, data)
@@ -225,7 +237,7 @@ class LeaderSide:
     async def _kube_loop(self) -> None:
         while True:
             await asyncio.sleep(self.kube_period)
-            await self._refresh_kube()
+            await self._kube_then_check()
 
     async def _refresh_kube(self) -> None:
         try:
@@ -254,11 +266,17 @@ class LeaderSide:
                 renewed_at = previous_look if previous_look is not None else now
             self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
         for gone in set(self.kubelet_seen) - set(self.nodes):
+            if self.executor is not None:
+                self.executor.forget(gone)  # a node that rejoins later may be fenced again
             self.kubelet_seen.pop(gone, None)
             self.detector.forget(gone)
             self.sequences.forget(gone)
 
     # -- judging -------------------------------------------------------------------------------
+
+    async def _kube_then_check(self) -> None:
+        await self._refresh_kube()
+        _raise_if_cancelling()
 
     async def _judge_loop(self) -> None:
         # Give the first broker connection a moment, so a leader that is still connecting
@@ -267,6 +285,7 @@ class LeaderSide:
             await asyncio.wait_for(self._connected_once.wait(), self.profile.fence_after)
         while True:
             await self.judge_once()
+            _raise_if_cancelling()
             await asyncio.sleep(self.tick)
 
     async def judge_once(self) -> PolicyDecision:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -62,6 +64,8 @@ class MosquittoBroker:
             "log_type error",
             "log_type warning",
             "max_keepalive 3600",
+            # Started as root, mosquitto drops to user `mosquitto`, which cannot read our files.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
         ]
         if self.users:
             pwfile = self.workdir / "mosquitto.passwd"

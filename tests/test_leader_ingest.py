@@ -1,0 +1,338 @@
+"""The leader side's heartbeat ingest: what it counts, what it drops, what the detector sees.
+
+A real `LeaderSide` runs as a task against a real mosquitto broker and the Kubernetes API
+emulator over HTTP (both on free loopback ports, started in fixtures and stopped even on
+failure). A raw aiomqtt client plays the nodes, and an attacker or a buggy agent: valid
+heartbeats, garbage, oversized payloads, a payload naming another node, replays, a future
+version. Every wait is for a condition, with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiomqtt
+import pytest
+import pytest_asyncio
+
+from agent.cluster import ClusterApi, load_api_client
+from agent.config import AgentConfig, parse_config
+from agent.heartbeat_codec import PREFIX, Heartbeat, encode_heartbeat, heartbeat_topic
+from agent.leader import LeaderSide
+from agent.profiles import DEFAULT
+from hwsim.broker import MosquittoBroker
+from hwsim.kube import KubeApiServer
+
+T = TypeVar("T")
+CLUSTER = "ingest-test"
+BOOT = "boot-a"
+_CANARY_SEQ = itertools.count()
+
+
+async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
+    """The first truthy `check()`, polled on the event loop; fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def beat(node: str, seq: int, boot: str = BOOT) -> bytes:
+    return encode_heartbeat(Heartbeat(node, seq, boot, 1.0, "0.1.0"))
+
+
+def raw(**fields: Any) -> bytes:
+    """A heartbeat-shaped JSON payload with any fields, valid or not."""
+    obj = {"v": 1, "node": "node-1", "seq": 100, "boot": BOOT, "interval": 1.0, "agent": "0.1.0"}
+    obj.update(fields)
+    return json.dumps(obj).encode()
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeApiServer]:
+    server = KubeApiServer()
+    server.start_in_thread()
+    try:
+        server.store.create("namespaces", {"metadata": {"name": "nodefence"}})  # Lease, Events
+        yield server
+    finally:
+        server.stop_thread()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    mqtt = MosquittoBroker(tmp_path / "mqtt")
+    mqtt.start()
+    try:
+        yield mqtt
+    finally:
+        mqtt.stop()
+
+
+@pytest.fixture
+def cfg(kube: KubeApiServer, broker: MosquittoBroker, tmp_path: Path) -> AgentConfig:
+    kubeconfig = tmp_path / "kubeconfig"
+    kube.write_kubeconfig(kubeconfig)
+    doc = {
+        "cluster": CLUSTER,
+        "broker": {"port": broker.port, "reconnect_min": 0.05, "reconnect_max": 0.5},
+        "kubernetes": {"kubeconfig": str(kubeconfig)},
+    }
+    return parse_config(doc, path=tmp_path / "agent.yaml", env=dict(os.environ))
+
+
+def _children_of(side: LeaderSide) -> list[asyncio.Task[Any]]:
+    """The loop tasks `side.run()` started in its TaskGroup."""
+    found = []
+    for t in asyncio.all_tasks():
+        frame = getattr(t.get_coro(), "cr_frame", None)
+        if frame is not None and frame.f_locals.get("self") is side:
+            found.append(t)
+    return found
+
+
+async def cancel_and_wait(side: LeaderSide, task: asyncio.Task[None]) -> bool:
+    """Cancel the leader side's task and wait for it; True when one cancellation sufficed.
+
+    On Python 3.11 `asyncio.wait_for` (used inside aiomqtt's publish) can swallow a
+    cancellation that arrives just as the awaited operation completes; the loop that swallowed
+    it then runs on, and a TaskGroup never cancels a child twice. Then cancel the children
+    again, with a warning, rather than hang the suite.
+    """
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    if not done:
+        warnings.warn(
+            "LeaderSide ignored a cancellation (asyncio.wait_for race on Python 3.11)",
+            stacklevel=1,
+        )
+        deadline = time.monotonic() + 10
+        while not task.done() and time.monotonic() < deadline:
+            for child in _children_of(side):
+                child.cancel()
+            await asyncio.wait([task], timeout=0.1)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return bool(done)
+
+
+@pytest_asyncio.fixture
+async def leader(cfg: AgentConfig) -> AsyncIterator[tuple[LeaderSide, asyncio.Task[None]]]:
+    """A running leader side, subscribed to the broker; cancelled at the end."""
+    assert cfg.kube.kubeconfig is not None
+    api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
+    side = LeaderSide(cfg, DEFAULT, api, "leader-1")
+    task = asyncio.create_task(side.run())
+    try:
+        await eventually("the leader subscribed", lambda: side.broker_up_since is not None, 10)
+        yield side, task
+    finally:
+        await cancel_and_wait(side, task)
+
+
+@pytest_asyncio.fixture
+async def node_client(broker: MosquittoBroker) -> AsyncIterator[aiomqtt.Client]:
+    """One raw MQTT connection for every fake node: the broker keeps its messages in order."""
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="fake-nodes") as client:
+        yield client
+
+
+async def send(client: aiomqtt.Client, node: str, payload: bytes) -> None:
+    await client.publish(heartbeat_topic(CLUSTER, node), payload, qos=1)
+
+
+async def barrier(client: aiomqtt.Client, side: LeaderSide) -> None:
+    """Wait until the leader has handled everything sent before: a fresh heartbeat of a
+    separate canary node, sent last on the same connection, has been counted."""
+    before = side.detector.last_heartbeat("canary")
+    await send(client, "canary", beat("canary", next(_CANARY_SEQ)))
+    await eventually(
+        "the canary heartbeat", lambda: side.detector.last_heartbeat("canary") not in (None, before)
+    )
+
+
+# -- valid heartbeats --------------------------------------------------------------------------
+
+
+async def test_valid_heartbeats_are_counted_and_stamped_on_the_leaders_clock_on_receipt(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    side, _ = leader
+    sent_at = time.monotonic()
+    for seq in range(5):
+        await send(node_client, "node-1", beat("node-1", seq))
+    await send(node_client, "node-2", beat("node-2", 0))
+
+    await eventually("six heartbeats", lambda: side.stats.heartbeats == 6)
+    seen_at = time.monotonic()
+
+    assert not side.stats.rejected
+    for node in ("node-1", "node-2"):
+        stamp = side.detector.last_heartbeat(node)
+        assert stamp is not None and sent_at <= stamp <= seen_at
+    assert side.detector.last_heartbeat("node-3") is None
+
+
+async def test_a_restarted_agent_counting_from_zero_again_is_accepted(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    side, _ = leader
+    for seq in range(3):
+        await send(node_client, "node-1", beat("node-1", seq, boot="boot-a"))
+    await send(node_client, "node-1", beat("node-1", 0, boot="boot-b"))
+
+    await eventually("four heartbeats", lambda: side.stats.heartbeats == 4)
+    assert not side.stats.rejected
+
+
+# -- malformed heartbeats, one by one ----------------------------------------------------------
+
+OVERSIZED = raw(pad="x" * 2000)
+assert len(OVERSIZED) > 1024
+
+CASES = [
+    # (case, topic node, payload, reason it is counted under)
+    ("garbage bytes", "node-1", b"\x00\xff\xfe garbage \x80", "malformed"),
+    ("empty payload", "node-1", b"", "malformed"),
+    ("json but not an object", "node-1", b"[1, 2, 3]", "malformed"),
+    ("a required field missing", "node-1", b'{"v":1,"node":"node-1","seq":9}', "malformed"),
+    ("a field of the wrong type", "node-1", raw(seq="nine"), "malformed"),
+    ("NaN interval", "node-1", b'{"v":1,"node":"node-1","seq":9,"boot":"b",'
+     b'"interval":NaN,"agent":"x"}', "malformed"),
+    ("oversized", "node-1", OVERSIZED, "oversized"),
+    ("payload node differs from topic node", "node-1", beat("node-2", 9), "node_mismatch"),
+    ("old sequence replayed", "node-1", beat("node-1", 1), "replayed"),
+    ("duplicate of the latest sequence", "node-1", beat("node-1", 2), "replayed"),
+    ("a future version", "node-1", raw(v=2), "unsupported_version"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("topic_node", "payload", "reason"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+async def test_a_malformed_heartbeat_is_counted_under_its_reason_and_never_reaches_the_detector(
+    leader: tuple[LeaderSide, asyncio.Task[None]],
+    node_client: aiomqtt.Client,
+    topic_node: str,
+    payload: bytes,
+    reason: str,
+) -> None:
+    side, task = leader
+    for seq in range(3):  # node-1 has a stream: boot-a, seq 0..2
+        await send(node_client, "node-1", beat("node-1", seq))
+    await eventually("three heartbeats", lambda: side.stats.heartbeats == 3)
+    last_valid = side.detector.last_heartbeat("node-1")
+
+    await send(node_client, topic_node, payload)
+    await barrier(node_client, side)
+
+    assert dict(side.stats.rejected) == {reason: 1}
+    assert side.stats.heartbeats == 4  # node-1's three and the canary
+    assert side.detector.last_heartbeat("node-1") == last_valid
+    assert side.detector.last_heartbeat("node-2") is None
+    assert not task.done()
+
+    await send(node_client, "node-1", beat("node-1", 3))  # the stream goes on
+    await eventually("node-1 heard again", lambda: side.stats.heartbeats == 5)
+    assert side.detector.last_heartbeat("node-1") != last_valid
+
+
+async def test_a_replay_of_a_replaced_boot_is_dropped(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    side, _ = leader
+    await send(node_client, "node-1", beat("node-1", 7, boot="boot-a"))
+    await send(node_client, "node-1", beat("node-1", 0, boot="boot-b"))  # agent restarted
+    await eventually("two heartbeats", lambda: side.stats.heartbeats == 2)
+    last_valid = side.detector.last_heartbeat("node-1")
+
+    await send(node_client, "node-1", beat("node-1", 8, boot="boot-a"))  # captured and replayed
+    await barrier(node_client, side)
+
+    assert dict(side.stats.rejected) == {"replayed": 1}
+    assert side.detector.last_heartbeat("node-1") == last_valid
+
+
+async def test_a_malformed_probe_result_is_counted_and_dropped(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    side, task = leader
+    await node_client.publish(f"{PREFIX}/{CLUSTER}/probe-result/node-1", b"\xff{", qos=1)
+    await barrier(node_client, side)
+
+    assert dict(side.stats.rejected) == {"malformed_probe_result": 1}
+    assert side.stats.probe_results == 0
+    assert not task.done()
+
+
+# -- a flood of everything -----------------------------------------------------------------
+
+
+async def test_a_flood_of_mixed_garbage_never_crashes_the_leader_and_only_valid_ones_count(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    side, task = leader
+    noise = random.Random(1234)
+    expected: dict[str, int] = {}
+    valid = 0
+    for seq in range(20):
+        await send(node_client, "node-1", beat("node-1", seq))
+        valid += 1
+        for _, topic_node, payload, reason in CASES:
+            if reason == "replayed":
+                payload = beat("node-1", seq)  # the one just sent, again
+            await send(node_client, topic_node, payload)
+            expected[reason] = expected.get(reason, 0) + 1
+        await send(node_client, "node-1", noise.randbytes(64 + seq))
+        expected["malformed"] += 1
+
+    await barrier(node_client, side)
+
+    assert dict(side.stats.rejected) == expected
+    assert side.stats.heartbeats == valid + 1  # and the canary
+    assert side.detector.last_heartbeat("node-2") is None
+    assert not task.done()
+    assert side.broker_up_since is not None  # never disconnected by all that
+
+
+# -- stopping --------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:LeaderSide ignored a cancellation")
+async def test_a_cancelled_leader_side_stops_even_if_a_library_swallowed_the_cancellation(
+    leader: tuple[LeaderSide, asyncio.Task[None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side, task = leader
+    judge_once = side.judge_once
+    entered, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def racy_judge_once() -> Any:
+        decision = await judge_once()
+        if not swallowed.is_set():
+            entered.set()
+            try:  # stands for aiomqtt's publish of the view, completing as the cancel arrives
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed.set()  # what 3.11's wait_for does in that race
+        return decision
+
+    monkeypatch.setattr(side, "judge_once", racy_judge_once)
+    await asyncio.wait_for(entered.wait(), 5)
+
+    assert await cancel_and_wait(side, task), "the leader side ran on after its cancellation"
+    assert swallowed.is_set()
