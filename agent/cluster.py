@@ -339,6 +339,40 @@ class ClusterApi:
             ),
         )
 
+    async def vm_event(
+        self,
+        namespace: str,
+        name: str,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "nodefence",
+    ) -> None:
+        """An Event about a VirtualMachine (its recovery after a fence)."""
+        now = dt.datetime.now(dt.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{name}.nodefence."),
+            involved_object=k8s.V1ObjectReference(
+                kind="VirtualMachine",
+                name=name,
+                namespace=namespace,
+                api_version=f"{VM_GROUP}/{VM_VERSION}",
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            source=k8s.V1EventSource(component=component),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        await self._call(
+            f"create event {reason} for VM {namespace}/{name}",
+            lambda: self.core.create_namespaced_event(
+                namespace, event, _request_timeout=self.timeout
+            ),
+        )
+
     async def lease_event(
         self, namespace: str, name: str, reason: str, message: str, component: str = "nodefence"
     ) -> None:

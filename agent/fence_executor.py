@@ -210,12 +210,13 @@ class FenceExecutor:
                 op = self.operations[op.node]  # the power walk may have advanced it
                 if event is None:
                     continue
-                before = op.phase
+                before, before_vms = op.phase, op.vms
                 op = apply(op, event, self.clock(), self.timing)
                 self.operations[op.node] = op
                 await self._save(op)
                 if op.phase is not before:
                     await self._phase_changed(op)
+                await self._vm_events(op, before_vms)
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
             metrics.OPERATIONS.labels(op.phase.value).inc()
             if op.phase is Phase.RECOVERED and op.deleted_at is not None:
@@ -382,12 +383,42 @@ class FenceExecutor:
         warning = op.phase in (Phase.FENCE_FAILED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED)
         log.log(
             logging.WARNING if warning else logging.INFO,
-            "fencing %s: %s (%s)",
+            "fencing node=%s op=%s: %s (%s)",
             op.node,
+            op.id,
             op.phase.value,
             op.reason,
         )
         await self._event(op, f"Fence{op.phase.value}", op.reason or op.phase.value, warning)
+
+    async def _vm_events(self, op: Operation, before: tuple[VmOutcome, ...] | None) -> None:
+        """One Event per VM when it is seen running elsewhere, or given up at the deadline."""
+        old = {v.key: v for v in before or ()}
+        for vm in op.vms or ():
+            was = old.get(vm.key)
+            if vm.running_on and (was is None or not was.running_on) and vm.expected_restart:
+                msg = (
+                    f"[{op.id}] running on {vm.running_on} "
+                    f"{vm.recovered_after or 0:.1f} s after {op.node} was deleted"
+                )
+                metrics.VM_RECOVERY.observe(vm.recovered_after or 0.0)
+                await self._vm_event(vm, "VMRecoveredAfterFence", msg, False)
+        if op.phase is Phase.RECOVERY_INCOMPLETE and before is not None:
+            for vm in op.vms or ():
+                if vm.expected_restart and not vm.running_on:
+                    await self._vm_event(
+                        vm,
+                        "VMNotRecoveredAfterFence",
+                        f"[{op.id}] not running elsewhere before the deadline "
+                        f"after {op.node} was fenced",
+                        True,
+                    )
+
+    async def _vm_event(self, vm: VmOutcome, reason: str, message: str, warning: bool) -> None:
+        try:
+            await self.api.vm_event(vm.namespace, vm.name, reason, message, warning)
+        except ClusterError as err:
+            log.warning("cannot record event %s for VM %s: %s", reason, vm.key, err)
 
     async def _event(self, op: Operation, reason: str, message: str, warning: bool) -> None:
         try:

@@ -38,6 +38,11 @@ RECOVERY = Histogram(
     "From node deletion until its ColdStandby VMs run elsewhere",
     buckets=_TIMES,
 )
+VM_RECOVERY = Histogram(
+    "nodefence_vm_recovery_seconds",
+    "Per VM: from its node's deletion until Running elsewhere",
+    buckets=_TIMES,
+)
 OPERATIONS = Counter(
     "nodefence_fence_operations_total", "Fencing operations by final phase", ["phase"]
 )
