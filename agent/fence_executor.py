@@ -99,6 +99,7 @@ class FenceExecutor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._slots = asyncio.Semaphore(max_parallel)
+        self._checked: set[str] = set()
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -252,9 +253,10 @@ class FenceExecutor:
                 await self._power_on(op)
             return NodeDeleted()
         if action is Action.CHECK_VMS:
-            event = await self._vms_seen(op)
-            await asyncio.sleep(self.check_interval)
-            return event
+            if op.node in self._checked:  # pace the checks, but look at once the first time
+                await asyncio.sleep(self.check_interval)
+            self._checked.add(op.node)
+            return await self._vms_seen(op)
         return None
 
     async def _leader_or_stop(self) -> None:

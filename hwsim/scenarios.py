@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwsim.chart import Samples, write_svg
 from hwsim.simcluster import ClusterSettings, SimCluster
 
 RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
@@ -51,6 +52,8 @@ class Watcher:
         self._nodes: set[str] = set()
         self._vms: dict[str, tuple[str, str]] = {}
         self._leader: str | None = None
+        self.samples = Samples()
+        self._flag: dict[str, str] = {}
 
     def start(self) -> None:
         """Begin watching (the first look is the baseline, not reported)."""
@@ -80,14 +83,45 @@ class Watcher:
             if uid in self._seen_events:
                 continue
             self._seen_events.add(uid)
+            obj = ev["involvedObject"]["name"]
             if report:
-                tl.add(ev["involvedObject"]["name"], f"{ev['reason']}: {ev.get('message', '')}")
+                tl.add(obj, f"{ev['reason']}: {ev.get('message', '')}")
+                self.samples.marks.append((time.monotonic() - tl.start, obj, ev["reason"]))
+            flag = {
+                "NodeDeclaredDead": "dead",
+                "AgentLostNodeAlive": "agent-lost",
+                "NodeHeartbeatsBack": "healthy",
+            }.get(ev["reason"])
+            if flag:
+                self._flag[obj] = flag
         nodes = {n["metadata"]["name"] for n in store.list("nodes")["items"]}
         if report:
             for gone in sorted(self._nodes - nodes):
                 tl.add(gone, "Node deleted from the cluster")
         self._nodes = nodes
+        t = time.monotonic() - tl.start
+        phases = {}
+        for rec in store.list("fenceoperations", "nodefence")["items"]:
+            phases[rec["spec"]["nodeName"]] = (rec.get("status") or {}).get("phase", "")
+        for machine in self.cluster.fleet:
+            name = machine.name
+            power = machine.power_state()
+            if name not in nodes:
+                state = "deleted"
+            elif phases.get(name) in ("Pending", "Fencing", "FenceFailed"):
+                state = "fencing"
+            elif self._flag.get(name, "healthy") != "healthy":
+                state = self._flag[name]
+            elif self.cluster.nodes[name].partitioned:
+                state = "cut off"
+            else:
+                state = "healthy" if power == "on" else "powered off"
+            self.samples.node(t, name, state, "power off" if power == "off" else "")
         for vm in store.list("virtualmachines")["items"]:
+            st0 = vm.get("status") or {}
+            self.samples.vm(
+                t, vm["metadata"]["name"], st0.get("phase", ""), st0.get("nodeName") or ""
+            )
             key = vm["metadata"]["name"]
             st = vm.get("status") or {}
             now = (st.get("phase", ""), st.get("nodeName") or "")
@@ -286,6 +320,7 @@ def run_scenario(
     watcher = Watcher(cluster, tl)
     try:
         cluster.wait_for("a leader", cluster.leader, 30)
+        tl.start = time.monotonic()  # the timeline starts with a running cluster
         watcher.start()
         tl.add(str(cluster.leader()), "holds the leader Lease")
         # Let the leader hear everyone for its first full window (fence_after) first.
@@ -299,7 +334,13 @@ def run_scenario(
     finally:
         watcher.stop()
         cluster.stop()
+    end = time.monotonic() - tl.start
+    chart = write_svg(watcher.samples, end, f"nodefence scenario {name}", workdir / "timeline.svg")
+    (workdir / "timeline.txt").write_text(
+        "".join(f"{t:7.2f}s  {node:<8} {what}\n" for t, node, what in tl.lines)
+    )
     if echo:
+        print(f"== timeline chart: {chart}")
         print("== verdict: " + ("PASS, as nodefence promises" if not problems else "FAIL"))
         for p in problems:
             print(f"   - {p}")
