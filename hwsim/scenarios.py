@@ -8,6 +8,7 @@ prints what happened as a timeline, and checks the outcome against what nodefenc
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ class Timeline:
     start: float = field(default_factory=time.monotonic)
     lines: list[tuple[float, str, str]] = field(default_factory=list)
     echo: bool = True
+    sink: list[str] | None = None  # lines for a live screen, instead of printing
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, node: str, what: str) -> None:
@@ -35,8 +37,11 @@ class Timeline:
         t = time.monotonic() - self.start
         with self._lock:
             self.lines.append((t, node, what))
-        if self.echo:
-            print(f"{t:7.2f}s  {node:<8} {what}", flush=True)
+        line = f"{t:7.2f}s  {node:<8} {what}"
+        if self.sink is not None:
+            self.sink.append(line)
+        elif self.echo:
+            print(line, flush=True)
 
 
 class Watcher:
@@ -289,7 +294,13 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def run_scenario(
-    name: str, workdir: Path, nodes: int = 5, vms: int = 10, fast: bool = False, echo: bool = True
+    name: str,
+    workdir: Path,
+    nodes: int = 5,
+    vms: int = 10,
+    fast: bool = False,
+    echo: bool = True,
+    live: bool = True,
 ) -> tuple[bool, Timeline]:
     """Play scenario `name`; returns (passed, timeline)."""
     sc = SCENARIOS[name]
@@ -318,10 +329,18 @@ def run_scenario(
         print(f"== {nodes} nodes, {vms} VMs, files in {workdir}")
     cluster.start()
     watcher = Watcher(cluster, tl)
+    screen = None
+    if echo and live and sys.stdout.isatty():
+        from hwsim.liveview import LiveScreen
+
+        tl.sink = []
+        screen = LiveScreen(cluster, tl.sink)
     try:
         cluster.wait_for("a leader", cluster.leader, 30)
         tl.start = time.monotonic()  # the timeline starts with a running cluster
         watcher.start()
+        if screen is not None:
+            screen.start()
         tl.add(str(cluster.leader()), "holds the leader Lease")
         # Let the leader hear everyone for its first full window (fence_after) first.
         time.sleep(4.5)
@@ -333,6 +352,8 @@ def run_scenario(
         problems = sc.judge(cluster, victims)
     finally:
         watcher.stop()
+        if screen is not None:
+            screen.stop()
         cluster.stop()
     end = time.monotonic() - tl.start
     chart = write_svg(watcher.samples, end, f"nodefence scenario {name}", workdir / "timeline.svg")
