@@ -80,7 +80,7 @@ class FenceExecutor:
         timing: Timing | None = None,
         max_parallel: int = 2,
         after_proof: Literal["off", "reboot"] = "off",
-        check_interval: float = 0.5,
+        check_interval: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
