@@ -99,7 +99,29 @@ async def run_agent(
         timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
     )
 
-    watcher = InventoryWatcher(cfg.inventory) if cfg.inventory else None
+    pending_events: set[asyncio.Task[None]] = set()
+
+    def inventory_rejected(problem: str) -> None:
+        # Called from the leader's loop when a changed inventory file does not validate.
+        async def report() -> None:
+            try:
+                await api.lease_event(
+                    k.namespace,
+                    k.lease_name,
+                    "InventoryRejected",
+                    f"new BMC inventory rejected, keeping the previous one: {problem}",
+                )
+            except ClusterError as err:
+                log.warning("cannot record the InventoryRejected event: %s", err)
+
+        with contextlib.suppress(RuntimeError):  # no running loop: at start, already logged
+            task = asyncio.get_running_loop().create_task(report())
+            pending_events.add(task)
+            task.add_done_callback(pending_events.discard)
+
+    watcher = (
+        InventoryWatcher(cfg.inventory, on_rejected=inventory_rejected) if cfg.inventory else None
+    )
 
     def executor_factory(leader: LeaderSide) -> FenceExecutor:
         assert watcher is not None

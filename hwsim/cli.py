@@ -156,8 +156,14 @@ async def _run_bmcs(args: argparse.Namespace) -> int:
 def _run_cluster(args: argparse.Namespace) -> int:
     import threading
 
+    from hwsim.broker import INSTALL_HINT, find_mosquitto
     from hwsim.simcluster import ClusterSettings, SimCluster
 
+    try:
+        find_mosquitto()
+    except FileNotFoundError:
+        print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir).resolve()
     cluster = SimCluster(workdir, ClusterSettings(nodes=args.nodes, vms=args.vms, bmcs=True))
     stop = threading.Event()
