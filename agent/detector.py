@@ -85,6 +85,9 @@ class PeerSummary:
     needed: int = 0  # reports needed to confirm: min(peer_quorum, available)
 
 
+_NO_PEERS = PeerSummary()
+
+
 @dataclass(frozen=True)
 class NodeVerdict:
     """The detector's view of one node at one instant; ages in seconds, None when unknown."""
@@ -293,11 +296,23 @@ class FailureDetector:
         ref = st.last_heartbeat if st.last_heartbeat is not None else st.since
         age = max(0.0, now - ref)
         kubelet = self._kubelet.get(node)
+        if heard and age < p.suspect_after:
+            # The common case, kept O(1): a healthy node needs no second signal.
+            return NodeVerdict(
+                node=node,
+                health=NodeHealth.HEALTHY,
+                since_last_heartbeat=age,
+                kubelet_age=kubelet.age(now) if kubelet else None,
+                kubelet_ready=kubelet.ready if kubelet else None,
+                peers=_NO_PEERS,
+                reason=f"last heartbeat {age:.1f} s ago",
+            )
         reports = self._peers.get(node, {})
         fresh_reporters = {
             peer for peer, r in reports.items() if r.at > ref and now - r.at <= p.peer_window
         }
-        available = len((healthy | fresh_reporters) - {node})
+        # |healthy + fresh reporters| without the node itself, without copying `healthy`.
+        available = len(healthy) - (node in healthy) + len(fresh_reporters - healthy - {node})
         peers, summary = peer_reading(
             reports, ref, now, window=p.peer_window, available=available, quorum=p.peer_quorum
         )

@@ -184,6 +184,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for all heartbeats: json.loads with options builds a new one on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def decode_heartbeat(topic_node: str, payload: bytes) -> Heartbeat:
     """The heartbeat in `payload`, received on the topic of `topic_node`.
 
@@ -197,7 +201,7 @@ def decode_heartbeat(topic_node: str, payload: bytes) -> Heartbeat:
             RejectReason.OVERSIZED, f"{len(payload)} bytes, limit {MAX_PAYLOAD}"
         )
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
+        obj = _DECODER.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise HeartbeatRejected(RejectReason.MALFORMED, f"not JSON: {e}") from None
     if not isinstance(obj, dict):
