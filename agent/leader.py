@@ -39,6 +39,7 @@ from agent.heartbeat_codec import (
     node_from_topic,
 )
 from agent.mqtt_client import make_client
+from agent.mqtt_ingest import IngestError, subscribe_stream
 from agent.peers import (
     ProbeRequest,
     Target,
@@ -178,19 +179,27 @@ class LeaderSide:
         cluster = self.cfg.cluster
         while True:
             client = make_client(self.cfg.broker, f"nodefence-leader-{self.identity}")
+
+            def up() -> None:
+                nonlocal attempt
+                self.broker_up_since = self.clock()
+                self._connected_once.set()
+                attempt = 0
+                log.info("leader connected to the broker")
+
             try:
-                async with client:
-                    await client.subscribe(heartbeat_filter(cluster), qos=0)
-                    await client.subscribe(result_filter(cluster), qos=0)
+                async with client:  # for publishing probe requests and the status view
                     self._client = client
-                    self.broker_up_since = self.clock()
-                    self._connected_once.set()
-                    attempt = 0
-                    log.info("leader connected to the broker")
-                    async for message in client.messages:
-                        _raise_if_cancelling()
-                        self._on_message(str(message.topic), message.payload)
-            except aiomqtt.MqttError as err:
+                    # Heartbeats come in over a lean subscribe-only connection (see
+                    # agent.mqtt_ingest): the broker connection the guards watch.
+                    await subscribe_stream(
+                        self.cfg.broker,
+                        f"nodefence-ingest-{self.identity}",
+                        [heartbeat_filter(cluster), result_filter(cluster)],
+                        self._on_message,
+                        up,
+                    )
+            except (aiomqtt.MqttError, IngestError) as err:
                 log.warning("leader lost the broker: %s", err)
             finally:
                 self._client = None
