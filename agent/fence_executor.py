@@ -391,7 +391,8 @@ class FenceExecutor:
             op.phase.value,
             op.reason,
         )
-        await self._event(op, f"Fence{op.phase.value}", op.reason or op.phase.value, warning)
+        reason = op.phase.value if op.phase.value.startswith("Fence") else f"Fence{op.phase.value}"
+        await self._event(op, reason, op.reason or op.phase.value, warning)
 
     async def _vm_events(self, op: Operation, before: tuple[VmOutcome, ...] | None) -> None:
         """One Event per VM when it is seen running elsewhere, or given up at the deadline."""

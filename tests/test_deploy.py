@@ -1,0 +1,963 @@
+"""The deployment an operator applies (`deploy/`, `Containerfile`), checked without a cluster.
+
+- every manifest of the base and the overlays renders (`kubectl kustomize`) and validates
+  against the Kubernetes OpenAPI schemas, offline (kubernetes-validate's bundled schemas);
+- the CRD is a structural CRD, and the FenceOperation records the agent writes validate
+  against its schema, with no field the API server would silently prune;
+- the rendered objects apply to the hwsim Kubernetes API emulator with kubectl;
+- RBAC: every API call of an end-to-end fencing run (the agents) and of a maintenance run (the
+  CLI) is granted to the nodefence ServiceAccount, every grant is used, none is broad;
+- the broker's shipped config and ACL, on a real mosquitto, let a node speak only for itself,
+  and a whole fencing run works through them;
+- the shipped agent config and example inventory load with the agent's own parsers;
+- the Containerfile is multi-stage, slim and non-root; the alert rules name real metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiomqtt
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from agent import metrics
+from agent.cluster import RECORD_GROUP, RECORD_PLURAL, RECORD_VERSION
+from agent.config import parse_config
+from agent.fencing import Operation, Phase, VmOutcome
+from agent.inventory import load_inventory
+from agent.policy import AlertKind
+from agent.records import to_record
+from hwsim.broker import MosquittoBroker, find_mosquitto, free_port
+from hwsim.kube import KubeApiServer, RequestRecord, ResourceType
+from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.vms import RESTARTED_POLICIES
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+# The oldest Kubernetes the manifests promise to work on, and the newest schemas bundled.
+KUBE_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
+TARGETS = ("base", "overlays/example", "overlays/watchdog")
+NAMESPACE = "nodefence"
+ACCOUNT = "nodefence-agent"
+# User-Agent of the official kubernetes Python client: nodefence's calls, as opposed to the
+# harness's kubectl and the simulators' in-process store calls (which never reach HTTP).
+CLIENT_AGENT = "OpenAPI-Generator/"
+Obj = dict[str, Any]
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is needed (with its built-in kustomize): scripts/install has it")
+    return found
+
+
+@cache
+def rendered_text(target: str) -> str:
+    """`kubectl kustomize deploy/<target>` (cached: kustomize output is deterministic)."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(DEPLOY / target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"kustomize {target} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def render(target: str) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(rendered_text(target)) if doc]
+
+
+def find(docs: Iterable[Obj], kind: str, name: str | None = None) -> Obj:
+    """The one object of `kind` named `name` (a generated ConfigMap: `name-<hash>`)."""
+    of_kind = [d for d in docs if d["kind"] == kind]
+    hits = [d for d in of_kind if name is None or d["metadata"]["name"] == name]
+    if not hits and name is not None:
+        hits = [
+            d for d in of_kind if re.fullmatch(rf"{name}-[a-z0-9]{{10}}", d["metadata"]["name"])
+        ]
+    assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
+    return hits[0]
+
+
+def pod_spec(docs: Iterable[Obj], kind: str = "DaemonSet") -> Obj:
+    spec: Obj = find(docs, kind)["spec"]["template"]["spec"]
+    return spec
+
+
+def container(docs: Iterable[Obj], kind: str = "DaemonSet") -> Obj:
+    (only,) = pod_spec(docs, kind)["containers"]
+    return dict(only)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_manifest_renders_and_validates_against_the_kubernetes_schemas(
+    target: str, version: str
+) -> None:
+    docs = render(target)
+    assert docs
+    for doc in docs:
+        where = f"{target}: {doc['kind']} {doc['metadata']['name']} (Kubernetes {version})"
+        try:
+            # strict: unknown fields are errors, so a typo cannot silently drop a setting
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{where}: {str(err).splitlines()[0]}")
+
+
+def test_the_base_ships_no_secret_so_apply_never_resets_real_credentials() -> None:
+    assert [d for d in render("base") if d["kind"] == "Secret"] == []
+    example = {d["metadata"]["name"] for d in render("overlays/example") if d["kind"] == "Secret"}
+    assert example == {"nodefence-inventory", "nodefence-mqtt-agents", "nodefence-mqtt-broker"}
+
+
+def test_every_secret_configmap_and_account_the_pods_use_is_rendered() -> None:
+    docs = render("overlays/example")
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for kind in ("DaemonSet", "Deployment"):
+        spec = pod_spec(docs, kind)
+        for volume in spec["volumes"]:
+            if "secret" in volume:
+                assert ("Secret", volume["secret"]["secretName"]) in names, volume
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in names, volume
+        if spec.get("serviceAccountName"):
+            assert ("ServiceAccount", spec["serviceAccountName"]) in names
+    for service in (d for d in docs if d["kind"] == "Service"):
+        selected = [
+            kind
+            for kind in ("DaemonSet", "Deployment")
+            if service["spec"]["selector"].items()
+            <= find(docs, kind)["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {selected}"
+        ports = {p["name"] for p in container(docs, selected[0])["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+
+
+def test_the_agent_runs_on_every_node_unprivileged_with_probes_on_its_health_port() -> None:
+    docs = render("overlays/example")
+    spec, agent = pod_spec(docs), container(docs)
+    assert spec["tolerations"] == [{"operator": "Exists"}]  # tainted and NotReady nodes too
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    hardening = agent["securityContext"]
+    assert hardening["readOnlyRootFilesystem"] is True
+    assert hardening["allowPrivilegeEscalation"] is False
+    assert hardening["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"]}
+    assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    config = yaml.safe_load(find(docs, "ConfigMap", "nodefence-agent-config")["data"]["agent.yaml"])
+    assert ports == {"health": config["health"]["port"], "metrics": config["metrics"]["port"]}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert set(agent["resources"]) == {"requests", "limits"}
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert mounts["/etc/nodefence/mqtt/password"]["subPathExpr"] == "$(NODE_NAME)"
+    assert "subPath" not in mounts["/etc/nodefence/inventory"]  # or edits never arrive
+    assert agent["args"] == ["agent", "--config", "/etc/nodefence/config/agent.yaml"]
+
+
+def test_only_the_watchdog_overlay_is_privileged_and_only_to_open_the_watchdog() -> None:
+    plain, watchdog = render("overlays/example"), render("overlays/watchdog")
+    assert [d for d in plain if d["kind"] != "DaemonSet"] == [
+        d for d in watchdog if d["kind"] != "DaemonSet"
+    ]
+    before, after = container(plain), container(watchdog)
+    assert "privileged" not in before["securityContext"]
+    assert after["securityContext"]["privileged"] is True
+    (device,) = [v for v in pod_spec(watchdog)["volumes"] if "hostPath" in v]
+    assert device["hostPath"] == {"path": "/dev/watchdog", "type": "CharDevice"}
+    assert {"name": device["name"], "mountPath": "/dev/watchdog"} in after["volumeMounts"]
+    strip = ("securityContext", "volumeMounts")
+    assert {k: v for k, v in before.items() if k not in strip} == {
+        k: v for k, v in after.items() if k not in strip
+    }
+
+
+# -- the agent's own parsers on the shipped config and example secrets ----------------------
+
+
+def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Path) -> None:
+    (tmp_path / "mqtt").mkdir()
+    (tmp_path / "mqtt" / "password").write_text("from-the-secret\n")
+    for target in ("base", "overlays/example"):
+        text = find(render(target), "ConfigMap", "nodefence-agent-config")["data"]["agent.yaml"]
+        assert "/etc/nodefence/mqtt/password" in text
+        doc = yaml.safe_load(text.replace("/etc/nodefence/", f"{tmp_path}/"))
+        cfg = parse_config(doc, path=tmp_path / "agent.yaml", env={"NODE_NAME": "worker-1"})
+        assert cfg.broker.username == "worker-1"
+        assert cfg.broker.password is not None
+        assert cfg.broker.password.reveal() == "from-the-secret"
+        assert cfg.inventory == f"{tmp_path}/inventory/inventory.yaml"
+        # The config names what the manifests grant and serve.
+        docs = render(target)
+        role = find(docs, "Role", "nodefence-agent")
+        assert cfg.kube.namespace == role["metadata"]["namespace"] == NAMESPACE
+        (named,) = [r for r in role["rules"] if r.get("resourceNames")]
+        assert named["resourceNames"] == [cfg.kube.lease_name]
+        broker = find(docs, "Service", "nodefence-mqtt")
+        assert cfg.broker.host == f"nodefence-mqtt.{broker['metadata']['namespace']}.svc"
+        assert [p["port"] for p in broker["spec"]["ports"]] == [cfg.broker.port]
+    names = {
+        find(render(t), "ConfigMap", "nodefence-agent-config")["data"]["agent.yaml"]
+        .split("cluster:", 1)[1]
+        .split()[0]
+        for t in ("base", "overlays/example")
+    }
+    assert names == {"cluster-1", "example-prod"}  # the example overlay sets its own name
+
+
+def test_the_example_inventory_secret_loads_with_the_agents_own_parser(tmp_path: Path) -> None:
+    secret = find(render("overlays/example"), "Secret", "nodefence-inventory")
+    for key, value in secret["stringData"].items():
+        (tmp_path / key).write_text(value)
+    inventory = load_inventory(tmp_path / "inventory.yaml", env={})
+    assert sorted(inventory.nodes) == ["worker-1", "worker-2", "worker-3"]
+    passwords = [d.password.reveal() for n in inventory.nodes.values() for d in n.devices()]
+    assert passwords and all(p.startswith("FAKE-") for p in passwords)
+
+
+def test_the_guides_inventory_example_loads_with_the_agents_own_parser(tmp_path: Path) -> None:
+    guide = (REPO / "docs" / "operator-guide.md").read_text()
+    section = guide.split("## BMC inventory reference", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "inventory.yaml").write_text(example)
+    for name in ("worker-1-ipmi", "worker-1-redfish", "bmc-ca.pem"):
+        (tmp_path / name).write_text("x")
+    inventory = load_inventory(tmp_path / "inventory.yaml", env={})
+    assert [len(level.devices) for level in inventory.node("worker-1").levels] == [1, 1]
+
+
+def mqtt_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "mqtt_credentials", DEPLOY / "tools" / "mqtt_credentials.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_broker_password_file_matches_the_example_agent_passwords() -> None:
+    docs, tool = render("overlays/example"), mqtt_tool()
+    agents = find(docs, "Secret", "nodefence-mqtt-agents")["stringData"]
+    lines = find(docs, "Secret", "nodefence-mqtt-broker")["stringData"]["passwd"].splitlines()
+    hashes = dict(line.split(":", 1) for line in lines)
+    assert set(hashes) == set(agents)
+    for node, password in agents.items():
+        assert "fake" in password and tool.verify(password, hashes[node]), node
+
+
+# -- the CRD --------------------------------------------------------------------------------
+
+
+def crd() -> Obj:
+    return find(render("base"), "CustomResourceDefinition")
+
+
+def structural_problems(schema: Obj, where: str = "") -> Iterator[str]:
+    """Why a CRD schema is not structural (every node typed, properties only on objects)."""
+    if "type" not in schema and not schema.get("x-kubernetes-int-or-string"):
+        yield f"{where or '.'}: no type"
+    if "properties" in schema and schema.get("type") != "object":
+        yield f"{where}: properties on a non-object"
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from structural_problems(sub, f"{where}.{name}")
+    if "items" in schema:
+        yield from structural_problems(schema["items"], f"{where}[]")
+
+
+def closed_json_schema(schema: Obj) -> Obj:
+    """The CRD's OpenAPI v3 schema as JSON Schema, with unknown fields forbidden: the API server
+    prunes them silently, so a record field missing from the CRD would be lost on a resume."""
+    out = {k: v for k, v in schema.items() if k != "nullable" and not k.startswith("x-")}
+    if schema.get("nullable"):
+        out["type"] = [schema["type"], "null"]
+    if "properties" in schema:
+        out["properties"] = {k: closed_json_schema(v) for k, v in schema["properties"].items()}
+        out["additionalProperties"] = False
+    if "items" in schema:
+        out["items"] = closed_json_schema(schema["items"])
+    return out
+
+
+def record_validator() -> jsonschema.Draft202012Validator:
+    (version,) = crd()["spec"]["versions"]
+    root = closed_json_schema(version["schema"]["openAPIV3Schema"])
+    root["properties"] |= {
+        "apiVersion": {"const": f"{RECORD_GROUP}/{RECORD_VERSION}"},
+        "kind": {"const": "FenceOperation"},
+        "metadata": {"type": "object"},
+    }
+    return jsonschema.Draft202012Validator(root)
+
+
+def a_full_operation() -> Operation:
+    vms = (
+        VmOutcome("prod", "db-1", "AlwaysOn", True, running_on="worker-2", recovered_after=12.5),
+        VmOutcome("prod", "batch-1", "Manual", False),
+    )
+    return Operation(
+        node="worker-1",
+        id="a1b2c3",
+        phase=Phase.RECOVERING,
+        power_off_sent=True,
+        off_proven=True,
+        level=2,
+        attempts=3,
+        tainted=True,
+        node_deleted=True,
+        vms=vms,
+        errors=("level 1 ipmi: BMC unreachable",),
+        reason="recovering",
+        capacity_warning="",
+    )
+
+
+def test_the_crd_is_structural_and_serves_what_the_agent_writes() -> None:
+    spec = crd()["spec"]
+    assert (spec["group"], spec["names"]["plural"], spec["scope"]) == (
+        RECORD_GROUP,
+        RECORD_PLURAL,
+        "Namespaced",
+    )
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == (RECORD_VERSION, True, True)
+    assert list(structural_problems(version["schema"]["openAPIV3Schema"])) == []
+
+
+def test_the_records_the_agent_writes_validate_against_the_crd_schema() -> None:
+    validator = record_validator()
+    full = to_record(a_full_operation(), NAMESPACE, "worker-3")
+    fresh = to_record(Operation(node="worker-1", id="x"), NAMESPACE, "worker-3")
+    for record in (full, fresh):
+        assert list(validator.iter_errors(record)) == []
+    broken = to_record(a_full_operation(), NAMESPACE, "worker-3")
+    broken["status"]["phase"] = "Exploded"
+    del broken["spec"]["nodeName"]
+    broken["status"]["unknownField"] = 1
+    problems = {e.validator for e in validator.iter_errors(broken)}
+    assert problems == {"enum", "required", "additionalProperties"}
+
+
+# -- applying to the API emulator -------------------------------------------------------------
+
+RBAC_KINDS = (
+    ("Role", "roles", True),
+    ("RoleBinding", "rolebindings", True),
+    ("ClusterRole", "clusterroles", False),
+    ("ClusterRoleBinding", "clusterrolebindings", False),
+)
+
+
+def serve_rbac(server: KubeApiServer) -> None:
+    """The emulator does not serve rbac.authorization.k8s.io; serve it as plain storage."""
+    for kind, plural, namespaced in RBAC_KINDS:
+        server.register(
+            ResourceType(
+                group="rbac.authorization.k8s.io",
+                version="v1",
+                kind=kind,
+                plural=plural,
+                namespaced=namespaced,
+                built_in=True,
+            )
+        )
+
+
+def kubectl_apply(kubeconfig: Path, manifests: str) -> str:
+    result = subprocess.run(
+        [kubectl(), "--kubeconfig", str(kubeconfig), "apply", "-f", "-"],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_rendered_objects_apply_to_the_api_emulator_and_reapply_unchanged(
+    tmp_path: Path,
+) -> None:
+    server = KubeApiServer()
+    serve_rbac(server)
+    with server:
+        server.write_kubeconfig(tmp_path / "kubeconfig")
+        for target in TARGETS:
+            kubectl_apply(tmp_path / "kubeconfig", rendered_text(target))
+        again = kubectl_apply(tmp_path / "kubeconfig", rendered_text("overlays/watchdog"))
+        assert again and all(line.endswith(" unchanged") for line in again.splitlines()), again
+        store = server.store
+        for doc in render("overlays/watchdog"):
+            meta = doc["metadata"]
+            assert store.get(doc["kind"].lower(), meta["name"], meta.get("namespace"))
+        assert store.list("fenceoperations", NAMESPACE)["items"] == []  # the CRD is served
+
+
+# -- RBAC: a small evaluator of the rendered rules ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One RBAC rule as bound to the subject; `namespace` None means cluster-wide."""
+
+    role: str
+    api_groups: frozenset[str]
+    resources: frozenset[str]
+    verbs: frozenset[str]
+    names: frozenset[str]
+    namespace: str | None
+
+    def allows(self, req: RequestRecord) -> bool:
+        """Whether this rule authorizes `req`, as the API server's RBAC authorizer decides."""
+        resource = f"{req.resource}/{req.subresource}" if req.subresource else req.resource
+        if self.namespace is not None and req.namespace != self.namespace:
+            return False  # a Role never grants cluster-scoped or other-namespace requests
+        if self.names and (req.verb in ("create", "list", "watch", "deletecollection")):
+            return False  # a name-restricted rule cannot know the name of these
+        return (
+            ("*" in self.api_groups or req.group in self.api_groups)
+            and ("*" in self.resources or resource in self.resources)
+            and ("*" in self.verbs or req.verb in self.verbs)
+            and (not self.names or req.name in self.names)
+        )
+
+
+def grants_for(docs: Iterable[Obj], namespace: str, account: str) -> list[Grant]:
+    """Every rule bound to ServiceAccount `namespace/account` by the rendered bindings."""
+    docs = list(docs)
+    roles = {
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d.get("rules") or []
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole")
+    }
+    grants: list[Grant] = []
+    for binding in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+        if not any(s.items() >= subject.items() for s in binding.get("subjects") or []):
+            continue
+        scope = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
+        ref = binding["roleRef"]
+        key = (ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])
+        assert key in roles, f"{binding['kind']} {binding['metadata']['name']}: no {key}"
+        for rule in roles[key]:
+            grants.append(
+                Grant(
+                    role=f"{ref['kind']}/{ref['name']}",
+                    api_groups=frozenset(rule.get("apiGroups") or ()),
+                    resources=frozenset(rule.get("resources") or ()),
+                    verbs=frozenset(rule["verbs"]),
+                    names=frozenset(rule.get("resourceNames") or ()),
+                    namespace=scope,
+                )
+            )
+    return grants
+
+
+DISCOVERY = re.compile(r"^/(api|apis|version|openapi|healthz|livez|readyz)(/.*)?$")
+
+
+def denied(grants: list[Grant], requests: Iterable[RequestRecord]) -> list[str]:
+    """The requests no grant allows (discovery paths are open to every authenticated user)."""
+    out = []
+    for req in requests:
+        if not req.resource:
+            if not (req.verb == "get" and DISCOVERY.match(req.path)):
+                out.append(f"{req.verb} {req.path}")
+        elif not any(g.allows(req) for g in grants):
+            out.append(f"{req.verb} {req.path}")
+    return sorted(set(out))
+
+
+def unused(grants: list[Grant], requests: list[RequestRecord]) -> list[str]:
+    """Each (role, group, resource, verb) a grant gives that no request needed."""
+    out = []
+    for g in grants:
+        for group in g.api_groups:
+            for resource in g.resources:
+                resource_name, _, sub = resource.partition("/")
+                for verb in g.verbs:
+                    wanted = [
+                        r
+                        for r in requests
+                        if (r.group, r.resource, r.subresource, r.verb)
+                        == (group, resource_name, sub, verb)
+                    ]
+                    if not any(g.allows(r) for r in wanted):
+                        where = g.namespace or "cluster"
+                        out.append(f"{g.role} ({where}): {verb} {group or 'core'}/{resource}")
+    return sorted(out)
+
+
+def rec(
+    verb: str, resource: str, namespace: str = "", name: str = "", group: str = ""
+) -> RequestRecord:
+    """A request as the emulator records it; `resource` may name a subresource (pods/eviction)."""
+    plural, _, sub = resource.partition("/")
+    return RequestRecord(
+        verb, f"/fake/{resource}", group, "", plural, namespace, name, sub, code=200
+    )
+
+
+EVALUATOR_CASES = [
+    # (request, allowed) against the little policy below
+    (rec("list", "nodes"), True),
+    (rec("delete", "nodes", name="n1"), False),  # verb not granted
+    (rec("create", "pods/eviction", "ns1", "p"), True),  # subresource granted explicitly
+    (rec("create", "pods", "ns1"), False),  # ...which grants nothing on the pod itself
+    (rec("get", "leases", "app", "leader", group="coordination.k8s.io"), True),
+    (rec("get", "leases", "app", "other", group="coordination.k8s.io"), False),  # resourceNames
+    (rec("update", "leases", "elsewhere", "leader", group="coordination.k8s.io"), False),
+    (rec("create", "leases", "app", group="coordination.k8s.io"), False),  # names can't allow it
+    (rec("list", "leases", group="coordination.k8s.io"), False),  # a Role is never cluster-wide
+]
+EVALUATOR_POLICY: list[Obj] = [
+    {"kind": "ClusterRole", "metadata": {"name": "c"}, "rules": [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    ]},
+    {"kind": "ClusterRoleBinding", "metadata": {"name": "c"},
+     "roleRef": {"kind": "ClusterRole", "name": "c"},
+     "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "app"}]},
+    {"kind": "Role", "metadata": {"name": "r", "namespace": "app"}, "rules": [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["leader"], "verbs": ["get", "update", "create"]},
+    ]},
+    {"kind": "RoleBinding", "metadata": {"name": "r", "namespace": "app"},
+     "roleRef": {"kind": "Role", "name": "r"},
+     "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "app"}]},
+    {"kind": "ClusterRoleBinding", "metadata": {"name": "other"},
+     "roleRef": {"kind": "ClusterRole", "name": "c"},
+     "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "elsewhere"}]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_", "allowed"), EVALUATOR_CASES)
+def test_the_rbac_evaluator_decides_as_the_api_server_does(
+    request_: RequestRecord, allowed: bool
+) -> None:
+    grants = grants_for(EVALUATOR_POLICY, "app", "sa")
+    assert (denied(grants, [request_]) == []) is allowed
+
+
+def test_rbac_grants_nothing_broad_and_no_secret() -> None:
+    docs = render("overlays/example")
+    grants = grants_for(docs, NAMESPACE, ACCOUNT)
+    assert {g.role for g in grants} == {
+        "ClusterRole/nodefence-agent",
+        "ClusterRole/nodefence-maintenance",
+        "Role/nodefence-agent",
+        "Role/nodefence-agent-node-leases",
+    }
+    for g in grants:
+        assert "*" not in g.api_groups | g.resources | g.verbs, g
+        assert not g.resources & {"secrets", "configmaps", "serviceaccounts/token"}, g
+        assert not g.verbs & {"escalate", "bind", "impersonate", "deletecollection"}, g
+    roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+    assert all(r.get("rules") and "aggregationRule" not in r for r in roles)
+
+
+# -- RBAC against the calls of real runs --------------------------------------------------------
+
+RUN_TIMINGS: dict[str, Any] = {  # as tests/test_e2e_fencing.py: short, for a quick run
+    "lease_duration": 4.0,
+    "renew_deadline": 3.0,
+    "retry_period": 0.5,
+    "kubelet_lease_interval": 2.0,
+    "boot_delay": 1.0,
+    "power_timeout": 3.0,
+    "fencing": {"recovery_timeout": 20, "retry_base": 1, "retry_max": 2},
+}
+
+
+class ShippedBrokerCluster(SimCluster):
+    """A simulated cluster whose broker enforces the shipped ACL, with one password per node,
+    and whose agents log in as the DaemonSet makes them: username from $NODE_NAME."""
+
+    def __init__(self, workdir: Path, settings: ClusterSettings, acl: str) -> None:
+        super().__init__(workdir, settings)
+        self.passwords = {m.name: secrets.token_urlsafe(16) for m in self.fleet}
+        self.broker = MosquittoBroker(workdir / "mqtt", users=self.passwords, acl=acl)
+
+    def agent_config(self, node: str) -> Path:
+        path = super().agent_config(node)
+        doc = yaml.safe_load(path.read_text())
+        secret = self.workdir / "mqtt-agents" / node
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(self.passwords[node] + "\n")
+        doc["broker"] |= {"username_env": "NODE_NAME", "password_file": str(secret)}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+
+def shipped_acl() -> str:
+    acl: str = find(render("base"), "ConfigMap", "nodefence-mqtt-config")["data"]["acl"]
+    return acl
+
+
+def client_calls(server: KubeApiServer) -> list[RequestRecord]:
+    """The API calls nodefence made (the harness's kubectl and in-process calls excluded)."""
+    return [r for r in server.requests if r.user_agent.startswith(CLIENT_AGENT)]
+
+
+def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
+    tmp_path: Path,
+) -> None:
+    docs = render("overlays/example")
+    cluster = ShippedBrokerCluster(
+        tmp_path, ClusterSettings(nodes=4, bmcs=True, vms=8, **RUN_TIMINGS), shipped_acl()
+    )
+    serve_rbac(cluster.kube)
+    try:
+        cluster.start(agents=False)
+        kubectl_apply(cluster.kubeconfig, rendered_text("overlays/example"))
+        for node in cluster.nodes:
+            cluster.start_agent(node)
+        leader = cluster.wait_for("a leader", cluster.leader, 30)
+        restartable = [  # a victim whose VMs must run again elsewhere: recovery calls too
+            vm["status"]["nodeName"]
+            for vm in cluster.kube.store.list("virtualmachines")["items"]
+            if vm["spec"]["runPolicy"] in RESTARTED_POLICIES
+            and (vm.get("status") or {}).get("phase") == "Running"
+        ]
+        victim = next(n for n in restartable if n != leader)
+        cluster.fleet[victim].cut_power()
+
+        def recovered() -> list[Obj]:
+            items = cluster.kube.store.list("fenceoperations", NAMESPACE)["items"]
+            return [r for r in items if (r.get("status") or {}).get("phase") == "Recovered"]
+
+        (record,) = cluster.wait_for("a Recovered FenceOperation", recovered, 60)
+        cluster.wait_for(  # Events about VMs go to the VMs' own namespaces
+            "VM Events",
+            lambda: [
+                e
+                for e in cluster.kube.store.list("events")["items"]
+                if e["involvedObject"].get("kind") == "VirtualMachine"
+            ],
+            10,
+        )
+    finally:
+        cluster.stop()
+    calls = client_calls(cluster.kube)
+    agent_grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if "maintenance" not in g.role]
+    assert denied(agent_grants, calls) == []
+    assert unused(agent_grants, calls) == []
+    assert {"delete", "patch"} <= {c.verb for c in calls if c.resource == "nodes"}
+    # What the agents stored is what the CRD keeps (nothing pruned on a real API server).
+    assert list(record_validator().iter_errors(record)) == []
+
+
+def test_every_api_call_of_maintenance_is_granted_by_the_maintenance_role(
+    tmp_path: Path,
+) -> None:
+    if importlib.util.find_spec("agent.cli_maintenance") is None:
+        pytest.skip("this build has no `nodefence maintenance`")
+    docs = render("overlays/example")
+    cluster = SimCluster(
+        tmp_path, ClusterSettings(nodes=3, vms=6, boot_delay=0.5, migration_delay=0.5)
+    )
+    try:
+        cluster.start(agents=False)
+        vms = cluster.kube.store.list("virtualmachines")["items"]
+        running = [v for v in vms if (v.get("status") or {}).get("phase") == "Running"]
+        node = running[0]["status"]["nodeName"]
+        other = next(v for v in running if v["status"]["nodeName"] != node)
+        cluster.kube.store.create(  # one ordinary pod for the drain to evict
+            "pods",
+            {
+                "metadata": {
+                    "name": "web-1",
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "ReplicaSet",
+                            "name": "web",
+                            "uid": "u1",
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+                "status": {"phase": "Running"},
+            },
+            "default",
+        )
+        kubeconfig = ["--kubeconfig", str(cluster.kubeconfig)]
+        meta = other["metadata"]
+        for args in (
+            ["maintenance", "enter", node, "--timeout", "30"],
+            ["maintenance", "list"],
+            ["maintenance", "exit", node],
+            ["migrate", meta["name"], "-n", meta["namespace"], "--wait", "--timeout", "30"],
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "agent.cli", *args, *kubeconfig],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+    finally:
+        cluster.stop()
+    calls = client_calls(cluster.kube)
+    assert calls
+    maintenance = "ClusterRole/nodefence-maintenance"
+    grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if g.role == maintenance]
+    assert denied(grants, calls) == []  # enough on its own, when bound to a person
+    assert unused(grants, calls) == []
+
+
+# -- the broker's shipped config and ACL on a real mosquitto ---------------------------------
+
+
+def start_shipped_broker(workdir: Path, passwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """mosquitto with the rendered mosquitto.conf and ACL (paths and port made local)."""
+    data = find(render("base"), "ConfigMap", "nodefence-mqtt-config")["data"]
+    (workdir / "acl").write_text(data["acl"])
+    port = free_port()
+    conf = (
+        data["mosquitto.conf"]
+        .replace("/mosquitto/secret/passwd", str(passwd))
+        .replace("/mosquitto/config/acl", str(workdir / "acl"))
+        .replace("listener 1883", f"listener {port} 127.0.0.1")
+    )
+    # Started as root, mosquitto would switch to user `mosquitto`, who cannot read our files.
+    conf += f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+    (workdir / "mosquitto.conf").write_text(conf)
+    with (workdir / "mosquitto.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [find_mosquitto(), "-c", str(workdir / "mosquitto.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (workdir / "mosquitto.log").read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    pytest.fail("mosquitto did not start")
+
+
+async def test_through_the_shipped_broker_a_node_can_speak_only_for_itself(
+    tmp_path: Path,
+) -> None:
+    tool = mqtt_tool()
+    tool.make(tmp_path / "creds", ["node-1", "node-2"])
+    password = {n: (tmp_path / "creds" / "agents" / n).read_text() for n in ("node-1", "node-2")}
+    proc, port = start_shipped_broker(tmp_path, tmp_path / "creds" / "passwd")
+    base = "nodefence/v1/c1"
+    forged = [
+        f"{base}/heartbeat/node-2",
+        f"{base}/status/node-2",
+        f"{base}/probe-result/node-2",
+        "nodefence/v1/c1",  # nor anything outside its topics
+    ]
+    own = [
+        f"{base}/heartbeat/node-1",
+        f"{base}/status/node-1",
+        f"{base}/probe-result/node-1",
+        f"{base}/probe/node-3",  # leader duties: any agent may lead
+        f"{base}/leader/view",
+    ]
+
+    def client(user: str | None, secret: str | None, name: str) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1", port, username=user, password=secret, identifier=name, timeout=5
+        )
+
+    try:
+        async with client("node-2", password["node-2"], "leader") as leader:
+            for kind in ("heartbeat", "status", "probe-result", "probe"):
+                await leader.subscribe(f"{base}/{kind}/+", qos=1)
+            await leader.subscribe(f"{base}/leader/view", qos=1)
+            async with client("node-1", password["node-1"], "node-1") as node1:
+                for topic in forged + own:  # in order, at QoS 1: forged ones come first
+                    await node1.publish(topic, b"x", qos=1)
+            got: list[str] = []
+            async with asyncio.timeout(5):
+                async for message in leader.messages:
+                    got.append(str(message.topic))
+                    if len(got) == len(own):
+                        break
+        assert got == own  # every own topic arrives, and no forged one came before them
+        for user, secret in (("node-1", "wrong"), (None, None), ("node-3", password["node-1"])):
+            with pytest.raises(aiomqtt.MqttError):
+                async with client(user, secret, "intruder"):
+                    pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(5)
+
+
+def test_the_credentials_tool_keeps_existing_passwords_and_hashes_like_mosquitto_passwd(
+    tmp_path: Path,
+) -> None:
+    tool = mqtt_tool()
+    tool.make(tmp_path, ["node-1"])
+    first = (tmp_path / "agents" / "node-1").read_text()
+    hashes = tool.make(tmp_path, ["node-1", "node-2"])  # adding a node rotates nobody
+    assert (tmp_path / "agents" / "node-1").read_text() == first
+    assert tool.verify(first, hashes["node-1"])
+    assert oct((tmp_path / "passwd").stat().st_mode & 0o777) == "0o600"
+    if shutil.which("mosquitto_passwd"):  # the reference implementation agrees
+        ref = tmp_path / "ref"
+        ref.write_text("")
+        subprocess.run(["mosquitto_passwd", "-b", str(ref), "u", "pw"], check=True)
+        assert tool.verify("pw", ref.read_text().strip().split(":", 1)[1])
+
+
+# -- the image ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]]
+
+
+def containerfile_stages() -> list[Stage]:
+    """The Containerfile's stages: instruction keyword and argument, continuations joined."""
+    text = (REPO / "Containerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif keyword == "FROM":
+            words = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
+            stages.append(Stage(base, words[2] if len(words) > 2 else None, []))
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return stages
+
+
+def test_the_image_is_built_in_two_stages_and_runs_only_the_venv_as_non_root() -> None:
+    stages = containerfile_stages()
+    assert len(stages) == 2
+    builder, final = stages
+    assert builder.name == "builder" and final.base == builder.base == "python:3.11-slim"
+    runs = " ".join(arg for kw, arg in builder.instructions if kw == "RUN")
+    assert "pip wheel" in runs and "/opt/nodefence" in runs
+    copies = [arg for kw, arg in final.instructions if kw == "COPY"]
+    assert copies == ["--from=builder /opt/nodefence /opt/nodefence"]
+    final_runs = " ".join(arg for kw, arg in final.instructions if kw == "RUN")
+    for tool in ("pip", "apt-get", "gcc", "build-essential", "make"):
+        assert tool not in final_runs, f"the final image must not get {tool}"
+    (user,) = [arg for kw, arg in final.instructions if kw == "USER"]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and uid != "0"
+    daemonset = pod_spec(render("base"))["securityContext"]
+    assert int(uid) == daemonset["runAsUser"]  # runAsNonRoot needs a numeric user
+    assert ("ENTRYPOINT", '["nodefence"]') in final.instructions
+
+
+def dockerignore_keeps(path: str) -> bool:
+    """Whether the build context keeps `path`, under .dockerignore's last-match-wins rules."""
+    keep = True
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*")
+        if re.fullmatch(f"{regex}(/.*)?", path):
+            keep = negate
+    return keep
+
+
+def test_the_build_context_holds_what_the_builder_copies_and_nothing_else() -> None:
+    (builder, _) = containerfile_stages()
+    sources = [
+        src
+        for kw, arg in builder.instructions
+        if kw == "COPY"
+        for src in arg.split()[:-1]
+        if not src.startswith("--")
+    ]
+    assert sources
+    for src in sources:
+        assert (REPO / src).exists() and dockerignore_keeps(src), src
+    for private in ("tests/conftest.py", ".git/config", "run/x", "deploy/base/agent.yaml"):
+        assert not dockerignore_keeps(private), private
+    assert not dockerignore_keeps("agent/__pycache__/cli.cpython-311.pyc")
+
+
+# -- alerts --------------------------------------------------------------------------------------
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the agent's collectors expose."""
+    names: set[str] = set()
+    for value in vars(metrics).values():
+        if not isinstance(value, MetricWrapperBase):
+            continue
+        for family in value.describe():
+            suffixes = {
+                "counter": ("_total", "_created"),
+                "gauge": ("",),
+                "histogram": ("_bucket", "_count", "_sum", "_created"),
+            }[family.type]
+            names |= {family.name + s for s in suffixes}
+    return names
+
+
+def test_the_alert_rules_use_only_metrics_the_agent_exports() -> None:
+    doc = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-rules.yaml").read_text())
+    rules = [r for group in doc["groups"] for r in group["rules"]]
+    assert len(rules) >= 8
+    exported = exported_metric_names()
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning", "info")
+        assert rule["annotations"]["summary"]
+        used = set(re.findall(r"\bnodefence_[a-z_]+", rule["expr"]))
+        assert used <= exported, f"{rule['alert']}: {used - exported}"
+    kinds = {k for r in rules for k in re.findall(r'kind=~?"([^"]+)"', r["expr"])}
+    known = {a.value for a in AlertKind}
+    assert {k for ks in kinds for k in ks.split("|")} <= known
