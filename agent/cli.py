@@ -77,6 +77,63 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("nodes", nargs="*", help="only these nodes (default: all)")
     check.add_argument("--inventory", "-i", required=True, help="BMC inventory YAML file")
     check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    kubeconfig_help = "kubeconfig file (default: $KUBECONFIG, else the in-cluster account)"
+    migrate = sub.add_parser(
+        "migrate",
+        help="live-migrate a running VM to another node (VirtualMachineOperation Evict)",
+        description=(
+            "Create a VirtualMachineOperation of type Evict for the VM; with --wait follow it "
+            "(Running -> Migrating -> Running on another node) and exit 0 only when it moved."
+        ),
+    )
+    migrate.add_argument("vm", help="VirtualMachine name")
+    migrate.add_argument("-n", "--namespace", default="default", help="its namespace")
+    migrate.add_argument("--wait", action="store_true", help="follow it until it is done")
+    migrate.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
+    )
+    migrate.add_argument("--kubeconfig", help=kubeconfig_help)
+
+    maint = sub.add_parser(
+        "maintenance", help="take a node out of service on purpose: move its VMs, never fence it"
+    )
+    msub = maint.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
+    enter = msub.add_parser(
+        "enter",
+        help="mark the node (never fenced), cordon it, live-migrate its VMs off, drain pods",
+        description=(
+            "Mark the node nodefence.io/maintenance=true (the leader never fences it), cordon "
+            "it, evict every VM on it by VirtualMachineOperation Evict, wait until none is "
+            "left, then (unless --vms-only) evict the other pods as `kubectl drain "
+            "--ignore-daemonsets --delete-emptydir-data` does, honouring PodDisruptionBudgets. "
+            "On failure the node stays marked and cordoned."
+        ),
+    )
+    enter.add_argument("node", help="node name")
+    enter.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for the whole drain (default 600)"
+    )
+    enter.add_argument("--vms-only", action="store_true", help="move the VMs, leave other pods")
+    enter.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="migrations at once (default 2, as KubeVirt's outbound migrations per node)",
+    )
+    enter.add_argument(
+        "--force", action="store_true", help="also evict pods that no controller manages"
+    )
+    enter.add_argument("--kubeconfig", help=kubeconfig_help)
+    leave = msub.add_parser("exit", help="uncordon the node and clear the maintenance mark")
+    leave.add_argument("node", help="node name")
+    leave.add_argument(
+        "--force", action="store_true", help="even when the node is not Ready (it may be fenced)"
+    )
+    leave.add_argument("--kubeconfig", help=kubeconfig_help)
+    show = msub.add_parser("list", help="nodes in maintenance: state, cordon, VMs left")
+    show.add_argument("--all", action="store_true", help="every node, not only marked ones")
+    show.add_argument("--kubeconfig", help=kubeconfig_help)
     return parser
 
 
@@ -95,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.cli_fence import run_bmc_check
 
         return run_bmc_check(args)
+    if args.command in ("migrate", "maintenance"):
+        from agent.cli_maintenance import run_maintenance, run_migrate
+
+        return run_migrate(args) if args.command == "migrate" else run_maintenance(args)
     return EXIT_USAGE
 
 

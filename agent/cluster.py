@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ OUT_OF_SERVICE_TAINT = {
 VM_GROUP, VM_VERSION, VM_PLURAL = "virtualization.deckhouse.io", "v1alpha2", "virtualmachines"
 RECORD_GROUP, RECORD_VERSION, RECORD_PLURAL = "nodefence.io", "v1alpha1", "fenceoperations"
 MAINTENANCE_LABEL = "nodefence.io/maintenance"
+VMOP_PLURAL = "virtualmachineoperations"
 
 
 class ClusterError(Exception):
@@ -75,6 +77,19 @@ def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
         return client
     k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     return k8s.ApiClient()
+
+
+def _refusal(body: Any) -> str:
+    """The reason in a Status body of a refused request (the disruption budget's words)."""
+    try:
+        status = json.loads(body)
+    except (TypeError, ValueError):
+        return ""
+    if not isinstance(status, dict):
+        return ""
+    causes = (status.get("details") or {}).get("causes") or []
+    said = [str(c.get("message")) for c in causes if isinstance(c, dict) and c.get("message")]
+    return "; ".join(said) or str(status.get("message") or "")
 
 
 def _node_info(n: Any) -> NodeInfo:
@@ -455,3 +470,133 @@ class ClusterApi:
                 ),
             )
         return _lease_info(obj)
+
+    # -- maintenance and VM migration --------------------------------------------------------
+
+    async def get_node(self, node: str) -> NodeInfo | None:
+        """The Node, or None when it does not exist."""
+        try:
+            obj = await self._call_any(
+                f"read node {node}",
+                lambda: self.core.read_node(node, _request_timeout=self.timeout),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return None
+            raise
+        return _node_info(obj)
+
+    async def label_node(self, node: str, key: str, value: str | None) -> None:
+        """Set (or with None remove) one label on a Node (merge patch)."""
+        body = {"metadata": {"labels": {key: value}}}
+        await self._call(
+            f"label node {node}",
+            lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
+        )
+
+    async def set_unschedulable(self, node: str, unschedulable: bool) -> None:
+        """Cordon (True) or uncordon (False) a Node, as `kubectl cordon` does."""
+        body = {"spec": {"unschedulable": unschedulable or None}}
+        verb = "cordon" if unschedulable else "uncordon"
+        await self._call(
+            f"{verb} node {node}",
+            lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
+        )
+
+    async def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One VirtualMachine, or None when it (or the CRD) does not exist."""
+        try:
+            obj = await self._call_any(
+                f"read virtual machine {namespace}/{name}",
+                lambda: self.custom.get_namespaced_custom_object(
+                    VM_GROUP, VM_VERSION, namespace, VM_PLURAL, name, _request_timeout=self.timeout
+                ),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return None
+            raise
+        found: dict[str, Any] = obj
+        return found
+
+    async def list_vm_operations(self) -> list[dict[str, Any]]:
+        """Every VirtualMachineOperation in the cluster (empty when the CRD is absent)."""
+        try:
+            result = await self._call_any(
+                "list virtual machine operations",
+                lambda: self.custom.list_cluster_custom_object(
+                    VM_GROUP, VM_VERSION, VMOP_PLURAL, _request_timeout=self.timeout
+                ),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return []
+            raise
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def get_vm_operation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One VirtualMachineOperation, or None when it does not exist."""
+        try:
+            obj = await self._call_any(
+                f"read virtual machine operation {namespace}/{name}",
+                lambda: self.custom.get_namespaced_custom_object(
+                    VM_GROUP,
+                    VM_VERSION,
+                    namespace,
+                    VMOP_PLURAL,
+                    name,
+                    _request_timeout=self.timeout,
+                ),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return None
+            raise
+        found: dict[str, Any] = obj
+        return found
+
+    async def create_vm_operation(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a VirtualMachineOperation; a name already taken raises ClusterError 409."""
+        name = body["metadata"]["name"]
+        obj = await self._call_any(
+            f"create virtual machine operation {namespace}/{name}",
+            lambda: self.custom.create_namespaced_custom_object(
+                VM_GROUP, VM_VERSION, namespace, VMOP_PLURAL, body, _request_timeout=self.timeout
+            ),
+        )
+        created: dict[str, Any] = obj
+        return created
+
+    async def list_node_pods(self, node: str) -> list[dict[str, Any]]:
+        """Every Pod bound to `node`, as plain dicts in the API's own (camelCase) shape."""
+        pods = await self._call(
+            f"list pods on node {node}",
+            lambda: self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node}", _request_timeout=self.timeout
+            ),
+        )
+        items: list[dict[str, Any]] = [
+            self.api_client.sanitize_for_serialization(p)  # type: ignore[no-untyped-call]
+            for p in pods.items
+        ]
+        return items
+
+    async def evict_pod(self, namespace: str, name: str) -> str:
+        """Ask the Eviction API to evict a Pod: "" when accepted, else why it was refused
+        (429: a PodDisruptionBudget allows no disruption now; try again later). Other
+        failures, a Pod already gone (404) among them, raise ClusterError."""
+
+        def evict() -> str:
+            body = k8s.V1Eviction(metadata=k8s.V1ObjectMeta(name=name, namespace=namespace))
+            try:
+                self.core.create_namespaced_pod_eviction(
+                    name, namespace, body, _request_timeout=self.timeout
+                )
+            except ApiException as err:
+                if err.status == 429:
+                    return _refusal(err.body) or "429 Too Many Requests"
+                raise
+            return ""
+
+        return await self._call(f"evict pod {namespace}/{name}", evict)

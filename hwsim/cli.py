@@ -52,7 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scen.add_argument(
         "name",
-        choices=["power-loss", "network-partition", "bmc-unreachable", "leader-crash", "rack-loss"],
+        choices=[
+            "power-loss",
+            "network-partition",
+            "bmc-unreachable",
+            "leader-crash",
+            "rack-loss",
+            "maintenance",
+        ],
     )
     scen.add_argument("--nodes", type=int, default=5)
     scen.add_argument("--vms", type=int, default=10)

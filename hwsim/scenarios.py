@@ -250,6 +250,71 @@ def _judge_rack_loss(cluster: SimCluster, victims: list[str]) -> list[str]:
     return problems
 
 
+def _maintenance(cluster: SimCluster, tl: Timeline) -> list[str]:
+    """`nodefence maintenance enter` as an operator runs it, then the planned power cut."""
+    import os
+    import subprocess
+
+    from hwsim.simnode import REPO
+
+    victim = _victims(cluster, 1)[0]
+    tl.add(victim, "MAINTENANCE ENTER (nodefence maintenance enter --vms-only)")
+    command = [sys.executable, "-m", "agent.cli", "maintenance", "enter", victim, "--vms-only"]
+    command += ["--timeout", "60", "--kubeconfig", str(cluster.kubeconfig)]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
+    )
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            tl.add(victim, f"  | {line.rstrip()}")
+    if proc.returncode != 0:
+        tl.add(victim, f"maintenance enter FAILED (exit {proc.returncode}): power left on")
+        return [victim]
+    tl.add(victim, "POWER CUT for the planned work (the node is in maintenance)")
+    cluster.fleet[victim].cut_power()
+    return [victim]
+
+
+def _maintenance_alert(cluster: SimCluster, node: str) -> bool:
+    return any(e["involvedObject"]["name"] == node for e in cluster.events("AlertMaintenance"))
+
+
+def _judge_maintenance(cluster: SimCluster, victims: list[str]) -> list[str]:
+    v = victims[0]
+    store = cluster.kube.store
+    problems = []
+    if cluster.fleet[v].power_state() != "off":
+        problems.append(f"{v}: maintenance enter failed, the power was never cut")
+    node = next((n for n in store.list("nodes")["items"] if n["metadata"]["name"] == v), None)
+    if node is None:
+        problems.append(f"{v}: Node deleted while in maintenance")
+    elif (node["metadata"].get("labels") or {}).get("nodefence.io/maintenance") != "true":
+        problems.append(f"{v}: not marked nodefence.io/maintenance=true")
+    elif not (node.get("spec") or {}).get("unschedulable"):
+        problems.append(f"{v}: not cordoned")
+    for vm in store.list("virtualmachines")["items"]:
+        st = vm.get("status") or {}
+        if st.get("nodeName") == v:
+            problems.append(f"VM {vm['metadata']['name']} was still on {v} when it lost power")
+        if vm["spec"].get("runPolicy") in RESTARTABLE and st.get("phase") != "Running":
+            problems.append(f"VM {vm['metadata']['name']} is {st.get('phase')}, not Running")
+    if _records(cluster, v):
+        problems.append(f"{v} (in maintenance) was fenced: {_phase(cluster, v)}")
+    if any(e["involvedObject"]["name"] == v for e in cluster.events("NodeDeclaredDead")):
+        problems.append(f"{v} (in maintenance) was declared dead")
+    if cluster.fleet[v].power_state() == "off" and not _maintenance_alert(cluster, v):
+        problems.append(f"the leader never reported {v} as in maintenance")
+    problems += [f"{rec.name} lost with {v}" for rec in cluster.vm_controller.history]
+    problems += [f"split brain: {x}" for x in cluster.vm_controller.violations()]
+    return problems
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -287,6 +352,15 @@ SCENARIOS: dict[str, Scenario] = {
             _rack_loss,
             _judge_rack_loss,
             lambda c, v: bool(c.events("AlertStorm")),
+            timeout=40,
+        ),
+        Scenario(
+            "maintenance",
+            "a worker enters maintenance (VMs live-migrated off), then loses power: no fence",
+            _maintenance,
+            _judge_maintenance,
+            lambda c, v: c.fleet[v[0]].power_state() == "on" or _maintenance_alert(c, v[0]),
+            settings={"migration_delay": 0.5},
             timeout=40,
         ),
     ]

@@ -1,0 +1,218 @@
+"""`nodefence migrate` and `nodefence maintenance enter|exit|list`.
+
+They need only the Kubernetes API (no agent config): `--kubeconfig`, else `$KUBECONFIG`, else
+the in-cluster service account. Exit codes: 0 done, 1 failed (a VM could not move, a timeout,
+an API error), 2 a usage error (an unknown node or VM: nothing was changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO, TypeVar
+
+from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cluster import ClusterApi, ClusterError, load_api_client
+from agent.maintenance import NodeRow
+
+T = TypeVar("T")
+EXIT_INTERRUPTED = 130
+
+
+class TerminalProgress:
+    """A `vmops.Reporter` on a stream: `step` and `status` redraw one line in place on a
+    terminal; elsewhere (a pipe, a log) a step is a line of its own and a status is left out."""
+
+    def __init__(self, out: TextIO, tty: bool | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self._drawn = ""  # the in-place line now on screen
+        self._is_step = False
+
+    def _draw(self, text: str) -> None:
+        self.out.write("\r\x1b[K" + text)
+        self.out.flush()
+        self._drawn = text
+
+    def line(self, text: str) -> None:
+        """A line that stays (a status line is redrawn below it)."""
+        if not self.tty or not self._drawn:
+            print(text, file=self.out, flush=True)
+            return
+        if self._is_step:  # keep the last state on screen, then the line
+            self.out.write("\n")
+            self._drawn = ""
+            print(text, file=self.out, flush=True)
+            return
+        status = self._drawn
+        self.out.write("\r\x1b[K")
+        print(text, file=self.out, flush=True)
+        self._draw(status)
+
+    def step(self, text: str) -> None:
+        """A state that replaces the previous one."""
+        if not self.tty:
+            print(text, file=self.out, flush=True)
+            return
+        self._is_step = True
+        self._draw(text)
+
+    def status(self, text: str) -> None:
+        """A running summary (terminals only)."""
+        if self.tty:
+            self._is_step = False
+            self._draw(text)
+
+    def close(self) -> None:
+        """End the in-place line: a step stays, a status goes."""
+        if self.tty and self._drawn:
+            self.out.write("\n" if self._is_step else "\r\x1b[K")
+            self.out.flush()
+        self._drawn = ""
+
+
+def _bad_numbers(args: argparse.Namespace, err: TextIO) -> bool:
+    """Say so when --timeout or --parallel is out of range (True: refuse to run)."""
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not timeout > 0:
+        print(f"nodefence: --timeout must be more than 0 seconds, got {timeout:g}", file=err)
+        return True
+    parallel = getattr(args, "parallel", None)
+    if parallel is not None and not 1 <= parallel <= 50:
+        print(f"nodefence: --parallel must be 1 to 50, got {parallel}", file=err)
+        return True
+    return False
+
+
+def _api(kubeconfig: str | None, err: TextIO) -> ClusterApi | None:
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    try:
+        return ClusterApi(load_api_client(path))
+    except Exception as e:  # the config loaders raise a zoo: ConfigException, OSError, ...
+        where = path or "the in-cluster service account (not in a pod?)"
+        print(
+            f"nodefence: cannot use {where}: {type(e).__name__}: {e}; "
+            "pass --kubeconfig or set $KUBECONFIG",
+            file=err,
+        )
+        return None
+
+
+def _run(
+    work: Callable[[ClusterApi, TerminalProgress], Coroutine[Any, Any, T]],
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    interrupted: str,
+) -> tuple[int, T | None]:
+    """Run `work` with an API client and a reporter; (exit code, result), the code set only
+    when the work did not finish."""
+    from agent.vmops import UnknownObject, VmopsError
+
+    if _bad_numbers(args, err):
+        return EXIT_USAGE, None
+    api = _api(args.kubeconfig, err)
+    if api is None:
+        return EXIT_USAGE, None
+    progress = TerminalProgress(out)
+    try:
+        return EXIT_OK, asyncio.run(work(api, progress))
+    except UnknownObject as e:
+        print(f"nodefence: {e}", file=err)
+        return EXIT_USAGE, None
+    except (VmopsError, ClusterError) as e:
+        print(f"nodefence: {e}", file=err)
+        return EXIT_FAILED, None
+    except KeyboardInterrupt:
+        print(f"nodefence: interrupted; {interrupted}", file=err)
+        return EXIT_INTERRUPTED, None
+    finally:
+        progress.close()
+
+
+def run_migrate(
+    args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`nodefence migrate VM`."""
+    from agent.vmops import migrate_vm
+
+    code, outcome = _run(
+        lambda api, progress: migrate_vm(
+            api,
+            args.namespace,
+            args.vm,
+            wait=args.wait,
+            timeout=args.timeout,
+            reporter=progress,
+        ),
+        args,
+        out,
+        err,
+        "an operation already created goes on (`kubectl get vmop` shows it)",
+    )
+    if outcome is None:
+        return code
+    for line in outcome.lines:
+        print(line, file=out if outcome.ok else err)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def run_maintenance(
+    args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`nodefence maintenance enter|exit|list`."""
+    from agent.vmops import Outcome, enter_maintenance, exit_maintenance, list_maintenance
+
+    if args.maintenance_command == "list":
+        code, rows = _run(
+            lambda api, _: list_maintenance(api, args.all), args, out, err, "nothing changed"
+        )
+        if rows is None:
+            return code
+        _print_rows(rows, out)
+        return EXIT_OK
+    if args.maintenance_command == "enter":
+        node = args.node
+
+        def work(api: ClusterApi, progress: TerminalProgress) -> Coroutine[Any, Any, Outcome]:
+            return enter_maintenance(
+                api,
+                node,
+                timeout=args.timeout,
+                reporter=progress,
+                vms_only=args.vms_only,
+                parallel=args.parallel,
+                force=args.force,
+            )
+
+        left = f"{node} may be marked and cordoned: `nodefence maintenance list` shows it"
+        code, outcome = _run(work, args, out, err, left)
+    else:
+        code, outcome = _run(
+            lambda api, progress: exit_maintenance(
+                api, args.node, reporter=progress, force=args.force
+            ),
+            args,
+            out,
+            err,
+            "run it again",
+        )
+    if outcome is None:
+        return code
+    for line in outcome.lines:
+        print(line, file=out if outcome.ok else err)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _print_rows(rows: list[NodeRow], out: TextIO) -> None:
+    if not rows:
+        print("no node is in maintenance", file=out)
+        return
+    print(f"{'NODE':<20} {'STATE':<22} {'CORDONED':<9} {'READY':<8} VMS", file=out)
+    for r in rows:
+        ready = {True: "True", False: "False", None: "Unknown"}[r.ready]
+        cordoned = "yes" if r.cordoned else "no"
+        print(f"{r.node:<20} {r.state.value:<22} {cordoned:<9} {ready:<8} {r.vms}", file=out)

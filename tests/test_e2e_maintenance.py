@@ -1,0 +1,321 @@
+"""Maintenance mode and live migration end to end: `nodefence migrate` and `nodefence
+maintenance` run as real processes against the Kubernetes API emulator, with the ColdStandby
+controller performing the Evict operations; the last two tests add mosquitto, emulated BMCs
+and one real agent per node to show that the leader never fences a node in maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.vms import place_vms
+from tests.conftest import REPO, run_cli
+from tests.test_e2e_fencing import BASE, final_record, records, victim_of, vms_on
+
+Make = Callable[..., SimCluster]
+LABEL = "nodefence.io/maintenance"
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Callable[..., SimCluster]]:
+    """A cluster of API emulator, kubelets and the VM controller, without agents (the
+    commands under test need only the API)."""
+    started: list[SimCluster] = []
+
+    def make(**settings: Any) -> SimCluster:
+        settings.setdefault("migration_delay", 0.5)
+        cluster = SimCluster(tmp_path / f"sim{len(started)}", ClusterSettings(**settings))
+        started.append(cluster)
+        cluster.start(agents=False)
+        return cluster
+
+    yield make
+    for cluster in started:
+        cluster.stop()
+
+
+async def nodefence(cluster: SimCluster, *args: str) -> Any:
+    return await run_cli(*args, "--kubeconfig", str(cluster.kubeconfig))
+
+
+def node(cluster: SimCluster, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = cluster.kube.store.get("nodes", name)
+    return found
+
+
+def marked(cluster: SimCluster, name: str) -> bool:
+    return (node(cluster, name)["metadata"].get("labels") or {}).get(LABEL) == "true"
+
+
+def cordoned(cluster: SimCluster, name: str) -> bool:
+    return bool((node(cluster, name).get("spec") or {}).get("unschedulable"))
+
+
+def cordon(cluster: SimCluster, name: str) -> None:
+    cluster.kube.store.patch("nodes", name, {"spec": {"unschedulable": True}})
+
+
+def vmops(cluster: SimCluster) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cluster.kube.store.list("virtualmachineoperations")["items"]
+    return items
+
+
+def where(cluster: SimCluster) -> dict[str, tuple[str, str]]:
+    """VM name -> (phase, node)."""
+    return {
+        vm["metadata"]["name"]: (vm["status"].get("phase"), vm["status"].get("nodeName") or "")
+        for vm in cluster.kube.store.list("virtualmachines")["items"]
+    }
+
+
+def put_pod(cluster: SimCluster, name: str, node_name: str, owner: str, **labels: str) -> None:
+    store = cluster.kube.store
+    meta: dict[str, Any] = {"name": name, "namespace": "default", "labels": labels}
+    meta["ownerReferences"] = [
+        {"apiVersion": "apps/v1", "kind": owner, "name": f"{name}-owner", "uid": f"uid-{name}",
+         "controller": True}
+    ]  # fmt: skip
+    pod = {
+        "metadata": meta,
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+        },
+    }
+    store.create("pods", pod, "default")
+    status = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    store.patch("pods", name, {"status": status}, "default", subresource="status")
+
+
+def pods_on(cluster: SimCluster, node_name: str) -> set[str]:
+    return {
+        p["metadata"]["name"]
+        for p in cluster.kube.store.list("pods")["items"]
+        if (p.get("spec") or {}).get("nodeName") == node_name
+    }
+
+
+async def until(cluster: SimCluster, what: str, predicate: Any, timeout: float) -> Any:
+    """`cluster.wait_for` that lets the event loop run (a CLI process may be streaming)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.05)
+    return value
+
+
+# ---- migrate -----------------------------------------------------------------------------------
+
+
+async def test_migrate_moves_a_running_vm_to_another_node_and_follows_it(sim: Make) -> None:
+    cluster = sim(nodes=3, vms=3)
+    assert where(cluster)["vm-1"] == ("Running", "node-1")
+    r = await nodefence(cluster, "migrate", "vm-1", "--wait", "--timeout", "20")
+    assert r.code == 0, r.out + r.err
+    phase, now_on = where(cluster)["vm-1"]
+    assert phase == "Running" and now_on not in ("", "node-1")
+    assert "Migrating  node-1 -> " in r.out
+    assert f"migrated default/vm-1 from node-1 to {now_on}" in r.out
+    [op] = vmops(cluster)
+    assert op["metadata"]["name"].startswith("migrate-vm-1-")
+    assert op["metadata"]["name"].removeprefix("migrate-vm-1-").isdigit()  # unix time
+    assert op["spec"] == {"type": "Evict", "virtualMachineName": "vm-1"}
+    assert op["status"]["phase"] == "Completed"
+    assert cluster.vm_controller.running_places("default", "vm-1") == {now_on}
+    assert cluster.vm_controller.violations() == []
+
+
+async def test_a_typo_in_a_vm_or_node_name_is_a_clear_error_and_creates_nothing(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=2, vms=2)
+    vm, enter, leave = await asyncio.gather(
+        nodefence(cluster, "migrate", "vm-11", "--wait"),
+        nodefence(cluster, "maintenance", "enter", "node-3"),
+        nodefence(cluster, "maintenance", "exit", "nod-1"),
+    )
+    assert vm.code == 2 and "no VirtualMachine 'vm-11' in namespace 'default'" in vm.err
+    assert "did you mean vm-1" in vm.err
+    assert enter.code == 2 and "no node named 'node-3'" in enter.err
+    assert leave.code == 2 and "no node named 'nod-1' (did you mean node-1" in leave.err
+    assert vmops(cluster) == []
+    for n in ("node-1", "node-2"):
+        assert not marked(cluster, n) and not cordoned(cluster, n)
+
+
+# ---- maintenance enter / exit / list ---------------------------------------------------------
+
+
+async def test_enter_moves_five_vms_off_never_onto_a_cordoned_node_and_drains_pods(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=4, vms=1)  # vm-1 on node-1
+    place_vms(cluster.kube.store, cluster.vm_controller, 4, ["node-1"], ["AlwaysOn"], prefix="db-")
+    five = sorted(n for n, (_, on) in where(cluster).items() if on == "node-1")
+    assert len(five) == 5
+    cordon(cluster, "node-3")  # someone else's cordon: no VM may land there
+    put_pod(cluster, "agent-ds", "node-1", "DaemonSet")
+    put_pod(cluster, "web-a", "node-1", "ReplicaSet", app="web")
+    cluster.kube.store.create(
+        "poddisruptionbudgets",
+        {
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+        },
+        "default",
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "maintenance", "enter", "node-1",
+        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    try:
+        # The budget refuses web-a until its replacement runs elsewhere, as a ReplicaSet would.
+        while not any("eviction refused" in line for line in lines):
+            line = await asyncio.wait_for(proc.stdout.readline(), 40)
+            assert line, "the command ended before trying to evict web-a:\n" + "".join(lines)
+            lines.append(line.decode())
+        put_pod(cluster, "web-b", "node-2", "ReplicaSet", app="web")
+        rest, err = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out + err.decode()
+    for name in five:
+        assert f"vm default/{name}: moved node-1 -> " in out
+        phase, now_on = where(cluster)[name]
+        assert phase == "Running" and now_on in ("node-2", "node-4"), (name, now_on)
+    assert "The disruption budget web needs 1 healthy pods" in out
+    assert out.index(LABEL) < out.index("cordoned") < out.index("moved node-1")
+    assert marked(cluster, "node-1") and cordoned(cluster, "node-1")
+    assert pods_on(cluster, "node-1") == {"agent-ds"}  # DaemonSet pods stay, as in drain
+    ours = [o for o in vmops(cluster) if o["metadata"]["labels"] == {LABEL + "-node": "node-1"}]
+    assert len(ours) == 5 and all(o["status"]["phase"] == "Completed" for o in ours)
+    assert cluster.vm_controller.violations() == []
+
+    listing = await nodefence(cluster, "maintenance", "list")
+    assert listing.code == 0
+    [row] = [line.split() for line in listing.out.splitlines() if line.startswith("node-")]
+    assert row == ["node-1", "in", "maintenance", "yes", "True", "0"]
+
+
+async def test_enter_with_no_other_schedulable_node_fails_cleanly_and_keeps_the_node_marked(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=2, vms=3)  # vm-1 and vm-3 on node-1
+    cordon(cluster, "node-2")
+    before = where(cluster)
+    launchers = pods_on(cluster, "node-1")
+    r = await nodefence(cluster, "maintenance", "enter", "node-1", "--timeout", "20")
+    assert r.code == 1, r.out + r.err
+    assert "default/vm-1: TargetUnschedulable: 0/2 nodes are available" in r.err
+    assert "default/vm-3: TargetUnschedulable" in r.err
+    assert "stays cordoned and marked" in r.err
+    assert marked(cluster, "node-1") and cordoned(cluster, "node-1")
+    assert where(cluster) == before  # nothing moved, nothing stopped
+    assert pods_on(cluster, "node-1") == launchers  # and no pod was evicted
+
+
+async def test_exit_restores_scheduling(sim: Make) -> None:
+    cluster = sim(nodes=3, vms=6)
+    enter = await nodefence(cluster, "maintenance", "enter", "node-1", "--vms-only")
+    assert enter.code == 0, enter.out + enter.err
+    assert all(on != "node-1" for _, on in where(cluster).values())
+    leave = await nodefence(cluster, "maintenance", "exit", "node-1")
+    assert leave.code == 0, leave.out + leave.err
+    assert not marked(cluster, "node-1") and not cordoned(cluster, "node-1")
+    # The emptiest node again: a migration now goes there.
+    vm = next(n for n, (_, on) in sorted(where(cluster).items()) if on == "node-2")
+    r = await nodefence(cluster, "migrate", vm, "--wait", "--timeout", "20")
+    assert r.code == 0 and where(cluster)[vm] == ("Running", "node-1"), r.out + r.err
+
+
+# ---- the leader and maintenance --------------------------------------------------------------
+
+
+def start_with_leader(make: Make, **overrides: Any) -> SimCluster:
+    cluster = make(**{**BASE, "migration_delay": 0.5, **overrides})
+    cluster.wait_for("a leader", cluster.leader, 30)
+    time.sleep(5)  # past the leader's first judging window
+    return cluster
+
+
+def events_about(cluster: SimCluster, name: str, reason: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.events(reason) if e["involvedObject"]["name"] == name]
+
+
+async def test_a_node_powered_off_in_maintenance_is_never_fenced(make_cluster: Make) -> None:
+    cluster = start_with_leader(make_cluster, nodes=3, vms=6)
+    victim = victim_of(cluster)
+    r = await nodefence(cluster, "maintenance", "enter", victim, "--vms-only", "--timeout", "30")
+    assert r.code == 0, r.out + r.err
+    assert vms_on(cluster, victim) == []
+    cluster.fleet[victim].cut_power()  # the planned work begins
+    await until(
+        cluster, "the leader's maintenance alert",
+        lambda: events_about(cluster, victim, "AlertMaintenance"), 30,
+    )  # fmt: skip
+    await asyncio.sleep(2)  # a fence would start right after the verdict: none may follow
+    alert = events_about(cluster, victim, "AlertMaintenance")[0]
+    assert "is in maintenance; not fenced" in alert["message"]
+    assert records(cluster, victim) == []
+    assert events_about(cluster, victim, "NodeDeclaredDead") == []
+    assert any(n["metadata"]["name"] == victim for n in cluster.kube.store.list("nodes")["items"])
+    assert cluster.vm_controller.history == []  # no VM was lost with the node
+    assert cluster.vm_controller.violations() == []
+
+
+async def test_a_node_entering_maintenance_while_its_fence_waits_is_aborted_safely(
+    make_cluster: Make,
+) -> None:
+    # One fence at a time: the first victim's slow BMC holds the only slot while the second
+    # victim's operation waits; that node then enters maintenance, so when the slot frees
+    # the operation is aborted before any power request is sent.
+    cluster = start_with_leader(
+        make_cluster,
+        nodes=5,
+        vms=5,
+        power_timeout=16.0,
+        fencing={**BASE["fencing"], "max_parallel": 1},
+    )
+    slow = victim_of(cluster)
+    late = victim_of(cluster, exclude=(slow,))
+    cluster.fleet[slow].set_faults(off_delay=12.0)
+    cluster.nodes[slow].partition()
+    final_record(cluster, slow, ("Fencing",), timeout=30)
+    cluster.nodes[late].partition()
+    await until(cluster, f"{late}'s pending operation", lambda: records(cluster, late), 30)
+    enter = asyncio.create_task(
+        nodefence(cluster, "maintenance", "enter", late, "--vms-only", "--timeout", "10")
+    )
+    try:
+        await until(cluster, f"{late} marked", lambda: marked(cluster, late), 20)
+        assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
+        await until(
+            cluster, f"{late} aborted",
+            lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
+        )  # fmt: skip
+    finally:
+        await enter
+    [rec] = records(cluster, late)
+    assert rec["status"]["reason"] == "node entered maintenance before the power-off was sent"
+    assert not rec["status"]["powerOffSent"]
+    assert cluster.fleet[late].power_state() == "on" and cluster.fleet[late].power_changes == 0
+    assert any(n["metadata"]["name"] == late for n in cluster.kube.store.list("nodes")["items"])
+    assert events_about(cluster, late, "FenceAborted")

@@ -1,0 +1,776 @@
+"""Maintenance mode and live migration without sockets: the pure decisions of
+`agent.maintenance`, the commands of `agent.vmops` against an in-memory API with a tiny
+virtualization controller, the terminal reporter, and the fence executor's maintenance abort."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.cli_maintenance import TerminalProgress
+from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError, NodeInfo
+from agent.maintenance import (
+    FINAL_STAGES,
+    IN_FLIGHT,
+    DrainStep,
+    MigrationState,
+    NodeFacts,
+    NodeState,
+    OpRef,
+    PodAction,
+    PodDrain,
+    VmProgress,
+    VmRef,
+    VmStage,
+    classify_pod,
+    did_you_mean,
+    enter_verdict,
+    eviction_retry_delay,
+    follow_migration,
+    maintenance_rows,
+    node_state,
+    op_ref,
+    plan_vm_drain,
+    vm_ref,
+    vmop_body,
+    vmop_name,
+)
+from agent.vmops import (
+    UnknownObject,
+    VmopsError,
+    enter_maintenance,
+    exit_maintenance,
+    migrate_vm,
+)
+
+N = "node-1"
+
+
+def vm(name: str, phase: str = "Running", node: str = N, target: str = "") -> VmRef:
+    return VmRef("default", name, phase, node, target)
+
+
+def op(name: str, phase: str = "", reason: str = "", message: str = "") -> OpRef:
+    return OpRef("default", f"migrate-{name}-1", name, phase, reason, message)
+
+
+def stages(step: DrainStep) -> dict[str, VmStage]:
+    return {p.vm.split("/")[1]: p.stage for p in step.progress}
+
+
+# ---- parsing API objects --------------------------------------------------------------------
+
+
+def test_vm_ref_reads_phase_node_and_the_migration_target() -> None:
+    obj = {
+        "metadata": {"namespace": "ns", "name": "a"},
+        "status": {
+            "phase": "Migrating",
+            "nodeName": "n1",
+            "migrationState": {"target": {"node": "n2"}},
+        },
+    }
+    assert vm_ref(obj) == VmRef("ns", "a", "Migrating", "n1", "n2")
+    obj["status"]["phase"] = "Running"  # an old migrationState is not a target
+    assert vm_ref(obj).target == ""
+    assert vm_ref({"metadata": {"name": "x"}}) == VmRef("", "x", "", "", "")
+
+
+def test_op_ref_takes_the_failure_reason_from_the_completed_condition() -> None:
+    obj = {
+        "metadata": {"namespace": "ns", "name": "migrate-a-1"},
+        "spec": {"type": "Evict", "virtualMachineName": "a"},
+        "status": {
+            "phase": "Failed",
+            "conditions": [
+                {"type": "SignalSent", "status": "True", "reason": "SignalSentSuccess"},
+                {
+                    "type": "Completed",
+                    "status": "False",
+                    "reason": "TargetUnschedulable",
+                    "message": "0/2 nodes are available",
+                },
+            ],
+        },
+    }
+    ref = op_ref(obj)
+    assert ref.failed and not ref.completed and ref.vm == "a"
+    assert ref.why == "TargetUnschedulable: 0/2 nodes are available"
+
+
+def test_operation_names_follow_the_seed_and_stay_valid() -> None:
+    assert vmop_name("linux-vm", 1700000000.7) == "migrate-linux-vm-1700000000"
+    assert vmop_name("linux-vm", 1700000000, attempt=2) == "migrate-linux-vm-1700000000-2"
+    assert len(vmop_name("v" * 260, 1, attempt=3)) == 253
+    body = vmop_body("ns", "linux-vm", "migrate-linux-vm-1", node="node-1")
+    assert body["apiVersion"] == "virtualization.deckhouse.io/v1alpha2"
+    assert body["spec"] == {"type": "Evict", "virtualMachineName": "linux-vm"}
+    assert body["metadata"]["labels"] == {"nodefence.io/maintenance-node": "node-1"}
+    assert "labels" not in vmop_body("ns", "a", "m")["metadata"]
+
+
+# ---- one migration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "operation", "state"),
+    [
+        (vm("a"), op("a", ""), MigrationState.PENDING),
+        (vm("a"), op("a", "Pending"), MigrationState.PENDING),
+        (vm("a", "Migrating", target="node-2"), op("a", "InProgress"), MigrationState.MIGRATING),
+        (vm("a", node="node-2"), op("a", "Completed"), MigrationState.DONE),
+        (vm("a"), op("a", "Completed"), MigrationState.MIGRATING),  # status not caught up yet
+        (vm("a"), op("a", "Failed", "TargetUnschedulable", "no node"), MigrationState.FAILED),
+        (vm("a"), op("a", "Terminating"), MigrationState.FAILED),
+        (None, op("a", "InProgress"), MigrationState.FAILED),
+        (vm("a"), None, MigrationState.FAILED),
+    ],
+)
+def test_a_migration_is_done_only_when_completed_and_running_elsewhere(
+    now: VmRef | None, operation: OpRef | None, state: MigrationState
+) -> None:
+    view = follow_migration(N, now, operation)
+    assert view.state is state
+    assert view.final == (state in (MigrationState.DONE, MigrationState.FAILED))
+
+
+def test_a_failed_migration_says_why_in_the_controllers_words() -> None:
+    view = follow_migration(N, vm("a"), op("a", "Failed", "TargetUnschedulable", "0/2 nodes"))
+    assert view.reason == "TargetUnschedulable: 0/2 nodes"
+    assert "TargetUnschedulable" in view.describe()
+    moving = follow_migration(N, vm("a", "Migrating", target="node-2"), op("a", "InProgress"))
+    assert "node-1 -> node-2" in moving.describe()
+
+
+# ---- moving every VM off a node --------------------------------------------------------------
+
+
+def test_at_most_parallel_vms_are_evicted_at_once_the_rest_queue() -> None:
+    vms = [vm(f"v{i}") for i in range(5)] + [vm("elsewhere", node="node-2")]
+    step = plan_vm_drain(N, vms, {}, (), parallel=2)
+    assert [v.name for v in step.start] == ["v0", "v1"]
+    assert stages(step) == {
+        "v0": VmStage.REQUESTED,
+        "v1": VmStage.REQUESTED,
+        "v2": VmStage.QUEUED,
+        "v3": VmStage.QUEUED,
+        "v4": VmStage.QUEUED,
+    }
+    assert not step.done
+
+
+def test_migrations_in_flight_hold_their_slots() -> None:
+    vms = [vm("v0", "Migrating", target="node-2"), vm("v1"), vm("v2")]
+    ops = {"default/v0": op("v0", "InProgress"), "default/v1": op("v1", "Pending")}
+    step = plan_vm_drain(N, vms, ops, ["default/v0", "default/v1", "default/v2"], parallel=2)
+    assert step.start == ()
+    assert stages(step)["v0"] is VmStage.MIGRATING and stages(step)["v2"] is VmStage.QUEUED
+
+
+def test_a_failed_operation_frees_its_slot_is_not_retried_and_is_reported() -> None:
+    vms = [vm("v0"), vm("v1")]
+    ops = {"default/v0": op("v0", "Failed", "TargetUnschedulable", "0/2 nodes are available")}
+    step = plan_vm_drain(N, vms, ops, ["default/v0", "default/v1"], parallel=1)
+    assert [v.name for v in step.start] == ["v1"]
+    assert [p.vm for p in step.failed] == ["default/v0"]
+    assert "TargetUnschedulable" in step.failed[0].detail
+
+
+def test_a_vm_changing_by_itself_is_waited_for_not_evicted() -> None:
+    vms = [vm("mig", "Migrating", target="node-3"), vm("boot", "Starting"), vm("stop", "Stopping")]
+    step = plan_vm_drain(N, vms, {}, (), parallel=5)
+    assert step.start == ()
+    assert set(stages(step).values()) == {VmStage.SETTLING}
+    assert not step.done
+
+
+def test_vms_that_left_are_moved_when_ours_and_left_otherwise() -> None:
+    vms = [vm("ours", node="node-2"), vm("stopped", "Stopped", node=""), vm("other", node="node-3")]
+    ops = {"default/ours": op("ours", "Completed")}
+    seen = ["default/ours", "default/stopped", "default/other", "default/deleted"]
+    step = plan_vm_drain(N, vms, ops, seen)
+    assert stages(step) == {
+        "ours": VmStage.MOVED,
+        "stopped": VmStage.LEFT,
+        "other": VmStage.LEFT,
+        "deleted": VmStage.LEFT,
+    }
+    assert step.done and step.remaining == () and step.count(VmStage.MOVED) == 1
+    assert "moved node-1 -> node-2" in step.progress[2].describe(N)
+
+
+def test_a_completed_operation_with_the_vm_still_here_is_not_done() -> None:
+    step = plan_vm_drain(N, [vm("a")], {"default/a": op("a", "Completed")}, ["default/a"])
+    assert stages(step) == {"a": VmStage.MIGRATING} and not step.done
+
+
+def test_an_empty_node_is_done_at_once() -> None:
+    step = plan_vm_drain(N, [vm("x", node="node-2")], {}, ())
+    assert step.done and step.progress == () and step.summary() == "0 VMs: none"
+
+
+phases = st.sampled_from(["Running", "Migrating", "Starting", "Stopped", "Pause", "Degraded"])
+op_phases = st.sampled_from(["", "Pending", "InProgress", "Completed", "Failed"])
+
+
+@given(
+    vms=st.lists(st.tuples(phases, st.sampled_from([N, "node-2", ""])), max_size=12),
+    ops=st.dictionaries(st.integers(0, 11), op_phases),
+    parallel=st.integers(1, 4),
+)
+def test_the_plan_never_exceeds_parallel_and_never_evicts_twice(
+    vms: list[tuple[str, str]], ops: dict[int, str], parallel: int
+) -> None:
+    refs = [vm(f"v{i}", phase, node) for i, (phase, node) in enumerate(vms)]
+    ours = {f"default/v{i}": op(f"v{i}", p) for i, p in ops.items() if i < len(refs)}
+    step = plan_vm_drain(N, refs, ours, (), parallel)
+    started = {v.key for v in step.start}
+    prior = sum(1 for p in step.progress if p.stage in IN_FLIGHT and p.vm not in started)
+    waiting = [p for p in step.progress if p.stage is VmStage.QUEUED]
+    assert len(step.start) <= max(0, parallel - prior)  # never more than parallel at once
+    assert not waiting or prior + len(step.start) >= parallel  # no idle slot while VMs wait
+    for vm_ in step.start:
+        assert vm_.node == N and vm_.key not in ours  # evicted once, and only from this node
+        assert vm_.phase not in ("Migrating", "Starting", "Stopping", "Terminating")
+    on_node = {r.key for r in refs if r.node == N}
+    assert on_node <= {p.vm for p in step.progress}  # every VM on the node is accounted for
+    assert len({p.vm for p in step.progress}) == len(step.progress)
+    assert step.done == (not step.start and all(p.stage in FINAL_STAGES for p in step.progress))
+
+
+# ---- pods ----------------------------------------------------------------------------------
+
+
+def pod(
+    name: str,
+    owner: str | None = "ReplicaSet",
+    phase: str = "Running",
+    **meta: Any,
+) -> dict[str, Any]:
+    refs = [{"kind": owner, "name": "x", "controller": True}] if owner else []
+    return {
+        "metadata": {"namespace": "default", "name": name, "ownerReferences": refs, **meta},
+        "status": {"phase": phase},
+    }
+
+
+@pytest.mark.parametrize(
+    ("the_pod", "force", "action"),
+    [
+        (pod("web"), False, PodAction.EVICT),
+        (pod("launcher", "VirtualMachine"), False, PodAction.EVICT),
+        (pod("ds", "DaemonSet"), False, PodAction.SKIP_DAEMONSET),
+        (pod("ds", "DaemonSet"), True, PodAction.SKIP_DAEMONSET),
+        (
+            pod("static", None, annotations={"kubernetes.io/config.mirror": "x"}),
+            False,
+            PodAction.SKIP_MIRROR,
+        ),
+        (pod("going", deletionTimestamp="2024-01-01T00:00:00Z"), False, PodAction.WAIT_DELETING),
+        (pod("bare", None), False, PodAction.REFUSE_UNMANAGED),
+        (pod("bare", None), True, PodAction.EVICT),
+        (pod("done", None, "Succeeded"), False, PodAction.EVICT),
+    ],
+)
+def test_pods_are_drained_as_kubectl_drain_ignore_daemonsets_does(
+    the_pod: dict[str, Any], force: bool, action: PodAction
+) -> None:
+    assert classify_pod(the_pod, force) is action
+
+
+def test_refused_evictions_back_off_doubling_up_to_five_seconds() -> None:
+    assert [eviction_retry_delay(a) for a in range(1, 7)] == [0.5, 1, 2, 4, 5, 5]
+
+
+# ---- node state and verdicts -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("marked", "cordoned", "vms", "state"),
+    [
+        (False, False, 3, NodeState.SCHEDULABLE),
+        (False, True, 0, NodeState.CORDONED),
+        (True, False, 0, NodeState.MARKED_SCHEDULABLE),
+        (True, True, 2, NodeState.DRAINING),
+        (True, True, 0, NodeState.IN_MAINTENANCE),
+    ],
+)
+def test_node_state_comes_from_mark_cordon_and_vms_left(
+    marked: bool, cordoned: bool, vms: int, state: NodeState
+) -> None:
+    assert node_state(marked, cordoned, vms) is state
+
+
+def test_maintenance_rows_show_marked_nodes_and_their_vms() -> None:
+    nodes = [
+        NodeFacts("node-2", True, True, True),
+        NodeFacts("node-1", False, False, True),
+        NodeFacts("node-3", True, True, None),
+    ]
+    vms = [vm("a", node="node-2"), vm("b", node="node-1"), vm("c", "Stopped", node="")]
+    rows = maintenance_rows(nodes, vms)
+    assert [(r.node, r.state, r.vms) for r in rows] == [
+        ("node-2", NodeState.DRAINING, 1),
+        ("node-3", NodeState.IN_MAINTENANCE, 0),
+    ]
+    assert [r.node for r in maintenance_rows(nodes, vms, every_node=True)] == [
+        "node-1",
+        "node-2",
+        "node-3",
+    ]
+
+
+def test_a_run_that_left_vms_fails_names_them_and_says_the_node_stays_marked() -> None:
+    failed = VmProgress("default/a", VmStage.FAILED, N, detail="TargetUnschedulable: no node")
+    moved = VmProgress("default/b", VmStage.MOVED, "node-2", "node-2")
+    ok, lines = enter_verdict(N, DrainStep((failed, moved), ()), None)
+    assert not ok
+    text = "\n".join(lines)
+    assert "default/a: TargetUnschedulable: no node" in text and "default/b" not in text
+    assert "stays cordoned and marked" in text
+
+
+def test_a_run_that_timed_out_says_so() -> None:
+    waiting = VmProgress("default/a", VmStage.MIGRATING, N, "node-2")
+    ok, lines = enter_verdict(N, DrainStep((waiting,), ()), None, timed_out=True)
+    assert not ok and "within the timeout" in lines[0] and "default/a: migrating" in lines[1]
+
+
+def test_pods_that_stayed_fail_the_run_and_unmanaged_ones_ask_for_force() -> None:
+    moved = DrainStep((VmProgress("default/b", VmStage.MOVED, "node-2", "node-2"),), ())
+    pods = PodDrain(unmanaged=("default/bare",), stuck=(("default/web", "budget says no"),))
+    ok, lines = enter_verdict(N, moved, pods)
+    text = "\n".join(lines)
+    assert not ok and "--force" in text and "default/web: budget says no" in text
+    ok, lines = enter_verdict(N, moved, PodDrain(evicted=("default/web",), skipped=("d/ds",)))
+    assert ok and "1 VMs moved, 1 pods evicted, 1 DaemonSet or static pods left" in lines[0]
+    ok, lines = enter_verdict(N, moved, None)
+    assert ok and "--vms-only" in lines[0]
+
+
+def test_a_typo_gets_a_suggestion() -> None:
+    assert did_you_mean("node-l", ["node-1", "node-2", "master"]).startswith(" (did you mean node-")
+    assert did_you_mean("zzz", ["node-1"]) == ""
+
+
+# ---- the terminal reporter -------------------------------------------------------------------
+
+
+def test_off_a_terminal_steps_are_lines_and_status_is_left_out() -> None:
+    out = io.StringIO()
+    p = TerminalProgress(out, tty=False)
+    p.step("Running node-1")
+    p.status("3 VMs: 1 moved")
+    p.line("done")
+    p.close()
+    assert out.getvalue() == "Running node-1\ndone\n"
+
+
+def test_on_a_terminal_steps_are_redrawn_in_place_and_the_last_one_stays() -> None:
+    out = io.StringIO()
+    p = TerminalProgress(out, tty=True)
+    p.step("Running node-1")
+    p.step("Migrating node-1 -> node-2")
+    p.line("migrated")
+    p.status("summary")
+    p.line("vm a: moved")
+    p.close()
+    text = out.getvalue()
+    assert text.startswith("\r\x1b[KRunning node-1\r\x1b[KMigrating node-1 -> node-2\nmigrated\n")
+    assert text.endswith("\r\x1b[Ksummary\r\x1b[Kvm a: moved\n\r\x1b[Ksummary\r\x1b[K")
+
+
+# ---- the commands against an in-memory API ---------------------------------------------------
+
+
+@dataclass
+class FakeApi:
+    """Nodes, VMs, operations and pods in memory, and a controller that moves a VM two looks
+    after its Evict operation appears (or fails it when its VM is in `unmovable`)."""
+
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ops: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unmovable: set[str] = field(default_factory=set)
+    refusals: dict[str, int] = field(default_factory=dict)  # pod -> 429s before it goes
+    calls: list[str] = field(default_factory=list)
+    max_in_flight: int = 0
+
+    def add_node(self, name: str, ready: bool = True) -> None:
+        self.nodes[name] = {"labels": {}, "unschedulable": False, "ready": ready}
+
+    def add_vm(self, name: str, node: str, phase: str = "Running") -> None:
+        self.vms[name] = {
+            "metadata": {"namespace": "default", "name": name},
+            "status": {"phase": phase, "nodeName": node},
+        }
+
+    def _tick(self) -> None:
+        for o in self.ops.values():
+            name, status = o["spec"]["virtualMachineName"], o.setdefault("status", {})
+            vst = self.vms[name]["status"]
+            if status.get("phase") in ("Completed", "Failed"):
+                continue
+            if name in self.unmovable:
+                status["phase"] = "Failed"
+                status["conditions"] = [
+                    {"type": "Completed", "reason": "TargetUnschedulable", "message": "no room"}
+                ]
+            elif status.get("phase") == "InProgress":
+                status["phase"] = "Completed"
+                vst.update(phase="Running", nodeName=vst.pop("migrationState")["target"]["node"])
+            else:
+                free = [
+                    n
+                    for n, v in self.nodes.items()
+                    if not v["unschedulable"] and n != vst["nodeName"]
+                ]
+                status["phase"] = "InProgress"
+                vst.update(phase="Migrating", migrationState={"target": {"node": free[0]}})
+
+    async def get_node(self, node: str) -> NodeInfo | None:
+        n = self.nodes.get(node)
+        if n is None:
+            return None
+        marked = n["labels"].get(MAINTENANCE_LABEL) == "true"
+        return NodeInfo(node, "uid", None, 0, n["ready"], n["unschedulable"], marked, None)
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        return [i for n in self.nodes if (i := await self.get_node(n)) is not None]
+
+    async def label_node(self, node: str, key: str, value: str | None) -> None:
+        self.calls.append(f"label {node} {key}={value}")
+        if value is None:
+            self.nodes[node]["labels"].pop(key, None)
+        else:
+            self.nodes[node]["labels"][key] = value
+
+    async def set_unschedulable(self, node: str, unschedulable: bool) -> None:
+        self.calls.append(f"{'cordon' if unschedulable else 'uncordon'} {node}")
+        self.nodes[node]["unschedulable"] = unschedulable
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        self._tick()
+        return list(self.vms.values())
+
+    async def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._tick()
+        return self.vms.get(name)
+
+    async def list_vm_operations(self) -> list[dict[str, Any]]:
+        return list(self.ops.values())
+
+    async def get_vm_operation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.ops.get(name)
+
+    async def create_vm_operation(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        self.calls.append(f"create {name}")
+        if name in self.ops:
+            raise ClusterError("exists", 409)
+        self.ops[name] = {**body, "status": {}}
+        in_flight = [
+            o for o in self.ops.values() if o["status"].get("phase") not in ("Completed", "Failed")
+        ]
+        self.max_in_flight = max(self.max_in_flight, len(in_flight))
+        return self.ops[name]
+
+    async def list_node_pods(self, node: str) -> list[dict[str, Any]]:
+        return list(self.pods.values())
+
+    async def evict_pod(self, namespace: str, name: str) -> str:
+        self.calls.append(f"evict {name}")
+        if self.refusals.get(name, 0) > 0:
+            self.refusals[name] -= 1
+            return "The disruption budget web needs 1 healthy pods and has 1 currently"
+        self.pods.pop(name, None)
+        return ""
+
+
+@dataclass
+class Recorder:
+    lines: list[str] = field(default_factory=list)
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def step(self, text: str) -> None:
+        self.lines.append(text)
+
+    def status(self, text: str) -> None:
+        pass
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 0.1  # every look costs a little time
+        return self.t
+
+
+def cluster(vms_on_node: int = 3) -> FakeApi:
+    api = FakeApi()
+    for n in (N, "node-2", "node-3"):
+        api.add_node(n)
+    for i in range(vms_on_node):
+        api.add_vm(f"vm-{i}", N)
+    api.add_vm("other", "node-2")
+    return api
+
+
+def as_api(fake: FakeApi) -> ClusterApi:
+    return cast(ClusterApi, fake)
+
+
+async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
+    rec = Recorder()
+    kw.setdefault("timeout", 30)
+    out = await enter_maintenance(
+        as_api(api), N, reporter=rec, poll=0, clock=FakeClock(), wall=lambda: 1700000000, **kw
+    )
+    return out.ok, list(out.lines), rec
+
+
+async def test_enter_marks_before_cordoning_and_cordons_before_any_vm_moves() -> None:
+    api = cluster()
+    ok, lines, _ = await enter(api, vms_only=True)
+    assert ok, lines
+    assert api.calls[:2] == [f"label {N} {MAINTENANCE_LABEL}=true", f"cordon {N}"]
+    assert api.calls[2].startswith("create migrate-vm-")
+    assert all(v["status"]["nodeName"] != N for v in api.vms.values())
+
+
+async def test_enter_keeps_at_most_parallel_migrations_in_flight() -> None:
+    api = cluster(vms_on_node=7)
+    ok, _, rec = await enter(api, vms_only=True, parallel=2)
+    assert ok and 0 < api.max_in_flight <= 2
+    assert sum("moved node-1 -> " in line for line in rec.lines) == 7
+
+
+async def test_a_vm_that_cannot_move_fails_the_run_by_name_and_the_node_stays_marked() -> None:
+    api = cluster()
+    api.unmovable = {"vm-1"}
+    ok, lines, _ = await enter(api)
+    assert not ok
+    assert "default/vm-1: TargetUnschedulable: no room" in "\n".join(lines)
+    assert api.nodes[N]["unschedulable"] and api.nodes[N]["labels"][MAINTENANCE_LABEL] == "true"
+    assert not any(c.startswith("evict") for c in api.calls)  # pods left alone
+
+
+async def test_an_unknown_node_is_a_clear_error_and_changes_nothing() -> None:
+    api = cluster()
+    with pytest.raises(UnknownObject, match=r"no node named 'node-l' \(did you mean node-1"):
+        await enter_maintenance(as_api(api), "node-l", timeout=5, reporter=Recorder())
+    assert api.calls == []
+
+
+async def test_the_pods_drain_retries_a_disruption_budget_until_it_allows() -> None:
+    api = cluster(vms_on_node=1)
+    api.pods = {
+        "web": pod("web"),
+        "ds": pod("ds", "DaemonSet"),
+        "done": pod("done", None, "Succeeded"),
+    }
+    api.refusals = {"web": 2}
+    ok, lines, rec = await enter(api)
+    assert ok, lines
+    assert api.calls.count("evict web") == 3 and "evict ds" not in api.calls
+    refused = [line for line in rec.lines if "eviction refused" in line]
+    assert len(refused) == 1 and "disruption budget" in refused[0]  # said once, not per retry
+    assert "2 pods evicted, 1 DaemonSet or static pods left" in lines[0]
+
+
+async def test_a_budget_that_never_allows_fails_at_the_timeout_naming_the_pod() -> None:
+    api = cluster(vms_on_node=0)
+    api.pods = {"web": pod("web")}
+    api.refusals = {"web": 10**6}
+    ok, lines, _ = await enter(api, timeout=3)
+    assert not ok and "default/web: The disruption budget web" in "\n".join(lines)
+
+
+async def test_a_pod_no_controller_manages_stops_the_drain_before_any_eviction() -> None:
+    api = cluster(vms_on_node=0)
+    api.pods = {"web": pod("web"), "bare": pod("bare", None)}
+    ok, lines, _ = await enter(api)
+    assert not ok and "default/bare" in "\n".join(lines)
+    assert not any(c.startswith("evict") for c in api.calls)
+    ok, _, _ = await enter(api, force=True)
+    assert ok and api.pods == {}
+
+
+class FlakyApi(FakeApi):
+    """The first `failures` VM listings fail, as an API server that is restarting."""
+
+    failures: int = 0
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ClusterError("list virtual machines: 503 Service Unavailable", 503)
+        return await super().list_vms()
+
+
+async def test_an_api_hiccup_is_retried_and_reported_once() -> None:
+    api = FlakyApi()
+    api.__dict__.update(cluster().__dict__)
+    api.failures = 3
+    ok, lines, rec = await enter(api)
+    assert ok, lines
+    assert sum("cannot read the cluster, retrying" in line for line in rec.lines) == 1
+
+
+async def test_an_api_that_never_answers_fails_the_run_and_evicts_nothing() -> None:
+    api = FlakyApi()
+    api.__dict__.update(cluster().__dict__)
+    api.failures = 10**6
+    api.pods = {"web": pod("web")}
+    with pytest.raises(VmopsError, match="stays marked and cordoned"):
+        await enter(api, timeout=2)
+    assert api.nodes[N]["unschedulable"] and "evict web" not in api.calls
+
+
+async def test_migrate_follows_the_vm_to_its_new_node() -> None:
+    api = cluster(vms_on_node=1)
+    rec = Recorder()
+    out = await migrate_vm(
+        as_api(api), "default", "vm-0", wait=True, timeout=10, reporter=rec, poll=0,
+        clock=FakeClock(), wall=lambda: 1700000000,
+    )  # fmt: skip
+    assert out.ok and "from node-1 to node-2" in out.lines[0]
+    assert "migrate-vm-0-1700000000" in rec.lines[0]
+    assert any("Migrating" in line for line in rec.lines)
+
+
+async def test_migrate_a_vm_that_cannot_move_exits_with_the_reason() -> None:
+    api = cluster(vms_on_node=1)
+    api.unmovable = {"vm-0"}
+    out = await migrate_vm(
+        as_api(api), "default", "vm-0", wait=True, timeout=10, reporter=Recorder(), poll=0,
+        clock=FakeClock(),
+    )  # fmt: skip
+    assert not out.ok and "TargetUnschedulable: no room" in out.lines[0]
+
+
+async def test_migrate_an_unknown_or_stopped_vm_creates_nothing() -> None:
+    api = cluster(vms_on_node=1)
+    api.add_vm("off", "", "Stopped")
+    with pytest.raises(UnknownObject, match="did you mean vm-0"):
+        await migrate_vm(as_api(api), "default", "vm-9", wait=True, timeout=1, reporter=Recorder())
+    with pytest.raises(VmopsError, match="only a Running VM"):
+        await migrate_vm(as_api(api), "default", "off", wait=True, timeout=1, reporter=Recorder())
+    assert api.ops == {}
+
+
+async def test_a_taken_operation_name_gets_a_suffix() -> None:
+    api = cluster(vms_on_node=1)
+    api.ops["migrate-vm-0-1700000000"] = {"spec": {"virtualMachineName": "other"}}
+    out = await migrate_vm(
+        as_api(api), "default", "vm-0", wait=False, timeout=1, reporter=Recorder(),
+        wall=lambda: 1700000000,
+    )  # fmt: skip
+    assert out.ok and "migrate-vm-0-1700000000-1" in api.ops
+
+
+async def test_exit_uncordons_and_clears_the_mark() -> None:
+    api = cluster(vms_on_node=0)
+    await enter(api)
+    out = await exit_maintenance(as_api(api), N, reporter=Recorder())
+    assert out.ok and not api.nodes[N]["unschedulable"] and api.nodes[N]["labels"] == {}
+
+
+async def test_exit_refuses_a_node_that_is_not_ready_unless_forced() -> None:
+    api = cluster(vms_on_node=0)
+    await enter(api)
+    api.nodes[N]["ready"] = None  # powered off for the work
+    with pytest.raises(VmopsError, match="would let nodefence fence it"):
+        await exit_maintenance(as_api(api), N, reporter=Recorder())
+    assert api.nodes[N]["unschedulable"]
+    out = await exit_maintenance(as_api(api), N, reporter=Recorder(), force=True)
+    assert out.ok and api.nodes[N]["labels"] == {}
+
+
+async def test_exit_leaves_a_node_cordoned_by_someone_else_alone() -> None:
+    api = cluster(vms_on_node=0)
+    api.nodes[N]["unschedulable"] = True
+    out = await exit_maintenance(as_api(api), N, reporter=Recorder())
+    assert out.ok and "kubectl uncordon" in out.lines[0] and api.nodes[N]["unschedulable"]
+
+
+# ---- the leader side: a pending fence is aborted by maintenance ------------------------------
+
+
+INVENTORY = """
+nodes:
+  node-1:
+    levels:
+      - devices:
+          - type: ipmi
+            address: 127.0.0.1
+            port: 9
+            username: admin
+            password_env: PW
+"""
+
+
+@dataclass
+class RecordsApi:
+    """The fence executor's API surface: records and events only."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+
+    async def list_records(self, namespace: str) -> list[dict[str, Any]]:
+        return list(self.records.values())
+
+    async def save_record(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        saved = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+        self.records[body["metadata"]["name"]] = saved
+        return saved
+
+    async def node_event(self, node: str, uid: str, reason: str, message: str, *a: Any) -> None:
+        self.events.append(reason)
+
+
+async def test_a_pending_fence_of_a_node_entering_maintenance_is_aborted_before_power_off(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    from agent.fence_executor import FenceExecutor
+    from agent.inventory import parse_inventory
+
+    inventory = parse_inventory(
+        yaml.safe_load(INVENTORY), path=tmp_path / "inv.yaml", env={"PW": "pw"}
+    )
+    api = RecordsApi()
+    leader_checks: list[str] = []
+
+    async def confirm_leader() -> None:
+        leader_checks.append("checked")
+
+    executor = FenceExecutor(
+        cast(ClusterApi, api),
+        "nodefence",
+        "leader-1",
+        inventory=lambda: inventory,
+        confirm_leader=confirm_leader,
+        alive_since=lambda node, since: None,
+        in_maintenance=lambda node: node == N,
+    )
+    executor.submit(N)
+    await executor.wait_idle()
+    [record] = api.records.values()
+    assert record["status"]["phase"] == "Aborted"
+    assert record["status"]["reason"] == "node entered maintenance before the power-off was sent"
+    assert not record["status"]["powerOffSent"]
+    assert executor.stats.power_walks == 1 and leader_checks == []  # stopped before any request
+    assert api.events == ["FenceStarted", "FenceAborted"]
