@@ -110,16 +110,17 @@ def test_power_loss_is_fenced_deleted_and_coldstandby_vms_run_elsewhere(make_clu
     assert reasons.index("NodeDeclaredDead") < reasons.index("FencePoweredOff")
     assert reasons.index("FencePoweredOff") < reasons.index("FenceRecovered")
     restartable = [vm for vm in before if vm["spec"]["runPolicy"] in RESTARTABLE]
-    vm_events = cluster.wait_for(
-        "VM events",
-        lambda: [
+
+    def vm_events() -> list[dict[str, Any]]:
+        return [
             e
             for e in cluster.events("VMRecoveredAfterFence")
             if e["involvedObject"]["kind"] == "VirtualMachine"
-        ],
-        10,
-    )
-    assert len(vm_events) == len(restartable)
+        ]
+
+    # Events follow the record: wait for all of them, then check there are no more.
+    cluster.wait_for("one event per restarted VM", lambda: len(vm_events()) >= len(restartable), 10)
+    assert len(vm_events()) == len(restartable)
     text = leader_metrics(cluster)
     assert 'nodefence_fence_operations_total{phase="Recovered"} 1.0' in text
     assert 'nodefence_fence_duration_seconds_count{outcome="proven"} 1.0' in text

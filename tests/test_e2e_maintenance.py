@@ -318,4 +318,7 @@ async def test_a_node_entering_maintenance_while_its_fence_waits_is_aborted_safe
     assert not rec["status"]["powerOffSent"]
     assert cluster.fleet[late].power_state() == "on" and cluster.fleet[late].power_changes == 0
     assert any(n["metadata"]["name"] == late for n in cluster.kube.store.list("nodes")["items"])
-    assert events_about(cluster, late, "FenceAborted")
+    # The Event follows the stored record: wait for it.
+    await until(
+        cluster, "FenceAborted event", lambda: events_about(cluster, late, "FenceAborted"), 10
+    )
