@@ -256,13 +256,14 @@ class ClusterApi:
             raise
         return True
 
-    async def list_vms(self) -> list[dict[str, Any]]:
-        """Every VirtualMachine in the cluster (an empty list when the CRD is absent)."""
+    async def _list_virtualization(self, plural: str, what: str) -> list[dict[str, Any]]:
+        """Every object of a virtualization.deckhouse.io resource, cluster-wide (an empty
+        list when the CRD is absent)."""
         try:
             result = await self._call_any(
-                "list virtual machines",
+                f"list {what}",
                 lambda: self.custom.list_cluster_custom_object(
-                    VM_GROUP, VM_VERSION, VM_PLURAL, _request_timeout=self.timeout
+                    VM_GROUP, VM_VERSION, plural, _request_timeout=self.timeout
                 ),
             )
         except ClusterError as err:
@@ -271,6 +272,10 @@ class ClusterApi:
             raise
         items: list[dict[str, Any]] = result.get("items", [])
         return items
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        """Every VirtualMachine in the cluster (an empty list when the CRD is absent)."""
+        return await self._list_virtualization(VM_PLURAL, "virtual machines")
 
     # -- fencing records ---------------------------------------------------------------------
 
@@ -521,19 +526,7 @@ class ClusterApi:
 
     async def list_vm_operations(self) -> list[dict[str, Any]]:
         """Every VirtualMachineOperation in the cluster (empty when the CRD is absent)."""
-        try:
-            result = await self._call_any(
-                "list virtual machine operations",
-                lambda: self.custom.list_cluster_custom_object(
-                    VM_GROUP, VM_VERSION, VMOP_PLURAL, _request_timeout=self.timeout
-                ),
-            )
-        except ClusterError as err:
-            if err.status == 404:
-                return []
-            raise
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
+        return await self._list_virtualization(VMOP_PLURAL, "virtual machine operations")
 
     async def get_vm_operation(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One VirtualMachineOperation, or None when it does not exist."""
