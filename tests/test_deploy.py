@@ -681,8 +681,6 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
 def test_every_api_call_of_maintenance_is_granted_by_the_maintenance_role(
     tmp_path: Path,
 ) -> None:
-    if importlib.util.find_spec("agent.cli_maintenance") is None:
-        pytest.skip("this build has no `nodefence maintenance`")
     docs = render("overlays/example")
     cluster = SimCluster(
         tmp_path, ClusterSettings(nodes=3, vms=6, boot_delay=0.5, migration_delay=0.5)
