@@ -7,6 +7,7 @@ pays for the drivers it uses and nothing else).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--node", help="this node's name (default: $NODE_NAME, as a DaemonSet sets it)"
     )
-    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    agent.add_argument(
+        "--log-level",
+        default=os.environ.get("NODEFENCE_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning"],
+        help="default: $NODEFENCE_LOG_LEVEL or info",
+    )
 
     status = sub.add_parser(
         "status", help="the current leader and, per node, heartbeat and kubelet lease ages"

@@ -50,6 +50,14 @@ def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int
     except ProfileError as e:
         print(f"nodefence: config error: {cfg.path}: detection: {e}", file=err)
         return EXIT_USAGE
+    device = cfg.watchdog.device
+    if cfg.watchdog.enabled and not os.path.exists(device):
+        print(
+            f"nodefence: config error: {cfg.path}: field 'watchdog.device': no such device"
+            f" {device} (load a watchdog driver, e.g. softdog, or disable watchdog.enabled)",
+            file=err,
+        )
+        return EXIT_USAGE
     inventory_path = cfg.inventory
     if inventory_path is not None:
         try:

@@ -279,8 +279,9 @@ class ClusterApi:
 
     # -- fencing records ---------------------------------------------------------------------
 
-    async def list_records(self, namespace: str) -> list[dict[str, Any]]:
-        """Every FenceOperation in `namespace`."""
+    async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
+        """Every FenceOperation in `namespace` (only those of `node`, when given)."""
+        selector = f"nodefence.io/node={node}" if node else ""
         result = await self._call_any(
             "list fence operations",
             lambda: self.custom.list_namespaced_custom_object(
@@ -288,6 +289,7 @@ class ClusterApi:
                 RECORD_VERSION,
                 namespace,
                 RECORD_PLURAL,
+                label_selector=selector,
                 _request_timeout=self.timeout,
             ),
         )

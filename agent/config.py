@@ -27,6 +27,7 @@ password) come only from a file or an environment variable and are held as `Secr
     health:
       host: 0.0.0.0                 # the agent's health endpoint, probed by peers
       port: 9440
+      advertise: null               # "host:port" peers should probe (default: node IP + port)
     inventory: /etc/nodefence/inventory/inventory.yaml   # without it: detect and report only
     fencing:
       max_parallel: 2               # fencing operations at once
@@ -34,9 +35,22 @@ password) come only from a file or an environment variable and are held as `Secr
       retry_base: 5                 # FenceFailed retries: 5 s, 10 s, ... up to retry_max
       retry_max: 60
       recovery_timeout: 300         # how long to wait for ColdStandby VMs to run elsewhere
+      self_fence: false             # count a watchdog self-fence as proof (see watchdog)
+      self_fence_margin: 10         # seconds added to the node's watchdog deadline
     metrics:
       host: 0.0.0.0                 # Prometheus /metrics
       port: 9441                    # 0 picks a free port (simulations)
+    auth:                           # signed heartbeats (agent.heartbeat_auth)
+      heartbeat_key_file: /etc/nodefence/heartbeat/key   # or heartbeat_key_env; >= 32 bytes
+      mode: required                # off | permissive | required (default: required with a key)
+      max_skew: 30                  # replay window: |sender clock - leader clock| in seconds
+    watchdog:                       # self-fencing (agent.watchdog); off unless enabled
+      enabled: false
+      device: /dev/watchdog
+      timeout: 60                   # the device's timeout, as configured in its driver
+      cut_off_after: 30             # stop feeding after this long without broker and API
+      feed_interval: 1
+      api_check_interval: 5         # how often the agent asks the API whether it is fenced
 """
 
 from __future__ import annotations
@@ -50,6 +64,8 @@ from typing import Any, Literal
 import yaml
 
 from backends.spec import Secret
+
+MAX_NUMBER = 1e9  # no setting needs more; bounds every number before any float conversion
 
 
 class ConfigError(ValueError):
@@ -100,6 +116,29 @@ class FencingConfig:
     retry_base: float = 5.0
     retry_max: float = 60.0
     recovery_timeout: float = 300.0
+    self_fence: bool = False
+    self_fence_margin: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Heartbeat signatures: the mode (`agent.heartbeat_auth.AuthMode` value) and the key."""
+
+    mode: str = "off"
+    key: Secret | None = None
+    max_skew: float = 30.0
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """The node's self-fencing watchdog (all times in seconds)."""
+
+    enabled: bool = False
+    device: str = "/dev/watchdog"
+    timeout: float = 60.0
+    cut_off_after: float = 30.0
+    feed_interval: float = 1.0
+    api_check_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -115,14 +154,45 @@ class AgentConfig:
     kube: KubeConfig = KubeConfig()
     health_host: str = "0.0.0.0"
     health_port: int = 9440
+    health_advertise: str | None = None
     inventory: str | None = None
     fencing: FencingConfig = FencingConfig()
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9441
+    auth: AuthConfig = AuthConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
-_TOP = {"cluster", "broker", "detection", "kubernetes", "health", "inventory", "fencing", "metrics"}
-_FENCING = {"max_parallel", "after_proof", "retry_base", "retry_max", "recovery_timeout"}
+_TOP = {
+    "cluster",
+    "broker",
+    "detection",
+    "kubernetes",
+    "health",
+    "inventory",
+    "fencing",
+    "metrics",
+    "auth",
+    "watchdog",
+}
+_FENCING = {
+    "max_parallel",
+    "after_proof",
+    "retry_base",
+    "retry_max",
+    "recovery_timeout",
+    "self_fence",
+    "self_fence_margin",
+}
+_AUTH = {"heartbeat_key_file", "heartbeat_key_env", "mode", "max_skew"}
+_WATCHDOG = {
+    "enabled",
+    "device",
+    "timeout",
+    "cut_off_after",
+    "feed_interval",
+    "api_check_interval",
+}
 _BROKER = {
     "host",
     "port",
@@ -146,6 +216,7 @@ _KUBE = {
     "retry_period",
 }
 _HEALTH = {"host", "port"}
+_HEALTH_AGENT = {"host", "port", "advertise"}
 
 
 def load_config(path: Path | str, env: dict[str, str] | None = None) -> AgentConfig:
@@ -156,7 +227,10 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> AgentCon
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise ConfigError(path, "", f"cannot read the file: {err.strerror or err}") from None
-    except yaml.YAMLError:
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not UTF-8 text") from None
+    except (yaml.YAMLError, ValueError, RecursionError):
+        # ValueError: e.g. an integer beyond Python's digit limit; RecursionError: nesting.
         raise ConfigError(path, "", "not valid YAML") from None
     return parse_config(doc, path=path, env=env)
 
@@ -209,7 +283,12 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
             "kubernetes.renew_deadline",
             "must hold: retry_period < renew_deadline < lease_duration",
         )
-    h = r.mapping(top.get("health") or {}, "health", _HEALTH)
+    h = r.mapping(top.get("health") or {}, "health", _HEALTH_AGENT)
+    advertise = r.opt_string(h, "advertise", "health.advertise")
+    if advertise is not None:
+        host, _, port = advertise.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(path, "health.advertise", f"must be host:port, got {advertise!r}")
     f = r.mapping(top.get("fencing") or {}, "fencing", _FENCING)
     after = r.string(f, "after_proof", "off", "fencing.after_proof")
     if after not in ("off", "reboot"):
@@ -220,7 +299,11 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         retry_base=r.number(f, "retry_base", 5.0, 0.01, "fencing.retry_base"),
         retry_max=r.number(f, "retry_max", 60.0, 0.01, "fencing.retry_max"),
         recovery_timeout=r.number(f, "recovery_timeout", 300.0, 0.1, "fencing.recovery_timeout"),
+        self_fence=r.boolean(f, "self_fence", False, "fencing.self_fence"),
+        self_fence_margin=r.number(f, "self_fence_margin", 10.0, 0.0, "fencing.self_fence_margin"),
     )
+    auth = _auth(r, r.mapping(top.get("auth") or {}, "auth", _AUTH))
+    watchdog = _watchdog(r, r.mapping(top.get("watchdog") or {}, "watchdog", _WATCHDOG))
     m = r.mapping(top.get("metrics") or {}, "metrics", _HEALTH)
     inventory = r.opt_string(top, "inventory", "inventory")
     if inventory is not None:
@@ -235,11 +318,55 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         kube=kube,
         health_host=r.string(h, "host", "0.0.0.0", "health.host"),
         health_port=r.integer(h, "port", 9440, 0, 65535, "health.port"),
+        health_advertise=advertise,
         inventory=inventory,
         fencing=fencing,
         metrics_host=r.string(m, "host", "0.0.0.0", "metrics.host"),
         metrics_port=r.integer(m, "port", 9441, 0, 65535, "metrics.port"),
+        auth=auth,
+        watchdog=watchdog,
     )
+
+
+def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:
+    key = r.secret(a, "auth", base="heartbeat_key")
+    mode = r.string(a, "mode", "required" if key else "off", "auth.mode")
+    if mode not in ("off", "permissive", "required"):
+        raise ConfigError(r.path, "auth.mode", f"must be off, permissive or required, got {mode!r}")
+    if mode != "off":
+        if key is None:
+            raise ConfigError(
+                r.path, "auth.heartbeat_key_file", f"mode {mode} needs heartbeat_key_file or _env"
+            )
+        if len(key.reveal().encode()) < 32:
+            raise ConfigError(
+                r.path, "auth.heartbeat_key_file", "the key must be at least 32 bytes long"
+            )
+    return AuthConfig(mode, key, r.number(a, "max_skew", 30.0, 0.5, "auth.max_skew"))
+
+
+def _watchdog(r: _Reader, w: dict[str, Any]) -> WatchdogConfig:
+    cfg = WatchdogConfig(
+        enabled=r.boolean(w, "enabled", False, "watchdog.enabled"),
+        device=r.string(w, "device", "/dev/watchdog", "watchdog.device"),
+        timeout=r.number(w, "timeout", 60.0, 0.1, "watchdog.timeout"),
+        cut_off_after=r.number(w, "cut_off_after", 30.0, 0.1, "watchdog.cut_off_after"),
+        feed_interval=r.number(w, "feed_interval", 1.0, 0.01, "watchdog.feed_interval"),
+        api_check_interval=r.number(
+            w, "api_check_interval", 5.0, 0.05, "watchdog.api_check_interval"
+        ),
+    )
+    if cfg.feed_interval * 2 > cfg.timeout:
+        raise ConfigError(
+            r.path, "watchdog.feed_interval", "must be at most half of watchdog.timeout"
+        )
+    if cfg.api_check_interval * 2 > cfg.cut_off_after:
+        raise ConfigError(
+            r.path,
+            "watchdog.cut_off_after",
+            "must be at least twice watchdog.api_check_interval (one missed check is no cut-off)",
+        )
+    return cfg
 
 
 def _check_max_unhealthy(path: Path, value: str) -> None:
@@ -298,9 +425,19 @@ class _Reader:
     def number(self, doc: dict[str, Any], key: str, default: float, lo: float, name: str) -> float:
         value = doc.get(key, default)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value < lo:
-            raise ConfigError(self.path, name, f"must be a number >= {lo:g}, got {value!r}")
+        # Range before isfinite: a huge YAML integer would overflow the float conversion.
+        if not ok or not lo <= value <= MAX_NUMBER or not math.isfinite(value):
+            shown = value if not ok or abs(value) < MAX_NUMBER else "a huge number"
+            raise ConfigError(
+                self.path, name, f"must be a number in {lo:g}..{MAX_NUMBER:g}, got {shown!r}"
+            )
         return float(value)
+
+    def boolean(self, doc: dict[str, Any], key: str, default: bool, name: str) -> bool:
+        value = doc.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.path, name, f"must be true or false, got {value!r}")
+        return value
 
     def existing_file(self, doc: dict[str, Any], key: str, name: str) -> str | None:
         value = self.opt_string(doc, key, name)
@@ -311,39 +448,35 @@ class _Reader:
             raise ConfigError(self.path, name, f"no such file {p}")
         return str(p)
 
-    def secret(self, doc: dict[str, Any], where: str) -> Secret | None:
-        if "password" in doc:
+    def secret(self, doc: dict[str, Any], where: str, base: str = "password") -> Secret | None:
+        if base in doc:
             raise ConfigError(
                 self.path,
-                f"{where}.password",
-                "inline passwords are not accepted; use password_file or password_env",
+                f"{where}.{base}",
+                f"inline secrets are not accepted; use {base}_file or {base}_env",
             )
-        pfile, penv = doc.get("password_file"), doc.get("password_env")
+        fkey, ekey = f"{base}_file", f"{base}_env"
+        pfile, penv = doc.get(fkey), doc.get(ekey)
         if pfile is not None and penv is not None:
-            raise ConfigError(
-                self.path,
-                f"{where}.password_file",
-                "set only one of password_file and password_env",
-            )
+            raise ConfigError(self.path, f"{where}.{fkey}", f"set only one of {fkey} and {ekey}")
         if penv is not None:
-            var = self.string(doc, "password_env", None, f"{where}.password_env")
+            var = self.string(doc, ekey, None, f"{where}.{ekey}")
             value = self.env.get(var)
             if not value:
                 raise ConfigError(
-                    self.path, f"{where}.password_env", f"environment variable {var} is not set"
+                    self.path, f"{where}.{ekey}", f"environment variable {var} is not set"
                 )
             return Secret(value)
         if pfile is not None:
-            file = _relative(
-                self.path, self.string(doc, "password_file", None, f"{where}.password_file")
-            )
+            file = _relative(self.path, self.string(doc, fkey, None, f"{where}.{fkey}"))
             try:
                 value = file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as err:
+            except (OSError, UnicodeDecodeError) as err:
+                problem = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
                 raise ConfigError(
-                    self.path,
-                    f"{where}.password_file",
-                    f"cannot read {file}: {err.strerror or err}",
+                    self.path, f"{where}.{fkey}", f"cannot read {file}: {problem or err}"
                 ) from None
+            if not value:
+                raise ConfigError(self.path, f"{where}.{fkey}", f"{file} is empty")
             return Secret(value)
         return None

@@ -6,6 +6,11 @@ stores the record before going on. Before every irreversible step it renews the 
 (`confirm_leader`), and right before the first power-off request it checks, one last time,
 that the node has not come back. A stale record write (409) means another leader owns the
 operation: this one stops touching it.
+
+With `self_fence` set, an operation whose last power walk found every BMC device of the node
+unreachable asks, while it waits to retry, whether the node's watchdog deadline has provably
+passed (`agent.watchdog.self_fence_verdict`, evaluated by the leader); the clock starts when
+this leader stored (or took over) the node's record.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from agent.fencing import (
     Operation,
     Phase,
     PowerOffSending,
+    SelfFenced,
     Tainted,
     Timing,
     VmOutcome,
@@ -40,15 +46,26 @@ from agent.fencing import (
     apply,
     next_action,
 )
-from agent.inventory import Inventory
+from agent.inventory import Inventory, NodeInventory
 from agent.power import PowerFencer, StopWalk
 from agent.records import from_record, to_record
 from agent.topology import Action as PowerAction
+from agent.topology import Outcome
 
 log = logging.getLogger("nodefence.fencing")
 
 ConfirmLeader = Callable[[], Awaitable[None]]
 AliveSince = Callable[[str, float], str | None]
+SelfFenceCheck = Callable[[str, float, bool], tuple[bool, str]]  # node, marked_at, unreachable
+
+
+def all_unreachable(node: NodeInventory, outcome: Outcome) -> bool:
+    """True when the walk tried every device of the node and none of them answered."""
+    devices = {d.name for level in node.levels for d in level.devices}
+    tried = {s.device for s in outcome.steps}
+    return (
+        bool(devices) and tried >= devices and all(s.result == "unreachable" for s in outcome.steps)
+    )
 
 
 class _Superseded(Exception):
@@ -82,6 +99,7 @@ class FenceExecutor:
         after_proof: Literal["off", "reboot"] = "off",
         check_interval: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        self_fence: SelfFenceCheck | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -100,6 +118,10 @@ class FenceExecutor:
         self._records: dict[str, dict[str, Any]] = {}
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
+        self.self_fence = self_fence
+        self._marked_at: dict[str, float] = {}  # node -> record stored/taken over (our clock)
+        self._unreachable: dict[str, bool] = {}  # node -> last walk found no BMC answering
+        self._self_fence_note: dict[str, str] = {}
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -124,6 +146,8 @@ class FenceExecutor:
         if op is not None and op.final and not self.busy(node):
             self.operations.pop(node, None)
             self._records.pop(node, None)
+            self._marked_at.pop(node, None)
+            self._unreachable.pop(node, None)
 
     async def _adopt_or_start(self, node: str) -> None:
         record: dict[str, Any] | None = None
@@ -138,9 +162,11 @@ class FenceExecutor:
         if record is not None:
             op = from_record(record)
             self._records[node] = record
+            self._marked_at[node] = self.clock()  # the record exists: the node can see it
             log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
         else:
             op = Operation(node=node, id=uuid.uuid4().hex[:8])
+            self._marked_at.pop(node, None)  # set when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
         await self._run(op)
@@ -185,6 +211,7 @@ class FenceExecutor:
         self.operations[op.node] = op
         if record is not None:
             self._records[op.node] = record
+            self._marked_at[op.node] = self.clock()  # the record exists: the node can see it
         self.stats.started += 1
         self._tasks[op.node] = asyncio.create_task(self._run(op), name=f"fence-{op.node}")
 
@@ -237,6 +264,10 @@ class FenceExecutor:
                 return await self._power_off(op, started)
         if action is Action.WAIT_RETRY:
             assert op.retry_at is not None
+            proven = self._self_fenced(op)
+            if proven is not None:
+                await self._leader_or_stop()
+                return proven
             await asyncio.sleep(max(0.0, min(op.retry_at - self.clock(), 1.0)))
             return None
         if action is Action.SNAPSHOT_VMS:
@@ -257,6 +288,20 @@ class FenceExecutor:
                 await asyncio.sleep(self.check_interval)
             self._checked.add(op.node)
             return await self._vms_seen(op)
+        return None
+
+    def _self_fenced(self, op: Operation) -> SelfFenced | None:
+        """A `SelfFenced` event when the watchdog rule holds for `op` now (see the module doc)."""
+        marked = self._marked_at.get(op.node)
+        if self.self_fence is None or marked is None or not op.power_off_sent:
+            return None
+        ok, why = self.self_fence(op.node, marked, self._unreachable.get(op.node, False))
+        if ok:
+            log.warning("fencing %s: %s", op.node, why)
+            return SelfFenced(why)
+        if self._self_fence_note.get(op.node) != why.split(" s away")[0]:
+            self._self_fence_note[op.node] = why.split(" s away")[0]
+            log.info("fencing %s: not (yet) taken as self-fenced: %s", op.node, why)
         return None
 
     async def _leader_or_stop(self) -> None:
@@ -297,6 +342,7 @@ class FenceExecutor:
         self.stats.power_walks += 1
         fencer = PowerFencer(node_inv, inventory.policy, guard=guard)
         outcome = await fencer.run(PowerAction.OFF)
+        self._unreachable[op.node] = all_unreachable(node_inv, outcome)
         if not state["stop"]:
             metrics.FENCE.labels("proven" if outcome.off_proven else "failed").observe(
                 outcome.elapsed
@@ -374,6 +420,8 @@ class FenceExecutor:
         )
         try:
             self._records[op.node] = await self.api.save_record(self.namespace, body)
+            # The record is in the API now: from here on the node can see it is being fenced.
+            self._marked_at.setdefault(op.node, self.clock())
         except ClusterError as err:
             if err.status == 409:
                 raise _Superseded() from None

@@ -11,7 +11,9 @@ result back into a new `Operation`. Safety lives here and is tested exhaustively
 - taint and delete are only ever planned after `off_proven`;
 - once `power_off_sent` is set (the point of no return) the operation is never aborted: it
   always runs on to proof, cleanup and recovery;
-- a node coming back, or entering maintenance, before that point aborts the operation.
+- a node coming back, or entering maintenance, before that point aborts the operation;
+- a watchdog self-fence (`SelfFenced`, see `agent.watchdog`) counts as proof only where a
+  failed power walk left the operation (Fencing or FenceFailed), never instead of a walk.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Operation:
     errors: tuple[str, ...] = ()
     reason: str = ""
     capacity_warning: str = ""
+    proof: str = ""  # "read-back" (the BMC read Off) or "watchdog" (self-fence deadline)
 
     @property
     def final(self) -> bool:
@@ -125,6 +128,13 @@ class FenceDone:
 
 
 @dataclass(frozen=True)
+class SelfFenced:
+    """The node's BMC cannot be reached and its watchdog deadline has provably passed."""
+
+    evidence: str
+
+
+@dataclass(frozen=True)
 class VmsSnapshotted:
     """The VMs that ran on the node, and a capacity warning ("" when there is room)."""
 
@@ -154,6 +164,7 @@ Event = (
     | Maintenance
     | PowerOffSending
     | FenceDone
+    | SelfFenced
     | VmsSnapshotted
     | Tainted
     | NodeDeleted
@@ -226,6 +237,7 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
                 errors=(*op.errors, *event.errors),
                 retry_at=None,
                 reason="power off proven by read-back",
+                proof="read-back",
             )
         attempts = op.attempts + 1
         last = event.errors[-1] if event.errors else "no level succeeded"
@@ -236,6 +248,17 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
             errors=(*op.errors, *event.errors),
             retry_at=now + timing.retry_delay(attempts),
             reason=f"fencing failed (attempt {attempts}): {last}",
+        )
+    if isinstance(event, SelfFenced):
+        if op.off_proven or op.phase not in (Phase.FENCING, Phase.FENCE_FAILED):
+            return op
+        return replace(
+            op,
+            phase=Phase.POWERED_OFF,
+            off_proven=True,
+            retry_at=None,
+            reason=event.evidence,
+            proof="watchdog",
         )
     if not op.off_proven:
         return op  # nothing past the proof can happen before it

@@ -6,24 +6,37 @@ makes the schedule drift. On connect the agent publishes `online` (retained) on 
 topic; the broker publishes the Last Will `offline` there when the agent vanishes. When the
 broker is lost the agent reconnects with jittered exponential backoff between
 `reconnect_min` and `reconnect_max` seconds.
+
+With a `key` every heartbeat is signed (`agent.heartbeat_auth`) and carries the sender's wall
+clock. With `on_echo` the agent also subscribes to its own heartbeat topic: a heartbeat coming
+back proves a round trip through the broker, and `on_echo` gets the monotonic time it was sent
+(the self-fencing watchdog counts that as contact; see `agent.watchdog`). `claim` tells what to
+advertise about the armed watchdog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
 
 from agent import __version__
 from agent.config import BrokerConfig
+from agent.heartbeat_auth import sign
 from agent.heartbeat_codec import (
     Heartbeat,
+    HeartbeatRejected,
     NodeState,
+    WatchdogClaim,
+    decode_heartbeat,
     encode_heartbeat,
     encode_status,
     heartbeat_topic,
@@ -43,6 +56,7 @@ class PublisherStats:
     disconnects: int = 0
     connected: bool = False
     last_error: str = ""
+    echoes: int = 0
 
 
 @dataclass
@@ -55,7 +69,11 @@ class HeartbeatPublisher:
     interval: float = 1.0
     boot: str = field(default_factory=lambda: uuid.uuid4().hex)
     stats: PublisherStats = field(default_factory=PublisherStats)
+    key: bytes | None = field(default=None, repr=False)
+    claim: Callable[[], WatchdogClaim | None] | None = None
+    on_echo: Callable[[float], None] | None = None
     _seq: int = 0
+    _sent: collections.OrderedDict[int, float] = field(default_factory=collections.OrderedDict)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect on loss; returns once `stop` is set (clean offline)."""
@@ -97,23 +115,67 @@ class HeartbeatPublisher:
             )
             await client.publish(status, encode_status(NodeState.ONLINE), qos=1, retain=True)
             topic = heartbeat_topic(self.cluster, self.node)
-            loop = asyncio.get_running_loop()
-            next_at = loop.time()
-            while not stop.is_set():
-                hb = Heartbeat(self.node, self._seq, self.boot, self.interval, __version__)
-                # Bounded: a broker lost mid-publish must not delay the reconnect by aiomqtt's
-                # default timeout.
-                await client.publish(
-                    topic, encode_heartbeat(hb), qos=0, timeout=max(self.interval, 1.0)
-                )
-                self._seq += 1
-                self.stats.sent += 1
-                next_at += self.interval
-                now = loop.time()
-                if next_at < now:  # we fell behind (suspended?): do not burst to catch up
-                    next_at = now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), next_at - now)
+            echoes: asyncio.Task[None] | None = None
+            if self.on_echo is not None:
+                await client.subscribe(topic, qos=0)
+                echoes = asyncio.create_task(self._read_echoes(client))
+            try:
+                await self._beat(client, topic, stop)
+            finally:
+                if echoes is not None:
+                    echoes.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await echoes
             # A clean stop says so at once instead of waiting for the Will.
             await client.publish(status, encode_status(NodeState.OFFLINE), qos=1, retain=True)
         self.stats.connected = False
+
+    def next_heartbeat(self) -> Heartbeat:
+        """The heartbeat to send now (signed with `key`, when set)."""
+        claim = self.claim() if self.claim is not None else None
+        hb = Heartbeat(
+            self.node,
+            self._seq,
+            self.boot,
+            self.interval,
+            __version__,
+            ts=int(time.time() * 1000),
+            wd=claim,
+        )
+        return sign(hb, self.key) if self.key is not None else hb
+
+    async def _beat(self, client: aiomqtt.Client, topic: str, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not stop.is_set():
+            hb = self.next_heartbeat()
+            self._sent[hb.seq] = time.monotonic()
+            while len(self._sent) > 64:
+                self._sent.popitem(last=False)
+            # Bounded: a broker lost mid-publish must not delay the reconnect by aiomqtt's
+            # default timeout.
+            await client.publish(
+                topic, encode_heartbeat(hb), qos=0, timeout=max(self.interval, 1.0)
+            )
+            self._seq += 1
+            self.stats.sent += 1
+            next_at += self.interval
+            now = loop.time()
+            if next_at < now:  # we fell behind (suspended?): do not burst to catch up
+                next_at = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), next_at - now)
+
+    async def _read_echoes(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes) or self.on_echo is None:
+                continue
+            try:
+                hb = decode_heartbeat(self.node, payload)
+            except HeartbeatRejected:
+                continue
+            sent = self._sent.get(hb.seq) if hb.boot == self.boot else None
+            if sent is not None:
+                self.stats.echoes += 1
+                self.on_echo(sent)

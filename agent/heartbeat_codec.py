@@ -12,8 +12,10 @@ never contain the MQTT separators `/`, `+` or `#`):
 The leader subscribes to `heartbeat_filter(cluster)`. A heartbeat payload is compact JSON of at
 most 1024 bytes:
 `{"v":1,"node":"n1","seq":7,"boot":"<boot id>","interval":1.0,"agent":"0.1.0"}` and optionally
-`"hmac":"<str>"` (reserved for signed heartbeats; carried, not yet checked). Unknown keys are
-ignored so v1 can grow. `decode_heartbeat` raises `HeartbeatRejected` with a `RejectReason`;
+`"ts":<sender wall clock, ms>`, `"wd":[<watchdog timeout s>, <cut-off s>, <feed interval s>]`
+(present while the node's self-fencing watchdog is armed, see `agent.watchdog`) and
+`"hmac":"<hex>"` (the signature `agent.heartbeat_auth` checks). Unknown keys are ignored so v1
+can grow. `decode_heartbeat` raises `HeartbeatRejected` with a `RejectReason`;
 `SequenceTracker` drops duplicates and replays. Everything here is pure.
 """
 
@@ -34,6 +36,8 @@ MAX_AGENT = 32
 MAX_HMAC = 256
 MAX_SEQ = 2**63 - 1
 MAX_INTERVAL = 60.0
+MAX_TS = 2**53  # milliseconds; JSON-safe integer
+MAX_WATCHDOG = 3600.0
 PREFIX = "nodefence/v1"
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -117,6 +121,9 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     NODE_MISMATCH = "node_mismatch"
     REPLAYED = "replayed"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    STALE = "stale"
 
 
 class HeartbeatRejected(ValueError):
@@ -129,11 +136,37 @@ class HeartbeatRejected(ValueError):
 
 
 @dataclass(frozen=True)
+class WatchdogClaim:
+    """What a node says about its armed watchdog: the device `timeout`, the `cut_off` after
+    which it stops feeding when it reaches neither the broker nor the API server, and its
+    `feed_interval` (all seconds)."""
+
+    timeout: float
+    cut_off: float
+    feed_interval: float
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "cut_off", "feed_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"wd.{name} must be a number of seconds, got {value!r}")
+            if not (0 < value <= MAX_WATCHDOG and math.isfinite(value)):
+                raise ValueError(f"wd.{name} must be in (0, {MAX_WATCHDOG:g}] s, got {value}")
+            object.__setattr__(self, name, float(value))
+
+    def to_json(self) -> list[float]:
+        """The `wd` array of the payload."""
+        return [self.timeout, self.cut_off, self.feed_interval]
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """One heartbeat as the agent sends it; constructing an invalid one raises ValueError.
 
     `seq` counts from 0 per `boot` (the node's boot id, or any id unique per agent start);
-    `interval` is the sender's period in seconds; `agent` its version.
+    `interval` is the sender's period in seconds; `agent` its version; `ts` the sender's wall
+    clock in milliseconds (only for the replay window of signed heartbeats, never for
+    detection); `wd` the armed watchdog, if any; `hmac` the signature, if any.
     """
 
     node: str
@@ -142,6 +175,8 @@ class Heartbeat:
     interval: float
     agent: str
     hmac: str | None = None
+    ts: int | None = None
+    wd: WatchdogClaim | None = None
 
     def __post_init__(self) -> None:
         _check_name("node", self.node)
@@ -150,12 +185,15 @@ class Heartbeat:
         _check_token("boot", self.boot, MAX_BOOT)
         if isinstance(self.interval, bool) or not isinstance(self.interval, int | float):
             raise ValueError(f"interval must be a number of seconds, got {self.interval!r}")
-        if not (math.isfinite(self.interval) and 0 < self.interval <= MAX_INTERVAL):
+        # Range first: a huge JSON integer would overflow math.isfinite.
+        if not (0 < self.interval <= MAX_INTERVAL and math.isfinite(self.interval)):
             raise ValueError(f"interval must be in (0, {MAX_INTERVAL:g}] s, got {self.interval}")
         object.__setattr__(self, "interval", float(self.interval))
         _check_token("agent", self.agent, MAX_AGENT)
         if self.hmac is not None:
             _check_token("hmac", self.hmac, MAX_HMAC)
+        if self.ts is not None and (type(self.ts) is not int or not 0 <= self.ts <= MAX_TS):
+            raise ValueError(f"ts must be an integer of milliseconds, got {self.ts!r}")
 
 
 def _check_token(field: str, value: object, limit: int) -> None:
@@ -175,6 +213,10 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
         "interval": hb.interval,
         "agent": hb.agent,
     }
+    if hb.ts is not None:
+        obj["ts"] = hb.ts
+    if hb.wd is not None:
+        obj["wd"] = hb.wd.to_json()
     if hb.hmac is not None:
         obj["hmac"] = hb.hmac
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
@@ -217,6 +259,9 @@ def decode_heartbeat(topic_node: str, payload: bytes) -> Heartbeat:
     if missing:
         raise HeartbeatRejected(RejectReason.MALFORMED, f"missing {', '.join(missing)}")
     try:
+        wd = obj.get("wd")
+        if wd is not None and (not isinstance(wd, list) or len(wd) != 3):
+            raise ValueError(f"wd must be [timeout, cut_off, feed_interval], got {wd!r}")
         hb = Heartbeat(
             node=obj["node"],
             seq=obj["seq"],
@@ -224,6 +269,8 @@ def decode_heartbeat(topic_node: str, payload: bytes) -> Heartbeat:
             interval=obj["interval"],
             agent=obj["agent"],
             hmac=obj.get("hmac"),
+            ts=obj.get("ts"),
+            wd=None if wd is None else WatchdogClaim(*wd),
         )
     except ValueError as e:
         raise HeartbeatRejected(RejectReason.MALFORMED, str(e)) from None

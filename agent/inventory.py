@@ -115,12 +115,17 @@ def load_inventory(path: Path | str, env: dict[str, str] | None = None) -> Inven
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise InventoryError(path, "", f"cannot read the file: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise InventoryError(path, "", "not UTF-8 text") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InventoryError(path, "", f"not valid YAML{at}") from None
+    except (ValueError, RecursionError):
+        # ValueError: e.g. an integer beyond Python's digit limit; RecursionError: nesting.
+        raise InventoryError(path, "", "not valid YAML") from None
     return parse_inventory(doc, path=path, env=env)
 
 
@@ -357,8 +362,10 @@ def _number(
 ) -> float:
     value = doc.get(key, default)
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < lo:
+    # Range before isfinite: a huge YAML integer would overflow the float conversion.
+    if not ok or not lo <= value <= 1e9 or not math.isfinite(value):
+        shown = value if not ok or abs(value) < 1e9 else "a huge number"
         raise InventoryError(
-            path, where, f"field {key!r}: must be a number >= {lo:g} (seconds), got {value!r}"
+            path, where, f"field {key!r}: must be a number in {lo:g}..1e9 (seconds), got {shown!r}"
         )
     return float(value)

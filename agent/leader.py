@@ -30,10 +30,12 @@ from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import FailureDetector, NodeHealth, NodeVerdict
 from agent.fence_executor import FenceExecutor
+from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
 from agent.heartbeat_codec import (
     PREFIX,
     HeartbeatRejected,
     SequenceTracker,
+    WatchdogClaim,
     decode_heartbeat,
     heartbeat_filter,
     node_from_topic,
@@ -59,6 +61,7 @@ from agent.policy import (
     leader_guard,
 )
 from agent.profiles import DetectionProfile
+from agent.watchdog import SelfFenceFacts, self_fence_verdict
 
 log = logging.getLogger("nodefence.leader")
 
@@ -122,6 +125,10 @@ class LeaderSide:
         self.stats = LeaderStats()
         self.detector = FailureDetector(profile)
         self.sequences = SequenceTracker()
+        key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
+        self.verifier = HeartbeatVerifier(AuthMode(cfg.auth.mode), key, cfg.auth.max_skew)
+        self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
+        self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
         self.leader_since = 0.0
         self.broker_up_since: float | None = None
         self.nodes: dict[str, NodeInfo] = {}
@@ -166,6 +173,22 @@ class LeaderSide:
         if seen is not None and seen[1] > since and seen[0] is not None:
             return "kubelet Lease renewed"
         return None
+
+    def self_fence_check(self, node: str, marked_at: float, unreachable: bool) -> tuple[bool, str]:
+        """May `node` be taken as reset by its watchdog now? (see `agent.watchdog`)"""
+        return self_fence_verdict(
+            SelfFenceFacts(
+                now=self.clock(),
+                marked_at=marked_at,
+                margin=self.cfg.fencing.self_fence_margin,
+                claim=self.watchdog_claims.get(node),
+                last_heartbeat=self.detector.last_heartbeat(node),
+                last_rejected=self.rejected_at.get(node),
+                broker_up_since=self.broker_up_since,
+                alive_after_mark=self.alive_since(node, marked_at),
+                bmc_unreachable=unreachable,
+            )
+        )
 
     def in_maintenance(self, node: str) -> bool:
         """Whether the Node carries our maintenance mark."""
@@ -223,14 +246,22 @@ class LeaderSide:
         if node is not None:
             try:
                 hb = decode_heartbeat(node, data)
+                if not self.verifier.check(hb, time.time()) and self.verifier.mode is not (
+                    AuthMode.OFF
+                ):
+                    self.stats.rejected["unsigned_accepted"] += 1  # permissive: counted only
+                    metrics.REJECTED.labels("unsigned_accepted").inc()
                 self.sequences.check(hb)
             except HeartbeatRejected as rej:
                 self.stats.rejected[rej.reason.value] += 1
                 metrics.REJECTED.labels(rej.reason.value).inc()
+                if node in self.watchdog_claims or len(self.rejected_at) < 65536:
+                    self.rejected_at[node] = now
                 log.debug("dropped heartbeat on %s: %s", topic, rej)
                 return
             self.stats.heartbeats += 1
             metrics.HEARTBEATS.inc()
+            self.watchdog_claims[node] = hb.wd
             self.detector.observe(hb, now)
             return
         prefix = f"{PREFIX}/{self.cfg.cluster}/probe-result/"
@@ -282,6 +313,8 @@ class LeaderSide:
             self.kubelet_seen.pop(gone, None)
             self.detector.forget(gone)
             self.sequences.forget(gone)
+            self.watchdog_claims.pop(gone, None)
+            self.rejected_at.pop(gone, None)
 
     # -- judging -------------------------------------------------------------------------------
 

@@ -99,8 +99,9 @@ class DetectionProfile:
 def _positive_seconds(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProfileError(name, f"must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ProfileError(name, f"must be a finite number of seconds > 0, got {value!r}")
+    if not 0 < value <= 1e9 or not math.isfinite(value):
+        shown = value if abs(value) < 1e9 else "a huge number"
+        raise ProfileError(name, f"must be a number of seconds in (0, 1e9], got {shown!r}")
 
 
 def _signals(name: str, value: object) -> frozenset[Signal]:

@@ -48,6 +48,7 @@ def to_record(
             "reason": op.reason,
             "powerOffSent": op.power_off_sent,
             "offProven": op.off_proven,
+            "proof": op.proof,
             "level": op.level,
             "attempts": op.attempts,
             "tainted": op.tainted,
@@ -110,4 +111,5 @@ def from_record(obj: dict[str, Any]) -> Operation:
         errors=tuple(st.get("errors") or ()),
         reason=st.get("reason", ""),
         capacity_warning=st.get("capacityWarning", ""),
+        proof=st.get("proof") or "",
     )

@@ -19,6 +19,8 @@ from agent.fence_executor import FenceExecutor
 from agent.fencing import Timing
 from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
+from agent.heartbeat_auth import node_key
+from agent.heartbeat_codec import WatchdogClaim
 from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
 from agent.mqtt_client import make_client
@@ -31,6 +33,8 @@ from agent.peers import (
     run_probe,
 )
 from agent.profiles import DetectionProfile, profile_from_mapping
+from agent.records import from_record
+from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 
 log = logging.getLogger("nodefence.agent")
 
@@ -76,7 +80,14 @@ async def run_agent(
 ) -> None:
     """Run every part of the agent until `stop` is set."""
     profile = detection_profile(cfg)
-    publisher = HeartbeatPublisher(cfg.broker, cfg.cluster, node, interval=profile.interval)
+    key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
+    publisher = HeartbeatPublisher(
+        cfg.broker,
+        cfg.cluster,
+        node,
+        interval=profile.interval,
+        key=node_key(key, node) if key is not None and cfg.auth.mode != "off" else None,
+    )
     health = HealthServer(
         cfg.health_host,
         cfg.health_port,
@@ -86,8 +97,27 @@ async def run_agent(
     await health.start()
     metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port)
     api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
+    feeder: WatchdogFeeder | None = None
+    w = cfg.watchdog
+    if w.enabled:
+        policy = FeedPolicy(w.cut_off_after)
+        feeder = WatchdogFeeder(
+            w.device, policy, WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval)
+        )
+        publisher.claim = feeder.armed_claim
+        publisher.on_echo = policy.contact
+
+        async def my_marks() -> list[str]:
+            records = await api.list_records(cfg.kube.namespace, node)
+            return [
+                str((r.get("metadata") or {}).get("name"))
+                for r in records
+                if (r.get("spec") or {}).get("nodeName") == node and not from_record(r).final
+            ]
+
     try:
-        await api.annotate_node(node, HEALTH_ANNOTATION, f"{advertised_host(cfg)}:{health.port}")
+        endpoint = cfg.health_advertise or f"{advertised_host(cfg)}:{health.port}"
+        await api.annotate_node(node, HEALTH_ANNOTATION, endpoint)
     except ClusterError as err:
         log.warning("cannot announce the health endpoint on node %s: %s", node, err)
     k = cfg.kube
@@ -138,6 +168,7 @@ async def run_agent(
             ),
             max_parallel=cfg.fencing.max_parallel,
             after_proof=cfg.fencing.after_proof,
+            self_fence=leader.self_fence_check if cfg.fencing.self_fence else None,
         )
 
     async def lead() -> None:
@@ -165,6 +196,9 @@ async def run_agent(
             tg.create_task(publisher.run(stop))
             tg.create_task(elector.run(lead, stop))
             tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
+            if feeder is not None:
+                tg.create_task(feeder.run(stop))
+                tg.create_task(watch_marks(my_marks, feeder.policy, w.api_check_interval, stop))
     finally:
         await health.stop()
 

@@ -74,6 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--vms", type=int, default=10)
     cluster.add_argument("--workdir", default="run/cluster")
 
+    chaos = sub.add_parser(
+        "chaos",
+        help="a seeded random schedule of faults on a simulated cluster, invariants checked",
+    )
+    chaos.add_argument("--seed", type=int, default=1, help="same seed, same fault schedule")
+    chaos.add_argument("--duration", type=float, default=120.0, help="seconds of chaos")
+    chaos.add_argument("--nodes", type=int, default=6)
+    chaos.add_argument("--vms", type=int, default=12)
+    chaos.add_argument(
+        "--max-faulty", type=int, default=2, help="fault episodes open at once (default 2)"
+    )
+    chaos.add_argument(
+        "--mean-gap", type=float, default=4.0, help="mean seconds between fault starts"
+    )
+    chaos.add_argument(
+        "--profile", choices=["fast", "default"], default="default", help="detection profile"
+    )
+    chaos.add_argument(
+        "--recovery-deadline",
+        type=float,
+        default=30.0,
+        help="seconds after a Node deletion for its ColdStandby VMs to run again",
+    )
+    chaos.add_argument("--workdir", default="run/chaos", help="where files and logs go")
+    chaos.add_argument("--report", help="JSON report path (default WORKDIR/chaos-report.json)")
+
     fault = sub.add_parser("fault", help="inject faults into a running `bmcs` fleet")
     fault.add_argument("--control", required=True, help="control URL printed by `bmcs`")
     fault.add_argument("machine")
@@ -114,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if ok else 1
     if args.command == "cluster":
         return _run_cluster(args)
+    if args.command == "chaos":
+        return _run_chaos(args)
     if args.command == "demo":
         from hwsim.demo import run_demo
 
@@ -189,6 +217,46 @@ def _run_cluster(args: argparse.Namespace) -> int:
     finally:
         cluster.stop()
     return 0
+
+
+def _run_chaos(args: argparse.Namespace) -> int:
+    import threading
+
+    from hwsim.broker import INSTALL_HINT, find_mosquitto
+    from hwsim.chaos import ChaosOptions, run_chaos
+    from hwsim.chaos_schedule import ChaosSettings
+
+    if args.nodes < 4 or not 1 <= args.max_faulty < args.nodes - 2:
+        print(
+            "nodefence-hwsim: chaos needs at least 4 nodes and 1 <= --max-faulty < nodes - 2",
+            file=sys.stderr,
+        )
+        return 2
+    if args.duration <= 0 or args.mean_gap <= 0:
+        print("nodefence-hwsim: --duration and --mean-gap must be positive", file=sys.stderr)
+        return 2
+    try:
+        find_mosquitto()
+    except FileNotFoundError:
+        print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir).resolve()
+    opts = ChaosOptions(
+        seed=args.seed,
+        duration=args.duration,
+        workdir=workdir,
+        nodes=args.nodes,
+        vms=args.vms,
+        profile=args.profile,
+        report=Path(args.report).resolve() if args.report else None,
+        recovery_deadline=args.recovery_deadline,
+        schedule=ChaosSettings(max_faulty=args.max_faulty, mean_gap=args.mean_gap),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    result = run_chaos(opts, stop)
+    return 0 if result.ok else 1
 
 
 def _parse_value(text: str) -> object:

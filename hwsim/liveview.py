@@ -24,6 +24,9 @@ class LeaderViewFeed:
         self._client.on_connect = lambda c, *_: c.subscribe(self._topic)
         self._client.on_message = self._on_message
         self._port = cluster.broker.port
+        login = cluster.observer_login()
+        if login is not None:
+            self._client.username_pw_set(*login)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:

@@ -1,12 +1,17 @@
 """A whole simulated cluster on 127.0.0.1: mosquitto, the Kubernetes API emulator, simulated
 nodes (machine + kubelet + a real `nodefence agent` process each) and, optionally, their BMCs.
 
-Used by the end-to-end tests and, later, by `nodefence-hwsim cluster` and the scenarios.
+Used by the end-to-end tests, `nodefence-hwsim cluster`, the scenarios and chaos runs.
+
+By default (`secure`) the cluster runs as the shipped deployment does: mosquitto enforces the
+shipped ACL (deploy/base/mosquitto.acl) with one password per node, agents log in as their node
+and sign their heartbeats with a cluster key; secrets are files under `<workdir>/secrets`.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +20,17 @@ from typing import Any
 import yaml
 
 from hwsim.bmcs import BmcFleet
-from hwsim.broker import MosquittoBroker
+from hwsim.broker import MosquittoBroker, free_port
 from hwsim.fleet import Fleet
 from hwsim.kube import KubeApiServer, NodeLifecycleController
 from hwsim.kube.errors import AlreadyExists, NotFound
 from hwsim.loop_thread import LoopThread
 from hwsim.simnode import SimNode
 
-CRD_PATH = Path(__file__).resolve().parent.parent / "deploy" / "base" / "crd-fenceoperations.yaml"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "base"
+CRD_PATH = DEPLOY / "crd-fenceoperations.yaml"
+ACL_PATH = DEPLOY / "mosquitto.acl"
+OBSERVER = "hwsim-observer"  # the harness's own broker login (live view, tests)
 
 
 @dataclass
@@ -47,6 +55,12 @@ class ClusterSettings:
     boot_delay: float = 1.0
     migration_delay: float = 1.0
     fencing: dict[str, Any] = field(default_factory=dict)  # agent config `fencing:` section
+    secure: bool = True  # broker passwords + shipped ACL, signed heartbeats
+    links: bool = False  # each node reaches broker and API through relays (`isolate()`)
+    # agent config `watchdog:` section (enabled when set) plus `reboot_after` (hwsim only:
+    # seconds from a watchdog reset to power on; absent: the machine stays off)
+    watchdog: dict[str, Any] = field(default_factory=dict)
+    log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
 
 
 class SimCluster:
@@ -56,7 +70,16 @@ class SimCluster:
         self.workdir = workdir
         self.settings = settings or ClusterSettings()
         self.fleet = Fleet.of_size(self.settings.nodes)
-        self.broker = MosquittoBroker(workdir / "mqtt")
+        self.passwords: dict[str, str] = {}
+        if self.settings.secure:
+            logins = [m.name for m in self.fleet] + [OBSERVER]
+            self.passwords = {name: secrets.token_urlsafe(18) for name in logins}
+            self.broker = MosquittoBroker(
+                workdir / "mqtt", users=self.passwords, acl=ACL_PATH.read_text()
+            )
+        else:
+            self.broker = MosquittoBroker(workdir / "mqtt")
+        self.heartbeat_key = secrets.token_hex(32) if self.settings.secure else None
         self.kube = KubeApiServer()
         self.kubeconfig = workdir / "kubeconfig"
         self.lifecycle: NodeLifecycleController | None = None
@@ -99,6 +122,18 @@ class SimCluster:
                     lease_interval=self.settings.kubelet_lease_interval,
                 )
                 self.nodes[machine.name] = node
+                if self.settings.links:
+                    node.link("broker", "127.0.0.1", self.broker.port)
+                    node.link("api", "127.0.0.1", self.kube.port)
+                    # Peers reach the agent's health endpoint through the link as well.
+                    node.health_port = free_port()
+                    node.link("health", "127.0.0.1", node.health_port)
+                if self.settings.watchdog:
+                    node.add_watchdog(
+                        self.workdir / "watchdog" / machine.name,
+                        float(self.settings.watchdog.get("timeout", 60.0)),
+                        self.settings.watchdog.get("reboot_after"),
+                    )
                 node.start()
             if self.settings.vms:
                 self._start_vms()
@@ -156,14 +191,34 @@ class SimCluster:
 
     # -- agents -----------------------------------------------------------------------------------
 
+    def observer_login(self) -> tuple[str, str] | None:
+        """(username, password) for the harness's own broker clients, or None (anonymous)."""
+        return (OBSERVER, self.passwords[OBSERVER]) if self.passwords else None
+
+    def _secret_file(self, name: str, value: str) -> Path:
+        path = self.workdir / "secrets" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
+        return path
+
     def agent_config(self, node: str) -> Path:
         """Write (and return) the agent config file for `node`."""
         s = self.settings
+        sim = self.nodes.get(node)
+        relays = sim.relays if sim is not None else {}
+        kubeconfig = self.kubeconfig
+        if "api" in relays:
+            kubeconfig = self.workdir / "agents" / f"{node}.kubeconfig"
+            kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(self.kube.kubeconfig("default"), sort_keys=False)
+            relay_url = f"http://127.0.0.1:{relays['api'].port}"
+            kubeconfig.write_text(text.replace(self.kube.url, relay_url))
         doc: dict[str, Any] = {
             "cluster": s.cluster,
             "broker": {
                 "host": "127.0.0.1",
-                "port": self.broker.port,
+                "port": relays["broker"].port if "broker" in relays else self.broker.port,
                 "keepalive": 5,
                 "reconnect_min": 0.1,
                 "reconnect_max": 1.0,
@@ -174,19 +229,43 @@ class SimCluster:
                 "max_unhealthy": s.max_unhealthy,
             },
             "kubernetes": {
-                "kubeconfig": str(self.kubeconfig),
+                "kubeconfig": str(kubeconfig),
                 "namespace": "nodefence",
                 "lease_duration": s.lease_duration,
                 "renew_deadline": s.renew_deadline,
                 "retry_period": s.retry_period,
             },
-            "health": {"host": "127.0.0.1", "port": 0},
+            "health": {"host": "127.0.0.1", "port": 0}
+            if "health" not in relays or sim is None
+            else {
+                "host": "127.0.0.1",
+                "port": sim.health_port,
+                "advertise": f"127.0.0.1:{relays['health'].port}",
+            },
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
         if s.inventory:
             doc["inventory"] = s.inventory
         if s.fencing:
             doc["fencing"] = s.fencing
+        if self.passwords:
+            # One broker user per node, its password in a file (the DaemonSet takes the
+            # username from $NODE_NAME; here it is written out so `nodefence status -c` works
+            # from any shell).
+            doc["broker"] |= {
+                "username": node,
+                "password_file": str(self._secret_file(f"mqtt-{node}", self.passwords[node])),
+            }
+        if self.heartbeat_key:
+            key = self._secret_file("heartbeat.key", self.heartbeat_key)
+            doc["auth"] = {"heartbeat_key_file": str(key), "mode": "required"}
+        if s.watchdog:
+            wd = {k: v for k, v in s.watchdog.items() if k != "reboot_after"}
+            doc["watchdog"] = {
+                "enabled": True,
+                **wd,
+                "device": str(self.workdir / "watchdog" / node),
+            }
         path = self.workdir / "agents" / f"{node}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -194,7 +273,8 @@ class SimCluster:
 
     def start_agent(self, node: str) -> None:
         """Start (or restart) `node`'s agent process."""
-        self.nodes[node].start_agent(self.agent_config(node))
+        env = {"NODEFENCE_LOG_LEVEL": self.settings.log_level}
+        self.nodes[node].start_agent(self.agent_config(node), env)
 
     # -- observations -----------------------------------------------------------------------------
 

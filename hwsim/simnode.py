@@ -1,5 +1,9 @@
 """A simulated node: a machine, its kubelet (Lease, Ready, a TCP port peers can reach while it
-has power) and its nodefence agent process. Cutting power silences all three at once."""
+has power) and its nodefence agent process. Cutting power silences all three at once.
+
+Optionally the node reaches the broker and the API server through its own `TcpRelay`s (its
+network link: `isolate()` cuts it while the agent keeps running) and has an emulated watchdog
+device that resets the machine when the agent stops feeding it."""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from hwsim.kube import ObjectStore, SimKubelet
 from hwsim.machine import PowerLiteral, SimMachine
+from hwsim.relay import TcpRelay
+from hwsim.watchdog import EmulatedWatchdog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +96,53 @@ class SimNode:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_config: Path | None = None
         self.agent_env: dict[str, str] = {}
+        self.relays: dict[str, TcpRelay] = {}  # "broker" / "api" / "health" -> its link
+        self.health_port = 0  # the agent's health port behind the "health" relay
+        self.watchdog: EmulatedWatchdog | None = None
+        self.reboot_after: float | None = None  # after a watchdog reset; None: stays off
+        self.watchdog_resets: list[float] = []  # monotonic times the watchdog reset the machine
+        self._reboot: threading.Timer | None = None
         machine.on_power_change(self._power_changed)
+
+    def link(self, name: str, host: str, port: int) -> int:
+        """Route this node's traffic to (host, port) through a relay; returns the relay port."""
+        relay = TcpRelay(host, port, name=f"{self.name}-{name}")
+        relay.start()
+        self.relays[name] = relay
+        return relay.port
+
+    def add_watchdog(self, path: Path, timeout: float, reboot_after: float | None) -> None:
+        """An emulated watchdog device at `path` that resets the machine on expiry."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.watchdog = EmulatedWatchdog(path, timeout, self._watchdog_expired)
+        self.reboot_after = reboot_after
+        self.watchdog.start()
+
+    def _watchdog_expired(self) -> None:
+        # Called in the watchdog's thread, which the power-off listener restarts: reset from
+        # another thread.
+        threading.Thread(target=self._reset, name=f"{self.name}-reset", daemon=True).start()
+
+    def _reset(self) -> None:
+        if self.machine.power_state() != "on":
+            return
+        self.watchdog_resets.append(time.monotonic())
+        self.machine.cut_power()  # the reset: everything on the machine stops at once
+        if self.reboot_after is not None:
+            self._reboot = threading.Timer(self.reboot_after, self.machine.request_on)
+            self._reboot.daemon = True
+            self._reboot.start()
+
+    def isolate(self) -> None:
+        """Cut the node's network link (a real partition): its agent keeps running but reaches
+        neither the broker nor the API server, its kubelet stops renewing, its kubelet port is
+        closed. Needs the relays (`link`)."""
+        if not self.relays:
+            raise RuntimeError(f"{self.name} has no network link to cut (start it with relays)")
+        self.partitioned = True
+        self.kubelet_port.close()
+        for relay in self.relays.values():
+            relay.cut("blackhole")
 
     def _kubelet_reaches_api(self) -> bool:
         return self.machine.power_state() == "on" and not self.partitioned
@@ -104,6 +157,8 @@ class SimNode:
     def heal(self) -> None:
         """Reconnect a partitioned node (its agent is started again)."""
         self.partitioned = False
+        for relay in self.relays.values():
+            relay.heal()
         if self.machine.power_state() == "on":
             self.kubelet_port.open()
             if self.agent_config is not None and not self.agent_running():
@@ -126,6 +181,12 @@ class SimNode:
         self.kill_agent()
         self.kubelet.stop_thread()
         self.kubelet_port.close()
+        if self._reboot is not None:
+            self._reboot.cancel()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        for relay in self.relays.values():
+            relay.stop()
 
     def start_agent(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
         """Start `nodefence agent` for this node as a real process, logging to `log_path`."""
@@ -162,8 +223,14 @@ class SimNode:
         if state == "off":
             self.kubelet_port.close()
             self.kill_agent()
+            if self.watchdog is not None and self.watchdog.running:
+                # A power cycle resets the watchdog hardware: disarmed until the next agent.
+                self.watchdog.stop()
+                self.watchdog.start()
         else:
             self.partitioned = False  # a power cycle: the node boots with its network
+            for relay in self.relays.values():
+                relay.heal()
             self.kubelet_port.open()
             if self.agent_config is not None and not self.agent_running():
                 self.start_agent(self.agent_config, self.agent_env)

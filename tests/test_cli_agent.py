@@ -54,3 +54,19 @@ async def test_status_with_no_broker_reports_it(tmp_path: Path) -> None:
     cfg.write_text("broker: {port: 1}\n")
     r = await run_cli("status", "-c", str(cfg), "--wait", "0.5")
     assert r.code == 1 and "cannot reach the broker 127.0.0.1:1" in r.err
+
+
+async def test_agent_with_watchdog_on_and_no_device_refuses_to_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"watchdog: {{enabled: true, device: {tmp_path}/watchdog}}\n")
+    r = await run_cli("agent", "-c", str(cfg), "--node", "node-1")
+    assert r.code == 2 and "watchdog.device" in r.err and f"{tmp_path}/watchdog" in r.err
+
+
+async def test_agent_with_a_short_heartbeat_key_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("too-short\n")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("auth: {heartbeat_key_file: key}\n")
+    r = await run_cli("agent", "-c", str(cfg), "--node", "node-1")
+    assert r.code == 2 and "auth.heartbeat_key_file" in r.err and "32 bytes" in r.err
+    assert "too-short" not in r.err + r.out  # the key itself is never printed

@@ -66,3 +66,48 @@ def test_an_unknown_profile_field_is_named() -> None:
     with pytest.raises(ProfileError) as info:
         profile_from_mapping({"profile": "default", "fence_aftr": 3})
     assert "fence_aftr" in str(info.value)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_heartbeat_key_makes_signatures_required_by_default(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("k" * 40 + "\n")
+    cfg = load_config(write(tmp_path, "auth: {heartbeat_key_file: key}\n"))
+    assert cfg.auth.mode == "required" and cfg.auth.key is not None
+    assert cfg.auth.key.reveal() == "k" * 40 and "k" * 40 not in repr(cfg)
+    env = {"HB_KEY": "e" * 32}
+    cfg = load_config(write(tmp_path, "auth: {heartbeat_key_env: HB_KEY, mode: permissive}\n"), env)
+    assert cfg.auth.mode == "permissive" and cfg.auth.key is not None
+    assert load_config(write(tmp_path, "{}\n")).auth.mode == "off"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        ("auth: {mode: required}\n", "auth.heartbeat_key_file", "needs"),
+        ("auth: {mode: strict, heartbeat_key_env: K}\n", "auth.mode", "off, permissive"),
+        ("auth: {heartbeat_key: abc}\n", "auth.heartbeat_key", "unknown field"),
+        ("auth: {heartbeat_key_env: NOPE}\n", "auth.heartbeat_key_env", "not set"),
+        ("auth: {heartbeat_key_env: K, max_skew: 0}\n", "auth.max_skew", "0.5"),
+        ("watchdog: {enabled: yes please}\n", "watchdog.enabled", "true or false"),
+        ("watchdog: {timeout: 1, feed_interval: 0.6}\n", "watchdog.feed_interval", "half"),
+        (
+            "watchdog: {cut_off_after: 4, api_check_interval: 3}\n",
+            "watchdog.cut_off_after",
+            "twice",
+        ),
+        ("fencing: {self_fence: 1}\n", "fencing.self_fence", "true or false"),
+        ("watchdog: {timeout: 1" + "0" * 400 + "}\n", "watchdog.timeout", "huge"),
+    ],
+)
+def test_bad_auth_and_watchdog_settings_are_named(
+    tmp_path: Path, text: str, field: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), {"K": "x" * 40})
+    assert info.value.field == field and problem in str(info.value)
+    assert str(tmp_path) in str(info.value)

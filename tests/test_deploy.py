@@ -9,7 +9,8 @@
   CLI) is granted to the nodefence ServiceAccount, every grant is used, none is broad;
 - the broker's shipped config and ACL, on a real mosquitto, let a node speak only for itself,
   and a whole fencing run works through them;
-- the shipped agent config and example inventory load with the agent's own parsers;
+- the shipped agent configs (signed heartbeats required; the watchdog overlay's self-fencing
+  on) and the example inventory load with the agent's own parsers;
 - the Containerfile is multi-stage, slim and non-root; the alert rules name real metrics.
 """
 
@@ -20,7 +21,6 @@ import importlib.util
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -60,6 +60,7 @@ KUBE_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
 TARGETS = ("base", "overlays/example", "overlays/watchdog")
 NAMESPACE = "nodefence"
 ACCOUNT = "nodefence-agent"
+AGENT_CONFIG = "nodefence-agent-config"  # generated: the name carries a content hash
 # User-Agent of the official kubernetes Python client: nodefence's calls, as opposed to the
 # harness's kubectl and the simulators' in-process store calls (which never reach HTTP).
 CLIENT_AGENT = "OpenAPI-Generator/"
@@ -134,7 +135,12 @@ def test_every_manifest_renders_and_validates_against_the_kubernetes_schemas(
 def test_the_base_ships_no_secret_so_apply_never_resets_real_credentials() -> None:
     assert [d for d in render("base") if d["kind"] == "Secret"] == []
     example = {d["metadata"]["name"] for d in render("overlays/example") if d["kind"] == "Secret"}
-    assert example == {"nodefence-inventory", "nodefence-mqtt-agents", "nodefence-mqtt-broker"}
+    assert example == {
+        "nodefence-inventory",
+        "nodefence-mqtt-agents",
+        "nodefence-mqtt-broker",
+        "nodefence-heartbeat-key",
+    }
 
 
 def test_every_secret_configmap_and_account_the_pods_use_is_rendered() -> None:
@@ -175,7 +181,7 @@ def test_the_agent_runs_on_every_node_unprivileged_with_probes_on_its_health_por
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"]}
     assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
     ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
-    config = yaml.safe_load(find(docs, "ConfigMap", "nodefence-agent-config")["data"]["agent.yaml"])
+    config = yaml.safe_load(find(docs, "ConfigMap", AGENT_CONFIG)["data"]["agent.yaml"])
     assert ports == {"health": config["health"]["port"], "metrics": config["metrics"]["port"]}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -183,14 +189,26 @@ def test_the_agent_runs_on_every_node_unprivileged_with_probes_on_its_health_por
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     assert mounts["/etc/nodefence/mqtt/password"]["subPathExpr"] == "$(NODE_NAME)"
     assert "subPath" not in mounts["/etc/nodefence/inventory"]  # or edits never arrive
+    # The cluster's heartbeat key, where the config's auth.heartbeat_key_file looks for it.
+    key_mount = mounts[config["auth"]["heartbeat_key_file"]]
+    assert key_mount["subPath"] == "key" and key_mount["readOnly"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[key_mount["name"]]["secret"] == {
+        "secretName": "nodefence-heartbeat-key",
+        "defaultMode": 0o440,  # group-readable through fsGroup, like the other Secrets
+    }
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
     assert agent["args"] == ["agent", "--config", "/etc/nodefence/config/agent.yaml"]
 
 
 def test_only_the_watchdog_overlay_is_privileged_and_only_to_open_the_watchdog() -> None:
     plain, watchdog = render("overlays/example"), render("overlays/watchdog")
-    assert [d for d in plain if d["kind"] != "DaemonSet"] == [
-        d for d in watchdog if d["kind"] != "DaemonSet"
-    ]
+
+    def others(docs: list[Obj]) -> list[Obj]:  # all but the DaemonSet and the agent config
+        config = find(docs, "ConfigMap", AGENT_CONFIG)
+        return [d for d in docs if d["kind"] != "DaemonSet" and d is not config]
+
+    assert others(plain) == others(watchdog)
     before, after = container(plain), container(watchdog)
     assert "privileged" not in before["securityContext"]
     assert after["securityContext"]["privileged"] is True
@@ -206,20 +224,45 @@ def test_only_the_watchdog_overlay_is_privileged_and_only_to_open_the_watchdog()
 # -- the agent's own parsers on the shipped config and example secrets ----------------------
 
 
+def agent_config_text(target: str) -> str:
+    text: str = find(render(target), "ConfigMap", AGENT_CONFIG)["data"]["agent.yaml"]
+    return text
+
+
 def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Path) -> None:
     (tmp_path / "mqtt").mkdir()
     (tmp_path / "mqtt" / "password").write_text("from-the-secret\n")
-    for target in ("base", "overlays/example"):
-        text = find(render(target), "ConfigMap", "nodefence-agent-config")["data"]["agent.yaml"]
+    (tmp_path / "heartbeat").mkdir()
+    for target in TARGETS:
+        docs = render(target)
+        text = agent_config_text(target)
         assert "/etc/nodefence/mqtt/password" in text
+        assert "/etc/nodefence/heartbeat/key" in text
+        shipped_secrets = [d for d in docs if d["kind"] == "Secret"]
+        if shipped_secrets:  # the overlays: the FAKE example key, as the DaemonSet mounts it
+            key = find(shipped_secrets, "Secret", "nodefence-heartbeat-key")["stringData"]["key"]
+            assert key.startswith("FAKE-") and len(key.encode()) >= 32
+        else:  # the base ships no Secret: a key as deploy/tools/mqtt_credentials.py makes it
+            key = mqtt_tool().make_heartbeat_key(tmp_path / "creds").read_text()
+        (tmp_path / "heartbeat" / "key").write_text(key + "\n")
         doc = yaml.safe_load(text.replace("/etc/nodefence/", f"{tmp_path}/"))
         cfg = parse_config(doc, path=tmp_path / "agent.yaml", env={"NODE_NAME": "worker-1"})
         assert cfg.broker.username == "worker-1"
         assert cfg.broker.password is not None
         assert cfg.broker.password.reveal() == "from-the-secret"
         assert cfg.inventory == f"{tmp_path}/inventory/inventory.yaml"
+        # Every shipped config refuses unsigned heartbeats.
+        assert cfg.auth.mode == "required", target
+        assert cfg.auth.key is not None and cfg.auth.key.reveal() == key
+        # Self-fencing is on where the watchdog is mounted, and only there.
+        watchdog = target == "overlays/watchdog"
+        assert cfg.watchdog.enabled is cfg.fencing.self_fence is watchdog, target
+        if watchdog:
+            assert cfg.watchdog.device == "/dev/watchdog"
+            assert cfg.watchdog.cut_off_after > 2 * cfg.watchdog.api_check_interval
+            device_mounts = [m["mountPath"] for m in container(docs)["volumeMounts"]]
+            assert cfg.watchdog.device in device_mounts
         # The config names what the manifests grant and serve.
-        docs = render(target)
         role = find(docs, "Role", "nodefence-agent")
         assert cfg.kube.namespace == role["metadata"]["namespace"] == NAMESPACE
         (named,) = [r for r in role["rules"] if r.get("resourceNames")]
@@ -227,13 +270,18 @@ def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Pat
         broker = find(docs, "Service", "nodefence-mqtt")
         assert cfg.broker.host == f"nodefence-mqtt.{broker['metadata']['namespace']}.svc"
         assert [p["port"] for p in broker["spec"]["ports"]] == [cfg.broker.port]
-    names = {
-        find(render(t), "ConfigMap", "nodefence-agent-config")["data"]["agent.yaml"]
-        .split("cluster:", 1)[1]
-        .split()[0]
-        for t in ("base", "overlays/example")
-    }
-    assert names == {"cluster-1", "example-prod"}  # the example overlay sets its own name
+    names = [agent_config_text(t).split("cluster:", 1)[1].split()[0] for t in TARGETS]
+    # the example overlay sets its own name; the watchdog overlay is the example site
+    assert names == ["cluster-1", "example-prod", "example-prod"]
+
+
+def test_the_watchdog_overlays_config_is_the_example_sites_plus_self_fencing() -> None:
+    example = yaml.safe_load(agent_config_text("overlays/example"))
+    watchdog = yaml.safe_load(agent_config_text("overlays/watchdog"))
+    assert watchdog.pop("watchdog")["enabled"] is True
+    assert watchdog["fencing"].pop("self_fence") is True
+    watchdog["fencing"].pop("self_fence_margin", None)
+    assert watchdog == example  # nothing else drifts between the two copies
 
 
 def test_the_example_inventory_secret_loads_with_the_agents_own_parser(tmp_path: Path) -> None:
@@ -601,23 +649,14 @@ RUN_TIMINGS: dict[str, Any] = {  # as tests/test_e2e_fencing.py: short, for a qu
 
 
 class ShippedBrokerCluster(SimCluster):
-    """A simulated cluster whose broker enforces the shipped ACL, with one password per node,
-    and whose agents log in as the DaemonSet makes them: username from $NODE_NAME."""
+    """A simulated cluster (secure, as by default: one broker password per node, agents log in
+    as the DaemonSet makes them, username from $NODE_NAME) whose broker enforces the ACL
+    rendered from the kustomize base."""
 
     def __init__(self, workdir: Path, settings: ClusterSettings, acl: str) -> None:
         super().__init__(workdir, settings)
-        self.passwords = {m.name: secrets.token_urlsafe(16) for m in self.fleet}
+        assert settings.secure and self.passwords
         self.broker = MosquittoBroker(workdir / "mqtt", users=self.passwords, acl=acl)
-
-    def agent_config(self, node: str) -> Path:
-        path = super().agent_config(node)
-        doc = yaml.safe_load(path.read_text())
-        secret = self.workdir / "mqtt-agents" / node
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_text(self.passwords[node] + "\n")
-        doc["broker"] |= {"username_env": "NODE_NAME", "password_file": str(secret)}
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
 
 
 def shipped_acl() -> str:
@@ -805,8 +844,13 @@ async def test_through_the_shipped_broker_a_node_can_speak_only_for_itself(
                 await leader.subscribe(f"{base}/{kind}/+", qos=1)
             await leader.subscribe(f"{base}/leader/view", qos=1)
             async with client("node-1", password["node-1"], "node-1") as node1:
+                # The watchdog's broker contact: an agent hears its own heartbeat come back.
+                await node1.subscribe(f"{base}/heartbeat/node-1", qos=1)
                 for topic in forged + own:  # in order, at QoS 1: forged ones come first
                     await node1.publish(topic, b"x", qos=1)
+                async with asyncio.timeout(5):
+                    echo = await anext(aiter(node1.messages))
+                assert str(echo.topic) == f"{base}/heartbeat/node-1"
             got: list[str] = []
             async with asyncio.timeout(5):
                 async for message in leader.messages:
@@ -838,6 +882,37 @@ def test_the_credentials_tool_keeps_existing_passwords_and_hashes_like_mosquitto
         ref.write_text("")
         subprocess.run(["mosquitto_passwd", "-b", str(ref), "u", "pw"], check=True)
         assert tool.verify("pw", ref.read_text().strip().split(":", 1)[1])
+
+
+def test_the_credentials_tool_makes_a_heartbeat_key_the_agent_accepts_and_keeps_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = mqtt_tool()
+    out = tmp_path / "creds"
+    assert tool.main(["-o", str(out), "node-1", "node-2"]) == 0
+    key_file = out / "heartbeat-key"
+    key = key_file.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", key)  # 32 random bytes, hex
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    cfg = parse_config(
+        {"auth": {"heartbeat_key_file": str(key_file)}}, path=tmp_path / "agent.yaml", env={}
+    )
+    assert cfg.auth.mode == "required"
+    assert cfg.auth.key is not None and cfg.auth.key.reveal() == key
+    assert tool.main(["-o", str(out), "node-3"]) == 0  # adding a node changes no key
+    assert key_file.read_text() == key
+    printed = capsys.readouterr().out
+    assert key not in printed
+    # The commands it prints load every Secret the pods mount (but the inventory, yours to write).
+    loaded = set(re.findall(r"create secret generic (\S+)", printed))
+    docs = render("overlays/example")
+    mounted = {
+        v["secret"]["secretName"]
+        for kind in ("DaemonSet", "Deployment")
+        for v in pod_spec(docs, kind)["volumes"]
+        if "secret" in v
+    }
+    assert loaded == mounted - {"nodefence-inventory"}
 
 
 # -- the image ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from agent.fencing import (
     Operation,
     Phase,
     PowerOffSending,
+    SelfFenced,
     Tainted,
     Timing,
     VmOutcome,
@@ -129,6 +130,7 @@ EVENTS: dict[str, Event] = {
     "tainted": Tainted(),
     "deleted": NodeDeleted(),
     "seen": VmsSeen({"prod/a": OTHER}),
+    "self-fenced": SelfFenced("watchdog self-fence: deadline passed"),
 }
 
 
@@ -141,7 +143,17 @@ def _proof(op: Operation) -> dict[str, Any]:
         "errors": (*op.errors, "level 1: bmc timeout"),
         "retry_at": None,
         "reason": "power off proven by read-back",
+        "proof": "read-back",
     }
+
+
+SELF_FENCED = {
+    "phase": Phase.POWERED_OFF,
+    "off_proven": True,
+    "retry_at": None,
+    "reason": "watchdog self-fence: deadline passed",
+    "proof": "watchdog",
+}
 
 
 def _failure(op: Operation) -> dict[str, Any]:
@@ -205,6 +217,8 @@ def _before_proof(op: Operation) -> dict[str, dict[str, Any]]:
         "tainted": UNCHANGED,
         "deleted": UNCHANGED,
         "seen": UNCHANGED,
+        # only where a walk left the operation, never before the first walk
+        "self-fenced": UNCHANGED if op.phase is Phase.PENDING else SELF_FENCED,
     }
 
 
@@ -215,6 +229,7 @@ def _after_proof(op: Operation, **rest: dict[str, Any]) -> dict[str, dict[str, A
         "sending": UNCHANGED,
         "done-ok": UNCHANGED,
         "done-fail": UNCHANGED,
+        "self-fenced": UNCHANGED,
         **rest,
     }
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Make the MQTT credentials of a nodefence installation: one password per node.
+"""Make the MQTT credentials of a nodefence installation: one password per node, one heartbeat key.
 
     kubectl get nodes -o name | sed 's,^node/,,' | xargs deploy/tools/mqtt_credentials.py -o creds
 
 writes `creds/agents/<node>` (a random password per node, kept if the file exists, so adding a
-node rotates nobody) and `creds/passwd` (the broker's password file: mosquitto's PBKDF2-SHA512
-`$7$` hashes, as `mosquitto_passwd` writes them), then prints the kubectl commands that load
-them into the Secrets `nodefence-mqtt-agents` and `nodefence-mqtt-broker`. Python stdlib only;
-the passwords never appear on the terminal.
+node rotates nobody), `creds/passwd` (the broker's password file: mosquitto's PBKDF2-SHA512
+`$7$` hashes, as `mosquitto_passwd` writes them) and `creds/heartbeat-key` (the cluster's
+heartbeat signing key: 32 random bytes as hex, kept if the file exists), then prints the kubectl
+commands that load them into the Secrets `nodefence-mqtt-agents`, `nodefence-mqtt-broker` and
+`nodefence-heartbeat-key`. Python stdlib only; no secret ever appears on the terminal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ITERATIONS = 101  # mosquitto_passwd's own default for $7$
 SALT_BYTES = 12
+HEARTBEAT_KEY_BYTES = 32  # the agent's minimum (auth.heartbeat_key_file)
 # A node name is the MQTT username and a Secret key: DNS-1123 subdomain.
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -69,6 +71,15 @@ def make(out: Path, nodes: list[str]) -> dict[str, str]:
     return hashes
 
 
+def make_heartbeat_key(out: Path) -> Path:
+    """Create `out/heartbeat-key` unless it exists (rotating it is a procedure: see the guide)."""
+    out.mkdir(parents=True, exist_ok=True)
+    file = out / "heartbeat-key"
+    if not file.exists():
+        write_private(file, secrets.token_hex(HEARTBEAT_KEY_BYTES))
+    return file
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mqtt_credentials: not a node name: {bad[0]!r}", file=sys.stderr)
         return 2
     make(args.out, sorted(set(args.nodes)))
+    make_heartbeat_key(args.out)
     out = args.out
     print(
-        f"wrote {out}/agents/<node> and {out}/passwd; load them with:\n"
+        f"wrote {out}/agents/<node>, {out}/passwd and {out}/heartbeat-key; load them with:\n"
         f"  kubectl -n nodefence create secret generic nodefence-mqtt-agents"
         f" --from-file={out}/agents --dry-run=client -o yaml | kubectl apply -f -\n"
         f"  kubectl -n nodefence create secret generic nodefence-mqtt-broker"
         f" --from-file=passwd={out}/passwd --dry-run=client -o yaml | kubectl apply -f -\n"
+        f"  kubectl -n nodefence create secret generic nodefence-heartbeat-key"
+        f" --from-file=key={out}/heartbeat-key --dry-run=client -o yaml | kubectl apply -f -\n"
         f"  kubectl -n nodefence rollout restart deployment/nodefence-mqtt"
     )
     return 0

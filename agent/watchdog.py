@@ -1,0 +1,237 @@
+"""Self-fencing: the node feeds a watchdog device while it is in contact, and the leader's rule
+for when a node that could not be powered off may be taken as reset by its watchdog.
+
+Node side. The agent feeds the device (one byte per `feed_interval`) only while
+- it had *contact* within `cut_off_after`: a heartbeat of its own came back through the broker
+  (stamped with the moment it was sent), or a read of the API server showed no fencing record
+  for this node (stamped with the moment the read started), and
+- it has never seen a fencing record for itself (the leader decided to fence it).
+Both rules latch: once the agent stops feeding it never feeds again, so the watchdog resets the
+machine within its `timeout`. A clean stop (SIGTERM) writes the magic 'V' so a rolling update
+does not reboot the node. The first feed (which arms the device) waits for the first contact.
+
+Leader side (`self_fence_verdict`, pure). Let M be the moment the leader stored the fencing
+record (for a resumed operation: the moment this leader took it over). Any contact the node
+stamps at or after M shows it the record (API reads), or reaches the leader as a heartbeat
+(broker round trips; the leader's own broker connection must have been up all along and no
+message on the node's topic refused since its last accepted heartbeat). So without a
+heartbeat or kubelet renewal seen after M, the node's last contact is before M, it stopped
+feeding by M + cut_off + feed_interval, and was reset by that + timeout. The leader takes the
+node as fenced only after that deadline plus a margin, only when every BMC device of the node
+was unreachable in the last power walk, and only when the node's last heartbeat said its
+watchdog was armed (its `WatchdogClaim`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from agent.heartbeat_codec import WatchdogClaim
+
+log = logging.getLogger("nodefence.watchdog")
+
+KEEPALIVE = b"\0"
+MAGIC_CLOSE = b"V"
+
+
+# -- node side: when to feed (pure) ------------------------------------------------------------
+
+
+@dataclass
+class FeedPolicy:
+    """Whether to feed now; `contact()` and `fenced()` fold in what the agent learns."""
+
+    cut_off: float
+    last_contact: float | None = None
+    stopped: str = ""  # why feeding stopped for good ("" while feeding is allowed)
+
+    def contact(self, at: float) -> None:
+        """A round trip that started at `at` (monotonic) succeeded and showed no fencing."""
+        if self.last_contact is None or at > self.last_contact:
+            self.last_contact = at
+
+    def fenced(self, why: str) -> None:
+        """The agent learnt the leader is fencing this node: stop feeding for good."""
+        if not self.stopped:
+            self.stopped = f"fencing record seen: {why}"
+
+    def should_feed(self, now: float) -> bool:
+        """Feed now? Latches to False once cut off (or fenced)."""
+        if self.stopped:
+            return False
+        if self.last_contact is None:
+            return False  # not armed yet: the first contact arms the device
+        silent = now - self.last_contact
+        if silent > self.cut_off:
+            self.stopped = f"no broker or API server contact for {silent:.1f} s"
+            return False
+        return True
+
+
+# -- leader side: may a self-fence count as proof? (pure) --------------------------------------
+
+
+@dataclass(frozen=True)
+class SelfFenceFacts:
+    """What the leader knows about a node it could not power off (leader monotonic clock)."""
+
+    now: float
+    marked_at: float  # the fencing record was stored (or taken over) by this leader
+    margin: float
+    claim: WatchdogClaim | None  # from the node's last accepted heartbeat
+    last_heartbeat: float | None
+    last_rejected: float | None  # last refused message on the node's heartbeat topic
+    broker_up_since: float | None  # the leader's ingest connection, None while down
+    alive_after_mark: str | None  # evidence of life after marked_at (heartbeat, kubelet)
+    bmc_unreachable: bool  # every device of the node unreachable in the last power walk
+
+
+def self_fence_deadline(claim: WatchdogClaim, marked_at: float, margin: float) -> float:
+    """When the node has provably been reset by its watchdog (leader clock)."""
+    return marked_at + claim.cut_off + claim.feed_interval + claim.timeout + margin
+
+
+def self_fence_verdict(f: SelfFenceFacts) -> tuple[bool, str]:
+    """(True, why) when the node may be treated as fenced; (False, what is missing)."""
+    if not f.bmc_unreachable:
+        return False, "its BMC answered (only an unreachable BMC allows a self-fence)"
+    if f.claim is None or f.last_heartbeat is None:
+        return False, "its last heartbeat did not report an armed watchdog"
+    if f.alive_after_mark:
+        return False, f"it showed life after the fence decision ({f.alive_after_mark})"
+    if f.broker_up_since is None or f.broker_up_since > f.last_heartbeat:
+        return False, "the leader's broker connection was not up since the node's last heartbeat"
+    if f.last_rejected is not None and f.last_rejected >= f.last_heartbeat:
+        return False, "messages on its heartbeat topic were refused since its last heartbeat"
+    deadline = self_fence_deadline(f.claim, f.marked_at, f.margin)
+    if f.now < deadline:
+        return False, f"its watchdog deadline is {deadline - f.now:.1f} s away"
+    c = f.claim
+    return True, (
+        f"watchdog self-fence: no contact since the fence decision; cut_off {c.cut_off:g} s"
+        f" + feed {c.feed_interval:g} s + watchdog timeout {c.timeout:g} s"
+        f" + margin {f.margin:g} s have passed"
+    )
+
+
+# -- node side: I/O ------------------------------------------------------------------------------
+
+
+class WatchdogDeviceError(Exception):
+    """The watchdog device cannot be opened or written (the message names it)."""
+
+
+class WatchdogFeeder:
+    """Feeds `device` while `policy` allows; see the module doc."""
+
+    def __init__(
+        self,
+        device: str,
+        policy: FeedPolicy,
+        claim: WatchdogClaim,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device = device
+        self.policy = policy
+        self._claim = claim
+        self.clock = clock
+        self._fd: int | None = None
+        self.feeds = 0
+        self.stop_reason = ""
+
+    def armed_claim(self) -> WatchdogClaim | None:
+        """What heartbeats advertise: the claim while the device is armed and fed."""
+        return self._claim if self._fd is not None and not self.policy.stopped else None
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.device, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as err:
+            no_reader = err.errno == errno.ENXIO
+            hint = " (no reader: is the watchdog driver loaded?)" if no_reader else ""
+            raise WatchdogDeviceError(
+                f"cannot open watchdog device {self.device}: {err.strerror}{hint}"
+            ) from None
+        log.warning("watchdog %s armed (timeout %g s)", self.device, self._claim.timeout)
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            os.write(self._fd, data)
+        except OSError as err:
+            raise WatchdogDeviceError(
+                f"cannot write watchdog device {self.device}: {err.strerror}"
+            ) from None
+
+    def tick(self) -> bool:
+        """Feed once if allowed (arming the device at the first feed); False once stopped."""
+        if not self.policy.should_feed(self.clock()):
+            if self.policy.stopped and not self.stop_reason:
+                self.stop_reason = self.policy.stopped
+                log.critical(
+                    "self-fencing: stopped feeding the watchdog (%s); the node resets within %g s",
+                    self.stop_reason,
+                    self._claim.timeout,
+                )
+            return not self.policy.stopped
+        if self._fd is None:
+            self._open()
+        self._write(KEEPALIVE)
+        self.feeds += 1
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Feed every `feed_interval` until `stop` (then disarm) or until feeding stops."""
+        try:
+            while not stop.is_set():
+                if not self.tick():
+                    await stop.wait()  # never feed again; keep the device open
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._claim.feed_interval)
+            if self._fd is not None and not self.policy.stopped:
+                self._write(MAGIC_CLOSE)  # clean stop: disarm
+                log.info("watchdog %s disarmed (clean stop)", self.device)
+        finally:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+
+
+ListMarks = Callable[[], Awaitable[list[str]]]
+
+
+async def watch_marks(
+    list_marks: ListMarks,
+    policy: FeedPolicy,
+    interval: float,
+    stop: asyncio.Event,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Ask the API server every `interval` whether a fencing record names this node.
+
+    `list_marks()` returns the names of unfinished fencing records of this node (raising on
+    any API failure). An empty answer is contact, stamped with the moment the read started.
+    """
+    while not stop.is_set() and not policy.stopped:
+        started = clock()
+        try:
+            marks = await asyncio.wait_for(list_marks(), timeout=interval * 2)
+        except Exception as err:  # any failure is "no contact"; the reason is logged
+            log.debug("API check failed: %s", err)
+        else:
+            if marks:
+                policy.fenced(", ".join(sorted(marks)))
+                log.critical("the leader is fencing this node (%s)", ", ".join(marks))
+                return
+            policy.contact(started)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

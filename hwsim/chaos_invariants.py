@@ -1,0 +1,237 @@
+"""What a chaos run checks: four invariants over a stream of cluster snapshots (pure).
+
+The runner polls the cluster (~every 50 ms) into `Snapshot`s and feeds them to
+`InvariantChecker.observe`; unit tests feed synthetic ones. Times are seconds since the chaos
+began. A snapshot holds both truths: what the API says (Nodes, Leases, VMs, FenceOperation
+records) and what really is (power, where each VM's processes run).
+
+- (a) `split-brain`: no VM's processes run on two machines at once.
+- (b) `unproven-delete`: a Node disappears only when its machine is off (or was switched in
+  between two looks) and a FenceOperation of that node says `offProven` (and no record says
+  `nodeDeleted` without `offProven`).
+- (c) `not-recovered`: every ColdStandby VM (runPolicy AlwaysOn / AlwaysOnUnlessStoppedManually)
+  hosted by a deleted Node is Running again within `recovery_deadline`.
+- (d) `wrong-fence`: no power-off is sent (a record's `powerOffSent` turns true) for a node in
+  maintenance for at least `maintenance_grace`, nor for a node whose kubelet was alive then:
+  at least two Lease renewals seen within `kubelet_alive_window` before it (one renewal is
+  the last breath of a node that then went silent; two mean it kept renewing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
+HOSTED = ("Running", "Migrating")
+INVARIANTS = ("split-brain", "unproven-delete", "not-recovered", "wrong-fence")
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """The fields of a FenceOperation record the checks read."""
+
+    node: str
+    phase: str = ""
+    power_off_sent: bool = False
+    off_proven: bool = False
+    node_deleted: bool = False
+
+
+@dataclass(frozen=True)
+class VmView:
+    """A VirtualMachine as the API shows it."""
+
+    phase: str
+    node: str | None
+    run_policy: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One look at the cluster at time `t`."""
+
+    t: float
+    nodes: Mapping[str, str]  # Node name -> uid
+    maintenance: frozenset[str]  # Nodes labelled nodefence.io/maintenance=true
+    power: Mapping[str, str]  # machine -> "on" | "off"
+    power_changes: Mapping[str, int]  # machine -> transitions so far (SimMachine.power_changes)
+    kubelet_renew: Mapping[str, str]  # node -> kubelet Lease spec.renewTime
+    records: Mapping[str, RecordView]  # record name -> view
+    vms: Mapping[str, VmView]  # "namespace/name" -> view
+    running: Mapping[str, frozenset[str]]  # "namespace/name" -> machines really running it
+
+
+@dataclass(frozen=True)
+class Violation:
+    """An invariant broken at `t` (seconds since the chaos began)."""
+
+    t: float
+    invariant: str
+    node: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.t:8.2f}s  {self.invariant:<16} {self.node:<8} {self.detail}"
+
+
+@dataclass
+class Pending:
+    """A VM that must be Running again by `deadline` (its Node was deleted at `since`)."""
+
+    vm: str
+    lost_node: str
+    since: float
+    deadline: float
+
+
+@dataclass
+class InvariantChecker:
+    """Feed snapshots in time order with `observe`; read `violations` and the counters."""
+
+    recovery_deadline: float = 30.0
+    kubelet_alive_window: float = 4.5
+    maintenance_grace: float = 1.0
+    violations: list[Violation] = field(default_factory=list)
+    records_seen: set[str] = field(default_factory=set)
+    proven: set[str] = field(default_factory=set)
+    deleted_nodes: list[tuple[float, str]] = field(default_factory=list)
+    recoveries: list[tuple[str, str, float]] = field(default_factory=list)  # vm, from, downtime
+    pending: dict[str, Pending] = field(default_factory=dict)
+    _prev: Snapshot | None = None
+    _renewals: dict[str, list[float]] = field(default_factory=dict)
+    _maintenance_since: dict[str, float] = field(default_factory=dict)
+    _doubles: set[str] = field(default_factory=set)
+    _sent: set[str] = field(default_factory=set)
+
+    def observe(self, snap: Snapshot) -> list[Violation]:
+        """Check one snapshot against the history; returns the violations it revealed."""
+        before = len(self.violations)
+        prev = self._prev
+        self._track(snap, prev)
+        self._split_brain(snap)
+        if prev is not None:
+            self._deletions(snap, prev)
+        self._records(snap, prev)
+        self._recoveries(snap)
+        self._prev = snap
+        return self.violations[before:]
+
+    def finish(self, t: float) -> list[Violation]:
+        """The end of the run: every VM still waiting is a violation once its deadline is
+        past (the runner waits for the deadlines first)."""
+        before = len(self.violations)
+        for vm, p in sorted(self.pending.items()):
+            if t >= p.deadline:
+                self._flag_late(t, vm, p)
+        return self.violations[before:]
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+
+    def _add(self, t: float, invariant: str, node: str, detail: str) -> None:
+        self.violations.append(Violation(round(t, 3), invariant, node, detail))
+
+    def _track(self, snap: Snapshot, prev: Snapshot | None) -> None:
+        for node, renew in snap.kubelet_renew.items():
+            if prev is not None and prev.kubelet_renew.get(node) not in (None, renew):
+                self._renewals.setdefault(node, []).append(snap.t)
+                del self._renewals[node][:-20]
+        for node in snap.maintenance:
+            self._maintenance_since.setdefault(node, snap.t)
+        for node in list(self._maintenance_since):
+            if node not in snap.maintenance:
+                del self._maintenance_since[node]
+
+    def kubelet_alive(self, node: str, t: float) -> bool:
+        """Whether `node`'s kubelet kept renewing up to `t` (two renewals in the window)."""
+        seen = [r for r in self._renewals.get(node, []) if t - self.kubelet_alive_window <= r <= t]
+        return len(seen) >= 2
+
+    # ---- (a) ------------------------------------------------------------------------------
+
+    def _split_brain(self, snap: Snapshot) -> None:
+        for vm, places in sorted(snap.running.items()):
+            powered = sorted(p for p in places if snap.power.get(p) == "on")
+            if len(powered) > 1:
+                if vm not in self._doubles:
+                    self._doubles.add(vm)
+                    where = ", ".join(powered)
+                    self._add(snap.t, "split-brain", powered[0], f"VM {vm} runs on {where}")
+            else:
+                self._doubles.discard(vm)
+
+    # ---- (b) and the start of (c) ---------------------------------------------------------
+
+    def _deletions(self, snap: Snapshot, prev: Snapshot) -> None:
+        for node, uid in sorted(prev.nodes.items()):
+            if snap.nodes.get(node) == uid:
+                continue
+            self.deleted_nodes.append((snap.t, node))
+            on_throughout = (
+                prev.power.get(node) == "on"
+                and snap.power.get(node) == "on"
+                and prev.power_changes.get(node) == snap.power_changes.get(node)
+            )
+            if on_throughout:
+                self._add(snap.t, "unproven-delete", node, "Node deleted while its machine ran")
+            fresh = [
+                r
+                for name, r in snap.records.items()
+                if r.node == node and not _deleted(prev.records.get(name))
+            ]
+            if not any(r.off_proven for r in fresh):
+                phases = ", ".join(sorted(r.phase for r in fresh)) or "no record"
+                self._add(
+                    snap.t, "unproven-delete", node, f"Node deleted without offProven ({phases})"
+                )
+            for vm, view in sorted(prev.vms.items()):
+                if view.node == node and view.phase in HOSTED and view.run_policy in RESTARTABLE:
+                    self.pending[vm] = Pending(vm, node, snap.t, snap.t + self.recovery_deadline)
+
+    # ---- (b) record side, (d) -------------------------------------------------------------
+
+    def _records(self, snap: Snapshot, prev: Snapshot | None) -> None:
+        for name, rec in sorted(snap.records.items()):
+            self.records_seen.add(name)
+            if rec.off_proven:
+                self.proven.add(name)
+            old = prev.records.get(name) if prev is not None else None
+            if rec.node_deleted and not rec.off_proven and not _deleted(old):
+                self._add(snap.t, "unproven-delete", rec.node, f"{name}: nodeDeleted, no offProven")
+            if not rec.power_off_sent or name in self._sent:
+                continue
+            self._sent.add(name)
+            since = self._maintenance_since.get(rec.node)
+            if since is not None and snap.t - since >= self.maintenance_grace:
+                detail = f"{name}: power-off sent {snap.t - since:.1f} s into maintenance"
+                self._add(snap.t, "wrong-fence", rec.node, detail)
+            if self.kubelet_alive(rec.node, snap.t):
+                renewals = [f"{r:.2f}" for r in self._renewals.get(rec.node, [])[-3:]]
+                detail = f"{name}: power-off sent while its kubelet renewed (at {renewals})"
+                self._add(snap.t, "wrong-fence", rec.node, detail)
+
+    # ---- (c) ------------------------------------------------------------------------------
+
+    def _recoveries(self, snap: Snapshot) -> None:
+        for vm, p in sorted(self.pending.items()):
+            view = snap.vms.get(vm)
+            if view is None:  # deleted by someone: nothing to recover
+                del self.pending[vm]
+            elif (
+                view.phase == "Running"
+                and view.node
+                and (view.node != p.lost_node or view.node in snap.nodes)
+            ):
+                self.recoveries.append((vm, p.lost_node, round(snap.t - p.since, 3)))
+                del self.pending[vm]
+            elif snap.t > p.deadline:
+                self._flag_late(snap.t, vm, p)
+
+    def _flag_late(self, t: float, vm: str, p: Pending) -> None:
+        detail = f"VM {vm} not Running {self.recovery_deadline:g} s after {p.lost_node} was deleted"
+        self._add(t, "not-recovered", p.lost_node, detail)
+        del self.pending[vm]
+
+
+def _deleted(rec: RecordView | None) -> bool:
+    return rec is not None and rec.node_deleted

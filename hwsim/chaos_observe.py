@@ -1,0 +1,71 @@
+"""What a chaos run sees of the cluster: snapshots for the invariant checks, and the changes
+between two of them as lines for the timeline."""
+
+from __future__ import annotations
+
+from hwsim.chaos_invariants import RecordView, Snapshot, VmView
+from hwsim.simcluster import SimCluster
+
+MAINTENANCE_LABEL = "nodefence.io/maintenance"
+
+
+def take_snapshot(cluster: SimCluster, t: float) -> Snapshot:
+    """One look at `cluster` at `t`: its API objects and its machines' real state."""
+    store = cluster.kube.store
+    nodes, maintenance = {}, set()
+    for n in store.list("nodes")["items"]:
+        meta = n["metadata"]
+        nodes[meta["name"]] = str(meta.get("uid", ""))
+        if (meta.get("labels") or {}).get(MAINTENANCE_LABEL) == "true":
+            maintenance.add(meta["name"])
+    power = {m.name: m.power_state() for m in cluster.fleet}
+    changes = {m.name: m.power_changes for m in cluster.fleet}
+    renew = {
+        lease["metadata"]["name"]: str((lease.get("spec") or {}).get("renewTime") or "")
+        for lease in store.list("leases", "kube-node-lease")["items"]
+    }
+    records = {}
+    for rec in store.list("fenceoperations", "nodefence")["items"]:
+        st = rec.get("status") or {}
+        records[rec["metadata"]["name"]] = RecordView(
+            str(rec["spec"]["nodeName"]),
+            str(st.get("phase", "")),
+            bool(st.get("powerOffSent")),
+            bool(st.get("offProven")),
+            bool(st.get("nodeDeleted")),
+        )
+    vms, running = {}, {}
+    ctl = cluster.vm_controller
+    for vm in store.list("virtualmachines")["items"]:
+        ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        st = vm.get("status") or {}
+        key = f"{ns}/{name}"
+        policy = str(vm["spec"].get("runPolicy") or "")
+        vms[key] = VmView(str(st.get("phase", "")), st.get("nodeName") or None, policy)
+        if ctl is not None:
+            running[key] = frozenset(ctl.running_places(ns, name))
+    return Snapshot(t, nodes, frozenset(maintenance), power, changes, renew, records, vms, running)
+
+
+def seen_changes(prev: Snapshot, snap: Snapshot) -> list[tuple[str, str]]:
+    """What the agents and controllers did between two looks, as (node, line) for the log."""
+    lines: list[tuple[str, str]] = []
+    for node in sorted(set(prev.nodes) | set(snap.nodes)):
+        if node not in snap.nodes:
+            lines.append((node, "Node deleted"))
+        elif prev.nodes.get(node) != snap.nodes[node]:
+            lines.append((node, "Node registered"))
+        if (node in prev.maintenance) != (node in snap.maintenance):
+            mark = "marked" if node in snap.maintenance else "unmarked"
+            lines.append((node, f"{mark} {MAINTENANCE_LABEL}"))
+    for name, rec in sorted(snap.records.items()):
+        old = prev.records.get(name)
+        if old is None or old.phase != rec.phase:
+            flags = "powerOffSent " if rec.power_off_sent else ""
+            flags += "offProven" if rec.off_proven else ""
+            lines.append((rec.node, f"fence {name}: {rec.phase} {flags}".rstrip()))
+    for key, vm in sorted(snap.vms.items()):
+        old_vm = prev.vms.get(key)
+        if old_vm is not None and old_vm.phase != "Running" and vm.phase == "Running":
+            lines.append((vm.node or "-", f"VM {key} {old_vm.phase} -> Running"))
+    return lines

@@ -1,0 +1,43 @@
+"""The outcome of a chaos run: the result object and the summary printed at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ChaosResult:
+    """What a run did and found (also written as the JSON report)."""
+
+    report: dict[str, Any]
+    path: Path
+
+    @property
+    def ok(self) -> bool:
+        """True when no invariant was violated."""
+        return not self.report["violations"]
+
+
+def print_summary(result: ChaosResult) -> None:
+    """The counts at the end of a run, and every violation."""
+    counts = result.report["counts"]
+    faults = ", ".join(f"{k} {v}" for k, v in counts["faults"].items()) or "none"
+    fences = counts["fences"]
+    print(f"== faults injected: {faults}")
+    print(
+        f"== fences: {fences['records']} records, {fences['proven_off']} proven off, "
+        f"{fences['nodes_deleted']} Nodes deleted"
+    )
+    slowest = counts["max_recovery_seconds"]
+    extra = f" (slowest {slowest:.1f} s)" if slowest is not None else ""
+    print(f"== recoveries: {counts['recoveries']} VMs Running again elsewhere{extra}")
+    total = sum(counts["violations"].values())
+    per = ", ".join(f"{k} {v}" for k, v in counts["violations"].items())
+    print(f"== violations: {total} ({per})")
+    for v in result.report["violations"]:
+        t = "   end" if v["t"] is None else f"{v['t']:8.2f}s"
+        print(f"   {t}  {v['invariant']:<16} {v['node']:<8} {v['detail']}")
+    print(f"== report: {result.path}")
+    print("== verdict: " + ("PASS, no invariant violated" if result.ok else "FAIL"))

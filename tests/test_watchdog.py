@@ -1,0 +1,189 @@
+"""Self-fencing: when the node feeds its watchdog, when the leader may count a self-fence, and
+the agent's feeder writing to the emulated watchdog device (a real FIFO read by hwsim)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent.heartbeat_codec import WatchdogClaim
+from agent.watchdog import (
+    FeedPolicy,
+    SelfFenceFacts,
+    WatchdogDeviceError,
+    WatchdogFeeder,
+    self_fence_deadline,
+    self_fence_verdict,
+    watch_marks,
+)
+from hwsim.watchdog import EmulatedWatchdog
+
+CLAIM = WatchdogClaim(timeout=10.0, cut_off=6.0, feed_interval=1.0)
+MARK = 100.0
+DEADLINE = MARK + 6 + 1 + 10 + 2  # cut_off + feed + timeout + margin
+
+OK = SelfFenceFacts(
+    now=DEADLINE,
+    marked_at=MARK,
+    margin=2.0,
+    claim=CLAIM,
+    last_heartbeat=90.0,
+    last_rejected=None,
+    broker_up_since=10.0,
+    alive_after_mark=None,
+    bmc_unreachable=True,
+)
+
+
+# -- the leader's rule -----------------------------------------------------------------------
+
+
+def test_the_deadline_adds_cut_off_feed_interval_timeout_and_margin_to_the_mark() -> None:
+    assert self_fence_deadline(CLAIM, MARK, 2.0) == DEADLINE
+
+
+def test_a_self_fence_counts_once_every_condition_holds_and_the_deadline_passed() -> None:
+    ok, why = self_fence_verdict(OK)
+    assert ok and "watchdog self-fence" in why
+
+
+@pytest.mark.parametrize(
+    ("change", "missing"),
+    [
+        ({"now": DEADLINE - 0.01}, "deadline"),
+        ({"bmc_unreachable": False}, "BMC answered"),
+        ({"claim": None}, "armed watchdog"),
+        ({"last_heartbeat": None}, "armed watchdog"),
+        ({"alive_after_mark": "heartbeat received 0.5 s ago"}, "showed life"),
+        ({"broker_up_since": None}, "broker connection"),
+        ({"broker_up_since": 95.0}, "broker connection"),  # came up after the last heartbeat
+        ({"last_rejected": 92.0}, "refused"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_each_missing_condition_keeps_the_node_unfenced(
+    change: dict[str, object], missing: str
+) -> None:
+    ok, why = self_fence_verdict(replace(OK, **change))  # type: ignore[arg-type]
+    assert not ok
+    assert missing in why
+
+
+def test_a_refusal_before_the_last_good_heartbeat_does_not_matter() -> None:
+    assert self_fence_verdict(replace(OK, last_rejected=80.0))[0]
+
+
+# -- the node's rule ---------------------------------------------------------------------------
+
+
+def test_feeding_waits_for_the_first_contact_and_latches_off_after_the_cut_off() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    assert not p.should_feed(0.0)  # not armed before any contact
+    p.contact(1.0)
+    assert p.should_feed(6.0)
+    p.contact(0.5)  # an older round trip never moves contact back
+    assert p.last_contact == 1.0
+    assert not p.should_feed(6.01)
+    assert "no broker or API server contact" in p.stopped
+    p.contact(7.0)  # too late: the decision to reset is final
+    assert not p.should_feed(7.0)
+
+
+def test_a_fencing_record_stops_feeding_for_good() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(1.0)
+    p.fenced("fence-n1-abc")
+    assert not p.should_feed(1.5)
+    assert "fence-n1-abc" in p.stopped
+
+
+async def test_the_mark_watcher_counts_empty_answers_as_contact_and_stops_on_a_record() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    answers: list[list[str] | Exception] = [[], RuntimeError("api down"), ["fence-n1-x"]]
+    t = iter([10.0, 11.0, 12.0, 13.0])
+
+    async def marks() -> list[str]:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    await asyncio.wait_for(watch_marks(marks, p, 0.01, asyncio.Event(), lambda: next(t)), 5)
+    assert p.last_contact == 10.0  # the failed read counted for nothing
+    assert "fence-n1-x" in p.stopped
+
+
+# -- the feeder against the emulated device ----------------------------------------------------
+
+
+async def _until(what: str, check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
+    tmp_path: Path,
+) -> None:
+    fired: list[float] = []
+    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.4, lambda: fired.append(time.monotonic()))
+    dev.start()
+    try:
+        policy = FeedPolicy(cut_off=0.3)
+        claim = WatchdogClaim(0.4, 0.3, 0.05)
+        feeder = WatchdogFeeder(str(dev.path), policy, claim)
+        stop = asyncio.Event()
+        task = asyncio.create_task(feeder.run(stop))
+        await asyncio.sleep(0.2)
+        assert not dev.armed and feeder.armed_claim() is None  # no contact yet: not armed
+        policy.contact(time.monotonic())
+        await _until("armed", lambda: dev.armed and dev.feeds >= 2)
+        assert feeder.armed_claim() == claim
+        for _ in range(6):  # keep in contact for longer than timeout: no reset
+            policy.contact(time.monotonic())
+            await asyncio.sleep(0.1)
+        assert not fired
+        cut_at = time.monotonic()  # contact lost from here on
+        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        assert fired[0] - cut_at >= 0.4  # not before the device's own timeout
+        assert "no broker or API server contact" in feeder.stop_reason
+        assert feeder.armed_claim() is None  # heartbeats stop advertising it
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        assert dev.disarms == 0  # a node that decided to reset never disarms
+    finally:
+        dev.stop()
+
+
+async def test_a_clean_stop_disarms_the_device(tmp_path: Path) -> None:
+    fired: list[float] = []
+    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
+    dev.start()
+    try:
+        policy = FeedPolicy(cut_off=5.0)
+        policy.contact(time.monotonic())
+        feeder = WatchdogFeeder(str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05))
+        stop = asyncio.Event()
+        task = asyncio.create_task(feeder.run(stop))
+        await _until("armed", lambda: dev.armed)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        await _until("disarmed", lambda: not dev.armed)
+        await asyncio.sleep(0.5)
+        assert not fired
+    finally:
+        dev.stop()
+
+
+def test_a_missing_device_is_a_clear_error(tmp_path: Path) -> None:
+    policy = FeedPolicy(cut_off=5.0)
+    policy.contact(time.monotonic())
+    feeder = WatchdogFeeder(str(tmp_path / "nope"), policy, CLAIM)
+    with pytest.raises(WatchdogDeviceError, match=r"cannot open watchdog device .*nope"):
+        feeder.tick()
