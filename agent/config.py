@@ -44,6 +44,7 @@ password) come only from a file or an environment variable and are held as `Secr
       heartbeat_key_file: /etc/nodefence/heartbeat/key   # or heartbeat_key_env; >= 32 bytes
       mode: required                # off | permissive | required (default: required with a key)
       max_skew: 30                  # replay window: |sender clock - leader clock| in seconds
+      also_accept_files: []         # further keys the leader accepts (key rotation)
     watchdog:                       # self-fencing (agent.watchdog); off unless enabled
       enabled: false
       device: /dev/watchdog
@@ -127,6 +128,7 @@ class AuthConfig:
     mode: str = "off"
     key: Secret | None = None
     max_skew: float = 30.0
+    also_accept: tuple[Secret, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ _FENCING = {
     "self_fence",
     "self_fence_margin",
 }
-_AUTH = {"heartbeat_key_file", "heartbeat_key_env", "mode", "max_skew"}
+_AUTH = {"heartbeat_key_file", "heartbeat_key_env", "mode", "max_skew", "also_accept_files"}
 _WATCHDOG = {
     "enabled",
     "device",
@@ -342,7 +344,25 @@ def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:
             raise ConfigError(
                 r.path, "auth.heartbeat_key_file", "the key must be at least 32 bytes long"
             )
-    return AuthConfig(mode, key, r.number(a, "max_skew", 30.0, 0.5, "auth.max_skew"))
+    files = a.get("also_accept_files") or []
+    if not isinstance(files, list):
+        raise ConfigError(r.path, "auth.also_accept_files", "must be a list of file paths")
+    accepted = []
+    for i, name in enumerate(files):
+        where = f"auth.also_accept_files[{i}]"
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(r.path, where, "must be a file path")
+        file = _relative(r.path, name.strip())
+        try:
+            value = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as err:
+            problem = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise ConfigError(r.path, where, f"cannot read {file}: {problem or err}") from None
+        if len(value.encode()) < 32:
+            raise ConfigError(r.path, where, f"the key in {file} must be at least 32 bytes long")
+        accepted.append(Secret(value))
+    max_skew = r.number(a, "max_skew", 30.0, 0.5, "auth.max_skew")
+    return AuthConfig(mode, key, max_skew, tuple(accepted))
 
 
 def _watchdog(r: _Reader, w: dict[str, Any]) -> WatchdogConfig:

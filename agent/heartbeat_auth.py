@@ -14,6 +14,9 @@ heartbeat cannot be replayed later.
 - Replay: the signed `ts` (sender wall clock, ms) must be within `max_skew` of the leader's
   wall clock, and `agent.heartbeat_codec.SequenceTracker` drops repeats of (boot, seq): a
   captured heartbeat is refused once seen, and any heartbeat once older than `max_skew`.
+- Rotation: `also_accept` holds further cluster keys the leader accepts (never signs with),
+  so a key can be replaced in three rolls without a moment of unsigned heartbeats: accept the
+  new key, sign with it (accepting the old), drop the old.
 - Modes: `off` ignores signatures; `permissive` (rolling keys out) checks a signature when
   present and counts unsigned heartbeats but accepts them; `required` refuses unsigned ones.
 """
@@ -78,7 +81,8 @@ class HeartbeatVerifier:
     mode: AuthMode
     cluster_key: bytes | None = None
     max_skew: float = 30.0
-    _keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    also_accept: tuple[bytes, ...] = ()
+    _keys: dict[str, tuple[bytes, ...]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode is not AuthMode.OFF and (
@@ -88,15 +92,18 @@ class HeartbeatVerifier:
                 f"heartbeat auth mode {self.mode.value} needs a cluster key of at least"
                 f" {MIN_KEY_BYTES} bytes"
             )
+        if any(len(k) < MIN_KEY_BYTES for k in self.also_accept):
+            raise ValueError(f"every accepted key must be at least {MIN_KEY_BYTES} bytes")
 
-    def _key(self, node: str) -> bytes:
-        key = self._keys.get(node)
-        if key is None:
+    def _node_keys(self, node: str) -> tuple[bytes, ...]:
+        keys = self._keys.get(node)
+        if keys is None:
             assert self.cluster_key is not None
             if len(self._keys) >= 65536:  # names come from topics: never grow without bound
                 self._keys.clear()
-            key = self._keys[node] = node_key(self.cluster_key, node)
-        return key
+            keys = tuple(node_key(k, node) for k in (self.cluster_key, *self.also_accept))
+            self._keys[node] = keys
+        return keys
 
     def check(self, hb: Heartbeat, wall_now: float) -> bool:
         """Accept `hb` (True: signed and valid, False: accepted unsigned in permissive mode)
@@ -107,8 +114,11 @@ class HeartbeatVerifier:
             if self.mode is AuthMode.REQUIRED:
                 raise HeartbeatRejected(RejectReason.UNSIGNED, f"{hb.node}: no signature")
             return False
-        expected = hmac.new(self._key(hb.node), signing_bytes(hb), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, hb.hmac):
+        data = signing_bytes(hb)
+        if not any(
+            hmac.compare_digest(hmac.new(k, data, hashlib.sha256).hexdigest(), hb.hmac)
+            for k in self._node_keys(hb.node)
+        ):
             raise HeartbeatRejected(
                 RejectReason.BAD_SIGNATURE, f"{hb.node}: signature does not match its key"
             )

@@ -126,7 +126,12 @@ class LeaderSide:
         self.detector = FailureDetector(profile)
         self.sequences = SequenceTracker()
         key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-        self.verifier = HeartbeatVerifier(AuthMode(cfg.auth.mode), key, cfg.auth.max_skew)
+        self.verifier = HeartbeatVerifier(
+            AuthMode(cfg.auth.mode),
+            key,
+            cfg.auth.max_skew,
+            tuple(s.reveal().encode() for s in cfg.auth.also_accept),
+        )
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
         self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
         self.leader_since = 0.0

@@ -48,6 +48,16 @@ SHORT_TIMINGS: dict[str, Any] = {
 }
 
 
+# Short self-fencing timings (with --watchdog): a cut-off node resets ~4 s after the cut.
+WATCHDOG: dict[str, Any] = {
+    "timeout": 2.0,
+    "cut_off_after": 2.0,
+    "feed_interval": 0.2,
+    "api_check_interval": 0.5,
+}
+SELF_FENCE: dict[str, Any] = {"self_fence": True, "self_fence_margin": 1.0}
+
+
 @dataclass
 class ChaosOptions:
     """One chaos run: what to start, how long, where files go."""
@@ -64,6 +74,7 @@ class ChaosOptions:
     poll: float = 0.05
     echo: bool = True
     schedule: ChaosSettings = field(default_factory=ChaosSettings)
+    watchdog: bool = False  # nodes feed emulated watchdogs; the leader may count self-fences
 
 
 class ChaosRun:
@@ -76,6 +87,10 @@ class ChaosRun:
         self.steps = make_schedule(opts.seed, opts.duration, self.names, opts.schedule)
         settings = {**SHORT_TIMINGS, "nodes": opts.nodes, "vms": opts.vms, "bmcs": True}
         settings["profile"] = opts.profile
+        settings["links"] = True  # partitions cut each node's link; its agent runs on
+        if opts.watchdog:
+            settings["watchdog"] = dict(WATCHDOG)
+            settings["fencing"] = {**SHORT_TIMINGS["fencing"], **SELF_FENCE}
         self.settings = ClusterSettings(**settings)
         interval = self.settings.kubelet_lease_interval
         self.checker = InvariantChecker(
@@ -194,8 +209,8 @@ class ChaosRun:
             self.say(a.value, node, "machine off; its BMC still answers", count=True)
         elif a is Action.PARTITION and node:
             self.busy[node] = step.episode
-            cluster.nodes[node].partition()
-            self.say(a.value, node, "agent killed, kubelet silent, machine powered", count=True)
+            cluster.nodes[node].isolate()
+            self.say(a.value, node, "network cut: agent runs on alone, kubelet silent", count=True)
         elif a in (Action.REPAIR, Action.HEAL) and node:
             self.busy.pop(node, None)
             self._power_on_or_heal(node, a)
@@ -253,7 +268,7 @@ class ChaosRun:
             self.say(FaultKind.REPAIR.value, node, f"powered on ({action.value})", count=True)
         elif sim.partitioned:
             sim.heal()
-            self.say(action.value, node, "network back, agent restarted")
+            self.say(action.value, node, "network back")
 
     def _janitor(self) -> None:
         """Power on machines left off by no episode (fenced after their episode ended)."""

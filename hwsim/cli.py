@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds after a Node deletion for its ColdStandby VMs to run again",
     )
+    chaos.add_argument(
+        "--watchdog",
+        action="store_true",
+        help="nodes feed emulated watchdogs and the leader may count self-fences",
+    )
     chaos.add_argument("--workdir", default="run/chaos", help="where files and logs go")
     chaos.add_argument("--report", help="JSON report path (default WORKDIR/chaos-report.json)")
 
@@ -251,6 +256,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
         report=Path(args.report).resolve() if args.report else None,
         recovery_deadline=args.recovery_deadline,
         schedule=ChaosSettings(max_faulty=args.max_faulty, mean_gap=args.mean_gap),
+        watchdog=args.watchdog,
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -111,3 +111,17 @@ def test_bad_auth_and_watchdog_settings_are_named(
         load_config(write(tmp_path, text), {"K": "x" * 40})
     assert info.value.field == field and problem in str(info.value)
     assert str(tmp_path) in str(info.value)
+
+
+def test_rotation_keys_are_read_from_files_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("k" * 40)
+    (tmp_path / "next").write_text("n" * 40 + "\n")
+    (tmp_path / "short").write_text("s" * 8)
+    text = "auth: {heartbeat_key_file: key, also_accept_files: [%s]}\n"
+    cfg = load_config(write(tmp_path, text % "next"))
+    assert [k.reveal() for k in cfg.auth.also_accept] == ["n" * 40]
+    for bad, problem in (("short", "32 bytes"), ("missing", "cannot read")):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text % bad))
+        assert info.value.field == "auth.also_accept_files[0]" and problem in str(info.value)
+        assert "s" * 8 not in str(info.value)

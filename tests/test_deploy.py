@@ -190,8 +190,10 @@ def test_the_agent_runs_on_every_node_unprivileged_with_probes_on_its_health_por
     assert mounts["/etc/nodefence/mqtt/password"]["subPathExpr"] == "$(NODE_NAME)"
     assert "subPath" not in mounts["/etc/nodefence/inventory"]  # or edits never arrive
     # The cluster's heartbeat key, where the config's auth.heartbeat_key_file looks for it.
-    key_mount = mounts[config["auth"]["heartbeat_key_file"]]
-    assert key_mount["subPath"] == "key" and key_mount["readOnly"] is True
+    key_file = Path(config["auth"]["heartbeat_key_file"])
+    key_mount = mounts[str(key_file.parent)]  # the Secret as a directory: room for a 2nd key
+    assert key_file.name == "key" and "subPath" not in key_mount
+    assert key_mount["readOnly"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes[key_mount["name"]]["secret"] == {
         "secretName": "nodefence-heartbeat-key",

@@ -228,3 +228,14 @@ async def test_the_leader_keeps_alive_only_nodes_whose_heartbeats_it_can_authent
 
         await send("victim", live("victim", 5))  # the genuine agent goes on
         await eventually("the genuine stream goes on", lambda: side.stats.heartbeats == 2)
+
+
+def test_a_rotation_key_is_accepted_but_never_confused_with_an_unknown_one() -> None:
+    new = b"n" * 40
+    rotating = HeartbeatVerifier(AuthMode.REQUIRED, CLUSTER_KEY, 30.0, also_accept=(new,))
+    assert rotating.check(signed(key=new), NOW) is True  # agents already on the new key
+    assert rotating.check(signed(), NOW) is True  # agents still on the current key
+    assert reason_of(rotating, signed(key=b"u" * 40)) is RejectReason.BAD_SIGNATURE
+    assert reason_of(verifier(), signed(key=new)) is RejectReason.BAD_SIGNATURE
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        HeartbeatVerifier(AuthMode.REQUIRED, CLUSTER_KEY, also_accept=(b"short",))
