@@ -12,6 +12,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwsim.scenarios import SCENARIOS
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of every sub-command."""
@@ -52,14 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scen.add_argument(
         "name",
-        choices=[
-            "power-loss",
-            "network-partition",
-            "bmc-unreachable",
-            "leader-crash",
-            "rack-loss",
-            "maintenance",
-        ],
+        choices=list(SCENARIOS),
     )
     scen.add_argument("--nodes", type=int, default=5)
     scen.add_argument("--vms", type=int, default=10)

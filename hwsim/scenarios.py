@@ -59,6 +59,7 @@ class Watcher:
         self._leader: str | None = None
         self.samples = Samples()
         self._flag: dict[str, str] = {}
+        self._resets: dict[str, int] = {}
 
     def start(self) -> None:
         """Begin watching (the first look is the baseline, not reported)."""
@@ -104,6 +105,11 @@ class Watcher:
             for gone in sorted(self._nodes - nodes):
                 tl.add(gone, "Node deleted from the cluster")
         self._nodes = nodes
+        for sim in self.cluster.nodes.values():
+            resets = len(sim.watchdog_resets)
+            if report and resets > self._resets.get(sim.name, 0):
+                tl.add(sim.name, "WATCHDOG RESET: its agent stopped feeding the watchdog")
+            self._resets[sim.name] = resets
         t = time.monotonic() - tl.start
         phases = {}
         for rec in store.list("fenceoperations", "nodefence")["items"]:
@@ -202,6 +208,27 @@ def _bmc_unreachable(cluster: SimCluster, tl: Timeline) -> list[str]:
     cluster.fleet[victim[0]].set_faults(unreachable=True)
     cluster.nodes[victim[0]].partition()
     return victim
+
+
+def _self_fence(cluster: SimCluster, tl: Timeline) -> list[str]:
+    victim = _victims(cluster, 1)
+    tl.add(victim[0], "BMC UNREACHABLE, then NETWORK CUT (its agent runs on, alone)")
+    cluster.fleet[victim[0]].set_faults(unreachable=True)
+    cluster.nodes[victim[0]].isolate()
+    return victim
+
+
+def _judge_self_fence(cluster: SimCluster, victims: list[str]) -> list[str]:
+    v = victims[0]
+    problems = _judge_recovered(cluster, victims)
+    resets = cluster.nodes[v].watchdog_resets
+    if not resets:
+        problems.append(f"{v}: its watchdog never reset it")
+    recs = _records(cluster, v)
+    proof = (recs[-1].get("status") or {}).get("proof") if recs else None
+    if proof != "watchdog":
+        problems.append(f"{v}: off proven by {proof or 'nothing'}, not by its watchdog deadline")
+    return problems
 
 
 def _judge_fence_failed(cluster: SimCluster, victims: list[str]) -> list[str]:
@@ -338,6 +365,30 @@ SCENARIOS: dict[str, Scenario] = {
             _bmc_unreachable,
             _judge_fence_failed,
             lambda c, v: _phase(c, v[0]) == "FenceFailed",
+        ),
+        Scenario(
+            "self-fence",
+            "a cut-off worker whose BMC is dead resets itself by watchdog, then is replaced",
+            _self_fence,
+            _judge_self_fence,
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            settings={
+                "links": True,
+                "watchdog": {
+                    "timeout": 2.0,
+                    "cut_off_after": 2.0,
+                    "feed_interval": 0.2,
+                    "api_check_interval": 0.5,
+                    "reboot_after": None,  # a slow bare-metal boot: down for the whole run
+                },
+                "fencing": {
+                    "recovery_timeout": 60,
+                    "retry_base": 2,
+                    "retry_max": 10,
+                    "self_fence": True,
+                    "self_fence_margin": 1.0,
+                },
+            },
         ),
         Scenario(
             "leader-crash",
