@@ -1,7 +1,7 @@
 """Leader ingest: heartbeats of 1,000 / 5,000 / 10,000 simulated nodes at 1 Hz via mosquitto.
 
     python bench/leader_ingest.py [--sizes 1000,5000,10000] [--seconds 10] [--generators 1]
-                                  [--profile]
+                                  [--profile] [--signed]
 
 Everything runs on 127.0.0.1 in this one run. Per size, a fresh process runs the real
 `LeaderSide` (against the Kubernetes API emulator holding no Nodes, its kube loop period set to
@@ -26,6 +26,11 @@ stall of its event loop (a heartbeat arriving then is stamped that late); and th
 processes on the machine used meanwhile. Then the verdict against the target: 10,000 nodes on
 under one core with none dropped. `--profile` runs LeaderSide at the largest size once more
 under cProfile and prints where its time goes (`--no-references` skips the first two).
+
+`--signed`: every heartbeat is signed as agents with `auth:` sign it (a per-node HMAC key
+derived from a cluster key made for the run, the sender's clock in `ts`), and the leader runs in
+mode `required`, checking each signature and timestamp; the ingest-only reference checks them
+too. Compare a run with and one without to see what authentication costs the leader.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
 import pstats
+import secrets
 import shutil
 import signal
 import socket
@@ -124,6 +131,14 @@ def consumer_process(spec: dict[str, Any]) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     cfg = agent_config(spec["port"], spec["kubeconfig"], "default")
+    verifier = None
+    if spec.get("key"):
+        from agent.config import AuthConfig
+        from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
+        from backends.spec import Secret
+
+        cfg = dataclasses.replace(cfg, auth=AuthConfig("required", Secret(spec["key"])))
+        verifier = HeartbeatVerifier(AuthMode.REQUIRED, spec["key"].encode())
     profile = detection_profile(cfg)
 
     async def leader(stop: asyncio.Event) -> None:
@@ -159,6 +174,8 @@ def consumer_process(spec: dict[str, Any]) -> int:
                             continue
                         try:
                             hb = decode_heartbeat(node, data)
+                            if verifier is not None:
+                                verifier.check(hb, time.time())
                             sequences.check(hb)
                         except HeartbeatRejected:
                             counts["rejected"] += 1
@@ -215,10 +232,65 @@ def _connect(port: int, client_id: str) -> socket.socket:
     return sock
 
 
+def _signed_generator(spec: dict[str, Any], names: list[str]) -> int:
+    """As `generator_process`, every payload signed like an agent's (no byte templates: the
+    signature covers the sequence number and the timestamp)."""
+    from agent.heartbeat_auth import node_key, sign
+
+    interval, count, seconds = spec["interval"], len(names), spec["seconds"]
+    key = spec["key"].encode()
+    nodes = [
+        (
+            name,
+            uuid.uuid4().hex,
+            node_key(key, name),
+            (lambda t: struct.pack("!H", len(t)) + t)(heartbeat_topic(CLUSTER, name).encode()),
+        )
+        for name in names
+    ]
+    sock = _connect(spec["port"], f"bench-load-{spec['first']}")
+    total = count * round(seconds / interval)
+    step = interval / count
+    start = spec["start_at"]
+    sent, behind = 0, 0.0
+    time.sleep(max(0.0, start - time.monotonic()))
+    cpu0 = time.process_time()
+    while sent < total:
+        now = time.monotonic()
+        due = min(total, int((now - start) / step) + 1)
+        if due > sent:
+            behind = max(behind, now - (start + sent * step))
+            ts = int(time.time() * 1000)
+            batch = []
+            for k in range(sent, due):
+                name, boot, nkey, topic = nodes[k % count]
+                hb = Heartbeat(name, k // count, boot, interval, __version__, ts=ts)
+                rest = topic + encode_heartbeat(sign(hb, nkey))
+                batch.append(b"\x30" + _remaining_length(len(rest)) + rest)
+            sock.sendall(b"".join(batch))
+            sent = due
+        time.sleep(0.002)
+    last = time.monotonic()
+    sock.sendall(b"\xe0\x00")
+    sock.close()
+    emit(
+        {
+            "published": sent,
+            "start": start,
+            "end": last,
+            "cpu": time.process_time() - cpu0,
+            "behind": behind,
+        }
+    )
+    return 0
+
+
 def generator_process(spec: dict[str, Any]) -> int:
     """Publish heartbeats of nodes [first, first+count) once per interval until `seconds`."""
     interval, count, seconds = spec["interval"], spec["count"], spec["seconds"]
     names = [f"sim-{i:05d}" for i in range(spec["first"], spec["first"] + count)]
+    if spec.get("key"):
+        return _signed_generator(spec, names)
     frames: list[tuple[bytes, bytes, bytes]] = []  # (topic with its length, payload head, tail)
     for name in names:
         hb = Heartbeat(name, 0, uuid.uuid4().hex, interval, __version__)
@@ -372,7 +444,12 @@ async def run_size(
     procs: list[asyncio.subprocess.Process] = []
     reader: asyncio.Task[None] | None = None
     try:
-        spec = {"role": role, "port": broker_port, "kubeconfig": str(kubeconfig)}
+        spec = {
+            "role": role,
+            "port": broker_port,
+            "kubeconfig": str(kubeconfig),
+            "key": args.key,
+        }
         with log.open("wb") as err:
             proc = await spawn("--consumer-process", {**spec, "profile_out": profile_out}, err)
         procs.append(proc)
@@ -396,6 +473,7 @@ async def run_size(
                 "interval": 1.0,
                 "seconds": args.seconds,
                 "start_at": start_at,
+                "key": args.key,
             }
             gens.append(await spawn("--generator-process", load, None))
             procs.append(gens[-1])
@@ -615,6 +693,11 @@ def main() -> int:
     parser.add_argument(
         "--profile-size", type=int, default=0, help="nodes for --profile (default: largest)"
     )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="signed heartbeats, checked by the leader in mode required (see the doc)",
+    )
     parser.add_argument("--consumer-process", help=argparse.SUPPRESS)
     parser.add_argument("--generator-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -622,6 +705,7 @@ def main() -> int:
         return consumer_process(json.loads(args.consumer_process))
     if args.generator_process:
         return generator_process(json.loads(args.generator_process))
+    args.key = secrets.token_hex(32) if args.signed else ""
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1 or args.seconds < 2 * WARMUP or args.generators < 1:
         parser.error("--sizes: positive counts; --seconds: at least 2; --generators: at least 1")
