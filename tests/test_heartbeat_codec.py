@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.heartbeat_codec import (
@@ -216,6 +216,53 @@ def test_arbitrary_bytes_are_decoded_or_rejected_never_crash(data: bytes) -> Non
         decode_heartbeat("n1", data)
     except HeartbeatRejected as e:
         assert isinstance(e.reason, RejectReason)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)  # beyond any float
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = ["v", "node", "seq", "boot", "interval", "agent", "hmac", "ts", "wd"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"v": st.just(1) | json_values, "node": st.just("n1") | json_values},
+        optional={k: json_values for k in FIELDS[2:]},
+    )
+)
+def test_any_json_object_is_decoded_or_rejected_with_a_reason_never_crash(
+    obj: dict[str, object],
+) -> None:
+    try:
+        data = json.dumps(obj).encode()
+    except ValueError:  # an integer beyond the JSON encoder's digit limit
+        return
+    try:
+        hb = decode_heartbeat("n1", data)
+    except HeartbeatRejected as e:
+        assert isinstance(e.reason, RejectReason)
+        return
+    assert decode_heartbeat("n1", encode_heartbeat(hb)) == hb  # what it accepted is sound
+
+
+def test_a_huge_json_integer_is_malformed_not_a_crash() -> None:
+    data = payload(interval=10**400)
+    with pytest.raises(HeartbeatRejected) as info:
+        decode_heartbeat("n1", data)
+    assert info.value.reason is RejectReason.MALFORMED
+    for wd in ([10**400, 1, 1], [1, 1], "x", [1, 1, float("inf")]):
+        with pytest.raises(HeartbeatRejected) as info:
+            decode_heartbeat("n1", payload(wd=wd))
+        assert info.value.reason is RejectReason.MALFORMED
 
 
 # --- replay protection -------------------------------------------------------------------
