@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -299,8 +300,9 @@ class FenceExecutor:
         if ok:
             log.warning("fencing %s: %s", op.node, why)
             return SelfFenced(why)
-        if self._self_fence_note.get(op.node) != why.split(" s away")[0]:
-            self._self_fence_note[op.node] = why.split(" s away")[0]
+        kind = re.split(r"\d", why, maxsplit=1)[0]  # log each reason once, not each countdown
+        if self._self_fence_note.get(op.node) != kind:
+            self._self_fence_note[op.node] = kind
             log.info("fencing %s: not (yet) taken as self-fenced: %s", op.node, why)
         return None
 
