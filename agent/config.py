@@ -64,6 +64,7 @@ from typing import Any, Literal
 
 import yaml
 
+from agent.brief import brief
 from backends.spec import Secret
 
 MAX_NUMBER = 1e9  # no setting needs more; bounds every number before any float conversion
@@ -268,7 +269,15 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
     overrides = d.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(path, "detection.overrides", "must be a mapping of profile fields")
-    max_unhealthy = str(d.get("max_unhealthy", "40%"))
+    raw_max = d.get("max_unhealthy", "40%")
+    huge = isinstance(raw_max, int) and raw_max.bit_length() > 64
+    if isinstance(raw_max, bool) or not isinstance(raw_max, str | int) or huge:
+        raise ConfigError(
+            path,
+            "detection.max_unhealthy",
+            f"must be a count or a percentage, got {brief(raw_max)}",
+        )
+    max_unhealthy = str(raw_max)
     _check_max_unhealthy(path, max_unhealthy)
     k = r.mapping(top.get("kubernetes") or {}, "kubernetes", _KUBE)
     kube = KubeConfig(
@@ -290,11 +299,13 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
     if advertise is not None:
         host, _, port = advertise.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(path, "health.advertise", f"must be host:port, got {advertise!r}")
+            raise ConfigError(
+                path, "health.advertise", f"must be host:port, got {brief(advertise)}"
+            )
     f = r.mapping(top.get("fencing") or {}, "fencing", _FENCING)
     after = r.string(f, "after_proof", "off", "fencing.after_proof")
     if after not in ("off", "reboot"):
-        raise ConfigError(path, "fencing.after_proof", f"must be off or reboot, got {after!r}")
+        raise ConfigError(path, "fencing.after_proof", f"must be off or reboot, got {brief(after)}")
     fencing = FencingConfig(
         max_parallel=r.integer(f, "max_parallel", 2, 1, 100, "fencing.max_parallel"),
         after_proof=after,  # type: ignore[arg-type]
@@ -334,7 +345,9 @@ def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:
     key = r.secret(a, "auth", base="heartbeat_key")
     mode = r.string(a, "mode", "required" if key else "off", "auth.mode")
     if mode not in ("off", "permissive", "required"):
-        raise ConfigError(r.path, "auth.mode", f"must be off, permissive or required, got {mode!r}")
+        raise ConfigError(
+            r.path, "auth.mode", f"must be off, permissive or required, got {brief(mode)}"
+        )
     if mode != "off":
         if key is None:
             raise ConfigError(
@@ -355,8 +368,8 @@ def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:
         file = _relative(r.path, name.strip())
         try:
             value = file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as err:
-            problem = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        except (OSError, ValueError) as err:  # ValueError: a NUL in the path, not UTF-8
+            problem = err.strerror if isinstance(err, OSError) else _not_readable(err)
             raise ConfigError(r.path, where, f"cannot read {file}: {problem or err}") from None
         if len(value.encode()) < 32:
             raise ConfigError(r.path, where, f"the key in {file} must be at least 32 bytes long")
@@ -396,12 +409,19 @@ def _check_max_unhealthy(path: Path, value: str) -> None:
         raise ConfigError(
             path,
             "detection.max_unhealthy",
-            f"must be a count (e.g. 3) or a percentage (e.g. 40%), got {value!r}",
+            f"must be a count (e.g. 3) or a percentage (e.g. 40%), got {brief(value)}",
         )
 
 
+def _not_readable(err: ValueError) -> str:
+    return "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else "not a valid file name"
+
+
 def _relative(path: Path, value: str) -> Path:
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~user/..." of a user that does not exist: read it as written
+        p = Path(value)
     return p if p.is_absolute() else path.parent / p
 
 
@@ -439,7 +459,7 @@ class _Reader:
     ) -> int:
         value = doc.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ConfigError(self.path, name, f"must be an integer {lo}-{hi}, got {value!r}")
+            raise ConfigError(self.path, name, f"must be an integer {lo}-{hi}, got {brief(value)}")
         return value
 
     def number(self, doc: dict[str, Any], key: str, default: float, lo: float, name: str) -> float:
@@ -447,16 +467,15 @@ class _Reader:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         # Range before isfinite: a huge YAML integer would overflow the float conversion.
         if not ok or not lo <= value <= MAX_NUMBER or not math.isfinite(value):
-            shown = value if not ok or abs(value) < MAX_NUMBER else "a huge number"
             raise ConfigError(
-                self.path, name, f"must be a number in {lo:g}..{MAX_NUMBER:g}, got {shown!r}"
+                self.path, name, f"must be a number in {lo:g}..{MAX_NUMBER:g}, got {brief(value)}"
             )
         return float(value)
 
     def boolean(self, doc: dict[str, Any], key: str, default: bool, name: str) -> bool:
         value = doc.get(key, default)
         if not isinstance(value, bool):
-            raise ConfigError(self.path, name, f"must be true or false, got {value!r}")
+            raise ConfigError(self.path, name, f"must be true or false, got {brief(value)}")
         return value
 
     def existing_file(self, doc: dict[str, Any], key: str, name: str) -> str | None:
@@ -491,8 +510,8 @@ class _Reader:
             file = _relative(self.path, self.string(doc, fkey, None, f"{where}.{fkey}"))
             try:
                 value = file.read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as err:
-                problem = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            except (OSError, ValueError) as err:  # ValueError: a NUL in the path, not UTF-8
+                problem = err.strerror if isinstance(err, OSError) else _not_readable(err)
                 raise ConfigError(
                     self.path, f"{where}.{fkey}", f"cannot read {file}: {problem or err}"
                 ) from None

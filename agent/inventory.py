@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from agent.brief import brief
 from backends.spec import DeviceSpec, DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
 
 _COMMON = {"type", "name", "address", "port", "username", "password_file", "password_env"}
@@ -204,7 +205,9 @@ def _parse_device(
 ) -> DeviceSpec:
     kind = doc.get("type")
     if kind not in ("ipmi", "redfish"):
-        raise InventoryError(path, where, f"field 'type': must be ipmi or redfish, got {kind!r}")
+        raise InventoryError(
+            path, where, f"field 'type': must be ipmi or redfish, got {brief(kind)}"
+        )
     where = f"{where} ({kind})"
     if "password" in doc:
         raise InventoryError(
@@ -291,9 +294,10 @@ def _password(path: Path, where: str, doc: dict[str, Any], env: dict[str, str]) 
     file = _relative(path, _str(path, where, doc, "password_file", None))
     try:
         value = file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path, or not UTF-8
+        problem = err.strerror if isinstance(err, OSError) else _not_readable(err)
         raise InventoryError(
-            path, where, f"field 'password_file': cannot read {file}: {err.strerror or err}"
+            path, where, f"field 'password_file': cannot read {brief(str(file))}: {problem}"
         ) from None
     if not value:
         raise InventoryError(path, where, f"field 'password_file': {file} is empty")
@@ -301,8 +305,15 @@ def _password(path: Path, where: str, doc: dict[str, Any], env: dict[str, str]) 
 
 
 def _relative(path: Path, value: str) -> Path:
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~user/..." of a user that does not exist: read it as written
+        p = Path(value)
     return p if p.is_absolute() else (path.parent / p)
+
+
+def _not_readable(err: ValueError) -> str:
+    return "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else "not a valid file name"
 
 
 def _no_unknown(path: Path, where: str, doc: dict[str, Any], allowed: set[str]) -> None:
@@ -334,7 +345,7 @@ def _choice(
     value = doc.get(key, default)
     if value not in allowed:
         raise InventoryError(
-            path, where, f"field {key!r}: must be one of {', '.join(allowed)}, got {value!r}"
+            path, where, f"field {key!r}: must be one of {', '.join(allowed)}, got {brief(value)}"
         )
     return str(value)
 
@@ -342,7 +353,9 @@ def _choice(
 def _bool(path: Path, where: str, doc: dict[str, Any], key: str, default: bool) -> bool:
     value = doc.get(key, default)
     if not isinstance(value, bool):
-        raise InventoryError(path, where, f"field {key!r}: must be true or false, got {value!r}")
+        raise InventoryError(
+            path, where, f"field {key!r}: must be true or false, got {brief(value)}"
+        )
     return value
 
 
@@ -352,7 +365,7 @@ def _int(
     value = doc.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise InventoryError(
-            path, where, f"field {key!r}: must be an integer {lo}-{hi}, got {value!r}"
+            path, where, f"field {key!r}: must be an integer {lo}-{hi}, got {brief(value)}"
         )
     return value
 
@@ -364,8 +377,9 @@ def _number(
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     # Range before isfinite: a huge YAML integer would overflow the float conversion.
     if not ok or not lo <= value <= 1e9 or not math.isfinite(value):
-        shown = value if not ok or abs(value) < 1e9 else "a huge number"
         raise InventoryError(
-            path, where, f"field {key!r}: must be a number in {lo:g}..1e9 (seconds), got {shown!r}"
+            path,
+            where,
+            f"field {key!r}: must be a number in {lo:g}..1e9 (seconds), got {brief(value)}",
         )
     return float(value)

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from agent.brief import brief
+
 MAX_INTERVAL = 60.0
 _SECONDS = ("interval", "suspect_after", "fence_after", "peer_probe_timeout", "kubelet_stale_after")
 
@@ -80,7 +82,7 @@ class DetectionProfile:
                 f" got {self.fence_after:g}",
             )
         if isinstance(self.peer_quorum, bool) or not isinstance(self.peer_quorum, int):
-            raise ProfileError("peer_quorum", f"must be an integer, got {self.peer_quorum!r}")
+            raise ProfileError("peer_quorum", f"must be an integer, got {brief(self.peer_quorum)}")
         if self.peer_quorum < 1:
             raise ProfileError("peer_quorum", f"must be at least 1, got {self.peer_quorum}")
         if not self.require:
@@ -98,15 +100,14 @@ class DetectionProfile:
 
 def _positive_seconds(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ProfileError(name, f"must be a number of seconds, got {value!r}")
+        raise ProfileError(name, f"must be a number of seconds, got {brief(value)}")
     if not 0 < value <= 1e9 or not math.isfinite(value):
-        shown = value if abs(value) < 1e9 else "a huge number"
-        raise ProfileError(name, f"must be a number of seconds in (0, 1e9], got {shown!r}")
+        raise ProfileError(name, f"must be a number of seconds in (0, 1e9], got {brief(value)}")
 
 
 def _signals(name: str, value: object) -> frozenset[Signal]:
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ProfileError(name, f"must be a list of signals (peers, kubelet), got {value!r}")
+        raise ProfileError(name, f"must be a list of signals (peers, kubelet), got {brief(value)}")
     items = list(value)
     out: set[Signal] = set()
     for item in items:
@@ -114,10 +115,10 @@ def _signals(name: str, value: object) -> frozenset[Signal]:
             out.add(Signal(item))
         except ValueError:
             raise ProfileError(
-                name, f"unknown signal {item!r}; choose from peers, kubelet"
+                name, f"unknown signal {brief(item)}; choose from peers, kubelet"
             ) from None
     if len(out) != len(items):
-        raise ProfileError(name, f"lists a signal twice: {items!r}")
+        raise ProfileError(name, f"lists a signal twice: {brief(items)}")
     return frozenset(out)
 
 
@@ -171,7 +172,7 @@ def profile_from_mapping(data: Mapping[str, Any]) -> DetectionProfile:
     base_name = data.get("profile", "default")
     if not isinstance(base_name, str) or base_name not in PROFILES:
         raise ProfileError(
-            "profile", f"unknown profile {base_name!r}; choose from {', '.join(PROFILES)}"
+            "profile", f"unknown profile {brief(base_name)}; choose from {', '.join(PROFILES)}"
         )
     known = {f.name for f in fields(DetectionProfile)}
     changes: dict[str, Any] = {}
@@ -186,7 +187,7 @@ def profile_from_mapping(data: Mapping[str, Any]) -> DetectionProfile:
             try:
                 changes[key] = NoPeers(value)
             except ValueError:
-                raise ProfileError(key, f"must be kubelet or hold, got {value!r}") from None
+                raise ProfileError(key, f"must be kubelet or hold, got {brief(value)}") from None
         elif key == "peer_quorum":
             changes[key] = value  # type checked in __post_init__
         else:

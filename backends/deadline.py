@@ -30,6 +30,7 @@ async def run_bounded(
     device: str,
     what: str,
     silent_means_unreachable: bool = False,
+    address: str = "",
 ) -> T:
     """Run `fn` in a daemon thread; raise a typed error if it does not finish in `timeout` s.
 
@@ -38,7 +39,7 @@ async def run_bounded(
     the thread is a daemon it never holds up the exit of a short-lived command (asyncio's
     default executor would join it at exit). When `silent_means_unreachable` is set (nothing
     was ever received from the BMC, e.g. during login), an overrun is reported as
-    `BmcUnreachable`, otherwise as `BmcTimeout`.
+    `BmcUnreachable`, otherwise as `BmcTimeout`. `address` names the BMC in that error.
     """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
@@ -63,4 +64,5 @@ async def run_bounded(
             "and that the BMC's network is up",
             node=node,
             device=device,
+            address=address,
         ) from None

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 
 class FenceError(Exception):
-    """Base of every power/fencing failure; `node` and `device` say where it happened."""
+    """Base of every power/fencing failure; `node`, `device` and the BMC's `address`
+    (`host:port` or URL) say where it happened."""
 
     reason = "error"
 
-    def __init__(self, message: str, *, node: str = "", device: str = "") -> None:
+    def __init__(
+        self, message: str, *, node: str = "", device: str = "", address: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.node = node
         self.device = device
+        self.address = address
 
     def __str__(self) -> str:
         where = " ".join(
@@ -24,6 +28,7 @@ class FenceError(Exception):
             for p in (
                 f"node={self.node}" if self.node else "",
                 f"device={self.device}" if self.device else "",
+                f"bmc={self.address}" if self.address else "",
             )
             if p
         )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from typing import Any
@@ -45,6 +46,8 @@ from backends.errors import (
 )
 from backends.spec import IpmiDevice
 
+log = logging.getLogger("nodefence.backends.ipmi")
+
 SUPPORTED_CIPHERS = (3, 17)
 _PRIVILEGE = {"operator": 3, "administrator": 4}
 
@@ -54,6 +57,8 @@ _CMD_GET_CHASSIS_STATUS = 0x01
 _CMD_CHASSIS_CONTROL = 0x02
 _CONTROL_POWER_DOWN = 0x00
 _CONTROL_POWER_UP = 0x01
+_CODE_MALFORMED = 0xFF  # "unspecified error", set on an answer that failed our own checks
+_CHASSIS_STATUS_MIN_LEN = 3  # table 28-3: three mandatory bytes, a fourth optional
 
 _AUTH_MARKERS = (
     "unauthorized name",
@@ -90,6 +95,27 @@ def _install_wait_fix() -> None:
 _install_wait_fix()
 
 
+def _install_lock_fix() -> None:
+    """One lock for pyghmi's two session tables, so its lock order cannot deadlock.
+
+    pyghmi takes its keepalive-table and waiting-table locks in opposite orders on two paths
+    (a request timing out while holding the waiting table resends, which takes the keepalive
+    lock; a send holding the keepalive lock takes the waiting one). Two sessions timing out
+    and resending at the same moment deadlock, and from then on every IPMI session of the
+    process blocks for good: no node could be fenced over IPMI until a restart. Both names
+    are looked up at each use, so one reentrant lock under both makes the order irrelevant.
+    """
+    if getattr(pyghmi_session, "_nodefence_lock_fix", False):
+        return
+    tables = threading.RLock()
+    pyghmi_session.KEEPALIVE_SESSIONS = tables
+    pyghmi_session.WAITING_SESSIONS = tables
+    pyghmi_session._nodefence_lock_fix = True
+
+
+_install_lock_fix()
+
+
 def _session_class(hash_bits: int) -> type[Any]:
     """A pyghmi Session that starts RMCP+ negotiation with the wanted cipher suite."""
 
@@ -112,7 +138,40 @@ def _session_class(hash_bits: int) -> type[Any]:
         def errormsg(self, value: str) -> None:
             self.__dict__["_nf_errormsg"] = value
 
+        # pyghmi's logout removes the packet handler registered for (BMC address, local
+        # port) without checking that it is its own: a session abandoned at its deadline
+        # that logs out late unhooks the newer session that reuses the port, whose answers
+        # are then dropped - every later login to that BMC times out. Put back what was not
+        # ours.
+        def logout(self, sessionok: bool = True) -> Any:
+            handlers = pyghmi_session.Session.bmc_handlers
+            others = [
+                (addr, port, owner)
+                for addr in list(getattr(self, "allsockaddrs", None) or ())
+                for port, owner in list(handlers.get(addr, {}).items())
+                if owner is not self
+            ]
+            try:
+                return super().logout(sessionok)
+            finally:
+                for addr, port, owner in others:
+                    handlers.setdefault(addr, {}).setdefault(port, owner)
+
+        # pyghmi does not check the IPMI message checksums of an answer and would hand back
+        # the data of a malformed one. A bad answer to our request is turned into a failed
+        # request (completion code FFh, the reason kept for our message), never read.
+        def _parse_ipmi_payload(self, payload: Any) -> Any:
+            if len(payload) >= 7 and not self.servermode and not _checksums_ok(payload):
+                self.__dict__["_nf_malformed"] = "its IPMI message checksums do not add up"
+                payload[6] = _CODE_MALFORMED
+            return super()._parse_ipmi_payload(payload)
+
     return _Session
+
+
+def _checksums_ok(message: Any) -> bool:
+    """The two IPMI message checksums (header, then body) each bring their part to 0 mod 256."""
+    return bool(sum(message[0:3]) & 0xFF == 0 and sum(message[3:]) & 0xFF == 0)
 
 
 _SESSION_FOR_CIPHER = {3: _session_class(1), 17: _session_class(256)}
@@ -156,8 +215,11 @@ class IpmiBackend(PowerBackend):
         self.node = node
         self.device = spec.name
         self.spec = spec
+        host = f"[{spec.address}]" if ":" in spec.address else spec.address
+        self.address = f"{host}:{spec.port}"  # named in every error, next to node and device
         self._session: Any = None
         self._lock = threading.Lock()
+        self._closing = False  # close() was called while a call still held the session
 
     # -- blocking helpers (run in worker threads) ------------------------------------------
 
@@ -218,62 +280,104 @@ class IpmiBackend(PowerBackend):
 
     def _raw(self, command: int, data: tuple[int, ...] = ()) -> bytes:
         with self._lock:
-            if self._session is None or self._session.broken or not self._session.logged:
-                self._session = None
-                self._session = self._login()
-            sess = self._session
+            self._closing = False
             try:
-                resp = sess.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
-            except pyghmi_exc.IpmiException as err:
-                self._session = None
-                self._drop(sess)
-                raise classify_ipmi_error(
-                    str(err), node=self.node, device=self.device, during_login=False
-                ) from None
-            except Exception as err:
-                self._session = None
-                self._drop(sess)
-                raise BmcProtocolError(
-                    f"IPMI request failed inside pyghmi: {type(err).__name__}",
-                    node=self.node,
-                    device=self.device,
-                ) from None
-            if "error" in resp:
-                self._session = None
-                self._drop(sess)
-                code = resp.get("code")
-                detail = str(resp["error"])
-                if code:
-                    detail += f" (completion code 0x{code:02x})"
-                raise classify_ipmi_error(
-                    detail, node=self.node, device=self.device, during_login=False
-                )
-            return bytes(resp.get("data", b""))
+                return self._raw_locked(command, data)
+            finally:
+                if self._closing and self._session is not None:
+                    # close() gave up waiting for this call (it overran its deadline).
+                    self._drop(self._session)
+                    self._session = None
+
+    def _raw_locked(self, command: int, data: tuple[int, ...]) -> bytes:
+        if self._session is None or self._session.broken or not self._session.logged:
+            self._session = None
+            self._session = self._login()
+        sess = self._session
+        try:
+            resp = sess.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
+        except pyghmi_exc.IpmiException as err:
+            self._session = None
+            self._drop(sess)
+            raise classify_ipmi_error(
+                str(err), node=self.node, device=self.device, during_login=False
+            ) from None
+        except Exception as err:
+            self._session = None
+            self._drop(sess)
+            raise BmcProtocolError(
+                f"IPMI request failed inside pyghmi: {type(err).__name__}",
+                node=self.node,
+                device=self.device,
+            ) from None
+        malformed = sess.__dict__.pop("_nf_malformed", None)
+        if malformed is not None:
+            self._session = None
+            self._drop(sess)
+            raise BmcProtocolError(
+                f"IPMI answer from the BMC is malformed ({malformed}); its data is ignored",
+                node=self.node,
+                device=self.device,
+                address=self.address,
+            )
+        if "error" in resp:
+            self._session = None
+            self._drop(sess)
+            code = resp.get("code")
+            detail = str(resp["error"])
+            if code:
+                detail += f" (completion code 0x{code:02x})"
+            raise classify_ipmi_error(
+                detail, node=self.node, device=self.device, during_login=False
+            )
+        return bytes(resp.get("data", b""))
 
     def _logout(self) -> None:
-        with self._lock:
+        # A call that overran its deadline may still hold the session inside pyghmi (for
+        # seconds): never wait for it, it logs out itself when it ends.
+        self._closing = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if self._session is not None:
                 self._drop(self._session)
                 self._session = None
+        finally:
+            self._lock.release()
 
     # -- the async interface --------------------------------------------------------------
 
     async def _bounded(self, what: str, command: int, data: tuple[int, ...] = ()) -> bytes:
-        return await run_bounded(
-            lambda: self._raw(command, data),
-            timeout=self.spec.timeouts.timeout,
-            node=self.node,
-            device=self.device,
-            what=f"IPMI {what}",
-            silent_means_unreachable=self._session is None,
-        )
+        try:
+            return await run_bounded(
+                lambda: self._raw(command, data),
+                timeout=self.spec.timeouts.timeout,
+                node=self.node,
+                device=self.device,
+                what=f"IPMI {what}",
+                silent_means_unreachable=self._session is None,
+                address=self.address,
+            )
+        except FenceError as err:
+            err.address = err.address or self.address
+            raise
 
     async def power_state(self) -> PowerState:
-        """Get Chassis Status: bit 0 of the first byte is 'system power is on'."""
+        """Get Chassis Status: bit 0 of the first byte is 'system power is on'.
+
+        The answer must carry at least the three bytes the specification makes mandatory
+        (current power state, last power event, misc. chassis state): a shorter one is
+        malformed, and reading its first byte could turn a truncated "on" into an Off.
+        """
         data = await self._bounded("power status", _CMD_GET_CHASSIS_STATUS)
-        if not data:
+        if len(data) < _CHASSIS_STATUS_MIN_LEN:
             raise BmcProtocolError(
-                "IPMI Get Chassis Status returned no data", node=self.node, device=self.device
+                f"IPMI Get Chassis Status answered {len(data)} data byte(s) "
+                f"({data.hex() or 'none'}), at least {_CHASSIS_STATUS_MIN_LEN} are required; "
+                "the power state is unknown",
+                node=self.node,
+                device=self.device,
+                address=self.address,
             )
         return PowerState.ON if data[0] & 0x01 else PowerState.OFF
 
@@ -298,11 +402,15 @@ class IpmiBackend(PowerBackend):
         return CheckResult(True, True, state, True, f"cipher suite {self.spec.cipher}")
 
     async def close(self) -> None:
-        """Log out of the session, if one is open."""
-        await run_bounded(
-            self._logout,
-            timeout=self.spec.timeouts.timeout,
-            node=self.node,
-            device=self.device,
-            what="IPMI logout",
-        )
+        """Log out of the session, if one is open; best effort and bounded, never raises."""
+        try:
+            await run_bounded(
+                self._logout,
+                timeout=self.spec.timeouts.timeout,
+                node=self.node,
+                device=self.device,
+                what="IPMI logout",
+                address=self.address,
+            )
+        except FenceError as err:
+            log.info("ipmi logout did not finish: %s", err, extra={"node": self.node})

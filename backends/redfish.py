@@ -10,6 +10,12 @@ Library defaults this module overrides, on purpose:
 - The requests session trusts the environment (proxies, netrc, CA bundle variables): BMC
   traffic goes direct, so we turn that off.
 - The library's DEBUG records carry session tokens and request bodies: we drop them.
+- requests reads a whole answer into memory, however large: our transport adapter refuses an
+  answer over `MAX_ANSWER_BYTES` (by its Content-Length, else while reading).
+- The library decodes answers as UTF-8 ignoring bad bytes (`"O\\xffff"` would read "Off") and
+  takes the last of duplicate JSON keys: we parse the raw bytes strictly ourselves.
+- requests turns a POST answered by 301/302/303 into a GET of the new location, whose 200
+  would read as an accepted reset: a redirected POST is refused.
 
 Errors: nothing received in a call (refused, reset, silent past the deadline) is
 `BmcUnreachable`; a call that got answers but did not finish in time is `BmcTimeout`; a TLS
@@ -22,6 +28,7 @@ one fresh login, for an expired session), 403/404/400 on what we need is `BmcUns
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import ssl
@@ -32,7 +39,9 @@ from urllib.parse import urlsplit
 
 import redfish
 import requests
+import urllib3
 from redfish.rest import v1 as rf
+from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from backends.base import CheckResult, PowerBackend, PowerState
@@ -56,6 +65,10 @@ Json = dict[str, Any]
 HARD_OFF_RESET_TYPES = ("ForceOff",)
 ON_RESET_TYPES = ("On", "ForceOn")
 _RESET = "#ComputerSystem.Reset"
+# Far above any real resource (a system is a few kB, a collection of thousands of members a
+# few hundred kB), far below what would hurt the agent's memory.
+MAX_ANSWER_BYTES = 4 << 20
+_REDFISH_POWER_STATES = ("On", "Off", "PoweringOn", "PoweringOff", "Paused")
 
 log = logging.getLogger("nodefence.backends.redfish")
 
@@ -172,6 +185,82 @@ def _error_text(resp: Any) -> str:
     return str(text)[:200]
 
 
+class AnswerTooLarge(requests.exceptions.RequestException):
+    """The BMC's answer is larger than `MAX_ANSWER_BYTES`; it was not read to the end."""
+
+
+class AnswerTruncated(requests.exceptions.RequestException):
+    """The BMC closed the connection before the end of its answer (short of Content-Length)."""
+
+
+class _BoundedAdapter(HTTPAdapter):
+    """requests' transport, reading at most `limit` bytes of any answer into memory."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(max_retries=0)
+        self.limit = limit
+
+    def send(  # type: ignore[override]
+        self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        # `stream` is ignored on purpose: the body is always read here, bounded.
+        resp = super().send(request, stream=True, **kwargs)
+        declared = resp.headers.get("Content-Length", "")
+        if declared.strip().isdigit() and int(declared) > self.limit:
+            resp.close()
+            raise AnswerTooLarge(
+                f"the answer announces {int(declared)} bytes, over the {self.limit}-byte limit",
+                request=request,
+            )
+        try:
+            body = resp.raw.read(self.limit + 1, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            resp.close()
+            raise requests.exceptions.ReadTimeout(exc, request=request) from exc
+        except urllib3.exceptions.IncompleteRead as exc:
+            resp.close()
+            raise AnswerTruncated(f"the answer was cut short ({exc})", request=request) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            resp.close()
+            if "IncompleteRead" in repr(exc):
+                raise AnswerTruncated(
+                    f"the answer was cut short ({type(exc).__name__})", request=request
+                ) from exc
+            raise requests.exceptions.ConnectionError(exc, request=request) from exc
+        if len(body) > self.limit:
+            resp.close()
+            raise AnswerTooLarge(f"the answer is over the {self.limit}-byte limit", request=request)
+        resp._content = body
+        resp._content_consumed = True  # type: ignore[attr-defined]
+        resp.raw.release_conn()
+        return resp
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> Json:
+    doc: Json = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"duplicate JSON key {key!r}")
+        doc[key] = value
+    return doc
+
+
+def parse_json_strictly(raw: bytes | str | None) -> Any:
+    """Parse an answer body: strict UTF-8, no duplicate keys; `ValueError` on any flaw."""
+    if raw is None:
+        raise ValueError("no body")
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _shown(value: object) -> str:
+    """A short repr of a value from the BMC, for messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 # --- the connection ------------------------------------------------------------------------
 
 
@@ -190,6 +279,9 @@ class _Conn:
         self.http = session if isinstance(session, requests.Session) else None
         if self.http is not None:
             self.http.trust_env = False
+            adapter = _BoundedAdapter(MAX_ANSWER_BYTES)
+            self.http.mount("https://", adapter)
+            self.http.mount("http://", adapter)
         self.auth: Literal["session", "basic"] | None = None
         self.root: Json | None = None
         self.system_uri: str | None = None
@@ -294,6 +386,7 @@ class RedfishBackend(PowerBackend):
                 node=self.node,
                 device=self.device,
                 what="Redfish logout",
+                address=self.spec.base_url,
             )
         except FenceError as err:
             log.info("redfish logout did not finish: %s", err, extra=self._extra(step="close"))
@@ -313,6 +406,7 @@ class RedfishBackend(PowerBackend):
                     node=self.node,
                     device=self.device,
                     what=f"Redfish {what}",
+                    address=self.spec.base_url,
                 )
             except BmcTimeout:
                 if not conn.busy:
@@ -336,7 +430,8 @@ class RedfishBackend(PowerBackend):
     def _guarded(self, conn: _Conn, fn: Callable[[_Conn], T], what: str) -> T:
         try:
             return fn(conn)
-        except FenceError:
+        except FenceError as err:
+            err.address = err.address or self.spec.base_url  # e.g. from select_system
             raise
         except rf.JsonDecodingError:
             raise self._err(
@@ -365,7 +460,7 @@ class RedfishBackend(PowerBackend):
         secret = self.spec.password.reveal()
         if secret:
             message = message.replace(secret, "***")
-        return cls(message, node=self.node, device=self.device)
+        return cls(message, node=self.node, device=self.device, address=self.spec.base_url)
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"node": self.node, "device": self.device, **fields}
@@ -385,9 +480,23 @@ class RedfishBackend(PowerBackend):
         except rf.RetriesExhaustedError as exc:
             raise self._transport_error(conn, exc.__cause__ or exc, f"{method} {path}") from None
         conn.answers += 1
+        http_resp = getattr(resp, "_http_response", None)
+        sent = getattr(getattr(http_resp, "request", None), "method", method)
+        if sent != method:
+            raise self._err(
+                BmcProtocolError,
+                f"Redfish {method} {path}: the BMC redirected it and it became a {sent}; "
+                f"the {method} was not carried out",
+            )
         return resp
 
     def _transport_error(self, conn: _Conn, exc: BaseException, what: str) -> FenceError:
+        if isinstance(exc, AnswerTooLarge | AnswerTruncated):
+            return self._err(BmcProtocolError, f"Redfish {what}: {exc}; nothing of it is used")
+        if isinstance(exc, requests.exceptions.TooManyRedirects):
+            return self._err(BmcProtocolError, f"Redfish {what}: the BMC redirects in a loop")
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            return self._err(BmcProtocolError, f"Redfish {what}: the answer was cut short")
         root = _innermost(exc)
         reason = getattr(root, "verify_message", None) or getattr(root, "strerror", None)
         reason = str(reason or root)
@@ -447,9 +556,11 @@ class RedfishBackend(PowerBackend):
 
     def _json(self, resp: Any, what: str) -> Json:
         try:
-            doc = resp.dict
-        except rf.JsonDecodingError:
-            doc = None
+            doc = parse_json_strictly(resp.read)
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise self._err(
+                BmcProtocolError, f"Redfish {what}: the answer is not valid JSON ({exc})"[:300]
+            ) from None
         if not isinstance(doc, dict):
             raise self._err(BmcProtocolError, f"Redfish {what}: the answer is not a JSON object")
         return doc
@@ -579,7 +690,18 @@ class RedfishBackend(PowerBackend):
 
     def _state_sync(self, conn: _Conn) -> PowerState:
         uri = self._ready(conn)
-        return power_state_from(self._get(conn, uri, "read the power state").get("PowerState"))
+        return self._power_of(self._get(conn, uri, "read the power state"), uri)
+
+    def _power_of(self, doc: Json, uri: str) -> PowerState:
+        """The system's PowerState; a missing or non-Redfish value is an error, not a guess."""
+        value = doc.get("PowerState")
+        if value not in _REDFISH_POWER_STATES:
+            raise self._err(
+                BmcProtocolError,
+                f"Redfish system {uri}: PowerState {_shown(value)} is not one of "
+                f"{', '.join(_REDFISH_POWER_STATES)}; the power state is unknown",
+            )
+        return power_state_from(value)
 
     def _reset_action(self, conn: _Conn, uri: str, doc: Json) -> tuple[str, list[str] | None]:
         """The reset target and its allowed ResetTypes (`None`: not advertised)."""
@@ -590,6 +712,13 @@ class RedfishBackend(PowerBackend):
                 BmcUnsupported, f"Redfish system {uri} offers no ComputerSystem.Reset action"
             )
         target = action.get("target") or f"{uri.rstrip('/')}/Actions/ComputerSystem.Reset"
+        if isinstance(target, str) and "://" in target:
+            target = urlsplit(target).path  # same service: only the path is ours to follow
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise self._err(
+                BmcProtocolError,
+                f"Redfish system {uri}: the reset action's target {_shown(target)} is not a path",
+            )
         allowed = action.get("ResetType@Redfish.AllowableValues")
         info = action.get("@Redfish.ActionInfo")
         if allowed is None and isinstance(info, str):
@@ -614,9 +743,7 @@ class RedfishBackend(PowerBackend):
         resp = self._api(conn, "POST", target, {"ResetType": kind})
         if resp.status == 409:
             # Some BMCs refuse a reset to the state the system is already in.
-            now = power_state_from(
-                self._get(conn, uri, "re-read the power state").get("PowerState")
-            )
+            now = self._power_of(self._get(conn, uri, "re-read the power state"), uri)
             if now == (PowerState.OFF if want == "off" else PowerState.ON):
                 return kind
         if not 200 <= resp.status < 300:

@@ -104,7 +104,7 @@ def test_a_heartbeat_key_makes_signatures_required_by_default(tmp_path: Path) ->
             "twice",
         ),
         ("fencing: {self_fence: 1}\n", "fencing.self_fence", "true or false"),
-        ("watchdog: {timeout: 1" + "0" * 400 + "}\n", "watchdog.timeout", "huge"),
+        ("watchdog: {timeout: 1" + "0" * 400 + "}\n", "watchdog.timeout", "1329 bits"),
     ],
 )
 def test_bad_auth_and_watchdog_settings_are_named(

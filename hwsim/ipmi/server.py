@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -27,6 +28,7 @@ from hwsim.ipmi.commands import Commands
 from hwsim.ipmi.handshake import MAX_USERNAME, Account, Answer, Handshake, RmcpStatus
 from hwsim.ipmi.packets import (
     AuthType,
+    IpmiRequest,
     MalformedPacket,
     PayloadType,
     RmcpClass,
@@ -69,6 +71,26 @@ class _Dropped(Exception):
     def __init__(self, reason: _Drop) -> None:
         super().__init__(reason.value)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class IpmiTamper:
+    """Malformed answers to in-session commands, for robustness tests of IPMI consoles.
+
+    Only answers to requests for which `applies(request)` is true are touched (by default,
+    every in-session command), so logins still work and the command under test gets the
+    damage. `message` rewrites the plain IPMI response message (header, checksums, completion
+    code and data) before it is encrypted and signed, i.e. a well-protected but malformed
+    answer. `datagram` rewrites the finished datagram on the wire (truncation, wrong session
+    id, broken integrity code); returning None drops it. `handshake` does the same to the
+    RMCP+ handshake answers (open session response, RAKP 2, RAKP 4), by payload type. Set
+    with `IpmiBmc.tamper`.
+    """
+
+    message: Callable[[IpmiRequest, bytes], bytes] | None = None
+    datagram: Callable[[IpmiRequest, bytes], bytes | None] | None = None
+    applies: Callable[[IpmiRequest], bool] = lambda request: True
+    handshake: Callable[[PayloadType, bytes], bytes | None] | None = None
 
 
 class IpmiBmc:
@@ -117,6 +139,7 @@ class IpmiBmc:
         self._commands = Commands(machine, guid, suites, self._sessions, self.stats)
         self._transport: asyncio.DatagramTransport | None = None
         self._delayed: set[asyncio.Task[None]] = set()
+        self.tamper: IpmiTamper | None = None
 
     def __repr__(self) -> str:
         return f"IpmiBmc({self.machine.name!r}, {self.host}:{self.port})"
@@ -192,7 +215,7 @@ class IpmiBmc:
             self.stats.internal_errors += 1
             logger.exception("ipmi bmc failed on a datagram", extra={"node": self.machine.name})
             return
-        if self._transport is not None:
+        if self._transport is not None and answer:
             self._transport.sendto(answer, peer)
             self.stats.answered += 1
 
@@ -255,7 +278,10 @@ class IpmiBmc:
             )
         elif answer_type is PayloadType.RAKP4:
             self.stats.logins += 1
-        return encode_v20(answer_type, 0, 0, answer.payload)
+        datagram = encode_v20(answer_type, 0, 0, answer.payload)
+        if self.tamper is not None and self.tamper.handshake is not None:
+            return self.tamper.handshake(answer_type, datagram) or b""  # b"": nothing is sent
+        return datagram
 
     def _in_session(self, body: bytes, frame: V20Frame) -> bytes:
         session = self._sessions.get(frame.session_id)
@@ -273,6 +299,9 @@ class IpmiBmc:
         request = decode_request(crypto.decrypt_payload(keys.aes_key, frame.payload))
         reply = self._commands.handle(request, session)
         message = encode_response(request, reply.completion, reply.data)
+        tamper = self.tamper if self.tamper is not None and self.tamper.applies(request) else None
+        if tamper is not None and tamper.message is not None:
+            message = tamper.message(request, message)
         datagram = encode_v20(
             PayloadType.IPMI,
             session.console_id,
@@ -283,6 +312,8 @@ class IpmiBmc:
         )
         if reply.closes is not None:
             self._sessions.close(reply.closes)
+        if tamper is not None and tamper.datagram is not None:
+            return tamper.datagram(request, datagram) or b""  # b"": nothing is sent
         return datagram
 
 

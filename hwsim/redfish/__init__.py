@@ -10,13 +10,15 @@ The machine's `faults` shape every answer; see `hwsim.machine.Faults`.
 """
 
 from hwsim.redfish.resources import DEFAULT_RESET_TYPES, RESET_TYPES_ENUM
-from hwsim.redfish.server import RedfishBmc
+from hwsim.redfish.server import RawAnswer, RedfishBmc, RedfishTamper
 from hwsim.redfish.service import RedfishOptions, RedfishService
 
 __all__ = [
     "DEFAULT_RESET_TYPES",
     "RESET_TYPES_ENUM",
+    "RawAnswer",
     "RedfishBmc",
     "RedfishOptions",
     "RedfishService",
+    "RedfishTamper",
 ]

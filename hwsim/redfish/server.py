@@ -17,7 +17,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -34,6 +35,33 @@ _MAX_BODY = 1 << 20
 _HANDSHAKE_TIMEOUT = 10.0  # a client that connects over TLS and never says hello
 _IDLE_TIMEOUT = 60.0  # an idle keep-alive connection
 _STOP_JOIN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """An HTTP answer written byte for byte as given, for robustness tests of Redfish clients.
+
+    `status_line` (without CRLF) defaults to `HTTP/1.1 {status} X`; `headers` are sent as
+    given, plus `Content-Length: {content_length}` unless it is None (then no length is sent:
+    the body ends when the connection closes). `body` is bytes or an iterable of chunks (a
+    huge body need not be held in memory), written with `drip` seconds between chunks. The
+    connection is closed after the answer, so a short body reads as truncated.
+    """
+
+    status: int = 200
+    headers: Sequence[tuple[str, str]] = (("Content-Type", "application/json"),)
+    body: bytes | Iterable[bytes] = b""
+    content_length: int | None = None
+    drip: float = 0.0
+    status_line: bytes | None = None
+
+    def chunks(self) -> Iterable[bytes]:
+        """The body as chunks."""
+        return [self.body] if isinstance(self.body, bytes) else self.body
+
+
+# (method, path) -> a raw answer to send instead of the service's, or None to serve normally.
+RedfishTamper = Callable[[str, str], RawAnswer | None]
 
 
 class RedfishBmc:
@@ -72,6 +100,18 @@ class RedfishBmc:
         self.tls = tls
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._tamper: RedfishTamper | None = None
+
+    @property
+    def tamper(self) -> RedfishTamper | None:
+        """A hook that may answer a request with a `RawAnswer` (malformed on purpose)."""
+        return self._tamper
+
+    @tamper.setter
+    def tamper(self, hook: RedfishTamper | None) -> None:
+        self._tamper = hook
+        if self._server is not None:
+            self._server.tamper = hook
 
     @property
     def url(self) -> str:
@@ -84,6 +124,7 @@ class RedfishBmc:
             raise RuntimeError("RedfishBmc already started")
         context = server_context(self.tls) if self.tls else None
         server = _Server((self.host, self.port), self.service, context)
+        server.tamper = self._tamper
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(
@@ -128,6 +169,7 @@ class _Server(ThreadingHTTPServer):
     ) -> None:
         self.service = service
         self.context = context
+        self.tamper: RedfishTamper | None = None
         self.stopping = threading.Event()
         self._guard = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -241,6 +283,11 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.slow > 0 and server.stopping.wait(faults.slow):
             self.close_connection = True
             return
+        tamper = server.tamper
+        raw = tamper(method, self.path) if tamper is not None else None
+        if raw is not None:
+            self._send_raw(raw)
+            return
         try:
             headers = {name.lower(): value for name, value in self.headers.items()}
             reply = server.service.handle(method, self.path, headers, body)
@@ -297,6 +344,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(payload)
+
+    def _send_raw(self, raw: RawAnswer) -> None:
+        """Write `raw` as given, then close the connection (the client may hang up early)."""
+        self.close_connection = True
+        head = f"HTTP/1.1 {raw.status} X".encode() if raw.status_line is None else raw.status_line
+        lines = [head] + [f"{name}: {value}".encode() for name, value in raw.headers]
+        if raw.content_length is not None:
+            lines.append(f"Content-Length: {raw.content_length}".encode())
+        lines.append(b"Connection: close")
+        try:
+            self.wfile.write(b"\r\n".join(lines) + b"\r\n\r\n")
+            self.wfile.flush()
+            for chunk in raw.chunks():
+                if raw.drip > 0 and self.server.stopping.wait(raw.drip):
+                    return
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError as exc:  # the client stopped reading (e.g. refused a huge body)
+            log.debug("redfish raw answer cut short: %s", exc)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # http.server's own parse errors (bad request line, oversized headers, unknown method):
