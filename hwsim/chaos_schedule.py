@@ -20,7 +20,7 @@ class FaultKind(StrEnum):
     """What a chaos run does to the cluster (the counts in the report use these names)."""
 
     POWER_LOSS = "power-loss"  # machine off at once; its BMC still answers
-    PARTITION = "partition"  # agent killed, kubelet silenced, machine still powered
+    PARTITION = "partition"  # network cut: agent runs on alone, kubelet silent, still powered
     BMC_FAULT = "bmc-fault"  # the node's BMC unreachable, slow, refusing logins, ...
     BROKER_RESTART = "broker-restart"  # mosquitto stopped and started on the same port
     LEADER_KILL = "leader-kill"  # SIGKILL of the agent holding the leader Lease
