@@ -340,26 +340,8 @@ class ClusterApi:
         component: str = "nodefence",
     ) -> None:
         """Record a core/v1 Event about a Node (in the default namespace, as kubelets do)."""
-        now = dt.datetime.now(dt.UTC)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{node}.nodefence."),
-            involved_object=k8s.V1ObjectReference(
-                kind="Node", name=node, uid=uid or None, api_version="v1"
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            source=k8s.V1EventSource(component=component),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        await self._call(
-            f"create event {reason} for {node}",
-            lambda: self.core.create_namespaced_event(
-                "default", event, _request_timeout=self.timeout
-            ),
-        )
+        about = k8s.V1ObjectReference(kind="Node", name=node, uid=uid or None, api_version="v1")
+        await self._event("default", node, about, reason, message, warning, component, node)
 
     async def vm_event(
         self,
@@ -371,15 +353,40 @@ class ClusterApi:
         component: str = "nodefence",
     ) -> None:
         """An Event about a VirtualMachine (its recovery after a fence)."""
+        about = k8s.V1ObjectReference(
+            kind="VirtualMachine",
+            name=name,
+            namespace=namespace,
+            api_version=f"{VM_GROUP}/{VM_VERSION}",
+        )
+        what = f"VM {namespace}/{name}"
+        await self._event(namespace, name, about, reason, message, warning, component, what)
+
+    async def lease_event(
+        self, namespace: str, name: str, reason: str, message: str, component: str = "nodefence"
+    ) -> None:
+        """A Warning Event about the leader Lease: cluster-wide alerts (storm, broker down)."""
+        about = k8s.V1ObjectReference(
+            kind="Lease", name=name, namespace=namespace, api_version="coordination.k8s.io/v1"
+        )
+        await self._event(namespace, name, about, reason, message, True, component, "")
+
+    async def _event(
+        self,
+        namespace: str,
+        name: str,
+        about: k8s.V1ObjectReference,
+        reason: str,
+        message: str,
+        warning: bool,
+        component: str,
+        what: str,
+    ) -> None:
+        """Create one core/v1 Event in `namespace` about `about` (named `name`)."""
         now = dt.datetime.now(dt.UTC)
         event = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(generate_name=f"{name}.nodefence."),
-            involved_object=k8s.V1ObjectReference(
-                kind="VirtualMachine",
-                name=name,
-                namespace=namespace,
-                api_version=f"{VM_GROUP}/{VM_VERSION}",
-            ),
+            involved_object=about,
             reason=reason,
             message=message[:1024],
             type="Warning" if warning else "Normal",
@@ -389,32 +396,7 @@ class ClusterApi:
             count=1,
         )
         await self._call(
-            f"create event {reason} for VM {namespace}/{name}",
-            lambda: self.core.create_namespaced_event(
-                namespace, event, _request_timeout=self.timeout
-            ),
-        )
-
-    async def lease_event(
-        self, namespace: str, name: str, reason: str, message: str, component: str = "nodefence"
-    ) -> None:
-        """A Warning Event about the leader Lease: cluster-wide alerts (storm, broker down)."""
-        now = dt.datetime.now(dt.UTC)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{name}.nodefence."),
-            involved_object=k8s.V1ObjectReference(
-                kind="Lease", name=name, namespace=namespace, api_version="coordination.k8s.io/v1"
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning",
-            source=k8s.V1EventSource(component=component),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        await self._call(
-            f"create event {reason}",
+            f"create event {reason}" + (f" for {what}" if what else ""),
             lambda: self.core.create_namespaced_event(
                 namespace, event, _request_timeout=self.timeout
             ),
