@@ -232,79 +232,10 @@ def _connect(port: int, client_id: str) -> socket.socket:
     return sock
 
 
-def _signed_generator(spec: dict[str, Any], names: list[str]) -> int:
-    """As `generator_process`, every payload signed like an agent's (no byte templates: the
-    signature covers the sequence number and the timestamp)."""
-    from agent.heartbeat_auth import node_key, sign
-
-    interval, count, seconds = spec["interval"], len(names), spec["seconds"]
-    key = spec["key"].encode()
-    nodes = [
-        (
-            name,
-            uuid.uuid4().hex,
-            node_key(key, name),
-            (lambda t: struct.pack("!H", len(t)) + t)(heartbeat_topic(CLUSTER, name).encode()),
-        )
-        for name in names
-    ]
-    sock = _connect(spec["port"], f"bench-load-{spec['first']}")
-    total = count * round(seconds / interval)
-    step = interval / count
-    start = spec["start_at"]
-    sent, behind = 0, 0.0
-    time.sleep(max(0.0, start - time.monotonic()))
-    cpu0 = time.process_time()
-    while sent < total:
-        now = time.monotonic()
-        due = min(total, int((now - start) / step) + 1)
-        if due > sent:
-            behind = max(behind, now - (start + sent * step))
-            ts = int(time.time() * 1000)
-            batch = []
-            for k in range(sent, due):
-                name, boot, nkey, topic = nodes[k % count]
-                hb = Heartbeat(name, k // count, boot, interval, __version__, ts=ts)
-                rest = topic + encode_heartbeat(sign(hb, nkey))
-                batch.append(b"\x30" + _remaining_length(len(rest)) + rest)
-            sock.sendall(b"".join(batch))
-            sent = due
-        time.sleep(0.002)
-    last = time.monotonic()
-    sock.sendall(b"\xe0\x00")
-    sock.close()
-    emit(
-        {
-            "published": sent,
-            "start": start,
-            "end": last,
-            "cpu": time.process_time() - cpu0,
-            "behind": behind,
-        }
-    )
-    return 0
-
-
-def generator_process(spec: dict[str, Any]) -> int:
-    """Publish heartbeats of nodes [first, first+count) once per interval until `seconds`."""
-    interval, count, seconds = spec["interval"], spec["count"], spec["seconds"]
-    names = [f"sim-{i:05d}" for i in range(spec["first"], spec["first"] + count)]
-    if spec.get("key"):
-        return _signed_generator(spec, names)
-    frames: list[tuple[bytes, bytes, bytes]] = []  # (topic with its length, payload head, tail)
-    for name in names:
-        hb = Heartbeat(name, 0, uuid.uuid4().hex, interval, __version__)
-        head, tail = encode_heartbeat(hb).split(b'"seq":0', 1)
-        topic = heartbeat_topic(CLUSTER, name).encode()
-        frames.append((struct.pack("!H", len(topic)) + topic, head + b'"seq":', tail))
-    # The payloads must be the agent's, byte for byte.
-    sample = frames[0][1] + b"12345" + frames[0][2]
-    expected = encode_heartbeat(
-        Heartbeat(names[0], 12345, json.loads(sample)["boot"], interval, __version__)
-    )
-    if sample != expected:
-        raise RuntimeError(f"payload template drifted from encode_heartbeat: {sample!r}")
-
+def _publish(spec: dict[str, Any], count: int, message: Callable[[int], bytes]) -> int:
+    """Publish `message(k)` (topic with its length, then payload) for k = 0, 1, ... once per
+    interval per node, nodes in turn, until `seconds`; print what was sent."""
+    interval, seconds = spec["interval"], spec["seconds"]
     sock = _connect(spec["port"], f"bench-load-{spec['first']}")
     total = count * round(seconds / interval)
     step = interval / count  # one message every `step` seconds, nodes in turn
@@ -319,9 +250,7 @@ def generator_process(spec: dict[str, Any]) -> int:
             behind = max(behind, now - (start + sent * step))
             batch = []
             for k in range(sent, due):
-                topic, head, tail = frames[k % count]
-                payload = head + str(k // count).encode() + tail
-                rest = topic + payload
+                rest = message(k)
                 batch.append(b"\x30" + _remaining_length(len(rest)) + rest)
             sock.sendall(b"".join(batch))
             sent = due
@@ -339,6 +268,56 @@ def generator_process(spec: dict[str, Any]) -> int:
         }
     )
     return 0
+
+
+def _signed_generator(spec: dict[str, Any], names: list[str]) -> int:
+    """As `generator_process`, every payload signed like an agent's (no byte templates: the
+    signature covers the sequence number and the timestamp)."""
+    from agent.heartbeat_auth import node_key, sign
+
+    interval, count, key = spec["interval"], len(names), spec["key"].encode()
+    nodes = []
+    for name in names:
+        topic = heartbeat_topic(CLUSTER, name).encode()
+        nodes.append((name, uuid.uuid4().hex, node_key(key, name), _length(topic) + topic))
+
+    def message(k: int) -> bytes:
+        name, boot, nkey, topic = nodes[k % count]
+        hb = Heartbeat(name, k // count, boot, interval, __version__, ts=int(time.time() * 1000))
+        return topic + encode_heartbeat(sign(hb, nkey))
+
+    return _publish(spec, count, message)
+
+
+def _length(data: bytes) -> bytes:
+    return struct.pack("!H", len(data))
+
+
+def generator_process(spec: dict[str, Any]) -> int:
+    """Publish heartbeats of nodes [first, first+count) once per interval until `seconds`."""
+    interval, count = spec["interval"], spec["count"]
+    names = [f"sim-{i:05d}" for i in range(spec["first"], spec["first"] + count)]
+    if spec.get("key"):
+        return _signed_generator(spec, names)
+    frames: list[tuple[bytes, bytes, bytes]] = []  # (topic with its length, payload head, tail)
+    for name in names:
+        hb = Heartbeat(name, 0, uuid.uuid4().hex, interval, __version__)
+        head, tail = encode_heartbeat(hb).split(b'"seq":0', 1)
+        topic = heartbeat_topic(CLUSTER, name).encode()
+        frames.append((_length(topic) + topic, head + b'"seq":', tail))
+    # The payloads must be the agent's, byte for byte.
+    sample = frames[0][1] + b"12345" + frames[0][2]
+    expected = encode_heartbeat(
+        Heartbeat(names[0], 12345, json.loads(sample)["boot"], interval, __version__)
+    )
+    if sample != expected:
+        raise RuntimeError(f"payload template drifted from encode_heartbeat: {sample!r}")
+
+    def message(k: int) -> bytes:
+        topic, head, tail = frames[k % count]
+        return topic + head + str(k // count).encode() + tail
+
+    return _publish(spec, count, message)
 
 
 # -- one consumer at one size -------------------------------------------------------------------
