@@ -48,10 +48,11 @@ from agent.fencing import (
     next_action,
 )
 from agent.inventory import Inventory, NodeInventory
-from agent.power import PowerFencer, StopWalk
+from agent.power import BackendFactory, PowerFencer, StopWalk
 from agent.records import from_record, to_record
 from agent.topology import Action as PowerAction
 from agent.topology import Outcome
+from backends.registry import build_backend
 
 log = logging.getLogger("nodefence.fencing")
 
@@ -101,6 +102,8 @@ class FenceExecutor:
         check_interval: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         self_fence: SelfFenceCheck | None = None,
+        backend_factory: BackendFactory = build_backend,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:8],
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -120,6 +123,8 @@ class FenceExecutor:
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
         self.self_fence = self_fence
+        self.backend_factory = backend_factory
+        self.new_id = new_id
         self._marked_at: dict[str, float] = {}  # node -> record stored/taken over (our clock)
         self._unreachable: dict[str, bool] = {}  # node -> last walk found no BMC answering
         self._self_fence_note: dict[str, str] = {}
@@ -166,7 +171,7 @@ class FenceExecutor:
             self._marked_at[node] = self.clock()  # the record exists: the node can see it
             log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
         else:
-            op = Operation(node=node, id=uuid.uuid4().hex[:8])
+            op = Operation(node=node, id=self.new_id())
             self._marked_at.pop(node, None)  # set when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
@@ -342,7 +347,13 @@ class FenceExecutor:
                 await self._save(current)
 
         self.stats.power_walks += 1
-        fencer = PowerFencer(node_inv, inventory.policy, guard=guard)
+        fencer = PowerFencer(
+            node_inv,
+            inventory.policy,
+            guard=guard,
+            factory=self.backend_factory,
+            clock=self.clock,
+        )
         outcome = await fencer.run(PowerAction.OFF)
         self._unreachable[op.node] = all_unreachable(node_inv, outcome)
         if not state["stop"]:
@@ -368,7 +379,9 @@ class FenceExecutor:
         node_inv = inventory.nodes.get(op.node) if inventory else None
         if inventory is None or node_inv is None:
             return
-        outcome = await PowerFencer(node_inv, inventory.policy).run(PowerAction.ON)
+        outcome = await PowerFencer(
+            node_inv, inventory.policy, factory=self.backend_factory, clock=self.clock
+        ).run(PowerAction.ON)
         if not outcome.success:
             log.error("powering %s back on after the fence failed: %s", op.node, outcome.reason)
 

@@ -23,8 +23,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiomqtt
-
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
@@ -40,8 +38,7 @@ from agent.heartbeat_codec import (
     heartbeat_filter,
     node_from_topic,
 )
-from agent.mqtt_client import make_client
-from agent.mqtt_ingest import IngestError, subscribe_stream
+from agent.leader_broker import BrokerLost, LeaderBroker, MqttLeaderBroker
 from agent.peers import (
     ProbeRequest,
     Target,
@@ -107,6 +104,9 @@ class LeaderSide:
         on_dead: DeadCallback | None = None,
         executor_factory: ExecutorFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+        broker: LeaderBroker | None = None,
         tick: float = 0.1,
         kube_period: float = 1.0,
     ) -> None:
@@ -119,6 +119,9 @@ class LeaderSide:
         self.executor_factory = executor_factory
         self.executor: FenceExecutor | None = None
         self.clock = clock
+        self.wall = wall
+        self.new_id = new_id
+        self.broker: LeaderBroker = broker or MqttLeaderBroker(cfg.broker, identity)
         self.tick = tick
         self.kube_period = kube_period
         self.max_unhealthy = MaxUnhealthy.parse(cfg.max_unhealthy)
@@ -144,7 +147,7 @@ class LeaderSide:
         self._alerted: set[tuple[str, str | None]] = set()
         self._probed: dict[str, float] = {}
         self._probe_salt = 0
-        self._client: aiomqtt.Client | None = None
+        self._broker_up = False  # a session is up: publishing may succeed
         self._last_kube_look: float | None = None
         self._view_at = float("-inf")
         self.view_period = 1.0  # the status view is for people: once a second is plenty
@@ -206,31 +209,23 @@ class LeaderSide:
         attempt = 0
         cluster = self.cfg.cluster
         while True:
-            client = make_client(self.cfg.broker, f"nodefence-leader-{self.identity}")
 
             def up() -> None:
                 nonlocal attempt
                 self.broker_up_since = self.clock()
+                self._broker_up = True
                 self._connected_once.set()
                 attempt = 0
                 log.info("leader connected to the broker")
 
             try:
-                async with client:  # for publishing probe requests and the status view
-                    self._client = client
-                    # Heartbeats come in over a lean subscribe-only connection (see
-                    # agent.mqtt_ingest): the broker connection the guards watch.
-                    await subscribe_stream(
-                        self.cfg.broker,
-                        f"nodefence-ingest-{self.identity}",
-                        [heartbeat_filter(cluster), result_filter(cluster)],
-                        self._on_message,
-                        up,
-                    )
-            except (aiomqtt.MqttError, IngestError) as err:
+                await self.broker.session(
+                    [heartbeat_filter(cluster), result_filter(cluster)], self._on_message, up
+                )
+            except BrokerLost as err:
                 log.warning("leader lost the broker: %s", err)
             finally:
-                self._client = None
+                self._broker_up = False
                 self.broker_up_since = None
             attempt += 1
             await asyncio.sleep(
@@ -251,7 +246,7 @@ class LeaderSide:
         if node is not None:
             try:
                 hb = decode_heartbeat(node, data)
-                if not self.verifier.check(hb, time.time()) and self.verifier.mode is not (
+                if not self.verifier.check(hb, self.wall()) and self.verifier.mode is not (
                     AuthMode.OFF
                 ):
                     self.stats.rejected["unsigned_accepted"] += 1  # permissive: counted only
@@ -333,12 +328,12 @@ class LeaderSide:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected_once.wait(), self.profile.fence_after)
         while True:
-            started = time.perf_counter()
+            started = self.clock()
             await self.judge_once()
             _raise_if_cancelling()
             # On a big cluster judging costs tens of ms: never spend more than a third of the
             # loop's time on it, so heartbeats keep being read (and stamped) promptly.
-            await asyncio.sleep(max(self.tick, 2 * (time.perf_counter() - started)))
+            await asyncio.sleep(max(self.tick, 2 * (self.clock() - started)))
 
     async def judge_once(self) -> PolicyDecision:
         """One round: evaluate, probe suspects, decide, report what is new."""
@@ -382,8 +377,8 @@ class LeaderSide:
         last = self._probed.get(suspect)
         if last is not None and now - last < max(self.profile.interval, 0.5):
             return
-        client, info = self._client, self.nodes.get(suspect)
-        if client is None or info is None:
+        info = self.nodes.get(suspect)
+        if not self._broker_up or info is None:
             return
         targets: list[Target] = []
         if info.health_endpoint and ":" in info.health_endpoint:
@@ -400,10 +395,10 @@ class LeaderSide:
         )
         if not peers:
             return
-        req = ProbeRequest(uuid.uuid4().hex[:12], suspect, peers, tuple(targets))
+        req = ProbeRequest(self.new_id(), suspect, peers, tuple(targets))
         self._probed[suspect] = now
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(probe_topic(self.cfg.cluster, suspect), encode_request(req))
+        with contextlib.suppress(BrokerLost):
+            await self.broker.publish(probe_topic(self.cfg.cluster, suspect), encode_request(req))
             self.stats.probes_sent += 1
 
     async def _report(self, decision: PolicyDecision, now: float) -> None:
@@ -469,8 +464,7 @@ class LeaderSide:
             log.warning("cannot record event %s for %s: %s", reason, node, err)
 
     async def _publish_view(self, decision: PolicyDecision, now: float) -> None:
-        client = self._client
-        if client is None or now - self._view_at < self.view_period:
+        if not self._broker_up or now - self._view_at < self.view_period:
             return
         self._view_at = now
         rows = []
@@ -500,9 +494,9 @@ class LeaderSide:
             ],
             "rejected": dict(self.stats.rejected),
             "nodes": rows,
-            "publishedAt": time.time(),
+            "publishedAt": self.wall(),
         }
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                view_topic(self.cfg.cluster), json.dumps(view).encode(), qos=0, retain=True
+        with contextlib.suppress(BrokerLost):
+            await self.broker.publish(
+                view_topic(self.cfg.cluster), json.dumps(view).encode(), retain=True
             )
