@@ -32,11 +32,15 @@ from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
 from agent.heartbeat_codec import (
     PREFIX,
     HeartbeatRejected,
+    NodeState,
     SequenceTracker,
     WatchdogClaim,
     decode_heartbeat,
+    decode_status_boot,
     heartbeat_filter,
     node_from_topic,
+    status_filter,
+    valid_name,
 )
 from agent.leader_broker import BrokerLost, LeaderBroker, MqttLeaderBroker
 from agent.peers import (
@@ -57,7 +61,7 @@ from agent.policy import (
     decide,
     leader_guard,
 )
-from agent.profiles import DetectionProfile
+from agent.profiles import DetectionProfile, NoPeers, Signal
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
 
 log = logging.getLogger("nodefence.leader")
@@ -136,6 +140,9 @@ class LeaderSide:
             tuple(s.reveal().encode() for s in cfg.auth.also_accept),
         )
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
+        self._claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
+        self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
+        self._gone: set[str] = set()  # Nodes deleted in this term (until they register again)
         self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
         self.leader_since = 0.0
         self.broker_up_since: float | None = None
@@ -168,6 +175,8 @@ class LeaderSide:
                 tg.create_task(self._broker_loop())
                 tg.create_task(self._kube_loop())
                 tg.create_task(self._judge_loop())
+                if self.executor is not None:
+                    tg.create_task(self.executor.reconcile_loop())
         finally:
             if self.executor is not None:
                 await self.executor.stop()
@@ -182,12 +191,30 @@ class LeaderSide:
             return "kubelet Lease renewed"
         return None
 
-    def self_fence_check(self, node: str, marked_at: float, unreachable: bool) -> tuple[bool, str]:
+    @property
+    def max_claim_age(self) -> float:
+        """How old (at the fence decision) a node's last armed-watchdog heartbeat may be: the
+        longest a silent node can take to be declared dead under this profile, plus two
+        heartbeat intervals and two probe timeouts."""
+        p = self.profile
+        kubelet_decides = Signal.KUBELET in p.require or (
+            Signal.PEERS in p.require and p.on_no_peers is NoPeers.KUBELET
+        )
+        base = max(p.fence_after, p.kubelet_stale_after if kubelet_decides else 0.0)
+        return base + 2 * p.interval + 2 * p.peer_probe_timeout
+
+    def self_fence_check(
+        self, node: str, marked_at: float, decided_at: float, unreachable: bool
+    ) -> tuple[bool, str]:
         """May `node` be taken as reset by its watchdog now? (see `agent.watchdog`)"""
+        decision = self.last_decision
         return self_fence_verdict(
             SelfFenceFacts(
                 now=self.clock(),
                 marked_at=marked_at,
+                decided_at=decided_at,
+                max_claim_age=self.max_claim_age,
+                frozen=decision is None or decision.frozen,
                 margin=self.cfg.fencing.self_fence_margin,
                 claim=self.watchdog_claims.get(node),
                 last_heartbeat=self.detector.last_heartbeat(node),
@@ -220,7 +247,9 @@ class LeaderSide:
 
             try:
                 await self.broker.session(
-                    [heartbeat_filter(cluster), result_filter(cluster)], self._on_message, up
+                    [heartbeat_filter(cluster), result_filter(cluster), status_filter(cluster)],
+                    self._on_message,
+                    up,
                 )
             except BrokerLost as err:
                 log.warning("leader lost the broker: %s", err)
@@ -243,6 +272,12 @@ class LeaderSide:
             self.stats.rejected["bad_topic"] += 1
             metrics.REJECTED.labels("bad_topic").inc()
             return
+        if node is not None and node in self._gone:
+            # A heartbeat still in flight when its Node was deleted: it must not bring back a
+            # phantom node (unhealthy forever, counted by the storm guard).
+            self.stats.rejected["deleted_node"] += 1
+            metrics.REJECTED.labels("deleted_node").inc()
+            return
         if node is not None:
             try:
                 hb = decode_heartbeat(node, data)
@@ -261,8 +296,15 @@ class LeaderSide:
                 return
             self.stats.heartbeats += 1
             metrics.HEARTBEATS.inc()
-            self.watchdog_claims[node] = hb.wd
+            # A boot whose agent announced a clean stop has disarmed its watchdog: a
+            # heartbeat of it delivered late (reordered) claims nothing.
+            self.watchdog_claims[node] = hb.wd if self.stopped_boots.get(node) != hb.boot else None
+            self._claim_boot[node] = hb.boot
             self.detector.observe(hb, now)
+            return
+        status_prefix = f"{PREFIX}/{self.cfg.cluster}/status/"
+        if topic.startswith(status_prefix):
+            self._on_status(topic[len(status_prefix) :], data)
             return
         prefix = f"{PREFIX}/{self.cfg.cluster}/probe-result/"
         if topic.startswith(prefix):
@@ -273,6 +315,18 @@ class LeaderSide:
                 return
             self.stats.probe_results += 1
             self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, now)
+
+    def _on_status(self, node: str, data: bytes) -> None:
+        """A node's retained status: a clean stop withdraws its boot's watchdog claim."""
+        status = decode_status_boot(data) if valid_name(node) else None
+        if status is None or status[0] is not NodeState.STOPPED or status[1] is None:
+            return  # online/offline say nothing the heartbeats do not
+        if node not in self.stopped_boots and len(self.stopped_boots) >= 65536:
+            return
+        self.stopped_boots[node] = status[1]
+        if self._claim_boot.get(node) == status[1] and self.watchdog_claims.get(node):
+            log.info("node %s: agent stopped cleanly, its watchdog claim is withdrawn", node)
+            self.watchdog_claims[node] = None
 
     # -- kubernetes ----------------------------------------------------------------------------
 
@@ -290,8 +344,14 @@ class LeaderSide:
             return
         now = self.clock()
         previous_look, self._last_kube_look = self._last_kube_look, now
-        self.nodes = {n.name: n for n in nodes}
+        previous, self.nodes = self.nodes, {n.name: n for n in nodes}
         for n in nodes:
+            self._gone.discard(n.name)
+            old = previous.get(n.name)
+            if old is not None and old.uid != n.uid:
+                # Deleted and registered again between two looks: a new incarnation.
+                log.info("node %s registered again (new uid)", n.name)
+                self._forget_node(n.name)
             self.detector.expect(n.name, now)
             lease = leases.get(n.name)
             renew = lease.renew_time if lease else None
@@ -308,13 +368,18 @@ class LeaderSide:
                 renewed_at = previous_look if previous_look is not None else now
             self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
         for gone in set(self.kubelet_seen) - set(self.nodes):
-            if self.executor is not None:
-                self.executor.forget(gone)  # a node that rejoins later may be fenced again
-            self.kubelet_seen.pop(gone, None)
-            self.detector.forget(gone)
-            self.sequences.forget(gone)
-            self.watchdog_claims.pop(gone, None)
-            self.rejected_at.pop(gone, None)
+            self._forget_node(gone)
+            self._gone.add(gone)
+
+    def _forget_node(self, node: str) -> None:
+        if self.executor is not None:
+            self.executor.forget(node)  # a node that rejoins later may be fenced again
+        self.kubelet_seen.pop(node, None)
+        self.detector.forget(node)
+        self.sequences.forget(node)
+        self.watchdog_claims.pop(node, None)
+        self._claim_boot.pop(node, None)
+        self.rejected_at.pop(node, None)
 
     # -- judging -------------------------------------------------------------------------------
 
@@ -369,9 +434,41 @@ class LeaderSide:
         if self.executor is not None:
             for node in decision.fence:  # no-op while its operation runs
                 if node in self.nodes:
-                    self.executor.submit(node)
+                    self.executor.submit(node, now, self.nodes[node].uid)
+            await self._advance_held(maintenance, now)
         await self._publish_view(decision, now)
         return decision
+
+    async def _advance_held(self, maintenance: frozenset[str], now: float) -> None:
+        """Resumed operations this leader did not decide (held, see FenceExecutor.resume):
+        once it can judge (its own first window over, its broker connection up), abort those
+        whose node it finds alive, in maintenance or gone from the cluster. One whose power-off
+        the old leader may have sent goes on once this leader's own verdict is DEAD, even
+        while the storm guard freezes new decisions (the decision was taken and committed);
+        one that sent nothing waits for a fence decision that passes every guard."""
+        assert self.executor is not None
+        if (
+            leader_guard(
+                LeaderFacts(now, self.leader_since, self.broker_up_since), self.profile.fence_after
+            )
+            is not None
+        ):
+            return
+        verdicts = {v.node: v for v in self.verdicts}
+        for node in sorted(self.executor.held()):
+            v = verdicts.get(node)
+            op = self.executor.operations.get(node)
+            if node in maintenance and not (op and op.power_off_sent):
+                why = "node in maintenance (seen by a new leader that never decided to fence it)"
+            elif v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST):
+                why = f"node alive by the new leader's own evidence ({v.reason})"
+            elif node not in self.nodes and self._last_kube_look is not None:
+                why = "its Node no longer exists and this leader never decided to fence it"
+            else:
+                if op and op.power_off_sent and v is not None and v.health is NodeHealth.DEAD:
+                    self.executor.submit(node, now, self.nodes[node].uid)
+                continue
+            await self.executor.cancel_held(node, why)
 
     async def _ask_peers(self, suspect: str, healthy: list[str], now: float) -> None:
         last = self._probed.get(suspect)
@@ -421,8 +518,8 @@ class LeaderSide:
                     metrics.DETECTION.observe(v.since_last_heartbeat)
                 log.warning("node %s declared dead: %s", v.node, v.reason)
                 await self._event(v.node, "NodeDeclaredDead", f"declared dead: {v.reason}", True)
-                if self.executor is not None:
-                    self.executor.submit(v.node)
+                if self.executor is not None and v.node in self.nodes:
+                    self.executor.submit(v.node, now, self.nodes[v.node].uid)
                 if self.on_dead is not None:
                     await self.on_dead(v.node, v)
             elif current is NodeHealth.AGENT_LOST:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 
 import aiomqtt
@@ -33,7 +34,7 @@ from agent.peers import (
     run_probe,
 )
 from agent.profiles import DetectionProfile, profile_from_mapping
-from agent.records import from_record
+from agent.records import from_record, is_open_mark
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 
 log = logging.getLogger("nodefence.agent")
@@ -64,6 +65,16 @@ async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: async
             log.debug("probe responder lost the broker: %s", err)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), cfg.broker.reconnect_max)
+
+
+def leader_identity(node: str) -> str:
+    """The Lease holder identity of this process: the node name and a per-process id."""
+    return f"{node}_{secrets.token_hex(4)}"
+
+
+def identity_node(identity: str | None) -> str | None:
+    """The node name in a Lease holder identity (older agents used the bare node name)."""
+    return None if not identity else identity.split("_", 1)[0]
 
 
 def advertised_host(cfg: AgentConfig) -> str:
@@ -100,9 +111,20 @@ async def run_agent(
     feeder: WatchdogFeeder | None = None
     w = cfg.watchdog
     if w.enabled:
+
+        async def announce_stop() -> bool:
+            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publisher.stop_announced.wait(), 5.0)
+            return publisher.stop_announced.is_set()
+
         policy = FeedPolicy(w.cut_off_after)
         feeder = WatchdogFeeder(
-            w.device, policy, WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval)
+            w.device,
+            policy,
+            WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval),
+            read_timeout=w.timeout_from == "device",
+            announce=announce_stop,
         )
         publisher.claim = feeder.armed_claim
         publisher.on_echo = policy.contact
@@ -112,7 +134,7 @@ async def run_agent(
             return [
                 str((r.get("metadata") or {}).get("name"))
                 for r in records
-                if (r.get("spec") or {}).get("nodeName") == node and not from_record(r).final
+                if (r.get("spec") or {}).get("nodeName") == node and is_open_mark(from_record(r))
             ]
 
     try:
@@ -121,11 +143,14 @@ async def run_agent(
     except ClusterError as err:
         log.warning("cannot announce the health endpoint on node %s: %s", node, err)
     k = cfg.kube
+    # Unique per process: two agents started with the same node name (a stale pod, a
+    # mistake) must never both take the Lease as "ours".
+    identity = leader_identity(node)
     elector = LeaderElector(
         api,
         k.namespace,
         k.lease_name,
-        identity=node,
+        identity=identity,
         timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
     )
 
@@ -158,7 +183,7 @@ async def run_agent(
         return FenceExecutor(
             api,
             k.namespace,
-            node,
+            identity,
             inventory=watcher.current,
             confirm_leader=elector.confirm,
             alive_since=leader.alive_since,
@@ -177,7 +202,7 @@ async def run_agent(
             cfg,
             profile,
             api,
-            node,
+            identity,
             inventory=watcher.nodes if watcher else None,
             executor_factory=executor_factory if watcher else None,
         ).run()

@@ -263,6 +263,7 @@ class SimCluster:
             wd = {k: v for k, v in s.watchdog.items() if k != "reboot_after"}
             doc["watchdog"] = {
                 "enabled": True,
+                "timeout_from": "config",  # the emulated device is a FIFO: no ioctls
                 **wd,
                 "device": str(self.workdir / "watchdog" / node),
             }
@@ -279,13 +280,14 @@ class SimCluster:
     # -- observations -----------------------------------------------------------------------------
 
     def leader(self) -> str | None:
-        """The holder of the nodefence leader Lease, or None."""
+        """The node whose agent holds the nodefence leader Lease, or None (the holder identity
+        is `<node>_<per-process id>`)."""
         try:
             lease = self.kube.store.get("leases", "nodefence-leader", "nodefence")
         except NotFound:
             return None
         holder = (lease.get("spec") or {}).get("holderIdentity")
-        return str(holder) if holder else None
+        return str(holder).split("_", 1)[0] if holder else None
 
     def events(self, reason: str | None = None) -> list[dict[str, Any]]:
         """Core Events about nodes and the leader Lease (optionally of one reason), oldest
