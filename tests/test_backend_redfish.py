@@ -28,7 +28,7 @@ from backends.errors import (
 from backends.redfish import RedfishBackend, choose_reset_type, power_state_from
 from backends.spec import DeviceTimeouts, RedfishDevice, Secret
 from hwsim.machine import SimMachine
-from hwsim.redfish import RedfishBmc
+from hwsim.redfish import RawAnswer, RedfishBmc
 from hwsim.tls import TlsFiles, make_tls
 
 USER, PASSWORD = "admin", "Pa55-w0rd-never-shown"
@@ -377,6 +377,24 @@ async def test_a_bmc_that_answers_then_stalls_is_a_timeout(
     started = time.monotonic()
     with pytest.raises(BmcTimeout):
         await backend.power_state()
+    assert time.monotonic() - started < 2
+
+
+async def test_a_bmc_that_sends_headers_then_stalls_in_its_first_answer_is_a_timeout(
+    start_bmc: StartBmc, backend_for: MakeBackend
+) -> None:
+    # The status line and headers came: the BMC answered, so it is not "unreachable" (which
+    # would let it be skipped in a proof of Off and count towards a watchdog self-fence).
+    bmc = await start_bmc()
+    body = b'{"@odata.id": "/redfish/v1/", "Systems": {"@odata.id": "/redfish/v1/Systems"}}'
+    bmc.tamper = lambda method, path: RawAnswer(
+        body=[body[:10], body[10:]], content_length=len(body), drip=5.0
+    )
+    backend = backend_for(bmc, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BmcTimeout) as caught:
+        await backend.power_state()
+    assert not isinstance(caught.value, BmcUnreachable)
     assert time.monotonic() - started < 2
 
 
