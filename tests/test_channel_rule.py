@@ -24,6 +24,7 @@ from backends.errors import (
     BmcAuthFailed,
     BmcProtocolError,
     BmcTimeout,
+    BmcTlsError,
     BmcUnreachable,
     BmcUnsupported,
     FenceError,
@@ -167,6 +168,7 @@ ERRORS = [
     BmcProtocolError("HTTP 500", node="n", device="redfish"),
     BmcTimeout("answered, then stalled", node="n", device="redfish"),
     BmcUnsupported("HTTP 404", node="n", device="redfish"),
+    BmcTlsError("certificate not trusted", node="n", device="redfish"),
 ]
 
 
