@@ -231,4 +231,8 @@ def test_the_shipped_example_inventory_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "inventory.yaml"
     path.write_text(text)
     inv = load_inventory(path, env=env)
-    assert set(inv.nodes) == {"worker-1", "worker-2"}
+    assert set(inv.nodes) == {"worker-1", "worker-2", "worker-3"}
+    assert inv.node("worker-3").channel_groups == (
+        frozenset({"ipmi", "redfish"}),
+        frozenset({"pdu"}),
+    )
