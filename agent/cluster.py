@@ -18,6 +18,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from agent.node_label import NODE_LABEL, node_selector
+
 T = TypeVar("T")
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 HEALTH_ANNOTATION = "nodefence.io/health-endpoint"
@@ -292,7 +294,7 @@ class ClusterApi:
 
     async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
         """Every FenceOperation in `namespace` (only those of `node`, when given)."""
-        selector = f"nodefence.io/node={node}" if node else ""
+        selector = node_selector(NODE_LABEL, node) if node else ""
         result = await self._call_any(
             "list fence operations",
             lambda: self.custom.list_namespaced_custom_object(

@@ -61,6 +61,8 @@ from agent.policy import (
     decide,
     leader_guard,
 )
+from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifier
+from agent.probe_requests import OutstandingProbes
 from agent.profiles import DetectionProfile, NoPeers, Signal
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
 
@@ -139,6 +141,9 @@ class LeaderSide:
             cfg.auth.max_skew,
             tuple(s.reveal().encode() for s in cfg.auth.also_accept),
         )
+        self.probe_verifier = ProbeResultVerifier(self.verifier)
+        # A peer answers within its probe timeout; the rest is for the broker's round trip.
+        self.probes = OutstandingProbes(profile.peer_probe_timeout + max(profile.interval, 1.0))
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
         self._claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
         self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
@@ -313,8 +318,23 @@ class LeaderSide:
                 self.stats.rejected["malformed_probe_result"] += 1
                 metrics.REJECTED.labels("malformed_probe_result").inc()
                 return
+            try:
+                # The signature first, so a forgery never uses up a peer's one answer.
+                signed = self.probe_verifier.check(res, self.wall())
+                asked_at = self.probes.admit(res, now)
+            except ProbeRejected as rej:
+                self.stats.rejected[rej.reason.value] += 1
+                metrics.REJECTED.labels(rej.reason.value).inc()
+                log.debug("dropped probe result on %s: %s", topic, rej)
+                return
+            if not signed and self.verifier.mode is AuthMode.PERMISSIVE:
+                self.stats.rejected[UNSIGNED_ACCEPTED] += 1  # counted only
+                metrics.REJECTED.labels(UNSIGNED_ACCEPTED).inc()
             self.stats.probe_results += 1
-            self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, now)
+            # "Unreachable" may describe any moment since the request went out: stamp it then,
+            # so a heartbeat received meanwhile outweighs it. "Reachable" counts on receipt.
+            at = now if res.reachable else asked_at
+            self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, at)
 
     def _on_status(self, node: str, data: bytes) -> None:
         """A node's retained status: a clean stop withdraws its boot's watchdog claim."""
@@ -494,6 +514,7 @@ class LeaderSide:
             return
         req = ProbeRequest(self.new_id(), suspect, peers, tuple(targets))
         self._probed[suspect] = now
+        self.probes.asked(req, now)  # before publishing: an answer may come back at once
         with contextlib.suppress(BrokerLost):
             await self.broker.publish(probe_topic(self.cfg.cluster, suspect), encode_request(req))
             self.stats.probes_sent += 1

@@ -10,18 +10,32 @@ that jumped is clamped to that range).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import replace
 from typing import Any
 
 from agent.cluster import RECORD_GROUP, RECORD_VERSION
 from agent.fencing import Operation, Phase, Timing, VmOutcome
+from agent.heartbeat_codec import valid_name
+from agent.node_label import NODE_LABEL, node_label_value
 
-NODE_LABEL = "nodefence.io/node"
+__all__ = ["NODE_LABEL", "from_record", "is_open_mark", "record_name", "resumed", "to_record"]
+_DIGEST = 20  # hex digits of SHA-256(node, id) in a shortened name: 80 bits
 
 
 def record_name(op: Operation) -> str:
-    """The resource name: unique per operation, readable per node."""
-    return f"fence-{op.node}-{op.id}"[:253]
+    """The resource name: unique per operation, readable per node, always a valid name.
+
+    `fence-<node>-<id>` when that is a DNS-1123 subdomain of at most 253 characters; else the
+    start of `fence-<node>` and a hash of node and id, so a long node name never cuts the id
+    away (two operations on one node never share a record).
+    """
+    plain = f"fence-{op.node}-{op.id}"
+    if valid_name(plain):
+        return plain
+    digest = hashlib.sha256(f"{op.node}\0{op.id}".encode()).hexdigest()[:_DIGEST]
+    head = f"fence-{op.node}"[: 253 - 1 - _DIGEST].rstrip("-.")
+    return f"{head}-{digest}"
 
 
 def _now() -> str:
@@ -58,7 +72,7 @@ def to_record(
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
-    meta["labels"] = {**(meta.get("labels") or {}), NODE_LABEL: op.node}
+    meta["labels"] = {**(meta.get("labels") or {}), NODE_LABEL: node_label_value(op.node)}
     base_status = (base or {}).get("status") or {}
     started = base_status.get("startedAt") or _now()
     deleted_at = base_status.get("deletedAt")

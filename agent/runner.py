@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 
 import aiomqtt
 
@@ -33,6 +34,7 @@ from agent.peers import (
     result_topic,
     run_probe,
 )
+from agent.probe_auth import sign_result
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
@@ -46,7 +48,12 @@ def detection_profile(cfg: AgentConfig) -> DetectionProfile:
 
 
 async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: asyncio.Event) -> None:
-    """Probe suspects when the leader names this node as a peer; report over the broker."""
+    """Probe suspects when the leader names this node as a peer; report over the broker,
+    signed with this node's heartbeat key unless `auth.mode` is off (`agent.probe_auth`)."""
+    cluster_key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
+    key = (
+        node_key(cluster_key, node) if cluster_key is not None and cfg.auth.mode != "off" else None
+    )
     while not stop.is_set():
         try:
             async with make_client(cfg.broker, f"nodefence-probe-{node}") as client:
@@ -59,7 +66,11 @@ async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: async
                     if req is None or node not in req.peers or req.suspect == node:
                         continue
                     reachable = await run_probe(req, timeout)
-                    res = ProbeResult(req.id, node, req.suspect, reachable)
+                    res = ProbeResult(
+                        req.id, node, req.suspect, reachable, ts=int(time.time() * 1000)
+                    )
+                    if key is not None:
+                        res = sign_result(res, key)
                     await client.publish(result_topic(cfg.cluster, node), encode_result(res))
         except aiomqtt.MqttError as err:
             log.debug("probe responder lost the broker: %s", err)
