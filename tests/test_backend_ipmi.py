@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
 
 from backends.base import PowerState
-from backends.errors import BmcAuthFailed, BmcProtocolError, BmcUnreachable, BmcUnsupported
+from backends.errors import (
+    BmcAuthFailed,
+    BmcProtocolError,
+    BmcTimeout,
+    BmcUnreachable,
+    BmcUnsupported,
+    FenceError,
+)
 from backends.ipmi import IpmiBackend, classify_ipmi_error
 from backends.spec import DeviceTimeouts, IpmiDevice, Secret
-from hwsim.ipmi import IpmiBmc
+from hwsim.ipmi import IpmiBmc, IpmiTamper
 from hwsim.machine import SimMachine
 
 PASSWORD = "ipmi-Pa55"
@@ -29,6 +37,38 @@ async def bmc() -> AsyncIterator[IpmiBmc]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture
+async def other_bmc() -> AsyncIterator[IpmiBmc]:
+    """A second, healthy BMC in the same process (another node's)."""
+    server = IpmiBmc(
+        SimMachine("node-2", "6e1f0f2a-0000-4000-8000-000000000002"), "admin", PASSWORD
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def eventually(what: str, check: Callable[[], bool], within: float) -> None:
+    """Wait until `check()` holds; fail the test if it does not within `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {within} s")
+        await asyncio.sleep(0.02)
+
+
+async def throughout(what: str, check: Callable[[], bool], seconds: float) -> None:
+    """`check()` holds at every look during the next `seconds` (a bounded watch for a
+    negative: something that must not happen in the time it would take to happen)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), what
+        await asyncio.sleep(0.02)
+    assert check(), what
 
 
 def backend(
@@ -167,3 +207,91 @@ def test_unsupported_cipher_is_refused_before_any_packet() -> None:
 def test_pyghmi_messages_map_to_typed_errors(message: str, kind: type) -> None:
     err = classify_ipmi_error(message, node="n", device="d", during_login=True)
     assert isinstance(err, kind)
+
+
+# --- abandoned calls: nothing acts after the backend gave up --------------------------------
+
+# pyghmi logs in with five exchanges (channel auth capabilities, open session, RAKP 1 and 3,
+# session privilege); each answer delayed this long puts the power-off request well past the
+# deadline below, so a call that kept running after it was abandoned would send it late.
+_SLOW_LOGIN = 0.3
+_DEADLINE = 0.5
+
+
+async def test_an_abandoned_power_off_never_lands_after_the_backend_gave_up(bmc: IpmiBmc) -> None:
+    bmc.machine.set_faults(slow=_SLOW_LOGIN)
+    be = backend(bmc.port, timeout=_DEADLINE)
+    started = time.monotonic()
+    with pytest.raises((BmcUnreachable, BmcTimeout)):
+        await be.power_off()
+    assert time.monotonic() - started < _DEADLINE + 0.5
+    await be.close()
+    # The abandoned login would have completed and its power-off landed about 1.5-1.8 s in.
+    await throughout(
+        "the machine stays on and no session logs in after the backend gave up",
+        lambda: bmc.machine.power_state() == "on" and bmc.stats.logins == 0,
+        seconds=3.0,
+    )
+    assert bmc.machine.power_changes == 0
+
+
+async def test_a_close_after_abandoned_calls_leaves_no_session_on_the_bmc(bmc: IpmiBmc) -> None:
+    be = backend(bmc.port, timeout=_DEADLINE)
+    assert await be.power_state() is PowerState.ON
+    assert bmc.active_session_count == 1
+    bmc.machine.set_faults(slow=2 * _DEADLINE)  # every answer now comes after the deadline
+    for _ in range(3):  # the later calls are the ones queued behind the first
+        with pytest.raises(FenceError):
+            await be.power_state()
+    await be.close()
+    bmc.machine.set_faults(slow=0.0)
+    await eventually(
+        "every session the backend opened is closed on the BMC",
+        lambda: bmc.active_session_count == 0 and bmc.answers_pending == 0,
+        within=5.0,
+    )
+    await throughout(
+        "no session logs in again after close", lambda: bmc.active_session_count == 0, 1.0
+    )
+
+
+async def test_abandoned_calls_to_one_bmc_do_not_stall_another_bmcs_calls(
+    bmc: IpmiBmc, other_bmc: IpmiBmc
+) -> None:
+    # The first BMC logs in fine, then never answers a command: every call to it is
+    # abandoned at its deadline while its library keeps retrying.
+    bmc.tamper = IpmiTamper(datagram=lambda request, datagram: None)
+    stop = asyncio.Event()
+
+    async def abandon_calls_to_the_first() -> int:
+        abandoned = 0
+        while not stop.is_set():
+            be = backend(bmc.port, timeout=_DEADLINE)
+            try:
+                await be.power_off()
+            except FenceError:
+                abandoned += 1
+            finally:
+                await be.close()
+        return abandoned
+
+    hammer = asyncio.create_task(abandon_calls_to_the_first())
+    failures: list[str] = []
+    reads = 0
+    until = time.monotonic() + 6.0
+    try:
+        while time.monotonic() < until:
+            be = backend(other_bmc.port, timeout=2.0)
+            try:
+                assert await be.power_state() is PowerState.ON
+                assert await be.power_state() is PowerState.ON
+                reads += 2
+            except FenceError as err:
+                failures.append(str(err))
+            finally:
+                await be.close()
+    finally:
+        stop.set()
+        abandoned = await hammer
+    assert abandoned >= 5 and reads > 0
+    assert failures == [], f"{len(failures)} of the healthy BMC's calls stalled: {failures[0]}"
