@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,9 +25,32 @@ from backends.errors import (
     BmcUnsupported,
     FenceError,
 )
-from backends.ipmi import IpmiBackend, classify_ipmi_error
+from backends.ipmi import IpmiBackend
+from backends.ipmi_close import close_session_datagram
+from backends.ipmi_console import classify_ipmi_error
+from backends.ipmi_wire import (
+    Answer,
+    Command,
+    Failure,
+    FrameReader,
+    Logout,
+    Open,
+    Ready,
+    SessionClosed,
+    SessionKeys,
+    SessionSequence,
+    WireError,
+    encode,
+)
 from backends.spec import DeviceTimeouts, IpmiDevice, Secret
-from hwsim.ipmi import IpmiBmc, IpmiTamper
+from hwsim.ipmi import IpmiBmc, IpmiTamper, crypto
+from hwsim.ipmi.packets import (
+    PayloadType,
+    decode_request,
+    decode_v20,
+    split_integrity_trailer,
+    split_rmcp,
+)
 from hwsim.machine import SimMachine
 
 PASSWORD = "ipmi-Pa55"
@@ -295,3 +324,186 @@ async def test_abandoned_calls_to_one_bmc_do_not_stall_another_bmcs_calls(
         abandoned = await hammer
     assert abandoned >= 5 and reads > 0
     assert failures == [], f"{len(failures)} of the healthy BMC's calls stalled: {failures[0]}"
+
+
+async def test_a_cancelled_call_cannot_power_the_machine_off_later(bmc: IpmiBmc) -> None:
+    bmc.machine.set_faults(slow=_SLOW_LOGIN)
+    be = backend(bmc.port, timeout=5.0)
+    call = asyncio.create_task(be.power_off())
+    await eventually("the login started", lambda: bmc.stats.received > 0, within=5.0)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await be.close()
+    await throughout(
+        "the machine stays on and no session logs in after the call was cancelled",
+        lambda: bmc.machine.power_state() == "on" and bmc.stats.logins == 0,
+        seconds=2.5,
+    )
+
+
+async def test_an_abandoned_call_ends_its_worker_and_the_next_call_starts_afresh(
+    bmc: IpmiBmc,
+) -> None:
+    be = backend(bmc.port, timeout=_DEADLINE)
+    try:
+        assert await be.power_state() is PowerState.ON
+        first = be.worker_pid
+        assert first is not None
+        bmc.machine.set_faults(slow=2 * _DEADLINE)
+        with pytest.raises(BmcTimeout):
+            await be.power_state()
+        assert be.worker_pid is None
+        await eventually("the abandoned worker is gone", lambda: not alive(first), within=5.0)
+        bmc.machine.set_faults(slow=0.0)
+        assert await be.power_state() is PowerState.ON
+        assert be.worker_pid not in (None, first)
+    finally:
+        await be.close()
+    assert be.worker_pid is None
+
+
+async def test_the_password_never_shows_in_the_workers_command_line_or_environment(
+    bmc: IpmiBmc,
+) -> None:
+    be = backend(bmc.port)
+    try:
+        assert await be.power_state() is PowerState.ON
+        pid = be.worker_pid
+        assert pid is not None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert b"backends.ipmi_worker" in cmdline
+        assert PASSWORD.encode() not in cmdline
+        assert PASSWORD.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        await be.close()
+
+
+_ORPHAN_SCRIPT = """
+import asyncio, socket, sys
+from backends.ipmi import IpmiBackend, prestart_workers
+from backends.ipmi_pool import POOL
+from backends.spec import DeviceTimeouts, IpmiDevice, Secret
+
+async def main():
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    spec = IpmiDevice("ipmi", "127.0.0.1", "admin", Secret("pw"), port=silent.getsockname()[1],
+                      timeouts=DeviceTimeouts(timeout=60))
+    be = IpmiBackend("node-1", spec)
+    call = asyncio.create_task(be.power_state())
+    while be.worker_pid is None:
+        await asyncio.sleep(0.01)
+    await asyncio.to_thread(POOL.wait_ready, 30)
+    print(be.worker_pid, *(w.pid for w in POOL._idle), flush=True)
+    await call
+
+asyncio.run(main())
+"""
+
+
+def test_workers_die_with_the_process_that_started_them() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) >= 2, pids  # the busy worker and at least one spare
+        assert all(alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 5.0
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"workers outlived their parent: {pids}"
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# --- the worker protocol and the Close Session a killed worker needs ------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Open("127.0.0.1", 623, "admin", Secret(PASSWORD), 17, 4),
+        Command(7, 0x00, 0x02, b"\x00"),
+        Logout(8),
+        Ready(),
+        Answer(7, b"\x01\x10\x00"),
+        Failure(7, "BmcAuthFailed", "IPMI login refused: Incorrect password provided"),
+        SessionKeys(0x1234ABCD, "sha256", b"k" * 32, b"a" * 16),
+        SessionSequence(0x1234ABCD, 9),
+        SessionClosed(0x1234ABCD),
+    ],
+)
+def test_every_worker_message_survives_the_wire_whole(message: object) -> None:
+    frame = encode(message)  # type: ignore[arg-type]
+    reader = FrameReader()
+    assert reader.feed(frame[:3]) == []  # a frame cut anywhere waits for its rest
+    assert reader.feed(frame[3:] + frame) == [message, message]
+
+
+def test_secrets_do_not_show_in_the_messages_repr() -> None:
+    shown = repr(Open("bmc", 623, "admin", Secret(PASSWORD), 3, 4))
+    shown += repr(SessionKeys(1, "sha1", b"K1-secret", b"aes-secret"))
+    assert PASSWORD not in shown and "K1-secret" not in shown and "aes-secret" not in shown
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"t": "Nope"}',
+        b'{"t": "Answer", "id": 1}',
+        b'{"t": "Answer", "id": "1", "data": ""}',
+        b'{"t": "Answer", "id": true, "data": ""}',
+        b'{"t": "Answer", "id": 1, "data": "zz"}',
+        b'{"t": "SessionKeys", "session_id": 1, "integrity": "md5", "k1": "", "aes_key": ""}',
+    ],
+)
+def test_a_frame_that_is_not_a_worker_message_breaks_the_stream(body: bytes) -> None:
+    with pytest.raises(WireError):
+        FrameReader().feed(len(body).to_bytes(4, "big") + body)
+
+
+def test_an_oversized_frame_breaks_the_stream_before_it_is_read() -> None:
+    with pytest.raises(WireError, match="bytes"):
+        FrameReader().feed((1 << 30).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize(("suite", "integrity"), [(3, "sha1"), (17, "sha256")])
+def test_the_close_session_datagram_is_a_valid_packet_of_its_session(
+    suite: int, integrity: str
+) -> None:
+    k1 = hashlib.new(integrity, b"k1").digest()
+    keys = SessionKeys(0xA1B2C3D4, integrity, k1, b"0123456789abcdef")  # type: ignore[arg-type]
+    datagram = close_session_datagram(keys, sequence=42)
+    _, _, body = split_rmcp(datagram)
+    frame = decode_v20(body)
+    assert (frame.payload_type, frame.session_id, frame.sequence) == (
+        PayloadType.IPMI,
+        0xA1B2C3D4,
+        42,
+    )
+    assert frame.authenticated and frame.encrypted
+    cipher = crypto.SUITES[suite]
+    covered, code = split_integrity_trailer(body, frame, cipher.code_length)
+    assert code == crypto.auth_code(cipher, k1, covered)
+    request = decode_request(crypto.decrypt_payload(keys.aes_key, frame.payload))
+    assert (request.netfn, request.command) == (0x06, 0x3C)
+    assert request.data == (0xA1B2C3D4).to_bytes(4, "little")

@@ -1,0 +1,260 @@
+"""IPMI worker processes as the backend sees them: start, talk, kill; spares kept warm.
+
+A `WorkerProcess` is one `python -m backends.ipmi_worker` child and our end of its socket
+pair. It is a direct child (so SIGKILL cannot hit a reused pid), in its own session (so a
+terminal's Ctrl-C does not reach it), and it exits by itself when our end of the socket
+closes, including when this process dies. Nothing is passed on its command line or in its
+environment but the socket's descriptor number.
+
+Starting an interpreter and loading pyghmi takes 0.1-0.3 s; `WorkerPool` keeps `spares`
+workers started ahead so a fence does not wait for that. Taking one starts its replacement.
+The pool is not bound to an event loop: workers are read through the running loop of
+whoever talks to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.ipmi_wire import (
+    Answer,
+    Failure,
+    FrameReader,
+    Message,
+    Ready,
+    SessionClosed,
+    SessionKeys,
+    SessionSequence,
+    WireError,
+    encode,
+)
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `backends` is importable
+
+
+class WorkerGone(Exception):
+    """The worker process ended (or sent garbage) before answering."""
+
+
+@dataclass
+class OpenSession:
+    """A BMC session a worker may have left open: its keys and last sequence number used."""
+
+    keys: SessionKeys
+    sequence: int = 0
+
+
+class WorkerProcess:
+    """One worker child and what it has told us so far."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc = proc
+        self._sock = sock
+        self._reader = FrameReader()
+        self._replies: deque[Answer | Failure] = deque()
+        self.ready = False
+        self.ended = False  # its end of the socket is closed: it cannot act any more
+        self.sessions: dict[int, OpenSession] = {}  # may be open on the BMC, by session id
+
+    @classmethod
+    def spawn(cls) -> WorkerProcess:
+        """Start a worker (it loads pyghmi in the background and then says `Ready`)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, path) if p)}
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "backends.ipmi_worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(proc, ours)
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.proc.pid
+
+    def send(self, message: Message) -> None:
+        """Queue one message to the worker; raises `WorkerGone` if it cannot take it."""
+        try:
+            self._sock.sendall(encode(message))  # small frames: the socket buffer takes them
+        except (BlockingIOError, OSError) as err:
+            raise WorkerGone(f"the IPMI worker did not take a request ({err})") from None
+
+    async def reply(self) -> Answer | Failure:
+        """The worker's next answer, taking in its reports on the way."""
+        while not self._replies:
+            if not await self._receive():
+                raise WorkerGone("the IPMI worker process ended")
+        return self._replies.popleft()
+
+    def kill(self) -> None:
+        """SIGKILL the worker now (nothing it started can go on); safe to repeat."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+    async def finish(self, within: float) -> None:
+        """Read what the worker said until its end of the socket closes, then reap it.
+
+        Call after `kill()` (or once it exits by itself): its last reports say which sessions
+        it left open. Gives up after `within` seconds (the reports may then be incomplete).
+        """
+        try:
+            async with asyncio.timeout(within):
+                while await self._receive():
+                    pass
+        except TimeoutError:
+            pass
+        self.close_socket()
+        try:
+            self.proc.wait(timeout=0.5)  # already dead: only the zombie is left to reap
+        except subprocess.TimeoutExpired:
+            pass  # subprocess reaps it later
+
+    def close_socket(self) -> None:
+        """Close our end: a live worker exits on its own when it notices."""
+        self.ended = True
+        self._sock.close()
+
+    def poll_ready(self) -> bool:
+        """Without waiting: has it said `Ready` (and is its socket still open)?"""
+        if not self.ended and not self.ready:
+            self._read_available()
+        return self.ready and not self.ended
+
+    async def _receive(self) -> bool:
+        """Take in what arrives next; False once the stream ended."""
+        if self.ended:
+            return False
+        if self._read_available():
+            return True
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = self._sock.fileno()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        self._read_available()
+        return not self.ended
+
+    def _read_available(self) -> bool:
+        """Read whatever is buffered now; True if something (or the end) was read."""
+        got = False
+        while not self.ended:
+            try:
+                chunk = self._sock.recv(65536)
+            except BlockingIOError:
+                return got
+            except OSError:
+                chunk = b""
+            got = True
+            if not chunk:
+                self.ended = True
+                break
+            try:
+                messages = self._reader.feed(chunk)
+            except WireError:
+                self.kill()
+                self.ended = True
+                break
+            for message in messages:
+                self._take(message)
+        return got
+
+    def _take(self, message: Message) -> None:
+        if isinstance(message, Answer | Failure):
+            self._replies.append(message)
+        elif isinstance(message, Ready):
+            self.ready = True
+        elif isinstance(message, SessionKeys):
+            self.sessions[message.session_id] = OpenSession(message)
+        elif isinstance(message, SessionSequence):
+            opened = self.sessions.get(message.session_id)
+            if opened is not None:
+                opened.sequence = max(opened.sequence, message.sequence)
+        elif isinstance(message, SessionClosed):
+            self.sessions.pop(message.session_id, None)
+
+
+class WorkerPool:
+    """Hands out fresh workers, keeping up to `spares` started ahead; thread-safe."""
+
+    def __init__(self, spares: int = 2) -> None:
+        self.spares = spares
+        self._idle: list[WorkerProcess] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> WorkerProcess:
+        """A worker no one used yet: a started spare if there is one, else a new one.
+
+        Does not start the replacement (that costs a fork and exec): call `prestart()` once
+        the request is on its way."""
+        with self._lock:
+            worker = None
+            while self._idle and worker is None:
+                candidate = self._idle.pop(0)
+                if candidate.proc.poll() is None and not candidate.ended:
+                    worker = candidate
+                else:
+                    candidate.close_socket()
+        return worker if worker is not None else WorkerProcess.spawn()
+
+    def prestart(self) -> None:
+        """Start spares up to `spares` now (they load pyghmi in the background)."""
+        with self._lock:
+            self._refill()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until every spare has loaded pyghmi (for benchmarks and tests)."""
+        self.prestart()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if all(w.poll_ready() for w in self._idle):
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+    def clear(self) -> None:
+        """Stop every spare (they exit when their socket closes); `prestart` starts anew."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.close_socket()
+            worker.kill()
+            worker.proc.wait(timeout=5)
+
+    def _refill(self) -> None:
+        self._idle = [w for w in self._idle if w.proc.poll() is None and not w.ended]
+        while len(self._idle) < self.spares:
+            self._idle.append(WorkerProcess.spawn())
+
+
+POOL = WorkerPool()
