@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 
 from backends.base import CheckResult, PowerBackend, PowerState
 from backends.errors import (
@@ -52,6 +53,7 @@ _CONTROL_POWER_DOWN = 0x00
 _CONTROL_POWER_UP = 0x01
 _CHASSIS_STATUS_MIN_LEN = 3  # table 28-3: three mandatory bytes, a fourth optional
 _FINISH_WITHIN = 1.0  # seconds for a killed worker's last reports to come in
+_START_WITHIN = 10.0  # seconds for a worker process to start, on top of the BMC's timeout
 
 
 def prestart_workers(pool: WorkerPool = POOL) -> None:
@@ -110,7 +112,7 @@ class IpmiBackend(PowerBackend):
             ) from None
         spec = self.spec
         self._worker, self._logged_in = worker, False
-        worker.send(
+        worker.send(  # queued until the worker is ready; a failure shows on the next send
             Open(
                 spec.address,
                 spec.port,
@@ -120,12 +122,16 @@ class IpmiBackend(PowerBackend):
                 _PRIVILEGE[spec.privilege],
             )
         )
-        asyncio.get_running_loop().call_soon(self._pool.prestart)  # a spare for the next one
         return worker
 
     def _abandon(self, worker: WorkerProcess) -> None:
-        """Kill `worker` now; close, in the background, any BMC session it left open."""
+        """Kill `worker` now; close, in the background, any BMC session it left open.
+
+        Also starts a spare in its place, in a thread: spawning blocks for a fork and exec,
+        and a spare started now rather than when the worker was taken does not compete for
+        the CPU with the call that took it."""
         worker.kill()
+        threading.Thread(target=self._pool.prestart, name="ipmi-spares", daemon=True).start()
         if self._worker is worker:
             self._worker, self._logged_in = None, False
         task = asyncio.get_running_loop().create_task(self._bury(worker))
@@ -144,33 +150,46 @@ class IpmiBackend(PowerBackend):
             )
 
     async def _request(self, what: str, command: int, data: bytes = b"") -> bytes:
-        """One chassis request, within the device's `timeout` (waiting for a turn included)."""
+        """One chassis request within the device's `timeout`: waiting for this backend's turn
+        and the BMC's answer count, starting a worker process (when no spare was ready) not."""
         timeout = self.spec.timeouts.timeout
         if self._lock is None:
             self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
         in_flight: WorkerProcess | None = None
         logged_in = False
         try:
-            async with asyncio.timeout(timeout), self._lock:
+            async with asyncio.timeout(timeout) as deadline, self._lock:
                 worker = self._worker_for_call()
+                in_flight = worker
+                if not worker.ready:  # no spare was ready: the BMC's clock waits for it
+                    started, until = loop.time(), deadline.when()
+                    deadline.reschedule(None)
+                    async with asyncio.timeout(_START_WITHIN):
+                        await worker.wait_ready()
+                    deadline.reschedule((until or started) + loop.time() - started)
                 logged_in = self._logged_in
                 request = Command(next(self._ids), _NETFN_CHASSIS, command, data)
                 worker.send(request)
-                in_flight = worker
                 reply = await worker.reply()
                 in_flight = None
         except TimeoutError:
             heard = logged_in or bool(in_flight is not None and in_flight.sessions)
             if in_flight is not None:
                 self._abandon(in_flight)
+            if in_flight is not None and not in_flight.ready:
+                raise self._error(
+                    BmcProtocolError,
+                    f"IPMI {what}: the worker process did not start within {_START_WITHIN:g} s",
+                ) from None
             raise self._error(
                 BmcTimeout if heard else BmcUnreachable,
                 f"IPMI {what}: no answer from the BMC within {timeout:g} s; check the address, "
                 "port and that the BMC's network is up",
             ) from None
         except WorkerGone as gone:
-            if self._worker is not None:
-                self._abandon(self._worker)
+            if in_flight is not None:
+                self._abandon(in_flight)
             raise self._error(
                 BmcProtocolError, f"IPMI {what}: {gone} before answering (closed meanwhile?)"
             ) from None

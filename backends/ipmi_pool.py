@@ -100,6 +100,12 @@ class WorkerProcess:
         except (BlockingIOError, OSError) as err:
             raise WorkerGone(f"the IPMI worker did not take a request ({err})") from None
 
+    async def wait_ready(self) -> None:
+        """Until the worker has loaded pyghmi; raises `WorkerGone` if it ends first."""
+        while not self.ready:
+            if not await self._receive():
+                raise WorkerGone("the IPMI worker process ended while starting")
+
     async def reply(self) -> Answer | Failure:
         """The worker's next answer, taking in its reports on the way."""
         while not self._replies:

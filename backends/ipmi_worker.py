@@ -60,8 +60,9 @@ class _Channel:
 
 def serve(channel: _Channel, inbox: queue.SimpleQueue[Message]) -> None:
     """Answer requests in order until the process is ended."""
-    from backends.ipmi_console import IpmiConsole  # the slow import: after the reader runs
+    from backends.ipmi_console import IpmiConsole, warm_up  # slow: after the reader runs
 
+    warm_up()
     channel.send(Ready())
     console: IpmiConsole | None = None
     while True:

@@ -28,6 +28,7 @@ from backends.errors import (
 from backends.ipmi import IpmiBackend
 from backends.ipmi_close import close_session_datagram
 from backends.ipmi_console import classify_ipmi_error
+from backends.ipmi_pool import POOL, WorkerPool
 from backends.ipmi_wire import (
     Answer,
     Command,
@@ -54,6 +55,12 @@ from hwsim.ipmi.packets import (
 from hwsim.machine import SimMachine
 
 PASSWORD = "ipmi-Pa55"
+
+
+@pytest.fixture(autouse=True)
+def warm_workers() -> None:
+    """Spare worker processes started and loaded, as they are in a running agent."""
+    assert POOL.wait_ready(30), "IPMI worker processes did not start"
 
 
 @pytest_asyncio.fixture
@@ -108,6 +115,7 @@ def backend(
     timeout: float = 2.0,
     username: str = "admin",
     privilege: str = "administrator",
+    pool: WorkerPool = POOL,
 ) -> IpmiBackend:
     spec = IpmiDevice(
         "ipmi",
@@ -119,7 +127,7 @@ def backend(
         privilege=privilege,  # type: ignore[arg-type]
         timeouts=DeviceTimeouts(timeout=timeout),
     )
-    return IpmiBackend("node-1", spec)
+    return IpmiBackend("node-1", spec, pool=pool)
 
 
 @pytest.mark.parametrize("cipher", [3, 17])
@@ -361,6 +369,17 @@ async def test_an_abandoned_call_ends_its_worker_and_the_next_call_starts_afresh
     finally:
         await be.close()
     assert be.worker_pid is None
+
+
+async def test_without_spare_workers_a_call_starts_its_own_and_still_gets_its_full_timeout(
+    bmc: IpmiBmc,
+) -> None:
+    be = backend(bmc.port, timeout=0.5, pool=WorkerPool(spares=0))
+    try:
+        await be.power_off()
+        assert await be.power_state() is PowerState.OFF
+    finally:
+        await be.close()
 
 
 async def test_the_password_never_shows_in_the_workers_command_line_or_environment(
