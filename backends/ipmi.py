@@ -124,16 +124,27 @@ class IpmiBackend(PowerBackend):
         )
         return worker
 
-    def _abandon(self, worker: WorkerProcess) -> None:
-        """Kill `worker` now; close, in the background, any BMC session it left open.
+    def _abandon(self, worker: WorkerProcess, *, drain: bool = True) -> None:
+        """Kill `worker` now and close, in the background, any BMC session it left open.
 
-        Also starts a spare in its place, in a thread: spawning blocks for a fork and exec,
-        and a spare started now rather than when the worker was taken does not compete for
-        the CPU with the call that took it."""
+        With `drain=False` (the worker answered its last request and is idle, so it has
+        nothing more to report) its socket is closed at once instead of read to the end.
+        In a thread, the worker is reaped and a spare started in its place: spawning blocks
+        for a fork and exec, and a spare started now, rather than when the worker was taken,
+        does not compete for the CPU with the call that took it.
+        """
         worker.kill()
-        threading.Thread(target=self._pool.prestart, name="ipmi-spares", daemon=True).start()
         if self._worker is worker:
             self._worker, self._logged_in = None, False
+
+        def reap_and_replace() -> None:
+            worker.proc.wait()
+            self._pool.prestart()
+
+        threading.Thread(target=reap_and_replace, name="ipmi-spares", daemon=True).start()
+        if not drain and not worker.sessions:
+            worker.close_socket()
+            return
         task = asyncio.get_running_loop().create_task(self._bury(worker))
         self._burials.add(task)
         task.add_done_callback(self._burials.discard)
@@ -264,14 +275,16 @@ class IpmiBackend(PowerBackend):
             )
 
     async def _logout(self, worker: WorkerProcess) -> None:
+        answered = False
         try:
             async with asyncio.timeout(self.spec.timeouts.timeout):
                 worker.send(Logout(next(self._ids)))
-                await worker.reply()
+                answered = isinstance(await worker.reply(), Answer)
         except (TimeoutError, WorkerGone) as err:
             log.info(
                 "ipmi logout did not finish: %s",
                 err or "no answer in time",
                 extra={"node": self.node},
             )
-        self._abandon(worker)  # it has nothing left to do; whatever it left open is closed
+        # It has nothing left to do; whatever it left open is closed by us.
+        self._abandon(worker, drain=not answered)

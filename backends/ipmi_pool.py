@@ -119,10 +119,11 @@ class WorkerProcess:
             self.proc.kill()
 
     async def finish(self, within: float) -> None:
-        """Read what the worker said until its end of the socket closes, then reap it.
+        """Read what the worker said until its end of the socket closes.
 
         Call after `kill()` (or once it exits by itself): its last reports say which sessions
         it left open. Gives up after `within` seconds (the reports may then be incomplete).
+        Reaping the process is the caller's business (`proc.wait()`).
         """
         try:
             async with asyncio.timeout(within):
@@ -131,10 +132,6 @@ class WorkerProcess:
         except TimeoutError:
             pass
         self.close_socket()
-        try:
-            self.proc.wait(timeout=0.5)  # already dead: only the zombie is left to reap
-        except subprocess.TimeoutExpired:
-            pass  # subprocess reaps it later
 
     def close_socket(self) -> None:
         """Close our end: a live worker exits on its own when it notices."""
