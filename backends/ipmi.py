@@ -136,6 +136,9 @@ class IpmiBackend(PowerBackend):
         worker.kill()
         if self._worker is worker:
             self._worker, self._logged_in = None, False
+        if worker.retired:
+            return
+        worker.retired = True
 
         def reap_and_replace() -> None:
             worker.proc.wait()

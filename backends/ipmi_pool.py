@@ -63,6 +63,7 @@ class WorkerProcess:
         self._replies: deque[Answer | Failure] = deque()
         self.ready = False
         self.ended = False  # its end of the socket is closed: it cannot act any more
+        self.retired = False  # killed by its backend, which is closing what it left open
         self.sessions: dict[int, OpenSession] = {}  # may be open on the BMC, by session id
 
     @classmethod
