@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 
 from backends.base import CheckResult, PowerBackend, PowerState
 from backends.errors import (
@@ -129,9 +128,7 @@ class IpmiBackend(PowerBackend):
 
         With `drain=False` (the worker answered its last request and is idle, so it has
         nothing more to report) its socket is closed at once instead of read to the end.
-        In a thread, the worker is reaped and a spare started in its place: spawning blocks
-        for a fork and exec, and a spare started now, rather than when the worker was taken,
-        does not compete for the CPU with the call that took it.
+        The pool reaps it and starts a spare in its place.
         """
         worker.kill()
         if self._worker is worker:
@@ -139,12 +136,7 @@ class IpmiBackend(PowerBackend):
         if worker.retired:
             return
         worker.retired = True
-
-        def reap_and_replace() -> None:
-            worker.proc.wait()
-            self._pool.prestart()
-
-        threading.Thread(target=reap_and_replace, name="ipmi-spares", daemon=True).start()
+        self._pool.retire(worker)
         if not drain and not worker.sessions:
             worker.close_socket()
             return

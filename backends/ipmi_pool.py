@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -207,12 +208,35 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    """Hands out fresh workers, keeping up to `spares` started ahead; thread-safe."""
+    """Hands out fresh workers, keeping up to `spares` started ahead; thread-safe.
+
+    Spares are replaced when a worker is given back (`retire`), by a helper thread: spawning
+    blocks for a fork and exec, and a spare started then, rather than when a worker is taken,
+    does not compete for the CPU with the call that took it.
+    """
 
     def __init__(self, spares: int = 2) -> None:
         self.spares = spares
         self._idle: list[WorkerProcess] = []
         self._lock = threading.Lock()
+        self._retired: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
+        self._helper: threading.Thread | None = None
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """Take back a killed worker: reap it and start a spare in its place, in the background."""
+        with self._lock:
+            if self._helper is None or not self._helper.is_alive():
+                self._helper = threading.Thread(
+                    target=self._reap_and_replace, name="ipmi-spares", daemon=True
+                )
+                self._helper.start()
+        self._retired.put(worker.proc)
+
+    def _reap_and_replace(self) -> None:
+        while True:
+            proc = self._retired.get()
+            proc.wait()
+            self.prestart()
 
     def take(self) -> WorkerProcess:
         """A worker no one used yet: a started spare if there is one, else a new one.
