@@ -15,6 +15,7 @@ whoever talks to them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import socket
@@ -39,6 +40,7 @@ from backends.ipmi_wire import (
     encode,
 )
 
+log = logging.getLogger("nodefence.backends.ipmi")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `backends` is importable
 
 
@@ -236,7 +238,10 @@ class WorkerPool:
         while True:
             proc = self._retired.get()
             proc.wait()
-            self.prestart()
+            try:
+                self.prestart()
+            except OSError as err:  # no spare now; the next call starts its own worker
+                log.warning("ipmi: could not start a spare worker process: %s", err)
 
     def take(self) -> WorkerProcess:
         """A worker no one used yet: a started spare if there is one, else a new one.
@@ -252,6 +257,11 @@ class WorkerPool:
                 else:
                     candidate.close_socket()
         return worker if worker is not None else WorkerProcess.spawn()
+
+    def spare_pids(self) -> list[int]:
+        """Process ids of the spares started now (for tests and diagnostics)."""
+        with self._lock:
+            return [w.pid for w in self._idle]
 
     def prestart(self) -> None:
         """Start spares up to `spares` now (they load pyghmi in the background)."""

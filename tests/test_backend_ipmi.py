@@ -414,7 +414,7 @@ async def main():
     while be.worker_pid is None:
         await asyncio.sleep(0.01)
     await asyncio.to_thread(POOL.wait_ready, 30)
-    print(be.worker_pid, *(w.pid for w in POOL._idle), flush=True)
+    print(be.worker_pid, *POOL.spare_pids(), flush=True)
     await call
 
 asyncio.run(main())
