@@ -52,7 +52,8 @@ _CONTROL_POWER_DOWN = 0x00
 _CONTROL_POWER_UP = 0x01
 _CHASSIS_STATUS_MIN_LEN = 3  # table 28-3: three mandatory bytes, a fourth optional
 _FINISH_WITHIN = 1.0  # seconds for a killed worker's last reports to come in
-_START_WITHIN = 10.0  # seconds for a worker process to start, on top of the BMC's timeout
+_START_WITHIN = 60.0  # seconds to get a worker ready (a place, a start), on top of `timeout`
+_SLOT_POLL = 0.02  # seconds between looks for a free place when `max_workers` are in use
 
 
 def prestart_workers(pool: WorkerPool = POOL) -> None:
@@ -97,30 +98,25 @@ class IpmiBackend(PowerBackend):
     def _error(self, cls: type[FenceError], message: str) -> FenceError:
         return cls(message, node=self.node, device=self.device, address=self.address)
 
-    def _worker_for_call(self) -> WorkerProcess:
-        worker = self._worker
-        if worker is not None and not worker.ended and worker.proc.poll() is None:
-            return worker
-        if worker is not None:
-            self._abandon(worker)
-        try:
-            worker = self._pool.take()
-        except OSError as err:
-            raise self._error(
-                BmcProtocolError, f"IPMI: could not start a worker process ({err.strerror})"
-            ) from None
+    async def _start_worker(self) -> WorkerProcess:
+        """A fresh worker for this backend, told its BMC and ready to serve."""
+        while True:
+            try:
+                worker = self._pool.take()
+            except OSError as err:
+                raise self._error(
+                    BmcProtocolError, f"IPMI: could not start a worker process ({err.strerror})"
+                ) from None
+            if worker is not None:
+                break
+            await asyncio.sleep(_SLOT_POLL)  # all places taken: one frees within its timeout
         spec = self.spec
         self._worker, self._logged_in = worker, False
-        worker.send(  # queued until the worker is ready; a failure shows on the next send
-            Open(
-                spec.address,
-                spec.port,
-                spec.username,
-                spec.password,
-                spec.cipher,
-                _PRIVILEGE[spec.privilege],
-            )
+        privilege = _PRIVILEGE[spec.privilege]
+        worker.send(
+            Open(spec.address, spec.port, spec.username, spec.password, spec.cipher, privilege)
         )
+        await worker.wait_ready()
         return worker
 
     def _abandon(self, worker: WorkerProcess, *, drain: bool = True) -> None:
@@ -157,51 +153,60 @@ class IpmiBackend(PowerBackend):
 
     async def _request(self, what: str, command: int, data: bytes = b"") -> bytes:
         """One chassis request within the device's `timeout`: waiting for this backend's turn
-        and the BMC's answer count, starting a worker process (when no spare was ready) not."""
+        and the BMC's answer count; getting a worker process ready (when no spare was, or
+        all places were taken) does not, up to `_START_WITHIN` seconds."""
         timeout = self.spec.timeouts.timeout
         if self._lock is None:
             self._lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         in_flight: WorkerProcess | None = None
-        logged_in = False
+        starting = logged_in = False
         try:
             async with asyncio.timeout(timeout) as deadline, self._lock:
-                worker = self._worker_for_call()
-                in_flight = worker
-                if not worker.ready:  # no spare was ready: the BMC's clock waits for it
-                    started, until = loop.time(), deadline.when()
+                worker = self._worker
+                if worker is None or worker.ended or worker.proc.poll() is not None:
+                    if worker is not None:
+                        self._abandon(worker)
+                    starting, paused, until = True, loop.time(), deadline.when()
                     deadline.reschedule(None)
                     async with asyncio.timeout(_START_WITHIN):
-                        await worker.wait_ready()
-                    deadline.reschedule((until or started) + loop.time() - started)
+                        worker = await self._start_worker()
+                    deadline.reschedule((until or paused) + loop.time() - paused)
+                    starting = False
                 logged_in = self._logged_in
                 request = Command(next(self._ids), _NETFN_CHASSIS, command, data)
+                in_flight = worker
                 worker.send(request)
                 reply = await worker.reply()
                 in_flight = None
         except TimeoutError:
+            if starting:
+                if self._worker is not None:
+                    self._abandon(self._worker)
+                raise self._error(
+                    BmcProtocolError,
+                    f"IPMI {what}: no worker process was ready within {_START_WITHIN:g} s "
+                    f"({self._pool.in_use()} in use)",
+                ) from None
             heard = logged_in or bool(in_flight is not None and in_flight.sessions)
             if in_flight is not None:
                 self._abandon(in_flight)
-            if in_flight is not None and not in_flight.ready:
-                raise self._error(
-                    BmcProtocolError,
-                    f"IPMI {what}: the worker process did not start within {_START_WITHIN:g} s",
-                ) from None
             raise self._error(
                 BmcTimeout if heard else BmcUnreachable,
                 f"IPMI {what}: no answer from the BMC within {timeout:g} s; check the address, "
                 "port and that the BMC's network is up",
             ) from None
         except WorkerGone as gone:
-            if in_flight is not None:
-                self._abandon(in_flight)
+            if self._worker is not None:
+                self._abandon(self._worker)
             raise self._error(
                 BmcProtocolError, f"IPMI {what}: {gone} before answering (closed meanwhile?)"
             ) from None
         except BaseException:  # cancelled: the request must not go on without its caller
             if in_flight is not None:
                 self._abandon(in_flight)
+            elif starting and self._worker is not None:
+                self._abandon(self._worker)
             raise
         if isinstance(reply, Answer) and reply.id == request.id:
             self._logged_in = True

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +213,18 @@ class WorkerProcess:
 class WorkerPool:
     """Hands out fresh workers, keeping up to `spares` started ahead; thread-safe.
 
-    Spares are replaced when a worker is given back (`retire`), by a helper thread: spawning
-    blocks for a fork and exec, and a spare started then, rather than when a worker is taken,
-    does not compete for the CPU with the call that took it.
+    At most `max_workers` are handed out and alive at once (checking a large inventory
+    would otherwise start a process per device at the same moment); a worker counts until it
+    is retired or ends, so one whose backend was dropped without `close()` frees its place
+    when its socket is collected. Spares are replaced when a worker is given back
+    (`retire`), by a helper thread: spawning blocks for a fork and exec, and a spare started
+    then, rather than when a worker is taken, does not compete with the call that took it.
     """
 
-    def __init__(self, spares: int = 2) -> None:
+    def __init__(self, spares: int = 2, max_workers: int = 16) -> None:
         self.spares = spares
+        self.max_workers = max_workers
+        self._handed_out: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
         self._idle: list[WorkerProcess] = []
         self._lock = threading.Lock()
         self._retired: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
@@ -243,12 +249,14 @@ class WorkerPool:
             except OSError as err:  # no spare now; the next call starts its own worker
                 log.warning("ipmi: could not start a spare worker process: %s", err)
 
-    def take(self) -> WorkerProcess:
-        """A worker no one used yet: a started spare if there is one, else a new one.
+    def take(self) -> WorkerProcess | None:
+        """A worker no one used yet (a started spare if there is one, else a new one), or
+        None while `max_workers` are in use: try again when one has ended.
 
-        Does not start the replacement (that costs a fork and exec): call `prestart()` once
-        the request is on its way."""
+        Does not start a replacement spare: that happens when a worker is retired."""
         with self._lock:
+            if self._in_use() >= self.max_workers:
+                return None
             worker = None
             while self._idle and worker is None:
                 candidate = self._idle.pop(0)
@@ -256,7 +264,18 @@ class WorkerPool:
                     worker = candidate
                 else:
                     candidate.close_socket()
-        return worker if worker is not None else WorkerProcess.spawn()
+            if worker is None:
+                worker = WorkerProcess.spawn()
+            self._handed_out.add(worker)
+        return worker
+
+    def in_use(self) -> int:
+        """Workers handed out and neither retired nor ended."""
+        with self._lock:
+            return self._in_use()
+
+    def _in_use(self) -> int:
+        return sum(1 for w in list(self._handed_out) if not w.retired and w.proc.poll() is None)
 
     def spare_pids(self) -> list[int]:
         """Process ids of the spares started now (for tests and diagnostics)."""

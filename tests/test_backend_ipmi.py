@@ -382,6 +382,27 @@ async def test_without_spare_workers_a_call_starts_its_own_and_still_gets_its_fu
         await be.close()
 
 
+async def test_at_most_max_workers_run_at_once_and_the_others_wait_their_turn(
+    bmc: IpmiBmc,
+) -> None:
+    pool = WorkerPool(spares=0, max_workers=2)
+    most = 0
+
+    async def check_and_close() -> bool:
+        nonlocal most
+        be = backend(bmc.port, timeout=1.0, pool=pool)
+        try:
+            result = await be.check()
+            most = max(most, pool.in_use())
+            return result.authenticated and result.power is PowerState.ON
+        finally:
+            await be.close()
+
+    assert all(await asyncio.gather(*(check_and_close() for _ in range(5))))
+    assert 1 <= most <= 2
+    assert pool.in_use() == 0
+
+
 async def test_the_password_never_shows_in_the_workers_command_line_or_environment(
     bmc: IpmiBmc,
 ) -> None:
