@@ -18,8 +18,6 @@ import os
 import socket
 import struct
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from backends.ipmi_wire import SessionKeys
 
 log = logging.getLogger("nodefence.backends.ipmi")
@@ -46,6 +44,9 @@ def close_session_message(session_id: int, rq_seq: int = 1) -> bytes:
 
 def close_session_datagram(keys: SessionKeys, sequence: int, iv: bytes | None = None) -> bytes:
     """The whole RMCP+ datagram closing `keys.session_id`, as packet number `sequence`."""
+    # Imported here: rarely needed, and 25 ms a command like `nodefence fence` need not pay.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     message = close_session_message(keys.session_id)
     pad_length = -(len(message) + 1) % 16  # confidentiality pad: 1, 2, ..., n, then n
     plain = message + bytes(range(1, pad_length + 1)) + bytes([pad_length])

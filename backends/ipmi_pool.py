@@ -4,7 +4,8 @@ A `WorkerProcess` is one `python -m backends.ipmi_worker` child and our end of i
 pair. It is a direct child (so SIGKILL cannot hit a reused pid), in its own session (so a
 terminal's Ctrl-C does not reach it), and it exits by itself when our end of the socket
 closes, including when this process dies. Nothing is passed on its command line or in its
-environment but the socket's descriptor number.
+environment but the socket's descriptor number; it writes nothing to our stdout or stderr
+(a worker that dies shows as `WorkerGone` with its exit status).
 
 Starting an interpreter and loading pyghmi takes 0.1-0.3 s; `WorkerPool` keeps `spares`
 workers started ahead so a fence does not wait for that. Taking one starts its replacement.
@@ -81,7 +82,10 @@ class WorkerProcess:
                 [sys.executable, "-m", "backends.ipmi_worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                # Not our stdout/stderr: a spare still loading when a short command ends
+                # would hold them open, and whoever reads them (a shell pipe) would wait.
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
                 env=env,
             )
@@ -109,14 +113,20 @@ class WorkerProcess:
         """Until the worker has loaded pyghmi; raises `WorkerGone` if it ends first."""
         while not self.ready:
             if not await self._receive():
-                raise WorkerGone("the IPMI worker process ended while starting")
+                raise WorkerGone(f"the IPMI worker process ended while starting{self._how()}")
 
     async def reply(self) -> Answer | Failure:
         """The worker's next answer, taking in its reports on the way."""
         while not self._replies:
             if not await self._receive():
-                raise WorkerGone("the IPMI worker process ended")
+                raise WorkerGone(f"the IPMI worker process ended{self._how()}")
         return self._replies.popleft()
+
+    def _how(self) -> str:
+        code = self.proc.poll()
+        if code is None or self.retired:
+            return ""
+        return f" (exit status {code})" if code >= 0 else f" (signal {-code})"
 
     def kill(self) -> None:
         """SIGKILL the worker now (nothing it started can go on); safe to repeat."""
