@@ -1,4 +1,5 @@
-"""The IPMI backend (pyghmi) against our RMCP+ emulator over real UDP on 127.0.0.1."""
+"""The IPMI backend (pyghmi in a worker process per backend) against our RMCP+ emulator over
+real UDP on 127.0.0.1; its worker protocol and the Close Session it sends for a killed worker."""
 
 from __future__ import annotations
 
@@ -152,7 +153,7 @@ async def test_operator_privilege_can_fence(bmc: IpmiBmc) -> None:
 
 async def test_wrong_password_fails_at_once_as_an_auth_error(bmc: IpmiBmc) -> None:
     start = time.monotonic()
-    with pytest.raises(BmcAuthFailed) as info:
+    with pytest.raises(BmcAuthFailed, match=r"IPMI login refused: .*check username") as info:
         await backend(bmc.port, password="wrong").power_state()
     assert time.monotonic() - start < 1.5
     assert info.value.node == "node-1" and info.value.device == "ipmi"
