@@ -130,12 +130,14 @@ def leader_candidate(
     new_id: Callable[[], str] | None = None,
     broker: LeaderBroker | None = None,
     backend_factory: BackendFactory = build_backend,
+    tick: float | None = None,
 ) -> LeaderCandidate:
     """The leader election, leader side and fencing executor of one agent, wired together.
 
     `run_agent` calls it with the production edges; the deterministic simulation
     (`hwsim.sim`) with in-memory ones, so both run the same wiring. Without an inventory the
-    leader only detects and reports (nothing is fenced).
+    leader only detects and reports (nothing is fenced). `tick` overrides the leader side's
+    judging pace (the simulation judges less often to run faster).
     """
     k = cfg.kube
     elector = LeaderElector(
@@ -184,6 +186,8 @@ def leader_candidate(
             broker=broker,
             new_id=request_ids,
         )
+        if tick is not None:
+            leader.tick = tick
         candidate.leader = leader
         try:
             await leader.run()
