@@ -1,0 +1,563 @@
+"""An in-memory Kubernetes API server for the simulation, and `ClusterApi` on top of it.
+
+The server keeps objects as a real one does: every write bumps a cluster-wide
+resourceVersion; an update carrying a stale one is refused with 409, a missing object with 404,
+a create of an existing name with 409, a label value longer than 63 characters with 422. Node
+Ready follows the kubelet's Lease as the node lifecycle controller does (Unknown after 40 s
+without a renewal).
+
+`SimClusterApi` is the `agent.cluster.ClusterApi` the simulated processes use. Each call is a
+request that lands on the server after a latency and an answer that comes back after another;
+the request lands even if the caller was cancelled, paused or killed meanwhile. While the
+scheduler's `ApiChaos` is on, calls fail with 429 or 5xx before landing, or time out (after the
+client's 5 s deadline) with the write landed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agent.cluster import (
+    MAINTENANCE_LABEL,
+    ClusterApi,
+    ClusterError,
+    LeaseInfo,
+    NodeInfo,
+)
+from hwsim.sim.trace import Trace
+from hwsim.sim.vloop import PROCESS, SimProcess, VirtualLoop
+
+T = TypeVar("T")
+EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # virtual time 0 on the API server's clock
+NODE_MONITOR_GRACE = 40.0
+MAX_LABEL_VALUE = 63
+
+
+def virtual_wall(seconds: float) -> dt.datetime:
+    """The API server's wall clock at virtual time `seconds`."""
+    return EPOCH + dt.timedelta(seconds=seconds)
+
+
+def copy_json(obj: Any) -> Any:
+    """A deep copy of a JSON-like value (what a real client gets: its own objects)."""
+    if isinstance(obj, dict):
+        return {k: copy_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [copy_json(v) for v in obj]
+    return obj
+
+
+@dataclass
+class NodeObject:
+    """A Node as the server stores it."""
+
+    name: str
+    uid: str
+    resource_version: int
+    created_at: float
+    internal_ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    tainted: bool = False  # node.kubernetes.io/out-of-service
+    unschedulable: bool = False
+
+
+@dataclass
+class LeaseObject:
+    """A coordination.k8s.io/v1 Lease as the server stores it."""
+
+    name: str
+    namespace: str
+    resource_version: int
+    holder: str | None = None
+    renew_time: dt.datetime | None = None
+    acquire_time: dt.datetime | None = None
+    duration: int | None = None
+    transitions: int = 0
+
+    def info(self) -> LeaseInfo:
+        """As `ClusterApi` returns it."""
+        return LeaseInfo(
+            self.name,
+            self.namespace,
+            self.holder,
+            self.renew_time,
+            self.acquire_time,
+            self.duration,
+            self.transitions,
+            str(self.resource_version),
+        )
+
+
+@dataclass
+class ApiChaos:
+    """How the API misbehaves while a chaos window is open (probabilities per call)."""
+
+    error: float = 0.0  # 429 / 500 / 503 before the request lands
+    timeout: float = 0.0  # no answer within the client's deadline
+    landed: float = 0.5  # of the timeouts of a write: the share whose write landed anyway
+    slow: float = 0.0  # extra latency, uniform in [0, slow] seconds
+
+
+class ApiListener:
+    """What the harness wants to know about writes (all no-ops here)."""
+
+    def record_written(
+        self, proc: SimProcess | None, issued: float, name: str, body: dict[str, Any]
+    ) -> None:
+        """A FenceOperation write (sent at virtual time `issued`) was accepted."""
+
+    def step_issued(self, proc: SimProcess | None, verb: str, node: str) -> None:
+        """A process sends an irreversible request about a Node (taint, delete)."""
+
+    def node_cleaned(self, proc: SimProcess | None, verb: str, node: NodeObject) -> None:
+        """The out-of-service taint was put on a Node (`taint`) or it was deleted (`delete`)."""
+
+    def lease_written(self, proc: SimProcess | None, holder: str | None) -> None:
+        """The leader Lease was written."""
+
+
+class ApiServer:
+    """The objects, their resourceVersions, and the rules a real API server enforces."""
+
+    def __init__(self, loop: VirtualLoop, trace: Trace) -> None:
+        self.loop = loop
+        self.trace = trace
+        self.rv = 1
+        self.nodes: dict[str, NodeObject] = {}
+        self.kubelet_leases: dict[str, LeaseObject] = {}
+        self.leases: dict[tuple[str, str], LeaseObject] = {}
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> body
+        self.record_created: dict[str, float] = {}  # record name -> virtual creation time
+        self.vms: dict[str, dict[str, Any]] = {}  # "namespace/name" -> body
+        self.events = 0
+        self.maintenance_since: dict[str, float] = {}  # node -> labelled since (virtual time)
+        self.listener = ApiListener()
+        self._uids = 0
+        self._node_infos: dict[str, tuple[int, bool | None, NodeInfo]] = {}
+
+    def _bump(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    # -- what the harness does directly (kubelets, operators, controllers) --------------------
+
+    def register_node(self, name: str, ip: str) -> NodeObject:
+        """The kubelet registers its Node (a new uid when it was deleted meanwhile)."""
+        node = self.nodes.get(name)
+        if node is None:
+            self._uids += 1
+            node = NodeObject(name, f"uid-{self._uids}", self._bump(), self.loop.time(), ip)
+            self.nodes[name] = node
+            self.trace.event("api", f"node {name} registered ({node.uid})")
+        return node
+
+    def renew_kubelet_lease(self, name: str) -> None:
+        """The kubelet renews its Lease in kube-node-lease."""
+        lease = self.kubelet_leases.get(name)
+        if lease is None:
+            lease = LeaseObject(name, "kube-node-lease", self._bump(), duration=40)
+            self.kubelet_leases[name] = lease
+        lease.renew_time = virtual_wall(self.loop.time())
+        lease.resource_version = self._bump()
+        lease.holder = name
+
+    def set_label(self, name: str, key: str, value: str | None) -> None:
+        """An operator (or `nodefence maintenance`) labels a Node."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        if value is None:
+            node.labels.pop(key, None)
+        else:
+            node.labels[key] = value
+        node.resource_version = self._bump()
+        if key == MAINTENANCE_LABEL:
+            if value == "true":
+                self.maintenance_since.setdefault(name, self.loop.time())
+            else:
+                self.maintenance_since.pop(name, None)
+            self.trace.event("api", f"node {name} {key}={value}")
+
+    def node_ready(self, name: str) -> bool | None:
+        """The Ready condition the node lifecycle controller would show."""
+        lease = self.kubelet_leases.get(name)
+        if lease is None or lease.renew_time is None:
+            return None
+        age = (virtual_wall(self.loop.time()) - lease.renew_time).total_seconds()
+        return True if age <= NODE_MONITOR_GRACE else None
+
+    def touch_record(self, name: str) -> bool:
+        """Someone else (an operator, another controller) updates a record: a new rv."""
+        for items in self.records.values():
+            body = items.get(name)
+            if body is not None:
+                body["metadata"]["resourceVersion"] = str(self._bump())
+                return True
+        return False
+
+    def set_vm(self, key: str, phase: str, node: str | None) -> None:
+        """The VM controller updates a VirtualMachine's status."""
+        vm = self.vms[key]
+        vm["status"] = {"phase": phase, "nodeName": node}
+        vm["metadata"]["resourceVersion"] = str(self._bump())
+
+    # -- the requests ClusterApi makes, applied when they land ---------------------------------
+
+    def node_info(self, node: NodeObject) -> NodeInfo:
+        """A Node as `ClusterApi` returns it (cached per resourceVersion and readiness)."""
+        ready = self.node_ready(node.name)
+        cached = self._node_infos.get(node.name)
+        if cached is not None and cached[0] == node.resource_version and cached[1] == ready:
+            return cached[2]
+        info = NodeInfo(
+            name=node.name,
+            uid=node.uid,
+            internal_ip=node.internal_ip,
+            kubelet_port=10250,
+            ready=ready,
+            unschedulable=node.unschedulable or node.tainted,
+            maintenance=node.labels.get(MAINTENANCE_LABEL) == "true",
+            health_endpoint=f"{node.internal_ip}:9440",
+        )
+        self._node_infos[node.name] = (node.resource_version, ready, info)
+        return info
+
+    def list_nodes(self) -> list[NodeInfo]:
+        return [self.node_info(n) for n in self.nodes.values()]
+
+    def node_leases(self) -> dict[str, LeaseInfo]:
+        return {name: lease.info() for name, lease in self.kubelet_leases.items()}
+
+    def get_node(self, name: str) -> NodeInfo | None:
+        node = self.nodes.get(name)
+        return None if node is None else self.node_info(node)
+
+    def annotate_node(self, name: str, key: str, value: str | None) -> None:
+        node = self.nodes.get(name)
+        if node is None:
+            raise ClusterError(f"annotate node {name}: 404 Not Found", 404)
+        if value is None:
+            node.annotations.pop(key, None)
+        else:
+            node.annotations[key] = value
+        node.resource_version = self._bump()
+
+    def taint(self, proc: SimProcess | None, name: str) -> bool:
+        node = self.nodes.get(name)
+        if node is None:
+            return False
+        if not node.tainted:
+            node.tainted = True
+            node.resource_version = self._bump()
+            self.trace.event("api", f"node {name} tainted out-of-service by {_who(proc)}")
+            self.listener.node_cleaned(proc, "taint", node)
+        return True
+
+    def delete_node(self, proc: SimProcess | None, name: str) -> None:
+        node = self.nodes.pop(name, None)
+        if node is None:
+            return  # 404 is fine for the caller
+        self.kubelet_leases.pop(name, None)
+        self._node_infos.pop(name, None)
+        self.trace.event("api", f"node {name} deleted by {_who(proc)}")
+        self.listener.node_cleaned(proc, "delete", node)
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        return [copy_json(vm) for vm in self.vms.values()]
+
+    def list_records(self, namespace: str, node: str | None) -> list[dict[str, Any]]:
+        items = self.records.get(namespace, {}).values()
+        return [
+            copy_json(r)
+            for r in items
+            if node is None or r["metadata"].get("labels", {}).get("nodefence.io/node") == node
+        ]
+
+    def save_record(
+        self, proc: SimProcess | None, issued: float, namespace: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClusterError("save fence operation: 422 metadata.name is required", 422)
+        for key, value in (meta.get("labels") or {}).items():
+            if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
+                raise ClusterError(
+                    f"save fence operation {name}: 422 label {key}: must be no more than"
+                    f" {MAX_LABEL_VALUE} characters",
+                    422,
+                )
+        items = self.records.setdefault(namespace, {})
+        current = items.get(name)
+        rv = meta.get("resourceVersion")
+        if rv:
+            if current is None:
+                raise ClusterError(f"update fence operation {name}: 404 Not Found", 404)
+            if current["metadata"]["resourceVersion"] != rv:
+                raise ClusterError(f"update fence operation {name}: 409 Conflict", 409)
+        elif current is not None:
+            raise ClusterError(f"create fence operation {name}: 409 AlreadyExists", 409)
+        stored = copy_json(body)
+        stored["metadata"]["resourceVersion"] = str(self._bump())
+        if current is None:
+            self.record_created[name] = self.loop.time()
+        items[name] = stored
+        self.listener.record_written(proc, issued, name, stored)
+        answer: dict[str, Any] = copy_json(stored)
+        return answer
+
+    def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+        lease = self.leases.get((namespace, name))
+        return None if lease is None else lease.info()
+
+    def write_lease(
+        self,
+        proc: SimProcess | None,
+        namespace: str,
+        name: str,
+        holder: str | None,
+        duration: int,
+        renew: dt.datetime | None,
+        acquire: dt.datetime | None,
+        transitions: int,
+        resource_version: str | None,
+    ) -> LeaseInfo:
+        key = (namespace, name)
+        current = self.leases.get(key)
+        if resource_version is None:
+            if current is not None:
+                raise ClusterError(f"create lease {namespace}/{name}: 409 AlreadyExists", 409)
+        elif current is None:
+            raise ClusterError(f"update lease {namespace}/{name}: 404 Not Found", 404)
+        elif str(current.resource_version) != resource_version:
+            raise ClusterError(f"update lease {namespace}/{name}: 409 Conflict", 409)
+        before = current.holder if current is not None else None
+        lease = LeaseObject(
+            name, namespace, self._bump(), holder, renew, acquire, duration, transitions
+        )
+        self.leases[key] = lease
+        if holder != before:
+            self.trace.event("lease", f"holder {before or '-'} -> {holder or '-'}")
+        self.listener.lease_written(proc, holder)
+        return lease.info()
+
+
+def _who(proc: SimProcess | None) -> str:
+    return proc.name if proc is not None else "harness"
+
+
+class SimClusterApi(ClusterApi):
+    """`ClusterApi` for one simulated process, over the in-memory server.
+
+    `reachable()` says whether the process's machine can reach the API server now (a
+    partitioned node cannot: its calls time out).
+    """
+
+    def __init__(
+        self,
+        server: ApiServer,
+        rng: random.Random,
+        reachable: Callable[[], bool] = lambda: True,
+        timeout: float = 5.0,
+    ) -> None:
+        # No kubernetes client: every method below is answered by the in-memory server.
+        self.server = server
+        self.rng = rng
+        self.reachable = reachable
+        self.timeout = timeout
+        self.chaos = ApiChaos()
+        self.chaos_until = 0.0
+
+    async def _sim(self, what: str, apply: Callable[[], T], write: bool) -> T:
+        loop = self.server.loop
+        rng = self.rng
+        now = loop.time()
+        latency = 0.002 + rng.random() * 0.02
+        fails: ClusterError | None = None
+        lands = True
+        late = False
+        if not self.reachable():
+            lands, late = False, True
+        elif now < self.chaos_until:
+            c = self.chaos
+            if c.slow:
+                latency += rng.random() * c.slow
+            roll = rng.random()
+            if roll < c.error:
+                status = rng.choice((429, 500, 503))
+                fails = ClusterError(f"{what}: {status} injected", status)
+                lands = False
+                self.server.trace.faults[f"api-{status}"] += 1
+            elif roll < c.error + c.timeout:
+                late = True
+                lands = write and rng.random() < c.landed
+                self.server.trace.faults["api-timeout-landed" if lands else "api-timeout"] += 1
+        if latency >= self.timeout:
+            late = True
+        fut: asyncio.Future[T] = loop.create_future()
+        harness = loop.harness
+        answer_at = now + (self.timeout if late else 2 * latency)
+
+        def land() -> None:
+            try:
+                value = apply()
+            except ClusterError as refused:
+                loop.call_at(answer_at, _settle, fut, None, refused, context=harness)
+                return
+            if late:
+                lost = ClusterError(f"{what}: no answer within {self.timeout:g} s")
+                loop.call_at(answer_at, _settle, fut, None, lost, context=harness)
+            else:
+                loop.call_at(answer_at, _settle, fut, value, None, context=harness)
+
+        if lands:
+            loop.call_at(now + min(latency, self.timeout), land, context=harness)
+        else:
+            err = fails or ClusterError(f"{what}: no answer within {self.timeout:g} s")
+            loop.call_at(answer_at, _settle, fut, None, err, context=harness)
+        return await fut
+
+    def _proc(self) -> SimProcess | None:
+        return PROCESS.get()
+
+    # -- the ClusterApi surface ----------------------------------------------------------------
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """See `ClusterApi.list_nodes`."""
+        return await self._sim("list nodes", self.server.list_nodes, False)
+
+    async def node_leases(self) -> dict[str, LeaseInfo]:
+        """See `ClusterApi.node_leases`."""
+        return await self._sim("list node leases", self.server.node_leases, False)
+
+    async def get_node(self, node: str) -> NodeInfo | None:
+        """See `ClusterApi.get_node`."""
+        return await self._sim(f"read node {node}", lambda: self.server.get_node(node), False)
+
+    async def node_exists(self, node: str) -> bool:
+        """See `ClusterApi.node_exists`."""
+        return await self._sim(f"read node {node}", lambda: node in self.server.nodes, False)
+
+    async def annotate_node(self, node: str, key: str, value: str | None) -> None:
+        """See `ClusterApi.annotate_node`."""
+        await self._sim(
+            f"annotate node {node}", lambda: self.server.annotate_node(node, key, value), True
+        )
+
+    async def taint_out_of_service(self, node: str) -> bool:
+        """See `ClusterApi.taint_out_of_service` (one atomic request here)."""
+        proc = self._proc()
+        self.server.listener.step_issued(proc, "taint", node)
+        return await self._sim(f"taint node {node}", lambda: self.server.taint(proc, node), True)
+
+    async def delete_node(self, node: str) -> None:
+        """See `ClusterApi.delete_node`."""
+        proc = self._proc()
+        self.server.listener.step_issued(proc, "delete", node)
+        await self._sim(f"delete node {node}", lambda: self.server.delete_node(proc, node), True)
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        """See `ClusterApi.list_vms`."""
+        return await self._sim("list virtual machines", self.server.list_vms, False)
+
+    async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
+        """See `ClusterApi.list_records`."""
+        return await self._sim(
+            "list fence operations", lambda: self.server.list_records(namespace, node), False
+        )
+
+    async def save_record(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """See `ClusterApi.save_record`."""
+        proc = self._proc()
+        name = (body.get("metadata") or {}).get("name")
+        snapshot = copy_json(body)  # the request body as sent, whatever the caller does next
+        issued = self.server.loop.time()
+        return await self._sim(
+            f"save fence operation {name}",
+            lambda: self.server.save_record(proc, issued, namespace, snapshot),
+            True,
+        )
+
+    async def node_event(
+        self,
+        node: str,
+        uid: str,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "nodefence",
+    ) -> None:
+        """See `ClusterApi.node_event`."""
+        await self._sim(f"create event {reason} for {node}", self._count_event, True)
+
+    async def vm_event(
+        self,
+        namespace: str,
+        name: str,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "nodefence",
+    ) -> None:
+        """See `ClusterApi.vm_event`."""
+        await self._sim(f"create event {reason}", self._count_event, True)
+
+    async def lease_event(
+        self, namespace: str, name: str, reason: str, message: str, component: str = "nodefence"
+    ) -> None:
+        """See `ClusterApi.lease_event`."""
+        await self._sim(f"create event {reason}", self._count_event, True)
+
+    def _count_event(self) -> None:
+        self.server.events += 1
+
+    async def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+        """See `ClusterApi.get_lease`."""
+        return await self._sim(
+            f"get lease {namespace}/{name}", lambda: self.server.get_lease(namespace, name), False
+        )
+
+    async def write_lease(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        holder: str | None,
+        duration: int,
+        renew: dt.datetime | None,
+        acquire: dt.datetime | None,
+        transitions: int,
+        resource_version: str | None,
+    ) -> LeaseInfo:
+        """See `ClusterApi.write_lease`."""
+        proc = self._proc()
+        return await self._sim(
+            f"update lease {namespace}/{name}",
+            lambda: self.server.write_lease(
+                proc,
+                namespace,
+                name,
+                holder,
+                duration,
+                renew,
+                acquire,
+                transitions,
+                resource_version,
+            ),
+            True,
+        )
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return  # the caller gave up (cancelled); the request landed all the same
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(value)
