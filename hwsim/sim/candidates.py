@@ -108,7 +108,8 @@ class Candidate:
         def on_request(n: str, device: str, verb: str) -> None:
             w.invariants.power_request(self, n, device, verb)
 
-        return SimPowerBackend(w.loop, w.rng, channel, spec, on_request)
+        backend: PowerBackend = SimPowerBackend(w.loop, w.rng, channel, spec, on_request)
+        return w.backend_wrapper(backend) if w.backend_wrapper is not None else backend
 
     # -- life ------------------------------------------------------------------------------------
 

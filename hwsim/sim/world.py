@@ -8,8 +8,10 @@ fault scheduler uses (power, network, processes). Every random choice is drawn f
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from agent.profiles import DEFAULT
+from backends.base import PowerBackend
 from hwsim.sim.agents import NodeAgent
 from hwsim.sim.api import ApiServer
 from hwsim.sim.bmc import Channel, ChannelKind
@@ -61,6 +63,9 @@ class World:
         self._generations: dict[str, int] = {}
         self.crashes = 0
         self.faults = FaultScheduler(self)
+        # Test-only: wraps every BMC backend the candidates build (the harness's own tests
+        # inject a bug with it, e.g. a backend that claims Off without reading back).
+        self.backend_wrapper: Callable[[PowerBackend], PowerBackend] | None = None
 
     # -- start ---------------------------------------------------------------------------------
 
