@@ -6,8 +6,9 @@ Safety, checked as it happens:
 - `unproven-cleanup`: a Node is tainted out-of-service or deleted, and no FenceOperation of
   this incident (created after the Node registered) says `offProven`, or the machine is on and
   has not been off (power lost, switched off, watchdog reset) since such a record was created.
-- `wrong-fence`: leader L sends the first power-off of an operation (one not already past the
-  point of no return when L took it over) to node n, and L did not declare n dead in its
+- `wrong-fence`: leader L sends the first power-off of an operation (the requests of the first
+  instant a power-off goes out for it, unless the operation was already past the point of no
+  return when L took it over) to node n, and L did not declare n dead in its
   current term (`LeaderSide.stats.decisions`), or a heartbeat of n was accepted by L's ingest
   after that declaration (a heartbeat still in flight does not count), or n has carried the
   maintenance label for more than `MAINTENANCE_GRACE` seconds.
@@ -18,6 +19,7 @@ Safety, checked as it happens:
   Lease can close; see the docs). Also: a record write of an older leadership term accepted
   after one of a newer term (two leaders acting on one operation).
 - `crash`: an exception left the real code and ended a candidate process.
+- `livelock`: callbacks kept running without virtual time passing (a busy loop).
 
 Liveness, checked when the faults have stopped (`hwsim.sim.runner`): `not-fenced` and
 `stuck-operation`.
@@ -46,6 +48,7 @@ INVARIANTS = (
     "wrong-fence",
     "two-leaders",
     "crash",
+    "livelock",
     "not-fenced",
     "stuck-operation",
 )
@@ -84,6 +87,7 @@ class Invariants(ApiListener):
         self._crossed: dict[str, tuple[str, float | None]] = {}  # record -> (process, term)
         self._record_terms: dict[str, tuple[float, str]] = {}  # record -> newest writer term
         self._lease_by: dict[str, float] = {}  # holder -> last accepted Lease write
+        self._first_off: dict[str, float] = {}  # record -> when its first power-off went out
         self.power_offs = 0
 
     def violate(self, invariant: str, node: str, detail: str) -> None:
@@ -156,7 +160,11 @@ class Invariants(ApiListener):
         leader = cand.lc.leader
         executor = leader.executor if leader is not None else None
         op = executor.operations.get(node) if executor is not None else None
-        crossed = self._crossed.get(record_name(op)) if op is not None else None
+        name = record_name(op) if op is not None else ""
+        first = self._first_off.setdefault(name, w.loop.time())
+        if first < w.loop.time():
+            return  # a later request of a walk past the point of no return: the design
+        crossed = self._crossed.get(name)
         if crossed is not None and crossed != (cand.proc.name, cand.term_start):
             return  # past the point of no return before this term: carrying on is the design
         declared = self._terms[cand.proc.name].declared or {}

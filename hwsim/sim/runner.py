@@ -30,6 +30,7 @@ from agent.policy import MaxUnhealthy
 from hwsim.sim.invariants import Violation
 from hwsim.sim.settings import NAMESPACE, SimSettings, settings_for
 from hwsim.sim.trace import capture_agent_logs
+from hwsim.sim.vloop import Livelock
 from hwsim.sim.world import World
 
 FINAL_PHASES = frozenset(p.value for p in FINAL)
@@ -149,7 +150,10 @@ def _play(world: World, s: SimSettings) -> RunResult:
     world.start()
     world.faults.start()
     loop.call_at(quiet_at, quiet, context=loop.harness)
-    loop.run_forever()
+    try:
+        loop.run_forever()
+    except Livelock as err:
+        world.invariants.violate("livelock", "", str(err))
     inv = world.invariants
     records = world.api.records.get(NAMESPACE, {})
     return RunResult(

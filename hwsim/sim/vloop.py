@@ -65,6 +65,14 @@ class Deadlock(RuntimeError):
     """Nothing is ready and no timer is pending: the run cannot go on."""
 
 
+class Livelock(RuntimeError):
+    """Callbacks keep running without virtual time ever passing (a busy loop)."""
+
+
+MIN_WAIT = 1e-6  # seconds: the shortest wait for a timer that is not due yet
+LIVELOCK_STEPS = 200_000  # steps at one virtual instant that count as a busy loop
+
+
 class SimTask(asyncio.Task[Any]):
     """A Task whose hash is its creation number (stable set order across runs)."""
 
@@ -89,6 +97,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self._timers: list[tuple[float, int, Any]] = []
         self._timer_seq = itertools.count()
         self.steps = 0
+        self._steps_at_now = 0
         self.after_step: Callable[[SimProcess], None] | None = None
         self.harness = contextvars.copy_context()  # PROCESS is None here
         self.set_task_factory(self._new_task)
@@ -112,7 +121,14 @@ class VirtualLoop(asyncio.BaseEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        """Schedule `callback` at virtual time `when` (see `asyncio.loop.call_at`)."""
+        """Schedule `callback` at virtual time `when` (see `asyncio.loop.call_at`).
+
+        A timer in the future is at least `MIN_WAIT` ahead: real time always passes a little,
+        and a process whose clock runs slow (drift) would otherwise sleep ever shorter deltas
+        towards a deadline on its own clock without virtual time ever reaching it.
+        """
+        if when > self._time:
+            when = max(when, self._time + MIN_WAIT)
         timer = asyncio.TimerHandle(when, callback, args, self, context)
         heapq.heappush(self._timers, (when, next(self._timer_seq), timer))
         timer._scheduled = True  # type: ignore[attr-defined]
@@ -163,6 +179,13 @@ class VirtualLoop(asyncio.BaseEventLoop):
             when = timers[0][0]
             if when > self._time:
                 self._time = when
+                self._steps_at_now = 0
+        if self._steps_at_now > LIVELOCK_STEPS:
+            spinning = repr(ready[0]) if ready else "?"
+            raise Livelock(
+                f"{self._steps_at_now} steps at t={self._time:.3f} without time passing"
+                f" (e.g. {spinning[:300]})"
+            )
         now = self._time
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
@@ -180,6 +203,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
                     proc.parked.append(handle)
                 continue
             self.steps += 1
+            self._steps_at_now += 1
             handle._run()
             if after is not None and proc is not None:
                 after(proc)
