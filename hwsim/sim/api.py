@@ -7,10 +7,11 @@ Ready follows the kubelet's Lease as the node lifecycle controller does (Unknown
 without a renewal).
 
 `SimClusterApi` is the `agent.cluster.ClusterApi` the simulated processes use. Each call is a
-request that lands on the server after a latency and an answer that comes back after another;
-the request lands even if the caller was cancelled, paused or killed meanwhile. While the
+request that lands on the server after a latency, even if the caller was cancelled, paused or
+killed meanwhile. While the
 scheduler's `ApiChaos` is on, calls fail with 429 or 5xx before landing, or time out (after the
-client's 5 s deadline) with the write landed or not.
+client's 5 s deadline) with the write landed or not. A request lands after its round trip and
+its answer is read at once, unless it times out.
 """
 
 from __future__ import annotations
@@ -79,10 +80,15 @@ class LeaseObject:
     acquire_time: dt.datetime | None = None
     duration: int | None = None
     transitions: int = 0
+    renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
+    _info: LeaseInfo | None = None
 
     def info(self) -> LeaseInfo:
-        """As `ClusterApi` returns it."""
-        return LeaseInfo(
+        """As `ClusterApi` returns it (one object per resourceVersion)."""
+        cached = self._info
+        if cached is not None and cached.resource_version == str(self.resource_version):
+            return cached
+        self._info = LeaseInfo(
             self.name,
             self.namespace,
             self.holder,
@@ -92,6 +98,7 @@ class LeaseObject:
             self.transitions,
             str(self.resource_version),
         )
+        return self._info
 
 
 @dataclass
@@ -163,7 +170,8 @@ class ApiServer:
         if lease is None:
             lease = LeaseObject(name, "kube-node-lease", self._bump(), duration=40)
             self.kubelet_leases[name] = lease
-        lease.renew_time = virtual_wall(self.loop.time())
+        lease.renewed_at = self.loop.time()
+        lease.renew_time = virtual_wall(lease.renewed_at)
         lease.resource_version = self._bump()
         lease.holder = name
 
@@ -189,8 +197,7 @@ class ApiServer:
         lease = self.kubelet_leases.get(name)
         if lease is None or lease.renew_time is None:
             return None
-        age = (virtual_wall(self.loop.time()) - lease.renew_time).total_seconds()
-        return True if age <= NODE_MONITOR_GRACE else None
+        return True if self.loop.time() - lease.renewed_at <= NODE_MONITOR_GRACE else None
 
     def touch_record(self, name: str) -> bool:
         """Someone else (an operator, another controller) updates a record: a new rv."""
@@ -402,25 +409,31 @@ class SimClusterApi(ClusterApi):
             late = True
         fut: asyncio.Future[T] = loop.create_future()
         harness = loop.harness
-        answer_at = now + (self.timeout if late else 2 * latency)
+        answer_at = now + self.timeout
 
         def land() -> None:
+            # An answer in time is read at once (one step less per call): a process that
+            # dies before reading it is the same as one that dies right after.
             try:
                 value = apply()
             except ClusterError as refused:
-                loop.call_at(answer_at, _settle, fut, None, refused, context=harness)
+                if late:
+                    loop.call_at(answer_at, _settle, fut, None, refused, context=harness)
+                else:
+                    _settle(fut, None, refused)
                 return
             if late:
                 lost = ClusterError(f"{what}: no answer within {self.timeout:g} s")
                 loop.call_at(answer_at, _settle, fut, None, lost, context=harness)
             else:
-                loop.call_at(answer_at, _settle, fut, value, None, context=harness)
+                _settle(fut, value, None)
 
         if lands:
-            loop.call_at(now + min(latency, self.timeout), land, context=harness)
+            loop.call_at(now + min(2 * latency, self.timeout), land, context=harness)
         else:
             err = fails or ClusterError(f"{what}: no answer within {self.timeout:g} s")
-            loop.call_at(answer_at, _settle, fut, None, err, context=harness)
+            at = now + 2 * latency if fails is not None else answer_at
+            loop.call_at(at, _settle, fut, None, err, context=harness)
         return await fut
 
     def _proc(self) -> SimProcess | None:

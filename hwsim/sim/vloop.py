@@ -171,9 +171,10 @@ class VirtualLoop(asyncio.BaseEventLoop):
         # asyncio's, read directly because this is the innermost loop of every run.
         ready: deque[Any] = self._ready  # type: ignore[attr-defined]
         timers = self._timers
+        pop = heapq.heappop
         if not ready and not self._stopping:  # type: ignore[attr-defined]
             while timers and timers[0][2]._cancelled:
-                heapq.heappop(timers)
+                pop(timers)
             if not timers:
                 raise Deadlock("no callback is ready and no timer is pending")
             when = timers[0][0]
@@ -188,24 +189,31 @@ class VirtualLoop(asyncio.BaseEventLoop):
             )
         now = self._time
         while timers and timers[0][0] <= now:
-            timer = heapq.heappop(timers)[2]
+            timer = pop(timers)[2]
             timer._scheduled = False
             if not timer._cancelled:
                 ready.append(timer)
         after = self.after_step
-        for _ in range(len(ready)):
-            handle = ready.popleft()
+        running = ProcState.RUNNING
+        process = PROCESS
+        n = len(ready)
+        self.steps += n
+        self._steps_at_now += n
+        popleft = ready.popleft
+        for _ in range(n):
+            handle = popleft()
             if handle._cancelled:
                 continue
-            proc = handle._context.get(PROCESS)
-            if proc is not None and proc.state is not ProcState.RUNNING:
+            proc = handle._context.get(process)
+            if proc is None:
+                handle._run()
+                continue
+            if proc.state is not running:
                 if proc.state is ProcState.PAUSED:
                     proc.parked.append(handle)
                 continue
-            self.steps += 1
-            self._steps_at_now += 1
             handle._run()
-            if after is not None and proc is not None:
+            if after is not None:
                 after(proc)
 
     # Nothing in the simulation uses these; they exist so asyncio's base class is complete.
