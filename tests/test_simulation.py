@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent.cluster import ClusterError
+from agent.election import LeaderElector
 from backends.base import CheckResult, PowerBackend, PowerState
 from hwsim.sim.api import ApiChaos, ApiServer, SimClusterApi
 from hwsim.sim.broker import topic_matches
@@ -251,3 +252,83 @@ def test_a_skipped_off_proof_is_found_within_200_seeds() -> None:
         if _unsafe(mutated) and not _unsafe(run_seed(seed)):
             return  # the injected bug, and nothing else, broke a safety invariant
     pytest.fail("200 seeds did not notice a backend that claims Off without reading back")
+
+
+async def _no_lease_check(self: LeaderElector) -> None:
+    return None
+
+
+def test_a_leader_that_never_checks_its_lease_is_found_within_200_seeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The injected bug: confirm() always succeeds and leadership is never given up.
+    monkeypatch.setattr(LeaderElector, "confirm", _no_lease_check)
+    monkeypatch.setattr(LeaderElector, "is_leader", property(lambda self: True))
+    for seed in range(1, 201):
+        if any(v.invariant == "two-leaders" for v in run_seed(seed).violations):
+            return
+    pytest.fail("200 seeds did not notice a leader that acts without holding the Lease")
+
+
+# -- regression seeds: the defects of issue 12 this harness found (before their fixes) -------
+#
+# Each seed below broke the named invariant on the code before the fix (branch `sim` from
+# d2bb40f). They are expected to fail until the fix lands; strict, so they flip loudly then.
+# A seed is one exact run of today's harness and agent: when either changes, the run changes
+# too, and a seed may stop reproducing its defect (the CI budget below keeps looking).
+
+
+def _details(seed: int, invariant: str, words: str) -> list[str]:
+    return [
+        str(v) for v in run_seed(seed).violations if v.invariant == invariant and words in v.detail
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 3: a new leader resumes a Pending operation before any guard and"
+    " powers off a node that is up and heartbeating",
+)
+@pytest.mark.parametrize("seed", [426, 816])
+def test_a_new_leader_never_powers_off_a_node_it_did_not_declare_dead(seed: int) -> None:
+    assert _details(seed, "wrong-fence", "without having declared") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 5: a resumed Recovering operation never finishes"
+    " (records.from_record does not restore recovery_deadline)",
+)
+@pytest.mark.parametrize("seed", [82, 187])
+def test_a_resumed_recovering_operation_ends_within_its_deadline(seed: int) -> None:
+    assert _details(seed, "stuck-operation", "still Recovering") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 2: verify_all_channels takes a channel that answers with an error as"
+    " 'cannot contradict', so an Off read early on the other channel is taken as proof",
+)
+@pytest.mark.parametrize("seed", [145, 169])
+def test_an_errored_channel_beside_an_early_off_read_is_no_proof(seed: int) -> None:
+    assert _details(seed, "unproven-cleanup", "machine is on") == []
+    assert _details(seed, "split-brain", "") == []
+
+
+# -- the CI budget -----------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: until its fixes land, the budget finds the defects above (and more)",
+)
+def test_a_thousand_seeds_break_no_invariant() -> None:
+    failing = {}
+    for seed in CI_SEEDS:
+        result = run_seed(seed)
+        if result.violations:
+            failing[seed] = sorted({v.invariant for v in result.violations})
+    assert failing == {}, (
+        f"{len(failing)} seeds break invariants; replay one with"
+        f" `nodefence-hwsim simulate --replay SEED -v`: {dict(list(failing.items())[:20])}"
+    )

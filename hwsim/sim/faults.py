@@ -280,6 +280,8 @@ class FaultScheduler:
             ]
             f.early_off = ch.kind is ChannelKind.BMC and bool(others)
             f.off_delay = rng.uniform(3, 30)
+            if not f.early_off:
+                kind = "off-delay"  # where no other channel could tell
         else:
             f.off_delay = rng.uniform(1, 8)
         ch.faults = f
@@ -402,13 +404,16 @@ class FaultScheduler:
 
     def _clock_step(self) -> None:
         w = self.world
-        alive = [c for c in w.candidates.values() if c.alive]
-        if not alive:
-            return
-        cand = w.rng.choice(alive)
         step = w.rng.choice((-1, 1)) * w.rng.choice((5.0, 20.0, 120.0))
-        cand.wall_step += step
-        w.trace.fault("clock-step", f"{cand.proc.name} wall clock {step:+g} s")
+        alive = [c for c in w.candidates.values() if c.alive]
+        if alive and w.rng.random() < 0.5:
+            cand = w.rng.choice(alive)
+            cand.wall_step += step
+            w.trace.fault("clock-step", f"{cand.proc.name} wall clock {step:+g} s")
+            return
+        m = w.machines[w.rng.choice(sorted(w.machines))]
+        m.wall_step += step
+        w.trace.fault("clock-step", f"{m.name} wall clock {step:+g} s")
 
     def _vm_stuck(self) -> None:
         w = self.world
@@ -469,6 +474,7 @@ class FaultScheduler:
         for name in sorted(w.api.maintenance_since):
             w.api.set_label(name, MAINTENANCE_LABEL, None)
         for m in w.machines.values():
+            m.wall_step = 0.0
             if not m.chassis:
                 m.change_power(_chassis(True), "chassis power back")
             m.agent_wanted = True

@@ -169,19 +169,22 @@ class Invariants(ApiListener):
             return  # past the point of no return before this term: carrying on is the design
         declared = self._terms[cand.proc.name].declared or {}
         heard = declared.get(node)
+        m = w.machines[node]
+        alive = m.powered and not m.partitioned and m.agent is not None and m.agent.running
+        state = " (the node is up and its agent runs)" if alive else ""
         if heard is None:
             self.violate(
                 "wrong-fence",
                 node,
                 f"{cand.proc.name} sent the first power-off of an operation without having"
-                " declared the node dead in its leadership term",
+                f" declared the node dead in its leadership term{state}",
             )
         elif heard:
             self.violate(
                 "wrong-fence",
                 node,
                 f"{cand.proc.name} sent a power-off after a heartbeat of the node reached its"
-                " ingest, later than it declared the node dead",
+                f" ingest, later than it declared the node dead{state}",
             )
         since = w.api.maintenance_since.get(node)
         if since is not None and since <= w.loop.time() - MAINTENANCE_GRACE:

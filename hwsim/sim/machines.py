@@ -54,6 +54,7 @@ class Machine:
     vms: set[str] = field(default_factory=set)  # VM processes running here
     agent: NodeAgent | None = None
     agent_wanted: bool = True  # the agent is (re)started at boot
+    wall_step: float = 0.0  # seconds its wall clock was stepped by
     watchdog: Watchdog = field(default_factory=Watchdog)
     _boot_timer: asyncio.TimerHandle | None = None
     _kubelet_timer: asyncio.TimerHandle | None = None
@@ -69,7 +70,7 @@ class Machine:
 
     def wall(self) -> float:
         """The machine's wall clock (Unix seconds)."""
-        return self.world.wall_epoch + self.world.loop.time() * (1.0 + self.drift)
+        return self.world.wall_epoch + self.world.loop.time() * (1.0 + self.drift) + self.wall_step
 
     # -- power ---------------------------------------------------------------------------------
 

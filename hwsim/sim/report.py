@@ -18,6 +18,7 @@ from typing import TextIO
 from hwsim.sim.runner import EVENTS_SHOWN, RunResult, run_seed
 
 DETAILED_FAILURES = 3  # failing seeds printed in full in a batch
+LOG_SHOWN = 15  # agent log lines printed with a failing seed
 
 
 @dataclass
@@ -92,6 +93,9 @@ def print_failure(result: RunResult, out: TextIO) -> None:
         print(f"   {v}", file=out)
     print(f"-- last {EVENTS_SHOWN} events of seed {result.seed}:", file=out)
     for line in result.events[-EVENTS_SHOWN:]:
+        print(f"   {line}", file=out)
+    print(f"-- agent log, last {LOG_SHOWN} lines:", file=out)
+    for line in result.log_tail[-LOG_SHOWN:]:
         print(f"   {line}", file=out)
     print(f"-- replay: {replay_command(result.seed)}", file=out)
 
