@@ -309,8 +309,19 @@ def test_a_resumed_recovering_operation_ends_within_its_deadline(seed: int) -> N
     reason="issue 12 item 2: verify_all_channels takes a channel that answers with an error as"
     " 'cannot contradict', so an Off read early on the other channel is taken as proof",
 )
-@pytest.mark.parametrize("seed", [145, 169])
+@pytest.mark.parametrize("seed", [277, 438])
 def test_an_errored_channel_beside_an_early_off_read_is_no_proof(seed: int) -> None:
+    assert _details(seed, "unproven-cleanup", "machine is on") == []
+    assert _details(seed, "split-brain", "") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 1: a watchdog disarmed by a clean agent stop is taken as proof of Off"
+    " (the last armed claim has no age limit)",
+)
+@pytest.mark.parametrize("seed", [630, 917])
+def test_a_disarmed_watchdog_is_no_proof(seed: int) -> None:
     assert _details(seed, "unproven-cleanup", "machine is on") == []
     assert _details(seed, "split-brain", "") == []
 

@@ -105,11 +105,12 @@ class FaultScheduler:
         free = [m for m in free if m.powered and m.booted and not m.partitioned]
         return w.rng.choice(free) if free else None
 
-    def _troubled_machine(self) -> Machine:
-        """A machine with an open fault (or being fenced), else any."""
+    def _troubled_machine(self) -> Machine | None:
+        """A machine with an open fault, else any (never a lost one: its BMC stays silent)."""
         w = self.world
-        names = sorted(self.open_machines) or sorted(w.machines)
-        return w.machines[w.rng.choice(names)]
+        names = [n for n in sorted(self.open_machines) if not w.machines[n].lost]
+        names = names or [n for n in sorted(w.machines) if not w.machines[n].lost]
+        return w.machines[w.rng.choice(names)] if names else None
 
     def _leader(self) -> Candidate | None:
         w = self.world
@@ -182,17 +183,26 @@ class FaultScheduler:
         m.agent = None
         if self.world.rng.random() < 0.5:
             # A node whose agent was stopped cleanly, then cut off (issue 12's first case).
-            self._later(self.world.rng.uniform(2, 20), self._cut_after_stop, m)
-        self._later(self.world.rng.uniform(10, 40), self._restart_agent, m)
+            self._later(self.world.rng.uniform(1, 6), self._cut_after_stop, m)
+        else:
+            self._later(self.world.rng.uniform(10, 40), self._restart_agent, m)
 
     def _cut_after_stop(self, m: Machine) -> None:
-        if not m.partitioned:
-            self.world.trace.fault("partition", f"{m.name} (agent stopped)")
-            self.world.partition(m, True)
-            if self.world.rng.random() < 0.5:
-                for ch in self._channels(m):
-                    ch.faults = ChannelFaults(unreachable=True)
-                self.world.trace.fault("bmc-unreachable", f"{m.name} all channels")
+        w = self.world
+        if m.partitioned or not m.powered:
+            self._restart_agent(m)
+            return
+        w.trace.fault("partition", f"{m.name} (agent stopped)")
+        w.partition(m, True)
+        if w.rng.random() < 0.6:
+            # Lost: its BMC does not answer either, until the quiet phase (only a watchdog
+            # could prove it off; this one was disarmed by the clean stop).
+            m.lost = True
+            for ch in self._channels(m):
+                ch.faults = ChannelFaults(unreachable=True)
+            w.trace.fault("bmc-unreachable", f"{m.name} all channels, until the quiet phase")
+        else:
+            self._later(w.rng.uniform(10, 40), self._restart_agent, m)
 
     def _restart_agent(self, m: Machine) -> None:
         w = self.world
@@ -254,6 +264,8 @@ class FaultScheduler:
         w = self.world
         rng = w.rng
         m = target or self._troubled_machine()
+        if m is None:
+            return
         channels = self._channels(m)
         ch = rng.choice(channels)
         kind = rng.choice(
@@ -296,7 +308,7 @@ class FaultScheduler:
         two = [
             m
             for m in w.machines.values()
-            if sum(ch.kind is ChannelKind.BMC for ch in self._channels(m)) >= 2
+            if sum(ch.kind is ChannelKind.BMC for ch in self._channels(m)) >= 2 and not m.lost
         ]
         troubled = [m for m in two if m.name in self.open_machines]
         pool = troubled or two
@@ -462,7 +474,8 @@ class FaultScheduler:
         w.broker.down_until = 0.0
         w.broker.chaos_until = 0.0
         for ch in w.channels.values():
-            ch.faults = ChannelFaults()
+            if not ch.machine.lost:
+                ch.faults = ChannelFaults()
         for cand in list(w.candidates.values()):
             cand.api.chaos_until = 0.0
             cand.api_cut = False

@@ -5,7 +5,9 @@ Safety, checked as it happens:
   one.
 - `unproven-cleanup`: a Node is tainted out-of-service or deleted, and no FenceOperation of
   this incident (created after the Node registered) says `offProven`, or the machine is on and
-  has not been off (power lost, switched off, watchdog reset) since such a record was created.
+  has not been off (power lost, switched off, watchdog reset) since such a record was created
+  (or, for a machine cut off from the network since before that, since it was cut off: no new
+  work reached it after that reset).
 - `wrong-fence`: leader L sends the first power-off of an operation (the requests of the first
   instant a power-off goes out for it, unless the operation was already past the point of no
   return when L took it over) to node n, and L did not declare n dead in its
@@ -224,7 +226,7 @@ class Invariants(ApiListener):
                 node.name,
                 f"{verb} by {who} while no FenceOperation of this incident says offProven",
             )
-        elif m.powered and not m.off_since(min(proofs)):
+        elif m.powered and not m.off_since_work(min(proofs)):
             self.violate(
                 "unproven-cleanup",
                 node.name,

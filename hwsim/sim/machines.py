@@ -48,6 +48,8 @@ class Machine:
     chassis: bool = True  # chassis power (the BMC lives on it)
     host_on: bool = True  # the host as its BMC switches it
     partitioned: bool = False
+    cut_since: float | None = None  # when its network was cut (None while connected)
+    lost: bool = False  # cut off with every BMC channel unreachable until the quiet phase
     booted: bool = False
     boots: int = 0
     off_periods: list[list[float]] = field(default_factory=list)  # [off, on] virtual times
@@ -130,6 +132,12 @@ class Machine:
     def off_since(self, since: float) -> bool:
         """Whether it was without power (or reset) at some moment at or after `since`."""
         return any(end >= since for _, end in self.off_periods)
+
+    def off_since_work(self, since: float) -> bool:
+        """Whether it was off at some moment after `since`, or after it was cut off if it has
+        been cut off since before `since` (no new work can reach a machine without network)."""
+        cut = self.cut_since
+        return self.off_since(min(since, cut) if cut is not None else since)
 
     # -- kubelet -------------------------------------------------------------------------------
 

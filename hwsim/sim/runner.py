@@ -9,7 +9,8 @@ at `quiet_bound`, where the liveness invariants are judged:
   demanded when more nodes were dead than `max_unhealthy` allows (the storm guard rightly
   holds) or when the node was in maintenance.
 - `stuck-operation`: a FenceOperation is still unfinished `quiet_bound` seconds after the
-  faults stopped.
+  faults stopped (except on a *lost* machine: cut off with no BMC answering; only a watchdog
+  proof can end those).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from hwsim.sim.world import World
 
 FINAL_PHASES = frozenset(p.value for p in FINAL)
 EVENTS_SHOWN = 40  # last events printed with a violation
+LOST_GRACE = 40.0  # quiet seconds a run waits for a watchdog proof of a lost machine
 
 
 @dataclass
@@ -132,12 +134,17 @@ def _play(world: World, s: SimSettings) -> RunResult:
         }
         limit = MaxUnhealthy.parse(world.cfg.max_unhealthy).limit(len(world.machines))
         state["storm"] = len(dead) > limit
-        state["expected"] = set() if state["storm"] else dead
+        # Only a node whose BMC answers can be demanded fenced (a lost one may stay unfenced).
+        reachable = {n for n in dead if not world.machines[n].lost}
+        state["expected"] = set() if state["storm"] else reachable
         loop.call_later(1.0, check, context=loop.harness)
 
     def check() -> None:
         now = loop.time()
-        if _settled(world, state["expected"]):
+        # A lost machine's operation can only end by a watchdog proof: give it time to come.
+        waiting = world.cfg.fencing.self_fence and now < quiet_at + LOST_GRACE
+        lost = any(m.lost for m in world.machines.values())
+        if not (waiting and lost) and _settled(world, state["expected"]):
             state["settled"] = True
             loop.stop()
             return
@@ -187,11 +194,15 @@ def _fenced(world: World, node: str) -> bool:
 
 
 def _unfinished(world: World) -> list[str]:
-    return sorted(
-        name
-        for name, body in world.api.records.get(NAMESPACE, {}).items()
-        if (body.get("status") or {}).get("phase", Phase.PENDING.value) not in FINAL_PHASES
-    )
+    """Unfinished operations, but those of lost machines (no BMC answers: they may wait)."""
+    out = []
+    for name, body in world.api.records.get(NAMESPACE, {}).items():
+        node = world.machines.get(str((body.get("spec") or {}).get("nodeName", "")))
+        if node is not None and node.lost:
+            continue
+        if (body.get("status") or {}).get("phase", Phase.PENDING.value) not in FINAL_PHASES:
+            out.append(name)
+    return sorted(out)
 
 
 def _settled(world: World, expected: set[str]) -> bool:

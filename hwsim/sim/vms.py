@@ -85,8 +85,8 @@ class VmController:
             m = w.machines[name]
             if node.tainted or node.unschedulable or node.labels.get(MAINTENANCE_LABEL) == "true":
                 continue
-            if w.api.node_ready(name) is not True or not m.booted:
-                continue
+            if w.api.node_ready(name) is not True or not m.booted or m.partitioned:
+                continue  # (the controller cannot start a VM on a node it cannot reach)
             load = sum(
                 1 for vm in w.api.vms.values() if (vm.get("status") or {}).get("nodeName") == name
             )

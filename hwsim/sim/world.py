@@ -171,6 +171,7 @@ class World:
         if m.partitioned == on:
             return
         m.partitioned = on
+        m.cut_since = self.loop.time() if on else None
         self.trace.event("net", f"{m.name} {'partitioned' if on else 'reconnected'}")
         agent = m.agent
         if on and agent is not None:
