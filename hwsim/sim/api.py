@@ -125,8 +125,10 @@ class ApiListener:
     def node_cleaned(self, proc: SimProcess | None, verb: str, node: NodeObject) -> None:
         """The out-of-service taint was put on a Node (`taint`) or it was deleted (`delete`)."""
 
-    def lease_written(self, proc: SimProcess | None, holder: str | None) -> None:
-        """The leader Lease was written."""
+    def lease_written(
+        self, proc: SimProcess | None, holder: str | None, before: str | None
+    ) -> None:
+        """The leader Lease was written (`before`: the holder it replaced)."""
 
 
 class ApiServer:
@@ -351,7 +353,7 @@ class ApiServer:
         self.leases[key] = lease
         if holder != before:
             self.trace.event("lease", f"holder {before or '-'} -> {holder or '-'}")
-        self.listener.lease_written(proc, holder)
+        self.listener.lease_written(proc, holder, before)
         return lease.info()
 
 

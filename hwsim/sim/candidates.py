@@ -55,6 +55,7 @@ class Candidate:
         self.api_cut = False  # this process cannot reach the API server
         self.broker_cut = False
         self.last_lease_write: float | None = None  # virtual time of its last accepted write
+        self.acquired_at: float | None = None  # when it last took the Lease from another
         self.pauses: list[tuple[float, float]] = []  # (from, to) virtual times
         self.term_start: float | None = None  # when its current LeaderSide appeared
         self.seen_leader: LeaderSide | None = None

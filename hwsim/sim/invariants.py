@@ -19,7 +19,8 @@ Safety, checked as it happens:
   renew_deadline of its *running* time ago, or another process acquired the Lease after it -
   unless it was paused between that Lease write and the request (the stop-the-world race no
   Lease can close; see the docs). Also: a record write of an older leadership term accepted
-  after one of a newer term (two leaders acting on one operation).
+  after one of a newer term (two leaders acting on one operation); terms are ordered by the
+  Lease acquisition they rest on.
 - `crash`: an exception left the real code and ended a candidate process.
 - `livelock`: callbacks kept running without virtual time passing (a busy loop).
 
@@ -113,7 +114,11 @@ class Invariants(ApiListener):
         term = self._terms[proc.name]
         if leader is not cand.seen_leader:
             cand.seen_leader = leader
-            cand.term_start = self.world.loop.time() if leader is not None else None
+            # A term starts with the Lease acquisition it rests on, which may be long before
+            # the leader side starts (a pause in between): terms are ordered by acquisition.
+            acquired = cand.acquired_at
+            now = self.world.loop.time()
+            cand.term_start = (acquired if acquired is not None else now) if leader else None
             term.start = cand.term_start
             term.decisions = 0
             term.declared = {}
@@ -252,6 +257,7 @@ class Invariants(ApiListener):
         )
         if cand is None:
             return
+        self.world.faults.record_written(cand, status)
         term = self._term_at(cand, issued)
         if status.get("powerOffSent") and name not in self._crossed:
             self._crossed[name] = (cand.proc.name, term)
@@ -267,13 +273,14 @@ class Invariants(ApiListener):
             )
         if newest is None or term > newest[0]:
             self._record_terms[name] = (term, cand.proc.name)
-        self.world.faults.record_written(cand, status)
 
     def _term_at(self, cand: Candidate, issued: float) -> float | None:
         start = cand.term_start
         return start if start is not None and start <= issued else None
 
-    def lease_written(self, proc: SimProcess | None, holder: str | None) -> None:
+    def lease_written(
+        self, proc: SimProcess | None, holder: str | None, before: str | None
+    ) -> None:
         """The leader Lease was written."""
         now = self.world.loop.time()
         if holder is not None:
@@ -281,6 +288,8 @@ class Invariants(ApiListener):
         cand = self._by_proc.get(proc) if proc is not None else None
         if cand is not None and holder == cand.identity:
             cand.last_lease_write = now
+            if before != holder or cand.acquired_at is None:
+                cand.acquired_at = now
 
     # -- the leadership rule ---------------------------------------------------------------------
 
