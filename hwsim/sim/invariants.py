@@ -94,8 +94,11 @@ class Invariants(ApiListener):
         self.power_offs = 0
 
     def violate(self, invariant: str, node: str, detail: str) -> None:
-        """Record a violation now."""
-        self.violations.append(Violation(self.world.loop.time(), invariant, node, detail))
+        """Record a violation now (once: requests to two devices at one instant are one)."""
+        found = Violation(self.world.loop.time(), invariant, node, detail)
+        if self.violations and self.violations[-1] == found:
+            return
+        self.violations.append(found)
         self.world.trace.event("VIOLATION", f"{invariant} {node}: {detail}")
 
     def track(self, cand: Candidate) -> None:
