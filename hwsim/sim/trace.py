@@ -27,10 +27,15 @@ class Trace:
     log_tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LOG_TAIL)
     )
+    repeats: dict[int, int] = field(default_factory=dict)  # event index -> times in a row
 
     def event(self, kind: str, text: str) -> None:
-        """Append one line to the event log."""
-        self.events.append((self.now(), kind, text))
+        """Append one line to the event log (a line repeating the previous one is counted)."""
+        events = self.events
+        if events and events[-1][1] == kind and events[-1][2] == text:
+            self.repeats[len(events) - 1] = self.repeats.get(len(events) - 1, 1) + 1
+            return
+        events.append((self.now(), kind, text))
 
     def fault(self, kind: str, text: str) -> None:
         """Count and log an injected fault."""
@@ -39,8 +44,13 @@ class Trace:
 
     def lines(self, last: int | None = None) -> list[str]:
         """The event log as text lines (the last `last` ones, or all)."""
-        chosen = self.events if last is None else self.events[-last:]
-        return [f"{t:9.3f}  {kind:<9} {text}" for t, kind, text in chosen]
+        first = 0 if last is None else max(0, len(self.events) - last)
+        lines = []
+        for i in range(first, len(self.events)):
+            t, kind, text = self.events[i]
+            times = self.repeats.get(i)
+            lines.append(f"{t:9.3f}  {kind:<9} {text}" + (f"  (x{times})" if times else ""))
+        return lines
 
 
 class _TailHandler(logging.Handler):
