@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ import pytest
 from agent.cluster import ClusterError
 from agent.election import LeaderElector
 from backends.base import CheckResult, PowerBackend, PowerState
-from hwsim.sim.api import ApiChaos, ApiServer, SimClusterApi
+from hwsim.sim.api import ApiChaos, SimClusterApi
+from hwsim.sim.apiserver import ApiServer
 from hwsim.sim.broker import topic_matches
 from hwsim.sim.runner import RunResult, run_seed
 from hwsim.sim.trace import Trace
@@ -70,7 +72,7 @@ def test_a_killed_process_never_runs_again_but_its_sent_requests_land() -> None:
     loop = VirtualLoop()
     trace = Trace(loop.time)
     server = ApiServer(loop, trace)
-    api = SimClusterApi(server, __import__("random").Random(1))
+    api = SimClusterApi(server, random.Random(1))
     proc = SimProcess("p")
     after: list[str] = []
 
@@ -80,7 +82,6 @@ def test_a_killed_process_never_runs_again_but_its_sent_requests_land() -> None:
         after.append("answer read")
 
     spawn(loop, proc, writer(), "writer")
-    loop.call_soon(lambda: None)
     loop.run_until_complete(asyncio.sleep(0.001))  # the request is on its way
     loop.kill(proc)
     loop.run_until_complete(asyncio.sleep(1))
@@ -125,8 +126,6 @@ def test_topic_filters_match_as_mqtt_says(filt: str, topic: str, matches: bool) 
 
 
 def _api() -> tuple[VirtualLoop, ApiServer, SimClusterApi]:
-    import random
-
     loop = VirtualLoop()
     server = ApiServer(loop, Trace(loop.time))
     return loop, server, SimClusterApi(server, random.Random(2))

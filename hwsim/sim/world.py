@@ -13,7 +13,7 @@ from collections.abc import Callable
 from agent.profiles import DEFAULT
 from backends.base import PowerBackend
 from hwsim.sim.agents import NodeAgent
-from hwsim.sim.api import ApiServer
+from hwsim.sim.apiserver import ApiServer
 from hwsim.sim.bmc import Channel, ChannelKind
 from hwsim.sim.broker import SimBroker
 from hwsim.sim.candidates import Candidate, StaticInventory
