@@ -115,6 +115,11 @@ class Candidate:
     # -- life ------------------------------------------------------------------------------------
 
     @property
+    def holder(self) -> str:
+        """The name it writes into the Lease (the elector's identity)."""
+        return self.lc.elector.identity
+
+    @property
     def alive(self) -> bool:
         """Not killed (running or paused)."""
         return self.proc.state is not ProcState.KILLED

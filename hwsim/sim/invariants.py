@@ -289,7 +289,7 @@ class Invariants(ApiListener):
         if holder is not None:
             self._lease_by[holder] = now
         cand = self._by_proc.get(proc) if proc is not None else None
-        if cand is not None and holder == cand.identity:
+        if cand is not None and holder == cand.holder:
             cand.last_lease_write = now
             if before != holder or cand.acquired_at is None:
                 cand.acquired_at = now
@@ -316,7 +316,7 @@ class Invariants(ApiListener):
                 f" (renew_deadline {deadline:g} s)",
             )
         for holder, at in self._lease_by.items():
-            if holder != cand.identity and at > renewed:
+            if holder != cand.holder and at > renewed:
                 self.violate(
                     "two-leaders",
                     node,
