@@ -237,6 +237,47 @@ class ClusterApi:
                     raise
         raise ClusterError(f"taint node {node}: kept conflicting with other writers")
 
+    async def untaint_out_of_service(self, node: str, uid: str | None = None) -> bool:
+        """Remove the out-of-service taint (a node whose proof turned out stale runs again).
+        False when the Node (with `uid`: that object) no longer exists. Read-modify-write with
+        resourceVersion, as for the taint."""
+        for _ in range(5):
+            try:
+                obj = await self._call_any(
+                    f"read node {node}",
+                    lambda: self.core.read_node(node, _request_timeout=self.timeout),
+                )
+            except ClusterError as err:
+                if err.status == 404:
+                    return False
+                raise
+            if uid is not None and obj.metadata.uid != uid:
+                return False
+            taints = list(obj.spec.taints or []) if obj.spec else []
+            kept = [t for t in taints if t.key != OUT_OF_SERVICE_TAINT["key"]]
+            if len(kept) == len(taints):
+                return True
+            body = {
+                "metadata": {"resourceVersion": obj.metadata.resource_version},
+                "spec": {
+                    "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in kept]
+                },
+            }
+            try:
+                await self._call(
+                    f"untaint node {node}",
+                    lambda b=body: self.core.patch_node(  # type: ignore[misc]
+                        node, b, _request_timeout=self.timeout
+                    ),
+                )
+                return True
+            except ClusterError as err:
+                if err.status == 404:
+                    return False
+                if err.status != 409:
+                    raise
+        raise ClusterError(f"untaint node {node}: kept conflicting with other writers")
+
     async def delete_node(self, node: str, uid: str | None = None) -> None:
         """Delete the Node (with `uid`: only that object, a uid precondition); an already
         deleted Node, or one re-registered since (another uid), is fine: ours is gone."""

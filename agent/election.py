@@ -97,6 +97,11 @@ class LeaderElector:
             await self._release()
 
     async def _lead(self, lead: LeaderTask, stop: asyncio.Event) -> None:
+        if not self.is_leader:
+            # Acquired, then stalled (a pause, a starved loop) for longer than the renew
+            # deadline: another candidate may hold the Lease by now. Campaign again instead.
+            log.warning("not leading: the Lease was acquired too long ago to be trusted")
+            return
         self.leader_since = self._clock()
         log.info("became leader", extra={"identity": self.identity})
         metrics.IS_LEADER.set(1)

@@ -44,9 +44,11 @@ from agent.fencing import (
     Operation,
     Phase,
     PoweredOn,
+    PoweredOnAgain,
     SelfFenced,
     Tainted,
     Timing,
+    VmOutcome,
     apply,
     next_action,
 )
@@ -176,19 +178,37 @@ class FenceExecutor:
         )
 
     async def cancel_held(self, node: str, reason: str) -> None:
-        """A held operation's node is alive by this leader's own evidence: abort it."""
+        """A held operation's node is alive by this leader's own evidence (or in maintenance,
+        or gone): abort it. One whose Off was proven before ends as powered on again (its
+        taint, if any, removed): never delete the Node of a machine that runs again."""
         op = self.operations.get(node)
         if node not in self._held or op is None or op.final or self.busy(node):
             return
+        try:
+            await self.confirm_leader()  # a stale leader must not end another leader's work
+        except Exception as err:
+            log.warning("not ending the held operation of %s: %s", node, err)
+            return
         self._held.discard(node)
-        op = apply(op, Cancelled(reason), self.clock(), self.timing)
+        event: Event = PoweredOnAgain(reason) if op.off_proven else Cancelled(reason)
+        op = apply(op, event, self.clock(), self.timing)
         self.operations[node] = op
         log.warning("fencing node=%s op=%s: %s", node, op.id, reason)
         try:
             await self.store.save(op)
         except Superseded:
             return
+        await self._untaint_if_voided(op)
         await self.reports.phase_changed(op)
+
+    def go_on(self, node: str) -> None:
+        """Launch a held operation whose Off is proven: this leader, past its first window,
+        sees no life of the node (cleanup checks the proof once more before each step)."""
+        op = self.operations.get(node)
+        if node in self._held and op is not None and op.off_proven and not self.busy(node):
+            self._held.discard(node)
+            log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
+            self._launch(op)
 
     def forget(self, node: str, *, force: bool = False) -> None:
         """Drop a finished operation of a Node that is gone (it may rejoin and fail again)."""
@@ -232,11 +252,14 @@ class FenceExecutor:
     async def resume(self) -> int:
         """Take over every unfinished operation recorded in the cluster; returns how many.
 
-        An operation whose Off is proven goes on at once (cleanup and recovery need no new
-        verdict). Any other is held until this leader, with its own evidence, declares the
-        node dead (`submit`: it goes on) or sees it alive (`cancel_held`: it is aborted),
-        even when the previous leader stored PowerOffSending: this leader cannot know whether
-        that request went out, and it never powers off a node it has not judged itself."""
+        An operation whose Node is already deleted goes on at once (only its VMs are left to
+        judge). Any other is held until this leader, past its own first window, has judged the
+        node: one that sent no power-off, or sent one without proof, goes on when this leader
+        declares the node dead (`submit`), even when the previous leader stored
+        PowerOffSending (this leader cannot know whether that request went out, and it never
+        powers off a node it has not judged itself); one whose Off is proven goes on unless the
+        node shows life (`go_on`); any of them is aborted when the node is alive
+        (`cancel_held`)."""
         try:
             records = await self.api.list_records(self.namespace)
         except ClusterError as err:
@@ -259,7 +282,7 @@ class FenceExecutor:
             op = self._from_record(rec)
             self.operations[op.node] = op
             taken += 1
-            if op.off_proven or op.node in self._decided:
+            if op.node_deleted or op.node in self._decided:
                 log.warning("resuming the fencing of %s from phase %s", op.node, op.phase.value)
                 self._launch(op)
             elif op.node not in self._held:
@@ -280,9 +303,9 @@ class FenceExecutor:
             await asyncio.sleep(self.reconcile_interval)
             await self.resume()
             for node, op in list(self.operations.items()):
-                if op.final or self.busy(node) or node in self._held:
-                    continue
-                if op.off_proven or node in self._decided:
+                if op.final or self.busy(node) or node in self._held or self.store.has(node):
+                    continue  # stored ones are picked up from the API by `resume`
+                if node in self._decided:
                     self._launch(op)
 
     async def stop(self) -> None:
@@ -306,42 +329,74 @@ class FenceExecutor:
     # -- the loop -------------------------------------------------------------------------------
 
     async def _run(self, op: Operation) -> None:
+        """Drive `op` to a final phase. Every change is stored before the next action, so no
+        step (a taint, a deletion) ever goes out before the state that allows it is in the
+        record: a successor, or an operator, always sees at least what was done."""
+        node = op.node
+        stored_phase: Phase | None = None
+        stored_vms: tuple[VmOutcome, ...] | None = None
+        dirty = not self.store.has(node)
+        if not dirty:
+            stored_phase, stored_vms = op.phase, op.vms
         try:
-            if not self.store.has(op.node):
-                await self.store.save(op)
-                await self.reports.event(
-                    op, "FenceStarted", f"fencing started: {op.node} declared dead", True
-                )
-            while not op.final:
+            while True:
+                if dirty:
+                    if not self.store.has(node):
+                        # A new record tells its node it is being fenced (its watchdog stops
+                        # feeding): only the holder of the Lease may write one.
+                        await self._leader_or_stop()
+                    try:
+                        await self.store.save(op, required=True)
+                    except ClusterError as err:
+                        log.error("fencing %s: cannot store the record: %s", node, err)
+                        await asyncio.sleep(self.check_interval)
+                        continue
+                    dirty = False
+                    if stored_phase is None:
+                        await self.reports.event(
+                            op, "FenceStarted", f"fencing started: {node} declared dead", True
+                        )
+                    elif op.phase is not stored_phase:
+                        await self.reports.phase_changed(op)
+                    await self.reports.vm_events(op, stored_vms)
+                    stored_phase, stored_vms = op.phase, op.vms
+                if op.final:
+                    break
                 action = next_action(op, self.clock())
                 try:
                     event = await self._do(action, op)
                 except ClusterError as err:
                     # The API is flaky or down: retry the same step; nothing irreversible
                     # is repeated without the leader check before it.
-                    log.error("fencing %s: %s failed: %s", op.node, action.value, err)
+                    log.error("fencing %s: %s failed: %s", node, action.value, err)
                     await asyncio.sleep(self.check_interval)
                     continue
-                op = self.operations[op.node]  # the power walk may have advanced it
+                walked = self.operations[node]  # the power walk may have advanced it
+                if walked != op:
+                    op, stored_phase = walked, walked.phase  # stored by the walk's guard
                 if event is None:
                     continue
-                before, before_vms = op.phase, op.vms
-                op = apply(op, event, self.clock(), self.timing)
-                self.operations[op.node] = op
-                await self.store.save(op)
-                if op.phase is not before:
-                    await self.reports.phase_changed(op)
-                await self.reports.vm_events(op, before_vms)
+                after = apply(op, event, self.clock(), self.timing)
+                if after != op:
+                    op, dirty = after, True
+                    self.operations[node] = op
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
             metrics.OPERATIONS.labels(op.phase.value).inc()
             if op.phase is Phase.RECOVERED and op.deleted_at is not None:
                 metrics.RECOVERY.observe(self.clock() - op.deleted_at)
         except Superseded:
             log.warning(
-                "fencing record of %s was updated by another leader; stepping back", op.node
+                "fencing record of %s was updated by another writer; stepping back and"
+                " reading it again",
+                node,
             )
+            # The stored record is the truth now: forget this copy, so that the next pick-up
+            # (`resume`) adopts the record as it is, under the same hold rules.
+            if self.operations.get(node) is op or self.operations.get(node) == op:
+                self.operations.pop(node, None)
+            self.store.forget(node)
         except StopWalk as stop:
-            log.warning("fencing of %s stopped: %s", op.node, stop)
+            log.warning("fencing of %s stopped: %s", node, stop)
 
     async def _do(self, action: Action, op: Operation) -> Event | None:
         if action is Action.POWER_OFF:
@@ -360,10 +415,17 @@ class FenceExecutor:
         if action is Action.SNAPSHOT_VMS:
             return await self._snapshot(op)
         if action is Action.TAINT:
+            again = await self._proof_stale(op)
+            if again is not None:
+                return again
             await self._leader_or_stop()
             await self.api.taint_out_of_service(op.node, op.node_uid or None)
             return Tainted()
         if action is Action.DELETE_NODE:
+            again = await self._proof_stale(op)
+            if again is not None:
+                await self._untaint_if_voided(apply(op, again, self.clock(), self.timing))
+                return again
             await self._leader_or_stop()
             await self.api.delete_node(op.node, op.node_uid or None)
             log.warning("node %s deleted after a proven power-off", op.node)
@@ -378,6 +440,46 @@ class FenceExecutor:
             self._checked.add(op.node)
             return await vms_seen(self.api, op)
         return None
+
+    async def _proof_stale(self, op: Operation) -> PoweredOnAgain | None:
+        """Before a cleanup step: does the machine run again since its Off was proven? Life
+        seen since the proof (or since this leader took the operation over), or a device of
+        the level that proved Off reading On now. A device that cannot be read proves
+        nothing either way (a watchdog proof has no BMC to ask)."""
+        since = op.proven_at if op.proven_at is not None else self.store.marked_at.get(op.node)
+        if since is not None:
+            evidence = self.alive_since(op.node, since)
+            if evidence:
+                return PoweredOnAgain(evidence)
+        inventory = self.inventory()
+        node_inv = inventory.nodes.get(op.node) if inventory else None
+        if inventory is None or node_inv is None or op.level is None:
+            return None
+        if not 1 <= op.level <= len(node_inv.levels):
+            return None
+        proved = NodeInventory(node_inv.name, (node_inv.levels[op.level - 1],))
+        outcome = await PowerFencer(
+            proved, inventory.policy, factory=self.backend_factory, clock=self.clock
+        ).run(PowerAction.STATUS)
+        on = sorted({s.device for s in outcome.steps if s.result == "on"})
+        if on:
+            return PoweredOnAgain(f"{', '.join(on)} read On again")
+        return None
+
+    async def _untaint_if_voided(self, op: Operation) -> None:
+        """A voided proof: take the out-of-service taint off the running node again."""
+        if op.phase is not Phase.ABORTED or not (op.off_proven and op.tainted):
+            return
+        try:
+            await self.api.untaint_out_of_service(op.node, op.node_uid or None)
+        except ClusterError as err:
+            log.error(
+                "node %s runs again but its out-of-service taint could not be removed: %s;"
+                " remove it by hand (kubectl taint node %s node.kubernetes.io/out-of-service-)",
+                op.node,
+                err,
+                op.node,
+            )
 
     def _self_fenced(self, op: Operation) -> SelfFenced | None:
         """A `SelfFenced` event when the watchdog rule holds for `op` now (see the module doc)."""
@@ -425,6 +527,7 @@ class FenceExecutor:
             node_inv,
             inventory.policy,
             guard=guard,
+            last_look=guard.last_look,
             factory=self.backend_factory,
             clock=self.clock,
         )

@@ -8,9 +8,10 @@ request of an operation, in this order:
 3. store the point of no return (PowerOffSending); if that write fails, nothing is sent;
 4. read the Node from the API server: a maintenance mark, or another Node object than the one
    declared dead (it registered again), aborts;
-5. look for life since the decision once more (heartbeats that arrived during 2-4 count);
-then nothing is awaited before the request goes out. A stop is reported as the event the
-executor folds in (`stopped`), or as a lost Lease.
+5. look for life since the decision once more (heartbeats that arrived during 2-4 count),
+   right before the first request is handed to its backend (`last_look`, called by the power
+   walk with nothing awaited in between).
+A stop is reported as the event the executor folds in (`stopped`), or as a lost Lease.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class WalkGuard:
         self.timing = timing
         self.stopped: Event | None = None  # why the walk stopped, as an event to fold in
         self.lost_lease = False
+        self.first_sent = op.power_off_sent  # a request of this operation went out
 
     def _stop(self, event: Event | None, why: str) -> StopWalk:
         self.stopped = event
@@ -103,7 +105,15 @@ class WalkGuard:
         if info is not None and info.maintenance:
             why = "node entered maintenance before the power-off was sent"
             raise self._stop(Cancelled(why), why)
+
+    def last_look(self, device: str) -> None:
+        """Right before a power-off request goes to `device`: the first one of the operation
+        goes out only if the node showed no life since the decision. Later ones (the other
+        devices of the level) must go out whatever happens: one request already did."""
+        if self.first_sent:
+            return
         evidence = self._life()
         if evidence:
             why = f"node came back before the power-off was sent ({evidence})"
             raise self._stop(Cancelled(why), why)
+        self.first_sent = True

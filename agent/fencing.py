@@ -15,6 +15,10 @@ result back into a new `Operation`. Safety lives here and is tested exhaustively
 - once `power_off_sent` is set (the point of no return) a node coming back does not abort the
   operation: it runs on to proof, cleanup and recovery;
 - a node coming back, or entering maintenance, before that point aborts the operation;
+- `PoweredOnAgain` ends an operation whose Off was proven but whose Node is not deleted yet,
+  when the machine shows it runs again (powered on by someone, a BMC's power-restore policy):
+  the proof is stale, and deleting the Node of a running machine would start its VMs twice.
+  The operation ends Aborted with the Node kept (the executor removes its taint, if any);
 - `Cancelled` aborts any operation whose Off is not proven: the executor reports it only when
   it knows no power-off went out (its last check after storing PowerOffSending found the node
   alive or in maintenance), or when a new leader resumed the operation without deciding the
@@ -102,6 +106,7 @@ class Operation:
     node_uid: str = ""  # the Node object decided dead: taint and delete only that one
     reboot: bool = False  # after_proof reboot: power on once the Node deletion is stored
     powered_on: bool | None = None  # reboot: None not tried yet, else whether it worked
+    proven_at: float | None = None  # when this process saw the proof (monotonic; not stored)
 
     @property
     def final(self) -> bool:
@@ -135,6 +140,14 @@ class Cancelled:
     never decided the node dead), and the node is alive or in maintenance."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class PoweredOnAgain:
+    """After a proven Off, before the Node was deleted: the machine runs again (its BMC reads
+    On, or the node showed life since the proof)."""
+
+    evidence: str
 
 
 @dataclass(frozen=True)
@@ -207,6 +220,7 @@ Event = (
     | VmsSeen
     | Cancelled
     | SendWithdrawn
+    | PoweredOnAgain
 )
 
 
@@ -264,6 +278,17 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
         if op.off_proven:
             return op  # proof is proof: cleanup and recovery go on
         return replace(op, phase=Phase.ABORTED, power_off_sent=False, reason=event.reason)
+    if isinstance(event, PoweredOnAgain):
+        if not op.off_proven or op.node_deleted:
+            return op  # nothing proven to void, or too late: the Node is gone
+        return replace(
+            op,
+            phase=Phase.ABORTED,
+            reason=(
+                f"powered on again after the proof, before the Node was deleted"
+                f" ({event.evidence}): the Node is kept and its VMs stay where they run"
+            ),
+        )
     if isinstance(event, SendWithdrawn):
         if op.off_proven or op.phase is not Phase.FENCING:
             return op  # only right after PowerOffSending (which always leads to Fencing)
@@ -295,6 +320,7 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
                 retry_at=None,
                 reason="power off proven by read-back",
                 proof="read-back",
+                proven_at=now,
             )
         attempts = op.attempts + 1
         last = event.errors[-1] if event.errors else "no level succeeded"
@@ -316,6 +342,7 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
             retry_at=None,
             reason=event.evidence,
             proof="watchdog",
+            proven_at=now,
         )
     if not op.off_proven:
         return op  # nothing past the proof can happen before it

@@ -462,10 +462,12 @@ class LeaderSide:
     async def _advance_held(self, maintenance: frozenset[str], now: float) -> None:
         """Resumed operations this leader did not decide (held, see FenceExecutor.resume):
         once it can judge (its own first window over, its broker connection up), abort those
-        whose node it finds alive, in maintenance or gone from the cluster. One whose power-off
-        the old leader may have sent goes on once this leader's own verdict is DEAD, even
-        while the storm guard freezes new decisions (the decision was taken and committed);
-        one that sent nothing waits for a fence decision that passes every guard."""
+        whose node it finds alive, in maintenance or gone from the cluster. One whose Off was
+        proven goes on unless the node is alive (then its proof is stale: the machine runs
+        again). One whose power-off the old leader may have sent goes on once this leader's
+        own verdict is DEAD, even while the storm guard freezes new decisions (the decision was
+        taken and committed); one that sent nothing waits for a fence decision that passes
+        every guard."""
         assert self.executor is not None
         if (
             leader_guard(
@@ -478,9 +480,18 @@ class LeaderSide:
         for node in sorted(self.executor.held()):
             v = verdicts.get(node)
             op = self.executor.operations.get(node)
+            alive = v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST)
+            if op is not None and op.off_proven:
+                if alive:
+                    assert v is not None
+                    await self.executor.cancel_held(node, f"node alive again ({v.reason})")
+                else:
+                    self.executor.go_on(node)
+                continue
             if node in maintenance and not (op and op.power_off_sent):
                 why = "node in maintenance (seen by a new leader that never decided to fence it)"
-            elif v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST):
+            elif alive:
+                assert v is not None
                 why = f"node alive by the new leader's own evidence ({v.reason})"
             elif node not in self.nodes and self._last_kube_look is not None:
                 why = "its Node no longer exists and this leader never decided to fence it"

@@ -30,6 +30,7 @@ from backends.spec import DeviceSpec
 BackendFactory = Callable[[str, DeviceSpec], PowerBackend]
 StepListener = Callable[[Step], None]
 Guard = Callable[[str], Awaitable[None]]
+LastLook = Callable[[str], None]
 
 
 class StopWalk(Exception):
@@ -44,6 +45,8 @@ class PowerFencer:
 
     `guard(step)` is awaited before every irreversible request (power off/on); it raises
     `StopWalk` to stop the walk (the leader uses it to check it still holds its Lease).
+    `last_look(device)` is called right before each power-off request is handed to its
+    backend, with nothing awaited in between (it may raise `StopWalk` too).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class PowerFencer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_step: StepListener | None = None,
         guard: Guard | None = None,
+        last_look: LastLook | None = None,
     ) -> None:
         self.node = node
         self.policy = policy
@@ -64,6 +68,7 @@ class PowerFencer:
         self._sleep = sleep
         self._on_step = on_step
         self._guard = guard
+        self._last_look = last_look
         self._backends: dict[str, PowerBackend] = {}
         self._started = 0.0
         self._outcome = Outcome(node.name, Action.STATUS)
@@ -169,6 +174,8 @@ class PowerFencer:
 
     async def _request(self, li: int, dev: DeviceSpec, verb: str) -> None:
         backend = self._backend(dev)
+        if verb == "off" and self._last_look is not None:
+            self._last_look(dev.name)  # no await between this look and the request
         try:
             await (backend.power_off() if verb == "off" else backend.power_on())
         except FenceError as err:

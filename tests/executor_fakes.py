@@ -96,6 +96,14 @@ class FakeApi:
         n.tainted = True
         return True
 
+    async def untaint_out_of_service(self, node: str, uid: str | None = None) -> bool:
+        self.calls.append("untaint")
+        n = self.nodes.get(node)
+        if n is None or (uid is not None and n.uid != uid):
+            return False
+        n.tainted = False
+        return True
+
     async def delete_node(self, node: str, uid: str | None = None) -> None:
         self.calls.append("delete_node")
         n = self.nodes.get(node)

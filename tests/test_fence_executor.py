@@ -135,8 +135,10 @@ async def test_the_point_of_no_return_is_stored_before_the_last_looks_and_then_t
     before = api.calls[:first_off]
     # Lease renewed, PowerOffSending stored, maintenance and identity read fresh, life looked
     # for since the decision: in this order, and nothing else before the request.
-    tail = before[before.index("confirm_leader") :]
+    tail = before[before.index("save Fencing+sent") - 1 :]
     assert tail == ["confirm_leader", "save Fencing+sent", "get_node", "alive_check"]
+    # and a new record is only ever written by the Lease holder
+    assert before[before.index("save Pending") - 1] == "confirm_leader"
     assert record(api)["status"]["phase"] == "Recovered"
 
 
@@ -257,7 +259,9 @@ async def test_a_resumed_operation_is_aborted_when_this_leader_sees_the_node_ali
     assert machine.offs == 0 and not ex.held()
 
 
-async def test_a_resumed_operation_with_a_proven_off_goes_on_at_once(tmp_path: Path) -> None:
+async def test_a_resumed_operation_with_a_proven_off_goes_on_without_a_new_verdict(
+    tmp_path: Path,
+) -> None:
     api, machine, leader = world()
     machine.on = False
     proven = Operation(
@@ -266,9 +270,49 @@ async def test_a_resumed_operation_with_a_proven_off_goes_on_at_once(tmp_path: P
     stored_op(api, proven)
     ex = make(tmp_path, api, machine, leader)
     await ex.resume()
+    assert ex.held() == {N}  # until this leader has judged for a window: no life, no stale proof
+    ex.go_on(N)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Recovered" and N not in api.nodes
     assert machine.offs == 0  # no new power-off: cleanup needs none
+
+
+async def test_a_machine_running_again_after_its_proof_is_never_cleaned_up(
+    tmp_path: Path,
+) -> None:
+    # Proven off, then powered on again (someone, a BMC's power-restore policy) before the
+    # taint: deleting its Node now would start its VMs a second time.
+    api, machine, leader = world()
+    machine.on = True
+    proven = Operation(
+        N, "old1", phase=Phase.POWERED_OFF, power_off_sent=True, off_proven=True, level=1,
+        node_uid="uid-1",
+    )  # fmt: skip
+    stored_op(api, proven)
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    ex.go_on(N)
+    await settle(ex)
+    st = record(api)["status"]
+    assert st["phase"] == "Aborted" and "powered on again" in st["reason"]
+    assert N in api.nodes and not api.nodes[N].tainted and "taint" not in api.calls
+
+
+async def test_a_proof_voided_after_the_taint_takes_the_taint_off_again(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    machine.on = True  # runs again; the node was tainted already
+    api.nodes[N].tainted = True
+    tainted = Operation(
+        N, "old1", phase=Phase.POWERED_OFF, power_off_sent=True, off_proven=True, level=1,
+        tainted=True, vms=(), node_uid="uid-1",
+    )  # fmt: skip
+    stored_op(api, tainted)
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    ex.go_on(N)
+    await settle(ex)
+    assert record(api)["status"]["phase"] == "Aborted"
+    assert N in api.nodes and not api.nodes[N].tainted and "delete_node" not in api.calls
 
 
 async def test_a_resumed_recovering_operation_ends_by_its_deadline(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from agent.fencing import (
     Operation,
     Phase,
     PoweredOn,
+    PoweredOnAgain,
     PowerOffSending,
     SelfFenced,
     SendWithdrawn,
@@ -139,6 +140,7 @@ EVENTS: dict[str, Event] = {
     "cancelled": Cancelled("node alive by the new leader's own evidence"),
     "withdrawn": SendWithdrawn("cannot read the Node before the power-off"),
     "powered-on": PoweredOn(True),
+    "on-again": PoweredOnAgain("ipmi read On again"),
 }
 
 
@@ -152,6 +154,7 @@ def _proof(op: Operation) -> dict[str, Any]:
         "retry_at": None,
         "reason": "power off proven by read-back",
         "proof": "read-back",
+        "proven_at": NOW,
     }
 
 
@@ -161,6 +164,7 @@ SELF_FENCED = {
     "retry_at": None,
     "reason": "watchdog self-fence: deadline passed",
     "proof": "watchdog",
+    "proven_at": NOW,
 }
 
 
@@ -175,6 +179,11 @@ def _failure(op: Operation) -> dict[str, Any]:
     }
 
 
+ON_AGAIN = {
+    "phase": Phase.ABORTED,
+    "reason": "powered on again after the proof, before the Node was deleted (ipmi read On"
+    " again): the Node is kept and its VMs stay where they run",
+}
 CANCELLED = {
     "phase": Phase.ABORTED,
     "power_off_sent": False,
@@ -251,6 +260,7 @@ def _before_proof(op: Operation) -> dict[str, dict[str, Any]]:
         "cancelled": CANCELLED,  # the executor knows no request went out
         "withdrawn": _withdrawn(op),  # only right after PowerOffSending
         "powered-on": UNCHANGED,
+        "on-again": UNCHANGED,  # nothing proven to void
     }
 
 
@@ -265,6 +275,8 @@ def _after_proof(op: Operation, **rest: dict[str, Any]) -> dict[str, dict[str, A
         "cancelled": UNCHANGED,  # proof is proof
         "withdrawn": UNCHANGED,
         "powered-on": UNCHANGED,  # only with after_proof reboot, once deleted
+        # the machine runs again before its Node was deleted: the proof is stale
+        "on-again": UNCHANGED if op.node_deleted else ON_AGAIN,
         **rest,
     }
 
@@ -616,6 +628,7 @@ noise = st.one_of(
     st.builds(NodeAlive, st.sampled_from(("heartbeat", "lease"))),
     st.just(Maintenance()),
     st.just(Cancelled("alive, and no request went out")),
+    st.just(PoweredOnAgain("reads On again")),
 )
 walk_reports = st.builds(
     FenceDone,
@@ -697,18 +710,25 @@ def replay(history: Iterable[tuple[Event, float]]) -> tuple[Operation, float]:
 
 def check_step(before: Operation, now: float, after: Operation, event: Event) -> None:
     """The invariants every single transition keeps, whatever the event."""
-    # Only the executor's "no request went out" reports may undo the point of no return.
+    # Only the executor's "no request went out" reports may undo the point of no return, and
+    # only a machine seen running again may end a proven operation before its Node is gone.
     undoes = isinstance(event, Cancelled | SendWithdrawn)
+    voids = isinstance(event, PoweredOnAgain)
     # (a) nothing irreversible on the Node before a proven Off
     assert after.off_proven or not (after.tainted or after.node_deleted)
     for at in (now, now + 1e9):
         if next_action(after, at) in (Action.TAINT, Action.DELETE_NODE):
             assert after.off_proven
     # (b) the point of no return: a sent request or a proven Off is never aborted
-    if before.off_proven or (before.power_off_sent and not undoes):
+    past_return = (before.off_proven and not voids) or (
+        before.power_off_sent and not (undoes or voids)
+    )
+    if past_return and not before.final:
         assert after.phase is not Phase.ABORTED
+    if after.phase is Phase.ABORTED and not after.off_proven:
+        assert not (after.power_off_sent or after.tainted or after.node_deleted)
     if after.phase is Phase.ABORTED:
-        assert not (after.power_off_sent or after.off_proven or after.tainted or after.node_deleted)
+        assert not after.node_deleted  # a deleted Node is never "aborted": its VMs moved
     # (c) final phases absorb everything
     if before.final:
         assert after == before

@@ -145,6 +145,13 @@ class SimClusterApi(ClusterApi):
             f"taint node {node}", lambda: self.server.taint(proc, node, uid), True
         )
 
+    async def untaint_out_of_service(self, node: str, uid: str | None = None) -> bool:
+        """See `ClusterApi.untaint_out_of_service`."""
+        proc = self._proc()
+        return await self._sim(
+            f"untaint node {node}", lambda: self.server.untaint(proc, node, uid), True
+        )
+
     async def delete_node(self, node: str, uid: str | None = None) -> None:
         """See `ClusterApi.delete_node` (with `uid`: a uid precondition)."""
         proc = self._proc()

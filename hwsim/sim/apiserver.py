@@ -243,6 +243,16 @@ class ApiServer:
             self.listener.node_cleaned(proc, "taint", node)
         return True
 
+    def untaint(self, proc: SimProcess | None, name: str, uid: str | None = None) -> bool:
+        node = self.nodes.get(name)
+        if node is None or (uid is not None and node.uid != uid):
+            return False
+        if node.tainted:
+            node.tainted = False
+            node.resource_version = self._bump()
+            self.trace.event("api", f"node {name} out-of-service taint removed by {_who(proc)}")
+        return True
+
     def delete_node(self, proc: SimProcess | None, name: str, uid: str | None = None) -> None:
         node = self.nodes.get(name)
         if node is None or (uid is not None and node.uid != uid):

@@ -81,6 +81,8 @@ class Candidate:
             broker=self.broker,
             backend_factory=self.backend,
             tick=world.settings.tick,
+            # as production's `<node>_<per-process id>`, but the same in every replay
+            identity=f"{identity}_{generation:08x}",
         )
         self.task: asyncio.Task[None] | None = None
 

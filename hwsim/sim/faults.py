@@ -272,6 +272,11 @@ class FaultScheduler:
             ("unreachable", "slow", "auth", "error", "ignore-off", "early-off", "off-delay")
         )
         f = ChannelFaults()
+        liar = any(c is not ch and c.faults.early_off for c in channels)
+        if kind == "unreachable" and liar:
+            # The witness of a channel that lies about Off stays: silenced, no read-back of
+            # anyone's could tell the lie (an answering error still blocks the proof).
+            kind = "error"
         if kind == "unreachable":
             f.unreachable = True
         elif kind == "slow":

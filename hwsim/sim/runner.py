@@ -7,7 +7,8 @@ at `quiet_bound`, where the liveness invariants are judged:
 - `not-fenced`: a node that was dead (powered off or partitioned) when the faults stopped is
   still not fenced: no FenceOperation of it says offProven and nodeDeleted. Not
   demanded when more nodes were dead than `max_unhealthy` allows (the storm guard rightly
-  holds) or when the node was in maintenance.
+  holds; counted over the machines when the faults stop, or by the leader itself, whose Node
+  count shrinks as it deletes fenced Nodes) or when the node was in maintenance.
 - `stuck-operation`: a FenceOperation is still unfinished `quiet_bound` seconds after the
   faults stopped (except on a *lost* machine: cut off with no BMC answering; only a watchdog
   proof can end those; and, while the storm guard rightly holds every decision, an operation
@@ -28,7 +29,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from agent import metrics
 from agent.fencing import FINAL, Phase
-from agent.policy import MaxUnhealthy
+from agent.policy import AlertKind, MaxUnhealthy
 from hwsim.sim.invariants import Violation
 from hwsim.sim.settings import NAMESPACE, SimSettings, settings_for
 from hwsim.sim.trace import capture_agent_logs
@@ -142,6 +143,10 @@ def _play(world: World, s: SimSettings) -> RunResult:
 
     def check() -> None:
         now = loop.time()
+        if _leader_holds_a_storm(world):
+            # The leader's own count (Nodes deleted since shrink its denominator) says storm:
+            # it rightly fences nobody; nothing can be demanded of it.
+            state["storm"], state["expected"] = True, set()
         # A lost machine's operation can only end by a watchdog proof: give it time to come.
         waiting = world.cfg.fencing.self_fence and now < quiet_at + LOST_GRACE
         lost = any(m.lost for m in world.machines.values())
@@ -179,6 +184,16 @@ def _play(world: World, s: SimSettings) -> RunResult:
         fenced=sum(1 for r in records.values() if (r.get("status") or {}).get("nodeDeleted")),
         crashes=world.crashes,
     )
+
+
+def _leader_holds_a_storm(world: World) -> bool:
+    """Whether a leading candidate's last decision was frozen by the storm guard."""
+    for cand in world.candidates.values():
+        leader = cand.lc.leader if cand.alive else None
+        decision = leader.last_decision if leader is not None else None
+        if decision is not None and any(a.kind is AlertKind.STORM for a in decision.alerts):
+            return True
+    return False
 
 
 def _fenced(world: World, node: str) -> bool:
