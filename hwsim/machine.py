@@ -72,6 +72,8 @@ class SimMachine:
     faults: Faults = field(default_factory=Faults)
     clock: Callable[[], float] = time.monotonic
     power_changes: int = 0
+    off_requests: int = 0  # power-off requests received by any channel (acted on or not)
+    _offs_by_channel: dict[str, int] = field(default_factory=dict)
     channel_faults: dict[str, Faults] = field(default_factory=dict)
     mains: bool = True  # the supply (a PDU outlet) gives power; see `set_mains`
     _pending_off_at: float | None = None
@@ -134,14 +136,22 @@ class SimMachine:
                 return True
             return False
 
+    def off_requests_by_channel(self) -> dict[str, int]:
+        """How many power-off requests each channel received ("" when none was named)."""
+        with self._lock:
+            return dict(self._offs_by_channel)
+
     def power_state(self) -> PowerLiteral:
         """The power state now, applying a delayed power-off whose time has come."""
         self._settle()
         return self.power
 
-    def request_off(self) -> None:
-        """A hard power-off as a BMC receives it, subject to `ignore_off` and `off_delay`."""
+    def request_off(self, channel: str = "") -> None:
+        """A hard power-off as a BMC receives it on `channel`, subject to `ignore_off` and
+        `off_delay`."""
         with self._lock:
+            self.off_requests += 1
+            self._offs_by_channel[channel] = self._offs_by_channel.get(channel, 0) + 1
             if self.faults.ignore_off or self.power == "off":
                 return
             if self.faults.off_delay > 0:

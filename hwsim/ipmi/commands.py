@@ -210,14 +210,14 @@ class Commands:
         machine = self._machine
         if action in (ChassisAction.POWER_DOWN, ChassisAction.SOFT_SHUTDOWN):
             # No OS runs on a simulated machine, so a soft shutdown is an immediate power-off.
-            machine.request_off()
+            machine.request_off(self._channel)
         elif action is ChassisAction.POWER_UP:
             machine.request_on()
         elif machine.power_state() == "off":
             # The spec recommends D5h for cycle (28.3); reset of an off machine is refused alike.
             return Reply(Completion.NOT_SUPPORTED_IN_PRESENT_STATE)
         elif action is ChassisAction.POWER_CYCLE:
-            machine.request_off()
+            machine.request_off(self._channel)
             machine.request_on()
         else:
             self._stats.resets += 1

@@ -263,14 +263,14 @@ class RedfishService:
         ):
             return error(409, "ResourceInUse", f"The system is already {power.capitalize()}.")
         if kind in _OFF:
-            machine.request_off()
+            machine.request_off(self.channel)
         elif kind in _ON:
             machine.request_on()
         elif kind in _CYCLE:
-            machine.request_off()
+            machine.request_off(self.channel)
             machine.request_on()
         elif kind == "PushPowerButton" and power == "on":
-            machine.request_off()
+            machine.request_off(self.channel)
         elif kind == "PushPowerButton":
             machine.request_on()
         return Reply(204)

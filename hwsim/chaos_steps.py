@@ -1,0 +1,479 @@
+"""How a chaos run performs each scheduled step on a running `SimCluster`.
+
+`StepRunner.perform(step)` does one step and reports what it did through `say` (a line of the
+timeline, counted as a fault when `count`); `janitor()` powers orphaned machines back on.
+The faults that wait for one moment of a fence (a leader kill at a phase, a record save that
+lands but is never answered) are traps on the API server's writes (`hwsim.chaos_traps`),
+sprung from the server's thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwsim.chaos_actions import START_KIND, Action, FaultKind, Step
+from hwsim.chaos_invariants import FINAL_PHASES
+from hwsim.chaos_traps import RecordTraps, Trap
+from hwsim.kube.writefaults import AppliedWrite, WriteFault
+from hwsim.pdu import restore
+from hwsim.simcluster import SimCluster
+from hwsim.simnode import REPO
+
+Say = Callable[..., None]  # (kind, node, detail="", count=False)
+HEALTHY_BMC: dict[str, Any] = {
+    "unreachable": False,
+    "slow": 0.0,
+    "wrong_credentials": False,
+    "ignore_off": False,
+    "off_delay": 0.0,
+    "fail_first": 0,
+    "errors": False,
+}
+# The moment of a fence each trap waits for.
+MOMENT = {
+    Action.LEADER_KILL_PENDING: "create",
+    Action.LEADER_KILL_SENT: "power-off-sending",
+    Action.LEADER_KILL_RECOVERING: "recovering",
+}
+IN_WALK_DELAY = 0.3  # `in-walk` kills: seconds after the PowerOffSending save was answered
+NO_NODE = frozenset({Action.BROKER_RESTART, Action.LEADER_KILL, Action.AGENT_RESTART})
+
+
+@dataclass
+class StepRunner:
+    """Performs steps on `cluster`; `busy` holds the nodes whose power an episode owns."""
+
+    cluster: SimCluster
+    say: Say
+    now: Callable[[], float]
+    stop: threading.Event
+    steps: list[Step]
+    t0: float
+    janitor_after: float = 3.0
+    janitor_patience: float = 60.0  # ... longer while a fence of the machine is unfinished
+    client_timeout: float = 5.0  # the agents' API client deadline (agent.cluster.ClusterApi)
+    busy: dict[str, int] = field(default_factory=dict)
+    killed: dict[int, str] = field(default_factory=dict)  # episode -> node whose agent died
+    kills: list[dict[str, Any]] = field(default_factory=list)  # phase kills, as they hit
+    missed: list[dict[str, Any]] = field(default_factory=list)  # traps that never sprang
+    threads: list[threading.Thread] = field(default_factory=list)
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    _off_since: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.traps = RecordTraps(self._spring)
+        self.cluster.kube.write_hook = self.traps.hook
+        self._handlers: dict[Action, Callable[[Step, Any], None]] = {
+            Action.POWER_LOSS: self._power_loss,
+            Action.REPAIR: self._repair,
+            Action.PARTITION: self._partition,
+            Action.HEAL: self._repair,
+            Action.BMC_FAULT: self._bmc_fault,
+            Action.BMC_CLEAR: self._bmc_clear,
+            Action.BROKER_RESTART: self._broker_restart,
+            Action.LEADER_KILL: self._leader_kill,
+            Action.AGENT_RESTART: self._agent_restart,
+            Action.MAINTENANCE_ENTER: self._maintenance_enter,
+            Action.MAINTENANCE_EXIT: self._maintenance_exit,
+            Action.AGENT_STOP: self._agent_stop,
+            Action.CUT_OFF: self._cut_off,
+            Action.AGENT_START: self._agent_start,
+            Action.LEADER_KILL_PENDING: self._leader_kill_at,
+            Action.LEADER_KILL_SENT: self._leader_kill_at,
+            Action.LEADER_KILL_RECOVERING: self._leader_kill_at,
+            Action.KILL_DISARM: self._kill_disarm,
+            Action.CHANNEL_ERROR: self._channel_error,
+            Action.CHANNEL_CLEAR: self._channel_clear,
+            Action.PDU_NODE_DOWN: self._pdu_node_down,
+            Action.PDU_NODE_RESTORE: self._pdu_node_restore,
+            Action.RECORD_SAVE_TIMEOUT: self._record_save_timeout,
+            Action.SAVE_DISARM: self._save_disarm,
+            Action.BMC_PARTITION: self._bmc_partition,
+            Action.BMC_PARTITION_END: self._bmc_partition_end,
+        }
+
+    # ---- steps ----------------------------------------------------------------------------
+
+    def perform(self, step: Step) -> None:
+        """Do one step (a step that names no node, where it needs one, is said and skipped)."""
+        if step.node is None and step.action not in NO_NODE:
+            self.say("skipped", None, f"{step.action.value}: no node")
+            return
+        self._handlers[step.action](step, step.node)
+
+    def _machine(self, node: str) -> Any:
+        return self.cluster.fleet[node]
+
+    def _power_loss(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        self._machine(node).cut_power()
+        self.say("power-loss", node, "machine off; its BMC still answers", count=True)
+
+    def _partition(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        self.cluster.nodes[node].isolate()
+        self.say("partition", node, "network cut: agent runs on alone, kubelet silent", count=True)
+
+    def _repair(self, step: Step, node: str) -> None:
+        self.busy.pop(node, None)
+        self.power_on_or_heal(node, step.action)
+
+    def _bmc_fault(self, step: Step, node: str) -> None:
+        self._machine(node).set_faults(**step.params)
+        self.say("bmc-fault", node, _fields(step.params), count=True)
+
+    def _bmc_clear(self, step: Step, node: str) -> None:
+        self._machine(node).set_faults(**HEALTHY_BMC)
+        self.say("bmc-clear", node, "BMC healthy again")
+
+    def _broker_restart(self, step: Step, node: None) -> None:
+        self.cluster.broker.restart()
+        port = self.cluster.broker.port
+        self.say("broker-restart", None, f"mosquitto back on port {port}", count=True)
+
+    def _leader_kill(self, step: Step, node: None) -> None:
+        leader = self.cluster.leader()
+        if leader is None or not self.cluster.nodes[leader].agent_running():
+            self.say("skipped", leader, "leader-kill: no running leader agent")
+            return
+        self.killed[step.episode] = leader
+        self.cluster.nodes[leader].kill_agent()
+        self.say("leader-kill", leader, "SIGKILL of the Lease holder's agent", count=True)
+
+    def _agent_restart(self, step: Step, node: str | None) -> None:
+        victim = self.killed.pop(step.episode, None)
+        sim = self.cluster.nodes[victim] if victim else None
+        if sim is None or sim.agent_running() or sim.partitioned:
+            return
+        if self._machine(sim.name).power_state() == "on":
+            self.cluster.start_agent(sim.name)
+            self.say("agent-restart", sim.name, "agent started again")
+
+    def _maintenance_enter(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        until = self.t0 + max(s.at for s in self.steps if s.episode == step.episode)
+        self._thread(self._maintenance, node, step.episode, until)
+
+    def _maintenance_exit(self, step: Step, node: str) -> None:
+        pass  # the maintenance thread ends its own episode (power on, then exit)
+
+    # ---- issue-12 faults ------------------------------------------------------------------
+
+    def _agent_stop(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        sim = self.cluster.nodes[node]
+        if not sim.agent_running():
+            self.say("skipped", node, "agent-stop: its agent is not running")
+            return
+        sim.kill_agent(signal.SIGTERM)
+        then = step.params.get("cut_off_after")
+        plan = f"; cut off with its BMC dead in {then:g} s" if then else ""
+        self.say("agent-stop", node, f"SIGTERM: watchdog disarmed, kubelet on{plan}", count=True)
+
+    def _cut_off(self, step: Step, node: str) -> None:
+        sim = self.cluster.nodes[node]
+        if self._machine(node).power_state() != "on" or sim.agent_running():
+            self.say("skipped", node, "cut-off: the node is off or its agent runs again")
+            return
+        sim.isolate()
+        self._machine(node).set_faults(unreachable=True)
+        self._double(node, "agent stopped, now cut off with its BMC unreachable")
+
+    def _agent_start(self, step: Step, node: str) -> None:
+        self._machine(node).set_faults(**HEALTHY_BMC)
+        self.busy.pop(node, None)
+        self.power_on_or_heal(node, step.action)
+        sim = self.cluster.nodes[node]
+        if self._machine(node).power_state() == "on" and not sim.agent_running():
+            self.cluster.start_agent(node)
+            self.say("agent-start", node, "BMC healthy, agent started again")
+
+    def _leader_kill_at(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        kind = START_KIND[step.action]
+        # Armed first: the victim's record may be written while its fault is still applied.
+        self.traps.arm(Trap(step.episode, node, kind.value, MOMENT[step.action], step.params))
+        said = _fields(step.params)
+        self.say("kill-armed", node, f"{kind.value} ({said}): the leader dies at that save")
+        if step.params.get("off_delay"):
+            self._machine(node).set_faults(off_delay=float(step.params["off_delay"]))
+        if step.params.get("victim") == "agent-stop+partition":
+            # Cut first, then the clean stop at once (before the agent stops feeding on its
+            # own): silent from the cut on, declared dead in seconds, still powered.
+            sim = self.cluster.nodes[node]
+            sim.isolate()
+            self._double(node, "cut off, then its agent stopped (BMC answers): the kill's victim")
+            sim.kill_agent(signal.SIGTERM)
+        else:
+            self._machine(node).cut_power()
+            self.say("power-loss", node, "the kill's victim: machine off, its BMC answers")
+
+    def _kill_disarm(self, step: Step, node: str) -> None:
+        self._disarm(step, node)
+        self._machine(node).set_faults(**HEALTHY_BMC)
+        self.busy.pop(node, None)
+        self.power_on_or_heal(node, step.action)
+        self._agent_start(step, node)
+        killed = self.killed.pop(step.episode, None)
+        sim = self.cluster.nodes[killed] if killed else None
+        if sim is not None and not sim.agent_running() and sim.machine.power_state() == "on":
+            self.cluster.start_agent(sim.name)
+            self.say("agent-restart", sim.name, "agent started again")
+
+    def _channel_error(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        channel, fault = step.params["channel"], step.params["fault"]
+        self._machine(node).set_channel_faults(channel, **fault)
+        self._machine(node).cut_power()
+        detail = f"{channel} answers {_fields(fault)}, the other channel reads the power"
+        self.say("channel-error", node, detail, count=True)
+        self._double(node, f"power loss + {channel} {_fields(fault)}")
+
+    def _channel_clear(self, step: Step, node: str) -> None:
+        self._machine(node).clear_channel_faults()
+        self.busy.pop(node, None)
+        self.say("channel-clear", node, "every channel healthy again")
+        self.power_on_or_heal(node, step.action)
+
+    def _pdu_node_down(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        if step.params.get("how") == "cut-off":
+            self.cluster.nodes[node].isolate()
+            self._machine(node).set_faults(unreachable=True)
+            detail = "cut off, its BMC unreachable: only its PDU outlet can fence it"
+            self.say("pdu-node-down", node, detail, count=True)
+            self._double(node, "partition + BMC unreachable on the BMC+PDU node")
+        else:
+            self._machine(node).cut_power()
+            detail = "machine off, its BMC answers, its PDU outlet still reads On"
+            self.say("pdu-node-down", node, detail, count=True)
+
+    def _pdu_node_restore(self, step: Step, node: str) -> None:
+        self._machine(node).set_faults(**HEALTHY_BMC)
+        self.busy.pop(node, None)
+        self.power_on_or_heal(node, step.action)
+
+    def _record_save_timeout(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        self._machine(node).cut_power()
+        kind = FaultKind.RECORD_SAVE_TIMEOUT.value
+        self.traps.arm(Trap(step.episode, node, kind, step.params["write"], step.params))
+        self.say(
+            "save-armed", node, f"power loss; its record's {_fields(step.params)} will land late"
+        )
+
+    def _save_disarm(self, step: Step, node: str) -> None:
+        self._disarm(step, node)
+        self.busy.pop(node, None)
+        self.power_on_or_heal(node, step.action)
+
+    def _bmc_partition(self, step: Step, node: str) -> None:
+        self.busy[node] = step.episode
+        self._machine(node).set_faults(**step.params["bmc"])
+        self.cluster.nodes[node].isolate()
+        detail = f"partition + BMC {_fields(step.params['bmc'])}"
+        self.say("double-fault", node, detail, count=True)
+
+    def _bmc_partition_end(self, step: Step, node: str) -> None:
+        self._machine(node).set_faults(**HEALTHY_BMC)
+        self.busy.pop(node, None)
+        self.power_on_or_heal(node, step.action)
+
+    def _double(self, node: str, detail: str) -> None:
+        self.say(FaultKind.DOUBLE_FAULT.value, node, detail, count=True)
+
+    # ---- traps ----------------------------------------------------------------------------
+
+    def _disarm(self, step: Step, node: str) -> None:
+        trap = self.traps.disarm(step.episode)
+        if trap is not None and not trap.sprung:
+            self.missed.append({"t": round(self.now(), 3), "kind": trap.kind, "node": node})
+            self.say("missed", node, f"{trap.kind}: no {trap.moment} write of its records")
+
+    def _spring(self, trap: Trap, write: AppliedWrite) -> WriteFault | None:
+        """Called from the API server's thread when `trap` springs on `write`."""
+        if trap.kind == FaultKind.RECORD_SAVE_TIMEOUT.value:
+            if trap.params.get("mode") == "drop":
+                detail = f"{write.name}: {trap.moment} write applied, connection dropped"
+                self.say(trap.kind, trap.node, detail, count=True)
+                return WriteFault(drop=True)
+            hold = self.client_timeout + 1.5
+            detail = f"{write.name}: {trap.moment} write applied, answered {hold:g} s late"
+            self.say(trap.kind, trap.node, detail, count=True)
+            return WriteFault(hold=hold)
+        writer = self.cluster.node_of(str((write.obj.get("status") or {}).get("leader") or ""))
+
+        def kill() -> None:
+            self._kill_writer(trap, write, writer)
+
+        if trap.params.get("when") == "in-walk":
+            timer = threading.Timer(IN_WALK_DELAY, kill)
+            timer.daemon = True
+            timer.start()
+            return None
+        return WriteFault(before_answer=kill)
+
+    def _kill_writer(self, trap: Trap, write: AppliedWrite, writer: str | None) -> None:
+        """SIGKILL the agent that wrote the record (`trap` sprang); record what the record
+        said at that moment; a victim that `comes_back` gets its network back."""
+        try:
+            stored = self.cluster.kube.store.get(RECORD, write.name, write.namespace)
+            st = stored.get("status") or {}
+        except Exception:
+            st = {}
+        phase = f"{st.get('phase')} powerOffSent={bool(st.get('powerOffSent'))}"
+        phase += f" offProven={bool(st.get('offProven'))}"
+        hit = _hit(trap.kind, st)
+        entry = {
+            "t": round(self.now(), 3),
+            "kind": trap.kind,
+            "victim": trap.node,
+            "killed": writer,
+            "record": write.name,
+            "phase": phase,
+            "when": trap.params.get("when", "before-answer"),
+            "hit": hit,
+        }
+        self.kills.append(entry)
+        sim = self.cluster.nodes.get(writer) if writer else None
+        if sim is None or not sim.agent_running():
+            self.say("skipped", writer, f"{trap.kind}: writer {writer} has no running agent")
+            return
+        self.killed[trap.episode] = sim.name
+        sim.kill_agent()
+        label = trap.kind if hit else "leader-kill-off-phase"
+        self.say(label, sim.name, f"SIGKILL as {trap.node}'s {write.name} was {phase}", count=hit)
+        if trap.params.get("comes_back"):
+            self.cluster.nodes[trap.node].heal(start_agent=False)
+            self.say("victim-back", trap.node, "network back (agent still stopped): it is alive")
+
+    # ---- power ----------------------------------------------------------------------------
+
+    def power_on_or_heal(self, node: str, action: Action) -> None:
+        """End of an episode: power the machine on (its outlet first), or heal its link."""
+        machine, sim = self._machine(node), self.cluster.nodes[node]
+        if machine.power_state() == "off":
+            restore(machine, self._outlet(node))
+            self.say(FaultKind.REPAIR.value, node, f"powered on ({action.value})", count=True)
+        elif sim.partitioned:
+            sim.heal()
+            self.say(action.value, node, "network back")
+
+    def _outlet(self, node: str) -> Any:
+        bmcs = self.cluster.bmcs
+        return bmcs.outlet(node) if bmcs is not None else None
+
+    def janitor(self) -> None:
+        """Power on machines left off by no episode (fenced after their episode ended), as an
+        operator would: not while a fence of the machine is unfinished (up to
+        `janitor_patience`), so a stuck fence does not make its node reset itself in a loop."""
+        now = time.monotonic()
+        for machine in self.cluster.fleet:
+            if machine.power_state() == "on" or machine.name in self.busy:
+                self._off_since.pop(machine.name, None)
+                continue
+            since = self._off_since.setdefault(machine.name, now)
+            wait = self.janitor_patience if self._fencing(machine.name) else self.janitor_after
+            if now - since >= wait:
+                restore(machine, self._outlet(machine.name))
+                self._off_since.pop(machine.name, None)
+                self.say(FaultKind.REPAIR.value, machine.name, "powered on (orphan)", count=True)
+
+    def _fencing(self, node: str) -> bool:
+        """A FenceOperation of `node` is unfinished."""
+        records = self.cluster.kube.store.list(RECORD, "nodefence")["items"]
+        return any(
+            (r.get("spec") or {}).get("nodeName") == node
+            and (r.get("status") or {}).get("phase") not in FINAL_PHASES
+            for r in records
+        )
+
+    # ---- maintenance ----------------------------------------------------------------------
+
+    def _thread(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _maintenance(self, node: str, episode: int, until: float) -> None:
+        """Enter maintenance, cut the power for the planned work, power on, exit."""
+        machine = self._machine(node)
+        try:
+            self.say(FaultKind.MAINTENANCE.value, node, "maintenance enter --vms-only", count=True)
+            timeout = max(5.0, until - time.monotonic() - 4.0)
+            code, out = self._nodefence(
+                "maintenance", "enter", node, "--vms-only", "--timeout", f"{timeout:.0f}"
+            )
+            if code == 0 and time.monotonic() < until and not self.stop.is_set():
+                machine.cut_power()
+                self.say("maintenance-power", node, "power cut for the planned work")
+            else:
+                self.say("maintenance-failed", node, f"enter exit {code}: {out[-200:]!r}")
+            self.stop.wait(max(0.0, until - time.monotonic()))
+            if machine.power_state() == "off":
+                restore(machine, self._outlet(node))
+                self.say(FaultKind.REPAIR.value, node, "powered on (maintenance over)", count=True)
+            ready = time.monotonic() + 20.0
+            while time.monotonic() < ready and not self.stop.is_set():
+                if self._node_ready(node):
+                    break
+                time.sleep(0.2)
+            code, out = self._nodefence("maintenance", "exit", node, "--force")
+            self.say(
+                "maintenance-exit", node, "done" if code == 0 else f"exit {code}: {out[-200:]!r}"
+            )
+        finally:
+            if self.busy.get(node) == episode:
+                del self.busy[node]
+
+    def _node_ready(self, node: str) -> bool:
+        try:
+            obj = self.cluster.kube.store.get("nodes", node)
+        except Exception:
+            return False
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+    def _nodefence(self, *args: str) -> tuple[int, str]:
+        command = [sys.executable, "-m", "agent.cli", *args]
+        command += ["--kubeconfig", str(self.cluster.kubeconfig)]
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            text=True,
+        )
+        self.procs.append(proc)
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        return proc.returncode, out
+
+
+RECORD = "fenceoperations"
+
+
+def _hit(kind: str, status: dict[str, Any]) -> bool:
+    """Whether the record's state at the kill is the phase the kill was aimed at."""
+    sent, proven, phase = status.get("powerOffSent"), status.get("offProven"), status.get("phase")
+    if kind == FaultKind.LEADER_KILL_PENDING.value:
+        return not sent
+    if kind == FaultKind.LEADER_KILL_SENT.value:
+        return bool(sent) and not proven
+    return phase == "Recovering"
+
+
+def _fields(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
