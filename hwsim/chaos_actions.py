@@ -67,7 +67,8 @@ class Action(StrEnum):
     LEADER_KILL_SENT = "leader-kill-sent"
     LEADER_KILL_RECOVERING = "leader-kill-recovering"
     KILL_DISARM = "kill-disarm"  # end of a phase kill: victim repaired, kill disarmed
-    CHANNEL_ERROR = "channel-error"
+    CHANNEL_ERROR = "channel-error"  # after a power loss: the other channel reads Off, truly
+    CHANNEL_LIE = "channel-lie"  # on a live victim: the other channel reads Off, falsely
     CHANNEL_CLEAR = "channel-clear"
     PDU_NODE_DOWN = "pdu-node-down"
     PDU_NODE_RESTORE = "pdu-node-restore"
@@ -92,6 +93,7 @@ START_KIND: dict[Action, FaultKind] = {
     Action.LEADER_KILL_SENT: FaultKind.LEADER_KILL_SENT,
     Action.LEADER_KILL_RECOVERING: FaultKind.LEADER_KILL_RECOVERING,
     Action.CHANNEL_ERROR: FaultKind.CHANNEL_ERROR,
+    Action.CHANNEL_LIE: FaultKind.CHANNEL_ERROR,
     Action.PDU_NODE_DOWN: FaultKind.PDU_NODE_DOWN,
     Action.RECORD_SAVE_TIMEOUT: FaultKind.RECORD_SAVE_TIMEOUT,
     Action.BMC_PARTITION: FaultKind.DOUBLE_FAULT,
@@ -107,6 +109,7 @@ END_ACTION: dict[Action, Action] = {
     Action.LEADER_KILL_SENT: Action.KILL_DISARM,
     Action.LEADER_KILL_RECOVERING: Action.KILL_DISARM,
     Action.CHANNEL_ERROR: Action.CHANNEL_CLEAR,
+    Action.CHANNEL_LIE: Action.CHANNEL_CLEAR,
     Action.PDU_NODE_DOWN: Action.PDU_NODE_RESTORE,
     Action.RECORD_SAVE_TIMEOUT: Action.SAVE_DISARM,
     Action.BMC_PARTITION: Action.BMC_PARTITION_END,

@@ -133,9 +133,16 @@ def episode_steps(
             params = {"victim": "agent-stop+partition", "when": "in-walk", "off_delay": 2.0}
     elif action is Action.LEADER_KILL_RECOVERING:
         params = {"victim": "power-loss"}
-    elif action is Action.CHANNEL_ERROR:
+    elif action in (Action.CHANNEL_ERROR, Action.CHANNEL_LIE):
+        # One channel answers errors while the other reads Off: after a power loss (it is
+        # off), or on a victim still on (cut off, agent stopped) whose other channel lies
+        # (`reads_off`, `ignore_off`): only the errored one could tell.
+        channel = rng.choice(["ipmi", "redfish"])
         fault = rng.choice([{"errors": True}, {"wrong_credentials": True}])
-        params = {"channel": rng.choice(["ipmi", "redfish"]), "fault": fault}
+        params = {"channel": channel, "fault": fault, "victim": "power-loss"}
+        if action is Action.CHANNEL_LIE:
+            other = "redfish" if channel == "ipmi" else "ipmi"
+            params |= {"victim": "agent-stop+partition", "liar": other}
     elif action is Action.PDU_NODE_DOWN:
         params = {"how": rng.choice(["power-loss", "cut-off"])}
     elif action is Action.RECORD_SAVE_TIMEOUT:

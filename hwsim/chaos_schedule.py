@@ -73,12 +73,13 @@ def _holds() -> dict[str, tuple[float, float]]:
         # kubelet Lease is stale (20 s in the default profile), then the walk and the
         # watchdog deadline (~6 s): ~30 s.
         Action.AGENT_STOP.value: (40.0, 44.0),
-        Action.LEADER_KILL_PENDING.value: (22.0, 28.0),
-        Action.LEADER_KILL_SENT.value: (22.0, 28.0),
-        Action.LEADER_KILL_RECOVERING.value: (22.0, 28.0),
+        Action.LEADER_KILL_PENDING.value: (20.0, 24.0),
+        Action.LEADER_KILL_SENT.value: (20.0, 24.0),
+        Action.LEADER_KILL_RECOVERING.value: (20.0, 24.0),
         Action.CHANNEL_ERROR.value: (14.0, 22.0),
+        Action.CHANNEL_LIE.value: (14.0, 22.0),
         Action.PDU_NODE_DOWN.value: (16.0, 24.0),
-        Action.RECORD_SAVE_TIMEOUT.value: (22.0, 28.0),
+        Action.RECORD_SAVE_TIMEOUT.value: (20.0, 24.0),
         Action.BMC_PARTITION.value: (14.0, 22.0),
     }
 
@@ -113,6 +114,7 @@ ISSUE_12_ACTIONS: tuple[Action, ...] = (
     Action.LEADER_KILL_SENT,
     Action.LEADER_KILL_RECOVERING,
     Action.CHANNEL_ERROR,
+    Action.CHANNEL_LIE,
     Action.PDU_NODE_DOWN,
     Action.RECORD_SAVE_TIMEOUT,
     Action.BMC_PARTITION,

@@ -9,10 +9,8 @@ sprung from the server's thread.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +19,11 @@ from typing import Any
 
 from hwsim.chaos_actions import START_KIND, Action, FaultKind, Step
 from hwsim.chaos_invariants import FINAL_PHASES
+from hwsim.chaos_maintenance import PlannedWork
 from hwsim.chaos_traps import RecordTraps, Trap
 from hwsim.kube.writefaults import AppliedWrite, WriteFault
 from hwsim.pdu import restore
 from hwsim.simcluster import SimCluster
-from hwsim.simnode import REPO
 
 Say = Callable[..., None]  # (kind, node, detail="", count=False)
 HEALTHY_BMC: dict[str, Any] = {
@@ -91,6 +89,7 @@ class StepRunner:
             Action.LEADER_KILL_RECOVERING: self._leader_kill_at,
             Action.KILL_DISARM: self._kill_disarm,
             Action.CHANNEL_ERROR: self._channel_error,
+            Action.CHANNEL_LIE: self._channel_error,
             Action.CHANNEL_CLEAR: self._channel_clear,
             Action.PDU_NODE_DOWN: self._pdu_node_down,
             Action.PDU_NODE_RESTORE: self._pdu_node_restore,
@@ -160,7 +159,18 @@ class StepRunner:
     def _maintenance_enter(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
         until = self.t0 + max(s.at for s in self.steps if s.episode == step.episode)
-        self._thread(self._maintenance, node, step.episode, until)
+        work = PlannedWork(self.cluster, self.say, self.stop, self.procs, self._outlet(node))
+
+        def run() -> None:
+            try:
+                work.run(node, until)
+            finally:
+                if self.busy.get(node) == step.episode:
+                    del self.busy[node]
+
+        thread = threading.Thread(target=run, name=f"maintenance-{node}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
 
     def _maintenance_exit(self, step: Step, node: str) -> None:
         pass  # the maintenance thread ends its own episode (power on, then exit)
@@ -208,10 +218,7 @@ class StepRunner:
         if step.params.get("victim") == "agent-stop+partition":
             # Cut first, then the clean stop at once (before the agent stops feeding on its
             # own): silent from the cut on, declared dead in seconds, still powered.
-            sim = self.cluster.nodes[node]
-            sim.isolate()
-            self._double(node, "cut off, then its agent stopped (BMC answers): the kill's victim")
-            sim.kill_agent(signal.SIGTERM)
+            self._stop_cut_off(node, "the kill's victim (its BMC answers)")
         else:
             self._machine(node).cut_power()
             self.say("power-loss", node, "the kill's victim: machine off, its BMC answers")
@@ -230,18 +237,32 @@ class StepRunner:
 
     def _channel_error(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
-        channel, fault = step.params["channel"], step.params["fault"]
-        self._machine(node).set_channel_faults(channel, **fault)
-        self._machine(node).cut_power()
-        detail = f"{channel} answers {_fields(fault)}, the other channel reads the power"
-        self.say("channel-error", node, detail, count=True)
-        self._double(node, f"power loss + {channel} {_fields(fault)}")
+        machine, p = self._machine(node), step.params
+        channel, fault, liar = p["channel"], p["fault"], p.get("liar")
+        machine.set_channel_faults(channel, **fault)
+        if liar:
+            machine.set_channel_faults(liar, reads_off=True, ignore_off=True)
+            detail = f"{channel} answers {_fields(fault)}; {liar} reads Off and ignores power-off"
+            self.say("channel-error", node, detail + " (the machine runs on)", count=True)
+            self._stop_cut_off(node, f"{channel} {_fields(fault)}, {liar} lying Off")
+        else:
+            machine.cut_power()
+            detail = f"{channel} answers {_fields(fault)}, the other channel reads Off"
+            self.say("channel-error", node, detail, count=True)
+            self._double(node, f"power loss + {channel} {_fields(fault)}")
+
+    def _stop_cut_off(self, node: str, why: str) -> None:
+        """Cut `node` off, then stop its agent cleanly at once: silent from the cut on (dead
+        within seconds), its watchdog disarmed, so it stays on."""
+        sim = self.cluster.nodes[node]
+        sim.isolate()
+        self._double(node, f"cut off, agent stopped: {why}")
+        sim.kill_agent(signal.SIGTERM)
 
     def _channel_clear(self, step: Step, node: str) -> None:
         self._machine(node).clear_channel_faults()
-        self.busy.pop(node, None)
         self.say("channel-clear", node, "every channel healthy again")
-        self.power_on_or_heal(node, step.action)
+        self._agent_start(step, node)
 
     def _pdu_node_down(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
@@ -395,71 +416,6 @@ class StepRunner:
             and (r.get("status") or {}).get("phase") not in FINAL_PHASES
             for r in records
         )
-
-    # ---- maintenance ----------------------------------------------------------------------
-
-    def _thread(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _maintenance(self, node: str, episode: int, until: float) -> None:
-        """Enter maintenance, cut the power for the planned work, power on, exit."""
-        machine = self._machine(node)
-        try:
-            self.say(FaultKind.MAINTENANCE.value, node, "maintenance enter --vms-only", count=True)
-            timeout = max(5.0, until - time.monotonic() - 4.0)
-            code, out = self._nodefence(
-                "maintenance", "enter", node, "--vms-only", "--timeout", f"{timeout:.0f}"
-            )
-            if code == 0 and time.monotonic() < until and not self.stop.is_set():
-                machine.cut_power()
-                self.say("maintenance-power", node, "power cut for the planned work")
-            else:
-                self.say("maintenance-failed", node, f"enter exit {code}: {out[-200:]!r}")
-            self.stop.wait(max(0.0, until - time.monotonic()))
-            if machine.power_state() == "off":
-                restore(machine, self._outlet(node))
-                self.say(FaultKind.REPAIR.value, node, "powered on (maintenance over)", count=True)
-            ready = time.monotonic() + 20.0
-            while time.monotonic() < ready and not self.stop.is_set():
-                if self._node_ready(node):
-                    break
-                time.sleep(0.2)
-            code, out = self._nodefence("maintenance", "exit", node, "--force")
-            self.say(
-                "maintenance-exit", node, "done" if code == 0 else f"exit {code}: {out[-200:]!r}"
-            )
-        finally:
-            if self.busy.get(node) == episode:
-                del self.busy[node]
-
-    def _node_ready(self, node: str) -> bool:
-        try:
-            obj = self.cluster.kube.store.get("nodes", node)
-        except Exception:
-            return False
-        conds = (obj.get("status") or {}).get("conditions") or []
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-
-    def _nodefence(self, *args: str) -> tuple[int, str]:
-        command = [sys.executable, "-m", "agent.cli", *args]
-        command += ["--kubeconfig", str(self.cluster.kubeconfig)]
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            text=True,
-        )
-        self.procs.append(proc)
-        try:
-            out, _ = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        return proc.returncode, out
 
 
 RECORD = "fenceoperations"

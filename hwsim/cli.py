@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--nodes", type=int, default=6)
     chaos.add_argument("--vms", type=int, default=12)
     chaos.add_argument(
-        "--max-faulty", type=int, default=2, help="fault episodes open at once (default 2)"
+        "--max-faulty",
+        type=int,
+        default=2,
+        help="faulty slots at once (default 2; see docs/chaos.md)",
     )
     chaos.add_argument(
         "--mean-gap", type=float, default=4.0, help="mean seconds between fault starts"

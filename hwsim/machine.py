@@ -33,9 +33,11 @@ class Faults:
     - `fail_first`: the first K requests (after this fault was set) fail with a BMC error.
     - `errors`: every power request (read or change) is answered with an error (Redfish 500,
       IPMI completion code FFh); logins still succeed.
+    - `reads_off`: the power reads Off whatever it is (a BMC that lost track of its host);
+      with `ignore_off` on the same channel, a BMC that says it switched off a host still on.
 
-    `ignore_off` and `off_delay` are how the machine's power reacts, so they are machine-wide;
-    a channel's own faults (`SimMachine.set_channel_faults`) are the others.
+    `off_delay` is how the machine's power reacts, so it is machine-wide; a channel's own
+    faults (`SimMachine.set_channel_faults`) are the others.
     """
 
     unreachable: bool = False
@@ -45,10 +47,11 @@ class Faults:
     off_delay: float = 0.0
     fail_first: int = 0
     errors: bool = False
+    reads_off: bool = False
 
 
 # Fields that describe how the power itself reacts, not how one channel answers.
-MACHINE_ONLY = frozenset({"ignore_off", "off_delay"})
+MACHINE_ONLY = frozenset({"off_delay"})
 
 
 def _merge(base: Faults, own: Faults) -> Faults:
@@ -58,7 +61,9 @@ def _merge(base: Faults, own: Faults) -> Faults:
         unreachable=base.unreachable or own.unreachable,
         slow=max(base.slow, own.slow),
         wrong_credentials=base.wrong_credentials or own.wrong_credentials,
+        ignore_off=base.ignore_off or own.ignore_off,
         errors=base.errors or own.errors,
+        reads_off=base.reads_off or own.reads_off,
     )
 
 
@@ -95,7 +100,7 @@ class SimMachine:
         self, channel: str, faults: Faults | None = None, **changes: object
     ) -> None:
         """Replace (or change some fields of) the faults of one channel only; the machine-wide
-        `faults` still apply to it too. `ignore_off`/`off_delay` are refused (machine-wide)."""
+        `faults` still apply to it too. `off_delay` is refused (machine-wide)."""
         with self._lock:
             base = faults if faults is not None else self.channel_faults.get(channel, Faults())
             own = replace(base, **changes)  # type: ignore[arg-type]
@@ -146,13 +151,19 @@ class SimMachine:
         self._settle()
         return self.power
 
+    def power_seen_by(self, channel: str) -> PowerLiteral:
+        """The power state as `channel` reports it (Off under its `reads_off` fault)."""
+        return "off" if self.faults_of(channel).reads_off else self.power_state()
+
     def request_off(self, channel: str = "") -> None:
         """A hard power-off as a BMC receives it on `channel`, subject to `ignore_off` and
         `off_delay`."""
         with self._lock:
             self.off_requests += 1
             self._offs_by_channel[channel] = self._offs_by_channel.get(channel, 0) + 1
-            if self.faults.ignore_off or self.power == "off":
+            own = self.channel_faults.get(channel)
+            ignored = self.faults.ignore_off or (own is not None and own.ignore_off)
+            if ignored or self.power == "off":
                 return
             if self.faults.off_delay > 0:
                 if self._pending_off_at is None:

@@ -127,9 +127,14 @@ def test_issue_12_faults_carry_parameters_the_runner_understands() -> None:
     seen: set[str] = set()
     for s in steps:
         p: dict[str, Any] = s.params
-        if s.action is Action.CHANNEL_ERROR:
+        if s.action in (Action.CHANNEL_ERROR, Action.CHANNEL_LIE):
             assert p["channel"] in ("ipmi", "redfish")
             Faults(**p["fault"])
+            if s.action is Action.CHANNEL_LIE:  # the other channel lies Off, the victim is on
+                assert p["liar"] in ("ipmi", "redfish") and p["liar"] != p["channel"]
+                assert p["victim"] == "agent-stop+partition"
+            else:
+                assert p["victim"] == "power-loss" and "liar" not in p
         elif s.action is Action.BMC_PARTITION:
             Faults(**p["bmc"])
         elif s.action is Action.PDU_NODE_DOWN:
@@ -147,7 +152,7 @@ def test_issue_12_faults_carry_parameters_the_runner_understands() -> None:
     assert any(k.startswith("leader-kill-sent:") and "before-answer" in k for k in seen)
 
 
-def test_the_required_agent_stop_is_cut_off_and_the_required_pending_victim_comes_back() -> None:
+def test_the_required_faults_take_their_most_telling_form() -> None:
     # Without the random draws, only the required episodes remain: each in its telling form.
     only_required = replace(WATCHDOG, weights={Action.BROKER_RESTART.value: 1.0}, broker_gap=1e9)
     for seed in range(20):

@@ -110,13 +110,25 @@ def test_channel_faults_add_to_the_machine_faults_and_power_faults_stay_machine_
     m.set_channel_faults("ipmi", slow=0.2, errors=True)
     assert m.faults_of("ipmi") == Faults(slow=0.5, errors=True)
     assert m.faults_of("redfish") == Faults(slow=0.5)
-    with pytest.raises(ValueError, match="ignore_off"):
-        m.set_channel_faults("ipmi", ignore_off=True)
+    with pytest.raises(ValueError, match="off_delay"):
+        m.set_channel_faults("ipmi", off_delay=1.0)
     m.set_channel_faults("redfish", fail_first=1)
     assert m.consume_failure("redfish") and not m.consume_failure("redfish")
     assert not m.consume_failure("ipmi")
     m.clear_channel_faults()
     assert m.faults_of("ipmi") == Faults(slow=0.5)
+
+
+async def test_a_lying_channel_reads_off_and_ignores_the_power_off_while_the_other_tells(
+    pdu_fleet: PduFleet,
+) -> None:
+    machine = pdu_fleet.fleet["node-1"]
+    machine.set_channel_faults("ipmi", reads_off=True, ignore_off=True)
+    await switch(pdu_fleet, "node-1", "ipmi", on=False)  # acknowledged
+    assert await read(pdu_fleet, "node-1", "ipmi") is PowerState.OFF
+    assert machine.power_state() == "on"
+    assert await read(pdu_fleet, "node-1", "redfish") is PowerState.ON
+    assert machine.off_requests_by_channel() == {"ipmi": 1}  # the request did reach it
 
 
 # ---- the PDU outlet -------------------------------------------------------------------------

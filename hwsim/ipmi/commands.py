@@ -191,7 +191,7 @@ class Commands:
         failed = self._injected_failure()
         if failed is not None:
             return failed
-        power = 0x01 if self._machine.power_state() == "on" else 0x00
+        power = 0x01 if self._machine.power_seen_by(self._channel) == "on" else 0x00
         # Byte 1: power on bit, restore policy "previous" (bits 6:5 = 01b); no faults, no events.
         return Reply(Completion.OK, bytes([power | 0x20, 0x00, 0x00]))
 

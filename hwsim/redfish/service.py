@@ -197,7 +197,10 @@ class RedfishService:
                 return _only(method, "GET") or Reply(
                     200,
                     res.computer_system(
-                        machine, opts.reset_types, via_action_info=opts.reset_types_via_action_info
+                        machine,
+                        opts.reset_types,
+                        via_action_info=opts.reset_types_via_action_info,
+                        power=machine.power_seen_by(self.channel),
                     ),
                 )
             if rest == ["Actions", "ComputerSystem.Reset"]:
@@ -257,7 +260,7 @@ class RedfishService:
                 "ActionParameterNotSupported",
                 f"ResetType {kind!r} is not supported; allowed: {', '.join(allowed)}.",
             )
-        power = machine.power_state()
+        power = machine.power_seen_by(self.channel)
         if self.options.reject_noop_reset and (
             (kind in _OFF and power == "off") or (kind in _ON and power == "on")
         ):
