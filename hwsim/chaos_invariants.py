@@ -22,9 +22,10 @@ records) and what really is (power, where each VM's processes run).
   first; a late request of an abandoned walk must not hit a node that came back).
 - (f) `stuck-fence`: every FenceOperation reaches a final phase (Recovered,
   RecoveryIncomplete, Aborted) within `fence_deadline` of its first sighting.
-- (g) `not-fenced`: a machine off for `unfenced_after` while its Node is still there and not in
-  maintenance has a FenceOperation that was under way during that time (a dead node is
-  fenced, also one that was fenced before, came back and died again).
+- (g) `not-fenced`: a machine off for `unfenced_after` (or powered but cut off from the
+  network for `unfenced_after_cut`) while its Node is still there and not in maintenance has a
+  FenceOperation that was under way during that time (a lost node is fenced, also one that was
+  fenced before, came back and was lost again).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Snapshot:
     heartbeats: Mapping[str, float] = field(default_factory=dict)  # node -> last one on the broker
     # node -> channel ("ipmi", "redfish", "pdu") -> power-off requests it received so far
     off_requests: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    cut_off: frozenset[str] = frozenset()  # nodes whose network link is cut
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class InvariantChecker:
     heartbeat_grace: float = 1.0
     fence_deadline: float = 90.0
     unfenced_after: float = 20.0
+    unfenced_after_cut: float = 25.0
     violations: list[Violation] = field(default_factory=list)
     records_seen: set[str] = field(default_factory=set)
     proven: set[str] = field(default_factory=set)
@@ -139,6 +142,7 @@ class InvariantChecker:
     _stuck: set[str] = field(default_factory=set)
     _finished_at: dict[str, float] = field(default_factory=dict)  # record -> first seen final
     _off_since: dict[str, float] = field(default_factory=dict)  # machine -> first seen off
+    _cut_since: dict[str, float] = field(default_factory=dict)  # powered node -> first seen cut
     _unfenced: set[tuple[str, float]] = field(default_factory=set)
 
     def observe(self, snap: Snapshot) -> list[Violation]:
@@ -194,6 +198,10 @@ class InvariantChecker:
                 self._off_since.setdefault(machine, snap.t)
             else:
                 self._off_since.pop(machine, None)
+            if power == "on" and machine in snap.cut_off:
+                self._cut_since.setdefault(machine, snap.t)
+            else:
+                self._cut_since.pop(machine, None)
         for node in snap.maintenance:
             self._maintenance_since.setdefault(node, snap.t)
         for node in list(self._maintenance_since):
@@ -315,11 +323,16 @@ class InvariantChecker:
             self._add(snap.t, "stuck-fence", rec.node, detail)
 
     def _not_fenced(self, snap: Snapshot) -> None:
-        for node, since in sorted(self._off_since.items()):
+        lost = [(n, t, "machine off", self.unfenced_after) for n, t in self._off_since.items()]
+        lost += [
+            (n, t, "machine on but cut off", self.unfenced_after_cut)
+            for n, t in self._cut_since.items()
+        ]
+        for node, since, how, limit in sorted(lost):
             if (
                 node not in snap.nodes
                 or node in snap.maintenance
-                or snap.t - since < self.unfenced_after
+                or snap.t - since < limit
                 or (node, since) in self._unfenced
             ):
                 continue
@@ -332,10 +345,7 @@ class InvariantChecker:
             if under_way:
                 continue
             self._unfenced.add((node, since))
-            detail = (
-                f"machine off since {since:.2f} s, its Node still there, and no fencing "
-                "started for it"
-            )
+            detail = f"{how} since {since:.2f} s, its Node still there, and no fencing started"
             self._add(snap.t, "not-fenced", node, detail)
 
     # ---- (c) ------------------------------------------------------------------------------

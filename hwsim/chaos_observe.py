@@ -68,6 +68,7 @@ def take_snapshot(
         running,
         dict(heartbeats or {}),
         offs,
+        frozenset(name for name, sim in cluster.nodes.items() if sim.partitioned),
     )
 
 

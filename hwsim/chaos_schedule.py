@@ -76,11 +76,12 @@ def _holds() -> dict[str, tuple[float, float]]:
         Action.LEADER_KILL_PENDING.value: (20.0, 24.0),
         Action.LEADER_KILL_SENT.value: (20.0, 24.0),
         Action.LEADER_KILL_RECOVERING.value: (20.0, 24.0),
-        Action.CHANNEL_ERROR.value: (14.0, 22.0),
-        Action.CHANNEL_LIE.value: (14.0, 22.0),
+        Action.CHANNEL_ERROR.value: (12.0, 18.0),
+        # A victim that stays on and is cut off: `not-fenced` gives it 25 s to be fenced.
+        Action.CHANNEL_LIE.value: (26.0, 30.0),
         Action.PDU_NODE_DOWN.value: (16.0, 24.0),
         Action.RECORD_SAVE_TIMEOUT.value: (20.0, 24.0),
-        Action.BMC_PARTITION.value: (14.0, 22.0),
+        Action.BMC_PARTITION.value: (12.0, 18.0),
     }
 
 
@@ -143,11 +144,11 @@ def make_schedule(
     s = settings or ChaosSettings()
     names = sorted(nodes)
     end = duration - s.tail
-    plan = Plan(s.max_faulty)
     required = random.Random(f"nodefence-chaos-required:{seed}")
-    if not _place_required(plan, required, s, names, end, spread=True):
+    for attempt in range(PLACEMENTS):  # spread first, then packed with fresh draws
         plan = Plan(s.max_faulty)
-        _place_required(plan, required, s, names, end, spread=False)
+        if _place_required(plan, required, s, names, end, spread=attempt == 0):
+            break
     rng = random.Random(f"nodefence-chaos:{seed}")
     kinds = sorted(s.weights)
     weights = [s.weights[k] for k in kinds]
@@ -179,6 +180,7 @@ def make_schedule(
 
 
 REST = 4.0  # seconds between two required episodes on one slot
+PLACEMENTS = 20  # tries at placing every required episode before keeping the last try
 
 
 def _place_required(

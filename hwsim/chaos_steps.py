@@ -183,7 +183,7 @@ class StepRunner:
         if not sim.agent_running():
             self.say("skipped", node, "agent-stop: its agent is not running")
             return
-        sim.kill_agent(signal.SIGTERM)
+        self._stop_agent(node)
         then = step.params.get("cut_off_after")
         plan = f"; cut off with its BMC dead in {then:g} s" if then else ""
         self.say("agent-stop", node, f"SIGTERM: watchdog disarmed, kubelet on{plan}", count=True)
@@ -254,10 +254,19 @@ class StepRunner:
     def _stop_cut_off(self, node: str, why: str) -> None:
         """Cut `node` off, then stop its agent cleanly at once: silent from the cut on (dead
         within seconds), its watchdog disarmed, so it stays on."""
-        sim = self.cluster.nodes[node]
-        sim.isolate()
+        self.cluster.nodes[node].isolate()
+        self._stop_agent(node)
         self._double(node, f"cut off, agent stopped: {why}")
-        sim.kill_agent(signal.SIGTERM)
+
+    def _stop_agent(self, node: str) -> None:
+        """SIGTERM `node`'s agent (a clean stop), waiting for it in a thread: a cut-off agent
+        takes seconds to give up on the broker, and the schedule must not wait."""
+        sim = self.cluster.nodes[node]
+        thread = threading.Thread(
+            target=sim.kill_agent, args=(signal.SIGTERM,), name=f"stop-{node}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
 
     def _channel_clear(self, step: Step, node: str) -> None:
         self._machine(node).clear_channel_faults()

@@ -415,6 +415,17 @@ def test_a_machine_off_long_with_its_node_there_and_no_fence_is_not_fenced() -> 
     assert "machine off since 100.00 s" in checker.violations[0].detail
 
 
+def test_a_powered_node_cut_off_long_with_no_fence_is_not_fenced() -> None:
+    # Cut off with its agent stopped (watchdog disarmed): it runs on, unreachable, for 25 s.
+    checker = InvariantChecker(unfenced_after_cut=25.0)
+    cut = replace(look(10), cut_off=frozenset({"node-3"}))
+    found = feed(checker, look(9), cut, replace(cut, t=34.0), replace(cut, t=35.5))
+    assert found == ["not-fenced"]
+    assert "machine on but cut off since 10.00 s" in checker.violations[0].detail
+    healed = InvariantChecker(unfenced_after_cut=25.0)
+    assert feed(healed, cut, replace(cut, t=30.0), look(31.0), look(40.0)) == []
+
+
 def test_a_machine_off_with_a_fence_under_way_or_in_maintenance_is_not_unfenced() -> None:
     failing = {"fence-node-3-a": RecordView("node-3", "FenceFailed", True)}
     fencing = InvariantChecker(unfenced_after=20.0)
