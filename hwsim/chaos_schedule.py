@@ -163,8 +163,8 @@ def make_schedule(
         elif plan.held_at(t) < s.max_faulty:
             lo, hi = s.holds[action.value]
             hold = rng.uniform(lo, hi)
-            candidates = s.pdu_nodes if action is Action.PDU_NODE_DOWN else names
-            free = [n for n in candidates if n in names and plan.free(n, t, t + hold)]
+            candidates = _victims(action, names, s)
+            free = [n for n in candidates if plan.free(n, t, t + hold)]
             node: str | None = None
             if action is Action.LEADER_KILL:
                 ok = plan.free("", t, t + hold)
@@ -218,8 +218,7 @@ def _place_one(
 ) -> bool:
     lo, hi = s.holds[action.value]
     hold = rng.uniform(lo, hi)
-    candidates = [n for n in (s.pdu_nodes if action is Action.PDU_NODE_DOWN else names)]
-    candidates = [n for n in candidates if n in names]
+    candidates = _victims(action, names, s)
     rng.shuffle(candidates)
     starts = plan.fit_starts(max(aim, s.warmup), end - hold, REST)
     starts += plan.fit_starts(s.warmup, end - hold, REST)
@@ -231,6 +230,17 @@ def _place_one(
                 plan.add(t, t + hold, slots, action in QUIET, steps)
                 return True
     return False
+
+
+def _victims(action: Action, names: list[str], s: ChaosSettings) -> list[str]:
+    """The nodes an episode may hit: the PDU nodes for `pdu-node-down`; for the faults that
+    wait for a moment of a complete fence, any node but a PDU node (whose fence may not
+    complete: issue 12, item 7); any node otherwise."""
+    if action is Action.PDU_NODE_DOWN:
+        return [n for n in names if n in s.pdu_nodes]
+    if action in QUIET - {Action.AGENT_STOP}:
+        return [n for n in names if n not in s.pdu_nodes]
+    return list(names)
 
 
 def open_episodes_at(steps: Sequence[Step], t: float) -> list[Step]:

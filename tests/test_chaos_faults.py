@@ -141,12 +141,14 @@ def test_issue_12_faults_carry_parameters_the_runner_understands() -> None:
             assert s.node in PDU and p["how"] in ("power-loss", "cut-off")
         elif s.action is Action.RECORD_SAVE_TIMEOUT:
             assert p["mode"] in ("hang", "drop") and p["write"] in MOMENTS
+            assert s.node not in PDU  # its fence must be able to complete
         elif s.action is Action.LEADER_KILL_SENT:
             assert p["when"] in ("before-answer", "in-walk")
             # in-walk: a victim that stays on, its power-off slowed so the kill lands mid-walk
             assert (p["when"] == "in-walk") == (p["victim"] == "agent-stop+partition")
-        elif s.action in PHASE_KILLS:
+        if s.action in PHASE_KILLS:
             assert p["victim"] in ("power-loss", "agent-stop+partition")
+            assert s.node not in PDU
         seen.add(s.action.value + ":" + ",".join(f"{k}={v}" for k, v in sorted(p.items())))
     assert any(k.startswith("leader-kill-sent:") and "in-walk" in k for k in seen)
     assert any(k.startswith("leader-kill-sent:") and "before-answer" in k for k in seen)
