@@ -95,6 +95,7 @@ class ChaosRun:
         self.t0 = 0.0
         self.kinds: Counter[str] = Counter()
         self.log: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []  # every FenceOperation as the run left it
         self._lock = threading.Lock()
         self._watch_stop = threading.Event()
 
@@ -198,6 +199,7 @@ class ChaosRun:
             self.stop.wait(0.2)
         # the final check, watcher or not
         final = take_snapshot(self.cluster, self.now(), self._heartbeats())
+        self.records = final_records(self.cluster)
         with self._lock:
             found = self.checker.observe(final) + self.checker.finish(final.t)
         for v in found:
@@ -268,6 +270,7 @@ class ChaosRun:
             "recoveries": [
                 {"vm": vm, "lost_node": node, "seconds": d} for vm, node, d in checker.recoveries
             ],
+            "records": self.records,
             "phase_kills": self.runner.kills if self.runner else [],
             "missed": self.runner.missed if self.runner else [],
             "pdus": list(self.opts.pdus),
@@ -278,6 +281,26 @@ class ChaosRun:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         return ChaosResult(report, path)
+
+
+def final_records(cluster: SimCluster) -> list[dict[str, Any]]:
+    """Every FenceOperation record, briefly: what each fence did, for the report."""
+    out = []
+    for rec in cluster.kube.store.list("fenceoperations", "nodefence")["items"]:
+        st = rec.get("status") or {}
+        out.append(
+            {
+                "name": rec["metadata"]["name"],
+                "node": rec["spec"]["nodeName"],
+                "leader": st.get("leader"),
+                "phase": st.get("phase"),
+                "level": st.get("level"),
+                "proof": st.get("proof"),
+                "attempts": st.get("attempts"),
+                "errors": list(st.get("errors") or [])[-3:],
+            }
+        )
+    return out
 
 
 def run_chaos(opts: ChaosOptions, stop: threading.Event | None = None) -> ChaosResult:
