@@ -18,6 +18,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from agent.node_label import NODE_LABEL, node_selector
+
 T = TypeVar("T")
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 HEALTH_ANNOTATION = "nodefence.io/health-endpoint"
@@ -190,9 +192,10 @@ class ClusterApi:
             lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
         )
 
-    async def taint_out_of_service(self, node: str) -> bool:
+    async def taint_out_of_service(self, node: str, uid: str | None = None) -> bool:
         """Put the out-of-service NoExecute taint on the Node (idempotent). False when the Node
-        no longer exists. Taints are an atomic list: read-modify-write with resourceVersion."""
+        no longer exists, or (with `uid`) is another object than the one decided dead. Taints
+        are an atomic list: read-modify-write with resourceVersion."""
         for _ in range(5):
             try:
                 obj = await self._call_any(
@@ -203,6 +206,8 @@ class ClusterApi:
                 if err.status == 404:
                     return False
                 raise
+            if uid is not None and obj.metadata.uid != uid:
+                return False  # re-registered since the decision: never touch the new Node
             taints = list(obj.spec.taints or []) if obj.spec else []
             if any(
                 t.key == OUT_OF_SERVICE_TAINT["key"] and t.effect == "NoExecute" for t in taints
@@ -232,14 +237,22 @@ class ClusterApi:
                     raise
         raise ClusterError(f"taint node {node}: kept conflicting with other writers")
 
-    async def delete_node(self, node: str) -> None:
-        """Delete the Node; an already deleted Node is fine."""
+    async def delete_node(self, node: str, uid: str | None = None) -> None:
+        """Delete the Node (with `uid`: only that object, a uid precondition); an already
+        deleted Node, or one re-registered since (another uid), is fine: ours is gone."""
+        options = (
+            k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid))
+            if uid is not None
+            else None
+        )
         try:
             await self._call(
                 f"delete node {node}",
-                lambda: self.core.delete_node(node, _request_timeout=self.timeout),
+                lambda: self.core.delete_node(node, body=options, _request_timeout=self.timeout),
             )
         except ClusterError as err:
+            if err.status == 409 and uid is not None:
+                return  # the uid precondition failed: the object we decided on is gone
             if err.status != 404:
                 raise
 
@@ -281,7 +294,7 @@ class ClusterApi:
 
     async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
         """Every FenceOperation in `namespace` (only those of `node`, when given)."""
-        selector = f"nodefence.io/node={node}" if node else ""
+        selector = node_selector(NODE_LABEL, node) if node else ""
         result = await self._call_any(
             "list fence operations",
             lambda: self.custom.list_namespaced_custom_object(

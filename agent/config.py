@@ -142,6 +142,10 @@ class WatchdogConfig:
     cut_off_after: float = 30.0
     feed_interval: float = 1.0
     api_check_interval: float = 5.0
+    # "device": set the timeout and read back what the driver applied (WDIOC_SETTIMEOUT /
+    # WDIOC_GETTIMEOUT): the leader's proof counts that value. "config": trust `timeout` as is
+    # (only for an emulated watchdog that has no ioctls).
+    timeout_from: str = "device"
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ _WATCHDOG = {
     "cut_off_after",
     "feed_interval",
     "api_check_interval",
+    "timeout_from",
 }
 _BROKER = {
     "host",
@@ -388,7 +393,14 @@ def _watchdog(r: _Reader, w: dict[str, Any]) -> WatchdogConfig:
         api_check_interval=r.number(
             w, "api_check_interval", 5.0, 0.05, "watchdog.api_check_interval"
         ),
+        timeout_from=r.string(w, "timeout_from", "device", "watchdog.timeout_from"),
     )
+    if cfg.timeout_from not in ("device", "config"):
+        raise ConfigError(
+            r.path,
+            "watchdog.timeout_from",
+            f"must be device or config, got {brief(cfg.timeout_from)}",
+        )
     if cfg.feed_interval * 2 > cfg.timeout:
         raise ConfigError(
             r.path, "watchdog.feed_interval", "must be at most half of watchdog.timeout"

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agent import metrics
@@ -30,6 +30,7 @@ from agent.cluster import ClusterApi, ClusterError
 from agent.fencing import (
     RESTART_POLICIES,
     Action,
+    Cancelled,
     Event,
     FenceDone,
     Maintenance,
@@ -37,8 +38,10 @@ from agent.fencing import (
     NodeDeleted,
     Operation,
     Phase,
+    PoweredOn,
     PowerOffSending,
     SelfFenced,
+    SendWithdrawn,
     Tainted,
     Timing,
     VmOutcome,
@@ -49,7 +52,7 @@ from agent.fencing import (
 )
 from agent.inventory import Inventory, NodeInventory
 from agent.power import BackendFactory, PowerFencer, StopWalk
-from agent.records import from_record, to_record
+from agent.records import from_record, resumed, to_record
 from agent.topology import Action as PowerAction
 from agent.topology import Outcome
 from backends.registry import build_backend
@@ -58,7 +61,8 @@ log = logging.getLogger("nodefence.fencing")
 
 ConfirmLeader = Callable[[], Awaitable[None]]
 AliveSince = Callable[[str, float], str | None]
-SelfFenceCheck = Callable[[str, float, bool], tuple[bool, str]]  # node, marked_at, unreachable
+# node, marked_at, decided_at, unreachable -> (proven, why)
+SelfFenceCheck = Callable[[str, float, float, bool], tuple[bool, str]]
 
 
 def all_unreachable(node: NodeInventory, outcome: Outcome) -> bool:
@@ -84,7 +88,7 @@ class ExecutorStats:
 
 
 class FenceExecutor:
-    """Runs fencing operations, at most `max_parallel` at once."""
+    """Runs fencing operations, at most `max_parallel` power walks at once."""
 
     def __init__(
         self,
@@ -100,7 +104,9 @@ class FenceExecutor:
         max_parallel: int = 2,
         after_proof: Literal["off", "reboot"] = "off",
         check_interval: float = 0.25,
+        reconcile_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         self_fence: SelfFenceCheck | None = None,
         backend_factory: BackendFactory = build_backend,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:8],
@@ -115,7 +121,9 @@ class FenceExecutor:
         self.timing = timing or Timing()
         self.after_proof = after_proof
         self.check_interval = check_interval
+        self.reconcile_interval = reconcile_interval
         self.clock = clock
+        self.wall = wall
         self.stats = ExecutorStats()
         self.operations: dict[str, Operation] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -128,6 +136,10 @@ class FenceExecutor:
         self._marked_at: dict[str, float] = {}  # node -> record stored/taken over (our clock)
         self._unreachable: dict[str, bool] = {}  # node -> last walk found no BMC answering
         self._self_fence_note: dict[str, str] = {}
+        # node -> when THIS leader last declared it dead (its own evidence). Operations of
+        # nodes not in here whose Off is not proven are held: see `resume`.
+        self._decided: dict[str, float] = {}
+        self._held: set[str] = set()
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -136,29 +148,67 @@ class FenceExecutor:
         task = self._tasks.get(node)
         return task is not None and not task.done()
 
-    def submit(self, node: str) -> None:
-        """Fence `node` unless an operation for it already runs here; an unfinished recorded
-        operation for it (e.g. one this leader had to stop) is resumed, not duplicated."""
+    def held(self) -> frozenset[str]:
+        """Nodes whose resumed operation waits for this leader's own verdict."""
+        return frozenset(self._held)
+
+    def submit(self, node: str, decided_at: float, uid: str = "") -> None:
+        """This leader declared `node` (the Node object `uid`) dead at `decided_at` (its
+        clock): fence it unless an operation for it already runs here. An unfinished recorded
+        operation of the node (resumed and held, or one this leader had to stop) is continued,
+        not duplicated. A node already fenced and deleted is not fenced again unless the
+        verdict is about a newer Node object (it rejoined and died again)."""
         if self.busy(node):
             return
         last = self.operations.get(node)
-        if last is not None and last.final and last.node_deleted:
-            return  # already fenced and removed; a stale verdict must not fence it twice
-        self._tasks[node] = asyncio.create_task(self._adopt_or_start(node), name=f"fence-{node}")
+        if last is not None and last.final:
+            if last.node_deleted and (not uid or uid == last.node_uid):
+                return  # already fenced and removed; a stale verdict must not fence it twice
+            self.forget(node, force=True)
+            last = None
+        self._decided[node] = decided_at
+        if last is not None and not last.final:
+            self._held.discard(node)
+            if uid and not last.off_proven and last.node_uid != uid:
+                # Decided about the Node object that exists now (it re-registered).
+                last = replace(last, node_uid=uid)
+                self.operations[node] = last
+            self._launch(last)
+            return
+        self._tasks[node] = asyncio.create_task(
+            self._adopt_or_start(node, uid), name=f"fence-{node}"
+        )
 
-    def forget(self, node: str) -> None:
+    async def cancel_held(self, node: str, reason: str) -> None:
+        """A held operation's node is alive by this leader's own evidence: abort it."""
+        op = self.operations.get(node)
+        if node not in self._held or op is None or op.final or self.busy(node):
+            return
+        self._held.discard(node)
+        op = apply(op, Cancelled(reason), self.clock(), self.timing)
+        self.operations[node] = op
+        log.warning("fencing node=%s op=%s: %s", node, op.id, reason)
+        try:
+            await self._save(op)
+        except _Superseded:
+            return
+        await self._phase_changed(op)
+
+    def forget(self, node: str, *, force: bool = False) -> None:
         """Drop a finished operation of a Node that is gone (it may rejoin and fail again)."""
         op = self.operations.get(node)
-        if op is not None and op.final and not self.busy(node):
+        if op is not None and (op.final or force) and not self.busy(node):
             self.operations.pop(node, None)
             self._records.pop(node, None)
             self._marked_at.pop(node, None)
             self._unreachable.pop(node, None)
+            self._decided.pop(node, None)
+            self._held.discard(node)
 
-    async def _adopt_or_start(self, node: str) -> None:
+    async def _adopt_or_start(self, node: str, uid: str) -> None:
         record: dict[str, Any] | None = None
         try:
-            for rec in await self.api.list_records(self.namespace):
+            for rec in await self.api.list_records(self.namespace, node):
                 if (rec.get("spec") or {}).get("nodeName") == node and not from_record(rec).final:
                     record = rec
                     break
@@ -166,25 +216,39 @@ class FenceExecutor:
             log.error("cannot look for an unfinished operation of %s: %s", node, err)
             return  # retried at the next judging round
         if record is not None:
-            op = from_record(record)
-            self._records[node] = record
-            self._marked_at[node] = self.clock()  # the record exists: the node can see it
+            op = self._from_record(record)
+            if uid and not op.off_proven and op.node_uid != uid:
+                op = replace(op, node_uid=uid)
             log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
         else:
-            op = Operation(node=node, id=self.new_id())
+            op = Operation(node=node, id=self.new_id(), node_uid=uid)
+            op = replace(op, reboot=self.after_proof == "reboot")
             self._marked_at.pop(node, None)  # set when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
         await self._run(op)
 
+    def _from_record(self, record: dict[str, Any]) -> Operation:
+        """The operation a record holds, deadlines rebuilt, remembered as taken over now."""
+        op = resumed(from_record(record), record, self.clock(), self.wall(), self.timing)
+        self._records[op.node] = record
+        self._marked_at.setdefault(op.node, self.clock())  # the record exists: the node sees it
+        return op
+
     async def resume(self) -> int:
-        """Take over every unfinished operation recorded in the cluster; returns how many."""
+        """Take over every unfinished operation recorded in the cluster; returns how many.
+
+        An operation whose Off is proven goes on at once (cleanup and recovery need no new
+        verdict). Any other is held until this leader, with its own evidence, declares the
+        node dead (`submit`: it goes on) or sees it alive (`cancel_held`: it is aborted),
+        even when the previous leader stored PowerOffSending: this leader cannot know whether
+        that request went out, and it never powers off a node it has not judged itself."""
         try:
             records = await self.api.list_records(self.namespace)
         except ClusterError as err:
             log.error("cannot list fencing records to resume: %s", err)
             return 0
-        resumed = 0
+        taken = 0
         for rec in records:
             try:
                 op = from_record(rec)
@@ -195,10 +259,37 @@ class FenceExecutor:
                 continue
             if op.final or self.busy(op.node):
                 continue
-            log.warning("resuming the fencing of %s from phase %s", op.node, op.phase.value)
-            self._start(op, rec)
-            resumed += 1
-        return resumed
+            mine = self.operations.get(op.node)
+            if mine is not None and mine.id != op.id and not mine.final:
+                continue  # the node's newest operation here wins; the other is an old one
+            op = self._from_record(rec)
+            self.operations[op.node] = op
+            taken += 1
+            if op.off_proven or op.node in self._decided:
+                log.warning("resuming the fencing of %s from phase %s", op.node, op.phase.value)
+                self._launch(op)
+            elif op.node not in self._held:
+                self._held.add(op.node)
+                log.warning(
+                    "holding the fencing of %s (phase %s) until this leader judges the node",
+                    op.node,
+                    op.phase.value,
+                )
+        return taken
+
+    async def reconcile_loop(self) -> None:
+        """Pick up, on the leader's own schedule, every unfinished operation that stopped here
+        (a transient Lease-check failure, a record another writer touched, an API error) or
+        that sits in the API: none waits for a per-round fence decision that may never come
+        (the Node is gone, decisions are frozen)."""
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            await self.resume()
+            for node, op in list(self.operations.items()):
+                if op.final or self.busy(node) or node in self._held:
+                    continue
+                if op.off_proven or node in self._decided:
+                    self._launch(op)
 
     async def stop(self) -> None:
         """Cancel every running operation (leadership lost); records stay for a successor."""
@@ -213,18 +304,14 @@ class FenceExecutor:
         """Wait until no operation runs (tests)."""
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    def _start(self, op: Operation, record: dict[str, Any] | None) -> None:
+    def _launch(self, op: Operation) -> None:
         self.operations[op.node] = op
-        if record is not None:
-            self._records[op.node] = record
-            self._marked_at[op.node] = self.clock()  # the record exists: the node can see it
         self.stats.started += 1
         self._tasks[op.node] = asyncio.create_task(self._run(op), name=f"fence-{op.node}")
 
     # -- the loop -------------------------------------------------------------------------------
 
     async def _run(self, op: Operation) -> None:
-        started = self.clock()
         try:
             if op.node not in self._records:
                 await self._save(op)
@@ -234,7 +321,7 @@ class FenceExecutor:
             while not op.final:
                 action = next_action(op, self.clock())
                 try:
-                    event = await self._do(action, op, started)
+                    event = await self._do(action, op)
                 except ClusterError as err:
                     # The API is flaky or down: retry the same step; nothing irreversible
                     # is repeated without the leader check before it.
@@ -262,12 +349,12 @@ class FenceExecutor:
         except StopWalk as stop:
             log.warning("fencing of %s stopped: %s", op.node, stop)
 
-    async def _do(self, action: Action, op: Operation, started: float) -> Event | None:
+    async def _do(self, action: Action, op: Operation) -> Event | None:
         if action is Action.POWER_OFF:
             # A bounded number of power walks at once; an operation waiting to retry holds no
             # slot, so one unfenceable node never starves the others.
             async with self._slots:
-                return await self._power_off(op, started)
+                return await self._power_off(op)
         if action is Action.WAIT_RETRY:
             assert op.retry_at is not None
             proven = self._self_fenced(op)
@@ -280,15 +367,17 @@ class FenceExecutor:
             return await self._snapshot(op)
         if action is Action.TAINT:
             await self._leader_or_stop()
-            await self.api.taint_out_of_service(op.node)
+            await self.api.taint_out_of_service(op.node, op.node_uid or None)
             return Tainted()
         if action is Action.DELETE_NODE:
             await self._leader_or_stop()
-            await self.api.delete_node(op.node)
+            await self.api.delete_node(op.node, op.node_uid or None)
             log.warning("node %s deleted after a proven power-off", op.node)
-            if self.after_proof == "reboot":
-                await self._power_on(op)
             return NodeDeleted()
+        if action is Action.POWER_ON:
+            # Only now: the deletion is stored, so no successor can act on the old Node.
+            await self._leader_or_stop()
+            return await self._power_on(op)
         if action is Action.CHECK_VMS:
             if op.node in self._checked:  # pace the checks, but look at once the first time
                 await asyncio.sleep(self.check_interval)
@@ -299,9 +388,10 @@ class FenceExecutor:
     def _self_fenced(self, op: Operation) -> SelfFenced | None:
         """A `SelfFenced` event when the watchdog rule holds for `op` now (see the module doc)."""
         marked = self._marked_at.get(op.node)
-        if self.self_fence is None or marked is None or not op.power_off_sent:
+        decided = self._decided.get(op.node)
+        if self.self_fence is None or marked is None or decided is None or not op.power_off_sent:
             return None
-        ok, why = self.self_fence(op.node, marked, self._unreachable.get(op.node, False))
+        ok, why = self.self_fence(op.node, marked, decided, self._unreachable.get(op.node, False))
         if ok:
             log.warning("fencing %s: %s", op.node, why)
             return SelfFenced(why)
@@ -317,34 +407,65 @@ class FenceExecutor:
         except Exception as err:
             raise StopWalk(f"not the leader any more: {err}") from None
 
-    async def _power_off(self, op: Operation, started: float) -> Event:
+    async def _power_off(self, op: Operation) -> Event:
         inventory = self.inventory()
         node_inv = inventory.nodes.get(op.node) if inventory else None
         if inventory is None or node_inv is None:
             return FenceDone(False, errors=(f"node {op.node} has no BMC inventory entry",))
-        state = {"op": op, "stop": ""}
+        decided_at = self._decided.get(op.node)
+        if decided_at is None and not op.power_off_sent:
+            raise StopWalk("this leader has not judged the node itself")  # held: see resume
+        state: dict[str, Any] = {"op": op, "stop": None}
+
+        def stop(kind: str, event: Event | None, why: str) -> StopWalk:
+            state["stop"] = (kind, event)
+            return StopWalk(why)
 
         async def guard(step: str) -> None:
-            current: Operation = state["op"]  # type: ignore[assignment]
+            """Before every request: the Lease; before the first power-off request, in this
+            order: store the point of no return, read the Node's maintenance mark and identity
+            from the API, look for life since the decision; then nothing is awaited before
+            the request goes out."""
+            current: Operation = state["op"]
             if not current.power_off_sent:
-                evidence = self.alive_since(op.node, started)
+                # Cheap early looks first: no Lease renewal or record write for a node that is
+                # plainly back (the authoritative looks come after the save, below).
+                assert decided_at is not None
+                evidence = self.alive_since(op.node, decided_at)
                 if evidence:
-                    state["stop"] = "alive:" + evidence
-                    raise StopWalk(f"node came back ({evidence})")
+                    raise stop("event", NodeAlive(evidence), f"node came back ({evidence})")
                 if self.in_maintenance(op.node):
-                    state["stop"] = "maintenance"
-                    raise StopWalk("node entered maintenance")
+                    raise stop("event", Maintenance(), "node entered maintenance")
             try:
                 await self.confirm_leader()
             except Exception as err:
-                state["stop"] = "leader"
-                raise StopWalk(f"not the leader any more: {err}") from None
-            if not current.power_off_sent:
-                # Past this line the request goes out: record the point of no return first.
-                current = apply(current, PowerOffSending(), self.clock(), self.timing)
-                state["op"] = current
-                self.operations[op.node] = current
-                await self._save(current)
+                raise stop("leader", None, f"not the leader any more: {err}") from None
+            if current.power_off_sent:
+                return
+            sending = apply(current, PowerOffSending(), self.clock(), self.timing)
+            try:
+                await self._save(sending, required=True)
+            except ClusterError as err:
+                why = f"PowerOffSending could not be stored, nothing sent: {err}"
+                raise stop("event", FenceDone(False, errors=(why,)), why) from None
+            state["op"] = sending
+            self.operations[op.node] = sending
+            try:
+                info = await self.api.get_node(op.node)
+            except ClusterError as err:
+                why = f"cannot read Node {op.node} before the power-off, nothing sent: {err}"
+                raise stop("event", SendWithdrawn(why), why) from None
+            if info is not None and sending.node_uid and info.uid != sending.node_uid:
+                why = "node re-registered (a new Node object) before the power-off was sent"
+                raise stop("event", Cancelled(why), why)
+            if info is not None and info.maintenance:
+                why = "node entered maintenance before the power-off was sent"
+                raise stop("event", Cancelled(why), why)
+            assert decided_at is not None
+            evidence = self.alive_since(op.node, decided_at)
+            if evidence:
+                why = f"node came back before the power-off was sent ({evidence})"
+                raise stop("event", Cancelled(why), why)
 
         self.stats.power_walks += 1
         fencer = PowerFencer(
@@ -356,34 +477,33 @@ class FenceExecutor:
         )
         outcome = await fencer.run(PowerAction.OFF)
         self._unreachable[op.node] = all_unreachable(node_inv, outcome)
-        if not state["stop"]:
+        stopped: tuple[str, Event | None] | None = state["stop"]
+        if stopped is None:
             metrics.FENCE.labels("proven" if outcome.off_proven else "failed").observe(
                 outcome.elapsed
             )
             if not outcome.off_proven:
                 metrics.FENCE_FAILURES.inc()
-        op_now: Operation = state["op"]  # type: ignore[assignment]
-        self.operations[op.node] = op_now
-        stop = str(state["stop"])
-        if stop.startswith("alive:"):
-            return NodeAlive(stop[len("alive:") :])
-        if stop == "maintenance":
-            return Maintenance()
-        if stop == "leader":
-            raise StopWalk("lost leadership during the power walk")
-        errors = tuple(outcome.errors)
-        return FenceDone(outcome.off_proven, outcome.level, errors)
+        self.operations[op.node] = state["op"]
+        if stopped is not None:
+            kind, event = stopped
+            if kind == "leader" or event is None:
+                raise StopWalk("lost leadership during the power walk")
+            return event
+        return FenceDone(outcome.off_proven, outcome.level, tuple(outcome.errors))
 
-    async def _power_on(self, op: Operation) -> None:
+    async def _power_on(self, op: Operation) -> Event:
         inventory = self.inventory()
         node_inv = inventory.nodes.get(op.node) if inventory else None
         if inventory is None or node_inv is None:
-            return
+            return PoweredOn(False, f"node {op.node} has no BMC inventory entry")
         outcome = await PowerFencer(
             node_inv, inventory.policy, factory=self.backend_factory, clock=self.clock
         ).run(PowerAction.ON)
         if not outcome.success:
             log.error("powering %s back on after the fence failed: %s", op.node, outcome.reason)
+            return PoweredOn(False, "; ".join(outcome.errors) or "power-on not confirmed")
+        return PoweredOn(True)
 
     async def _snapshot(self, op: Operation) -> Event:
         vms = await self.api.list_vms()
@@ -429,20 +549,46 @@ class FenceExecutor:
 
     # -- records and events -------------------------------------------------------------------
 
-    async def _save(self, op: Operation) -> None:
-        body = to_record(
-            op, self.namespace, self.leader_id, self._records.get(op.node), action=self.after_proof
-        )
-        try:
-            self._records[op.node] = await self.api.save_record(self.namespace, body)
+    async def _save(self, op: Operation, *, required: bool = False) -> None:
+        """Store `op`. A 409 caused by our own earlier write that timed out but landed is
+        taken in stride (its resourceVersion adopted, the write repeated); one caused by
+        another writer raises `_Superseded`. Other failures raise when `required`, else are
+        logged (the next save carries the whole state)."""
+        for _ in range(3):
+            body = to_record(
+                op, self.namespace, self.leader_id, self._records.get(op.node), wall=self.wall()
+            )
+            try:
+                self._records[op.node] = await self.api.save_record(self.namespace, body)
+            except ClusterError as err:
+                if err.status == 409 and await self._own_write_landed(op):
+                    continue
+                if err.status == 409:
+                    raise _Superseded() from None
+                if required:
+                    raise
+                log.error("cannot store the fencing record of %s: %s", op.node, err)
+                return
             # The record is in the API now: from here on the node can see it is being fenced.
             self._marked_at.setdefault(op.node, self.clock())
+            return
+        raise _Superseded()
+
+    async def _own_write_landed(self, op: Operation) -> bool:
+        """After a 409: is the stored record of `op` one this process wrote (an earlier write
+        that timed out but landed)? Then adopt it as the base of the next write."""
+        try:
+            records = await self.api.list_records(self.namespace, op.node)
         except ClusterError as err:
-            if err.status == 409:
-                raise _Superseded() from None
-            # Keep going: the power walk must not be held hostage by a flaky API, and the
-            # next save carries the whole state anyway.
-            log.error("cannot store the fencing record of %s: %s", op.node, err)
+            log.error("cannot re-read the fencing record of %s: %s", op.node, err)
+            return False
+        for rec in records:
+            if (rec.get("spec") or {}).get("operationId") != op.id:
+                continue
+            if (rec.get("status") or {}).get("leader") == self.leader_id:
+                self._records[op.node] = rec
+                return True
+        return False
 
     async def _phase_changed(self, op: Operation) -> None:
         warning = op.phase in (Phase.FENCE_FAILED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED)

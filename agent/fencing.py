@@ -6,12 +6,19 @@
                FenceFailed (retry with backoff; the Node is never deleted from here)
     Pending/Fencing before the power-off request was sent -> Aborted (node came back)
 
+With `reboot` (after_proof: reboot) the node is powered on again only after its Node was
+deleted and that is stored: DELETE_NODE -> POWER_ON -> CHECK_VMS.
+
 `next_action(op, now)` says what the executor must do next; `apply(op, event, now)` folds the
 result back into a new `Operation`. Safety lives here and is tested exhaustively:
 - taint and delete are only ever planned after `off_proven`;
-- once `power_off_sent` is set (the point of no return) the operation is never aborted: it
-  always runs on to proof, cleanup and recovery;
+- once `power_off_sent` is set (the point of no return) a node coming back does not abort the
+  operation: it runs on to proof, cleanup and recovery;
 - a node coming back, or entering maintenance, before that point aborts the operation;
+- `Cancelled` aborts any operation whose Off is not proven: the executor reports it only when
+  it knows no power-off went out (its last check after storing PowerOffSending found the node
+  alive or in maintenance), or when a new leader resumed the operation without deciding the
+  node dead itself and then saw it alive with its own evidence;
 - a watchdog self-fence (`SelfFenced`, see `agent.watchdog`) counts as proof only where a
   failed power walk left the operation (Fencing or FenceFailed), never instead of a walk.
 """
@@ -49,6 +56,7 @@ class Action(enum.StrEnum):
     SNAPSHOT_VMS = "snapshot-vms"  # record the VMs on the node before it is deleted
     TAINT = "taint"  # node.kubernetes.io/out-of-service=nodeshutdown:NoExecute (guarded)
     DELETE_NODE = "delete-node"  # (guarded)
+    POWER_ON = "power-on"  # after_proof reboot: only once the deletion is stored (guarded)
     CHECK_VMS = "check-vms"  # are the restartable VMs Running elsewhere?
     NONE = "none"  # final
 
@@ -91,6 +99,9 @@ class Operation:
     reason: str = ""
     capacity_warning: str = ""
     proof: str = ""  # "read-back" (the BMC read Off) or "watchdog" (self-fence deadline)
+    node_uid: str = ""  # the Node object decided dead: taint and delete only that one
+    reboot: bool = False  # after_proof reboot: power on once the Node deletion is stored
+    powered_on: bool | None = None  # reboot: None not tried yet, else whether it worked
 
     @property
     def final(self) -> bool:
@@ -116,6 +127,22 @@ class Maintenance:
 @dataclass(frozen=True)
 class PowerOffSending:
     """The executor is about to send the first power-off request: the point of no return."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """Abort although PowerOffSending may be stored: no power-off went out (or this leader
+    never decided the node dead), and the node is alive or in maintenance."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SendWithdrawn:
+    """PowerOffSending was stored but the request never went out (the last checks could not
+    be made): a failed attempt, retried with backoff, and the point of no return undone."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -153,6 +180,14 @@ class NodeDeleted:
 
 
 @dataclass(frozen=True)
+class PoweredOn:
+    """after_proof reboot: the power-on after the deletion was tried (`ok`, or the error)."""
+
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class VmsSeen:
     """Where each snapshotted VM runs now: key -> node name, or None when not Running."""
 
@@ -168,7 +203,10 @@ Event = (
     | VmsSnapshotted
     | Tainted
     | NodeDeleted
+    | PoweredOn
     | VmsSeen
+    | Cancelled
+    | SendWithdrawn
 )
 
 
@@ -200,6 +238,8 @@ def next_action(op: Operation, now: float) -> Action:
         return Action.TAINT
     if not op.node_deleted:
         return Action.DELETE_NODE
+    if op.reboot and op.powered_on is None:
+        return Action.POWER_ON
     return Action.CHECK_VMS
 
 
@@ -220,6 +260,23 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
             else "node entered maintenance before the power-off was sent"
         )
         return replace(op, phase=Phase.ABORTED, reason=reason)
+    if isinstance(event, Cancelled):
+        if op.off_proven:
+            return op  # proof is proof: cleanup and recovery go on
+        return replace(op, phase=Phase.ABORTED, power_off_sent=False, reason=event.reason)
+    if isinstance(event, SendWithdrawn):
+        if op.off_proven or op.phase is not Phase.FENCING:
+            return op  # only right after PowerOffSending (which always leads to Fencing)
+        attempts = op.attempts + 1
+        return replace(
+            op,
+            phase=Phase.FENCE_FAILED,
+            power_off_sent=False,
+            attempts=attempts,
+            errors=(*op.errors, event.reason),
+            retry_at=now + timing.retry_delay(attempts),
+            reason=f"fencing failed (attempt {attempts}): {event.reason}",
+        )
     if isinstance(event, PowerOffSending):
         if op.phase not in (Phase.PENDING, Phase.FENCING, Phase.FENCE_FAILED):
             return op
@@ -280,6 +337,14 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
             deleted_at=now,
             recovery_deadline=now + timing.recovery_timeout,
             reason="node deleted; waiting for its ColdStandby VMs",
+        )
+    if isinstance(event, PoweredOn):
+        if not (op.reboot and op.node_deleted) or op.powered_on is not None:
+            return op
+        if event.ok:
+            return replace(op, powered_on=True)
+        return replace(
+            op, powered_on=False, errors=(*op.errors, f"power-on after the fence: {event.error}")
         )
     if isinstance(event, VmsSeen):
         # VMs are only judged once they were snapshotted and the Node is gone (CHECK_VMS).

@@ -11,7 +11,8 @@ With a `key` every heartbeat is signed (`agent.heartbeat_auth`) and carries the 
 clock. With `on_echo` the agent also subscribes to its own heartbeat topic: a heartbeat coming
 back proves a round trip through the broker, and `on_echo` gets the monotonic time it was sent
 (the self-fencing watchdog counts that as contact; see `agent.watchdog`). `claim` tells what to
-advertise about the armed watchdog.
+advertise about the armed watchdog. A clean stop publishes `stopped` with the boot id (QoS 1,
+retained) and sets `stop_announced` once the broker acknowledged it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class HeartbeatPublisher:
     on_echo: Callable[[float], None] | None = None
     _seq: int = 0
     _sent: collections.OrderedDict[int, float] = field(default_factory=collections.OrderedDict)
+    # Set once the broker acknowledged the clean-stop status (watchdog disarm announced).
+    stop_announced: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect on loss; returns once `stop` is set (clean offline)."""
@@ -126,8 +129,12 @@ class HeartbeatPublisher:
                     echoes.cancel()
                     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await echoes
-            # A clean stop says so at once instead of waiting for the Will.
-            await client.publish(status, encode_status(NodeState.OFFLINE), qos=1, retain=True)
+            # A clean stop says so at once instead of waiting for the Will, naming this boot:
+            # the leader then knows its heartbeats no longer vouch for an armed watchdog.
+            await client.publish(
+                status, encode_status(NodeState.STOPPED, self.boot), qos=1, retain=True
+            )
+            self.stop_announced.set()
         self.stats.connected = False
 
     def next_heartbeat(self) -> Heartbeat:

@@ -95,10 +95,13 @@ class HeartbeatVerifier:
         if any(len(k) < MIN_KEY_BYTES for k in self.also_accept):
             raise ValueError(f"every accepted key must be at least {MIN_KEY_BYTES} bytes")
 
-    def _node_keys(self, node: str) -> tuple[bytes, ...]:
+    def node_keys(self, node: str) -> tuple[bytes, ...]:
+        """The keys `node` may sign with: its key under the cluster key, then under each
+        `also_accept` key (cached; empty in mode `off` without a key)."""
+        if self.cluster_key is None:
+            return ()
         keys = self._keys.get(node)
         if keys is None:
-            assert self.cluster_key is not None
             if len(self._keys) >= 65536:  # names come from topics: never grow without bound
                 self._keys.clear()
             keys = tuple(node_key(k, node) for k in (self.cluster_key, *self.also_accept))
@@ -117,7 +120,7 @@ class HeartbeatVerifier:
         data = signing_bytes(hb)
         if not any(
             hmac.compare_digest(hmac.new(k, data, hashlib.sha256).hexdigest(), hb.hmac)
-            for k in self._node_keys(hb.node)
+            for k in self.node_keys(hb.node)
         ):
             raise HeartbeatRejected(
                 RejectReason.BAD_SIGNATURE, f"{hb.node}: signature does not match its key"

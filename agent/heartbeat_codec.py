@@ -7,7 +7,8 @@ never contain the MQTT separators `/`, `+` or `#`):
   (a stale retained heartbeat would make a dead node look alive to a new leader).
 - `nodefence/v1/<cluster>/status/<node>`: retained; `{"v":1,"state":"online"}` published on
   connect, `{"v":1,"state":"offline"}` set as the Last Will so the broker publishes it when the
-  agent vanishes.
+  agent vanishes, `{"v":1,"state":"stopped","boot":"<boot id>"}` published on a clean stop
+  (its watchdog, if any, disarmed: heartbeats of that boot prove no armed watchdog any more).
 
 The leader subscribes to `heartbeat_filter(cluster)`. A heartbeat payload is compact JSON of at
 most 1024 bytes:
@@ -68,6 +69,11 @@ def status_topic(cluster: str, node: str) -> str:
     return f"{PREFIX}/{_check_name('cluster', cluster)}/status/{_check_name('node', node)}"
 
 
+def status_filter(cluster: str) -> str:
+    """The subscription matching every node's retained status in `cluster`."""
+    return f"{PREFIX}/{_check_name('cluster', cluster)}/status/+"
+
+
 def heartbeat_filter(cluster: str) -> str:
     """The subscription matching every node's heartbeats in `cluster`."""
     return f"{PREFIX}/{_check_name('cluster', cluster)}/heartbeat/+"
@@ -86,12 +92,33 @@ class NodeState(enum.StrEnum):
     """What the retained status topic says about an agent."""
 
     ONLINE = "online"
-    OFFLINE = "offline"
+    OFFLINE = "offline"  # the Last Will: the agent vanished (crash, power, network)
+    STOPPED = "stopped"  # a clean stop: the watchdog of that boot, if any, is disarmed
 
 
-def encode_status(state: NodeState) -> bytes:
+def encode_status(state: NodeState, boot: str | None = None) -> bytes:
     """The retained status payload; `encode_status(NodeState.OFFLINE)` is the Last Will."""
-    return json.dumps({"v": VERSION, "state": state.value}, separators=(",", ":")).encode()
+    doc: dict[str, Any] = {"v": VERSION, "state": state.value}
+    if boot is not None:
+        doc["boot"] = boot
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_status_boot(payload: bytes) -> tuple[NodeState, str | None] | None:
+    """(state, boot id or None) of a status payload, or None when it is not a valid v1 status.
+
+    A `stopped` status must name its boot (it only speaks for heartbeats of that boot)."""
+    state = decode_status(payload)
+    if state is None:
+        return None
+    boot = json.loads(payload.decode("utf-8")).get("boot")
+    if boot is not None and not (
+        isinstance(boot, str) and len(boot) <= MAX_BOOT and _TOKEN.fullmatch(boot)
+    ):
+        return None
+    if state is NodeState.STOPPED and boot is None:
+        return None
+    return state, boot
 
 
 def decode_status(payload: bytes) -> NodeState | None:

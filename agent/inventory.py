@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from agent.brief import brief
+from agent.channels import ChannelErrors, Groups, parse_groups
 from backends.spec import DeviceSpec, DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
 
 _COMMON = {"type", "name", "address", "port", "username", "password_file", "password_env"}
@@ -36,7 +37,9 @@ _REDFISH = (
         "system_uuid",
     }
 )
-_FENCING = {"attempts", "backoff", "backoff_max", "verify_all_channels"}
+_FENCING = {"attempts", "backoff", "backoff_max", "verify_all_channels", "channel_errors"}
+_NODE = {"levels", "verify_all_channels", "channel_errors"}
+_CHANNEL_ERRORS = tuple(c.value for c in ChannelErrors)
 
 
 class InventoryError(ValueError):
@@ -58,10 +61,16 @@ class Level:
 
 @dataclass(frozen=True)
 class NodeInventory:
-    """How to fence one node: levels tried in order."""
+    """How to fence one node: levels tried in order.
+
+    `channel_groups` (from the node's `verify_all_channels`) and `channel_errors` override
+    the fencing-wide policy; `None` follows it (see `agent.channels`).
+    """
 
     name: str
     levels: tuple[Level, ...]
+    channel_groups: Groups | None = None
+    channel_errors: ChannelErrors | None = None
 
     def devices(self) -> list[DeviceSpec]:
         """Every device of every level, in order."""
@@ -73,14 +82,17 @@ class FencingPolicy:
     """Retries and backoff when walking a node's levels.
 
     `attempts` per level; the pause before attempt k+1 is `backoff * 2**k`, capped at
-    `backoff_max`. `verify_all_channels`: Off must read back on every reachable device of the
-    node, not only on the level that powered it off (single BMCs have reported Off early).
+    `backoff_max`. `verify_all_channels`: Off must read back on every other device of the
+    node, not only on the level that powered it off (single BMCs have reported Off early); a
+    node may narrow this to groups of devices that see the same power. `channel_errors`: what
+    a cross-checked device that answers with an error means (`agent.channels`).
     """
 
     attempts: int = 2
     backoff: float = 0.5
     backoff_max: float = 5.0
     verify_all_channels: bool = True
+    channel_errors: ChannelErrors = ChannelErrors.NOT_PROVEN
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (0-based) of a level."""
@@ -160,18 +172,24 @@ def _parse_policy(path: Path, doc: Any) -> FencingPolicy:
     backoff = _number(path, where, doc, "backoff", base.backoff, 0.0)
     backoff_max = _number(path, where, doc, "backoff_max", base.backoff_max, 0.0)
     verify_all = _bool(path, where, doc, "verify_all_channels", base.verify_all_channels)
-    return FencingPolicy(attempts, backoff, backoff_max, verify_all)
+    errors = _channel_errors(path, where, doc) or base.channel_errors
+    return FencingPolicy(attempts, backoff, backoff_max, verify_all, errors)
+
+
+def _channel_errors(path: Path, where: str, doc: dict[str, Any]) -> ChannelErrors | None:
+    if doc.get("channel_errors") is None:
+        return None
+    return ChannelErrors(_choice(path, where, doc, "channel_errors", "", _CHANNEL_ERRORS))
 
 
 def _parse_node(
     path: Path, name: str, doc: Any, defaults: dict[str, Any], env: dict[str, str]
 ) -> NodeInventory:
     where = f"node {name!r}"
-    if isinstance(doc, dict):
-        _no_unknown(path, where, doc, {"levels"})
-        levels_doc = doc.get("levels")
-    else:
-        levels_doc = None
+    if not isinstance(doc, dict):
+        raise InventoryError(path, where, "needs `levels:`, a non-empty list of levels")
+    _no_unknown(path, where, doc, _NODE)
+    levels_doc = doc.get("levels")
     if not isinstance(levels_doc, list) or not levels_doc:
         raise InventoryError(path, where, "needs `levels:`, a non-empty list of levels")
     levels: list[Level] = []
@@ -197,7 +215,23 @@ def _parse_node(
             seen.add(dev.name)
             devices.append(dev)
         levels.append(Level(tuple(devices)))
-    return NodeInventory(name, tuple(levels))
+    node = NodeInventory(name, tuple(levels))
+    return _with_channel_rule(path, where, node, doc)
+
+
+def _with_channel_rule(
+    path: Path, where: str, node: NodeInventory, doc: dict[str, Any]
+) -> NodeInventory:
+    """The node with its own `verify_all_channels` groups and `channel_errors`, if set."""
+    groups: Groups | None = None
+    if doc.get("verify_all_channels") is not None:
+        names = [d.name for d in node.devices()]
+        try:
+            groups = parse_groups(doc["verify_all_channels"], names)
+        except ValueError as err:
+            raise InventoryError(path, where, f"field 'verify_all_channels': {err}") from None
+    errors = _channel_errors(path, where, doc)
+    return NodeInventory(node.name, node.levels, groups, errors)
 
 
 def _parse_device(

@@ -32,11 +32,15 @@ from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
 from agent.heartbeat_codec import (
     PREFIX,
     HeartbeatRejected,
+    NodeState,
     SequenceTracker,
     WatchdogClaim,
     decode_heartbeat,
+    decode_status_boot,
     heartbeat_filter,
     node_from_topic,
+    status_filter,
+    valid_name,
 )
 from agent.leader_broker import BrokerLost, LeaderBroker, MqttLeaderBroker
 from agent.peers import (
@@ -57,7 +61,9 @@ from agent.policy import (
     decide,
     leader_guard,
 )
-from agent.profiles import DetectionProfile
+from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifier
+from agent.probe_requests import OutstandingProbes
+from agent.profiles import DetectionProfile, NoPeers, Signal
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
 
 log = logging.getLogger("nodefence.leader")
@@ -135,7 +141,13 @@ class LeaderSide:
             cfg.auth.max_skew,
             tuple(s.reveal().encode() for s in cfg.auth.also_accept),
         )
+        self.probe_verifier = ProbeResultVerifier(self.verifier)
+        # A peer answers within its probe timeout; the rest is for the broker's round trip.
+        self.probes = OutstandingProbes(profile.peer_probe_timeout + max(profile.interval, 1.0))
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
+        self._claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
+        self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
+        self._gone: set[str] = set()  # Nodes deleted in this term (until they register again)
         self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
         self.leader_since = 0.0
         self.broker_up_since: float | None = None
@@ -168,6 +180,8 @@ class LeaderSide:
                 tg.create_task(self._broker_loop())
                 tg.create_task(self._kube_loop())
                 tg.create_task(self._judge_loop())
+                if self.executor is not None:
+                    tg.create_task(self.executor.reconcile_loop())
         finally:
             if self.executor is not None:
                 await self.executor.stop()
@@ -182,12 +196,30 @@ class LeaderSide:
             return "kubelet Lease renewed"
         return None
 
-    def self_fence_check(self, node: str, marked_at: float, unreachable: bool) -> tuple[bool, str]:
+    @property
+    def max_claim_age(self) -> float:
+        """How old (at the fence decision) a node's last armed-watchdog heartbeat may be: the
+        longest a silent node can take to be declared dead under this profile, plus two
+        heartbeat intervals and two probe timeouts."""
+        p = self.profile
+        kubelet_decides = Signal.KUBELET in p.require or (
+            Signal.PEERS in p.require and p.on_no_peers is NoPeers.KUBELET
+        )
+        base = max(p.fence_after, p.kubelet_stale_after if kubelet_decides else 0.0)
+        return base + 2 * p.interval + 2 * p.peer_probe_timeout
+
+    def self_fence_check(
+        self, node: str, marked_at: float, decided_at: float, unreachable: bool
+    ) -> tuple[bool, str]:
         """May `node` be taken as reset by its watchdog now? (see `agent.watchdog`)"""
+        decision = self.last_decision
         return self_fence_verdict(
             SelfFenceFacts(
                 now=self.clock(),
                 marked_at=marked_at,
+                decided_at=decided_at,
+                max_claim_age=self.max_claim_age,
+                frozen=decision is None or decision.frozen,
                 margin=self.cfg.fencing.self_fence_margin,
                 claim=self.watchdog_claims.get(node),
                 last_heartbeat=self.detector.last_heartbeat(node),
@@ -220,7 +252,9 @@ class LeaderSide:
 
             try:
                 await self.broker.session(
-                    [heartbeat_filter(cluster), result_filter(cluster)], self._on_message, up
+                    [heartbeat_filter(cluster), result_filter(cluster), status_filter(cluster)],
+                    self._on_message,
+                    up,
                 )
             except BrokerLost as err:
                 log.warning("leader lost the broker: %s", err)
@@ -243,6 +277,12 @@ class LeaderSide:
             self.stats.rejected["bad_topic"] += 1
             metrics.REJECTED.labels("bad_topic").inc()
             return
+        if node is not None and node in self._gone:
+            # A heartbeat still in flight when its Node was deleted: it must not bring back a
+            # phantom node (unhealthy forever, counted by the storm guard).
+            self.stats.rejected["deleted_node"] += 1
+            metrics.REJECTED.labels("deleted_node").inc()
+            return
         if node is not None:
             try:
                 hb = decode_heartbeat(node, data)
@@ -261,8 +301,15 @@ class LeaderSide:
                 return
             self.stats.heartbeats += 1
             metrics.HEARTBEATS.inc()
-            self.watchdog_claims[node] = hb.wd
+            # A boot whose agent announced a clean stop has disarmed its watchdog: a
+            # heartbeat of it delivered late (reordered) claims nothing.
+            self.watchdog_claims[node] = hb.wd if self.stopped_boots.get(node) != hb.boot else None
+            self._claim_boot[node] = hb.boot
             self.detector.observe(hb, now)
+            return
+        status_prefix = f"{PREFIX}/{self.cfg.cluster}/status/"
+        if topic.startswith(status_prefix):
+            self._on_status(topic[len(status_prefix) :], data)
             return
         prefix = f"{PREFIX}/{self.cfg.cluster}/probe-result/"
         if topic.startswith(prefix):
@@ -271,8 +318,35 @@ class LeaderSide:
                 self.stats.rejected["malformed_probe_result"] += 1
                 metrics.REJECTED.labels("malformed_probe_result").inc()
                 return
+            try:
+                # The signature first, so a forgery never uses up a peer's one answer.
+                signed = self.probe_verifier.check(res, self.wall())
+                asked_at = self.probes.admit(res, now)
+            except ProbeRejected as rej:
+                self.stats.rejected[rej.reason.value] += 1
+                metrics.REJECTED.labels(rej.reason.value).inc()
+                log.debug("dropped probe result on %s: %s", topic, rej)
+                return
+            if not signed and self.verifier.mode is AuthMode.PERMISSIVE:
+                self.stats.rejected[UNSIGNED_ACCEPTED] += 1  # counted only
+                metrics.REJECTED.labels(UNSIGNED_ACCEPTED).inc()
             self.stats.probe_results += 1
-            self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, now)
+            # "Unreachable" may describe any moment since the request went out: stamp it then,
+            # so a heartbeat received meanwhile outweighs it. "Reachable" counts on receipt.
+            at = now if res.reachable else asked_at
+            self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, at)
+
+    def _on_status(self, node: str, data: bytes) -> None:
+        """A node's retained status: a clean stop withdraws its boot's watchdog claim."""
+        status = decode_status_boot(data) if valid_name(node) else None
+        if status is None or status[0] is not NodeState.STOPPED or status[1] is None:
+            return  # online/offline say nothing the heartbeats do not
+        if node not in self.stopped_boots and len(self.stopped_boots) >= 65536:
+            return
+        self.stopped_boots[node] = status[1]
+        if self._claim_boot.get(node) == status[1] and self.watchdog_claims.get(node):
+            log.info("node %s: agent stopped cleanly, its watchdog claim is withdrawn", node)
+            self.watchdog_claims[node] = None
 
     # -- kubernetes ----------------------------------------------------------------------------
 
@@ -290,8 +364,14 @@ class LeaderSide:
             return
         now = self.clock()
         previous_look, self._last_kube_look = self._last_kube_look, now
-        self.nodes = {n.name: n for n in nodes}
+        previous, self.nodes = self.nodes, {n.name: n for n in nodes}
         for n in nodes:
+            self._gone.discard(n.name)
+            old = previous.get(n.name)
+            if old is not None and old.uid != n.uid:
+                # Deleted and registered again between two looks: a new incarnation.
+                log.info("node %s registered again (new uid)", n.name)
+                self._forget_node(n.name)
             self.detector.expect(n.name, now)
             lease = leases.get(n.name)
             renew = lease.renew_time if lease else None
@@ -308,13 +388,18 @@ class LeaderSide:
                 renewed_at = previous_look if previous_look is not None else now
             self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
         for gone in set(self.kubelet_seen) - set(self.nodes):
-            if self.executor is not None:
-                self.executor.forget(gone)  # a node that rejoins later may be fenced again
-            self.kubelet_seen.pop(gone, None)
-            self.detector.forget(gone)
-            self.sequences.forget(gone)
-            self.watchdog_claims.pop(gone, None)
-            self.rejected_at.pop(gone, None)
+            self._forget_node(gone)
+            self._gone.add(gone)
+
+    def _forget_node(self, node: str) -> None:
+        if self.executor is not None:
+            self.executor.forget(node)  # a node that rejoins later may be fenced again
+        self.kubelet_seen.pop(node, None)
+        self.detector.forget(node)
+        self.sequences.forget(node)
+        self.watchdog_claims.pop(node, None)
+        self._claim_boot.pop(node, None)
+        self.rejected_at.pop(node, None)
 
     # -- judging -------------------------------------------------------------------------------
 
@@ -369,9 +454,41 @@ class LeaderSide:
         if self.executor is not None:
             for node in decision.fence:  # no-op while its operation runs
                 if node in self.nodes:
-                    self.executor.submit(node)
+                    self.executor.submit(node, now, self.nodes[node].uid)
+            await self._advance_held(maintenance, now)
         await self._publish_view(decision, now)
         return decision
+
+    async def _advance_held(self, maintenance: frozenset[str], now: float) -> None:
+        """Resumed operations this leader did not decide (held, see FenceExecutor.resume):
+        once it can judge (its own first window over, its broker connection up), abort those
+        whose node it finds alive, in maintenance or gone from the cluster. One whose power-off
+        the old leader may have sent goes on once this leader's own verdict is DEAD, even
+        while the storm guard freezes new decisions (the decision was taken and committed);
+        one that sent nothing waits for a fence decision that passes every guard."""
+        assert self.executor is not None
+        if (
+            leader_guard(
+                LeaderFacts(now, self.leader_since, self.broker_up_since), self.profile.fence_after
+            )
+            is not None
+        ):
+            return
+        verdicts = {v.node: v for v in self.verdicts}
+        for node in sorted(self.executor.held()):
+            v = verdicts.get(node)
+            op = self.executor.operations.get(node)
+            if node in maintenance and not (op and op.power_off_sent):
+                why = "node in maintenance (seen by a new leader that never decided to fence it)"
+            elif v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST):
+                why = f"node alive by the new leader's own evidence ({v.reason})"
+            elif node not in self.nodes and self._last_kube_look is not None:
+                why = "its Node no longer exists and this leader never decided to fence it"
+            else:
+                if op and op.power_off_sent and v is not None and v.health is NodeHealth.DEAD:
+                    self.executor.submit(node, now, self.nodes[node].uid)
+                continue
+            await self.executor.cancel_held(node, why)
 
     async def _ask_peers(self, suspect: str, healthy: list[str], now: float) -> None:
         last = self._probed.get(suspect)
@@ -397,6 +514,7 @@ class LeaderSide:
             return
         req = ProbeRequest(self.new_id(), suspect, peers, tuple(targets))
         self._probed[suspect] = now
+        self.probes.asked(req, now)  # before publishing: an answer may come back at once
         with contextlib.suppress(BrokerLost):
             await self.broker.publish(probe_topic(self.cfg.cluster, suspect), encode_request(req))
             self.stats.probes_sent += 1
@@ -421,8 +539,8 @@ class LeaderSide:
                     metrics.DETECTION.observe(v.since_last_heartbeat)
                 log.warning("node %s declared dead: %s", v.node, v.reason)
                 await self._event(v.node, "NodeDeclaredDead", f"declared dead: {v.reason}", True)
-                if self.executor is not None:
-                    self.executor.submit(v.node)
+                if self.executor is not None and v.node in self.nodes:
+                    self.executor.submit(v.node, now, self.nodes[v.node].uid)
                 if self.on_dead is not None:
                     await self.on_dead(v.node, v)
             elif current is NodeHealth.AGENT_LOST:

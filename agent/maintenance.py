@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.node_label import node_label_value
+
 VIRT_API_VERSION = "virtualization.deckhouse.io/v1alpha2"
 MAINTENANCE_VALUE = "true"  # the value of agent.cluster.MAINTENANCE_LABEL on a Node
 VMOP_NODE_LABEL = "nodefence.io/maintenance-node"  # on the operations `maintenance` creates
@@ -128,10 +130,11 @@ def vmop_name(vm: str, unix_time: float, attempt: int = 0) -> str:
 
 
 def vmop_body(namespace: str, vm: str, name: str, node: str = "") -> dict[str, Any]:
-    """A VirtualMachineOperation of type Evict for `vm`; `node` labels a maintenance run's."""
+    """A VirtualMachineOperation of type Evict for `vm`; `node` labels a maintenance run's
+    (with `agent.node_label.node_label_value`: a long node name is hashed)."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if node:
-        meta["labels"] = {VMOP_NODE_LABEL: node}
+        meta["labels"] = {VMOP_NODE_LABEL: node_label_value(node)}
     return {
         "apiVersion": VIRT_API_VERSION,
         "kind": "VirtualMachineOperation",

@@ -8,23 +8,29 @@ alive", never dead. Messages travel over the broker:
 - `nodefence/v1/<cluster>/probe/<suspect>`: the leader's request
   `{"v":1,"id":..,"suspect":..,"peers":[..],"targets":[{"host":..,"port":..,"kind":..}]}`
 - `nodefence/v1/<cluster>/probe-result/<peer>`: `{"v":1,"id":..,"peer":..,"suspect":..,
-  "reachable":bool}`
+  "reachable":bool}` and, from agents that sign, `"ts":<peer wall clock, ms>` and
+  `"hmac":"<hex>"` (signed with the peer's heartbeat key, see `agent.probe_auth`; the leader
+  matches each result to a request it sent, see `agent.probe_requests`).
 
-Encoding, decoding and peer selection are pure; `run_probe` is the only I/O.
+Request ids are tokens (1..64 printable ASCII characters without spaces). Encoding, decoding
+and peer selection are pure; `run_probe` is the only I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.health import probe as probe_agent
-from agent.heartbeat_codec import PREFIX, valid_name
+from agent.heartbeat_codec import MAX_HMAC, MAX_TS, PREFIX, valid_name
 
 MAX_PROBE_PAYLOAD = 4096
+_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")  # request ids: printable ASCII, no spaces
+_MAC = re.compile(r"[\x21-\x7e]+")
 TargetKind = Literal["agent", "kubelet"]
 
 
@@ -49,12 +55,14 @@ class ProbeRequest:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One peer's answer."""
+    """One peer's answer to request `id`; `ts` (peer wall clock, ms) and `hmac` when signed."""
 
     id: str
     peer: str
     suspect: str
     reachable: bool
+    ts: int | None = None
+    hmac: str | None = None
 
 
 def probe_topic(cluster: str, suspect: str) -> str:
@@ -115,7 +123,7 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
     ok = (
         isinstance(suspect, str)
         and valid_name(suspect)
-        and isinstance(rid, str)
+        and valid_id(rid)
         and isinstance(peers, list)
         and all(isinstance(p, str) for p in peers)
         and all(0 < t.port < 65536 and t.kind in ("agent", "kubelet") for t in targets)
@@ -124,40 +132,57 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
     return ProbeRequest(rid, suspect, tuple(peers), targets) if ok else None
 
 
+def valid_id(rid: object) -> bool:
+    """True for a request id: 1..64 printable ASCII characters without spaces."""
+    return isinstance(rid, str) and _TOKEN.fullmatch(rid) is not None
+
+
+def _valid_mac(mac: object) -> bool:
+    # ASCII only: hmac.compare_digest raises TypeError on other strings.
+    return isinstance(mac, str) and len(mac) <= MAX_HMAC and _MAC.fullmatch(mac) is not None
+
+
 def encode_result(res: ProbeResult) -> bytes:
     """The result payload."""
-    return json.dumps(
-        {
-            "v": 1,
-            "id": res.id,
-            "peer": res.peer,
-            "suspect": res.suspect,
-            "reachable": res.reachable,
-        },
-        separators=(",", ":"),
-    ).encode()
+    obj: dict[str, Any] = {
+        "v": 1,
+        "id": res.id,
+        "peer": res.peer,
+        "suspect": res.suspect,
+        "reachable": res.reachable,
+    }
+    if res.ts is not None:
+        obj["ts"] = res.ts
+    if res.hmac is not None:
+        obj["hmac"] = res.hmac
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def decode_result(topic_peer: str, payload: bytes) -> ProbeResult | None:
-    """A valid result whose peer matches its topic, or None."""
+    """A valid result whose peer matches its topic, or None (signature not checked here)."""
     obj = _load(payload)
     if obj is None:
         return None
-    peer, suspect, rid, reachable = (
+    peer, suspect, rid, reachable, ts, mac = (
         obj.get("peer"),
         obj.get("suspect"),
         obj.get("id"),
         obj.get("reachable"),
+        obj.get("ts"),
+        obj.get("hmac"),
     )
     if (
         peer != topic_peer
         or not isinstance(suspect, str)
         or not valid_name(suspect)
         or not isinstance(rid, str)
+        or not valid_id(rid)
         or not isinstance(reachable, bool)
+        or (ts is not None and (type(ts) is not int or not 0 <= ts <= MAX_TS))
+        or (mac is not None and not _valid_mac(mac))
     ):
         return None
-    return ProbeResult(rid, peer, suspect, reachable)
+    return ProbeResult(rid, topic_peer, suspect, reachable, ts, mac)
 
 
 def _load(payload: bytes) -> dict[str, Any] | None:

@@ -11,10 +11,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from agent.channels import ChannelErrors, cross_checked
 from agent.inventory import FencingPolicy, Level, NodeInventory
-from agent.topology import Action, Outcome, Step, attempt_plan, combined_state
+from agent.topology import (
+    Action,
+    Outcome,
+    Step,
+    attempt_plan,
+    channel_errors,
+    channel_groups,
+    combined_state,
+)
 from backends.base import PowerBackend, PowerState
-from backends.errors import FenceError, PowerVerifyFailed
+from backends.errors import BmcUnreachable, FenceError, PowerVerifyFailed
 from backends.registry import build_backend
 from backends.spec import DeviceSpec
 
@@ -107,13 +116,12 @@ class PowerFencer:
         else:
             out.state = PowerState.UNKNOWN
             return
-        if self.policy.verify_all_channels:
-            try:
-                await self._confirm_off_elsewhere(out.level - 1)
-            except FenceError as err:
-                out.errors.append(str(err))
-                out.state = PowerState.ON
-                return
+        try:
+            await self._confirm_off_elsewhere(out.level - 1)
+        except FenceError as err:
+            out.errors.append(str(err))
+            out.state = PowerState.ON  # doubt counts as On
+            return
         out.off_proven = True
         out.state = PowerState.OFF
         if not then_on:
@@ -168,59 +176,99 @@ class PowerFencer:
             raise
         self._step(li, dev, verb, "sent")
 
-    async def _verify(self, li: int, dev: DeviceSpec, want: PowerState) -> None:
-        """Poll the device until it reads `want`, within the device's `power_timeout`."""
+    async def _verify(
+        self, li: int, dev: DeviceSpec, want: PowerState, *, confirming: int | None = None
+    ) -> None:
+        """Poll the device until it reads `want`, within the device's `power_timeout`.
+
+        `confirming` (a 1-based level) words the failure as a cross-check of that level's Off.
+        """
         t = dev.timeouts
         deadline = self._clock() + t.power_timeout
         if t.power_wait:
             await self._sleep(t.power_wait)
         request = f"verify-{want.value}"
         last = "no read-back yet"
+        error: FenceError | None = None
         while True:
             try:
                 state = await self._backend(dev).power_state()
             except FenceError as err:
-                last = f"read-back failed: {err}"
+                last, error = f"read-back failed: {err}", err
             else:
                 if state is want:
                     self._step(li, dev, request, state.value)
                     return
-                last = f"reads {state.value}"
+                last, error = f"reads {state.value}", None
             if self._clock() >= deadline:
-                failure = PowerVerifyFailed(
+                text = (
                     f"power {want.value} not confirmed within power_timeout="
-                    f"{t.power_timeout:g} s ({last})",
-                    node=self.node.name,
-                    device=dev.name,
+                    f"{t.power_timeout:g} s ({last})"
                 )
+                if confirming is not None:
+                    text = _not_confirmed(confirming, dev, t.power_timeout, error, last)
+                failure = PowerVerifyFailed(text, node=self.node.name, device=dev.name)
                 self._step(li, dev, request, failure.reason, str(failure))
                 raise failure
             await self._sleep(t.poll_interval)
 
     async def _confirm_off_elsewhere(self, fenced_level: int) -> None:
-        """Every reachable device of the other levels must read Off too."""
+        """Every device sharing a channel group with the fenced level's devices reads Off.
+
+        A device that does not answer at all (`BmcUnreachable`) cannot contradict the proof and
+        is skipped; one that answers anything but Off (On, or an error unless `channel_errors:
+        ignore`) gets its full power_timeout to read Off, or the proof fails.
+        """
+        proven = [d.name for d in self.node.levels[fenced_level].devices]
+        must = cross_checked(channel_groups(self.node, self.policy), proven)
+        errors = channel_errors(self.node, self.policy)
         others = [
             (li, d)
             for li, level in enumerate(self.node.levels)
             if li != fenced_level
             for d in level.devices
         ]
-        if not others:
-            return
-        reads = await asyncio.gather(*(self._read(li, d, "confirm-off") for li, d in others))
-        # Unreachable channels (read None) cannot contradict the proof; those reading
-        # anything but Off get the full power_timeout to catch up, then fail the proof.
-        pending = [
-            (li, d)
-            for (li, d), s in zip(others, reads, strict=True)
-            if s is not None and s is not PowerState.OFF
-        ]
+        for li, d in others:
+            if d.name not in must:
+                self._step(
+                    li,
+                    d,
+                    "confirm-off",
+                    "skipped",
+                    f"not in a channel group with level {fenced_level + 1}'s devices "
+                    "(verify_all_channels): not cross-checked",
+                )
+        checks = [(li, d) for li, d in others if d.name in must]
+        reads = await asyncio.gather(*(self._read_for_proof(li, d, errors) for li, d in checks))
+        pending = [check for check, settled in zip(checks, reads, strict=True) if not settled]
         if pending:
             results = await asyncio.gather(
-                *(self._verify(li, d, PowerState.OFF) for li, d in pending),
+                *(
+                    self._verify(li, d, PowerState.OFF, confirming=fenced_level + 1)
+                    for li, d in pending
+                ),
                 return_exceptions=True,
             )
             _raise_first(results)
+
+    async def _read_for_proof(self, li: int, dev: DeviceSpec, errors: ChannelErrors) -> bool:
+        """Read a cross-checked device once; True when it needs no further reads."""
+        request = "confirm-off"
+        try:
+            state = await self._backend(dev).power_state()
+        except BmcUnreachable as err:
+            detail = f"skipped: no answer at all cannot contradict the proof; {err}"
+            self._step(li, dev, request, err.reason, detail)
+            return True
+        except FenceError as err:
+            if errors is ChannelErrors.IGNORE:
+                self._step(li, dev, request, err.reason, f"ignored (channel_errors: ignore); {err}")
+                return True
+            detail = f"answered with an error: must read Off within power_timeout; {err}"
+            self._step(li, dev, request, err.reason, detail)
+            return False
+        self._step(li, dev, request, state.value)
+        return state is PowerState.OFF
 
     async def _read(self, li: int, dev: DeviceSpec, request: str) -> PowerState | None:
         try:
@@ -251,6 +299,25 @@ class PowerFencer:
                 await backend.close()
             except FenceError:
                 continue  # a failed logout changes nothing about the outcome
+
+
+def _not_confirmed(
+    level: int, dev: DeviceSpec, timeout: float, error: FenceError | None, last: str
+) -> str:
+    """Why a cross-checked channel fails the proof of `level`'s Off, and what to change."""
+    head = (
+        f"level {level} read Off, but {dev.name}, a channel of the same power, did not read "
+        f"Off within power_timeout={timeout:g} s"
+    )
+    if error is None:
+        return (
+            f"{head} (it {last}); if {dev.name} does not see this power (e.g. a PDU outlet "
+            "behind a BMC), give it its own group in verify_all_channels"
+        )
+    return (
+        f"{head} (it answered: {error.message}); an answering channel must read Off, its "
+        "errors are no proof (channel_errors: not-proven)"
+    )
 
 
 def _raise_first(results: list[BaseException | None]) -> None:

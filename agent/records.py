@@ -1,28 +1,60 @@
 """FenceOperation records: an `Operation` as the custom resource stored in the cluster.
 
 The record lets a new leader resume an operation the old one left half way. Times in the
-record are wall-clock (for people); the in-memory deadlines are monotonic and restart from
-the moment a leader resumes.
+record are wall-clock (for people, and to carry the recovery deadline over); the in-memory
+deadlines are monotonic: `resumed` rebuilds them from the record's wall times, so a successor
+neither waits forever nor longer than `recovery_timeout` after the deletion (a wall clock
+that jumped is clamped to that range).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from dataclasses import replace
 from typing import Any
 
 from agent.cluster import RECORD_GROUP, RECORD_VERSION
-from agent.fencing import Operation, Phase, VmOutcome
+from agent.fencing import Operation, Phase, Timing, VmOutcome
+from agent.heartbeat_codec import valid_name
+from agent.node_label import NODE_LABEL, node_label_value
 
-NODE_LABEL = "nodefence.io/node"
+__all__ = ["NODE_LABEL", "from_record", "is_open_mark", "record_name", "resumed", "to_record"]
+_DIGEST = 20  # hex digits of SHA-256(node, id) in a shortened name: 80 bits
 
 
 def record_name(op: Operation) -> str:
-    """The resource name: unique per operation, readable per node."""
-    return f"fence-{op.node}-{op.id}"[:253]
+    """The resource name: unique per operation, readable per node, always a valid name.
+
+    `fence-<node>-<id>` when that is a DNS-1123 subdomain of at most 253 characters; else the
+    start of `fence-<node>` and a hash of node and id, so a long node name never cuts the id
+    away (two operations on one node never share a record).
+    """
+    plain = f"fence-{op.node}-{op.id}"
+    if valid_name(plain):
+        return plain
+    digest = hashlib.sha256(f"{op.node}\0{op.id}".encode()).hexdigest()[:_DIGEST]
+    head = f"fence-{op.node}"[: 253 - 1 - _DIGEST].rstrip("-.")
+    return f"{head}-{digest}"
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stamp(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_stamp(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def to_record(
@@ -31,18 +63,31 @@ def to_record(
     leader: str,
     base: dict[str, Any] | None = None,
     action: str = "off",
+    wall: float | None = None,
 ) -> dict[str, Any]:
-    """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion)."""
+    """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion).
+
+    `wall` (seconds since the epoch, default now) stamps `deletedAt` the first time the
+    operation is stored with its Node deleted."""
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
-    meta["labels"] = {**(meta.get("labels") or {}), NODE_LABEL: op.node}
-    started = ((base or {}).get("status") or {}).get("startedAt") or _now()
+    meta["labels"] = {**(meta.get("labels") or {}), NODE_LABEL: node_label_value(op.node)}
+    base_status = (base or {}).get("status") or {}
+    started = base_status.get("startedAt") or _now()
+    deleted_at = base_status.get("deletedAt")
+    if op.node_deleted and not deleted_at:
+        deleted_at = _stamp(wall if wall is not None else dt.datetime.now(dt.UTC).timestamp())
     return {
         "apiVersion": f"{RECORD_GROUP}/{RECORD_VERSION}",
         "kind": "FenceOperation",
         "metadata": meta,
-        "spec": {"nodeName": op.node, "operationId": op.id, "action": action},
+        "spec": {
+            "nodeName": op.node,
+            "nodeUID": op.node_uid,
+            "operationId": op.id,
+            "action": "reboot" if op.reboot else action,
+        },
         "status": {
             "phase": op.phase.value,
             "reason": op.reason,
@@ -53,6 +98,8 @@ def to_record(
             "attempts": op.attempts,
             "tainted": op.tainted,
             "nodeDeleted": op.node_deleted,
+            "deletedAt": deleted_at,
+            "poweredOn": op.powered_on,
             "errors": list(op.errors[-20:]),
             "capacityWarning": op.capacity_warning,
             "vms": None
@@ -112,4 +159,32 @@ def from_record(obj: dict[str, Any]) -> Operation:
         reason=st.get("reason", ""),
         capacity_warning=st.get("capacityWarning", ""),
         proof=st.get("proof") or "",
+        node_uid=str(spec.get("nodeUID") or ""),
+        reboot=spec.get("action") == "reboot",
+        powered_on=st.get("poweredOn") if isinstance(st.get("poweredOn"), bool) else None,
+    )
+
+
+def is_open_mark(op: Operation) -> bool:
+    """Does this operation tell its node "you are being fenced"? Unfinished and its Node not
+    deleted yet: a Recovering record belongs to an earlier incarnation of the node (deleted,
+    then registered again), not to the one reading it."""
+    return not op.final and not op.node_deleted
+
+
+def resumed(
+    op: Operation, obj: dict[str, Any], now: float, wall_now: float, timing: Timing
+) -> Operation:
+    """`op` (read from record `obj`) with its monotonic deadlines rebuilt for a successor.
+
+    A deleted Node's recovery deadline is `deletedAt + recovery_timeout`, moved onto this
+    process's clock (`now` monotonic, `wall_now` epoch seconds) and clamped between now and
+    now + recovery_timeout; without a readable `deletedAt` the whole timeout starts now.
+    """
+    if not op.node_deleted or op.final or op.recovery_deadline is not None:
+        return op
+    deleted = _parse_stamp((obj.get("status") or {}).get("deletedAt"))
+    since = 0.0 if deleted is None else min(max(0.0, wall_now - deleted), timing.recovery_timeout)
+    return replace(
+        op, deleted_at=now - since, recovery_deadline=now + timing.recovery_timeout - since
     )

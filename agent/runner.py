@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
+import time
 
 import aiomqtt
 
@@ -32,8 +34,9 @@ from agent.peers import (
     result_topic,
     run_probe,
 )
+from agent.probe_auth import sign_result
 from agent.profiles import DetectionProfile, profile_from_mapping
-from agent.records import from_record
+from agent.records import from_record, is_open_mark
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 
 log = logging.getLogger("nodefence.agent")
@@ -45,7 +48,12 @@ def detection_profile(cfg: AgentConfig) -> DetectionProfile:
 
 
 async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: asyncio.Event) -> None:
-    """Probe suspects when the leader names this node as a peer; report over the broker."""
+    """Probe suspects when the leader names this node as a peer; report over the broker,
+    signed with this node's heartbeat key unless `auth.mode` is off (`agent.probe_auth`)."""
+    cluster_key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
+    key = (
+        node_key(cluster_key, node) if cluster_key is not None and cfg.auth.mode != "off" else None
+    )
     while not stop.is_set():
         try:
             async with make_client(cfg.broker, f"nodefence-probe-{node}") as client:
@@ -58,12 +66,26 @@ async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: async
                     if req is None or node not in req.peers or req.suspect == node:
                         continue
                     reachable = await run_probe(req, timeout)
-                    res = ProbeResult(req.id, node, req.suspect, reachable)
+                    res = ProbeResult(
+                        req.id, node, req.suspect, reachable, ts=int(time.time() * 1000)
+                    )
+                    if key is not None:
+                        res = sign_result(res, key)
                     await client.publish(result_topic(cfg.cluster, node), encode_result(res))
         except aiomqtt.MqttError as err:
             log.debug("probe responder lost the broker: %s", err)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), cfg.broker.reconnect_max)
+
+
+def leader_identity(node: str) -> str:
+    """The Lease holder identity of this process: the node name and a per-process id."""
+    return f"{node}_{secrets.token_hex(4)}"
+
+
+def identity_node(identity: str | None) -> str | None:
+    """The node name in a Lease holder identity (older agents used the bare node name)."""
+    return None if not identity else identity.split("_", 1)[0]
 
 
 def advertised_host(cfg: AgentConfig) -> str:
@@ -100,9 +122,20 @@ async def run_agent(
     feeder: WatchdogFeeder | None = None
     w = cfg.watchdog
     if w.enabled:
+
+        async def announce_stop() -> bool:
+            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publisher.stop_announced.wait(), 5.0)
+            return publisher.stop_announced.is_set()
+
         policy = FeedPolicy(w.cut_off_after)
         feeder = WatchdogFeeder(
-            w.device, policy, WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval)
+            w.device,
+            policy,
+            WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval),
+            read_timeout=w.timeout_from == "device",
+            announce=announce_stop,
         )
         publisher.claim = feeder.armed_claim
         publisher.on_echo = policy.contact
@@ -112,7 +145,7 @@ async def run_agent(
             return [
                 str((r.get("metadata") or {}).get("name"))
                 for r in records
-                if (r.get("spec") or {}).get("nodeName") == node and not from_record(r).final
+                if (r.get("spec") or {}).get("nodeName") == node and is_open_mark(from_record(r))
             ]
 
     try:
@@ -121,11 +154,14 @@ async def run_agent(
     except ClusterError as err:
         log.warning("cannot announce the health endpoint on node %s: %s", node, err)
     k = cfg.kube
+    # Unique per process: two agents started with the same node name (a stale pod, a
+    # mistake) must never both take the Lease as "ours".
+    identity = leader_identity(node)
     elector = LeaderElector(
         api,
         k.namespace,
         k.lease_name,
-        identity=node,
+        identity=identity,
         timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
     )
 
@@ -158,7 +194,7 @@ async def run_agent(
         return FenceExecutor(
             api,
             k.namespace,
-            node,
+            identity,
             inventory=watcher.current,
             confirm_leader=elector.confirm,
             alive_since=leader.alive_since,
@@ -177,7 +213,7 @@ async def run_agent(
             cfg,
             profile,
             api,
-            node,
+            identity,
             inventory=watcher.nodes if watcher else None,
             executor_factory=executor_factory if watcher else None,
         ).run()

@@ -8,6 +8,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from agent.channels import ChannelErrors, Groups
 from agent.inventory import FencingPolicy, NodeInventory
 from backends.base import PowerState
 
@@ -35,6 +36,18 @@ def attempt_plan(node: NodeInventory, policy: FencingPolicy) -> Iterator[Attempt
     for li in range(len(node.levels)):
         for a in range(policy.attempts):
             yield Attempt(li, a, policy.delay_before(a))
+
+
+def channel_groups(node: NodeInventory, policy: FencingPolicy) -> Groups:
+    """The node's channel groups: its own, else the fencing-wide `verify_all_channels`."""
+    if node.channel_groups is not None:
+        return node.channel_groups
+    return (frozenset(d.name for d in node.devices()),) if policy.verify_all_channels else ()
+
+
+def channel_errors(node: NodeInventory, policy: FencingPolicy) -> ChannelErrors:
+    """What an errored cross-checked channel means for this node (its own setting wins)."""
+    return node.channel_errors or policy.channel_errors
 
 
 def combined_state(states: Sequence[PowerState]) -> PowerState:

@@ -27,11 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
+import math
 import os
+import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.heartbeat_codec import WatchdogClaim
 
@@ -39,6 +42,9 @@ log = logging.getLogger("nodefence.watchdog")
 
 KEEPALIVE = b"\0"
 MAGIC_CLOSE = b"V"
+# linux/watchdog.h: _IOWR('W', 6, int) and _IOR('W', 7, int)
+WDIOC_SETTIMEOUT = 0xC0045706
+WDIOC_GETTIMEOUT = 0x80045707
 
 
 # -- node side: when to feed (pure) ------------------------------------------------------------
@@ -84,6 +90,9 @@ class SelfFenceFacts:
 
     now: float
     marked_at: float  # the fencing record was stored (or taken over) by this leader
+    decided_at: float  # this leader declared the node dead
+    max_claim_age: float  # the armed heartbeat may be at most this much older than decided_at
+    frozen: bool  # a leader-wide guard (storm, broker down, new leader) holds decisions
     margin: float
     claim: WatchdogClaim | None  # from the node's last accepted heartbeat
     last_heartbeat: float | None
@@ -102,8 +111,15 @@ def self_fence_verdict(f: SelfFenceFacts) -> tuple[bool, str]:
     """(True, why) when the node may be treated as fenced; (False, what is missing)."""
     if not f.bmc_unreachable:
         return False, "its BMC answered (only an unreachable BMC allows a self-fence)"
+    if f.frozen:
+        return False, "decisions are frozen (storm guard, broker down or new leader)"
     if f.claim is None or f.last_heartbeat is None:
         return False, "its last heartbeat did not report an armed watchdog"
+    if f.decided_at - f.last_heartbeat > f.max_claim_age:
+        return False, (
+            f"its last armed heartbeat came {f.decided_at - f.last_heartbeat:.1f} s before the"
+            f" fence decision (at most {f.max_claim_age:g} s): it may have been disarmed since"
+        )
     if f.alive_after_mark:
         return False, f"it showed life after the fence decision ({f.alive_after_mark})"
     if f.broker_up_since is None or f.broker_up_since > f.last_heartbeat:
@@ -128,8 +144,20 @@ class WatchdogDeviceError(Exception):
     """The watchdog device cannot be opened or written (the message names it)."""
 
 
+Announce = Callable[[], Awaitable[bool]]
+
+
+async def _not_announced() -> bool:
+    return False
+
+
 class WatchdogFeeder:
-    """Feeds `device` while `policy` allows; see the module doc."""
+    """Feeds `device` while `policy` allows; see the module doc.
+
+    `read_timeout`: at arming, set the configured timeout on the device and advertise what the
+    driver read back (drivers round and cap it); False only for an emulated device without
+    ioctls. `announce()`: on a clean stop, publish that this boot's watchdog is disarmed and
+    return True once the broker acknowledged it; only then is the device disarmed."""
 
     def __init__(
         self,
@@ -137,14 +165,20 @@ class WatchdogFeeder:
         policy: FeedPolicy,
         claim: WatchdogClaim,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        read_timeout: bool = True,
+        announce: Announce = _not_announced,
     ) -> None:
         self.device = device
         self.policy = policy
         self._claim = claim
         self.clock = clock
+        self.read_timeout = read_timeout
+        self.announce = announce
         self._fd: int | None = None
         self.feeds = 0
         self.stop_reason = ""
+        self.disarmed = False
 
     def armed_claim(self) -> WatchdogClaim | None:
         """What heartbeats advertise: the claim while the device is armed and fed."""
@@ -159,7 +193,37 @@ class WatchdogFeeder:
             raise WatchdogDeviceError(
                 f"cannot open watchdog device {self.device}: {err.strerror}{hint}"
             ) from None
+        if self.read_timeout:
+            self._claim = replace(self._claim, timeout=self._device_timeout())
         log.warning("watchdog %s armed (timeout %g s)", self.device, self._claim.timeout)
+
+    def _device_timeout(self) -> float:
+        """Set the configured timeout and read back the one the driver applies."""
+        assert self._fd is not None
+        wanted = max(1, math.ceil(self._claim.timeout))
+        try:
+            with contextlib.suppress(OSError):  # some drivers have a fixed timeout
+                fcntl.ioctl(self._fd, WDIOC_SETTIMEOUT, struct.pack("i", wanted))
+            got = struct.unpack("i", fcntl.ioctl(self._fd, WDIOC_GETTIMEOUT, b"\0" * 4))[0]
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, MAGIC_CLOSE)  # opening armed it: do not leave it running
+            os.close(self._fd)
+            self._fd = None
+            raise WatchdogDeviceError(
+                f"cannot read the timeout of watchdog device {self.device}: {err.strerror}"
+                " (not a watchdog driver? watchdog.timeout_from: config is for emulators only)"
+            ) from None
+        if got <= 0:
+            raise WatchdogDeviceError(f"watchdog device {self.device} reports timeout {got}")
+        if got != wanted:
+            log.warning(
+                "watchdog %s: asked for a %d s timeout, the driver applies %d s (advertised)",
+                self.device,
+                wanted,
+                got,
+            )
+        return float(got)
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -188,7 +252,12 @@ class WatchdogFeeder:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Feed every `feed_interval` until `stop` (then disarm) or until feeding stops."""
+        """Feed every `feed_interval` until `stop` or until feeding stops for good.
+
+        A clean stop disarms the device only when the node is still in contact and has seen no
+        fencing record (a cut-off node's watchdog must fire even if its agent is stopped) and
+        once the leader can know it (`announce()` acknowledged); otherwise the device stays
+        armed and resets the node within its timeout."""
         try:
             while not stop.is_set():
                 if not self.tick():
@@ -196,14 +265,39 @@ class WatchdogFeeder:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._claim.feed_interval)
-            if self._fd is not None and not self.policy.stopped:
-                self._write(MAGIC_CLOSE)  # clean stop: disarm
-                log.info("watchdog %s disarmed (clean stop)", self.device)
+            if self._fd is not None:
+                await self._clean_stop()
         finally:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
                 self._fd = None
+
+    async def _clean_stop(self) -> None:
+        if not self.policy.should_feed(self.clock()):
+            log.critical(
+                "clean stop while cut off or fenced (%s): the watchdog stays armed and resets"
+                " the node within %g s",
+                self.policy.stopped or "not armed",
+                self._claim.timeout,
+            )
+            return
+        self._write(KEEPALIVE)  # a full timeout for the announcement
+        try:
+            announced = await self.announce()
+        except Exception as err:  # any failure means the leader may not know
+            log.warning("could not announce the clean stop: %s", err)
+            announced = False
+        if not announced or not self.policy.should_feed(self.clock()):
+            log.critical(
+                "clean stop not acknowledged by the broker: the watchdog stays armed (the"
+                " leader may still count on it) and resets the node within %g s",
+                self._claim.timeout,
+            )
+            return
+        self._write(MAGIC_CLOSE)
+        self.disarmed = True
+        log.info("watchdog %s disarmed (clean stop, announced)", self.device)
 
 
 ListMarks = Callable[[], Awaitable[list[str]]]

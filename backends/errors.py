@@ -36,9 +36,22 @@ class FenceError(Exception):
 
 
 class BmcUnreachable(FenceError):
-    """The BMC did not answer at all (no route, refused, silent)."""
+    """The BMC did not answer at all (no route, refused, silent).
+
+    Only this error says "no answer": a channel that raises it cannot contradict a proof of
+    Off, and a node whose every channel raises it may be taken as self-fenced by its watchdog.
+    Anything the BMC said, however broken, is one of the other errors.
+    """
 
     reason = "unreachable"
+
+
+class BmcTlsError(FenceError):
+    """The BMC answered, but no trusted TLS channel to it could be set up (certificate not
+    trusted or not for this address, handshake refused): a configuration problem, never
+    "unreachable"."""
+
+    reason = "tls"
 
 
 class BmcAuthFailed(FenceError):

@@ -17,12 +17,16 @@ Library defaults this module overrides, on purpose:
 - requests turns a POST answered by 301/302/303 into a GET of the new location, whose 200
   would read as an accepted reset: a redirected POST is refused.
 
-Errors: nothing received in a call (refused, reset, silent past the deadline) is
-`BmcUnreachable`; a call that got answers but did not finish in time is `BmcTimeout`; a TLS
-failure (unknown CA, wrong host name, TLS to a plain-HTTP port) is `BmcUnreachable` with a
-message naming TLS, since no trusted channel to the BMC exists. 401 is `BmcAuthFailed` (after
-one fresh login, for an expired session), 403/404/400 on what we need is `BmcUnsupported`,
-5xx and unparseable answers are `BmcProtocolError`.
+Errors: nothing received in a call (no route, refused, reset before an answer, silent past
+the deadline) is `BmcUnreachable`, and only that: it is what lets a channel be skipped in a
+proof of Off and what the watchdog self-fence rule needs. A call that received an answer (a
+status line) but did not finish in time is `BmcTimeout`; an answer cut short is
+`BmcProtocolError`. A TLS failure (certificate from an unknown CA or not for this address, TLS
+to a plain-HTTP port, handshake refused) is `BmcTlsError`: the BMC answered, but not over a
+channel we trust, and the message says what to set (ca_file, address, scheme/port or
+ssl_insecure). 401 is `BmcAuthFailed` (after one fresh login, for an expired session),
+403/404/400 on what we need is `BmcUnsupported`, 5xx and unparseable answers are
+`BmcProtocolError`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from backends.errors import (
     BmcAuthFailed,
     BmcProtocolError,
     BmcTimeout,
+    BmcTlsError,
     BmcUnreachable,
     BmcUnsupported,
     FenceError,
@@ -194,17 +199,23 @@ class AnswerTruncated(requests.exceptions.RequestException):
 
 
 class _BoundedAdapter(HTTPAdapter):
-    """requests' transport, reading at most `limit` bytes of any answer into memory."""
+    """requests' transport, reading at most `limit` bytes of any answer into memory.
 
-    def __init__(self, limit: int) -> None:
+    `heard()` is called as soon as an answer's status line and headers are in: from then on
+    the BMC has answered, whatever happens to the rest of the answer.
+    """
+
+    def __init__(self, limit: int, heard: Callable[[], None]) -> None:
         super().__init__(max_retries=0)
         self.limit = limit
+        self._heard = heard
 
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, stream: bool = False, **kwargs: Any
     ) -> requests.Response:
         # `stream` is ignored on purpose: the body is always read here, bounded.
         resp = super().send(request, stream=True, **kwargs)
+        self._heard()
         declared = resp.headers.get("Content-Length", "")
         if declared.strip().isdigit() and int(declared) > self.limit:
             resp.close()
@@ -221,12 +232,12 @@ class _BoundedAdapter(HTTPAdapter):
             resp.close()
             raise AnswerTruncated(f"the answer was cut short ({exc})", request=request) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # The status line and headers came: a reset or broken stream now is an answer
+            # cut short, not a BMC that never answered.
             resp.close()
-            if "IncompleteRead" in repr(exc):
-                raise AnswerTruncated(
-                    f"the answer was cut short ({type(exc).__name__})", request=request
-                ) from exc
-            raise requests.exceptions.ConnectionError(exc, request=request) from exc
+            raise AnswerTruncated(
+                f"the answer was cut short ({type(exc).__name__})", request=request
+            ) from exc
         if len(body) > self.limit:
             resp.close()
             raise AnswerTooLarge(f"the answer is over the {self.limit}-byte limit", request=request)
@@ -279,16 +290,20 @@ class _Conn:
         self.http = session if isinstance(session, requests.Session) else None
         if self.http is not None:
             self.http.trust_env = False
-            adapter = _BoundedAdapter(MAX_ANSWER_BYTES)
+            adapter = _BoundedAdapter(MAX_ANSWER_BYTES, self.heard_from_bmc)
             self.http.mount("https://", adapter)
             self.http.mount("http://", adapter)
         self.auth: Literal["session", "basic"] | None = None
         self.root: Json | None = None
         self.system_uri: str | None = None
-        self.answers = 0  # HTTP answers received during the current call
+        self.answers = 0  # HTTP answers (status lines) received during the current call
         self._guard = threading.Lock()
         self._busy = False
         self._abandoned = False
+
+    def heard_from_bmc(self) -> None:
+        """An answer's status line arrived (called from the transport)."""
+        self.answers += 1
 
     def run(self, fn: Callable[[], T]) -> T:
         with self._guard:
@@ -479,7 +494,8 @@ class RedfishBackend(PowerBackend):
                 resp = client.delete(path)
         except rf.RetriesExhaustedError as exc:
             raise self._transport_error(conn, exc.__cause__ or exc, f"{method} {path}") from None
-        conn.answers += 1
+        if conn.http is None:  # otherwise our transport counted it when the headers came
+            conn.heard_from_bmc()
         http_resp = getattr(resp, "_http_response", None)
         sent = getattr(getattr(http_resp, "request", None), "method", method)
         if sent != method:
@@ -501,18 +517,13 @@ class RedfishBackend(PowerBackend):
         reason = getattr(root, "verify_message", None) or getattr(root, "strerror", None)
         reason = str(reason or root)
         if isinstance(root, ssl.SSLCertVerificationError):
-            where = f"ca_file {self.spec.ca_file}" if self.spec.ca_file else "the system CAs"
-            return self._err(
-                BmcUnreachable,
-                f"Redfish {what}: TLS: the BMC's certificate is not trusted by {where} "
-                f"({reason}); set ca_file to the CA that signed it, or ssl_insecure to skip "
-                "verification",
-            )
+            return self._err(BmcTlsError, f"Redfish {what}: {self._untrusted(root, reason)}")
         if isinstance(exc, requests.exceptions.SSLError) or isinstance(root, ssl.SSLError):
             return self._err(
-                BmcUnreachable,
-                f"Redfish {what}: TLS handshake with the BMC failed ({reason}); check scheme "
-                "and port",
+                BmcTlsError,
+                f"Redfish {what}: TLS handshake with the BMC failed ({reason}); check that "
+                f"{self.spec.base_url} serves HTTPS (scheme and port), or that the BMC accepts "
+                "a TLS version and cipher this agent offers",
             )
         if isinstance(exc, requests.exceptions.ReadTimeout) and conn.answers > 0:
             return self._err(BmcTimeout, f"Redfish {what}: the BMC stopped answering ({reason})")
@@ -529,6 +540,21 @@ class RedfishBackend(PowerBackend):
                 "check address, port, scheme and network",
             )
         return self._err(BmcProtocolError, f"Redfish {what}: {type(exc).__name__}: {reason}")
+
+    def _untrusted(self, err: ssl.SSLCertVerificationError, reason: str) -> str:
+        """What is wrong with the BMC's certificate, and what to set."""
+        # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+        if err.verify_code in (62, 64):
+            return (
+                f"TLS: the BMC's certificate is not for {self.spec.address} ({reason}); set "
+                "address to a name the certificate carries, give the BMC a certificate for "
+                "this address, or set ssl_insecure to skip verification"
+            )
+        where = f"ca_file {self.spec.ca_file}" if self.spec.ca_file else "the system CAs"
+        return (
+            f"TLS: the BMC's certificate is not trusted by {where} ({reason}); set ca_file to "
+            "the CA that signed it, or ssl_insecure to skip verification"
+        )
 
     def _api(self, conn: _Conn, method: str, path: str, body: Json | None = None) -> Any:
         """A request made as the logged-in user; one fresh login when a session has expired."""
@@ -657,7 +683,8 @@ class RedfishBackend(PowerBackend):
                 f"Redfish {kind} login: the BMC requires a password change for user "
                 f"{self.spec.username!r} before it accepts commands",
             ) from None
-        conn.answers += 1
+        if conn.http is None:
+            conn.heard_from_bmc()
 
     def _ready(self, conn: _Conn) -> str:
         """Log in if needed and find the system; return its URI."""

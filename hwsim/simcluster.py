@@ -296,6 +296,7 @@ class SimCluster:
             wd = {k: v for k, v in s.watchdog.items() if k != "reboot_after"}
             doc["watchdog"] = {
                 "enabled": True,
+                "timeout_from": "config",  # the emulated device is a FIFO: no ioctls
                 **wd,
                 "device": str(self.workdir / "watchdog" / node),
             }
@@ -312,7 +313,8 @@ class SimCluster:
     # -- observations -----------------------------------------------------------------------------
 
     def leader(self) -> str | None:
-        """The node holding the nodefence leader Lease, or None (see `node_of`)."""
+        """The node whose agent holds the nodefence leader Lease, or None (the holder identity
+        is `<node>_<per-process id>`, see `node_of`)."""
         try:
             lease = self.kube.store.get("leases", "nodefence-leader", "nodefence")
         except NotFound:

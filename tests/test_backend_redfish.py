@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,6 +12,10 @@ from typing import Any
 
 import pytest
 
+from agent.fence_executor import all_unreachable
+from agent.inventory import FencingPolicy, Level, NodeInventory
+from agent.power import PowerFencer
+from agent.topology import Action
 from backends.base import PowerState
 from backends.errors import (
     BmcAuthFailed,
@@ -23,7 +28,7 @@ from backends.errors import (
 from backends.redfish import RedfishBackend, choose_reset_type, power_state_from
 from backends.spec import DeviceTimeouts, RedfishDevice, Secret
 from hwsim.machine import SimMachine
-from hwsim.redfish import RedfishBmc
+from hwsim.redfish import RawAnswer, RedfishBmc
 from hwsim.tls import TlsFiles, make_tls
 
 USER, PASSWORD = "admin", "Pa55-w0rd-never-shown"
@@ -227,26 +232,99 @@ async def test_the_wrong_credentials_fault_refuses_even_the_right_password(
 # --- TLS -----------------------------------------------------------------------------------
 
 
-async def test_a_certificate_from_an_unknown_ca_is_refused_as_unreachable(
+TlsCase = Callable[[StartBmc, MakeBackend, TlsFiles, TlsFiles], Awaitable[RedfishBackend]]
+
+
+async def _unknown_ca(
+    start: StartBmc, make: MakeBackend, tls: TlsFiles, stranger: TlsFiles
+) -> RedfishBackend:
+    return make(await start(tls=stranger), ca_file=str(tls.ca_cert))
+
+
+async def _system_cas(
+    start: StartBmc, make: MakeBackend, tls: TlsFiles, stranger: TlsFiles
+) -> RedfishBackend:
+    return make(await start(tls=tls), ca_file=None)
+
+
+async def _another_address(
+    start: StartBmc, make: MakeBackend, tls: TlsFiles, stranger: TlsFiles
+) -> RedfishBackend:
+    # The test certificate names 127.0.0.1, ::1 and localhost; 127.0.0.2 is loopback too.
+    return make(await start(tls=tls, host="127.0.0.2"))
+
+
+async def _plain_http_port(
+    start: StartBmc, make: MakeBackend, tls: TlsFiles, stranger: TlsFiles
+) -> RedfishBackend:
+    return make(await start(), scheme="https", ca_file=str(tls.ca_cert))
+
+
+TLS_FAILURES: list[tuple[str, TlsCase, str]] = [
+    ("certificate from an unknown CA", _unknown_ca, r"not trusted by ca_file .*ssl_insecure"),
+    ("private CA, no ca_file", _system_cas, r"not trusted by the system CAs.*ca_file"),
+    ("certificate for another address", _another_address, r"is not for 127\.0\.0\.2.*ssl_insecure"),
+    ("https to a plain-HTTP port", _plain_http_port, r"TLS handshake .*scheme and port"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "remedy"), [(c, r) for _, c, r in TLS_FAILURES], ids=[i for i, _, _ in TLS_FAILURES]
+)
+async def test_a_tls_failure_is_its_own_error_and_never_unreachable(
+    start_bmc: StartBmc,
+    backend_for: MakeBackend,
+    tls: TlsFiles,
+    stranger_tls: TlsFiles,
+    case: TlsCase,
+    remedy: str,
+) -> None:
+    # The BMC answered (it spoke TLS, or plain HTTP): it is not "no answer at all", so it must
+    # never count towards the self-fence rule's "every BMC unreachable".
+    backend = await case(start_bmc, backend_for, tls, stranger_tls)
+    for call in (backend.power_state, backend.power_off):
+        with pytest.raises(FenceError) as caught:
+            await call()
+        assert not isinstance(caught.value, BmcUnreachable), caught.value
+        assert caught.value.reason == "tls"
+        assert re.search(remedy, str(caught.value)), str(caught.value)
+        assert "node=node-1 device=bmc-a" in str(caught.value)
+    result = await backend.check()
+    assert result.reachable and not result.authenticated
+    assert result.power is PowerState.UNKNOWN and "TLS" in result.detail
+
+
+async def test_a_certificate_from_an_unknown_ca_never_gets_the_credentials_or_the_power_off(
     start_bmc: StartBmc, backend_for: MakeBackend, stranger_tls: TlsFiles, tls: TlsFiles
 ) -> None:
     m = machine()
     bmc = await start_bmc([m], tls=stranger_tls)
     backend = backend_for(bmc, ca_file=str(tls.ca_cert))
-    with pytest.raises(BmcUnreachable, match=r"TLS.*not trusted") as caught:
+    with pytest.raises(FenceError):
         await backend.power_off()
-    assert "ca_file" in str(caught.value)
     assert m.power == "on"
     assert bmc.service.active_sessions() == 0  # the credentials never left the client
 
 
-async def test_without_ca_file_the_system_cas_are_used_and_refuse_a_private_ca(
-    start_bmc: StartBmc, backend_for: MakeBackend, tls: TlsFiles
+async def test_a_walk_against_a_bmc_failing_tls_is_not_all_unreachable(
+    start_bmc: StartBmc, stranger_tls: TlsFiles, tls: TlsFiles
 ) -> None:
-    backend = backend_for(await start_bmc(tls=tls), ca_file=None)
-    with pytest.raises(BmcUnreachable, match="system CAs"):
-        await backend.power_state()
-    assert not (await backend.check()).reachable
+    # The self-fence rule (watchdog proof) needs every device of the node unreachable.
+    bmc = await start_bmc(tls=stranger_tls)
+    device = RedfishDevice(
+        name="bmc-a",
+        address=bmc.host,
+        port=bmc.port,
+        username=USER,
+        password=Secret(PASSWORD),
+        ca_file=str(tls.ca_cert),
+        timeouts=DeviceTimeouts(timeout=3.0, power_timeout=1.0, poll_interval=0.1),
+    )
+    node = NodeInventory("node-1", (Level((device,)),))
+    outcome = await PowerFencer(node, FencingPolicy(attempts=1)).run(Action.OFF)
+    assert not outcome.off_proven
+    assert [s.result for s in outcome.steps] == ["tls"]
+    assert not all_unreachable(node, outcome)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -256,23 +334,6 @@ async def test_ssl_insecure_accepts_a_certificate_from_an_unknown_ca(
     bmc = await start_bmc(tls=stranger_tls)
     backend = backend_for(bmc, ca_file=str(tls.ca_cert), ssl_insecure=True)
     assert await backend.power_state() is PowerState.ON
-
-
-async def test_a_certificate_for_another_address_is_refused(
-    start_bmc: StartBmc, backend_for: MakeBackend, tls: TlsFiles
-) -> None:
-    # The test certificate names 127.0.0.1, ::1 and localhost; 127.0.0.2 is loopback too.
-    backend = backend_for(await start_bmc(tls=tls, host="127.0.0.2"))
-    with pytest.raises(BmcUnreachable, match="not trusted"):
-        await backend.power_state()
-
-
-async def test_https_to_a_plain_http_port_is_a_tls_failure(
-    start_bmc: StartBmc, backend_for: MakeBackend, tls: TlsFiles
-) -> None:
-    backend = backend_for(await start_bmc(), scheme="https", ca_file=str(tls.ca_cert))
-    with pytest.raises(BmcUnreachable, match="TLS"):
-        await backend.power_state()
 
 
 # --- reachability and deadlines ------------------------------------------------------------
@@ -316,6 +377,24 @@ async def test_a_bmc_that_answers_then_stalls_is_a_timeout(
     started = time.monotonic()
     with pytest.raises(BmcTimeout):
         await backend.power_state()
+    assert time.monotonic() - started < 2
+
+
+async def test_a_bmc_that_sends_headers_then_stalls_in_its_first_answer_is_a_timeout(
+    start_bmc: StartBmc, backend_for: MakeBackend
+) -> None:
+    # The status line and headers came: the BMC answered, so it is not "unreachable" (which
+    # would let it be skipped in a proof of Off and count towards a watchdog self-fence).
+    bmc = await start_bmc()
+    body = b'{"@odata.id": "/redfish/v1/", "Systems": {"@odata.id": "/redfish/v1/Systems"}}'
+    bmc.tamper = lambda method, path: RawAnswer(
+        body=[body[:10], body[10:]], content_length=len(body), drip=5.0
+    )
+    backend = backend_for(bmc, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BmcTimeout) as caught:
+        await backend.power_state()
+    assert not isinstance(caught.value, BmcUnreachable)
     assert time.monotonic() - started < 2
 
 

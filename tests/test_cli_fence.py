@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from hwsim.tls import make_tls
 from tests.conftest import RunningFleet, run_cli
 
 
@@ -105,3 +108,40 @@ async def test_no_output_ever_contains_the_bmc_password(bmc_fleet: RunningFleet)
     ]
     for r in runs:
         assert password not in r.out and password not in r.err
+
+
+async def test_fence_output_says_a_channel_was_skipped_because_it_did_not_answer(
+    bmc_fleet: RunningFleet,
+) -> None:
+    await bmc_fleet.bmcs.redfish_bmcs["node-1"].stop()
+    r = await run_cli("fence", "node-1", "-i", str(bmc_fleet.inventory), "--yes")
+    assert r.code == 0, r.out
+    assert "proven OFF by level 1" in r.out
+    (line,) = [ln for ln in r.out.splitlines() if "redfish" in ln and "confirm-off" in ln]
+    assert "unreachable  (skipped: no answer at all cannot contradict the proof" in line
+
+
+async def test_a_channel_failing_tls_is_no_proof_and_bmc_check_says_what_to_fix(
+    bmc_fleet: RunningFleet, tmp_path: Path
+) -> None:
+    # node-1's Redfish BMC is verified against a CA that did not sign its certificate.
+    doc = yaml.safe_load(bmc_fleet.inventory.read_text())
+    stranger = make_tls(tmp_path / "stranger")
+    doc["nodes"]["node-1"]["levels"][1]["devices"][0]["ca_file"] = str(stranger.ca_cert)
+    wrong_ca = tmp_path / "wrong-ca.yaml"
+    wrong_ca.write_text(yaml.safe_dump(doc))
+
+    r = await run_cli("fence", "node-1", "-i", str(wrong_ca), "--yes")
+    assert r.code == 1, r.out
+    assert bmc_fleet.fleet["node-1"].power_state() == "off"  # ipmi switched it, but...
+    (line,) = [ln for ln in r.out.splitlines() if "redfish" in ln and "confirm-off" in ln]
+    assert " tls  (answered with an error: must read Off within power_timeout" in line
+    verdict = r.out.splitlines()[-1]
+    assert verdict.startswith("node node-1: FAILED to off: level 1 read Off, but")
+    assert "channel_errors" in verdict and "device=redfish" in verdict
+
+    r = await run_cli("bmc", "check", "-i", str(wrong_ca), "node-1")
+    assert r.code == 1
+    (row,) = [ln for ln in r.out.splitlines() if ln.startswith("node-1") and "redfish" in ln]
+    assert row.split()[5:7] == ["yes", "NO"]  # reachable: it answered; no trusted channel
+    assert "TLS: the BMC's certificate is not trusted by ca_file" in r.out

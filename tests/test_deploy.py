@@ -301,10 +301,14 @@ def test_the_guides_inventory_example_loads_with_the_agents_own_parser(tmp_path:
     section = guide.split("## BMC inventory reference", 1)[1]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "inventory.yaml").write_text(example)
-    for name in ("worker-1-ipmi", "worker-1-redfish", "bmc-ca.pem"):
+    for name in ("worker-1-ipmi", "worker-1-redfish", "worker-3-bmc", "pdu", "bmc-ca.pem"):
         (tmp_path / name).write_text("x")
     inventory = load_inventory(tmp_path / "inventory.yaml", env={})
     assert [len(level.devices) for level in inventory.node("worker-1").levels] == [1, 1]
+    assert inventory.node("worker-3").channel_groups == (
+        frozenset({"ipmi", "redfish"}),
+        frozenset({"pdu"}),
+    )
 
 
 def mqtt_tool() -> ModuleType:

@@ -537,3 +537,35 @@ async def test_a_leader_killed_hard_is_replaced_after_the_lease_duration_not_bef
     assert lease(kube)["holderIdentity"] == successor.name
     assert lease(kube)["leaseTransitions"] == 1
     assert await sample_single_leader(kube, survivors, 0.5) is successor
+
+
+async def test_two_agents_started_with_the_same_node_name_never_both_lead(
+    kube: KubeApiServer, kubeconfig: Path
+) -> None:
+    # A stale pod beside its replacement, or a copy-pasted NODE_NAME: each process campaigns
+    # under its own identity (node name plus a per-process id), so only one holds the Lease.
+    from agent.runner import identity_node, leader_identity
+
+    cands = [
+        Candidate(
+            LeaderElector(
+                ClusterApi(load_api_client(str(kubeconfig)), timeout=5.0),
+                NS,
+                LEASE,
+                leader_identity("node-1"),
+                TIMING,
+            )
+        )
+        for _ in range(2)
+    ]
+    assert cands[0].name != cands[1].name
+    try:
+        for c in cands:
+            c.start()
+        first = await sample_single_leader(kube, cands, 1.5)
+        assert identity_node(lease(kube)["holderIdentity"]) == "node-1"
+        assert not [c for c in cands if c is not first and c.lead_started]
+    finally:
+        for c in cands:
+            c.stop.set()
+        await asyncio.gather(*(c.task for c in cands if c.task), return_exceptions=True)

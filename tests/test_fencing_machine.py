@@ -19,6 +19,7 @@ from agent.fencing import (
     FINAL,
     RESTART_POLICIES,
     Action,
+    Cancelled,
     Event,
     FenceDone,
     Maintenance,
@@ -26,8 +27,10 @@ from agent.fencing import (
     NodeDeleted,
     Operation,
     Phase,
+    PoweredOn,
     PowerOffSending,
     SelfFenced,
+    SendWithdrawn,
     Tainted,
     Timing,
     VmOutcome,
@@ -100,6 +103,7 @@ RECOVERED = replace(
     vms=(replace(VM_A, running_on=OTHER, recovered_after=10.0), VM_M),
     reason="1 ColdStandby VMs running on other nodes",
 )
+REBOOTING = replace(RECOVERING, reboot=True)  # after_proof reboot: deleted, not powered on
 INCOMPLETE = replace(
     RECOVERING, phase=Phase.RECOVERY_INCOMPLETE, reason="not running elsewhere: prod/a"
 )
@@ -115,6 +119,7 @@ STATES: dict[str, Operation] = {
     "tainted": TAINTED,
     "cleaned": CLEANED,
     "recovering": RECOVERING,
+    "rebooting": REBOOTING,
     "recovered": RECOVERED,
     "incomplete": INCOMPLETE,
     "aborted": ABORTED,
@@ -131,6 +136,9 @@ EVENTS: dict[str, Event] = {
     "deleted": NodeDeleted(),
     "seen": VmsSeen({"prod/a": OTHER}),
     "self-fenced": SelfFenced("watchdog self-fence: deadline passed"),
+    "cancelled": Cancelled("node alive by the new leader's own evidence"),
+    "withdrawn": SendWithdrawn("cannot read the Node before the power-off"),
+    "powered-on": PoweredOn(True),
 }
 
 
@@ -164,6 +172,27 @@ def _failure(op: Operation) -> dict[str, Any]:
         "errors": (*op.errors, "level 1: auth failed", "level 2: timeout"),
         "retry_at": NOW + T.retry_delay(n),
         "reason": f"fencing failed (attempt {n}): level 2: timeout",
+    }
+
+
+CANCELLED = {
+    "phase": Phase.ABORTED,
+    "power_off_sent": False,
+    "reason": "node alive by the new leader's own evidence",
+}
+
+
+def _withdrawn(op: Operation) -> dict[str, Any]:
+    if op.phase is not Phase.FENCING:
+        return UNCHANGED
+    n = op.attempts + 1
+    return {
+        "phase": Phase.FENCE_FAILED,
+        "power_off_sent": False,
+        "attempts": n,
+        "errors": (*op.errors, "cannot read the Node before the power-off"),
+        "retry_at": NOW + T.retry_delay(n),
+        "reason": f"fencing failed (attempt {n}): cannot read the Node before the power-off",
     }
 
 
@@ -219,6 +248,9 @@ def _before_proof(op: Operation) -> dict[str, dict[str, Any]]:
         "seen": UNCHANGED,
         # only where a walk left the operation, never before the first walk
         "self-fenced": UNCHANGED if op.phase is Phase.PENDING else SELF_FENCED,
+        "cancelled": CANCELLED,  # the executor knows no request went out
+        "withdrawn": _withdrawn(op),  # only right after PowerOffSending
+        "powered-on": UNCHANGED,
     }
 
 
@@ -230,6 +262,9 @@ def _after_proof(op: Operation, **rest: dict[str, Any]) -> dict[str, dict[str, A
         "done-ok": UNCHANGED,
         "done-fail": UNCHANGED,
         "self-fenced": UNCHANGED,
+        "cancelled": UNCHANGED,  # proof is proof
+        "withdrawn": UNCHANGED,
+        "powered-on": UNCHANGED,  # only with after_proof reboot, once deleted
         **rest,
     }
 
@@ -269,6 +304,14 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         deleted=UNCHANGED,  # the deadline and deleted_at stay
         seen=_recovered(RECOVERING),
     ),
+    "rebooting": _after_proof(
+        REBOOTING,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=UNCHANGED,
+        seen=_recovered(REBOOTING),
+        **{"powered-on": {"powered_on": True}},
+    ),
     "recovered": FINAL_ROW,
     "incomplete": FINAL_ROW,
     "aborted": FINAL_ROW,
@@ -306,6 +349,8 @@ def test_every_phase_and_event_leads_to_the_specified_operation(state: str, even
         (CLEANED, NOW, Action.CHECK_VMS),
         (RECOVERING, NOW, Action.CHECK_VMS),
         (RECOVERING, NOW + 1e6, Action.CHECK_VMS),  # the deadline is judged on the next check
+        (REBOOTING, NOW, Action.POWER_ON),  # only once the deletion is stored
+        (replace(REBOOTING, powered_on=False), NOW, Action.CHECK_VMS),  # tried once
         (RECOVERED, NOW, Action.NONE),
         (INCOMPLETE, NOW, Action.NONE),
         (ABORTED, NOW, Action.NONE),
@@ -324,6 +369,8 @@ def test_every_phase_and_event_leads_to_the_specified_operation(state: str, even
         "cleaned-checks-vms",
         "recovering-checks-vms",
         "recovering-past-deadline",
+        "rebooting-powers-on",
+        "rebooting-tried",
         "recovered",
         "incomplete",
         "aborted",
@@ -566,7 +613,9 @@ vm_outcomes = st.lists(
 ).map(tuple)
 
 noise = st.one_of(
-    st.builds(NodeAlive, st.sampled_from(("heartbeat", "lease"))), st.just(Maintenance())
+    st.builds(NodeAlive, st.sampled_from(("heartbeat", "lease"))),
+    st.just(Maintenance()),
+    st.just(Cancelled("alive, and no request went out")),
 )
 walk_reports = st.builds(
     FenceDone,
@@ -576,6 +625,8 @@ walk_reports = st.builds(
 )
 progress: st.SearchStrategy[Event] = st.one_of(
     st.just(PowerOffSending()),
+    st.just(SendWithdrawn("the Node could not be read")),
+    st.just(PoweredOn(True)),
     walk_reports,
     st.builds(VmsSnapshotted, vm_outcomes, st.sampled_from(("", "no room"))),
     st.just(Tainted()),
@@ -644,15 +695,17 @@ def replay(history: Iterable[tuple[Event, float]]) -> tuple[Operation, float]:
     return op, now
 
 
-def check_step(before: Operation, now: float, after: Operation) -> None:
+def check_step(before: Operation, now: float, after: Operation, event: Event) -> None:
     """The invariants every single transition keeps, whatever the event."""
+    # Only the executor's "no request went out" reports may undo the point of no return.
+    undoes = isinstance(event, Cancelled | SendWithdrawn)
     # (a) nothing irreversible on the Node before a proven Off
     assert after.off_proven or not (after.tainted or after.node_deleted)
     for at in (now, now + 1e9):
         if next_action(after, at) in (Action.TAINT, Action.DELETE_NODE):
             assert after.off_proven
     # (b) the point of no return: a sent request or a proven Off is never aborted
-    if before.power_off_sent or before.off_proven:
+    if before.off_proven or (before.power_off_sent and not undoes):
         assert after.phase is not Phase.ABORTED
     if after.phase is Phase.ABORTED:
         assert not (after.power_off_sent or after.off_proven or after.tainted or after.node_deleted)
@@ -661,6 +714,8 @@ def check_step(before: Operation, now: float, after: Operation) -> None:
         assert after == before
     # the record only moves forward: flags stay set, phases never go back, times stay put
     for flag in ("power_off_sent", "off_proven", "tainted", "node_deleted"):
+        if flag == "power_off_sent" and undoes:
+            continue
         assert getattr(after, flag) or not getattr(before, flag), flag
     assert RANK[after.phase] >= RANK[before.phase]
     for stamp in ("deleted_at", "recovery_deadline"):
@@ -688,8 +743,8 @@ def check_step(before: Operation, now: float, after: Operation) -> None:
 @PROPS
 @given(histories)
 def test_any_event_order_keeps_the_safety_invariants(history: list[tuple[Event, float]]) -> None:
-    for before, _event, now, after in run(history):
-        check_step(before, now, after)
+    for before, event, now, after in run(history):
+        check_step(before, now, after, event)
     hypothesis.event(f"ends in {replay(history)[0].phase}")
 
 
@@ -713,7 +768,7 @@ def test_a_taint_deletion_or_proof_reported_twice_changes_nothing_the_second_tim
 def test_a_proven_off_ignores_every_further_walk_report(history: list[tuple[Event, float]]) -> None:
     prefix = [(PowerOffSending(), 0.0), (FenceDone(True, 1), 1.0)]
     for before, event, now, after in run([*prefix, *history]):
-        check_step(before, now, after)
+        check_step(before, now, after, event)
         if isinstance(event, FenceDone | PowerOffSending) and before.off_proven:
             assert after == before
 
@@ -778,7 +833,7 @@ def test_a_driven_operation_ends_final_or_stays_visibly_pending_in_fence_failed(
             batch.append(last)
         for event in batch:
             before, op = op, apply(op, event, now, FAST)
-            check_step(before, now, op)
+            check_step(before, now, op, event)
             if op.phase is Phase.FENCE_FAILED and isinstance(event, FenceDone):
                 assert op.retry_at is not None and op.retry_at > now  # visibly waiting
             last = event

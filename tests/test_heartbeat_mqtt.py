@@ -28,6 +28,7 @@ from agent.heartbeat_codec import (
     NodeState,
     decode_heartbeat,
     decode_status,
+    decode_status_boot,
     heartbeat_topic,
     status_topic,
 )
@@ -227,7 +228,7 @@ async def test_heartbeats_are_paced_by_the_interval(
 # -- status and the Last Will ----------------------------------------------------------------
 
 
-async def test_a_connected_agent_is_retained_online_and_a_clean_stop_retains_offline(
+async def test_a_connected_agent_is_retained_online_and_a_clean_stop_retains_stopped(
     broker: MosquittoBroker,
     witness_factory: Callable[..., Any],
     run_publisher: Callable[..., Running],
@@ -242,12 +243,13 @@ async def test_a_connected_agent_is_retained_online_and_a_clean_stop_retains_off
 
     r.stop.set()
     await asyncio.wait_for(r.task, 5)
-    assert late.states()[-1] is NodeState.OFFLINE
-    assert not r.publisher.stats.connected
+    assert late.states()[-1] is NodeState.STOPPED  # clean: its watchdog (if any) disarmed
+    assert not r.publisher.stats.connected and r.publisher.stop_announced.is_set()
 
     after = await witness_factory(broker, status_topic(CLUSTER, NODE))
     kept = await eventually("the retained status", lambda: after.on(status_topic(CLUSTER, NODE)))
-    assert kept[0].retain and decode_status(kept[0].payload) is NodeState.OFFLINE
+    assert kept[0].retain
+    assert decode_status_boot(kept[0].payload) == (NodeState.STOPPED, r.publisher.boot)
 
 
 PUBLISHER_SCRIPT = """

@@ -34,8 +34,7 @@ async def pdu_fleet(tmp_path: Path) -> AsyncIterator[PduFleet]:
     bmcs = BmcFleet(fleet, tmp_path, power_timeout=1.0, pdus=("node-2",))
     await bmcs.start()
     try:
-        # Written without the channel groups so that any agent of this checkout loads it.
-        path = bmcs.write_inventory(tmp_path / "inventory.yaml", channel_groups=False)
+        path = bmcs.write_inventory(tmp_path / "inventory.yaml")
         text = path.read_text().replace("timeout: 2\n", "timeout: 0.5\n", 1)
         path.write_text(text)
         yield PduFleet(fleet, bmcs, load_inventory(path, env={}))
@@ -163,9 +162,13 @@ async def test_the_outlet_off_cuts_the_host_and_its_bmc_and_on_gives_the_bmc_bac
 
 
 async def test_the_pdu_node_inventory_has_the_outlet_after_its_bmc(pdu_fleet: PduFleet) -> None:
-    levels = [[d.name for d in lv.devices] for lv in pdu_fleet.inventory.node("node-2").levels]
-    assert levels == [["ipmi"], ["redfish"], ["pdu"]]
-    assert [d.name for d in pdu_fleet.inventory.node("node-1").devices()] == ["ipmi", "redfish"]
-    doc = pdu_fleet.bmcs.inventory("bmc-password")
-    assert doc["nodes"]["node-2"]["verify_all_channels"] == [["ipmi", "redfish"], ["pdu"]]
-    assert "verify_all_channels" not in doc["nodes"]["node-1"]
+    node = pdu_fleet.inventory.node("node-2")
+    assert [[d.name for d in lv.devices] for lv in node.levels] == [["ipmi"], ["redfish"], ["pdu"]]
+    # The agent reads the outlet as a view of other power than the BMC's.
+    assert node.channel_groups is not None
+    assert [sorted(g) for g in node.channel_groups] == [["ipmi", "redfish"], ["pdu"]]
+    other = pdu_fleet.inventory.node("node-1")
+    assert [d.name for d in other.devices()] == ["ipmi", "redfish"]
+    assert other.channel_groups is None
+    without = pdu_fleet.bmcs.inventory("bmc-password", channel_groups=False)
+    assert "verify_all_channels" not in without["nodes"]["node-2"]

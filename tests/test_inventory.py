@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.channels import ChannelErrors
 from agent.inventory import InventoryError, load_inventory
 from backends.spec import IpmiDevice, RedfishDevice
 
@@ -115,6 +116,85 @@ def test_a_broken_field_is_named_with_file_node_and_device(
         assert "field 'timeout'" in message
 
 
+BMC_AND_PDU = """
+fencing:
+  channel_errors: ignore
+nodes:
+  node-1:
+    verify_all_channels: [[ipmi, redfish], [pdu]]
+    channel_errors: not-proven
+    levels:
+      - - {type: ipmi, name: ipmi, address: 10.0.0.11, username: a, password_file: secret}
+        - {type: redfish, name: redfish, address: 10.0.0.11, username: a, password_file: secret}
+      - - {type: redfish, name: pdu, address: 10.0.1.1, username: a, password_file: secret}
+  node-2:
+    levels:
+      - - {type: ipmi, name: ipmi, address: 10.0.0.21, username: a, password_file: secret}
+"""
+
+
+def test_channel_groups_and_channel_errors_load_per_node_and_fencing_wide(tmp_path: Path) -> None:
+    inv = load_inventory(write(tmp_path, BMC_AND_PDU))
+    n1, n2 = inv.node("node-1"), inv.node("node-2")
+    assert n1.channel_groups == (frozenset({"ipmi", "redfish"}), frozenset({"pdu"}))
+    assert n1.channel_errors is ChannelErrors.NOT_PROVEN
+    assert n2.channel_groups is None and n2.channel_errors is None  # follow `fencing:`
+    assert inv.policy.channel_errors is ChannelErrors.IGNORE
+    assert inv.policy.verify_all_channels is True
+
+
+@pytest.mark.parametrize(
+    ("value", "groups"),
+    [("true", (frozenset({"ipmi", "redfish", "pdu"}),)), ("false", ())],
+)
+def test_a_node_verify_all_channels_boolean_is_one_group_or_none(
+    tmp_path: Path, value: str, groups: tuple[frozenset[str], ...]
+) -> None:
+    text = BMC_AND_PDU.replace("[[ipmi, redfish], [pdu]]", value)
+    assert load_inventory(write(tmp_path, text)).node("node-1").channel_groups == groups
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("yes-please", "must be true, false, or a list of groups"),
+        ("3", "must be true, false, or a list of groups"),
+        ("[]", "must be true, false, or a list of groups"),
+        ("[ipmi, redfish, pdu]", "group 1 must be a non-empty list of device names, got 'ipmi'"),
+        ("[[ipmi, redfish], [], [pdu]]", "group 2 must be a non-empty list"),
+        ("[[ipmi, redfish], [pdu-x]]", "group 2: 'pdu-x' is not a device of this node"),
+        ("[[ipmi, redfish], [pdu, 7]]", "group 2: 7 is not a device of this node"),
+        ("[[ipmi, redfish], [pdu, ipmi]]", "group 2: device 'ipmi' is also in group 1"),
+        ("[[ipmi, ipmi, redfish], [pdu]]", "group 1: device 'ipmi' is twice in it"),
+        ("[[ipmi, redfish]]", "device 'pdu' is in no group"),
+        ("{ipmi: redfish}", "must be true, false, or a list of groups"),
+    ],
+)
+def test_a_broken_channel_group_is_named_with_file_node_and_field(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    text = BMC_AND_PDU.replace("[[ipmi, redfish], [pdu]]", value)
+    path = write(tmp_path, text)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: node 'node-1': field 'verify_all_channels': ")
+    assert expected in message
+    assert "(its devices: ipmi, redfish, pdu)" in message or "not a device" not in message
+
+
+@pytest.mark.parametrize("where", ["fencing", "node-1"])
+def test_an_unknown_channel_errors_value_is_named(tmp_path: Path, where: str) -> None:
+    old = "channel_errors: ignore" if where == "fencing" else "channel_errors: not-proven"
+    path = write(tmp_path, BMC_AND_PDU.replace(old, "channel_errors: skip"))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    named = "fencing" if where == "fencing" else "node 'node-1'"
+    assert f"{path}: {named}: field 'channel_errors': must be one of not-proven, ignore" in str(
+        info.value
+    )
+
+
 def test_an_inline_password_is_refused_and_not_echoed(tmp_path: Path) -> None:
     text = GOOD.replace(
         "password_file: secret\n            cipher", "password: hunter2\n            cipher"
@@ -151,4 +231,8 @@ def test_the_shipped_example_inventory_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "inventory.yaml"
     path.write_text(text)
     inv = load_inventory(path, env=env)
-    assert set(inv.nodes) == {"worker-1", "worker-2"}
+    assert set(inv.nodes) == {"worker-1", "worker-2", "worker-3"}
+    assert inv.node("worker-3").channel_groups == (
+        frozenset({"ipmi", "redfish"}),
+        frozenset({"pdu"}),
+    )

@@ -336,3 +336,63 @@ async def test_a_cancelled_leader_side_stops_even_if_a_library_swallowed_the_can
 
     assert await cancel_and_wait(side, task), "the leader side ran on after its cancellation"
     assert swallowed.is_set()
+
+
+# -- what the leader must not believe -----------------------------------------------------------
+
+
+def _node(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+async def test_a_heartbeat_that_arrives_after_its_node_was_deleted_adds_no_phantom_node(
+    leader: tuple[LeaderSide, asyncio.Task[None]],
+    node_client: aiomqtt.Client,
+    kube: KubeApiServer,
+) -> None:
+    side, _ = leader
+    kube.store.create("nodes", _node("node-7"))
+    await side._refresh_kube()
+    await send(node_client, "node-7", beat("node-7", 0))
+    await barrier(node_client, side)
+    assert side.detector.last_heartbeat("node-7") is not None
+    kube.store.delete("nodes", "node-7")  # fenced and deleted
+    await side._refresh_kube()
+    assert "node-7" not in {v.node for v in side.detector.evaluate(time.monotonic())}
+    await send(node_client, "node-7", beat("node-7", 1))  # in flight when it was deleted
+    await barrier(node_client, side)
+    assert "node-7" not in {v.node for v in side.detector.evaluate(time.monotonic())}
+    assert side.stats.rejected["deleted_node"] == 1
+    kube.store.create("nodes", _node("node-7"))  # repaired: registered again
+    await side._refresh_kube()
+    await send(node_client, "node-7", beat("node-7", 0, boot="boot-b"))
+    await barrier(node_client, side)
+    assert side.detector.last_heartbeat("node-7") is not None
+
+
+async def test_a_clean_stop_withdraws_the_watchdog_claim_even_if_a_heartbeat_comes_after_it(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    from agent.heartbeat_codec import NodeState, WatchdogClaim, encode_status, status_topic
+
+    side, _ = leader
+    claim = WatchdogClaim(10.0, 5.0, 1.0)
+
+    def armed(seq: int, boot: str = BOOT) -> bytes:
+        return encode_heartbeat(Heartbeat("node-1", seq, boot, 1.0, "0.1.0", wd=claim))
+
+    await send(node_client, "node-1", armed(0))
+    await barrier(node_client, side)
+    assert side.watchdog_claims["node-1"] == claim
+    stopped = encode_status(NodeState.STOPPED, BOOT)
+    await node_client.publish(status_topic(CLUSTER, "node-1"), stopped, qos=1, retain=True)
+    await eventually("the claim withdrawn", lambda: side.watchdog_claims["node-1"] is None)
+    await send(node_client, "node-1", armed(1))  # reordered: sent before the stop
+    await barrier(node_client, side)
+    assert side.watchdog_claims["node-1"] is None
+    await send(node_client, "node-1", armed(0, boot="boot-b"))  # the agent started again
+    await barrier(node_client, side)
+    assert side.watchdog_claims["node-1"] == claim

@@ -728,7 +728,7 @@ class RecordsApi:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
 
-    async def list_records(self, namespace: str) -> list[dict[str, Any]]:
+    async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
         return list(self.records.values())
 
     async def save_record(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -766,7 +766,7 @@ async def test_a_pending_fence_of_a_node_entering_maintenance_is_aborted_before_
         alive_since=lambda node, since: None,
         in_maintenance=lambda node: node == N,
     )
-    executor.submit(N)
+    executor.submit(N, decided_at=0.0)
     await executor.wait_idle()
     [record] = api.records.values()
     assert record["status"]["phase"] == "Aborted"

@@ -23,12 +23,16 @@ from agent.watchdog import (
 from hwsim.watchdog import EmulatedWatchdog
 
 CLAIM = WatchdogClaim(timeout=10.0, cut_off=6.0, feed_interval=1.0)
+EMULATED: dict[str, bool] = {"read_timeout": False}  # the emulated device is a FIFO: no ioctls
 MARK = 100.0
 DEADLINE = MARK + 6 + 1 + 10 + 2  # cut_off + feed + timeout + margin
 
 OK = SelfFenceFacts(
     now=DEADLINE,
     marked_at=MARK,
+    decided_at=MARK - 0.2,
+    max_claim_age=12.0,
+    frozen=False,
     margin=2.0,
     claim=CLAIM,
     last_heartbeat=90.0,
@@ -62,6 +66,8 @@ def test_a_self_fence_counts_once_every_condition_holds_and_the_deadline_passed(
         ({"broker_up_since": None}, "broker connection"),
         ({"broker_up_since": 95.0}, "broker connection"),  # came up after the last heartbeat
         ({"last_rejected": 92.0}, "refused"),
+        ({"frozen": True}, "frozen"),
+        ({"last_heartbeat": MARK - 0.2 - 12.01}, "may have been disarmed since"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -75,6 +81,20 @@ def test_each_missing_condition_keeps_the_node_unfenced(
 
 def test_a_refusal_before_the_last_good_heartbeat_does_not_matter() -> None:
     assert self_fence_verdict(replace(OK, last_rejected=80.0))[0]
+
+
+def test_an_armed_claim_older_than_the_heartbeat_window_proves_nothing() -> None:
+    # The agent stopped (its watchdog possibly disarmed) long before the node was judged dead:
+    # e.g. agent lost for a while, then the node was cut off too.
+    old = replace(OK, last_heartbeat=20.0, decided_at=MARK - 0.2)
+    ok, why = self_fence_verdict(old)
+    assert not ok and "may have been disarmed since" in why
+    assert self_fence_verdict(replace(OK, last_heartbeat=MARK - 0.2 - 12.0))[0]  # at the edge
+
+
+def test_no_watchdog_proof_while_decisions_are_frozen() -> None:
+    ok, why = self_fence_verdict(replace(OK, frozen=True))
+    assert not ok and "frozen" in why
 
 
 # -- the node's rule ---------------------------------------------------------------------------
@@ -137,7 +157,7 @@ async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
     try:
         policy = FeedPolicy(cut_off=0.3)
         claim = WatchdogClaim(0.4, 0.3, 0.05)
-        feeder = WatchdogFeeder(str(dev.path), policy, claim)
+        feeder = WatchdogFeeder(str(dev.path), policy, claim, **EMULATED)
         stop = asyncio.Event()
         task = asyncio.create_task(feeder.run(stop))
         await asyncio.sleep(0.2)
@@ -161,14 +181,24 @@ async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
         dev.stop()
 
 
-async def test_a_clean_stop_disarms_the_device(tmp_path: Path) -> None:
+async def _announced() -> bool:
+    return True
+
+
+async def _refused() -> bool:
+    return False
+
+
+async def test_a_clean_stop_announced_to_the_leader_disarms_the_device(tmp_path: Path) -> None:
     fired: list[float] = []
     dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
     dev.start()
     try:
         policy = FeedPolicy(cut_off=5.0)
         policy.contact(time.monotonic())
-        feeder = WatchdogFeeder(str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05))
+        feeder = WatchdogFeeder(
+            str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_announced, **EMULATED
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(feeder.run(stop))
         await _until("armed", lambda: dev.armed)
@@ -176,7 +206,107 @@ async def test_a_clean_stop_disarms_the_device(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 2)
         await _until("disarmed", lambda: not dev.armed)
         await asyncio.sleep(0.5)
-        assert not fired
+        assert not fired and feeder.disarmed
+    finally:
+        dev.stop()
+
+
+async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed(
+    tmp_path: Path,
+) -> None:
+    # The leader would still count on this watchdog: disarming silently could make a machine
+    # that is still on look self-fenced.
+    fired: list[float] = []
+    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
+    dev.start()
+    try:
+        policy = FeedPolicy(cut_off=5.0)
+        policy.contact(time.monotonic())
+        feeder = WatchdogFeeder(
+            str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_refused, **EMULATED
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(feeder.run(stop))
+        await _until("armed", lambda: dev.armed)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        assert dev.disarms == 0 and not feeder.disarmed
+    finally:
+        dev.stop()
+
+
+async def test_a_clean_stop_of_a_cut_off_node_never_disarms_its_watchdog(tmp_path: Path) -> None:
+    # Cut off for longer than cut_off_after, stopped before a feeding tick noticed: it must
+    # reset all the same (the leader counts on it), even if the stop is announced.
+    fired: list[float] = []
+    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.5, lambda: fired.append(time.monotonic()))
+    dev.start()
+    try:
+        now = [100.0]
+        policy = FeedPolicy(cut_off=2.0)
+        policy.contact(100.0)
+        feeder = WatchdogFeeder(
+            str(dev.path),
+            policy,
+            WatchdogClaim(0.5, 2.0, 10.0),  # no feeding tick before the stop
+            clock=lambda: now[0],
+            announce=_announced,
+            **EMULATED,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(feeder.run(stop))
+        await _until("armed", lambda: dev.armed)
+        now[0] = 102.5  # silent for longer than cut_off_after
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        assert dev.disarms == 0 and not feeder.disarmed
+    finally:
+        dev.stop()
+
+
+def test_the_advertised_timeout_is_the_one_the_driver_applies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A driver with a 1 s granularity and a 30 s ceiling, asked for 45.5 s.
+    import fcntl
+    import struct
+
+    from agent import watchdog
+
+    applied: list[int] = []
+
+    def ioctl(fd: int, request: int, arg: bytes) -> bytes:
+        if request == watchdog.WDIOC_SETTIMEOUT:
+            applied.append(min(30, struct.unpack("i", arg)[0]))
+            return struct.pack("i", applied[-1])
+        assert request == watchdog.WDIOC_GETTIMEOUT
+        return struct.pack("i", applied[-1])
+
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    device = tmp_path / "dev"
+    device.write_bytes(b"")
+    policy = FeedPolicy(cut_off=5.0)
+    policy.contact(time.monotonic())
+    feeder = WatchdogFeeder(str(device), policy, WatchdogClaim(45.5, 5.0, 1.0))
+    assert feeder.tick()
+    assert applied == [30]
+    assert feeder.armed_claim() == WatchdogClaim(30.0, 5.0, 1.0)
+
+
+async def test_a_device_without_watchdog_ioctls_is_refused_and_left_disarmed(
+    tmp_path: Path,
+) -> None:
+    dev = EmulatedWatchdog(tmp_path / "watchdog", 5.0, lambda: None)
+    dev.start()
+    try:
+        policy = FeedPolicy(cut_off=5.0)
+        policy.contact(time.monotonic())
+        feeder = WatchdogFeeder(str(dev.path), policy, CLAIM)  # timeout read from the device
+        with pytest.raises(WatchdogDeviceError, match="cannot read the timeout"):
+            feeder.tick()
+        await _until("disarmed again", lambda: dev.disarms >= 1 and not dev.armed)
     finally:
         dev.stop()
 

@@ -7,6 +7,7 @@ update a resource accepts (status subresource, immutable spec), and whether `gen
 from __future__ import annotations
 
 import copy
+import json
 import random
 import re
 import uuid
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hwsim.kube.errors import BadRequest, Invalid
+from hwsim.kube.labels import label_problems
 from hwsim.kube.resources import ResourceType
 
 Obj = dict[str, Any]
@@ -41,14 +43,44 @@ def wall_clock() -> datetime:
 
 def invalid(rt: ResourceType, name: str, field: str, value: Any, detail: str) -> Invalid:
     """A 422 Invalid naming the kind, object and field, as the real server words it."""
-    message = f'{field}: Invalid value: "{value}": {detail}'
+    return invalid_fields(rt, name, [(field, value, detail)])
+
+
+def invalid_fields(rt: ResourceType, name: str, problems: list[tuple[str, Any, str]]) -> Invalid:
+    """A 422 Invalid for every (field, bad value, detail), worded as apimachinery's
+    `NewInvalid`: `Kind.group "name" is invalid: <error>` or `...: [<error>, <error>]`."""
+    bodies = [(f, f"Invalid value: {_quoted(v)}: {d}") for f, v, d in problems]
+    errors = [f"{f}: {body}" for f, body in bodies]
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    joined = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
     return Invalid(
-        f'{rt.kind} "{name}" is invalid: {message}',
+        f'{kind} "{name}" is invalid: {joined}',
         name=name,
         group=rt.group,
         kind=rt.kind,
-        causes=[{"reason": "FieldValueInvalid", "message": message, "field": field}],
+        causes=[{"reason": "FieldValueInvalid", "message": b, "field": f} for f, b in bodies],
     )
+
+
+def _quoted(value: Any) -> str:
+    # Go's %q for strings, %v for the rest.
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+
+
+def check_labels(rt: ResourceType, obj: Obj) -> None:
+    """Invalid (422) for any label key or value the real server refuses; BadRequest for a
+    label set that is not a map of strings (the real server cannot even decode it)."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise BadRequest(
+            "json: cannot unmarshal number into Go struct field ObjectMeta.metadata.labels"
+            " of type string"
+        )
+    problems = label_problems(labels)
+    if problems:
+        name = meta.get("name", "")
+        raise invalid_fields(rt, name, [("metadata.labels", v, d) for v, d in problems])
 
 
 def check_name(rt: ResourceType, name: str) -> None:

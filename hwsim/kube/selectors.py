@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwsim.kube.errors import BadRequest
+from hwsim.kube.labels import key_problems, value_problems
 from hwsim.kube.tables import lookup
 
 Obj = dict[str, Any]
@@ -58,21 +59,38 @@ def _split_top(text: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
+def _checked(key: str, values: list[str]) -> None:
+    """BadRequest for a key or value no label can have, worded as apimachinery's parser."""
+    errors = []
+    if problems := key_problems(key):
+        errors.append(f'key: Invalid value: "{key}": {"; ".join(problems)}')
+    for i, value in enumerate(values):
+        if problems := value_problems(value):
+            errors.append(f'values[{i}][{key}]: Invalid value: "{value}": {"; ".join(problems)}')
+    if errors:
+        joined = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
+        raise BadRequest(f"unable to parse requirement: {joined}")
+
+
 def parse_label_selector(text: str | None) -> tuple[Requirement, ...]:
-    """Requirements from a `labelSelector` string; BadRequest when it does not parse."""
+    """Requirements from a `labelSelector` string; BadRequest when it does not parse or names
+    a key or value no label can have."""
     out: list[Requirement] = []
     for part in _split_top(text or ""):
         if m := _EQ_RE.match(part):
             key, op, value = m.groups()
+            _checked(key, [value])
             out.append(Requirement(key, "!=" if op == "!=" else "=", frozenset([value])))
         elif m := _SET_RE.match(part):
             neg, key, op, values = m.groups()
             if op:
                 if neg:
                     raise BadRequest(f"unable to parse requirement: {part.strip()!r}")
-                vals = frozenset(v.strip() for v in values.split(",") if v.strip())
-                out.append(Requirement(key, op, vals))
+                given = [v.strip() for v in values.split(",") if v.strip()]
+                _checked(key, given)
+                out.append(Requirement(key, op, frozenset(given)))
             else:
+                _checked(key, [])
                 out.append(Requirement(key, "!exists" if neg else "exists"))
         else:
             raise BadRequest(f"unable to parse requirement: {part.strip()!r}")

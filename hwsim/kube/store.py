@@ -150,6 +150,7 @@ class ObjectStore:
                     kind=rt.plural,
                 )
             new = objects.for_create(rt, obj, name, ns, self.clock())
+            objects.check_labels(rt, new)
             if self._serve_crd(rt, new):
                 new["status"] = established(new)
             return present(rt, self._write(rt, "ADDED", new, None))
@@ -179,6 +180,7 @@ class ObjectStore:
                 raise conflict(rt.group, rt.plural, name, STALE)
             _check_preconditions(rt, old, {"uid": meta.get("uid")})
             new = objects.for_update(rt, old, obj, subresource)
+            objects.check_labels(rt, new)
             if objects.unchanged(old, new):
                 return present(rt, old)
             self._serve_crd(rt, new)

@@ -1,0 +1,384 @@
+"""The fence executor's ordering rules, with in-memory edges (tests/executor_fakes.py): what is
+stored, read and checked before a power-off goes out; what a new leader does with operations
+it did not decide; what picks a stopped operation up again; a write that timed out but landed;
+the Node object a fence may touch; after_proof reboot. End-to-end versions of the leader-change
+cases run on the simulated cluster (tests/test_e2e_safety.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+
+from agent.cluster import ClusterApi, ClusterError
+from agent.fence_executor import FenceExecutor
+from agent.fencing import Operation, Phase, Timing
+from agent.inventory import parse_inventory
+from agent.records import to_record
+from tests.executor_fakes import FakeApi, FakeMachine, FakeNode, factory
+
+N = "w1"
+INVENTORY = """
+nodes:
+  w1:
+    levels:
+      - devices:
+          - {type: ipmi, name: ipmi, address: 127.0.0.1, port: 9, username: a, password_env: PW}
+"""
+TIMING = Timing(retry_base=0.05, retry_max=0.1, recovery_timeout=0.5)
+VMS = [
+    {
+        "metadata": {"namespace": "prod", "name": "a"},
+        "spec": {"runPolicy": "AlwaysOn"},
+        "status": {"phase": "Running", "nodeName": N},
+    }
+]
+
+
+class Leader:
+    """The leader-side callbacks the executor asks: Lease checks and life since a moment."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.heartbeat_at: float | None = None  # leader clock of the node's last heartbeat
+        self.heartbeat_after_save = False  # a heartbeat arrives while PowerOffSending is stored
+        self.lease_failures = 0
+        self.leader = True
+
+    async def confirm(self) -> None:
+        self.calls.append("confirm_leader")
+        if self.lease_failures:
+            self.lease_failures -= 1
+            raise RuntimeError("lease renewal timed out")
+        if not self.leader:
+            raise RuntimeError("not the leader")
+
+    def alive_since(self, node: str, since: float) -> str | None:
+        self.calls.append("alive_check")
+        if self.heartbeat_after_save and any(c.startswith("save Fencing+sent") for c in self.calls):
+            return "heartbeat received 0.0 s ago"
+        if self.heartbeat_at is not None and self.heartbeat_at >= since:
+            return "heartbeat received 0.1 s ago"
+        return None
+
+
+def make(
+    tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader, **kw: Any
+) -> FenceExecutor:
+    inventory = parse_inventory(
+        yaml.safe_load(INVENTORY), path=tmp_path / "inv.yaml", env={"PW": "pw"}
+    )
+    return FenceExecutor(
+        cast(ClusterApi, api),
+        "nodefence",
+        kw.pop("identity", "leader-a_1"),
+        inventory=lambda: inventory,
+        confirm_leader=leader.confirm,
+        alive_since=leader.alive_since,
+        in_maintenance=lambda node: False,
+        timing=TIMING,
+        check_interval=0.01,
+        reconcile_interval=0.05,
+        backend_factory=factory(machine),
+        **kw,
+    )
+
+
+def world() -> tuple[FakeApi, FakeMachine, Leader]:
+    api = FakeApi()
+    api.nodes[N] = FakeNode("uid-1")
+    api.vms = [dict(v) for v in VMS]
+    return api, FakeMachine(api.calls), Leader(api.calls)
+
+
+def phase_of(ex: FenceExecutor) -> Phase | None:
+    op = ex.operations.get(N)
+    return None if op is None else op.phase
+
+
+def stored_phase(api: FakeApi) -> str | None:
+    return next((r["status"]["phase"] for r in api.records.values()), None)
+
+
+def record(api: FakeApi) -> dict[str, Any]:
+    [rec] = api.records.values()
+    return rec
+
+
+async def settle(executor: FenceExecutor, timeout: float = 5.0) -> None:
+    await asyncio.wait_for(executor.wait_idle(), timeout)
+
+
+async def until(what: str, check: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+# -- the last look before the power-off ----------------------------------------------------------
+
+
+async def test_the_point_of_no_return_is_stored_before_the_last_looks_and_then_the_request(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    first_off = api.calls.index("power_off")
+    before = api.calls[:first_off]
+    # Lease renewed, PowerOffSending stored, maintenance and identity read fresh, life looked
+    # for since the decision: in this order, and nothing else before the request.
+    tail = before[before.index("confirm_leader") :]
+    assert tail == ["confirm_leader", "save Fencing+sent", "get_node", "alive_check"]
+    assert record(api)["status"]["phase"] == "Recovered"
+
+
+async def test_heartbeats_received_while_the_dead_verdict_was_being_reported_abort_the_fence(
+    tmp_path: Path,
+) -> None:
+    # Declared dead at 10.0; a heartbeat stamped 10.0 (received while the NodeDeclaredDead
+    # Event was being written, before the executor started) is life after the decision.
+    api, machine, leader = world()
+    leader.heartbeat_at = 10.0
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert record(api)["status"]["phase"] == "Aborted"
+    assert machine.offs == 0
+
+
+async def test_a_power_off_never_goes_out_when_the_point_of_no_return_cannot_be_stored(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    api.fail_saves.append(("Fencing+sent", ClusterError("update: 500 Internal Server Error", 500)))
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await until("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
+    assert machine.offs == 0
+    assert not ex.operations[N].power_off_sent  # nothing was sent, and it says so
+    await settle(ex)  # the retry stores it and goes on
+    assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
+
+
+async def test_maintenance_is_read_from_the_api_right_before_the_power_off(tmp_path: Path) -> None:
+    # The leader's cached Node list still says "no maintenance"; the API already says so.
+    api, machine, leader = world()
+    api.nodes[N].maintenance = True
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    st = record(api)["status"]
+    assert st["phase"] == "Aborted" and "maintenance" in st["reason"]
+    assert not st["powerOffSent"] and machine.offs == 0
+
+
+async def test_life_seen_after_the_point_of_no_return_was_stored_still_stops_the_request(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    leader.heartbeat_after_save = True  # arrives during the Lease renewal and the record write
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    st = record(api)["status"]
+    assert st["phase"] == "Aborted" and "came back" in st["reason"]
+    assert not st["powerOffSent"] and machine.offs == 0
+
+
+async def test_an_unreadable_node_before_the_request_is_a_failed_attempt_not_a_power_off(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    api.fail_get_node = 1
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await until("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
+    assert machine.offs == 0 and not ex.operations[N].power_off_sent
+    await settle(ex)
+    assert machine.offs == 1
+
+
+async def test_a_node_registered_again_since_the_decision_is_not_powered_off(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    api.nodes[N] = FakeNode("uid-2")  # the machine rebooted and its kubelet registered again
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert record(api)["status"]["phase"] == "Aborted" and machine.offs == 0
+
+
+# -- a new leader and the operations it did not decide ----------------------------------------
+
+
+def stored_op(api: FakeApi, op: Operation, leader: str = "leader-old_9") -> None:
+    body = to_record(op, "nodefence", leader)
+    body["metadata"]["resourceVersion"] = "1"
+    api.records[body["metadata"]["name"]] = body
+
+
+async def test_a_resumed_operation_without_a_proof_waits_for_this_leaders_own_verdict(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    stored_op(api, Operation(N, "old1", node_uid="uid-1"))
+    ex = make(tmp_path, api, machine, leader)
+    assert await ex.resume() == 1
+    await asyncio.sleep(0.1)
+    assert machine.offs == 0 and ex.held() == {N}  # nothing before this leader judged it
+    ex.submit(N, decided_at=50.0, uid="uid-1")  # declared dead with its own evidence
+    await settle(ex)
+    assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
+    assert len(api.records) == 1  # the old operation, finished; not a second one
+
+
+async def test_a_resumed_operation_is_aborted_when_this_leader_sees_the_node_alive(
+    tmp_path: Path,
+) -> None:
+    # Even if the old leader stored PowerOffSending: this leader cannot know whether that
+    # request went out, and the node answers.
+    api, machine, leader = world()
+    sent = Operation(N, "old1", phase=Phase.FENCING, power_off_sent=True, node_uid="uid-1")
+    stored_op(api, sent)
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    await ex.cancel_held(N, "node alive by the new leader's own evidence (heartbeats)")
+    st = record(api)["status"]
+    assert st["phase"] == "Aborted" and "own evidence" in st["reason"]
+    assert machine.offs == 0 and not ex.held()
+
+
+async def test_a_resumed_operation_with_a_proven_off_goes_on_at_once(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    machine.on = False
+    proven = Operation(
+        N, "old1", phase=Phase.POWERED_OFF, power_off_sent=True, off_proven=True, node_uid="uid-1"
+    )
+    stored_op(api, proven)
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    await settle(ex)
+    assert record(api)["status"]["phase"] == "Recovered" and N not in api.nodes
+    assert machine.offs == 0  # no new power-off: cleanup needs none
+
+
+async def test_a_resumed_recovering_operation_ends_by_its_deadline(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    api.vms = []  # its VM never comes back
+    del api.nodes[N]
+    recovering = Operation(
+        N,
+        "old1",
+        phase=Phase.RECOVERING,
+        power_off_sent=True,
+        off_proven=True,
+        tainted=True,
+        node_deleted=True,
+        vms=(),
+        node_uid="uid-1",
+    )
+    body = to_record(recovering, "nodefence", "leader-old_9")
+    body["metadata"]["resourceVersion"] = "1"
+    body["status"]["vms"] = [
+        {"namespace": "prod", "name": "a", "runPolicy": "AlwaysOn", "expectedRestart": True}
+    ]
+    api.records[body["metadata"]["name"]] = body
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    await settle(ex, timeout=3.0)  # recovery_timeout 0.5 s: never "forever"
+    assert record(api)["status"]["phase"] == "RecoveryIncomplete"
+
+
+# -- operations that stopped are picked up again ------------------------------------------------
+
+
+async def test_an_operation_stopped_by_a_failed_lease_check_is_resumed_on_the_leaders_schedule(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    # Fail the Lease check once, right at the taint (past the proof); nobody submits again
+    # (the node will vanish from the detector once its Node is deleted).
+    original = leader.confirm
+    failed: list[bool] = []
+
+    async def flaky() -> None:
+        if not failed and "save PoweredOff+sent" in api.calls:
+            failed.append(True)
+            leader.lease_failures = 1
+        await original()
+
+    ex.confirm_leader = flaky
+    loop_task = asyncio.create_task(ex.reconcile_loop())
+    try:
+        await until("recovered", lambda: stored_phase(api) == "Recovered")
+    finally:
+        loop_task.cancel()
+    assert machine.offs == 1 and failed
+
+
+async def test_a_record_write_that_timed_out_but_landed_is_not_taken_for_another_leader(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    api.land_then_fail.append("PoweredOff+sent")  # applied, but the client saw a timeout
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert record(api)["status"]["phase"] == "Recovered"  # not "stepping back" at the 409
+
+
+async def test_a_record_changed_by_another_leader_makes_this_one_step_back(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await until("stored", lambda: api.records)
+    rec = record(api)
+    rec["status"]["leader"] = "leader-b_2"
+    rec["metadata"]["resourceVersion"] = "999"  # someone else wrote it
+    await settle(ex)
+    assert record(api)["status"]["leader"] == "leader-b_2"
+
+
+# -- the Node object, rejoining, after_proof reboot ---------------------------------------------
+
+
+async def test_a_node_that_rejoined_and_died_again_is_fenced_again(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert record(api)["status"]["phase"] == "Recovered"
+    ex.submit(N, decided_at=11.0, uid="uid-1")  # a stale verdict about the same Node
+    await settle(ex)
+    assert len(api.records) == 1
+    api.nodes[N] = FakeNode("uid-2")  # repaired, registered again, then died again
+    machine.on = True
+    ex.submit(N, decided_at=90.0, uid="uid-2")
+    await settle(ex)
+    assert len(api.records) == 2 and machine.offs == 2 and N not in api.nodes
+
+
+async def test_after_proof_reboot_powers_on_only_after_the_deletion_is_stored(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    ex = make(tmp_path, api, machine, leader, after_proof="reboot")
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    deleted_saved = next(i for i, c in enumerate(api.calls) if c.startswith("save Recovering"))
+    power_on = api.calls.index("power_on")
+    assert api.calls.index("delete_node") < deleted_saved < power_on
+    assert api.calls[power_on - 1] == "confirm_leader"  # the Lease, right before
+    st = record(api)["status"]
+    assert st["poweredOn"] is True and record(api)["spec"]["action"] == "reboot"

@@ -1,0 +1,78 @@
+"""FenceOperation records: what a successor leader rebuilds from them, and which records tell a
+node that it is being fenced."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.fencing import Operation, Phase, Timing, VmOutcome, VmsSeen, apply, next_action
+from agent.records import from_record, is_open_mark, resumed, to_record
+
+T = Timing(retry_base=1.0, retry_max=4.0, recovery_timeout=60.0)
+WALL = 1_800_000_000.0  # the old leader's wall clock when it deleted the Node
+VM = VmOutcome("prod", "a", "AlwaysOn", True)
+RECOVERING = Operation(
+    "w1",
+    "op-1",
+    phase=Phase.RECOVERING,
+    power_off_sent=True,
+    off_proven=True,
+    tainted=True,
+    node_deleted=True,
+    deleted_at=5.0,
+    recovery_deadline=65.0,
+    vms=(VM,),
+    node_uid="uid-1",
+)
+
+
+def stored(op: Operation, wall: float = WALL) -> dict[str, object]:
+    return to_record(op, "nodefence", "leader-a_1", wall=wall)
+
+
+def test_a_resumed_recovering_operation_ends_at_its_deadline_instead_of_waiting_forever() -> None:
+    # The successor read the record 20 s after the deletion (wall clocks), at its own
+    # monotonic 1000: the deadline is what is left of recovery_timeout on its clock.
+    op = resumed(from_record(stored(RECOVERING)), stored(RECOVERING), 1000.0, WALL + 20, T)
+    assert op.recovery_deadline == 1040.0 and op.deleted_at == 980.0
+    assert next_action(op, 1039.0).value == "check-vms"
+    late = apply(op, VmsSeen({}), 1040.0, T)
+    assert late.phase is Phase.RECOVERY_INCOMPLETE and "prod/a" in late.reason
+
+
+def test_a_wall_clock_that_jumped_is_clamped_to_one_recovery_timeout() -> None:
+    record = stored(RECOVERING)
+    back = resumed(from_record(record), record, 1000.0, WALL - 3600, T)  # clock set back
+    assert back.recovery_deadline == 1060.0
+    ahead = resumed(from_record(record), record, 1000.0, WALL + 3600, T)  # clock jumped ahead
+    assert ahead.recovery_deadline == 1000.0
+
+
+def test_a_record_without_a_deletion_time_gets_the_whole_timeout() -> None:
+    record = stored(RECOVERING)
+    record["status"]["deletedAt"] = None  # type: ignore[index]
+    assert resumed(from_record(record), record, 7.0, WALL, T).recovery_deadline == 67.0
+
+
+def test_deleted_at_is_stamped_once_and_kept_by_later_writes() -> None:
+    first = stored(RECOVERING, wall=WALL)
+    again = to_record(RECOVERING, "nodefence", "leader-b_2", base=first, wall=WALL + 50)
+    assert again["status"]["deletedAt"] == first["status"]["deletedAt"]  # type: ignore[index]
+    assert stored(replace(RECOVERING, node_deleted=False))["status"]["deletedAt"] is None  # type: ignore[index]
+
+
+def test_the_node_uid_and_the_reboot_progress_survive_a_round_trip() -> None:
+    op = replace(RECOVERING, reboot=True, powered_on=False)
+    back = from_record(stored(op))
+    assert (back.node_uid, back.reboot, back.powered_on) == ("uid-1", True, False)
+    assert from_record(stored(RECOVERING)).powered_on is None
+
+
+def test_only_an_unfinished_record_of_the_current_incarnation_marks_the_node_as_fenced() -> None:
+    pending = Operation("w1", "op-2")
+    assert is_open_mark(pending)
+    assert is_open_mark(replace(RECOVERING, node_deleted=False, phase=Phase.POWERED_OFF))
+    # The Node of a Recovering record was deleted: a node that registered again since is a new
+    # incarnation, not the one being fenced (its watchdog must keep being fed).
+    assert not is_open_mark(RECOVERING)
+    assert not is_open_mark(replace(pending, phase=Phase.ABORTED))
