@@ -124,9 +124,9 @@ def episode_steps(
         else:
             params = {"victim": "power-loss"}
     elif action is Action.LEADER_KILL_SENT:
-        # before-answer: the record says powerOffSent, nothing was sent. in-walk: killed 0.3 s
-        # after the save was answered, while the power-off takes 2 s to act (`off_delay`) on
-        # a victim that stays on (agent stopped: no watchdog reset), so Off is not proven.
+        # before-answer: the record says powerOffSent, nothing was sent. in-walk: killed the
+        # moment the victim's BMC receives the power-off request (before it answers); the
+        # power-off takes 2 s to act (`off_delay`) on a victim still on: not proven.
         if rng.random() < 0.5:
             params = {"victim": "power-loss", "when": "before-answer"}
         else:

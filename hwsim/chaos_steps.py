@@ -41,7 +41,6 @@ MOMENT = {
     Action.LEADER_KILL_SENT: "power-off-sending",
     Action.LEADER_KILL_RECOVERING: "recovering",
 }
-IN_WALK_DELAY = 0.3  # `in-walk` kills: seconds after the PowerOffSending save was answered
 NO_NODE = frozenset({Action.BROKER_RESTART, Action.LEADER_KILL, Action.AGENT_RESTART})
 
 
@@ -225,6 +224,8 @@ class StepRunner:
 
     def _kill_disarm(self, step: Step, node: str) -> None:
         self._disarm(step, node)
+        for m in self._victim_machines(node):
+            m.off_request_hook = None
         self._machine(node).set_faults(**HEALTHY_BMC)
         self.busy.pop(node, None)
         self.power_on_or_heal(node, step.action)
@@ -345,15 +346,42 @@ class StepRunner:
             self._kill_writer(trap, write, writer)
 
         if trap.params.get("when") == "in-walk":
-            timer = threading.Timer(IN_WALK_DELAY, kill)
-            timer.daemon = True
-            timer.start()
+            self._kill_at_power_off(trap, write, writer)
             return None
         return WriteFault(before_answer=kill)
 
-    def _kill_writer(self, trap: Trap, write: AppliedWrite, writer: str | None) -> None:
-        """SIGKILL the agent that wrote the record (`trap` sprang); record what the record
-        said at that moment; a victim that `comes_back` gets its network back."""
+    def _victim_machines(self, node: str) -> list[Any]:
+        outlet = self._outlet(node)
+        return [self._machine(node)] + ([outlet] if outlet is not None else [])
+
+    def _kill_at_power_off(self, trap: Trap, write: AppliedWrite, writer: str | None) -> None:
+        """`in-walk`: SIGKILL the writer the moment the victim's BMC (or PDU) receives its
+        power-off request, before that request is answered: sent, not proven."""
+        machines = self._victim_machines(trap.node)
+        sim = self.cluster.nodes.get(writer) if writer else None
+
+        def on_off(channel: str) -> None:
+            for m in machines:
+                m.off_request_hook = None
+            proc = sim.agent if sim is not None else None
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)  # now, in the emulator's thread; reaped below
+            trap.params = {**trap.params, "channel": channel}
+            worker = threading.Thread(
+                target=self._kill_writer, args=(trap, write, writer, proc is not None), daemon=True
+            )
+            self.threads.append(worker)
+            worker.start()
+
+        for m in machines:
+            m.off_request_hook = on_off
+
+    def _kill_writer(
+        self, trap: Trap, write: AppliedWrite, writer: str | None, signalled: bool = False
+    ) -> None:
+        """SIGKILL the agent that wrote the record (`trap` sprang; `signalled`: already sent);
+        record what the record said at that moment; a victim that `comes_back` gets its
+        network back."""
         try:
             stored = self.cluster.kube.store.get(RECORD, write.name, write.namespace)
             st = stored.get("status") or {}
@@ -370,15 +398,16 @@ class StepRunner:
             "record": write.name,
             "phase": phase,
             "when": trap.params.get("when", "before-answer"),
+            "channel": trap.params.get("channel"),
             "hit": hit,
         }
         self.kills.append(entry)
         sim = self.cluster.nodes.get(writer) if writer else None
-        if sim is None or not sim.agent_running():
+        if sim is None or not (signalled or sim.agent_running()):
             self.say("skipped", writer, f"{trap.kind}: writer {writer} has no running agent")
             return
         self.killed[trap.episode] = sim.name
-        sim.kill_agent()
+        sim.kill_agent()  # SIGKILL (again) and reap
         label = trap.kind if hit else "leader-kill-off-phase"
         self.say(label, sim.name, f"SIGKILL as {trap.node}'s {write.name} was {phase}", count=hit)
         if trap.params.get("comes_back"):

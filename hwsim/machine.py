@@ -79,6 +79,9 @@ class SimMachine:
     power_changes: int = 0
     off_requests: int = 0  # power-off requests received by any channel (acted on or not)
     _offs_by_channel: dict[str, int] = field(default_factory=dict)
+    # Called with the channel of every power-off request, in the emulator's thread, before
+    # the request acts (tests and chaos runs time things on it); keep it quick.
+    off_request_hook: Callable[[str], None] | None = field(default=None, repr=False)
     channel_faults: dict[str, Faults] = field(default_factory=dict)
     mains: bool = True  # the supply (a PDU outlet) gives power; see `set_mains`
     _pending_off_at: float | None = None
@@ -158,6 +161,9 @@ class SimMachine:
     def request_off(self, channel: str = "") -> None:
         """A hard power-off as a BMC receives it on `channel`, subject to `ignore_off` and
         `off_delay`."""
+        hook = self.off_request_hook
+        if hook is not None:
+            hook(channel)
         with self._lock:
             self.off_requests += 1
             self._offs_by_channel[channel] = self._offs_by_channel.get(channel, 0) + 1

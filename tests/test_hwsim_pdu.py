@@ -130,6 +130,18 @@ async def test_a_lying_channel_reads_off_and_ignores_the_power_off_while_the_oth
     assert machine.off_requests_by_channel() == {"ipmi": 1}  # the request did reach it
 
 
+async def test_the_off_request_hook_hears_each_power_off_before_it_acts(
+    pdu_fleet: PduFleet,
+) -> None:
+    machine, outlet = pdu_fleet.fleet["node-2"], pdu_fleet.bmcs.outlets["node-2"]
+    heard: list[tuple[str, str]] = []
+    machine.off_request_hook = lambda channel: heard.append((channel, machine.power_state()))
+    outlet.off_request_hook = lambda channel: heard.append((channel, outlet.power_state()))
+    await switch(pdu_fleet, "node-2", "redfish", on=False)
+    await switch(pdu_fleet, "node-2", "pdu", on=False)
+    assert heard == [("redfish", "on"), ("pdu", "on")]  # each heard while still on
+
+
 # ---- the PDU outlet -------------------------------------------------------------------------
 
 
