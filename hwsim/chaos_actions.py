@@ -1,7 +1,7 @@
 """The vocabulary of a chaos run: fault kinds, the actions that make them, one scheduled step.
 
 `START_KIND` says which kind a start action counts as, `END_ACTION` which action ends its
-episode; actions in neither are steps in the middle of an episode (`cut-off`).
+episode.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class Action(StrEnum):
     MAINTENANCE_ENTER = "maintenance-enter"
     MAINTENANCE_EXIT = "maintenance-exit"
     AGENT_STOP = "agent-stop"
-    CUT_OFF = "cut-off"  # in an agent stop: the node's network cut and its BMC unreachable
     AGENT_START = "agent-start"  # heal, BMC healthy, the stopped agent started again
     LEADER_KILL_PENDING = "leader-kill-pending"  # the victim's fault, and the kill armed
     LEADER_KILL_SENT = "leader-kill-sent"

@@ -105,7 +105,6 @@ def episode_steps(
     (an agent stop followed by the cut-off; a pending kill whose victim comes back).
     """
     params: dict[str, Any] = {}
-    middle: list[RawStep] = []
     if action is Action.BMC_FAULT:
         params = dict(rng.choice(BMC_FAULTS))
     elif action is Action.AGENT_STOP:
@@ -114,7 +113,6 @@ def episode_steps(
         if required or rng.random() < 2 / 3:
             after = rng.uniform(2.0, 4.0)
             params = {"cut_off_after": round(after, 3)}
-            middle = [(t + after, Action.CUT_OFF, node, {})]
     elif action is Action.LEADER_KILL_PENDING:
         # The victim cut off with its agent stopped (kubelet silent, watchdog disarmed, BMC
         # answering), healed the moment the leader dies: the next leader must not power off
@@ -153,8 +151,4 @@ def episode_steps(
     elif action is Action.BMC_PARTITION:
         params = {"bmc": dict(rng.choice([{"unreachable": True}, {"wrong_credentials": True}]))}
     at_node = None if action is Action.LEADER_KILL else node
-    return [
-        (t, action, at_node, params),
-        *middle,
-        (t + hold, END_ACTION[action], at_node, {}),
-    ]
+    return [(t, action, at_node, params), (t + hold, END_ACTION[action], at_node, {})]

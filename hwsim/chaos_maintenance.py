@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from hwsim.chaos_actions import FaultKind
 from hwsim.machine import SimMachine
@@ -49,19 +48,11 @@ class PlannedWork:
             self.say(FaultKind.REPAIR.value, node, "powered on (maintenance over)", count=True)
         ready = time.monotonic() + 20.0
         while time.monotonic() < ready and not self.stop.is_set():
-            if self._node_ready(node):
+            if self.cluster.node_ready(node):
                 break
             time.sleep(0.2)
         code, out = self._nodefence("maintenance", "exit", node, "--force")
         self.say("maintenance-exit", node, "done" if code == 0 else f"exit {code}: {out[-200:]!r}")
-
-    def _node_ready(self, node: str) -> bool:
-        try:
-            obj: dict[str, Any] = self.cluster.kube.store.get("nodes", node)
-        except Exception:
-            return False
-        conds = (obj.get("status") or {}).get("conditions") or []
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
     def _nodefence(self, *args: str) -> tuple[int, str]:
         command = [sys.executable, "-m", "agent.cli", *args]

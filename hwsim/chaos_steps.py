@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hwsim.chaos_actions import START_KIND, Action, FaultKind, Step
+from hwsim.chaos_actions import END_ACTION, START_KIND, Action, FaultKind, Step
 from hwsim.chaos_invariants import FINAL_PHASES
 from hwsim.chaos_maintenance import PlannedWork
 from hwsim.chaos_traps import RecordTraps, Trap
@@ -42,6 +42,7 @@ MOMENT = {
     Action.LEADER_KILL_RECOVERING: "recovering",
 }
 NO_NODE = frozenset({Action.BROKER_RESTART, Action.LEADER_KILL, Action.AGENT_RESTART})
+READY_WAIT = 10.0  # seconds an issue-12 fault waits for its node to be ready
 
 
 @dataclass
@@ -80,23 +81,23 @@ class StepRunner:
             Action.AGENT_RESTART: self._agent_restart,
             Action.MAINTENANCE_ENTER: self._maintenance_enter,
             Action.MAINTENANCE_EXIT: self._maintenance_exit,
-            Action.AGENT_STOP: self._agent_stop,
-            Action.CUT_OFF: self._cut_off,
+            Action.AGENT_STOP: self._when_ready(self._agent_stop),
             Action.AGENT_START: self._agent_start,
-            Action.LEADER_KILL_PENDING: self._leader_kill_at,
-            Action.LEADER_KILL_SENT: self._leader_kill_at,
-            Action.LEADER_KILL_RECOVERING: self._leader_kill_at,
+            Action.LEADER_KILL_PENDING: self._when_ready(self._leader_kill_at),
+            Action.LEADER_KILL_SENT: self._when_ready(self._leader_kill_at),
+            Action.LEADER_KILL_RECOVERING: self._when_ready(self._leader_kill_at),
             Action.KILL_DISARM: self._kill_disarm,
-            Action.CHANNEL_ERROR: self._channel_error,
-            Action.CHANNEL_LIE: self._channel_error,
+            Action.CHANNEL_ERROR: self._when_ready(self._channel_error),
+            Action.CHANNEL_LIE: self._when_ready(self._channel_error),
             Action.CHANNEL_CLEAR: self._channel_clear,
-            Action.PDU_NODE_DOWN: self._pdu_node_down,
+            Action.PDU_NODE_DOWN: self._when_ready(self._pdu_node_down),
             Action.PDU_NODE_RESTORE: self._pdu_node_restore,
-            Action.RECORD_SAVE_TIMEOUT: self._record_save_timeout,
+            Action.RECORD_SAVE_TIMEOUT: self._when_ready(self._record_save_timeout),
             Action.SAVE_DISARM: self._save_disarm,
-            Action.BMC_PARTITION: self._bmc_partition,
+            Action.BMC_PARTITION: self._when_ready(self._bmc_partition),
             Action.BMC_PARTITION_END: self._bmc_partition_end,
         }
+        self._open: set[int] = set()  # episodes whose start was performed, not their end
 
     # ---- steps ----------------------------------------------------------------------------
 
@@ -105,6 +106,10 @@ class StepRunner:
         if step.node is None and step.action not in NO_NODE:
             self.say("skipped", None, f"{step.action.value}: no node")
             return
+        if step.action in END_ACTION:
+            self._open.add(step.episode)
+        else:
+            self._open.discard(step.episode)
         self._handlers[step.action](step, step.node)
 
     def _machine(self, node: str) -> Any:
@@ -176,24 +181,64 @@ class StepRunner:
 
     # ---- issue-12 faults ------------------------------------------------------------------
 
-    def _agent_stop(self, step: Step, node: str) -> None:
-        self.busy[node] = step.episode
-        sim = self.cluster.nodes[node]
-        if not sim.agent_running():
-            self.say("skipped", node, "agent-stop: its agent is not running")
+    def _when_ready(self, apply: Callable[[Step, str], None]) -> Callable[[Step, str], None]:
+        """An issue-12 fault, applied in a thread once its node is ready (see `_ready`), for
+        at most `READY_WAIT` seconds: one left off by an earlier fault is powered on first (once
+        no fence of it is unfinished), one still being fenced is waited for. A fault must hit
+        a node in the state it is written for (an agent to stop, a fence to begin)."""
+
+        def start(step: Step, node: str) -> None:
+            self.busy[node] = step.episode
+            worker = threading.Thread(
+                target=self._apply_when_ready, args=(apply, step, node), daemon=True
+            )
+            self.threads.append(worker)
+            worker.start()
+
+        return start
+
+    def _apply_when_ready(self, apply: Callable[[Step, str], None], step: Step, node: str) -> None:
+        machine = self._machine(node)
+        deadline = time.monotonic() + READY_WAIT
+        while step.episode in self._open and not self.stop.is_set():
+            fencing = self._fencing(node)
+            if machine.power_state() == "off" and not fencing:
+                restore(machine, self._outlet(node))
+                self.say(FaultKind.REPAIR.value, node, f"powered on for {step.action.value}")
+            if (not fencing and self._ready(node)) or time.monotonic() >= deadline:
+                break
+            self.stop.wait(0.2)
+        if step.episode not in self._open or self.stop.is_set():
             return
-        self._stop_agent(node)
+        if not self._ready(node):
+            self.say("not-ready", node, f"{step.action.value} applied to a node not ready")
+        apply(step, node)
+
+    def _ready(self, node: str) -> bool:
+        """On, connected, its agent running, its Node Ready, no fence of it unfinished."""
+        sim = self.cluster.nodes[node]
+        return (
+            sim.machine.power_state() == "on"
+            and not sim.partitioned
+            and sim.agent_running()
+            and self.cluster.node_ready(node)
+            and not self._fencing(node)
+        )
+
+    def _agent_stop(self, step: Step, node: str) -> None:
+        """(In its thread) SIGTERM, then `cut_off_after` later the cut-off with the BMC dead."""
+        sim = self.cluster.nodes[node]
         then = step.params.get("cut_off_after")
         plan = f"; cut off with its BMC dead in {then:g} s" if then else ""
         self.say("agent-stop", node, f"SIGTERM: watchdog disarmed, kubelet on{plan}", count=True)
-
-    def _cut_off(self, step: Step, node: str) -> None:
-        sim = self.cluster.nodes[node]
-        if self._machine(node).power_state() != "on" or sim.agent_running():
+        sim.kill_agent(signal.SIGTERM)
+        if not then or self.stop.wait(float(then)) or step.episode not in self._open:
+            return
+        if sim.machine.power_state() != "on" or sim.agent_running():
             self.say("skipped", node, "cut-off: the node is off or its agent runs again")
             return
         sim.isolate()
-        self._machine(node).set_faults(unreachable=True)
+        sim.machine.set_faults(unreachable=True)
         self._double(node, "agent stopped, now cut off with its BMC unreachable")
 
     def _agent_start(self, step: Step, node: str) -> None:
@@ -293,13 +338,13 @@ class StepRunner:
         self.power_on_or_heal(node, step.action)
 
     def _record_save_timeout(self, step: Step, node: str) -> None:
-        self.busy[node] = step.episode
-        self._machine(node).cut_power()
         kind = FaultKind.RECORD_SAVE_TIMEOUT.value
+        # Armed first: the victim's record may be written while its fault is still applied.
         self.traps.arm(Trap(step.episode, node, kind, step.params["write"], step.params))
-        self.say(
-            "save-armed", node, f"power loss; its record's {_fields(step.params)} will land late"
-        )
+        self._machine(node).cut_power()
+        detail = f"power loss; its record's {step.params['write']} write will land, then "
+        detail += "no answer" if step.params["mode"] == "hang" else "a dropped connection"
+        self.say("save-armed", node, detail)
 
     def _save_disarm(self, step: Step, node: str) -> None:
         self._disarm(step, node)

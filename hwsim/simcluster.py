@@ -326,6 +326,15 @@ class SimCluster:
         """The node of this cluster an agent identity names (see `node_of_identity`)."""
         return node_of_identity(identity, self.fleet.names())
 
+    def node_ready(self, node: str) -> bool:
+        """The Node exists and its Ready condition is True."""
+        try:
+            obj = self.kube.store.get("nodes", node)
+        except NotFound:
+            return False
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
     def events(self, reason: str | None = None) -> list[dict[str, Any]]:
         """Core Events about nodes and the leader Lease (optionally of one reason), oldest
         first."""
