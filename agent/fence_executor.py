@@ -1,11 +1,15 @@
 """Drives the pure fencing state machine (`agent.fencing`) for each dead node.
 
 Thin on purpose: it asks `next_action`, does exactly that one thing (power walk through the
-BMC topology, VM snapshot, taint, delete, VM check), folds the result in with `apply`, and
-stores the record before going on. Before every irreversible step it renews the leader Lease
-(`confirm_leader`), and right before the first power-off request it checks, one last time,
-that the node has not come back. A stale record write (409) means another leader owns the
-operation: this one stops touching it.
+BMC topology, VM snapshot, taint, delete, power-on after a reboot, VM check), folds the result
+in with `apply`, and stores the record (`agent.fence_store`) before going on. Before every
+irreversible step it renews the leader Lease (`confirm_leader`); the first power-off request
+of an operation passes `agent.fence_guard` (the point of no return stored, the Node read fresh,
+life since this leader's decision looked for). A record another writer changed makes it step
+back; the reconcile loop picks up, on the leader's own schedule, every operation that stopped.
+
+Operations a new leader inherits (`resume`) go on at once only when their Off is proven; the
+others are held until this leader's own verdict: `submit` (dead) or `cancel_held` (alive).
 
 With `self_fence` set, an operation whose last power walk found every BMC device of the node
 unreachable asks, while it waits to retry, whether the node's watchdog deadline has provably
@@ -27,32 +31,28 @@ from typing import Any, Literal
 
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
+from agent.fence_guard import WalkGuard
+from agent.fence_reports import FenceReporter
+from agent.fence_store import RecordStore, Superseded
+from agent.fence_vms import snapshot_vms, vms_seen
 from agent.fencing import (
-    RESTART_POLICIES,
     Action,
     Cancelled,
     Event,
     FenceDone,
-    Maintenance,
-    NodeAlive,
     NodeDeleted,
     Operation,
     Phase,
     PoweredOn,
-    PowerOffSending,
     SelfFenced,
-    SendWithdrawn,
     Tainted,
     Timing,
-    VmOutcome,
-    VmsSeen,
-    VmsSnapshotted,
     apply,
     next_action,
 )
 from agent.inventory import Inventory, NodeInventory
 from agent.power import BackendFactory, PowerFencer, StopWalk
-from agent.records import from_record, resumed, to_record
+from agent.records import from_record, resumed
 from agent.topology import Action as PowerAction
 from agent.topology import Outcome
 from backends.registry import build_backend
@@ -72,10 +72,6 @@ def all_unreachable(node: NodeInventory, outcome: Outcome) -> bool:
     return (
         bool(devices) and tried >= devices and all(s.result == "unreachable" for s in outcome.steps)
     )
-
-
-class _Superseded(Exception):
-    """Another writer (a newer leader) updated the record: stop acting on it."""
 
 
 @dataclass
@@ -127,13 +123,13 @@ class FenceExecutor:
         self.stats = ExecutorStats()
         self.operations: dict[str, Operation] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._records: dict[str, dict[str, Any]] = {}
+        self.store = RecordStore(api, namespace, leader_id, clock, wall)
+        self.reports = FenceReporter(api)
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
         self.self_fence = self_fence
         self.backend_factory = backend_factory
         self.new_id = new_id
-        self._marked_at: dict[str, float] = {}  # node -> record stored/taken over (our clock)
         self._unreachable: dict[str, bool] = {}  # node -> last walk found no BMC answering
         self._self_fence_note: dict[str, str] = {}
         # node -> when THIS leader last declared it dead (its own evidence). Operations of
@@ -189,18 +185,17 @@ class FenceExecutor:
         self.operations[node] = op
         log.warning("fencing node=%s op=%s: %s", node, op.id, reason)
         try:
-            await self._save(op)
-        except _Superseded:
+            await self.store.save(op)
+        except Superseded:
             return
-        await self._phase_changed(op)
+        await self.reports.phase_changed(op)
 
     def forget(self, node: str, *, force: bool = False) -> None:
         """Drop a finished operation of a Node that is gone (it may rejoin and fail again)."""
         op = self.operations.get(node)
         if op is not None and (op.final or force) and not self.busy(node):
             self.operations.pop(node, None)
-            self._records.pop(node, None)
-            self._marked_at.pop(node, None)
+            self.store.forget(node)
             self._unreachable.pop(node, None)
             self._decided.pop(node, None)
             self._held.discard(node)
@@ -223,7 +218,7 @@ class FenceExecutor:
         else:
             op = Operation(node=node, id=self.new_id(), node_uid=uid)
             op = replace(op, reboot=self.after_proof == "reboot")
-            self._marked_at.pop(node, None)  # set when its record is first stored
+            self.store.forget(node)  # marked when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
         await self._run(op)
@@ -231,8 +226,7 @@ class FenceExecutor:
     def _from_record(self, record: dict[str, Any]) -> Operation:
         """The operation a record holds, deadlines rebuilt, remembered as taken over now."""
         op = resumed(from_record(record), record, self.clock(), self.wall(), self.timing)
-        self._records[op.node] = record
-        self._marked_at.setdefault(op.node, self.clock())  # the record exists: the node sees it
+        self.store.adopt(op.node, record, self.clock())  # the record exists: the node sees it
         return op
 
     async def resume(self) -> int:
@@ -313,9 +307,9 @@ class FenceExecutor:
 
     async def _run(self, op: Operation) -> None:
         try:
-            if op.node not in self._records:
-                await self._save(op)
-                await self._event(
+            if not self.store.has(op.node):
+                await self.store.save(op)
+                await self.reports.event(
                     op, "FenceStarted", f"fencing started: {op.node} declared dead", True
                 )
             while not op.final:
@@ -334,15 +328,15 @@ class FenceExecutor:
                 before, before_vms = op.phase, op.vms
                 op = apply(op, event, self.clock(), self.timing)
                 self.operations[op.node] = op
-                await self._save(op)
+                await self.store.save(op)
                 if op.phase is not before:
-                    await self._phase_changed(op)
-                await self._vm_events(op, before_vms)
+                    await self.reports.phase_changed(op)
+                await self.reports.vm_events(op, before_vms)
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
             metrics.OPERATIONS.labels(op.phase.value).inc()
             if op.phase is Phase.RECOVERED and op.deleted_at is not None:
                 metrics.RECOVERY.observe(self.clock() - op.deleted_at)
-        except _Superseded:
+        except Superseded:
             log.warning(
                 "fencing record of %s was updated by another leader; stepping back", op.node
             )
@@ -382,12 +376,12 @@ class FenceExecutor:
             if op.node in self._checked:  # pace the checks, but look at once the first time
                 await asyncio.sleep(self.check_interval)
             self._checked.add(op.node)
-            return await self._vms_seen(op)
+            return await vms_seen(self.api, op)
         return None
 
     def _self_fenced(self, op: Operation) -> SelfFenced | None:
         """A `SelfFenced` event when the watchdog rule holds for `op` now (see the module doc)."""
-        marked = self._marked_at.get(op.node)
+        marked = self.store.marked_at.get(op.node)
         decided = self._decided.get(op.node)
         if self.self_fence is None or marked is None or decided is None or not op.power_off_sent:
             return None
@@ -415,58 +409,17 @@ class FenceExecutor:
         decided_at = self._decided.get(op.node)
         if decided_at is None and not op.power_off_sent:
             raise StopWalk("this leader has not judged the node itself")  # held: see resume
-        state: dict[str, Any] = {"op": op, "stop": None}
-
-        def stop(kind: str, event: Event | None, why: str) -> StopWalk:
-            state["stop"] = (kind, event)
-            return StopWalk(why)
-
-        async def guard(step: str) -> None:
-            """Before every request: the Lease; before the first power-off request, in this
-            order: store the point of no return, read the Node's maintenance mark and identity
-            from the API, look for life since the decision; then nothing is awaited before
-            the request goes out."""
-            current: Operation = state["op"]
-            if not current.power_off_sent:
-                # Cheap early looks first: no Lease renewal or record write for a node that is
-                # plainly back (the authoritative looks come after the save, below).
-                assert decided_at is not None
-                evidence = self.alive_since(op.node, decided_at)
-                if evidence:
-                    raise stop("event", NodeAlive(evidence), f"node came back ({evidence})")
-                if self.in_maintenance(op.node):
-                    raise stop("event", Maintenance(), "node entered maintenance")
-            try:
-                await self.confirm_leader()
-            except Exception as err:
-                raise stop("leader", None, f"not the leader any more: {err}") from None
-            if current.power_off_sent:
-                return
-            sending = apply(current, PowerOffSending(), self.clock(), self.timing)
-            try:
-                await self._save(sending, required=True)
-            except ClusterError as err:
-                why = f"PowerOffSending could not be stored, nothing sent: {err}"
-                raise stop("event", FenceDone(False, errors=(why,)), why) from None
-            state["op"] = sending
-            self.operations[op.node] = sending
-            try:
-                info = await self.api.get_node(op.node)
-            except ClusterError as err:
-                why = f"cannot read Node {op.node} before the power-off, nothing sent: {err}"
-                raise stop("event", SendWithdrawn(why), why) from None
-            if info is not None and sending.node_uid and info.uid != sending.node_uid:
-                why = "node re-registered (a new Node object) before the power-off was sent"
-                raise stop("event", Cancelled(why), why)
-            if info is not None and info.maintenance:
-                why = "node entered maintenance before the power-off was sent"
-                raise stop("event", Cancelled(why), why)
-            assert decided_at is not None
-            evidence = self.alive_since(op.node, decided_at)
-            if evidence:
-                why = f"node came back before the power-off was sent ({evidence})"
-                raise stop("event", Cancelled(why), why)
-
+        guard = WalkGuard(
+            op,
+            decided_at,
+            confirm_leader=self.confirm_leader,
+            alive_since=self.alive_since,
+            in_maintenance=self.in_maintenance,
+            store=self.store,
+            api=self.api,
+            clock=self.clock,
+            timing=self.timing,
+        )
         self.stats.power_walks += 1
         fencer = PowerFencer(
             node_inv,
@@ -477,19 +430,18 @@ class FenceExecutor:
         )
         outcome = await fencer.run(PowerAction.OFF)
         self._unreachable[op.node] = all_unreachable(node_inv, outcome)
-        stopped: tuple[str, Event | None] | None = state["stop"]
-        if stopped is None:
+        stopped = guard.stopped is not None or guard.lost_lease
+        if not stopped:
             metrics.FENCE.labels("proven" if outcome.off_proven else "failed").observe(
                 outcome.elapsed
             )
             if not outcome.off_proven:
                 metrics.FENCE_FAILURES.inc()
-        self.operations[op.node] = state["op"]
-        if stopped is not None:
-            kind, event = stopped
-            if kind == "leader" or event is None:
-                raise StopWalk("lost leadership during the power walk")
-            return event
+        self.operations[op.node] = guard.op
+        if guard.lost_lease:
+            raise StopWalk("lost leadership during the power walk")
+        if guard.stopped is not None:
+            return guard.stopped
         return FenceDone(outcome.off_proven, outcome.level, tuple(outcome.errors))
 
     async def _power_on(self, op: Operation) -> Event:
@@ -506,134 +458,7 @@ class FenceExecutor:
         return PoweredOn(True)
 
     async def _snapshot(self, op: Operation) -> Event:
-        vms = await self.api.list_vms()
-        found: list[VmOutcome] = []
-        for vm in vms:
-            meta, spec, status = vm.get("metadata", {}), vm.get("spec", {}), vm.get("status", {})
-            if (status or {}).get("nodeName") != op.node:
-                continue
-            policy = (spec or {}).get("runPolicy") or "AlwaysOnUnlessStoppedManually"
-            found.append(
-                VmOutcome(
-                    meta.get("namespace", ""),
-                    meta.get("name", ""),
-                    policy,
-                    policy in RESTART_POLICIES,
-                )
-            )
-        warning = ""
-        if any(v.expected_restart for v in found):
-            nodes = await self.api.list_nodes()
-            room = [
-                n
-                for n in nodes
-                if n.name != op.node and n.ready and not n.unschedulable and not n.maintenance
-            ]
-            if not room:
-                warning = (
-                    f"no other Ready, schedulable node for {op.node}'s "
-                    f"{sum(v.expected_restart for v in found)} ColdStandby VMs"
-                )
-                await self._event(op, "FenceNoRoomForVMs", warning, True)
-        return VmsSnapshotted(tuple(sorted(found, key=lambda v: v.key)), warning)
-
-    async def _vms_seen(self, op: Operation) -> Event:
-        wanted = {v.key for v in op.vms or () if v.expected_restart}
-        running: dict[str, str | None] = {}
-        for vm in await self.api.list_vms():
-            meta, status = vm.get("metadata", {}), vm.get("status") or {}
-            key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-            if key in wanted:
-                running[key] = status.get("nodeName") if status.get("phase") == "Running" else None
-        return VmsSeen(running)
-
-    # -- records and events -------------------------------------------------------------------
-
-    async def _save(self, op: Operation, *, required: bool = False) -> None:
-        """Store `op`. A 409 caused by our own earlier write that timed out but landed is
-        taken in stride (its resourceVersion adopted, the write repeated); one caused by
-        another writer raises `_Superseded`. Other failures raise when `required`, else are
-        logged (the next save carries the whole state)."""
-        for _ in range(3):
-            body = to_record(
-                op, self.namespace, self.leader_id, self._records.get(op.node), wall=self.wall()
-            )
-            try:
-                self._records[op.node] = await self.api.save_record(self.namespace, body)
-            except ClusterError as err:
-                if err.status == 409 and await self._own_write_landed(op):
-                    continue
-                if err.status == 409:
-                    raise _Superseded() from None
-                if required:
-                    raise
-                log.error("cannot store the fencing record of %s: %s", op.node, err)
-                return
-            # The record is in the API now: from here on the node can see it is being fenced.
-            self._marked_at.setdefault(op.node, self.clock())
-            return
-        raise _Superseded()
-
-    async def _own_write_landed(self, op: Operation) -> bool:
-        """After a 409: is the stored record of `op` one this process wrote (an earlier write
-        that timed out but landed)? Then adopt it as the base of the next write."""
-        try:
-            records = await self.api.list_records(self.namespace, op.node)
-        except ClusterError as err:
-            log.error("cannot re-read the fencing record of %s: %s", op.node, err)
-            return False
-        for rec in records:
-            if (rec.get("spec") or {}).get("operationId") != op.id:
-                continue
-            if (rec.get("status") or {}).get("leader") == self.leader_id:
-                self._records[op.node] = rec
-                return True
-        return False
-
-    async def _phase_changed(self, op: Operation) -> None:
-        warning = op.phase in (Phase.FENCE_FAILED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED)
-        log.log(
-            logging.WARNING if warning else logging.INFO,
-            "fencing node=%s op=%s: %s (%s)",
-            op.node,
-            op.id,
-            op.phase.value,
-            op.reason,
-        )
-        reason = op.phase.value if op.phase.value.startswith("Fence") else f"Fence{op.phase.value}"
-        await self._event(op, reason, op.reason or op.phase.value, warning)
-
-    async def _vm_events(self, op: Operation, before: tuple[VmOutcome, ...] | None) -> None:
-        """One Event per VM when it is seen running elsewhere, or given up at the deadline."""
-        old = {v.key: v for v in before or ()}
-        for vm in op.vms or ():
-            was = old.get(vm.key)
-            if vm.running_on and (was is None or not was.running_on) and vm.expected_restart:
-                msg = (
-                    f"[{op.id}] running on {vm.running_on} "
-                    f"{vm.recovered_after or 0:.1f} s after {op.node} was deleted"
-                )
-                metrics.VM_RECOVERY.observe(vm.recovered_after or 0.0)
-                await self._vm_event(vm, "VMRecoveredAfterFence", msg, False)
-        if op.phase is Phase.RECOVERY_INCOMPLETE and before is not None:
-            for vm in op.vms or ():
-                if vm.expected_restart and not vm.running_on:
-                    await self._vm_event(
-                        vm,
-                        "VMNotRecoveredAfterFence",
-                        f"[{op.id}] not running elsewhere before the deadline "
-                        f"after {op.node} was fenced",
-                        True,
-                    )
-
-    async def _vm_event(self, vm: VmOutcome, reason: str, message: str, warning: bool) -> None:
-        try:
-            await self.api.vm_event(vm.namespace, vm.name, reason, message, warning)
-        except ClusterError as err:
-            log.warning("cannot record event %s for VM %s: %s", reason, vm.key, err)
-
-    async def _event(self, op: Operation, reason: str, message: str, warning: bool) -> None:
-        try:
-            await self.api.node_event(op.node, "", reason, f"[{op.id}] {message}", warning)
-        except ClusterError as err:
-            log.warning("cannot record event %s for %s: %s", reason, op.node, err)
+        snap = await snapshot_vms(self.api, op)
+        if snap.capacity_warning:
+            await self.reports.event(op, "FenceNoRoomForVMs", snap.capacity_warning, True)
+        return snap

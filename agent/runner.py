@@ -38,6 +38,7 @@ from agent.probe_auth import sign_result
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
+from backends.ipmi import prestart_workers
 
 log = logging.getLogger("nodefence.agent")
 
@@ -191,6 +192,9 @@ async def run_agent(
 
     def executor_factory(leader: LeaderSide) -> FenceExecutor:
         assert watcher is not None
+        # A fence is likely now: have IPMI worker processes ready, so the first power-off
+        # does not wait for one to start.
+        prestart_workers()
         return FenceExecutor(
             api,
             k.namespace,

@@ -1,49 +1,42 @@
-"""IPMI 2.0 (RMCP+, lanplus) power backend on pyghmi.
+"""IPMI 2.0 (RMCP+, lanplus) power backend: pyghmi in a worker process that can be killed.
 
-pyghmi traps this module avoids, on purpose:
-- `Command.set_power(..., wait=True)` polls once a second: we send the Chassis Control request
-  ourselves and leave read-back polling to the caller, at its own pace.
-- pyghmi caches sessions by (address, userid) and compares the userid it stored as bytes with
-  the one asked for: a str never matches, while bytes can be handed a stale or logged-out
-  session. Worse, its table of sessions being set up is keyed by the str userid but cleaned
-  with the bytes one, so the entry is never removed and the next login with the same
-  credentials is handed the old (logged-out, broken) session. We pass str, drop that stale
-  entry before every login, refuse a session that is not logged in, and throw our session
-  away after any error.
-- Against a BMC that never answers (some do for unknown users) pyghmi's login loop can take
-  many seconds: every call runs in a worker thread under our own deadline.
-- pyghmi negotiates cipher suite 17 and silently falls back to 3; we start with the suite
-  configured and refuse a session that did not get it.
-- pyghmi's waits (`_poller`, `awaitresponse`, `_cmdwait`) first look at what was received,
-  then register a wait with its IO thread: a reply the IO thread queues in between is not
-  noticed until that wait's own timeout (0.5-1 s), seen here as one fence in eight taking
-  a second longer. `_install_wait_fix` caps every such wait at 20 ms; the callers already
-  loop until their reply or deadline, so they re-check their queues within 20 ms.
-- When a login fails, pyghmi can mark the session broken before recording why, and its
-  constructor then dies reading a missing `errormsg`; our session class waits for it.
+pyghmi keeps its sessions, sockets and IO thread process-wide and cannot be interrupted: a
+call given up at its deadline went on inside it, could send its power-off long after we had
+moved on, logged in again after `close()` and left BMC sessions open, and its threads stalled
+other BMCs' sessions. So every backend talks to the BMC through its own worker process
+(`backends.ipmi_worker`, pyghmi handling in `backends.ipmi_console`), one request at a time
+over a socket pair (`backends.ipmi_wire`):
+
+- a call that misses its deadline, is cancelled, or runs when `close()` comes, has its
+  worker killed (SIGKILL) at once: nothing it started can act later, and nothing of it is
+  left among other sessions; the next call starts on a fresh worker;
+- the worker reported each BMC session it opened (id, keys, sequence numbers), so a session
+  a killed worker left open is closed by us (`backends.ipmi_close`);
+- after a failed call the worker is replaced too, so no half-failed library state is reused;
+- workers are started ahead (`backends.ipmi_pool`): a fence does not wait for an interpreter
+  to start; the password reaches the worker over the socket, never in argv or environment;
+- a worker exits when its socket closes, so it dies with this process.
+Errors keep their types and messages across the process boundary.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import asyncio
+import itertools
 import logging
-import threading
-import time
-from typing import Any
-
-from pyghmi import exceptions as pyghmi_exc
-from pyghmi.ipmi.private import session as pyghmi_session
 
 from backends.base import CheckResult, PowerBackend, PowerState
-from backends.deadline import run_bounded
 from backends.errors import (
     BmcAuthFailed,
     BmcProtocolError,
+    BmcTimeout,
     BmcUnreachable,
     BmcUnsupported,
     FenceError,
 )
+from backends.ipmi_close import send_close_session
+from backends.ipmi_pool import POOL, WorkerGone, WorkerPool, WorkerProcess
+from backends.ipmi_wire import ERROR_KINDS, Answer, Command, Logout, Open
 from backends.spec import IpmiDevice
 
 log = logging.getLogger("nodefence.backends.ipmi")
@@ -57,154 +50,25 @@ _CMD_GET_CHASSIS_STATUS = 0x01
 _CMD_CHASSIS_CONTROL = 0x02
 _CONTROL_POWER_DOWN = 0x00
 _CONTROL_POWER_UP = 0x01
-_CODE_MALFORMED = 0xFF  # "unspecified error", set on an answer that failed our own checks
 _CHASSIS_STATUS_MIN_LEN = 3  # table 28-3: three mandatory bytes, a fourth optional
-
-_AUTH_MARKERS = (
-    "unauthorized name",
-    "incorrect password",
-    "invalid integrity check value",
-    "unauthorized role",
-    "invalid role",
-    "wrong kg",
-)
-_UNSUPPORTED_MARKERS = (
-    "no cipher suite match",
-    "invalid authentication algorithm",
-    "invalid integrity algorithm",
-    "invalid confidentiality algorithm",
-)
+_FINISH_WITHIN = 1.0  # seconds for a killed worker's last reports to come in
+_START_WITHIN = 60.0  # seconds to get a worker ready (a place, a start), on top of `timeout`
+_SLOT_POLL = 0.02  # seconds between looks for a free place when `max_workers` are in use
 
 
-_WAIT_SLICE = 0.02
+def prestart_workers(pool: WorkerPool = POOL) -> None:
+    """Start IPMI worker processes ahead, so that the first fence does not wait for one.
 
-
-def _install_wait_fix() -> None:
-    """Cap pyghmi's IO waits at `_WAIT_SLICE` seconds so no queued reply waits for a timer."""
-    if getattr(pyghmi_session, "_nodefence_wait_fix", False):
-        return
-    io_wait = pyghmi_session._io_wait
-
-    def sliced_io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
-        io_wait(min(timeout, _WAIT_SLICE), myaddr, evq)
-
-    pyghmi_session._io_wait = sliced_io_wait
-    pyghmi_session._nodefence_wait_fix = True
-
-
-_install_wait_fix()
-
-
-def _install_lock_fix() -> None:
-    """One lock for pyghmi's two session tables, so its lock order cannot deadlock.
-
-    pyghmi takes its keepalive-table and waiting-table locks in opposite orders on two paths
-    (a request timing out while holding the waiting table resends, which takes the keepalive
-    lock; a send holding the keepalive lock takes the waiting one). Two sessions timing out
-    and resending at the same moment deadlock, and from then on every IPMI session of the
-    process blocks for good: no node could be fenced over IPMI until a restart. Both names
-    are looked up at each use, so one reentrant lock under both makes the order irrelevant.
+    Optional: the first IPMI call starts one anyway (about 0.1-0.3 s later). Call it when a
+    fence becomes likely (e.g. on taking the leader Lease).
     """
-    if getattr(pyghmi_session, "_nodefence_lock_fix", False):
-        return
-    tables = threading.RLock()
-    pyghmi_session.KEEPALIVE_SESSIONS = tables
-    pyghmi_session.WAITING_SESSIONS = tables
-    pyghmi_session._nodefence_lock_fix = True
-
-
-_install_lock_fix()
-
-
-def _session_class(hash_bits: int) -> type[Any]:
-    """A pyghmi Session that starts RMCP+ negotiation with the wanted cipher suite."""
-
-    class _Session(pyghmi_session.Session):  # type: ignore[misc]
-        def _initsession(self) -> None:
-            super()._initsession()
-            self.attemptedhash = hash_bits
-
-        # pyghmi's `_mark_broken` (often run by another thread's event loop) logs out -
-        # which sets `broken` and ends the login wait - before it records `errormsg`; the
-        # waiting constructor then reads a missing attribute. Wait briefly for the reason.
-        @property
-        def errormsg(self) -> str:
-            deadline = time.monotonic() + 1.0
-            while "_nf_errormsg" not in self.__dict__ and time.monotonic() < deadline:
-                time.sleep(0.002)
-            return str(self.__dict__.get("_nf_errormsg", "session failed (no reason given)"))
-
-        @errormsg.setter
-        def errormsg(self, value: str) -> None:
-            self.__dict__["_nf_errormsg"] = value
-
-        # pyghmi's logout removes the packet handler registered for (BMC address, local
-        # port) without checking that it is its own: a session abandoned at its deadline
-        # that logs out late unhooks the newer session that reuses the port, whose answers
-        # are then dropped - every later login to that BMC times out. Put back what was not
-        # ours.
-        def logout(self, sessionok: bool = True) -> Any:
-            handlers = pyghmi_session.Session.bmc_handlers
-            others = [
-                (addr, port, owner)
-                for addr in list(getattr(self, "allsockaddrs", None) or ())
-                for port, owner in list(handlers.get(addr, {}).items())
-                if owner is not self
-            ]
-            try:
-                return super().logout(sessionok)
-            finally:
-                for addr, port, owner in others:
-                    handlers.setdefault(addr, {}).setdefault(port, owner)
-
-        # pyghmi does not check the IPMI message checksums of an answer and would hand back
-        # the data of a malformed one. A bad answer to our request is turned into a failed
-        # request (completion code FFh, the reason kept for our message), never read.
-        def _parse_ipmi_payload(self, payload: Any) -> Any:
-            if len(payload) >= 7 and not self.servermode and not _checksums_ok(payload):
-                self.__dict__["_nf_malformed"] = "its IPMI message checksums do not add up"
-                payload[6] = _CODE_MALFORMED
-            return super()._parse_ipmi_payload(payload)
-
-    return _Session
-
-
-def _checksums_ok(message: Any) -> bool:
-    """The two IPMI message checksums (header, then body) each bring their part to 0 mod 256."""
-    return bool(sum(message[0:3]) & 0xFF == 0 and sum(message[3:]) & 0xFF == 0)
-
-
-_SESSION_FOR_CIPHER = {3: _session_class(1), 17: _session_class(256)}
-
-
-def classify_ipmi_error(message: str, *, node: str, device: str, during_login: bool) -> FenceError:
-    """Map a pyghmi error text to our typed error (pure, tested on its own)."""
-    low = message.lower()
-    if any(m in low for m in _AUTH_MARKERS):
-        return BmcAuthFailed(
-            f"IPMI login refused: {message}; check username, password and privilege",
-            node=node,
-            device=device,
-        )
-    if any(m in low for m in _UNSUPPORTED_MARKERS):
-        return BmcUnsupported(
-            f"IPMI cipher suite refused by the BMC: {message}; set `cipher` to one it offers",
-            node=node,
-            device=device,
-        )
-    if during_login and ("timeout" in low or "failed to initialize" in low):
-        return BmcUnreachable(
-            f"IPMI BMC did not answer the login: {message}; check address, port and network",
-            node=node,
-            device=device,
-        )
-    return BmcProtocolError(f"IPMI error: {message}", node=node, device=device)
+    pool.prestart()
 
 
 class IpmiBackend(PowerBackend):
     """Power control of one node through an IPMI 2.0 BMC."""
 
-    def __init__(self, node: str, spec: IpmiDevice) -> None:
+    def __init__(self, node: str, spec: IpmiDevice, *, pool: WorkerPool = POOL) -> None:
         if spec.cipher not in SUPPORTED_CIPHERS:
             raise BmcUnsupported(
                 f"IPMI cipher suite {spec.cipher} is not supported (use one of "
@@ -217,150 +81,143 @@ class IpmiBackend(PowerBackend):
         self.spec = spec
         host = f"[{spec.address}]" if ":" in spec.address else spec.address
         self.address = f"{host}:{spec.port}"  # named in every error, next to node and device
-        self._session: Any = None
-        self._lock = threading.Lock()
-        self._closing = False  # close() was called while a call still held the session
+        self._pool = pool
+        self._worker: WorkerProcess | None = None
+        self._logged_in = False  # the worker's last request succeeded: its session is open
+        self._lock: asyncio.Lock | None = None
+        self._ids = itertools.count(1)
+        self._burials: set[asyncio.Task[None]] = set()
 
-    # -- blocking helpers (run in worker threads) ------------------------------------------
+    @property
+    def worker_pid(self) -> int | None:
+        """The process id of the worker serving this backend now, if any."""
+        return self._worker.pid if self._worker is not None else None
 
-    def _login(self) -> Any:
-        spec = self.spec
-        cls = _SESSION_FOR_CIPHER[spec.cipher]
-        password = spec.password.reveal()
-        stale_key = (spec.address, spec.username, password, spec.port, None)
-        pyghmi_session.Session.initting_sessions.pop(stale_key, None)
-        try:
-            sess = cls(
-                bmc=spec.address,
-                userid=spec.username,  # str on purpose: never hit pyghmi's session cache
-                password=password,
-                port=spec.port,
-                privlevel=_PRIVILEGE[spec.privilege],
-                keepalive=False,
-            )
-        except pyghmi_exc.IpmiException as err:
-            raise classify_ipmi_error(
-                str(err), node=self.node, device=self.device, during_login=True
-            ) from None
-        except OSError as err:
-            raise BmcUnreachable(
-                f"IPMI socket error: {err.strerror or err}", node=self.node, device=self.device
-            ) from None
-        except Exception as err:
-            # pyghmi has internal failures of its own (e.g. a session marked broken before
-            # it recorded why raises AttributeError): a failed login, never a crash.
-            raise BmcProtocolError(
-                f"IPMI login failed inside pyghmi: {type(err).__name__}",
-                node=self.node,
-                device=self.device,
-            ) from None
-        finally:
-            pyghmi_session.Session.initting_sessions.pop(stale_key, None)
-        if getattr(sess, "broken", True) or not getattr(sess, "logged", False):
-            self._drop(sess)
-            raise BmcProtocolError(
-                "IPMI login did not complete (pyghmi handed back a session that is not logged in)",
-                node=self.node,
-                device=self.device,
-            )
-        want = hashlib.sha256 if spec.cipher == 17 else hashlib.sha1
-        if getattr(sess, "currhashlib", None) is not want:
-            self._drop(sess)
-            raise BmcUnsupported(
-                f"IPMI BMC would not negotiate cipher suite {spec.cipher}",
-                node=self.node,
-                device=self.device,
-            )
-        return sess
+    # -- talking to the worker --------------------------------------------------------------
 
-    def _drop(self, sess: Any) -> None:
-        # Best effort: the session has already failed or is being discarded.
-        with contextlib.suppress(Exception):
-            sess.logout()
+    def _error(self, cls: type[FenceError], message: str) -> FenceError:
+        return cls(message, node=self.node, device=self.device, address=self.address)
 
-    def _raw(self, command: int, data: tuple[int, ...] = ()) -> bytes:
-        with self._lock:
-            self._closing = False
+    async def _start_worker(self) -> WorkerProcess:
+        """A fresh worker for this backend, told its BMC and ready to serve."""
+        while True:
             try:
-                return self._raw_locked(command, data)
-            finally:
-                if self._closing and self._session is not None:
-                    # close() gave up waiting for this call (it overran its deadline).
-                    self._drop(self._session)
-                    self._session = None
+                worker = self._pool.take()
+            except OSError as err:
+                raise self._error(
+                    BmcProtocolError, f"IPMI: could not start a worker process ({err.strerror})"
+                ) from None
+            if worker is not None:
+                break
+            await asyncio.sleep(_SLOT_POLL)  # all places taken: one frees within its timeout
+        spec = self.spec
+        self._worker, self._logged_in = worker, False
+        privilege = _PRIVILEGE[spec.privilege]
+        worker.send(
+            Open(spec.address, spec.port, spec.username, spec.password, spec.cipher, privilege)
+        )
+        await worker.wait_ready()
+        return worker
 
-    def _raw_locked(self, command: int, data: tuple[int, ...]) -> bytes:
-        if self._session is None or self._session.broken or not self._session.logged:
-            self._session = None
-            self._session = self._login()
-        sess = self._session
-        try:
-            resp = sess.raw_command(netfn=_NETFN_CHASSIS, command=command, data=data)
-        except pyghmi_exc.IpmiException as err:
-            self._session = None
-            self._drop(sess)
-            raise classify_ipmi_error(
-                str(err), node=self.node, device=self.device, during_login=False
-            ) from None
-        except Exception as err:
-            self._session = None
-            self._drop(sess)
-            raise BmcProtocolError(
-                f"IPMI request failed inside pyghmi: {type(err).__name__}",
-                node=self.node,
-                device=self.device,
-            ) from None
-        malformed = sess.__dict__.pop("_nf_malformed", None)
-        if malformed is not None:
-            self._session = None
-            self._drop(sess)
-            raise BmcProtocolError(
-                f"IPMI answer from the BMC is malformed ({malformed}); its data is ignored",
-                node=self.node,
-                device=self.device,
-                address=self.address,
-            )
-        if "error" in resp:
-            self._session = None
-            self._drop(sess)
-            code = resp.get("code")
-            detail = str(resp["error"])
-            if code:
-                detail += f" (completion code 0x{code:02x})"
-            raise classify_ipmi_error(
-                detail, node=self.node, device=self.device, during_login=False
-            )
-        return bytes(resp.get("data", b""))
+    def _abandon(self, worker: WorkerProcess, *, drain: bool = True) -> None:
+        """Kill `worker` now and close, in the background, any BMC session it left open.
 
-    def _logout(self) -> None:
-        # A call that overran its deadline may still hold the session inside pyghmi (for
-        # seconds): never wait for it, it logs out itself when it ends.
-        self._closing = True
-        if not self._lock.acquire(blocking=False):
+        With `drain=False` (the worker answered its last request and is idle, so it has
+        nothing more to report) its socket is closed at once instead of read to the end.
+        The pool reaps it and starts a spare in its place.
+        """
+        worker.kill()
+        if self._worker is worker:
+            self._worker, self._logged_in = None, False
+        if worker.retired:
             return
+        worker.retired = True
+        self._pool.retire(worker)
+        if not drain and not worker.sessions:
+            worker.close_socket()
+            return
+        task = asyncio.get_running_loop().create_task(self._bury(worker))
+        self._burials.add(task)
+        task.add_done_callback(self._burials.discard)
+
+    async def _bury(self, worker: WorkerProcess) -> None:
+        await worker.finish(_FINISH_WITHIN)
+        for opened in list(worker.sessions.values()):
+            await send_close_session(
+                self.spec.address,
+                self.spec.port,
+                opened.keys,
+                opened.sequence,
+                timeout=self.spec.timeouts.timeout,
+            )
+
+    async def _request(self, what: str, command: int, data: bytes = b"") -> bytes:
+        """One chassis request within the device's `timeout`: waiting for this backend's turn
+        and the BMC's answer count; getting a worker process ready (when no spare was, or
+        all places were taken) does not, up to `_START_WITHIN` seconds."""
+        timeout = self.spec.timeouts.timeout
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        in_flight: WorkerProcess | None = None
+        starting = logged_in = False
         try:
-            if self._session is not None:
-                self._drop(self._session)
-                self._session = None
-        finally:
-            self._lock.release()
+            async with asyncio.timeout(timeout) as deadline, self._lock:
+                worker = self._worker
+                if worker is None or worker.ended or worker.proc.poll() is not None:
+                    if worker is not None:
+                        self._abandon(worker)
+                    starting, paused, until = True, loop.time(), deadline.when()
+                    deadline.reschedule(None)
+                    async with asyncio.timeout(_START_WITHIN):
+                        worker = await self._start_worker()
+                    deadline.reschedule((until or paused) + loop.time() - paused)
+                    starting = False
+                logged_in = self._logged_in
+                request = Command(next(self._ids), _NETFN_CHASSIS, command, data)
+                in_flight = worker
+                worker.send(request)
+                reply = await worker.reply()
+                in_flight = None
+        except TimeoutError:
+            if starting:
+                if self._worker is not None:
+                    self._abandon(self._worker)
+                raise self._error(
+                    BmcProtocolError,
+                    f"IPMI {what}: no worker process was ready within {_START_WITHIN:g} s "
+                    f"({self._pool.in_use()} in use)",
+                ) from None
+            heard = logged_in or bool(in_flight is not None and in_flight.sessions)
+            if in_flight is not None:
+                self._abandon(in_flight)
+            raise self._error(
+                BmcTimeout if heard else BmcUnreachable,
+                f"IPMI {what}: no answer from the BMC within {timeout:g} s; check the address, "
+                "port and that the BMC's network is up",
+            ) from None
+        except WorkerGone as gone:
+            if self._worker is not None:
+                self._abandon(self._worker)
+            raise self._error(
+                BmcProtocolError, f"IPMI {what}: {gone} before answering (closed meanwhile?)"
+            ) from None
+        except BaseException:  # cancelled: the request must not go on without its caller
+            if in_flight is not None:
+                self._abandon(in_flight)
+            elif starting and self._worker is not None:
+                self._abandon(self._worker)
+            raise
+        if isinstance(reply, Answer) and reply.id == request.id:
+            self._logged_in = True
+            return reply.data
+        self._abandon(worker)  # a failed request: the next one starts on a fresh worker
+        if isinstance(reply, Answer):
+            raise self._error(BmcProtocolError, f"IPMI {what}: the worker answered out of turn")
+        cls = ERROR_KINDS.get(reply.kind, BmcProtocolError)
+        raise self._error(cls, reply.message)
 
     # -- the async interface --------------------------------------------------------------
-
-    async def _bounded(self, what: str, command: int, data: tuple[int, ...] = ()) -> bytes:
-        try:
-            return await run_bounded(
-                lambda: self._raw(command, data),
-                timeout=self.spec.timeouts.timeout,
-                node=self.node,
-                device=self.device,
-                what=f"IPMI {what}",
-                silent_means_unreachable=self._session is None,
-                address=self.address,
-            )
-        except FenceError as err:
-            err.address = err.address or self.address
-            raise
 
     async def power_state(self) -> PowerState:
         """Get Chassis Status: bit 0 of the first byte is 'system power is on'.
@@ -369,25 +226,23 @@ class IpmiBackend(PowerBackend):
         (current power state, last power event, misc. chassis state): a shorter one is
         malformed, and reading its first byte could turn a truncated "on" into an Off.
         """
-        data = await self._bounded("power status", _CMD_GET_CHASSIS_STATUS)
+        data = await self._request("power status", _CMD_GET_CHASSIS_STATUS)
         if len(data) < _CHASSIS_STATUS_MIN_LEN:
-            raise BmcProtocolError(
+            raise self._error(
+                BmcProtocolError,
                 f"IPMI Get Chassis Status answered {len(data)} data byte(s) "
                 f"({data.hex() or 'none'}), at least {_CHASSIS_STATUS_MIN_LEN} are required; "
                 "the power state is unknown",
-                node=self.node,
-                device=self.device,
-                address=self.address,
             )
         return PowerState.ON if data[0] & 0x01 else PowerState.OFF
 
     async def power_off(self) -> None:
         """Chassis Control 'power down': immediate, no OS shutdown."""
-        await self._bounded("power off", _CMD_CHASSIS_CONTROL, (_CONTROL_POWER_DOWN,))
+        await self._request("power off", _CMD_CHASSIS_CONTROL, bytes([_CONTROL_POWER_DOWN]))
 
     async def power_on(self) -> None:
         """Chassis Control 'power up'."""
-        await self._bounded("power on", _CMD_CHASSIS_CONTROL, (_CONTROL_POWER_UP,))
+        await self._request("power on", _CMD_CHASSIS_CONTROL, bytes([_CONTROL_POWER_UP]))
 
     async def check(self) -> CheckResult:
         """Log in and read the power state; IPMI chassis control is always offered."""
@@ -402,15 +257,34 @@ class IpmiBackend(PowerBackend):
         return CheckResult(True, True, state, True, f"cipher suite {self.spec.cipher}")
 
     async def close(self) -> None:
-        """Log out of the session, if one is open; best effort and bounded, never raises."""
-        try:
-            await run_bounded(
-                self._logout,
-                timeout=self.spec.timeouts.timeout,
-                node=self.node,
-                device=self.device,
-                what="IPMI logout",
-                address=self.address,
+        """Log out and end the worker; bounded, never raises, safe to repeat.
+
+        A call still running on this backend is ended with its worker. When `close()`
+        returns, no worker of this backend is left and every BMC session one of them left
+        open has been sent its Close Session.
+        """
+        worker = self._worker
+        if worker is not None:
+            if self._lock is not None and self._lock.locked():
+                self._abandon(worker)  # a call is on it: end that call now
+            else:
+                await self._logout(worker)
+        if self._burials:
+            await asyncio.wait(
+                set(self._burials), timeout=self.spec.timeouts.timeout + _FINISH_WITHIN
             )
-        except FenceError as err:
-            log.info("ipmi logout did not finish: %s", err, extra={"node": self.node})
+
+    async def _logout(self, worker: WorkerProcess) -> None:
+        answered = False
+        try:
+            async with asyncio.timeout(self.spec.timeouts.timeout):
+                worker.send(Logout(next(self._ids)))
+                answered = isinstance(await worker.reply(), Answer)
+        except (TimeoutError, WorkerGone) as err:
+            log.info(
+                "ipmi logout did not finish: %s",
+                err or "no answer in time",
+                extra={"node": self.node},
+            )
+        # It has nothing left to do; whatever it left open is closed by us.
+        self._abandon(worker, drain=not answered)

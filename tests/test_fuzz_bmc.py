@@ -154,9 +154,10 @@ def close(lab: Lab, backend: PowerBackend) -> None:
 def still_healthy(lab: Lab, make: Callable[[Lab], PowerBackend]) -> None:
     """Once the BMC behaves again, fresh backends read the truth within a few seconds.
 
-    A call abandoned at its deadline may still run inside pyghmi until the library's own
-    retry timers end (and may even complete its power-off late, which is then the truth):
-    recovery is awaited with a deadline, and a read is judged against the machine after it.
+    A Redfish call abandoned at its deadline may still run in its library's thread (and even
+    complete a power-off late, which is then the truth; an IPMI one cannot, its worker process
+    is killed): recovery is awaited with a deadline, and a read is judged against the machine
+    after it.
     """
     lab.reset()
     deadline = time.monotonic() + 6.0

@@ -153,6 +153,16 @@ class IpmiBmc:
         """Sessions alive now, in any state of the RAKP exchange."""
         return len(self._sessions)
 
+    @property
+    def active_session_count(self) -> int:
+        """Logged-in sessions alive now (half-open ones excluded: they expire on their own)."""
+        return self._sessions.active_count()
+
+    @property
+    def answers_pending(self) -> int:
+        """Datagrams received but held back by the `slow` fault, not handled yet."""
+        return len(self._delayed)
+
     async def start(self) -> None:
         """Bind the UDP port and start answering; raises OSError if the port is taken."""
         if self._transport is not None:

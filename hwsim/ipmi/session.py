@@ -115,6 +115,11 @@ class SessionTable:
         self._expire()
         return bmc_id in self._sessions
 
+    def active_count(self) -> int:
+        """Sessions past RAKP 4 (logged in): the ones a real BMC has only a few slots for."""
+        self._expire()
+        return sum(1 for s in self._sessions.values() if s.state is SessionState.ACTIVE)
+
     def open(
         self, console_id: int, suite: CipherSuite, max_privilege: Privilege, peer: Peer
     ) -> Session | None:

@@ -1,0 +1,109 @@
+"""The guard of one power-off walk: what must hold before each power request goes out.
+
+Before every request: this process still holds the leader Lease. Before the FIRST power-off
+request of an operation, in this order:
+1. cheap early looks (life since the decision in the leader's cache, the cached maintenance
+   mark): no Lease renewal or record write for a node that is plainly back;
+2. renew the Lease;
+3. store the point of no return (PowerOffSending); if that write fails, nothing is sent;
+4. read the Node from the API server: a maintenance mark, or another Node object than the one
+   declared dead (it registered again), aborts;
+5. look for life since the decision once more (heartbeats that arrived during 2-4 count);
+then nothing is awaited before the request goes out. A stop is reported as the event the
+executor folds in (`stopped`), or as a lost Lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from agent.cluster import ClusterApi, ClusterError
+from agent.fence_store import RecordStore
+from agent.fencing import (
+    Cancelled,
+    Event,
+    FenceDone,
+    Maintenance,
+    NodeAlive,
+    Operation,
+    PowerOffSending,
+    SendWithdrawn,
+    Timing,
+    apply,
+)
+from agent.power import StopWalk
+
+
+class WalkGuard:
+    """`guard(step)` for `PowerFencer`, for one walk of operation `op` (see the module doc)."""
+
+    def __init__(
+        self,
+        op: Operation,
+        decided_at: float | None,
+        *,
+        confirm_leader: Callable[[], Awaitable[None]],
+        alive_since: Callable[[str, float], str | None],
+        in_maintenance: Callable[[str], bool],
+        store: RecordStore,
+        api: ClusterApi,
+        clock: Callable[[], float],
+        timing: Timing,
+    ) -> None:
+        self.op = op  # advances to Fencing (power_off_sent) once the point of no return is stored
+        self.decided_at = decided_at
+        self.confirm_leader = confirm_leader
+        self.alive_since = alive_since
+        self.in_maintenance = in_maintenance
+        self.store = store
+        self.api = api
+        self.clock = clock
+        self.timing = timing
+        self.stopped: Event | None = None  # why the walk stopped, as an event to fold in
+        self.lost_lease = False
+
+    def _stop(self, event: Event | None, why: str) -> StopWalk:
+        self.stopped = event
+        self.lost_lease = event is None
+        return StopWalk(why)
+
+    def _life(self) -> str | None:
+        assert self.decided_at is not None, "a first power-off needs this leader's decision"
+        return self.alive_since(self.op.node, self.decided_at)
+
+    async def __call__(self, step: str) -> None:
+        node, first = self.op.node, not self.op.power_off_sent
+        if first:
+            evidence = self._life()
+            if evidence:
+                raise self._stop(NodeAlive(evidence), f"node came back ({evidence})")
+            if self.in_maintenance(node):
+                raise self._stop(Maintenance(), "node entered maintenance")
+        try:
+            await self.confirm_leader()
+        except Exception as err:
+            raise self._stop(None, f"not the leader any more: {err}") from None
+        if not first:
+            return
+        sending = apply(self.op, PowerOffSending(), self.clock(), self.timing)
+        try:
+            await self.store.save(sending, required=True)
+        except ClusterError as err:
+            why = f"PowerOffSending could not be stored, nothing sent: {err}"
+            raise self._stop(FenceDone(False, errors=(why,)), why) from None
+        self.op = sending
+        try:
+            info = await self.api.get_node(node)
+        except ClusterError as err:
+            why = f"cannot read Node {node} before the power-off, nothing sent: {err}"
+            raise self._stop(SendWithdrawn(why), why) from None
+        if info is not None and sending.node_uid and info.uid != sending.node_uid:
+            why = "node re-registered (a new Node object) before the power-off was sent"
+            raise self._stop(Cancelled(why), why)
+        if info is not None and info.maintenance:
+            why = "node entered maintenance before the power-off was sent"
+            raise self._stop(Cancelled(why), why)
+        evidence = self._life()
+        if evidence:
+            why = f"node came back before the power-off was sent ({evidence})"
+            raise self._stop(Cancelled(why), why)

@@ -1,0 +1,70 @@
+"""What a fencing operation tells people: a log line and a Kubernetes Event per phase, one
+Event per VM when it runs elsewhere (or is given up at the deadline). Failing to write an
+Event never stops an operation."""
+
+from __future__ import annotations
+
+import logging
+
+from agent import metrics
+from agent.cluster import ClusterApi, ClusterError
+from agent.fencing import Operation, Phase, VmOutcome
+
+log = logging.getLogger("nodefence.fencing")
+
+
+class FenceReporter:
+    """Events and metrics of fencing operations."""
+
+    def __init__(self, api: ClusterApi) -> None:
+        self.api = api
+
+    async def phase_changed(self, op: Operation) -> None:
+        """`op` entered a new phase."""
+        warning = op.phase in (Phase.FENCE_FAILED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED)
+        log.log(
+            logging.WARNING if warning else logging.INFO,
+            "fencing node=%s op=%s: %s (%s)",
+            op.node,
+            op.id,
+            op.phase.value,
+            op.reason,
+        )
+        reason = op.phase.value if op.phase.value.startswith("Fence") else f"Fence{op.phase.value}"
+        await self.event(op, reason, op.reason or op.phase.value, warning)
+
+    async def vm_events(self, op: Operation, before: tuple[VmOutcome, ...] | None) -> None:
+        """One Event per VM when it is seen running elsewhere, or given up at the deadline."""
+        old = {v.key: v for v in before or ()}
+        for vm in op.vms or ():
+            was = old.get(vm.key)
+            if vm.running_on and (was is None or not was.running_on) and vm.expected_restart:
+                msg = (
+                    f"[{op.id}] running on {vm.running_on} "
+                    f"{vm.recovered_after or 0:.1f} s after {op.node} was deleted"
+                )
+                metrics.VM_RECOVERY.observe(vm.recovered_after or 0.0)
+                await self._vm_event(vm, "VMRecoveredAfterFence", msg, False)
+        if op.phase is Phase.RECOVERY_INCOMPLETE and before is not None:
+            for vm in op.vms or ():
+                if vm.expected_restart and not vm.running_on:
+                    await self._vm_event(
+                        vm,
+                        "VMNotRecoveredAfterFence",
+                        f"[{op.id}] not running elsewhere before the deadline "
+                        f"after {op.node} was fenced",
+                        True,
+                    )
+
+    async def _vm_event(self, vm: VmOutcome, reason: str, message: str, warning: bool) -> None:
+        try:
+            await self.api.vm_event(vm.namespace, vm.name, reason, message, warning)
+        except ClusterError as err:
+            log.warning("cannot record event %s for VM %s: %s", reason, vm.key, err)
+
+    async def event(self, op: Operation, reason: str, message: str, warning: bool) -> None:
+        """An Event on the fenced node, tagged with the operation id."""
+        try:
+            await self.api.node_event(op.node, "", reason, f"[{op.id}] {message}", warning)
+        except ClusterError as err:
+            log.warning("cannot record event %s for %s: %s", reason, op.node, err)
