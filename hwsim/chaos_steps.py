@@ -20,8 +20,9 @@ from typing import Any
 from hwsim.chaos_actions import END_ACTION, START_KIND, Action, FaultKind, Step
 from hwsim.chaos_invariants import FINAL_PHASES
 from hwsim.chaos_maintenance import PlannedWork
+from hwsim.chaos_springs import TrapSprings, victim_machines
 from hwsim.chaos_traps import RecordTraps, Trap
-from hwsim.kube.writefaults import AppliedWrite, WriteFault
+from hwsim.machine import SimMachine
 from hwsim.pdu import restore
 from hwsim.simcluster import SimCluster
 
@@ -67,7 +68,11 @@ class StepRunner:
     _off_since: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.traps = RecordTraps(self._spring)
+        springs = TrapSprings(
+            self.cluster, self.say, self.now, self.threads, self.kills, self.killed
+        )
+        springs.client_timeout = self.client_timeout
+        self.traps = RecordTraps(springs.spring)
         self.cluster.kube.write_hook = self.traps.hook
         self._handlers: dict[Action, Callable[[Step, Any], None]] = {
             Action.POWER_LOSS: self._power_loss,
@@ -374,90 +379,8 @@ class StepRunner:
             self.missed.append({"t": round(self.now(), 3), "kind": trap.kind, "node": node})
             self.say("missed", node, f"{trap.kind}: no {trap.moment} write of its records")
 
-    def _spring(self, trap: Trap, write: AppliedWrite) -> WriteFault | None:
-        """Called from the API server's thread when `trap` springs on `write`."""
-        if trap.kind == FaultKind.RECORD_SAVE_TIMEOUT.value:
-            if trap.params.get("mode") == "drop":
-                detail = f"{write.name}: {trap.moment} write applied, connection dropped"
-                self.say(trap.kind, trap.node, detail, count=True)
-                return WriteFault(drop=True)
-            hold = self.client_timeout + 1.5
-            detail = f"{write.name}: {trap.moment} write applied, answered {hold:g} s late"
-            self.say(trap.kind, trap.node, detail, count=True)
-            return WriteFault(hold=hold)
-        writer = self.cluster.node_of(str((write.obj.get("status") or {}).get("leader") or ""))
-
-        def kill() -> None:
-            self._kill_writer(trap, write, writer)
-
-        if trap.params.get("when") == "in-walk":
-            self._kill_at_power_off(trap, write, writer)
-            return None
-        return WriteFault(before_answer=kill)
-
-    def _victim_machines(self, node: str) -> list[Any]:
-        outlet = self._outlet(node)
-        return [self._machine(node)] + ([outlet] if outlet is not None else [])
-
-    def _kill_at_power_off(self, trap: Trap, write: AppliedWrite, writer: str | None) -> None:
-        """`in-walk`: SIGKILL the writer the moment the victim's BMC (or PDU) receives its
-        power-off request, before that request is answered: sent, not proven."""
-        machines = self._victim_machines(trap.node)
-        sim = self.cluster.nodes.get(writer) if writer else None
-
-        def on_off(channel: str) -> None:
-            for m in machines:
-                m.off_request_hook = None
-            proc = sim.agent if sim is not None else None
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)  # now, in the emulator's thread; reaped below
-            trap.params = {**trap.params, "channel": channel}
-            worker = threading.Thread(
-                target=self._kill_writer, args=(trap, write, writer, proc is not None), daemon=True
-            )
-            self.threads.append(worker)
-            worker.start()
-
-        for m in machines:
-            m.off_request_hook = on_off
-
-    def _kill_writer(
-        self, trap: Trap, write: AppliedWrite, writer: str | None, signalled: bool = False
-    ) -> None:
-        """SIGKILL the agent that wrote the record (`trap` sprang; `signalled`: already sent);
-        record what the record said at that moment; a victim that `comes_back` gets its
-        network back."""
-        try:
-            stored = self.cluster.kube.store.get(RECORD, write.name, write.namespace)
-            st = stored.get("status") or {}
-        except Exception:
-            st = {}
-        phase = f"{st.get('phase')} powerOffSent={bool(st.get('powerOffSent'))}"
-        phase += f" offProven={bool(st.get('offProven'))}"
-        hit = _hit(trap.kind, st)
-        entry = {
-            "t": round(self.now(), 3),
-            "kind": trap.kind,
-            "victim": trap.node,
-            "killed": writer,
-            "record": write.name,
-            "phase": phase,
-            "when": trap.params.get("when", "before-answer"),
-            "channel": trap.params.get("channel"),
-            "hit": hit,
-        }
-        self.kills.append(entry)
-        sim = self.cluster.nodes.get(writer) if writer else None
-        if sim is None or not (signalled or sim.agent_running()):
-            self.say("skipped", writer, f"{trap.kind}: writer {writer} has no running agent")
-            return
-        self.killed[trap.episode] = sim.name
-        sim.kill_agent()  # SIGKILL (again) and reap
-        label = trap.kind if hit else "leader-kill-off-phase"
-        self.say(label, sim.name, f"SIGKILL as {trap.node}'s {write.name} was {phase}", count=hit)
-        if trap.params.get("comes_back"):
-            self.cluster.nodes[trap.node].heal(start_agent=False)
-            self.say("victim-back", trap.node, "network back (agent still stopped): it is alive")
+    def _victim_machines(self, node: str) -> list[SimMachine]:
+        return victim_machines(self.cluster, node)
 
     # ---- power ----------------------------------------------------------------------------
 
@@ -502,16 +425,6 @@ class StepRunner:
 
 
 RECORD = "fenceoperations"
-
-
-def _hit(kind: str, status: dict[str, Any]) -> bool:
-    """Whether the record's state at the kill is the phase the kill was aimed at."""
-    sent, proven, phase = status.get("powerOffSent"), status.get("offProven"), status.get("phase")
-    if kind == FaultKind.LEADER_KILL_PENDING.value:
-        return not sent
-    if kind == FaultKind.LEADER_KILL_SENT.value:
-        return bool(sent) and not proven
-    return phase == "Recovering"
 
 
 def _fields(params: dict[str, Any]) -> str:
