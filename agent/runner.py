@@ -10,6 +10,10 @@ import os
 import secrets
 import signal
 import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -23,8 +27,10 @@ from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_auth import node_key
 from agent.heartbeat_codec import WatchdogClaim
+from agent.inventory import Inventory
 from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
+from agent.leader_broker import LeaderBroker
 from agent.mqtt_client import make_client
 from agent.peers import (
     ProbeResult,
@@ -34,11 +40,13 @@ from agent.peers import (
     result_topic,
     run_probe,
 )
+from agent.power import BackendFactory
 from agent.probe_auth import sign_result
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
+from backends.registry import build_backend
 
 log = logging.getLogger("nodefence.agent")
 
@@ -96,6 +104,132 @@ def advertised_host(cfg: AgentConfig) -> str:
     return os.environ.get("NODE_IP") or os.environ.get("POD_IP") or "127.0.0.1"
 
 
+async def unfinished_marks(api: ClusterApi, namespace: str, node: str) -> list[str]:
+    """Names of the unfinished fencing records of `node` (the node side's "am I being fenced"
+    check; raises `ClusterError` when the API cannot be read)."""
+    records = await api.list_records(namespace, node)
+    return [
+        str((r.get("metadata") or {}).get("name"))
+        for r in records
+        if (r.get("spec") or {}).get("nodeName") == node and is_open_mark(from_record(r))
+    ]
+
+
+class InventorySource(Protocol):
+    """Where the leader gets the BMC inventory (`InventoryWatcher` in production)."""
+
+    def current(self) -> Inventory | None:
+        """The newest valid inventory."""
+        ...
+
+    def nodes(self) -> frozenset[str]:
+        """Names of the nodes the inventory can fence."""
+        ...
+
+
+@dataclass
+class LeaderCandidate:
+    """One process's candidacy: the elector, and the leader side of the current term."""
+
+    elector: LeaderElector
+    lead: Callable[[], Coroutine[Any, Any, None]]
+    leader: LeaderSide | None = None  # set while this process leads
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Campaign until `stop`; lead while holding the Lease."""
+        await self.elector.run(self.lead, stop)
+
+
+def leader_candidate(
+    cfg: AgentConfig,
+    profile: DetectionProfile,
+    api: ClusterApi,
+    node: str,
+    *,
+    inventory: InventorySource | None,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    new_id: Callable[[], str] | None = None,
+    broker: LeaderBroker | None = None,
+    backend_factory: BackendFactory = build_backend,
+    tick: float | None = None,
+    identity: str | None = None,
+) -> LeaderCandidate:
+    """The leader election, leader side and fencing executor of one agent, wired together.
+
+    `run_agent` calls it with the production edges; the deterministic simulation
+    (`hwsim.sim`) with in-memory ones, so both run the same wiring. Without an inventory the
+    leader only detects and reports (nothing is fenced). `tick` overrides the leader side's
+    judging pace (the simulation judges less often to run faster). `identity` is the Lease
+    holder identity (default: the node name and a per-process id, see `leader_identity`).
+    """
+    k = cfg.kube
+    # Unique per process: two agents started with the same node name (a stale pod, a
+    # mistake) must never both take the Lease as "ours".
+    me = identity or leader_identity(node)
+    elector = LeaderElector(
+        api,
+        k.namespace,
+        k.lease_name,
+        identity=me,
+        timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
+        clock=clock,
+    )
+    # The ids the leader side (probe requests) and the executor (operations) draw by default.
+    request_ids = new_id or (lambda: uuid.uuid4().hex[:12])
+    operation_ids = new_id or (lambda: uuid.uuid4().hex[:8])
+
+    def executor_factory(leader: LeaderSide) -> FenceExecutor:
+        assert inventory is not None
+        if backend_factory is build_backend:
+            # A fence is likely now: have IPMI worker processes ready, so the first power-off
+            # does not wait for one to start.
+            prestart_workers()
+        return FenceExecutor(
+            api,
+            k.namespace,
+            me,
+            inventory=inventory.current,
+            confirm_leader=elector.confirm,
+            alive_since=leader.alive_since,
+            in_maintenance=leader.in_maintenance,
+            timing=Timing(
+                cfg.fencing.retry_base, cfg.fencing.retry_max, cfg.fencing.recovery_timeout
+            ),
+            max_parallel=cfg.fencing.max_parallel,
+            after_proof=cfg.fencing.after_proof,
+            self_fence=leader.self_fence_check if cfg.fencing.self_fence else None,
+            clock=clock,
+            wall=wall,
+            backend_factory=backend_factory,
+            new_id=operation_ids,
+        )
+
+    async def lead() -> None:
+        leader = LeaderSide(
+            cfg,
+            profile,
+            api,
+            me,
+            inventory=inventory.nodes if inventory else None,
+            executor_factory=executor_factory if inventory else None,
+            clock=clock,
+            wall=wall,
+            broker=broker,
+            new_id=request_ids,
+        )
+        if tick is not None:
+            leader.tick = tick
+        candidate.leader = leader
+        try:
+            await leader.run()
+        finally:
+            candidate.leader = None
+
+    candidate = LeaderCandidate(elector, lead)
+    return candidate
+
+
 async def run_agent(
     cfg: AgentConfig,
     node: str,
@@ -142,12 +276,7 @@ async def run_agent(
         publisher.on_echo = policy.contact
 
         async def my_marks() -> list[str]:
-            records = await api.list_records(cfg.kube.namespace, node)
-            return [
-                str((r.get("metadata") or {}).get("name"))
-                for r in records
-                if (r.get("spec") or {}).get("nodeName") == node and is_open_mark(from_record(r))
-            ]
+            return await unfinished_marks(api, cfg.kube.namespace, node)
 
     try:
         endpoint = cfg.health_advertise or f"{advertised_host(cfg)}:{health.port}"
@@ -155,17 +284,6 @@ async def run_agent(
     except ClusterError as err:
         log.warning("cannot announce the health endpoint on node %s: %s", node, err)
     k = cfg.kube
-    # Unique per process: two agents started with the same node name (a stale pod, a
-    # mistake) must never both take the Lease as "ours".
-    identity = leader_identity(node)
-    elector = LeaderElector(
-        api,
-        k.namespace,
-        k.lease_name,
-        identity=identity,
-        timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
-    )
-
     pending_events: set[asyncio.Task[None]] = set()
 
     def inventory_rejected(problem: str) -> None:
@@ -190,37 +308,7 @@ async def run_agent(
         InventoryWatcher(cfg.inventory, on_rejected=inventory_rejected) if cfg.inventory else None
     )
 
-    def executor_factory(leader: LeaderSide) -> FenceExecutor:
-        assert watcher is not None
-        # A fence is likely now: have IPMI worker processes ready, so the first power-off
-        # does not wait for one to start.
-        prestart_workers()
-        return FenceExecutor(
-            api,
-            k.namespace,
-            identity,
-            inventory=watcher.current,
-            confirm_leader=elector.confirm,
-            alive_since=leader.alive_since,
-            in_maintenance=leader.in_maintenance,
-            timing=Timing(
-                cfg.fencing.retry_base, cfg.fencing.retry_max, cfg.fencing.recovery_timeout
-            ),
-            max_parallel=cfg.fencing.max_parallel,
-            after_proof=cfg.fencing.after_proof,
-            self_fence=leader.self_fence_check if cfg.fencing.self_fence else None,
-        )
-
-    async def lead() -> None:
-        # Without an inventory the leader only detects and reports (nothing is fenced).
-        await LeaderSide(
-            cfg,
-            profile,
-            api,
-            identity,
-            inventory=watcher.nodes if watcher else None,
-            executor_factory=executor_factory if watcher else None,
-        ).run()
+    candidate = leader_candidate(cfg, profile, api, node, inventory=watcher)
 
     log.info(
         "agent for node %s: cluster %s, broker %s:%s, profile %s, metrics on port %d",
@@ -234,7 +322,7 @@ async def run_agent(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publisher.run(stop))
-            tg.create_task(elector.run(lead, stop))
+            tg.create_task(candidate.run(stop))
             tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
             if feeder is not None:
                 tg.create_task(feeder.run(stop))

@@ -81,6 +81,13 @@ class FeedPolicy:
         return True
 
 
+def clean_stop_disarms(policy: FeedPolicy, now: float, announced: bool) -> bool:
+    """May a clean stop disarm the watchdog? Only while the node is still in contact and has
+    seen no fencing record of its own (a cut-off node must reset even if its agent stops), and
+    once its `stopped` status was acknowledged (so the leader knows the claim is void)."""
+    return announced and policy.should_feed(now)
+
+
 # -- leader side: may a self-fence count as proof? (pure) --------------------------------------
 
 
@@ -288,7 +295,7 @@ class WatchdogFeeder:
         except Exception as err:  # any failure means the leader may not know
             log.warning("could not announce the clean stop: %s", err)
             announced = False
-        if not announced or not self.policy.should_feed(self.clock()):
+        if not clean_stop_disarms(self.policy, self.clock(), announced):
             log.critical(
                 "clean stop not acknowledged by the broker: the watchdog stays armed (the"
                 " leader may still count on it) and resets the node within %g s",

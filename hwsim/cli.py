@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from hwsim.scenarios import SCENARIOS
 
@@ -105,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--workdir", default="run/chaos", help="where files and logs go")
     chaos.add_argument("--report", help="JSON report path (default WORKDIR/chaos-report.json)")
 
+    sim = sub.add_parser(
+        "simulate",
+        help="deterministic simulation of the leader: many seeds in virtual time, invariants"
+        " checked after every step (docs/simulation.md)",
+    )
+    sim.add_argument("--runs", type=int, default=100, help="how many seeds (default 100)")
+    sim.add_argument("--seed", type=int, default=1, help="first seed (default 1)")
+    sim.add_argument("--replay", type=int, metavar="SEED", help="run this one seed again, exactly")
+    sim.add_argument(
+        "-v", "--verbose", action="store_true", help="with --replay: print the event log"
+    )
+
     fault = sub.add_parser("fault", help="inject faults into a running `bmcs` fleet")
     fault.add_argument("--control", required=True, help="control URL printed by `bmcs`")
     fault.add_argument("machine")
@@ -147,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_cluster(args)
     if args.command == "chaos":
         return _run_chaos(args)
+    if args.command == "simulate":
+        return _run_simulate(args)
     if args.command == "demo":
         from hwsim.demo import run_demo
 
@@ -268,6 +284,32 @@ def _run_chaos(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     result = run_chaos(opts, stop)
     return 0 if result.ok else 1
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    if sys.flags.hash_randomization:
+        # One seed must print the same output in every process: string hashing (and so set
+        # order) has to be the same too. Start again with PYTHONHASHSEED=0.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        argv = [sys.executable, "-m", "hwsim.cli", *sys.argv[1:]]
+        sys.stdout.flush()
+        os.execve(sys.executable, argv, env)
+    return simulate(args, sys.stdout)
+
+
+def simulate(args: argparse.Namespace, out: TextIO) -> int:
+    """`simulate` in this process (as it is, hash seed included); returns the exit code."""
+    from hwsim.sim.report import replay, run_batch
+
+    if args.replay is not None:
+        result = replay(args.replay, args.verbose, out)
+        return 1 if result.violations else 0
+    if args.runs < 1:
+        print("nodefence-hwsim: --runs must be at least 1", file=sys.stderr)
+        return 2
+    print(f"simulating seeds {args.seed}..{args.seed + args.runs - 1}", file=out, flush=True)
+    summary = run_batch(range(args.seed, args.seed + args.runs), out)
+    return 1 if summary.failing else 0
 
 
 def _parse_value(text: str) -> object:

@@ -1,0 +1,337 @@
+"""An in-memory Kubernetes API server for the simulation.
+
+It keeps objects as a real one does: every write bumps a cluster-wide resourceVersion; an
+update carrying a stale one is refused with 409, a missing object with 404, a create of an
+existing name with 409, a label value longer than 63 characters with 422. Node Ready follows
+the kubelet's Lease as the node lifecycle controller does (Unknown after 40 s without a
+renewal). Requests are applied by `hwsim.sim.api.SimClusterApi` when they land; the harness
+(kubelets, operators, the VM controller) changes objects directly. `ApiListener` tells the
+invariants about every write that matters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.cluster import MAINTENANCE_LABEL, ClusterError, LeaseInfo, NodeInfo
+from hwsim.sim.trace import Trace
+from hwsim.sim.vloop import SimProcess, VirtualLoop
+
+EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # virtual time 0 on the API server's clock
+NODE_MONITOR_GRACE = 40.0
+MAX_LABEL_VALUE = 63
+
+
+def virtual_wall(seconds: float) -> dt.datetime:
+    """The API server's wall clock at virtual time `seconds`."""
+    return EPOCH + dt.timedelta(seconds=seconds)
+
+
+def copy_json(obj: Any) -> Any:
+    """A deep copy of a JSON-like value (what a real client gets: its own objects)."""
+    if isinstance(obj, dict):
+        return {k: copy_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [copy_json(v) for v in obj]
+    return obj
+
+
+@dataclass
+class NodeObject:
+    """A Node as the server stores it."""
+
+    name: str
+    uid: str
+    resource_version: int
+    created_at: float
+    internal_ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    tainted: bool = False  # node.kubernetes.io/out-of-service
+    unschedulable: bool = False
+
+
+@dataclass
+class LeaseObject:
+    """A coordination.k8s.io/v1 Lease as the server stores it."""
+
+    name: str
+    namespace: str
+    resource_version: int
+    holder: str | None = None
+    renew_time: dt.datetime | None = None
+    acquire_time: dt.datetime | None = None
+    duration: int | None = None
+    transitions: int = 0
+    renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
+    _info: LeaseInfo | None = None
+
+    def info(self) -> LeaseInfo:
+        """As `ClusterApi` returns it (one object per resourceVersion)."""
+        cached = self._info
+        if cached is not None and cached.resource_version == str(self.resource_version):
+            return cached
+        self._info = LeaseInfo(
+            self.name,
+            self.namespace,
+            self.holder,
+            self.renew_time,
+            self.acquire_time,
+            self.duration,
+            self.transitions,
+            str(self.resource_version),
+        )
+        return self._info
+
+
+class ApiListener:
+    """What the harness wants to know about writes (all no-ops here)."""
+
+    def record_written(
+        self, proc: SimProcess | None, issued: float, name: str, body: dict[str, Any]
+    ) -> None:
+        """A FenceOperation write (sent at virtual time `issued`) was accepted."""
+
+    def step_issued(self, proc: SimProcess | None, verb: str, node: str) -> None:
+        """A process sends an irreversible request about a Node (taint, delete)."""
+
+    def node_cleaned(self, proc: SimProcess | None, verb: str, node: NodeObject) -> None:
+        """The out-of-service taint was put on a Node (`taint`) or it was deleted (`delete`)."""
+
+    def lease_written(
+        self, proc: SimProcess | None, holder: str | None, before: str | None
+    ) -> None:
+        """The leader Lease was written (`before`: the holder it replaced)."""
+
+
+class ApiServer:
+    """The objects, their resourceVersions, and the rules a real API server enforces."""
+
+    def __init__(self, loop: VirtualLoop, trace: Trace) -> None:
+        self.loop = loop
+        self.trace = trace
+        self.rv = 1
+        self.nodes: dict[str, NodeObject] = {}
+        self.kubelet_leases: dict[str, LeaseObject] = {}
+        self.leases: dict[tuple[str, str], LeaseObject] = {}
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> body
+        self.record_created: dict[str, float] = {}  # record name -> virtual creation time
+        self.vms: dict[str, dict[str, Any]] = {}  # "namespace/name" -> body
+        self.events = 0
+        self.maintenance_since: dict[str, float] = {}  # node -> labelled since (virtual time)
+        self.listener = ApiListener()
+        self._uids = 0
+        self._node_infos: dict[str, tuple[int, bool | None, NodeInfo]] = {}
+
+    def _bump(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    # -- what the harness does directly (kubelets, operators, controllers) --------------------
+
+    def register_node(self, name: str, ip: str) -> NodeObject:
+        """The kubelet registers its Node (a new uid when it was deleted meanwhile)."""
+        node = self.nodes.get(name)
+        if node is None:
+            self._uids += 1
+            node = NodeObject(name, f"uid-{self._uids}", self._bump(), self.loop.time(), ip)
+            self.nodes[name] = node
+            self.trace.event("api", f"node {name} registered ({node.uid})")
+        return node
+
+    def renew_kubelet_lease(self, name: str) -> None:
+        """The kubelet renews its Lease in kube-node-lease."""
+        lease = self.kubelet_leases.get(name)
+        if lease is None:
+            lease = LeaseObject(name, "kube-node-lease", self._bump(), duration=40)
+            self.kubelet_leases[name] = lease
+        lease.renewed_at = self.loop.time()
+        lease.renew_time = virtual_wall(lease.renewed_at)
+        lease.resource_version = self._bump()
+        lease.holder = name
+
+    def set_label(self, name: str, key: str, value: str | None) -> None:
+        """An operator (or `nodefence maintenance`) labels a Node."""
+        node = self.nodes.get(name)
+        if node is None:
+            return
+        if value is None:
+            node.labels.pop(key, None)
+        else:
+            node.labels[key] = value
+        node.resource_version = self._bump()
+        if key == MAINTENANCE_LABEL:
+            if value == "true":
+                self.maintenance_since.setdefault(name, self.loop.time())
+            else:
+                self.maintenance_since.pop(name, None)
+            self.trace.event("api", f"node {name} {key}={value}")
+
+    def node_ready(self, name: str) -> bool | None:
+        """The Ready condition the node lifecycle controller would show."""
+        lease = self.kubelet_leases.get(name)
+        if lease is None or lease.renew_time is None:
+            return None
+        return True if self.loop.time() - lease.renewed_at <= NODE_MONITOR_GRACE else None
+
+    def touch_record(self, name: str) -> bool:
+        """Someone else (an operator, another controller) updates a record: a new rv."""
+        for items in self.records.values():
+            body = items.get(name)
+            if body is not None:
+                body["metadata"]["resourceVersion"] = str(self._bump())
+                return True
+        return False
+
+    def set_vm(self, key: str, phase: str, node: str | None) -> None:
+        """The VM controller updates a VirtualMachine's status."""
+        vm = self.vms[key]
+        vm["status"] = {"phase": phase, "nodeName": node}
+        vm["metadata"]["resourceVersion"] = str(self._bump())
+
+    # -- the requests ClusterApi makes, applied when they land ---------------------------------
+
+    def node_info(self, node: NodeObject) -> NodeInfo:
+        """A Node as `ClusterApi` returns it (cached per resourceVersion and readiness)."""
+        ready = self.node_ready(node.name)
+        cached = self._node_infos.get(node.name)
+        if cached is not None and cached[0] == node.resource_version and cached[1] == ready:
+            return cached[2]
+        info = NodeInfo(
+            name=node.name,
+            uid=node.uid,
+            internal_ip=node.internal_ip,
+            kubelet_port=10250,
+            ready=ready,
+            unschedulable=node.unschedulable or node.tainted,
+            maintenance=node.labels.get(MAINTENANCE_LABEL) == "true",
+            health_endpoint=f"{node.internal_ip}:9440",
+        )
+        self._node_infos[node.name] = (node.resource_version, ready, info)
+        return info
+
+    def list_nodes(self) -> list[NodeInfo]:
+        return [self.node_info(n) for n in self.nodes.values()]
+
+    def node_leases(self) -> dict[str, LeaseInfo]:
+        return {name: lease.info() for name, lease in self.kubelet_leases.items()}
+
+    def get_node(self, name: str) -> NodeInfo | None:
+        node = self.nodes.get(name)
+        return None if node is None else self.node_info(node)
+
+    def annotate_node(self, name: str, key: str, value: str | None) -> None:
+        node = self.nodes.get(name)
+        if node is None:
+            raise ClusterError(f"annotate node {name}: 404 Not Found", 404)
+        if value is None:
+            node.annotations.pop(key, None)
+        else:
+            node.annotations[key] = value
+        node.resource_version = self._bump()
+
+    def taint(self, proc: SimProcess | None, name: str, uid: str | None = None) -> bool:
+        node = self.nodes.get(name)
+        if node is None or (uid is not None and node.uid != uid):
+            return False  # gone, or registered again since the decision
+        if not node.tainted:
+            node.tainted = True
+            node.resource_version = self._bump()
+            self.trace.event("api", f"node {name} tainted out-of-service by {_who(proc)}")
+            self.listener.node_cleaned(proc, "taint", node)
+        return True
+
+    def delete_node(self, proc: SimProcess | None, name: str, uid: str | None = None) -> None:
+        node = self.nodes.get(name)
+        if node is None or (uid is not None and node.uid != uid):
+            return  # 404, or the uid precondition failed (409): the object decided on is gone
+        del self.nodes[name]
+        self.kubelet_leases.pop(name, None)
+        self._node_infos.pop(name, None)
+        self.trace.event("api", f"node {name} deleted by {_who(proc)}")
+        self.listener.node_cleaned(proc, "delete", node)
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        return [copy_json(vm) for vm in self.vms.values()]
+
+    def list_records(self, namespace: str, node: str | None) -> list[dict[str, Any]]:
+        items = self.records.get(namespace, {}).values()
+        return [
+            copy_json(r)
+            for r in items
+            if node is None or r["metadata"].get("labels", {}).get("nodefence.io/node") == node
+        ]
+
+    def save_record(
+        self, proc: SimProcess | None, issued: float, namespace: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClusterError("save fence operation: 422 metadata.name is required", 422)
+        for key, value in (meta.get("labels") or {}).items():
+            if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
+                raise ClusterError(
+                    f"save fence operation {name}: 422 label {key}: must be no more than"
+                    f" {MAX_LABEL_VALUE} characters",
+                    422,
+                )
+        items = self.records.setdefault(namespace, {})
+        current = items.get(name)
+        rv = meta.get("resourceVersion")
+        if rv:
+            if current is None:
+                raise ClusterError(f"update fence operation {name}: 404 Not Found", 404)
+            if current["metadata"]["resourceVersion"] != rv:
+                raise ClusterError(f"update fence operation {name}: 409 Conflict", 409)
+        elif current is not None:
+            raise ClusterError(f"create fence operation {name}: 409 AlreadyExists", 409)
+        stored = copy_json(body)
+        stored["metadata"]["resourceVersion"] = str(self._bump())
+        if current is None:
+            self.record_created[name] = self.loop.time()
+        items[name] = stored
+        self.listener.record_written(proc, issued, name, stored)
+        answer: dict[str, Any] = copy_json(stored)
+        return answer
+
+    def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+        lease = self.leases.get((namespace, name))
+        return None if lease is None else lease.info()
+
+    def write_lease(
+        self,
+        proc: SimProcess | None,
+        namespace: str,
+        name: str,
+        holder: str | None,
+        duration: int,
+        renew: dt.datetime | None,
+        acquire: dt.datetime | None,
+        transitions: int,
+        resource_version: str | None,
+    ) -> LeaseInfo:
+        key = (namespace, name)
+        current = self.leases.get(key)
+        if resource_version is None:
+            if current is not None:
+                raise ClusterError(f"create lease {namespace}/{name}: 409 AlreadyExists", 409)
+        elif current is None:
+            raise ClusterError(f"update lease {namespace}/{name}: 404 Not Found", 404)
+        elif str(current.resource_version) != resource_version:
+            raise ClusterError(f"update lease {namespace}/{name}: 409 Conflict", 409)
+        before = current.holder if current is not None else None
+        lease = LeaseObject(
+            name, namespace, self._bump(), holder, renew, acquire, duration, transitions
+        )
+        self.leases[key] = lease
+        if holder != before:
+            self.trace.event("lease", f"holder {before or '-'} -> {holder or '-'}")
+        self.listener.lease_written(proc, holder, before)
+        return lease.info()
+
+
+def _who(proc: SimProcess | None) -> str:
+    return proc.name if proc is not None else "harness"

@@ -1,0 +1,155 @@
+"""Leader candidates: processes running production's wiring (`agent.runner.leader_candidate`).
+
+Each candidate is a simulated process with its own clocks (a small drift; its wall clock can
+be stepped), its own API client, broker connection and BMC backends, all simulated. Killing it
+is SIGKILL: nothing more goes out and the Lease is not released. Pausing it freezes every one
+of its callbacks (a stop-the-world pause): requests already sent still land; when it resumes it
+carries on with what it knew. A crashed candidate (an exception out of the real code) and a
+killed one are started again like a restarted pod: a fresh process with the same identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from agent.inventory import Inventory
+from agent.leader import LeaderSide
+from agent.runner import LeaderCandidate, leader_candidate
+from backends.base import PowerBackend
+from backends.spec import DeviceSpec
+from hwsim.sim.api import SimClusterApi
+from hwsim.sim.bmc import SimPowerBackend
+from hwsim.sim.broker import SimLeaderBroker
+from hwsim.sim.vloop import ProcState, SimProcess, spawn
+
+if TYPE_CHECKING:
+    from hwsim.sim.world import World
+
+
+class StaticInventory:
+    """The inventory source of the simulation (`agent.runner.InventorySource`)."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        self._nodes = frozenset(inventory.nodes)
+
+    def current(self) -> Inventory | None:
+        """The inventory."""
+        return self.inventory
+
+    def nodes(self) -> frozenset[str]:
+        """Names of the nodes it can fence."""
+        return self._nodes
+
+
+class Candidate:
+    """One leader candidate process (see the module doc)."""
+
+    def __init__(self, world: World, identity: str, drift: float, generation: int) -> None:
+        self.world = world
+        self.identity = identity
+        self.drift = drift
+        self.proc = SimProcess(f"{identity}#{generation}")
+        self.wall_step = 0.0  # seconds the wall clock was stepped by
+        self.api_cut = False  # this process cannot reach the API server
+        self.broker_cut = False
+        self.last_lease_write: float | None = None  # virtual time of its last accepted write
+        self.acquired_at: float | None = None  # when it last took the Lease from another
+        self.pauses: list[tuple[float, float]] = []  # (from, to) virtual times
+        self.term_start: float | None = None  # when its current LeaderSide appeared
+        self.seen_leader: LeaderSide | None = None
+        self.ids = 0
+        self.api = SimClusterApi(world.api, world.rng, reachable=lambda: not self.api_cut)
+        self.broker = SimLeaderBroker(
+            world.broker,
+            self.proc,
+            f"nodefence-leader-{identity}",
+            world.invariants.delivered,
+            reachable=lambda: not self.broker_cut,
+        )
+        self.stop = asyncio.Event()
+        self.lc: LeaderCandidate = leader_candidate(
+            world.cfg,
+            world.profile,
+            self.api,
+            identity,
+            inventory=world.inventory_source,
+            clock=self.clock,
+            wall=self.wall,
+            new_id=self.new_id,
+            broker=self.broker,
+            backend_factory=self.backend,
+            tick=world.settings.tick,
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    # -- clocks and ids ------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        """This process's monotonic clock."""
+        return self.world.loop.time() * (1.0 + self.drift)
+
+    def wall(self) -> float:
+        """This process's wall clock (Unix seconds; steps when the scheduler steps it)."""
+        return self.world.wall_epoch + self.world.loop.time() * (1.0 + self.drift) + self.wall_step
+
+    def new_id(self) -> str:
+        """Operation and probe ids, unique per run and derived from the seed."""
+        self.ids += 1
+        return (
+            f"{self.proc.name.replace('#', 'g')}{self.ids:x}{self.world.rng.randrange(16**4):04x}"
+        )
+
+    def backend(self, node: str, spec: DeviceSpec) -> PowerBackend:
+        """The backend factory the executor and its `PowerFencer` use."""
+        w = self.world
+        channel = w.channels[(node, spec.name)]
+
+        def on_request(n: str, device: str, verb: str) -> None:
+            w.invariants.power_request(self, n, device, verb)
+
+        backend: PowerBackend = SimPowerBackend(w.loop, w.rng, channel, spec, on_request)
+        return w.backend_wrapper(backend) if w.backend_wrapper is not None else backend
+
+    # -- life ------------------------------------------------------------------------------------
+
+    @property
+    def holder(self) -> str:
+        """The name it writes into the Lease (the elector's identity)."""
+        return self.lc.elector.identity
+
+    @property
+    def alive(self) -> bool:
+        """Not killed (running or paused)."""
+        return self.proc.state is not ProcState.KILLED
+
+    @property
+    def leader(self) -> LeaderSide | None:
+        """Its leader side while it leads."""
+        return self.lc.leader
+
+    def start(self) -> None:
+        """Run the candidacy."""
+        self.task = spawn(self.world.loop, self.proc, self.lc.run(self.stop), self.proc.name)
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None:
+            self.world.candidate_crashed(self, err)
+
+    def running_since(self, since: float, now: float) -> float:
+        """Seconds this process ran (was not paused) between `since` and `now`."""
+        paused = sum(max(0.0, min(b, now) - max(a, since)) for a, b in self.pauses)
+        if self.proc.paused_at is not None:
+            paused += max(0.0, now - max(self.proc.paused_at, since))
+        return now - since - paused
+
+    def paused_between(self, since: float, now: float) -> bool:
+        """Whether it was paused at some moment in (`since`, `now`]."""
+        if self.proc.paused_at is not None:
+            return True
+        return any(b > since and a <= now for a, b in self.pauses)
