@@ -4,6 +4,11 @@
 own HTTPS port (certificate signed by a CA generated for the run), all on 127.0.0.1, and
 writes a nodefence inventory (level 1: IPMI, level 2: Redfish verified with the CA) with the
 password files beside it. The inventory is written only once every emulator listens.
+
+Machines named in `pdus` are also fed by a PDU outlet (`hwsim.pdu`) served over Redfish on a
+port of its own, the next level of that node's inventory (device `pdu`). Their inventory entry
+says which devices read the same power (`verify_all_channels: [[ipmi, redfish], [pdu]]`) when
+`channel_groups` is set.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import yaml
 
 from hwsim.fleet import Fleet
 from hwsim.ipmi import IpmiBmc
+from hwsim.machine import SimMachine
+from hwsim.pdu import feed_from_outlet
 from hwsim.redfish import RedfishBmc
 from hwsim.tls import TlsFiles, make_tls
 
@@ -36,11 +43,17 @@ class BmcFleet:
     redfish_bmcs: dict[str, RedfishBmc] = field(default_factory=dict)
     tls: TlsFiles | None = None
     power_timeout: float = 10.0
+    pdus: tuple[str, ...] = ()  # machines fed by an emulated PDU outlet (see the module doc)
+    outlets: dict[str, SimMachine] = field(default_factory=dict)  # machine -> its outlet
+    pdu_bmcs: dict[str, RedfishBmc] = field(default_factory=dict)
 
     async def start(self) -> None:
         """Start every emulator; on any failure stop those already started and re-raise."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.redfish:
+        unknown = sorted(set(self.pdus) - set(self.fleet.names()))
+        if unknown:
+            raise ValueError(f"pdus: no machine named {', '.join(unknown)} in the fleet")
+        if self.redfish or self.pdus:
             self.tls = make_tls(self.workdir / "tls")
         try:
             for machine in self.fleet:
@@ -52,6 +65,14 @@ class BmcFleet:
                     rf = RedfishBmc([machine], self.username, self.password, tls=self.tls)
                     await rf.start()
                     self.redfish_bmcs[machine.name] = rf
+                if machine.name in self.pdus:
+                    outlet = feed_from_outlet(machine)
+                    self.outlets[machine.name] = outlet
+                    pdu = RedfishBmc(
+                        [outlet], self.username, self.password, tls=self.tls, channel="pdu"
+                    )
+                    await pdu.start()
+                    self.pdu_bmcs[machine.name] = pdu
         except BaseException:
             await self.stop()
             raise
@@ -60,13 +81,36 @@ class BmcFleet:
         """Stop every emulator (idempotent)."""
         for ipmi in self.ipmi_bmcs.values():
             await ipmi.stop()
-        for rf in self.redfish_bmcs.values():
+        for rf in [*self.redfish_bmcs.values(), *self.pdu_bmcs.values()]:
             await rf.stop()
         self.ipmi_bmcs.clear()
         self.redfish_bmcs.clear()
+        self.pdu_bmcs.clear()
 
-    def inventory(self, password_file: str) -> dict[str, Any]:
-        """The inventory document for the running emulators (paths relative to the file)."""
+    def outlet(self, machine: str) -> SimMachine | None:
+        """The PDU outlet feeding `machine`, or None."""
+        return self.outlets.get(machine)
+
+    def _redfish_device(
+        self, name: str, bmc: RedfishBmc, system_id: str, password_file: str
+    ) -> dict[str, Any]:
+        assert self.tls is not None
+        return {
+            "type": "redfish",
+            "name": name,
+            "address": "127.0.0.1",
+            "port": bmc.port,
+            "username": self.username,
+            "password_file": password_file,
+            "ca_file": os.path.relpath(self.tls.ca_cert, self.workdir),
+            "system_id": system_id,
+        }
+
+    def inventory(self, password_file: str, channel_groups: bool = True) -> dict[str, Any]:
+        """The inventory document for the running emulators (paths relative to the file).
+
+        `channel_groups`: write `verify_all_channels` groups for the nodes with a PDU (an agent
+        that does not know them refuses the field)."""
         nodes: dict[str, Any] = {}
         for machine in self.fleet:
             levels: list[dict[str, Any]] = []
@@ -86,24 +130,19 @@ class BmcFleet:
                         ]
                     }
                 )
-            if machine.name in self.redfish_bmcs and self.tls is not None:
-                levels.append(
-                    {
-                        "devices": [
-                            {
-                                "type": "redfish",
-                                "name": "redfish",
-                                "address": "127.0.0.1",
-                                "port": self.redfish_bmcs[machine.name].port,
-                                "username": self.username,
-                                "password_file": password_file,
-                                "ca_file": os.path.relpath(self.tls.ca_cert, self.workdir),
-                                "system_id": machine.name,
-                            }
-                        ]
-                    }
-                )
-            nodes[machine.name] = {"levels": levels}
+            bmc = self.redfish_bmcs.get(machine.name)
+            if bmc is not None:
+                device = self._redfish_device("redfish", bmc, machine.name, password_file)
+                levels.append({"devices": [device]})
+            node: dict[str, Any] = {"levels": levels}
+            pdu, outlet = self.pdu_bmcs.get(machine.name), self.outlets.get(machine.name)
+            if pdu is not None and outlet is not None:
+                device = self._redfish_device("pdu", pdu, outlet.name, password_file)
+                levels.append({"devices": [device]})
+                if channel_groups:
+                    bmc_channels = [str(lv["devices"][0]["name"]) for lv in levels[:-1]]
+                    node["verify_all_channels"] = [bmc_channels, ["pdu"]]
+            nodes[machine.name] = node
         return {
             "version": 1,
             "defaults": {
@@ -115,7 +154,7 @@ class BmcFleet:
             "nodes": nodes,
         }
 
-    def write_inventory(self, path: Path) -> Path:
+    def write_inventory(self, path: Path, channel_groups: bool = True) -> Path:
         """Write the password file and the inventory beside it, atomically; returns `path`."""
         path = path.resolve()
         if path.parent != self.workdir.resolve():
@@ -125,11 +164,13 @@ class BmcFleet:
         tmp.write_text(self.password + "\n", encoding="utf-8")
         tmp.chmod(0o600)
         tmp.replace(secret)
-        doc = self.inventory(secret.name)
+        doc = self.inventory(secret.name, channel_groups)
         header = (
             "# nodefence BMC inventory written by `nodefence-hwsim bmcs` for emulated BMCs.\n"
             "# Level 1: IPMI (RMCP+, cipher 17); level 2: Redfish over HTTPS (generated CA).\n"
         )
+        if self.pdus:
+            header += "# Level 3 of " + ", ".join(self.pdus) + ": its PDU outlet over Redfish.\n"
         tmp_inv = path.with_suffix(".tmp")
         tmp_inv.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         tmp_inv.replace(path)

@@ -11,10 +11,7 @@ JSON report. Timing outside the schedule (how fast agents react) is not determin
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,19 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwsim.chaos_heartbeats import HeartbeatWatch
 from hwsim.chaos_invariants import INVARIANTS, InvariantChecker, Snapshot
 from hwsim.chaos_observe import seen_changes, take_snapshot
 from hwsim.chaos_report import ChaosResult, print_summary
-from hwsim.chaos_schedule import (
-    START_KIND,
-    Action,
-    ChaosSettings,
-    FaultKind,
-    Step,
-    make_schedule,
-)
+from hwsim.chaos_schedule import ChaosSettings, make_schedule
+from hwsim.chaos_steps import StepRunner
 from hwsim.simcluster import ClusterSettings, SimCluster
-from hwsim.simnode import REPO
 
 # Short timings, as `scenario --fast` uses: detection ~4 s, a dead leader replaced in ~4 s.
 SHORT_TIMINGS: dict[str, Any] = {
@@ -75,6 +66,7 @@ class ChaosOptions:
     echo: bool = True
     schedule: ChaosSettings = field(default_factory=ChaosSettings)
     watchdog: bool = False  # nodes feed emulated watchdogs; the leader may count self-fences
+    pdus: tuple[str, ...] = ()  # nodes also fed by an emulated PDU outlet (level 3)
 
 
 class ChaosRun:
@@ -88,6 +80,7 @@ class ChaosRun:
         settings = {**SHORT_TIMINGS, "nodes": opts.nodes, "vms": opts.vms, "bmcs": True}
         settings["profile"] = opts.profile
         settings["links"] = True  # partitions cut each node's link; its agent runs on
+        settings["pdus"] = tuple(opts.pdus)
         if opts.watchdog:
             settings["watchdog"] = dict(WATCHDOG)
             settings["fencing"] = {**SHORT_TIMINGS["fencing"], **SELF_FENCE}
@@ -97,15 +90,13 @@ class ChaosRun:
             recovery_deadline=opts.recovery_deadline, kubelet_alive_window=2 * interval + 0.5
         )
         self.cluster: SimCluster | None = None
+        self.runner: StepRunner | None = None
+        self.heartbeats: HeartbeatWatch | None = None
         self.t0 = 0.0
         self.kinds: Counter[str] = Counter()
         self.log: list[dict[str, Any]] = []
-        self.busy: dict[str, int] = {}  # node -> episode holding its power (janitor keeps off)
-        self.killed: dict[int, str] = {}  # leader-kill episode -> node
-        self._off_since: dict[str, float] = {}
+        self.records: list[dict[str, Any]] = []  # every FenceOperation as the run left it
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._procs: list[subprocess.Popen[str]] = []
         self._watch_stop = threading.Event()
 
     # ---- output ---------------------------------------------------------------------------
@@ -117,12 +108,12 @@ class ChaosRun:
     def say(self, kind: str, node: str | None, detail: str = "", count: bool = False) -> None:
         """Print and log one line; `count` adds it to the faults injected by kind."""
         t = self.now()
-        with self._lock:
+        with self._lock:  # one whole line at a time: steps, traps and the watcher all say
             if count:
                 self.kinds[kind] += 1
             self.log.append({"t": round(t, 3), "kind": kind, "node": node, "detail": detail})
-        if self.opts.echo:
-            print(f"{t:8.2f}s  {kind:<18} {node or '-':<8} {detail}".rstrip(), flush=True)
+            if self.opts.echo:
+                print(f"{t:8.2f}s  {kind:<18} {node or '-':<8} {detail}".rstrip(), flush=True)
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -147,203 +138,72 @@ class ChaosRun:
             controller = cluster.vm_controller
             cluster.wait_for("a leader", cluster.leader, 30)
             self.t0 = time.monotonic()
+            self.runner = StepRunner(
+                cluster, self.say, self.now, self.stop, self.steps, self.t0, opts.janitor_after
+            )
+            self.heartbeats = HeartbeatWatch(cluster, self.now)
+            self.heartbeats.start()
             watcher.start()
             self.say("start", cluster.leader(), f"cluster up in {self.t0 - started:.1f} s")
+            if opts.pdus:
+                groups = "with" if cluster.channel_groups else "WITHOUT (the agent refuses them)"
+                detail = f"BMC+PDU: {', '.join(opts.pdus)}; inventory {groups} channel groups"
+                self.say("topology", None, detail)
             self._play()
             self._settle()
         finally:
             self._watch_stop.set()
             if watcher.is_alive():
                 watcher.join(5)
-            for proc in self._procs:
-                if proc.poll() is None:
-                    proc.kill()
-            for thread in self._threads:
-                thread.join(5)
+            if self.heartbeats is not None:
+                self.heartbeats.stop()
+            runner = self.runner
+            if runner is not None:
+                cluster.kube.write_hook = None
+                for proc in runner.procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                for thread in runner.threads:
+                    thread.join(5)
             cluster.stop()
         return self._report(controller.violations() if controller is not None else [])
 
     def _play(self) -> None:
+        runner = self.runner
+        assert runner is not None
         for step in self.steps:
             while not self.stop.is_set() and self.now() < step.at:
-                self._janitor()
+                runner.janitor()
                 self.stop.wait(min(0.2, max(0.0, step.at - self.now())))
             if self.stop.is_set():
                 self.say("interrupted", None, "stopping early")
                 return
             try:
-                self._perform(step)
+                runner.perform(step)
             except Exception as err:  # one failed step must not end the run unchecked
                 self.say("step-error", step.node, f"{step.action.value}: {err!r}")
 
     def _settle(self) -> None:
         """After the last step: orphans repaired, recoveries given their deadline."""
+        runner = self.runner
+        assert runner is not None and self.cluster is not None
         deadline = time.monotonic() + self.opts.recovery_deadline + 2.0
         quiet_until = time.monotonic() + 3.0
         while not self.stop.is_set() and time.monotonic() < deadline:
-            self._janitor()
+            runner.janitor()
             with self._lock:
                 waiting = bool(self.checker.pending)
-            alive = any(t.is_alive() for t in self._threads)
+            alive = any(t.is_alive() for t in runner.threads)
             if not waiting and not alive and time.monotonic() >= quiet_until:
                 break
             self.stop.wait(0.2)
-        assert self.cluster is not None
-        final = take_snapshot(self.cluster, self.now())  # the final check, watcher or not
+        # the final check, watcher or not
+        final = take_snapshot(self.cluster, self.now(), self._heartbeats())
+        self.records = final_records(self.cluster)
         with self._lock:
             found = self.checker.observe(final) + self.checker.finish(final.t)
         for v in found:
             self.say("VIOLATION", v.node, f"{v.invariant}: {v.detail}")
-
-    # ---- steps ----------------------------------------------------------------------------
-
-    def _perform(self, step: Step) -> None:
-        cluster = self.cluster
-        assert cluster is not None
-        node = step.node
-        kind = START_KIND.get(step.action)
-        a = step.action
-        if a is Action.POWER_LOSS and node:
-            self.busy[node] = step.episode
-            cluster.fleet[node].cut_power()
-            self.say(a.value, node, "machine off; its BMC still answers", count=True)
-        elif a is Action.PARTITION and node:
-            self.busy[node] = step.episode
-            cluster.nodes[node].isolate()
-            self.say(a.value, node, "network cut: agent runs on alone, kubelet silent", count=True)
-        elif a in (Action.REPAIR, Action.HEAL) and node:
-            self.busy.pop(node, None)
-            self._power_on_or_heal(node, a)
-        elif a is Action.BMC_FAULT and node:
-            cluster.fleet[node].set_faults(**step.params)
-            text = " ".join(f"{k}={v}" for k, v in step.params.items())
-            self.say(a.value, node, text, count=True)
-        elif a is Action.BMC_CLEAR and node:
-            cluster.fleet[node].set_faults(
-                unreachable=False,
-                slow=0.0,
-                wrong_credentials=False,
-                ignore_off=False,
-                off_delay=0.0,
-                fail_first=0,
-            )
-            self.say(a.value, node, "BMC healthy again")
-        elif a is Action.BROKER_RESTART:
-            cluster.broker.restart()
-            self.say(a.value, None, f"mosquitto back on port {cluster.broker.port}", count=True)
-        elif a is Action.LEADER_KILL:
-            leader = cluster.leader()
-            if leader is None or not cluster.nodes[leader].agent_running():
-                self.say("skipped", leader, "leader-kill: no running leader agent")
-                return
-            self.killed[step.episode] = leader
-            cluster.nodes[leader].kill_agent()
-            self.say(a.value, leader, "SIGKILL of the Lease holder's agent", count=True)
-        elif a is Action.AGENT_RESTART:
-            victim = self.killed.pop(step.episode, None)
-            sim = cluster.nodes[victim] if victim else None
-            if sim is None or sim.agent_running() or sim.partitioned:
-                return
-            if cluster.fleet[sim.name].power_state() == "on":
-                cluster.start_agent(sim.name)
-                self.say(a.value, sim.name, "agent started again")
-        elif a is Action.MAINTENANCE_ENTER and node:
-            self.busy[node] = step.episode
-            until = self.t0 + max(s.at for s in self.steps if s.episode == step.episode)
-            thread = threading.Thread(
-                target=self._maintenance, args=(node, step.episode, until), daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
-        elif a is Action.MAINTENANCE_EXIT:
-            pass  # the maintenance thread ends its own episode (power on, then exit)
-        elif kind is not None:
-            self.say("skipped", node, f"{a.value}: no node")
-
-    def _power_on_or_heal(self, node: str, action: Action) -> None:
-        assert self.cluster is not None
-        machine, sim = self.cluster.fleet[node], self.cluster.nodes[node]
-        if machine.power_state() == "off":
-            machine.request_on()
-            self.say(FaultKind.REPAIR.value, node, f"powered on ({action.value})", count=True)
-        elif sim.partitioned:
-            sim.heal()
-            self.say(action.value, node, "network back")
-
-    def _janitor(self) -> None:
-        """Power on machines left off by no episode (fenced after their episode ended)."""
-        assert self.cluster is not None
-        now = time.monotonic()
-        for machine in self.cluster.fleet:
-            if machine.power_state() == "on" or machine.name in self.busy:
-                self._off_since.pop(machine.name, None)
-                continue
-            since = self._off_since.setdefault(machine.name, now)
-            if now - since >= self.opts.janitor_after:
-                machine.request_on()
-                self._off_since.pop(machine.name, None)
-                self.say(FaultKind.REPAIR.value, machine.name, "powered on (orphan)", count=True)
-
-    def _maintenance(self, node: str, episode: int, until: float) -> None:
-        """Enter maintenance, cut the power for the planned work, power on, exit."""
-        assert self.cluster is not None
-        machine = self.cluster.fleet[node]
-        try:
-            self.say(FaultKind.MAINTENANCE.value, node, "maintenance enter --vms-only", count=True)
-            timeout = max(5.0, until - time.monotonic() - 4.0)
-            code, out = self._nodefence(
-                "maintenance", "enter", node, "--vms-only", "--timeout", f"{timeout:.0f}"
-            )
-            if code == 0 and time.monotonic() < until and not self.stop.is_set():
-                machine.cut_power()
-                self.say("maintenance-power", node, "power cut for the planned work")
-            else:
-                self.say("maintenance-failed", node, f"enter exit {code}: {out[-200:]!r}")
-            self.stop.wait(max(0.0, until - time.monotonic()))
-            if machine.power_state() == "off":
-                machine.request_on()
-                self.say(FaultKind.REPAIR.value, node, "powered on (maintenance over)", count=True)
-            ready = time.monotonic() + 20.0
-            while time.monotonic() < ready and not self.stop.is_set():
-                if self._node_ready(node):
-                    break
-                time.sleep(0.2)
-            code, out = self._nodefence("maintenance", "exit", node, "--force")
-            self.say(
-                "maintenance-exit", node, "done" if code == 0 else f"exit {code}: {out[-200:]!r}"
-            )
-        finally:
-            if self.busy.get(node) == episode:
-                del self.busy[node]
-
-    def _node_ready(self, node: str) -> bool:
-        assert self.cluster is not None
-        try:
-            obj = self.cluster.kube.store.get("nodes", node)
-        except Exception:
-            return False
-        conds = (obj.get("status") or {}).get("conditions") or []
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-
-    def _nodefence(self, *args: str) -> tuple[int, str]:
-        assert self.cluster is not None
-        command = [sys.executable, "-m", "agent.cli", *args]
-        command += ["--kubeconfig", str(self.cluster.kubeconfig)]
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            text=True,
-        )
-        self._procs.append(proc)
-        try:
-            out, _ = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        return proc.returncode, out
 
     # ---- watching -------------------------------------------------------------------------
 
@@ -353,7 +213,7 @@ class ChaosRun:
         prev: Snapshot | None = None
         while not self._watch_stop.wait(self.opts.poll):
             try:
-                snap = take_snapshot(cluster, self.now())
+                snap = take_snapshot(cluster, self.now(), self._heartbeats())
                 with self._lock:
                     found = self.checker.observe(snap)
             except Exception as err:  # the watcher must never end the run early
@@ -365,6 +225,9 @@ class ChaosRun:
             prev = snap
             for v in found:
                 self.say("VIOLATION", v.node, f"{v.invariant}: {v.detail}")
+
+    def _heartbeats(self) -> dict[str, float]:
+        return self.heartbeats.last() if self.heartbeats is not None else {}
 
     # ---- the report -----------------------------------------------------------------------
 
@@ -407,12 +270,37 @@ class ChaosRun:
             "recoveries": [
                 {"vm": vm, "lost_node": node, "seconds": d} for vm, node, d in checker.recoveries
             ],
+            "records": self.records,
+            "phase_kills": self.runner.kills if self.runner else [],
+            "missed": self.runner.missed if self.runner else [],
+            "pdus": list(self.opts.pdus),
+            "channel_groups": bool(self.cluster and self.cluster.channel_groups),
             "violations": violations,
         }
         path = self.opts.report or self.opts.workdir / "chaos-report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         return ChaosResult(report, path)
+
+
+def final_records(cluster: SimCluster) -> list[dict[str, Any]]:
+    """Every FenceOperation record, briefly: what each fence did, for the report."""
+    out = []
+    for rec in cluster.kube.store.list("fenceoperations", "nodefence")["items"]:
+        st = rec.get("status") or {}
+        out.append(
+            {
+                "name": rec["metadata"]["name"],
+                "node": rec["spec"]["nodeName"],
+                "leader": st.get("leader"),
+                "phase": st.get("phase"),
+                "level": st.get("level"),
+                "proof": st.get("proof"),
+                "attempts": st.get("attempts"),
+                "errors": list(st.get("errors") or [])[-3:],
+            }
+        )
+    return out
 
 
 def run_chaos(opts: ChaosOptions, stop: threading.Event | None = None) -> ChaosResult:

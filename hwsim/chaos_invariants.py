@@ -1,4 +1,4 @@
-"""What a chaos run checks: four invariants over a stream of cluster snapshots (pure).
+"""What a chaos run checks: six invariants over a stream of cluster snapshots (pure).
 
 The runner polls the cluster (~every 50 ms) into `Snapshot`s and feeds them to
 `InvariantChecker.observe`; unit tests feed synthetic ones. Times are seconds since the chaos
@@ -14,17 +14,37 @@ records) and what really is (power, where each VM's processes run).
 - (d) `wrong-fence`: no power-off is sent (a record's `powerOffSent` turns true) for a node in
   maintenance for at least `maintenance_grace`, nor for a node whose kubelet was alive then:
   at least two Lease renewals seen within `kubelet_alive_window` before it (one renewal is
-  the last breath of a node that then went silent; two mean it kept renewing).
+  the last breath of a node that then went silent; two mean it kept renewing), nor for a node
+  whose agent's heartbeats reached the broker after its record was stored (and at least
+  `heartbeat_grace` before the send: the leader must have heard them).
+- (e) `unrecorded-off`: a power-off request reaches a node's BMC or PDU only while a record of
+  that node, not finished before, says `powerOffSent` (the point of no return is stored
+  first; a late request of an abandoned walk must not hit a node that came back).
+- (f) `stuck-fence`: every FenceOperation reaches a final phase (Recovered,
+  RecoveryIncomplete, Aborted) within `fence_deadline` of its first sighting.
+- (g) `not-fenced`: a machine off for `unfenced_after` (or powered but cut off from the
+  network for `unfenced_after_cut`) while its Node is still there and not in maintenance has a
+  FenceOperation that was under way during that time (a lost node is fenced, also one that was
+  fenced before, came back and was lost again).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 HOSTED = ("Running", "Migrating")
-INVARIANTS = ("split-brain", "unproven-delete", "not-recovered", "wrong-fence")
+INVARIANTS = (
+    "split-brain",
+    "unproven-delete",
+    "not-recovered",
+    "wrong-fence",
+    "unrecorded-off",
+    "stuck-fence",
+    "not-fenced",
+)
+FINAL_PHASES = frozenset({"Recovered", "RecoveryIncomplete", "Aborted"})
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,12 @@ class RecordView:
     power_off_sent: bool = False
     off_proven: bool = False
     node_deleted: bool = False
+    proof: str = ""  # "read-back" or "watchdog" once offProven
+
+    @property
+    def final(self) -> bool:
+        """Nothing more will happen to this operation."""
+        return self.phase in FINAL_PHASES
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,10 @@ class Snapshot:
     records: Mapping[str, RecordView]  # record name -> view
     vms: Mapping[str, VmView]  # "namespace/name" -> view
     running: Mapping[str, frozenset[str]]  # "namespace/name" -> machines really running it
+    heartbeats: Mapping[str, float] = field(default_factory=dict)  # node -> last one on the broker
+    # node -> channel ("ipmi", "redfish", "pdu") -> power-off requests it received so far
+    off_requests: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    cut_off: frozenset[str] = frozenset()  # nodes whose network link is cut
 
 
 @dataclass(frozen=True)
@@ -92,6 +122,10 @@ class InvariantChecker:
     recovery_deadline: float = 30.0
     kubelet_alive_window: float = 4.5
     maintenance_grace: float = 1.0
+    heartbeat_grace: float = 1.0
+    fence_deadline: float = 90.0
+    unfenced_after: float = 20.0
+    unfenced_after_cut: float = 25.0
     violations: list[Violation] = field(default_factory=list)
     records_seen: set[str] = field(default_factory=set)
     proven: set[str] = field(default_factory=set)
@@ -103,6 +137,13 @@ class InvariantChecker:
     _maintenance_since: dict[str, float] = field(default_factory=dict)
     _doubles: set[str] = field(default_factory=set)
     _sent: set[str] = field(default_factory=set)
+    _first_seen: dict[str, float] = field(default_factory=dict)  # record -> first sighting
+    _beats: dict[str, list[float]] = field(default_factory=dict)  # node -> heartbeat times
+    _stuck: set[str] = field(default_factory=set)
+    _finished_at: dict[str, float] = field(default_factory=dict)  # record -> first seen final
+    _off_since: dict[str, float] = field(default_factory=dict)  # machine -> first seen off
+    _cut_since: dict[str, float] = field(default_factory=dict)  # powered node -> first seen cut
+    _unfenced: set[tuple[str, float]] = field(default_factory=set)
 
     def observe(self, snap: Snapshot) -> list[Violation]:
         """Check one snapshot against the history; returns the violations it revealed."""
@@ -113,7 +154,11 @@ class InvariantChecker:
         if prev is not None:
             self._deletions(snap, prev)
         self._records(snap, prev)
+        if prev is not None:
+            self._off_requests(snap, prev)
         self._recoveries(snap)
+        self._stuck_fences(snap)
+        self._not_fenced(snap)
         self._prev = snap
         return self.violations[before:]
 
@@ -124,6 +169,9 @@ class InvariantChecker:
         for vm, p in sorted(self.pending.items()):
             if t >= p.deadline:
                 self._flag_late(t, vm, p)
+        if self._prev is not None:
+            self._stuck_fences(replace(self._prev, t=t))
+            self._not_fenced(replace(self._prev, t=t))
         return self.violations[before:]
 
     # ---- bookkeeping ----------------------------------------------------------------------
@@ -136,6 +184,24 @@ class InvariantChecker:
             if prev is not None and prev.kubelet_renew.get(node) not in (None, renew):
                 self._renewals.setdefault(node, []).append(snap.t)
                 del self._renewals[node][:-20]
+        for node, at in snap.heartbeats.items():
+            beats = self._beats.setdefault(node, [])
+            if not beats or beats[-1] != at:
+                beats.append(at)
+                del beats[:-50]
+        for name, rec in snap.records.items():
+            self._first_seen.setdefault(name, snap.t)
+            if rec.final:
+                self._finished_at.setdefault(name, snap.t)
+        for machine, power in snap.power.items():
+            if power == "off":
+                self._off_since.setdefault(machine, snap.t)
+            else:
+                self._off_since.pop(machine, None)
+            if power == "on" and machine in snap.cut_off:
+                self._cut_since.setdefault(machine, snap.t)
+            else:
+                self._cut_since.pop(machine, None)
         for node in snap.maintenance:
             self._maintenance_since.setdefault(node, snap.t)
         for node in list(self._maintenance_since):
@@ -172,13 +238,15 @@ class InvariantChecker:
                 and snap.power.get(node) == "on"
                 and prev.power_changes.get(node) == snap.power_changes.get(node)
             )
-            if on_throughout:
-                self._add(snap.t, "unproven-delete", node, "Node deleted while its machine ran")
             fresh = [
                 r
                 for name, r in snap.records.items()
                 if r.node == node and not _deleted(prev.records.get(name))
             ]
+            if on_throughout:
+                proofs = ", ".join(sorted({r.proof for r in fresh if r.proof})) or "none"
+                detail = f"Node deleted while its machine ran (proof: {proofs})"
+                self._add(snap.t, "unproven-delete", node, detail)
             if not any(r.off_proven for r in fresh):
                 phases = ", ".join(sorted(r.phase for r in fresh)) or "no record"
                 self._add(
@@ -209,6 +277,76 @@ class InvariantChecker:
                 renewals = [f"{r:.2f}" for r in self._renewals.get(rec.node, [])[-3:]]
                 detail = f"{name}: power-off sent while its kubelet renewed (at {renewals})"
                 self._add(snap.t, "wrong-fence", rec.node, detail)
+            stored = self._first_seen.get(name, snap.t)
+            heard = [
+                b
+                for b in self._beats.get(rec.node, [])
+                if stored < b <= snap.t - self.heartbeat_grace
+            ]
+            if heard:
+                detail = (
+                    f"{name}: power-off sent though its agent's heartbeats reached the broker "
+                    f"at {heard[-1]:.2f} s, after the record was stored ({stored:.2f} s)"
+                )
+                self._add(snap.t, "wrong-fence", rec.node, detail)
+
+    # ---- (e) and (f) ----------------------------------------------------------------------
+
+    def _off_requests(self, snap: Snapshot, prev: Snapshot) -> None:
+        for node, counts in sorted(snap.off_requests.items()):
+            before = prev.off_requests.get(node, counts)
+            via = sorted(ch or "?" for ch, n in counts.items() if n > before.get(ch, 0))
+            if not via:
+                continue
+            covered = [
+                name
+                for name, rec in snap.records.items()
+                if rec.node == node
+                and (rec.power_off_sent or _sent(prev.records.get(name)))
+                and not _final(prev.records.get(name))
+            ]
+            if not covered:
+                said = sorted(f"{n} {r.phase}" for n, r in snap.records.items() if r.node == node)
+                detail = (
+                    f"a power-off request reached it (via {', '.join(via)}) while no unfinished"
+                    f" record said powerOffSent (records: {', '.join(said) or 'none'})"
+                )
+                self._add(snap.t, "unrecorded-off", node, detail)
+
+    def _stuck_fences(self, snap: Snapshot) -> None:
+        for name, rec in sorted(snap.records.items()):
+            since = self._first_seen.get(name, snap.t)
+            if rec.final or name in self._stuck or snap.t - since < self.fence_deadline:
+                continue
+            self._stuck.add(name)
+            detail = f"{name} still {rec.phase} {snap.t - since:.0f} s after it was stored"
+            self._add(snap.t, "stuck-fence", rec.node, detail)
+
+    def _not_fenced(self, snap: Snapshot) -> None:
+        lost = [(n, t, "machine off", self.unfenced_after) for n, t in self._off_since.items()]
+        lost += [
+            (n, t, "machine on but cut off", self.unfenced_after_cut)
+            for n, t in self._cut_since.items()
+        ]
+        for node, since, how, limit in sorted(lost):
+            if (
+                node not in snap.nodes
+                or node in snap.maintenance
+                or snap.t - since < limit
+                or (node, since) in self._unfenced
+            ):
+                continue
+            under_way = [
+                name
+                for name, rec in snap.records.items()
+                if rec.node == node
+                and (not rec.final or self._finished_at.get(name, snap.t) >= since)
+            ]
+            if under_way:
+                continue
+            self._unfenced.add((node, since))
+            detail = f"{how} since {since:.2f} s, its Node still there, and no fencing started"
+            self._add(snap.t, "not-fenced", node, detail)
 
     # ---- (c) ------------------------------------------------------------------------------
 
@@ -235,3 +373,11 @@ class InvariantChecker:
 
 def _deleted(rec: RecordView | None) -> bool:
     return rec is not None and rec.node_deleted
+
+
+def _sent(rec: RecordView | None) -> bool:
+    return rec is not None and rec.power_off_sent
+
+
+def _final(rec: RecordView | None) -> bool:
+    return rec is not None and rec.final

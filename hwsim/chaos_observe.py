@@ -3,14 +3,25 @@ between two of them as lines for the timeline."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hwsim.chaos_invariants import RecordView, Snapshot, VmView
 from hwsim.simcluster import SimCluster
 
 MAINTENANCE_LABEL = "nodefence.io/maintenance"
 
 
-def take_snapshot(cluster: SimCluster, t: float) -> Snapshot:
-    """One look at `cluster` at `t`: its API objects and its machines' real state."""
+def take_snapshot(
+    cluster: SimCluster, t: float, heartbeats: Mapping[str, float] | None = None
+) -> Snapshot:
+    """One look at `cluster` at `t`: its API objects and its machines' real state.
+
+    Power-off requests are counted before the records are read: a request the leader sent
+    after storing `powerOffSent` then always comes with that record."""
+    offs = {m.name: m.off_requests_by_channel() for m in cluster.fleet}
+    if cluster.bmcs is not None:
+        for host, outlet in cluster.bmcs.outlets.items():
+            offs[host] = {**offs[host], **outlet.off_requests_by_channel()}
     store = cluster.kube.store
     nodes, maintenance = {}, set()
     for n in store.list("nodes")["items"]:
@@ -33,6 +44,7 @@ def take_snapshot(cluster: SimCluster, t: float) -> Snapshot:
             bool(st.get("powerOffSent")),
             bool(st.get("offProven")),
             bool(st.get("nodeDeleted")),
+            str(st.get("proof") or ""),
         )
     vms, running = {}, {}
     ctl = cluster.vm_controller
@@ -44,7 +56,20 @@ def take_snapshot(cluster: SimCluster, t: float) -> Snapshot:
         vms[key] = VmView(str(st.get("phase", "")), st.get("nodeName") or None, policy)
         if ctl is not None:
             running[key] = frozenset(ctl.running_places(ns, name))
-    return Snapshot(t, nodes, frozenset(maintenance), power, changes, renew, records, vms, running)
+    return Snapshot(
+        t,
+        nodes,
+        frozenset(maintenance),
+        power,
+        changes,
+        renew,
+        records,
+        vms,
+        running,
+        dict(heartbeats or {}),
+        offs,
+        frozenset(name for name, sim in cluster.nodes.items() if sim.partitioned),
+    )
 
 
 def seen_changes(prev: Snapshot, snap: Snapshot) -> list[tuple[str, str]]:

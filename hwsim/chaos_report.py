@@ -33,6 +33,14 @@ def print_summary(result: ChaosResult) -> None:
     slowest = counts["max_recovery_seconds"]
     extra = f" (slowest {slowest:.1f} s)" if slowest is not None else ""
     print(f"== recoveries: {counts['recoveries']} VMs Running again elsewhere{extra}")
+    for kill in result.report.get("phase_kills", []):
+        aim = "hit" if kill["hit"] else "MISSED its phase"
+        print(
+            f"== {kill['kind']} at {kill['t']:.1f} s: {kill['killed']} killed, {kill['victim']}'s "
+            f"{kill['record']} was {kill['phase']} ({kill['when']}; {aim})"
+        )
+    for missed in result.report.get("missed", []):
+        print(f"== {missed['kind']} on {missed['node']}: armed, never sprang")
     total = sum(counts["violations"].values())
     per = ", ".join(f"{k} {v}" for k, v in counts["violations"].items())
     print(f"== violations: {total} ({per})")

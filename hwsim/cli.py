@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--nodes", type=int, default=6)
     chaos.add_argument("--vms", type=int, default=12)
     chaos.add_argument(
-        "--max-faulty", type=int, default=2, help="fault episodes open at once (default 2)"
+        "--max-faulty",
+        type=int,
+        default=2,
+        help="faulty slots at once (default 2; see docs/chaos.md)",
     )
     chaos.add_argument(
         "--mean-gap", type=float, default=4.0, help="mean seconds between fault starts"
@@ -97,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument(
         "--watchdog",
         action="store_true",
-        help="nodes feed emulated watchdogs and the leader may count self-fences",
+        help="nodes feed emulated watchdogs and the leader may count self-fences; adds the "
+        "issue-12 faults (agent stops, leader kills at each phase, channel errors, a BMC+PDU "
+        "node, record saves that land late, two faults on one node)",
     )
     chaos.add_argument("--workdir", default="run/chaos", help="where files and logs go")
     chaos.add_argument("--report", help="JSON report path (default WORKDIR/chaos-report.json)")
@@ -240,7 +245,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
 
     from hwsim.broker import INSTALL_HINT, find_mosquitto
     from hwsim.chaos import ChaosOptions, run_chaos
-    from hwsim.chaos_schedule import ChaosSettings
+    from hwsim.chaos_schedule import ChaosSettings, watchdog_settings
 
     if args.nodes < 4 or not 1 <= args.max_faulty < args.nodes - 2:
         print(
@@ -257,6 +262,10 @@ def _run_chaos(args: argparse.Namespace) -> int:
         print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
         return 2
     workdir = Path(args.workdir).resolve()
+    # With --watchdog: the issue-12 faults too, and the last node behind a PDU outlet.
+    pdus = (f"node-{args.nodes}",) if args.watchdog else ()
+    tuning = {"max_faulty": args.max_faulty, "mean_gap": args.mean_gap}
+    schedule = watchdog_settings(pdus, **tuning) if args.watchdog else ChaosSettings(**tuning)
     opts = ChaosOptions(
         seed=args.seed,
         duration=args.duration,
@@ -266,8 +275,9 @@ def _run_chaos(args: argparse.Namespace) -> int:
         profile=args.profile,
         report=Path(args.report).resolve() if args.report else None,
         recovery_deadline=args.recovery_deadline,
-        schedule=ChaosSettings(max_faulty=args.max_faulty, mean_gap=args.mean_gap),
+        schedule=schedule,
         watchdog=args.watchdog,
+        pdus=pdus,
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -118,7 +118,7 @@ def _make_handler(fleet: Fleet) -> type[BaseHTTPRequestHandler]:
                     if action == "cut":
                         machine.cut_power()
                     elif action == "off":
-                        machine.request_off()
+                        machine.request_off("control")
                     elif action == "on":
                         machine.request_on()
                     else:

@@ -49,6 +49,7 @@ class ClusterSettings:
     node_monitor_grace: float = 40.0
     inventory: str | None = None
     bmcs: bool = False  # emulated IPMI + Redfish BMCs per node, and their inventory
+    pdus: tuple[str, ...] = ()  # nodes also fed by an emulated PDU outlet (with `bmcs`)
     power_timeout: float = 5.0
     bmc_timeout: float = 1.0
     vms: int = 0  # VMs placed over the nodes, with a ColdStandby controller
@@ -61,6 +62,31 @@ class ClusterSettings:
     # seconds from a watchdog reset to power on; absent: the machine stays off)
     watchdog: dict[str, Any] = field(default_factory=dict)
     log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
+
+
+def node_of_identity(identity: str, nodes: list[str]) -> str | None:
+    """The node an agent identity (Lease holder, record `status.leader`) names: the node name
+    itself, or the node name followed by a separator and a per-process id; None when none
+    of `nodes` matches."""
+    for name in sorted(nodes, key=len, reverse=True):
+        if identity == name or (identity.startswith(name) and not identity[len(name)].isalnum()):
+            return name
+    return None
+
+
+def agent_accepts_channel_groups() -> bool:
+    """Whether this checkout's agent takes per-node `verify_all_channels` groups in its
+    inventory (an agent that does not refuses the whole file, so the PDU nodes' entries are
+    then written without them, and cannot prove Off while their outlet reads On)."""
+    from agent.inventory import InventoryError, parse_inventory
+
+    device = {"type": "ipmi", "name": "bmc", "address": "127.0.0.1", "username": "u"}
+    node = {"levels": [[{**device, "password_env": "P"}]], "verify_all_channels": [["bmc"]]}
+    try:
+        parse_inventory({"nodes": {"n": node}}, path=Path("probe"), env={"P": "p"})
+    except InventoryError:
+        return False
+    return True
 
 
 class SimCluster:
@@ -87,6 +113,7 @@ class SimCluster:
         self.loop: LoopThread | None = None
         self.bmcs: BmcFleet | None = None
         self.vm_controller: Any = None
+        self.channel_groups = False  # the inventory says which devices read the same power
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,10 +174,16 @@ class SimCluster:
     def _start_bmcs(self) -> None:
         self.loop = LoopThread("hwsim-bmcs")
         self.bmcs = BmcFleet(
-            self.fleet, self.workdir / "bmc", power_timeout=self.settings.power_timeout
+            self.fleet,
+            self.workdir / "bmc",
+            power_timeout=self.settings.power_timeout,
+            pdus=tuple(self.settings.pdus),
         )
         self.loop.run(self.bmcs.start())
-        inventory = self.bmcs.write_inventory(self.workdir / "bmc" / "inventory.yaml")
+        self.channel_groups = bool(self.settings.pdus) and agent_accepts_channel_groups()
+        inventory = self.bmcs.write_inventory(
+            self.workdir / "bmc" / "inventory.yaml", channel_groups=self.channel_groups
+        )
         text = inventory.read_text().replace(
             "timeout: 2\n", f"timeout: {self.settings.bmc_timeout}\n", 1
         )
@@ -281,13 +314,26 @@ class SimCluster:
 
     def leader(self) -> str | None:
         """The node whose agent holds the nodefence leader Lease, or None (the holder identity
-        is `<node>_<per-process id>`)."""
+        is `<node>_<per-process id>`, see `node_of`)."""
         try:
             lease = self.kube.store.get("leases", "nodefence-leader", "nodefence")
         except NotFound:
             return None
         holder = (lease.get("spec") or {}).get("holderIdentity")
-        return str(holder).split("_", 1)[0] if holder else None
+        return self.node_of(str(holder)) if holder else None
+
+    def node_of(self, identity: str) -> str | None:
+        """The node of this cluster an agent identity names (see `node_of_identity`)."""
+        return node_of_identity(identity, self.fleet.names())
+
+    def node_ready(self, node: str) -> bool:
+        """The Node exists and its Ready condition is True."""
+        try:
+            obj = self.kube.store.get("nodes", node)
+        except NotFound:
+            return False
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
     def events(self, reason: str | None = None) -> list[dict[str, Any]]:
         """Core Events about nodes and the leader Lease (optionally of one reason), oldest

@@ -154,14 +154,15 @@ class SimNode:
         self.kubelet_port.close()
         self.kill_agent()
 
-    def heal(self) -> None:
-        """Reconnect a partitioned node (its agent is started again)."""
+    def heal(self, start_agent: bool = True) -> None:
+        """Reconnect a partitioned node; its agent is started again unless `start_agent` is
+        False (an agent stopped on purpose stays stopped)."""
         self.partitioned = False
         for relay in self.relays.values():
             relay.heal()
         if self.machine.power_state() == "on":
             self.kubelet_port.open()
-            if self.agent_config is not None and not self.agent_running():
+            if start_agent and self.agent_config is not None and not self.agent_running():
                 self.start_agent(self.agent_config, self.agent_env)
 
     @property

@@ -42,6 +42,7 @@ class Completion(IntEnum):
     INVALID_DATA_FIELD = 0xCC
     INSUFFICIENT_PRIVILEGE = 0xD4
     NOT_SUPPORTED_IN_PRESENT_STATE = 0xD5
+    UNSPECIFIED_ERROR = 0xFF
     PRIVILEGE_EXCEEDS_LIMIT = 0x81  # Set Session Privilege Level specific
     INVALID_SESSION_ID = 0x87  # Close Session specific
 
@@ -79,8 +80,10 @@ class Commands:
         suites: Sequence[CipherSuite],
         sessions: SessionTable,
         stats: BmcStats,
+        channel: str = "ipmi",
     ) -> None:
         self._machine = machine
+        self._channel = channel
         self._guid = guid
         self._suites = tuple(suites)
         self._sessions = sessions
@@ -176,10 +179,19 @@ class Commands:
         self._sessions.close(bmc_id)
         return Reply(Completion.OK)
 
-    def _get_chassis_status(self, request: IpmiRequest, session: Session | None) -> Reply:
-        if self._machine.consume_failure():
+    def _injected_failure(self) -> Reply | None:
+        """The answer of a chassis command under a `fail_first` or `errors` fault, else None."""
+        if self._machine.consume_failure(self._channel):
             return Reply(Completion.NODE_BUSY)
-        power = 0x01 if self._machine.power_state() == "on" else 0x00
+        if self._machine.faults_of(self._channel).errors:
+            return Reply(Completion.UNSPECIFIED_ERROR)
+        return None
+
+    def _get_chassis_status(self, request: IpmiRequest, session: Session | None) -> Reply:
+        failed = self._injected_failure()
+        if failed is not None:
+            return failed
+        power = 0x01 if self._machine.power_seen_by(self._channel) == "on" else 0x00
         # Byte 1: power on bit, restore policy "previous" (bits 6:5 = 01b); no faults, no events.
         return Reply(Completion.OK, bytes([power | 0x20, 0x00, 0x00]))
 
@@ -192,19 +204,20 @@ class Commands:
             return Reply(Completion.INVALID_DATA_FIELD)
         if action is ChassisAction.DIAGNOSTIC_INTERRUPT:
             return Reply(Completion.INVALID_DATA_FIELD)
-        if self._machine.consume_failure():
-            return Reply(Completion.NODE_BUSY)
+        failed = self._injected_failure()
+        if failed is not None:
+            return failed
         machine = self._machine
         if action in (ChassisAction.POWER_DOWN, ChassisAction.SOFT_SHUTDOWN):
             # No OS runs on a simulated machine, so a soft shutdown is an immediate power-off.
-            machine.request_off()
+            machine.request_off(self._channel)
         elif action is ChassisAction.POWER_UP:
             machine.request_on()
         elif machine.power_state() == "off":
             # The spec recommends D5h for cycle (28.3); reset of an off machine is refused alike.
             return Reply(Completion.NOT_SUPPORTED_IN_PRESENT_STATE)
         elif action is ChassisAction.POWER_CYCLE:
-            machine.request_off()
+            machine.request_off(self._channel)
             machine.request_on()
         else:
             self._stats.resets += 1

@@ -5,10 +5,12 @@ handshake (`hwsim.ipmi.handshake`) or an RMCP+ session packet (integrity checked
 checked, decrypted) -> command (`hwsim.ipmi.commands`) -> answer, encrypted and signed. Any
 datagram that cannot be decoded is dropped and counted in `IpmiBmc.stats`; none stops the server.
 
-Faults are read from `machine.faults` for every datagram: `unreachable` drops it silently,
-`slow` handles and answers it that many seconds later (a task, so other BMCs in the same event
-loop are not held up), `wrong_credentials` refuses every login at RAKP 1, `fail_first` makes
-chassis commands answer C0h; `ignore_off` and `off_delay` are the machine's own business.
+Faults are read from `machine.faults_of(channel)` for every datagram (the machine's faults plus
+those of this channel, "ipmi" by default): `unreachable` drops it silently, `slow` handles and
+answers it that many seconds later (a task, so other BMCs in the same event loop are not held
+up), `wrong_credentials` refuses every login at RAKP 1, `fail_first` makes chassis commands
+answer C0h, `errors` makes them answer FFh; `ignore_off` and `off_delay` are the machine's own
+business.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class IpmiBmc:
         max_sessions: int = 32,
         session_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        channel: str = "ipmi",
     ) -> None:
         name = username.encode()
         if not 0 < len(name) <= MAX_USERNAME:
@@ -127,6 +130,7 @@ class IpmiBmc:
                 f"{sorted(crypto.SUITES)} (got unsupported {unknown})"
             )
         self.machine = machine
+        self.channel = channel
         self.host = host
         self.port = port
         self.cipher_suites = cipher_suites
@@ -136,7 +140,7 @@ class IpmiBmc:
         self._sessions = SessionTable(max_sessions, session_timeout, clock)
         account = Account(name, crypto.user_key(password))
         self._handshake = Handshake(self._sessions, suites, account, guid)
-        self._commands = Commands(machine, guid, suites, self._sessions, self.stats)
+        self._commands = Commands(machine, guid, suites, self._sessions, self.stats, channel)
         self._transport: asyncio.DatagramTransport | None = None
         self._delayed: set[asyncio.Task[None]] = set()
         self.tamper: IpmiTamper | None = None
@@ -191,7 +195,7 @@ class IpmiBmc:
     def datagram_received(self, datagram: bytes, peer: Peer) -> None:
         """Take one datagram: apply the `unreachable` and `slow` faults, then answer it."""
         self.stats.received += 1
-        faults = self.machine.faults
+        faults = self.machine.faults_of(self.channel)
         if faults.unreachable:
             self.stats.unreachable_drops += 1
             return
@@ -271,7 +275,7 @@ class IpmiBmc:
         if frame.payload_type == PayloadType.OPEN_SESSION_REQUEST:
             answer = self._handshake.open_session(frame.payload, peer)
         elif frame.payload_type == PayloadType.RAKP1:
-            refuse = self.machine.faults.wrong_credentials
+            refuse = self.machine.faults_of(self.channel).wrong_credentials
             answer = self._handshake.rakp1(frame.payload, refuse_login=refuse)
         else:
             answer = self._handshake.rakp3(frame.payload)

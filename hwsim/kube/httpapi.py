@@ -2,6 +2,7 @@
 
 Every request is appended to an audit list as a `RequestRecord` (verb, resource, namespace, name,
 subresource, response code), so tests can check what a client did, e.g. against RBAC rules.
+Every applied write goes to `write_hook` when one is set (`hwsim.kube.writefaults`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from hwsim.kube.routing import (
 from hwsim.kube.store import ObjectStore
 from hwsim.kube.tables import build_table
 from hwsim.kube.watch import Watcher, WatchEvent
+from hwsim.kube.writefaults import WRITE_VERBS, AppliedWrite, WriteHook, act_out
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class ApiHandler:
         self.watch_timeout = watch_timeout
         self._watchers: set[Watcher] = set()
         self._recorded: set[int] = set()  # requests recorded early (watches, when they open)
+        self.write_hook: WriteHook | None = None
 
     def application(self) -> web.Application:
         """An aiohttp application routing every path to this handler."""
@@ -135,6 +138,9 @@ class ApiHandler:
             else:
                 response = await self._resource(request, route, verb)
             code = response.status
+            wrote = route is not None and verb in WRITE_VERBS and code < 400
+            if wrote and route and not await self._after_write(request, route, verb, response):
+                code = 0  # applied, never answered
             return response
         except ApiError as exc:
             code = exc.code
@@ -147,6 +153,21 @@ class ApiHandler:
                 self._recorded.discard(id(request))
             else:
                 self._record(request, route, verb, code)
+
+    async def _after_write(
+        self, request: web.Request, route: Route, verb: str, response: web.StreamResponse
+    ) -> bool:
+        """Offer an applied write to `write_hook`; False when its answer must not be sent."""
+        hook = self.write_hook
+        if hook is None or not isinstance(response, web.Response):
+            return True
+        body = json.loads(response.body) if isinstance(response.body, bytes) else {}
+        name = route.name or str((body.get("metadata") or {}).get("name") or "")
+        applied = AppliedWrite(
+            verb, route.group, route.plural, route.namespace or "", name, route.subresource, body
+        )
+        fault = hook(applied)
+        return True if fault is None else await act_out(request, fault)
 
     def _record(self, request: web.Request, route: Route | None, verb: str, code: int) -> None:
         self.requests.append(

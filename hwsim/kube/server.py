@@ -20,6 +20,7 @@ from aiohttp import web
 from hwsim.kube.httpapi import ApiHandler, RequestRecord
 from hwsim.kube.resources import ResourceType
 from hwsim.kube.store import ObjectStore
+from hwsim.kube.writefaults import WriteHook
 
 
 def _is_loopback(host: str) -> bool:
@@ -70,6 +71,16 @@ class KubeApiServer:
         if self._runner is None:
             raise RuntimeError("the API server is not started")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def write_hook(self) -> WriteHook | None:
+        """Called with every applied write; may return a `WriteFault` to act out before the
+        answer (see `hwsim.kube.writefaults`). Runs on the server's loop: keep it quick."""
+        return self._api.write_hook
+
+    @write_hook.setter
+    def write_hook(self, hook: WriteHook | None) -> None:
+        self._api.write_hook = hook
 
     def register(self, rt: ResourceType) -> None:
         """Serve another resource type (a CRD-style one also appears as a CRD object)."""

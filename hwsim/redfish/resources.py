@@ -91,9 +91,14 @@ def collection(odata_type: str, uri: str, name: str, members: Sequence[str]) -> 
 
 
 def computer_system(
-    machine: SimMachine, reset_types: Sequence[str] | None, *, via_action_info: bool
+    machine: SimMachine,
+    reset_types: Sequence[str] | None,
+    *,
+    via_action_info: bool,
+    power: str | None = None,
 ) -> Json:
-    """A ComputerSystem; `reset_types=None` leaves the allowable values out altogether."""
+    """A ComputerSystem; `reset_types=None` leaves the allowable values out altogether;
+    `power` is the state to report ("on"/"off"; default: the machine's)."""
     reset: Json = {"target": reset_target(machine)}
     if via_action_info:
         reset["@Redfish.ActionInfo"] = action_info_uri(machine)
@@ -106,7 +111,7 @@ def computer_system(
         "Name": machine.name,
         "UUID": machine.uuid,
         "SystemType": "Physical",
-        "PowerState": "On" if machine.power_state() == "on" else "Off",
+        "PowerState": "On" if (power or machine.power_state()) == "on" else "Off",
         "Status": {"State": "Enabled", "Health": "OK"},
         "Actions": {"#ComputerSystem.Reset": reset},
     }

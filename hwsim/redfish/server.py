@@ -68,8 +68,9 @@ class RedfishBmc:
     """A Redfish BMC on 127.0.0.1 (HTTP, or HTTPS with `tls`) serving `machines` as Systems.
 
     Use `await start()` then `url`/`port`; `await stop()` (or `async with`) releases everything.
-    The keyword options are those of `RedfishOptions` (see there); `service` is the state
-    behind the wire, for tests (`active_sessions()`, `drop_sessions()`).
+    The keyword options are those of `RedfishOptions` (see there), and `channel`: the name
+    whose faults this service shows (`SimMachine.faults_of`); `service` is the state behind
+    the wire, for tests (`active_sessions()`, `drop_sessions()`).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class RedfishBmc:
         reset_types: Sequence[str] | None = DEFAULT_RESET_TYPES,
         reset_types_via_action_info: bool = False,
         reject_noop_reset: bool = False,
+        channel: str = "redfish",
     ) -> None:
         options = RedfishOptions(
             sessions=sessions,
@@ -94,7 +96,7 @@ class RedfishBmc:
             reset_types_via_action_info=reset_types_via_action_info,
             reject_noop_reset=reject_noop_reset,
         )
-        self.service = RedfishService(machines, username, password, options)
+        self.service = RedfishService(machines, username, password, options, channel)
         self.host = host
         self.port = port
         self.tls = tls
@@ -276,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        faults = server.service.machine_for(self.path).faults
+        faults = server.service.machine_for(self.path).faults_of(server.service.channel)
         if faults.unreachable:
             self._hold()
             return

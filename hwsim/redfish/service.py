@@ -2,7 +2,9 @@
 
 `RedfishService.handle` turns one parsed request into a `Reply`; it knows no sockets, so the
 transport (`hwsim.redfish.server`) owns threads, TLS and the transport-level faults
-(`unreachable`, `slow`). The `fail_first` and `wrong_credentials` faults are answered here.
+(`unreachable`, `slow`). The `fail_first`, `errors` and `wrong_credentials` faults are answered
+here. Faults are those the machine shows on this service's channel ("redfish" by default; a PDU
+outlet served over Redfish is the channel "pdu"), see `SimMachine.faults_of`.
 Thread-safe: the transport calls `handle` from one thread per connection.
 """
 
@@ -74,9 +76,11 @@ class RedfishService:
         username: str,
         password: str,
         options: RedfishOptions | None = None,
+        channel: str = "redfish",
     ) -> None:
         if not machines:
             raise ValueError("a Redfish service needs at least one machine")
+        self.channel = channel
         self.machines = {m.name: m for m in machines}
         self.options = options or RedfishOptions()
         self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, "hwsim-redfish:" + ",".join(self.machines)))
@@ -104,12 +108,12 @@ class RedfishService:
         return self._first
 
     def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        """Answer one request (faults `fail_first` and `wrong_credentials` included).
+        """Answer one request (faults `fail_first`, `errors` and `wrong_credentials` included).
 
         `headers` are keyed by lower-case name.
         """
         machine = self.machine_for(raw_path)
-        if machine.consume_failure():
+        if machine.consume_failure(self.channel):
             return error(
                 503,
                 "ServiceTemporarilyUnavailable",
@@ -117,6 +121,8 @@ class RedfishService:
                 **{"Retry-After": "1"},
             )
         parts = _segments(raw_path)
+        if parts[:3] == ["redfish", "v1", "Systems"] and machine.faults_of(self.channel).errors:
+            return error(500, "InternalError", "The service failed on this request (injected).")
         path = "/" + "/".join(parts)
         if (method, path) in {("GET", "/redfish"), ("GET", res.ROOT), ("HEAD", res.ROOT)}:
             doc = res.redfish_version_doc() if path == "/redfish" else self._root()
@@ -134,7 +140,7 @@ class RedfishService:
         return res.service_root(self.uuid, sessions=self.options.sessions)
 
     def _credentials_ok(self, machine: SimMachine, username: str, password: str) -> bool:
-        if machine.faults.wrong_credentials:
+        if machine.faults_of(self.channel).wrong_credentials:
             return False
         user_ok = hmac.compare_digest(username.encode(), self._username.encode())
         return hmac.compare_digest(password.encode(), self._password.encode()) and user_ok
@@ -191,7 +197,10 @@ class RedfishService:
                 return _only(method, "GET") or Reply(
                     200,
                     res.computer_system(
-                        machine, opts.reset_types, via_action_info=opts.reset_types_via_action_info
+                        machine,
+                        opts.reset_types,
+                        via_action_info=opts.reset_types_via_action_info,
+                        power=machine.power_seen_by(self.channel),
                     ),
                 )
             if rest == ["Actions", "ComputerSystem.Reset"]:
@@ -251,20 +260,20 @@ class RedfishService:
                 "ActionParameterNotSupported",
                 f"ResetType {kind!r} is not supported; allowed: {', '.join(allowed)}.",
             )
-        power = machine.power_state()
+        power = machine.power_seen_by(self.channel)
         if self.options.reject_noop_reset and (
             (kind in _OFF and power == "off") or (kind in _ON and power == "on")
         ):
             return error(409, "ResourceInUse", f"The system is already {power.capitalize()}.")
         if kind in _OFF:
-            machine.request_off()
+            machine.request_off(self.channel)
         elif kind in _ON:
             machine.request_on()
         elif kind in _CYCLE:
-            machine.request_off()
+            machine.request_off(self.channel)
             machine.request_on()
         elif kind == "PushPowerButton" and power == "on":
-            machine.request_off()
+            machine.request_off(self.channel)
         elif kind == "PushPowerButton":
             machine.request_on()
         return Reply(204)
