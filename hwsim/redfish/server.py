@@ -86,6 +86,7 @@ class RedfishBmc:
         reset_types: Sequence[str] | None = DEFAULT_RESET_TYPES,
         reset_types_via_action_info: bool = False,
         reject_noop_reset: bool = False,
+        protect_root: bool = False,
     ) -> None:
         options = RedfishOptions(
             sessions=sessions,
@@ -93,6 +94,7 @@ class RedfishBmc:
             reset_types=reset_types,
             reset_types_via_action_info=reset_types_via_action_info,
             reject_noop_reset=reject_noop_reset,
+            protect_root=protect_root,
         )
         self.service = RedfishService(machines, username, password, options)
         self.host = host

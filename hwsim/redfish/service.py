@@ -41,6 +41,8 @@ class RedfishOptions:
       in (e.g. ForceOff while Off), as some vendors do.
     - `session_timeout`: the advertised SessionTimeout, in seconds (sessions do not expire here;
       tests revoke them with `RedfishService.drop_sessions`).
+    - `protect_root`: the service root needs credentials too (401 without them), as some
+      vendors do although the specification leaves it open.
     """
 
     sessions: bool = True
@@ -49,6 +51,7 @@ class RedfishOptions:
     reset_types_via_action_info: bool = False
     reject_noop_reset: bool = False
     session_timeout: int = 1800
+    protect_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,10 @@ class RedfishService:
             )
         parts = _segments(raw_path)
         path = "/" + "/".join(parts)
-        if (method, path) in {("GET", "/redfish"), ("GET", res.ROOT), ("HEAD", res.ROOT)}:
+        public = {("GET", "/redfish"), ("GET", res.ROOT), ("HEAD", res.ROOT)}
+        if self.options.protect_root:
+            public = {("GET", "/redfish")}
+        if (method, path) in public:
             doc = res.redfish_version_doc() if path == "/redfish" else self._root()
             return Reply(200, doc)
         if path == res.SESSIONS and method == "POST" and self.options.sessions:
@@ -180,6 +186,8 @@ class RedfishService:
 
     def _route(self, method: str, path: str, parts: list[str], body: bytes) -> Reply:
         opts = self.options
+        if path == res.ROOT:  # reached here only when the root is protected
+            return _only(method, "GET") or Reply(200, self._root())
         if path == res.SYSTEMS:
             return _only(method, "GET") or Reply(200, self._systems())
         if len(parts) >= 4 and parts[:3] == ["redfish", "v1", "Systems"]:
