@@ -191,6 +191,43 @@ async def test_closed_port_fails_within_its_timeout() -> None:
     assert time.monotonic() - start < 1.6
 
 
+# pyghmi gives up its own login retries after ~4-5.5 s with an error whose text is "None";
+# a deadline longer than that must not turn silence into "reachable".
+_PAST_PYGHMI_RETRIES = 8.0
+
+
+async def test_a_bmc_that_never_answers_is_unreachable_past_pyghmis_own_retry_budget(
+    bmc: IpmiBmc,
+) -> None:
+    bmc.machine.set_faults(unreachable=True)
+    checked, read = await asyncio.gather(
+        backend(bmc.port, timeout=_PAST_PYGHMI_RETRIES).check(),
+        backend(bmc.port, timeout=_PAST_PYGHMI_RETRIES).power_state(),
+        return_exceptions=True,
+    )
+    assert isinstance(read, BmcUnreachable), repr(read)
+    assert not isinstance(checked, BaseException)
+    assert (checked.reachable, checked.authenticated) == (False, False), checked.detail
+    assert checked.power is PowerState.UNKNOWN
+
+
+@pytest.mark.parametrize("timeout", [1.0, _PAST_PYGHMI_RETRIES])
+async def test_a_login_answered_in_part_then_silent_is_never_unreachable(
+    bmc: IpmiBmc, timeout: float
+) -> None:
+    # The BMC answers the open session request, then never sends RAKP 2: it is there (a
+    # watchdog proof must not count it as dead) but no session comes up.
+    bmc.tamper = IpmiTamper(
+        handshake=lambda kind, datagram: None if kind is PayloadType.RAKP2 else datagram
+    )
+    checked = await backend(bmc.port, timeout=timeout).check()
+    assert checked.reachable, checked.detail
+    assert not checked.authenticated, checked.detail
+    with pytest.raises(FenceError) as caught:
+        await backend(bmc.port, timeout=timeout).power_state()
+    assert not isinstance(caught.value, BmcUnreachable), caught.value
+
+
 async def test_stuck_on_machine_still_reads_on_after_power_off(bmc: IpmiBmc) -> None:
     bmc.machine.set_faults(ignore_off=True)
     be = backend(bmc.port)
