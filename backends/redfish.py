@@ -635,8 +635,12 @@ class RedfishBackend(PowerBackend):
         # A protected root (401) hides whether sessions exist: auto must not take a refused
         # session login for refused credentials before Basic has been tried as well.
         protected = not conn.root
-        if mode != "basic" and advertised and self._session_login(
-            conn, fallback=mode == "auto", refused_falls_back=mode == "auto" and protected
+        if (
+            mode != "basic"
+            and advertised
+            and self._session_login(
+                conn, fallback=mode == "auto", refused_falls_back=mode == "auto" and protected
+            )
         ):
             return
         self._library_login(conn, redfish.AuthMethod.BASIC)

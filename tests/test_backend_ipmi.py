@@ -35,6 +35,8 @@ from backends.ipmi_wire import (
     Command,
     Failure,
     FrameReader,
+    Heard,
+    LoggedIn,
     Logout,
     Open,
     Ready,
@@ -211,21 +213,31 @@ async def test_a_bmc_that_never_answers_is_unreachable_past_pyghmis_own_retry_bu
     assert checked.power is PowerState.UNKNOWN
 
 
-@pytest.mark.parametrize("timeout", [1.0, _PAST_PYGHMI_RETRIES])
+@pytest.mark.parametrize(
+    ("dropped", "timeout"),
+    [
+        # RAKP 2 never comes: our deadline ends the login.
+        (PayloadType.RAKP2, 1.0),
+        # The open session response never comes (the channel capabilities did): pyghmi gives
+        # up first, after its own retries, with an error whose text is "None".
+        (PayloadType.OPEN_SESSION_RESPONSE, _PAST_PYGHMI_RETRIES),
+    ],
+)
 async def test_a_login_answered_in_part_then_silent_is_never_unreachable(
-    bmc: IpmiBmc, timeout: float
+    bmc: IpmiBmc, dropped: PayloadType, timeout: float
 ) -> None:
-    # The BMC answers the open session request, then never sends RAKP 2: it is there (a
-    # watchdog proof must not count it as dead) but no session comes up.
-    bmc.tamper = IpmiTamper(
-        handshake=lambda kind, datagram: None if kind is PayloadType.RAKP2 else datagram
+    # The BMC answers part of the login, then goes silent: it is there (a watchdog proof
+    # must not count it as dead), but no session comes up.
+    bmc.tamper = IpmiTamper(handshake=lambda kind, datagram: None if kind is dropped else datagram)
+    checked, read = await asyncio.gather(
+        backend(bmc.port, timeout=timeout).check(),
+        backend(bmc.port, timeout=timeout).power_state(),
+        return_exceptions=True,
     )
-    checked = await backend(bmc.port, timeout=timeout).check()
+    assert not isinstance(checked, BaseException)
     assert checked.reachable, checked.detail
     assert not checked.authenticated, checked.detail
-    with pytest.raises(FenceError) as caught:
-        await backend(bmc.port, timeout=timeout).power_state()
-    assert not isinstance(caught.value, BmcUnreachable), caught.value
+    assert isinstance(read, FenceError) and not isinstance(read, BmcUnreachable), repr(read)
 
 
 async def test_stuck_on_machine_still_reads_on_after_power_off(bmc: IpmiBmc) -> None:
@@ -276,12 +288,21 @@ def test_unsupported_cipher_is_refused_before_any_packet() -> None:
         ("Incorrect password provided", BmcAuthFailed),
         ("No Cipher suite match with proposed security algorithms", BmcUnsupported),
         ("timeout", BmcUnreachable),
+        ("None", BmcUnreachable),
         ("Node busy (completion code 0xc0)", BmcProtocolError),
     ],
 )
 def test_pyghmi_messages_map_to_typed_errors(message: str, kind: type) -> None:
     err = classify_ipmi_error(message, node="n", device="d", during_login=True)
     assert isinstance(err, kind)
+
+
+@pytest.mark.parametrize("message", ["None", "timeout", ""])
+def test_a_failed_login_after_the_bmc_answered_is_a_timeout_never_unreachable(
+    message: str,
+) -> None:
+    err = classify_ipmi_error(message, node="n", device="d", during_login=True, heard=True)
+    assert isinstance(err, BmcTimeout)
 
 
 # --- abandoned calls: nothing acts after the backend gave up --------------------------------
@@ -522,6 +543,8 @@ def alive(pid: int) -> bool:
         Command(7, 0x00, 0x02, b"\x00"),
         Logout(8),
         Ready(),
+        Heard(),
+        LoggedIn(),
         Answer(7, b"\x01\x10\x00"),
         Failure(7, "BmcAuthFailed", "IPMI login refused: Incorrect password provided"),
         SessionKeys(0x1234ABCD, "sha256", b"k" * 32, b"a" * 16),
