@@ -267,11 +267,13 @@ class IpmiBackend(PowerBackend):
         try:
             state = await self.power_state()
         except BmcAuthFailed as err:
-            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except BmcUnreachable as err:
-            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except FenceError as err:
-            return CheckResult(True, self.session_up, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(
+                True, self.session_up, PowerState.UNKNOWN, False, str(err), err.reason
+            )
         return CheckResult(True, True, state, True, f"cipher suite {self.spec.cipher}")
 
     async def close(self) -> None:

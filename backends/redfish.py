@@ -380,13 +380,13 @@ class RedfishBackend(PowerBackend):
         try:
             state, supported, detail = await self._call("check", self._check_sync)
         except BmcUnreachable as err:
-            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except BmcAuthFailed as err:
-            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except FenceError as err:
             authenticated = self._conn is not None and self._conn.auth is not None
-            return CheckResult(True, authenticated, PowerState.UNKNOWN, False, str(err))
-        return CheckResult(True, True, state, supported, detail)
+            return CheckResult(True, authenticated, PowerState.UNKNOWN, False, str(err), err.reason)
+        return CheckResult(True, True, state, supported, detail, "" if supported else "unsupported")
 
     async def close(self) -> None:
         """Log out (DELETE the session); best effort and bounded, never raises."""
