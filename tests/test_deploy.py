@@ -965,6 +965,12 @@ def test_the_image_is_built_in_two_stages_and_runs_only_the_venv_as_non_root() -
     copies = [arg for kw, arg in final.instructions if kw == "COPY"]
     assert copies == ["--from=builder /opt/nodefence /opt/nodefence"]
     final_runs = " ".join(arg for kw, arg in final.instructions if kw == "RUN")
+    # The one package install allowed: fence-agents, only when asked for, lists removed.
+    optional = re.search(r'if \[ "\$WITH_FENCE_AGENTS" = 1 \]; then(.*?); *fi', final_runs)
+    assert optional is not None, "the fence-agents option is missing"
+    assert "install -y -qq --no-install-recommends fence-agents ipmitool" in optional[1]
+    assert "rm -rf /var/lib/apt/lists/*" in optional[1]
+    final_runs = final_runs.replace(optional[0], "")
     for tool in ("pip", "apt-get", "gcc", "build-essential", "make"):
         assert tool not in final_runs, f"the final image must not get {tool}"
     (user,) = [arg for kw, arg in final.instructions if kw == "USER"]
