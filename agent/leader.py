@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from agent import metrics
+from agent.bmc_health import Transition
+from agent.bmc_monitor import BmcMonitor
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import FailureDetector, NodeHealth, NodeVerdict
@@ -70,6 +72,7 @@ log = logging.getLogger("nodefence.leader")
 
 DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
 ExecutorFactory = Callable[["LeaderSide"], FenceExecutor]
+BmcMonitorFactory = Callable[["LeaderSide"], BmcMonitor]
 
 
 def _raise_if_cancelling() -> None:
@@ -94,6 +97,7 @@ class LeaderStats:
     probe_results: int = 0
     decisions: list[tuple[float, str, str]] = field(default_factory=list)  # (t, node, kind)
     alerts: list[Alert] = field(default_factory=list)
+    bmc_changes: list[Transition] = field(default_factory=list)
 
 
 class LeaderSide:
@@ -109,6 +113,7 @@ class LeaderSide:
         inventory: Callable[[], frozenset[str]] | None = None,
         on_dead: DeadCallback | None = None,
         executor_factory: ExecutorFactory | None = None,
+        bmc_monitor_factory: BmcMonitorFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
@@ -124,6 +129,8 @@ class LeaderSide:
         self.on_dead = on_dead
         self.executor_factory = executor_factory
         self.executor: FenceExecutor | None = None
+        self.bmc_monitor_factory = bmc_monitor_factory
+        self.bmc: BmcMonitor | None = None
         self.clock = clock
         self.wall = wall
         self.new_id = new_id
@@ -182,6 +189,9 @@ class LeaderSide:
                 tg.create_task(self._judge_loop())
                 if self.executor is not None:
                     tg.create_task(self.executor.reconcile_loop())
+                if self.bmc_monitor_factory is not None:
+                    self.bmc = self.bmc_monitor_factory(self)
+                    tg.create_task(self.bmc.run())
         finally:
             if self.executor is not None:
                 await self.executor.stop()
@@ -229,6 +239,35 @@ class LeaderSide:
                 bmc_unreachable=unreachable,
             )
         )
+
+    def fencing_busy(self, node: str) -> bool:
+        """Whether a fencing operation of `node` runs here now (its BMCs are in use)."""
+        return self.executor is not None and self.executor.busy(node)
+
+    async def report_bmc_change(self, change: Transition) -> None:
+        """A BMC check turned bad or recovered, or a node became (un)fenceable: an Event on
+        the Node and, for bad news, an alert (`nodefence_alerts_total`)."""
+        self.stats.bmc_changes.append(change)
+        if change.warning:
+            kind = "cannot-be-fenced" if change.device is None else "bmc-check-failed"
+            metrics.ALERTS.labels(kind).inc()
+        await self._event(change.node, change.change.value, change.message, change.warning)
+
+    def _bmc_alerts(self) -> list[dict[str, object]]:
+        """The BMC alerts that hold now, as the view lists alerts."""
+        if self.bmc is None:
+            return []
+        out: list[dict[str, object]] = []
+        for node, verdict in sorted(self.bmc.book.nodes.items()):
+            if verdict.fenceable is False:
+                message = f"node {node} cannot be fenced: {verdict.reason}"
+                out.append({"kind": "cannot-be-fenced", "node": node, "message": message})
+        for node, checks in sorted(self.bmc.book.checks.items()):
+            for c in checks.values():
+                if not c.healthy:
+                    message = f"BMC {node}/{c.device} ({c.type}) fails its check: {c.problem}"
+                    out.append({"kind": "bmc-check-failed", "node": node, "message": message})
+        return out
 
     def in_maintenance(self, node: str) -> bool:
         """Whether the Node carries our maintenance mark."""
@@ -599,6 +638,7 @@ class LeaderSide:
                     "kubeletLeaseSeen": seen is not None,
                     "ready": self.nodes[v.node].ready if v.node in self.nodes else None,
                     "reason": v.reason,
+                    "bmc": None if self.bmc is None else self.bmc.node_view(v.node),
                 }
             )
         view = {
@@ -609,7 +649,8 @@ class LeaderSide:
             "alerts": [
                 {"kind": a.kind.value, "node": a.node, "message": a.message}
                 for a in decision.alerts
-            ],
+            ]
+            + self._bmc_alerts(),
             "rejected": dict(self.stats.rejected),
             "nodes": rows,
             "publishedAt": self.wall(),

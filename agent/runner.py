@@ -14,6 +14,7 @@ import time
 import aiomqtt
 
 from agent import metrics
+from agent.bmc_monitor import BmcMonitor
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
@@ -211,8 +212,19 @@ async def run_agent(
             self_fence=leader.self_fence_check if cfg.fencing.self_fence else None,
         )
 
+    def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:
+        assert watcher is not None
+        return BmcMonitor(
+            watcher.current,
+            interval=cfg.fencing.bmc_check_interval,
+            parallel=cfg.fencing.bmc_check_parallel,
+            report=leader.report_bmc_change,
+            busy=leader.fencing_busy,
+        )
+
     async def lead() -> None:
         # Without an inventory the leader only detects and reports (nothing is fenced).
+        checks = watcher is not None and cfg.fencing.bmc_check_interval > 0
         await LeaderSide(
             cfg,
             profile,
@@ -220,6 +232,7 @@ async def run_agent(
             identity,
             inventory=watcher.nodes if watcher else None,
             executor_factory=executor_factory if watcher else None,
+            bmc_monitor_factory=bmc_monitor_factory if checks else None,
         ).run()
 
     log.info(
