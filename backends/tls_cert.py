@@ -33,9 +33,7 @@ async def certificate_days_left(
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host
-            )
+            _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
     except TimeoutError:
         raise BmcUnreachable(
             f"TLS certificate check: no answer within {timeout:g} s", address=where
