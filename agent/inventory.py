@@ -130,11 +130,16 @@ class FencingPolicy:
 
 @dataclass(frozen=True)
 class Inventory:
-    """All nodes of the inventory file, with the fencing policy it sets."""
+    """All nodes of the inventory file, with the fencing policy it sets.
+
+    `sources` are the other files it was read from (password and CA files): a change to one
+    of them (a rotated Secret) is a change of the inventory.
+    """
 
     path: str
     nodes: dict[str, NodeInventory]
     policy: FencingPolicy
+    sources: tuple[str, ...] = ()
 
     def node(self, name: str) -> NodeInventory:
         """The node's inventory; `KeyError` with a helpful message when unknown."""
@@ -166,7 +171,23 @@ def load_inventory(path: Path | str, env: dict[str, str] | None = None) -> Inven
     except (ValueError, RecursionError):
         # ValueError: e.g. an integer beyond Python's digit limit; RecursionError: nesting.
         raise InventoryError(path, "", "not valid YAML") from None
-    return parse_inventory(doc, path=path, env=env)
+    inventory = parse_inventory(doc, path=path, env=env)
+    return Inventory(inventory.path, inventory.nodes, inventory.policy, _files_named(doc, path))
+
+
+def _files_named(doc: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """The password and CA files a valid inventory document names, resolved, once each."""
+    defaults = doc.get("defaults") or {}
+    found: dict[str, None] = {}
+    for node in (doc.get("nodes") or {}).values():
+        for level in node.get("levels") or []:
+            devices = level.get("devices") if isinstance(level, dict) else level
+            for dev in devices or []:
+                merged = {**defaults, **dev}
+                for key in ("password_file", "ca_file"):
+                    if isinstance(merged.get(key), str):
+                        found[str(_relative(path, merged[key].strip()))] = None
+    return tuple(found)
 
 
 def parse_inventory(doc: Any, *, path: Path, env: dict[str, str]) -> Inventory:

@@ -65,6 +65,14 @@ class BmcFleet:
         self.ipmi_bmcs.clear()
         self.redfish_bmcs.clear()
 
+    def set_password(self, node: str, password: str) -> None:
+        """Change the password of `node`'s BMC (both its IPMI and Redfish interfaces) while it
+        runs; the inventory keeps the old one until someone updates the password file."""
+        if node in self.ipmi_bmcs:
+            self.ipmi_bmcs[node].set_password(password)
+        if node in self.redfish_bmcs:
+            self.redfish_bmcs[node].service.set_password(password)
+
     def inventory(self, password_file: str) -> dict[str, Any]:
         """The inventory document for the running emulators (paths relative to the file)."""
         nodes: dict[str, Any] = {}

@@ -89,6 +89,13 @@ class RedfishService:
         self._lock = threading.Lock()
         self._sessions: dict[str, tuple[str, str]] = {}  # token -> (session id, user)
 
+    def set_password(self, password: str) -> None:
+        """Change the user's password, as an operator does on a running BMC; open sessions
+        are ended (as most BMCs do on a password change)."""
+        with self._lock:
+            self._password = password
+            self._sessions.clear()
+
     def active_sessions(self) -> int:
         """How many sessions are open (logins minus logouts)."""
         with self._lock:
