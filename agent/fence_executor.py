@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
+from agent.fence_evidence import EvidenceBook
 from agent.fence_guard import WalkGuard
 from agent.fence_reports import FenceReporter
 from agent.fence_store import RecordStore, Superseded
@@ -63,6 +64,9 @@ ConfirmLeader = Callable[[], Awaitable[None]]
 AliveSince = Callable[[str, float], str | None]
 # node, marked_at, decided_at, unreachable -> (proven, why)
 SelfFenceCheck = Callable[[str, float, float, bool], tuple[bool, str]]
+# node -> what the leader knew when it declared the node dead (agent.fence_evidence)
+DecisionFacts = Callable[[str], dict[str, Any] | None]
+LeaseGeneration = Callable[[], dict[str, object] | None]
 
 
 def all_unreachable(node: NodeInventory, outcome: Outcome) -> bool:
@@ -106,6 +110,8 @@ class FenceExecutor:
         self_fence: SelfFenceCheck | None = None,
         backend_factory: BackendFactory = build_backend,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:8],
+        decision_facts: DecisionFacts | None = None,
+        lease_generation: LeaseGeneration | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -136,6 +142,11 @@ class FenceExecutor:
         # nodes not in here whose Off is not proven are held: see `resume`.
         self._decided: dict[str, float] = {}
         self._held: set[str] = set()
+        # The fence certificate of each operation, stored with its record.
+        self.evidence = EvidenceBook(leader_id, wall)
+        self.decision_facts = decision_facts
+        self.lease_generation = lease_generation
+        self.store.evidence = lambda op: self.evidence.to_json(op.node, op.id)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -163,6 +174,7 @@ class FenceExecutor:
             self.forget(node, force=True)
             last = None
         self._decided[node] = decided_at
+        self.evidence.decided(node, self.decision_facts(node) if self.decision_facts else None)
         if last is not None and not last.final:
             self._held.discard(node)
             if uid and not last.off_proven and last.node_uid != uid:
@@ -199,6 +211,7 @@ class FenceExecutor:
             self._unreachable.pop(node, None)
             self._decided.pop(node, None)
             self._held.discard(node)
+            self.evidence.forget(node)
 
     async def _adopt_or_start(self, node: str, uid: str) -> None:
         record: dict[str, Any] | None = None
@@ -227,6 +240,7 @@ class FenceExecutor:
         """The operation a record holds, deadlines rebuilt, remembered as taken over now."""
         op = resumed(from_record(record), record, self.clock(), self.wall(), self.timing)
         self.store.adopt(op.node, record, self.clock())  # the record exists: the node sees it
+        self.evidence.adopt(op.node, op.id, record)
         return op
 
     async def resume(self) -> int:
@@ -328,6 +342,10 @@ class FenceExecutor:
                 before, before_vms = op.phase, op.vms
                 op = apply(op, event, self.clock(), self.timing)
                 self.operations[op.node] = op
+                if op.phase is not before:
+                    self.evidence.step(
+                        op.node, op.id, "phase", phase=op.phase.value, reason=op.reason
+                    )
                 await self.store.save(op)
                 if op.phase is not before:
                     await self.reports.phase_changed(op)
@@ -353,24 +371,27 @@ class FenceExecutor:
             assert op.retry_at is not None
             proven = self._self_fenced(op)
             if proven is not None:
-                await self._leader_or_stop()
+                await self._leader_or_stop(op, "self-fence-proof")
+                self.evidence.step(op.node, op.id, "watchdog-proof", detail=proven.evidence)
                 return proven
             await asyncio.sleep(max(0.0, min(op.retry_at - self.clock(), 1.0)))
             return None
         if action is Action.SNAPSHOT_VMS:
             return await self._snapshot(op)
         if action is Action.TAINT:
-            await self._leader_or_stop()
+            await self._leader_or_stop(op, "taint")
             await self.api.taint_out_of_service(op.node, op.node_uid or None)
+            self.evidence.step(op.node, op.id, "tainted", nodeUID=op.node_uid)
             return Tainted()
         if action is Action.DELETE_NODE:
-            await self._leader_or_stop()
+            await self._leader_or_stop(op, "delete-node")
             await self.api.delete_node(op.node, op.node_uid or None)
+            self.evidence.step(op.node, op.id, "node-deleted", nodeUID=op.node_uid)
             log.warning("node %s deleted after a proven power-off", op.node)
             return NodeDeleted()
         if action is Action.POWER_ON:
             # Only now: the deletion is stored, so no successor can act on the old Node.
-            await self._leader_or_stop()
+            await self._leader_or_stop(op, "power-on")
             return await self._power_on(op)
         if action is Action.CHECK_VMS:
             if op.node in self._checked:  # pace the checks, but look at once the first time
@@ -395,11 +416,17 @@ class FenceExecutor:
             log.info("fencing %s: not (yet) taken as self-fenced: %s", op.node, why)
         return None
 
-    async def _leader_or_stop(self) -> None:
+    async def _leader_or_stop(self, op: Operation, step: str) -> None:
+        """Renew the Lease before the irreversible `step` of `op` (noted in its evidence)."""
         try:
             await self.confirm_leader()
         except Exception as err:
             raise StopWalk(f"not the leader any more: {err}") from None
+        self._lease_confirmed(op, step)
+
+    def _lease_confirmed(self, op: Operation, step: str) -> None:
+        lease = self.lease_generation() if self.lease_generation is not None else None
+        self.evidence.lease(op.node, op.id, step, lease)
 
     async def _power_off(self, op: Operation) -> Event:
         inventory = self.inventory()
@@ -419,6 +446,14 @@ class FenceExecutor:
             api=self.api,
             clock=self.clock,
             timing=self.timing,
+            on_confirmed=lambda step: self._lease_confirmed(op, step),
+            on_stored=lambda sent: self.evidence.step(
+                op.node,
+                op.id,
+                "phase",
+                phase=sent.phase.value,
+                reason="PowerOffSending stored: the point of no return, the request goes next",
+            ),
         )
         self.stats.power_walks += 1
         fencer = PowerFencer(
@@ -427,8 +462,18 @@ class FenceExecutor:
             guard=guard,
             factory=self.backend_factory,
             clock=self.clock,
+            on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
         )
         outcome = await fencer.run(PowerAction.OFF)
+        self.evidence.step(
+            op.node,
+            op.id,
+            "walk",
+            offProven=outcome.off_proven,
+            level=outcome.level,
+            elapsedSeconds=round(outcome.elapsed, 3),
+            errors=list(outcome.errors[-5:]) or None,
+        )
         self._unreachable[op.node] = all_unreachable(node_inv, outcome)
         stopped = guard.stopped is not None or guard.lost_lease
         if not stopped:
@@ -450,7 +495,11 @@ class FenceExecutor:
         if inventory is None or node_inv is None:
             return PoweredOn(False, f"node {op.node} has no BMC inventory entry")
         outcome = await PowerFencer(
-            node_inv, inventory.policy, factory=self.backend_factory, clock=self.clock
+            node_inv,
+            inventory.policy,
+            factory=self.backend_factory,
+            clock=self.clock,
+            on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
         ).run(PowerAction.ON)
         if not outcome.success:
             log.error("powering %s back on after the fence failed: %s", op.node, outcome.reason)

@@ -29,6 +29,7 @@ from agent.bmc_monitor import BmcMonitor
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import FailureDetector, NodeHealth, NodeVerdict
+from agent.fence_evidence import stamp
 from agent.fence_executor import FenceExecutor
 from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
 from agent.heartbeat_codec import (
@@ -153,6 +154,7 @@ class LeaderSide:
         self.probes = OutstandingProbes(profile.peer_probe_timeout + max(profile.interval, 1.0))
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
         self._claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
+        self._last_seq: dict[str, tuple[str, int]] = {}  # node -> (boot, seq) last accepted
         self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
         self._gone: set[str] = set()  # Nodes deleted in this term (until they register again)
         self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
@@ -239,6 +241,42 @@ class LeaderSide:
                 bmc_unreachable=unreachable,
             )
         )
+
+    def decision_evidence(self, node: str) -> dict[str, object]:
+        """What this leader knows about `node` now, as the fence evidence keeps it for the
+        decision (`agent.fence_evidence`): verdict, last heartbeat, kubelet, peer reports."""
+        now, wall = self.clock(), self.wall()
+        v = next((v for v in self.verdicts if v.node == node), None)
+        facts: dict[str, object] = {"profile": self.cfg.profile}
+        if v is not None:
+            facts["verdict"] = {"health": v.health.value, "reason": v.reason}
+            facts["kubelet"] = {
+                "leaseAgeSeconds": None if v.kubelet_age is None else round(v.kubelet_age, 2),
+                "ready": v.kubelet_ready,
+            }
+            p = v.peers
+            facts["peerSummary"] = {
+                "reachable": p.reachable,
+                "unreachable": p.unreachable,
+                "available": p.available,
+                "needed": p.needed,
+            }
+        last = self.detector.last_heartbeat(node)
+        if last is not None:
+            boot, seq = self._last_seq.get(node, ("", 0))
+            facts["lastHeartbeat"] = {
+                "at": stamp(wall - (now - last)),
+                "ageSeconds": round(now - last, 3),
+                "boot": boot,
+                "seq": seq,
+            }
+        else:
+            facts["lastHeartbeat"] = None  # never heard in this leader's term
+        facts["peerReports"] = [
+            {"peer": peer, "reachable": r.reachable, "ageSeconds": round(now - r.at, 3)}
+            for peer, r in sorted(self.detector.peer_reports(node).items())
+        ]
+        return facts
 
     def fencing_busy(self, node: str) -> bool:
         """Whether a fencing operation of `node` runs here now (its BMCs are in use)."""
@@ -344,6 +382,7 @@ class LeaderSide:
             # heartbeat of it delivered late (reordered) claims nothing.
             self.watchdog_claims[node] = hb.wd if self.stopped_boots.get(node) != hb.boot else None
             self._claim_boot[node] = hb.boot
+            self._last_seq[node] = (hb.boot, hb.seq)
             self.detector.observe(hb, now)
             return
         status_prefix = f"{PREFIX}/{self.cfg.cluster}/status/"
@@ -438,6 +477,7 @@ class LeaderSide:
         self.sequences.forget(node)
         self.watchdog_claims.pop(node, None)
         self._claim_boot.pop(node, None)
+        self._last_seq.pop(node, None)
         self.rejected_at.pop(node, None)
 
     # -- judging -------------------------------------------------------------------------------

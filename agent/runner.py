@@ -210,6 +210,8 @@ async def run_agent(
             max_parallel=cfg.fencing.max_parallel,
             after_proof=cfg.fencing.after_proof,
             self_fence=leader.self_fence_check if cfg.fencing.self_fence else None,
+            decision_facts=leader.decision_evidence,
+            lease_generation=elector.lease_generation,
         )
 
     def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:

@@ -531,6 +531,34 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+def _explain(cluster: SimCluster, victims: list[str]) -> list[Path]:
+    """`nodefence explain` (text and -o json) of every fenced victim, as an operator runs it,
+    written beside the timeline while the cluster still runs."""
+    import os
+    import subprocess
+
+    from hwsim.simnode import REPO
+
+    written = []
+    for v in victims:
+        if not _records(cluster, v):
+            continue
+        for output, suffix in (("text", "txt"), ("json", "json")):
+            command = [sys.executable, "-m", "agent.cli", "explain", v, "-o", output]
+            command += ["--kubeconfig", str(cluster.kubeconfig)]
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            path = cluster.workdir / f"explain-{v}.{suffix}"
+            path.write_text(done.stdout + done.stderr)
+            written.append(path)
+    return written
+
+
 def run_scenario(
     name: str,
     workdir: Path,
@@ -588,6 +616,7 @@ def run_scenario(
             time.sleep(0.1)
         time.sleep(1.0)  # let the last changes show up in the timeline
         problems = sc.judge(cluster, victims)
+        explained = _explain(cluster, victims)
     finally:
         watcher.stop()
         if screen is not None:
@@ -600,6 +629,8 @@ def run_scenario(
     )
     if echo:
         print(f"== timeline chart: {chart}")
+        for path in explained:
+            print(f"== nodefence explain: {path}")
         print("== verdict: " + ("PASS, as nodefence promises" if not problems else "FAIL"))
         for p in problems:
             print(f"   - {p}")
