@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from agent import metrics
 from agent.bmc_health import DeviceCheck, HealthBook, Transition
-from agent.inventory import Inventory
+from agent.inventory import FencingPolicy, Inventory
 from agent.power import BackendFactory
 from backends.base import PowerState
 from backends.errors import FenceError
@@ -66,11 +66,15 @@ class BmcMonitor:
         self._labels: set[tuple[str, str, str]] = set()
 
     async def run(self) -> None:
-        """Check rounds until cancelled; each starts `interval` after the previous one."""
-        while True:
-            started = self.clock()
-            await self.check_round(spread=True)
-            await asyncio.sleep(max(0.0, started + self.interval - self.clock()))
+        """Check rounds until cancelled; each starts `interval` after the previous one. When
+        it ends (leadership lost) its metric series go: the next leader exports its own."""
+        try:
+            while True:
+                started = self.clock()
+                await self.check_round(spread=True)
+                await asyncio.sleep(max(0.0, started + self.interval - self.clock()))
+        finally:
+            self._forget_removed(Inventory("", {}, FencingPolicy()))
 
     async def check_round(self, *, spread: bool = False) -> None:
         """Check every device once (spread over the interval when `spread`)."""

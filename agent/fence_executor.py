@@ -37,6 +37,7 @@ from agent.fence_reports import FenceReporter
 from agent.fence_store import RecordStore, Superseded
 from agent.fence_vms import snapshot_vms, vms_seen
 from agent.fencing import (
+    FINAL,
     Action,
     Cancelled,
     Event,
@@ -304,6 +305,9 @@ class FenceExecutor:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
+        for phase in Phase:
+            if phase not in FINAL:  # the next leader exports the operations it runs
+                metrics.OPERATIONS_OPEN.labels(phase.value).set(0)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -347,6 +351,7 @@ class FenceExecutor:
                         op.node, op.id, "phase", phase=op.phase.value, reason=op.reason
                     )
                 await self.store.save(op)
+                self._export_phases()
                 if op.phase is not before:
                     await self.reports.phase_changed(op)
                 await self.reports.vm_events(op, before_vms)
@@ -399,6 +404,15 @@ class FenceExecutor:
             self._checked.add(op.node)
             return await vms_seen(self.api, op)
         return None
+
+    def _export_phases(self) -> None:
+        """`nodefence_fence_operations_open`: the unfinished operations here, by phase."""
+        counts = {p: 0 for p in Phase if p not in FINAL}
+        for op in self.operations.values():
+            if not op.final:
+                counts[op.phase] += 1
+        for phase, count in counts.items():
+            metrics.OPERATIONS_OPEN.labels(phase.value).set(count)
 
     def _self_fenced(self, op: Operation) -> SelfFenced | None:
         """A `SelfFenced` event when the watchdog rule holds for `op` now (see the module doc)."""

@@ -46,6 +46,11 @@ VM_RECOVERY = Histogram(
 OPERATIONS = Counter(
     "nodefence_fence_operations_total", "Fencing operations by final phase", ["phase"]
 )
+OPERATIONS_OPEN = Gauge(
+    "nodefence_fence_operations_open",
+    "Fencing operations the leader runs now, by phase (Pending, Fencing, FenceFailed, ...)",
+    ["phase"],
+)
 ALERTS = Counter("nodefence_alerts_total", "Alerts raised, by kind", ["kind"])
 BMC_CHECK_OK = Gauge(
     "nodefence_bmc_check_ok",

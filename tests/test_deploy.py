@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import pwd
 import re
@@ -1046,3 +1047,35 @@ def test_the_alert_rules_use_only_metrics_the_agent_exports() -> None:
     kinds = {k for r in rules for k in re.findall(r'kind=~?"([^"]+)"', r["expr"])}
     known = {a.value for a in AlertKind}
     assert {k for ks in kinds for k in ks.split("|")} <= known
+
+
+def test_every_grafana_dashboard_query_names_only_metrics_the_agent_exports() -> None:
+    doc = json.loads((DEPLOY / "monitoring" / "grafana-dashboard.json").read_text())
+    exported = exported_metric_names()
+    panels = [p for p in doc["panels"] if p["type"] != "row"]
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["title"] and panel["description"], panel.get("title")
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"\bnodefence_[a-z_]+", target["expr"]))
+            assert names, f"{panel['title']}: {target['expr']} names no nodefence metric"
+            assert names <= exported, f"{panel['title']}: {names - exported}"
+            used |= names
+    # What an operator looks for: node health, operations and their phases, detection and
+    # recovery latency, the BMC checks.
+    for needed in (
+        "nodefence_nodes",
+        "nodefence_fence_operations_open",
+        "nodefence_fence_operations_total",
+        "nodefence_detection_seconds_bucket",
+        "nodefence_recovery_seconds_bucket",
+        "nodefence_bmc_check_ok",
+        "nodefence_node_fenceable",
+        "nodefence_bmc_certificate_expiry_days",
+    ):
+        assert needed in used, needed
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    assert [v["name"] for v in doc["templating"]["list"]] == ["datasource"]
