@@ -276,3 +276,21 @@ def test_a_fence_agent_device_is_loaded_with_its_options_and_password(tmp_path: 
     assert isinstance(dev, FenceAgentDevice)
     assert dict(dev.options) == {"lanplus": "1", "cipher": "17", "plug_separator": ","}
     assert dev.password == Secret("pw") and dev.address is None
+
+
+@needs_fence_agents[0]
+@needs_fence_agents[1]
+def test_the_shipped_fence_agent_example_inventory_is_valid(tmp_path: Path) -> None:
+    if shutil.which("fence_apc_snmp", path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")) is None:
+        pytest.fail("fence_apc_snmp is part of fence-agents: the package is incomplete")
+    example = Path(__file__).parent.parent / "examples" / "inventory-fence-agents.yaml"
+    text = example.read_text().replace("/etc/nodefence/secrets/", str(tmp_path) + "/")
+    for name in ("worker-4-bmc", "pdu-community", "bmc-ca.pem"):
+        (tmp_path / name).write_text("pw\n")
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    inv = load_inventory(path)
+    ipmilan = inv.node("worker-4").levels[0].devices[0]
+    assert isinstance(ipmilan, FenceAgentDevice)
+    assert dict(ipmilan.options) == {"lanplus": "1", "cipher": "17", "privlvl": "operator"}
+    assert ipmilan.agent.endswith("/fence_ipmilan") and ipmilan.port == 623
