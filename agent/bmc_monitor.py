@@ -71,7 +71,10 @@ class BmcMonitor:
         try:
             while True:
                 started = self.clock()
-                await self.check_round(spread=True)
+                try:
+                    await self.check_round(spread=True)
+                except Exception:  # never let the monitoring end the leader side
+                    log.exception("BMC check round failed unexpectedly")
                 await asyncio.sleep(max(0.0, started + self.interval - self.clock()))
         finally:
             self._forget_removed(Inventory("", {}, FencingPolicy()))
@@ -102,6 +105,15 @@ class BmcMonitor:
         self.rounds += 1
 
     async def _check_and_record(self, inventory: Inventory, node: str, dev: DeviceSpec) -> None:
+        try:
+            await self._check_and_record_unguarded(inventory, node, dev)
+        except Exception:
+            # A fault in the monitoring must never take the leader side (and fencing) down.
+            log.exception("BMC check of %s/%s failed unexpectedly", node, dev.name)
+
+    async def _check_and_record_unguarded(
+        self, inventory: Inventory, node: str, dev: DeviceSpec
+    ) -> None:
         async with self._slots:
             check = await self.check_device(node, dev)
         self._export(check)
@@ -123,7 +135,21 @@ class BmcMonitor:
         t = dev.timeouts
         started = self.clock()
         cert_days: float | None = None
-        backend = self.factory(node, dev)
+        try:
+            backend = self.factory(node, dev)
+        except FenceError as err:
+            return DeviceCheck(
+                node,
+                dev.name,
+                dev.type,
+                self.wall(),
+                False,
+                False,
+                PowerState.UNKNOWN,
+                False,
+                err.reason,
+                str(err),
+            )
         try:
             async with asyncio.timeout(3 * t.timeout + _MARGIN):
                 result = await backend.check()

@@ -174,3 +174,30 @@ async def test_checks_are_spread_over_the_interval_and_at_most_parallel_run_at_o
         # Each check starts no earlier than its slot (i * interval / devices).
         assert starts[f"n{i}/d{i}"] - started >= i * 0.2 - 0.02, (i, starts)
     assert starts["n1/d1"] - started < 0.35  # not held back by n0's check: a free slot
+
+
+class BrokenDevice(TimedDevice):
+    async def check(self) -> CheckResult:
+        raise RuntimeError("a bug in a backend")
+
+
+async def test_a_failing_check_never_ends_the_round_or_the_leader_side() -> None:
+    from backends.errors import BmcUnsupported
+
+    def factory(node: str, spec: DeviceSpec) -> PowerBackend:
+        if node == "n0":
+            raise BmcUnsupported("cannot even build it", node=node, device=spec.name)
+        if node == "n1":
+            return BrokenDevice(node, spec, 0)
+        return TimedDevice(node, spec, 0)
+
+    inventory = inventory_of(3)
+    reports = Reports()
+    monitor = BmcMonitor(
+        lambda: inventory, interval=1.0, parallel=3, report=reports, factory=factory
+    )
+    await monitor.check_round()
+    assert monitor.book.checks["n0"]["d0"].problem == "unsupported"
+    assert "n1" not in monitor.book.checks  # logged, not recorded
+    assert monitor.book.checks["n2"]["d2"].healthy
+    assert (Change.NODE_UNFENCEABLE, "n0", None) in reports.take()
