@@ -9,6 +9,9 @@ Thin I/O around the pure `agent.detector` and `agent.policy`: three loops share 
 - judge loop: evaluates, asks peers to probe suspects, applies the policy, and reports each
   new decision once (log + Kubernetes Event + the `on_dead` callback), and publishes the
   leader's view (retained) for `nodefence status`.
+With an inventory, the fence executor's reconcile loop and the BMC checks (`agent.bmc_monitor`,
+whose transitions become Node Events and alerts, and whose verdicts the view shows) run beside
+them; `decision_evidence` is what the fence certificate keeps of a decision.
 """
 
 from __future__ import annotations
