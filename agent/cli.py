@@ -85,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
     kubeconfig_help = "kubeconfig file (default: $KUBECONFIG, else the in-cluster account)"
+    explain = sub.add_parser(
+        "explain",
+        help="why a node was powered off: its fencing operation's evidence, step by step",
+        description=(
+            "Tell the newest FenceOperation of NODE (or the one with that record name or "
+            "operation id) from its fence certificate: what the leader knew when it decided, "
+            "every power request and read-back per BMC channel, the Lease confirmations before "
+            "each irreversible step. -o json prints the record whole."
+        ),
+    )
+    explain.add_argument("target", metavar="NODE|OPERATION", help="node name or operation")
+    explain.add_argument(
+        "-n", "--namespace", default="nodefence", help="where the records live (nodefence)"
+    )
+    explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    explain.add_argument("--kubeconfig", help=kubeconfig_help)
     migrate = sub.add_parser(
         "migrate",
         help="live-migrate a running VM to another node (VirtualMachineOperation Evict)",
@@ -158,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.cli_fence import run_bmc_check
 
         return run_bmc_check(args)
+    if args.command == "explain":
+        from agent.cli_explain import run_explain
+
+        return run_explain(args)
     if args.command in ("migrate", "maintenance"):
         from agent.cli_maintenance import run_maintenance, run_migrate
 

@@ -94,6 +94,13 @@ def _age(value: Any) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def _bmc_cell(bmc: Any) -> str:
+    """The BMC column: the leader's last checks of the node's devices ("-": none yet)."""
+    if not isinstance(bmc, dict):
+        return "-"
+    return str(bmc.get("summary") or "-")
+
+
 def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Print the leader's view; non-zero when no leader view can be had."""
     cfg = _load_config(args.config, err)
@@ -122,7 +129,7 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
         + ("  FROZEN" if view.get("frozen") else ""),
         file=out,
     )
-    rows = [["NODE", "STATE", "HEARTBEAT", "KUBELET", "READY", "REASON"]]
+    rows = [["NODE", "STATE", "HEARTBEAT", "KUBELET", "READY", "BMC", "REASON"]]
     for r in view.get("nodes", []):
         ready = {True: "True", False: "False"}.get(r.get("ready"), "Unknown")
         rows.append(
@@ -132,13 +139,15 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
                 _age(r.get("heartbeatAge")),
                 _age(r.get("kubeletAge")),
                 ready,
+                _bmc_cell(r.get("bmc")),
                 r.get("reason", ""),
             ]
         )
-    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    last = len(rows[0]) - 1
+    widths = [max(len(str(row[i])) for row in rows) for i in range(last)]
     for row in rows:
-        cells = [str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)]
-        print("  ".join([*cells, str(row[5])]).rstrip(), file=out)
+        cells = [str(c).ljust(w) for c, w in zip(row[:last], widths, strict=True)]
+        print("  ".join([*cells, str(row[last])]).rstrip(), file=out)
     for a in view.get("alerts", []):
         print(f"ALERT {a['kind']}: {a['message']}", file=out)
     if view.get("rejected"):

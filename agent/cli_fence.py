@@ -29,9 +29,19 @@ def _load(path: str, err: TextIO) -> Inventory | None:
 def _describe(dev: DeviceSpec) -> str:
     if dev.type == "ipmi":
         return f"ipmi {dev.address}:{dev.port} cipher {dev.cipher} as {dev.username}"
+    if dev.type == "fence_agent":
+        where = f" {_address(dev)}" if dev.address else ""
+        who = f" as {dev.username}" if dev.username else ""
+        return f"fence agent {dev.agent}{where}{who}"
     tls = "insecure" if dev.ssl_insecure else (f"ca {dev.ca_file}" if dev.ca_file else "system CAs")
     tls = tls if dev.scheme == "https" else "no TLS"
     return f"redfish {dev.base_url} auth {dev.auth}, {tls}, as {dev.username}"
+
+
+def _address(dev: DeviceSpec) -> str:
+    if dev.address is None:
+        return "-"
+    return dev.address if dev.port is None else f"{dev.address}:{dev.port}"
 
 
 def _print_plan(node: NodeInventory, action: Action, out: TextIO) -> None:
@@ -118,6 +128,8 @@ def _print_verdict(outcome: Outcome, out: TextIO) -> None:
         verdict = f"FAILED to {o.action.value}: {o.reason}"
         if o.off_proven:
             verdict += " (the node IS proven off)"
+        elif o.action in (Action.OFF, Action.REBOOT):
+            verdict += " (Off NOT proven)"
     print(f"node {o.node}: {verdict} in {o.elapsed:.3f}s", file=out)
 
 
@@ -152,12 +164,19 @@ async def _check_all(inventory: Inventory, names: list[str]) -> list[dict[str, A
             "level": level,
             "device": dev.name,
             "type": dev.type,
-            "address": f"{dev.address}:{dev.port}",
+            "address": _address(dev),
         }
         try:
             backend = build_backend(node, dev)
         except FenceError as e:
-            row.update(reachable=False, auth=False, power="unknown", reset=False, detail=str(e))
+            row.update(
+                reachable=False,
+                auth=False,
+                power="unknown",
+                reset=False,
+                detail=str(e),
+                reason=e.reason,
+            )
             return row
         try:
             result = await backend.check()
@@ -170,6 +189,7 @@ async def _check_all(inventory: Inventory, names: list[str]) -> list[dict[str, A
             power=result.power.value,
             reset=result.reset_supported,
             detail=result.detail,
+            reason=result.reason,
         )
         return row
 
@@ -208,6 +228,11 @@ def run_bmc_check(
 
 def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     yes = {True: "yes", False: "NO"}
+
+    def reachable(r: dict[str, Any]) -> str:
+        # A fence agent cannot tell silence from refusal: it never says "unreachable".
+        return "?" if r["reason"] == "agent_failed" else yes[r["reachable"]]
+
     header = ["NODE", "LEVEL", "DEVICE", "TYPE", "ADDRESS", "REACHABLE", "AUTH", "POWER", "RESET"]
     table = [header] + [
         [
@@ -216,7 +241,7 @@ def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
             r["device"],
             r["type"],
             r["address"],
-            yes[r["reachable"]],
+            reachable(r),
             yes[r["auth"]] if r["reachable"] else "-",
             r["power"],
             yes[r["reset"]] if r["auth"] else "-",

@@ -37,6 +37,8 @@ password) come only from a file or an environment variable and are held as `Secr
       recovery_timeout: 300         # how long to wait for ColdStandby VMs to run elsewhere
       self_fence: false             # count a watchdog self-fence as proof (see watchdog)
       self_fence_margin: 10         # seconds added to the node's watchdog deadline
+      bmc_check_interval: 300       # the leader checks every BMC once per interval (0: never)
+      bmc_check_parallel: 2         # BMC checks at once
     metrics:
       host: 0.0.0.0                 # Prometheus /metrics
       port: 9441                    # 0 picks a free port (simulations)
@@ -120,6 +122,8 @@ class FencingConfig:
     recovery_timeout: float = 300.0
     self_fence: bool = False
     self_fence_margin: float = 10.0
+    bmc_check_interval: float = 300.0  # 0: the leader does not check the BMCs
+    bmc_check_parallel: int = 2
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,8 @@ _FENCING = {
     "recovery_timeout",
     "self_fence",
     "self_fence_margin",
+    "bmc_check_interval",
+    "bmc_check_parallel",
 }
 _AUTH = {"heartbeat_key_file", "heartbeat_key_env", "mode", "max_skew", "also_accept_files"}
 _WATCHDOG = {
@@ -319,6 +325,10 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         recovery_timeout=r.number(f, "recovery_timeout", 300.0, 0.1, "fencing.recovery_timeout"),
         self_fence=r.boolean(f, "self_fence", False, "fencing.self_fence"),
         self_fence_margin=r.number(f, "self_fence_margin", 10.0, 0.0, "fencing.self_fence_margin"),
+        bmc_check_interval=_check_interval(r, f),
+        bmc_check_parallel=r.integer(
+            f, "bmc_check_parallel", 2, 1, 64, "fencing.bmc_check_parallel"
+        ),
     )
     auth = _auth(r, r.mapping(top.get("auth") or {}, "auth", _AUTH))
     watchdog = _watchdog(r, r.mapping(top.get("watchdog") or {}, "watchdog", _WATCHDOG))
@@ -344,6 +354,15 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         auth=auth,
         watchdog=watchdog,
     )
+
+
+def _check_interval(r: _Reader, f: dict[str, Any]) -> float:
+    value = r.number(f, "bmc_check_interval", 300.0, 0.0, "fencing.bmc_check_interval")
+    if 0 < value < 1:
+        raise ConfigError(
+            r.path, "fencing.bmc_check_interval", "must be 0 (no checks) or at least 1 second"
+        )
+    return value
 
 
 def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:

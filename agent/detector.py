@@ -275,6 +275,10 @@ class FailureDetector:
         if peer != node:
             self._peers.setdefault(node, {})[peer] = PeerReport(reachable, now)
 
+    def peer_reports(self, node: str) -> dict[str, PeerReport]:
+        """Each peer's latest report about `node` (a copy; for the fence evidence)."""
+        return dict(self._peers.get(node, {}))
+
     def last_heartbeat(self, node: str) -> float | None:
         """When the leader last received a heartbeat of `node`, or None."""
         st = self._nodes.get(node)

@@ -79,6 +79,17 @@ class LeaderElector:
             and self._clock() - self._last_renew < self.timing.renew_deadline
         )
 
+    def lease_generation(self) -> dict[str, object] | None:
+        """The Lease as this process last wrote it: its generation (`leaseTransitions`) and
+        resourceVersion; None when it holds none (for the fence evidence)."""
+        lease = self._lease
+        if lease is None:
+            return None
+        return {
+            "leaseGeneration": lease.transitions,
+            "leaseResourceVersion": lease.resource_version,
+        }
+
     async def confirm(self) -> None:
         """Renew the Lease now; raise `NotLeader` unless it is still ours (use before every
         irreversible step)."""

@@ -31,11 +31,13 @@ from typing import Any, Literal
 
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
+from agent.fence_evidence import EvidenceBook
 from agent.fence_guard import WalkGuard
 from agent.fence_reports import FenceReporter
 from agent.fence_store import RecordStore, Superseded
 from agent.fence_vms import snapshot_vms, vms_seen
 from agent.fencing import (
+    FINAL,
     Action,
     Cancelled,
     Event,
@@ -65,6 +67,9 @@ ConfirmLeader = Callable[[], Awaitable[None]]
 AliveSince = Callable[[str, float], str | None]
 # node, marked_at, decided_at, unreachable -> (proven, why)
 SelfFenceCheck = Callable[[str, float, float, bool], tuple[bool, str]]
+# node -> what the leader knew when it declared the node dead (agent.fence_evidence)
+DecisionFacts = Callable[[str], dict[str, Any] | None]
+LeaseGeneration = Callable[[], dict[str, object] | None]
 
 
 def all_unreachable(node: NodeInventory, outcome: Outcome) -> bool:
@@ -108,6 +113,8 @@ class FenceExecutor:
         self_fence: SelfFenceCheck | None = None,
         backend_factory: BackendFactory = build_backend,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:8],
+        decision_facts: DecisionFacts | None = None,
+        lease_generation: LeaseGeneration | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -138,6 +145,11 @@ class FenceExecutor:
         # nodes not in here whose Off is not proven are held: see `resume`.
         self._decided: dict[str, float] = {}
         self._held: set[str] = set()
+        # The fence certificate of each operation, stored with its record.
+        self.evidence = EvidenceBook(leader_id, wall)
+        self.decision_facts = decision_facts
+        self.lease_generation = lease_generation
+        self.store.evidence = lambda op: self.evidence.to_json(op.node, op.id)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -165,6 +177,7 @@ class FenceExecutor:
             self.forget(node, force=True)
             last = None
         self._decided[node] = decided_at
+        self.evidence.decided(node, self.decision_facts(node) if self.decision_facts else None)
         if last is not None and not last.final:
             self._held.discard(node)
             if uid and not last.off_proven and last.node_uid != uid:
@@ -219,6 +232,7 @@ class FenceExecutor:
             self._unreachable.pop(node, None)
             self._decided.pop(node, None)
             self._held.discard(node)
+            self.evidence.forget(node)
 
     async def _adopt_or_start(self, node: str, uid: str) -> None:
         record: dict[str, Any] | None = None
@@ -247,6 +261,7 @@ class FenceExecutor:
         """The operation a record holds, deadlines rebuilt, remembered as taken over now."""
         op = resumed(from_record(record), record, self.clock(), self.wall(), self.timing)
         self.store.adopt(op.node, record, self.clock())  # the record exists: the node sees it
+        self.evidence.adopt(op.node, op.id, record)
         return op
 
     async def resume(self) -> int:
@@ -313,6 +328,9 @@ class FenceExecutor:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
+        for phase in Phase:
+            if phase not in FINAL:  # the next leader exports the operations it runs
+                metrics.OPERATIONS_OPEN.labels(phase.value).set(0)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -344,7 +362,7 @@ class FenceExecutor:
                     if not self.store.has(node):
                         # A new record tells its node it is being fenced (its watchdog stops
                         # feeding): only the holder of the Lease may write one.
-                        await self._leader_or_stop()
+                        await self._leader_or_stop(op, "record")
                     try:
                         await self.store.save(op, required=True)
                     except ClusterError as err:
@@ -378,8 +396,13 @@ class FenceExecutor:
                     continue
                 after = apply(op, event, self.clock(), self.timing)
                 if after != op:
+                    if after.phase is not op.phase:
+                        self.evidence.step(
+                            node, after.id, "phase", phase=after.phase.value, reason=after.reason
+                        )
                     op, dirty = after, True
                     self.operations[node] = op
+                    self._export_phases()
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
             metrics.OPERATIONS.labels(op.phase.value).inc()
             if op.phase is Phase.RECOVERED and op.deleted_at is not None:
@@ -408,7 +431,8 @@ class FenceExecutor:
             assert op.retry_at is not None
             proven = self._self_fenced(op)
             if proven is not None:
-                await self._leader_or_stop()
+                await self._leader_or_stop(op, "self-fence-proof")
+                self.evidence.step(op.node, op.id, "watchdog-proof", detail=proven.evidence)
                 return proven
             await asyncio.sleep(max(0.0, min(op.retry_at - self.clock(), 1.0)))
             return None
@@ -418,21 +442,23 @@ class FenceExecutor:
             again = await self._proof_stale(op)
             if again is not None:
                 return again
-            await self._leader_or_stop()
+            await self._leader_or_stop(op, "taint")
             await self.api.taint_out_of_service(op.node, op.node_uid or None)
+            self.evidence.step(op.node, op.id, "tainted", nodeUID=op.node_uid)
             return Tainted()
         if action is Action.DELETE_NODE:
             again = await self._proof_stale(op)
             if again is not None:
                 await self._untaint_if_voided(apply(op, again, self.clock(), self.timing))
                 return again
-            await self._leader_or_stop()
+            await self._leader_or_stop(op, "delete-node")
             await self.api.delete_node(op.node, op.node_uid or None)
+            self.evidence.step(op.node, op.id, "node-deleted", nodeUID=op.node_uid)
             log.warning("node %s deleted after a proven power-off", op.node)
             return NodeDeleted()
         if action is Action.POWER_ON:
             # Only now: the deletion is stored, so no successor can act on the old Node.
-            await self._leader_or_stop()
+            await self._leader_or_stop(op, "power-on")
             return await self._power_on(op)
         if action is Action.CHECK_VMS:
             if op.node in self._checked:  # pace the checks, but look at once the first time
@@ -481,6 +507,15 @@ class FenceExecutor:
                 op.node,
             )
 
+    def _export_phases(self) -> None:
+        """`nodefence_fence_operations_open`: the unfinished operations here, by phase."""
+        counts = {p: 0 for p in Phase if p not in FINAL}
+        for op in self.operations.values():
+            if not op.final:
+                counts[op.phase] += 1
+        for phase, count in counts.items():
+            metrics.OPERATIONS_OPEN.labels(phase.value).set(count)
+
     def _self_fenced(self, op: Operation) -> SelfFenced | None:
         """A `SelfFenced` event when the watchdog rule holds for `op` now (see the module doc)."""
         marked = self.store.marked_at.get(op.node)
@@ -497,11 +532,17 @@ class FenceExecutor:
             log.info("fencing %s: not (yet) taken as self-fenced: %s", op.node, why)
         return None
 
-    async def _leader_or_stop(self) -> None:
+    async def _leader_or_stop(self, op: Operation, step: str) -> None:
+        """Renew the Lease before the irreversible `step` of `op` (noted in its evidence)."""
         try:
             await self.confirm_leader()
         except Exception as err:
             raise StopWalk(f"not the leader any more: {err}") from None
+        self._lease_confirmed(op, step)
+
+    def _lease_confirmed(self, op: Operation, step: str) -> None:
+        lease = self.lease_generation() if self.lease_generation is not None else None
+        self.evidence.lease(op.node, op.id, step, lease)
 
     async def _power_off(self, op: Operation) -> Event:
         inventory = self.inventory()
@@ -521,6 +562,14 @@ class FenceExecutor:
             api=self.api,
             clock=self.clock,
             timing=self.timing,
+            on_confirmed=lambda step: self._lease_confirmed(op, step),
+            on_stored=lambda sent: self.evidence.step(
+                op.node,
+                op.id,
+                "phase",
+                phase=sent.phase.value,
+                reason="PowerOffSending stored: the point of no return, the request goes next",
+            ),
         )
         self.stats.power_walks += 1
         fencer = PowerFencer(
@@ -530,8 +579,18 @@ class FenceExecutor:
             last_look=guard.last_look,
             factory=self.backend_factory,
             clock=self.clock,
+            on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
         )
         outcome = await fencer.run(PowerAction.OFF)
+        self.evidence.step(
+            op.node,
+            op.id,
+            "walk",
+            offProven=outcome.off_proven,
+            level=outcome.level,
+            elapsedSeconds=round(outcome.elapsed, 3),
+            errors=list(outcome.errors[-5:]) or None,
+        )
         self._unreachable[op.node] = all_unreachable(node_inv, outcome)
         stopped = guard.stopped is not None or guard.lost_lease
         if not stopped:
@@ -553,7 +612,11 @@ class FenceExecutor:
         if inventory is None or node_inv is None:
             return PoweredOn(False, f"node {op.node} has no BMC inventory entry")
         outcome = await PowerFencer(
-            node_inv, inventory.policy, factory=self.backend_factory, clock=self.clock
+            node_inv,
+            inventory.policy,
+            factory=self.backend_factory,
+            clock=self.clock,
+            on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
         ).run(PowerAction.ON)
         if not outcome.success:
             log.error("powering %s back on after the fence failed: %s", op.node, outcome.reason)

@@ -50,6 +50,8 @@ class WalkGuard:
         api: ClusterApi,
         clock: Callable[[], float],
         timing: Timing,
+        on_confirmed: Callable[[str], None] | None = None,
+        on_stored: Callable[[Operation], None] | None = None,
     ) -> None:
         self.op = op  # advances to Fencing (power_off_sent) once the point of no return is stored
         self.decided_at = decided_at
@@ -63,6 +65,8 @@ class WalkGuard:
         self.stopped: Event | None = None  # why the walk stopped, as an event to fold in
         self.lost_lease = False
         self.first_sent = op.power_off_sent  # a request of this operation went out
+        self.on_confirmed = on_confirmed  # the Lease was confirmed ours before `step` (evidence)
+        self.on_stored = on_stored  # the point of no return was stored (evidence)
 
     def _stop(self, event: Event | None, why: str) -> StopWalk:
         self.stopped = event
@@ -85,6 +89,8 @@ class WalkGuard:
             await self.confirm_leader()
         except Exception as err:
             raise self._stop(None, f"not the leader any more: {err}") from None
+        if self.on_confirmed is not None:
+            self.on_confirmed(step)
         if not first:
             return
         sending = apply(self.op, PowerOffSending(), self.clock(), self.timing)
@@ -94,6 +100,8 @@ class WalkGuard:
             why = f"PowerOffSending could not be stored, nothing sent: {err}"
             raise self._stop(FenceDone(False, errors=(why,)), why) from None
         self.op = sending
+        if self.on_stored is not None:
+            self.on_stored(sending)
         try:
             info = await self.api.get_node(node)
         except ClusterError as err:

@@ -41,6 +41,8 @@ class RecordStore:
         self.wall = wall
         self._records: dict[str, dict[str, Any]] = {}
         self.marked_at: dict[str, float] = {}  # node -> record stored/taken over (our clock)
+        # The fence certificate to store with an operation (agent.fence_evidence), if any.
+        self.evidence: Callable[[Operation], dict[str, Any] | None] | None = None
 
     def has(self, node: str) -> bool:
         """Whether a record of the node's operation was stored or taken over here."""
@@ -61,7 +63,12 @@ class RecordStore:
         else are logged (the next save carries the whole state)."""
         for _ in range(3):
             body = to_record(
-                op, self.namespace, self.leader_id, self._records.get(op.node), wall=self.wall()
+                op,
+                self.namespace,
+                self.leader_id,
+                self._records.get(op.node),
+                wall=self.wall(),
+                evidence=self.evidence(op) if self.evidence is not None else None,
             )
             try:
                 self._records[op.node] = await self.api.save_record(self.namespace, body)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,14 @@ import yaml
 
 from agent.brief import brief
 from agent.channels import ChannelErrors, Groups, parse_groups
-from backends.spec import DeviceSpec, DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
+from backends.spec import (
+    DeviceSpec,
+    DeviceTimeouts,
+    FenceAgentDevice,
+    IpmiDevice,
+    RedfishDevice,
+    Secret,
+)
 
 _COMMON = {"type", "name", "address", "port", "username", "password_file", "password_env"}
 _TIMEOUTS = {"timeout", "power_timeout", "power_wait", "poll_interval"}
@@ -37,6 +46,24 @@ _REDFISH = (
         "system_uuid",
     }
 )
+_FENCE_AGENT = _COMMON | _TIMEOUTS | {"agent", "options", "ca_file"}
+# Options a fence agent takes from us, not from `options:` (the password only from
+# password_file/_env; a *_script option would run a program to get one).
+_AGENT_RESERVED = {
+    "action": "it is chosen by nodefence",
+    "ip": "use the field 'address'",
+    "ipaddr": "use the field 'address'",
+    "ipport": "use the field 'port'",
+    "username": "use the field 'username'",
+    "login": "use the field 'username'",
+    "password": "use password_file or password_env",
+    "passwd": "use password_file or password_env",
+    "password_script": "use password_file or password_env",
+    "passwd_script": "use password_file or password_env",
+}
+_AGENT_NAME = re.compile(r"fence_[A-Za-z0-9_]+")
+_OPTION_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+AGENT_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 _FENCING = {"attempts", "backoff", "backoff_max", "verify_all_channels", "channel_errors"}
 _NODE = {"levels", "verify_all_channels", "channel_errors"}
 _CHANNEL_ERRORS = tuple(c.value for c in ChannelErrors)
@@ -103,11 +130,16 @@ class FencingPolicy:
 
 @dataclass(frozen=True)
 class Inventory:
-    """All nodes of the inventory file, with the fencing policy it sets."""
+    """All nodes of the inventory file, with the fencing policy it sets.
+
+    `sources` are the other files it was read from (password and CA files): a change to one
+    of them (a rotated Secret) is a change of the inventory.
+    """
 
     path: str
     nodes: dict[str, NodeInventory]
     policy: FencingPolicy
+    sources: tuple[str, ...] = ()
 
     def node(self, name: str) -> NodeInventory:
         """The node's inventory; `KeyError` with a helpful message when unknown."""
@@ -139,7 +171,23 @@ def load_inventory(path: Path | str, env: dict[str, str] | None = None) -> Inven
     except (ValueError, RecursionError):
         # ValueError: e.g. an integer beyond Python's digit limit; RecursionError: nesting.
         raise InventoryError(path, "", "not valid YAML") from None
-    return parse_inventory(doc, path=path, env=env)
+    inventory = parse_inventory(doc, path=path, env=env)
+    return Inventory(inventory.path, inventory.nodes, inventory.policy, _files_named(doc, path))
+
+
+def _files_named(doc: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """The password and CA files a valid inventory document names, resolved, once each."""
+    defaults = doc.get("defaults") or {}
+    found: dict[str, None] = {}
+    for node in (doc.get("nodes") or {}).values():
+        for level in node.get("levels") or []:
+            devices = level.get("devices") if isinstance(level, dict) else level
+            for dev in devices or []:
+                merged = {**defaults, **dev}
+                for key in ("password_file", "ca_file"):
+                    if isinstance(merged.get(key), str):
+                        found[str(_relative(path, merged[key].strip()))] = None
+    return tuple(found)
 
 
 def parse_inventory(doc: Any, *, path: Path, env: dict[str, str]) -> Inventory:
@@ -238,9 +286,9 @@ def _parse_device(
     path: Path, where: str, doc: dict[str, Any], env: dict[str, str], default_name: str
 ) -> DeviceSpec:
     kind = doc.get("type")
-    if kind not in ("ipmi", "redfish"):
+    if kind not in ("ipmi", "redfish", "fence_agent"):
         raise InventoryError(
-            path, where, f"field 'type': must be ipmi or redfish, got {brief(kind)}"
+            path, where, f"field 'type': must be ipmi, redfish or fence_agent, got {brief(kind)}"
         )
     where = f"{where} ({kind})"
     if "password" in doc:
@@ -250,21 +298,15 @@ def _parse_device(
             "field 'password': inline passwords are not accepted; "
             "use password_file or password_env",
         )
-    _no_unknown(path, where, doc, _IPMI if kind == "ipmi" else _REDFISH)
+    allowed = {"ipmi": _IPMI, "redfish": _REDFISH, "fence_agent": _FENCE_AGENT}[kind]
+    _no_unknown(path, where, doc, allowed)
     name = _str(path, where, doc, "name", default_name)
+    if kind == "fence_agent":
+        return _parse_fence_agent(path, where, doc, env, name)
     address = _str(path, where, doc, "address", None)
     username = _str(path, where, doc, "username", None)
     password = _password(path, where, doc, env)
-    timeouts = DeviceTimeouts(
-        timeout=_number(path, where, doc, "timeout", DeviceTimeouts.timeout, 0.05),
-        power_timeout=_number(
-            path, where, doc, "power_timeout", DeviceTimeouts.power_timeout, 0.05
-        ),
-        power_wait=_number(path, where, doc, "power_wait", DeviceTimeouts.power_wait, 0.0),
-        poll_interval=_number(
-            path, where, doc, "poll_interval", DeviceTimeouts.poll_interval, 0.01
-        ),
-    )
+    timeouts = _timeouts(path, where, doc)
     if kind == "ipmi":
         if doc.get("lanplus", True) is not True:
             raise InventoryError(
@@ -309,6 +351,89 @@ def _parse_device(
         system_uuid=_opt_str(path, where, doc, "system_uuid"),
         timeouts=timeouts,
     )
+
+
+def _timeouts(path: Path, where: str, doc: dict[str, Any]) -> DeviceTimeouts:
+    return DeviceTimeouts(
+        timeout=_number(path, where, doc, "timeout", DeviceTimeouts.timeout, 0.05),
+        power_timeout=_number(
+            path, where, doc, "power_timeout", DeviceTimeouts.power_timeout, 0.05
+        ),
+        power_wait=_number(path, where, doc, "power_wait", DeviceTimeouts.power_wait, 0.0),
+        poll_interval=_number(
+            path, where, doc, "poll_interval", DeviceTimeouts.poll_interval, 0.01
+        ),
+    )
+
+
+def _parse_fence_agent(
+    path: Path, where: str, doc: dict[str, Any], env: dict[str, str], name: str
+) -> FenceAgentDevice:
+    """A `type: fence_agent` device: the agent must be installed (found now, not at a fence)."""
+    agent = _find_agent(path, where, _str(path, where, doc, "agent", None))
+    options: list[tuple[str, str]] = []
+    raw = doc.get("options") or {}
+    if not isinstance(raw, dict):
+        raise InventoryError(path, where, "field 'options': must be a mapping of agent options")
+    for key, value in raw.items():
+        owhere = f"field 'options.{key}'"
+        if not isinstance(key, str) or not _OPTION_NAME.fullmatch(key):
+            raise InventoryError(path, where, f"{owhere}: not an agent option name")
+        why = _AGENT_RESERVED.get(key.replace("-", "_"))
+        if why is not None:
+            raise InventoryError(path, where, f"{owhere}: not accepted here; {why}")
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, int | float | str):
+            text = str(value)
+        else:
+            raise InventoryError(path, where, f"{owhere}: must be a string, number or boolean")
+        if any(c in text for c in "\n\r\0"):
+            raise InventoryError(path, where, f"{owhere}: must be a single line")
+        options.append((key.replace("-", "_"), text))
+    has_password = doc.get("password_file") is not None or doc.get("password_env") is not None
+    ca_file = doc.get("ca_file")
+    if ca_file is not None:
+        ca_path = _relative(path, _str(path, where, doc, "ca_file", None))
+        if not ca_path.is_file():
+            raise InventoryError(path, where, f"field 'ca_file': no such file {ca_path}")
+        ca_file = str(ca_path)
+    return FenceAgentDevice(
+        name=name,
+        agent=agent,
+        options=tuple(options),
+        address=_opt_str(path, where, doc, "address"),
+        port=None if doc.get("port") is None else _int(path, where, doc, "port", 0, 1, 65535),
+        username=_opt_str(path, where, doc, "username"),
+        password=_password(path, where, doc, env) if has_password else None,
+        ca_file=ca_file,
+        timeouts=_timeouts(path, where, doc),
+    )
+
+
+def _find_agent(path: Path, where: str, value: str) -> str:
+    """The absolute path of an installed fence agent named `value` (a name or a path)."""
+    if "/" in value:
+        found = value if os.path.isabs(value) and os.access(value, os.X_OK) else None
+        if found is None or not os.path.isfile(found):
+            raise InventoryError(
+                path, where, f"field 'agent': {brief(value)} is not an executable file"
+            )
+        return found
+    if not _AGENT_NAME.fullmatch(value):
+        raise InventoryError(
+            path, where, f"field 'agent': {brief(value)} is not a fence agent name (fence_...)"
+        )
+    search = os.pathsep.join([os.environ.get("PATH", ""), *AGENT_DIRS])
+    found = shutil.which(value, path=search)
+    if found is None:
+        raise InventoryError(
+            path,
+            where,
+            f"field 'agent': {value} is not installed (looked in PATH and "
+            f"{', '.join(AGENT_DIRS)}); install fence-agents or give its path",
+        )
+    return found
 
 
 def _password(path: Path, where: str, doc: dict[str, Any], env: dict[str, str]) -> Secret:

@@ -1,5 +1,6 @@
-"""Keep the BMC inventory current: reload it when its file changes, keep the last good one
-when a new version is broken (and say so once)."""
+"""Keep the BMC inventory current: reload it when its file, or a password or CA file it
+names, changes (a rotated Secret); keep the last good one when a new version is broken (and
+say so once)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,20 @@ class InventoryWatcher:
     def __init__(self, path: str, on_rejected: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.on_rejected = on_rejected
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[tuple[float, int] | None, ...] | None = None
         self._inventory: Inventory | None = None
         self.rejected: str = ""
         self.current()
 
+    def _stamps(self) -> tuple[tuple[float, int] | None, ...]:
+        sources = self._inventory.sources if self._inventory is not None else ()
+        return tuple(_stat(p) for p in (self.path, *sources))
+
     def current(self) -> Inventory | None:
-        """The inventory, reloaded if the file's mtime or size changed."""
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime, st.st_size)
-        except OSError:
-            stamp = None
-        if stamp is not None and stamp == self._stamp:
+        """The inventory, reloaded if the mtime or size of its file or of a file it names
+        changed."""
+        stamp = self._stamps()
+        if stamp[0] is not None and stamp == self._stamp:
             return self._inventory
         self._stamp = stamp
         try:
@@ -44,6 +46,8 @@ class InventoryWatcher:
         if self._inventory is not None:
             log.info("inventory reloaded: %d nodes", len(inventory.nodes))
         self._inventory = inventory
+        # The file as it was before reading it, the files it names as they are now.
+        self._stamp = (stamp[0], *(_stat(p) for p in inventory.sources))
         self.rejected = ""
         return inventory
 
@@ -51,3 +55,11 @@ class InventoryWatcher:
         """Names of the nodes the inventory can fence."""
         inv = self.current()
         return frozenset(inv.nodes) if inv else frozenset()
+
+
+def _stat(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)

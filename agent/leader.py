@@ -9,6 +9,9 @@ Thin I/O around the pure `agent.detector` and `agent.policy`: three loops share 
 - judge loop: evaluates, asks peers to probe suspects, applies the policy, and reports each
   new decision once (log + Kubernetes Event + the `on_dead` callback), and publishes the
   leader's view (retained) for `nodefence status`.
+With an inventory, the fence executor's reconcile loop and the BMC checks (`agent.bmc_monitor`,
+whose transitions become Node Events and alerts, and whose verdicts the view shows) run beside
+them; `decision_evidence` is what the fence certificate keeps of a decision.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from agent import metrics
+from agent.bmc_health import Transition
+from agent.bmc_monitor import BmcMonitor
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import FailureDetector, NodeHealth, NodeVerdict
+from agent.fence_evidence import stamp
 from agent.fence_executor import FenceExecutor
 from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
 from agent.heartbeat_codec import (
@@ -70,6 +76,7 @@ log = logging.getLogger("nodefence.leader")
 
 DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
 ExecutorFactory = Callable[["LeaderSide"], FenceExecutor]
+BmcMonitorFactory = Callable[["LeaderSide"], BmcMonitor]
 
 
 def _raise_if_cancelling() -> None:
@@ -94,6 +101,7 @@ class LeaderStats:
     probe_results: int = 0
     decisions: list[tuple[float, str, str]] = field(default_factory=list)  # (t, node, kind)
     alerts: list[Alert] = field(default_factory=list)
+    bmc_changes: list[Transition] = field(default_factory=list)
 
 
 class LeaderSide:
@@ -109,6 +117,7 @@ class LeaderSide:
         inventory: Callable[[], frozenset[str]] | None = None,
         on_dead: DeadCallback | None = None,
         executor_factory: ExecutorFactory | None = None,
+        bmc_monitor_factory: BmcMonitorFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
@@ -124,6 +133,8 @@ class LeaderSide:
         self.on_dead = on_dead
         self.executor_factory = executor_factory
         self.executor: FenceExecutor | None = None
+        self.bmc_monitor_factory = bmc_monitor_factory
+        self.bmc: BmcMonitor | None = None
         self.clock = clock
         self.wall = wall
         self.new_id = new_id
@@ -146,6 +157,7 @@ class LeaderSide:
         self.probes = OutstandingProbes(profile.peer_probe_timeout + max(profile.interval, 1.0))
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
         self._claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
+        self._last_seq: dict[str, tuple[str, int]] = {}  # node -> (boot, seq) last accepted
         self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
         self._gone: set[str] = set()  # Nodes deleted in this term (until they register again)
         self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
@@ -182,6 +194,9 @@ class LeaderSide:
                 tg.create_task(self._judge_loop())
                 if self.executor is not None:
                     tg.create_task(self.executor.reconcile_loop())
+                if self.bmc_monitor_factory is not None:
+                    self.bmc = self.bmc_monitor_factory(self)
+                    tg.create_task(self.bmc.run())
         finally:
             if self.executor is not None:
                 await self.executor.stop()
@@ -229,6 +244,71 @@ class LeaderSide:
                 bmc_unreachable=unreachable,
             )
         )
+
+    def decision_evidence(self, node: str) -> dict[str, object]:
+        """What this leader knows about `node` now, as the fence evidence keeps it for the
+        decision (`agent.fence_evidence`): verdict, last heartbeat, kubelet, peer reports."""
+        now, wall = self.clock(), self.wall()
+        v = next((v for v in self.verdicts if v.node == node), None)
+        facts: dict[str, object] = {"profile": self.cfg.profile}
+        if v is not None:
+            facts["verdict"] = {"health": v.health.value, "reason": v.reason}
+            facts["kubelet"] = {
+                "leaseAgeSeconds": None if v.kubelet_age is None else round(v.kubelet_age, 2),
+                "ready": v.kubelet_ready,
+            }
+            p = v.peers
+            facts["peerSummary"] = {
+                "reachable": p.reachable,
+                "unreachable": p.unreachable,
+                "available": p.available,
+                "needed": p.needed,
+            }
+        last = self.detector.last_heartbeat(node)
+        if last is not None:
+            boot, seq = self._last_seq.get(node, ("", 0))
+            facts["lastHeartbeat"] = {
+                "at": stamp(wall - (now - last)),
+                "ageSeconds": round(now - last, 3),
+                "boot": boot,
+                "seq": seq,
+            }
+        else:
+            facts["lastHeartbeat"] = None  # never heard in this leader's term
+        facts["peerReports"] = [
+            {"peer": peer, "reachable": r.reachable, "ageSeconds": round(now - r.at, 3)}
+            for peer, r in sorted(self.detector.peer_reports(node).items())
+        ]
+        return facts
+
+    def fencing_busy(self, node: str) -> bool:
+        """Whether a fencing operation of `node` runs here now (its BMCs are in use)."""
+        return self.executor is not None and self.executor.busy(node)
+
+    async def report_bmc_change(self, change: Transition) -> None:
+        """A BMC check turned bad or recovered, or a node became (un)fenceable: an Event on
+        the Node and, for bad news, an alert (`nodefence_alerts_total`)."""
+        self.stats.bmc_changes.append(change)
+        if change.warning:
+            kind = "cannot-be-fenced" if change.device is None else "bmc-check-failed"
+            metrics.ALERTS.labels(kind).inc()
+        await self._event(change.node, change.change.value, change.message, change.warning)
+
+    def _bmc_alerts(self) -> list[dict[str, object]]:
+        """The BMC alerts that hold now, as the view lists alerts."""
+        if self.bmc is None:
+            return []
+        out: list[dict[str, object]] = []
+        for node, verdict in sorted(self.bmc.book.nodes.items()):
+            if verdict.fenceable is False:
+                message = f"node {node} cannot be fenced: {verdict.reason}"
+                out.append({"kind": "cannot-be-fenced", "node": node, "message": message})
+        for node, checks in sorted(self.bmc.book.checks.items()):
+            for c in checks.values():
+                if not c.healthy:
+                    message = f"BMC {node}/{c.device} ({c.type}) fails its check: {c.problem}"
+                    out.append({"kind": "bmc-check-failed", "node": node, "message": message})
+        return out
 
     def in_maintenance(self, node: str) -> bool:
         """Whether the Node carries our maintenance mark."""
@@ -305,6 +385,7 @@ class LeaderSide:
             # heartbeat of it delivered late (reordered) claims nothing.
             self.watchdog_claims[node] = hb.wd if self.stopped_boots.get(node) != hb.boot else None
             self._claim_boot[node] = hb.boot
+            self._last_seq[node] = (hb.boot, hb.seq)
             self.detector.observe(hb, now)
             return
         status_prefix = f"{PREFIX}/{self.cfg.cluster}/status/"
@@ -399,6 +480,7 @@ class LeaderSide:
         self.sequences.forget(node)
         self.watchdog_claims.pop(node, None)
         self._claim_boot.pop(node, None)
+        self._last_seq.pop(node, None)
         self.rejected_at.pop(node, None)
 
     # -- judging -------------------------------------------------------------------------------
@@ -610,6 +692,7 @@ class LeaderSide:
                     "kubeletLeaseSeen": seen is not None,
                     "ready": self.nodes[v.node].ready if v.node in self.nodes else None,
                     "reason": v.reason,
+                    "bmc": None if self.bmc is None else self.bmc.node_view(v.node),
                 }
             )
         view = {
@@ -620,7 +703,8 @@ class LeaderSide:
             "alerts": [
                 {"kind": a.kind.value, "node": a.node, "message": a.message}
                 for a in decision.alerts
-            ],
+            ]
+            + self._bmc_alerts(),
             "rejected": dict(self.stats.rejected),
             "nodes": rows,
             "publishedAt": self.wall(),

@@ -46,7 +46,42 @@ VM_RECOVERY = Histogram(
 OPERATIONS = Counter(
     "nodefence_fence_operations_total", "Fencing operations by final phase", ["phase"]
 )
+OPERATIONS_OPEN = Gauge(
+    "nodefence_fence_operations_open",
+    "Fencing operations the leader runs now, by phase (Pending, Fencing, FenceFailed, ...)",
+    ["phase"],
+)
 ALERTS = Counter("nodefence_alerts_total", "Alerts raised, by kind", ["kind"])
+BMC_CHECK_OK = Gauge(
+    "nodefence_bmc_check_ok",
+    "1 when the last check of a BMC device passed (reachable, login, power read, power-off "
+    "offered, certificate valid), else 0",
+    ["node", "device", "type"],
+)
+BMC_CHECKS = Counter(
+    "nodefence_bmc_checks_total", "BMC device checks, by result (ok or the reason)", ["result"]
+)
+BMC_CHECK_DURATION = Histogram(
+    "nodefence_bmc_check_duration_seconds",
+    "How long one BMC device check took",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+BMC_CHECKED_AT = Gauge(
+    "nodefence_bmc_last_check_timestamp_seconds",
+    "When a BMC device was last checked (Unix time)",
+    ["node", "device"],
+)
+BMC_CERT_DAYS = Gauge(
+    "nodefence_bmc_certificate_expiry_days",
+    "Days until the TLS certificate of an HTTPS BMC expires (negative: expired)",
+    ["node", "device"],
+)
+NODE_FENCEABLE = Gauge(
+    "nodefence_node_fenceable",
+    "1 when at least one fencing path of the node passed its BMC checks, 0 when it cannot be "
+    "fenced",
+    ["node"],
+)
 
 
 def serve(host: str, port: int) -> int:

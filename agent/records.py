@@ -64,11 +64,13 @@ def to_record(
     base: dict[str, Any] | None = None,
     action: str = "off",
     wall: float | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion).
 
     `wall` (seconds since the epoch, default now) stamps `deletedAt` the first time the
-    operation is stored with its Node deleted."""
+    operation is stored with its Node deleted. `evidence` (`agent.fence_evidence`) is stored
+    as `status.evidence`; without it the evidence already in `base` is kept."""
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
@@ -78,7 +80,8 @@ def to_record(
     deleted_at = base_status.get("deletedAt")
     if op.node_deleted and not deleted_at:
         deleted_at = _stamp(wall if wall is not None else dt.datetime.now(dt.UTC).timestamp())
-    return {
+    evidence = evidence if evidence is not None else base_status.get("evidence")
+    record: dict[str, Any] = {
         "apiVersion": f"{RECORD_GROUP}/{RECORD_VERSION}",
         "kind": "FenceOperation",
         "metadata": meta,
@@ -122,6 +125,9 @@ def to_record(
             "updatedAt": _now(),
         },
     }
+    if evidence is not None:
+        record["status"]["evidence"] = evidence
+    return record
 
 
 def from_record(obj: dict[str, Any]) -> Operation:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import aiomqtt
 
 from agent import metrics
+from agent.bmc_monitor import BmcMonitor
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
@@ -203,7 +204,24 @@ def leader_candidate(
             wall=wall,
             backend_factory=backend_factory,
             new_id=operation_ids,
+            decision_facts=leader.decision_evidence,
+            lease_generation=elector.lease_generation,
         )
+
+    def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:
+        assert inventory is not None
+        return BmcMonitor(
+            inventory.current,
+            interval=cfg.fencing.bmc_check_interval,
+            parallel=cfg.fencing.bmc_check_parallel,
+            report=leader.report_bmc_change,
+            busy=leader.fencing_busy,
+            factory=backend_factory,
+            clock=clock,
+            wall=wall,
+        )
+
+    checks = inventory is not None and cfg.fencing.bmc_check_interval > 0
 
     async def lead() -> None:
         leader = LeaderSide(
@@ -213,6 +231,7 @@ def leader_candidate(
             me,
             inventory=inventory.nodes if inventory else None,
             executor_factory=executor_factory if inventory else None,
+            bmc_monitor_factory=bmc_monitor_factory if checks else None,
             clock=clock,
             wall=wall,
             broker=broker,

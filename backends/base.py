@@ -17,13 +17,17 @@ class PowerState(enum.Enum):
 
 @dataclass(frozen=True)
 class CheckResult:
-    """What `check()` learned about a device: reachable, credentials accepted, power, reset."""
+    """What `check()` learned about a device: reachable, credentials accepted, power, reset.
+
+    `reason` is the failing error's reason (`backends.errors`), "" when nothing failed.
+    """
 
     reachable: bool
     authenticated: bool
     power: PowerState
     reset_supported: bool
     detail: str = ""
+    reason: str = ""
 
 
 class PowerBackend(abc.ABC):

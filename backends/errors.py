@@ -78,6 +78,13 @@ class BmcProtocolError(FenceError):
     reason = "protocol"
 
 
+class FenceAgentFailed(FenceError):
+    """A fence agent (fence-agents' `fence_*` program) failed or answered something we cannot
+    read. It cannot tell silence from refusal, so it is never "unreachable"."""
+
+    reason = "agent_failed"
+
+
 class PowerVerifyFailed(FenceError):
     """The power state was not read back as asked within `power_timeout`."""
 

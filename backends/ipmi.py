@@ -84,6 +84,7 @@ class IpmiBackend(PowerBackend):
         self._pool = pool
         self._worker: WorkerProcess | None = None
         self._logged_in = False  # the worker's last request succeeded: its session is open
+        self.session_up = False  # the last request got as far as an open session with the BMC
         self._lock: asyncio.Lock | None = None
         self._ids = itertools.count(1)
         self._burials: set[asyncio.Task[None]] = set()
@@ -174,6 +175,7 @@ class IpmiBackend(PowerBackend):
                     deadline.reschedule((until or paused) + loop.time() - paused)
                     starting = False
                 logged_in = self._logged_in
+                self.session_up = False
                 request = Command(next(self._ids), _NETFN_CHASSIS, command, data)
                 in_flight = worker
                 worker.send(request)
@@ -188,11 +190,23 @@ class IpmiBackend(PowerBackend):
                     f"IPMI {what}: no worker process was ready within {_START_WITHIN:g} s "
                     f"({self._pool.in_use()} in use)",
                 ) from None
-            heard = logged_in or bool(in_flight is not None and in_flight.sessions)
+            # Anything that came back from the BMC (a datagram, a session begun) means it is
+            # there: only complete silence is "unreachable".
+            heard = logged_in or bool(
+                in_flight is not None and (in_flight.sessions or in_flight.heard)
+            )
+            self.session_up = logged_in or bool(in_flight is not None and in_flight.logged_in)
             if in_flight is not None:
                 self._abandon(in_flight)
+            if heard:
+                raise self._error(
+                    BmcTimeout,
+                    f"IPMI {what}: the BMC answered, but the "
+                    f"{'request' if self.session_up else 'login'} did not finish within "
+                    f"{timeout:g} s",
+                ) from None
             raise self._error(
-                BmcTimeout if heard else BmcUnreachable,
+                BmcUnreachable,
                 f"IPMI {what}: no answer from the BMC within {timeout:g} s; check the address, "
                 "port and that the BMC's network is up",
             ) from None
@@ -208,8 +222,9 @@ class IpmiBackend(PowerBackend):
             elif starting and self._worker is not None:
                 self._abandon(self._worker)
             raise
+        self.session_up = worker.logged_in
         if isinstance(reply, Answer) and reply.id == request.id:
-            self._logged_in = True
+            self._logged_in = self.session_up = True
             return reply.data
         self._abandon(worker)  # a failed request: the next one starts on a fresh worker
         if isinstance(reply, Answer):
@@ -245,15 +260,20 @@ class IpmiBackend(PowerBackend):
         await self._request("power on", _CMD_CHASSIS_CONTROL, bytes([_CONTROL_POWER_UP]))
 
     async def check(self) -> CheckResult:
-        """Log in and read the power state; IPMI chassis control is always offered."""
+        """Log in and read the power state; IPMI chassis control is always offered.
+
+        Says no more than it saw: "authenticated" only when a session came up.
+        """
         try:
             state = await self.power_state()
         except BmcAuthFailed as err:
-            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except BmcUnreachable as err:
-            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except FenceError as err:
-            return CheckResult(True, True, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(
+                True, self.session_up, PowerState.UNKNOWN, False, str(err), err.reason
+            )
         return CheckResult(True, True, state, True, f"cipher suite {self.spec.cipher}")
 
     async def close(self) -> None:

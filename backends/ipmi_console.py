@@ -30,6 +30,10 @@ pyghmi traps this module avoids, on purpose:
   `_install_lock_fix`).
 - When a login fails, pyghmi can mark the session broken before recording why, and its
   constructor then dies reading a missing `errormsg`; our session class waits for it.
+- pyghmi gives up a login after its own retries (~4-5.5 s) with an error whose text is
+  "None", whether the BMC never answered or answered part of the handshake. Our session class
+  notes the first datagram that comes back (`Heard`): a login failure without one is
+  `BmcUnreachable`, with one it is `BmcTimeout` (it is there, but no session came up).
 """
 
 from __future__ import annotations
@@ -50,11 +54,20 @@ from pyghmi.ipmi.private import session as pyghmi_session
 from backends.errors import (
     BmcAuthFailed,
     BmcProtocolError,
+    BmcTimeout,
     BmcUnreachable,
     BmcUnsupported,
     FenceError,
 )
-from backends.ipmi_wire import Message, Open, SessionClosed, SessionKeys, SessionSequence
+from backends.ipmi_wire import (
+    Heard,
+    LoggedIn,
+    Message,
+    Open,
+    SessionClosed,
+    SessionKeys,
+    SessionSequence,
+)
 
 Report = Callable[[Message], None]
 
@@ -128,11 +141,16 @@ def warm_up() -> None:
     aes.finalize()
 
 
-def _session_class(hash_bits: int, report: Report) -> type[Any]:
+def _session_class(hash_bits: int, report: Report, heard: Callable[[], None]) -> type[Any]:
     """A pyghmi Session that starts RMCP+ negotiation with the wanted cipher suite and
-    reports, through `report`, every session the BMC may hold and where its sequence is."""
+    reports, through `report`, every session the BMC may hold and where its sequence is;
+    `heard()` is called for every datagram that comes back from the BMC."""
 
     class _Session(pyghmi_session.Session):  # type: ignore[misc]
+        def _handle_ipmi_packet(self, data: Any, sockaddr: Any = None, qent: Any = None) -> Any:
+            heard()
+            return super()._handle_ipmi_packet(data, sockaddr=sockaddr, qent=qent)
+
         def _initsession(self) -> None:
             super()._initsession()
             self.attemptedhash = hash_bits
@@ -208,8 +226,15 @@ def _checksums_ok(message: Any) -> bool:
     return bool(sum(message[0:3]) & 0xFF == 0 and sum(message[3:]) & 0xFF == 0)
 
 
-def classify_ipmi_error(message: str, *, node: str, device: str, during_login: bool) -> FenceError:
-    """Map a pyghmi error text to our typed error (pure, tested on its own)."""
+def classify_ipmi_error(
+    message: str, *, node: str, device: str, during_login: bool, heard: bool = False
+) -> FenceError:
+    """Map a pyghmi error text to our typed error (pure, tested on its own).
+
+    A login that failed without a recognised reason (pyghmi's own timeout, or its text
+    "None" after its retries) is `BmcUnreachable` only when no datagram came back from the
+    BMC (`heard` false); otherwise the BMC is there but no session came up: `BmcTimeout`.
+    """
     low = message.lower()
     if any(m in low for m in _AUTH_MARKERS):
         return BmcAuthFailed(
@@ -223,11 +248,24 @@ def classify_ipmi_error(message: str, *, node: str, device: str, during_login: b
             node=node,
             device=device,
         )
-    if during_login and ("timeout" in low or "failed to initialize" in low):
+    silent = low.strip() in ("", "none") or "timeout" in low or "failed to initialize" in low
+    if during_login and silent and not heard:
         return BmcUnreachable(
-            f"IPMI BMC did not answer the login: {message}; check address, port and network",
+            f"IPMI BMC did not answer the login ({message or 'no reason given'}); check "
+            "address, port and network",
             node=node,
             device=device,
+        )
+    if during_login and silent:
+        return BmcTimeout(
+            "IPMI BMC answered part of the login, then went silent "
+            f"({message or 'no reason given'}); no session came up",
+            node=node,
+            device=device,
+        )
+    if "timeout" in low:
+        return BmcTimeout(
+            f"IPMI request timed out in the session: {message}", node=node, device=device
         )
     return BmcProtocolError(f"IPMI error: {message}", node=node, device=device)
 
@@ -238,14 +276,23 @@ class IpmiConsole:
 
     def __init__(self, bmc: Open, report: Report) -> None:
         self.bmc = bmc
-        self._session_cls = _session_class(256 if bmc.cipher == 17 else 1, report)
+        self._report = report
+        self.heard = False  # a datagram came back from the BMC (once true, stays true)
+        self._session_cls = _session_class(256 if bmc.cipher == 17 else 1, report, self._heard)
         self._session: Any = None
+
+    def _heard(self) -> None:
+        # Called on pyghmi's IO thread; reported once, before any failure it explains.
+        if not self.heard:
+            self.heard = True
+            self._report(Heard())
 
     def request(self, netfn: int, command: int, data: bytes) -> bytes:
         """Send one request in the session (logging in first) and return its answer data."""
         if self._session is None or self._session.broken or not self._session.logged:
             self._session = None
             self._session = self._login()
+            self._report(LoggedIn())
         sess = self._session
         try:
             resp = sess.raw_command(netfn=netfn, command=command, data=tuple(data))
@@ -296,7 +343,9 @@ class IpmiConsole:
                 keepalive=False,
             )
         except pyghmi_exc.IpmiException as err:
-            raise classify_ipmi_error(str(err), node="", device="", during_login=True) from None
+            raise classify_ipmi_error(
+                str(err), node="", device="", during_login=True, heard=self.heard
+            ) from None
         except OSError as err:
             raise BmcUnreachable(f"IPMI socket error: {err.strerror or err}") from None
         except Exception as err:

@@ -33,6 +33,8 @@ from backends.ipmi_wire import (
     Answer,
     Failure,
     FrameReader,
+    Heard,
+    LoggedIn,
     Message,
     Ready,
     SessionClosed,
@@ -70,6 +72,8 @@ class WorkerProcess:
         self.ended = False  # its end of the socket is closed: it cannot act any more
         self.retired = False  # killed by its backend, which is closing what it left open
         self.sessions: dict[int, OpenSession] = {}  # may be open on the BMC, by session id
+        self.heard = False  # a datagram came back from the BMC
+        self.logged_in = False  # a session with the BMC came up
 
     @classmethod
     def spawn(cls) -> WorkerProcess:
@@ -210,6 +214,10 @@ class WorkerProcess:
             self._replies.append(message)
         elif isinstance(message, Ready):
             self.ready = True
+        elif isinstance(message, Heard):
+            self.heard = True
+        elif isinstance(message, LoggedIn):
+            self.heard = self.logged_in = True
         elif isinstance(message, SessionKeys):
             self.sessions[message.session_id] = OpenSession(message)
         elif isinstance(message, SessionSequence):

@@ -7,7 +7,9 @@ time and at last `Logout`; the worker answers each with `Answer` or `Failure`. U
 worker reports `Ready` once its libraries are loaded and, as they happen, what the backend
 needs to close a BMC session itself if it has to kill the worker: `SessionKeys` (sent just
 before RAKP 3, after which the BMC may hold the session), `SessionSequence` (before every
-packet in the session) and `SessionClosed`. Pure: no I/O here.
+packet in the session) and `SessionClosed`; and what the backend needs to say no more than it
+saw: `Heard` (the first datagram from the BMC arrived) and `LoggedIn` (a session is up).
+Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Heard:
+    """Worker -> backend, once: a datagram came back from the BMC (it is not "unreachable")."""
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """Worker -> backend: a session with the BMC is up (the credentials were accepted)."""
+
+
+@dataclass(frozen=True)
 class Answer:
     """Worker -> backend: the data of a successful `Command` (or `Logout`)."""
 
@@ -112,6 +124,8 @@ Message = (
     | Command
     | Logout
     | Ready
+    | Heard
+    | LoggedIn
     | Answer
     | Failure
     | SessionKeys
@@ -125,6 +139,8 @@ _TYPES: dict[str, type[Any]] = {
         Command,
         Logout,
         Ready,
+        Heard,
+        LoggedIn,
         Answer,
         Failure,
         SessionKeys,

@@ -380,13 +380,13 @@ class RedfishBackend(PowerBackend):
         try:
             state, supported, detail = await self._call("check", self._check_sync)
         except BmcUnreachable as err:
-            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except BmcAuthFailed as err:
-            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err))
+            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except FenceError as err:
             authenticated = self._conn is not None and self._conn.auth is not None
-            return CheckResult(True, authenticated, PowerState.UNKNOWN, False, str(err))
-        return CheckResult(True, True, state, supported, detail)
+            return CheckResult(True, authenticated, PowerState.UNKNOWN, False, str(err), err.reason)
+        return CheckResult(True, True, state, supported, detail, "" if supported else "unsupported")
 
     async def close(self) -> None:
         """Log out (DELETE the session); best effort and bounded, never raises."""
@@ -632,15 +632,35 @@ class RedfishBackend(PowerBackend):
                 BmcUnsupported,
                 "Redfish service root offers no SessionService; set auth to basic or auto",
             )
-        if mode != "basic" and advertised and self._session_login(conn, fallback=mode == "auto"):
+        # A protected root (401) hides whether sessions exist: auto must not take a refused
+        # session login for refused credentials before Basic has been tried as well.
+        protected = not conn.root
+        if (
+            mode != "basic"
+            and advertised
+            and self._session_login(
+                conn, fallback=mode == "auto", refused_falls_back=mode == "auto" and protected
+            )
+        ):
             return
         self._library_login(conn, redfish.AuthMethod.BASIC)
         conn.auth = "basic"
 
-    def _session_login(self, conn: _Conn, *, fallback: bool) -> bool:
-        """True once logged in; False when `fallback` and the service has no working sessions."""
+    def _session_login(
+        self, conn: _Conn, *, fallback: bool, refused_falls_back: bool = False
+    ) -> bool:
+        """True once logged in; False when `fallback` and the service has no working sessions
+        (with `refused_falls_back`, also when the session login was answered 401)."""
         try:
             self._library_login(conn, redfish.AuthMethod.SESSION)
+        except BmcAuthFailed:
+            if not refused_falls_back:
+                raise
+            log.info(
+                "redfish session login refused behind a protected service root; trying Basic",
+                extra=self._extra(step="login"),
+            )
+            return False
         except rf.SessionCreationError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if fallback:

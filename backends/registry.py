@@ -7,7 +7,7 @@ loading the Redfish library (and the other way round).
 from __future__ import annotations
 
 from backends.base import PowerBackend
-from backends.spec import DeviceSpec, IpmiDevice, RedfishDevice
+from backends.spec import DeviceSpec, FenceAgentDevice, IpmiDevice, RedfishDevice
 
 
 def build_backend(node: str, spec: DeviceSpec) -> PowerBackend:
@@ -20,4 +20,8 @@ def build_backend(node: str, spec: DeviceSpec) -> PowerBackend:
         from backends.redfish import RedfishBackend
 
         return RedfishBackend(node, spec)
+    if isinstance(spec, FenceAgentDevice):
+        from backends.fence_agent import FenceAgentBackend
+
+        return FenceAgentBackend(node, spec)
     raise TypeError(f"unknown device spec {type(spec).__name__}")

@@ -94,4 +94,28 @@ class RedfishDevice:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-DeviceSpec = IpmiDevice | RedfishDevice
+@dataclass(frozen=True)
+class FenceAgentDevice:
+    """A ClusterLabs fence agent (`fence_ipmilan`, `fence_redfish`, `fence_apc_snmp`, ...),
+    run with its options on standard input.
+
+    `agent` is the agent's absolute path (the inventory resolves a bare name). `address`,
+    `port`, `username` and `password` are passed as the agent's `ip`, `ipport`, `username`
+    and `password` when set; `options` are any other agent options, as its stdin takes them
+    (`name=value`). `ca_file` is exported to the agent as REQUESTS_CA_BUNDLE and
+    SSL_CERT_FILE (honoured by agents built on Python's requests or ssl, e.g. fence_redfish).
+    """
+
+    name: str
+    agent: str
+    options: tuple[tuple[str, str], ...] = ()
+    address: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password: Secret | None = None
+    ca_file: str | None = None
+    timeouts: DeviceTimeouts = DeviceTimeouts()
+    type: Literal["fence_agent"] = "fence_agent"
+
+
+DeviceSpec = IpmiDevice | RedfishDevice | FenceAgentDevice

@@ -87,6 +87,14 @@ class BmcFleet:
         self.redfish_bmcs.clear()
         self.pdu_bmcs.clear()
 
+    def set_password(self, node: str, password: str) -> None:
+        """Change the password of `node`'s BMC (both its IPMI and Redfish interfaces) while it
+        runs; the inventory keeps the old one until someone updates the password file."""
+        if node in self.ipmi_bmcs:
+            self.ipmi_bmcs[node].set_password(password)
+        if node in self.redfish_bmcs:
+            self.redfish_bmcs[node].service.set_password(password)
+
     def outlet(self, machine: str) -> SimMachine | None:
         """The PDU outlet feeding `machine`, or None."""
         return self.outlets.get(machine)
@@ -154,8 +162,14 @@ class BmcFleet:
             "nodes": nodes,
         }
 
-    def write_inventory(self, path: Path, channel_groups: bool = True) -> Path:
-        """Write the password file and the inventory beside it, atomically; returns `path`."""
+    def write_inventory(
+        self, path: Path, channel_groups: bool = True, *, fence_agents: bool = False
+    ) -> Path:
+        """Write the password file and the inventory beside it, atomically; returns `path`.
+
+        With `fence_agents` every device is reached through ClusterLabs' fence agents
+        instead (`fence_ipmilan`, `fence_redfish`; see `as_fence_agents`).
+        """
         path = path.resolve()
         if path.parent != self.workdir.resolve():
             raise ValueError("the inventory must be written into the fleet's workdir")
@@ -165,6 +179,8 @@ class BmcFleet:
         tmp.chmod(0o600)
         tmp.replace(secret)
         doc = self.inventory(secret.name, channel_groups)
+        if fence_agents:
+            doc = as_fence_agents(doc)
         header = (
             "# nodefence BMC inventory written by `nodefence-hwsim bmcs` for emulated BMCs.\n"
             "# Level 1: IPMI (RMCP+, cipher 17); level 2: Redfish over HTTPS (generated CA).\n"
@@ -175,3 +191,41 @@ class BmcFleet:
         tmp_inv.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         tmp_inv.replace(path)
         return path
+
+
+def as_fence_agents(doc: dict[str, Any]) -> dict[str, Any]:
+    """The same inventory with each device behind the fence agent for its protocol: IPMI
+    through `fence_ipmilan` (lanplus, same cipher suite), Redfish through `fence_redfish`
+    (its system by `systems_uri`, the run's CA through `ca_file`)."""
+    nodes: dict[str, Any] = {}
+    for name, node in doc["nodes"].items():
+        levels = []
+        for level in node["levels"]:
+            devices = []
+            for dev in level["devices"]:
+                agent = {
+                    "type": "fence_agent",
+                    "name": f"{dev['name']}-agent",
+                    "address": dev["address"],
+                    "port": dev["port"],
+                    "username": dev["username"],
+                    "password_file": dev["password_file"],
+                }
+                if dev["type"] == "ipmi":
+                    agent |= {
+                        "agent": "fence_ipmilan",
+                        "options": {"lanplus": 1, "cipher": dev.get("cipher", 3)},
+                    }
+                else:
+                    agent |= {
+                        "agent": "fence_redfish",
+                        "ca_file": dev["ca_file"],
+                        "options": {"systems_uri": f"/redfish/v1/Systems/{dev['system_id']}"},
+                    }
+                devices.append(agent)
+            levels.append({"devices": devices})
+        nodes[name] = {"levels": levels}
+    # An agent run starts a Python interpreter (and fence_ipmilan an ipmitool): a request
+    # takes ~0.3-1 s where our own backends take milliseconds.
+    defaults = {**doc["defaults"], "timeout": max(5, doc["defaults"].get("timeout", 5))}
+    return {**doc, "defaults": defaults, "nodes": nodes}

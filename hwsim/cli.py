@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     bmcs.add_argument("--power-timeout", type=float, default=10.0)
     bmcs.add_argument("--no-redfish", action="store_true", help="IPMI only (one level per node)")
     bmcs.add_argument(
+        "--fence-agents",
+        action="store_true",
+        help="write the inventory with type: fence_agent devices (fence_ipmilan, fence_redfish)",
+    )
+    bmcs.add_argument(
         "--ready-file", help="write the control API URL here once ready (for scripts)"
     )
 
@@ -188,7 +193,7 @@ async def _run_bmcs(args: argparse.Namespace) -> int:
     await bmcs.start()
     control.start()
     try:
-        bmcs.write_inventory(inventory)
+        bmcs.write_inventory(inventory, fence_agents=args.fence_agents)
         for name in fleet.names():
             ipmi = bmcs.ipmi_bmcs[name].port
             rf = bmcs.redfish_bmcs[name].url if name in bmcs.redfish_bmcs else "-"

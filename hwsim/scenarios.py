@@ -342,6 +342,104 @@ def _judge_maintenance(cluster: SimCluster, victims: list[str]) -> list[str]:
     return problems
 
 
+def _bmc_status(cluster: SimCluster, node: str) -> str:
+    """`nodefence status` as an operator runs it (with `node`'s agent config)."""
+    import os
+    import subprocess
+
+    from hwsim.simnode import REPO
+
+    config = cluster.workdir / "agents" / f"{node}.yaml"
+    command = [sys.executable, "-m", "agent.cli", "status", "--config", str(config)]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    return done.stdout + done.stderr
+
+
+def _status_row(cluster: SimCluster, asking: str, node: str) -> str:
+    lines = _bmc_status(cluster, asking).splitlines()
+    return next((line for line in lines if line.split(" ", 1)[0] == node), "")
+
+
+def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
+    """A worker's BMC password is changed on the BMC; later the operator puts the new one in
+    the node's password file (a rotated Secret). Nothing may be fenced meanwhile."""
+    import secrets
+
+    import yaml
+
+    victim = _victims(cluster, 1)[0]
+    asking = str(cluster.leader())
+    assert cluster.bmcs is not None and cluster.settings.inventory is not None
+    inventory = Path(cluster.settings.inventory)
+    # The victim gets its own password file (same password): the inventory reloads.
+    own = inventory.parent / f"bmc-password-{victim}"
+    own.write_text((inventory.parent / "bmc-password").read_text())
+    doc = yaml.safe_load(inventory.read_text())
+    for level in doc["nodes"][victim]["levels"]:
+        for dev in level["devices"]:
+            dev["password_file"] = own.name
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    new = secrets.token_urlsafe(12)
+    tl.add(victim, "BMC PASSWORD CHANGED on the BMC (the inventory still has the old one)")
+    changed = time.monotonic()
+    cluster.bmcs.set_password(victim, new)
+    report = cluster.workdir / "bmc-password.txt"
+    found = []
+
+    def alerted() -> bool:
+        return any(e["involvedObject"]["name"] == victim for e in cluster.events(_UNFENCEABLE))
+
+    try:
+        cluster.wait_for("the NodeCannotBeFenced alert", alerted, 3 * _CHECK_INTERVAL + 10)
+    except TimeoutError:
+        found.append(f"no {_UNFENCEABLE} alert for {victim}")
+    else:
+        found.append(f"alert after {time.monotonic() - changed:.1f} s")
+        row = _status_row(cluster, asking, victim)
+        tl.add(victim, f"nodefence status: {row}")
+        found.append(f"status while broken: {row}")
+    tl.add(victim, "PASSWORD FIXED: the new one written to the node's password file")
+    own.write_text(new + "\n")
+    report.write_text("\n".join(found) + "\n")
+    return [victim]
+
+
+_UNFENCEABLE = "NodeCannotBeFenced"
+_CHECK_INTERVAL = 2.0
+
+
+def _fenceable_again(cluster: SimCluster, node: str) -> bool:
+    return any(e["involvedObject"]["name"] == node for e in cluster.events("NodeFenceableAgain"))
+
+
+def _judge_bmc_password(cluster: SimCluster, victims: list[str]) -> list[str]:
+    v = victims[0]
+    lines = (cluster.workdir / "bmc-password.txt").read_text().splitlines()
+    problems = [line for line in lines if line.startswith("no ")]
+    took = [float(line.split()[2]) for line in lines if line.startswith("alert after")]
+    if took and took[0] > 2 * _CHECK_INTERVAL + 5:
+        problems.append(f"the alert took {took[0]:.1f} s, more than one check interval")
+    broken = [line for line in lines if line.startswith("status while broken")]
+    if broken and "CANNOT BE FENCED" not in broken[0]:
+        problems.append(f"nodefence status did not say {v} cannot be fenced: {broken[0]}")
+    if not any(e["involvedObject"]["name"] == v for e in cluster.events("BmcCheckFailed")):
+        problems.append(f"no BmcCheckFailed Event about {v}")
+    if not _fenceable_again(cluster, v):
+        problems.append(f"fixing the password did not clear the alert on {v}")
+    else:
+        row = _status_row(cluster, str(cluster.leader()), v)
+        if "CANNOT BE FENCED" in row or " ok " not in f" {row} ":
+            problems.append(f"nodefence status after the fix: {row}")
+    problems += [f"{n} was fenced" for n in cluster.nodes if _records(cluster, n)]
+    return problems
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -414,8 +512,51 @@ SCENARIOS: dict[str, Scenario] = {
             settings={"migration_delay": 0.5},
             timeout=40,
         ),
+        Scenario(
+            "bmc-password",
+            "a worker's BMC password is changed: alert, 'cannot be fenced'; fixing it clears it",
+            _bmc_password,
+            _judge_bmc_password,
+            lambda c, v: _fenceable_again(c, v[0]),
+            settings={
+                "fencing": {
+                    "recovery_timeout": 60,
+                    "bmc_check_interval": _CHECK_INTERVAL,
+                    "bmc_check_parallel": 4,
+                }
+            },
+            timeout=3 * _CHECK_INTERVAL + 10,
+        ),
     ]
 }
+
+
+def _explain(cluster: SimCluster, victims: list[str]) -> list[Path]:
+    """`nodefence explain` (text and -o json) of every fenced victim, as an operator runs it,
+    written beside the timeline while the cluster still runs."""
+    import os
+    import subprocess
+
+    from hwsim.simnode import REPO
+
+    written = []
+    for v in victims:
+        if not _records(cluster, v):
+            continue
+        for output, suffix in (("text", "txt"), ("json", "json")):
+            command = [sys.executable, "-m", "agent.cli", "explain", v, "-o", output]
+            command += ["--kubeconfig", str(cluster.kubeconfig)]
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            path = cluster.workdir / f"explain-{v}.{suffix}"
+            path.write_text(done.stdout + done.stderr)
+            written.append(path)
+    return written
 
 
 def run_scenario(
@@ -475,6 +616,7 @@ def run_scenario(
             time.sleep(0.1)
         time.sleep(1.0)  # let the last changes show up in the timeline
         problems = sc.judge(cluster, victims)
+        explained = _explain(cluster, victims)
     finally:
         watcher.stop()
         if screen is not None:
@@ -487,6 +629,8 @@ def run_scenario(
     )
     if echo:
         print(f"== timeline chart: {chart}")
+        for path in explained:
+            print(f"== nodefence explain: {path}")
         print("== verdict: " + ("PASS, as nodefence promises" if not problems else "FAIL"))
         for p in problems:
             print(f"   - {p}")

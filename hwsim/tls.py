@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_VALIDITY = datetime.timedelta(days=2)
+_VALIDITY = datetime.timedelta(days=365)  # as a real BMC's: no expiry warning in a run
 # Issued a little in the past so a clock a few minutes behind still accepts the certificate.
 _BACKDATE = datetime.timedelta(hours=1)
 
@@ -32,8 +32,15 @@ class TlsFiles:
     server_key: Path
 
 
-def make_tls(dir: Path, common_name: str = "hwsim BMC") -> TlsFiles:
+def make_tls(
+    dir: Path,
+    common_name: str = "hwsim BMC",
+    server_valid_for: datetime.timedelta | None = None,
+) -> TlsFiles:
     """Write `ca.pem`, `server.pem`, `server-key.pem` into `dir` and return their paths.
+
+    `server_valid_for` sets how long from now the server certificate stays valid (negative:
+    it has expired), e.g. to see an expiry coming; by default it is valid for years.
 
     The server certificate names 127.0.0.1, ::1 and localhost (SAN IP and DNS) and is signed by
     a fresh CA; keys are ECDSA P-256 (fast to generate). `dir` is created if missing.
@@ -71,6 +78,8 @@ def make_tls(dir: Path, common_name: str = "hwsim BMC") -> TlsFiles:
     )
 
     server_key = ec.generate_private_key(ec.SECP256R1())
+    server_until = now + (_VALIDITY if server_valid_for is None else server_valid_for)
+    server_from = min(now - _BACKDATE, server_until - datetime.timedelta(days=30))
     san = x509.SubjectAlternativeName(
         [
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -84,8 +93,8 @@ def make_tls(dir: Path, common_name: str = "hwsim BMC") -> TlsFiles:
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_before(server_from)
+        .not_valid_after(server_until)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(san, critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

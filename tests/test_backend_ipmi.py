@@ -35,6 +35,8 @@ from backends.ipmi_wire import (
     Command,
     Failure,
     FrameReader,
+    Heard,
+    LoggedIn,
     Logout,
     Open,
     Ready,
@@ -191,6 +193,53 @@ async def test_closed_port_fails_within_its_timeout() -> None:
     assert time.monotonic() - start < 1.6
 
 
+# pyghmi gives up its own login retries after ~4-5.5 s with an error whose text is "None";
+# a deadline longer than that must not turn silence into "reachable".
+_PAST_PYGHMI_RETRIES = 8.0
+
+
+async def test_a_bmc_that_never_answers_is_unreachable_past_pyghmis_own_retry_budget(
+    bmc: IpmiBmc,
+) -> None:
+    bmc.machine.set_faults(unreachable=True)
+    checked, read = await asyncio.gather(
+        backend(bmc.port, timeout=_PAST_PYGHMI_RETRIES).check(),
+        backend(bmc.port, timeout=_PAST_PYGHMI_RETRIES).power_state(),
+        return_exceptions=True,
+    )
+    assert isinstance(read, BmcUnreachable), repr(read)
+    assert not isinstance(checked, BaseException)
+    assert (checked.reachable, checked.authenticated) == (False, False), checked.detail
+    assert checked.power is PowerState.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("dropped", "timeout"),
+    [
+        # RAKP 2 never comes: our deadline ends the login.
+        (PayloadType.RAKP2, 1.0),
+        # The open session response never comes (the channel capabilities did): pyghmi gives
+        # up first, after its own retries, with an error whose text is "None".
+        (PayloadType.OPEN_SESSION_RESPONSE, _PAST_PYGHMI_RETRIES),
+    ],
+)
+async def test_a_login_answered_in_part_then_silent_is_never_unreachable(
+    bmc: IpmiBmc, dropped: PayloadType, timeout: float
+) -> None:
+    # The BMC answers part of the login, then goes silent: it is there (a watchdog proof
+    # must not count it as dead), but no session comes up.
+    bmc.tamper = IpmiTamper(handshake=lambda kind, datagram: None if kind is dropped else datagram)
+    checked, read = await asyncio.gather(
+        backend(bmc.port, timeout=timeout).check(),
+        backend(bmc.port, timeout=timeout).power_state(),
+        return_exceptions=True,
+    )
+    assert not isinstance(checked, BaseException)
+    assert checked.reachable, checked.detail
+    assert not checked.authenticated, checked.detail
+    assert isinstance(read, FenceError) and not isinstance(read, BmcUnreachable), repr(read)
+
+
 async def test_stuck_on_machine_still_reads_on_after_power_off(bmc: IpmiBmc) -> None:
     bmc.machine.set_faults(ignore_off=True)
     be = backend(bmc.port)
@@ -239,12 +288,21 @@ def test_unsupported_cipher_is_refused_before_any_packet() -> None:
         ("Incorrect password provided", BmcAuthFailed),
         ("No Cipher suite match with proposed security algorithms", BmcUnsupported),
         ("timeout", BmcUnreachable),
+        ("None", BmcUnreachable),
         ("Node busy (completion code 0xc0)", BmcProtocolError),
     ],
 )
 def test_pyghmi_messages_map_to_typed_errors(message: str, kind: type) -> None:
     err = classify_ipmi_error(message, node="n", device="d", during_login=True)
     assert isinstance(err, kind)
+
+
+@pytest.mark.parametrize("message", ["None", "timeout", ""])
+def test_a_failed_login_after_the_bmc_answered_is_a_timeout_never_unreachable(
+    message: str,
+) -> None:
+    err = classify_ipmi_error(message, node="n", device="d", during_login=True, heard=True)
+    assert isinstance(err, BmcTimeout)
 
 
 # --- abandoned calls: nothing acts after the backend gave up --------------------------------
@@ -485,6 +543,8 @@ def alive(pid: int) -> bool:
         Command(7, 0x00, 0x02, b"\x00"),
         Logout(8),
         Ready(),
+        Heard(),
+        LoggedIn(),
         Answer(7, b"\x01\x10\x00"),
         Failure(7, "BmcAuthFailed", "IPMI login refused: Incorrect password provided"),
         SessionKeys(0x1234ABCD, "sha256", b"k" * 32, b"a" * 16),

@@ -187,6 +187,31 @@ async def test_auto_auth_falls_back_to_basic_when_the_service_has_no_sessions(
     assert bmc.service.active_sessions() == 0
 
 
+async def test_auto_auth_falls_back_to_basic_when_root_and_session_login_answer_401(
+    start_bmc: StartBmc, backend_for: MakeBackend
+) -> None:
+    # A BMC that protects its service root: auto cannot see whether it has sessions, tries
+    # one, is refused (401, no credentials reach a missing SessionService), and must then
+    # try Basic before calling correct credentials refused.
+    m = machine()
+    bmc = await start_bmc([m], sessions=False, protect_root=True)
+    backend = backend_for(bmc, auth="auto")
+    result = await backend.check()
+    assert (result.reachable, result.authenticated) == (True, True), result.detail
+    assert "basic auth" in result.detail
+    await backend.power_off()
+    assert m.power == "off"
+
+
+async def test_auto_auth_on_a_protected_root_still_refuses_a_wrong_password(
+    start_bmc: StartBmc, backend_for: MakeBackend
+) -> None:
+    bmc = await start_bmc(sessions=False, protect_root=True)
+    backend = backend_for(bmc, auth="auto", password=Secret("wrong-password"))
+    with pytest.raises(BmcAuthFailed):
+        await backend.power_state()
+
+
 async def test_session_auth_on_a_service_without_sessions_is_unsupported(
     start_bmc: StartBmc, backend_for: MakeBackend
 ) -> None:

@@ -54,6 +54,9 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
         ("kubernetes: {namespaec: x}", "kubernetes.namespaec"),
         ("cluster: a/b", "cluster"),
         ("helth: {}", "helth"),
+        ("fencing: {bmc_check_interval: 0.5}", "fencing.bmc_check_interval"),
+        ("fencing: {bmc_check_interval: -1}", "fencing.bmc_check_interval"),
+        ("fencing: {bmc_check_parallel: 0}", "fencing.bmc_check_parallel"),
     ],
 )
 def test_a_bad_field_is_named_with_the_file(tmp_path: Path, text: str, field: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import pwd
 import re
@@ -965,6 +966,12 @@ def test_the_image_is_built_in_two_stages_and_runs_only_the_venv_as_non_root() -
     copies = [arg for kw, arg in final.instructions if kw == "COPY"]
     assert copies == ["--from=builder /opt/nodefence /opt/nodefence"]
     final_runs = " ".join(arg for kw, arg in final.instructions if kw == "RUN")
+    # The one package install allowed: fence-agents, only when asked for, lists removed.
+    optional = re.search(r'if \[ "\$WITH_FENCE_AGENTS" = 1 \]; then(.*?); *fi', final_runs)
+    assert optional is not None, "the fence-agents option is missing"
+    assert "install -y -qq --no-install-recommends fence-agents ipmitool" in optional[1]
+    assert "rm -rf /var/lib/apt/lists/*" in optional[1]
+    final_runs = final_runs.replace(optional[0], "")
     for tool in ("pip", "apt-get", "gcc", "build-essential", "make"):
         assert tool not in final_runs, f"the final image must not get {tool}"
     (user,) = [arg for kw, arg in final.instructions if kw == "USER"]
@@ -1040,3 +1047,35 @@ def test_the_alert_rules_use_only_metrics_the_agent_exports() -> None:
     kinds = {k for r in rules for k in re.findall(r'kind=~?"([^"]+)"', r["expr"])}
     known = {a.value for a in AlertKind}
     assert {k for ks in kinds for k in ks.split("|")} <= known
+
+
+def test_every_grafana_dashboard_query_names_only_metrics_the_agent_exports() -> None:
+    doc = json.loads((DEPLOY / "monitoring" / "grafana-dashboard.json").read_text())
+    exported = exported_metric_names()
+    panels = [p for p in doc["panels"] if p["type"] != "row"]
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["title"] and panel["description"], panel.get("title")
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"\bnodefence_[a-z_]+", target["expr"]))
+            assert names, f"{panel['title']}: {target['expr']} names no nodefence metric"
+            assert names <= exported, f"{panel['title']}: {names - exported}"
+            used |= names
+    # What an operator looks for: node health, operations and their phases, detection and
+    # recovery latency, the BMC checks.
+    for needed in (
+        "nodefence_nodes",
+        "nodefence_fence_operations_open",
+        "nodefence_fence_operations_total",
+        "nodefence_detection_seconds_bucket",
+        "nodefence_recovery_seconds_bucket",
+        "nodefence_bmc_check_ok",
+        "nodefence_node_fenceable",
+        "nodefence_bmc_certificate_expiry_days",
+    ):
+        assert needed in used, needed
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    assert [v["name"] for v in doc["templating"]["list"]] == ["datasource"]

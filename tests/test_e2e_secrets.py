@@ -73,6 +73,8 @@ def test_no_log_line_cli_output_or_stored_object_contains_a_secret(make_cluster:
         ("bmc", "check", "-i", str(wrong), "-o", "json"),
         ("agent", "-c", str(broken)),  # a config error
         ("maintenance", "list", "--kubeconfig", str(cluster.kubeconfig)),
+        ("explain", victim, "--kubeconfig", str(cluster.kubeconfig)),
+        ("explain", victim, "-o", "json", "--kubeconfig", str(cluster.kubeconfig)),
     ]
 
     async def run_all() -> list[tuple[tuple[str, ...], str]]:

@@ -233,7 +233,7 @@ async def test_unknown_resources_are_404_and_wrong_methods_are_405(start_bmc: St
     assert "error" in missing.json()
     wrong = await http("DELETE", bmc.url + f"{SYSTEMS}/node-1", auth=(USER, PASSWORD))
     assert wrong.status_code == 405
-    assert wrong.headers["Allow"] == "GET"
+    assert wrong.headers["Allow"] == "GET, HEAD"
     reset_get = await http(
         "GET", bmc.url + f"{SYSTEMS}/node-1/Actions/ComputerSystem.Reset", auth=(USER, PASSWORD)
     )

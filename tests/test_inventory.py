@@ -92,7 +92,7 @@ def test_passwords_never_show_in_repr_of_the_loaded_inventory(tmp_path: Path) ->
             ),
             "field 'password_file': cannot read",
         ),
-        (("type: redfish", "type: snmp"), "field 'type': must be ipmi or redfish"),
+        (("type: redfish", "type: snmp"), "field 'type': must be ipmi, redfish or fence_agent"),
         (("ca_file: ca.pem", "ca_file: nope.pem"), "field 'ca_file': no such file"),
         (("system_id: System.Embedded.1", "sytem_id: x"), "unknown field 'sytem_id'"),
         (("attempts: 3", "attempts: 0"), "fencing: field 'attempts'"),

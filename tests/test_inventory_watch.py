@@ -56,3 +56,22 @@ def test_a_missing_inventory_file_at_start_gives_no_nodes(tmp_path: Path) -> Non
     rejected: list[str] = []
     watcher = InventoryWatcher(str(tmp_path / "absent.yaml"), on_rejected=rejected.append)
     assert watcher.nodes() == frozenset() and "cannot read the file" in rejected[0]
+
+
+def test_a_rotated_password_file_is_taken_in_without_touching_the_inventory(
+    tmp_path: Path,
+) -> None:
+    # A Kubernetes Secret mounted as the password file is updated in place: the operator who
+    # fixes a BMC password must not have to restart the leader.
+    write(tmp_path / "pw", "old-password\n", 1_000_000)
+    path = tmp_path / "inventory.yaml"
+    write(path, ONE, 1_000_000)
+    watcher = InventoryWatcher(str(path))
+    first = watcher.current()
+    assert first is not None and first.sources == (str(tmp_path / "pw"),)
+    assert first.nodes["node-1"].devices()[0].password.reveal() == "old-password"  # type: ignore[union-attr]
+    write(tmp_path / "pw", "new-password\n", 1_000_100)
+    now = watcher.current()
+    assert now is not None
+    assert now.nodes["node-1"].devices()[0].password.reveal() == "new-password"  # type: ignore[union-attr]
+    assert watcher.current() is now  # nothing changed since: not read again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,52 @@ def test_scenario_ends_as_nodefence_promises(name: str, tmp_path: Path) -> None:
     ok, timeline = run_scenario(name, tmp_path / name, nodes=5, vms=10, fast=True, echo=False)
     lines = "\n".join(f"{t:6.2f}s {node} {what}" for t, node, what in timeline.lines)
     assert ok, lines
+    if name == "power-loss":
+        assert_explain_tells_every_step(tmp_path / name)
+
+
+def assert_explain_tells_every_step(workdir: Path) -> None:
+    """`nodefence explain` of the finished operation, as the scenario ran it (text, -o json):
+    the decision and what the leader knew, each power request and read-back per channel with
+    its BMC, the Lease before each irreversible step, the phases."""
+    [text_file] = workdir.glob("explain-*.txt")
+    [json_file] = workdir.glob("explain-*.json")
+    status = json.loads(json_file.read_text())["status"]
+    evidence = status["evidence"]
+    [decision] = evidence["decisions"]
+    assert decision["lastHeartbeat"]["seq"] >= 0 and decision["lastHeartbeat"]["boot"]
+    assert decision["kubelet"]["leaseAgeSeconds"] is not None
+    assert decision["peerReports"] and decision["verdict"]["health"] == "dead"
+    steps = evidence["steps"]
+    power = {(s["type"], s["request"], s["result"]) for s in steps if s["kind"] == "power"}
+    assert {("ipmi", "off", "sent"), ("ipmi", "verify-off", "off")} <= power
+    assert ("redfish", "confirm-off", "off") in power  # the other channel of the same power
+    assert all(
+        s["address"].startswith(("127.0.0.1:", "https://127.0.0.1:"))
+        for s in steps
+        if s["kind"] == "power"
+    )
+    before = [s["before"] for s in steps if s["kind"] == "lease-confirmed"]
+    assert before == ["power-off", "taint", "delete-node"]
+    assert all(
+        s["leader"] and s["leaseGeneration"] is not None
+        for s in steps
+        if s["kind"] == "lease-confirmed"
+    )
+    phases = [s["phase"] for s in steps if s["kind"] == "phase"]
+    assert phases == ["Fencing", "PoweredOff", "Recovering", "Recovered"]
+    text = text_file.read_text()
+    for words in (
+        "Decision at",
+        "last heartbeat:",
+        "kubelet Lease:",
+        "Lease confirmed by",
+        "verify-off -> off",
+        "confirm-off -> off",
+        "Node deleted",
+        "phase -> Recovered",
+    ):
+        assert words in text, words
 
 
 async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) -> None:

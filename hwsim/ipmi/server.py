@@ -148,6 +148,14 @@ class IpmiBmc:
     def __repr__(self) -> str:
         return f"IpmiBmc({self.machine.name!r}, {self.host}:{self.port})"
 
+    def set_password(self, password: str) -> None:
+        """Change the user's password, as an operator does on a running BMC (sessions already
+        open stay open; every new login needs the new password)."""
+        if len(password.encode()) > 20:
+            raise ValueError("an IPMI 2.0 password is at most 20 bytes")
+        old = self._handshake._account
+        self._handshake._account = Account(old.username, crypto.user_key(password), old.privilege)
+
     @property
     def session_count(self) -> int:
         """Sessions alive now, in any state of the RAKP exchange."""

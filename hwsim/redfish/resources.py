@@ -19,6 +19,24 @@ ROOT = "/redfish/v1"
 SYSTEMS = f"{ROOT}/Systems"
 SESSION_SERVICE = f"{ROOT}/SessionService"
 SESSIONS = f"{SESSION_SERVICE}/Sessions"
+ACCOUNT_SERVICE = f"{ROOT}/AccountService"
+ROLES = f"{ACCOUNT_SERVICE}/Roles"
+ODATA = f"{ROOT}/odata"
+METADATA = f"{ROOT}/$metadata"
+SCHEMAS = "http://redfish.dmtf.org/schemas/v1"
+
+# The Redfish predefined roles and their privileges (Redfish specification, "Roles").
+PREDEFINED_ROLES = {
+    "Administrator": (
+        "Login",
+        "ConfigureManager",
+        "ConfigureUsers",
+        "ConfigureComponents",
+        "ConfigureSelf",
+    ),
+    "Operator": ("Login", "ConfigureComponents", "ConfigureSelf"),
+    "ReadOnly": ("Login", "ConfigureSelf"),
+}
 
 # The full DMTF Resource.ResetType enum (Resource_v1 schema).
 RESET_TYPES_ENUM = (
@@ -71,6 +89,7 @@ def service_root(uuid: str, *, sessions: bool) -> Json:
         "RedfishVersion": "1.6.0",
         "UUID": uuid,
         "Systems": {"@odata.id": SYSTEMS},
+        "AccountService": {"@odata.id": ACCOUNT_SERVICE},
         "Links": {},
     }
     if sessions:
@@ -142,6 +161,91 @@ def session_service(*, timeout: int) -> Json:
         "SessionTimeout": timeout,
         "Sessions": {"@odata.id": SESSIONS},
     }
+
+
+def account_service() -> Json:
+    """`GET /redfish/v1/AccountService`: the predefined roles (accounts are not managed here)."""
+    return {
+        "@odata.type": "#AccountService.v1_5_0.AccountService",
+        "@odata.id": ACCOUNT_SERVICE,
+        "Id": "AccountService",
+        "Name": "Account Service",
+        "ServiceEnabled": True,
+        "Roles": {"@odata.id": ROLES},
+    }
+
+
+def role(name: str) -> Json:
+    """One predefined Role (read-only)."""
+    return {
+        "@odata.type": "#Role.v1_2_4.Role",
+        "@odata.id": f"{ROLES}/{name}",
+        "Id": name,
+        "Name": f"{name} Role",
+        "RoleId": name,
+        "IsPredefined": True,
+        "AssignedPrivileges": list(PREDEFINED_ROLES[name]),
+    }
+
+
+def odata_service_document(*, sessions: bool) -> Json:
+    """`GET /redfish/v1/odata`: the service root and its direct children."""
+    value = [
+        {"name": "Service", "kind": "Singleton", "url": f"{ROOT}/"},
+        {"name": "Systems", "kind": "Singleton", "url": SYSTEMS},
+        {"name": "AccountService", "kind": "Singleton", "url": ACCOUNT_SERVICE},
+    ]
+    if sessions:
+        value.append({"name": "SessionService", "kind": "Singleton", "url": SESSION_SERVICE})
+    return {"@odata.context": METADATA, "value": value}
+
+
+_METADATA_SCHEMAS = (
+    ("ServiceRoot", "v1_5_0"),
+    ("ComputerSystemCollection", None),
+    ("ComputerSystem", "v1_13_0"),
+    ("ActionInfo", "v1_1_2"),
+    ("SessionService", "v1_1_8"),
+    ("SessionCollection", None),
+    ("Session", "v1_3_0"),
+    ("AccountService", "v1_5_0"),
+    ("RoleCollection", None),
+    ("Role", "v1_2_4"),
+    ("Message", "v1_1_1"),
+)
+
+
+def metadata_xml() -> str:
+    """`GET /redfish/v1/$metadata`: the CSDL document naming the schemas the service uses."""
+    refs = []
+    for name, version in _METADATA_SCHEMAS:
+        file = f"{name}_v1.xml"
+        includes = f'    <edmx:Include Namespace="{name}"/>\n'
+        if version:
+            includes += f'    <edmx:Include Namespace="{name}.{version}"/>\n'
+        refs.append(f'  <edmx:Reference Uri="{SCHEMAS}/{file}">\n{includes}  </edmx:Reference>\n')
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">\n'
+        + "".join(refs)
+        + "  <edmx:DataServices>\n"
+        '    <Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="Service">\n'
+        '      <EntityContainer Name="Service" Extends="ServiceRoot.v1_5_0.ServiceContainer"/>\n'
+        "    </Schema>\n"
+        "  </edmx:DataServices>\n"
+        "</edmx:Edmx>\n"
+    )
+
+
+def described_by(doc: Json) -> str | None:
+    """The `Link: <...>; rel=describedby` value for a resource: the JSON schema of its
+    `@odata.type` (versioned when the type is)."""
+    odata_type = doc.get("@odata.type")
+    if not isinstance(odata_type, str):
+        return None
+    parts = odata_type.lstrip("#").split(".")
+    name = ".".join(parts[:2]) if len(parts) == 3 else parts[0]
+    return f"<{SCHEMAS}/{name}.json>; rel=describedby"
 
 
 def session(session_id: str, username: str) -> Json:

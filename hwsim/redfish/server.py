@@ -88,6 +88,7 @@ class RedfishBmc:
         reset_types_via_action_info: bool = False,
         reject_noop_reset: bool = False,
         channel: str = "redfish",
+        protect_root: bool = False,
     ) -> None:
         options = RedfishOptions(
             sessions=sessions,
@@ -95,6 +96,7 @@ class RedfishBmc:
             reset_types=reset_types,
             reset_types_via_action_info=reset_types_via_action_info,
             reject_noop_reset=reject_noop_reset,
+            protect_root=protect_root,
         )
         self.service = RedfishService(machines, username, password, options, channel)
         self.host = host
@@ -332,10 +334,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
     def _send(self, reply: Reply, head: bool = False) -> None:
-        payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+        if reply.text is not None:
+            payload = reply.text.encode()
+        else:
+            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
         self.send_response(reply.status)
-        if reply.body is not None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
+        if reply.body is not None or reply.text is not None:
+            self.send_header("Content-Type", reply.media_type)
         self.send_header("OData-Version", "4.0")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Content-Length", str(len(payload)))
@@ -373,10 +378,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.request_version = "HTTP/1.1"
         status = HTTPStatus(code)
+        headers: dict[str, str] = {}
         if status == HTTPStatus.NOT_IMPLEMENTED:
+            # A method http.server has no handler for: not allowed on this URI (if it exists).
             status = HTTPStatus.METHOD_NOT_ALLOWED
+            allowed = self.server.service.allowed(getattr(self, "path", "") or "")
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
         text = message or status.phrase
-        self._send(error(status.value, "GeneralError", text))
+        reply = error(status.value, "GeneralError", text)
+        self._send(Reply(reply.status, reply.body, headers))
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("redfish %s: " + format, self.address_string(), *args)

@@ -43,6 +43,8 @@ class RedfishOptions:
       in (e.g. ForceOff while Off), as some vendors do.
     - `session_timeout`: the advertised SessionTimeout, in seconds (sessions do not expire here;
       tests revoke them with `RedfishService.drop_sessions`).
+    - `protect_root`: the service root needs credentials too (401 without them), as some
+      vendors do although the specification leaves it open.
     """
 
     sessions: bool = True
@@ -51,15 +53,19 @@ class RedfishOptions:
     reset_types_via_action_info: bool = False
     reject_noop_reset: bool = False
     session_timeout: int = 1800
+    protect_root: bool = False
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One HTTP answer: status, JSON body (or none) and extra headers."""
+    """One HTTP answer: status, JSON body (or none) and extra headers; `text` (with its
+    `media_type`) instead of JSON for the XML metadata document."""
 
     status: int
     body: Json | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    text: str | None = None
+    media_type: str = "application/json; charset=utf-8"
 
 
 def error(status: int, message_id: str, message: str, **headers: str) -> Reply:
@@ -90,6 +96,13 @@ class RedfishService:
         self._lock = threading.Lock()
         self._sessions: dict[str, tuple[str, str]] = {}  # token -> (session id, user)
 
+    def set_password(self, password: str) -> None:
+        """Change the user's password, as an operator does on a running BMC; open sessions
+        are ended (as most BMCs do on a password change)."""
+        with self._lock:
+            self._password = password
+            self._sessions.clear()
+
     def active_sessions(self) -> int:
         """How many sessions are open (logins minus logouts)."""
         with self._lock:
@@ -110,8 +123,53 @@ class RedfishService:
     def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """Answer one request (faults `fail_first`, `errors` and `wrong_credentials` included).
 
-        `headers` are keyed by lower-case name.
+        `headers` are keyed by lower-case name. A successful GET or HEAD carries `Allow` (the
+        methods of that URI) and a `Link` to the JSON schema of the resource (rel=describedby).
         """
+        reply = self._handle(method, raw_path, headers, body)
+        if method in ("GET", "HEAD") and 200 <= reply.status < 300:
+            extra = dict(reply.headers)
+            allowed = self.allowed(raw_path)
+            if allowed:
+                extra.setdefault("Allow", ", ".join(allowed))
+            link = res.described_by(reply.body) if reply.body is not None else None
+            if link is not None:
+                extra.setdefault("Link", link)
+            reply = Reply(reply.status, reply.body, extra, reply.text, reply.media_type)
+        return reply
+
+    def allowed(self, raw_path: str) -> tuple[str, ...]:
+        """The methods a URI supports (for `Allow`); () for a URI that does not exist."""
+        parts = _segments(raw_path)
+        path = "/" + "/".join(parts)
+        read = ("GET", "HEAD")
+        if path in ("/redfish", res.ROOT, res.ODATA, res.METADATA, res.SYSTEMS):
+            return read
+        if path in (res.ACCOUNT_SERVICE, res.ROLES) or (
+            len(parts) == 5
+            and path.startswith(res.ROLES + "/")
+            and parts[4] in res.PREDEFINED_ROLES
+        ):
+            return read
+        if len(parts) >= 4 and parts[:3] == ["redfish", "v1", "Systems"]:
+            if parts[3] not in self.machines:
+                return ()
+            rest = parts[4:]
+            if not rest or (
+                rest == ["ResetActionInfo"] and self.options.reset_types_via_action_info
+            ):
+                return read
+            return ("POST",) if rest == ["Actions", "ComputerSystem.Reset"] else ()
+        if self.options.sessions:
+            if path == res.SESSION_SERVICE:
+                return read
+            if path in (res.SESSIONS, res.SESSIONS + "/Members"):
+                return (*read, "POST")
+            if len(parts) == 5 and path.startswith(res.SESSIONS + "/"):
+                return (*read, "DELETE")
+        return ()
+
+    def _handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         machine = self.machine_for(raw_path)
         if machine.consume_failure(self.channel):
             return error(
@@ -120,14 +178,24 @@ class RedfishService:
                 "The service is temporarily unavailable (injected fault).",
                 **{"Retry-After": "1"},
             )
+        version = headers.get("odata-version")
+        if version is not None and version.strip() != "4.0":
+            return error(
+                412, "PreconditionFailed", f"OData-Version {version!r} is not supported; use 4.0."
+            )
         parts = _segments(raw_path)
         if parts[:3] == ["redfish", "v1", "Systems"] and machine.faults_of(self.channel).errors:
             return error(500, "InternalError", "The service failed on this request (injected).")
         path = "/" + "/".join(parts)
-        if (method, path) in {("GET", "/redfish"), ("GET", res.ROOT), ("HEAD", res.ROOT)}:
-            doc = res.redfish_version_doc() if path == "/redfish" else self._root()
-            return Reply(200, doc)
-        if path == res.SESSIONS and method == "POST" and self.options.sessions:
+        # Readable without credentials, as the specification requires (the service root may
+        # be protected on purpose: `protect_root`, as some vendors do).
+        public = {"/redfish", res.ODATA, res.METADATA} | (
+            set() if self.options.protect_root else {res.ROOT}
+        )
+        if method in ("GET", "HEAD") and path in public:
+            return self._public(path)
+        login_uris = (res.SESSIONS, res.SESSIONS + "/Members")
+        if path in login_uris and method == "POST" and self.options.sessions:
             return self._login(machine, body)
         denied = self._authenticate(machine, headers)
         if denied is not None:
@@ -138,6 +206,15 @@ class RedfishService:
 
     def _root(self) -> Json:
         return res.service_root(self.uuid, sessions=self.options.sessions)
+
+    def _public(self, path: str) -> Reply:
+        if path == "/redfish":
+            return Reply(200, res.redfish_version_doc())
+        if path == res.ODATA:
+            return Reply(200, res.odata_service_document(sessions=self.options.sessions))
+        if path == res.METADATA:
+            return Reply(200, text=res.metadata_xml(), media_type="application/xml; charset=utf-8")
+        return Reply(200, self._root())
 
     def _credentials_ok(self, machine: SimMachine, username: str, password: str) -> bool:
         if machine.faults_of(self.channel).wrong_credentials:
@@ -186,6 +263,21 @@ class RedfishService:
 
     def _route(self, method: str, path: str, parts: list[str], body: bytes) -> Reply:
         opts = self.options
+        if path in ("/redfish", res.ROOT, res.ODATA, res.METADATA):
+            return _only(method, "GET") or self._public(path)
+        if path == res.ACCOUNT_SERVICE:
+            return _only(method, "GET") or Reply(200, res.account_service())
+        if path == res.ROLES:
+            members = [f"{res.ROLES}/{name}" for name in res.PREDEFINED_ROLES]
+            doc = res.collection("RoleCollection.RoleCollection", res.ROLES, "Roles", members)
+            return _only(method, "GET") or Reply(200, doc)
+        if (
+            len(parts) == 5
+            and path.startswith(res.ROLES + "/")
+            and parts[4] in res.PREDEFINED_ROLES
+        ):
+            # Predefined roles cannot be changed.
+            return _only(method, "GET") or Reply(200, res.role(parts[4]))
         if path == res.SYSTEMS:
             return _only(method, "GET") or Reply(200, self._systems())
         if len(parts) >= 4 and parts[:3] == ["redfish", "v1", "Systems"]:
@@ -214,7 +306,7 @@ class RedfishService:
                 return _only(method, "GET") or Reply(
                     200, res.session_service(timeout=opts.session_timeout)
                 )
-            if path == res.SESSIONS:
+            if path in (res.SESSIONS, res.SESSIONS + "/Members"):
                 return _only(method, "GET", "POST") or Reply(200, self._sessions_doc())
             if len(parts) == 5 and path.startswith(res.SESSIONS + "/"):
                 return self._session(method, parts[4])
@@ -287,11 +379,12 @@ def _segments(raw_path: str) -> list[str]:
 def _only(method: str, *allowed: str) -> Reply | None:
     if method in allowed or (method == "HEAD" and "GET" in allowed):
         return None
+    methods = [*allowed[:1], "HEAD", *allowed[1:]] if "GET" in allowed else list(allowed)
     return error(
         405,
         "OperationNotAllowed",
         f"{method} is not allowed here.",
-        Allow=", ".join(allowed),
+        Allow=", ".join(methods),
     )
 
 

@@ -147,7 +147,7 @@ class SimPowerBackend(PowerBackend):
         self.on_request = on_request
 
     def _where(self) -> dict[str, str]:
-        return {"node": self.node, "device": self.device, "address": self.spec.address}
+        return {"node": self.node, "device": self.device, "address": self.spec.address or ""}
 
     async def _call(self, verb: str) -> PowerState:
         ch = self.channel
