@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from agent import metrics
 from agent.bmc_health import DeviceCheck, HealthBook, Transition
@@ -38,6 +39,14 @@ Report = Callable[[Transition], Awaitable[None]]
 _MARGIN = 5.0  # seconds a check may take beyond its device's own timeouts
 
 
+class CertDays(Protocol):
+    """Days until the TLS certificate at host:port expires (`certificate_days_left`)."""
+
+    async def __call__(self, host: str, port: int, *, timeout: float) -> float:
+        """See `backends.tls_cert.certificate_days_left`."""
+        ...
+
+
 class BmcMonitor:
     """Checks every device of `inventory()` once per `interval` seconds (see module doc)."""
 
@@ -52,8 +61,10 @@ class BmcMonitor:
         factory: BackendFactory = build_backend,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        cert_days: CertDays = certificate_days_left,
     ) -> None:
         self.inventory = inventory
+        self.cert_days = cert_days
         self.interval = interval
         self.report = report
         self.busy = busy
@@ -155,9 +166,7 @@ class BmcMonitor:
                 result = await backend.check()
                 if isinstance(dev, RedfishDevice) and dev.scheme == "https":
                     with contextlib.suppress(FenceError):
-                        cert_days = await certificate_days_left(
-                            dev.address, dev.port, timeout=t.timeout
-                        )
+                        cert_days = await self.cert_days(dev.address, dev.port, timeout=t.timeout)
             check = DeviceCheck(
                 node,
                 dev.name,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import aiomqtt
 
 from agent import metrics
-from agent.bmc_monitor import BmcMonitor
+from agent.bmc_monitor import BmcMonitor, CertDays
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
@@ -48,6 +48,7 @@ from agent.records import from_record, is_open_mark
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
 from backends.registry import build_backend
+from backends.tls_cert import certificate_days_left
 
 log = logging.getLogger("nodefence.agent")
 
@@ -155,6 +156,7 @@ def leader_candidate(
     backend_factory: BackendFactory = build_backend,
     tick: float | None = None,
     identity: str | None = None,
+    cert_days: CertDays = certificate_days_left,
 ) -> LeaderCandidate:
     """The leader election, leader side and fencing executor of one agent, wired together.
 
@@ -219,6 +221,7 @@ def leader_candidate(
             factory=backend_factory,
             clock=clock,
             wall=wall,
+            cert_days=cert_days,
         )
 
     checks = inventory is not None and cfg.fencing.bmc_check_interval > 0

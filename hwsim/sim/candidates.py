@@ -43,6 +43,11 @@ class StaticInventory:
         return self._nodes
 
 
+async def _certificate_days(host: str, port: int, *, timeout: float) -> float:
+    """The simulated BMCs' certificates: valid for a year."""
+    return 365.0
+
+
 class Candidate:
     """One leader candidate process (see the module doc)."""
 
@@ -83,6 +88,7 @@ class Candidate:
             tick=world.settings.tick,
             # as production's `<node>_<per-process id>`, but the same in every replay
             identity=f"{identity}_{generation:08x}",
+            cert_days=_certificate_days,  # no real TLS handshake from inside the simulation
         )
         self.task: asyncio.Task[None] | None = None
 
