@@ -153,6 +153,45 @@ async def test_a_typo_in_a_vm_or_node_name_is_a_clear_error_and_creates_nothing(
         assert not marked(cluster, n) and not cordoned(cluster, n)
 
 
+async def test_a_second_operation_for_a_busy_vm_is_refused_with_the_webhooks_words(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=3, vms=3, migration_delay=4.0)
+    first = await nodefence(cluster, "migrate", "vm-1")
+    assert first.code == 0, first.out + first.err
+    second = await nodefence(cluster, "migrate", "vm-1")
+    assert second.code == 1, second.out + second.err
+    assert "denied the request: VMOP cannot be executed now" in second.err
+    assert len(vmops(cluster)) == 1
+
+
+def migration_target(cluster: SimCluster, vm: str) -> str:
+    status = cluster.kube.store.get("virtualmachines", vm, "default").get("status") or {}
+    if status.get("phase") != "Migrating":
+        return ""
+    return str(((status.get("migrationState") or {}).get("target") or {}).get("node") or "")
+
+
+async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) -> None:
+    cluster = sim(nodes=3, vms=2, migration_delay=4.0)  # node-3 runs nothing
+    cluster.kube.store.create(  # someone moves vm-1: the emptiest node is the target
+        "virtualmachineoperations",
+        {
+            "apiVersion": "virtualization.deckhouse.io/v1alpha2",
+            "kind": "VirtualMachineOperation",
+            "metadata": {"name": "someones-evict"},
+            "spec": {"type": "Evict", "virtualMachineName": "vm-1"},
+        },
+        "default",
+    )
+    target = await until(cluster, "vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
+    r = await nodefence(cluster, "maintenance", "enter", target, "--vms-only", "--timeout", "40")
+    assert r.code == 0, r.out + r.err
+    await until(cluster, "vm-1 settled", lambda: where(cluster)["vm-1"][0] == "Running", 20)
+    assert where(cluster)["vm-1"][1] != target, r.out  # never left running on the node
+    assert cluster.vm_controller.violations() == []
+
+
 # ---- maintenance enter / exit / list ---------------------------------------------------------
 
 

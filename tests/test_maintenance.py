@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.cli_maintenance import TerminalProgress
-from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError, NodeInfo
+from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError
 from agent.maintenance import (
     FINAL_STAGES,
     IN_FLIGHT,
@@ -48,8 +48,7 @@ from agent.vmops import (
     exit_maintenance,
     migrate_vm,
 )
-
-N = "node-1"
+from tests.maintenance_fakes import FakeApi, FakeClock, N, Recorder, as_api, cluster
 
 
 def vm(name: str, phase: str = "Running", node: str = N, target: str = "") -> VmRef:
@@ -387,148 +386,6 @@ def test_on_a_terminal_steps_are_redrawn_in_place_and_the_last_one_stays() -> No
 
 
 # ---- the commands against an in-memory API ---------------------------------------------------
-
-
-@dataclass
-class FakeApi:
-    """Nodes, VMs, operations and pods in memory, and a controller that moves a VM two looks
-    after its Evict operation appears (or fails it when its VM is in `unmovable`)."""
-
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ops: dict[str, dict[str, Any]] = field(default_factory=dict)
-    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    unmovable: set[str] = field(default_factory=set)
-    refusals: dict[str, int] = field(default_factory=dict)  # pod -> 429s before it goes
-    calls: list[str] = field(default_factory=list)
-    max_in_flight: int = 0
-
-    def add_node(self, name: str, ready: bool = True) -> None:
-        self.nodes[name] = {"labels": {}, "unschedulable": False, "ready": ready}
-
-    def add_vm(self, name: str, node: str, phase: str = "Running") -> None:
-        self.vms[name] = {
-            "metadata": {"namespace": "default", "name": name},
-            "status": {"phase": phase, "nodeName": node},
-        }
-
-    def _tick(self) -> None:
-        for o in self.ops.values():
-            name, status = o["spec"]["virtualMachineName"], o.setdefault("status", {})
-            vst = self.vms[name]["status"]
-            if status.get("phase") in ("Completed", "Failed"):
-                continue
-            if name in self.unmovable:
-                status["phase"] = "Failed"
-                status["conditions"] = [
-                    {"type": "Completed", "reason": "TargetUnschedulable", "message": "no room"}
-                ]
-            elif status.get("phase") == "InProgress":
-                status["phase"] = "Completed"
-                vst.update(phase="Running", nodeName=vst.pop("migrationState")["target"]["node"])
-            else:
-                free = [
-                    n
-                    for n, v in self.nodes.items()
-                    if not v["unschedulable"] and n != vst["nodeName"]
-                ]
-                status["phase"] = "InProgress"
-                vst.update(phase="Migrating", migrationState={"target": {"node": free[0]}})
-
-    async def get_node(self, node: str) -> NodeInfo | None:
-        n = self.nodes.get(node)
-        if n is None:
-            return None
-        marked = n["labels"].get(MAINTENANCE_LABEL) == "true"
-        return NodeInfo(node, "uid", None, 0, n["ready"], n["unschedulable"], marked, None)
-
-    async def list_nodes(self) -> list[NodeInfo]:
-        return [i for n in self.nodes if (i := await self.get_node(n)) is not None]
-
-    async def label_node(self, node: str, key: str, value: str | None) -> None:
-        self.calls.append(f"label {node} {key}={value}")
-        if value is None:
-            self.nodes[node]["labels"].pop(key, None)
-        else:
-            self.nodes[node]["labels"][key] = value
-
-    async def set_unschedulable(self, node: str, unschedulable: bool) -> None:
-        self.calls.append(f"{'cordon' if unschedulable else 'uncordon'} {node}")
-        self.nodes[node]["unschedulable"] = unschedulable
-
-    async def list_vms(self) -> list[dict[str, Any]]:
-        self._tick()
-        return list(self.vms.values())
-
-    async def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._tick()
-        return self.vms.get(name)
-
-    async def list_vm_operations(self) -> list[dict[str, Any]]:
-        return list(self.ops.values())
-
-    async def get_vm_operation(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.ops.get(name)
-
-    async def create_vm_operation(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        name = body["metadata"]["name"]
-        self.calls.append(f"create {name}")
-        if name in self.ops:
-            raise ClusterError("exists", 409)
-        self.ops[name] = {**body, "status": {}}
-        in_flight = [
-            o for o in self.ops.values() if o["status"].get("phase") not in ("Completed", "Failed")
-        ]
-        self.max_in_flight = max(self.max_in_flight, len(in_flight))
-        return self.ops[name]
-
-    async def list_node_pods(self, node: str) -> list[dict[str, Any]]:
-        return list(self.pods.values())
-
-    async def evict_pod(self, namespace: str, name: str) -> str:
-        self.calls.append(f"evict {name}")
-        if self.refusals.get(name, 0) > 0:
-            self.refusals[name] -= 1
-            return "The disruption budget web needs 1 healthy pods and has 1 currently"
-        self.pods.pop(name, None)
-        return ""
-
-
-@dataclass
-class Recorder:
-    lines: list[str] = field(default_factory=list)
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def step(self, text: str) -> None:
-        self.lines.append(text)
-
-    def status(self, text: str) -> None:
-        pass
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 0.1  # every look costs a little time
-        return self.t
-
-
-def cluster(vms_on_node: int = 3) -> FakeApi:
-    api = FakeApi()
-    for n in (N, "node-2", "node-3"):
-        api.add_node(n)
-    for i in range(vms_on_node):
-        api.add_vm(f"vm-{i}", N)
-    api.add_vm("other", "node-2")
-    return api
-
-
-def as_api(fake: FakeApi) -> ClusterApi:
-    return cast(ClusterApi, fake)
 
 
 async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
