@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
 from agent.fence_executor import FenceExecutor
 from agent.fencing import Timing
+from agent.handoff import OwnMark
 from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_auth import node_key
@@ -139,7 +140,11 @@ async def run_agent(
             announce=announce_stop,
         )
         publisher.claim = feeder.armed_claim
-        publisher.on_echo = policy.contact
+        publisher.on_echo = policy.echo
+
+        async def my_maintenance_mark() -> bool:
+            info = await api.get_node(node)
+            return bool(info and info.maintenance)
 
         async def my_marks() -> list[str]:
             records = await api.list_records(cfg.kube.namespace, node)
@@ -158,12 +163,15 @@ async def run_agent(
     # Unique per process: two agents started with the same node name (a stale pod, a
     # mistake) must never both take the Lease as "ours".
     identity = leader_identity(node)
+    # A node entering maintenance hands leadership off (agent.handoff).
+    own_mark = OwnMark(lambda: api.get_node(node), node, period=2 * k.retry_period)
     elector = LeaderElector(
         api,
         k.namespace,
         k.lease_name,
         identity=identity,
         timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
+        defer=own_mark.marked,
     )
 
     pending_events: set[asyncio.Task[None]] = set()
@@ -234,11 +242,20 @@ async def run_agent(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publisher.run(stop))
+            tg.create_task(own_mark.run(stop))
             tg.create_task(elector.run(lead, stop))
             tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
             if feeder is not None:
                 tg.create_task(feeder.run(stop))
-                tg.create_task(watch_marks(my_marks, feeder.policy, w.api_check_interval, stop))
+                tg.create_task(
+                    watch_marks(
+                        my_marks,
+                        feeder.policy,
+                        w.api_check_interval,
+                        stop,
+                        read_mark=my_maintenance_mark,
+                    )
+                )
     finally:
         await health.stop()
 

@@ -15,6 +15,9 @@ records) and what really is (power, where each VM's processes run).
   maintenance for at least `maintenance_grace`, nor for a node whose kubelet was alive then:
   at least two Lease renewals seen within `kubelet_alive_window` before it (one renewal is
   the last breath of a node that then went silent; two mean it kept renewing).
+- (e) `lost-in-maintenance`: no VM's processes run on a machine in maintenance (its Node marked
+  `nodefence.io/maintenance=true`) when that machine loses power: nodefence never fences a node
+  in maintenance, so such a VM is never restarted (`maintenance enter` said done too early).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from dataclasses import dataclass, field
 
 RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 HOSTED = ("Running", "Migrating")
-INVARIANTS = ("split-brain", "unproven-delete", "not-recovered", "wrong-fence")
+INVARIANTS = (
+    "split-brain",
+    "unproven-delete",
+    "not-recovered",
+    "wrong-fence",
+    "lost-in-maintenance",
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class InvariantChecker:
         self._split_brain(snap)
         if prev is not None:
             self._deletions(snap, prev)
+            self._lost_in_maintenance(snap, prev)
         self._records(snap, prev)
         self._recoveries(snap)
         self._prev = snap
@@ -209,6 +219,21 @@ class InvariantChecker:
                 renewals = [f"{r:.2f}" for r in self._renewals.get(rec.node, [])[-3:]]
                 detail = f"{name}: power-off sent while its kubelet renewed (at {renewals})"
                 self._add(snap.t, "wrong-fence", rec.node, detail)
+
+    # ---- (e) ------------------------------------------------------------------------------
+
+    def _lost_in_maintenance(self, snap: Snapshot, prev: Snapshot) -> None:
+        for node in sorted(snap.maintenance | prev.maintenance):
+            cut = prev.power.get(node) == "on" and (
+                snap.power.get(node) != "on"
+                or prev.power_changes.get(node) != snap.power_changes.get(node)
+            )
+            if not cut:
+                continue
+            for vm, places in sorted(prev.running.items()):
+                if node in places:
+                    detail = f"VM {vm} ran on {node} (in maintenance) when its power was cut"
+                    self._add(snap.t, "lost-in-maintenance", node, detail)
 
     # ---- (c) ------------------------------------------------------------------------------
 

@@ -254,7 +254,7 @@ async def test_enter_moves_five_vms_off_never_onto_a_cordoned_node_and_drains_po
     assert row == ["node-1", "in", "maintenance", "yes", "True", "0"]
 
 
-async def test_enter_with_no_other_schedulable_node_fails_cleanly_and_keeps_the_node_marked(
+async def test_enter_with_no_other_schedulable_node_is_refused_and_changes_nothing(
     sim: Make,
 ) -> None:
     cluster = sim(nodes=2, vms=3)  # vm-1 and vm-3 on node-1
@@ -263,12 +263,33 @@ async def test_enter_with_no_other_schedulable_node_fails_cleanly_and_keeps_the_
     launchers = pods_on(cluster, "node-1")
     r = await nodefence(cluster, "maintenance", "enter", "node-1", "--timeout", "20")
     assert r.code == 1, r.out + r.err
-    assert "default/vm-1: TargetUnschedulable: 0/2 nodes are available" in r.err
-    assert "default/vm-3: TargetUnschedulable" in r.err
-    assert "stays cordoned and marked" in r.err
-    assert marked(cluster, "node-1") and cordoned(cluster, "node-1")
+    assert "no other node can take the 2 VMs of node-1" in r.err and "Nothing changed" in r.err
+    assert not marked(cluster, "node-1") and not cordoned(cluster, "node-1")
     assert where(cluster) == before  # nothing moved, nothing stopped
     assert pods_on(cluster, "node-1") == launchers  # and no pod was evicted
+    assert vmops(cluster) == []
+
+
+async def test_a_vm_that_cannot_move_is_named_with_the_controllers_reason_node_stays_guarded(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=3, vms=3)  # vm-1 on node-1
+    status = cluster.kube.store.get("virtualmachines", "vm-1", "default")["status"]
+    conditions = [c for c in status["conditions"] if c["type"] != "Migratable"]
+    conditions.append({"type": "Migratable", "status": "False", "reason": "NotMigratable"})
+    cluster.kube.store.patch(
+        "vm", "vm-1", {"status": {"conditions": conditions}}, "default", subresource="status"
+    )
+    r = await nodefence(cluster, "maintenance", "enter", "node-1", "--timeout", "20")
+    assert r.code == 1, r.out + r.err
+    assert (
+        "default/vm-1: OperationFailed: VirtualMachine is not migratable, cannot be processed."
+        in r.err
+    )
+    assert "still guards it" in r.err
+    node = cluster.kube.store.get("nodes", "node-1")
+    assert node["metadata"]["labels"][LABEL] == "draining" and cordoned(cluster, "node-1")
+    assert where(cluster)["vm-1"] == ("Running", "node-1")
 
 
 async def test_exit_restores_scheduling(sim: Make) -> None:
@@ -320,12 +341,14 @@ async def test_a_node_powered_off_in_maintenance_is_never_fenced(make_cluster: M
     assert cluster.vm_controller.violations() == []
 
 
-async def test_a_node_entering_maintenance_while_its_fence_waits_is_aborted_safely(
+async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_safely(
     make_cluster: Make,
 ) -> None:
     # One fence at a time: the first victim's slow BMC holds the only slot while the second
-    # victim's operation waits; that node then enters maintenance, so when the slot frees
-    # the operation is aborted before any power request is sent.
+    # victim's operation waits; an operator then marks that node in maintenance by hand
+    # (`nodefence maintenance enter` would refuse a failing node, or mark it `draining`, which
+    # keeps it guarded), so when the slot frees the operation is aborted before any power
+    # request is sent.
     cluster = start_with_leader(
         make_cluster,
         nodes=5,
@@ -340,18 +363,12 @@ async def test_a_node_entering_maintenance_while_its_fence_waits_is_aborted_safe
     final_record(cluster, slow, ("Fencing",), timeout=30)
     cluster.nodes[late].partition()
     await until(cluster, f"{late}'s pending operation", lambda: records(cluster, late), 30)
-    enter = asyncio.create_task(
-        nodefence(cluster, "maintenance", "enter", late, "--vms-only", "--timeout", "10")
-    )
-    try:
-        await until(cluster, f"{late} marked", lambda: marked(cluster, late), 20)
-        assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
-        await until(
-            cluster, f"{late} aborted",
-            lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
-        )  # fmt: skip
-    finally:
-        await enter
+    cluster.kube.store.patch("nodes", late, {"metadata": {"labels": {LABEL: "true"}}})
+    assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
+    await until(
+        cluster, f"{late} aborted",
+        lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
+    )  # fmt: skip
     [rec] = records(cluster, late)
     assert rec["status"]["reason"] == "node entered maintenance before the power-off was sent"
     assert not rec["status"]["powerOffSent"]

@@ -16,27 +16,21 @@ from hypothesis import strategies as st
 from agent.cli_maintenance import TerminalProgress
 from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError
 from agent.maintenance import (
-    FINAL_STAGES,
-    IN_FLIGHT,
-    DrainStep,
-    MigrationState,
     NodeFacts,
     NodeState,
-    OpRef,
-    PodAction,
-    PodDrain,
-    VmProgress,
-    VmRef,
-    VmStage,
-    classify_pod,
     did_you_mean,
     enter_verdict,
-    eviction_retry_delay,
-    follow_migration,
     maintenance_rows,
     node_state,
+)
+from agent.pod_drain import PodAction, PodDrain, classify_pod, eviction_retry_delay
+from agent.vm_drain import FINAL_STAGES, IN_FLIGHT, DrainStep, VmProgress, VmStage, plan_vm_drain
+from agent.vm_migration import (
+    MigrationState,
+    OpRef,
+    VmRef,
+    follow_migration,
     op_ref,
-    plan_vm_drain,
     vm_ref,
     vmop_body,
     vmop_name,
@@ -293,24 +287,26 @@ def test_refused_evictions_back_off_doubling_up_to_five_seconds() -> None:
 @pytest.mark.parametrize(
     ("marked", "cordoned", "vms", "state"),
     [
-        (False, False, 3, NodeState.SCHEDULABLE),
-        (False, True, 0, NodeState.CORDONED),
-        (True, False, 0, NodeState.MARKED_SCHEDULABLE),
-        (True, True, 2, NodeState.DRAINING),
-        (True, True, 0, NodeState.IN_MAINTENANCE),
+        ("", False, 3, NodeState.SCHEDULABLE),
+        ("", True, 0, NodeState.CORDONED),
+        ("true", False, 0, NodeState.MARKED_SCHEDULABLE),
+        ("draining", True, 2, NodeState.DRAINING),
+        ("draining", True, 0, NodeState.DRAINING),
+        ("true", True, 0, NodeState.IN_MAINTENANCE),
+        ("true", True, 1, NodeState.MARKED_WITH_VMS),
     ],
 )
 def test_node_state_comes_from_mark_cordon_and_vms_left(
-    marked: bool, cordoned: bool, vms: int, state: NodeState
+    marked: str, cordoned: bool, vms: int, state: NodeState
 ) -> None:
     assert node_state(marked, cordoned, vms) is state
 
 
 def test_maintenance_rows_show_marked_nodes_and_their_vms() -> None:
     nodes = [
-        NodeFacts("node-2", True, True, True),
-        NodeFacts("node-1", False, False, True),
-        NodeFacts("node-3", True, True, None),
+        NodeFacts("node-2", "draining", True, True),
+        NodeFacts("node-1", "", False, True),
+        NodeFacts("node-3", "true", True, None),
     ]
     vms = [vm("a", node="node-2"), vm("b", node="node-1"), vm("c", "Stopped", node="")]
     rows = maintenance_rows(nodes, vms)
@@ -346,7 +342,7 @@ def test_pods_that_stayed_fail_the_run_and_unmanaged_ones_ask_for_force() -> Non
     pods = PodDrain(unmanaged=("default/bare",), stuck=(("default/web", "budget says no"),))
     ok, lines = enter_verdict(N, moved, pods)
     text = "\n".join(lines)
-    assert not ok and "--force" in text and "default/web: budget says no" in text
+    assert not ok and "--evict-unmanaged" in text and "default/web: budget says no" in text
     ok, lines = enter_verdict(N, moved, PodDrain(evicted=("default/web",), skipped=("d/ds",)))
     assert ok and "1 VMs moved, 1 pods evicted, 1 DaemonSet or static pods left" in lines[0]
     ok, lines = enter_verdict(N, moved, None)
@@ -397,12 +393,16 @@ async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
     return out.ok, list(out.lines), rec
 
 
-async def test_enter_marks_before_cordoning_and_cordons_before_any_vm_moves() -> None:
+async def test_enter_marks_and_cordons_in_one_write_before_any_vm_moves() -> None:
     api = cluster()
     ok, lines, _ = await enter(api, vms_only=True)
     assert ok, lines
-    assert api.calls[:2] == [f"label {N} {MAINTENANCE_LABEL}=true", f"cordon {N}"]
-    assert api.calls[2].startswith("create migrate-vm-")
+    assert api.calls[0] == (
+        f"patch {N} {MAINTENANCE_LABEL}=draining @nodefence.io/maintenance-cordon=true "
+        "unschedulable=True"
+    )
+    assert api.calls[1].startswith("create migrate-vm-")
+    assert api.calls[-1] == f"patch {N} {MAINTENANCE_LABEL}=true"  # empty: now never fenced
     assert all(v["status"]["nodeName"] != N for v in api.vms.values())
 
 
@@ -413,13 +413,14 @@ async def test_enter_keeps_at_most_parallel_migrations_in_flight() -> None:
     assert sum("moved node-1 -> " in line for line in rec.lines) == 7
 
 
-async def test_a_vm_that_cannot_move_fails_the_run_by_name_and_the_node_stays_marked() -> None:
+async def test_a_vm_that_cannot_move_fails_the_run_by_name_and_the_node_stays_guarded() -> None:
     api = cluster()
     api.unmovable = {"vm-1"}
     ok, lines, _ = await enter(api)
     assert not ok
     assert "default/vm-1: TargetUnschedulable: no room" in "\n".join(lines)
-    assert api.nodes[N]["unschedulable"] and api.nodes[N]["labels"][MAINTENANCE_LABEL] == "true"
+    assert api.nodes[N]["unschedulable"]
+    assert api.nodes[N]["labels"][MAINTENANCE_LABEL] == "draining"
     assert not any(c.startswith("evict") for c in api.calls)  # pods left alone
 
 
@@ -460,20 +461,21 @@ async def test_a_pod_no_controller_manages_stops_the_drain_before_any_eviction()
     ok, lines, _ = await enter(api)
     assert not ok and "default/bare" in "\n".join(lines)
     assert not any(c.startswith("evict") for c in api.calls)
-    ok, _, _ = await enter(api, force=True)
+    ok, _, _ = await enter(api, evict_unmanaged=True)
     assert ok and api.pods == {}
 
 
 class FlakyApi(FakeApi):
-    """The first `failures` VM listings fail, as an API server that is restarting."""
+    """The drain's first `failures` looks at the node's pods fail, as an API server that is
+    restarting."""
 
     failures: int = 0
 
-    async def list_vms(self) -> list[dict[str, Any]]:
+    async def list_node_pods(self, node: str, label_selector: str = "") -> list[dict[str, Any]]:
         if self.failures > 0:
             self.failures -= 1
-            raise ClusterError("list virtual machines: 503 Service Unavailable", 503)
-        return await super().list_vms()
+            raise ClusterError(f"list pods on node {node}: 503 Service Unavailable", 503)
+        return await super().list_node_pods(node, label_selector)
 
 
 async def test_an_api_hiccup_is_retried_and_reported_once() -> None:
@@ -490,7 +492,7 @@ async def test_an_api_that_never_answers_fails_the_run_and_evicts_nothing() -> N
     api.__dict__.update(cluster().__dict__)
     api.failures = 10**6
     api.pods = {"web": pod("web")}
-    with pytest.raises(VmopsError, match="stays marked and cordoned"):
+    with pytest.raises(VmopsError, match="stays cordoned and guarded"):
         await enter(api, timeout=2)
     assert api.nodes[N]["unschedulable"] and "evict web" not in api.calls
 
@@ -522,7 +524,7 @@ async def test_migrate_an_unknown_or_stopped_vm_creates_nothing() -> None:
     api.add_vm("off", "", "Stopped")
     with pytest.raises(UnknownObject, match="did you mean vm-0"):
         await migrate_vm(as_api(api), "default", "vm-9", wait=True, timeout=1, reporter=Recorder())
-    with pytest.raises(VmopsError, match="only a Running VM"):
+    with pytest.raises(VmopsError, match="only a running VM"):
         await migrate_vm(as_api(api), "default", "off", wait=True, timeout=1, reporter=Recorder())
     assert api.ops == {}
 

@@ -98,7 +98,7 @@ async def test_the_node_stays_guarded_while_vms_are_on_it_and_after_a_failed_run
 async def test_enter_adopts_an_unfinished_evict_instead_of_colliding_with_the_webhook() -> None:
     api = cluster()
     api.add_op("evacuation-x7k2p", "vm-0")  # e.g. from an earlier `kubectl drain`
-    api.hold = {"vm-0": 3}
+    api.hold = {"vm-0": 10}  # still queued when the drain gets to it
     ok, lines, rec = await enter(api, vms_only=True)
     assert ok, lines
     assert not any(c.startswith("create migrate-vm-0-") for c in api.calls)
