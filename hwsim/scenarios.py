@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwsim import scenario_busy
 from hwsim.chart import Samples, write_svg
 from hwsim.simcluster import ClusterSettings, SimCluster
 
@@ -413,6 +414,16 @@ SCENARIOS: dict[str, Scenario] = {
             lambda c, v: c.fleet[v[0]].power_state() == "on" or _maintenance_alert(c, v[0]),
             settings={"migration_delay": 0.5},
             timeout=40,
+        ),
+        Scenario(
+            "maintenance-busy",
+            "a busy worker enters maintenance: a VM arriving, an Evict queued, a VM that cannot "
+            "move: never done, the stuck VM named, the node stays guarded",
+            scenario_busy.inject,
+            scenario_busy.judge,
+            scenario_busy.finished,
+            settings={"migration_delay": 1.5},
+            timeout=5,
         ),
     ]
 }
