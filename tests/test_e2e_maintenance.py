@@ -320,11 +320,16 @@ def events_about(cluster: SimCluster, name: str, reason: str) -> list[dict[str, 
     return [e for e in cluster.events(reason) if e["involvedObject"]["name"] == name]
 
 
-async def test_a_node_powered_off_in_maintenance_is_never_fenced(make_cluster: Make) -> None:
+async def test_the_leaders_node_hands_off_enters_maintenance_and_is_never_fenced(
+    make_cluster: Make,
+) -> None:
     cluster = start_with_leader(make_cluster, nodes=3, vms=6)
-    victim = victim_of(cluster)
+    victim = str(cluster.leader())  # the hardest case: the node that does the fencing
     r = await nodefence(cluster, "maintenance", "enter", victim, "--vms-only", "--timeout", "30")
     assert r.code == 0, r.out + r.err
+    assert f"node {victim} holds the nodefence leader Lease" in r.out
+    assert "leadership handed off: node-" in r.out
+    assert cluster.leader() not in (None, victim)
     assert vms_on(cluster, victim) == []
     cluster.fleet[victim].cut_power()  # the planned work begins
     await until(
