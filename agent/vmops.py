@@ -344,8 +344,9 @@ async def exit_maintenance(
     api: ClusterApi, node: str, *, reporter: Reporter, force: bool = False
 ) -> Outcome:
     """Clear the mark of `node` and, if `enter` cordoned it, uncordon it, in one write (a
-    failure changes nothing). A node that is not Ready keeps its mark unless `force`: without
-    it nodefence would take the node for dead and fence it."""
+    failure changes nothing). A node in maintenance (`true`) that is not Ready keeps its mark
+    unless `force`: without it nodefence would take the node for dead and fence it (a
+    `draining` one is guarded already)."""
     info = await _known_node(api, node)
     if not info.maintenance_mark:
         why = "cordoned by someone else: `kubectl uncordon` it" if info.unschedulable else ""
@@ -354,7 +355,7 @@ async def exit_maintenance(
             (f"node {node} is not in nodefence maintenance ({why or 'schedulable'}); nothing "
              "changed",),
         )  # fmt: skip
-    if info.ready is not True and not force:
+    if info.maintenance_mark == MAINTENANCE_VALUE and info.ready is not True and not force:
         raise VmopsError(
             f"node {node} is not Ready: ending maintenance now would let nodefence fence it as "
             "soon as it looks dead. Power it on and wait until it is Ready, or pass --force. "

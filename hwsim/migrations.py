@@ -23,9 +23,8 @@ An operation the controller accepts goes through the phases and `Completed` cond
 An operation the controller cannot run fails at once with its reason: `VirtualMachineNotFound`,
 `NotApplicableForVirtualMachinePhase`, `NotApplicableForLiveMigrationPolicy` (`spec.force`
 against an Always* policy), `NotReadyToBeExecuted` (another migration of the VM is under way),
-`OperationFailed` (the VM is not migratable). A VM whose launcher pod eviction was intercepted
-(`EvictionRequired`, see `hwsim.vm_admission`) gets an `evacuation-` operation, retried with
-backoff after failures.
+`OperationFailed` (the VM is not migratable). Evacuations (a launcher pod eviction
+intercepted) are `hwsim.evacuation`.
 """
 
 from __future__ import annotations
@@ -36,10 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hwsim.evacuation import Evacuation
 from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kube.store import ObjectStore
 from hwsim.live_migration_policy import live_migration_settings
-from hwsim.node_capacity import Request, insufficient, used, vm_request
+from hwsim.node_capacity import Request, insufficient, no_room, used, vm_request
 from hwsim.vms import VmPhase, condition, create_launcher_pod, running_status
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ Obj = dict[str, Any]
 Key = tuple[str, str]
 EVICT_TYPES = ("Evict", "Migrate")
 FINAL_OP_PHASES = ("Completed", "Failed", "Terminating", "Superseded")
-EVACUATION_ANNOTATION = "virtualization.deckhouse.io/evacuation"
 DIRTY_ANNOTATION = "hwsim.nodefence.io/dirty-memory"
 
 # `Completed` condition reasons, as the real controller sets them
@@ -184,9 +183,8 @@ class MigrationController:
         self.limits = limits or MigrationLimits()
         self.prepare_timeout = prepare_timeout
         self.progress_timeout = progress_timeout
-        self.evacuation_backoff = evacuation_backoff
         self.active: dict[Key, Migration] = {}  # by VM, in the order they were accepted
-        self._evacuated_at: dict[Key, float] = {}
+        self.evacuation = Evacuation(self.store, host.spend, evacuation_backoff)
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -210,7 +208,8 @@ class MigrationController:
             self._guarded(mig.op, self._advance, mig, nodes, vms, load, present, now)
         for vm in vms:
             if _dict(vm.get("metadata")).get("name"):
-                self._guarded(_key(vm), self._evacuate, vm, ops, now)
+                migrating = _key(vm) in self.active
+                self._guarded(_key(vm), self.evacuation.check, vm, ops, migrating, now)
 
     def _guarded(self, key: Key, action: Callable[..., None], *args: Any) -> None:
         try:
@@ -365,7 +364,7 @@ class MigrationController:
         ]
         target = min(fits, key=lambda n: (load.get(n, 0), n), default=None)
         if target is None:
-            message = self._no_room(mig.source, nodes, need, in_use)
+            message = no_room(nodes, mig.source, need, in_use, self._unschedulable)
             if mig.shown[1] != TARGET_UNSCHEDULABLE:
                 mig.since = now  # the controller's clock runs from the reason's transition
             if now - mig.since > self.prepare_timeout:
@@ -380,21 +379,6 @@ class MigrationController:
         mig.target_pod = create_launcher_pod(self.store, vm, target, self.host.stamp())
         load[target] = load.get(target, 0) + 1
         mig.stage, mig.since = Stage.WAITING_INBOUND, now
-
-    def _no_room(
-        self, source: str, nodes: dict[str, Obj], need: Request, in_use: dict[str, Request]
-    ) -> str:
-        counts: dict[str, int] = {}
-        for name, node in nodes.items():
-            why = self._unschedulable(node) or (
-                "node(s) already run the VM"
-                if name == source
-                else insufficient(node, need, in_use.get(name, Request()))
-            )
-            if why:
-                counts[why] = counts.get(why, 0) + 1
-        reasons = ", ".join(f"{n} {why}" for why, n in sorted(counts.items()))
-        return f"0/{len(nodes)} nodes are available" + (f": {reasons}." if reasons else ".")
 
     def _prepare(self, mig: Migration, vm: Obj, now: float) -> None:
         mig.stage, mig.since = Stage.PREPARING, now
@@ -515,54 +499,6 @@ class MigrationController:
                 )
         if message is not None:
             self._fail(mig.op, reason, message, progress=mig.shown[3])
-
-    # ---- evacuation ---------------------------------------------------------------------
-
-    def _evacuate(self, vm: Obj, ops: list[Obj], now: float) -> None:
-        status = _dict(vm.get("status"))
-        required = any(
-            c.get("type") == "EvictionRequired" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        if not required or status.get("phase") != VmPhase.RUNNING:
-            return
-        key = _key(vm)
-        mine = [
-            o
-            for o in ops
-            if _dict(o.get("spec")).get("virtualMachineName") == key[1]
-            and _dict(o.get("metadata")).get("namespace") == key[0]
-        ]
-        if key in self.active or any(
-            _dict(o.get("status")).get("phase") not in ("Completed", "Failed", "Superseded")
-            for o in mine
-        ):
-            return
-        failed = sum(
-            1
-            for o in mine
-            if EVACUATION_ANNOTATION in (_dict(o.get("metadata")).get("annotations") or {})
-            and _dict(o.get("status")).get("phase") == "Failed"
-        )
-        backoff = min(60.0, self.evacuation_backoff * 2 ** (failed - 1)) if failed else 0.0
-        if now - self._evacuated_at.get(key, float("-inf")) < backoff or not self.host.spend():
-            return
-        self._evacuated_at[key] = now
-        self.store.create(
-            "virtualmachineoperations",
-            {
-                "apiVersion": "virtualization.deckhouse.io/v1alpha2",
-                "kind": "VirtualMachineOperation",
-                "metadata": {
-                    "generateName": "evacuation-",
-                    "namespace": key[0],
-                    "annotations": {EVACUATION_ANNOTATION: "true"},
-                },
-                "spec": {"type": "Evict", "virtualMachineName": key[1]},
-            },
-            key[0],
-        )
-        log.info("vm %s/%s: eviction required: evacuation operation created", *key)
 
     # ---- writing ------------------------------------------------------------------------
 

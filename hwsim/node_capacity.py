@@ -10,7 +10,7 @@ and small test pods). Pure.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -96,3 +96,25 @@ def insufficient(node: Mapping[str, Any], request: Request, in_use: Request) -> 
     if in_use.cpu + request.cpu > room.cpu:
         return "Insufficient cpu"
     return ""
+
+
+def no_room(
+    nodes: Mapping[str, dict[str, Any]],
+    source: str,
+    request: Request,
+    in_use: Mapping[str, Request],
+    unschedulable: Callable[[dict[str, Any]], str],
+) -> str:
+    """`0/5 nodes are available: 2 Insufficient memory, 1 node(s) already run the VM, ...`: the
+    scheduler's words for why no node takes a VM now on `source`."""
+    counts: dict[str, int] = {}
+    for name, node in nodes.items():
+        why = unschedulable(node) or (
+            "node(s) already run the VM"
+            if name == source
+            else insufficient(node, request, in_use.get(name, Request()))
+        )
+        if why:
+            counts[why] = counts.get(why, 0) + 1
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(counts.items()))
+    return f"0/{len(nodes)} nodes are available" + (f": {reasons}." if reasons else ".")

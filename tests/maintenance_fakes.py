@@ -12,7 +12,6 @@ marked node hands off after `handoff_after` reads.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,12 +23,6 @@ VM_LABEL = "vm.kubevirt.internal.virtualization.deckhouse.io/name"
 WEBHOOK = 'admission webhook "vmop.virtualization-controller.validate.d8-virtualization"'
 FINISHED = ("Completed", "Failed", "Superseded")
 MIGRATIONS = ("Evict", "Migrate")
-
-
-def node_info(**fields: Any) -> NodeInfo:
-    """A NodeInfo from the fields this version of it has (older ones lack some)."""
-    known = {f.name for f in dataclasses.fields(NodeInfo)}
-    return NodeInfo(**{k: v for k, v in fields.items() if k in known})
 
 
 def condition(reason: str, message: str = "", status: str = "False") -> dict[str, Any]:
@@ -197,7 +190,7 @@ class FakeApi:
         if n is None:
             return None
         mark = n["labels"].get(MAINTENANCE_LABEL, "")
-        return node_info(
+        return NodeInfo(
             name=node,
             uid="uid",
             internal_ip=None,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hwsim.evacuation import EVACUATION_ANNOTATION
 from hwsim.kube import ObjectStore, SimKubelet
 from hwsim.kube.builtin import builtin_types
 from hwsim.kube.errors import Forbidden, TooManyRequests
@@ -18,7 +19,6 @@ from hwsim.kube.resources import ResourceType
 from hwsim.migrations import (
     ABORTED,
     DIRTY_ANNOTATION,
-    EVACUATION_ANNOTATION,
     MIGRATION_PENDING,
     NOT_APPLICABLE_POLICY,
     NOT_CONVERGING,
