@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from hwsim.migrations import DIRTY_ANNOTATION as DIRTY
+from hwsim.migrations import MigrationLimits
 from hwsim.simcluster import ClusterSettings, SimCluster
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
@@ -156,10 +158,11 @@ async def test_a_typo_in_a_vm_or_node_name_is_a_clear_error_and_creates_nothing(
 async def test_a_second_operation_for_a_busy_vm_is_refused_with_the_webhooks_words(
     sim: Make,
 ) -> None:
-    cluster = sim(nodes=3, vms=3, migration_delay=4.0)
+    cluster = sim(nodes=3, vms=3)
+    cluster.vm_controller.migrations.limits = MigrationLimits(per_cluster=0)  # all queue
     first = await nodefence(cluster, "migrate", "vm-1")
     assert first.code == 0, first.out + first.err
-    second = await nodefence(cluster, "migrate", "vm-1")
+    second = await nodefence(cluster, "migrate", "vm-1")  # the first is still Pending
     assert second.code == 1, second.out + second.err
     assert "denied the request: VMOP cannot be executed now" in second.err
     assert len(vmops(cluster)) == 1
@@ -173,8 +176,15 @@ def migration_target(cluster: SimCluster, vm: str) -> str:
 
 
 async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) -> None:
-    cluster = sim(nodes=3, vms=2, migration_delay=4.0)  # node-3 runs nothing
-    cluster.kube.store.create(  # someone moves vm-1: the emptiest node is the target
+    cluster = sim(nodes=3, vms=2)  # node-3 runs nothing
+    store = cluster.kube.store
+
+    def busy(on: bool) -> None:  # vm-1's migration stalls half way until its load drops
+        value = "high" if on else None
+        store.patch("vm", "vm-1", {"metadata": {"annotations": {DIRTY: value}}}, "default")
+
+    busy(True)
+    store.create(  # someone moves vm-1: the emptiest node is the target
         "virtualmachineoperations",
         {
             "apiVersion": "virtualization.deckhouse.io/v1alpha2",
@@ -185,10 +195,30 @@ async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) 
         "default",
     )
     target = await until(cluster, "vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
-    r = await nodefence(cluster, "maintenance", "enter", target, "--vms-only", "--timeout", "40")
-    assert r.code == 0, r.out + r.err
-    await until(cluster, "vm-1 settled", lambda: where(cluster)["vm-1"][0] == "Running", 20)
-    assert where(cluster)["vm-1"][1] != target, r.out  # never left running on the node
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "maintenance", "enter", target, "--vms-only",
+        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any(" VMs: " in line for line in lines):  # the drain has looked
+            line = await asyncio.wait_for(proc.stdout.readline(), 40)
+            assert line, "enter ended before its drain looked:\n" + "".join(lines)
+            lines.append(line.decode())
+        busy(False)  # now it converges and lands on the node under maintenance
+        rest, _ = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out
+    assert "vm default/vm-1: arriving from node-1" in out
+    assert where(cluster)["vm-1"][1] not in ("", target), out  # moved off again
+    assert where(cluster)["vm-1"][0] == "Running"
     assert cluster.vm_controller.violations() == []
 
 
