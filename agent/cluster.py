@@ -161,6 +161,8 @@ class ClusterApi:
         def guarded() -> T:
             try:
                 return fn()
+            except ClusterError:
+                raise  # already says what and why (a refusal in the server's words)
             except ApiException as err:
                 raise ClusterError(f"{what}: {err.status} {err.reason}", err.status) from None
             except Exception as err:  # urllib3 errors: connection refused, reset, ...

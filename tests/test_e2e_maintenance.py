@@ -165,6 +165,7 @@ async def test_a_second_operation_for_a_busy_vm_is_refused_with_the_webhooks_wor
     second = await nodefence(cluster, "migrate", "vm-1")  # the first is still Pending
     assert second.code == 1, second.out + second.err
     assert "denied the request: VMOP cannot be executed now" in second.err
+    assert "403 Forbidden: admission webhook" in second.err and "ClusterError" not in second.err
     assert len(vmops(cluster)) == 1
 
 
