@@ -185,6 +185,9 @@ class MigrationController:
         self.progress_timeout = progress_timeout
         self.active: dict[Key, Migration] = {}  # by VM, in the order they were accepted
         self.evacuation = Evacuation(self.store, host.spend, evacuation_backoff)
+        # The scheduler's rules, given by the VM controller at each tick.
+        self._eligible: Callable[[dict[str, Obj]], list[str]] = lambda nodes: []
+        self._unschedulable: Callable[[Obj], str] = lambda node: ""
 
     # ---- the loop -----------------------------------------------------------------------
 
