@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
     )
+    migrate.add_argument(
+        "--force",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "spec.force of the Evict, as `d8 v evict --force`: converge by CPU throttling "
+            "(--no-force: never); default: the VM's liveMigrationPolicy decides"
+        ),
+    )
     migrate.add_argument("--kubeconfig", help=kubeconfig_help)
 
     maint = sub.add_parser(
@@ -125,11 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         "enter",
         help="mark the node (never fenced), cordon it, live-migrate its VMs off, drain pods",
         description=(
-            "Mark the node nodefence.io/maintenance=true (the leader never fences it), cordon "
-            "it, evict every VM on it by VirtualMachineOperation Evict, wait until none is "
-            "left, then (unless --vms-only) evict the other pods as `kubectl drain "
-            "--ignore-daemonsets --delete-emptydir-data` does, honouring PodDisruptionBudgets. "
-            "On failure the node stays marked and cordoned."
+            "Refuse a node that is not Ready, or whose VMs have no room elsewhere. Mark the "
+            "node nodefence.io/maintenance=draining (still guarded) and cordon it, hand "
+            "leadership off if it leads, evict every VM on it by VirtualMachineOperation Evict "
+            "(following operations that already exist) and wait for VMs migrating onto it, "
+            "until none is left, checked by a fresh look; then (unless --vms-only) evict the "
+            "other pods as `kubectl drain --ignore-daemonsets --delete-emptydir-data` does, "
+            "honouring PodDisruptionBudgets; only then mark it nodefence.io/maintenance=true "
+            "(never fenced: it may be powered off). On failure the node stays cordoned and "
+            "draining: guarded."
         ),
     )
     enter.add_argument("node", help="node name")
@@ -144,10 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="migrations at once (default 2, as KubeVirt's outbound migrations per node)",
     )
     enter.add_argument(
-        "--force", action="store_true", help="also evict pods that no controller manages"
+        "--force",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="spec.force of every Evict (see `migrate --force`); default: each VM's policy",
+    )
+    enter.add_argument(
+        "--evict-unmanaged",
+        action="store_true",
+        help="also evict pods that no controller manages (kubectl drain's --force)",
+    )
+    enter.add_argument(
+        "--allow-not-ready",
+        action="store_true",
+        help="drain a node that is not Ready (it stays guarded until its VMs are gone)",
+    )
+    enter.add_argument(
+        "--lease",
+        default="nodefence/nodefence-leader",
+        metavar="NAMESPACE/NAME",
+        help="the agents' leader Lease (kubernetes.namespace/lease_name of their config)",
     )
     enter.add_argument("--kubeconfig", help=kubeconfig_help)
-    leave = msub.add_parser("exit", help="uncordon the node and clear the maintenance mark")
+    leave = msub.add_parser(
+        "exit", help="clear the maintenance mark and undo the cordon `enter` made"
+    )
     leave.add_argument("node", help="node name")
     leave.add_argument(
         "--force", action="store_true", help="even when the node is not Ready (it may be fenced)"

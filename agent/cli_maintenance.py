@@ -147,6 +147,7 @@ def run_migrate(
             wait=args.wait,
             timeout=args.timeout,
             reporter=progress,
+            force=args.force,
         ),
         args,
         out,
@@ -176,6 +177,10 @@ def run_maintenance(
         return EXIT_OK
     if args.maintenance_command == "enter":
         node = args.node
+        namespace, _, lease_name = str(args.lease).partition("/")
+        if not namespace or not lease_name:
+            print(f"nodefence: --lease must be NAMESPACE/NAME, got {args.lease!r}", file=err)
+            return EXIT_USAGE
 
         def work(api: ClusterApi, progress: TerminalProgress) -> Coroutine[Any, Any, Outcome]:
             return enter_maintenance(
@@ -185,10 +190,16 @@ def run_maintenance(
                 reporter=progress,
                 vms_only=args.vms_only,
                 parallel=args.parallel,
+                evict_unmanaged=args.evict_unmanaged,
                 force=args.force,
+                allow_not_ready=args.allow_not_ready,
+                lease=(namespace, lease_name),
             )
 
-        left = f"{node} may be marked and cordoned: `nodefence maintenance list` shows it"
+        left = (
+            f"{node} may be cordoned and marked draining (still guarded): "
+            "`nodefence maintenance list` shows it"
+        )
         code, outcome = _run(work, args, out, err, left)
     else:
         code, outcome = _run(

@@ -31,6 +31,8 @@ OUT_OF_SERVICE_TAINT = {
 VM_GROUP, VM_VERSION, VM_PLURAL = "virtualization.deckhouse.io", "v1alpha2", "virtualmachines"
 RECORD_GROUP, RECORD_VERSION, RECORD_PLURAL = "nodefence.io", "v1alpha1", "fenceoperations"
 MAINTENANCE_LABEL = "nodefence.io/maintenance"
+# Set by `maintenance enter` when it cordoned the node itself: `exit` uncordons only then.
+MAINTENANCE_CORDON_ANNOTATION = "nodefence.io/maintenance-cordon"
 VMOP_PLURAL = "virtualmachineoperations"
 
 
@@ -54,6 +56,10 @@ class NodeInfo:
     unschedulable: bool
     maintenance: bool
     health_endpoint: str | None  # "host:port" the node's agent announced
+    maintenance_mark: str = ""  # the label's value: "true" (guarded off), "draining", ...
+    cordoned_by_maintenance: bool = False  # `maintenance enter` made the cordon
+    allocatable_cpu: str = ""  # status.allocatable quantities ("" when not reported)
+    allocatable_memory: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ def _node_info(n: Any) -> NodeInfo:
             ready = {"True": True, "False": False}.get(cond.status)
     labels = n.metadata.labels or {}
     annotations = n.metadata.annotations or {}
+    allocatable = (status.allocatable if status else None) or {}
     return NodeInfo(
         name=n.metadata.name,
         uid=n.metadata.uid or "",
@@ -119,6 +126,10 @@ def _node_info(n: Any) -> NodeInfo:
         unschedulable=bool(n.spec and n.spec.unschedulable),
         maintenance=labels.get(MAINTENANCE_LABEL) == "true",
         health_endpoint=annotations.get(HEALTH_ANNOTATION),
+        maintenance_mark=str(labels.get(MAINTENANCE_LABEL) or ""),
+        cordoned_by_maintenance=annotations.get(MAINTENANCE_CORDON_ANNOTATION) == "true",
+        allocatable_cpu=str(allocatable.get("cpu") or ""),
+        allocatable_memory=str(allocatable.get("memory") or ""),
     )
 
 
@@ -150,6 +161,8 @@ class ClusterApi:
         def guarded() -> T:
             try:
                 return fn()
+            except ClusterError:
+                raise  # already says what and why (a refusal in the server's words)
             except ApiException as err:
                 raise ClusterError(f"{what}: {err.status} {err.reason}", err.status) from None
             except Exception as err:  # urllib3 errors: connection refused, reset, ...
@@ -546,6 +559,14 @@ class ClusterApi:
             lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
         )
 
+    async def patch_node(self, node: str, body: dict[str, Any]) -> None:
+        """One merge patch of a Node: labels, annotations and cordon change together or not
+        at all."""
+        await self._call(
+            f"patch node {node}",
+            lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
+        )
+
     async def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One VirtualMachine, or None when it (or the CRD) does not exist."""
         try:
@@ -562,9 +583,42 @@ class ClusterApi:
         found: dict[str, Any] = obj
         return found
 
-    async def list_vm_operations(self) -> list[dict[str, Any]]:
-        """Every VirtualMachineOperation in the cluster (empty when the CRD is absent)."""
-        return await self._list_virtualization(VMOP_PLURAL, "virtual machine operations")
+    async def list_vm_operations(
+        self, namespace: str | None = None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """The VirtualMachineOperations of `namespace` (every one in the cluster when None),
+        matching `label_selector`; empty when the CRD is absent."""
+        if namespace is None and not label_selector:
+            return await self._list_virtualization(VMOP_PLURAL, "virtual machine operations")
+        where = f" in {namespace}" if namespace else ""
+        try:
+            result = await self._call_any(
+                f"list virtual machine operations{where}",
+                lambda: (
+                    self.custom.list_namespaced_custom_object(
+                        VM_GROUP,
+                        VM_VERSION,
+                        namespace,
+                        VMOP_PLURAL,
+                        label_selector=label_selector,
+                        _request_timeout=self.timeout,
+                    )
+                    if namespace
+                    else self.custom.list_cluster_custom_object(
+                        VM_GROUP,
+                        VM_VERSION,
+                        VMOP_PLURAL,
+                        label_selector=label_selector,
+                        _request_timeout=self.timeout,
+                    )
+                ),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return []
+            raise
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
 
     async def get_vm_operation(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One VirtualMachineOperation, or None when it does not exist."""
@@ -588,28 +642,61 @@ class ClusterApi:
         return found
 
     async def create_vm_operation(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a VirtualMachineOperation; a name already taken raises ClusterError 409."""
+        """Create a VirtualMachineOperation; a name already taken raises ClusterError 409. A
+        refusal carries the server's words (an admission webhook says why, e.g. another
+        unfinished operation of the VM)."""
         name = body["metadata"]["name"]
-        obj = await self._call_any(
-            f"create virtual machine operation {namespace}/{name}",
-            lambda: self.custom.create_namespaced_custom_object(
-                VM_GROUP, VM_VERSION, namespace, VMOP_PLURAL, body, _request_timeout=self.timeout
-            ),
-        )
+        what = f"create virtual machine operation {namespace}/{name}"
+
+        def create() -> Any:
+            try:
+                return self.custom.create_namespaced_custom_object(
+                    VM_GROUP,
+                    VM_VERSION,
+                    namespace,
+                    VMOP_PLURAL,
+                    body,
+                    _request_timeout=self.timeout,
+                )
+            except ApiException as err:
+                said = _refusal(err.body)
+                if not said:
+                    raise
+                raise ClusterError(
+                    f"{what}: {err.status} {err.reason}: {said}", err.status
+                ) from None
+
+        obj = await self._call_any(what, create)
         created: dict[str, Any] = obj
         return created
 
-    async def list_node_pods(self, node: str) -> list[dict[str, Any]]:
-        """Every Pod bound to `node`, as plain dicts in the API's own (camelCase) shape."""
+    async def list_node_pods(self, node: str, label_selector: str = "") -> list[dict[str, Any]]:
+        """Every Pod bound to `node` (matching `label_selector`), as plain dicts in the API's
+        own (camelCase) shape."""
         pods = await self._call(
             f"list pods on node {node}",
             lambda: self.core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", _request_timeout=self.timeout
+                field_selector=f"spec.nodeName={node}",
+                label_selector=label_selector,
+                _request_timeout=self.timeout,
             ),
         )
+        return self._plain(pods.items)
+
+    async def list_pods(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        """The Pods of `namespace` matching `label_selector`, as plain dicts."""
+        pods = await self._call(
+            f"list pods in {namespace}",
+            lambda: self.core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _request_timeout=self.timeout
+            ),
+        )
+        return self._plain(pods.items)
+
+    def _plain(self, objects: list[Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = [
-            self.api_client.sanitize_for_serialization(p)  # type: ignore[no-untyped-call]
-            for p in pods.items
+            self.api_client.sanitize_for_serialization(o)  # type: ignore[no-untyped-call]
+            for o in objects
         ]
         return items
 

@@ -10,6 +10,10 @@
   needs `lease_duration` > `renew_deadline` of silence).
 - Release: on a clean stop the Lease is handed back (holder cleared, duration 1 s) so a
   successor takes over at once.
+- Defer (`defer()` true: this node is in maintenance, see `agent.handoff`): a leader hands the
+  Lease back once, and a free or expired Lease is taken only after it stayed so for a whole
+  `lease_duration`, so any other candidate goes first but leadership is never lost for want of
+  one.
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ class LeaderElector:
         identity: str,
         timing: ElectionTiming = ElectionTiming(),
         clock: Callable[[], float] = time.monotonic,
+        defer: Callable[[], bool] = lambda: False,
     ) -> None:
         self.api = api
+        self.defer = defer
+        self._handed_off = False  # released once for the current maintenance mark
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -100,8 +107,12 @@ class LeaderElector:
         """Campaign until `stop`; run `lead()` in a task while leading, cancel it on loss."""
         try:
             while not stop.is_set():
+                if not self.defer():
+                    self._handed_off = False
                 if await self._try_acquire_or_renew():
                     await self._lead(lead, stop)
+                    if self._handed_off and not stop.is_set():
+                        await self._release()
                 else:
                     await _wait(stop, self.timing.retry_period)
         finally:
@@ -135,6 +146,10 @@ class LeaderElector:
                         "lost leadership: no renewal for %.1f s", self.timing.renew_deadline
                     )
                     break
+                if self.defer() and not self._handed_off:
+                    self._handed_off = True
+                    log.warning("this node is in maintenance: handing leadership off")
+                    break
         finally:
             # Python 3.11's wait_for (used inside aiomqtt) can swallow one cancellation:
             # cancel until the leader side has really stopped.
@@ -167,6 +182,8 @@ class LeaderElector:
         ours = lease.holder == self.identity
         duration = lease.duration or seconds
         expired = not lease.holder or now - self._observed[1] >= duration
+        if not ours and self.defer():  # let any other candidate take it first
+            expired = now - self._observed[1] >= max(duration, self.timing.lease_duration)
         if not ours and not expired:
             return False
         transitions = lease.transitions if ours else lease.transitions + 1

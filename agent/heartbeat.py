@@ -155,8 +155,11 @@ class HeartbeatPublisher:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while not stop.is_set():
+            # Stamped before the claim is asked for: an echo of a heartbeat sent after the
+            # claim was withdrawn (maintenance) then proves it carried no claim.
+            sent_at = time.monotonic()
             hb = self.next_heartbeat()
-            self._sent[hb.seq] = time.monotonic()
+            self._sent[hb.seq] = sent_at
             while len(self._sent) > 64:
                 self._sent.popitem(last=False)
             # Bounded: a broker lost mid-publish must not delay the reconnect by aiomqtt's

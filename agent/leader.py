@@ -66,6 +66,7 @@ from agent.policy import (
     PolicyDecision,
     decide,
     leader_guard,
+    marked_schedulable_alerts,
 )
 from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifier
 from agent.probe_requests import OutstandingProbes
@@ -242,6 +243,7 @@ class LeaderSide:
                 broker_up_since=self.broker_up_since,
                 alive_after_mark=self.alive_since(node, marked_at),
                 bmc_unreachable=unreachable,
+                in_maintenance=self.in_maintenance(node),
             )
         )
 
@@ -526,6 +528,11 @@ class LeaderSide:
                 expected_nodes=len(self.verdicts) or None,
             ),
             self.profile,
+        )
+        decision.alerts.extend(
+            marked_schedulable_alerts(
+                {n: (info.maintenance, info.unschedulable) for n, info in self.nodes.items()}
+            )
         )
         self.last_decision = decision
         metrics.FROZEN.set(1 if decision.frozen else 0)

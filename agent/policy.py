@@ -14,7 +14,7 @@ every round their condition holds; the caller de-duplicates them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.detector import NodeHealth, NodeVerdict
@@ -29,6 +29,7 @@ class AlertKind(enum.StrEnum):
     AGENT_LOST = "agent-lost"
     MAINTENANCE = "maintenance"
     NO_INVENTORY = "no-inventory"
+    MAINTENANCE_SCHEDULABLE = "maintenance-schedulable"
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ class ClusterFacts:
     """What the cluster says about its nodes.
 
     `expected_nodes`: the node count `max_unhealthy` percentages refer to (default: the number
-    of verdicts). Nodes in `maintenance` are never fenced and do not count as unhealthy.
+    of verdicts). Nodes in `maintenance` are never fenced, do not count as unhealthy and
+    leave the count (`guarded_node_count`).
     """
 
     max_unhealthy: MaxUnhealthy
@@ -155,10 +157,39 @@ def storm_guard(
 
     Unhealthy: SUSPECT, DEAD or AGENT_LOST and not in maintenance.
     """
-    total = cluster.expected_nodes if cluster.expected_nodes is not None else len(verdicts)
+    total = guarded_node_count(verdicts, cluster)
     limit = cluster.max_unhealthy.limit(total)
     unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in cluster.maintenance)
     return (unhealthy, limit, total) if unhealthy > limit else None
+
+
+def guarded_node_count(verdicts: Sequence[NodeVerdict], cluster: ClusterFacts) -> int:
+    """The node count a percentage `max_unhealthy` refers to: the expected nodes (default: one
+    per verdict) less those in maintenance, which are neither judged nor fenced. Counting them
+    would let more of the nodes that are judged be fenced at once than the threshold says."""
+    total = cluster.expected_nodes if cluster.expected_nodes is not None else len(verdicts)
+    away = len({v.node for v in verdicts} & cluster.maintenance)
+    return max(0, total - away)
+
+
+def marked_schedulable_alerts(nodes: Mapping[str, tuple[bool, bool]]) -> list[Alert]:
+    """An alert per node marked for maintenance but schedulable; `nodes` maps a node to
+    (marked `nodefence.io/maintenance=true`, unschedulable).
+
+    Such a node is never fenced, yet new VMs may start on it (`kubectl uncordon` ends a
+    drain but leaves our mark): a failure there would leave them down for good.
+    """
+    return [
+        Alert(
+            AlertKind.MAINTENANCE_SCHEDULABLE,
+            node,
+            f"{node} is marked nodefence.io/maintenance=true but schedulable: nodefence never"
+            " fences it, yet new VMs may start there. End maintenance with `nodefence"
+            f" maintenance exit {node}`, or cordon it again",
+        )
+        for node, (marked, unschedulable) in sorted(nodes.items())
+        if marked and not unschedulable
+    ]
 
 
 def decide(

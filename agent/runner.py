@@ -24,6 +24,7 @@ from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
 from agent.fence_executor import FenceExecutor
 from agent.fencing import Timing
+from agent.handoff import OwnMark
 from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_auth import node_key
@@ -157,6 +158,7 @@ def leader_candidate(
     tick: float | None = None,
     identity: str | None = None,
     cert_days: CertDays = certificate_days_left,
+    defer: Callable[[], bool] | None = None,
 ) -> LeaderCandidate:
     """The leader election, leader side and fencing executor of one agent, wired together.
 
@@ -177,6 +179,7 @@ def leader_candidate(
         identity=me,
         timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
         clock=clock,
+        defer=defer or (lambda: False),
     )
     # The ids the leader side (probe requests) and the executor (operations) draw by default.
     request_ids = new_id or (lambda: uuid.uuid4().hex[:12])
@@ -295,7 +298,11 @@ async def run_agent(
             announce=announce_stop,
         )
         publisher.claim = feeder.armed_claim
-        publisher.on_echo = policy.contact
+        publisher.on_echo = policy.echo
+
+        async def my_maintenance_mark() -> bool:
+            info = await api.get_node(node)
+            return bool(info and info.maintenance)
 
         async def my_marks() -> list[str]:
             return await unfinished_marks(api, cfg.kube.namespace, node)
@@ -306,6 +313,8 @@ async def run_agent(
     except ClusterError as err:
         log.warning("cannot announce the health endpoint on node %s: %s", node, err)
     k = cfg.kube
+    # A node entering maintenance hands leadership off (agent.handoff).
+    own_mark = OwnMark(lambda: api.get_node(node), node, period=2 * k.retry_period)
     pending_events: set[asyncio.Task[None]] = set()
 
     def inventory_rejected(problem: str) -> None:
@@ -330,7 +339,7 @@ async def run_agent(
         InventoryWatcher(cfg.inventory, on_rejected=inventory_rejected) if cfg.inventory else None
     )
 
-    candidate = leader_candidate(cfg, profile, api, node, inventory=watcher)
+    candidate = leader_candidate(cfg, profile, api, node, inventory=watcher, defer=own_mark.marked)
 
     log.info(
         "agent for node %s: cluster %s, broker %s:%s, profile %s, metrics on port %d",
@@ -344,11 +353,20 @@ async def run_agent(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publisher.run(stop))
+            tg.create_task(own_mark.run(stop))
             tg.create_task(candidate.run(stop))
             tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
             if feeder is not None:
                 tg.create_task(feeder.run(stop))
-                tg.create_task(watch_marks(my_marks, feeder.policy, w.api_check_interval, stop))
+                tg.create_task(
+                    watch_marks(
+                        my_marks,
+                        feeder.policy,
+                        w.api_check_interval,
+                        stop,
+                        read_mark=my_maintenance_mark,
+                    )
+                )
     finally:
         await health.stop()
 

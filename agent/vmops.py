@@ -1,78 +1,74 @@
 """Maintenance mode and live migration: the thin I/O around `agent.maintenance`.
 
-Each command reads the cluster, asks `agent.maintenance` what to do, does it through
+Each command reads the cluster, asks the pure modules what to do, does it through
 `agent.cluster.ClusterApi`, and reports through a `Reporter`; it polls with a deadline and never
-sleeps for synchronisation. The order of `enter_maintenance` is the safety argument: the
-Node is marked (so the leader stops fencing it) before it is cordoned, and cordoned before any
-VM moves; a run that fails leaves it marked and cordoned.
+sleeps for synchronisation. The order of `enter_maintenance` is the safety argument:
+1. refuse (nothing changed) a node that is not Ready, or whose VMs have no room elsewhere;
+2. in one write, mark the node `draining` (still guarded: its VMs keep their failover) and
+   cordon it (remembering that we did, so `exit` never undoes someone else's cordon);
+3. if it leads, wait until its agent handed leadership off; warn if the broker runs there;
+4. move every VM off it, following operations that already exist, and wait for any migrating
+   onto it; check the whole cluster again before calling it empty; then drain the pods;
+5. only then mark it `true`: nodefence will not fence it, it may be powered off.
+A run that fails leaves it cordoned and `draining`: guarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
-from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError
+from agent.cluster import ClusterApi, ClusterError, NodeInfo
+from agent.handoff import lease_holder_node
 from agent.maintenance import (
-    DEFAULT_PARALLEL,
     MAINTENANCE_VALUE,
-    RUNNING,
-    DrainStep,
-    MigrationState,
     NodeFacts,
     NodeRow,
-    OpRef,
-    PodAction,
-    PodDrain,
-    VmRef,
-    classify_pod,
+    capacity_refusal,
     did_you_mean,
+    enter_refusal,
     enter_verdict,
-    eviction_retry_delay,
-    follow_migration,
+    exit_patch,
     maintenance_rows,
-    op_ref,
-    plan_vm_drain,
-    pod_key,
-    vm_ref,
-    vmop_body,
-    vmop_name,
+    mark_patch,
+    start_mark,
 )
+from agent.pod_drain import pod_key, pod_node, pod_running
+from agent.vm_capacity import Need, free_rooms, vm_need
+from agent.vm_drain import DEFAULT_PARALLEL
+from agent.vm_migration import (
+    MIGRATING,
+    RUNNING,
+    VM_POD_LABEL,
+    MigrationState,
+    VmRef,
+    follow_migration,
+    op_ref,
+    vm_ref,
+)
+from agent.vmops_common import (
+    Clock,
+    Outcome,
+    Reporter,
+    UnknownObject,
+    VmopsError,
+    create_evict,
+)
+from agent.vmops_drain import VmDrain, drain_pods, launcher_vms
 
-Clock = Callable[[], float]
+__all__ = [
+    "Outcome",
+    "Reporter",
+    "UnknownObject",
+    "VmopsError",
+    "enter_maintenance",
+    "exit_maintenance",
+    "list_maintenance",
+    "migrate_vm",
+]
 
-
-class Reporter(Protocol):
-    """Where a command's progress goes (a terminal, a log, a scenario's timeline)."""
-
-    def line(self, text: str) -> None:
-        """A line that stays."""
-
-    def step(self, text: str) -> None:
-        """A state the next one replaces: in place on a terminal, a line of its own elsewhere."""
-
-    def status(self, text: str) -> None:
-        """A running summary: in place on a terminal, left out elsewhere."""
-
-
-class VmopsError(Exception):
-    """The command cannot go on; what it already changed is said in the message."""
-
-
-class UnknownObject(VmopsError):
-    """A node or VM named on the command line does not exist (nothing was changed)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a command ended: success and the closing lines."""
-
-    ok: bool
-    lines: tuple[str, ...]
-
+DEFAULT_LEASE = ("nodefence", "nodefence-leader")
+BROKER_SELECTOR = "app.kubernetes.io/component=mqtt"
 
 # ---- migrate ---------------------------------------------------------------------------------
 
@@ -86,22 +82,6 @@ async def _unknown_vm(api: ClusterApi, namespace: str, name: str) -> UnknownObje
     return UnknownObject(f"no VirtualMachine {name!r} in namespace {namespace!r}{hint}")
 
 
-async def _create_evict(api: ClusterApi, vm: VmRef, unix_time: float, node: str = "") -> OpRef:
-    """Create an Evict operation named as the seed does; a taken name gets a suffix."""
-    for attempt in range(5):
-        name = vmop_name(vm.name, unix_time, attempt)
-        try:
-            await api.create_vm_operation(
-                vm.namespace, vmop_body(vm.namespace, vm.name, name, node)
-            )
-        except ClusterError as err:
-            if err.status == 409:
-                continue
-            raise
-        return OpRef(vm.namespace, name, vm.name, "")
-    raise VmopsError(f"cannot name an operation for {vm.key}: migrate-{vm.name}-* kept conflicting")
-
-
 async def migrate_vm(
     api: ClusterApi,
     namespace: str,
@@ -110,23 +90,32 @@ async def migrate_vm(
     wait: bool,
     timeout: float,
     reporter: Reporter,
+    force: bool | None = None,
     poll: float = 0.25,
     clock: Clock = time.monotonic,
     wall: Clock = time.time,
 ) -> Outcome:
-    """Live-migrate a Running VM by an Evict VirtualMachineOperation; with `wait`, follow it
-    until it completes, fails or `timeout` passes. An unknown or non-Running VM raises before
-    anything is created."""
+    """Live-migrate a running VM by an Evict VirtualMachineOperation (`force`: its
+    `spec.force`); with `wait`, follow it until it completes, fails, is superseded or `timeout`
+    passes, showing what the controller says meanwhile. An unknown VM, or one that does not
+    run, raises before anything is created; the admission webhook's refusal is shown in its
+    own words."""
     obj = await api.get_vm(namespace, name)
     if obj is None:
         raise await _unknown_vm(api, namespace, name)
     vm = vm_ref(obj)
-    if vm.phase != RUNNING or not vm.node:
+    if vm.phase not in (RUNNING, MIGRATING) or not vm.node:
         raise VmopsError(
-            f"VirtualMachine {vm.key} is {vm.phase or 'without a phase'}: only a Running VM "
+            f"VirtualMachine {vm.key} is {vm.phase or 'without a phase'}: only a running VM "
             "can be migrated; nothing was created"
         )
-    op = await _create_evict(api, vm, wall())
+    try:
+        op = await create_evict(api, vm, wall(), force=force)
+    except ClusterError as err:
+        raise VmopsError(
+            f"{err}; nothing was created (`kubectl get vmop -n {namespace}` shows the "
+            "operations of the VM)"
+        ) from None
     reporter.line(f"created VirtualMachineOperation {op.namespace}/{op.name}: Evict {vm.key}")
     if not wait:
         return Outcome(True, (f"follow it with: kubectl get vm -n {namespace} {name} -w",))
@@ -167,13 +156,112 @@ async def migrate_vm(
 # ---- maintenance enter -------------------------------------------------------------------------
 
 
-async def _known_node(api: ClusterApi, node: str) -> tuple[bool, bool, bool | None]:
-    """(marked, cordoned, ready) of `node`; UnknownObject when there is no such Node."""
+async def _known_node(api: ClusterApi, node: str) -> NodeInfo:
+    """The Node; UnknownObject when there is none."""
     info = await api.get_node(node)
     if info is None:
         names = [n.name for n in await api.list_nodes()]
         raise UnknownObject(f"no node named {node!r}{did_you_mean(node, names)}; nothing changed")
-    return info.maintenance, info.unschedulable, info.ready
+    return info
+
+
+async def _room_check(api: ClusterApi, node: str, reporter: Reporter) -> list[VmRef]:
+    """Refuse (raise) when the VMs of `node` fit on no other node; every VM of the cluster."""
+    objs = await api.list_vms()
+    nodes = await api.list_nodes()
+    targets = {
+        n.name: (n.allocatable_cpu, n.allocatable_memory)
+        for n in nodes
+        if n.name != node and n.ready is True and not n.unschedulable and not n.maintenance_mark
+    }
+    needs: list[Need] = []
+    placed: list[tuple[str, Need]] = []
+    for obj in objs:
+        vm, need = vm_ref(obj), vm_need(obj)
+        if need is None:
+            continue
+        if vm.node == node or vm.arriving_at(node):
+            needs.append(need)
+        for where in {vm.node, vm.target} - {"", node}:
+            placed.append((where, need))
+    here = [vm_ref(o) for o in objs if vm_ref(o).node == node]
+    if here and not targets:
+        raise VmopsError(
+            f"no other node can take the {len(here)} VMs of {node}: none is Ready, schedulable "
+            "and out of maintenance. Nothing changed."
+        )
+    rooms = free_rooms(targets, placed)
+    refusal = capacity_refusal(node, needs, rooms)
+    if refusal:
+        raise VmopsError(refusal)
+    if needs and not rooms:
+        reporter.line(f"node {node}: room elsewhere not checked: no node reports allocatable")
+    return [vm_ref(o) for o in objs]
+
+
+async def _hand_off(
+    api: ClusterApi,
+    node: str,
+    lease: tuple[str, str],
+    until: float,
+    reporter: Reporter,
+    poll: float,
+    clock: Clock,
+) -> None:
+    """If `node` holds the leader Lease, wait (until `until`) for its agent to hand it off."""
+    namespace, name = lease
+    try:
+        holder = await api.get_lease(namespace, name)
+    except ClusterError as err:
+        reporter.line(
+            f"cannot read the leader Lease {namespace}/{name} ({err}); if {node} leads, its "
+            "agent hands leadership off by itself"
+        )
+        return
+    if holder is None or lease_holder_node(holder.holder) != node:
+        return
+    reporter.line(
+        f"node {node} holds the nodefence leader Lease ({holder.holder}): waiting for its agent "
+        "to hand leadership off before anything moves"
+    )
+    while clock() < until:
+        await asyncio.sleep(poll)
+        try:
+            holder = await api.get_lease(namespace, name)
+        except ClusterError:
+            continue
+        now = lease_holder_node(holder.holder if holder else None)
+        if now != node:
+            who = f"{now} leads now" if now else "the Lease is free: another agent takes it"
+            reporter.line(f"leadership handed off: {who}")
+            return
+    reporter.line(
+        f"WARNING: {node} still leads (no other agent took over?): moving its VMs anyway. "
+        "Powering it off stops all fencing until another agent leads and has judged for a "
+        "full fence_after."
+    )
+
+
+async def _warn_broker(
+    api: ClusterApi, node: str, namespace: str, vms_only: bool, reporter: Reporter
+) -> None:
+    """Say so when the MQTT broker runs on `node` (it moves, or stops with the node)."""
+    try:
+        pods = await api.list_pods(namespace, BROKER_SELECTOR)
+    except ClusterError:
+        return  # a warning only: who may not read pods there still may drain the node
+    for pod in pods:
+        if pod_node(pod) == node and pod_running(pod):
+            then = (
+                "it stays (--vms-only) and stops with the node"
+                if vms_only
+                else "draining evicts it and it restarts elsewhere"
+            )
+            reporter.line(
+                f"WARNING: the MQTT broker pod {pod_key(pod)} runs on {node}: {then}. "
+                "Meanwhile no heartbeat arrives, and the leader freezes every fencing "
+                "decision (nothing is fenced) until the broker is back for a fence_after."
+            )
 
 
 async def enter_maintenance(
@@ -184,172 +272,69 @@ async def enter_maintenance(
     reporter: Reporter,
     vms_only: bool = False,
     parallel: int = DEFAULT_PARALLEL,
-    force: bool = False,
-    poll: float = 0.25,
+    evict_unmanaged: bool = False,
+    force: bool | None = None,
+    allow_not_ready: bool = False,
+    lease: tuple[str, str] = DEFAULT_LEASE,
+    handoff_timeout: float = 30.0,
+    poll: float = 1.0,
     clock: Clock = time.monotonic,
     wall: Clock = time.time,
 ) -> Outcome:
-    """Mark `node` (nodefence stops fencing it), cordon it, live-migrate every VM off it
-    (`parallel` at once) and, unless `vms_only`, evict the remaining pods as `kubectl drain
-    --ignore-daemonsets --delete-emptydir-data` does (`force`: pods of no controller too)."""
-    marked, cordoned, _ = await _known_node(api, node)
+    """Take `node` out of service as the module doc says: move every VM off it (`parallel`
+    Evicts at once, each with `spec.force` = `force`), then (unless `vms_only`) evict the
+    other pods as `kubectl drain --ignore-daemonsets --delete-emptydir-data` does
+    (`evict_unmanaged`: pods of no controller too)."""
+    info = await _known_node(api, node)
+    refusal = enter_refusal(node, info.ready, allow_not_ready)
+    if refusal:
+        raise VmopsError(refusal)
     deadline = clock() + timeout
-    if not marked:
-        await api.label_node(node, MAINTENANCE_LABEL, MAINTENANCE_VALUE)
-    already = " (already)" if marked else ""
-    reporter.line(
-        f"node {node}: marked {MAINTENANCE_LABEL}={MAINTENANCE_VALUE}{already}: nodefence "
-        "will not fence it"
+    everyone = await _room_check(api, node, reporter)
+    mark = start_mark(info.maintenance_mark, info.ready)
+    await api.patch_node(node, mark_patch(mark, cordon=None if info.unschedulable else True))
+    guarded = "still guarded" if mark != MAINTENANCE_VALUE else "not fenced"
+    reporter.line(f"node {node}: marked nodefence.io/maintenance={mark} ({guarded} until empty)")
+    if not info.unschedulable:
+        how = ""
+    elif info.cordoned_by_maintenance:
+        how = " (already, by an earlier enter)"
+    else:
+        how = " (already, by someone else: exit keeps it)"
+    reporter.line(f"node {node}: cordoned{how}: no new VM or pod starts there")
+    await _hand_off(
+        api, node, lease, min(deadline, clock() + handoff_timeout), reporter, poll, clock
     )
-    if not cordoned:
-        await api.set_unschedulable(node, True)
-    already = " (already)" if cordoned else ""
-    reporter.line(f"node {node}: cordoned{already}: no new VM or pod starts there")
-    step, timed_out = await _drain_vms(api, node, deadline, parallel, reporter, poll, clock, wall)
+    await _warn_broker(api, node, lease[0], vms_only, reporter)
+    drain = VmDrain(
+        api,
+        node,
+        parallel=parallel,
+        force=force,
+        reporter=reporter,
+        clock=clock,
+        wall=wall,
+        initial=everyone,
+    )
+    step, timed_out = await drain.run(deadline, poll)
     pods = None
     if not step.remaining and not vms_only:
-        pods = await _drain_pods(api, node, deadline, force, reporter, poll, clock)
+        pods = await drain_pods(api, node, deadline, evict_unmanaged, reporter, poll, clock)
     ok, lines = enter_verdict(node, step, pods, timed_out)
-    return Outcome(ok, tuple(lines))
-
-
-async def _look(api: ClusterApi, want_ops: bool) -> tuple[list[VmRef], dict[str, OpRef]]:
-    vms = [vm_ref(v) for v in await api.list_vms()]
-    ops = [op_ref(o) for o in await api.list_vm_operations()] if want_ops else []
-    return vms, {f"{o.namespace}/{o.name}": o for o in ops}
-
-
-async def _drain_vms(
-    api: ClusterApi,
-    node: str,
-    deadline: float,
-    parallel: int,
-    reporter: Reporter,
-    poll: float,
-    clock: Clock,
-    wall: Clock,
-) -> tuple[DrainStep, bool]:
-    """Evict until no VM is left on `node` or the deadline; (last step, timed out)."""
-    started = clock()
-    ours: dict[str, OpRef] = {}  # VM key -> the operation this run created for it
-    seen: set[str] = set()
-    shown: dict[str, str] = {}
-    api_trouble = ""
-    step: DrainStep | None = None
-    while True:
-        try:
-            vms, live = await _look(api, bool(ours))
-        except ClusterError as err:
-            if str(err) != api_trouble:
-                reporter.line(f"cannot read the cluster, retrying: {err}")
-                api_trouble = str(err)
-        else:
-            api_trouble = ""
-            gone = "the operation was deleted before it finished"
-            ops = {
-                vm: op
-                if op.failed  # never created
-                else live.get(
-                    f"{op.namespace}/{op.name}",
-                    OpRef(op.namespace, op.name, op.vm, "Failed", "Deleted", gone),
-                )
-                for vm, op in ours.items()
-            }
-            step = plan_vm_drain(node, vms, ops, seen, parallel)
-            if not seen:
-                names = ", ".join(p.vm for p in step.progress) or "none"
-                reporter.line(f"node {node}: {len(step.progress)} VMs to move: {names}")
-            seen.update(p.vm for p in step.progress)
-            for vm in step.start:
-                try:
-                    ours[vm.key] = await _create_evict(api, vm, wall(), node)
-                except (ClusterError, VmopsError) as err:
-                    ours[vm.key] = OpRef(
-                        vm.namespace, "", vm.name, "Failed", "NotCreated", str(err)
-                    )
-            for p in step.progress:
-                text = p.describe(node)
-                if shown.get(p.vm) != text:
-                    shown[p.vm] = text
-                    reporter.line(text)
-            reporter.status(f"node {node}: {step.summary()}  [{clock() - started:.0f} s]")
-            if step.done:
-                return step, False
-        if clock() >= deadline:
-            if step is None:
-                raise VmopsError(
-                    f"cannot read the VMs of {node} within the timeout ({api_trouble}); "
-                    f"{node} stays marked and cordoned"
-                )
-            return step, True
-        await asyncio.sleep(poll)
-
-
-async def _drain_pods(
-    api: ClusterApi,
-    node: str,
-    deadline: float,
-    force: bool,
-    reporter: Reporter,
-    poll: float,
-    clock: Clock,
-) -> PodDrain:
-    """Evict the pods left on `node` through the Eviction API, retrying PDB refusals (429)
-    with backoff until they are gone or the deadline."""
-    pods = await api.list_node_pods(node)
-    actions = {pod_key(p): classify_pod(p, force) for p in pods}
-    skipped = tuple(
-        sorted(
-            k for k, a in actions.items() if a in (PodAction.SKIP_DAEMONSET, PodAction.SKIP_MIRROR)
-        )
-    )
-    unmanaged = tuple(sorted(k for k, a in actions.items() if a is PodAction.REFUSE_UNMANAGED))
-    if unmanaged:  # as kubectl drain: refuse before evicting anything
-        return PodDrain(skipped=skipped, unmanaged=unmanaged)
-    if skipped:
-        reporter.line(f"node {node}: leaving {len(skipped)} DaemonSet or static pods")
-    to_evict = sorted(k for k, a in actions.items() if a is PodAction.EVICT)
-    waiting = {k for k, a in actions.items() if a is PodAction.WAIT_DELETING}
-    evicted: list[str] = []
-    refused: dict[str, str] = {}
-    attempts: dict[str, int] = {}
-    next_try: dict[str, float] = {}
-    while True:
-        for key in [k for k in to_evict if k not in evicted and next_try.get(k, 0) <= clock()]:
-            namespace, name = key.split("/", 1)
-            try:
-                why = await api.evict_pod(namespace, name)
-            except ClusterError as err:
-                why = "" if err.status == 404 else str(err)
-            if not why:
-                evicted.append(key)
-                reporter.line(f"pod {key}: evicted")
-                continue
-            attempts[key] = attempts.get(key, 0) + 1
-            next_try[key] = clock() + eviction_retry_delay(attempts[key])
-            if refused.get(key) != why:
-                reporter.line(f"pod {key}: eviction refused, retrying: {why}")
-            refused[key] = why
-        try:
-            present = {pod_key(p) for p in await api.list_node_pods(node)}
-        except ClusterError as err:
-            present = set(to_evict) | waiting
-            reporter.status(f"cannot list pods, retrying: {err}")
-        outstanding = sorted((set(to_evict) | waiting) & present)
-        if not outstanding:
-            return PodDrain(evicted=tuple(evicted), skipped=skipped)
-        reporter.status(f"node {node}: {len(outstanding)} pods to go")
-        if clock() >= deadline:
-            stuck = tuple(
+    if ok:
+        # Nothing may have landed while the pods drained: the node is cordoned, but look.
+        stray = launcher_vms(await api.list_node_pods(node, label_selector=VM_POD_LABEL))
+        if stray:
+            return Outcome(
+                False,
                 (
-                    k,
-                    refused.get(k)
-                    or ("still terminating" if k in evicted or k in waiting else "not evicted"),
-                )
-                for k in outstanding
+                    f"maintenance of {node} is NOT complete: VMs appeared on it meanwhile: "
+                    + ", ".join(sorted(stray)),
+                    f"run `nodefence maintenance enter {node}` again; it stays guarded",
+                ),
             )
-            return PodDrain(evicted=tuple(evicted), skipped=skipped, stuck=stuck)
-        await asyncio.sleep(poll)
+        await api.patch_node(node, mark_patch(MAINTENANCE_VALUE))
+    return Outcome(ok, tuple(lines))
 
 
 # ---- exit and list -------------------------------------------------------------------------
@@ -358,25 +343,31 @@ async def _drain_pods(
 async def exit_maintenance(
     api: ClusterApi, node: str, *, reporter: Reporter, force: bool = False
 ) -> Outcome:
-    """Uncordon `node` and clear its mark. A node that is not Ready keeps its mark unless
-    `force`: without it nodefence would take the node for dead and fence it."""
-    marked, cordoned, ready = await _known_node(api, node)
-    if not marked:
-        why = "cordoned by someone else: `kubectl uncordon` it" if cordoned else "schedulable"
+    """Clear the mark of `node` and, if `enter` cordoned it, uncordon it, in one write (a
+    failure changes nothing). A node in maintenance (`true`) that is not Ready keeps its mark
+    unless `force`: without it nodefence would take the node for dead and fence it (a
+    `draining` one is guarded already)."""
+    info = await _known_node(api, node)
+    if not info.maintenance_mark:
+        why = "cordoned by someone else: `kubectl uncordon` it" if info.unschedulable else ""
         return Outcome(
-            True, (f"node {node} is not in nodefence maintenance ({why}); nothing changed",)
-        )
-    if ready is not True and not force:
+            True,
+            (f"node {node} is not in nodefence maintenance ({why or 'schedulable'}); nothing "
+             "changed",),
+        )  # fmt: skip
+    if info.maintenance_mark == MAINTENANCE_VALUE and info.ready is not True and not force:
         raise VmopsError(
             f"node {node} is not Ready: ending maintenance now would let nodefence fence it as "
             "soon as it looks dead. Power it on and wait until it is Ready, or pass --force. "
             "Nothing changed."
         )
-    if cordoned:
-        await api.set_unschedulable(node, False)
+    ours = info.cordoned_by_maintenance and info.unschedulable
+    await api.patch_node(node, exit_patch(info.cordoned_by_maintenance))
+    reporter.line(f"node {node}: mark nodefence.io/maintenance removed: nodefence guards it again")
+    if ours:
         reporter.line(f"node {node}: uncordoned")
-    await api.label_node(node, MAINTENANCE_LABEL, None)
-    reporter.line(f"node {node}: mark {MAINTENANCE_LABEL} removed: nodefence guards it again")
+    elif info.unschedulable:
+        reporter.line(f"node {node}: stays cordoned (not by `maintenance enter`)")
     return Outcome(True, (f"{node} left maintenance",))
 
 
@@ -384,5 +375,5 @@ async def list_maintenance(api: ClusterApi, every_node: bool = False) -> list[No
     """The nodes in maintenance (every node with `every_node`) and the VMs still on them."""
     nodes = await api.list_nodes()
     vms = [vm_ref(v) for v in await api.list_vms()]
-    facts = [NodeFacts(n.name, n.maintenance, n.unschedulable, n.ready) for n in nodes]
+    facts = [NodeFacts(n.name, n.maintenance_mark, n.unschedulable, n.ready) for n in nodes]
     return maintenance_rows(facts, vms, every_node)

@@ -10,6 +10,14 @@ Both rules latch: once the agent stops feeding it never feeds again, so the watc
 machine within its `timeout`. A clean stop (SIGTERM) writes the magic 'V' so a rolling update
 does not reboot the node. The first feed (which arms the device) waits for the first contact.
 
+Maintenance. A node whose Node carries `nodefence.io/maintenance=true` (read from the API with
+the records) is never fenced, and its network work must not reset it. From that read on its
+heartbeats advertise no armed watchdog; once one of them came back through the broker (so the
+leader has it too, by the argument below) the cut-off rule no longer applies, and the node feeds
+without contact until a read shows the mark gone (that read is also contact). A fencing record
+still stops feeding. The leader never counts a watchdog proof for a node whose last heartbeat
+advertised no armed watchdog, nor for a node it sees in maintenance.
+
 Leader side (`self_fence_verdict`, pure). Let M be the moment the leader stored the fencing
 record (for a resumed operation: the moment this leader took it over). Any contact the node
 stamps at or after M shows it the record (API reads), or reaches the leader as a heartbeat
@@ -57,11 +65,38 @@ class FeedPolicy:
     cut_off: float
     last_contact: float | None = None
     stopped: str = ""  # why feeding stopped for good ("" while feeding is allowed)
+    withdrawn_at: float | None = None  # the maintenance mark was read: the claim withdrawn
+    exempt: bool = False  # the leader has a heartbeat without the claim: no cut-off
 
     def contact(self, at: float) -> None:
         """A round trip that started at `at` (monotonic) succeeded and showed no fencing."""
         if self.last_contact is None or at > self.last_contact:
             self.last_contact = at
+
+    def echo(self, sent_at: float) -> None:
+        """One of this node's heartbeats, sent at `sent_at`, came back through the broker.
+
+        Contact; and, once the claim was withdrawn before it was sent (heartbeats stamp
+        their send time before asking for the claim), proof that the leader received a
+        heartbeat without the claim: the cut-off no longer applies."""
+        self.contact(sent_at)
+        if self.withdrawn_at is not None and sent_at >= self.withdrawn_at:
+            self.exempt = True
+
+    def maintenance(self, marked: bool, now: float) -> None:
+        """What a read of this node's Node said about `nodefence.io/maintenance=true`, at
+        `now` (after the read)."""
+        if marked:
+            if self.withdrawn_at is None:
+                self.withdrawn_at = now
+            return
+        self.withdrawn_at = None
+        self.exempt = False
+
+    @property
+    def claim_withdrawn(self) -> bool:
+        """Heartbeats must not advertise an armed watchdog (the node is in maintenance)."""
+        return self.withdrawn_at is not None
 
     def fenced(self, why: str) -> None:
         """The agent learnt the leader is fencing this node: stop feeding for good."""
@@ -74,6 +109,8 @@ class FeedPolicy:
             return False
         if self.last_contact is None:
             return False  # not armed yet: the first contact arms the device
+        if self.exempt:
+            return True  # in maintenance, and the leader knows the claim is withdrawn
         silent = now - self.last_contact
         if silent > self.cut_off:
             self.stopped = f"no broker or API server contact for {silent:.1f} s"
@@ -107,6 +144,7 @@ class SelfFenceFacts:
     broker_up_since: float | None  # the leader's ingest connection, None while down
     alive_after_mark: str | None  # evidence of life after marked_at (heartbeat, kubelet)
     bmc_unreachable: bool  # every device of the node unreachable in the last power walk
+    in_maintenance: bool = False  # the leader sees the node marked for maintenance
 
 
 def self_fence_deadline(claim: WatchdogClaim, marked_at: float, margin: float) -> float:
@@ -120,6 +158,8 @@ def self_fence_verdict(f: SelfFenceFacts) -> tuple[bool, str]:
         return False, "its BMC answered (only an unreachable BMC allows a self-fence)"
     if f.frozen:
         return False, "decisions are frozen (storm guard, broker down or new leader)"
+    if f.in_maintenance:
+        return False, "it is in maintenance: its agent may feed its watchdog without contact"
     if f.claim is None or f.last_heartbeat is None:
         return False, "its last heartbeat did not report an armed watchdog"
     if f.decided_at - f.last_heartbeat > f.max_claim_age:
@@ -189,7 +229,9 @@ class WatchdogFeeder:
 
     def armed_claim(self) -> WatchdogClaim | None:
         """What heartbeats advertise: the claim while the device is armed and fed."""
-        return self._claim if self._fd is not None and not self.policy.stopped else None
+        if self._fd is None or self.policy.stopped or self.policy.claim_withdrawn:
+            return None
+        return self._claim
 
     def _open(self) -> None:
         try:
@@ -308,6 +350,11 @@ class WatchdogFeeder:
 
 
 ListMarks = Callable[[], Awaitable[list[str]]]
+ReadMark = Callable[[], Awaitable[bool]]
+
+
+async def _not_marked() -> bool:
+    return False
 
 
 async def watch_marks(
@@ -316,15 +363,19 @@ async def watch_marks(
     interval: float,
     stop: asyncio.Event,
     clock: Callable[[], float] = time.monotonic,
+    read_mark: ReadMark | None = None,
 ) -> None:
-    """Ask the API server every `interval` whether a fencing record names this node.
+    """Ask the API server every `interval` whether a fencing record names this node, and
+    (with `read_mark`) whether its Node is marked for maintenance.
 
     `list_marks()` returns the names of unfinished fencing records of this node (raising on
-    any API failure). An empty answer is contact, stamped with the moment the read started.
+    any API failure). An empty answer is contact, stamped with the moment the reads started;
+    the maintenance mark counts only together with such an answer.
     """
     while not stop.is_set() and not policy.stopped:
         started = clock()
         try:
+            marked = await asyncio.wait_for((read_mark or _not_marked)(), timeout=interval * 2)
             marks = await asyncio.wait_for(list_marks(), timeout=interval * 2)
         except Exception as err:  # any failure is "no contact"; the reason is logged
             log.debug("API check failed: %s", err)
@@ -334,5 +385,17 @@ async def watch_marks(
                 log.critical("the leader is fencing this node (%s)", ", ".join(marks))
                 return
             policy.contact(started)
+            if read_mark is not None:
+                was = policy.claim_withdrawn
+                policy.maintenance(marked, clock())
+                if policy.claim_withdrawn != was:
+                    log.warning(
+                        "node %s maintenance: %s",
+                        "in" if marked else "out of",
+                        "its watchdog claim is withdrawn; once the leader has heard so, long"
+                        " network work does not reset it"
+                        if marked
+                        else "the watchdog guards it again",
+                    )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

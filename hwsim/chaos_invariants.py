@@ -26,6 +26,9 @@ records) and what really is (power, where each VM's processes run).
   network for `unfenced_after_cut`) while its Node is still there and not in maintenance has a
   FenceOperation that was under way during that time (a lost node is fenced, also one that was
   fenced before, came back and was lost again).
+- (h) `lost-in-maintenance`: no VM's processes run on a machine in maintenance (its Node marked
+  `nodefence.io/maintenance=true`) when that machine loses power: nodefence never fences a node
+  in maintenance, so such a VM is never restarted (`maintenance enter` said done too early).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ INVARIANTS = (
     "unrecorded-off",
     "stuck-fence",
     "not-fenced",
+    "lost-in-maintenance",
 )
 FINAL_PHASES = frozenset({"Recovered", "RecoveryIncomplete", "Aborted"})
 
@@ -153,6 +157,7 @@ class InvariantChecker:
         self._split_brain(snap)
         if prev is not None:
             self._deletions(snap, prev)
+            self._lost_in_maintenance(snap, prev)
         self._records(snap, prev)
         if prev is not None:
             self._off_requests(snap, prev)
@@ -347,6 +352,21 @@ class InvariantChecker:
             self._unfenced.add((node, since))
             detail = f"{how} since {since:.2f} s, its Node still there, and no fencing started"
             self._add(snap.t, "not-fenced", node, detail)
+
+    # ---- (e) ------------------------------------------------------------------------------
+
+    def _lost_in_maintenance(self, snap: Snapshot, prev: Snapshot) -> None:
+        for node in sorted(snap.maintenance | prev.maintenance):
+            cut = prev.power.get(node) == "on" and (
+                snap.power.get(node) != "on"
+                or prev.power_changes.get(node) != snap.power_changes.get(node)
+            )
+            if not cut:
+                continue
+            for vm, places in sorted(prev.running.items()):
+                if node in places:
+                    detail = f"VM {vm} ran on {node} (in maintenance) when its power was cut"
+                    self._add(snap.t, "lost-in-maintenance", node, detail)
 
     # ---- (c) ------------------------------------------------------------------------------
 

@@ -14,12 +14,12 @@ As Deckhouse Virtualization behaves (ColdStandby):
   `boot_delay` later, Running on the least-loaded eligible node (Ready, schedulable, no
   NoSchedule/NoExecute taint), or `Pending` with the scheduler's reason until one exists; VMs
   with other policies go `Stopped`. A node that is merely NotReady changes nothing.
-- VirtualMachineOperation `Evict` (or deprecated `Migrate`): validated, then `InProgress` with
-  the VM `Migrating`; `migration_delay` later the VM is Running on the target node and the
-  operation `Completed`. A live migration moves the processes: it never runs a VM twice.
-  Failures carry the real controller's reasons (`VirtualMachineNotFound`,
-  `NotApplicableForVirtualMachinePhase`, `NotReadyToBeExecuted`); no eligible target fails with
-  `TargetUnschedulable` (the real controller would wait in Pending instead).
+- VirtualMachineOperation `Evict` (or deprecated `Migrate`): run by `hwsim.migrations` as the
+  real controller does (queued under the migration limits, the target chosen by capacity, phases,
+  reasons and `status.progress`, `liveMigrationPolicy` and `spec.force`, timeouts); a live
+  migration moves the processes: it never runs a VM twice. The admission webhooks (one
+  unfinished operation per VM, local disks in CE, KubeVirt's launcher-pod eviction interceptor)
+  are `hwsim.vm_admission`, installed on the store with the controller.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kube.objects import timestamp
@@ -44,6 +44,9 @@ from hwsim.vms import (
     create_launcher_pod,
     running_status,
 )
+
+if TYPE_CHECKING:
+    from hwsim.migrations import MigrationLimits
 
 log = logging.getLogger(__name__)
 
@@ -158,24 +161,14 @@ class SplitBrain:
         return f"{self.namespace}/{self.name} running on {where} at once (since {self.wall_time})"
 
 
-@dataclass
-class _Migration:
-    op: Key
-    vm: Key
-    source: str
-    source_pod: str
-    target: str
-    target_uid: str
-    target_pod: str
-    due: float
-
-
 class ColdStandbyController:
     """The emulated virtualization controller; `tick()` directly or `start_in_thread()`.
 
     `is_powered(node)` says whether that node's machine has power (a KeyError counts as no).
     Times (`boot_delay`, `migration_delay`, the `history`) are on `clock`; at most `max_actions`
-    VMs, operations and pods are acted on per tick, the rest in the next ticks.
+    VMs, operations and pods are acted on per tick, the rest in the next ticks. `edition` (`CE`,
+    `EE`), `limits`, `prepare_timeout` and `progress_timeout` are those of `hwsim.migrations`
+    and `hwsim.vm_admission`.
     """
 
     def __init__(
@@ -188,7 +181,14 @@ class ColdStandbyController:
         tick: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         max_actions: int = 100,
+        edition: str = "CE",
+        limits: MigrationLimits | None = None,
+        prepare_timeout: float = 300.0,
+        progress_timeout: float = 150.0,
     ) -> None:
+        from hwsim.migrations import MigrationController  # it builds on this module
+        from hwsim.vm_admission import VirtualizationWebhooks
+
         self.store = store
         self.is_powered = is_powered
         self.boot_delay = boot_delay
@@ -201,9 +201,17 @@ class ColdStandbyController:
         self._lock = threading.RLock()
         self._hosts: dict[Key, tuple[str, str]] = {}  # VM -> (node, node uid) it was put on
         self._due: dict[Key, float] = {}  # VM waiting to start -> when its boot is over
-        self._migrations: dict[Key, _Migration] = {}  # by VM
         self._budget = 0
         self._loop = Periodic(self._guarded_tick, tick, "coldstandby-controller")
+        self.migrations = MigrationController(
+            self,
+            clock,
+            limits=limits,
+            prepare_timeout=prepare_timeout,
+            progress_timeout=progress_timeout,
+        )
+        self.webhooks = VirtualizationWebhooks(store, edition)
+        self.webhooks.install()
 
     # ---- the two truths -----------------------------------------------------------------
 
@@ -279,11 +287,14 @@ class ColdStandbyController:
                 self._guarded(pod, self._delete_if_stray, pod, nodes)
             for vm in vms:
                 self._guarded(vm, self._start_if_due, vm, nodes, load, now)
-            for mig in list(self._migrations.values()):
-                where = {"metadata": {"namespace": mig.op[0], "name": mig.op[1]}}
-                self._guarded(where, self._progress, mig, nodes, now)
-            for op in self.store.list("virtualmachineoperations")["items"]:
-                self._guarded(op, self._begin, op, nodes, load, now)
+            self.migrations.tick(
+                nodes,
+                vms,
+                load,
+                now,
+                lambda n: eligible_nodes(n.values()),
+                why_unschedulable,
+            )
             existing = {_key(v) for v in vms if _dict(v.get("metadata")).get("name")}
             for table in (self.actual, self._due, self._hosts):
                 for key in [k for k in table if k not in existing]:
@@ -359,11 +370,7 @@ class ColdStandbyController:
         key = _key(vm)
         policy = str(_dict(vm.get("spec")).get("runPolicy") or DEFAULT_RUN_POLICY)
         restart = policy in RESTARTED_POLICIES
-        mig = self._migrations.pop(key, None)
-        if mig is not None:
-            self._delete_pod(key[0], mig.target_pod)
-            message = "Migration failed because the virtual machine is currently not running."
-            self._fail_op(mig.op, OPERATION_FAILED, message, signal_sent=True)
+        self.migrations.lose(key)
         for pod, node in self._launcher_pods(key):
             if node == host:
                 self._delete_pod(key[0], pod)
@@ -425,171 +432,38 @@ class ColdStandbyController:
                 break
         log.info("vm %s/%s: Running on %s", *key, target)
 
-    # ---- Evict --------------------------------------------------------------------------
+    # ---- for hwsim.migrations (its MigrationHost) ------------------------------------------
 
-    def _begin(self, op: Obj, nodes: dict[str, Obj], load: dict[str, int], now: float) -> None:
-        status, spec = _dict(op.get("status")), _dict(op.get("spec"))
-        if status.get("phase") in FINAL_OP_PHASES:
-            return
-        key = _key(op)
-        vm_key = (key[0], str(spec.get("virtualMachineName") or ""))
-        mig = self._migrations.get(vm_key)
-        if mig is not None and mig.op == key:
-            return  # ours, in progress
-        if status.get("phase") == "InProgress":
-            if self._spend():  # begun by a controller that is gone: nobody will finish it
-                self._fail_op(key, OPERATION_FAILED, "the controller lost track of it")
-            return
-        if not self._spend():
-            return
-        op_type = spec.get("type")
-        if op_type not in EVICT_TYPES:
-            message = f"hwsim's controller performs only Evict and Migrate, not {op_type}"
-            self._fail_op(key, OPERATION_FAILED, message)
-            return
-        try:
-            vm = self.store.get("virtualmachines", vm_key[1], vm_key[0])
-        except NotFound:
-            self._fail_op(key, NOT_FOUND, "VirtualMachine not found")
-            return
-        vm_status = _dict(vm.get("status"))
-        phase, source = vm_status.get("phase") or "", str(vm_status.get("nodeName") or "")
-        if mig is not None:
-            message = (
-                "VMOP cannot be executed now. Previously created operation should finish first."
-            )
-            self._fail_op(key, NOT_READY_TO_EXECUTE, message)
-            return
-        if phase != VmPhase.RUNNING or not source:
-            message = (
-                f"Operation type {op_type} is not applicable for VirtualMachine in phase {phase}"
-            )
-            self._fail_op(key, NOT_APPLICABLE_PHASE, message)
-            return
-        if _dict(vm.get("spec")).get("liveMigrationPolicy") == "Never":
-            message = "Operation is invalid: the VirtualMachine's liveMigrationPolicy is Never"
-            self._fail_op(key, NOT_APPLICABLE_POLICY, message)
-            return
-        migratable = [c for c in _conditions(vm_status) if c.get("type") == "Migratable"]
-        if migratable and migratable[0].get("status") == "False":  # e.g. a local disk
-            message = "VirtualMachine is not migratable, cannot be processed."
-            self._fail_op(key, OPERATION_FAILED, message)
-            return
-        candidates = [n for n in eligible_nodes(nodes.values()) if n != source]
-        target = choose_node(candidates, load)
-        if target is None:
-            message = unavailable_message(nodes.values(), excluded=source)
-            self._fail_op(key, TARGET_UNSCHEDULABLE, message)
-            return
-        stamp = self._now()
-        listed = [p for p in vm_status.get("virtualMachinePods") or [] if isinstance(p, dict)]
-        on_source = [n for n, host in self._launcher_pods(vm_key) if host == source]
-        source_pod = next((str(p["name"]) for p in listed if p.get("active")), "")
-        source_pod = source_pod or (on_source[0] if on_source else "")
-        target_pod = create_launcher_pod(self.store, vm, target, stamp)
-        load[target] = load.get(target, 0) + 1
-        uid = str(nodes[target]["metadata"].get("uid", ""))
-        self._migrations[vm_key] = _Migration(
-            key, vm_key, source, source_pod, target, uid, target_pod, now + self.migration_delay
-        )
-        migration_state = {
-            "startTimestamp": stamp,
-            "source": {"node": source, "pod": source_pod},
-            "target": {"node": target, "pod": target_pod},
-        }
-        vm_pods = [{"name": source_pod, "active": True}, {"name": target_pod, "active": False}]
-        conditions = [c for c in _conditions(vm_status) if c.get("type") != "Migrating"]
-        conditions.append(condition("Migrating", True, "VirtualMachineMigrating", "", stamp))
-        self._patch(
-            "virtualmachines",
-            vm_key,
-            {
-                "phase": VmPhase.MIGRATING.value,
-                "virtualMachinePods": vm_pods,
-                "migrationState": migration_state,
-                "conditions": conditions,
-            },
-        )
-        message = "Syncing source and target"
-        self._op_status(key, "InProgress", False, MIGRATION_RUNNING, message, signal_sent=True)
-        log.info("vmop %s/%s: migrating %s from %s to %s", *key, vm_key[1], source, target)
+    def powered(self, node: str) -> bool:
+        """The node's machine has power."""
+        return self._powered(node)
 
-    def _progress(self, mig: _Migration, nodes: dict[str, Obj], now: float) -> None:
-        try:
-            vm = self.store.get("virtualmachines", mig.vm[1], mig.vm[0])
-        except NotFound:
-            del self._migrations[mig.vm]
-            self._fail_op(mig.op, NOT_FOUND, "VirtualMachine not found", signal_sent=True)
-            return
-        node = nodes.get(mig.target)
-        if (
-            node is None
-            or is_out_of_service(node)
-            or str(node["metadata"].get("uid", "")) != mig.target_uid
-            or not self._powered(mig.target)
-        ):
-            self._abort(mig, vm, f"Migration failed: target node {mig.target} was lost")
-            return
-        if now < mig.due or not self._spend():
-            return
-        self._reap(mig.vm)
-        if mig.source not in self.actual.get(mig.vm, set()):
-            self._abort(mig, vm, f"Migration failed: the VM no longer runs on {mig.source}")
-            return
-        del self._migrations[mig.vm]
-        stamp = self._now()
-        vm_status = _dict(vm.get("status"))
-        self._delete_pod(mig.vm[0], mig.source_pod)
-        ip = str(vm_status.get("ipAddress") or "")
-        status = running_status(mig.target, ip, mig.target_pod, stamp)
-        status["stats"] = vm_status.get("stats") or status["stats"]  # a migration is no restart
-        status["migrationState"] = {
-            **_dict(vm_status.get("migrationState")),
-            "endTimestamp": stamp,
-            "result": "Succeeded",
-        }
-        self._patch("virtualmachines", mig.vm, status)
-        self.actual.get(mig.vm, set()).discard(mig.source)  # moved, not copied
-        self._add_actual(mig.vm, mig.target)
-        self._record_host(mig.vm, mig.target)
-        self._op_status(mig.op, "Completed", True, MIGRATION_COMPLETED, "", signal_sent=True)
-        log.info("vm %s/%s: migrated from %s to %s", *mig.vm, mig.source, mig.target)
+    def stamp(self) -> str:
+        """Now, as an API timestamp."""
+        return self._now()
 
-    def _abort(self, mig: _Migration, vm: Obj, message: str) -> None:
-        """Give up a migration: the VM stays Running where it was, the operation fails."""
-        del self._migrations[mig.vm]
-        self._delete_pod(mig.vm[0], mig.target_pod)
-        vm_status = _dict(vm.get("status"))
-        conditions = [c for c in _conditions(vm_status) if c.get("type") != "Migrating"]
-        migration_state = {
-            **_dict(vm_status.get("migrationState")),
-            "endTimestamp": self._now(),
-            "result": "Failed",
-        }
-        self._patch(
-            "virtualmachines",
-            mig.vm,
-            {
-                "phase": VmPhase.RUNNING.value,
-                "virtualMachinePods": [{"name": mig.source_pod, "active": True}],
-                "conditions": conditions,
-                "migrationState": migration_state,
-            },
-        )
-        self._fail_op(mig.op, OPERATION_FAILED, message, signal_sent=True)
+    def spend(self) -> bool:
+        """Take one action from this tick's budget (False: none left)."""
+        return self._spend()
 
-    def _fail_op(self, key: Key, reason: str, message: str, signal_sent: bool = False) -> None:
-        self._op_status(key, "Failed", False, reason, message, signal_sent)
-        log.warning("vmop %s/%s: Failed: %s: %s", *key, reason, message)
+    def launcher_pods(self, key: Key) -> list[tuple[str, str]]:
+        """(pod, node) of every launcher pod of the VM."""
+        return self._launcher_pods(key)
 
-    def _op_status(
-        self, key: Key, phase: str, done: bool, reason: str, message: str, signal_sent: bool
-    ) -> None:
-        stamp = self._now()
-        conditions = [condition("Completed", done, reason, message, stamp)]
-        if signal_sent:
-            conditions.append(condition("SignalSent", True, "SignalSentSuccess", "", stamp))
-        self._patch("virtualmachineoperations", key, {"phase": phase, "conditions": conditions})
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod (gone already is fine)."""
+        self._delete_pod(namespace, name)
+
+    def runs_on(self, key: Key, node: str) -> bool:
+        """The VM's processes really run on `node` now."""
+        self._reap(key)
+        return node in self.actual.get(key, set())
+
+    def moved(self, key: Key, source: str, target: str) -> None:
+        """A live migration moved the VM's processes (never copied)."""
+        self.actual.get(key, set()).discard(source)
+        self._add_actual(key, target)
+        self._record_host(key, target)
 
     # ---- running ------------------------------------------------------------------------
 

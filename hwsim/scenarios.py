@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwsim import scenario_busy
 from hwsim.chart import Samples, write_svg
 from hwsim.simcluster import ClusterSettings, SimCluster
 
@@ -526,6 +527,16 @@ SCENARIOS: dict[str, Scenario] = {
                 }
             },
             timeout=3 * _CHECK_INTERVAL + 10,
+        ),
+        Scenario(
+            "maintenance-busy",
+            "a busy worker enters maintenance: a VM arriving, an Evict queued, a VM that cannot "
+            "move: never done, the stuck VM named, the node stays guarded",
+            scenario_busy.inject,
+            scenario_busy.judge,
+            scenario_busy.finished,
+            settings={"migration_delay": 1.5},
+            timeout=5,
         ),
     ]
 }

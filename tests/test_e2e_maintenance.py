@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from hwsim.migrations import DIRTY_ANNOTATION as DIRTY
+from hwsim.migrations import MigrationLimits
 from hwsim.simcluster import ClusterSettings, SimCluster
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
@@ -153,6 +155,74 @@ async def test_a_typo_in_a_vm_or_node_name_is_a_clear_error_and_creates_nothing(
         assert not marked(cluster, n) and not cordoned(cluster, n)
 
 
+async def test_a_second_operation_for_a_busy_vm_is_refused_with_the_webhooks_words(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=3, vms=3)
+    cluster.vm_controller.migrations.limits = MigrationLimits(per_cluster=0)  # all queue
+    first = await nodefence(cluster, "migrate", "vm-1")
+    assert first.code == 0, first.out + first.err
+    second = await nodefence(cluster, "migrate", "vm-1")  # the first is still Pending
+    assert second.code == 1, second.out + second.err
+    assert "denied the request: VMOP cannot be executed now" in second.err
+    assert "403 Forbidden: admission webhook" in second.err and "ClusterError" not in second.err
+    assert len(vmops(cluster)) == 1
+
+
+def migration_target(cluster: SimCluster, vm: str) -> str:
+    status = cluster.kube.store.get("virtualmachines", vm, "default").get("status") or {}
+    if status.get("phase") != "Migrating":
+        return ""
+    return str(((status.get("migrationState") or {}).get("target") or {}).get("node") or "")
+
+
+async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) -> None:
+    cluster = sim(nodes=3, vms=2)  # node-3 runs nothing
+    store = cluster.kube.store
+
+    def busy(on: bool) -> None:  # vm-1's migration stalls half way until its load drops
+        value = "high" if on else None
+        store.patch("vm", "vm-1", {"metadata": {"annotations": {DIRTY: value}}}, "default")
+
+    busy(True)
+    store.create(  # someone moves vm-1: the emptiest node is the target
+        "virtualmachineoperations",
+        {
+            "apiVersion": "virtualization.deckhouse.io/v1alpha2",
+            "kind": "VirtualMachineOperation",
+            "metadata": {"name": "someones-evict"},
+            "spec": {"type": "Evict", "virtualMachineName": "vm-1"},
+        },
+        "default",
+    )
+    target = await until(cluster, "vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "maintenance", "enter", target, "--vms-only",
+        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any(" VMs: " in line for line in lines):  # the drain has looked
+            line = await asyncio.wait_for(proc.stdout.readline(), 40)
+            assert line, "enter ended before its drain looked:\n" + "".join(lines)
+            lines.append(line.decode())
+        busy(False)  # now it converges and lands on the node under maintenance
+        rest, _ = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    assert proc.returncode == 0, out
+    assert "vm default/vm-1: arriving from node-1" in out
+    assert where(cluster)["vm-1"][1] not in ("", target), out  # moved off again
+    assert where(cluster)["vm-1"][0] == "Running"
+    assert cluster.vm_controller.violations() == []
+
+
 # ---- maintenance enter / exit / list ---------------------------------------------------------
 
 
@@ -215,7 +285,7 @@ async def test_enter_moves_five_vms_off_never_onto_a_cordoned_node_and_drains_po
     assert row == ["node-1", "in", "maintenance", "yes", "True", "0"]
 
 
-async def test_enter_with_no_other_schedulable_node_fails_cleanly_and_keeps_the_node_marked(
+async def test_enter_with_no_other_schedulable_node_is_refused_and_changes_nothing(
     sim: Make,
 ) -> None:
     cluster = sim(nodes=2, vms=3)  # vm-1 and vm-3 on node-1
@@ -224,12 +294,33 @@ async def test_enter_with_no_other_schedulable_node_fails_cleanly_and_keeps_the_
     launchers = pods_on(cluster, "node-1")
     r = await nodefence(cluster, "maintenance", "enter", "node-1", "--timeout", "20")
     assert r.code == 1, r.out + r.err
-    assert "default/vm-1: TargetUnschedulable: 0/2 nodes are available" in r.err
-    assert "default/vm-3: TargetUnschedulable" in r.err
-    assert "stays cordoned and marked" in r.err
-    assert marked(cluster, "node-1") and cordoned(cluster, "node-1")
+    assert "no other node can take the 2 VMs of node-1" in r.err and "Nothing changed" in r.err
+    assert not marked(cluster, "node-1") and not cordoned(cluster, "node-1")
     assert where(cluster) == before  # nothing moved, nothing stopped
     assert pods_on(cluster, "node-1") == launchers  # and no pod was evicted
+    assert vmops(cluster) == []
+
+
+async def test_a_vm_that_cannot_move_is_named_with_the_controllers_reason_node_stays_guarded(
+    sim: Make,
+) -> None:
+    cluster = sim(nodes=3, vms=3)  # vm-1 on node-1
+    status = cluster.kube.store.get("virtualmachines", "vm-1", "default")["status"]
+    conditions = [c for c in status["conditions"] if c["type"] != "Migratable"]
+    conditions.append({"type": "Migratable", "status": "False", "reason": "NotMigratable"})
+    cluster.kube.store.patch(
+        "vm", "vm-1", {"status": {"conditions": conditions}}, "default", subresource="status"
+    )
+    r = await nodefence(cluster, "maintenance", "enter", "node-1", "--timeout", "20")
+    assert r.code == 1, r.out + r.err
+    assert (
+        "default/vm-1: OperationFailed: VirtualMachine is not migratable, cannot be processed."
+        in r.err
+    )
+    assert "still guards it" in r.err
+    node = cluster.kube.store.get("nodes", "node-1")
+    assert node["metadata"]["labels"][LABEL] == "draining" and cordoned(cluster, "node-1")
+    assert where(cluster)["vm-1"] == ("Running", "node-1")
 
 
 async def test_exit_restores_scheduling(sim: Make) -> None:
@@ -260,11 +351,16 @@ def events_about(cluster: SimCluster, name: str, reason: str) -> list[dict[str, 
     return [e for e in cluster.events(reason) if e["involvedObject"]["name"] == name]
 
 
-async def test_a_node_powered_off_in_maintenance_is_never_fenced(make_cluster: Make) -> None:
+async def test_the_leaders_node_hands_off_enters_maintenance_and_is_never_fenced(
+    make_cluster: Make,
+) -> None:
     cluster = start_with_leader(make_cluster, nodes=3, vms=6)
-    victim = victim_of(cluster)
+    victim = str(cluster.leader())  # the hardest case: the node that does the fencing
     r = await nodefence(cluster, "maintenance", "enter", victim, "--vms-only", "--timeout", "30")
     assert r.code == 0, r.out + r.err
+    assert f"node {victim} holds the nodefence leader Lease" in r.out
+    assert "leadership handed off: " in r.out  # to a named node, or freed for one to take
+    cluster.wait_for("another leader", lambda: cluster.leader() not in (None, victim), 10)
     assert vms_on(cluster, victim) == []
     cluster.fleet[victim].cut_power()  # the planned work begins
     await until(
@@ -281,12 +377,14 @@ async def test_a_node_powered_off_in_maintenance_is_never_fenced(make_cluster: M
     assert cluster.vm_controller.violations() == []
 
 
-async def test_a_node_entering_maintenance_while_its_fence_waits_is_aborted_safely(
+async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_safely(
     make_cluster: Make,
 ) -> None:
     # One fence at a time: the first victim's slow BMC holds the only slot while the second
-    # victim's operation waits; that node then enters maintenance, so when the slot frees
-    # the operation is aborted before any power request is sent.
+    # victim's operation waits; an operator then marks that node in maintenance by hand
+    # (`nodefence maintenance enter` would refuse a failing node, or mark it `draining`, which
+    # keeps it guarded), so when the slot frees the operation is aborted before any power
+    # request is sent.
     cluster = start_with_leader(
         make_cluster,
         nodes=5,
@@ -301,18 +399,12 @@ async def test_a_node_entering_maintenance_while_its_fence_waits_is_aborted_safe
     final_record(cluster, slow, ("Fencing",), timeout=30)
     cluster.nodes[late].partition()
     await until(cluster, f"{late}'s pending operation", lambda: records(cluster, late), 30)
-    enter = asyncio.create_task(
-        nodefence(cluster, "maintenance", "enter", late, "--vms-only", "--timeout", "10")
-    )
-    try:
-        await until(cluster, f"{late} marked", lambda: marked(cluster, late), 20)
-        assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
-        await until(
-            cluster, f"{late} aborted",
-            lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
-        )  # fmt: skip
-    finally:
-        await enter
+    cluster.kube.store.patch("nodes", late, {"metadata": {"labels": {LABEL: "true"}}})
+    assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
+    await until(
+        cluster, f"{late} aborted",
+        lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
+    )  # fmt: skip
     [rec] = records(cluster, late)
     assert rec["status"]["reason"] == "node entered maintenance before the power-off was sent"
     assert not rec["status"]["powerOffSent"]

@@ -304,7 +304,7 @@ def track_writes(c: Candidate) -> list[float]:
         accepted.append(started)
         return info
 
-    c.elector.api.write_lease = recording  # type: ignore[method-assign]
+    c.elector.api.write_lease = recording
     return accepted
 
 
@@ -448,8 +448,8 @@ def read_in_lockstep(cands: list[Candidate]) -> list[int | None]:
                 statuses.append(err.status)
                 raise
 
-        api.get_lease = get_then_wait  # type: ignore[method-assign]
-        api.write_lease = write_recording  # type: ignore[method-assign]
+        api.get_lease = get_then_wait
+        api.write_lease = write_recording
     return statuses
 
 
@@ -569,3 +569,67 @@ async def test_two_agents_started_with_the_same_node_name_never_both_lead(
         for c in cands:
             c.stop.set()
         await asyncio.gather(*(c.task for c in cands if c.task), return_exceptions=True)
+
+
+# -- maintenance: the leader's node hands leadership off (issue 21) --------------------------
+
+
+async def test_a_leader_whose_node_enters_maintenance_hands_off_to_another_candidate(
+    kube: KubeApiServer, candidates: Callable[[int], list[Candidate]]
+) -> None:
+    cands = candidates(2)
+    marked: set[str] = set()
+    for c in cands:
+        c.elector.defer = lambda name=c.name: name in marked
+        c.start()
+    first = await eventually("a first leader", lambda: the_leader(cands))
+    other = next(c for c in cands if c is not first)
+    marked.add(first.name)  # `maintenance enter` marked its node
+    await eventually("the other leads", lambda: the_leader(cands) is other or None)
+    assert not first.leading and lease(kube)["holderIdentity"] == other.name
+    # It stays a candidate, but defers: it never takes the Lease back while marked.
+    await asyncio.sleep(TIMING.lease_duration + 2 * TIMING.retry_period)
+    assert the_leader(cands) is other and len(first.lead_started) == 1
+
+
+async def test_a_sole_candidate_in_maintenance_takes_the_lease_back_and_keeps_it(
+    kube: KubeApiServer, candidates: Callable[[int], list[Candidate]]
+) -> None:
+    [only] = candidates(1)
+    marked: set[str] = set()
+    only.elector.defer = lambda: only.name in marked
+    only.start()
+    await eventually("it leads", lambda: only.leading or None)
+    marked.add(only.name)
+    await eventually("it handed off", lambda: not only.leading or None)
+    # Nobody else took it: after a whole lease_duration it leads again, and does not flap.
+    await eventually("it leads again", lambda: only.leading or None, TIMING.lease_duration + 5)
+    await asyncio.sleep(TIMING.lease_duration + 2 * TIMING.retry_period)
+    assert only.leading and len(only.lead_started) == 2
+
+
+async def test_the_agent_reads_its_own_nodes_mark_and_keeps_the_last_one_on_failure() -> None:
+    from agent.cluster import ClusterError, NodeInfo
+    from agent.handoff import OwnMark, lease_holder_node
+
+    answers: list[object] = [None, ClusterError("503"), "draining", ClusterError("503"), ""]
+    stop = asyncio.Event()
+
+    async def read() -> NodeInfo | None:
+        value = answers.pop(0)
+        if not answers:
+            stop.set()
+        if isinstance(value, Exception):
+            raise value
+        if value is None:
+            return None
+        return NodeInfo("n1", "u", None, 0, True, True, value == "true", None, str(value))
+
+    own = OwnMark(read, "n1", period=0.0)
+    seen: list[bool] = []
+    task = asyncio.create_task(own.run(stop))
+    while not task.done():
+        seen.append(own.marked())
+        await asyncio.sleep(0)
+    assert True in seen and not own.marked()  # marked while draining, unmarked at the end
+    assert lease_holder_node("node-2_1a2b") == "node-2" and lease_holder_node(None) is None

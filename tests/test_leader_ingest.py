@@ -396,3 +396,27 @@ async def test_a_clean_stop_withdraws_the_watchdog_claim_even_if_a_heartbeat_com
     await send(node_client, "node-1", armed(0, boot="boot-b"))  # the agent started again
     await barrier(node_client, side)
     assert side.watchdog_claims["node-1"] == claim
+
+
+async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_and_an_event(
+    leader: tuple[LeaderSide, asyncio.Task[None]], kube: KubeApiServer
+) -> None:
+    # `d8 k uncordon` ends a drain but leaves our mark: never fenced, yet VMs may land there.
+    side, _ = leader
+    marked = _node("node-8")
+    marked["metadata"]["labels"] = {"nodefence.io/maintenance": "true"}
+    kube.store.create("nodes", marked)
+    await side._refresh_kube()
+    decision = await side.judge_once()
+    assert [(a.kind.value, a.node) for a in decision.alerts] == [
+        ("maintenance-schedulable", "node-8")
+    ]
+    events = [
+        e
+        for e in kube.store.list("events")["items"]
+        if e["reason"] == "AlertMaintenanceSchedulable"
+    ]
+    assert len(events) == 1 and "maintenance exit node-8" in events[0]["message"]
+    kube.store.patch("nodes", "node-8", {"spec": {"unschedulable": True}})  # cordoned again
+    await side._refresh_kube()
+    assert (await side.judge_once()).alerts == []

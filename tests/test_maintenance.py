@@ -14,29 +14,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.cli_maintenance import TerminalProgress
-from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError, NodeInfo
+from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError
 from agent.maintenance import (
-    FINAL_STAGES,
-    IN_FLIGHT,
-    DrainStep,
-    MigrationState,
     NodeFacts,
     NodeState,
-    OpRef,
-    PodAction,
-    PodDrain,
-    VmProgress,
-    VmRef,
-    VmStage,
-    classify_pod,
     did_you_mean,
     enter_verdict,
-    eviction_retry_delay,
-    follow_migration,
     maintenance_rows,
     node_state,
+)
+from agent.pod_drain import PodAction, PodDrain, classify_pod, eviction_retry_delay
+from agent.vm_drain import FINAL_STAGES, IN_FLIGHT, DrainStep, VmProgress, VmStage, plan_vm_drain
+from agent.vm_migration import (
+    MigrationState,
+    OpRef,
+    VmRef,
+    follow_migration,
     op_ref,
-    plan_vm_drain,
     vm_ref,
     vmop_body,
     vmop_name,
@@ -48,8 +42,7 @@ from agent.vmops import (
     exit_maintenance,
     migrate_vm,
 )
-
-N = "node-1"
+from tests.maintenance_fakes import FakeApi, FakeClock, N, Recorder, as_api, cluster
 
 
 def vm(name: str, phase: str = "Running", node: str = N, target: str = "") -> VmRef:
@@ -294,24 +287,26 @@ def test_refused_evictions_back_off_doubling_up_to_five_seconds() -> None:
 @pytest.mark.parametrize(
     ("marked", "cordoned", "vms", "state"),
     [
-        (False, False, 3, NodeState.SCHEDULABLE),
-        (False, True, 0, NodeState.CORDONED),
-        (True, False, 0, NodeState.MARKED_SCHEDULABLE),
-        (True, True, 2, NodeState.DRAINING),
-        (True, True, 0, NodeState.IN_MAINTENANCE),
+        ("", False, 3, NodeState.SCHEDULABLE),
+        ("", True, 0, NodeState.CORDONED),
+        ("true", False, 0, NodeState.MARKED_SCHEDULABLE),
+        ("draining", True, 2, NodeState.DRAINING),
+        ("draining", True, 0, NodeState.DRAINING),
+        ("true", True, 0, NodeState.IN_MAINTENANCE),
+        ("true", True, 1, NodeState.MARKED_WITH_VMS),
     ],
 )
 def test_node_state_comes_from_mark_cordon_and_vms_left(
-    marked: bool, cordoned: bool, vms: int, state: NodeState
+    marked: str, cordoned: bool, vms: int, state: NodeState
 ) -> None:
     assert node_state(marked, cordoned, vms) is state
 
 
 def test_maintenance_rows_show_marked_nodes_and_their_vms() -> None:
     nodes = [
-        NodeFacts("node-2", True, True, True),
-        NodeFacts("node-1", False, False, True),
-        NodeFacts("node-3", True, True, None),
+        NodeFacts("node-2", "draining", True, True),
+        NodeFacts("node-1", "", False, True),
+        NodeFacts("node-3", "true", True, None),
     ]
     vms = [vm("a", node="node-2"), vm("b", node="node-1"), vm("c", "Stopped", node="")]
     rows = maintenance_rows(nodes, vms)
@@ -347,7 +342,7 @@ def test_pods_that_stayed_fail_the_run_and_unmanaged_ones_ask_for_force() -> Non
     pods = PodDrain(unmanaged=("default/bare",), stuck=(("default/web", "budget says no"),))
     ok, lines = enter_verdict(N, moved, pods)
     text = "\n".join(lines)
-    assert not ok and "--force" in text and "default/web: budget says no" in text
+    assert not ok and "--evict-unmanaged" in text and "default/web: budget says no" in text
     ok, lines = enter_verdict(N, moved, PodDrain(evicted=("default/web",), skipped=("d/ds",)))
     assert ok and "1 VMs moved, 1 pods evicted, 1 DaemonSet or static pods left" in lines[0]
     ok, lines = enter_verdict(N, moved, None)
@@ -389,148 +384,6 @@ def test_on_a_terminal_steps_are_redrawn_in_place_and_the_last_one_stays() -> No
 # ---- the commands against an in-memory API ---------------------------------------------------
 
 
-@dataclass
-class FakeApi:
-    """Nodes, VMs, operations and pods in memory, and a controller that moves a VM two looks
-    after its Evict operation appears (or fails it when its VM is in `unmovable`)."""
-
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ops: dict[str, dict[str, Any]] = field(default_factory=dict)
-    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    unmovable: set[str] = field(default_factory=set)
-    refusals: dict[str, int] = field(default_factory=dict)  # pod -> 429s before it goes
-    calls: list[str] = field(default_factory=list)
-    max_in_flight: int = 0
-
-    def add_node(self, name: str, ready: bool = True) -> None:
-        self.nodes[name] = {"labels": {}, "unschedulable": False, "ready": ready}
-
-    def add_vm(self, name: str, node: str, phase: str = "Running") -> None:
-        self.vms[name] = {
-            "metadata": {"namespace": "default", "name": name},
-            "status": {"phase": phase, "nodeName": node},
-        }
-
-    def _tick(self) -> None:
-        for o in self.ops.values():
-            name, status = o["spec"]["virtualMachineName"], o.setdefault("status", {})
-            vst = self.vms[name]["status"]
-            if status.get("phase") in ("Completed", "Failed"):
-                continue
-            if name in self.unmovable:
-                status["phase"] = "Failed"
-                status["conditions"] = [
-                    {"type": "Completed", "reason": "TargetUnschedulable", "message": "no room"}
-                ]
-            elif status.get("phase") == "InProgress":
-                status["phase"] = "Completed"
-                vst.update(phase="Running", nodeName=vst.pop("migrationState")["target"]["node"])
-            else:
-                free = [
-                    n
-                    for n, v in self.nodes.items()
-                    if not v["unschedulable"] and n != vst["nodeName"]
-                ]
-                status["phase"] = "InProgress"
-                vst.update(phase="Migrating", migrationState={"target": {"node": free[0]}})
-
-    async def get_node(self, node: str) -> NodeInfo | None:
-        n = self.nodes.get(node)
-        if n is None:
-            return None
-        marked = n["labels"].get(MAINTENANCE_LABEL) == "true"
-        return NodeInfo(node, "uid", None, 0, n["ready"], n["unschedulable"], marked, None)
-
-    async def list_nodes(self) -> list[NodeInfo]:
-        return [i for n in self.nodes if (i := await self.get_node(n)) is not None]
-
-    async def label_node(self, node: str, key: str, value: str | None) -> None:
-        self.calls.append(f"label {node} {key}={value}")
-        if value is None:
-            self.nodes[node]["labels"].pop(key, None)
-        else:
-            self.nodes[node]["labels"][key] = value
-
-    async def set_unschedulable(self, node: str, unschedulable: bool) -> None:
-        self.calls.append(f"{'cordon' if unschedulable else 'uncordon'} {node}")
-        self.nodes[node]["unschedulable"] = unschedulable
-
-    async def list_vms(self) -> list[dict[str, Any]]:
-        self._tick()
-        return list(self.vms.values())
-
-    async def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self._tick()
-        return self.vms.get(name)
-
-    async def list_vm_operations(self) -> list[dict[str, Any]]:
-        return list(self.ops.values())
-
-    async def get_vm_operation(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.ops.get(name)
-
-    async def create_vm_operation(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        name = body["metadata"]["name"]
-        self.calls.append(f"create {name}")
-        if name in self.ops:
-            raise ClusterError("exists", 409)
-        self.ops[name] = {**body, "status": {}}
-        in_flight = [
-            o for o in self.ops.values() if o["status"].get("phase") not in ("Completed", "Failed")
-        ]
-        self.max_in_flight = max(self.max_in_flight, len(in_flight))
-        return self.ops[name]
-
-    async def list_node_pods(self, node: str) -> list[dict[str, Any]]:
-        return list(self.pods.values())
-
-    async def evict_pod(self, namespace: str, name: str) -> str:
-        self.calls.append(f"evict {name}")
-        if self.refusals.get(name, 0) > 0:
-            self.refusals[name] -= 1
-            return "The disruption budget web needs 1 healthy pods and has 1 currently"
-        self.pods.pop(name, None)
-        return ""
-
-
-@dataclass
-class Recorder:
-    lines: list[str] = field(default_factory=list)
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def step(self, text: str) -> None:
-        self.lines.append(text)
-
-    def status(self, text: str) -> None:
-        pass
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 0.1  # every look costs a little time
-        return self.t
-
-
-def cluster(vms_on_node: int = 3) -> FakeApi:
-    api = FakeApi()
-    for n in (N, "node-2", "node-3"):
-        api.add_node(n)
-    for i in range(vms_on_node):
-        api.add_vm(f"vm-{i}", N)
-    api.add_vm("other", "node-2")
-    return api
-
-
-def as_api(fake: FakeApi) -> ClusterApi:
-    return cast(ClusterApi, fake)
-
-
 async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
     rec = Recorder()
     kw.setdefault("timeout", 30)
@@ -540,12 +393,16 @@ async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
     return out.ok, list(out.lines), rec
 
 
-async def test_enter_marks_before_cordoning_and_cordons_before_any_vm_moves() -> None:
+async def test_enter_marks_and_cordons_in_one_write_before_any_vm_moves() -> None:
     api = cluster()
     ok, lines, _ = await enter(api, vms_only=True)
     assert ok, lines
-    assert api.calls[:2] == [f"label {N} {MAINTENANCE_LABEL}=true", f"cordon {N}"]
-    assert api.calls[2].startswith("create migrate-vm-")
+    assert api.calls[0] == (
+        f"patch {N} {MAINTENANCE_LABEL}=draining @nodefence.io/maintenance-cordon=true "
+        "unschedulable=True"
+    )
+    assert api.calls[1].startswith("create migrate-vm-")
+    assert api.calls[-1] == f"patch {N} {MAINTENANCE_LABEL}=true"  # empty: now never fenced
     assert all(v["status"]["nodeName"] != N for v in api.vms.values())
 
 
@@ -556,13 +413,14 @@ async def test_enter_keeps_at_most_parallel_migrations_in_flight() -> None:
     assert sum("moved node-1 -> " in line for line in rec.lines) == 7
 
 
-async def test_a_vm_that_cannot_move_fails_the_run_by_name_and_the_node_stays_marked() -> None:
+async def test_a_vm_that_cannot_move_fails_the_run_by_name_and_the_node_stays_guarded() -> None:
     api = cluster()
     api.unmovable = {"vm-1"}
     ok, lines, _ = await enter(api)
     assert not ok
     assert "default/vm-1: TargetUnschedulable: no room" in "\n".join(lines)
-    assert api.nodes[N]["unschedulable"] and api.nodes[N]["labels"][MAINTENANCE_LABEL] == "true"
+    assert api.nodes[N]["unschedulable"]
+    assert api.nodes[N]["labels"][MAINTENANCE_LABEL] == "draining"
     assert not any(c.startswith("evict") for c in api.calls)  # pods left alone
 
 
@@ -603,20 +461,21 @@ async def test_a_pod_no_controller_manages_stops_the_drain_before_any_eviction()
     ok, lines, _ = await enter(api)
     assert not ok and "default/bare" in "\n".join(lines)
     assert not any(c.startswith("evict") for c in api.calls)
-    ok, _, _ = await enter(api, force=True)
+    ok, _, _ = await enter(api, evict_unmanaged=True)
     assert ok and api.pods == {}
 
 
 class FlakyApi(FakeApi):
-    """The first `failures` VM listings fail, as an API server that is restarting."""
+    """The drain's first `failures` looks at the node's pods fail, as an API server that is
+    restarting."""
 
     failures: int = 0
 
-    async def list_vms(self) -> list[dict[str, Any]]:
+    async def list_node_pods(self, node: str, label_selector: str = "") -> list[dict[str, Any]]:
         if self.failures > 0:
             self.failures -= 1
-            raise ClusterError("list virtual machines: 503 Service Unavailable", 503)
-        return await super().list_vms()
+            raise ClusterError(f"list pods on node {node}: 503 Service Unavailable", 503)
+        return await super().list_node_pods(node, label_selector)
 
 
 async def test_an_api_hiccup_is_retried_and_reported_once() -> None:
@@ -633,7 +492,7 @@ async def test_an_api_that_never_answers_fails_the_run_and_evicts_nothing() -> N
     api.__dict__.update(cluster().__dict__)
     api.failures = 10**6
     api.pods = {"web": pod("web")}
-    with pytest.raises(VmopsError, match="stays marked and cordoned"):
+    with pytest.raises(VmopsError, match="stays cordoned and guarded"):
         await enter(api, timeout=2)
     assert api.nodes[N]["unschedulable"] and "evict web" not in api.calls
 
@@ -665,7 +524,7 @@ async def test_migrate_an_unknown_or_stopped_vm_creates_nothing() -> None:
     api.add_vm("off", "", "Stopped")
     with pytest.raises(UnknownObject, match="did you mean vm-0"):
         await migrate_vm(as_api(api), "default", "vm-9", wait=True, timeout=1, reporter=Recorder())
-    with pytest.raises(VmopsError, match="only a Running VM"):
+    with pytest.raises(VmopsError, match="only a running VM"):
         await migrate_vm(as_api(api), "default", "off", wait=True, timeout=1, reporter=Recorder())
     assert api.ops == {}
 

@@ -301,3 +301,38 @@ def test_bad_overrides_raise_an_error_naming_the_field(data: dict[str, object], 
     with pytest.raises(ProfileError) as e:
         profile_from_mapping(data)
     assert e.value.field == field and str(e.value).startswith(f"{field}: ")
+
+
+# --- maintenance (issue 21) ----------------------------------------------------------------
+
+
+def test_nodes_in_maintenance_leave_the_storm_guards_denominator() -> None:
+    # 5 nodes, 2 in maintenance (powered off for work), 2 of the 3 others dead: 40 % of 3 is
+    # 1 node, so this is a storm, not two fences.
+    verdicts = fleet(5, dead=2)
+    off = [replace(x, health=NodeHealth.DEAD) for x in verdicts[3:]]
+    d = run([*verdicts[:3], *off], max_unhealthy="40%", maintenance=frozenset({"w3", "w4"}))
+    assert d.frozen and d.fence == []
+    assert "2 of 3 nodes" in d.held["w0"]
+
+
+@pytest.mark.parametrize(
+    ("marked", "unschedulable", "alert"),
+    [
+        (True, False, True),  # `d8 k uncordon` left the mark: never fenced, VMs may land
+        (True, True, False),  # in maintenance as it should be
+        (False, False, False),
+        (False, True, False),  # someone's cordon: not ours to judge
+    ],
+)
+def test_a_node_marked_for_maintenance_but_schedulable_raises_an_alert(
+    marked: bool, unschedulable: bool, alert: bool
+) -> None:
+    from agent.policy import marked_schedulable_alerts
+
+    alerts = marked_schedulable_alerts({"w1": (marked, unschedulable), "w2": (False, False)})
+    assert [(a.kind, a.node) for a in alerts] == (
+        [(AlertKind.MAINTENANCE_SCHEDULABLE, "w1")] if alert else []
+    )
+    if alert:
+        assert "schedulable" in alerts[0].message and "maintenance exit w1" in alerts[0].message

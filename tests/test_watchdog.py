@@ -4,6 +4,7 @@ the agent's feeder writing to the emulated watchdog device (a real FIFO read by 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -317,3 +318,68 @@ def test_a_missing_device_is_a_clear_error(tmp_path: Path) -> None:
     feeder = WatchdogFeeder(str(tmp_path / "nope"), policy, CLAIM)
     with pytest.raises(WatchdogDeviceError, match=r"cannot open watchdog device .*nope"):
         feeder.tick()
+
+
+# -- maintenance (issue 21): long network work must not reset a node in maintenance ----------
+
+
+def test_a_node_in_maintenance_keeps_feeding_without_contact_once_the_leader_knows() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(1.0)
+    p.maintenance(True, 2.0)  # its Node carries nodefence.io/maintenance=true
+    assert p.claim_withdrawn  # heartbeats from now on advertise no armed watchdog
+    assert not p.should_feed(6.5) and p.stopped  # not exempt until the leader can know
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(1.0)
+    p.maintenance(True, 2.0)
+    p.echo(2.5)  # a heartbeat sent after the withdrawal came back: the leader has it
+    assert p.should_feed(60.0) and not p.stopped  # an hour of firmware work: no reset
+
+
+def test_an_echo_of_a_heartbeat_sent_before_the_withdrawal_does_not_exempt() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(1.0)
+    p.maintenance(True, 2.0)
+    p.echo(1.9)
+    assert not p.should_feed(7.0)
+
+
+def test_leaving_maintenance_restores_the_cut_off_and_the_claim() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(1.0)
+    p.maintenance(True, 2.0)
+    p.echo(2.5)
+    p.contact(100.0)  # the read that found the mark gone showed no fencing record either
+    p.maintenance(False, 100.0)
+    assert not p.claim_withdrawn
+    assert p.should_feed(104.0) and not p.should_feed(105.5)
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(1.0)
+    p.maintenance(True, 2.0)
+    p.echo(2.5)
+    p.fenced("fence-n1-x")  # a fencing record always stops feeding, maintenance or not
+    assert not p.should_feed(3.0)
+
+
+def test_no_watchdog_proof_for_a_node_in_maintenance() -> None:
+    ok, why = self_fence_verdict(replace(OK, in_maintenance=True))
+    assert not ok and "maintenance" in why
+
+
+async def test_the_mark_watcher_reads_the_maintenance_mark_with_the_records() -> None:
+    p = FeedPolicy(cut_off=5.0)
+    t = itertools.count(10.0, 0.5)
+    stop = asyncio.Event()
+    reads: list[bool] = [True, False]
+
+    async def marks() -> list[str]:
+        return []
+
+    async def mark() -> bool:
+        value = reads.pop(0)
+        if not reads:
+            stop.set()
+        return value
+
+    await watch_marks(marks, p, 0.01, stop, clock=lambda: next(t), read_mark=mark)
+    assert p.last_contact is not None and not p.claim_withdrawn  # the mark came and went

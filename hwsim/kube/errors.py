@@ -121,6 +121,13 @@ class TooManyRequests(ApiError):
     reason = "TooManyRequests"
 
 
+class Forbidden(ApiError):
+    """403: refused, e.g. by a validating admission webhook."""
+
+    code = 403
+    reason = "Forbidden"
+
+
 class InternalError(ApiError):
     """500: what the real server reports as an internal error."""
 

@@ -58,6 +58,7 @@ def evict(store: ObjectStore, namespace: str, name: str, body: Obj) -> Obj:
         raise BadRequest("name in URL does not match name in Eviction object")
     with store.transaction():
         pod = store.get("pods", name, namespace)
+        store.admit("CREATE", "pods", pod, "eviction")  # e.g. KubeVirt's: evacuate, not delete
         if _healthy(pod):
             all_pods = store.list("pods", namespace)["items"]
             pdbs = []

@@ -24,6 +24,8 @@ from hwsim.kube.store import ObjectStore
 log = logging.getLogger(__name__)
 
 NODE_LEASE_NAMESPACE = "kube-node-lease"
+# What a node offers pods (and so VMs) when the test does not say: room for plenty of small VMs.
+DEFAULT_ALLOCATABLE = {"cpu": "16", "memory": "64Gi", "pods": "110"}
 _PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure")
 
 
@@ -43,8 +45,10 @@ class SimKubelet:
         kubelet_port: int = 0,
         kubelet_version: str = "v1.32.0",
         clock: Callable[[], datetime] = wall_clock,
+        allocatable: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.allocatable = dict(allocatable or DEFAULT_ALLOCATABLE)
         self.node_name = node_name
         self.is_powered = is_powered
         self.lease_duration_seconds = lease_duration_seconds
@@ -100,6 +104,8 @@ class SimKubelet:
         status: dict[str, object] = {
             "conditions": conditions,
             "addresses": addresses,
+            "capacity": dict(self.allocatable),
+            "allocatable": dict(self.allocatable),
             "nodeInfo": {
                 "machineID": self._machine_id,
                 "systemUUID": self._machine_id,

@@ -44,6 +44,9 @@ Resource = ResourceType | str
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _Key = tuple[str, str]
 _Dependents = list[tuple[ResourceType, Obj]]
+# A validating admission webhook: (operation, resource type, object, subresource); it raises an
+# ApiError to refuse. `CREATE` of objects, and `CREATE` of `eviction` with the pod evicted.
+Admission = Callable[[str, ResourceType, Obj, str], None]
 
 
 class ObjectStore:
@@ -64,6 +67,7 @@ class ObjectStore:
         self._rv = 0
         self._log = ChangeLog(history_limit)
         self._owners = cascade.OwnerIndex()
+        self.admission: list[Admission] = []  # webhooks, in order (the emulated controllers')
         for rt in self.registry.all():
             if not rt.built_in:
                 self._store_crd(rt)
@@ -122,6 +126,12 @@ class ObjectStore:
 
     # ---- writing -------------------------------------------------------------------------
 
+    def admit(self, operation: str, resource: Resource, obj: Obj, subresource: str = "") -> None:
+        """Ask every admission webhook; the first refusal raises (its ApiError)."""
+        rt = self.resolve(resource)
+        for webhook in list(self.admission):
+            webhook(operation, rt, obj, subresource)
+
     def create(self, resource: Resource, obj: Obj, namespace: str | None = None) -> Obj:
         """Store a new object (201 over HTTP); AlreadyExists if the name is taken."""
         rt = self.resolve(resource)
@@ -151,6 +161,7 @@ class ObjectStore:
                 )
             new = objects.for_create(rt, obj, name, ns, self.clock())
             objects.check_labels(rt, new)
+            self.admit("CREATE", rt, new)
             if self._serve_crd(rt, new):
                 new["status"] = established(new)
             return present(rt, self._write(rt, "ADDED", new, None))

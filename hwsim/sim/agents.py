@@ -3,8 +3,9 @@
 One `NodeAgent` per agent process on a machine. Its I/O is simulated (a broker client, an API
 client), its decisions are the real ones: heartbeats are built, signed and encoded by
 `agent.heartbeat_codec` / `agent.heartbeat_auth`; whether to feed the watchdog is the real
-`agent.watchdog.FeedPolicy`, fed by the heartbeat echo (`contact`) and by the real
-`agent.watchdog.watch_marks` loop over the API (`agent.runner.unfinished_marks`). Its callbacks
+`agent.watchdog.FeedPolicy`, fed by the heartbeat echo (`echo`) and by the real
+`agent.watchdog.watch_marks` loop over the API (`agent.runner.unfinished_marks` and the Node's
+maintenance mark). Its callbacks
 run in its own process context: killing the process stops them all at once.
 
 Like `agent.heartbeat.HeartbeatPublisher`: `online` retained on connect, `offline` as the Last
@@ -89,6 +90,10 @@ class NodeAgent:
             async def marks() -> list[str]:
                 return await unfinished_marks(self.api, cfg.kube.namespace, self.node)
 
+            async def maintenance_mark() -> bool:
+                info = await self.api.get_node(self.node)
+                return bool(info and info.maintenance)
+
             spawn(
                 w.loop,
                 self.proc,
@@ -98,6 +103,7 @@ class NodeAgent:
                     cfg.watchdog.api_check_interval,
                     self.stop,
                     clock=self.machine.clock,
+                    read_mark=maintenance_mark,
                 ),
                 f"marks-{self.node}",
             )
@@ -146,7 +152,8 @@ class NodeAgent:
         w.loop.call_later(interval, self._tick, context=self.proc.context)
 
     def _armed_claim(self) -> WatchdogClaim | None:
-        if self.policy is None or not self.machine.watchdog.armed or self.policy.stopped:
+        p = self.policy
+        if p is None or not self.machine.watchdog.armed or p.stopped or p.claim_withdrawn:
             return None
         return self.claim
 
@@ -212,7 +219,7 @@ class NodeAgent:
             return
         sent = self.sent.get(hb.seq) if hb.boot == self.boot else None
         if sent is not None:
-            self.policy.contact(sent)
+            self.policy.echo(sent)
 
     def _on_probe(self, topic: str, payload: bytes) -> None:
         w = self.world

@@ -1,0 +1,553 @@
+"""Live migrations as Deckhouse Virtualization's controller runs them (VirtualMachineOperation
+`Evict` or the deprecated `Migrate`), for `hwsim.coldstandby.ColdStandbyController`.
+
+An operation the controller accepts goes through the phases and `Completed` condition reasons of
+`vmop/migration/internal/handler/lifecycle.go`, with `status.progress`:
+- `Pending` `MigrationPending` 0%: queued while the migration limits are reached, as KubeVirt
+  and the controller count them: `per_cluster` (parallelMigrationsPerCluster, 5),
+  `outbound_per_node` (parallelOutboundMigrationsPerNode, 2) and `inbound_per_node` (the
+  controller's inbound limiter, 1); the message names the limit.
+- `InProgress` `TargetUnschedulable` 2%: no node may take the VM (cordoned, tainted, NotReady,
+  or `Insufficient cpu`/`memory`: see `hwsim.node_capacity`). It stays so, trying again, until
+  `prepare_timeout` (the controller's 5 minutes) fails it: `OperationFailed` "Timed out
+  preparing the migration target."
+- `InProgress` `TargetPreparing` 3%: the target launcher pod exists on the chosen node and the
+  VM is `Migrating` (`status.migrationState.target.node`), for a fifth of `migration_delay`.
+- `InProgress` `Syncing` 10-90%: memory is copied for the rest of `migration_delay`. A VM whose
+  annotation `hwsim.nodefence.io/dirty-memory` is `high` converges only with auto-converge (CPU
+  throttling: its effective `liveMigrationPolicy` AlwaysForced or PreferForced, or `spec.force`
+  where the policy allows it); without it, it stops at half (`NotConverging`). A source node
+  that is not Ready makes no progress. No progress for `progress_timeout` (KubeVirt's 150 s)
+  fails the operation (`NotConverging`, or `Aborted` "Live migration stuck").
+- `Completed` 100%: the VM is Running on the target; its processes moved, never copied.
+An operation the controller cannot run fails at once with its reason: `VirtualMachineNotFound`,
+`NotApplicableForVirtualMachinePhase`, `NotApplicableForLiveMigrationPolicy` (`spec.force`
+against an Always* policy), `NotReadyToBeExecuted` (another migration of the VM is under way),
+`OperationFailed` (the VM is not migratable). Evacuations (a launcher pod eviction
+intercepted) are `hwsim.evacuation`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hwsim.evacuation import Evacuation
+from hwsim.kube.errors import ApiError, NotFound
+from hwsim.kube.store import ObjectStore
+from hwsim.live_migration_policy import live_migration_settings
+from hwsim.node_capacity import Request, insufficient, no_room, used, vm_request
+from hwsim.vms import VmPhase, condition, create_launcher_pod, running_status
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+EVICT_TYPES = ("Evict", "Migrate")
+FINAL_OP_PHASES = ("Completed", "Failed", "Terminating", "Superseded")
+DIRTY_ANNOTATION = "hwsim.nodefence.io/dirty-memory"
+
+# `Completed` condition reasons, as the real controller sets them
+NOT_FOUND = "VirtualMachineNotFound"
+NOT_APPLICABLE_PHASE = "NotApplicableForVirtualMachinePhase"
+NOT_APPLICABLE_POLICY = "NotApplicableForLiveMigrationPolicy"
+NOT_READY_TO_EXECUTE = "NotReadyToBeExecuted"
+MIGRATION_PENDING = "MigrationPending"
+TARGET_UNSCHEDULABLE = "TargetUnschedulable"
+TARGET_PREPARING = "TargetPreparing"
+SYNCING = "Syncing"
+NOT_CONVERGING = "NotConverging"
+ABORTED = "Aborted"
+OPERATION_FAILED = "OperationFailed"
+MIGRATION_COMPLETED = "Completed"
+
+QUEUED_MESSAGE = (
+    "The VirtualMachineOperation for migrating the virtual machine has been queued. Waiting for "
+    "the queue to be processed and for this operation to be executed."
+)
+CLUSTER_LIMIT = "Waiting for a free migration slot: the cluster live migration limit is reached."
+OUTBOUND_LIMIT = 'Waiting for a free outbound migration slot on source node "{}".'
+INBOUND_LIMIT = 'Waiting for a free inbound migration slot on target node "{}".'
+PREPARING_MESSAGE = "Preparing the migration target"
+SYNCING_MESSAGE = "Source and target are being synchronized"
+NOT_CONVERGING_MESSAGE = (
+    "Migration is not converging: data remaining is not decreasing at maximum throttle"
+)
+
+
+class MigrationHost(Protocol):
+    """What the migration controller needs of the VM controller it runs in."""
+
+    store: ObjectStore
+    migration_delay: float
+
+    def powered(self, node: str) -> bool:
+        """The node's machine has power."""
+
+    def stamp(self) -> str:
+        """Now, as an API timestamp."""
+
+    def spend(self) -> bool:
+        """Take one action from this tick's budget (False: none left)."""
+
+    def launcher_pods(self, key: Key) -> list[tuple[str, str]]:
+        """(pod, node) of every launcher pod of the VM."""
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod (gone already is fine)."""
+
+    def runs_on(self, key: Key, node: str) -> bool:
+        """The VM's processes really run on `node` now."""
+
+    def moved(self, key: Key, source: str, target: str) -> None:
+        """The VM's processes moved from `source` to `target` (never copied)."""
+
+
+@dataclass(frozen=True)
+class MigrationLimits:
+    """How many migrations may run at once (KubeVirt's and the controller's defaults)."""
+
+    per_cluster: int = 5
+    outbound_per_node: int = 2
+    inbound_per_node: int = 1
+
+
+class Stage(enum.Enum):
+    """Where an accepted migration is."""
+
+    QUEUED = 0
+    SCHEDULING = 1
+    WAITING_INBOUND = 2
+    PREPARING = 3
+    SYNCING = 4
+
+
+@dataclass
+class Migration:
+    """One accepted operation's migration."""
+
+    op: Key
+    vm: Key
+    source: str
+    source_pod: str
+    auto_converge: bool
+    stage: Stage
+    since: float  # when the current stage (or reason) began
+    target: str = ""
+    target_uid: str = ""
+    target_pod: str = ""
+    synced: float = 0.0  # of the memory, 0..1
+    last: float = 0.0
+    progress_at: float = 0.0
+    shown: tuple[str, str, str, str] = ("", "", "", "")  # (phase, reason, message, progress)
+
+    @property
+    def running(self) -> bool:
+        """Past the queue: it holds a cluster and an outbound slot."""
+        return self.stage is not Stage.QUEUED
+
+
+def _dict(value: Any) -> Obj:
+    return value if isinstance(value, dict) else {}
+
+
+def _key(obj: Obj) -> Key:
+    meta = obj["metadata"]
+    return (str(meta["namespace"]), str(meta["name"]))
+
+
+def _ready(node: Obj) -> bool:
+    conditions = _dict(node.get("status")).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class MigrationController:
+    """Runs the Evict operations for `host`; `tick()` once per controller pass."""
+
+    def __init__(
+        self,
+        host: MigrationHost,
+        clock: Callable[[], float],
+        *,
+        limits: MigrationLimits | None = None,
+        prepare_timeout: float = 300.0,
+        progress_timeout: float = 150.0,
+        evacuation_backoff: float = 2.0,
+    ) -> None:
+        self.host = host
+        self.store = host.store
+        self.clock = clock
+        self.limits = limits or MigrationLimits()
+        self.prepare_timeout = prepare_timeout
+        self.progress_timeout = progress_timeout
+        self.active: dict[Key, Migration] = {}  # by VM, in the order they were accepted
+        self.evacuation = Evacuation(self.store, host.spend, evacuation_backoff)
+        # The scheduler's rules, given by the VM controller at each tick.
+        self._eligible: Callable[[dict[str, Obj]], list[str]] = lambda nodes: []
+        self._unschedulable: Callable[[Obj], str] = lambda node: ""
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def tick(
+        self,
+        nodes: dict[str, Obj],
+        vms: list[Obj],
+        load: dict[str, int],
+        now: float,
+        eligible: Callable[[dict[str, Obj]], list[str]],
+        unschedulable: Callable[[Obj], str],
+    ) -> None:
+        """One pass: accept new operations, advance every migration, start evacuations."""
+        self._eligible, self._unschedulable = eligible, unschedulable
+        ops = self.store.list("virtualmachineoperations")["items"]
+        present = {_key(o) for o in ops if _dict(o.get("metadata")).get("name")}
+        for op in ops:
+            if _dict(op.get("metadata")).get("name"):
+                self._guarded(_key(op), self._accept, op, now)
+        for mig in list(self.active.values()):
+            self._guarded(mig.op, self._advance, mig, nodes, vms, load, present, now)
+        for vm in vms:
+            if _dict(vm.get("metadata")).get("name"):
+                migrating = _key(vm) in self.active
+                self._guarded(_key(vm), self.evacuation.check, vm, ops, migrating, now)
+
+    def _guarded(self, key: Key, action: Callable[..., None], *args: Any) -> None:
+        try:
+            action(*args)
+        except (ApiError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("migration controller: skipped %s/%s: %r", *key, exc)
+
+    def lose(self, vm: Key) -> None:
+        """The VM's node was lost under a migration: the operation fails."""
+        mig = self.active.pop(vm, None)
+        if mig is None:
+            return
+        if mig.target_pod:
+            self.host.delete_pod(vm[0], mig.target_pod)
+        message = "Migration failed because the virtual machine is currently not running."
+        self._fail(mig.op, OPERATION_FAILED, message)
+
+    # ---- accepting an operation ---------------------------------------------------------
+
+    def _accept(self, op: Obj, now: float) -> None:
+        status, spec = _dict(op.get("status")), _dict(op.get("spec"))
+        key = _key(op)
+        vm_key = (key[0], str(spec.get("virtualMachineName") or ""))
+        mig = self.active.get(vm_key)
+        if status.get("phase") in FINAL_OP_PHASES or (mig is not None and mig.op == key):
+            return
+        if status.get("phase") == "InProgress":
+            if self.host.spend():  # begun by a controller that is gone: nobody will finish it
+                self._fail(key, OPERATION_FAILED, "the controller lost track of it")
+            return
+        if not self.host.spend():
+            return
+        op_type = spec.get("type")
+        if op_type not in EVICT_TYPES:
+            message = f"hwsim's controller performs only Evict and Migrate, not {op_type}"
+            self._fail(key, OPERATION_FAILED, message)
+            return
+        try:
+            vm = self.store.get("virtualmachines", vm_key[1], vm_key[0])
+        except NotFound:
+            self._fail(key, NOT_FOUND, "VirtualMachine not found")
+            return
+        vm_status = _dict(vm.get("status"))
+        phase, source = vm_status.get("phase") or "", str(vm_status.get("nodeName") or "")
+        if mig is not None:
+            message = (
+                "VMOP cannot be executed now. Previously created operation should finish first."
+            )
+            self._fail(key, NOT_READY_TO_EXECUTE, message)
+            return
+        if phase != VmPhase.RUNNING or not source:
+            message = (
+                f"Operation type {op_type} is not applicable for VirtualMachine in phase {phase}"
+            )
+            self._fail(key, NOT_APPLICABLE_PHASE, message)
+            return
+        settings = live_migration_settings(_dict(vm.get("spec")), spec.get("force"))
+        if isinstance(settings, str):
+            self._fail(key, NOT_APPLICABLE_POLICY, f"Operation is invalid: {settings}")
+            return
+        migratable = [c for c in vm_status.get("conditions") or [] if c.get("type") == "Migratable"]
+        if migratable and migratable[0].get("status") == "False":
+            message = "VirtualMachine is not migratable, cannot be processed."
+            self._fail(key, OPERATION_FAILED, message)
+            return
+        listed = [p for p in vm_status.get("virtualMachinePods") or [] if isinstance(p, dict)]
+        on_source = [n for n, host in self.host.launcher_pods(vm_key) if host == source]
+        source_pod = next((str(p["name"]) for p in listed if p.get("active")), "")
+        source_pod = source_pod or (on_source[0] if on_source else "")
+        mig = Migration(key, vm_key, source, source_pod, settings[1], Stage.QUEUED, now)
+        self.active[vm_key] = mig
+        self._show(mig, "Pending", MIGRATION_PENDING, QUEUED_MESSAGE, "0%")
+        log.info("vmop %s/%s: %s queued (%s)", *key, vm_key[1], settings[0])
+
+    # ---- advancing one ----------------------------------------------------------------------
+
+    def _advance(
+        self,
+        mig: Migration,
+        nodes: dict[str, Obj],
+        vms: list[Obj],
+        load: dict[str, int],
+        present: set[Key],
+        now: float,
+    ) -> None:
+        if mig.op not in present:  # the operation was deleted: the migration is cancelled
+            self._abort(mig, None)
+            return
+        try:
+            vm = self.store.get("virtualmachines", mig.vm[1], mig.vm[0])
+        except NotFound:
+            del self.active[mig.vm]
+            self._fail(mig.op, NOT_FOUND, "VirtualMachine not found")
+            return
+        if mig.target and self._target_lost(mig, nodes):
+            self._abort(mig, f"Migration failed: target node {mig.target} was lost")
+            return
+        if mig.stage is Stage.QUEUED:
+            wait = self._slot_wait(mig)
+            if wait:
+                self._show(mig, "Pending", MIGRATION_PENDING, wait, "0%")
+                return
+            mig.stage, mig.since = Stage.SCHEDULING, now
+        if mig.stage is Stage.SCHEDULING:
+            self._schedule(mig, vm, nodes, vms, load, now)
+        if mig.stage is Stage.WAITING_INBOUND:
+            if self._inbound(mig.target) >= self.limits.inbound_per_node:
+                self._show(
+                    mig, "Pending", MIGRATION_PENDING, INBOUND_LIMIT.format(mig.target), "0%"
+                )
+                return
+            self._prepare(mig, vm, now)
+        if mig.stage is Stage.PREPARING and now - mig.since >= 0.2 * self.host.migration_delay:
+            mig.stage, mig.since, mig.last, mig.progress_at = Stage.SYNCING, now, now, now
+        if mig.stage is Stage.SYNCING:
+            self._sync(mig, vm, nodes, now)
+
+    def _slot_wait(self, mig: Migration) -> str:
+        running = [m for m in self.active.values() if m.running]
+        if len(running) >= self.limits.per_cluster:
+            return CLUSTER_LIMIT
+        outbound = sum(1 for m in running if m.source == mig.source)
+        if outbound >= self.limits.outbound_per_node:
+            return OUTBOUND_LIMIT.format(mig.source)
+        return ""
+
+    def _inbound(self, node: str) -> int:
+        return sum(
+            1
+            for m in self.active.values()
+            if m.target == node and m.stage in (Stage.PREPARING, Stage.SYNCING)
+        )
+
+    def _schedule(
+        self,
+        mig: Migration,
+        vm: Obj,
+        nodes: dict[str, Obj],
+        vms: list[Obj],
+        load: dict[str, int],
+        now: float,
+    ) -> None:
+        need = vm_request(vm)
+        arriving = [
+            (m.target, vm_request(self._vm(m.vm))) for m in self.active.values() if m.target
+        ]
+        in_use = used(vms, arriving)
+        fits = [
+            n
+            for n in self._eligible(nodes)
+            if n != mig.source and not insufficient(nodes[n], need, in_use.get(n, Request()))
+        ]
+        target = min(fits, key=lambda n: (load.get(n, 0), n), default=None)
+        if target is None:
+            message = no_room(nodes, mig.source, need, in_use, self._unschedulable)
+            if mig.shown[1] != TARGET_UNSCHEDULABLE:
+                mig.since = now  # the controller's clock runs from the reason's transition
+            if now - mig.since > self.prepare_timeout:
+                self._abort(mig, "Timed out preparing the migration target.")
+                return
+            self._show(mig, "InProgress", TARGET_UNSCHEDULABLE, message, "2%")
+            return
+        if not self.host.spend():
+            return
+        mig.target = target
+        mig.target_uid = str(nodes[target]["metadata"].get("uid", ""))
+        mig.target_pod = create_launcher_pod(self.store, vm, target, self.host.stamp())
+        load[target] = load.get(target, 0) + 1
+        mig.stage, mig.since = Stage.WAITING_INBOUND, now
+
+    def _prepare(self, mig: Migration, vm: Obj, now: float) -> None:
+        mig.stage, mig.since = Stage.PREPARING, now
+        stamp = self.host.stamp()
+        vm_status = _dict(vm.get("status"))
+        conditions = [c for c in vm_status.get("conditions") or [] if c.get("type") != "Migrating"]
+        conditions.append(condition("Migrating", True, "VirtualMachineMigrating", "", stamp))
+        self._patch_vm(
+            mig.vm,
+            {
+                "phase": VmPhase.MIGRATING.value,
+                "virtualMachinePods": [
+                    {"name": mig.source_pod, "active": True},
+                    {"name": mig.target_pod, "active": False},
+                ],
+                "migrationState": {
+                    "startTimestamp": stamp,
+                    "source": {"node": mig.source, "pod": mig.source_pod},
+                    "target": {"node": mig.target, "pod": mig.target_pod},
+                },
+                "conditions": conditions,
+            },
+        )
+        self._show(mig, "InProgress", TARGET_PREPARING, PREPARING_MESSAGE, "3%")
+        log.info(
+            "vmop %s/%s: migrating %s from %s to %s", *mig.op, mig.vm[1], mig.source, mig.target
+        )
+
+    def _sync(self, mig: Migration, vm: Obj, nodes: dict[str, Obj], now: float) -> None:
+        elapsed, mig.last = now - mig.last, now
+        source = nodes.get(mig.source)
+        reachable = source is not None and _ready(source) and self.host.powered(mig.source)
+        dirty = _dict(_dict(vm.get("metadata")).get("annotations")).get(DIRTY_ANNOTATION) == "high"
+        ceiling = 0.5 if dirty and not mig.auto_converge else 1.0
+        if reachable and mig.synced < ceiling:
+            rate = 1.0 / max(0.8 * self.host.migration_delay, 1e-3)
+            if dirty:
+                rate /= 2  # throttled to converge
+            mig.synced = min(ceiling, mig.synced + elapsed * rate)
+            mig.progress_at = now
+        stuck = dirty and not mig.auto_converge and mig.synced >= ceiling
+        if now - mig.progress_at > self.progress_timeout:
+            if stuck:
+                self._abort(mig, "Migration did not converge", NOT_CONVERGING)
+            else:
+                stalled = f"Live migration stuck for {self.progress_timeout:g} sec"
+                self._abort(mig, f"Migration aborted: {stalled} and has been aborted", ABORTED)
+            return
+        if mig.synced >= 1.0 - 1e-9:  # float steps of the clock
+            self._complete(mig, vm)
+            return
+        reason, message = (
+            (NOT_CONVERGING, NOT_CONVERGING_MESSAGE) if stuck else (SYNCING, SYNCING_MESSAGE)
+        )
+        self._show(mig, "InProgress", reason, message, f"{10 + int(mig.synced * 80)}%")
+
+    def _complete(self, mig: Migration, vm: Obj) -> None:
+        if not self.host.spend():
+            return
+        if not self.host.runs_on(mig.vm, mig.source):
+            self._abort(mig, f"Migration failed: the VM no longer runs on {mig.source}")
+            return
+        del self.active[mig.vm]
+        stamp = self.host.stamp()
+        vm_status = _dict(vm.get("status"))
+        self.host.delete_pod(mig.vm[0], mig.source_pod)
+        ip = str(vm_status.get("ipAddress") or "")
+        status = running_status(mig.target, ip, mig.target_pod, stamp)
+        status["stats"] = vm_status.get("stats") or status["stats"]  # a migration is no restart
+        status["migrationState"] = {
+            **_dict(vm_status.get("migrationState")),
+            "endTimestamp": stamp,
+            "result": "Succeeded",
+        }
+        self._patch_vm(mig.vm, status)
+        self.host.moved(mig.vm, mig.source, mig.target)
+        self._write_op(mig.op, "Completed", True, MIGRATION_COMPLETED, "", "100%")
+        log.info("vm %s/%s: migrated from %s to %s", *mig.vm, mig.source, mig.target)
+
+    def _target_lost(self, mig: Migration, nodes: dict[str, Obj]) -> bool:
+        node = nodes.get(mig.target)
+        taints = _dict(node.get("spec")).get("taints") or [] if node else []
+        return (
+            node is None
+            or any(t.get("key") == "node.kubernetes.io/out-of-service" for t in taints)
+            or str(node["metadata"].get("uid", "")) != mig.target_uid
+            or not self.host.powered(mig.target)
+        )
+
+    def _abort(self, mig: Migration, message: str | None, reason: str = OPERATION_FAILED) -> None:
+        """Give up a migration: the VM stays Running where it was; the operation fails with
+        `message` (None: it was deleted, nothing to say)."""
+        del self.active[mig.vm]
+        if mig.target_pod:
+            self.host.delete_pod(mig.vm[0], mig.target_pod)
+        if mig.stage in (Stage.PREPARING, Stage.SYNCING):
+            try:
+                vm = self.store.get("virtualmachines", mig.vm[1], mig.vm[0])
+            except NotFound:
+                vm = {}
+            vm_status = _dict(vm.get("status"))
+            if vm:
+                conditions = [
+                    c for c in vm_status.get("conditions") or [] if c.get("type") != "Migrating"
+                ]
+                self._patch_vm(
+                    mig.vm,
+                    {
+                        "phase": VmPhase.RUNNING.value,
+                        "virtualMachinePods": [{"name": mig.source_pod, "active": True}],
+                        "conditions": conditions,
+                        "migrationState": {
+                            **_dict(vm_status.get("migrationState")),
+                            "endTimestamp": self.host.stamp(),
+                            "result": "Failed",
+                        },
+                    },
+                )
+        if message is not None:
+            self._fail(mig.op, reason, message, progress=mig.shown[3])
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def _vm(self, key: Key) -> Obj:
+        try:
+            return self.store.get("virtualmachines", key[1], key[0])
+        except NotFound:
+            return {}
+
+    def _patch_vm(self, key: Key, status: Obj) -> None:
+        self.store.patch(
+            "virtualmachines", key[1], {"status": status}, key[0], subresource="status"
+        )
+
+    def _show(self, mig: Migration, phase: str, reason: str, message: str, progress: str) -> None:
+        """Write the operation's state when it changed (not at every tick)."""
+        shown = (phase, reason, message, progress)
+        if shown != mig.shown:
+            mig.shown = shown
+            signal = mig.stage in (Stage.PREPARING, Stage.SYNCING)
+            self._write_op(mig.op, phase, False, reason, message, progress, signal)
+
+    def _fail(self, key: Key, reason: str, message: str, progress: str = "") -> None:
+        self._write_op(key, "Failed", False, reason, message, progress)
+        log.warning("vmop %s/%s: Failed: %s: %s", *key, reason, message)
+
+    def _write_op(
+        self,
+        key: Key,
+        phase: str,
+        done: bool,
+        reason: str,
+        message: str,
+        progress: str = "",
+        signal_sent: bool = True,
+    ) -> None:
+        stamp = self.host.stamp()
+        conditions = [condition("Completed", done, reason, message, stamp)]
+        if signal_sent:
+            conditions.append(condition("SignalSent", True, "SignalSentSuccess", "", stamp))
+        status: Obj = {"phase": phase, "conditions": conditions}
+        if progress:
+            status["progress"] = progress
+        try:
+            self.store.patch(
+                "virtualmachineoperations", key[1], {"status": status}, key[0], subresource="status"
+            )
+        except NotFound:
+            pass  # deleted meanwhile: nobody to tell
