@@ -10,6 +10,11 @@
   needs `lease_duration` > `renew_deadline` of silence).
 - Release: on a clean stop the Lease is handed back (holder cleared, duration 1 s) so a
   successor takes over at once.
+- Warm standbys: the leader names a few nodes on its Lease (`standbys`, an annotation); their
+  agents keep a heartbeat history (`agent.ingest`) and read the Lease every `retry_period`.
+  With `cold_retry_period` set, every other candidate is cold: it reads the Lease only every
+  `cold_retry_period` and takes it only once it stayed unrenewed a further `lease_duration`,
+  so a live warm standby always wins the race (and the API server is read far less often).
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ class NotLeader(Exception):
 
 @dataclass(frozen=True)
 class ElectionTiming:
-    """Lease timing in seconds; defaults as client-go (15 / 10 / 2)."""
+    """Lease timing in seconds (the agent's defaults, chosen for a fast takeover).
 
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    `cold_retry_period`: how often a cold candidate reads the Lease (see the module doc); None:
+    every candidate reads it every `retry_period` and none yields, as in client-go.
+    """
+
+    lease_duration: float = 5.0
+    renew_deadline: float = 3.0
+    retry_period: float = 1.0
+    cold_retry_period: float | None = None
 
 
 class LeaderElector:
@@ -56,11 +66,13 @@ class LeaderElector:
         identity: str,
         timing: ElectionTiming = ElectionTiming(),
         clock: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name
         self.identity = identity
+        self.node = node  # the name warm standbys are listed by
         self.timing = timing
         self._clock = clock
         self._observed: tuple[str, float] | None = None  # (resourceVersion, when first seen)
@@ -68,6 +80,8 @@ class LeaderElector:
         self._last_renew: float | None = None
         self.leader_since: float | None = None
         self.observed_holder: str | None = None
+        self.standbys: tuple[str, ...] = ()  # what this leader writes on its Lease
+        self.observed_standbys: tuple[str, ...] = ()  # what the Lease said when last read
         # confirm() and the renew loop must not race each other into a self-inflicted 409.
         self._io = asyncio.Lock()
 
@@ -78,6 +92,25 @@ class LeaderElector:
             self._last_renew is not None
             and self._clock() - self._last_renew < self.timing.renew_deadline
         )
+
+    @property
+    def is_standby(self) -> bool:
+        """True while the Lease names this node a warm standby (and it does not lead)."""
+        return not self.is_leader and self.node is not None and self.node in self.observed_standbys
+
+    def _cold(self, standbys: tuple[str, ...]) -> bool:
+        """A cold candidate: warm standbys are named, this node is not among them."""
+        return (
+            self.timing.cold_retry_period is not None
+            and bool(standbys)
+            and self.node not in standbys
+        )
+
+    def _period(self) -> float:
+        cold = self.timing.cold_retry_period
+        if cold is not None and self._cold(self.observed_standbys):
+            return cold
+        return self.timing.retry_period
 
     async def confirm(self) -> None:
         """Renew the Lease now; raise `NotLeader` unless it is still ours (use before every
@@ -92,7 +125,7 @@ class LeaderElector:
                 if await self._try_acquire_or_renew():
                     await self._lead(lead, stop)
                 else:
-                    await _wait(stop, self.timing.retry_period)
+                    await _wait(stop, self._period())
         finally:
             await self._release()
 
@@ -148,11 +181,18 @@ class LeaderElector:
         if self._observed is None or self._observed[0] != lease.resource_version:
             self._observed = (lease.resource_version, now)
         self.observed_holder = lease.holder
+        self.observed_standbys = lease.standbys
         ours = lease.holder == self.identity
         duration = lease.duration or seconds
-        expired = not lease.holder or now - self._observed[1] >= duration
+        unchanged = now - self._observed[1]
+        expired = not lease.holder or unchanged >= duration
+        if not ours and self._cold(lease.standbys):
+            # Let a warm standby take it first: it reads every retry_period and has the history.
+            expired = unchanged >= (duration if lease.holder else 0) + self.timing.lease_duration
         if not ours and not expired:
             return False
+        if not ours:
+            self.standbys = tuple(n for n in lease.standbys if n != self.node)
         transitions = lease.transitions if ours else lease.transitions + 1
         acquire = lease.acquire_time if ours else now_wall
         return await self._write(
@@ -178,6 +218,7 @@ class LeaderElector:
                 acquire=acquire,
                 transitions=transitions,
                 resource_version=rv,
+                standbys=self.standbys,
             )
         except ClusterError as err:
             if err.status != 409:
@@ -205,6 +246,7 @@ class LeaderElector:
                 acquire=None,
                 transitions=lease.transitions,
                 resource_version=lease.resource_version,
+                standbys=self.standbys,  # the named standbys take over at once
             )
             log.info("released the lease", extra={"identity": self.identity})
         except ClusterError as err:

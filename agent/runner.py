@@ -1,5 +1,6 @@
-"""`nodefence agent`: everything one node runs: heartbeats, the health endpoint, answers to
-peer probes, and the leader candidacy (the leader side runs only while holding the Lease)."""
+"""`nodefence agent`: everything one node runs: heartbeats (to every broker), the health
+endpoint, answers to peer probes, and the leader candidacy (the leader side runs only while
+holding the Lease; a warm standby named on the Lease keeps a heartbeat history meanwhile)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import logging
 import os
 import secrets
 import signal
-import time
-
-import aiomqtt
 
 from agent import metrics
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
@@ -23,20 +21,13 @@ from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_auth import node_key
 from agent.heartbeat_codec import WatchdogClaim
+from agent.ingest import Listener
 from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
-from agent.mqtt_client import make_client
-from agent.peers import (
-    ProbeResult,
-    decode_request,
-    encode_result,
-    probe_filter,
-    result_topic,
-    run_probe,
-)
-from agent.probe_auth import sign_result
+from agent.probe_responder import answer_probes
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
+from agent.standby import WarmListener, choose_standbys
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
 
@@ -46,37 +37,6 @@ log = logging.getLogger("nodefence.agent")
 def detection_profile(cfg: AgentConfig) -> DetectionProfile:
     """The config's profile with its overrides applied (raises `ProfileError`)."""
     return profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
-
-
-async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: asyncio.Event) -> None:
-    """Probe suspects when the leader names this node as a peer; report over the broker,
-    signed with this node's heartbeat key unless `auth.mode` is off (`agent.probe_auth`)."""
-    cluster_key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-    key = (
-        node_key(cluster_key, node) if cluster_key is not None and cfg.auth.mode != "off" else None
-    )
-    while not stop.is_set():
-        try:
-            async with make_client(cfg.broker, f"nodefence-probe-{node}") as client:
-                await client.subscribe(probe_filter(cfg.cluster), qos=0)
-                async for message in client.messages:
-                    payload = message.payload
-                    if not isinstance(payload, bytes):
-                        continue
-                    req = decode_request(payload)
-                    if req is None or node not in req.peers or req.suspect == node:
-                        continue
-                    reachable = await run_probe(req, timeout)
-                    res = ProbeResult(
-                        req.id, node, req.suspect, reachable, ts=int(time.time() * 1000)
-                    )
-                    if key is not None:
-                        res = sign_result(res, key)
-                    await client.publish(result_topic(cfg.cluster, node), encode_result(res))
-        except aiomqtt.MqttError as err:
-            log.debug("probe responder lost the broker: %s", err)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), cfg.broker.reconnect_max)
 
 
 def leader_identity(node: str) -> str:
@@ -105,7 +65,7 @@ async def run_agent(
     profile = detection_profile(cfg)
     key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
     publisher = HeartbeatPublisher(
-        cfg.broker,
+        cfg.brokers,
         cfg.cluster,
         node,
         interval=profile.interval,
@@ -114,7 +74,12 @@ async def run_agent(
     health = HealthServer(
         cfg.health_host,
         cfg.health_port,
-        info=lambda: {"node": node, "boot": publisher.boot, "broker": publisher.stats.connected},
+        info=lambda: {
+            "node": node,
+            "boot": publisher.boot,
+            "broker": publisher.stats.connected,
+            "brokers": publisher.connected_brokers(),
+        },
         ready=lambda: publisher.stats.connected,
     )
     await health.start()
@@ -125,7 +90,8 @@ async def run_agent(
     if w.enabled:
 
         async def announce_stop() -> bool:
-            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot.
+            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot on every
+            # broker; one acknowledgement is enough (see agent.heartbeat).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(publisher.stop_announced.wait(), 5.0)
             return publisher.stop_announced.is_set()
@@ -163,8 +129,24 @@ async def run_agent(
         k.namespace,
         k.lease_name,
         identity=identity,
-        timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
+        timing=ElectionTiming(
+            k.lease_duration,
+            k.renew_deadline,
+            k.retry_period,
+            k.cold_retry_period if k.standbys else None,
+        ),
+        node=node,
     )
+    # A named standby (or the leader) listens to every broker; the leader side adopts it.
+    warm = WarmListener(
+        lambda: Listener.from_config(cfg, profile, identity),
+        standby=lambda: elector.is_standby,
+        leading=lambda: elector.is_leader,
+        period=k.retry_period,
+    )
+
+    def name_standbys(healthy: list[str]) -> None:
+        elector.standbys = choose_standbys(elector.standbys, healthy, node, k.standbys)
 
     pending_events: set[asyncio.Task[None]] = set()
 
@@ -220,14 +202,15 @@ async def run_agent(
             identity,
             inventory=watcher.nodes if watcher else None,
             executor_factory=executor_factory if watcher else None,
+            listener=warm.take(),
+            name_standbys=name_standbys if k.standbys else None,
         ).run()
 
     log.info(
-        "agent for node %s: cluster %s, broker %s:%s, profile %s, metrics on port %d",
+        "agent for node %s: cluster %s, brokers %s, profile %s, metrics on port %d",
         node,
         cfg.cluster,
-        cfg.broker.host,
-        cfg.broker.port,
+        ", ".join(b.address for b in cfg.brokers),
         cfg.profile,
         metrics_port,
     )
@@ -235,6 +218,7 @@ async def run_agent(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publisher.run(stop))
             tg.create_task(elector.run(lead, stop))
+            tg.create_task(warm.run(stop))
             tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
             if feeder is not None:
                 tg.create_task(feeder.run(stop))
