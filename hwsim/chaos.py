@@ -229,8 +229,9 @@ class ChaosRun:
             )
             self.say(a.value, node, "BMC healthy again")
         elif a is Action.BROKER_RESTART:
-            cluster.broker.restart()
-            self.say(a.value, None, f"mosquitto back on port {cluster.broker.port}", count=True)
+            cluster.restart_brokers()
+            ports = ", ".join(str(b.port) for b in cluster.brokers)
+            self.say(a.value, None, f"every mosquitto back (ports {ports})", count=True)
         elif a is Action.LEADER_KILL:
             leader = cluster.leader()
             if leader is None or not cluster.nodes[leader].agent_running():

@@ -109,9 +109,11 @@ def test_leader_cut_from_the_broker_declares_nobody_dead(make_cluster: Make) -> 
     cluster = make_cluster(nodes=3, kubelet_lease_interval=2.0, **FAST_LEASE)
     settled(cluster)
     time.sleep(5)
-    cluster.broker.stop()  # every heartbeat stops arriving, for longer than fence_after
+    for broker in cluster.brokers:
+        broker.stop()  # every heartbeat stops arriving, for longer than fence_after
     time.sleep(6)
-    cluster.broker.start()
+    for broker in cluster.brokers:
+        broker.start()
     no_event_for(cluster, "NodeDeclaredDead", 7)  # nor in the fence_after after it returns
     assert cluster.events("AlertBrokerDown"), [e["reason"] for e in cluster.events()]
 
