@@ -52,10 +52,10 @@ def test_the_recovery_bench_hears_heartbeats_on_every_broker_of_a_secure_cluster
     cluster: SimCluster,
 ) -> None:
     bench = load_bench()
-    listener = bench.HeartbeatListener(cluster.broker.port, cluster.settings.cluster)
+    listener = bench.HeartbeatListener(cluster)  # failed: "cannot subscribe to the heartbeats"
     loop = LoopThread("test-node")
     try:
-        for seq, broker in enumerate([cluster.broker]):
+        for seq, broker in enumerate(cluster.brokers):
             before = time.monotonic()
             loop.run(beat_as(cluster, "node-1", broker.port, seq))
             deadline = time.monotonic() + 5
