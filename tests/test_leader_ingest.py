@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -415,3 +416,55 @@ async def test_a_clean_stop_withdraws_the_watchdog_claim_even_if_a_heartbeat_com
     await send(node_client, "node-1", armed(0, boot="boot-b"))  # the agent started again
     await barrier(node_client, side)
     assert side.watchdog_claims["node-1"] == claim
+
+
+# -- two brokers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
+    mqtt.start()
+    try:
+        yield mqtt
+    finally:
+        mqtt.stop()
+
+
+async def test_with_two_brokers_each_heartbeat_counts_once_and_one_broker_lost_blinds_nobody(
+    cfg: AgentConfig, broker: MosquittoBroker, broker_b: MosquittoBroker
+) -> None:
+    from agent.config import BrokerConfig
+
+    both = tuple(
+        BrokerConfig(port=m.port, reconnect_min=0.05, reconnect_max=0.5) for m in (broker, broker_b)
+    )
+    two = dataclasses.replace(cfg, broker=both[0], broker_endpoints=both)
+    assert two.kube.kubeconfig is not None
+    side = LeaderSide(two, DEFAULT, ClusterApi(load_api_client(two.kube.kubeconfig)), "leader-2")
+    task = asyncio.create_task(side.run())
+    try:
+        await eventually("both brokers", lambda: len(side.listener.brokers.up()) == 2, 10)
+        up_since = side.broker_up_since
+        async with (
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="node-a") as via_a,
+            aiomqtt.Client("127.0.0.1", broker_b.port, identifier="node-b") as via_b,
+        ):
+            for seq in range(5):  # as an agent does: each heartbeat to every broker
+                await send(via_a, "node-1", beat("node-1", seq))
+                await send(via_b, "node-1", beat("node-1", seq))
+            await eventually(
+                "five heartbeats, five copies",
+                lambda: (side.stats.heartbeats, side.stats.duplicates) == (5, 5),
+            )
+            assert not side.stats.rejected and "node-1" not in side.rejected_at
+
+        await asyncio.to_thread(broker_b.stop)
+        await eventually("b lost", lambda: len(side.listener.brokers.up()) == 1)
+        assert side.broker_up_since == up_since  # still heard through a: no gap, no freeze
+        assert side.listener.brokers.all_up_since() is None
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="node-a2") as via_a:
+            await send(via_a, "node-1", beat("node-1", 5))
+            await eventually("heard via a alone", lambda: side.stats.heartbeats == 6)
+    finally:
+        await cancel_and_wait(side, task)
