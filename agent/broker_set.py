@@ -10,7 +10,11 @@ own jittered backoff, and keeps what the guards need to know about them:
 - `all_up_since()`: since when every broker connection has been up (the latest of their
   up-since moments; None while any is down). The watchdog proof needs it: a node's watchdog
   counts an echo from any broker as contact, so the leader may rule out contact only through
-  brokers it heard without a break (`agent.watchdog`).
+  brokers it heard without a break (`agent.watchdog`). With `silence` set, a broker counts only
+  while messages keep coming from it (no gap longer than `silence`; every agent, the leader's
+  own included, heartbeats through every broker): a connection that died without a word (a
+  cut network drops packets, nothing closes) stays "up" until the keepalive notices, but its
+  silence shows at once.
 
 `publish` goes to every broker that is up (probe requests, the status view): any one that
 works is enough. The edges are plain `LeaderBroker`s, so a simulation plugs in-memory
@@ -43,10 +47,14 @@ class BrokerSet:
         reconnect_min: float = 0.2,
         reconnect_max: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        silence: float | None = None,
     ) -> None:
         if not edges:
             raise ValueError("a BrokerSet needs at least one broker")
         self.edges = dict(edges)
+        self.silence = silence
+        self._heard_at: dict[str, float] = {}  # broker -> its last message
+        self._flowing_since: dict[str, float] = {}  # broker -> messages without a long gap
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.clock = clock
@@ -55,13 +63,16 @@ class BrokerSet:
         self.connected_once = asyncio.Event()
 
     @classmethod
-    def from_config(cls, brokers: Sequence[BrokerConfig], identity: str) -> BrokerSet:
+    def from_config(
+        cls, brokers: Sequence[BrokerConfig], identity: str, silence: float | None = None
+    ) -> BrokerSet:
         """MQTT edges to every configured broker, named by `host:port`."""
         first = brokers[0]
         return cls(
             {b.address: MqttLeaderBroker(b, identity) for b in brokers},
             reconnect_min=first.reconnect_min,
             reconnect_max=first.reconnect_max,
+            silence=silence,
         )
 
     def up(self) -> list[str]:
@@ -69,9 +80,20 @@ class BrokerSet:
         return [name for name, since in self.up_since.items() if since is not None]
 
     def all_up_since(self) -> float | None:
-        """Since when every broker has been up without a break, or None while one is down."""
-        since = list(self.up_since.values())
-        return None if any(s is None for s in since) else max(s for s in since if s is not None)
+        """Since when every broker has been up (and, with `silence`, delivering) without a
+        break, or None while one is not."""
+        now = self.clock()
+        latest = float("-inf")
+        for name, up in self.up_since.items():
+            if up is None:
+                return None
+            if self.silence is not None:
+                heard = self._heard_at.get(name)
+                if heard is None or now - heard > self.silence:
+                    return None
+                up = max(up, self._flowing_since[name])
+            latest = max(latest, up)
+        return latest
 
     async def run(self, filters: list[str], on_message: OnMessage) -> None:
         """Keep a session to every broker, delivering every message, until cancelled."""
@@ -94,9 +116,21 @@ class BrokerSet:
             metrics.BROKER_CONNECTED.labels(name).set(1)
             log.info("connected to broker %s (%d of %d up)", name, len(self.up()), len(self.edges))
 
+        deliver = on_message
+        if self.silence is not None:
+            silence = self.silence
+
+            def deliver(topic: str, payload: bytes) -> None:
+                now = self.clock()
+                last = self._heard_at.get(name)
+                if last is None or now - last > silence:
+                    self._flowing_since[name] = now  # a gap: it counts again from here
+                self._heard_at[name] = now
+                on_message(topic, payload)
+
         while True:
             try:
-                await edge.session(filters, on_message, up)
+                await edge.session(filters, deliver, up)
             except BrokerLost as err:
                 # Once per outage: a broker that stays down is retried quietly.
                 log.log(

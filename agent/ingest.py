@@ -179,6 +179,12 @@ class HeartbeatIngest:
             self.watchdog_claims[node] = None
 
 
+def delivery_gap(profile: DetectionProfile) -> float:
+    """The longest a working broker stays silent: every agent (the leader's own too) sends it
+    a heartbeat every `interval`; three missed in a row is a broken connection."""
+    return max(2.0, 3 * profile.interval)
+
+
 class Listener:
     """Sessions to every broker feeding one ingest; runs until cancelled (see the module doc)."""
 
@@ -190,7 +196,8 @@ class Listener:
     @classmethod
     def from_config(cls, cfg: AgentConfig, profile: DetectionProfile, identity: str) -> Listener:
         """A listener to every broker of `cfg`."""
-        return cls(BrokerSet.from_config(cfg.brokers, identity), HeartbeatIngest(cfg, profile))
+        brokers = BrokerSet.from_config(cfg.brokers, identity, silence=delivery_gap(profile))
+        return cls(brokers, HeartbeatIngest(cfg, profile))
 
     async def run(self) -> None:
         """Listen to every broker until cancelled."""

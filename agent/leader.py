@@ -32,7 +32,7 @@ from agent.detector import NodeHealth, NodeVerdict
 from agent.fence_executor import FenceExecutor
 from agent.heartbeat_auth import AuthMode
 from agent.heartbeat_codec import PREFIX
-from agent.ingest import HeartbeatIngest, LeaderStats, Listener
+from agent.ingest import HeartbeatIngest, LeaderStats, Listener, delivery_gap
 from agent.leader_broker import BrokerLost, LeaderBroker
 from agent.peers import (
     ProbeRequest,
@@ -123,9 +123,10 @@ class LeaderSide:
                     reconnect_min=cfg.broker.reconnect_min,
                     reconnect_max=cfg.broker.reconnect_max,
                     clock=clock,
+                    silence=delivery_gap(profile),
                 )
                 if broker is not None
-                else BrokerSet.from_config(cfg.brokers, identity)
+                else BrokerSet.from_config(cfg.brokers, identity, silence=delivery_gap(profile))
             )
             listener = Listener(brokers, HeartbeatIngest(cfg, profile, clock=clock, wall=wall))
         self.listener = listener

@@ -102,6 +102,9 @@ class ChaosRun:
         self.log: list[dict[str, Any]] = []
         self.busy: dict[str, int] = {}  # node -> episode holding its power (janitor keeps off)
         self.killed: dict[int, str] = {}  # leader-kill episode -> node
+        self.moved: dict[int, str] = {}  # episode -> the node really hit (the leader's machine)
+        self.skipped: set[int] = set()  # episodes not started: their node was taken
+        self.victims: Counter[str] = Counter()  # power losses of the leader's / a broker's machine
         self._off_since: dict[str, float] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -197,16 +200,47 @@ class ChaosRun:
 
     # ---- steps ----------------------------------------------------------------------------
 
+    def _victim(self, step: Step) -> str | None:
+        """The node a step acts on: a power loss aimed at the leader hits the leader's machine
+        when it is free; an episode whose node another episode holds is skipped whole."""
+        assert self.cluster is not None
+        if step.episode in self.skipped:
+            return None
+        node = self.moved.get(step.episode, step.node)
+        if step.action in START_KIND and node is not None:
+            if step.params.get("victim") == "leader":
+                leader = self.cluster.leader()
+                if leader is not None and leader not in self.busy:
+                    self.moved[step.episode] = node = leader
+            if node in self.busy:
+                self.skipped.add(step.episode)
+                self.say("skipped", node, f"{step.action.value}: node held by another fault")
+                return None
+        return node
+
+    def _hosts(self, node: str) -> str:
+        assert self.cluster is not None
+        held = [f"broker {i}" for i, h in enumerate(self.cluster.broker_hosts) if h == node]
+        lead = ["the Lease"] if self.cluster.leader() == node else []
+        return f" (it holds {' and '.join(lead + held)})" if lead or held else ""
+
     def _perform(self, step: Step) -> None:
         cluster = self.cluster
         assert cluster is not None
-        node = step.node
+        node = self._victim(step)
+        if node is None and step.node is not None:
+            return
         kind = START_KIND.get(step.action)
         a = step.action
         if a is Action.POWER_LOSS and node:
             self.busy[node] = step.episode
+            hosts = self._hosts(node)
+            if cluster.leader() == node:
+                self.victims["leader_machine"] += 1
+            if node in cluster.broker_hosts:
+                self.victims["broker_machine"] += 1
             cluster.fleet[node].cut_power()
-            self.say(a.value, node, "machine off; its BMC still answers", count=True)
+            self.say(a.value, node, f"machine off{hosts}; its BMC still answers", count=True)
         elif a is Action.PARTITION and node:
             self.busy[node] = step.episode
             cluster.nodes[node].isolate()
@@ -400,6 +434,10 @@ class ChaosRun:
                     "records": len(checker.records_seen),
                     "proven_off": len(checker.proven),
                     "nodes_deleted": len(checker.deleted_nodes),
+                },
+                "power_losses_of": {
+                    "leader_machine": self.victims["leader_machine"],
+                    "broker_machine": self.victims["broker_machine"],
                 },
                 "recoveries": len(checker.recoveries),
                 "max_recovery_seconds": max(downtimes, default=None),

@@ -5,6 +5,11 @@ that hold one node (or, for a leader kill, one slot) from a start action to an e
 at most `max_faulty` episodes are open at once, one per node, and every episode ends before
 the run's duration so the cluster is whole again for the final check. Broker restarts are
 instantaneous and cluster-wide; they hold no slot but are spaced by `broker_gap`.
+
+A share (`leader_victims`) of power losses carries `params={"victim": "leader"}`: the runner
+cuts the machine of whoever leads at that moment instead (when it is free), so the leader's
+own machine (and any broker living on it) is a victim too. That choice comes from its own
+random stream, so adding it changed no other step of any seed.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class ChaosSettings:
     mean_gap: float = 4.0  # mean seconds between two fault starts
     tail: float = 3.0  # every episode ends this long before the run does
     broker_gap: float = 25.0
+    leader_victims: float = 0.3  # share of power losses aimed at the leader's machine
     weights: dict[str, float] = field(
         default_factory=lambda: {
             Action.POWER_LOSS.value: 3.0,
@@ -166,6 +172,8 @@ def make_schedule(
                 params: dict[str, Any] = {}
                 if action is Action.BMC_FAULT:
                     params = dict(rng.choice(BMC_FAULTS))
+                if action is Action.POWER_LOSS and _aims_at_leader(seed, episode, s):
+                    params = {"victim": "leader"}
                 node = slot or None
                 steps.append(Step(t, action, node, episode, params))
                 steps.append(Step(t + hold, END_ACTION[action], node, episode))
@@ -173,6 +181,11 @@ def make_schedule(
                 episode += 1
         t += rng.uniform(0.5, 1.5) * s.mean_gap
     return sorted(steps, key=lambda st: (st.at, st.episode))
+
+
+def _aims_at_leader(seed: int, episode: int, s: ChaosSettings) -> bool:
+    """Whether power loss `episode` is aimed at the leader's machine (own random stream)."""
+    return random.Random(f"nodefence-chaos-victim:{seed}:{episode}").random() < s.leader_victims
 
 
 def open_episodes_at(steps: Sequence[Step], t: float) -> list[Step]:

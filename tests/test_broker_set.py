@@ -194,3 +194,40 @@ async def test_the_watchdog_proof_needs_every_broker_heard_since_the_last_heartb
     proven, why = side.self_fence_check("node-1", 25.0, 24.0, True)
     assert not proven and "broker connection" in why  # b's gap came after the last heartbeat
     assert side.broker_up_since == 10.0  # while detection never lost its footing
+
+
+async def test_a_broker_that_goes_quiet_while_connected_stops_counting_for_the_proof() -> None:
+    # A cut network drops packets and closes nothing: the session looks up until the keepalive
+    # notices. Every agent heartbeats through every broker, so a quiet broker is a broken one.
+    clock = Clock()
+    a, b = MemoryBroker(), MemoryBroker()
+    brokers = BrokerSet({"a": a, "b": b}, clock=clock, silence=3.0)
+    clock.now = 10.0
+    task = asyncio.create_task(brokers.run(["#"], lambda topic, payload: None))
+    try:
+        await eventually("both up", lambda: a.deliver is not None and b.deliver is not None)
+        assert brokers.all_up_since() is None  # nothing heard yet
+        for t in (11.0, 12.0, 13.0):
+            clock.now = t
+            for edge in (a, b):
+                assert edge.deliver is not None
+                edge.deliver("hb", b"x")
+        assert brokers.all_up_since() == 11.0
+
+        for t in (14.0, 15.0, 16.0, 17.0):  # b delivers nothing more, its session "up"
+            clock.now = t
+            assert a.deliver is not None
+            a.deliver("hb", b"x")
+        assert brokers.up() == ["a", "b"]
+        assert brokers.all_up_since() is None
+
+        clock.now = 18.0
+        assert b.deliver is not None
+        b.deliver("hb", b"x")  # it speaks again: it counts from now, not from 11
+        assert a.deliver is not None
+        a.deliver("hb", b"x")
+        assert brokers.all_up_since() == 18.0
+        assert brokers.any_up_since == 10.0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
