@@ -110,6 +110,11 @@ class MosquittoBroker:
         raise TimeoutError(f"mosquitto did not listen on 127.0.0.1:{self.port} in {timeout} s")
 
     @property
+    def pid(self) -> int:
+        """The mosquitto process id (0 when not running)."""
+        return self._proc.pid if self._proc is not None else 0
+
+    @property
     def running(self) -> bool:
         """True while the mosquitto process runs."""
         return self._proc is not None and self._proc.poll() is None
