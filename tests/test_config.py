@@ -40,6 +40,7 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
     assert cfg.broker.username == "worker-1"
     assert cfg.broker.password is not None and cfg.broker.password.reveal() == "mqtt-secret"
     assert "mqtt-secret" not in repr(cfg)
+    assert len(cfg.brokers) == 2 and {b.username for b in cfg.brokers} == {"worker-1"}
     assert cfg.inventory == str(tmp_path / "inv.yaml")
     assert cfg.auth.mode == "required" and not cfg.watchdog.enabled
     profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
