@@ -137,9 +137,15 @@ async def run_agent(
         ),
         node=node,
     )
+    def listener() -> Listener:
+        if cfg.inventory:
+            # A standby may lead (and fence) any moment: have IPMI workers ready, as a leader.
+            prestart_workers()
+        return Listener.from_config(cfg, profile, identity)
+
     # A named standby (or the leader) listens to every broker; the leader side adopts it.
     warm = WarmListener(
-        lambda: Listener.from_config(cfg, profile, identity),
+        listener,
         standby=lambda: elector.is_standby,
         leading=lambda: elector.is_leader,
         period=k.retry_period,
