@@ -137,6 +137,7 @@ async def run_agent(
         ),
         node=node,
     )
+
     def listener() -> Listener:
         if cfg.inventory:
             # A standby may lead (and fence) any moment: have IPMI workers ready, as a leader.

@@ -541,11 +541,15 @@ def run_scenario(
             screen.start()
         tl.add(str(cluster.leader()), "holds the leader Lease")
         # Let the leader hear everyone for its first full window (fence_after) first.
-        time.sleep(4.5)
+        settled = time.monotonic() + 4.5
         if sc.warm_standbys:
+            # ... and its standbys: named, learnt (a cold read), and a full window heard.
             cluster.wait_for("warm standbys named on the Lease", cluster.standbys, 30)
             s = cluster.settings
-            time.sleep(max(s.retry_period, s.lease_duration / 2) + 4.5)  # learnt, and heard
+            learnt = max(s.retry_period, s.lease_duration / 2)
+            settled = max(settled, time.monotonic() + learnt + 4.5)
+        time.sleep(max(0.0, settled - time.monotonic()))
+        if sc.warm_standbys:
             tl.add("-", f"warm standbys: {', '.join(cluster.standbys())}")
         injected = time.monotonic() - tl.start
         victims = sc.inject(cluster, tl)
