@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import aiomqtt
 
 from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.config import AgentConfig, BrokerConfig, ConfigError, load_config
 from agent.heartbeat_codec import valid_name
 from agent.inventory import InventoryError, load_inventory
 from agent.leader import view_topic
@@ -75,9 +75,9 @@ def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int
     return run_agent_process(cfg, node)
 
 
-async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:
-    async with make_client(cfg.broker, f"nodefence-status-{os.getpid()}") as client:
-        await client.subscribe(view_topic(cfg.cluster), qos=0)
+async def _read_view_on(broker: BrokerConfig, cluster: str, wait: float) -> dict[str, Any] | None:
+    async with make_client(broker, f"nodefence-status-{os.getpid()}") as client:
+        await client.subscribe(view_topic(cluster), qos=0)
         try:
             async with asyncio.timeout(wait):
                 async for message in client.messages:
@@ -87,6 +87,29 @@ async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:
                         return view
         except TimeoutError:
             return None
+    return None
+
+
+async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:
+    """The leader's view from the first broker that has one (it publishes on every broker it
+    reaches); raises the first broker's error when none can be reached."""
+    tasks = [asyncio.ensure_future(_read_view_on(b, cfg.cluster, wait)) for b in cfg.brokers]
+    errors: list[BaseException] = []
+    try:
+        for done in asyncio.as_completed(tasks):
+            try:
+                view = await done
+            except aiomqtt.MqttError as e:
+                errors.append(e)
+                continue
+            if view is not None:
+                return view
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if len(errors) == len(tasks):
+        raise errors[0]
     return None
 
 
@@ -109,9 +132,8 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     try:
         view = asyncio.run(_read_view(cfg, args.wait))
     except aiomqtt.MqttError as e:
-        print(
-            f"nodefence: cannot reach the broker {cfg.broker.host}:{cfg.broker.port}: {e}", file=err
-        )
+        where = ", ".join(b.address for b in cfg.brokers)
+        print(f"nodefence: cannot reach any broker ({where}): {e}", file=err)
         return EXIT_FAILED
     except ValueError:
         print("nodefence: the leader's view is not valid JSON", file=err)

@@ -23,6 +23,8 @@ from agent.node_label import NODE_LABEL, node_selector
 T = TypeVar("T")
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 HEALTH_ANNOTATION = "nodefence.io/health-endpoint"
+# On the leader Lease: the nodes whose agents the leader named warm standbys (comma-separated).
+STANDBYS_ANNOTATION = "nodefence.io/standbys"
 OUT_OF_SERVICE_TAINT = {
     "key": "node.kubernetes.io/out-of-service",
     "value": "nodeshutdown",
@@ -74,6 +76,7 @@ class LeaseInfo:
     duration: int | None
     transitions: int
     resource_version: str
+    standbys: tuple[str, ...] = ()  # the leader Lease's STANDBYS_ANNOTATION
 
 
 def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
@@ -135,6 +138,7 @@ def _node_info(n: Any) -> NodeInfo:
 
 def _lease_info(obj: Any) -> LeaseInfo:
     spec = obj.spec
+    named = str((obj.metadata.annotations or {}).get(STANDBYS_ANNOTATION) or "")
     return LeaseInfo(
         name=obj.metadata.name,
         namespace=obj.metadata.namespace,
@@ -144,6 +148,7 @@ def _lease_info(obj: Any) -> LeaseInfo:
         duration=spec.lease_duration_seconds if spec else None,
         transitions=(spec.lease_transitions or 0) if spec else 0,
         resource_version=obj.metadata.resource_version,
+        standbys=tuple(n for n in named.split(",") if n),
     )
 
 
@@ -497,11 +502,17 @@ class ClusterApi:
         acquire: dt.datetime | None,
         transitions: int,
         resource_version: str | None,
+        standbys: tuple[str, ...] = (),
     ) -> LeaseInfo:
-        """Create (resource_version None) or replace the Lease; a 409 raises ClusterError."""
+        """Create (resource_version None) or replace the Lease; a 409 raises ClusterError.
+        `standbys` names the warm standbys (an annotation; none: no annotation)."""
+        annotations = {STANDBYS_ANNOTATION: ",".join(standbys)} if standbys else None
         body = k8s.V1Lease(
             metadata=k8s.V1ObjectMeta(
-                name=name, namespace=namespace, resource_version=resource_version
+                name=name,
+                namespace=namespace,
+                resource_version=resource_version,
+                annotations=annotations,
             ),
             spec=k8s.V1LeaseSpec(
                 holder_identity=holder,

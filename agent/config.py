@@ -5,8 +5,8 @@ password) come only from a file or an environment variable and are held as `Secr
 
     cluster: prod-a                 # MQTT topic namespace; one per Kubernetes cluster
     broker:
-      host: mqtt.nodefence.svc
-      port: 1883
+      host: mqtt.nodefence.svc      # one broker; or several (each heartbeat goes to all):
+      port: 1883                    # endpoints: [{host: mqtt-0.x, port: 1883}, {host: mqtt-1.x}]
       username: node-1              # or username_env: NODE_NAME
       password_file: /etc/nodefence/mqtt/password   # or password_env
       tls: {ca_file: ..., cert_file: ..., key_file: ...}   # optional
@@ -21,9 +21,11 @@ password) come only from a file or an environment variable and are held as `Secr
       kubeconfig: null              # null: in-cluster service account
       namespace: nodefence          # where the leader Lease and Events live
       lease_name: nodefence-leader
-      lease_duration: 15
-      renew_deadline: 10
-      retry_period: 2
+      lease_duration: 5             # chosen for a fast takeover (operator guide: API cost)
+      renew_deadline: 3
+      retry_period: 1
+      standbys: 2                   # warm standby candidates the leader names (0: none)
+      cold_retry_period: 10         # how often the other agents read the leader Lease
     health:
       host: 0.0.0.0                 # the agent's health endpoint, probed by peers
       port: 9440
@@ -60,7 +62,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,7 +87,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """How to reach the MQTT broker."""
+    """How to reach one MQTT broker (one entry of `broker.endpoints`, or the only one)."""
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -98,6 +100,11 @@ class BrokerConfig:
     reconnect_min: float = 0.2
     reconnect_max: float = 5.0
 
+    @property
+    def address(self) -> str:
+        """`host:port`, the broker's name in logs and metrics."""
+        return f"{self.host}:{self.port}"
+
 
 @dataclass(frozen=True)
 class KubeConfig:
@@ -106,9 +113,11 @@ class KubeConfig:
     kubeconfig: str | None = None
     namespace: str = "nodefence"
     lease_name: str = "nodefence-leader"
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    lease_duration: float = 5.0
+    renew_deadline: float = 3.0
+    retry_period: float = 1.0
+    standbys: int = 2
+    cold_retry_period: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,14 @@ class AgentConfig:
     metrics_port: int = 9441
     auth: AuthConfig = AuthConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    # Every broker when `broker.endpoints` lists several; empty: `broker` is the only one.
+    broker_endpoints: tuple[BrokerConfig, ...] = ()
+
+    @property
+    def brokers(self) -> tuple[BrokerConfig, ...]:
+        """Every broker the agent publishes to and the leader listens to (at least one);
+        `broker` is the first."""
+        return self.broker_endpoints or (self.broker,)
 
 
 _TOP = {
@@ -210,6 +227,7 @@ _WATCHDOG = {
 _BROKER = {
     "host",
     "port",
+    "endpoints",
     "username",
     "username_env",
     "password_file",
@@ -220,6 +238,9 @@ _BROKER = {
     "reconnect_max",
 }
 _TLS = {"ca_file", "cert_file", "key_file"}
+# What one entry of broker.endpoints may set; the rest comes from `broker:` itself.
+_ENDPOINT = {"host", "port", "password_file", "password_env", "tls"}
+MAX_BROKERS = 8  # every heartbeat goes to each: a few suffice (kronosnet carries up to 8 links)
 _DETECTION = {"profile", "overrides", "max_unhealthy"}
 _KUBE = {
     "kubeconfig",
@@ -228,6 +249,8 @@ _KUBE = {
     "lease_duration",
     "renew_deadline",
     "retry_period",
+    "standbys",
+    "cold_retry_period",
 }
 _HEALTH = {"host", "port"}
 _HEALTH_AGENT = {"host", "port", "advertise"}
@@ -256,26 +279,7 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
     cluster = r.string(top, "cluster", "default")
     if any(c in cluster for c in "/+#") or not cluster.replace("-", "").replace(".", "").isalnum():
         raise ConfigError(path, "cluster", "use letters, digits, '-' and '.' only")
-    b = r.mapping(top.get("broker") or {}, "broker", _BROKER)
-    tls = r.mapping(b.get("tls") or {}, "broker.tls", _TLS)
-    username = r.opt_string(b, "username", "broker.username")
-    if username is None and b.get("username_env") is not None:
-        var = r.string(b, "username_env", None, "broker.username_env")
-        username = env.get(var) or None
-        if username is None:
-            raise ConfigError(path, "broker.username_env", f"environment variable {var} is not set")
-    broker = BrokerConfig(
-        host=r.string(b, "host", "127.0.0.1", "broker.host"),
-        port=r.integer(b, "port", 1883, 1, 65535, "broker.port"),
-        username=username,
-        password=r.secret(b, "broker"),
-        ca_file=r.existing_file(tls, "ca_file", "broker.tls.ca_file"),
-        cert_file=r.existing_file(tls, "cert_file", "broker.tls.cert_file"),
-        key_file=r.existing_file(tls, "key_file", "broker.tls.key_file"),
-        keepalive=r.integer(b, "keepalive", 10, 1, 3600, "broker.keepalive"),
-        reconnect_min=r.number(b, "reconnect_min", 0.2, 0.01, "broker.reconnect_min"),
-        reconnect_max=r.number(b, "reconnect_max", 5.0, 0.01, "broker.reconnect_max"),
-    )
+    broker, endpoints = _brokers(r, r.mapping(top.get("broker") or {}, "broker", _BROKER))
     d = r.mapping(top.get("detection") or {}, "detection", _DETECTION)
     overrides = d.get("overrides") or {}
     if not isinstance(overrides, dict):
@@ -295,9 +299,13 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         kubeconfig=r.opt_string(k, "kubeconfig", "kubernetes.kubeconfig"),
         namespace=r.string(k, "namespace", "nodefence", "kubernetes.namespace"),
         lease_name=r.string(k, "lease_name", "nodefence-leader", "kubernetes.lease_name"),
-        lease_duration=r.number(k, "lease_duration", 15.0, 0.1, "kubernetes.lease_duration"),
-        renew_deadline=r.number(k, "renew_deadline", 10.0, 0.1, "kubernetes.renew_deadline"),
-        retry_period=r.number(k, "retry_period", 2.0, 0.01, "kubernetes.retry_period"),
+        lease_duration=r.number(k, "lease_duration", 5.0, 0.1, "kubernetes.lease_duration"),
+        renew_deadline=r.number(k, "renew_deadline", 3.0, 0.1, "kubernetes.renew_deadline"),
+        retry_period=r.number(k, "retry_period", 1.0, 0.01, "kubernetes.retry_period"),
+        standbys=r.integer(k, "standbys", 2, 0, 16, "kubernetes.standbys"),
+        cold_retry_period=r.number(
+            k, "cold_retry_period", 10.0, 0.01, "kubernetes.cold_retry_period"
+        ),
     )
     if not kube.retry_period < kube.renew_deadline < kube.lease_duration:
         raise ConfigError(
@@ -353,6 +361,7 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         metrics_port=r.integer(m, "port", 9441, 0, 65535, "metrics.port"),
         auth=auth,
         watchdog=watchdog,
+        broker_endpoints=endpoints,
     )
 
 
@@ -363,6 +372,64 @@ def _check_interval(r: _Reader, f: dict[str, Any]) -> float:
             r.path, "fencing.bmc_check_interval", "must be 0 (no checks) or at least 1 second"
         )
     return value
+
+
+def _brokers(r: _Reader, b: dict[str, Any]) -> tuple[BrokerConfig, tuple[BrokerConfig, ...]]:
+    """The first broker and, with `endpoints`, every broker (shared settings applied)."""
+    path = r.path
+    tls = r.mapping(b.get("tls") or {}, "broker.tls", _TLS)
+    username = r.opt_string(b, "username", "broker.username")
+    if username is None and b.get("username_env") is not None:
+        var = r.string(b, "username_env", None, "broker.username_env")
+        username = r.env.get(var) or None
+        if username is None:
+            raise ConfigError(path, "broker.username_env", f"environment variable {var} is not set")
+    shared = BrokerConfig(
+        host=r.string(b, "host", "127.0.0.1", "broker.host"),
+        port=r.integer(b, "port", 1883, 1, 65535, "broker.port"),
+        username=username,
+        password=r.secret(b, "broker"),
+        ca_file=r.existing_file(tls, "ca_file", "broker.tls.ca_file"),
+        cert_file=r.existing_file(tls, "cert_file", "broker.tls.cert_file"),
+        key_file=r.existing_file(tls, "key_file", "broker.tls.key_file"),
+        keepalive=r.integer(b, "keepalive", 10, 1, 3600, "broker.keepalive"),
+        reconnect_min=r.number(b, "reconnect_min", 0.2, 0.01, "broker.reconnect_min"),
+        reconnect_max=r.number(b, "reconnect_max", 5.0, 0.01, "broker.reconnect_max"),
+    )
+    raw = b.get("endpoints")
+    if raw is None:
+        return shared, ()
+    if "host" in b or "port" in b:
+        raise ConfigError(
+            path, "broker.endpoints", "set either broker.host/port or broker.endpoints, not both"
+        )
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BROKERS:
+        raise ConfigError(
+            path, "broker.endpoints", f"must be a list of 1 to {MAX_BROKERS} {{host: ...}} entries"
+        )
+    endpoints: list[BrokerConfig] = []
+    for i, item in enumerate(raw):
+        where = f"broker.endpoints[{i}]"
+        e = r.mapping(item, where, _ENDPOINT)
+        etls = r.mapping(e.get("tls") or {}, f"{where}.tls", _TLS)
+        own_secret = "password_file" in e or "password_env" in e
+        endpoint = replace(
+            shared,
+            host=r.string(e, "host", None, f"{where}.host"),
+            port=r.integer(e, "port", 1883, 1, 65535, f"{where}.port"),
+            password=r.secret(e, where) if own_secret else shared.password,
+        )
+        if etls:
+            endpoint = replace(
+                endpoint,
+                ca_file=r.existing_file(etls, "ca_file", f"{where}.tls.ca_file"),
+                cert_file=r.existing_file(etls, "cert_file", f"{where}.tls.cert_file"),
+                key_file=r.existing_file(etls, "key_file", f"{where}.tls.key_file"),
+            )
+        if any(x.address == endpoint.address for x in endpoints):
+            raise ConfigError(path, f"{where}.host", f"{endpoint.address} is listed twice")
+        endpoints.append(endpoint)
+    return endpoints[0], tuple(endpoints)
 
 
 def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:

@@ -7,7 +7,8 @@ node. A node silent for `suspect_after` is SUSPECT; past `fence_after` the secon
 (`judge`): DEAD only when every required signal confirms and no veto or required signal shows
 life, AGENT_LOST ("agent lost, node alive") when one does, else it stays SUSPECT awaiting
 evidence. Whether a DEAD node may be fenced is `agent.policy`'s question, not this module's.
-Create one detector per leadership term, so UNKNOWN means "not seen since this leader started".
+Create one detector per heartbeat history: a leader's own, or the one a warm standby kept and
+handed over (`agent.ingest`), so UNKNOWN means "not heard since this history began".
 """
 
 from __future__ import annotations
@@ -278,6 +279,10 @@ class FailureDetector:
     def peer_reports(self, node: str) -> dict[str, PeerReport]:
         """Each peer's latest report about `node` (a copy; for the fence evidence)."""
         return dict(self._peers.get(node, {}))
+
+    def tracked(self) -> list[str]:
+        """Every node expected or heard, sorted."""
+        return sorted(self._nodes)
 
     def last_heartbeat(self, node: str) -> float | None:
         """When the leader last received a heartbeat of `node`, or None."""

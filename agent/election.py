@@ -14,6 +14,11 @@
   Lease back once, and a free or expired Lease is taken only after it stayed so for a whole
   `lease_duration`, so any other candidate goes first but leadership is never lost for want of
   one.
+- Warm standbys: the leader names a few nodes on its Lease (`standbys`, an annotation); their
+  agents keep a heartbeat history (`agent.ingest`) and read the Lease every `retry_period`.
+  With `cold_retry_period` set, every other candidate is cold: it reads the Lease only every
+  `cold_retry_period` and takes it only once it stayed unrenewed a further `lease_duration`,
+  so a live warm standby always wins the race (and the API server is read far less often).
 """
 
 from __future__ import annotations
@@ -42,11 +47,16 @@ class NotLeader(Exception):
 
 @dataclass(frozen=True)
 class ElectionTiming:
-    """Lease timing in seconds; defaults as client-go (15 / 10 / 2)."""
+    """Lease timing in seconds (the agent's defaults, chosen for a fast takeover).
 
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    `cold_retry_period`: how often a cold candidate reads the Lease (see the module doc); None:
+    every candidate reads it every `retry_period` and none yields, as in client-go.
+    """
+
+    lease_duration: float = 5.0
+    renew_deadline: float = 3.0
+    retry_period: float = 1.0
+    cold_retry_period: float | None = None
 
 
 class LeaderElector:
@@ -61,6 +71,7 @@ class LeaderElector:
         timing: ElectionTiming = ElectionTiming(),
         clock: Callable[[], float] = time.monotonic,
         defer: Callable[[], bool] = lambda: False,
+        node: str | None = None,
     ) -> None:
         self.api = api
         self.defer = defer
@@ -68,6 +79,7 @@ class LeaderElector:
         self.namespace = namespace
         self.name = name
         self.identity = identity
+        self.node = node  # the name warm standbys are listed by
         self.timing = timing
         self._clock = clock
         self._observed: tuple[str, float] | None = None  # (resourceVersion, when first seen)
@@ -75,6 +87,8 @@ class LeaderElector:
         self._last_renew: float | None = None
         self.leader_since: float | None = None
         self.observed_holder: str | None = None
+        self.standbys: tuple[str, ...] = ()  # what this leader writes on its Lease
+        self.observed_standbys: tuple[str, ...] = ()  # what the Lease said when last read
         # confirm() and the renew loop must not race each other into a self-inflicted 409.
         self._io = asyncio.Lock()
 
@@ -97,6 +111,25 @@ class LeaderElector:
             "leaseResourceVersion": lease.resource_version,
         }
 
+    @property
+    def is_standby(self) -> bool:
+        """True while the Lease names this node a warm standby (and it does not lead)."""
+        return not self.is_leader and self.node is not None and self.node in self.observed_standbys
+
+    def _cold(self, standbys: tuple[str, ...]) -> bool:
+        """A cold candidate: warm standbys are named, this node is not among them."""
+        return (
+            self.timing.cold_retry_period is not None
+            and bool(standbys)
+            and self.node not in standbys
+        )
+
+    def _period(self) -> float:
+        cold = self.timing.cold_retry_period
+        if cold is not None and self._cold(self.observed_standbys):
+            return cold
+        return self.timing.retry_period
+
     async def confirm(self) -> None:
         """Renew the Lease now; raise `NotLeader` unless it is still ours (use before every
         irreversible step)."""
@@ -114,7 +147,7 @@ class LeaderElector:
                     if self._handed_off and not stop.is_set():
                         await self._release()
                 else:
-                    await _wait(stop, self.timing.retry_period)
+                    await _wait(stop, self._period())
         finally:
             await self._release()
 
@@ -179,13 +212,20 @@ class LeaderElector:
         if self._observed is None or self._observed[0] != lease.resource_version:
             self._observed = (lease.resource_version, now)
         self.observed_holder = lease.holder
+        self.observed_standbys = lease.standbys
         ours = lease.holder == self.identity
         duration = lease.duration or seconds
-        expired = not lease.holder or now - self._observed[1] >= duration
-        if not ours and self.defer():  # let any other candidate take it first
-            expired = now - self._observed[1] >= max(duration, self.timing.lease_duration)
+        unchanged = now - self._observed[1]
+        expired = not lease.holder or unchanged >= duration
+        if not ours and self.defer():  # in maintenance: let any other candidate take it first
+            expired = unchanged >= max(duration, self.timing.lease_duration)
+        elif not ours and self._cold(lease.standbys):
+            # Let a warm standby take it first: it reads every retry_period and has the history.
+            expired = unchanged >= (duration if lease.holder else 0) + self.timing.lease_duration
         if not ours and not expired:
             return False
+        if not ours:
+            self.standbys = tuple(n for n in lease.standbys if n != self.node)
         transitions = lease.transitions if ours else lease.transitions + 1
         acquire = lease.acquire_time if ours else now_wall
         return await self._write(
@@ -211,6 +251,7 @@ class LeaderElector:
                 acquire=acquire,
                 transitions=transitions,
                 resource_version=rv,
+                standbys=self.standbys,
             )
         except ClusterError as err:
             if err.status != 409:
@@ -238,6 +279,7 @@ class LeaderElector:
                 acquire=None,
                 transitions=lease.transitions,
                 resource_version=lease.resource_version,
+                standbys=self.standbys,  # the named standbys take over at once
             )
             log.info("released the lease", extra={"identity": self.identity})
         except ClusterError as err:

@@ -313,32 +313,41 @@ class _Stream:
     boot: str
     seq: int
     retired: deque[str]
+    recent: deque[int]  # the last seqs accepted of this boot (duplicates are told apart)
 
 
 class SequenceTracker:
     """Drops duplicate and replayed heartbeats, per node, in bounded memory.
 
-    Per node it keeps the current boot id, the highest seq seen, and the last `retired_boots`
-    boot ids it replaced. A heartbeat of the current boot must raise seq; a new boot id starts a
-    new stream (a restarted agent counts from 0 again); a retired boot id is a replay.
+    Per node it keeps the current boot id, the highest seq seen, the last `recent` seqs it
+    accepted of that boot, and the last `retired_boots` boot ids it replaced. A heartbeat of the
+    current boot must raise seq, or it is a duplicate (one of the recent seqs: with several
+    brokers every heartbeat comes once per broker) or a replay; a new boot id starts a new
+    stream (a restarted agent counts from 0 again); a retired boot id is a replay.
     """
 
-    def __init__(self, retired_boots: int = 4) -> None:
+    def __init__(self, retired_boots: int = 4, recent: int = 16) -> None:
         self._streams: dict[str, _Stream] = {}
         self._retired = retired_boots
+        self._recent = recent
 
-    def check(self, hb: Heartbeat) -> None:
-        """Record `hb` or raise `HeartbeatRejected(REPLAYED)` without recording anything."""
+    def check(self, hb: Heartbeat) -> bool:
+        """Record `hb` and return True; return False (recording nothing) for a copy of a
+        heartbeat already accepted; raise `HeartbeatRejected(REPLAYED)` for a replay."""
         s = self._streams.get(hb.node)
         if s is None:
-            self._streams[hb.node] = _Stream(hb.boot, hb.seq, deque(maxlen=self._retired))
+            recent = deque((hb.seq,), maxlen=self._recent)
+            self._streams[hb.node] = _Stream(hb.boot, hb.seq, deque(maxlen=self._retired), recent)
         elif hb.boot == s.boot:
             if hb.seq <= s.seq:
+                if hb.seq in s.recent:
+                    return False
                 raise HeartbeatRejected(
                     RejectReason.REPLAYED,
                     f"{hb.node}: seq {hb.seq} of boot {hb.boot} not above {s.seq}",
                 )
             s.seq = hb.seq
+            s.recent.append(hb.seq)
         elif hb.boot in s.retired:
             raise HeartbeatRejected(
                 RejectReason.REPLAYED, f"{hb.node}: boot {hb.boot} was replaced by {s.boot}"
@@ -346,14 +355,16 @@ class SequenceTracker:
         else:
             s.retired.append(s.boot)
             s.boot, s.seq = hb.boot, hb.seq
+            s.recent.clear()
+            s.recent.append(hb.seq)
+        return True
 
     def accept(self, hb: Heartbeat) -> bool:
         """True (and recorded) for a fresh heartbeat; False for a duplicate or replay."""
         try:
-            self.check(hb)
+            return self.check(hb)
         except HeartbeatRejected:
             return False
-        return True
 
     def forget(self, node: str) -> None:
         """Drop everything known about `node` (it left the cluster)."""

@@ -1,10 +1,12 @@
 """Leader side: hear every heartbeat, watch kubelets, ask peers, judge, decide, report.
 
-Thin I/O around the pure `agent.detector` and `agent.policy`: three loops share one detector
-(created per leadership term):
-- broker loop: subscribes to heartbeats and probe results, stamps each on receipt with the
-  leader's monotonic clock, counts and drops malformed or replayed messages, and reconnects;
-  while it is down (and for `fence_after` after) the policy declares nobody dead;
+Thin I/O around the pure `agent.detector` and `agent.policy`, over one `agent.ingest.Listener`
+(sessions to every broker, the detector and what was heard). A warm standby hands over its
+running Listener, history included; a cold leader starts its own. Then:
+- the listener delivers heartbeats and statuses to the ingest (stamped on receipt with the
+  leader's monotonic clock; malformed, refused and replayed ones counted and dropped, copies
+  from the other brokers dropped quietly) and probe results here; while no broker is reachable
+  (and for `fence_after` after one is again) the policy declares nobody dead;
 - kube loop: lists Nodes and kubelet Leases, noting on our clock when a renewTime changed;
 - judge loop: evaluates, asks peers to probe suspects, applies the policy, and reports each
   new decision once (log + Kubernetes Event + the `on_dead` callback), and publishes the
@@ -24,31 +26,20 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from agent import metrics
 from agent.bmc_health import Transition
 from agent.bmc_monitor import BmcMonitor
+from agent.broker_set import BrokerSet
 from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.config import AgentConfig
-from agent.detector import FailureDetector, NodeHealth, NodeVerdict
+from agent.detector import NodeHealth, NodeVerdict
 from agent.fence_evidence import stamp
 from agent.fence_executor import FenceExecutor
-from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
-from agent.heartbeat_codec import (
-    PREFIX,
-    HeartbeatRejected,
-    NodeState,
-    SequenceTracker,
-    WatchdogClaim,
-    decode_heartbeat,
-    decode_status_boot,
-    heartbeat_filter,
-    node_from_topic,
-    status_filter,
-    valid_name,
-)
-from agent.leader_broker import BrokerLost, LeaderBroker, MqttLeaderBroker
+from agent.heartbeat_auth import AuthMode
+from agent.heartbeat_codec import PREFIX
+from agent.ingest import HeartbeatIngest, LeaderStats, Listener, delivery_gap
+from agent.leader_broker import BrokerLost, LeaderBroker
 from agent.peers import (
     ProbeRequest,
     Target,
@@ -56,10 +47,8 @@ from agent.peers import (
     decode_result,
     encode_request,
     probe_topic,
-    result_filter,
 )
 from agent.policy import (
-    Alert,
     ClusterFacts,
     LeaderFacts,
     MaxUnhealthy,
@@ -78,6 +67,9 @@ log = logging.getLogger("nodefence.leader")
 DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
 ExecutorFactory = Callable[["LeaderSide"], FenceExecutor]
 BmcMonitorFactory = Callable[["LeaderSide"], BmcMonitor]
+NameStandbys = Callable[[list[str]], None]  # called with the healthy nodes, every round
+
+__all__ = ["LeaderSide", "LeaderStats", "view_topic"]
 
 
 def _raise_if_cancelling() -> None:
@@ -92,21 +84,14 @@ def view_topic(cluster: str) -> str:
     return f"{PREFIX}/{cluster}/leader/view"
 
 
-@dataclass
-class LeaderStats:
-    """Counters for status output, metrics and tests."""
-
-    heartbeats: int = 0
-    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
-    probes_sent: int = 0
-    probe_results: int = 0
-    decisions: list[tuple[float, str, str]] = field(default_factory=list)  # (t, node, kind)
-    alerts: list[Alert] = field(default_factory=list)
-    bmc_changes: list[Transition] = field(default_factory=list)
-
-
 class LeaderSide:
-    """Runs while this process holds the Lease; cancelled the moment it does not."""
+    """Runs while this process holds the Lease; cancelled the moment it does not.
+
+    `listener`: a running Listener handed over by a warm standby (this side never stops it);
+    without one the side listens itself, over `broker` (one edge, e.g. a simulation's) or over
+    every broker of `cfg`. `name_standbys` gets the healthy nodes every round, to name the
+    warm standbys on the Lease (`agent.standby`).
+    """
 
     def __init__(
         self,
@@ -125,6 +110,8 @@ class LeaderSide:
         broker: LeaderBroker | None = None,
         tick: float = 0.1,
         kube_period: float = 1.0,
+        listener: Listener | None = None,
+        name_standbys: NameStandbys | None = None,
     ) -> None:
         self.cfg = cfg
         self.profile = profile
@@ -139,31 +126,41 @@ class LeaderSide:
         self.clock = clock
         self.wall = wall
         self.new_id = new_id
-        self.broker: LeaderBroker = broker or MqttLeaderBroker(cfg.broker, identity)
+        self._owns_listener = listener is None
+        if listener is None:
+            brokers = (
+                BrokerSet(
+                    {"broker": broker},
+                    reconnect_min=cfg.broker.reconnect_min,
+                    reconnect_max=cfg.broker.reconnect_max,
+                    clock=clock,
+                    silence=delivery_gap(profile),
+                )
+                if broker is not None
+                else BrokerSet.from_config(cfg.brokers, identity, silence=delivery_gap(profile))
+            )
+            listener = Listener(brokers, HeartbeatIngest(cfg, profile, clock=clock, wall=wall))
+        self.listener = listener
+        self.broker: BrokerSet = listener.brokers  # publishes on every broker that is up
+        self.name_standbys = name_standbys
         self.tick = tick
         self.kube_period = kube_period
         self.max_unhealthy = MaxUnhealthy.parse(cfg.max_unhealthy)
-        self.stats = LeaderStats()
-        self.detector = FailureDetector(profile)
-        self.sequences = SequenceTracker()
-        key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-        self.verifier = HeartbeatVerifier(
-            AuthMode(cfg.auth.mode),
-            key,
-            cfg.auth.max_skew,
-            tuple(s.reveal().encode() for s in cfg.auth.also_accept),
-        )
+        ingest = listener.ingest
+        self.ingest = ingest
+        self.stats: LeaderStats = ingest.stats
+        self.detector = ingest.detector
+        self.sequences = ingest.sequences
+        self.verifier = ingest.verifier
         self.probe_verifier = ProbeResultVerifier(self.verifier)
         # A peer answers within its probe timeout; the rest is for the broker's round trip.
         self.probes = OutstandingProbes(profile.peer_probe_timeout + max(profile.interval, 1.0))
-        self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
-        self._claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
-        self._last_seq: dict[str, tuple[str, int]] = {}  # node -> (boot, seq) last accepted
-        self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
-        self._gone: set[str] = set()  # Nodes deleted in this term (until they register again)
-        self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
+        self.watchdog_claims = ingest.watchdog_claims
+        self.stopped_boots = ingest.stopped_boots
+        self._gone = ingest.gone  # Nodes deleted (until they register again)
+        self.rejected_at = ingest.rejected_at
         self.leader_since = 0.0
-        self.broker_up_since: float | None = None
+        self.warm = False  # this leader took over a standby's running listener and history
         self.nodes: dict[str, NodeInfo] = {}
         self.kubelet_seen: dict[str, tuple[object, float]] = {}
         self.last_decision: PolicyDecision | None = None
@@ -172,25 +169,44 @@ class LeaderSide:
         self._alerted: set[tuple[str, str | None]] = set()
         self._probed: dict[str, float] = {}
         self._probe_salt = 0
-        self._broker_up = False  # a session is up: publishing may succeed
         self._last_kube_look: float | None = None
         self._view_at = float("-inf")
         self.view_period = 1.0  # the status view is for people: once a second is plenty
-        self._connected_once = asyncio.Event()
+
+    @property
+    def broker_up_since(self) -> float | None:
+        """Since when at least one broker has been up without a gap (None: none is)."""
+        return self.listener.brokers.any_up_since
+
+    @property
+    def _broker_up(self) -> bool:
+        """A session is up: publishing may succeed."""
+        return bool(self.listener.brokers.up())
 
     async def run(self) -> None:
         """Lead until cancelled."""
         self.leader_since = self.clock()
-        log.info("leader side starting; judging nobody for %.1f s", self.profile.fence_after)
-        await self._refresh_kube()
-        if self.executor_factory is not None:
-            self.executor = self.executor_factory(self)
-            resumed = await self.executor.resume()
-            if resumed:
-                log.warning("resumed %d unfinished fencing operations", resumed)
+        # A standby's listener was up before this moment: its history is this leader's.
+        self.warm = self.broker_up_since is not None and not self._owns_listener
+        if self.warm:
+            log.info("leader side starting with the standby's heartbeat history")
+        else:
+            log.info("leader side starting; judging nobody for %.1f s", self.profile.fence_after)
+        self.listener.on_other = self._on_message
         try:
+            await self._refresh_kube()
+            if self.warm and self._last_kube_look is not None:
+                for node in self.detector.tracked():
+                    if node not in self.nodes:
+                        self.ingest.forget(node)  # heard as a standby, gone from the cluster
+            if self.executor_factory is not None:
+                self.executor = self.executor_factory(self)
+                resumed = await self.executor.resume()
+                if resumed:
+                    log.warning("resumed %d unfinished fencing operations", resumed)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._broker_loop())
+                if self._owns_listener:
+                    tg.create_task(self.listener.run())
                 tg.create_task(self._kube_loop())
                 tg.create_task(self._judge_loop())
                 if self.executor is not None:
@@ -199,6 +215,8 @@ class LeaderSide:
                     self.bmc = self.bmc_monitor_factory(self)
                     tg.create_task(self.bmc.run())
         finally:
+            if self.listener.on_other == self._on_message:
+                self.listener.on_other = None
             if self.executor is not None:
                 await self.executor.stop()
 
@@ -240,7 +258,8 @@ class LeaderSide:
                 claim=self.watchdog_claims.get(node),
                 last_heartbeat=self.detector.last_heartbeat(node),
                 last_rejected=self.rejected_at.get(node),
-                broker_up_since=self.broker_up_since,
+                # Every broker: the node's watchdog counts an echo from any of them as contact.
+                broker_up_since=self.listener.brokers.all_up_since(),
                 alive_after_mark=self.alive_since(node, marked_at),
                 bmc_unreachable=unreachable,
                 in_maintenance=self.in_maintenance(node),
@@ -268,7 +287,7 @@ class LeaderSide:
             }
         last = self.detector.last_heartbeat(node)
         if last is not None:
-            boot, seq = self._last_seq.get(node, ("", 0))
+            boot, seq = self.ingest.last_seq.get(node, ("", 0))
             facts["lastHeartbeat"] = {
                 "at": stamp(wall - (now - last)),
                 "ageSeconds": round(now - last, 3),
@@ -319,117 +338,34 @@ class LeaderSide:
 
     # -- broker ------------------------------------------------------------------------------
 
-    async def _broker_loop(self) -> None:
-        attempt = 0
-        cluster = self.cfg.cluster
-        while True:
-
-            def up() -> None:
-                nonlocal attempt
-                self.broker_up_since = self.clock()
-                self._broker_up = True
-                self._connected_once.set()
-                attempt = 0
-                log.info("leader connected to the broker")
-
-            try:
-                await self.broker.session(
-                    [heartbeat_filter(cluster), result_filter(cluster), status_filter(cluster)],
-                    self._on_message,
-                    up,
-                )
-            except BrokerLost as err:
-                log.warning("leader lost the broker: %s", err)
-            finally:
-                self._broker_up = False
-                self.broker_up_since = None
-            attempt += 1
-            await asyncio.sleep(
-                min(
-                    self.cfg.broker.reconnect_max,
-                    self.cfg.broker.reconnect_min * 2 ** min(attempt, 10),
-                )
-            )
-
-    def _on_message(self, topic: str, payload: object) -> None:
+    def _on_message(self, topic: str, data: bytes) -> None:
+        """Everything but heartbeats and statuses (the ingest's): probe results."""
         now = self.clock()
-        data = payload if isinstance(payload, bytes) else str(payload).encode()
-        node = node_from_topic(self.cfg.cluster, topic)
-        if node is None and topic.startswith(f"{PREFIX}/{self.cfg.cluster}/heartbeat/"):
-            self.stats.rejected["bad_topic"] += 1
-            metrics.REJECTED.labels("bad_topic").inc()
-            return
-        if node is not None and node in self._gone:
-            # A heartbeat still in flight when its Node was deleted: it must not bring back a
-            # phantom node (unhealthy forever, counted by the storm guard).
-            self.stats.rejected["deleted_node"] += 1
-            metrics.REJECTED.labels("deleted_node").inc()
-            return
-        if node is not None:
-            try:
-                hb = decode_heartbeat(node, data)
-                if not self.verifier.check(hb, self.wall()) and self.verifier.mode is not (
-                    AuthMode.OFF
-                ):
-                    self.stats.rejected["unsigned_accepted"] += 1  # permissive: counted only
-                    metrics.REJECTED.labels("unsigned_accepted").inc()
-                self.sequences.check(hb)
-            except HeartbeatRejected as rej:
-                self.stats.rejected[rej.reason.value] += 1
-                metrics.REJECTED.labels(rej.reason.value).inc()
-                if node in self.watchdog_claims or len(self.rejected_at) < 65536:
-                    self.rejected_at[node] = now
-                log.debug("dropped heartbeat on %s: %s", topic, rej)
-                return
-            self.stats.heartbeats += 1
-            metrics.HEARTBEATS.inc()
-            # A boot whose agent announced a clean stop has disarmed its watchdog: a
-            # heartbeat of it delivered late (reordered) claims nothing.
-            self.watchdog_claims[node] = hb.wd if self.stopped_boots.get(node) != hb.boot else None
-            self._claim_boot[node] = hb.boot
-            self._last_seq[node] = (hb.boot, hb.seq)
-            self.detector.observe(hb, now)
-            return
-        status_prefix = f"{PREFIX}/{self.cfg.cluster}/status/"
-        if topic.startswith(status_prefix):
-            self._on_status(topic[len(status_prefix) :], data)
-            return
         prefix = f"{PREFIX}/{self.cfg.cluster}/probe-result/"
-        if topic.startswith(prefix):
-            res = decode_result(topic[len(prefix) :], data)
-            if res is None:
-                self.stats.rejected["malformed_probe_result"] += 1
-                metrics.REJECTED.labels("malformed_probe_result").inc()
-                return
-            try:
-                # The signature first, so a forgery never uses up a peer's one answer.
-                signed = self.probe_verifier.check(res, self.wall())
-                asked_at = self.probes.admit(res, now)
-            except ProbeRejected as rej:
-                self.stats.rejected[rej.reason.value] += 1
-                metrics.REJECTED.labels(rej.reason.value).inc()
-                log.debug("dropped probe result on %s: %s", topic, rej)
-                return
-            if not signed and self.verifier.mode is AuthMode.PERMISSIVE:
-                self.stats.rejected[UNSIGNED_ACCEPTED] += 1  # counted only
-                metrics.REJECTED.labels(UNSIGNED_ACCEPTED).inc()
-            self.stats.probe_results += 1
-            # "Unreachable" may describe any moment since the request went out: stamp it then,
-            # so a heartbeat received meanwhile outweighs it. "Reachable" counts on receipt.
-            at = now if res.reachable else asked_at
-            self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, at)
-
-    def _on_status(self, node: str, data: bytes) -> None:
-        """A node's retained status: a clean stop withdraws its boot's watchdog claim."""
-        status = decode_status_boot(data) if valid_name(node) else None
-        if status is None or status[0] is not NodeState.STOPPED or status[1] is None:
-            return  # online/offline say nothing the heartbeats do not
-        if node not in self.stopped_boots and len(self.stopped_boots) >= 65536:
+        if not topic.startswith(prefix):
             return
-        self.stopped_boots[node] = status[1]
-        if self._claim_boot.get(node) == status[1] and self.watchdog_claims.get(node):
-            log.info("node %s: agent stopped cleanly, its watchdog claim is withdrawn", node)
-            self.watchdog_claims[node] = None
+        res = decode_result(topic[len(prefix) :], data)
+        if res is None:
+            self.stats.rejected["malformed_probe_result"] += 1
+            metrics.REJECTED.labels("malformed_probe_result").inc()
+            return
+        try:
+            # The signature first, so a forgery never uses up a peer's one answer.
+            signed = self.probe_verifier.check(res, self.wall())
+            asked_at = self.probes.admit(res, now)
+        except ProbeRejected as rej:
+            self.stats.rejected[rej.reason.value] += 1
+            metrics.REJECTED.labels(rej.reason.value).inc()
+            log.debug("dropped probe result on %s: %s", topic, rej)
+            return
+        if not signed and self.verifier.mode is AuthMode.PERMISSIVE:
+            self.stats.rejected[UNSIGNED_ACCEPTED] += 1  # counted only
+            metrics.REJECTED.labels(UNSIGNED_ACCEPTED).inc()
+        self.stats.probe_results += 1
+        # "Unreachable" may describe any moment since the request went out: stamp it then,
+        # so a heartbeat received meanwhile outweighs it. "Reachable" counts on receipt.
+        at = now if res.reachable else asked_at
+        self.detector.observe_peer_report(res.suspect, res.peer, res.reachable, at)
 
     # -- kubernetes ----------------------------------------------------------------------------
 
@@ -478,12 +414,7 @@ class LeaderSide:
         if self.executor is not None:
             self.executor.forget(node)  # a node that rejoins later may be fenced again
         self.kubelet_seen.pop(node, None)
-        self.detector.forget(node)
-        self.sequences.forget(node)
-        self.watchdog_claims.pop(node, None)
-        self._claim_boot.pop(node, None)
-        self._last_seq.pop(node, None)
-        self.rejected_at.pop(node, None)
+        self.ingest.forget(node)
 
     # -- judging -------------------------------------------------------------------------------
 
@@ -495,7 +426,9 @@ class LeaderSide:
         # Give the first broker connection a moment, so a leader that is still connecting
         # does not raise a "broker down" alert (it judges nobody meanwhile anyway).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected_once.wait(), self.profile.fence_after)
+            await asyncio.wait_for(
+                self.listener.brokers.connected_once.wait(), self.profile.fence_after
+            )
         while True:
             started = self.clock()
             await self.judge_once()
@@ -503,6 +436,9 @@ class LeaderSide:
             # On a big cluster judging costs tens of ms: never spend more than a third of the
             # loop's time on it, so heartbeats keep being read (and stamped) promptly.
             await asyncio.sleep(max(self.tick, 2 * (self.clock() - started)))
+
+    def _facts(self, now: float) -> LeaderFacts:
+        return LeaderFacts(now, self.leader_since, self.broker_up_since, warm=self.warm)
 
     async def judge_once(self) -> PolicyDecision:
         """One round: evaluate, probe suspects, decide, report what is new."""
@@ -520,7 +456,7 @@ class LeaderSide:
         )
         decision = decide(
             self.verdicts,
-            LeaderFacts(now, self.leader_since, self.broker_up_since),
+            self._facts(now),
             ClusterFacts(
                 self.max_unhealthy,
                 maintenance,
@@ -535,6 +471,12 @@ class LeaderSide:
             )
         )
         self.last_decision = decision
+        up = self.broker_up_since
+        # Whom it has heard within suspect_after is healthy as soon as it has listened that
+        # long (even in a new leader's first window): naming standbys need not wait for more.
+        listened = up is not None and now - up >= self.profile.suspect_after
+        if self.name_standbys is not None and listened and healthy:
+            self.name_standbys(healthy)
         metrics.FROZEN.set(1 if decision.frozen else 0)
         counts = collections.Counter(v.health.value for v in self.verdicts)
         for state in NodeHealth:
@@ -558,12 +500,7 @@ class LeaderSide:
         taken and committed); one that sent nothing waits for a fence decision that passes
         every guard."""
         assert self.executor is not None
-        if (
-            leader_guard(
-                LeaderFacts(now, self.leader_since, self.broker_up_since), self.profile.fence_after
-            )
-            is not None
-        ):
+        if leader_guard(self._facts(now), self.profile.fence_after) is not None:
             return
         verdicts = {v.node: v for v in self.verdicts}
         for node in sorted(self.executor.held()):
@@ -620,9 +557,7 @@ class LeaderSide:
             self.stats.probes_sent += 1
 
     async def _report(self, decision: PolicyDecision, now: float) -> None:
-        blind = leader_guard(
-            LeaderFacts(now, self.leader_since, self.broker_up_since), self.profile.fence_after
-        )
+        blind = leader_guard(self._facts(now), self.profile.fence_after)
         for v in [] if blind else self.verdicts:  # a blind leader reports no node's state
             before = self._reported.get(v.node)
             current = v.health

@@ -6,6 +6,12 @@ subscribes and delivers every message until the connection is lost (then raises 
 uses `MqttLeaderBroker` (aiomqtt for publishing, the lean `agent.mqtt_ingest` reader for the
 heartbeat stream); the deterministic simulation plugs in an in-memory broker behind the same
 surface.
+
+One `LeaderBroker` is one broker. The leader (and a warm standby) listens to several through
+`agent.broker_set.BrokerSet`, which keeps one session per named edge, each in its own reconnect
+loop, and publishes on every edge that is up: `LeaderSide(broker=edge)` wraps a single edge in
+one; `LeaderSide(listener=Listener(BrokerSet({"a": edge_a, "b": edge_b}), ingest))` gives it
+several (`agent.ingest`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,23 @@ REJECTED = Counter(
     "Heartbeats and probe results dropped, by reason",
     ["reason"],
 )
+DUPLICATES = Counter(
+    "nodefence_heartbeat_duplicates_total",
+    "Copies of an already accepted heartbeat (each broker delivers one; harmless)",
+)
+BROKER_CONNECTED = Gauge(
+    "nodefence_broker_connected",
+    "1 while the leader's (or a warm standby's) session to this broker is up",
+    ["broker"],
+)
+AGENT_BROKERS = Gauge(
+    "nodefence_agent_brokers_connected",
+    "Brokers this agent's heartbeat publisher is connected to",
+)
 IS_LEADER = Gauge("nodefence_is_leader", "1 while this agent holds the leader Lease")
+IS_STANDBY = Gauge(
+    "nodefence_is_standby", "1 while this agent is a warm standby (named on the leader Lease)"
+)
 NODES = Gauge("nodefence_nodes", "Nodes by the leader's classification", ["state"])
 FROZEN = Gauge(
     "nodefence_decisions_frozen",

@@ -3,12 +3,15 @@
 `decide` takes the detector's verdicts, the leader's own situation (`LeaderFacts`) and the
 cluster's (`ClusterFacts`) and returns a `PolicyDecision`: nodes to fence, nodes held with the
 reason, and alerts. Leader-wide guards come first and freeze every decision: this process is not
-the leader; its broker connection is down, or came back less than `fence_after` ago (silence then
-says nothing about the nodes); it became leader less than `fence_after` ago (it has not seen a
-full window of heartbeats); more than `max_unhealthy` nodes are unhealthy at once (storm: the
-cause is likely shared, fencing would make it worse). Then per node: a node in maintenance or
-without a BMC inventory entry is never fenced, an alert is raised instead. Alerts are produced
-every round their condition holds; the caller de-duplicates them.
+the leader; it reaches no broker, or has reached one without a gap for less than `fence_after`
+(silence then says nothing about the nodes; with several brokers, losing some of them is no
+gap); it became leader less than `fence_after` ago and its heartbeat history began with its
+leadership (a cold leader has not seen a full window of heartbeats; a warm one took over the
+history a standby kept and judges at once the nodes heard in it); more than `max_unhealthy`
+nodes are unhealthy at once (storm: the cause is likely shared, fencing would make it worse).
+Then per node: a node in maintenance or without a BMC inventory entry is never fenced, an alert
+is raised instead. Alerts are produced every round their condition holds; the caller
+de-duplicates them.
 """
 
 from __future__ import annotations
@@ -89,16 +92,20 @@ class LeaderFacts:
     """The deciding process's own situation, in its monotonic seconds.
 
     `leader_since`: when it became leader (None: it does not hold the Lease).
-    `broker_up_since`: when its current broker connection came up (None: disconnected).
+    `broker_up_since`: since when at least one of its broker connections has been up without a
+    gap (None: it reaches no broker).
+    `warm`: its heartbeat history (the detector and `broker_up_since`) was kept by this process
+    as a standby before it led, so a full window of it may predate `leader_since`.
     """
 
     now: float
     leader_since: float | None
     broker_up_since: float | None
+    warm: bool = False
 
     @property
     def broker_connected(self) -> bool:
-        """True while the leader's own broker connection is up."""
+        """True while the leader reaches at least one broker."""
         return self.broker_up_since is not None
 
 
@@ -136,13 +143,13 @@ def leader_guard(leader: LeaderFacts, fence_after: float) -> str | None:
     if leader.leader_since is None:
         return "this process does not hold the leader Lease"
     if leader.broker_up_since is None:
-        return "the leader's own broker connection is down: silence proves nothing"
+        return "the leader reaches no broker: silence proves nothing"
     if now - leader.broker_up_since < fence_after:
         return (
-            f"the leader's broker connection came back {now - leader.broker_up_since:.1f} s ago;"
+            f"the leader has reached a broker for {now - leader.broker_up_since:.1f} s only;"
             f" waiting one full fence_after ({fence_after:g} s)"
         )
-    if now - leader.leader_since < fence_after:
+    if not leader.warm and now - leader.leader_since < fence_after:
         return (
             f"leader for {now - leader.leader_since:.1f} s; a new leader waits one full"
             f" window ({fence_after:g} s) before judging anyone"

@@ -1,5 +1,6 @@
-"""`nodefence agent`: everything one node runs: heartbeats, the health endpoint, answers to
-peer probes, and the leader candidacy (the leader side runs only while holding the Lease)."""
+"""`nodefence agent`: everything one node runs: heartbeats (to every broker), the health
+endpoint, answers to peer probes, and the leader candidacy (the leader side runs only while
+holding the Lease; a warm standby named on the Lease keeps a heartbeat history meanwhile)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiomqtt
-
 from agent import metrics
 from agent.bmc_monitor import BmcMonitor, CertDays
 from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
@@ -29,23 +28,16 @@ from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_auth import node_key
 from agent.heartbeat_codec import WatchdogClaim
+from agent.ingest import Listener
 from agent.inventory import Inventory
 from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
 from agent.leader_broker import LeaderBroker
-from agent.mqtt_client import make_client
-from agent.peers import (
-    ProbeResult,
-    decode_request,
-    encode_result,
-    probe_filter,
-    result_topic,
-    run_probe,
-)
 from agent.power import BackendFactory
-from agent.probe_auth import sign_result
+from agent.probe_responder import answer_probes
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
+from agent.standby import WarmListener, choose_standbys
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
 from backends.registry import build_backend
@@ -57,37 +49,6 @@ log = logging.getLogger("nodefence.agent")
 def detection_profile(cfg: AgentConfig) -> DetectionProfile:
     """The config's profile with its overrides applied (raises `ProfileError`)."""
     return profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
-
-
-async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: asyncio.Event) -> None:
-    """Probe suspects when the leader names this node as a peer; report over the broker,
-    signed with this node's heartbeat key unless `auth.mode` is off (`agent.probe_auth`)."""
-    cluster_key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-    key = (
-        node_key(cluster_key, node) if cluster_key is not None and cfg.auth.mode != "off" else None
-    )
-    while not stop.is_set():
-        try:
-            async with make_client(cfg.broker, f"nodefence-probe-{node}") as client:
-                await client.subscribe(probe_filter(cfg.cluster), qos=0)
-                async for message in client.messages:
-                    payload = message.payload
-                    if not isinstance(payload, bytes):
-                        continue
-                    req = decode_request(payload)
-                    if req is None or node not in req.peers or req.suspect == node:
-                        continue
-                    reachable = await run_probe(req, timeout)
-                    res = ProbeResult(
-                        req.id, node, req.suspect, reachable, ts=int(time.time() * 1000)
-                    )
-                    if key is not None:
-                        res = sign_result(res, key)
-                    await client.publish(result_topic(cfg.cluster, node), encode_result(res))
-        except aiomqtt.MqttError as err:
-            log.debug("probe responder lost the broker: %s", err)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), cfg.broker.reconnect_max)
 
 
 def leader_identity(node: str) -> str:
@@ -137,6 +98,7 @@ class LeaderCandidate:
     elector: LeaderElector
     lead: Callable[[], Coroutine[Any, Any, None]]
     leader: LeaderSide | None = None  # set while this process leads
+    warm: WarmListener | None = None  # runs while this process is a named warm standby
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign until `stop`; lead while holding the Lease."""
@@ -159,6 +121,7 @@ def leader_candidate(
     identity: str | None = None,
     cert_days: CertDays = certificate_days_left,
     defer: Callable[[], bool] | None = None,
+    warm: Callable[[LeaderElector], WarmListener] | None = None,
 ) -> LeaderCandidate:
     """The leader election, leader side and fencing executor of one agent, wired together.
 
@@ -167,6 +130,8 @@ def leader_candidate(
     leader only detects and reports (nothing is fenced). `tick` overrides the leader side's
     judging pace (the simulation judges less often to run faster). `identity` is the Lease
     holder identity (default: the node name and a per-process id, see `leader_identity`).
+    `warm` builds the listener a named warm standby keeps running (production; without it,
+    every new leader starts cold with an empty history, and no standbys are named).
     """
     k = cfg.kube
     # Unique per process: two agents started with the same node name (a stale pod, a
@@ -177,10 +142,21 @@ def leader_candidate(
         k.namespace,
         k.lease_name,
         identity=me,
-        timing=ElectionTiming(k.lease_duration, k.renew_deadline, k.retry_period),
+        timing=ElectionTiming(
+            k.lease_duration,
+            k.renew_deadline,
+            k.retry_period,
+            k.cold_retry_period if k.standbys and warm is not None else None,
+        ),
         clock=clock,
         defer=defer or (lambda: False),
+        node=node,
     )
+    warm_listener = warm(elector) if warm is not None else None
+
+    def name_standbys(healthy: list[str]) -> None:
+        elector.standbys = choose_standbys(elector.standbys, healthy, node, k.standbys)
+
     # The ids the leader side (probe requests) and the executor (operations) draw by default.
     request_ids = new_id or (lambda: uuid.uuid4().hex[:12])
     operation_ids = new_id or (lambda: uuid.uuid4().hex[:8])
@@ -242,6 +218,8 @@ def leader_candidate(
             wall=wall,
             broker=broker,
             new_id=request_ids,
+            listener=warm_listener.take() if warm_listener is not None else None,
+            name_standbys=name_standbys if k.standbys and warm_listener is not None else None,
         )
         if tick is not None:
             leader.tick = tick
@@ -251,7 +229,7 @@ def leader_candidate(
         finally:
             candidate.leader = None
 
-    candidate = LeaderCandidate(elector, lead)
+    candidate = LeaderCandidate(elector, lead, warm=warm_listener)
     return candidate
 
 
@@ -264,7 +242,7 @@ async def run_agent(
     profile = detection_profile(cfg)
     key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
     publisher = HeartbeatPublisher(
-        cfg.broker,
+        cfg.brokers,
         cfg.cluster,
         node,
         interval=profile.interval,
@@ -273,7 +251,12 @@ async def run_agent(
     health = HealthServer(
         cfg.health_host,
         cfg.health_port,
-        info=lambda: {"node": node, "boot": publisher.boot, "broker": publisher.stats.connected},
+        info=lambda: {
+            "node": node,
+            "boot": publisher.boot,
+            "broker": publisher.stats.connected,
+            "brokers": publisher.connected_brokers(),
+        },
         ready=lambda: publisher.stats.connected,
     )
     await health.start()
@@ -284,7 +267,8 @@ async def run_agent(
     if w.enabled:
 
         async def announce_stop() -> bool:
-            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot.
+            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot on every
+            # broker; one acknowledgement is enough (see agent.heartbeat).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(publisher.stop_announced.wait(), 5.0)
             return publisher.stop_announced.is_set()
@@ -315,6 +299,22 @@ async def run_agent(
     k = cfg.kube
     # A node entering maintenance hands leadership off (agent.handoff).
     own_mark = OwnMark(lambda: api.get_node(node), node, period=2 * k.retry_period)
+
+    def make_warm(elector: LeaderElector) -> WarmListener:
+        def listener() -> Listener:
+            if cfg.inventory:
+                # A standby may lead (and fence) any moment: have IPMI workers ready, as a leader.
+                prestart_workers()
+            return Listener.from_config(cfg, profile, elector.identity)
+
+        # A named standby (or the leader) listens to every broker; the leader side adopts it.
+        return WarmListener(
+            listener,
+            standby=lambda: elector.is_standby,
+            leading=lambda: elector.is_leader,
+            period=k.retry_period,
+        )
+
     pending_events: set[asyncio.Task[None]] = set()
 
     def inventory_rejected(problem: str) -> None:
@@ -339,14 +339,15 @@ async def run_agent(
         InventoryWatcher(cfg.inventory, on_rejected=inventory_rejected) if cfg.inventory else None
     )
 
-    candidate = leader_candidate(cfg, profile, api, node, inventory=watcher, defer=own_mark.marked)
+    candidate = leader_candidate(
+        cfg, profile, api, node, inventory=watcher, defer=own_mark.marked, warm=make_warm
+    )
 
     log.info(
-        "agent for node %s: cluster %s, broker %s:%s, profile %s, metrics on port %d",
+        "agent for node %s: cluster %s, brokers %s, profile %s, metrics on port %d",
         node,
         cfg.cluster,
-        cfg.broker.host,
-        cfg.broker.port,
+        ", ".join(b.address for b in cfg.brokers),
         cfg.profile,
         metrics_port,
     )
@@ -355,6 +356,8 @@ async def run_agent(
             tg.create_task(publisher.run(stop))
             tg.create_task(own_mark.run(stop))
             tg.create_task(candidate.run(stop))
+            if candidate.warm is not None:
+                tg.create_task(candidate.warm.run(stop))
             tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
             if feeder is not None:
                 tg.create_task(feeder.run(stop))

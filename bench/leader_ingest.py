@@ -1,7 +1,7 @@
 """Leader ingest: heartbeats of 1,000 / 5,000 / 10,000 simulated nodes at 1 Hz via mosquitto.
 
     python bench/leader_ingest.py [--sizes 1000,5000,10000] [--seconds 10] [--generators 1]
-                                  [--profile] [--signed]
+                                  [--brokers 2] [--profile] [--signed]
 
 Everything runs on 127.0.0.1 in this one run. Per size, a fresh process runs the real
 `LeaderSide` (against the Kubernetes API emulator holding no Nodes, its kube loop period set to
@@ -12,6 +12,11 @@ phases spread evenly, QoS 0 as agents do, with payloads byte-for-byte equal to
 `encode_heartbeat`; they write MQTT PUBLISH frames straight to a socket, since a Python MQTT
 client would spend more CPU than the leader under test on a small machine. Their actual rate is
 measured and printed.
+
+`--brokers N` (default 2, as shipped): N mosquitto brokers; the generators publish every
+heartbeat to each (as agents do) and the leader listens to all of them, so it receives N copies
+of each heartbeat and counts it once (the others are dropped as duplicates); the references
+subscribe to every broker too. Counted and dropped figures are per heartbeat, not per copy.
 
 Each size runs three consumers in turn, each in a fresh process: a bare aiomqtt subscriber that
 only counts (the floor any aiomqtt-based leader pays), the same plus exactly what LeaderSide
@@ -65,7 +70,6 @@ from detection_latency import (  # noqa: E402
     CLUSTER,
     CpuMeter,
     agent_config,
-    child_pid,
     detection_profile,
     emit,
 )
@@ -130,7 +134,11 @@ def consumer_process(spec: dict[str, Any]) -> int:
     from agent.mqtt_client import make_client
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    cfg = agent_config(spec["port"], spec["kubeconfig"], "default")
+    cfg = agent_config(spec["ports"][0], spec["kubeconfig"], "default")
+    ports = spec["ports"]
+    if len(ports) > 1:  # every broker, as `broker.endpoints` lists them
+        brokers = tuple(dataclasses.replace(cfg.broker, port=p) for p in ports)
+        cfg = dataclasses.replace(cfg, broker=brokers[0], broker_endpoints=brokers)
     verifier = None
     if spec.get("key"):
         from agent.config import AuthConfig
@@ -150,20 +158,26 @@ def consumer_process(spec: dict[str, Any]) -> int:
             lambda: (
                 stats.heartbeats,
                 sum(stats.rejected.values()),
-                side.broker_up_since is not None,
+                len(side.listener.brokers.up()) == len(ports),
             ),
             stop,
         )
 
     async def subscriber(stop: asyncio.Event, decode: bool) -> None:
-        # The heartbeat branch of LeaderSide._on_message, on the same client, without judging.
-        counts = {"hb": 0, "rejected": 0, "connected": 0}
+        # The heartbeat branch of the leader's ingest, on the same client, without judging;
+        # one client per broker.
+        counts = {"hb": 0, "rejected": 0, "connected": 0, "copies": 0}
         detector, sequences = FailureDetector(profile), SequenceTracker()
 
-        async def consume() -> None:
-            async with make_client(cfg.broker, f"bench-{spec['role']}") as client:
+        async def consume_all() -> None:
+            async with asyncio.TaskGroup() as tg:
+                for broker in cfg.brokers:
+                    tg.create_task(consume(broker))
+
+        async def consume(broker: Any) -> None:
+            async with make_client(broker, f"bench-{spec['role']}") as client:
                 await client.subscribe(heartbeat_filter(CLUSTER), qos=0)
-                counts["connected"] = 1
+                counts["connected"] += 1
                 async for message in client.messages:
                     if decode:
                         now = time.monotonic()
@@ -176,15 +190,21 @@ def consumer_process(spec: dict[str, Any]) -> int:
                             hb = decode_heartbeat(node, data)
                             if verifier is not None:
                                 verifier.check(hb, time.time())
-                            sequences.check(hb)
+                            if not sequences.check(hb):
+                                continue  # another broker's copy
                         except HeartbeatRejected:
                             counts["rejected"] += 1
                             continue
                         detector.observe(hb, now)
-                    counts["hb"] += 1
+                        counts["hb"] += 1
+                    else:
+                        counts["copies"] += 1
+                        counts["hb"] = counts["copies"] // len(ports)  # per heartbeat
 
         await report_while(
-            consume(), lambda: (counts["hb"], counts["rejected"], bool(counts["connected"])), stop
+            consume_all(),
+            lambda: (counts["hb"], counts["rejected"], counts["connected"] == len(ports)),
+            stop,
         )
 
     async def main() -> None:
@@ -236,7 +256,8 @@ def _publish(spec: dict[str, Any], count: int, message: Callable[[int], bytes]) 
     """Publish `message(k)` (topic with its length, then payload) for k = 0, 1, ... once per
     interval per node, nodes in turn, until `seconds`; print what was sent."""
     interval, seconds = spec["interval"], spec["seconds"]
-    sock = _connect(spec["port"], f"bench-load-{spec['first']}")
+    # One connection per broker: every heartbeat goes to each, as agents send it.
+    socks = [_connect(port, f"bench-load-{spec['first']}") for port in spec["ports"]]
     total = count * round(seconds / interval)
     step = interval / count  # one message every `step` seconds, nodes in turn
     start = spec["start_at"]
@@ -252,12 +273,15 @@ def _publish(spec: dict[str, Any], count: int, message: Callable[[int], bytes]) 
             for k in range(sent, due):
                 rest = message(k)
                 batch.append(b"\x30" + _remaining_length(len(rest)) + rest)
-            sock.sendall(b"".join(batch))
+            data = b"".join(batch)
+            for sock in socks:
+                sock.sendall(data)
             sent = due
         time.sleep(0.002)
     last = time.monotonic()
-    sock.sendall(b"\xe0\x00")  # DISCONNECT: a clean end, no will
-    sock.close()
+    for sock in socks:
+        sock.sendall(b"\xe0\x00")  # DISCONNECT: a clean end, no will
+        sock.close()
     emit(
         {
             "published": sent,
@@ -413,19 +437,19 @@ async def run_size(
     role: str,
     nodes: int,
     args: argparse.Namespace,
-    broker_port: int,
+    broker_pids: list[int],
+    broker_ports: list[int],
     kubeconfig: Path,
     work: Path,
     profile_out: str = "",
 ) -> Row:
-    mosquitto = child_pid("mosquitto")
     log = work / f"{role}-{nodes}.log"
     procs: list[asyncio.subprocess.Process] = []
     reader: asyncio.Task[None] | None = None
     try:
         spec = {
             "role": role,
-            "port": broker_port,
+            "ports": broker_ports,
             "kubeconfig": str(kubeconfig),
             "key": args.key,
         }
@@ -446,7 +470,7 @@ async def run_size(
         share = -(-nodes // args.generators)
         for first in range(0, nodes, share):
             load = {
-                "port": broker_port,
+                "ports": broker_ports,
                 "first": first,
                 "count": min(share, nodes - first),
                 "interval": 1.0,
@@ -457,7 +481,7 @@ async def run_size(
             gens.append(await spawn("--generator-process", load, None))
             procs.append(gens[-1])
 
-        pids = {"consumer": proc.pid, **({"mosquitto": mosquitto} if mosquitto else {})}
+        pids = {"consumer": proc.pid, **{f"mosquitto-{i}": p for i, p in enumerate(broker_pids)}}
         await sleep_until(start_at + WARMUP)
         t0, counted0 = time.monotonic(), consumer.counted
         meter = CpuMeter(pids)
@@ -498,7 +522,7 @@ async def run_size(
             and consumer.latest["t"] - max(consumer.changed_at, gen_end) <= DRAIN_QUIET,
             stall=consumer.stall(start_at, time.monotonic()),
             cpu=cpu["consumer"],
-            broker_cpu=cpu.get("mosquitto", float("nan")),
+            broker_cpu=sum(cpu.get(f"mosquitto-{i}", 0.0) for i in range(len(broker_pids))),
             gen_cpu=gen_cpu,
             others=max(0.0, cpu["others"] - gen_cpu),
             rss_mib=peak_rss_mib(proc.pid),
@@ -517,8 +541,9 @@ async def run_size(
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(
-        f"leader ingest: 1 heartbeat per node per second for {args.seconds:g} s,"
-        f" {args.generators} load generator process(es), all on 127.0.0.1,"
+        f"leader ingest: 1 heartbeat per node per second for {args.seconds:g} s, each to"
+        f" {args.brokers} broker(s), {args.generators} load generator process(es), all on"
+        f" 127.0.0.1,"
         f" {os.cpu_count()} CPU(s); CPU = share of one core over the last"
         f" {args.seconds - WARMUP:g} s of load"
     )
@@ -621,17 +646,20 @@ def print_profile(path: Path, top: int = 20) -> None:
 
 
 async def run_all(args: argparse.Namespace, sizes: list[int], work: Path) -> int:
-    broker = MosquittoBroker(work / "mqtt")
+    brokers = [MosquittoBroker(work / f"mqtt-{i}") for i in range(args.brokers)]
     server = KubeApiServer()
     roles = ["leader"] if args.no_references else list(ROLES)
     try:
-        broker.start()
+        for broker in brokers:
+            broker.start()
+        pids = [b.pid for b in brokers]
+        ports = [b.port for b in brokers]
         server.start_in_thread()
         server.store.create("namespaces", {"metadata": {"name": "nodefence"}})
         kubeconfig = work / "kubeconfig"
         server.write_kubeconfig(kubeconfig)
         rows = [
-            await run_size(role, n, args, broker.port, kubeconfig, work)
+            await run_size(role, n, args, pids, ports, kubeconfig, work)
             for n in sizes
             for role in roles
         ]
@@ -641,14 +669,15 @@ async def run_all(args: argparse.Namespace, sizes: list[int], work: Path) -> int
             out = work / "leader.prof"
             size = args.profile_size or max(sizes)
             print(f"\nprofiling LeaderSide at {size} nodes ...", flush=True)
-            await run_size("leader", size, args, broker.port, kubeconfig, work, str(out))
+            await run_size("leader", size, args, pids, ports, kubeconfig, work, str(out))
             print_profile(out)
         elif not ok:
             print("run with --profile to see where the leader's time goes")
         return 0
     finally:
         server.stop_thread()
-        broker.stop()
+        for broker in brokers:
+            broker.stop()
 
 
 def main() -> int:
@@ -656,6 +685,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,5000,10000", help="node counts, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="load per run (default 10)")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes")
+    parser.add_argument(
+        "--brokers", type=int, default=2, help="brokers, each carrying every heartbeat (default 2)"
+    )
     parser.add_argument(
         "--drain-max", type=float, default=45.0, help="longest wait for a consumer's backlog"
     )
@@ -688,6 +720,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1 or args.seconds < 2 * WARMUP or args.generators < 1:
         parser.error("--sizes: positive counts; --seconds: at least 2; --generators: at least 1")
+    if not 1 <= args.brokers <= 8:
+        parser.error("--brokers: 1 to 8")
     work = Path(tempfile.mkdtemp(prefix="nodefence-bench-"))
     try:
         return asyncio.run(run_all(args, sizes, work))

@@ -1,14 +1,21 @@
-"""Recovery time: a node's power loss -> all its ColdStandby VMs Running on other nodes.
+"""Recovery time: a node's power loss -> all its ColdStandby VMs Running on other nodes, for
+a worker, for the leader's machine and for a broker's machine.
 
     python bench/recovery.py [--rounds 5] [--nodes 5] [--vms 10] [--boot-delay 1.0]
 
 Everything runs on 127.0.0.1 in this one run: the simulated cluster of the end-to-end tests
-(`hwsim.simcluster`: mosquitto, the Kubernetes API emulator, emulated IPMI + Redfish BMCs, one
-simulated kubelet and one real `nodefence agent` process per node, the ColdStandby controller),
-with the detection profile `default` and the short Lease timings of the tests.
+(`hwsim.simcluster`: two mosquitto brokers, each living on a node, with passwords and the
+shipped ACL; the Kubernetes API emulator, emulated IPMI + Redfish BMCs, one simulated kubelet
+and one real `nodefence agent` process per node, the ColdStandby controller), with the
+detection profile `default` and the agent's default Lease timings (5 / 3 / 1 s, two warm
+standbys).
 
-Each round cuts the power of one node that is not the leader (`SimMachine.cut_power()`, the
-moment noted on CLOCK_MONOTONIC just before) and times, from there:
+Rounds come in threes, one per victim kind: a `worker` (neither the leader's nor a broker's
+machine), the `leader`'s machine (its agent holds the Lease; a warm standby must take over
+and fence it) and a `broker`'s machine (it hosts a broker, which dies with it; the leader is
+elsewhere). `--rounds N` plays N of each. Each round cuts the victim's power
+(`SimMachine.cut_power()`, the moment noted on CLOCK_MONOTONIC just before) and times, from
+there:
 
   detection  -> the leader's NodeDeclaredDead Event
   fence      -> the FenceOperation record says offProven (or the FencePoweredOff Event)
@@ -18,18 +25,19 @@ moment noted on CLOCK_MONOTONIC just before) and times, from there:
 
 Every mark is the arrival, in this process, of the change in the store's own watch stream (the
 API emulator runs in this process: no polling interval, a few ms at most). This process also
-subscribes to the heartbeats on mosquitto, to show detection from the victim's last heartbeat
-too. Printed: median and p95 of each phase (with fewer than 20 rounds p95 is the worst round)
-beside the configured thresholds, and the end-to-end overhead beyond fence_after + boot_delay;
-target: under 1 s.
+subscribes to the heartbeats on every broker (as the harness's own broker user), to show
+detection from the victim's last heartbeat too. Printed: median and p95 of each phase for the
+workers (with fewer than 20 rounds p95 is the worst round) beside the configured thresholds,
+the end-to-end overhead beyond fence_after + boot_delay (target: under 1 s), and per victim
+kind the median and p95 of power cut -> Node deleted and -> VMs Running, with the ratios of the
+leader's and the broker's machine to the worker (target: Node deleted within 2x).
 
-Rounds: the victim is powered on again after its round (its agent and kubelet start, the Node
-re-registers) so the cluster stays whole; each victim carries at least `--per-victim`
-ColdStandby VMs (topped up with `hwsim.vms.place_vms` before its round). A leader fences a node
-at most once in its life (`FenceExecutor.submit` skips a node whose operation it finished with
-the Node deleted, even after the node rejoined), so a cluster serves at most nodes - 1 rounds,
-each with a different victim; then a fresh cluster is started. No round starts after
-`--max-seconds` (default 180) would be exceeded.
+Rounds: the victim is powered on again after its round (its agent, kubelet and any broker
+start, the Node re-registers) so the cluster stays whole; each victim carries at least
+`--per-victim` ColdStandby VMs (topped up with `hwsim.vms.place_vms` before its round). A
+leader round starts only once the Lease has named its warm standbys for long enough that they
+heard a full window. A round that does not finish starts a fresh cluster. No round starts after
+`--max-seconds` (default 300) would be exceeded.
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ from hwsim.vms import RESTARTED_POLICIES, place_vms  # noqa: E402
 
 PROFILE = "default"
 TARGET_OVERHEAD = 1.0
+TARGET_RATIO = 2.0  # the leader's / a broker's machine vs a worker: Node deleted within 2x
+KINDS = ("worker", "leader", "broker")
 FINAL_PHASES = ("Recovered", "RecoveryIncomplete", "Aborted")
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 
@@ -78,9 +88,7 @@ def settings(args: argparse.Namespace) -> ClusterSettings:
         bmcs=True,
         vms=args.vms,
         boot_delay=args.boot_delay,
-        lease_duration=4.0,
-        renew_deadline=3.0,
-        retry_period=0.5,
+        brokers=2,
         kubelet_lease_interval=args.kubelet_lease_interval,
         power_timeout=3.0,
         fencing={"recovery_timeout": 30, "retry_base": 1, "retry_max": 2},
@@ -133,41 +141,58 @@ class Recorder:
 
 
 class HeartbeatListener:
-    """Arrival times of every node's heartbeats on mosquitto, as any subscriber sees them."""
+    """Arrival times of every node's heartbeats on every broker, as any subscriber sees them
+    (logged in as the harness's observer: the simulated brokers enforce passwords and the ACL).
+    A broker that dies with its machine is reconnected when it is back."""
 
-    def __init__(self, port: int, cluster: str) -> None:
-        self.port = port
-        self.cluster = cluster
+    def __init__(self, cluster: SimCluster) -> None:
+        self.ports = [b.port for b in cluster.brokers]
+        self.cluster = cluster.settings.cluster
+        self.login = cluster.observer_login()
         self.heard: dict[str, list[float]] = {}
         self._loop = LoopThread("bench-heartbeats")
-        self._ready = threading.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._ready = [threading.Event() for _ in self.ports]
+        self._tasks: list[asyncio.Task[None]] = []
         try:
             self._loop.run(self._begin())
-            if not self._ready.wait(10):
-                raise RuntimeError("cannot subscribe to the heartbeats on mosquitto")
+            for port, ready in zip(self.ports, self._ready, strict=True):
+                if not ready.wait(10):
+                    raise RuntimeError(f"cannot subscribe to the heartbeats on mosquitto:{port}")
         except BaseException:
             self.stop()
             raise
 
     async def _begin(self) -> None:
-        self._task = asyncio.create_task(self._listen())
+        self._tasks = [
+            asyncio.create_task(self._listen(i, port)) for i, port in enumerate(self.ports)
+        ]
 
     async def _end(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _listen(self) -> None:
-        client = aiomqtt.Client("127.0.0.1", self.port, identifier="bench-recovery", keepalive=10)
-        async with client:
-            await client.subscribe(heartbeat_filter(self.cluster), qos=0)
-            self._ready.set()
-            async for message in client.messages:
-                node = node_from_topic(self.cluster, str(message.topic))
-                if node is not None:
-                    self.heard.setdefault(node, []).append(time.monotonic())
+    async def _listen(self, index: int, port: int) -> None:
+        user, password = self.login or (None, None)
+        while True:
+            try:
+                client = aiomqtt.Client(
+                    "127.0.0.1",
+                    port,
+                    username=user,
+                    password=password,
+                    identifier=f"bench-recovery-{index}",
+                    keepalive=10,
+                )
+                async with client:
+                    await client.subscribe(heartbeat_filter(self.cluster), qos=0)
+                    self._ready[index].set()
+                    async for message in client.messages:
+                        node = node_from_topic(self.cluster, str(message.topic))
+                        if node is not None:
+                            self.heard.setdefault(node, []).append(time.monotonic())
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)  # its machine is off: back when it is powered on
 
     def last_before(self, node: str, t: float) -> float | None:
         return max((x for x in list(self.heard.get(node, ())) if x <= t), default=None)
@@ -187,6 +212,7 @@ class HeartbeatListener:
 @dataclass
 class Round:
     cluster: int
+    kind: str  # worker | leader | broker
     victim: str
     vms: set[str]  # ns/name of its ColdStandby VMs at the power loss
     cut: float
@@ -205,6 +231,15 @@ class Round:
     @property
     def vms_running(self) -> float | None:
         return max(self.running.values()) if len(self.running) == len(self.vms) else None
+
+    @property
+    def to_deleted(self) -> float | None:
+        return None if self.deleted is None else self.deleted - self.cut
+
+    @property
+    def to_running(self) -> float | None:
+        running = self.vms_running
+        return None if running is None else running - self.cut
 
     @property
     def complete(self) -> bool:
@@ -301,6 +336,7 @@ def top_up(cluster: SimCluster, node: str, wanted: int) -> set[str]:
 def run_round(
     cluster: SimCluster,
     index: int,
+    kind: str,
     victim: str,
     recorder: Recorder,
     heartbeats: HeartbeatListener,
@@ -309,7 +345,7 @@ def run_round(
 ) -> Round:
     vms = top_up(cluster, victim, args.per_victim)
     start = recorder.mark()
-    r = Round(index, victim, vms, time.monotonic())
+    r = Round(index, kind, victim, vms, time.monotonic())
     cluster.fleet[victim].cut_power()
     deadline = r.cut + timeout
     seen = start
@@ -357,6 +393,45 @@ def rejoin(cluster: SimCluster, node: str, heartbeats: HeartbeatListener, timeou
     return False
 
 
+def pick_victim(cluster: SimCluster, kind: str) -> str | None:
+    """The node to cut for a round of `kind` (None: none fits now)."""
+    leader = cluster.leader()
+    if kind == "leader":
+        return leader
+    hosts = set(cluster.broker_hosts)
+    if kind == "broker":
+        return next((h for h in cluster.broker_hosts if h != leader), None)
+    workers = sorted(n for n in cluster.nodes if n != leader and n not in hosts)
+    return workers[0] if workers else None
+
+
+class StandbyClock:
+    """When the Lease last changed its named standbys (a newly named one needs to learn it and
+    hear a full window before it is warm)."""
+
+    def __init__(self, cluster: SimCluster) -> None:
+        self.cluster = cluster
+        self.named: list[str] = []
+        self.since = time.monotonic()
+
+    def look(self) -> None:
+        named = self.cluster.standbys()
+        if named != self.named:
+            self.named, self.since = named, time.monotonic()
+
+    def wait_warm(self, profile: DetectionProfile, timeout: float) -> bool:
+        s = self.cluster.settings
+        # As SimCluster configures the agents: cold candidates read the Lease this often.
+        learn = max(s.retry_period, s.lease_duration / 2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.look()
+            if self.named and time.monotonic() - self.since >= learn + profile.fence_after + 1:
+                return True
+            time.sleep(0.1)
+        return False
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -370,15 +445,16 @@ def start_cluster(args: argparse.Namespace, work: Path, index: int) -> tuple[Sim
 def run(args: argparse.Namespace, work: Path) -> int:
     profile = profile_from_mapping({"profile": PROFILE})
     settle = profile.fence_after + 2 * profile.interval
-    round_timeout = profile.fence_after + profile.kubelet_stale_after + args.boot_delay + 15
+    round_timeout = profile.fence_after + profile.kubelet_stale_after + args.boot_delay + 20
     budget_end = time.monotonic() + args.max_seconds
     load_before = os.getloadavg()
     rounds: list[Round] = []
     notes: list[str] = []
     startups: list[float] = []
     split_brains: list[str] = []
+    plan = [kind for _ in range(args.rounds) for kind in KINDS]
     index = 0
-    while len(rounds) < args.rounds:
+    while len(rounds) < len(plan):
         left = budget_end - time.monotonic()
         if left < 30 + round_timeout / 2:
             notes.append(f"time budget ({args.max_seconds:g} s) reached after {len(rounds)} rounds")
@@ -389,23 +465,27 @@ def run(args: argparse.Namespace, work: Path) -> int:
         try:
             cluster, began = start_cluster(args, work, index)
             recorder = Recorder(cluster.kube.store)
-            heartbeats = HeartbeatListener(cluster.broker.port, cluster.settings.cluster)
-            leader = cluster.wait_for("a leader", cluster.leader, 30)
+            heartbeats = HeartbeatListener(cluster)
+            cluster.wait_for("a leader", cluster.leader, 30)
             startups.append(time.monotonic() - began)
             time.sleep(settle)  # past the new leader's first judging window
-            used: set[str] = set()
-            while len(rounds) < args.rounds:
+            standbys = StandbyClock(cluster)
+            while len(rounds) < len(plan):
                 if budget_end - time.monotonic() < round_timeout / 2:
                     break
-                leader = cluster.leader() or leader
-                candidates = sorted(n for n in cluster.nodes if n != leader and n not in used)
-                if not candidates:
-                    break  # every node but the leader fenced once: a fresh cluster
-                victim = candidates[0]
-                used.add(victim)
-                r = run_round(cluster, index, victim, recorder, heartbeats, args, round_timeout)
+                kind = plan[len(rounds)]
+                if kind == "leader" and not standbys.wait_warm(profile, 60):
+                    notes.append("the leader named no warm standbys within 60 s; a fresh cluster")
+                    break
+                victim = pick_victim(cluster, kind)
+                if victim is None:
+                    notes.append(f"no {kind} to cut; a fresh cluster")
+                    break
+                r = run_round(
+                    cluster, index, kind, victim, recorder, heartbeats, args, round_timeout
+                )
                 rounds.append(r)
-                print_round(r, len(rounds))
+                print_round(r, len(rounds), cluster)
                 if not r.complete or r.final is None:
                     notes.append(f"round {len(rounds)} ({victim}) did not finish; a fresh cluster")
                     break
@@ -427,14 +507,16 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 cluster.stop()
         index += 1
     report(args, profile, rounds, notes, startups, split_brains, index, load_before)
-    return 0 if rounds and all(r.complete for r in rounds) and not split_brains else 1
+    ratios = kind_ratios(rounds)
+    ok = bool(rounds) and all(r.complete for r in rounds) and not split_brains
+    return 0 if ok and all(x <= TARGET_RATIO for x in ratios.values()) else 1
 
 
 def ms(x: float | None) -> str:
     return "    -   " if x is None else f"{x:7.3f}s"
 
 
-def print_round(r: Round, n: int) -> None:
+def print_round(r: Round, n: int, cluster: SimCluster) -> None:
     if r.complete:
         p = r.phases()
         body = (
@@ -448,9 +530,11 @@ def print_round(r: Round, n: int) -> None:
             f"{k} {'-' if v is None else f'+{v - r.cut:.3f} s'}" for k, v in marks.items()
         )
     veto = " (kubelet veto first)" if r.vetoed else ""
+    hosts = [f"broker {i}" for i, h in enumerate(cluster.broker_hosts) if h == r.victim]
+    held = f", hosting {' and '.join(hosts)}" if hosts else ""
     print(
-        f"round {n} (cluster {r.cluster}, {r.victim}, {len(r.vms)} ColdStandby VMs): {body};"
-        f" record {r.final_phase or 'not final'}{veto}",
+        f"round {n} ({r.kind}: cluster {r.cluster}, {r.victim}{held}, {len(r.vms)} ColdStandby"
+        f" VMs): {body}; record {r.final_phase or 'not final'}{veto}",
         flush=True,
     )
 
@@ -472,19 +556,23 @@ def report(
     load_before: tuple[float, float, float],
 ) -> None:
     fa, boot = profile.fence_after, args.boot_delay
-    done = [r for r in rounds if r.complete]
+    s = settings(args)
+    complete = [r for r in rounds if r.complete]
+    done = [r for r in complete if r.kind == "worker"]
     print()
     print(
-        f"recovery after a power loss: {len(done)} of {len(rounds)} rounds complete, over"
+        f"recovery after a power loss: {len(complete)} of {len(rounds)} rounds complete, over"
         f" {clusters} simulated cluster(s) of {args.nodes} nodes with {args.vms} VMs (each victim"
         f" >= {args.per_victim} ColdStandby VMs), all on 127.0.0.1"
     )
     print(
         f"settings: profile {PROFILE} (heartbeat interval {profile.interval:g} s, suspect_after"
         f" {profile.suspect_after:g} s, fence_after {fa:g} s, peer_quorum {profile.peer_quorum}),"
-        f" boot_delay {boot:g} s, Lease 4/3/0.5 s (duration/renew deadline/retry), kubelet Lease"
-        f" every {args.kubelet_lease_interval:g} s, BMCs IPMI + Redfish; cluster start to a"
-        f" leader: {', '.join(f'{s:.1f} s' for s in startups) or '-'}"
+        f" boot_delay {boot:g} s, Lease {s.lease_duration:g}/{s.renew_deadline:g}/"
+        f"{s.retry_period:g} s (duration/renew deadline/retry), {s.standbys} warm standbys,"
+        f" {s.brokers} brokers (on node-1 and node-2), kubelet Lease every"
+        f" {args.kubelet_lease_interval:g} s, BMCs IPMI + Redfish; cluster start to a"
+        f" leader: {', '.join(f'{x:.1f} s' for x in startups) or '-'}"
     )
     print(
         f"machine: {os.cpu_count()} CPUs, load average at start {load_before[0]:.2f}, at the end"
@@ -493,8 +581,9 @@ def report(
     for note in notes:
         print(f"note: {note}")
     if not done:
-        print("no complete round: nothing to measure")
+        print("no complete worker round: nothing to measure")
         return
+    print("\nworkers (neither the leader's nor a broker's machine), phase by phase:")
     phases = [r.phases() for r in done]
     rows: list[tuple[str, list[float], str]] = [
         (
@@ -564,7 +653,8 @@ def report(
             f" {max(xs):7.3f}s  {ref}"
         )
     worst = p95(overhead)
-    verdict = "meets" if worst < TARGET_OVERHEAD and len(done) == len(rounds) else "MISSES"
+    workers = [r for r in rounds if r.kind == "worker"]
+    verdict = "meets" if worst < TARGET_OVERHEAD and len(done) == len(workers) else "MISSES"
     note = " (with fewer than 20 rounds p95 is the worst round)" if len(done) < 20 else ""
     print()
     print(
@@ -586,13 +676,62 @@ def report(
         f"records: {', '.join(phases_final)}; kubelet vetoes: {vetoes}; VMs run twice (split"
         f" brains, must be 0): {len(split_brains)}"
     )
-    for s in split_brains:
-        print(f"  {s}")
+    for brain in split_brains:
+        print(f"  {brain}")
+    report_kinds(rounds)
+
+
+def kind_ratios(rounds: list[Round]) -> dict[str, float]:
+    """Median power cut -> Node deleted of the leader's / a broker's machine over a worker's."""
+    deleted = {
+        kind: [x for r in rounds if r.kind == kind and (x := r.to_deleted) is not None]
+        for kind in KINDS
+    }
+    base = deleted["worker"]
+    if not base:
+        return {}
+    worker = statistics.median(base)
+    return {kind: statistics.median(deleted[kind]) / worker for kind in KINDS[1:] if deleted[kind]}
+
+
+def report_kinds(rounds: list[Round]) -> None:
+    """Per victim kind: power cut -> Node deleted -> VMs Running, and the ratios to a worker."""
+    print()
+    print(f"{'victim':<8} {'rounds':>6}  {'cut -> Node deleted':>26}  {'cut -> VMs Running':>26}")
+    print(f"{'':<8} {'':>6}  {'median':>12} {'p95':>13}  {'median':>12} {'p95':>13}")
+    medians: dict[str, tuple[float, float]] = {}
+    for kind in KINDS:
+        mine = [r for r in rounds if r.kind == kind and r.complete]
+        deleted = [x for r in mine if (x := r.to_deleted) is not None]
+        running = [x for r in mine if (x := r.to_running) is not None]
+        if not deleted or not running:
+            print(f"{kind:<8} {len(mine):>6}  no complete round")
+            continue
+        medians[kind] = (statistics.median(deleted), statistics.median(running))
+        print(
+            f"{kind:<8} {len(mine):>6}  {statistics.median(deleted):11.3f}s {p95(deleted):12.3f}s"
+            f"  {statistics.median(running):11.3f}s {p95(running):12.3f}s"
+        )
+    ratios = kind_ratios(rounds)
+    if "worker" in medians:
+        w_deleted, w_running = medians["worker"]
+        for kind in KINDS[1:]:
+            if kind not in medians:
+                continue
+            k_deleted, k_running = medians[kind]
+            verdict = "meets" if ratios[kind] <= TARGET_RATIO else "MISSES"
+            print(
+                f"{kind} / worker (medians): Node deleted {k_deleted / w_deleted:.2f}x, VMs"
+                f" Running {k_running / w_running:.2f}x; target Node deleted <="
+                f" {TARGET_RATIO:g}x: {verdict}"
+            )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="power losses (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="power losses per victim kind (default 5)"
+    )
     parser.add_argument("--nodes", type=int, default=5, help="nodes per cluster (default 5)")
     parser.add_argument("--vms", type=int, default=10, help="VMs placed at start (default 10)")
     parser.add_argument(
@@ -606,7 +745,7 @@ def main() -> int:
         help="simulated kubelets renew their Lease this often (default 2 s, as the e2e tests)",
     )
     parser.add_argument(
-        "--max-seconds", type=float, default=180.0, help="stop starting rounds after this long"
+        "--max-seconds", type=float, default=300.0, help="stop starting rounds after this long"
     )
     args = parser.parse_args()
     if args.nodes < 3:

@@ -109,12 +109,29 @@ class MosquittoBroker:
         self.stop()
         raise TimeoutError(f"mosquitto did not listen on 127.0.0.1:{self.port} in {timeout} s")
 
-    def stop(self) -> None:
-        """Stop the broker (idempotent)."""
+    @property
+    def pid(self) -> int:
+        """The mosquitto process id (0 when not running)."""
+        return self._proc.pid if self._proc is not None else 0
+
+    @property
+    def running(self) -> bool:
+        """True while the mosquitto process runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the broker at once (SIGKILL), as a power loss of its machine does (idempotent)."""
+        self.stop(hard=True)
+
+    def stop(self, hard: bool = False) -> None:
+        """Stop the broker (idempotent); `hard`: SIGKILL instead of a clean SIGTERM."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
+        if hard:
+            proc.kill()
+        else:
+            proc.terminate()
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:

@@ -233,6 +233,7 @@ class ChaosRun:
 
     def _report(self, brains: list[str]) -> ChaosResult:
         checker = self.checker
+        victims = self.runner.victims if self.runner is not None else Counter()
         violations: list[dict[str, Any]] = [
             {"t": v.t, "invariant": v.invariant, "node": v.node, "detail": v.detail}
             for v in checker.violations
@@ -262,6 +263,10 @@ class ChaosRun:
                     "records": len(checker.records_seen),
                     "proven_off": len(checker.proven),
                     "nodes_deleted": len(checker.deleted_nodes),
+                },
+                "power_losses_of": {
+                    "leader_machine": victims["leader_machine"],
+                    "broker_machine": victims["broker_machine"],
                 },
                 "recoveries": len(checker.recoveries),
                 "max_recovery_seconds": max(downtimes, default=None),

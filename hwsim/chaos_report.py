@@ -26,6 +26,12 @@ def print_summary(result: ChaosResult) -> None:
     faults = ", ".join(f"{k} {v}" for k, v in counts["faults"].items()) or "none"
     fences = counts["fences"]
     print(f"== faults injected: {faults}")
+    hit = counts.get("power_losses_of") or {}
+    if hit:
+        print(
+            f"== power losses of the leader's machine: {hit.get('leader_machine', 0)}, of a"
+            f" broker's machine: {hit.get('broker_machine', 0)}"
+        )
     print(
         f"== fences: {fences['records']} records, {fences['proven_off']} proven off, "
         f"{fences['nodes_deleted']} Nodes deleted"

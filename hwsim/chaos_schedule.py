@@ -10,6 +10,11 @@ spaced by `broker_gap` and kept out of `quiet` episodes (those that wait for one
 `settings.required` start actions are placed first, once each, spread over the run (on their
 own random stream), wherever they fit; the random faults then fill the rest. With no required
 actions (the default settings) the schedule is the one this module always made for a seed.
+
+A share (`leader_victims`) of the random power losses carries `params={"victim": "leader"}`:
+the runner cuts the machine of whoever leads at that moment instead (when it is free), so the
+leader's own machine (and any broker living on it) is a victim too. That choice comes from its
+own random stream, so it changes no other step of any seed.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class ChaosSettings:
     mean_gap: float = 4.0  # mean seconds between two fault starts
     tail: float = 3.0  # every episode ends this long before the run does
     broker_gap: float = 25.0
+    leader_victims: float = 0.3  # share of random power losses aimed at the leader's machine
     weights: dict[str, float] = field(default_factory=_classic_weights)
     holds: dict[str, tuple[float, float]] = field(default_factory=_holds)
     required: tuple[str, ...] = ()
@@ -174,6 +180,9 @@ def make_schedule(
             slots = slots_of(action, node)
             if ok and t + hold <= end and plan.fits(slots, t, t + hold):
                 steps = episode_steps(action, node, t, hold, rng, required=False)
+                if action is Action.POWER_LOSS and _aims_at_leader(seed, t, s):
+                    at, act, victim, params = steps[0]
+                    steps[0] = (at, act, victim, {**params, "victim": "leader"})
                 plan.add(t, t + hold, slots, action in QUIET, steps)
         t += rng.uniform(0.5, 1.5) * s.mean_gap
     return plan.steps(Step)
@@ -248,3 +257,8 @@ def open_episodes_at(steps: Sequence[Step], t: float) -> list[Step]:
     starts = {st.episode: st for st in steps if st.action in END_ACTION}
     ends = {st.episode: st.at for st in steps if st.action in END_ACTION.values()}
     return [st for ep, st in starts.items() if st.at <= t < ends.get(ep, float("inf"))]
+
+
+def _aims_at_leader(seed: int, at: float, s: ChaosSettings) -> bool:
+    """Whether the power loss starting at `at` aims at the leader's machine (own stream)."""
+    return random.Random(f"nodefence-chaos-victim:{seed}:{at:.6f}").random() < s.leader_victims

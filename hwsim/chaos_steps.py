@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,8 @@ class StepRunner:
     threads: list[threading.Thread] = field(default_factory=list)
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     _off_since: dict[str, float] = field(default_factory=dict)
+    moved: dict[int, str] = field(default_factory=dict)  # episode -> the leader's machine hit
+    victims: Counter[str] = field(default_factory=Counter)  # leader's / a broker's machine lost
 
     def __post_init__(self) -> None:
         springs = TrapSprings(
@@ -115,15 +118,33 @@ class StepRunner:
             self._open.add(step.episode)
         else:
             self._open.discard(step.episode)
-        self._handlers[step.action](step, step.node)
+        self._handlers[step.action](step, self._aimed(step))
+
+    def _aimed(self, step: Step) -> str | None:
+        """The node a step acts on: a power loss aimed at the leader hits the leader's machine
+        when no episode holds it (and its repair powers that machine on again)."""
+        if step.params.get("victim") == "leader" and step.action is Action.POWER_LOSS:
+            leader = self.cluster.leader()
+            if leader is not None and leader not in self.busy:
+                self.moved[step.episode] = leader
+        return self.moved.get(step.episode, step.node)
 
     def _machine(self, node: str) -> Any:
         return self.cluster.fleet[node]
 
     def _power_loss(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
+        roles = []
+        if self.cluster.leader() == node:
+            self.victims["leader_machine"] += 1
+            roles.append("the Lease")
+        held = [f"broker {i}" for i, h in enumerate(self.cluster.broker_hosts) if h == node]
+        if held:
+            self.victims["broker_machine"] += 1
+        roles += held
         self._machine(node).cut_power()
-        self.say("power-loss", node, "machine off; its BMC still answers", count=True)
+        hosts = f" (it holds {' and '.join(roles)})" if roles else ""
+        self.say("power-loss", node, f"machine off{hosts}; its BMC still answers", count=True)
 
     def _partition(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
@@ -143,9 +164,9 @@ class StepRunner:
         self.say("bmc-clear", node, "BMC healthy again")
 
     def _broker_restart(self, step: Step, node: None) -> None:
-        self.cluster.broker.restart()
-        port = self.cluster.broker.port
-        self.say("broker-restart", None, f"mosquitto back on port {port}", count=True)
+        self.cluster.restart_brokers()
+        ports = ", ".join(str(b.port) for b in self.cluster.brokers)
+        self.say("broker-restart", None, f"every mosquitto back (ports {ports})", count=True)
 
     def _leader_kill(self, step: Step, node: None) -> None:
         leader = self.cluster.leader()

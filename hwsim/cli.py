@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster = sub.add_parser(
         "cluster",
-        help="run a simulated cluster (broker, API, BMCs, agents, VMs) until Ctrl-C",
+        help="run a simulated cluster (two brokers, API, BMCs, agents, VMs) until Ctrl-C",
     )
     cluster.add_argument("--nodes", type=int, default=5)
     cluster.add_argument("--vms", type=int, default=10)

@@ -15,34 +15,42 @@ from hwsim.simcluster import SimCluster
 
 
 class LeaderViewFeed:
-    """Follows the leader's retained view topic over MQTT (paho, in its own thread)."""
+    """Follows the leader's retained view topic on every broker over MQTT (paho, in its own
+    threads): the newest view wins, so a broker that died with its machine hides nothing."""
 
     def __init__(self, cluster: SimCluster) -> None:
         self.view: dict[str, Any] = {}
         self._topic = f"nodefence/v1/{cluster.settings.cluster}/leader/view"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="nodefence-liveview")
-        self._client.on_connect = lambda c, *_: c.subscribe(self._topic)
-        self._client.on_message = self._on_message
-        self._port = cluster.broker.port
+        self._ports = [b.port for b in cluster.brokers]
         login = cluster.observer_login()
-        if login is not None:
-            self._client.username_pw_set(*login)
+        self._clients = []
+        for i, _ in enumerate(self._ports):
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"nodefence-liveview-{i}")
+            client.on_connect = lambda c, *_: c.subscribe(self._topic)
+            client.on_message = self._on_message
+            if login is not None:
+                client.username_pw_set(*login)
+            self._clients.append(client)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:
-            self.view = json.loads(msg.payload)
+            view = json.loads(msg.payload)
         except ValueError:
-            pass
+            return
+        if float(view.get("publishedAt", 0)) >= float(self.view.get("publishedAt", 0)):
+            self.view = view
 
     def start(self) -> None:
         """Connect and follow (reconnects on its own)."""
-        self._client.connect_async("127.0.0.1", self._port, keepalive=10)
-        self._client.loop_start()
+        for client, port in zip(self._clients, self._ports, strict=True):
+            client.connect_async("127.0.0.1", port, keepalive=10)
+            client.loop_start()
 
     def stop(self) -> None:
         """Disconnect."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        for client in self._clients:
+            client.disconnect()
+            client.loop_stop()
 
 
 def render(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.profiles import profile_from_mapping
 from hwsim import scenario_busy
 from hwsim.chart import Samples, write_svg
 from hwsim.simcluster import ClusterSettings, SimCluster
@@ -154,6 +155,11 @@ class Scenario:
     wait: Callable[[SimCluster, list[str]], bool]
     settings: dict[str, Any] = field(default_factory=dict)
     timeout: float = 60.0
+    # The victim's Node must be deleted within this many worker detections (fence_after + 1 s)
+    # of the failure: nobody's machine may slow detection and fencing down (None: no limit).
+    delete_within: float | None = None
+    # Inject only once the leader has named warm standbys and they have heard a full window.
+    warm_standbys: bool = False
 
 
 def _victims(cluster: SimCluster, count: int) -> list[str]:
@@ -242,6 +248,56 @@ def _judge_fence_failed(cluster: SimCluster, victims: list[str]) -> list[str]:
         if places - {v} and v in places:
             problems.append(f"VM {key[1]} started elsewhere while {v} still runs it")
     problems += [f"split brain: {x}" for x in ctl.violations()]
+    return problems
+
+
+def _leader_power_loss(cluster: SimCluster, tl: Timeline) -> list[str]:
+    leader = str(cluster.leader())
+    hosts = [f"broker {i}" for i, h in enumerate(cluster.broker_hosts) if h == leader]
+    also = f", with {' and '.join(hosts)}" if hosts else ""
+    tl.add(leader, f"POWER LOSS OF THE LEADER'S MACHINE (its agent{also})")
+    cluster.fleet[leader].cut_power()
+    return [leader]
+
+
+def _broker_node_loss(cluster: SimCluster, tl: Timeline) -> list[str]:
+    leader = cluster.leader()
+    index, host = next((i, h) for i, h in enumerate(cluster.broker_hosts) if h != leader)
+    tl.add(host, f"POWER LOSS OF BROKER {index}'S MACHINE (the broker dies with it)")
+    cluster.fleet[host].cut_power()
+    return [host]
+
+
+def _judge_recovered_alone(cluster: SimCluster, victims: list[str]) -> list[str]:
+    """Recovered as a worker is, and nobody else fenced, declared dead or frozen for it."""
+    problems = _judge_recovered(cluster, victims)
+    new = cluster.leader()
+    if new is None or new in victims:
+        problems.append(f"no leader besides {', '.join(victims)}")
+    records = cluster.kube.store.list("fenceoperations", "nodefence")["items"]
+    fenced = {r["spec"]["nodeName"] for r in records}
+    problems += [f"{n} was fenced too (false fence)" for n in sorted(fenced - set(victims))]
+    dead = {e["involvedObject"]["name"] for e in cluster.events("NodeDeclaredDead")}
+    problems += [f"{n} was declared dead too" for n in sorted(dead - set(victims))]
+    if cluster.events("AlertBrokerDown"):
+        problems.append("the leader froze for a broker outage (one broker was left)")
+    return problems
+
+
+def _deleted_in_time(tl: Timeline, victims: list[str], start: float, limit: float) -> list[str]:
+    """The victims' Nodes deleted within `limit` seconds of `start` (the failure)."""
+    problems = []
+    for v in victims:
+        gone = next(
+            (t for t, n, w in tl.lines if t >= start and n == v and w.startswith("Node deleted")),
+            None,
+        )
+        if gone is None:
+            continue  # judged already (not recovered)
+        if gone - start > limit:
+            problems.append(
+                f"{v}: Node deleted {gone - start:.1f} s after the failure, more than {limit:.1f} s"
+            )
     return problems
 
 
@@ -497,6 +553,23 @@ SCENARIOS: dict[str, Scenario] = {
             lambda c, v: bool(c.events("AgentLostNodeAlive")),
         ),
         Scenario(
+            "leader-power-loss",
+            "the leader's machine loses power: a warm standby takes over and fences it",
+            _leader_power_loss,
+            _judge_recovered_alone,
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            delete_within=2.0,
+            warm_standbys=True,
+        ),
+        Scenario(
+            "broker-node-loss",
+            "the machine hosting a broker loses power: the other broker carries on, it is fenced",
+            _broker_node_loss,
+            _judge_recovered_alone,
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            delete_within=2.0,
+        ),
+        Scenario(
             "rack-loss",
             "3 of 5 nodes lose power at once: storm guard, no fencing",
             _rack_loss,
@@ -620,7 +693,17 @@ def run_scenario(
             screen.start()
         tl.add(str(cluster.leader()), "holds the leader Lease")
         # Let the leader hear everyone for its first full window (fence_after) first.
-        time.sleep(4.5)
+        settled = time.monotonic() + 4.5
+        if sc.warm_standbys:
+            # ... and its standbys: named, learnt (a cold read), and a full window heard.
+            cluster.wait_for("warm standbys named on the Lease", cluster.standbys, 30)
+            s = cluster.settings
+            learnt = max(s.retry_period, s.lease_duration / 2)
+            settled = max(settled, time.monotonic() + learnt + 4.5)
+        time.sleep(max(0.0, settled - time.monotonic()))
+        if sc.warm_standbys:
+            tl.add("-", f"warm standbys: {', '.join(cluster.standbys())}")
+        injected = time.monotonic() - tl.start
         victims = sc.inject(cluster, tl)
         deadline = time.monotonic() + sc.timeout
         while time.monotonic() < deadline and not sc.wait(cluster, victims):
@@ -628,6 +711,11 @@ def run_scenario(
         time.sleep(1.0)  # let the last changes show up in the timeline
         problems = sc.judge(cluster, victims)
         explained = _explain(cluster, victims)
+        if sc.delete_within is not None:
+            s = cluster.settings
+            fence_after = profile_from_mapping({"profile": s.profile, **s.overrides}).fence_after
+            limit = sc.delete_within * (fence_after + 1.0)
+            problems += _deleted_in_time(tl, victims, injected, limit)
     finally:
         watcher.stop()
         if screen is not None:

@@ -1,5 +1,12 @@
-"""A whole simulated cluster on 127.0.0.1: mosquitto, the Kubernetes API emulator, simulated
-nodes (machine + kubelet + a real `nodefence agent` process each) and, optionally, their BMCs.
+"""A whole simulated cluster on 127.0.0.1: mosquitto brokers, the Kubernetes API emulator,
+simulated nodes (machine + kubelet + a real `nodefence agent` process each) and, optionally,
+their BMCs.
+
+Each broker lives on a simulated node (broker i on the i-th node by name, as a broker pod
+would on a real one): the machine's power loss kills its broker (SIGKILL) and its power-on
+starts it again, empty, on the same port. With `links`, other nodes reach a broker through
+their own link and the broker's node's inbound link (`broker-<i>-in`), so isolating that node
+cuts its broker off from everyone but its own agent.
 
 Used by the end-to-end tests, `nodefence-hwsim cluster`, the scenarios and chaos runs.
 
@@ -11,6 +18,7 @@ and sign their heartbeats with a cluster key; secrets are files under `<workdir>
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -19,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from agent.cluster import STANDBYS_ANNOTATION
 from hwsim.bmcs import BmcFleet
 from hwsim.broker import MosquittoBroker, free_port
 from hwsim.fleet import Fleet
@@ -32,6 +41,8 @@ CRD_PATH = DEPLOY / "crd-fenceoperations.yaml"
 ACL_PATH = DEPLOY / "mosquitto.acl"
 OBSERVER = "hwsim-observer"  # the harness's own broker login (live view, tests)
 
+log = logging.getLogger("hwsim.cluster")
+
 
 @dataclass
 class ClusterSettings:
@@ -42,9 +53,9 @@ class ClusterSettings:
     profile: str = "default"
     overrides: dict[str, Any] = field(default_factory=dict)
     max_unhealthy: str = "40%"
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    lease_duration: float = 5.0  # the agent's defaults (chosen for a fast takeover)
+    renew_deadline: float = 3.0
+    retry_period: float = 1.0
     kubelet_lease_interval: float = 10.0
     node_monitor_grace: float = 40.0
     inventory: str | None = None
@@ -62,6 +73,8 @@ class ClusterSettings:
     # seconds from a watchdog reset to power on; absent: the machine stays off)
     watchdog: dict[str, Any] = field(default_factory=dict)
     log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
+    brokers: int = 2  # mosquitto brokers, broker i on the i-th node (1: the old single broker)
+    standbys: int = 2  # agent config kubernetes.standbys (warm standby candidates)
 
 
 def node_of_identity(identity: str, nodes: list[str]) -> str | None:
@@ -100,11 +113,18 @@ class SimCluster:
         if self.settings.secure:
             logins = [m.name for m in self.fleet] + [OBSERVER]
             self.passwords = {name: secrets.token_urlsafe(18) for name in logins}
-            self.broker = MosquittoBroker(
-                workdir / "mqtt", users=self.passwords, acl=ACL_PATH.read_text()
+        count = max(1, min(self.settings.brokers, len(self.fleet)))
+        names = sorted(m.name for m in self.fleet)
+        # Broker i lives on the i-th node; every broker has the same ACL and password file.
+        self.broker_hosts: list[str] = names[:count]
+        self.brokers: list[MosquittoBroker] = [
+            MosquittoBroker(
+                workdir / ("mqtt" if i == 0 else f"mqtt-{i}"),
+                users=self.passwords or None,
+                acl=ACL_PATH.read_text() if self.passwords else None,
             )
-        else:
-            self.broker = MosquittoBroker(workdir / "mqtt")
+            for i in range(count)
+        ]
         self.heartbeat_key = secrets.token_hex(32) if self.settings.secure else None
         self.kube = KubeApiServer()
         self.kubeconfig = workdir / "kubeconfig"
@@ -121,7 +141,9 @@ class SimCluster:
         """Start broker, API server, kubelets and (unless `agents=False`) every agent."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.broker.start()
+            for i, broker in enumerate(self.brokers):
+                broker.start()
+                self.fleet[self.broker_hosts[i]].on_power_change(self._broker_power(broker))
             self.kube.start_in_thread()
             self.kube.write_kubeconfig(self.kubeconfig)
             store = self.kube.store
@@ -150,7 +172,9 @@ class SimCluster:
                 )
                 self.nodes[machine.name] = node
                 if self.settings.links:
-                    node.link("broker", "127.0.0.1", self.broker.port)
+                    for i, broker in enumerate(self.brokers):
+                        if self.broker_hosts[i] == machine.name:
+                            node.link(f"broker-{i}-in", "127.0.0.1", broker.port)
                     node.link("api", "127.0.0.1", self.kube.port)
                     # Peers reach the agent's health endpoint through the link as well.
                     node.health_port = free_port()
@@ -162,6 +186,8 @@ class SimCluster:
                         self.settings.watchdog.get("reboot_after"),
                     )
                 node.start()
+            if self.settings.links:
+                self._link_brokers()
             if self.settings.vms:
                 self._start_vms()
             if agents:
@@ -170,6 +196,52 @@ class SimCluster:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def broker(self) -> MosquittoBroker:
+        """The first broker (the only one with `brokers: 1`)."""
+        return self.brokers[0]
+
+    def _broker_power(self, broker: MosquittoBroker) -> Any:
+        def changed(machine: Any, state: str) -> None:
+            try:
+                if state == "off":
+                    broker.kill()  # its machine lost power: the broker dies with it
+                elif not broker.running:
+                    broker.start()
+            except (OSError, RuntimeError) as err:  # whoever switched the power goes on
+                log.error("broker on %s: %s", machine.name, err)
+
+        return changed
+
+    def _link_brokers(self) -> None:
+        """Every other node reaches broker i through its own link, then the host's inbound."""
+        for name, node in self.nodes.items():
+            for i, host in enumerate(self.broker_hosts):
+                if host != name:
+                    inbound = self.nodes[host].relays[f"broker-{i}-in"].port
+                    node.link(f"broker-{i}", "127.0.0.1", inbound)
+
+    def broker_ports(self, node: str | None = None) -> list[int]:
+        """The port `node`'s agent reaches each broker on (None: the brokers themselves)."""
+        sim = self.nodes.get(node) if node is not None else None
+        ports = []
+        for i, broker in enumerate(self.brokers):
+            relay = sim.relays.get(f"broker-{i}") if sim is not None else None
+            ports.append(relay.port if relay is not None else broker.port)
+        return ports
+
+    def host_of(self, broker: int) -> str:
+        """The node broker `broker` lives on."""
+        return self.broker_hosts[broker]
+
+    def restart_brokers(self) -> None:
+        """Stop every broker, then start them again (a cluster-wide broker outage)."""
+        for broker in self.brokers:
+            broker.stop()
+        for i, broker in enumerate(self.brokers):
+            if self.fleet[self.broker_hosts[i]].power_state() == "on":
+                broker.start()
 
     def _start_bmcs(self) -> None:
         self.loop = LoopThread("hwsim-bmcs")
@@ -220,7 +292,8 @@ class SimCluster:
             self.lifecycle.stop_thread()
             self.lifecycle = None
         self.kube.stop_thread()
-        self.broker.stop()
+        for broker in self.brokers:
+            broker.stop()
 
     # -- agents -----------------------------------------------------------------------------------
 
@@ -247,11 +320,16 @@ class SimCluster:
             text = yaml.safe_dump(self.kube.kubeconfig("default"), sort_keys=False)
             relay_url = f"http://127.0.0.1:{relays['api'].port}"
             kubeconfig.write_text(text.replace(self.kube.url, relay_url))
+        ports = self.broker_ports(node)
+        where: dict[str, Any] = (
+            {"host": "127.0.0.1", "port": ports[0]}
+            if len(ports) == 1  # the single-broker form of the config
+            else {"endpoints": [{"host": "127.0.0.1", "port": p} for p in ports]}
+        )
         doc: dict[str, Any] = {
             "cluster": s.cluster,
             "broker": {
-                "host": "127.0.0.1",
-                "port": relays["broker"].port if "broker" in relays else self.broker.port,
+                **where,
                 "keepalive": 5,
                 "reconnect_min": 0.1,
                 "reconnect_max": 1.0,
@@ -267,6 +345,9 @@ class SimCluster:
                 "lease_duration": s.lease_duration,
                 "renew_deadline": s.renew_deadline,
                 "retry_period": s.retry_period,
+                "standbys": s.standbys,
+                # Cold candidates: slower than a warm one, but quick enough for short runs.
+                "cold_retry_period": max(s.retry_period, s.lease_duration / 2),
             },
             "health": {"host": "127.0.0.1", "port": 0}
             if "health" not in relays or sim is None
@@ -334,6 +415,15 @@ class SimCluster:
             return False
         conds = (obj.get("status") or {}).get("conditions") or []
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+    def standbys(self) -> list[str]:
+        """The nodes the leader names warm standbys on its Lease."""
+        try:
+            lease = self.kube.store.get("leases", "nodefence-leader", "nodefence")
+        except NotFound:
+            return []
+        named = ((lease.get("metadata") or {}).get("annotations") or {}).get(STANDBYS_ANNOTATION)
+        return [n for n in str(named or "").split(",") if n]
 
     def events(self, reason: str | None = None) -> list[dict[str, Any]]:
         """Core Events about nodes and the leader Lease (optionally of one reason), oldest

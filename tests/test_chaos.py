@@ -307,3 +307,23 @@ def test_a_vm_running_on_a_node_in_maintenance_when_its_power_is_cut_is_lost() -
                 power=OFF_3, changes={"node-3": 1})) == []  # fmt: skip
     assert feed(InvariantChecker(), snap(0, vms=VM_ON_3, running=there),
                 snap(1, power=OFF_3, changes={"node-3": 1}, vms=VM_ON_3)) == []  # fmt: skip
+
+
+def test_some_power_losses_aim_at_the_leaders_machine_without_changing_other_steps() -> None:
+    from dataclasses import replace
+
+    aimed = [
+        s
+        for seed in range(10)
+        for s in make_schedule(seed, 200, NODES)
+        if s.params.get("victim") == "leader"
+    ]
+    assert aimed and all(s.action is Action.POWER_LOSS and s.node for s in aimed)
+    # Its own random stream: without it, every seed plays the very same steps.
+    for seed in range(10):
+        never = replace(ChaosSettings(), leader_victims=0.0)
+        plain = make_schedule(seed, 200, NODES, never)
+        with_aim = make_schedule(seed, 200, NODES)
+        assert [(s.at, s.action, s.node, s.episode) for s in plain] == [
+            (s.at, s.action, s.node, s.episode) for s in with_aim
+        ]

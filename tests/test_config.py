@@ -17,12 +17,15 @@ def test_an_empty_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     path.write_text("{}\n")
     cfg = load_config(path, env={})
     assert cfg.cluster == "default" and cfg.profile == "default"
+    # Chosen for a fast takeover by a warm standby (operator guide: "Leader Lease timings").
     assert (cfg.kube.lease_duration, cfg.kube.renew_deadline, cfg.kube.retry_period) == (
-        15.0,
-        10.0,
-        2.0,
+        5.0,
+        3.0,
+        1.0,
     )
+    assert (cfg.kube.standbys, cfg.kube.cold_retry_period) == (2, 10.0)
     assert cfg.broker.password is None and cfg.max_unhealthy == "40%"
+    assert cfg.brokers == (cfg.broker,)
 
 
 def test_the_shipped_example_loads(tmp_path: Path) -> None:
@@ -37,6 +40,7 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
     assert cfg.broker.username == "worker-1"
     assert cfg.broker.password is not None and cfg.broker.password.reveal() == "mqtt-secret"
     assert "mqtt-secret" not in repr(cfg)
+    assert len(cfg.brokers) == 2 and {b.username for b in cfg.brokers} == {"worker-1"}
     assert cfg.inventory == str(tmp_path / "inv.yaml")
     assert cfg.auth.mode == "required" and not cfg.watchdog.enabled
     profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
@@ -49,6 +53,15 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
         ("broker: {password: x}", "broker.password"),
         ("broker: {password_env: NOPE}", "broker.password_env"),
         ("broker: {tls: {ca_file: missing.pem}}", "broker.tls.ca_file"),
+        ("broker: {host: a, endpoints: [{host: b}]}", "broker.endpoints"),
+        ("broker: {endpoints: []}", "broker.endpoints"),
+        ("broker: {endpoints: a.example}", "broker.endpoints"),
+        ("broker: {endpoints: [{host: a}, {host: a, port: 1883}]}", "broker.endpoints[1].host"),
+        ("broker: {endpoints: [{host: a}, {port: 1884}]}", "broker.endpoints[1].host"),
+        ("broker: {endpoints: [{host: a, keepalive: 3}]}", "broker.endpoints[0].keepalive"),
+        ("broker: {endpoints: [{host: a, port: 0}]}", "broker.endpoints[0].port"),
+        ("broker: {endpoints: [{host: a, password: x}]}", "broker.endpoints[0].password"),
+        ("kubernetes: {standbys: -1}", "kubernetes.standbys"),
         ("detection: {max_unhealthy: lots}", "detection.max_unhealthy"),
         ("kubernetes: {renew_deadline: 20}", "kubernetes.renew_deadline"),
         ("kubernetes: {namespaec: x}", "kubernetes.namespaec"),
@@ -66,6 +79,36 @@ def test_a_bad_field_is_named_with_the_file(tmp_path: Path, text: str, field: st
         load_config(path, env={})
     assert info.value.field == field
     assert str(path) in str(info.value)
+
+
+def test_a_single_broker_config_still_means_one_broker(tmp_path: Path) -> None:
+    path = write(tmp_path, "broker: {host: mqtt.example, port: 1884}\n")
+    cfg = load_config(path, env={})
+    assert [b.address for b in cfg.brokers] == ["mqtt.example:1884"]
+    assert cfg.broker is cfg.brokers[0]
+
+
+def test_broker_endpoints_list_every_broker_with_the_shared_settings(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("shared-secret\n")
+    (tmp_path / "pw-b").write_text("secret-of-b\n")
+    path = write(
+        tmp_path,
+        "broker:\n"
+        "  endpoints:\n"
+        "    - host: mqtt-0.example\n"
+        "    - {host: mqtt-1.example, port: 1884, password_file: pw-b}\n"
+        "  username_env: NODE_NAME\n"
+        "  password_file: pw\n"
+        "  keepalive: 7\n",
+    )
+    cfg = load_config(path, env={"NODE_NAME": "worker-1"})
+    assert [b.address for b in cfg.brokers] == ["mqtt-0.example:1883", "mqtt-1.example:1884"]
+    assert cfg.broker == cfg.brokers[0]
+    assert {b.username for b in cfg.brokers} == {"worker-1"}
+    assert {b.keepalive for b in cfg.brokers} == {7}
+    secrets = [b.password.reveal() for b in cfg.brokers if b.password is not None]
+    assert secrets == ["shared-secret", "secret-of-b"]  # one broker may have its own password
+    assert "secret" not in repr(cfg)
 
 
 def test_an_unknown_profile_field_is_named() -> None:

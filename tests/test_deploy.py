@@ -147,7 +147,7 @@ def test_the_base_ships_no_secret_so_apply_never_resets_real_credentials() -> No
 def test_every_secret_configmap_and_account_the_pods_use_is_rendered() -> None:
     docs = render("overlays/example")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    for kind in ("DaemonSet", "Deployment"):
+    for kind in ("DaemonSet", "StatefulSet"):
         spec = pod_spec(docs, kind)
         for volume in spec["volumes"]:
             if "secret" in volume:
@@ -159,13 +159,31 @@ def test_every_secret_configmap_and_account_the_pods_use_is_rendered() -> None:
     for service in (d for d in docs if d["kind"] == "Service"):
         selected = [
             kind
-            for kind in ("DaemonSet", "Deployment")
+            for kind in ("DaemonSet", "StatefulSet")
             if service["spec"]["selector"].items()
             <= find(docs, kind)["spec"]["template"]["metadata"]["labels"].items()
         ]
         assert len(selected) == 1, f"Service {service['metadata']['name']} selects {selected}"
         ports = {p["name"] for p in container(docs, selected[0])["ports"]}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+
+
+def test_the_brokers_are_independent_replicas_never_two_on_one_node() -> None:
+    docs = render("overlays/example")
+    brokers = find(docs, "StatefulSet", "nodefence-mqtt")
+    assert brokers["spec"]["replicas"] >= 2
+    spec = pod_spec(docs, "StatefulSet")
+    (required,) = spec["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert required["topologyKey"] == "kubernetes.io/hostname"
+    labels = brokers["spec"]["template"]["metadata"]["labels"]
+    assert required["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert find(docs, "Service", "nodefence-mqtt")["spec"]["clusterIP"] == "None"
+    # Every broker enforces the same ACL and password file (the agents log in to each).
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["passwd"]["secret"]["secretName"] == "nodefence-mqtt-broker"
+    assert volumes["config"]["configMap"]["name"].startswith("nodefence-mqtt-config")
 
 
 def test_the_agent_runs_on_every_node_unprivileged_with_probes_on_its_health_port() -> None:
@@ -270,9 +288,16 @@ def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Pat
         assert cfg.kube.namespace == role["metadata"]["namespace"] == NAMESPACE
         (named,) = [r for r in role["rules"] if r.get("resourceNames")]
         assert named["resourceNames"] == [cfg.kube.lease_name]
+        # One endpoint per broker replica, by its stable name behind the headless Service.
         broker = find(docs, "Service", "nodefence-mqtt")
-        assert cfg.broker.host == f"nodefence-mqtt.{broker['metadata']['namespace']}.svc"
-        assert [p["port"] for p in broker["spec"]["ports"]] == [cfg.broker.port]
+        brokers = find(docs, "StatefulSet", "nodefence-mqtt")
+        ns = broker["metadata"]["namespace"]
+        assert brokers["spec"]["serviceName"] == "nodefence-mqtt"
+        assert [b.host for b in cfg.brokers] == [
+            f"nodefence-mqtt-{i}.nodefence-mqtt.{ns}.svc"
+            for i in range(brokers["spec"]["replicas"])
+        ]
+        assert {b.port for b in cfg.brokers} == {p["port"] for p in broker["spec"]["ports"]}
     names = [agent_config_text(t).split("cluster:", 1)[1].split()[0] for t in TARGETS]
     # the example overlay sets its own name; the watchdog overlay is the example site
     assert names == ["cluster-1", "example-prod", "example-prod"]
@@ -664,7 +689,10 @@ class ShippedBrokerCluster(SimCluster):
     def __init__(self, workdir: Path, settings: ClusterSettings, acl: str) -> None:
         super().__init__(workdir, settings)
         assert settings.secure and self.passwords
-        self.broker = MosquittoBroker(workdir / "mqtt", users=self.passwords, acl=acl)
+        self.brokers = [
+            MosquittoBroker(workdir / f"mqtt-{i}", users=self.passwords, acl=acl)
+            for i in range(len(self.brokers))
+        ]
 
 
 def shipped_acl() -> str:
@@ -916,7 +944,7 @@ def test_the_credentials_tool_makes_a_heartbeat_key_the_agent_accepts_and_keeps_
     docs = render("overlays/example")
     mounted = {
         v["secret"]["secretName"]
-        for kind in ("DaemonSet", "Deployment")
+        for kind in ("DaemonSet", "StatefulSet")
         for v in pod_spec(docs, kind)["volumes"]
         if "secret" in v
     }

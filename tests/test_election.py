@@ -126,12 +126,12 @@ async def candidates(kubeconfig: Path) -> AsyncIterator[Callable[[int], list[Can
     """Makes N candidates (not started), each with its own API client; all stopped at the end."""
     made: list[Candidate] = []
 
-    def make(n: int) -> list[Candidate]:
+    def make(n: int, timing: ElectionTiming = TIMING) -> list[Candidate]:
         batch = []
         for _ in range(n):
             api = ClusterApi(load_api_client(str(kubeconfig)), timeout=5.0)
             name = f"node-{len(made) + 1}"
-            made.append(Candidate(LeaderElector(api, NS, LEASE, name, TIMING)))
+            made.append(Candidate(LeaderElector(api, NS, LEASE, name, timing, node=name)))
             batch.append(made[-1])
         return batch
 
@@ -633,3 +633,104 @@ async def test_the_agent_reads_its_own_nodes_mark_and_keeps_the_last_one_on_fail
         await asyncio.sleep(0)
     assert True in seen and not own.marked()  # marked while draining, unmarked at the end
     assert lease_holder_node("node-2_1a2b") == "node-2" and lease_holder_node(None) is None
+
+
+# -- warm standbys ------------------------------------------------------------------------------
+
+WARM = ElectionTiming(
+    lease_duration=2.0, renew_deadline=1.5, retry_period=0.2, cold_retry_period=1.0
+)
+
+
+def annotated_standbys(kube: KubeApiServer) -> str:
+    meta = kube.store.get("leases", LEASE, NS)["metadata"]
+    return str((meta.get("annotations") or {}).get("nodefence.io/standbys", ""))
+
+
+async def kill(victim: Candidate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop a candidate as SIGKILL would: nothing handed back."""
+
+    async def vanish() -> None:
+        """A killed process hands nothing back."""
+
+    monkeypatch.setattr(victim.elector, "_release", vanish)
+    assert victim.task is not None
+    victim.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await victim.task
+
+
+async def test_the_leader_names_warm_standbys_on_its_lease_and_they_know_it(
+    kube: KubeApiServer, candidates: Callable[..., list[Candidate]]
+) -> None:
+    cands = candidates(3, WARM)
+    for c in cands:
+        c.start()
+    leader = await sample_single_leader(kube, cands, 0.3)
+    warm, cold = [c for c in cands if c is not leader]
+    leader.elector.standbys = (warm.name,)
+
+    await eventually("the Lease names the standby", lambda: annotated_standbys(kube) == warm.name)
+    await eventually("the standby knows", lambda: warm.elector.is_standby, 3)
+    await eventually("the cold one read it", lambda: cold.elector.observed_standbys, 3)
+    assert not cold.elector.is_standby and not leader.elector.is_standby
+    assert cold.elector._period() == WARM.cold_retry_period  # reads the Lease less often
+    assert warm.elector._period() == WARM.retry_period
+
+
+async def test_a_killed_leader_is_replaced_by_its_warm_standby_not_a_cold_candidate(
+    kube: KubeApiServer,
+    candidates: Callable[..., list[Candidate]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cands = candidates(3, WARM)
+    for c in cands:
+        c.start()
+    leader = await sample_single_leader(kube, cands, 0.3)
+    # The last-started candidate, so winning is no accident of who asked first.
+    warm = cands[-1] if cands[-1] is not leader else cands[-2]
+    cold = next(c for c in cands if c not in (leader, warm))
+    leader.elector.standbys = (warm.name,)
+    await eventually("the standby knows", lambda: warm.elector.is_standby, 3)
+    await eventually("the cold one read it", lambda: cold.elector.observed_standbys, 3)
+    renewals = track_writes(leader)
+    await eventually("a tracked renewal", lambda: renewals)
+
+    await kill(leader, monkeypatch)
+    last_renewal = renewals[-1]
+    successor = await eventually(
+        "a successor", lambda: next((c for c in (warm, cold) if c.leading), None), 8
+    )
+
+    assert successor is warm
+    took_over = warm.lead_started[0]
+    assert WARM.lease_duration <= took_over - last_renewal
+    assert took_over - last_renewal <= WARM.lease_duration + 2 * WARM.retry_period + SLACK
+    assert not cold.lead_started
+    assert warm.elector.standbys == ()  # a leader never names itself
+    assert await sample_single_leader(kube, [warm, cold], 1.0) is warm
+
+
+async def test_a_cold_candidate_still_takes_over_when_no_warm_standby_is_left(
+    kube: KubeApiServer,
+    candidates: Callable[..., list[Candidate]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cands = candidates(2, WARM)
+    for c in cands:
+        c.start()
+    leader = await sample_single_leader(kube, cands, 0.3)
+    cold = next(c for c in cands if c is not leader)
+    leader.elector.standbys = ("node-gone",)  # its machine died with the leader's
+    await eventually("the cold one read it", lambda: cold.elector.observed_standbys, 3)
+    renewals = track_writes(leader)
+    await eventually("a tracked renewal", lambda: renewals)
+
+    await kill(leader, monkeypatch)
+    last_renewal = renewals[-1]
+    await eventually("the cold candidate leads", lambda: cold.leading, 10)
+
+    took_over = cold.lead_started[0]
+    # It yields one further lease_duration to a warm standby that never comes.
+    assert took_over - last_renewal >= 2 * WARM.lease_duration
+    assert took_over - last_renewal <= 2 * WARM.lease_duration + WARM.cold_retry_period + SLACK

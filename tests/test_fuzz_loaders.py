@@ -117,6 +117,9 @@ _CONFIG_KEYS = [
     "lease_duration",
     "renew_deadline",
     "retry_period",
+    "standbys",
+    "cold_retry_period",
+    "endpoints",
     "after_proof",
 ]
 _INVENTORY_KEYS = [

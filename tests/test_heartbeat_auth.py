@@ -124,8 +124,11 @@ def test_a_captured_heartbeat_replayed_inside_the_window_is_dropped_by_sequence(
     seqs.check(first)
     replay = decode_heartbeat("n1", encode_heartbeat(first))
     v.check(replay, NOW + 1)  # the signature is genuine ...
+    assert seqs.check(replay) is False  # ... but it is a copy of one accepted: no new life
+    older = signed(seq=4)
+    v.check(older, NOW + 1)
     with pytest.raises(HeartbeatRejected) as info:
-        seqs.check(replay)  # ... but the sequence was seen
+        seqs.check(older)  # an older one never accepted is refused as a replay
     assert info.value.reason is RejectReason.REPLAYED
 
 
@@ -216,12 +219,15 @@ async def test_the_leader_keeps_alive_only_nodes_whose_heartbeats_it_can_authent
         await send("victim", encode_heartbeat(Heartbeat("victim", 2, "b1", 1.0, "t")))
         await send("victim", live("victim", 3, key=b"w" * 40))  # a key that is not the cluster's
         await send("victim", live("victim", 4, key=b"z" * 32))
-        await send("victim", captured)  # replay of a captured genuine heartbeat
+        # A captured genuine heartbeat sent again is a copy, like a second broker's: dropped
+        # as a duplicate, never taken as new life.
+        await send("victim", captured)
         old = Heartbeat("victim", 9, "b0", 1.0, "t", ts=int((time.time() - 60) * 1000))
         await send("victim", encode_heartbeat(sign(old, node_key(CLUSTER_KEY, "victim"))))
 
-        want = {"unsigned": 1, "bad_signature": 2, "replayed": 1, "stale": 1}
-        await eventually("five refusals", lambda: dict(side.stats.rejected) == want)
+        want = {"unsigned": 1, "bad_signature": 2, "stale": 1}
+        await eventually("four refusals", lambda: dict(side.stats.rejected) == want)
+        await eventually("one copy", lambda: side.stats.duplicates == 1)
         assert side.stats.heartbeats == 1
         assert side.detector.last_heartbeat("victim") == heard  # nothing kept it alive
         assert side.rejected_at["victim"] >= heard

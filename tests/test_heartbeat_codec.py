@@ -284,6 +284,29 @@ def test_a_duplicate_or_older_sequence_of_the_same_boot_is_a_replay() -> None:
     assert t.accept(hb(seq=6))
 
 
+def test_a_copy_of_a_recent_heartbeat_is_a_duplicate_not_a_replay() -> None:
+    # With two brokers every heartbeat arrives twice, and the slower broker's copy may come
+    # after the next heartbeat: a copy is dropped quietly, it is no refused message.
+    t = SequenceTracker(recent=4)
+    assert t.check(hb(seq=5)) is True
+    assert t.check(hb(seq=5)) is False
+    assert t.check(hb(seq=6)) is True
+    assert t.check(hb(seq=5)) is False  # late copy from the other broker
+    for s in (7, 8, 9, 10):
+        assert t.check(hb(seq=s))
+    with pytest.raises(HeartbeatRejected) as e:
+        t.check(hb(seq=6))  # accepted once, but too long ago to be a copy in flight
+    assert e.value.reason is RejectReason.REPLAYED
+
+
+def test_a_never_accepted_older_sequence_is_still_a_replay() -> None:
+    t = SequenceTracker()
+    assert t.check(hb(seq=5)) and t.check(hb(seq=7))
+    with pytest.raises(HeartbeatRejected) as e:
+        t.check(hb(seq=6))
+    assert e.value.reason is RejectReason.REPLAYED
+
+
 def test_a_new_boot_id_starts_again_from_zero() -> None:
     t = SequenceTracker()
     assert t.accept(hb(seq=900, boot="old"))

@@ -8,6 +8,7 @@ started in a fixture and stopped even on failure; every wait is for a condition,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -162,7 +163,7 @@ async def run_publisher() -> AsyncIterator[Callable[..., Running]]:
     """Starts publishers as tasks; stops (then cancels) them all at the end."""
     started: list[Running] = []
 
-    def start(broker_cfg: BrokerConfig, interval: float = 0.1) -> Running:
+    def start(broker_cfg: BrokerConfig | list[BrokerConfig], interval: float = 0.1) -> Running:
         pub = HeartbeatPublisher(broker_cfg, CLUSTER, NODE, interval=interval)
         stop = asyncio.Event()
         r = Running(pub, stop, asyncio.create_task(pub.run(stop)))
@@ -384,3 +385,62 @@ async def test_a_wrong_password_never_connects_retries_with_backoff_and_is_never
     for text in (stats.last_error, caplog.text, *(repr(rec.__dict__) for rec in caplog.records)):
         assert wrong not in text
         assert PASSWORD not in text
+
+
+# -- several brokers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
+    mqtt.start()
+    try:
+        yield mqtt
+    finally:
+        mqtt.stop()
+
+
+async def test_each_heartbeat_goes_to_every_broker_and_a_dead_one_delays_nobody(
+    broker: MosquittoBroker,
+    broker_b: MosquittoBroker,
+    witness_factory: Callable[..., Any],
+    run_publisher: Callable[..., Running],
+) -> None:
+    on_a, on_b = await witness_factory(broker), await witness_factory(broker_b)
+    r = run_publisher([config(broker), config(broker_b)], interval=0.1)
+
+    await eventually(
+        "heartbeats on both", lambda: min(len(on_a.heartbeats()), len(on_b.heartbeats())) >= 5
+    )
+    a_seqs = [hb.seq for hb in on_a.heartbeats()]
+    b_seqs = [hb.seq for hb in on_b.heartbeats()]
+    common = min(len(a_seqs), len(b_seqs))
+    assert a_seqs[:common] == b_seqs[:common] == list(range(common))  # one seq, every broker
+    assert {hb.boot for hb in on_a.heartbeats() + on_b.heartbeats()} == {r.publisher.boot}
+
+    await asyncio.to_thread(broker_b.stop)
+    gone = time.monotonic()
+    topic = heartbeat_topic(CLUSTER, NODE)
+    await eventually("a second of heartbeats on a", lambda: on_a.on(topic)[-1].at > gone + 1.0)
+    after = [m.at for m in on_a.on(topic) if m.at > gone]
+    gaps = [y - x for x, y in itertools.pairwise(after)]
+    assert max(gaps) < 0.35, gaps  # paced as before: the dead broker holds nothing up
+    assert r.publisher.connected_brokers() == [config(broker).address]
+    assert r.publisher.stats.connected
+
+
+async def test_a_clean_stop_is_announced_once_a_broker_acknowledges_it(
+    broker: MosquittoBroker,
+    broker_b: MosquittoBroker,
+    witness_factory: Callable[..., Any],
+    run_publisher: Callable[..., Running],
+) -> None:
+    await asyncio.to_thread(broker_b.stop)  # one broker is down all along
+    on_a = await witness_factory(broker, status_topic(CLUSTER, NODE))
+    r = run_publisher([config(broker), config(broker_b)])
+    await eventually("connected to a", lambda: r.publisher.connected_brokers())
+
+    r.stop.set()
+    await asyncio.wait_for(r.task, 5)
+    assert r.publisher.stop_announced.is_set()  # the leader hears a (it needs every broker)
+    assert on_a.states()[-1] is NodeState.STOPPED

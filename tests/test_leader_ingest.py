@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -216,7 +217,6 @@ CASES = [
     ("oversized", "node-1", OVERSIZED, "oversized"),
     ("payload node differs from topic node", "node-1", beat("node-2", 9), "node_mismatch"),
     ("old sequence replayed", "node-1", beat("node-1", 1), "replayed"),
-    ("duplicate of the latest sequence", "node-1", beat("node-1", 2), "replayed"),
     ("a future version", "node-1", raw(v=2), "unsupported_version"),
 ]  # fmt: skip
 
@@ -233,7 +233,7 @@ async def test_a_malformed_heartbeat_is_counted_under_its_reason_and_never_reach
     reason: str,
 ) -> None:
     side, task = leader
-    for seq in range(3):  # node-1 has a stream: boot-a, seq 0..2
+    for seq in range(10, 13):  # node-1 has a stream: boot-a, seq 10..12
         await send(node_client, "node-1", beat("node-1", seq))
     await eventually("three heartbeats", lambda: side.stats.heartbeats == 3)
     last_valid = side.detector.last_heartbeat("node-1")
@@ -247,9 +247,27 @@ async def test_a_malformed_heartbeat_is_counted_under_its_reason_and_never_reach
     assert side.detector.last_heartbeat("node-2") is None
     assert not task.done()
 
-    await send(node_client, "node-1", beat("node-1", 3))  # the stream goes on
+    await send(node_client, "node-1", beat("node-1", 13))  # the stream goes on
     await eventually("node-1 heard again", lambda: side.stats.heartbeats == 5)
     assert side.detector.last_heartbeat("node-1") != last_valid
+
+
+async def test_a_copy_of_a_heartbeat_from_a_second_broker_is_a_quiet_duplicate(
+    leader: tuple[LeaderSide, asyncio.Task[None]], node_client: aiomqtt.Client
+) -> None:
+    side, _ = leader
+    for seq in (0, 1):
+        await send(node_client, "node-1", beat("node-1", seq))
+    await eventually("two heartbeats", lambda: side.stats.heartbeats == 2)
+    last_valid = side.detector.last_heartbeat("node-1")
+
+    await send(node_client, "node-1", beat("node-1", 1))  # the same, via the other broker
+    await send(node_client, "node-1", beat("node-1", 0))  # a slower broker's late copy
+    await barrier(node_client, side)
+
+    assert side.stats.duplicates == 2
+    assert not side.stats.rejected and "node-1" not in side.rejected_at
+    assert side.detector.last_heartbeat("node-1") == last_valid  # a copy is no new life
 
 
 async def test_a_replay_of_a_replaced_boot_is_dropped(
@@ -291,11 +309,12 @@ async def test_a_flood_of_mixed_garbage_never_crashes_the_leader_and_only_valid_
     expected: dict[str, int] = {}
     valid = 0
     for seq in range(20):
-        await send(node_client, "node-1", beat("node-1", seq))
+        await send(node_client, "node-1", beat("node-1", 2 * seq + 100))
         valid += 1
         for _, topic_node, payload, reason in CASES:
             if reason == "replayed":
-                payload = beat("node-1", seq)  # the one just sent, again
+                payload = beat("node-1", 2 * seq + 99)  # below the last one, never sent
+                await send(node_client, "node-1", beat("node-1", 2 * seq + 100))  # a copy
             await send(node_client, topic_node, payload)
             expected[reason] = expected.get(reason, 0) + 1
         await send(node_client, "node-1", noise.randbytes(64 + seq))
@@ -305,6 +324,7 @@ async def test_a_flood_of_mixed_garbage_never_crashes_the_leader_and_only_valid_
 
     assert dict(side.stats.rejected) == expected
     assert side.stats.heartbeats == valid + 1  # and the canary
+    assert side.stats.duplicates == 20  # copies are dropped, never refused
     assert side.detector.last_heartbeat("node-2") is None
     assert not task.done()
     assert side.broker_up_since is not None  # never disconnected by all that
@@ -420,3 +440,55 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
     kube.store.patch("nodes", "node-8", {"spec": {"unschedulable": True}})  # cordoned again
     await side._refresh_kube()
     assert (await side.judge_once()).alerts == []
+
+
+# -- two brokers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
+    mqtt.start()
+    try:
+        yield mqtt
+    finally:
+        mqtt.stop()
+
+
+async def test_with_two_brokers_each_heartbeat_counts_once_and_one_broker_lost_blinds_nobody(
+    cfg: AgentConfig, broker: MosquittoBroker, broker_b: MosquittoBroker
+) -> None:
+    from agent.config import BrokerConfig
+
+    both = tuple(
+        BrokerConfig(port=m.port, reconnect_min=0.05, reconnect_max=0.5) for m in (broker, broker_b)
+    )
+    two = dataclasses.replace(cfg, broker=both[0], broker_endpoints=both)
+    assert two.kube.kubeconfig is not None
+    side = LeaderSide(two, DEFAULT, ClusterApi(load_api_client(two.kube.kubeconfig)), "leader-2")
+    task = asyncio.create_task(side.run())
+    try:
+        await eventually("both brokers", lambda: len(side.listener.brokers.up()) == 2, 10)
+        up_since = side.broker_up_since
+        async with (
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="node-a") as via_a,
+            aiomqtt.Client("127.0.0.1", broker_b.port, identifier="node-b") as via_b,
+        ):
+            for seq in range(5):  # as an agent does: each heartbeat to every broker
+                await send(via_a, "node-1", beat("node-1", seq))
+                await send(via_b, "node-1", beat("node-1", seq))
+            await eventually(
+                "five heartbeats, five copies",
+                lambda: (side.stats.heartbeats, side.stats.duplicates) == (5, 5),
+            )
+            assert not side.stats.rejected and "node-1" not in side.rejected_at
+
+        await asyncio.to_thread(broker_b.stop)
+        await eventually("b lost", lambda: len(side.listener.brokers.up()) == 1)
+        assert side.broker_up_since == up_since  # still heard through a: no gap, no freeze
+        assert side.listener.brokers.all_up_since() is None
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="node-a2") as via_a:
+            await send(via_a, "node-1", beat("node-1", 5))
+            await eventually("heard via a alone", lambda: side.stats.heartbeats == 6)
+    finally:
+        await cancel_and_wait(side, task)

@@ -101,9 +101,18 @@ def test_an_agent_lost_node_is_alerted_and_never_fenced() -> None:
 LEADER_CASES = [
     # (id, leader facts, reason fragment, broker alert expected)
     ("not_the_leader", LeaderFacts(100, None, 0), "does not hold the leader Lease", False),
-    ("broker_down", LeaderFacts(100, 0, None), "broker connection is down", True),
-    ("broker_just_back", LeaderFacts(100, 0, 100 - FA + 0.1), "came back 3.9 s ago", False),
+    ("broker_down", LeaderFacts(100, 0, None), "reaches no broker", True),
+    ("broker_just_back", LeaderFacts(100, 0, 100 - FA + 0.1), "for 3.9 s only", False),
     ("new_leader", LeaderFacts(100, 100 - FA + 0.5, 0), "a new leader waits", False),
+    # A warm leader's history is as old as its broker connection, not as its leadership:
+    # what it has not heard for a full window yet, it still does not judge.
+    (
+        "warm_leader_broker_just_back",
+        LeaderFacts(100, 100 - 0.5, 100 - FA + 0.1, warm=True),
+        "for 3.9 s only",
+        False,
+    ),
+    ("warm_leader_broker_down", LeaderFacts(100, 100 - 0.5, None, warm=True), "no broker", True),
 ]
 
 
@@ -124,6 +133,15 @@ def test_a_leader_unfit_to_judge_fences_nobody_and_says_why(
 def test_one_full_fence_after_after_reconnect_and_election_the_leader_judges_again() -> None:
     d = run(fleet(5, dead=1), LeaderFacts(100, 100 - FA, 100 - FA))
     assert d.fence == ["w0"]
+
+
+@pytest.mark.parametrize("leader_ago", [0.0, 0.5, FA - 0.1, FA, 60.0])
+def test_a_warm_leader_judges_at_once_what_its_standby_history_covers(leader_ago: float) -> None:
+    # Its broker connections have been up for a full window (as a standby): no blind window.
+    warm = LeaderFacts(100, 100 - leader_ago, 100 - FA, warm=True)
+    assert run(fleet(5, dead=1), warm).fence == ["w0"]
+    cold = LeaderFacts(100, 100 - leader_ago, 100 - FA)
+    assert run(fleet(5, dead=1), cold).fence == ([] if leader_ago < FA else ["w0"])
 
 
 def test_more_than_max_unhealthy_nodes_freeze_every_decision_and_raise_a_storm_alert() -> None:
@@ -181,24 +199,27 @@ max_unhealthy = st.one_of(st.integers(0, 30), st.integers(0, 100).map(lambda p: 
     now=st.floats(0, 1000),
     leader_ago=st.none() | st.floats(0, 2 * FA) | st.floats(0, 1000),
     broker_ago=st.none() | st.floats(0, 2 * FA) | st.floats(0, 1000),
+    warm=st.booleans(),
 )
 def test_no_fence_while_the_broker_is_down_or_within_a_window_of_reconnect_or_election(
     verdicts: list[NodeVerdict],
     now: float,
     leader_ago: float | None,
     broker_ago: float | None,
+    warm: bool,
 ) -> None:
     """A fencible DEAD node and no storm ("100%"): only the leader's own situation decides."""
     leader = LeaderFacts(
         now,
         None if leader_ago is None else now - leader_ago,
         None if broker_ago is None else now - broker_ago,
+        warm=warm,
     )
     d = run([v("target", NodeHealth.DEAD), *verdicts], leader, max_unhealthy="100%")
     blind = (
         leader.leader_since is None
         or leader.broker_up_since is None
-        or now - leader.leader_since < FA
+        or (not warm and now - leader.leader_since < FA)
         or now - leader.broker_up_since < FA
     )
     if blind:

@@ -232,6 +232,7 @@ class SimClusterApi(ClusterApi):
         acquire: dt.datetime | None,
         transitions: int,
         resource_version: str | None,
+        standbys: tuple[str, ...] = (),
     ) -> LeaseInfo:
         """See `ClusterApi.write_lease`."""
         proc = self._proc()
@@ -247,6 +248,7 @@ class SimClusterApi(ClusterApi):
                 acquire,
                 transitions,
                 resource_version,
+                standbys,
             ),
             True,
         )

@@ -66,6 +66,7 @@ class LeaseObject:
     duration: int | None = None
     transitions: int = 0
     renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
+    standbys: tuple[str, ...] = ()  # the leader's named warm standbys (an annotation)
     _info: LeaseInfo | None = None
 
     def info(self) -> LeaseInfo:
@@ -82,6 +83,7 @@ class LeaseObject:
             self.duration,
             self.transitions,
             str(self.resource_version),
+            standbys=self.standbys,
         )
         return self._info
 
@@ -322,6 +324,7 @@ class ApiServer:
         acquire: dt.datetime | None,
         transitions: int,
         resource_version: str | None,
+        standbys: tuple[str, ...] = (),
     ) -> LeaseInfo:
         key = (namespace, name)
         current = self.leases.get(key)
@@ -334,7 +337,15 @@ class ApiServer:
             raise ClusterError(f"update lease {namespace}/{name}: 409 Conflict", 409)
         before = current.holder if current is not None else None
         lease = LeaseObject(
-            name, namespace, self._bump(), holder, renew, acquire, duration, transitions
+            name,
+            namespace,
+            self._bump(),
+            holder,
+            renew,
+            acquire,
+            duration,
+            transitions,
+            standbys=standbys,
         )
         self.leases[key] = lease
         if holder != before:
