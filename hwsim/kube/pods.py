@@ -46,8 +46,9 @@ def is_terminating(pod: Obj) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def admit(pod: Obj) -> Obj:
-    """The pod as create stores it: grace and default tolerations filled in (a copy)."""
+def admit(pod: Obj, toleration_seconds: float = DEFAULT_TOLERATION_SECONDS) -> Obj:
+    """The pod as create stores it: grace and default tolerations filled in (a copy).
+    `toleration_seconds` is the admission plugin's --default-*-toleration-seconds."""
     out = copy.deepcopy(pod)
     spec = out.setdefault("spec", {})
     if not isinstance(spec, dict):
@@ -61,7 +62,7 @@ def admit(pod: Obj) -> Obj:
                     "key": key,
                     "operator": "Exists",
                     "effect": "NoExecute",
-                    "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+                    "tolerationSeconds": round(toleration_seconds),
                 }
             )
     spec["tolerations"] = tolerations

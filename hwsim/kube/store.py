@@ -63,6 +63,8 @@ class ObjectStore:
         self._objects: dict[_Key, dict[_Key, Obj]] = {}
         self._rv = 0
         self._dry = False  # inside a dry-run request: compute everything, store nothing
+        # DefaultTolerationSeconds admission: how long new pods tolerate not-ready/unreachable
+        self.default_toleration_seconds: float = pods.DEFAULT_TOLERATION_SECONDS
         self._log = ChangeLog(history_limit)
         self._owners = cascade.OwnerIndex()
         for rt in self.registry.all():
@@ -157,7 +159,7 @@ class ObjectStore:
                 )
             new = objects.for_create(rt, obj, name, ns, self.clock())
             if pods.is_pod(rt):
-                new = pods.admit(new)
+                new = pods.admit(new, self.default_toleration_seconds)
             objects.check_labels(rt, new)
             if self._serve_crd(rt, new):
                 new["status"] = established(new)
