@@ -23,6 +23,7 @@ from hwsim.bmcs import BmcFleet
 from hwsim.broker import MosquittoBroker, free_port
 from hwsim.fleet import Fleet
 from hwsim.kube import KubeApiServer, NodeLifecycleController
+from hwsim.kube.controllers import ControllerManager, ControllerTimers
 from hwsim.kube.errors import AlreadyExists, NotFound
 from hwsim.loop_thread import LoopThread
 from hwsim.simnode import SimNode
@@ -61,6 +62,8 @@ class ClusterSettings:
     # seconds from a watchdog reset to power on; absent: the machine stays off)
     watchdog: dict[str, Any] = field(default_factory=dict)
     log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
+    # PodGC, taint manager and attach/detach timers (upstream defaults unless compressed)
+    timers: ControllerTimers = field(default_factory=ControllerTimers)
 
 
 class SimCluster:
@@ -83,6 +86,7 @@ class SimCluster:
         self.kube = KubeApiServer()
         self.kubeconfig = workdir / "kubeconfig"
         self.lifecycle: NodeLifecycleController | None = None
+        self.controllers: ControllerManager | None = None
         self.nodes: dict[str, SimNode] = {}
         self.loop: LoopThread | None = None
         self.bmcs: BmcFleet | None = None
@@ -114,6 +118,8 @@ class SimCluster:
                 store, node_monitor_grace=self.settings.node_monitor_grace
             )
             self.lifecycle.start_in_thread()
+            self.controllers = ControllerManager(store, self.settings.timers)
+            self.controllers.start_in_thread()
             for machine in self.fleet:
                 node = SimNode(
                     machine,
@@ -186,6 +192,9 @@ class SimCluster:
         if self.lifecycle is not None:
             self.lifecycle.stop_thread()
             self.lifecycle = None
+        if self.controllers is not None:
+            self.controllers.stop_thread()
+            self.controllers = None
         self.kube.stop_thread()
         self.broker.stop()
 

@@ -123,8 +123,14 @@ def make_disk(name: str, namespace: str, size: str = "10Gi") -> tuple[Obj, Obj]:
 
 
 def create_disk(store: ObjectStore, name: str, namespace: str) -> None:
-    """Create a bound RWO claim and its volume (`make_disk`), both with status Bound."""
+    """Create a bound RWO claim and its volume (`make_disk`), both with status Bound; a claim
+    that exists already is kept as it is."""
     pvc, pv = make_disk(name, namespace)
+    try:
+        store.get("persistentvolumeclaims", name, namespace)
+        return
+    except NotFound:
+        pass
     store.create("persistentvolumes", pv)
     store.patch(
         "persistentvolumes",
