@@ -18,6 +18,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from agent.cluster_error import ClusterError
+from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY, ReleaseCalls
 from agent.node_label import NODE_LABEL, node_selector
 
 T = TypeVar("T")
@@ -34,12 +36,16 @@ MAINTENANCE_LABEL = "nodefence.io/maintenance"
 VMOP_PLURAL = "virtualmachineoperations"
 
 
-class ClusterError(Exception):
-    """A Kubernetes API call failed; `status` is the HTTP status when there was one."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["ClusterApi", "ClusterError", "LeaseInfo", "NodeInfo", "load_api_client"]
+# Deckhouse node-manager's fencing: the label on nodes of a NodeGroup with spec.fencing, its
+# mode, and the annotations with which its fencing leaves a node alone (maintenance, updates).
+DECKHOUSE_FENCING_LABEL = "node-manager.deckhouse.io/fencing-enabled"
+DECKHOUSE_FENCING_MODE_LABEL = "node-manager.deckhouse.io/fencing-mode"
+DECKHOUSE_MAINTENANCE_ANNOTATIONS = (
+    "node-manager.deckhouse.io/fencing-disable",
+    "update.node.deckhouse.io/disruption-approved",
+    "update.node.deckhouse.io/approved",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class NodeInfo:
     unschedulable: bool
     maintenance: bool
     health_endpoint: str | None  # "host:port" the node's agent announced
+    out_of_service: bool = False  # carries node.kubernetes.io/out-of-service
+    fenced_by: str = ""  # nodefence's mark: the operation that tainted it
+    deckhouse_fencing: str = ""  # Deckhouse fencing mode (Watchdog, Notify) when enabled
+    deckhouse_maintenance: str = ""  # the Deckhouse annotation that disables its fencing
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,10 @@ def _node_info(n: Any) -> NodeInfo:
             ready = {"True": True, "False": False}.get(cond.status)
     labels = n.metadata.labels or {}
     annotations = n.metadata.annotations or {}
+    taints = (n.spec.taints or []) if n.spec else []
+    fencing = ""
+    if DECKHOUSE_FENCING_LABEL in labels:
+        fencing = labels.get(DECKHOUSE_FENCING_MODE_LABEL) or "Watchdog"
     return NodeInfo(
         name=n.metadata.name,
         uid=n.metadata.uid or "",
@@ -119,6 +133,12 @@ def _node_info(n: Any) -> NodeInfo:
         unschedulable=bool(n.spec and n.spec.unschedulable),
         maintenance=labels.get(MAINTENANCE_LABEL) == "true",
         health_endpoint=annotations.get(HEALTH_ANNOTATION),
+        out_of_service=any(t.key == OUT_OF_SERVICE_KEY for t in taints),
+        fenced_by=annotations.get(FENCED_ANNOTATION) or "",
+        deckhouse_fencing=fencing,
+        deckhouse_maintenance=next(
+            (a for a in DECKHOUSE_MAINTENANCE_ANNOTATIONS if a in annotations), ""
+        ),
     )
 
 
@@ -136,13 +156,14 @@ def _lease_info(obj: Any) -> LeaseInfo:
     )
 
 
-class ClusterApi:
+class ClusterApi(ReleaseCalls):
     """Async, deadline-bounded access to the objects nodefence reads and writes."""
 
     def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:
         self.api_client = api_client
         self.timeout = timeout
         self.core = k8s.CoreV1Api(api_client)
+        self.storage = k8s.StorageV1Api(api_client)
         self.coordination = k8s.CoordinationV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
 
@@ -192,10 +213,13 @@ class ClusterApi:
             lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
         )
 
-    async def taint_out_of_service(self, node: str, uid: str | None = None) -> bool:
-        """Put the out-of-service NoExecute taint on the Node (idempotent). False when the Node
-        no longer exists, or (with `uid`) is another object than the one decided dead. Taints
-        are an atomic list: read-modify-write with resourceVersion."""
+    async def taint_out_of_service(
+        self, node: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
+        """Put the out-of-service NoExecute taint on the Node (idempotent) and, with
+        `operation`, nodefence's mark naming it. False when the Node no longer exists, or
+        (with `uid`) is another object than the one decided dead. Taints are an atomic list:
+        read-modify-write with resourceVersion."""
         for _ in range(5):
             try:
                 obj = await self._call_any(
@@ -209,12 +233,17 @@ class ClusterApi:
             if uid is not None and obj.metadata.uid != uid:
                 return False  # re-registered since the decision: never touch the new Node
             taints = list(obj.spec.taints or []) if obj.spec else []
-            if any(
+            marked = not operation or (obj.metadata.annotations or {}).get(FENCED_ANNOTATION)
+            if marked and any(
                 t.key == OUT_OF_SERVICE_TAINT["key"] and t.effect == "NoExecute" for t in taints
             ):
                 return True
+            taints = [t for t in taints if t.key != OUT_OF_SERVICE_TAINT["key"]]
+            meta: dict[str, Any] = {"resourceVersion": obj.metadata.resource_version}
+            if operation:
+                meta["annotations"] = {FENCED_ANNOTATION: operation}
             body = {
-                "metadata": {"resourceVersion": obj.metadata.resource_version},
+                "metadata": meta,
                 "spec": {
                     "taints": [
                         *({"key": t.key, "value": t.value, "effect": t.effect} for t in taints),

@@ -1,8 +1,9 @@
 """Drives the pure fencing state machine (`agent.fencing`) for each dead node.
 
 Thin on purpose: it asks `next_action`, does exactly that one thing (power walk through the
-BMC topology, VM snapshot, taint, delete, power-on after a reboot, VM check), folds the result
-in with `apply`, and stores the record (`agent.fence_store`) before going on. Before every
+BMC topology, VM snapshot, taint, release of pods and VolumeAttachments (`agent.fence_release`),
+delete, power-on after a reboot, VM check, the node's return and untaint), folds the result in
+with `apply`, and stores the record (`agent.fence_store`) before going on. Before every
 irreversible step it renews the leader Lease (`confirm_leader`); the first power-off request
 of an operation passes `agent.fence_guard` (the point of no return stored, the Node read fresh,
 life since this leader's decision looked for). A record another writer changed makes it step
@@ -32,12 +33,14 @@ from typing import Any, Literal
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_guard import WalkGuard
+from agent.fence_release import node_returned, release_attachments, release_pods
 from agent.fence_reports import FenceReporter
 from agent.fence_store import RecordStore, Superseded
 from agent.fence_vms import snapshot_vms, vms_seen
 from agent.fencing import (
     Action,
     Cancelled,
+    Cleanup,
     Event,
     FenceDone,
     NodeDeleted,
@@ -47,6 +50,7 @@ from agent.fencing import (
     SelfFenced,
     Tainted,
     Timing,
+    Untainted,
     apply,
     next_action,
 )
@@ -106,6 +110,9 @@ class FenceExecutor:
         self_fence: SelfFenceCheck | None = None,
         backend_factory: BackendFactory = build_backend,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:8],
+        cleanup: Cleanup = Cleanup.DELETE,
+        release: bool = True,
+        last_heartbeat: Callable[[str], float | None] = lambda node: None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -116,6 +123,9 @@ class FenceExecutor:
         self.in_maintenance = in_maintenance
         self.timing = timing or Timing()
         self.after_proof = after_proof
+        self.cleanup = cleanup
+        self.release = release
+        self.last_heartbeat = last_heartbeat
         self.check_interval = check_interval
         self.reconcile_interval = reconcile_interval
         self.clock = clock
@@ -217,7 +227,8 @@ class FenceExecutor:
             log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
         else:
             op = Operation(node=node, id=self.new_id(), node_uid=uid)
-            op = replace(op, reboot=self.after_proof == "reboot")
+            reboot = self.after_proof == "reboot"
+            op = replace(op, reboot=reboot, cleanup=self.cleanup, release=self.release)
             self.store.forget(node)  # marked when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
@@ -325,17 +336,20 @@ class FenceExecutor:
                 op = self.operations[op.node]  # the power walk may have advanced it
                 if event is None:
                     continue
-                before, before_vms = op.phase, op.vms
+                before = op
                 op = apply(op, event, self.clock(), self.timing)
+                if op == before:
+                    continue  # nothing new (a node not back yet, VMs still starting)
                 self.operations[op.node] = op
                 await self.store.save(op)
-                if op.phase is not before:
+                if op.phase is not before.phase:
                     await self.reports.phase_changed(op)
-                await self.reports.vm_events(op, before_vms)
+                await self.reports.release_events(op, before)
+                await self.reports.vm_events(op, before.vms)
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
             metrics.OPERATIONS.labels(op.phase.value).inc()
-            if op.phase is Phase.RECOVERED and op.deleted_at is not None:
-                metrics.RECOVERY.observe(self.clock() - op.deleted_at)
+            if op.phase is Phase.RECOVERED and op.recovery_start is not None:
+                metrics.RECOVERY.observe(self.clock() - op.recovery_start)
         except Superseded:
             log.warning(
                 "fencing record of %s was updated by another leader; stepping back", op.node
@@ -361,8 +375,26 @@ class FenceExecutor:
             return await self._snapshot(op)
         if action is Action.TAINT:
             await self._leader_or_stop()
-            await self.api.taint_out_of_service(op.node, op.node_uid or None)
+            await self.api.taint_out_of_service(op.node, op.node_uid or None, op.id)
             return Tainted()
+        if action is Action.RELEASE_PODS:
+            await self._leader_or_stop()
+            return await release_pods(self.api, op)
+        if action is Action.RELEASE_ATTACHMENTS:
+            if op.attachments_removed or op.pods_deleted:  # pace the re-checks after the first
+                await asyncio.sleep(self.check_interval)
+            await self._leader_or_stop()
+            return await release_attachments(self.api, op)
+        if action is Action.AWAIT_RETURN:
+            back = await node_returned(self.api, op, self.last_heartbeat, self.clock())
+            if not back.back:
+                await asyncio.sleep(self.check_interval)
+            return back
+        if action is Action.UNTAINT:
+            await self._leader_or_stop()
+            await self.api.remove_out_of_service(op.node, op.node_uid or None)
+            log.warning("node %s is back: out-of-service taint removed", op.node)
+            return Untainted()
         if action is Action.DELETE_NODE:
             await self._leader_or_stop()
             await self.api.delete_node(op.node, op.node_uid or None)

@@ -57,6 +57,7 @@ from agent.policy import (
     ClusterFacts,
     LeaderFacts,
     MaxUnhealthy,
+    NodeWorkload,
     PolicyDecision,
     decide,
     leader_guard,
@@ -65,6 +66,7 @@ from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifi
 from agent.probe_requests import OutstandingProbes
 from agent.profiles import DetectionProfile, NoPeers, Signal
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
+from agent.workload import node_workload
 
 log = logging.getLogger("nodefence.leader")
 
@@ -164,6 +166,7 @@ class LeaderSide:
         self._view_at = float("-inf")
         self.view_period = 1.0  # the status view is for people: once a second is plenty
         self._connected_once = asyncio.Event()
+        self._workloads: dict[str, tuple[float, NodeWorkload]] = {}  # node -> (read at, what)
 
     async def run(self) -> None:
         """Lead until cancelled."""
@@ -434,6 +437,14 @@ class LeaderSide:
             if self.inventory is not None
             else frozenset(v.node for v in self.verdicts)
         )
+        nodes = self.nodes.values()
+        cordoned = frozenset(i.name for i in nodes if i.unschedulable)
+        deckhouse = {i.name: i.deckhouse_maintenance for i in nodes if i.deckhouse_maintenance}
+        planned = [
+            v.node
+            for v in self.verdicts
+            if v.health is NodeHealth.DEAD and (v.node in cordoned or v.node in deckhouse)
+        ]
         decision = decide(
             self.verdicts,
             LeaderFacts(now, self.leader_since, self.broker_up_since),
@@ -442,6 +453,15 @@ class LeaderSide:
                 maintenance,
                 inventory,
                 expected_nodes=len(self.verdicts) or None,
+                cordoned=cordoned,
+                deckhouse_maintenance=deckhouse,
+                workloads=await self._workloads_of(planned, now),
+                kept_out_of_service={
+                    i.name: i.fenced_by for i in nodes if i.out_of_service and i.fenced_by
+                },
+                deckhouse_fencing={
+                    i.name: i.deckhouse_fencing for i in nodes if i.deckhouse_fencing
+                },
             ),
             self.profile,
         )
@@ -458,6 +478,23 @@ class LeaderSide:
             await self._advance_held(maintenance, now)
         await self._publish_view(decision, now)
         return decision
+
+    async def _workloads_of(self, nodes: list[str], now: float) -> dict[str, NodeWorkload]:
+        """What each (dead, cordoned) node runs that fencing would free, read at most once per
+        `kube_period`; a node whose workload cannot be read is left out (unknown)."""
+        found: dict[str, NodeWorkload] = {}
+        for node in nodes:
+            cached = self._workloads.get(node)
+            if cached is None or now - cached[0] >= self.kube_period:
+                try:
+                    cached = (now, await node_workload(self.api, node))
+                except ClusterError as err:
+                    log.warning("cannot read what %s runs: %s", node, err)
+                    self._workloads.pop(node, None)
+                    continue
+                self._workloads[node] = cached
+            found[node] = cached[1]
+        return found
 
     async def _advance_held(self, maintenance: frozenset[str], now: float) -> None:
         """Resumed operations this leader did not decide (held, see FenceExecutor.resume):
