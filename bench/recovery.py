@@ -135,9 +135,10 @@ class Recorder:
 class HeartbeatListener:
     """Arrival times of every node's heartbeats on mosquitto, as any subscriber sees them."""
 
-    def __init__(self, port: int, cluster: str) -> None:
+    def __init__(self, port: int, cluster: str, login: tuple[str, str] | None = None) -> None:
         self.port = port
         self.cluster = cluster
+        self.login = login  # the broker enforces the shipped ACL: the harness's own user
         self.heard: dict[str, list[float]] = {}
         self._loop = LoopThread("bench-heartbeats")
         self._ready = threading.Event()
@@ -160,7 +161,15 @@ class HeartbeatListener:
                 await self._task
 
     async def _listen(self) -> None:
-        client = aiomqtt.Client("127.0.0.1", self.port, identifier="bench-recovery", keepalive=10)
+        username, password = self.login or (None, None)
+        client = aiomqtt.Client(
+            "127.0.0.1",
+            self.port,
+            identifier="bench-recovery",
+            keepalive=10,
+            username=username,
+            password=password,
+        )
         async with client:
             await client.subscribe(heartbeat_filter(self.cluster), qos=0)
             self._ready.set()
@@ -389,7 +398,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
         try:
             cluster, began = start_cluster(args, work, index)
             recorder = Recorder(cluster.kube.store)
-            heartbeats = HeartbeatListener(cluster.broker.port, cluster.settings.cluster)
+            heartbeats = HeartbeatListener(
+                cluster.broker.port, cluster.settings.cluster, cluster.observer_login()
+            )
             leader = cluster.wait_for("a leader", cluster.leader, 30)
             startups.append(time.monotonic() - began)
             time.sleep(settle)  # past the new leader's first judging window
