@@ -34,15 +34,23 @@ class FenceReporter:
         await self.event(op, reason, op.reason or op.phase.value, warning)
 
     async def release_events(self, op: Operation, before: Operation) -> None:
-        """One Event per release step when it is done (pods, attachments)."""
+        """One Event per release step when it is done (taint, pods, attachments, untaint)."""
+        if op.tainted and not before.tainted:
+            what = f"{op.node} tainted node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"
+            await self.event(op, "FenceTainted", what, False)
         if op.pods_released and not before.pods_released:
             what = f"force-deleted {op.pods_deleted} pods bound to {op.node}"
             await self.event(op, "FenceReleasedPods", what, False)
         if op.attachments_released and not before.attachments_released:
-            what = f"removed {op.attachments_removed} VolumeAttachments of {op.node}"
+            what = (
+                f"no volume attached to {op.node} any more ({op.attachments_removed}"
+                " VolumeAttachments removed by nodefence)"
+            )
             if op.errors and op.errors != before.errors:
                 what += f" ({op.errors[-1]})"
             await self.event(op, "FenceReleasedAttachments", what, op.errors != before.errors)
+        if op.powered_on and not before.powered_on:
+            await self.event(op, "FencePoweredOn", f"{op.node} powered on again", False)
         if op.untainted and not before.untainted:
             await self.event(op, "FenceUntainted", f"{op.node} is back: taint removed", False)
 

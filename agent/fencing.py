@@ -502,7 +502,7 @@ def _fold_return(
     if isinstance(event, Untainted):
         if not op.returned:
             return op
-        why = f"{op.reason}; {op.node} is back: out-of-service taint removed"
+        why = f"{op.reason}: out-of-service taint removed"
         return replace(op, untainted=True, phase=op.verdict, reason=why)
     if op.returned:
         return op

@@ -435,7 +435,7 @@ class ColdStandbyController:
             return  # no write per tick
         cond = condition("Running", False, "PodNotStarted", message, self._now())
         self._patch("virtualmachines", key, {"phase": VmPhase.PENDING.value, "conditions": [cond]})
-        log.warning("vm %s/%s: Pending: %s", *key, message)
+        log.info("vm %s/%s: Pending: %s", *key, message)
 
     def _run_on(self, vm: Obj, key: Key, start: Start, now: float) -> None:
         stamp = self._now()

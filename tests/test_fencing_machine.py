@@ -471,7 +471,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         untainted={
             "untainted": True,
             "phase": Phase.RECOVERED,
-            "reason": f"{RETURNED.reason}; w1 is back: out-of-service taint removed",
+            "reason": f"{RETURNED.reason}: out-of-service taint removed",
         },
     ),
     "recovered": FINAL_ROW,
@@ -657,7 +657,7 @@ def test_cleanup_taint_keeps_the_node_and_untaints_it_only_once_it_is_back() -> 
     ]
     assert op.phase is Phase.RECOVERED and op.final and op.untainted
     assert op.vms == (replace(VM_A, running_on=OTHER, recovered_after=2.5),)
-    assert op.reason.endswith("w1 is back: out-of-service taint removed")
+    assert op.reason.endswith("w1 back (Ready, heartbeat 0.4 s ago): out-of-service taint removed")
 
 
 def test_cleanup_taint_without_reboot_ends_with_the_node_kept_tainted() -> None:

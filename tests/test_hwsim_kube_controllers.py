@@ -298,5 +298,5 @@ def test_a_volume_attachment_deleted_by_someone_else_is_noticed_at_the_next_sync
 def test_compressed_timers_say_what_they_compress() -> None:
     assert ControllerTimers().describe() == "upstream defaults"
     text = ControllerTimers().compressed(30).describe()
-    assert text.startswith("compressed: PodGC quarantine 40 s -> 1.33333 s")
+    assert text.startswith("compressed: PodGC quarantine 40 s -> 1.33 s")
     assert "maxWaitForUnmountDuration 360 s -> 12 s" in text

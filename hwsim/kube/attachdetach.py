@@ -143,8 +143,7 @@ class AttachDetachController(PeriodicController):
             del self.attached[key]
             self._delete_attachment(att)
             self.detached.append((now, att.volume.pv, att.node, why))
-            level = logging.WARNING if mounted else logging.INFO
-            log.log(level, "detach %s from %s: %s", att.volume.pv, att.node, why)
+            log.info("detach %s from %s: %s", att.volume.pv, att.node, why)
 
     def _delete_attachment(self, att: _Attached) -> None:
         name = attachment_name(att.volume.handle, att.volume.driver, att.node)

@@ -51,7 +51,7 @@ class ControllerTimers:
         }
         default = ControllerTimers()
         changed = [
-            f"{names[f.name]} {getattr(default, f.name):g} s -> {getattr(self, f.name):g} s"
+            f"{names[f.name]} {getattr(default, f.name):g} s -> {getattr(self, f.name):.3g} s"
             for f in fields(self)
             if f.name in names and getattr(self, f.name) != getattr(default, f.name)
         ]
