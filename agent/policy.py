@@ -179,11 +179,13 @@ def storm_guard(
 ) -> tuple[int, int, int] | None:
     """(unhealthy, limit, total) when more nodes than `max_unhealthy` are unhealthy, else None.
 
-    Unhealthy: SUSPECT, DEAD or AGENT_LOST and not in maintenance.
+    Unhealthy: SUSPECT, DEAD or AGENT_LOST, not in maintenance and not fenced and kept out of
+    service (`cleanup: taint`: a known-dead node, not part of a new incident).
     """
     total = cluster.expected_nodes if cluster.expected_nodes is not None else len(verdicts)
     limit = cluster.max_unhealthy.limit(total)
-    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in cluster.maintenance)
+    settled = cluster.maintenance | frozenset(cluster.kept_out_of_service)
+    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in settled)
     return (unhealthy, limit, total) if unhealthy > limit else None
 
 

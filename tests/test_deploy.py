@@ -791,6 +791,7 @@ def test_every_api_call_of_maintenance_is_granted_by_the_maintenance_role(
     grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if g.role == maintenance]
     assert denied(grants, calls) == []  # enough on its own, when bound to a person
     assert unused(grants, calls) == []
+    assert [c for c in calls if c.code == 422] == []  # no unconditional update anywhere
 
 
 # -- the broker's shipped config and ACL on a real mosquitto ---------------------------------

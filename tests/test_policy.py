@@ -382,3 +382,10 @@ def test_every_inventory_node_deckhouse_also_fences_is_named_in_an_alert() -> No
     [alert] = d.alerts  # x9 has no BMC inventory entry: nodefence would not act on it
     assert alert.kind is AlertKind.DECKHOUSE_FENCING and alert.node == "w1"
     assert "mode Watchdog" in alert.message and "choose one" in alert.message
+
+
+def test_a_node_kept_out_of_service_does_not_count_towards_the_storm_guard() -> None:
+    verdicts = fleet(5, dead=3)  # 40% of 5 tolerates 2
+    assert run(verdicts, max_unhealthy="40%").frozen
+    d = run(verdicts, max_unhealthy="40%", kept_out_of_service={"w0": "op-1"})
+    assert not d.frozen and d.fence == ["w1", "w2"]
