@@ -26,7 +26,7 @@ RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 RECOVERY_BOUND = 5.0  # seconds from the Node deletion to its ColdStandby VMs running elsewhere
 # The no-release scenario: PodGC's 40 s quarantine and the 6-minute detach timeout, compressed.
-NO_RELEASE_TIMERS = ControllerTimers().compressed(30.0)
+NO_RELEASE_TIMERS = ControllerTimers().compressed(45.0)
 
 
 class Says(Protocol):
@@ -102,7 +102,7 @@ def settle_after_the_fence(cluster: SimCluster, tl: Says, victims: list[str]) ->
     if _fencing(cluster).get("cleanup", "delete") != "taint":
         return
     tl.add(victims[0], "(watching for a second fence of the same node)")
-    time.sleep(8.0)
+    time.sleep(6.0)  # one and a half detection windows of the fast profile
 
 
 # ---- no release --------------------------------------------------------------------------------
