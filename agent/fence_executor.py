@@ -137,6 +137,7 @@ class FenceExecutor:
         self.reports = FenceReporter(api)
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
+        self._released_once: set[str] = set()  # nodes whose attachments were looked at
         self.self_fence = self_fence
         self.backend_factory = backend_factory
         self.new_id = new_id
@@ -209,6 +210,7 @@ class FenceExecutor:
             self._unreachable.pop(node, None)
             self._decided.pop(node, None)
             self._held.discard(node)
+            self._released_once.discard(node)
 
     async def _adopt_or_start(self, node: str, uid: str) -> None:
         record: dict[str, Any] | None = None
@@ -381,8 +383,9 @@ class FenceExecutor:
             await self._leader_or_stop()
             return await release_pods(self.api, op)
         if action is Action.RELEASE_ATTACHMENTS:
-            if op.attachments_removed or op.pods_deleted:  # pace the re-checks after the first
+            if op.node in self._released_once:  # pace the re-checks, look at once the first time
                 await asyncio.sleep(self.check_interval)
+            self._released_once.add(op.node)
             await self._leader_or_stop()
             return await release_attachments(self.api, op)
         if action is Action.AWAIT_RETURN:

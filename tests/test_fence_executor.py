@@ -7,6 +7,7 @@ cases run on the simulated cluster (tests/test_e2e_safety.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any, cast
 
@@ -514,3 +515,26 @@ async def test_cleanup_taint_keeps_the_node_and_untaints_it_once_ready_and_heart
     assert not api.nodes[N].tainted and not api.nodes[N].fenced_by
     assert api.calls[api.calls.index("untaint") - 1] == "confirm_leader"
     assert "FenceUntainted" in api.events
+
+
+async def test_attachments_someone_else_is_deleting_are_waited_for_at_the_check_pace(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    api.attachments.append(["csi-a", N, "pvc-prod-a", True])  # already being deleted
+    api.detach_after = 2
+    loop = asyncio.get_running_loop()
+    looks: list[float] = []
+    listing = api.list_volume_attachments
+
+    async def timed(node: str) -> Any:
+        looks.append(loop.time())
+        return await listing(node)
+
+    api.list_volume_attachments = timed  # type: ignore[method-assign]
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert len(looks) == 3
+    assert not [c for c in api.calls if c.startswith("delete_attachment")]  # not ours to delete
+    assert all(b - a >= 0.01 for a, b in itertools.pairwise(looks))  # check_interval
