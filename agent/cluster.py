@@ -18,6 +18,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from agent.cluster_error import ClusterError
+from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY, ReleaseCalls
 from agent.node_label import NODE_LABEL, node_selector
 
 T = TypeVar("T")
@@ -38,12 +40,16 @@ MAINTENANCE_CORDON_ANNOTATION = "nodefence.io/maintenance-cordon"
 VMOP_PLURAL = "virtualmachineoperations"
 
 
-class ClusterError(Exception):
-    """A Kubernetes API call failed; `status` is the HTTP status when there was one."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["ClusterApi", "ClusterError", "LeaseInfo", "NodeInfo", "load_api_client"]
+# Deckhouse node-manager's fencing: the label on nodes of a NodeGroup with spec.fencing, its
+# mode, and the annotations with which its fencing leaves a node alone (maintenance, updates).
+DECKHOUSE_FENCING_LABEL = "node-manager.deckhouse.io/fencing-enabled"
+DECKHOUSE_FENCING_MODE_LABEL = "node-manager.deckhouse.io/fencing-mode"
+DECKHOUSE_MAINTENANCE_ANNOTATIONS = (
+    "node-manager.deckhouse.io/fencing-disable",
+    "update.node.deckhouse.io/disruption-approved",
+    "update.node.deckhouse.io/approved",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class NodeInfo:
     cordoned_by_maintenance: bool = False  # `maintenance enter` made the cordon
     allocatable_cpu: str = ""  # status.allocatable quantities ("" when not reported)
     allocatable_memory: str = ""
+    out_of_service: bool = False  # carries node.kubernetes.io/out-of-service
+    fenced_by: str = ""  # nodefence's mark: the operation that tainted it
+    deckhouse_fencing: str = ""  # Deckhouse fencing mode (Watchdog, Notify) when enabled
+    deckhouse_maintenance: str = ""  # the Deckhouse annotation that disables its fencing
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,10 @@ def _node_info(n: Any) -> NodeInfo:
     labels = n.metadata.labels or {}
     annotations = n.metadata.annotations or {}
     allocatable = (status.allocatable if status else None) or {}
+    taints = (n.spec.taints or []) if n.spec else []
+    fencing = ""
+    if DECKHOUSE_FENCING_LABEL in labels:
+        fencing = labels.get(DECKHOUSE_FENCING_MODE_LABEL) or "Watchdog"
     return NodeInfo(
         name=n.metadata.name,
         uid=n.metadata.uid or "",
@@ -133,6 +147,12 @@ def _node_info(n: Any) -> NodeInfo:
         cordoned_by_maintenance=annotations.get(MAINTENANCE_CORDON_ANNOTATION) == "true",
         allocatable_cpu=str(allocatable.get("cpu") or ""),
         allocatable_memory=str(allocatable.get("memory") or ""),
+        out_of_service=any(t.key == OUT_OF_SERVICE_KEY for t in taints),
+        fenced_by=annotations.get(FENCED_ANNOTATION) or "",
+        deckhouse_fencing=fencing,
+        deckhouse_maintenance=next(
+            (a for a in DECKHOUSE_MAINTENANCE_ANNOTATIONS if a in annotations), ""
+        ),
     )
 
 
@@ -152,13 +172,14 @@ def _lease_info(obj: Any) -> LeaseInfo:
     )
 
 
-class ClusterApi:
+class ClusterApi(ReleaseCalls):
     """Async, deadline-bounded access to the objects nodefence reads and writes."""
 
     def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:
         self.api_client = api_client
         self.timeout = timeout
         self.core = k8s.CoreV1Api(api_client)
+        self.storage = k8s.StorageV1Api(api_client)
         self.coordination = k8s.CoordinationV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
 
@@ -210,10 +231,13 @@ class ClusterApi:
             lambda: self.core.patch_node(node, body, _request_timeout=self.timeout),
         )
 
-    async def taint_out_of_service(self, node: str, uid: str | None = None) -> bool:
-        """Put the out-of-service NoExecute taint on the Node (idempotent). False when the Node
-        no longer exists, or (with `uid`) is another object than the one decided dead. Taints
-        are an atomic list: read-modify-write with resourceVersion."""
+    async def taint_out_of_service(
+        self, node: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
+        """Put the out-of-service NoExecute taint on the Node (idempotent) and, with
+        `operation`, nodefence's mark naming it. False when the Node no longer exists, or
+        (with `uid`) is another object than the one decided dead. Taints are an atomic list:
+        read-modify-write with resourceVersion."""
         for _ in range(5):
             try:
                 obj = await self._call_any(
@@ -227,12 +251,17 @@ class ClusterApi:
             if uid is not None and obj.metadata.uid != uid:
                 return False  # re-registered since the decision: never touch the new Node
             taints = list(obj.spec.taints or []) if obj.spec else []
-            if any(
+            marked = not operation or (obj.metadata.annotations or {}).get(FENCED_ANNOTATION)
+            if marked and any(
                 t.key == OUT_OF_SERVICE_TAINT["key"] and t.effect == "NoExecute" for t in taints
             ):
                 return True
+            taints = [t for t in taints if t.key != OUT_OF_SERVICE_TAINT["key"]]
+            meta: dict[str, Any] = {"resourceVersion": obj.metadata.resource_version}
+            if operation:
+                meta["annotations"] = {FENCED_ANNOTATION: operation}
             body = {
-                "metadata": {"resourceVersion": obj.metadata.resource_version},
+                "metadata": meta,
                 "spec": {
                     "taints": [
                         *({"key": t.key, "value": t.value, "effect": t.effect} for t in taints),
@@ -254,47 +283,6 @@ class ClusterApi:
                 if err.status != 409:
                     raise
         raise ClusterError(f"taint node {node}: kept conflicting with other writers")
-
-    async def untaint_out_of_service(self, node: str, uid: str | None = None) -> bool:
-        """Remove the out-of-service taint (a node whose proof turned out stale runs again).
-        False when the Node (with `uid`: that object) no longer exists. Read-modify-write with
-        resourceVersion, as for the taint."""
-        for _ in range(5):
-            try:
-                obj = await self._call_any(
-                    f"read node {node}",
-                    lambda: self.core.read_node(node, _request_timeout=self.timeout),
-                )
-            except ClusterError as err:
-                if err.status == 404:
-                    return False
-                raise
-            if uid is not None and obj.metadata.uid != uid:
-                return False
-            taints = list(obj.spec.taints or []) if obj.spec else []
-            kept = [t for t in taints if t.key != OUT_OF_SERVICE_TAINT["key"]]
-            if len(kept) == len(taints):
-                return True
-            body = {
-                "metadata": {"resourceVersion": obj.metadata.resource_version},
-                "spec": {
-                    "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in kept]
-                },
-            }
-            try:
-                await self._call(
-                    f"untaint node {node}",
-                    lambda b=body: self.core.patch_node(  # type: ignore[misc]
-                        node, b, _request_timeout=self.timeout
-                    ),
-                )
-                return True
-            except ClusterError as err:
-                if err.status == 404:
-                    return False
-                if err.status != 409:
-                    raise
-        raise ClusterError(f"untaint node {node}: kept conflicting with other writers")
 
     async def delete_node(self, node: str, uid: str | None = None) -> None:
         """Delete the Node (with `uid`: only that object, a uid precondition); an already

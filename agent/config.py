@@ -34,6 +34,10 @@ password) come only from a file or an environment variable and are held as `Secr
     fencing:
       max_parallel: 2               # fencing operations at once
       after_proof: off              # off (leave it off) | reboot (power on after cleanup)
+      cleanup: delete               # delete (the Node) | taint (keep it, out-of-service)
+      release: true                 # force-delete its pods, remove its VolumeAttachments
+      release_timeout: 60           # how long its VolumeAttachments may take to go
+      return_timeout: 900           # cleanup taint + reboot: wait this long for it to return
       retry_base: 5                 # FenceFailed retries: 5 s, 10 s, ... up to retry_max
       retry_max: 60
       recovery_timeout: 300         # how long to wait for ColdStandby VMs to run elsewhere
@@ -126,6 +130,10 @@ class FencingConfig:
 
     max_parallel: int = 2
     after_proof: Literal["off", "reboot"] = "off"
+    cleanup: Literal["delete", "taint"] = "delete"
+    release: bool = True
+    release_timeout: float = 60.0
+    return_timeout: float = 900.0
     retry_base: float = 5.0
     retry_max: float = 60.0
     recovery_timeout: float = 300.0
@@ -206,6 +214,10 @@ _TOP = {
 _FENCING = {
     "max_parallel",
     "after_proof",
+    "cleanup",
+    "release",
+    "release_timeout",
+    "return_timeout",
     "retry_base",
     "retry_max",
     "recovery_timeout",
@@ -325,9 +337,16 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
     after = r.string(f, "after_proof", "off", "fencing.after_proof")
     if after not in ("off", "reboot"):
         raise ConfigError(path, "fencing.after_proof", f"must be off or reboot, got {brief(after)}")
+    cleanup = r.string(f, "cleanup", "delete", "fencing.cleanup")
+    if cleanup not in ("delete", "taint"):
+        raise ConfigError(path, "fencing.cleanup", f"must be delete or taint, got {brief(cleanup)}")
     fencing = FencingConfig(
         max_parallel=r.integer(f, "max_parallel", 2, 1, 100, "fencing.max_parallel"),
         after_proof=after,  # type: ignore[arg-type]
+        cleanup=cleanup,  # type: ignore[arg-type]
+        release=r.boolean(f, "release", True, "fencing.release"),
+        release_timeout=r.number(f, "release_timeout", 60.0, 0.1, "fencing.release_timeout"),
+        return_timeout=r.number(f, "return_timeout", 900.0, 1.0, "fencing.return_timeout"),
         retry_base=r.number(f, "retry_base", 5.0, 0.01, "fencing.retry_base"),
         retry_max=r.number(f, "retry_max", 60.0, 0.01, "fencing.retry_max"),
         recovery_timeout=r.number(f, "recovery_timeout", 300.0, 0.1, "fencing.recovery_timeout"),

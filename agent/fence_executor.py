@@ -1,8 +1,9 @@
 """Drives the pure fencing state machine (`agent.fencing`) for each dead node.
 
 Thin on purpose: it asks `next_action`, does exactly that one thing (power walk through the
-BMC topology, VM snapshot, taint, delete, power-on after a reboot, VM check), folds the result
-in with `apply`, and stores the record (`agent.fence_store`) before going on. Before every
+BMC topology, VM snapshot, taint, release of pods and VolumeAttachments (`agent.fence_release`),
+delete, power-on after a reboot, VM check, the node's return and untaint), folds the result in
+with `apply`, and stores the record (`agent.fence_store`) before going on. Before every
 irreversible step it renews the leader Lease (`confirm_leader`); the first power-off request
 of an operation passes `agent.fence_guard` (the point of no return stored, the Node read fresh,
 life since this leader's decision looked for). A record another writer changed makes it step
@@ -27,12 +28,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_evidence import EvidenceBook
 from agent.fence_guard import WalkGuard
+from agent.fence_release import node_returned, release_attachments, release_pods
 from agent.fence_reports import FenceReporter
 from agent.fence_store import RecordStore, Superseded
 from agent.fence_vms import snapshot_vms, vms_seen
@@ -40,6 +42,7 @@ from agent.fencing import (
     FINAL,
     Action,
     Cancelled,
+    Cleanup,
     Event,
     FenceDone,
     NodeDeleted,
@@ -50,7 +53,7 @@ from agent.fencing import (
     SelfFenced,
     Tainted,
     Timing,
-    VmOutcome,
+    Untainted,
     apply,
     next_action,
 )
@@ -64,7 +67,16 @@ from backends.registry import build_backend
 log = logging.getLogger("nodefence.fencing")
 
 ConfirmLeader = Callable[[], Awaitable[None]]
-AliveSince = Callable[[str, float], str | None]
+
+
+class AliveSince(Protocol):
+    """Evidence of life of `node` after `since` (see `LeaderSide.alive_since`)."""
+
+    def __call__(self, node: str, since: float, *, certain: bool = False) -> str | None:
+        """See `LeaderSide.alive_since`."""
+        ...
+
+
 # node, marked_at, decided_at, unreachable -> (proven, why)
 SelfFenceCheck = Callable[[str, float, float, bool], tuple[bool, str]]
 # node -> what the leader knew when it declared the node dead (agent.fence_evidence)
@@ -115,6 +127,9 @@ class FenceExecutor:
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:8],
         decision_facts: DecisionFacts | None = None,
         lease_generation: LeaseGeneration | None = None,
+        cleanup: Cleanup = Cleanup.DELETE,
+        release: bool = True,
+        last_heartbeat: Callable[[str], float | None] = lambda node: None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -125,6 +140,9 @@ class FenceExecutor:
         self.in_maintenance = in_maintenance
         self.timing = timing or Timing()
         self.after_proof = after_proof
+        self.cleanup = cleanup
+        self.release = release
+        self.last_heartbeat = last_heartbeat
         self.check_interval = check_interval
         self.reconcile_interval = reconcile_interval
         self.clock = clock
@@ -136,6 +154,7 @@ class FenceExecutor:
         self.reports = FenceReporter(api)
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
+        self._released_once: set[str] = set()  # nodes whose attachments were looked at
         self.self_fence = self_fence
         self.backend_factory = backend_factory
         self.new_id = new_id
@@ -202,9 +221,12 @@ class FenceExecutor:
         except Exception as err:
             log.warning("not ending the held operation of %s: %s", node, err)
             return
-        self._held.discard(node)
         event: Event = PoweredOnAgain(reason) if op.off_proven else Cancelled(reason)
-        op = apply(op, event, self.clock(), self.timing)
+        ended = apply(op, event, self.clock(), self.timing)
+        if not ended.final:
+            return  # past the point where it could be ended (its VMs were let go): goes on
+        self._held.discard(node)
+        op = ended
         self.operations[node] = op
         log.warning("fencing node=%s op=%s: %s", node, op.id, reason)
         try:
@@ -233,6 +255,7 @@ class FenceExecutor:
             self._decided.pop(node, None)
             self._held.discard(node)
             self.evidence.forget(node)
+            self._released_once.discard(node)
 
     async def _adopt_or_start(self, node: str, uid: str) -> None:
         record: dict[str, Any] | None = None
@@ -251,7 +274,8 @@ class FenceExecutor:
             log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
         else:
             op = Operation(node=node, id=self.new_id(), node_uid=uid)
-            op = replace(op, reboot=self.after_proof == "reboot")
+            reboot = self.after_proof == "reboot"
+            op = replace(op, reboot=reboot, cleanup=self.cleanup, release=self.release)
             self.store.forget(node)  # marked when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
@@ -351,11 +375,8 @@ class FenceExecutor:
         step (a taint, a deletion) ever goes out before the state that allows it is in the
         record: a successor, or an operator, always sees at least what was done."""
         node = op.node
-        stored_phase: Phase | None = None
-        stored_vms: tuple[VmOutcome, ...] | None = None
-        dirty = not self.store.has(node)
-        if not dirty:
-            stored_phase, stored_vms = op.phase, op.vms
+        stored: Operation | None = None if not self.store.has(node) else op  # last saved
+        dirty = stored is None
         try:
             while True:
                 if dirty:
@@ -370,14 +391,16 @@ class FenceExecutor:
                         await asyncio.sleep(self.check_interval)
                         continue
                     dirty = False
-                    if stored_phase is None:
+                    if stored is None:
                         await self.reports.event(
                             op, "FenceStarted", f"fencing started: {node} declared dead", True
                         )
-                    elif op.phase is not stored_phase:
-                        await self.reports.phase_changed(op)
-                    await self.reports.vm_events(op, stored_vms)
-                    stored_phase, stored_vms = op.phase, op.vms
+                    else:
+                        if op.phase is not stored.phase:
+                            await self.reports.phase_changed(op)
+                        await self.reports.release_events(op, stored)
+                    await self.reports.vm_events(op, stored.vms if stored else None)
+                    stored = op
                 if op.final:
                     break
                 action = next_action(op, self.clock())
@@ -391,7 +414,7 @@ class FenceExecutor:
                     continue
                 walked = self.operations[node]  # the power walk may have advanced it
                 if walked != op:
-                    op, stored_phase = walked, walked.phase  # stored by the walk's guard
+                    op = stored = walked  # stored by the walk's guard
                 if event is None:
                     continue
                 after = apply(op, event, self.clock(), self.timing)
@@ -405,8 +428,8 @@ class FenceExecutor:
                     self._export_phases()
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
             metrics.OPERATIONS.labels(op.phase.value).inc()
-            if op.phase is Phase.RECOVERED and op.deleted_at is not None:
-                metrics.RECOVERY.observe(self.clock() - op.deleted_at)
+            if op.phase is Phase.RECOVERED and op.recovery_start is not None:
+                metrics.RECOVERY.observe(self.clock() - op.recovery_start)
         except Superseded:
             log.warning(
                 "fencing record of %s was updated by another writer; stepping back and"
@@ -443,9 +466,34 @@ class FenceExecutor:
             if again is not None:
                 return again
             await self._leader_or_stop(op, "taint")
-            await self.api.taint_out_of_service(op.node, op.node_uid or None)
+            await self.api.taint_out_of_service(op.node, op.node_uid or None, op.id)
             self.evidence.step(op.node, op.id, "tainted", nodeUID=op.node_uid)
             return Tainted()
+        if action is Action.RELEASE_PODS:
+            # Releasing its pods lets its VMs start elsewhere: the last moment a stale proof
+            # (the machine running again) can still be caught.
+            again = await self._proof_stale(op)
+            if again is not None:
+                await self._untaint_if_voided(apply(op, again, self.clock(), self.timing))
+                return again
+            await self._leader_or_stop(op, "release-pods")
+            return await release_pods(self.api, op)
+        if action is Action.RELEASE_ATTACHMENTS:
+            if op.node in self._released_once:  # pace the re-checks, look at once the first time
+                await asyncio.sleep(self.check_interval)
+            self._released_once.add(op.node)
+            await self._leader_or_stop(op, "release-attachments")
+            return await release_attachments(self.api, op)
+        if action is Action.AWAIT_RETURN:
+            back = await node_returned(self.api, op, self.last_heartbeat, self.clock())
+            if not back.back:
+                await asyncio.sleep(self.check_interval)
+            return back
+        if action is Action.UNTAINT:
+            await self._leader_or_stop(op, "untaint")
+            await self.api.remove_out_of_service(op.node, op.node_uid or None)
+            log.warning("node %s is back: out-of-service taint removed", op.node)
+            return Untainted()
         if action is Action.DELETE_NODE:
             again = await self._proof_stale(op)
             if again is not None:
@@ -471,10 +519,13 @@ class FenceExecutor:
         """Before a cleanup step: does the machine run again since its Off was proven? Life
         seen since the proof (or since this leader took the operation over), or a device of
         the level that proved Off reading On now. A device that cannot be read proves
-        nothing either way (a watchdog proof has no BMC to ask)."""
+        nothing either way (a watchdog proof has no BMC to ask). Once its VMs were let go
+        (pods released, Node deleted) there is nothing left to protect: they died with the Off."""
+        if op.vms_let_go:
+            return None
         since = op.proven_at if op.proven_at is not None else self.store.marked_at.get(op.node)
         if since is not None:
-            evidence = self.alive_since(op.node, since)
+            evidence = self.alive_since(op.node, since, certain=True)
             if evidence:
                 return PoweredOnAgain(evidence)
         inventory = self.inventory()
@@ -497,7 +548,7 @@ class FenceExecutor:
         if op.phase is not Phase.ABORTED or not (op.off_proven and op.tainted):
             return
         try:
-            await self.api.untaint_out_of_service(op.node, op.node_uid or None)
+            await self.api.remove_out_of_service(op.node, op.node_uid or None)
         except ClusterError as err:
             log.error(
                 "node %s runs again but its out-of-service taint could not be removed: %s;"

@@ -33,15 +33,37 @@ class FenceReporter:
         reason = op.phase.value if op.phase.value.startswith("Fence") else f"Fence{op.phase.value}"
         await self.event(op, reason, op.reason or op.phase.value, warning)
 
+    async def release_events(self, op: Operation, before: Operation) -> None:
+        """One Event per release step when it is done (taint, pods, attachments, untaint)."""
+        if op.tainted and not before.tainted:
+            what = f"{op.node} tainted node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"
+            await self.event(op, "FenceTainted", what, False)
+        if op.pods_released and not before.pods_released:
+            what = f"force-deleted {op.pods_deleted} pods bound to {op.node}"
+            await self.event(op, "FenceReleasedPods", what, False)
+        if op.attachments_released and not before.attachments_released:
+            what = (
+                f"no volume attached to {op.node} any more ({op.attachments_removed}"
+                " VolumeAttachments removed by nodefence)"
+            )
+            if op.errors and op.errors != before.errors:
+                what += f" ({op.errors[-1]})"
+            await self.event(op, "FenceReleasedAttachments", what, op.errors != before.errors)
+        if op.powered_on and not before.powered_on:
+            await self.event(op, "FencePoweredOn", f"{op.node} powered on again", False)
+        if op.untainted and not before.untainted:
+            await self.event(op, "FenceUntainted", f"{op.node} is back: taint removed", False)
+
     async def vm_events(self, op: Operation, before: tuple[VmOutcome, ...] | None) -> None:
         """One Event per VM when it is seen running elsewhere, or given up at the deadline."""
         old = {v.key: v for v in before or ()}
         for vm in op.vms or ():
             was = old.get(vm.key)
             if vm.running_on and (was is None or not was.running_on) and vm.expected_restart:
+                what = "deleted" if op.node_deleted else "released"
                 msg = (
                     f"[{op.id}] running on {vm.running_on} "
-                    f"{vm.recovered_after or 0:.1f} s after {op.node} was deleted"
+                    f"{vm.recovered_after or 0:.1f} s after {op.node} was {what}"
                 )
                 metrics.VM_RECOVERY.observe(vm.recovered_after or 0.0)
                 await self._vm_event(vm, "VMRecoveredAfterFence", msg, False)

@@ -2,23 +2,36 @@
 
     Pending -> Fencing -> PoweredOff -> Cleaned -> Recovering -> Recovered
                   |  ^                                      \\-> RecoveryIncomplete
-                  v  |
+                  v  |                      (cleanup taint + reboot: -> Returning -> ...)
                FenceFailed (retry with backoff; the Node is never deleted from here)
     Pending/Fencing before the power-off request was sent -> Aborted (node came back)
 
-With `reboot` (after_proof: reboot) the node is powered on again only after its Node was
-deleted and that is stored: DELETE_NODE -> POWER_ON -> CHECK_VMS.
+Once Off is proven the node is released, step by step, each stored before the next:
+SNAPSHOT_VMS -> TAINT (out-of-service) -> RELEASE_PODS (force-delete every pod bound to it) ->
+RELEASE_ATTACHMENTS (delete its VolumeAttachments, wait until they and the Node's
+`volumesAttached` are gone, at most `release_timeout`) -> DELETE_NODE (`cleanup: delete`) ->
+CHECK_VMS. The taint comes first: the attach/detach controller detaches a volume still mounted
+on a dead node at once only while it sees that taint on the Node. With `release` off the two
+release steps are skipped (PodGC and the 6-minute detach timeout then free them).
+
+With `reboot` (after_proof: reboot) the node is powered on again only after the cleanup is
+stored (its Node deleted, or with `cleanup: taint` released): ... -> POWER_ON -> CHECK_VMS. With
+`cleanup: taint` the Node is kept, tainted; after a reboot the operation waits (`Returning`,
+at most `return_timeout`) until the node is Ready and its agent heartbeats again, removes the
+taint (UNTAINT), and only then ends: the node is never fenced again for the same incident.
 
 `next_action(op, now)` says what the executor must do next; `apply(op, event, now)` folds the
 result back into a new `Operation`. Safety lives here and is tested exhaustively:
-- taint and delete are only ever planned after `off_proven`;
+- taint, the release of pods and VolumeAttachments, delete, power-on and untaint are only ever
+  planned after `off_proven`; the release only from a tainted Node, the untaint only from a
+  node that came back;
 - once `power_off_sent` is set (the point of no return) a node coming back does not abort the
   operation: it runs on to proof, cleanup and recovery;
 - a node coming back, or entering maintenance, before that point aborts the operation;
-- `PoweredOnAgain` ends an operation whose Off was proven but whose Node is not deleted yet,
-  when the machine shows it runs again (powered on by someone, a BMC's power-restore policy):
-  the proof is stale, and deleting the Node of a running machine would start its VMs twice.
-  The operation ends Aborted with the Node kept (the executor removes its taint, if any);
+- `PoweredOnAgain` ends an operation whose Off was proven but whose VMs were not let go yet
+  (pods not released, Node not deleted), when the machine shows it runs again (powered on by
+  someone, a BMC's power-restore policy): the proof is stale, and letting its VMs go would
+  start them twice. The operation ends Aborted with the Node kept (its taint removed);
 - `Cancelled` aborts any operation whose Off is not proven: the executor reports it only when
   it knows no power-off went out (its last check after storing PowerOffSending found the node
   alive or in maintenance), or when a new leader resumed the operation without deciding the
@@ -30,9 +43,69 @@ result back into a new `Operation`. Safety lives here and is tested exhaustively
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+
+from agent.fencing_events import (
+    AttachmentsReleased,
+    Cancelled,
+    Event,
+    FenceDone,
+    Maintenance,
+    NodeAlive,
+    NodeDeleted,
+    PodsReleased,
+    PoweredOn,
+    PoweredOnAgain,
+    PowerOffSending,
+    ReturnChecked,
+    SelfFenced,
+    SendWithdrawn,
+    Tainted,
+    Untainted,
+    VmOutcome,
+    VmsSeen,
+    VmsSnapshotted,
+)
+
+__all__ = [
+    "FINAL",
+    "RESTART_POLICIES",
+    "Action",
+    "AttachmentsReleased",
+    "Cancelled",
+    "Cleanup",
+    "Event",
+    "FenceDone",
+    "Maintenance",
+    "NodeAlive",
+    "NodeDeleted",
+    "Operation",
+    "Phase",
+    "PodsReleased",
+    "PowerOffSending",
+    "PoweredOn",
+    "PoweredOnAgain",
+    "ReturnChecked",
+    "SelfFenced",
+    "SendWithdrawn",
+    "Tainted",
+    "Timing",
+    "Untainted",
+    "VmOutcome",
+    "VmsSeen",
+    "VmsSnapshotted",
+    "apply",
+    "next_action",
+]
 
 RESTART_POLICIES = frozenset({"AlwaysOn", "AlwaysOnUnlessStoppedManually"})
+
+
+class Cleanup(enum.StrEnum):
+    """What happens to the Node once Off is proven (`fencing.cleanup`)."""
+
+    DELETE = "delete"  # taint out-of-service, release pods and volumes, delete the Node
+    TAINT = "taint"  # taint out-of-service, release pods and volumes, keep the Node
 
 
 class Phase(enum.StrEnum):
@@ -46,6 +119,7 @@ class Phase(enum.StrEnum):
     RECOVERING = "Recovering"
     RECOVERED = "Recovered"
     RECOVERY_INCOMPLETE = "RecoveryIncomplete"
+    RETURNING = "Returning"  # cleanup taint + reboot: VMs judged, waiting for the node to return
     ABORTED = "Aborted"
 
 
@@ -59,27 +133,14 @@ class Action(enum.StrEnum):
     WAIT_RETRY = "wait-retry"  # FenceFailed: wait until `retry_at`
     SNAPSHOT_VMS = "snapshot-vms"  # record the VMs on the node before it is deleted
     TAINT = "taint"  # node.kubernetes.io/out-of-service=nodeshutdown:NoExecute (guarded)
+    RELEASE_PODS = "release-pods"  # force-delete every pod bound to the node (guarded)
+    RELEASE_ATTACHMENTS = "release-attachments"  # delete its VolumeAttachments (guarded)
     DELETE_NODE = "delete-node"  # (guarded)
     POWER_ON = "power-on"  # after_proof reboot: only once the deletion is stored (guarded)
     CHECK_VMS = "check-vms"  # are the restartable VMs Running elsewhere?
+    AWAIT_RETURN = "await-return"  # cleanup taint + reboot: Ready and heartbeating again?
+    UNTAINT = "untaint"  # remove the out-of-service taint of a node that came back (guarded)
     NONE = "none"  # final
-
-
-@dataclass(frozen=True)
-class VmOutcome:
-    """One VM that ran on the fenced node and what became of it."""
-
-    namespace: str
-    name: str
-    run_policy: str
-    expected_restart: bool
-    running_on: str | None = None
-    recovered_after: float | None = None  # seconds from node deletion to Running elsewhere
-
-    @property
-    def key(self) -> str:
-        """namespace/name."""
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -107,130 +168,54 @@ class Operation:
     reboot: bool = False  # after_proof reboot: power on once the Node deletion is stored
     powered_on: bool | None = None  # reboot: None not tried yet, else whether it worked
     proven_at: float | None = None  # when this process saw the proof (monotonic; not stored)
+    cleanup: Cleanup = Cleanup.DELETE
+    release: bool = True  # force-delete the node's pods and remove its VolumeAttachments
+    pods_released: bool = False
+    pods_deleted: int = 0
+    attachments_released: bool = False
+    attachments_removed: int = 0
+    release_deadline: float | None = None  # VolumeAttachments still there then: go on anyway
+    released_at: float | None = None  # cleanup taint: released, the recovery clock started
+    powered_on_at: float | None = None
+    verdict: Phase | None = None  # Returning: the VMs' verdict, final once the node returned
+    returned: bool = False  # Returning: the node is Ready and heartbeats again
+    untainted: bool = False
+    return_deadline: float | None = None
 
     @property
     def final(self) -> bool:
         """True once nothing more will happen."""
         return self.phase in FINAL
 
+    @property
+    def released(self) -> bool:
+        """Tainted, and (with `release`) its pods and VolumeAttachments released."""
+        done = not self.release or (self.pods_released and self.attachments_released)
+        return self.tainted and done
 
-# -- events the executor reports -------------------------------------------------------------
+    @property
+    def vms_let_go(self) -> bool:
+        """Its VMs may start elsewhere now: its pods were released or its Node deleted (past
+        this, a machine running again no longer voids the proof: its VMs died with the Off)."""
+        return self.node_deleted or self.pods_released or self.released_at is not None
 
-
-@dataclass(frozen=True)
-class NodeAlive:
-    """Heartbeats or the kubelet came back (checked right before the power-off request)."""
-
-    evidence: str
-
-
-@dataclass(frozen=True)
-class Maintenance:
-    """The node entered maintenance mode."""
-
-
-@dataclass(frozen=True)
-class PowerOffSending:
-    """The executor is about to send the first power-off request: the point of no return."""
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    """Abort although PowerOffSending may be stored: no power-off went out (or this leader
-    never decided the node dead), and the node is alive or in maintenance."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class PoweredOnAgain:
-    """After a proven Off, before the Node was deleted: the machine runs again (its BMC reads
-    On, or the node showed life since the proof)."""
-
-    evidence: str
-
-
-@dataclass(frozen=True)
-class SendWithdrawn:
-    """PowerOffSending was stored but the request never went out (the last checks could not
-    be made): a failed attempt, retried with backoff, and the point of no return undone."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class FenceDone:
-    """The topology walk ended: `off_proven` or not, with the errors it met."""
-
-    off_proven: bool
-    level: int | None = None
-    errors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SelfFenced:
-    """The node's BMC cannot be reached and its watchdog deadline has provably passed."""
-
-    evidence: str
-
-
-@dataclass(frozen=True)
-class VmsSnapshotted:
-    """The VMs that ran on the node, and a capacity warning ("" when there is room)."""
-
-    vms: tuple[VmOutcome, ...]
-    capacity_warning: str = ""
-
-
-@dataclass(frozen=True)
-class Tainted:
-    """The out-of-service taint is on the Node (or the Node is already gone)."""
-
-
-@dataclass(frozen=True)
-class NodeDeleted:
-    """The Node object is gone."""
-
-
-@dataclass(frozen=True)
-class PoweredOn:
-    """after_proof reboot: the power-on after the deletion was tried (`ok`, or the error)."""
-
-    ok: bool
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class VmsSeen:
-    """Where each snapshotted VM runs now: key -> node name, or None when not Running."""
-
-    running: dict[str, str | None] = field(default_factory=dict)
-
-
-Event = (
-    NodeAlive
-    | Maintenance
-    | PowerOffSending
-    | FenceDone
-    | SelfFenced
-    | VmsSnapshotted
-    | Tainted
-    | NodeDeleted
-    | PoweredOn
-    | VmsSeen
-    | Cancelled
-    | SendWithdrawn
-    | PoweredOnAgain
-)
+    @property
+    def recovery_start(self) -> float | None:
+        """When the recovery clock started: the Node deleted (cleanup delete) or released
+        (cleanup taint); None before."""
+        return self.deleted_at if self.cleanup is Cleanup.DELETE else self.released_at
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Retry backoff and the recovery deadline, in seconds."""
+    """Retry backoff, the recovery deadline, how long released VolumeAttachments may take to
+    go and (cleanup taint + reboot) a powered-on node to return, in seconds."""
 
     retry_base: float = 5.0
     retry_max: float = 60.0
     recovery_timeout: float = 300.0
+    release_timeout: float = 60.0
+    return_timeout: float = 900.0
 
     def retry_delay(self, attempts: int) -> float:
         """Pause after the `attempts`-th failed walk (1-based)."""
@@ -250,10 +235,16 @@ def next_action(op: Operation, now: float) -> Action:
         return Action.SNAPSHOT_VMS
     if not op.tainted:
         return Action.TAINT
-    if not op.node_deleted:
+    if op.release and not op.pods_released:
+        return Action.RELEASE_PODS
+    if op.release and not op.attachments_released:
+        return Action.RELEASE_ATTACHMENTS
+    if op.cleanup is Cleanup.DELETE and not op.node_deleted:
         return Action.DELETE_NODE
     if op.reboot and op.powered_on is None:
         return Action.POWER_ON
+    if op.phase is Phase.RETURNING:
+        return Action.UNTAINT if op.returned else Action.AWAIT_RETURN
     return Action.CHECK_VMS
 
 
@@ -279,13 +270,13 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
             return op  # proof is proof: cleanup and recovery go on
         return replace(op, phase=Phase.ABORTED, power_off_sent=False, reason=event.reason)
     if isinstance(event, PoweredOnAgain):
-        if not op.off_proven or op.node_deleted:
-            return op  # nothing proven to void, or too late: the Node is gone
+        if not op.off_proven or op.vms_let_go:
+            return op  # nothing proven to void, or too late: its VMs were let go already
         return replace(
             op,
             phase=Phase.ABORTED,
             reason=(
-                f"powered on again after the proof, before the Node was deleted"
+                f"powered on again after the proof, before its VMs were released"
                 f" ({event.evidence}): the Node is kept and its VMs stay where they run"
             ),
         )
@@ -347,60 +338,134 @@ def apply(op: Operation, event: Event, now: float, timing: Timing = Timing()) ->
     if not op.off_proven:
         return op  # nothing past the proof can happen before it
     if isinstance(event, VmsSnapshotted):
-        if op.node_deleted and op.vms is not None:
-            return op  # a snapshot after the deletion cannot be better; keep the outcomes
+        if op.vms is not None and (op.node_deleted or op.pods_released or op.released_at):
+            return op  # once its pods are gone a snapshot cannot be better; keep the outcomes
         return replace(op, vms=event.vms, capacity_warning=event.capacity_warning)
     if isinstance(event, Tainted):
-        return op if op.tainted else replace(op, tainted=True)  # never back from Recovering
+        if op.tainted:
+            return op  # never back from Recovering
+        return _maybe_released(replace(op, tainted=True), now, timing)
+    if isinstance(event, PodsReleased | AttachmentsReleased):
+        return _maybe_released(_fold_release(op, event, now, timing), now, timing)
     if isinstance(event, NodeDeleted):
         if op.node_deleted:
             return op  # a resumed or second leader: keep deleted_at and the deadline
         if not op.tainted:
             op = replace(op, tainted=True)
+        op = replace(op, node_deleted=True, deleted_at=now)
+        if op.recovery_deadline is not None:
+            return op  # cleanup taint, released already: the clock runs from the release
         return replace(
             op,
-            node_deleted=True,
             phase=Phase.RECOVERING,
-            deleted_at=now,
             recovery_deadline=now + timing.recovery_timeout,
             reason="node deleted; waiting for its ColdStandby VMs",
         )
     if isinstance(event, PoweredOn):
-        if not (op.reboot and op.node_deleted) or op.powered_on is not None:
+        if not op.reboot or op.recovery_start is None or op.powered_on is not None:
             return op
         if event.ok:
-            return replace(op, powered_on=True)
+            deadline = now + timing.return_timeout if op.cleanup is Cleanup.TAINT else None
+            return replace(op, powered_on=True, powered_on_at=now, return_deadline=deadline)
         return replace(
             op, powered_on=False, errors=(*op.errors, f"power-on after the fence: {event.error}")
         )
     if isinstance(event, VmsSeen):
-        # VMs are only judged once they were snapshotted and the Node is gone (CHECK_VMS).
-        return _fold_vms(op, event, now) if op.node_deleted and op.vms is not None else op
+        # VMs are only judged once they were snapshotted and the cleanup is done (CHECK_VMS).
+        if op.phase is Phase.RETURNING or op.recovery_start is None or op.vms is None:
+            return op
+        return _fold_vms(op, event, now)
+    if isinstance(event, ReturnChecked | Untainted):
+        return _fold_return(op, event, now, timing)
+    return op
+
+
+def _fold_release(
+    op: Operation, event: PodsReleased | AttachmentsReleased, now: float, timing: Timing
+) -> Operation:
+    """Count a release step; attachments still present only end it at `release_deadline`."""
+    if not op.release or not op.tainted:
+        return op  # releasing comes after the taint, and only when asked for
+    deadline = op.release_deadline
+    if deadline is None:
+        deadline = now + timing.release_timeout
+    if isinstance(event, PodsReleased):
+        if op.pods_released:
+            return op
+        total = op.pods_deleted + event.deleted
+        return replace(op, pods_released=True, pods_deleted=total, release_deadline=deadline)
+    if op.attachments_released or not op.pods_released:
+        return op
+    op = replace(op, attachments_removed=op.attachments_removed + event.removed)
+    op = replace(op, release_deadline=deadline)
+    if not event.remaining:
+        return replace(op, attachments_released=True)
+    if now < deadline:
+        return op
+    left = ", ".join(event.remaining)
+    note = f"still attached {timing.release_timeout:g} s after the release: {left}"
+    return replace(op, attachments_released=True, errors=(*op.errors, note))
+
+
+def _maybe_released(op: Operation, now: float, timing: Timing) -> Operation:
+    """cleanup taint: the release is complete: the VMs' recovery clock starts now."""
+    if op.cleanup is not Cleanup.TAINT or not op.released or op.released_at is not None:
+        return op
+    if op.recovery_deadline is not None:  # somebody deleted the Node: that clock runs already
+        return replace(op, released_at=now)
+    return replace(
+        op,
+        released_at=now,
+        phase=Phase.RECOVERING,
+        recovery_deadline=now + timing.recovery_timeout,
+        reason="node kept out of service and released; waiting for its ColdStandby VMs",
+    )
+
+
+def _fold_return(
+    op: Operation, event: ReturnChecked | Untainted, now: float, timing: Timing
+) -> Operation:
+    if op.phase is not Phase.RETURNING or op.verdict is None:
+        return op
+    if isinstance(event, Untainted):
+        if not op.returned:
+            return op
+        why = f"{op.reason}: out-of-service taint removed"
+        return replace(op, untainted=True, phase=op.verdict, reason=why)
+    if op.returned:
+        return op
+    if event.back:
+        return replace(op, returned=True, reason=f"{op.reason}; {op.node} back ({event.evidence})")
+    if op.return_deadline is not None and now >= op.return_deadline:
+        why = (
+            f"{op.reason}; {op.node} not back {timing.return_timeout:g} s after the power-on:"
+            " out-of-service taint kept (remove it once the node is repaired)"
+        )
+        return replace(op, phase=op.verdict, reason=why)
     return op
 
 
 def _fold_vms(op: Operation, event: VmsSeen, now: float) -> Operation:
     vms = []
+    start = op.recovery_start
     for vm in op.vms or ():
         where = event.running.get(vm.key, vm.running_on)
         waiting = vm.running_on is None or vm.running_on == op.node  # the snapshot's nodeName
         if vm.expected_restart and waiting and where and where != op.node:
-            since = now - op.deleted_at if op.deleted_at is not None else None
+            since = max(0.0, now - start) if start is not None else None
             vm = replace(vm, running_on=where, recovered_after=since)
         vms.append(vm)
     op = replace(op, vms=tuple(vms))
     pending = [v for v in vms if v.expected_restart and v.running_on in (None, op.node)]
     if not pending:
-        return replace(
-            op,
-            phase=Phase.RECOVERED,
-            reason=f"{sum(v.expected_restart for v in vms)} ColdStandby VMs running on other nodes",
-        )
-    if op.recovery_deadline is not None and now >= op.recovery_deadline:
-        names = ", ".join(v.key for v in pending)
-        return replace(
-            op,
-            phase=Phase.RECOVERY_INCOMPLETE,
-            reason=f"not running elsewhere before the deadline: {names}",
-        )
-    return op
+        verdict = Phase.RECOVERED
+        reason = f"{sum(v.expected_restart for v in vms)} ColdStandby VMs running on other nodes"
+    elif op.recovery_deadline is not None and now >= op.recovery_deadline:
+        verdict = Phase.RECOVERY_INCOMPLETE
+        reason = f"not running elsewhere before the deadline: {', '.join(v.key for v in pending)}"
+    else:
+        return op
+    if op.cleanup is Cleanup.TAINT and op.reboot and op.powered_on and not op.untainted:
+        # The node was powered on again: wait for it, then lift the taint, then end.
+        return replace(op, phase=Phase.RETURNING, verdict=verdict, reason=reason)
+    return replace(op, phase=verdict, reason=reason)

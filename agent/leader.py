@@ -52,6 +52,7 @@ from agent.policy import (
     ClusterFacts,
     LeaderFacts,
     MaxUnhealthy,
+    NodeWorkload,
     PolicyDecision,
     decide,
     leader_guard,
@@ -61,6 +62,7 @@ from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifi
 from agent.probe_requests import OutstandingProbes
 from agent.profiles import DetectionProfile, NoPeers, Signal
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
+from agent.workload import node_workload
 
 log = logging.getLogger("nodefence.leader")
 
@@ -162,7 +164,10 @@ class LeaderSide:
         self.leader_since = 0.0
         self.warm = False  # this leader took over a standby's running listener and history
         self.nodes: dict[str, NodeInfo] = {}
-        self.kubelet_seen: dict[str, tuple[object, float]] = {}
+        # node -> (the kubelet Lease's renewTime last seen, the earliest and the latest moment
+        # its last change can have happened on our clock; None until one was seen: a first look
+        # proves nothing)
+        self.kubelet_seen: dict[str, tuple[object, float | None, float | None]] = {}
         self.last_decision: PolicyDecision | None = None
         self.verdicts: list[NodeVerdict] = []
         self._reported: dict[str, NodeHealth] = {}
@@ -172,6 +177,7 @@ class LeaderSide:
         self._last_kube_look: float | None = None
         self._view_at = float("-inf")
         self.view_period = 1.0  # the status view is for people: once a second is plenty
+        self._workloads: dict[str, tuple[float, NodeWorkload]] = {}  # node -> (read at, what)
 
     @property
     def broker_up_since(self) -> float | None:
@@ -220,13 +226,21 @@ class LeaderSide:
             if self.executor is not None:
                 await self.executor.stop()
 
-    def alive_since(self, node: str, since: float) -> str | None:
-        """Evidence that `node` showed life after `since` (leader clock), or None."""
+    def alive_since(self, node: str, since: float, *, certain: bool = False) -> str | None:
+        """Evidence that `node` showed life after `since` (leader clock), or None.
+
+        A kubelet renewal counts when it may have come after `since` (its change was seen at a
+        look after `since`: the cautious reading before a power-off), or with `certain` only
+        when it must have (the look before that change was already after `since`: before
+        voiding a proof, a renewal made just before the machine went off proves nothing)."""
         last = self.detector.last_heartbeat(node)
-        if last is not None and last > since:
+        if last is not None and last >= since:  # stamped on receipt: at `since` is after it
             return f"heartbeat received {self.clock() - last:.1f} s ago"
         seen = self.kubelet_seen.get(node)
-        if seen is not None and seen[1] > since and seen[0] is not None:
+        if seen is None or seen[0] is None:
+            return None
+        changed = seen[1] if certain else seen[2]
+        if changed is not None and changed >= since:
             return "kubelet Lease renewed"
         return None
 
@@ -398,13 +412,13 @@ class LeaderSide:
             renewed_at = None
             if seen is None:
                 # First look: we cannot know when it was renewed on our clock.
-                self.kubelet_seen[n.name] = (renew, now)
+                self.kubelet_seen[n.name] = (renew, None, None)
             elif renew != seen[0]:
-                self.kubelet_seen[n.name] = (renew, now)
                 # The change happened some time after our previous look: stamp it with that
                 # earliest possible moment, so a renewal made just before a node died is never
                 # taken for one made after its last heartbeat (a false "node alive").
                 renewed_at = previous_look if previous_look is not None else now
+                self.kubelet_seen[n.name] = (renew, renewed_at, now)
             self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
         for gone in set(self.kubelet_seen) - set(self.nodes):
             self._forget_node(gone)
@@ -454,6 +468,14 @@ class LeaderSide:
             if self.inventory is not None
             else frozenset(v.node for v in self.verdicts)
         )
+        nodes = self.nodes.values()
+        cordoned = frozenset(i.name for i in nodes if i.unschedulable)
+        deckhouse = {i.name: i.deckhouse_maintenance for i in nodes if i.deckhouse_maintenance}
+        planned = [
+            v.node
+            for v in self.verdicts
+            if v.health is NodeHealth.DEAD and (v.node in cordoned or v.node in deckhouse)
+        ]
         decision = decide(
             self.verdicts,
             self._facts(now),
@@ -462,6 +484,15 @@ class LeaderSide:
                 maintenance,
                 inventory,
                 expected_nodes=len(self.verdicts) or None,
+                cordoned=cordoned,
+                deckhouse_maintenance=deckhouse,
+                workloads=await self._workloads_of(planned, now),
+                kept_out_of_service={
+                    i.name: i.fenced_by for i in nodes if i.out_of_service and i.fenced_by
+                },
+                deckhouse_fencing={
+                    i.name: i.deckhouse_fencing for i in nodes if i.deckhouse_fencing
+                },
             ),
             self.profile,
         )
@@ -490,6 +521,23 @@ class LeaderSide:
         await self._publish_view(decision, now)
         return decision
 
+    async def _workloads_of(self, nodes: list[str], now: float) -> dict[str, NodeWorkload]:
+        """What each (dead, cordoned) node runs that fencing would free, read at most once per
+        `kube_period`; a node whose workload cannot be read is left out (unknown)."""
+        found: dict[str, NodeWorkload] = {}
+        for node in nodes:
+            cached = self._workloads.get(node)
+            if cached is None or now - cached[0] >= self.kube_period:
+                try:
+                    cached = (now, await node_workload(self.api, node))
+                except ClusterError as err:
+                    log.warning("cannot read what %s runs: %s", node, err)
+                    self._workloads.pop(node, None)
+                    continue
+                self._workloads[node] = cached
+            found[node] = cached[1]
+        return found
+
     async def _advance_held(self, maintenance: frozenset[str], now: float) -> None:
         """Resumed operations this leader did not decide (held, see FenceExecutor.resume):
         once it can judge (its own first window over, its broker connection up), abort those
@@ -508,7 +556,7 @@ class LeaderSide:
             op = self.executor.operations.get(node)
             alive = v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST)
             if op is not None and op.off_proven:
-                if alive:
+                if alive and not op.vms_let_go:
                     assert v is not None
                     await self.executor.cancel_held(node, f"node alive again ({v.reason})")
                 else:

@@ -10,8 +10,12 @@ leadership (a cold leader has not seen a full window of heartbeats; a warm one t
 history a standby kept and judges at once the nodes heard in it); more than `max_unhealthy`
 nodes are unhealthy at once (storm: the cause is likely shared, fencing would make it worse).
 Then per node: a node in maintenance or without a BMC inventory entry is never fenced, an alert
-is raised instead. Alerts are produced every round their condition holds; the caller
-de-duplicates them.
+is raised instead; a node fenced earlier and kept out of service (`cleanup: taint`) is not
+fenced again until it returns; a cordoned node (`kubectl drain`), or one Deckhouse's fencing is
+told to leave alone, is fenced only when fencing would free something, its ColdStandby VMs or
+volumes attached to it (`maintenance_guard`), with an alert either way. Nodes that Deckhouse's
+own fencing also watches are named in an alert. Alerts are produced every round their
+condition holds; the caller de-duplicates them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class AlertKind(enum.StrEnum):
     MAINTENANCE = "maintenance"
     NO_INVENTORY = "no-inventory"
     MAINTENANCE_SCHEDULABLE = "maintenance-schedulable"
+    DOWN_WHILE_CORDONED = "down-while-cordoned"
+    DECKHOUSE_FENCING = "deckhouse-fencing"
 
 
 @dataclass(frozen=True)
@@ -110,18 +116,37 @@ class LeaderFacts:
 
 
 @dataclass(frozen=True)
+class NodeWorkload:
+    """What fencing a node would free: its ColdStandby VMs (namespace/name) and the volumes
+    attached to it (a pod on it holds them)."""
+
+    vms: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClusterFacts:
     """What the cluster says about its nodes.
 
     `expected_nodes`: the node count `max_unhealthy` percentages refer to (default: the number
     of verdicts). Nodes in `maintenance` are never fenced, do not count as unhealthy and
     leave the count (`guarded_node_count`).
+    `cordoned`: nodes marked unschedulable; `deckhouse_maintenance`: node -> the Deckhouse
+    annotation that disables its fencing; `workloads`: what such a node runs, where it could be
+    read (absent: unknown). `kept_out_of_service`: node -> the operation that fenced it and
+    kept it tainted (`cleanup: taint`). `deckhouse_fencing`: node -> the mode of the Deckhouse
+    fencing that watches it too.
     """
 
     max_unhealthy: MaxUnhealthy
     maintenance: frozenset[str] = frozenset()
     inventory: frozenset[str] = frozenset()
     expected_nodes: int | None = None
+    cordoned: frozenset[str] = frozenset()
+    deckhouse_maintenance: Mapping[str, str] = field(default_factory=dict)
+    workloads: Mapping[str, NodeWorkload] = field(default_factory=dict)
+    kept_out_of_service: Mapping[str, str] = field(default_factory=dict)
+    deckhouse_fencing: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,11 +187,13 @@ def storm_guard(
 ) -> tuple[int, int, int] | None:
     """(unhealthy, limit, total) when more nodes than `max_unhealthy` are unhealthy, else None.
 
-    Unhealthy: SUSPECT, DEAD or AGENT_LOST and not in maintenance.
+    Unhealthy: SUSPECT, DEAD or AGENT_LOST, not in maintenance and not fenced and kept out of
+    service (`cleanup: taint`: a known-dead node, not part of a new incident).
     """
     total = guarded_node_count(verdicts, cluster)
     limit = cluster.max_unhealthy.limit(total)
-    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in cluster.maintenance)
+    settled = cluster.maintenance | frozenset(cluster.kept_out_of_service)
+    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in settled)
     return (unhealthy, limit, total) if unhealthy > limit else None
 
 
@@ -197,6 +224,54 @@ def marked_schedulable_alerts(nodes: Mapping[str, tuple[bool, bool]]) -> list[Al
         for node, (marked, unschedulable) in sorted(nodes.items())
         if marked and not unschedulable
     ]
+
+
+def maintenance_guard(
+    node: str,
+    reason: str,
+    cordoned: bool,
+    annotation: str,
+    workload: NodeWorkload | None,
+) -> tuple[bool, str]:
+    """May a DEAD node that is cordoned (`kubectl drain`) or carries a Deckhouse annotation
+    disabling fencing be fenced? (fence, alert message); (True, "") for any other node.
+
+    Such a node is down for planned work, most likely. Fencing it (power-off, then its Node
+    deleted) frees nothing when it runs no ColdStandby VM and holds no volume: it is left
+    alone, with an alert. When it still runs such VMs or holds volumes, or what it runs could
+    not be read, it is fenced as any other node: those VMs must run elsewhere, and only a
+    proven Off makes that safe."""
+    if not cordoned and not annotation:
+        return True, ""
+    marks = ("cordoned" if cordoned else "", f"annotated {annotation}" if annotation else "")
+    why = " and ".join(m for m in marks if m)
+    head = f"{node} is down ({reason}) while {why}"
+    if workload is None:
+        return True, f"{head}; what it runs could not be read: fenced as any other node"
+    if workload.vms or workload.volumes:
+        held = [
+            f"ColdStandby VMs {', '.join(workload.vms)}" if workload.vms else "",
+            f"volumes {', '.join(workload.volumes)}" if workload.volumes else "",
+        ]
+        still = " and ".join(h for h in held if h)
+        return True, f"{head}, but it still runs {still}: fenced as any other node"
+    return False, (
+        f"{head} and runs no ColdStandby VM and holds no volume: not fenced (down while"
+        " cordoned; uncordon it once it is back)"
+    )
+
+
+def deckhouse_alert(node: str, mode: str) -> Alert:
+    """Both Deckhouse's fencing and nodefence would act on `node`."""
+    return Alert(
+        AlertKind.DECKHOUSE_FENCING,
+        node,
+        f"{node} is also watched by Deckhouse's fencing (NodeGroup spec.fencing, mode {mode}):"
+        " its fencing-controller force-deletes the node's pods 60 s after its kubelet stops"
+        " (and its Node, unless the node is Static or in Notify mode), and in Watchdog mode its"
+        " agent lets the node reset itself, while nodefence powers it off through its BMC;"
+        " choose one fencing for this node (operator guide, 'nodefence and Deckhouse fencing')",
+    )
 
 
 def decide(
@@ -233,12 +308,31 @@ def decide(
 
     fence: list[str] = []
     held: dict[str, str] = {}
+    for node in sorted(cluster.deckhouse_fencing):
+        if node in cluster.inventory:
+            alerts.append(deckhouse_alert(node, cluster.deckhouse_fencing[node]))
     for v in verdicts:
         if v.health is NodeHealth.AGENT_LOST:
             alerts.append(Alert(AlertKind.AGENT_LOST, v.node, v.reason))
         if v.health is not NodeHealth.DEAD:
             continue
         reasons: list[str] = []
+        if v.node in cluster.kept_out_of_service:
+            reasons.append(
+                f"fenced by operation {cluster.kept_out_of_service[v.node]} and kept out of"
+                " service (cleanup: taint); fenced again only once it has returned"
+            )
+        may_fence, message = maintenance_guard(
+            v.node,
+            v.reason,
+            v.node in cluster.cordoned,
+            cluster.deckhouse_maintenance.get(v.node, ""),
+            cluster.workloads.get(v.node),
+        )
+        if message and v.node not in cluster.maintenance:
+            alerts.append(Alert(AlertKind.DOWN_WHILE_CORDONED, v.node, message))
+        if not may_fence:
+            reasons.append("down while cordoned (or in Deckhouse maintenance), runs nothing")
         if v.node in cluster.maintenance:
             reasons.append("node is in maintenance")
             alerts.append(

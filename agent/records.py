@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent.cluster import RECORD_GROUP, RECORD_VERSION
-from agent.fencing import Operation, Phase, Timing, VmOutcome
+from agent.fencing import Cleanup, Operation, Phase, Timing, VmOutcome
 from agent.heartbeat_codec import valid_name
 from agent.node_label import NODE_LABEL, node_label_value
 
@@ -68,18 +68,23 @@ def to_record(
 ) -> dict[str, Any]:
     """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion).
 
-    `wall` (seconds since the epoch, default now) stamps `deletedAt` the first time the
-    operation is stored with its Node deleted. `evidence` (`agent.fence_evidence`) is stored
-    as `status.evidence`; without it the evidence already in `base` is kept."""
+    `wall` (seconds since the epoch, default now) stamps `deletedAt`, `podsReleasedAt`,
+    `attachmentsReleasedAt`, `releasedAt` and `untaintedAt` the first time the operation is
+    stored with that step done. `evidence` (`agent.fence_evidence`) is stored as
+    `status.evidence`; without it the evidence already in `base` is kept."""
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
     meta["labels"] = {**(meta.get("labels") or {}), NODE_LABEL: node_label_value(op.node)}
     base_status = (base or {}).get("status") or {}
     started = base_status.get("startedAt") or _now()
-    deleted_at = base_status.get("deletedAt")
-    if op.node_deleted and not deleted_at:
-        deleted_at = _stamp(wall if wall is not None else dt.datetime.now(dt.UTC).timestamp())
+    stamp = _stamp(wall if wall is not None else dt.datetime.now(dt.UTC).timestamp())
+
+    def first(field: str, done: bool) -> str | None:
+        """The wall time a step was first stored done (kept from `base`)."""
+        return base_status.get(field) or (stamp if done else None)
+
+    deleted_at = first("deletedAt", op.node_deleted)
     evidence = evidence if evidence is not None else base_status.get("evidence")
     record: dict[str, Any] = {
         "apiVersion": f"{RECORD_GROUP}/{RECORD_VERSION}",
@@ -90,6 +95,8 @@ def to_record(
             "nodeUID": op.node_uid,
             "operationId": op.id,
             "action": "reboot" if op.reboot else action,
+            "cleanup": op.cleanup.value,
+            "release": op.release,
         },
         "status": {
             "phase": op.phase.value,
@@ -103,6 +110,17 @@ def to_record(
             "nodeDeleted": op.node_deleted,
             "deletedAt": deleted_at,
             "poweredOn": op.powered_on,
+            "podsReleased": op.pods_released,
+            "podsDeleted": op.pods_deleted,
+            "podsReleasedAt": first("podsReleasedAt", op.pods_released),
+            "attachmentsReleased": op.attachments_released,
+            "attachmentsRemoved": op.attachments_removed,
+            "attachmentsReleasedAt": first("attachmentsReleasedAt", op.attachments_released),
+            "releasedAt": first("releasedAt", op.released_at is not None),
+            "verdict": None if op.verdict is None else op.verdict.value,
+            "returned": op.returned,
+            "untainted": op.untainted,
+            "untaintedAt": first("untaintedAt", op.untainted),
             "errors": list(op.errors[-20:]),
             "capacityWarning": op.capacity_warning,
             "vms": None
@@ -168,14 +186,24 @@ def from_record(obj: dict[str, Any]) -> Operation:
         node_uid=str(spec.get("nodeUID") or ""),
         reboot=spec.get("action") == "reboot",
         powered_on=st.get("poweredOn") if isinstance(st.get("poweredOn"), bool) else None,
+        cleanup=Cleanup(spec.get("cleanup") or Cleanup.DELETE.value),
+        release=spec.get("release") is not False,
+        pods_released=bool(st.get("podsReleased")),
+        pods_deleted=int(st.get("podsDeleted") or 0),
+        attachments_released=bool(st.get("attachmentsReleased")),
+        attachments_removed=int(st.get("attachmentsRemoved") or 0),
+        verdict=Phase(st["verdict"]) if st.get("verdict") else None,
+        returned=bool(st.get("returned")),
+        untainted=bool(st.get("untainted")),
     )
 
 
 def is_open_mark(op: Operation) -> bool:
     """Does this operation tell its node "you are being fenced"? Unfinished and its Node not
     deleted yet: a Recovering record belongs to an earlier incarnation of the node (deleted,
-    then registered again), not to the one reading it."""
-    return not op.final and not op.node_deleted
+    then registered again), not to the one reading it; and not once the leader powered the
+    node on again after the proof (cleanup taint + reboot: the node is meant to come back)."""
+    return not op.final and not op.node_deleted and not (op.off_proven and op.powered_on)
 
 
 def resumed(
@@ -183,14 +211,34 @@ def resumed(
 ) -> Operation:
     """`op` (read from record `obj`) with its monotonic deadlines rebuilt for a successor.
 
-    A deleted Node's recovery deadline is `deletedAt + recovery_timeout`, moved onto this
-    process's clock (`now` monotonic, `wall_now` epoch seconds) and clamped between now and
-    now + recovery_timeout; without a readable `deletedAt` the whole timeout starts now.
+    The recovery deadline is `deletedAt` (cleanup delete) or `releasedAt` (cleanup taint) +
+    recovery_timeout, moved onto this process's clock (`now` monotonic, `wall_now` epoch
+    seconds) and clamped between now and now + recovery_timeout; without a readable stamp the
+    whole timeout starts now. A release in progress gets a fresh `release_timeout`, a node
+    powered on again a fresh `return_timeout` (and must heartbeat after `now`).
     """
-    if not op.node_deleted or op.final or op.recovery_deadline is not None:
+    if op.final:
         return op
-    deleted = _parse_stamp((obj.get("status") or {}).get("deletedAt"))
-    since = 0.0 if deleted is None else min(max(0.0, wall_now - deleted), timing.recovery_timeout)
-    return replace(
-        op, deleted_at=now - since, recovery_deadline=now + timing.recovery_timeout - since
-    )
+    st = obj.get("status") or {}
+
+    def since(field: str) -> float:
+        stamp = _parse_stamp(st.get(field))
+        if stamp is None:
+            return 0.0
+        return min(max(0.0, wall_now - stamp), timing.recovery_timeout)
+
+    if op.pods_released and not op.attachments_released and op.release_deadline is None:
+        op = replace(op, release_deadline=now + timing.release_timeout)
+    if op.powered_on and op.cleanup is Cleanup.TAINT and op.powered_on_at is None:
+        op = replace(op, powered_on_at=now, return_deadline=now + timing.return_timeout)
+    if op.recovery_deadline is not None:
+        return op
+    if op.cleanup is Cleanup.TAINT and st.get("releasedAt"):
+        ago = since("releasedAt")
+        return replace(
+            op, released_at=now - ago, recovery_deadline=now + timing.recovery_timeout - ago
+        )
+    if not op.node_deleted:
+        return op
+    ago = since("deletedAt")
+    return replace(op, deleted_at=now - ago, recovery_deadline=now + timing.recovery_timeout - ago)

@@ -22,7 +22,7 @@ from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
 from agent.fence_executor import FenceExecutor
-from agent.fencing import Timing
+from agent.fencing import Cleanup, Timing
 from agent.handoff import OwnMark
 from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
@@ -176,11 +176,18 @@ def leader_candidate(
             alive_since=leader.alive_since,
             in_maintenance=leader.in_maintenance,
             timing=Timing(
-                cfg.fencing.retry_base, cfg.fencing.retry_max, cfg.fencing.recovery_timeout
+                cfg.fencing.retry_base,
+                cfg.fencing.retry_max,
+                cfg.fencing.recovery_timeout,
+                cfg.fencing.release_timeout,
+                cfg.fencing.return_timeout,
             ),
             max_parallel=cfg.fencing.max_parallel,
             after_proof=cfg.fencing.after_proof,
             self_fence=leader.self_fence_check if cfg.fencing.self_fence else None,
+            cleanup=Cleanup(cfg.fencing.cleanup),
+            release=cfg.fencing.release,
+            last_heartbeat=leader.detector.last_heartbeat,
             clock=clock,
             wall=wall,
             backend_factory=backend_factory,

@@ -19,9 +19,10 @@ there:
 
   detection  -> the leader's NodeDeclaredDead Event
   fence      -> the FenceOperation record says offProven (or the FencePoweredOff Event)
-  cleanup    -> the Node is deleted (after the out-of-service taint)
+  cleanup    -> the Node is deleted (after the out-of-service taint and the release of its pods
+                and VolumeAttachments)
   VM start   -> the last of the node's AlwaysOn / AlwaysOnUnlessStoppedManually VMs is Running
-                on another node
+                on another node, counted from the Node deletion (must stay under 5 s)
 
 Every mark is the arrival, in this process, of the change in the store's own watch stream (the
 API emulator runs in this process: no polling interval, a few ms at most). This process also
@@ -593,11 +594,11 @@ def report(
             f" ({fa - profile.interval:g}-{fa:g} s after a power loss)",
         ),
         ("fence: -> offProven (BMC read-back)", [p["fence"] for p in phases], ""),
-        ("cleanup: -> taint, Node deleted", [p["cleanup"] for p in phases], ""),
+        ("cleanup: -> taint, release, Node deleted", [p["cleanup"] for p in phases], ""),
         (
-            "VM start: -> last VM Running elsewhere",
+            "VM start: Node deleted -> last VM Running",
             [p["vm_start"] for p in phases],
-            f"boot_delay {boot:g} s, counted from the taint",
+            f"boot_delay {boot:g} s + disk attach; target < 5 s",
         ),
         (
             "total: power loss -> all VMs Running",

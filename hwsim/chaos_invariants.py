@@ -10,7 +10,8 @@ records) and what really is (power, where each VM's processes run).
   between two looks) and a FenceOperation of that node says `offProven` (and no record says
   `nodeDeleted` without `offProven`).
 - (c) `not-recovered`: every ColdStandby VM (runPolicy AlwaysOn / AlwaysOnUnlessStoppedManually)
-  hosted by a deleted Node is Running again within `recovery_deadline`.
+  hosted by a node whose Off a record proves (the release that follows restarts it before the
+  Node goes), or by a deleted Node, is Running again within `recovery_deadline`.
 - (d) `wrong-fence`: no power-off is sent (a record's `powerOffSent` turns true) for a node in
   maintenance for at least `maintenance_grace`, nor for a node whose kubelet was alive then:
   at least two Lease renewals seen within `kubelet_alive_window` before it (one renewal is
@@ -111,12 +112,14 @@ class Violation:
 
 @dataclass
 class Pending:
-    """A VM that must be Running again by `deadline` (its Node was deleted at `since`)."""
+    """A VM that must be Running again by `deadline` (its node was proven off, or its Node
+    deleted, at `since`); Running on `lost_node` counts only on a Node other than `uid`."""
 
     vm: str
     lost_node: str
     since: float
     deadline: float
+    uid: str = ""
 
 
 @dataclass
@@ -258,14 +261,18 @@ class InvariantChecker:
                     snap.t, "unproven-delete", node, f"Node deleted without offProven ({phases})"
                 )
             for vm, view in sorted(prev.vms.items()):
-                if view.node == node and view.phase in HOSTED and view.run_policy in RESTARTABLE:
-                    self.pending[vm] = Pending(vm, node, snap.t, snap.t + self.recovery_deadline)
+                hosted = view.node == node and view.phase in HOSTED
+                if hosted and view.run_policy in RESTARTABLE and vm not in self.pending:
+                    deadline = snap.t + self.recovery_deadline
+                    self.pending[vm] = Pending(vm, node, snap.t, deadline, uid)
 
     # ---- (b) record side, (d) -------------------------------------------------------------
 
     def _records(self, snap: Snapshot, prev: Snapshot | None) -> None:
         for name, rec in sorted(snap.records.items()):
             self.records_seen.add(name)
+            if rec.off_proven and name not in self.proven:
+                self._lost_with(rec.node, snap, prev)
             if rec.off_proven:
                 self.proven.add(name)
             old = prev.records.get(name) if prev is not None else None
@@ -370,6 +377,15 @@ class InvariantChecker:
 
     # ---- (c) ------------------------------------------------------------------------------
 
+    def _lost_with(self, node: str, snap: Snapshot, prev: Snapshot | None) -> None:
+        """`node` was proven off: its ColdStandby VMs must run elsewhere in time."""
+        for look in (prev, snap):
+            for vm, view in sorted(look.vms.items() if look is not None else ()):
+                hosted = view.node == node and view.phase in HOSTED
+                if hosted and view.run_policy in RESTARTABLE and vm not in self.pending:
+                    deadline = snap.t + self.recovery_deadline
+                    self.pending[vm] = Pending(vm, node, snap.t, deadline, snap.nodes.get(node, ""))
+
     def _recoveries(self, snap: Snapshot) -> None:
         for vm, p in sorted(self.pending.items()):
             view = snap.vms.get(vm)
@@ -378,7 +394,7 @@ class InvariantChecker:
             elif (
                 view.phase == "Running"
                 and view.node
-                and (view.node != p.lost_node or view.node in snap.nodes)
+                and (view.node != p.lost_node or snap.nodes.get(view.node) not in (None, p.uid))
             ):
                 self.recoveries.append((vm, p.lost_node, round(snap.t - p.since, 3)))
                 del self.pending[vm]
@@ -386,7 +402,10 @@ class InvariantChecker:
                 self._flag_late(snap.t, vm, p)
 
     def _flag_late(self, t: float, vm: str, p: Pending) -> None:
-        detail = f"VM {vm} not Running {self.recovery_deadline:g} s after {p.lost_node} was deleted"
+        detail = (
+            f"VM {vm} not Running {self.recovery_deadline:g} s after {p.lost_node} was proven"
+            " off or deleted"
+        )
         self._add(t, "not-recovered", p.lost_node, detail)
         del self.pending[vm]
 

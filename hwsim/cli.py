@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     scen.add_argument("--vms", type=int, default=10)
     scen.add_argument("--workdir", default="run/scenario", help="where files and logs go")
     scen.add_argument("--fast", action="store_true", help="short Lease and kubelet timings (tests)")
+    scen.add_argument(
+        "--cleanup",
+        choices=["delete", "taint"],
+        default="",
+        help="the agents' fencing.cleanup: delete the fenced Node (default) or keep it tainted"
+        " out-of-service (then after_proof reboot unless --after-proof off)",
+    )
+    scen.add_argument(
+        "--after-proof", choices=["off", "reboot"], default="", help="the agents' after_proof"
+    )
 
     cluster = sub.add_parser(
         "cluster",
@@ -159,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
             return 2
         ok, _ = run_scenario(
-            args.name, Path(args.workdir).resolve(), args.nodes, args.vms, fast=args.fast
+            args.name,
+            Path(args.workdir).resolve(),
+            args.nodes,
+            args.vms,
+            fast=args.fast,
+            cleanup=args.cleanup,
+            after_proof=args.after_proof,
         )
         return 0 if ok else 1
     if args.command == "cluster":

@@ -8,12 +8,16 @@ from the network. So when a Node is deleted (or tainted `node.kubernetes.io/out-
 NoExecute) while its machine is still on, the VM restarted elsewhere runs twice, and
 `violations()` says so: the split brain that fencing exists to prevent.
 
-As Deckhouse Virtualization behaves (ColdStandby):
-- Node deleted (or re-registered with a new uid) or out-of-service: its launcher pods are
-  deleted; its VMs with runPolicy `AlwaysOn`/`AlwaysOnUnlessStoppedManually` go `Starting` and,
-  `boot_delay` later, Running on the least-loaded eligible node (Ready, schedulable, no
-  NoSchedule/NoExecute taint), or `Pending` with the scheduler's reason until one exists; VMs
-  with other policies go `Stopped`. A node that is merely NotReady changes nothing.
+As Deckhouse Virtualization behaves (ColdStandby), see `hwsim.vm_start`:
+- a Running VM whose launcher pod is gone (deleted, or Failed after its node rebooted) is lost:
+  with runPolicy `AlwaysOn`/`AlwaysOnUnlessStoppedManually` it goes `Starting`: a new launcher
+  pod on the least-loaded eligible node (Ready, schedulable, no NoSchedule/NoExecute taint),
+  which starts once its disk (a ReadWriteOnce PVC) is attached there and `boot_delay` has
+  passed; meanwhile the VM is `Pending` with the attach/detach controller's reason (a
+  "Multi-Attach error" while the disk is still attached to the old node), or with the
+  scheduler's reason while no node is eligible. VMs with other policies go `Stopped`. A Node
+  that is deleted, NotReady or tainted changes nothing by itself: its pods stay until PodGC,
+  the taint manager or a fencer removes them (`hwsim.kube.podgc`).
 - VirtualMachineOperation `Evict` (or deprecated `Migrate`): run by `hwsim.migrations` as the
   real controller does (queued under the migration limits, the target chosen by capacity, phases,
   reasons and `status.progress`, `liveMigrationPolicy` and `spec.force`, timeouts); a live
@@ -35,6 +39,7 @@ from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kube.objects import timestamp
 from hwsim.kube.periodic import Periodic
 from hwsim.kube.store import ObjectStore
+from hwsim.vm_start import Start, disks_ready, launcher_lost, pod_gone
 from hwsim.vms import (
     DEFAULT_RUN_POLICY,
     RESTARTED_POLICIES,
@@ -42,6 +47,7 @@ from hwsim.vms import (
     VmPhase,
     condition,
     create_launcher_pod,
+    mark_pod_running,
     running_status,
 )
 
@@ -123,8 +129,8 @@ def unavailable_message(nodes: Iterable[Obj], excluded: str = "") -> str:
 class Recovery:
     """One VM's fate after its node was lost, for tests and benchmarks.
 
-    Times are on the controller's clock: `down_at` is when it saw the node lost (deleted,
-    out-of-service, re-registered), `running_at` when the API said Running again.
+    Times are on the controller's clock: `down_at` is when it saw the launcher pod gone (`why`:
+    `deleted`, `Failed`, ...), `running_at` when the API said Running again.
     `lost_node_powered` is True when that node's machine still had power at that moment: a
     recovery started without fencing, a split brain in waiting.
     """
@@ -200,7 +206,7 @@ class ColdStandbyController:
         self.split_brains: list[SplitBrain] = []
         self._lock = threading.RLock()
         self._hosts: dict[Key, tuple[str, str]] = {}  # VM -> (node, node uid) it was put on
-        self._due: dict[Key, float] = {}  # VM waiting to start -> when its boot is over
+        self._starting: dict[Key, Start] = {}  # VM being started -> its new launcher pod
         self._budget = 0
         self._loop = Periodic(self._guarded_tick, tick, "coldstandby-controller")
         self.migrations = MigrationController(
@@ -268,7 +274,7 @@ class ColdStandbyController:
     # ---- the loop -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One pass: reap dead processes, recover VMs of lost nodes, start VMs, run Evicts."""
+        """One pass: reap dead processes, recover VMs whose pod is gone, start VMs, run Evicts."""
         with self._lock:
             now = self.clock()
             self._budget = self.max_actions
@@ -281,10 +287,10 @@ class ColdStandbyController:
             }
             vms = self.store.list("virtualmachines")["items"]
             load = _load(vms)
+            for start in self._starting.values():
+                load[start.node] = load.get(start.node, 0) + 1
             for vm in vms:
-                self._guarded(vm, self._check_host, vm, nodes, now)
-            for pod in self.store.list("pods", label_selector=VM_LABEL)["items"]:
-                self._guarded(pod, self._delete_if_stray, pod, nodes)
+                self._guarded(vm, self._check_launcher, vm, now)
             for vm in vms:
                 self._guarded(vm, self._start_if_due, vm, nodes, load, now)
             self.migrations.tick(
@@ -296,7 +302,7 @@ class ColdStandbyController:
                 why_unschedulable,
             )
             existing = {_key(v) for v in vms if _dict(v.get("metadata")).get("name")}
-            for table in (self.actual, self._due, self._hosts):
+            for table in (self.actual, self._starting, self._hosts):
                 for key in [k for k in table if k not in existing]:
                     del table[key]  # the VM was deleted: its pods went with it
 
@@ -340,31 +346,22 @@ class ColdStandbyController:
         except NotFound:
             pass
 
-    # ---- node loss ----------------------------------------------------------------------
+    # ---- node loss: the launcher pod is gone --------------------------------------------
 
-    def _check_host(self, vm: Obj, nodes: dict[str, Obj], now: float) -> None:
+    def _check_launcher(self, vm: Obj, now: float) -> None:
         status = _dict(vm.get("status"))
         host = status.get("nodeName")
         if status.get("phase") not in HOSTED or not host:
             return
         key = _key(vm)
-        node = nodes.get(host)
-        why = ""
-        if node is None:
-            why = "deleted"
-        elif is_out_of_service(node):
-            why = "out-of-service"
-        else:
-            uid = str(node["metadata"].get("uid", ""))
-            known = self._hosts.get(key)
-            if known is None or known[0] != host or not known[1]:
-                self._hosts[key] = (host, uid)  # first sight of a VM someone else placed
-                if key not in self.actual:
-                    self._add_actual(key, host)
-            elif known[1] != uid:
-                why = "re-registered"  # deleted and created again between two looks
+        known = self._hosts.get(key)
+        if known is None or known[0] != host:
+            self._record_host(key, str(host))  # first sight of a VM someone else placed
+            if key not in self.actual:
+                self._add_actual(key, str(host))
+        why = launcher_lost(self.store, key[0], status)
         if why and self._spend():
-            self._lose(vm, host, why, now)
+            self._lose(vm, str(host), f"launcher pod {why}", now)
 
     def _lose(self, vm: Obj, host: str, why: str, now: float) -> None:
         key = _key(vm)
@@ -372,29 +369,22 @@ class ColdStandbyController:
         restart = policy in RESTARTED_POLICIES
         self.migrations.lose(key)
         for pod, node in self._launcher_pods(key):
-            if node == host:
-                self._delete_pod(key[0], pod)
+            if node == host and pod_gone(self.store, key[0], pod):
+                self._delete_pod(key[0], pod)  # a Failed pod is cleaned up with its VM run
         self._hosts.pop(key, None)
+        self._starting.pop(key, None)
         if restart:
             phase, reason = VmPhase.STARTING, "Starting"
-            message = f"node {host} was lost ({why}): starting on another node"
-            self._due[key] = now + self.boot_delay
+            message = f"{why} on {host}: starting on another node"
         else:
             phase, reason = VmPhase.STOPPED, "VirtualMachineNotRunning"
-            message = f"node {host} was lost ({why}); runPolicy {policy} keeps it stopped"
+            message = f"{why} on {host}; runPolicy {policy} keeps it stopped"
         cond = condition("Running", False, reason, message, self._now())
         status: Obj = {"phase": phase.value, "nodeName": None, "virtualMachinePods": []}
         self._patch("virtualmachines", key, {**status, "conditions": [cond]})
         powered = self._powered(host)
         self.history.append(Recovery(*key, policy, host, why, now, restart, powered))
-        log.info("vm %s/%s: node %s %s: %s", *key, host, why, phase.value)
-
-    def _delete_if_stray(self, pod: Obj, nodes: dict[str, Obj]) -> None:
-        """A launcher pod left on a node that is gone or out of service goes (PodGC's work)."""
-        host = _dict(pod.get("spec")).get("nodeName")
-        gone = host and (host not in nodes or is_out_of_service(nodes[host]))
-        if gone and self._spend():
-            self._delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        log.info("vm %s/%s: %s on %s: %s", *key, why, host, phase.value)
 
     # ---- starting -----------------------------------------------------------------------
 
@@ -407,30 +397,66 @@ class ColdStandbyController:
         if (spec.get("runPolicy") or DEFAULT_RUN_POLICY) not in RESTARTED_POLICIES:
             return
         key = _key(vm)
-        if now < self._due.setdefault(key, now + self.boot_delay) or not self._spend():
+        start = self._starting.get(key)
+        if start is not None and pod_gone(self.store, key[0], start.pod):
+            del self._starting[key]  # its new pod went away before it ran: place it again
+            start = None
+        if start is None:
+            if self._spend():
+                self._place(vm, key, status, nodes, load)
             return
+        ready, problem = disks_ready(self.store, key[0], start.pod)
+        if not ready:
+            if problem:
+                self._say_pending(key, status, problem)
+            return
+        if start.attached_at is None:
+            start.attached_at = now
+            if status.get("phase") == VmPhase.PENDING:
+                message = f"launcher pod {start.pod} on {start.node}: disks attached, booting"
+                cond = condition("Running", False, "Starting", message, self._now())
+                phase = VmPhase.STARTING.value
+                self._patch("virtualmachines", key, {"phase": phase, "conditions": [cond]})
+        if now - start.attached_at < self.boot_delay or not self._spend():
+            return
+        self._run_on(vm, key, start, now)
+
+    def _place(
+        self, vm: Obj, key: Key, status: Obj, nodes: dict[str, Obj], load: dict[str, int]
+    ) -> None:
         target = choose_node(eligible_nodes(nodes.values()), load)
-        stamp = self._now()
         if target is None:
-            message = unavailable_message(nodes.values())
-            said = [c.get("message") for c in _conditions(status) if c.get("type") == "Running"]
-            if status.get("phase") != VmPhase.PENDING or said != [message]:  # no write per tick
-                cond = condition("Running", False, "PodNotStarted", message, stamp)
-                self._patch("virtualmachines", key, {"phase": "Pending", "conditions": [cond]})
-                log.warning("vm %s/%s: Pending: %s", *key, message)
+            self._say_pending(key, status, unavailable_message(nodes.values()))
             return
-        pod = create_launcher_pod(self.store, vm, target, stamp)
-        ip = str(status.get("ipAddress") or "")
-        self._patch("virtualmachines", key, running_status(target, ip, pod, stamp))
+        pod = create_launcher_pod(self.store, vm, target, self._now(), running=False)
+        self._starting[key] = Start(pod, target)
         load[target] = load.get(target, 0) + 1
-        del self._due[key]
-        self._record_host(key, target)
-        self._add_actual(key, target)
+        message = f"launcher pod {pod} on {target}: attaching its disks"
+        cond = condition("Running", False, "Starting", message, self._now())
+        self._patch("virtualmachines", key, {"phase": VmPhase.STARTING.value, "conditions": [cond]})
+        log.info("vm %s/%s: %s", *key, message)
+
+    def _say_pending(self, key: Key, status: Obj, message: str) -> None:
+        said = [c.get("message") for c in _conditions(status) if c.get("type") == "Running"]
+        if status.get("phase") == VmPhase.PENDING and said == [message]:
+            return  # no write per tick
+        cond = condition("Running", False, "PodNotStarted", message, self._now())
+        self._patch("virtualmachines", key, {"phase": VmPhase.PENDING.value, "conditions": [cond]})
+        log.info("vm %s/%s: Pending: %s", *key, message)
+
+    def _run_on(self, vm: Obj, key: Key, start: Start, now: float) -> None:
+        stamp = self._now()
+        mark_pod_running(self.store, vm, start.pod, stamp)
+        ip = str(_dict(vm.get("status")).get("ipAddress") or "")
+        self._patch("virtualmachines", key, running_status(start.node, ip, start.pod, stamp))
+        del self._starting[key]
+        self._record_host(key, start.node)
+        self._add_actual(key, start.node)
         for rec in reversed(self.history):
             if (rec.namespace, rec.name) == key and rec.running_at is None:
-                rec.running_at, rec.new_node = now, target
+                rec.running_at, rec.new_node = now, start.node
                 break
-        log.info("vm %s/%s: Running on %s", *key, target)
+        log.info("vm %s/%s: Running on %s", *key, start.node)
 
     # ---- for hwsim.migrations (its MigrationHost) ------------------------------------------
 

@@ -19,6 +19,16 @@ from typing import Any
 from agent.profiles import profile_from_mapping
 from hwsim import scenario_busy
 from hwsim.chart import Samples, write_svg
+from hwsim.scenarios_release import (
+    NO_RELEASE_TIMERS,
+    down_while_cordoned_said,
+    drain_then_cut,
+    judge_drain,
+    judge_no_release,
+    judge_release,
+    power_on_and_uncordon,
+    settle_after_the_fence,
+)
 from hwsim.simcluster import ClusterSettings, SimCluster
 
 RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
@@ -62,6 +72,8 @@ class Watcher:
         self.samples = Samples()
         self._flag: dict[str, str] = {}
         self._resets: dict[str, int] = {}
+        self._pods: dict[str, tuple[str, str, bool]] = {}  # uid -> (ns/name, node, terminating)
+        self._attached: dict[str, tuple[str, str, bool, bool]] = {}  # VA -> (pv, node, ...)
 
     def start(self) -> None:
         """Begin watching (the first look is the baseline, not reported)."""
@@ -107,6 +119,7 @@ class Watcher:
             for gone in sorted(self._nodes - nodes):
                 tl.add(gone, "Node deleted from the cluster")
         self._nodes = nodes
+        self._look_at_pods_and_volumes(report)
         for sim in self.cluster.nodes.values():
             resets = len(sim.watchdog_resets)
             if report and resets > self._resets.get(sim.name, 0):
@@ -143,6 +156,44 @@ class Watcher:
                 tl.add(now[1] or "-", f"VM {key} ({vm['spec'].get('runPolicy')}) {now[0]}{where}")
             self._vms[key] = now
 
+    def _look_at_pods_and_volumes(self, report: bool) -> None:
+        """Pods going Terminating or away, volumes attached, detached (the release)."""
+        store, tl = self.cluster.kube.store, self.timeline
+        pods = {
+            p["metadata"]["uid"]: (
+                f"{p['metadata']['namespace']}/{p['metadata']['name']}",
+                str((p.get("spec") or {}).get("nodeName") or "-"),
+                bool(p["metadata"].get("deletionTimestamp")),
+            )
+            for p in store.list("pods")["items"]
+        }
+        if report:
+            for uid, (name, node, terminating) in pods.items():
+                if terminating and not self._pods.get(uid, ("", "", False))[2]:
+                    tl.add(node, f"pod {name} Terminating (graceful delete)")
+            for uid in self._pods.keys() - pods.keys():
+                name, node, _ = self._pods[uid]
+                tl.add(node, f"pod {name} deleted")
+        self._pods = pods
+        attached = {
+            va["metadata"]["name"]: (
+                str(((va.get("spec") or {}).get("source") or {}).get("persistentVolumeName")),
+                str((va.get("spec") or {}).get("nodeName")),
+                bool((va.get("status") or {}).get("attached")),
+                bool(va["metadata"].get("deletionTimestamp")),
+            )
+            for va in store.list("volumeattachments")["items"]
+        }
+        if report:
+            for name, (pv, node, ok, deleting) in attached.items():
+                was = self._attached.get(name)
+                if ok and not deleting and (was is None or not was[2]):
+                    tl.add(node, f"volume {pv} attached to {node}")
+            for name in self._attached.keys() - attached.keys():
+                pv, node, _, _ = self._attached[name]
+                tl.add(node, f"volume {pv} detached from {node} (VolumeAttachment gone)")
+        self._attached = attached
+
 
 @dataclass
 class Scenario:
@@ -160,6 +211,8 @@ class Scenario:
     delete_within: float | None = None
     # Inject only once the leader has named warm standbys and they have heard a full window.
     warm_standbys: bool = False
+    # after `wait` held: more steps (power back on, uncordon, look for a second fence)
+    epilogue: Callable[[SimCluster, Timeline, list[str]], None] | None = None
 
 
 def _victims(cluster: SimCluster, count: int) -> list[str]:
@@ -178,13 +231,14 @@ def _phase(cluster: SimCluster, node: str) -> str:
 
 
 def _judge_recovered(cluster: SimCluster, victims: list[str]) -> list[str]:
-    problems = []
+    problems = judge_release(cluster, victims)
     vms = cluster.kube.store.list("virtualmachines")["items"]
+    reboot = cluster.settings.fencing.get("after_proof") == "reboot"
     for v in victims:
         if _phase(cluster, v) != "Recovered":
             problems.append(f"{v}: fencing ended {_phase(cluster, v) or 'never started'}")
-        if cluster.fleet[v].power_state() != "off":
-            problems.append(f"{v}: still powered")
+        if cluster.fleet[v].power_state() != ("on" if reboot else "off"):
+            problems.append(f"{v}: {'not powered on again' if reboot else 'still powered'}")
     for vm in vms:
         st = vm.get("status") or {}
         if vm["spec"].get("runPolicy") in RESTARTABLE and st.get("phase") != "Running":
@@ -497,15 +551,48 @@ def _judge_bmc_password(cluster: SimCluster, victims: list[str]) -> list[str]:
     return problems
 
 
+def _drain(cluster: SimCluster, tl: Timeline) -> list[str]:
+    return drain_then_cut(cluster, tl, _victims(cluster, 1)[0])
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
         Scenario(
             "power-loss",
-            "a worker loses power: fenced, deleted, its VMs restarted",
+            "a worker loses power: fenced, its pods and volumes released, deleted (or kept"
+            " tainted: --cleanup taint), its VMs restarted",
             _power_loss,
             _judge_recovered,
             lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            epilogue=settle_after_the_fence,
+        ),
+        Scenario(
+            "no-release",
+            "power-loss with nodefence's release off: PodGC, then Multi-Attach until the"
+            " detach timeout (timers compressed)",
+            _power_loss,
+            judge_no_release,
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            settings={
+                "timers": NO_RELEASE_TIMERS,
+                "fencing": {
+                    "recovery_timeout": 60,
+                    "retry_base": 2,
+                    "retry_max": 10,
+                    "release": False,
+                },
+            },
+        ),
+        Scenario(
+            "drain",
+            "a worker is drained with kubectl (cordon + evict), then powered off: not fenced,"
+            " alerted; powered on and uncordoned: back",
+            _drain,
+            judge_drain,
+            lambda c, v: down_while_cordoned_said(c, v[0]),
+            epilogue=power_on_and_uncordon,
+            timeout=40,
         ),
         Scenario(
             "network-partition",
@@ -651,8 +738,11 @@ def run_scenario(
     fast: bool = False,
     echo: bool = True,
     live: bool = True,
+    cleanup: str = "",
+    after_proof: str = "",
 ) -> tuple[bool, Timeline]:
-    """Play scenario `name`; returns (passed, timeline)."""
+    """Play scenario `name`; returns (passed, timeline). `cleanup` / `after_proof` set the
+    agents' `fencing.cleanup` and `fencing.after_proof` (cleanup taint: reboot by default)."""
     sc = SCENARIOS[name]
     settings: dict[str, Any] = {
         "nodes": nodes,
@@ -670,6 +760,13 @@ def run_scenario(
             boot_delay=1.0,
         )
     settings.update(sc.settings)
+    fencing = dict(settings["fencing"])
+    if cleanup:
+        fencing["cleanup"] = cleanup
+        fencing["after_proof"] = after_proof or ("reboot" if cleanup == "taint" else "off")
+    elif after_proof:
+        fencing["after_proof"] = after_proof
+    settings["fencing"] = fencing
     if (workdir / "kubeconfig").exists():  # a previous run of ours: start clean
         shutil.rmtree(workdir)
     cluster = SimCluster(workdir, ClusterSettings(**settings))
@@ -677,6 +774,11 @@ def run_scenario(
     if echo:
         print(f"== scenario {name}: {sc.summary}")
         print(f"== {nodes} nodes, {vms} VMs, files in {workdir}")
+        mode = ", ".join(
+            f"{k} {fencing[k]}" for k in ("cleanup", "after_proof", "release") if k in fencing
+        )
+        print(f"== fencing: {mode or 'cleanup delete, after_proof off, release true'}")
+        print(f"== kube-controller-manager timers: {cluster.settings.timers.describe()}")
     cluster.start()
     watcher = Watcher(cluster, tl)
     screen = None
@@ -708,6 +810,8 @@ def run_scenario(
         deadline = time.monotonic() + sc.timeout
         while time.monotonic() < deadline and not sc.wait(cluster, victims):
             time.sleep(0.1)
+        if sc.epilogue is not None and sc.wait(cluster, victims):
+            sc.epilogue(cluster, tl, victims)
         time.sleep(1.0)  # let the last changes show up in the timeline
         problems = sc.judge(cluster, victims)
         explained = _explain(cluster, victims)

@@ -32,6 +32,7 @@ from hwsim.bmcs import BmcFleet
 from hwsim.broker import MosquittoBroker, free_port
 from hwsim.fleet import Fleet
 from hwsim.kube import KubeApiServer, NodeLifecycleController
+from hwsim.kube.controllers import ControllerManager, ControllerTimers
 from hwsim.kube.errors import AlreadyExists, NotFound
 from hwsim.loop_thread import LoopThread
 from hwsim.simnode import SimNode
@@ -75,6 +76,8 @@ class ClusterSettings:
     log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
     brokers: int = 2  # mosquitto brokers, broker i on the i-th node (1: the old single broker)
     standbys: int = 2  # agent config kubernetes.standbys (warm standby candidates)
+    # PodGC, taint manager and attach/detach timers (upstream defaults unless compressed)
+    timers: ControllerTimers = field(default_factory=ControllerTimers)
 
 
 def node_of_identity(identity: str, nodes: list[str]) -> str | None:
@@ -129,6 +132,7 @@ class SimCluster:
         self.kube = KubeApiServer()
         self.kubeconfig = workdir / "kubeconfig"
         self.lifecycle: NodeLifecycleController | None = None
+        self.controllers: ControllerManager | None = None
         self.nodes: dict[str, SimNode] = {}
         self.loop: LoopThread | None = None
         self.bmcs: BmcFleet | None = None
@@ -163,6 +167,8 @@ class SimCluster:
                 store, node_monitor_grace=self.settings.node_monitor_grace
             )
             self.lifecycle.start_in_thread()
+            self.controllers = ControllerManager(store, self.settings.timers)
+            self.controllers.start_in_thread()
             for machine in self.fleet:
                 node = SimNode(
                     machine,
@@ -291,6 +297,9 @@ class SimCluster:
         if self.lifecycle is not None:
             self.lifecycle.stop_thread()
             self.lifecycle = None
+        if self.controllers is not None:
+            self.controllers.stop_thread()
+            self.controllers = None
         self.kube.stop_thread()
         for broker in self.brokers:
             broker.stop()

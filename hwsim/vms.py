@@ -2,7 +2,9 @@
 
 Builders for `virtualization.deckhouse.io/v1alpha2` VirtualMachine objects, their status in each
 phase and the `virt-launcher` Pod that carries a running VM, plus `place_vms`, which puts a set
-of running VMs on nodes for tests and benchmarks. Pure dict builders, except `place_vms`, which
+of running VMs on nodes for tests and benchmarks. A VM's disk (`blockDeviceRefs` VirtualDisk
+`<vm>-root`) is a ReadWriteOnce PersistentVolumeClaim of that name, which its launcher pod
+mounts: it can be attached to one node at a time. Pure dict builders, except `place_vms`, which
 writes them to a store. The emulator drops `status` on create for resources with a status
 subresource, so statuses are written through the status subresource, as a controller does.
 """
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 from hwsim.kube.errors import NotFound
 from hwsim.kube.objects import timestamp
 from hwsim.kube.store import ObjectStore
+from hwsim.kube.volumes import create_disk
 
 Obj = dict[str, Any]
 
@@ -132,8 +135,19 @@ def launcher_pod_name(vm_name: str) -> str:
     return f"virt-launcher-{vm_name}-{suffix}"
 
 
+def disk_claims(vm: Obj) -> list[str]:
+    """The PersistentVolumeClaims of the VM's disks: one per VirtualDisk in blockDeviceRefs."""
+    refs = (vm.get("spec") or {}).get("blockDeviceRefs") or []
+    return [
+        str(r["name"])
+        for r in refs
+        if isinstance(r, dict) and r.get("kind") == "VirtualDisk" and r.get("name")
+    ]
+
+
 def launcher_pod(vm: Obj, node: str, name: str = "") -> Obj:
-    """The `virt-launcher` Pod of `vm` bound to `node` (owned by the VM, so it goes with it)."""
+    """The `virt-launcher` Pod of `vm` bound to `node` (owned by the VM, so it goes with it),
+    mounting the claims of its disks."""
     meta = vm["metadata"]
     pod_meta: Obj = {
         "name": name or launcher_pod_name(meta["name"]),
@@ -158,6 +172,10 @@ def launcher_pod(vm: Obj, node: str, name: str = "") -> Obj:
             "nodeName": node,
             "restartPolicy": "Never",
             "containers": [{"name": "compute", "image": "hwsim/virt-launcher:latest"}],
+            "volumes": [
+                {"name": f"vd-{claim}", "persistentVolumeClaim": {"claimName": claim}}
+                for claim in disk_claims(vm)
+            ],
         },
     }
 
@@ -172,19 +190,22 @@ def launcher_pod_status(ip_address: str, now: str) -> Obj:
     }
 
 
-def create_launcher_pod(store: ObjectStore, vm: Obj, node: str, now: str) -> str:
-    """Create `vm`'s launcher pod on `node`, Running; returns its name."""
-    ip = str((vm.get("status") or {}).get("ipAddress") or "")
+def create_launcher_pod(
+    store: ObjectStore, vm: Obj, node: str, now: str, *, running: bool = True
+) -> str:
+    """Create `vm`'s launcher pod on `node`, Running (or Pending: `running=False`, to be marked
+    Running with `mark_pod_running` once it started); returns its name."""
     pod = store.create("pods", launcher_pod(vm, node))
-    status = launcher_pod_status(ip, now)
-    store.patch(
-        "pods",
-        pod["metadata"]["name"],
-        {"status": status},
-        pod["metadata"]["namespace"],
-        subresource="status",
-    )
+    if running:
+        mark_pod_running(store, vm, str(pod["metadata"]["name"]), now)
     return str(pod["metadata"]["name"])
+
+
+def mark_pod_running(store: ObjectStore, vm: Obj, pod: str, now: str) -> None:
+    """The launcher pod `pod` of `vm` runs: a Running, Ready status."""
+    ip = str((vm.get("status") or {}).get("ipAddress") or "")
+    status = launcher_pod_status(ip, now)
+    store.patch("pods", pod, {"status": status}, vm["metadata"]["namespace"], subresource="status")
 
 
 def vm_ip(index: int) -> str:
@@ -213,9 +234,10 @@ def place_vms(
 ) -> list[Obj]:
     """Create `count` VMs over `nodes` round-robin, cycling `policies`; returns them as stored.
 
-    Every VM but an `AlwaysOff` one is Running (status, Ready launcher pod, registered with
-    `controller` as really running there); `AlwaysOff` ones are Stopped with no pod. Names
-    (`<prefix>1`, ...) and IP addresses skip those already taken.
+    Every VM gets its disk (a bound RWO claim `<name>-root`). Every VM but an `AlwaysOff` one
+    is Running (status, Ready launcher pod mounting the disk, registered with `controller` as
+    really running there); `AlwaysOff` ones are Stopped with no pod. Names (`<prefix>1`, ...)
+    and IP addresses skip those already taken.
     """
     if not nodes:
         raise ValueError("place_vms needs at least one node")
@@ -231,6 +253,8 @@ def place_vms(
     for i, policy in zip(range(count), itertools.cycle(list(policies)), strict=False):
         name, ip, node = next(free_names), next(free_ips), nodes[i % len(nodes)]
         vm = store.create("virtualmachines", make_vm(name, namespace, policy), namespace)
+        for claim in disk_claims(vm):
+            create_disk(store, claim, namespace)
         vm["status"] = {"ipAddress": ip}
         if policy == "AlwaysOff":
             status = stopped_status(ip, now)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.cluster import ClusterError, NodeInfo
+from agent.cluster_release import AttachmentInfo
 from backends.base import PowerBackend, PowerState
 from backends.errors import BmcUnreachable
 from backends.spec import DeviceSpec
@@ -20,6 +21,9 @@ class FakeNode:
     uid: str
     maintenance: bool = False
     tainted: bool = False
+    fenced_by: str = ""
+    ready: bool | None = None
+    volumes_attached: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -36,6 +40,10 @@ class FakeApi:
     fail_saves: list[tuple[str, ClusterError]] = field(default_factory=list)
     land_then_fail: list[str] = field(default_factory=list)  # phases: applied, then a timeout
     fail_get_node: int = 0
+    # pods: (namespace, name, uid, node); attachments: (name, node, volume, deleting)
+    pods: list[tuple[str, str, str, str]] = field(default_factory=list)
+    attachments: list[list[Any]] = field(default_factory=list)
+    detach_after: int = 0  # deleted attachments stay (finalizer) for this many looks
 
     async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
         self.calls.append("list_records")
@@ -80,7 +88,7 @@ class FakeApi:
         n = self.nodes.get(node)
         if n is None:
             return None
-        return NodeInfo(node, n.uid, None, 10250, None, False, n.maintenance, None)
+        return NodeInfo(node, n.uid, None, 10250, n.ready, False, n.maintenance, None)
 
     async def list_nodes(self) -> list[NodeInfo]:
         return [
@@ -88,30 +96,79 @@ class FakeApi:
             for name, n in self.nodes.items()
         ]
 
-    async def taint_out_of_service(self, node: str, uid: str | None = None) -> bool:
+    async def taint_out_of_service(
+        self, node: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
         self.calls.append("taint")
         n = self.nodes.get(node)
         if n is None or (uid is not None and n.uid != uid):
             return False
-        n.tainted = True
+        n.tainted, n.fenced_by = True, operation
         return True
 
-    async def untaint_out_of_service(self, node: str, uid: str | None = None) -> bool:
+    async def remove_out_of_service(self, node: str, uid: str | None = None) -> bool:
         self.calls.append("untaint")
         n = self.nodes.get(node)
         if n is None or (uid is not None and n.uid != uid):
             return False
-        n.tainted = False
+        n.tainted, n.fenced_by = False, ""
         return True
+
+    async def list_node_pods(self, node: str) -> list[dict[str, Any]]:
+        self.calls.append("list_pods")
+        return [
+            {"metadata": {"namespace": ns, "name": name, "uid": uid}, "spec": {"nodeName": on}}
+            for ns, name, uid, on in self.pods
+            if on == node
+        ]
+
+    async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        self.calls.append(f"delete_pod {name}")
+        for pod in self.pods:
+            if pod[:3] == (namespace, name, uid):
+                self.pods.remove(pod)
+                if not any(p[3] == pod[3] for p in self.pods):
+                    self._restart_vms(pod[3])  # the launcher pods are gone
+                return True
+        return False
+
+    async def list_volume_attachments(self, node: str) -> list[AttachmentInfo]:
+        self.calls.append("list_attachments")
+        for va in list(self.attachments):
+            if va[3]:
+                if self.detach_after <= 0:
+                    self.attachments.remove(va)  # the CSI attacher let go of it
+                else:
+                    self.detach_after -= 1
+        return [
+            AttachmentInfo(v[0], f"uid-{v[0]}", v[2], v[3])
+            for v in self.attachments
+            if v[1] == node
+        ]
+
+    async def delete_volume_attachment(self, name: str, uid: str) -> bool:
+        self.calls.append(f"delete_attachment {name}")
+        for va in self.attachments:
+            if va[0] == name:
+                va[3] = True
+                return True
+        return False
+
+    async def volumes_attached(self, node: str) -> list[str]:
+        n = self.nodes.get(node)
+        return [] if n is None else list(n.volumes_attached)
+
+    def _restart_vms(self, node: str) -> None:
+        for vm in self.vms:  # the VM controller starts the node's VMs elsewhere
+            if vm["status"].get("nodeName") == node:
+                vm["status"] = {"phase": "Running", "nodeName": "w2"}
 
     async def delete_node(self, node: str, uid: str | None = None) -> None:
         self.calls.append("delete_node")
         n = self.nodes.get(node)
         if n is not None and (uid is None or n.uid == uid):
             del self.nodes[node]
-            for vm in self.vms:  # the VM controller starts the node's VMs elsewhere
-                if vm["status"].get("nodeName") == node:
-                    vm["status"] = {"phase": "Running", "nodeName": "w2"}
+            self._restart_vms(node)  # (PodGC would free the pods; the fake does it at once)
 
     async def list_vms(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.vms)

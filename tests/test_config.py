@@ -174,3 +174,27 @@ def test_rotation_keys_are_read_from_files_and_checked(tmp_path: Path) -> None:
             load_config(write(tmp_path, text % bad))
         assert info.value.field == "auth.also_accept_files[0]" and problem in str(info.value)
         assert "s" * 8 not in str(info.value)
+
+
+def test_the_release_and_cleanup_settings_default_and_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("{}\n")
+    f = load_config(path, env={}).fencing
+    assert (f.cleanup, f.release, f.release_timeout, f.return_timeout) == (
+        "delete",
+        True,
+        60.0,
+        900.0,
+    )
+    path.write_text("fencing: {cleanup: taint, release: false, return_timeout: 120}\n")
+    f = load_config(path, env={}).fencing
+    assert (f.cleanup, f.release, f.return_timeout) == ("taint", False, 120.0)
+    for bad, field in (
+        ("{cleanup: drain}", "fencing.cleanup"),
+        ("{release: 'yes'}", "fencing.release"),
+        ("{release_timeout: 0}", "fencing.release_timeout"),
+    ):
+        path.write_text(f"fencing: {bad}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path, env={})
+        assert err.value.field == field and str(path) in str(err.value)

@@ -51,6 +51,7 @@ from agent.policy import AlertKind
 from agent.records import to_record
 from hwsim.broker import MosquittoBroker, find_mosquitto, free_port
 from hwsim.kube import KubeApiServer, RequestRecord, ResourceType
+from hwsim.kube.controllers import ControllerTimers
 from hwsim.simcluster import ClusterSettings, SimCluster
 from hwsim.vms import RESTARTED_POLICIES
 
@@ -709,8 +710,13 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
     tmp_path: Path,
 ) -> None:
     docs = render("overlays/example")
+    # A busy kube-controller-manager: the attach/detach controller looks only every 2 s, so the
+    # release finds the VolumeAttachments still there and deletes them itself.
+    slow = ControllerTimers(attach_detach_loop=2.0)
     cluster = ShippedBrokerCluster(
-        tmp_path, ClusterSettings(nodes=4, bmcs=True, vms=8, **RUN_TIMINGS), shipped_acl()
+        tmp_path,
+        ClusterSettings(nodes=4, bmcs=True, vms=8, timers=slow, **RUN_TIMINGS),
+        shipped_acl(),
     )
     serve_rbac(cluster.kube)
     try:
@@ -749,6 +755,11 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
     assert denied(agent_grants, calls) == []
     assert unused(agent_grants, calls) == []
     assert {"delete", "patch"} <= {c.verb for c in calls if c.resource == "nodes"}
+    # the release ran: pods force-deleted, VolumeAttachments looked at
+    assert {"list", "delete"} <= {c.verb for c in calls if c.resource == "pods"}
+    assert {"list", "delete"} <= {c.verb for c in calls if c.resource == "volumeattachments"}
+    # nodefence's own writes never rely on an unconditional update (422 on a real server)
+    assert [c for c in calls if c.code == 422] == []
     # What the agents stored is what the CRD keeps (nothing pruned on a real API server).
     assert list(record_validator().iter_errors(record)) == []
 
@@ -810,6 +821,7 @@ def test_every_api_call_of_maintenance_is_granted_by_the_maintenance_role(
     grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if g.role in maintenance]
     assert denied(grants, calls) == []  # enough on its own, when bound to a person
     assert unused(grants, calls) == []
+    assert [c for c in calls if c.code == 422] == []  # no unconditional update anywhere
 
 
 # -- the broker's shipped config and ACL on a real mosquitto ---------------------------------

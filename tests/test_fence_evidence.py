@@ -62,6 +62,8 @@ async def test_every_operation_keeps_its_decision_each_bmc_step_and_each_lease_c
         "phase:PoweredOff",
         "lease-confirmed:taint",
         "tainted:",
+        "lease-confirmed:release-pods",  # its pods, then its VolumeAttachments, let go
+        "lease-confirmed:release-attachments",
         "lease-confirmed:delete-node",
         "node-deleted:",
         "phase:Recovering",

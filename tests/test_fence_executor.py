@@ -7,6 +7,7 @@ cases run on the simulated cluster (tests/test_e2e_safety.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +16,7 @@ import yaml
 
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_executor import FenceExecutor
-from agent.fencing import Operation, Phase, Timing
+from agent.fencing import Cleanup, Operation, Phase, Timing
 from agent.inventory import parse_inventory
 from agent.records import to_record
 from tests.executor_fakes import FakeApi, FakeMachine, FakeNode, factory
@@ -56,7 +57,7 @@ class Leader:
         if not self.leader:
             raise RuntimeError("not the leader")
 
-    def alive_since(self, node: str, since: float) -> str | None:
+    def alive_since(self, node: str, since: float, *, certain: bool = False) -> str | None:
         self.calls.append("alive_check")
         if self.heartbeat_after_save and any(c.startswith("save Fencing+sent") for c in self.calls):
             return "heartbeat received 0.0 s ago"
@@ -426,3 +427,158 @@ async def test_after_proof_reboot_powers_on_only_after_the_deletion_is_stored(
     assert api.calls[power_on - 1] == "confirm_leader"  # the Lease, right before
     st = record(api)["status"]
     assert st["poweredOn"] is True and record(api)["spec"]["action"] == "reboot"
+
+
+# -- releasing the node: its pods, its VolumeAttachments, its taint -----------------------------
+
+
+def with_workload(api: FakeApi) -> None:
+    """The fenced node runs a launcher pod and a web pod; its VM's disk is attached there."""
+    api.pods += [("prod", "virt-launcher-a-x1", "p1", N), ("web", "web-1", "p2", N)]
+    api.pods.append(("web", "web-2", "p3", "w2"))  # another node's: never touched
+    api.attachments.append(["csi-a", N, "pvc-prod-a", False])
+    api.attachments.append(["csi-b", "w2", "pvc-web-b", False])
+
+
+def after(calls: list[str], step: str) -> list[str]:
+    return calls[calls.index(step) :]
+
+
+async def test_after_the_proof_it_taints_then_force_deletes_the_pods_then_removes_attachments(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    with_workload(api)
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    released = [
+        c
+        for c in after(api.calls, "power_off")
+        if c in ("confirm_leader", "taint", "list_pods", "list_attachments", "delete_node")
+        or c.startswith(("delete_pod", "delete_attachment"))
+    ]
+    assert released == [
+        "confirm_leader",
+        "taint",
+        "confirm_leader",
+        "list_pods",
+        "delete_pod virt-launcher-a-x1",
+        "delete_pod web-1",
+        "confirm_leader",
+        "list_attachments",
+        "delete_attachment csi-a",
+        "confirm_leader",
+        "list_attachments",  # gone now: the CSI attacher let go of it
+        "confirm_leader",
+        "delete_node",
+    ]
+    assert api.pods == [("web", "web-2", "p3", "w2")]
+    assert [a[0] for a in api.attachments] == ["csi-b"]
+    st = record(api)["status"]
+    assert (st["phase"], st["podsDeleted"], st["attachmentsRemoved"]) == ("Recovered", 2, 1)
+    assert st["podsReleasedAt"] and st["attachmentsReleasedAt"] and st["deletedAt"]
+    assert api.nodes == {} and "FenceReleasedPods" in api.events
+
+
+async def test_the_node_is_deleted_only_once_its_attachments_are_gone(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    with_workload(api)
+    api.detach_after = 3  # the CSI attacher takes a few looks to unpublish the volume
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    looks = after(api.calls, "delete_attachment csi-a")
+    assert looks.count("list_attachments") == 4
+    assert looks.index("delete_node") > max(
+        i for i, c in enumerate(looks) if c == "list_attachments"
+    )
+
+
+async def test_with_release_off_no_pod_or_attachment_is_touched(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    with_workload(api)
+    ex = make(tmp_path, api, machine, leader, release=False)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert not [c for c in api.calls if c.startswith(("delete_pod", "delete_attachment"))]
+    assert "list_pods" not in api.calls and record(api)["spec"]["release"] is False
+    assert record(api)["status"]["phase"] == "Recovered"  # (the fake restarts VMs on deletion)
+
+
+async def test_no_pod_is_released_once_the_lease_is_lost_after_the_taint(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    with_workload(api)
+    confirm = leader.confirm
+
+    async def lose_after_taint() -> None:
+        if "taint" in api.calls:
+            raise RuntimeError("not the leader")
+        await confirm()
+
+    leader.confirm = lose_after_taint  # type: ignore[method-assign]
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert "taint" in api.calls and "list_pods" not in api.calls
+    assert len([p for p in api.pods if p[3] == N]) == 2
+    assert record(api)["status"]["podsReleased"] is False
+
+
+async def test_cleanup_taint_keeps_the_node_and_untaints_it_once_ready_and_heartbeating(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    with_workload(api)
+    heard: dict[str, float] = {}
+    clock = [100.0]
+    ex = make(
+        tmp_path,
+        api,
+        machine,
+        leader,
+        cleanup=Cleanup.TAINT,
+        after_proof="reboot",
+        last_heartbeat=heard.get,
+        clock=lambda: clock[0],
+    )
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await until("powered on", lambda: machine.ons == 1)
+    await until("waiting for the node", lambda: stored_phase(api) == "Returning")
+    assert api.nodes[N].tainted and api.nodes[N].fenced_by  # kept, tainted, marked
+    assert "delete_node" not in api.calls
+    api.nodes[N].ready = True  # the kubelet is back, but no heartbeat of the agent yet
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+    assert stored_phase(api) == "Returning" and "untaint" not in api.calls
+    clock[0] = 120.0
+    heard[N] = 119.5  # the agent heartbeats again
+    await settle(ex)
+    st = record(api)["status"]
+    assert (st["phase"], st["returned"], st["untainted"]) == ("Recovered", True, True)
+    assert not api.nodes[N].tainted and not api.nodes[N].fenced_by
+    assert api.calls[api.calls.index("untaint") - 1] == "confirm_leader"
+    assert "FenceUntainted" in api.events
+
+
+async def test_attachments_someone_else_is_deleting_are_waited_for_at_the_check_pace(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    api.attachments.append(["csi-a", N, "pvc-prod-a", True])  # already being deleted
+    api.detach_after = 2
+    loop = asyncio.get_running_loop()
+    looks: list[float] = []
+    listing = api.list_volume_attachments
+
+    async def timed(node: str) -> Any:
+        looks.append(loop.time())
+        return await listing(node)
+
+    api.list_volume_attachments = timed  # type: ignore[method-assign]
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)
+    assert len(looks) == 3
+    assert not [c for c in api.calls if c.startswith("delete_attachment")]  # not ours to delete
+    assert all(b - a >= 0.01 for a, b in itertools.pairwise(looks))  # check_interval

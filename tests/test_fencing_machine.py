@@ -1,7 +1,8 @@
 """The fencing workflow as a pure state machine: every phase x event, the scenarios an operator
-cares about, and properties over random event orders (no Node deleted before a proven Off, no
-abort past the point of no return, final phases absorb, nothing silently stuck, idempotent
-reports from two leaders)."""
+cares about, and properties over random event orders (no Node tainted, released or deleted
+before a proven Off, no abort past the point of no return, no untaint before the node is back,
+final phases absorb, nothing silently stuck, idempotent reports from two leaders), for both
+`cleanup: delete` and `cleanup: taint`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from agent.fencing import (
     FINAL,
     RESTART_POLICIES,
     Action,
+    AttachmentsReleased,
     Cancelled,
+    Cleanup,
     Event,
     FenceDone,
     Maintenance,
@@ -27,13 +30,16 @@ from agent.fencing import (
     NodeDeleted,
     Operation,
     Phase,
+    PodsReleased,
     PoweredOn,
     PoweredOnAgain,
     PowerOffSending,
+    ReturnChecked,
     SelfFenced,
     SendWithdrawn,
     Tainted,
     Timing,
+    Untainted,
     VmOutcome,
     VmsSeen,
     VmsSnapshotted,
@@ -44,7 +50,13 @@ from agent.fencing import (
 NODE = "w1"
 OTHER = "w2"
 NOW = 1000.0
-T = Timing(retry_base=5.0, retry_max=60.0, recovery_timeout=300.0)
+T = Timing(
+    retry_base=5.0,
+    retry_max=60.0,
+    recovery_timeout=300.0,
+    release_timeout=60.0,
+    return_timeout=900.0,
+)
 
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -87,8 +99,11 @@ PROVEN = replace(
 )
 SNAPSHOTTED = replace(PROVEN, vms=SNAPSHOT)
 TAINTED = replace(SNAPSHOTTED, tainted=True)
+PODS_RELEASED = replace(TAINTED, pods_released=True, pods_deleted=2, release_deadline=NOW + 60.0)
+RELEASE_OVERDUE = replace(PODS_RELEASED, release_deadline=NOW - 1.0)
+RELEASED = replace(PODS_RELEASED, attachments_released=True, attachments_removed=1)
 RECOVERING = replace(
-    TAINTED,
+    RELEASED,
     phase=Phase.RECOVERING,
     node_deleted=True,
     deleted_at=NOW - 10.0,
@@ -109,6 +124,30 @@ INCOMPLETE = replace(
     RECOVERING, phase=Phase.RECOVERY_INCOMPLETE, reason="not running elsewhere: prod/a"
 )
 ABORTED = replace(PENDING, phase=Phase.ABORTED, reason="node came back")
+# cleanup taint: the Node is kept, tainted; released, the recovery clock runs from there.
+KEPT = replace(
+    RELEASED,
+    cleanup=Cleanup.TAINT,
+    phase=Phase.RECOVERING,
+    released_at=NOW - 10.0,
+    recovery_deadline=NOW + 290.0,
+    reason="node kept out of service and released; waiting for its ColdStandby VMs",
+)
+KEPT_REBOOTING = replace(KEPT, reboot=True)  # released, not powered on yet
+KEPT_POWERED = replace(
+    KEPT_REBOOTING, powered_on=True, powered_on_at=NOW - 5.0, return_deadline=NOW + 895.0
+)
+RETURNING = replace(
+    KEPT_POWERED,
+    phase=Phase.RETURNING,
+    verdict=Phase.RECOVERED,
+    vms=(replace(VM_A, running_on=OTHER, recovered_after=8.0), VM_M),
+    reason="1 ColdStandby VMs running on other nodes",
+)
+RETURN_OVERDUE = replace(RETURNING, return_deadline=NOW - 1.0)
+RETURNED = replace(
+    RETURNING, returned=True, reason=f"{RETURNING.reason}; w1 back (Ready, heartbeat 0.5 s ago)"
+)
 
 STATES: dict[str, Operation] = {
     "pending": PENDING,
@@ -118,9 +157,18 @@ STATES: dict[str, Operation] = {
     "proven": PROVEN,
     "snapshotted": SNAPSHOTTED,
     "tainted": TAINTED,
+    "pods-released": PODS_RELEASED,
+    "release-overdue": RELEASE_OVERDUE,
+    "released": RELEASED,
     "cleaned": CLEANED,
     "recovering": RECOVERING,
     "rebooting": REBOOTING,
+    "kept": KEPT,
+    "kept-rebooting": KEPT_REBOOTING,
+    "kept-powered": KEPT_POWERED,
+    "returning": RETURNING,
+    "return-overdue": RETURN_OVERDUE,
+    "returned": RETURNED,
     "recovered": RECOVERED,
     "incomplete": INCOMPLETE,
     "aborted": ABORTED,
@@ -141,7 +189,15 @@ EVENTS: dict[str, Event] = {
     "withdrawn": SendWithdrawn("cannot read the Node before the power-off"),
     "powered-on": PoweredOn(True),
     "on-again": PoweredOnAgain("ipmi read On again"),
+    "pods-released": PodsReleased(2),
+    "attachments-released": AttachmentsReleased(1),
+    "attachments-pending": AttachmentsReleased(1, ("pvc-prod-a",)),
+    "back": ReturnChecked(True, "Ready, heartbeat 0.5 s ago"),
+    "not-back": ReturnChecked(False),
+    "untainted": Untainted(),
 }
+RELEASE_EVENTS = ("pods-released", "attachments-released", "attachments-pending")
+RETURN_EVENTS = ("back", "not-back", "untainted")
 
 
 def _proof(op: Operation) -> dict[str, Any]:
@@ -181,7 +237,7 @@ def _failure(op: Operation) -> dict[str, Any]:
 
 ON_AGAIN = {
     "phase": Phase.ABORTED,
-    "reason": "powered on again after the proof, before the Node was deleted (ipmi read On"
+    "reason": "powered on again after the proof, before its VMs were released (ipmi read On"
     " again): the Node is kept and its VMs stay where they run",
 }
 CANCELLED = {
@@ -229,13 +285,44 @@ def _deleted() -> dict[str, Any]:
     }
 
 
-def _recovered(op: Operation) -> dict[str, Any]:
-    assert op.deleted_at is not None
-    return {
-        "phase": Phase.RECOVERED,
-        "vms": (replace(VM_A, running_on=OTHER, recovered_after=NOW - op.deleted_at), VM_M),
+def _recovered(op: Operation, phase: Phase = Phase.RECOVERED) -> dict[str, Any]:
+    assert op.recovery_start is not None
+    found = {
+        "phase": phase,
+        "vms": (replace(VM_A, running_on=OTHER, recovered_after=NOW - op.recovery_start), VM_M),
         "reason": "1 ColdStandby VMs running on other nodes",
     }
+    if phase is Phase.RETURNING:
+        found["verdict"] = Phase.RECOVERED
+    return found
+
+
+def _deleted_later() -> dict[str, Any]:
+    """cleanup taint, released already: somebody deleted the Node; the clock stays."""
+    return {"node_deleted": True, "deleted_at": NOW}
+
+
+def _release(op: Operation) -> dict[str, dict[str, Any]]:
+    """The release reports: pods once tainted, attachments once the pods are released."""
+    rows: dict[str, dict[str, Any]] = dict.fromkeys(RELEASE_EVENTS, UNCHANGED)
+    if op.tainted and not op.pods_released:
+        rows["pods-released"] = {
+            "pods_released": True,
+            "pods_deleted": op.pods_deleted + 2,
+            "release_deadline": NOW + T.release_timeout,
+        }
+    if op.pods_released and not op.attachments_released:
+        rows["attachments-released"] = {"attachments_released": True, "attachments_removed": 1}
+        if op.release_deadline is not None and op.release_deadline <= NOW:
+            note = "still attached 60 s after the release: pvc-prod-a"
+            rows["attachments-pending"] = {
+                "attachments_released": True,
+                "attachments_removed": 1,
+                "errors": (*op.errors, note),
+            }
+        else:
+            rows["attachments-pending"] = {"attachments_removed": 1}
+    return rows
 
 
 SNAPPED = {"vms": SNAPSHOT, "capacity_warning": "no room for prod/a"}
@@ -261,6 +348,7 @@ def _before_proof(op: Operation) -> dict[str, dict[str, Any]]:
         "withdrawn": _withdrawn(op),  # only right after PowerOffSending
         "powered-on": UNCHANGED,
         "on-again": UNCHANGED,  # nothing proven to void
+        **dict.fromkeys((*RELEASE_EVENTS, *RETURN_EVENTS), UNCHANGED),
     }
 
 
@@ -275,8 +363,10 @@ def _after_proof(op: Operation, **rest: dict[str, Any]) -> dict[str, dict[str, A
         "cancelled": UNCHANGED,  # proof is proof
         "withdrawn": UNCHANGED,
         "powered-on": UNCHANGED,  # only with after_proof reboot, once deleted
-        # the machine runs again before its Node was deleted: the proof is stale
-        "on-again": UNCHANGED if op.node_deleted else ON_AGAIN,
+        # the machine runs again before its VMs were let go: the proof is stale
+        "on-again": UNCHANGED if (op.node_deleted or op.pods_released) else ON_AGAIN,
+        **_release(op),
+        **dict.fromkeys(RETURN_EVENTS, UNCHANGED),  # only while Returning
         **rest,
     }
 
@@ -299,13 +389,22 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         deleted=_deleted(),
         seen=UNCHANGED,  # VMs are only checked once the Node is gone
     ),
-    "tainted": _after_proof(
-        TAINTED,
-        snapshot={"capacity_warning": "no room for prod/a"},
-        tainted=UNCHANGED,
-        deleted=_deleted(),
-        seen=UNCHANGED,
-    ),
+    **{
+        name: _after_proof(
+            op,
+            # once its pods are gone a snapshot cannot be better than the one before
+            snapshot=UNCHANGED if op.pods_released else {"capacity_warning": "no room for prod/a"},
+            tainted=UNCHANGED,
+            deleted=_deleted(),  # (another leader deleted it: the release still goes on)
+            seen=UNCHANGED,
+        )
+        for name, op in (
+            ("tainted", TAINTED),
+            ("pods-released", PODS_RELEASED),
+            ("release-overdue", RELEASE_OVERDUE),
+            ("released", RELEASED),
+        )
+    },
     "cleaned": _after_proof(
         CLEANED, snapshot=UNCHANGED, tainted=UNCHANGED, deleted=UNCHANGED, seen=_recovered(CLEANED)
     ),
@@ -322,7 +421,70 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         tainted=UNCHANGED,
         deleted=UNCHANGED,
         seen=_recovered(REBOOTING),
-        **{"powered-on": {"powered_on": True}},
+        **{"powered-on": {"powered_on": True, "powered_on_at": NOW}},
+    ),
+    "kept": _after_proof(
+        KEPT,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=_deleted_later(),
+        seen=_recovered(KEPT),  # no reboot: Recovered, the Node stays tainted
+    ),
+    "kept-rebooting": _after_proof(
+        KEPT_REBOOTING,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=_deleted_later(),
+        seen=_recovered(KEPT_REBOOTING),  # (CHECK_VMS comes after POWER_ON in practice)
+        **{
+            "powered-on": {
+                "powered_on": True,
+                "powered_on_at": NOW,
+                "return_deadline": NOW + T.return_timeout,
+            }
+        },
+    ),
+    "kept-powered": _after_proof(
+        KEPT_POWERED,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=_deleted_later(),
+        seen=_recovered(KEPT_POWERED, Phase.RETURNING),  # VMs judged: now wait for the node
+    ),
+    "returning": _after_proof(
+        RETURNING,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=_deleted_later(),
+        seen=UNCHANGED,  # judged already
+        back={"returned": True, "reason": RETURNED.reason},
+    ),
+    "return-overdue": _after_proof(
+        RETURN_OVERDUE,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=_deleted_later(),
+        seen=UNCHANGED,
+        back={"returned": True, "reason": RETURNED.reason},  # late, but back: untaint it
+        **{
+            "not-back": {
+                "phase": Phase.RECOVERED,
+                "reason": f"{RETURNING.reason}; w1 not back 900 s after the power-on:"
+                " out-of-service taint kept (remove it once the node is repaired)",
+            }
+        },
+    ),
+    "returned": _after_proof(
+        RETURNED,
+        snapshot=UNCHANGED,
+        tainted=UNCHANGED,
+        deleted=_deleted_later(),
+        seen=UNCHANGED,
+        untainted={
+            "untainted": True,
+            "phase": Phase.RECOVERED,
+            "reason": f"{RETURNED.reason}: out-of-service taint removed",
+        },
     ),
     "recovered": FINAL_ROW,
     "incomplete": FINAL_ROW,
@@ -357,12 +519,24 @@ def test_every_phase_and_event_leads_to_the_specified_operation(state: str, even
         (replace(FAILED_SENT, retry_at=None), NOW, Action.POWER_OFF),
         (PROVEN, NOW, Action.SNAPSHOT_VMS),
         (SNAPSHOTTED, NOW, Action.TAINT),
-        (TAINTED, NOW, Action.DELETE_NODE),
+        (TAINTED, NOW, Action.RELEASE_PODS),
+        (PODS_RELEASED, NOW, Action.RELEASE_ATTACHMENTS),
+        (RELEASE_OVERDUE, NOW, Action.RELEASE_ATTACHMENTS),  # the next report ends it
+        (RELEASED, NOW, Action.DELETE_NODE),
+        (replace(TAINTED, release=False), NOW, Action.DELETE_NODE),
+        (replace(TAINTED, node_deleted=True), NOW, Action.RELEASE_PODS),
         (CLEANED, NOW, Action.CHECK_VMS),
         (RECOVERING, NOW, Action.CHECK_VMS),
         (RECOVERING, NOW + 1e6, Action.CHECK_VMS),  # the deadline is judged on the next check
         (REBOOTING, NOW, Action.POWER_ON),  # only once the deletion is stored
         (replace(REBOOTING, powered_on=False), NOW, Action.CHECK_VMS),  # tried once
+        (replace(TAINTED, cleanup=Cleanup.TAINT), NOW, Action.RELEASE_PODS),
+        (KEPT, NOW, Action.CHECK_VMS),  # never DELETE_NODE
+        (KEPT_REBOOTING, NOW, Action.POWER_ON),  # only once released
+        (KEPT_POWERED, NOW, Action.CHECK_VMS),
+        (RETURNING, NOW, Action.AWAIT_RETURN),
+        (RETURN_OVERDUE, NOW, Action.AWAIT_RETURN),  # the next look ends it
+        (RETURNED, NOW, Action.UNTAINT),
         (RECOVERED, NOW, Action.NONE),
         (INCOMPLETE, NOW, Action.NONE),
         (ABORTED, NOW, Action.NONE),
@@ -377,12 +551,24 @@ def test_every_phase_and_event_leads_to_the_specified_operation(state: str, even
         "failed-without-retry-time",
         "proven-snapshots-first",
         "snapshotted-taints",
-        "tainted-deletes",
+        "tainted-releases-pods",
+        "pods-released-releases-attachments",
+        "release-overdue-looks-once-more",
+        "released-deletes",
+        "no-release-deletes",
+        "deleted-by-another-still-releases",
         "cleaned-checks-vms",
         "recovering-checks-vms",
         "recovering-past-deadline",
         "rebooting-powers-on",
         "rebooting-tried",
+        "taint-mode-releases-pods",
+        "kept-checks-vms",
+        "kept-rebooting-powers-on",
+        "kept-powered-checks-vms",
+        "returning-waits-for-the-node",
+        "return-overdue-looks-once-more",
+        "returned-untaints",
         "recovered",
         "incomplete",
         "aborted",
@@ -409,6 +595,9 @@ def test_happy_path_fences_cleans_and_proves_the_restartable_vms_run_elsewhere()
     step(FenceDone(off_proven=True, level=1), 4.0)
     step(VmsSnapshotted(vms), 4.5)
     step(Tainted(), 5.0)
+    step(PodsReleased(3), 5.2)
+    step(AttachmentsReleased(2, ("pvc-a",)), 5.4)  # the attacher still holds one
+    step(AttachmentsReleased(0), 5.6)
     step(NodeDeleted(), 6.0)
     step(VmsSeen({"prod/a": "w2", "prod/b": None, "prod/m": None}), 20.0)
     assert op.phase is Phase.RECOVERING
@@ -419,10 +608,14 @@ def test_happy_path_fences_cleans_and_proves_the_restartable_vms_run_elsewhere()
         (Phase.FENCING, Action.POWER_OFF),
         (Phase.POWERED_OFF, Action.SNAPSHOT_VMS),
         (Phase.POWERED_OFF, Action.TAINT),
+        (Phase.POWERED_OFF, Action.RELEASE_PODS),
+        (Phase.POWERED_OFF, Action.RELEASE_ATTACHMENTS),
+        (Phase.POWERED_OFF, Action.RELEASE_ATTACHMENTS),
         (Phase.POWERED_OFF, Action.DELETE_NODE),
         (Phase.RECOVERING, Action.CHECK_VMS),
         (Phase.RECOVERING, Action.CHECK_VMS),
     ]
+    assert (op.pods_deleted, op.attachments_removed) == (3, 2)
     assert op.phase is Phase.RECOVERED and next_action(op, 37.0) is Action.NONE
     assert op.vms == (
         replace(vms[0], running_on="w2", recovered_after=14.0),
@@ -439,6 +632,85 @@ def test_happy_path_fences_cleans_and_proves_the_restartable_vms_run_elsewhere()
     assert op.deleted_at == 6.0 and op.recovery_deadline == 306.0
     assert op.reason == "2 ColdStandby VMs running on other nodes"
     assert op.errors == ()
+
+
+def test_cleanup_taint_keeps_the_node_and_untaints_it_only_once_it_is_back() -> None:
+    op = replace(PENDING, cleanup=Cleanup.TAINT, reboot=True)
+    actions: list[Action] = []
+
+    def step(event: Event, at: float) -> None:
+        nonlocal op
+        actions.append(next_action(op, at))
+        op = apply(op, event, at, T)
+
+    step(FenceDone(off_proven=True, level=1), 4.0)
+    step(VmsSnapshotted((VM_A,)), 4.1)
+    step(Tainted(), 4.2)
+    step(PodsReleased(1), 4.3)
+    step(AttachmentsReleased(1), 4.5)
+    assert op.phase is Phase.RECOVERING and op.released_at == 4.5 and not op.node_deleted
+    step(PoweredOn(True), 4.6)
+    step(VmsSeen({"prod/a": OTHER}), 7.0)
+    assert op.phase is Phase.RETURNING and op.verdict is Phase.RECOVERED and not op.final
+    step(ReturnChecked(False), 60.0)
+    step(ReturnChecked(True, "Ready, heartbeat 0.4 s ago"), 120.0)
+    step(Untainted(), 120.1)
+    assert actions == [
+        Action.POWER_OFF,
+        Action.SNAPSHOT_VMS,
+        Action.TAINT,
+        Action.RELEASE_PODS,
+        Action.RELEASE_ATTACHMENTS,
+        Action.POWER_ON,  # only once released, never a DELETE_NODE
+        Action.CHECK_VMS,
+        Action.AWAIT_RETURN,
+        Action.AWAIT_RETURN,
+        Action.UNTAINT,
+    ]
+    assert op.phase is Phase.RECOVERED and op.final and op.untainted
+    assert op.vms == (replace(VM_A, running_on=OTHER, recovered_after=2.5),)
+    assert op.reason.endswith("w1 back (Ready, heartbeat 0.4 s ago): out-of-service taint removed")
+
+
+def test_cleanup_taint_without_reboot_ends_with_the_node_kept_tainted() -> None:
+    op = fold(
+        replace(PENDING, cleanup=Cleanup.TAINT),
+        [
+            (FenceDone(True, 1), 0.0),
+            (VmsSnapshotted((VM_A,)), 0.0),
+            (Tainted(), 0.0),
+            (PodsReleased(1), 0.0),
+            (AttachmentsReleased(1), 1.0),
+            (VmsSeen({"prod/a": OTHER}), 3.0),
+        ],
+    )
+    assert op.phase is Phase.RECOVERED and op.tainted and not op.untainted
+    assert not op.node_deleted
+
+
+def test_with_release_off_the_node_is_tainted_and_deleted_and_nothing_released() -> None:
+    op = fold(
+        replace(PENDING, release=False),
+        [(FenceDone(True, 1), 0.0), (VmsSnapshotted((VM_A,)), 0.0), (Tainted(), 0.0)],
+    )
+    assert next_action(op, 0.0) is Action.DELETE_NODE
+    assert apply(op, PodsReleased(3), 0.0, T) == op  # not asked for: not counted
+
+
+def test_attachments_still_there_at_the_release_deadline_are_noted_and_the_fence_goes_on() -> None:
+    op = fold(TAINTED, [(PodsReleased(2), NOW)])
+    op = apply(op, AttachmentsReleased(2, ("pvc-a",)), NOW + 1.0, T)
+    assert next_action(op, NOW + 1.0) is Action.RELEASE_ATTACHMENTS
+    op = apply(op, AttachmentsReleased(0, ("pvc-a",)), NOW + 60.0, T)
+    assert op.attachments_released and op.attachments_removed == 2
+    assert op.errors[-1] == "still attached 60 s after the release: pvc-a"
+    assert next_action(op, NOW + 60.0) is Action.DELETE_NODE
+
+
+def test_a_powered_on_node_that_never_returns_keeps_its_taint_and_says_so() -> None:
+    op = apply(RETURNING, ReturnChecked(False), RETURNING.return_deadline or 0.0, T)
+    assert op.phase is Phase.RECOVERED and not op.untainted
+    assert "not back 900 s after the power-on: out-of-service taint kept" in op.reason
 
 
 def test_heartbeats_back_before_the_power_off_is_sent_abort_and_nothing_is_deleted() -> None:
@@ -611,7 +883,17 @@ def test_two_leaders_tainting_and_deleting_in_either_order_agree() -> None:
 
 # -- properties over random event orders ---------------------------------------------------------
 
-FAST = Timing(retry_base=1.0, retry_max=8.0, recovery_timeout=20.0)
+FAST = Timing(
+    retry_base=1.0, retry_max=8.0, recovery_timeout=20.0, release_timeout=10.0, return_timeout=30.0
+)
+STARTS = (
+    PENDING,
+    replace(PENDING, reboot=True),
+    replace(PENDING, release=False),
+    replace(PENDING, cleanup=Cleanup.TAINT),
+    replace(PENDING, cleanup=Cleanup.TAINT, reboot=True),
+)
+starts = st.sampled_from(STARTS)
 VM_NAMES = ("a", "b", "c", "d")
 POLICIES = ("AlwaysOn", "AlwaysOnUnlessStoppedManually", "Manual", "AlwaysOff")
 PLACES = (None, NODE, "w2", "w3")
@@ -648,6 +930,14 @@ progress: st.SearchStrategy[Event] = st.one_of(
         VmsSeen,
         st.dictionaries(st.sampled_from([f"prod/{n}" for n in VM_NAMES]), st.sampled_from(PLACES)),
     ),
+    st.builds(PodsReleased, st.integers(0, 3)),
+    st.builds(
+        AttachmentsReleased,
+        st.integers(0, 2),
+        st.lists(st.sampled_from(("pvc-a", "pvc-b")), max_size=2).map(tuple),
+    ),
+    st.builds(ReturnChecked, st.booleans(), st.just("Ready, heartbeat")),
+    st.just(Untainted()),
 )
 # A node coming back ends most histories at once: keep it rare (1 in 10, and not on a bound,
 # which hypothesis favours) so the deep phases get explored too.
@@ -667,8 +957,13 @@ def shuffled_histories(draw: st.DrawFn) -> list[tuple[Event, float]]:
         FenceDone(True, 1),
         VmsSnapshotted(vms),
         Tainted(),
+        PodsReleased(2),
+        AttachmentsReleased(1),
         NodeDeleted(),
+        PoweredOn(True),
         VmsSeen({v.key: "w2" for v in vms}),
+        ReturnChecked(True, "Ready"),
+        Untainted(),
     ]
     mixed = draw(st.permutations([*whole, *draw(st.lists(events, max_size=20))]))
     return [(e, draw(advances)) for e in mixed]
@@ -683,15 +978,18 @@ RANK = {
     Phase.POWERED_OFF: 2,
     Phase.CLEANED: 3,
     Phase.RECOVERING: 4,
+    Phase.RETURNING: 4.5,
     Phase.RECOVERED: 5,
     Phase.RECOVERY_INCOMPLETE: 5,
     Phase.ABORTED: 5,
 }
 
 
-def run(history: Iterable[tuple[Event, float]], timing: Timing = FAST) -> Iterator[Any]:
+def run(
+    history: Iterable[tuple[Event, float]], timing: Timing = FAST, start: Operation = PENDING
+) -> Iterator[Any]:
     """Yield (before, event, now, after) for each event of `history`, time moving forward."""
-    op, now = PENDING, 0.0
+    op, now = start, 0.0
     for event, advance in history:
         now += advance
         after = apply(op, event, now, timing)
@@ -699,9 +997,11 @@ def run(history: Iterable[tuple[Event, float]], timing: Timing = FAST) -> Iterat
         op = after
 
 
-def replay(history: Iterable[tuple[Event, float]]) -> tuple[Operation, float]:
+def replay(
+    history: Iterable[tuple[Event, float]], start: Operation = PENDING
+) -> tuple[Operation, float]:
     """The operation and the time after all of `history`."""
-    op, now = PENDING, 0.0
+    op, now = start, 0.0
     for event, advance in history:
         now += advance
         op = apply(op, event, now, FAST)
@@ -714,11 +1014,30 @@ def check_step(before: Operation, now: float, after: Operation, event: Event) ->
     # only a machine seen running again may end a proven operation before its Node is gone.
     undoes = isinstance(event, Cancelled | SendWithdrawn)
     voids = isinstance(event, PoweredOnAgain)
-    # (a) nothing irreversible on the Node before a proven Off
-    assert after.off_proven or not (after.tainted or after.node_deleted)
+    # (a) nothing irreversible on the Node before a proven Off: no taint, no release of its
+    # pods or volumes, no deletion, no power-on, no untaint
+    released = after.pods_released or after.attachments_released
+    assert after.off_proven or not (after.tainted or after.node_deleted or released)
+    irreversible = (
+        Action.TAINT,
+        Action.RELEASE_PODS,
+        Action.RELEASE_ATTACHMENTS,
+        Action.DELETE_NODE,
+        Action.POWER_ON,
+        Action.UNTAINT,
+    )
     for at in (now, now + 1e9):
-        if next_action(after, at) in (Action.TAINT, Action.DELETE_NODE):
+        if next_action(after, at) in irreversible:
             assert after.off_proven
+    # pods and volumes are released only from a tainted Node, only when asked for, in order
+    assert not after.pods_released or (after.tainted and after.release)
+    assert not after.attachments_released or after.pods_released
+    # cleanup taint keeps the Node; the taint goes only from a node that came back
+    if after.cleanup is Cleanup.TAINT:
+        assert next_action(after, now) is not Action.DELETE_NODE
+    assert not after.untainted or (after.returned and after.powered_on)
+    if after.cleanup is Cleanup.DELETE:
+        assert after.phase is not Phase.RETURNING and not after.untainted
     # (b) the point of no return: a sent request or a proven Off is never aborted
     past_return = (before.off_proven and not voids) or (
         before.power_off_sent and not (undoes or voids)
@@ -733,20 +1052,22 @@ def check_step(before: Operation, now: float, after: Operation, event: Event) ->
     if before.final:
         assert after == before
     # the record only moves forward: flags stay set, phases never go back, times stay put
-    for flag in ("power_off_sent", "off_proven", "tainted", "node_deleted"):
+    flags = ("power_off_sent", "off_proven", "tainted", "node_deleted", "pods_released")
+    for flag in (*flags, "attachments_released", "returned", "untainted"):
         if flag == "power_off_sent" and undoes:
             continue
         assert getattr(after, flag) or not getattr(before, flag), flag
     assert RANK[after.phase] >= RANK[before.phase]
-    for stamp in ("deleted_at", "recovery_deadline"):
+    for stamp in ("deleted_at", "recovery_deadline", "released_at", "powered_on_at"):
         if getattr(before, stamp) is not None:
             assert getattr(after, stamp) == getattr(before, stamp), stamp
     if before.node_deleted and before.vms is not None:
         recovered = {v.key: v for v in before.vms if v.recovered_after is not None}
         assert recovered.items() <= {v.key: v for v in after.vms or ()}.items()
-    # a finished recovery really happened: the Node is gone, VMs are elsewhere
-    if after.phase in (Phase.RECOVERED, Phase.RECOVERY_INCOMPLETE):
-        assert after.off_proven and after.tainted and after.node_deleted
+    # a finished recovery really happened: the Node is gone (or kept, released), VMs elsewhere
+    if after.phase in (Phase.RECOVERED, Phase.RECOVERY_INCOMPLETE, Phase.RETURNING):
+        assert after.off_proven and after.tainted
+        assert after.node_deleted or after.released_at is not None
         assert after.vms is not None
     if after.phase is Phase.RECOVERED:
         assert after.vms is not None
@@ -761,21 +1082,29 @@ def check_step(before: Operation, now: float, after: Operation, event: Event) ->
 
 
 @PROPS
-@given(histories)
-def test_any_event_order_keeps_the_safety_invariants(history: list[tuple[Event, float]]) -> None:
-    for before, event, now, after in run(history):
+@given(starts, histories)
+def test_any_event_order_keeps_the_safety_invariants(
+    start: Operation, history: list[tuple[Event, float]]
+) -> None:
+    for before, event, now, after in run(history, start=start):
         check_step(before, now, after, event)
-    hypothesis.event(f"ends in {replay(history)[0].phase}")
+    hypothesis.event(f"{start.cleanup} ends in {replay(history, start)[0].phase}")
 
 
 @PROPS
-@given(histories, walk_reports, advances)
-def test_a_taint_deletion_or_proof_reported_twice_changes_nothing_the_second_time(
-    history: list[tuple[Event, float]], walk: FenceDone, gap: float
+@given(starts, histories, walk_reports, advances)
+def test_a_taint_release_deletion_or_proof_reported_twice_changes_nothing_the_second_time(
+    start: Operation, history: list[tuple[Event, float]], walk: FenceDone, gap: float
 ) -> None:
     # Two leaders (or a leader resuming its predecessor's record) may report the same step.
-    op, now = replay(history)
-    repeated: list[Event] = [Tainted(), NodeDeleted()]
+    op, now = replay(history, start)
+    repeated: list[Event] = [
+        Tainted(),
+        NodeDeleted(),
+        PodsReleased(2),
+        AttachmentsReleased(1),
+        Untainted(),
+    ]
     if op.off_proven or walk.off_proven:
         repeated.append(walk)  # before the proof, a failed walk is another attempt by design
     for event in repeated:
@@ -784,10 +1113,12 @@ def test_a_taint_deletion_or_proof_reported_twice_changes_nothing_the_second_tim
 
 
 @PROPS
-@given(histories)
-def test_a_proven_off_ignores_every_further_walk_report(history: list[tuple[Event, float]]) -> None:
+@given(starts, histories)
+def test_a_proven_off_ignores_every_further_walk_report(
+    start: Operation, history: list[tuple[Event, float]]
+) -> None:
     prefix = [(PowerOffSending(), 0.0), (FenceDone(True, 1), 1.0)]
-    for before, event, now, after in run([*prefix, *history]):
+    for before, event, now, after in run([*prefix, *history], start=start):
         check_step(before, now, after, event)
         if isinstance(event, FenceDone | PowerOffSending) and before.off_proven:
             assert after == before
@@ -797,9 +1128,11 @@ def test_a_proven_off_ignores_every_further_walk_report(history: list[tuple[Even
 
 
 def _bound(max_failures: int, timing: Timing, min_advance: float) -> int:
-    """Steps a well-behaved executor needs at most: walks and waits, cleanup, recovery checks."""
+    """Steps a well-behaved executor needs at most: walks and waits, cleanup and release,
+    recovery checks, a powered-on node's return."""
     per_failure = 1 + math.ceil(timing.retry_max / min_advance)
-    return max_failures * per_failure + 1 + 3 + math.ceil(timing.recovery_timeout / min_advance) + 1
+    waits = timing.release_timeout + timing.recovery_timeout + timing.return_timeout
+    return max_failures * per_failure + 1 + 7 + math.ceil(waits / min_advance) + 3
 
 
 @settings(PROPS, max_examples=200)  # long runs: each example drives up to ~100 steps
@@ -807,6 +1140,7 @@ def _bound(max_failures: int, timing: Timing, min_advance: float) -> int:
 def test_a_driven_operation_ends_final_or_stays_visibly_pending_in_fence_failed(
     data: st.DataObject,
 ) -> None:
+    start = data.draw(starts, "cleanup, reboot, release")
     bmc_reachable = data.draw(st.booleans(), "bmc reachable")
     max_failures = data.draw(st.integers(0, 6), "failures before the walk succeeds")
     vms = data.draw(vm_outcomes, "VMs on the node")
@@ -816,7 +1150,7 @@ def test_a_driven_operation_ends_final_or_stays_visibly_pending_in_fence_failed(
     dt = st.floats(min_value=min_advance, max_value=10.0, allow_nan=False)
     rare = st.integers(0, 9).map(lambda n: n == 7)  # not a bound: hypothesis favours those
 
-    op, now, failures, last = PENDING, 0.0, 0, None
+    op, now, failures, last = start, 0.0, 0, None
     for _ in range(bound):
         action = next_action(op, now)
         if op.final:
@@ -840,8 +1174,21 @@ def test_a_driven_operation_ends_final_or_stays_visibly_pending_in_fence_failed(
             batch.append(VmsSnapshotted(vms))
         elif action is Action.TAINT:
             batch.append(Tainted())
+        elif action is Action.RELEASE_PODS:
+            batch.append(PodsReleased(data.draw(st.integers(0, 3), "pods")))
+        elif action is Action.RELEASE_ATTACHMENTS:
+            now += data.draw(dt, "until the attachments are looked at")
+            stuck = data.draw(st.booleans(), "an attachment is still there")
+            batch.append(AttachmentsReleased(1, ("pvc-a",) if stuck else ()))
         elif action is Action.DELETE_NODE:
             batch.append(NodeDeleted())
+        elif action is Action.POWER_ON:
+            batch.append(PoweredOn(data.draw(st.booleans(), "power-on works")))
+        elif action is Action.AWAIT_RETURN:
+            now += data.draw(dt, "until the next look")
+            batch.append(ReturnChecked(data.draw(st.booleans(), "node back"), "Ready"))
+        elif action is Action.UNTAINT:
+            batch.append(Untainted())
         else:
             assert action is Action.CHECK_VMS
             now += data.draw(dt, "until the check")
@@ -871,7 +1218,14 @@ def test_a_driven_operation_ends_final_or_stays_visibly_pending_in_fence_failed(
     if op.phase is Phase.ABORTED:
         assert not (op.power_off_sent or op.off_proven or op.node_deleted)
         return
-    assert op.node_deleted and op.recovery_deadline is not None and op.vms is not None
+    assert op.recovery_deadline is not None and op.vms is not None
+    assert op.released and op.pods_released == op.release
+    if op.cleanup is Cleanup.DELETE:
+        assert op.node_deleted
+    else:
+        assert not op.node_deleted and op.released_at is not None
+        if op.reboot and op.powered_on:  # it came back and was untainted, or said why not
+            assert op.untainted or "not back" in op.reason
     assert [v.key for v in op.vms] == [v.key for v in vms]  # the snapshot, with outcomes
     for v in op.vms:
         if v.running_on not in (None, NODE):
@@ -880,4 +1234,4 @@ def test_a_driven_operation_ends_final_or_stays_visibly_pending_in_fence_failed(
     if op.phase is Phase.RECOVERY_INCOMPLETE:
         assert now >= op.recovery_deadline
         missing = [v.key for v in op.vms if v.expected_restart and v.running_on in (None, NODE)]
-        assert missing and op.reason.endswith(", ".join(missing))
+        assert missing and ", ".join(missing) in op.reason

@@ -1,8 +1,12 @@
 """The ColdStandby controller emulator (hwsim.coldstandby): node loss, split brain, Evict.
 
 Most tests drive `tick()` with an injected clock over the API emulator's store, with nodes
-registered by `SimKubelet`s whose power (and network link) the test controls. Two tests run the
-controller in its thread behind the real HTTP server and watch it through the official client.
+registered by `SimKubelet`s whose power (and network link) the test controls, and the
+attach/detach controller (VM disks are ReadWriteOnce claims) on the same clock. A VM restarts
+only when its launcher pod is gone: `Rig.release` does what a fencer does after a proven
+power-off (taint out-of-service, force-delete the node's pods), PodGC does it on its own only
+after its quarantine. Two tests run the controller in its thread behind the real HTTP server
+and watch it through the official client.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from hwsim.coldstandby import (
     ColdStandbyController,
 )
 from hwsim.kube import KubeApiServer, NodeLifecycleController, ObjectStore, SimKubelet
+from hwsim.kube.attachdetach import AttachDetachController
 from hwsim.kube.errors import Forbidden
+from hwsim.kube.podgc import PodGC
 from hwsim.vms import VM_LABEL, make_vm, place_vms
 
 T = TypeVar("T")
@@ -34,6 +40,8 @@ Obj = dict[str, Any]
 VIRT = ("virtualization.deckhouse.io", "v1alpha2")
 BOOT = 2.0
 MIGRATION = 1.0
+MAX_WAIT = 30.0  # maxWaitForUnmountDuration, compressed from 6 minutes
+ATTACH = 0.4  # a few looks: the pod placed, its VolumeAttachment made, then marked attached
 
 
 class FakeClock:
@@ -55,15 +63,43 @@ class Rig:
     ctl: ColdStandbyController
     power: dict[str, bool]
     link: dict[str, bool]
+    attach: AttachDetachController
     kubelets: dict[str, SimKubelet] = field(default_factory=dict)
+    gc: PodGC | None = None  # ticked by `run` when set
+
+    def step(self) -> None:
+        """One look of every controller: attach/detach, PodGC, the VM controller, kubelets."""
+        self.attach.tick()
+        if self.gc is not None:
+            self.gc.tick()
+        self.ctl.tick()
+        for kubelet in self.kubelets.values():
+            kubelet.sync_pods()
 
     def run(self, seconds: float = 0.0, step: float = 0.1) -> None:
         """Tick now, then every `step` until `seconds` have passed on the fake clock."""
-        self.ctl.tick()
+        self.step()
         end = self.clock.now + seconds
         while self.clock.now < end - 1e-9:
             self.clock.now = min(end, self.clock.now + step)
-            self.ctl.tick()
+            self.step()
+
+    def release(self, node: str, delete: bool = True) -> None:
+        """What a fencer does once the node is off: out-of-service taint, its pods
+        force-deleted, the attach/detach controller lets go of its disks, the Node deleted."""
+        taint = {"key": OUT_OF_SERVICE, "value": "nodeshutdown", "effect": "NoExecute"}
+        self.set_node(node, taints=[taint])
+        for pod in self.store.list("pods", field_selector=f"spec.nodeName={node}")["items"]:
+            meta = pod["metadata"]
+            self.store.delete("pods", meta["name"], meta["namespace"], grace_period_seconds=0)
+        self.attach.tick()
+        if delete:
+            self.store.delete("nodes", node)
+
+    def fence(self, node: str) -> None:
+        """Power off, then `release`."""
+        self.cut_power(node)
+        self.release(node)
 
     def vm(self, name: str) -> Obj:
         return self.store.get("virtualmachines", name, "default")
@@ -73,8 +109,13 @@ class Rig:
         return status.get("phase", ""), status.get("nodeName")
 
     def pods(self, vm: str) -> list[tuple[str, str]]:
+        """(node, phase) of the VM's launcher pods, Terminating ones left out."""
         items = self.store.list("pods", "default", label_selector=f"{VM_LABEL}={vm}")["items"]
-        return sorted((p["spec"]["nodeName"], p["status"]["phase"]) for p in items)
+        return sorted(
+            (p["spec"]["nodeName"], p["status"]["phase"])
+            for p in items
+            if not p["metadata"].get("deletionTimestamp")
+        )
 
     def cut_power(self, node: str) -> None:
         self.power[node] = False
@@ -114,7 +155,8 @@ def make_rig(nodes: int = 3, store: ObjectStore | None = None, **options: Any) -
         clock=clock,
         **options,
     )
-    rig = Rig(store, clock, ctl, power, link)
+    attach = AttachDetachController(store, max_wait_for_unmount=MAX_WAIT, monotonic=clock)
+    rig = Rig(store, clock, ctl, power, link, attach)
     for name in names:
         kubelet = SimKubelet(store, name, lambda n=name: power[n] and link[n])
         kubelet.tick()
@@ -188,22 +230,20 @@ def test_a_vm_placed_by_hand_is_adopted_as_running_where_its_status_says(rig: Ri
 # ---- node loss --------------------------------------------------------------------------------
 
 
-def test_a_deleted_node_restarts_its_always_on_vms_elsewhere_after_the_boot_delay(
+def test_vms_restart_elsewhere_once_a_fencer_released_their_pods_after_the_boot_delay(
     rig: Rig,
 ) -> None:
     place_vms(rig.store, rig.ctl, 4, ["node-1"])  # one VM of each run policy
     rig.run()
-    rig.cut_power("node-1")  # fenced: proven off, then deleted
-    rig.store.delete("nodes", "node-1")
+    rig.fence("node-1")  # proven off, tainted, pods force-deleted, Node deleted
     rig.run()
     assert rig.where("vm-1") == ("Starting", None)
     assert rig.where("vm-2") == ("Starting", None)
     assert rig.where("vm-3") == ("Stopped", None)  # Manual
     assert rig.where("vm-4") == ("Stopped", None)  # AlwaysOff
-    assert all(rig.pods(f"vm-{i}") == [] for i in range(1, 5))
     rig.run(BOOT - 0.2)
     assert rig.where("vm-1") == ("Starting", None)
-    rig.run(0.3)
+    rig.run(ATTACH + 0.3)
     for name in ("vm-1", "vm-2"):
         phase, node = rig.where(name)
         assert phase == "Running" and node in ("node-2", "node-3")
@@ -214,24 +254,57 @@ def test_a_deleted_node_restarts_its_always_on_vms_elsewhere_after_the_boot_dela
     assert rig.ctl.violations() == []
     history = {r.name: r for r in rig.ctl.history}
     assert set(history) == {"vm-1", "vm-2", "vm-3"}  # vm-4 was not running
-    assert history["vm-1"].why == "deleted" and history["vm-1"].restart_expected
-    assert history["vm-1"].downtime == pytest.approx(BOOT, abs=0.11)
+    assert history["vm-1"].why == "launcher pod deleted" and history["vm-1"].restart_expected
+    downtime = history["vm-1"].downtime
+    assert downtime is not None and BOOT <= downtime <= BOOT + ATTACH + 0.1
     assert history["vm-3"].running_at is None and not history["vm-3"].restart_expected
     assert not history["vm-1"].lost_node_powered  # fenced first
 
 
-def test_the_out_of_service_taint_recovers_vms_without_deleting_the_node(rig: Rig) -> None:
+def test_a_deleted_node_alone_changes_nothing_until_podgc_then_multi_attach_holds_the_disk(
+    rig: Rig,
+) -> None:
+    rig.gc = PodGC(rig.store, quarantine=40.0, period=1.0, monotonic=rig.clock)
+    place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
+    rig.run(0.5)  # the kubelet reports the disk in use; the controller sees it
+    rig.cut_power("node-1")
+    rig.store.delete("nodes", "node-1")  # deleted without releasing anything
+    rig.run(39)
+    assert rig.where("vm-1") == ("Running", "node-1")  # the API cannot know
+    rig.run(2)  # PodGC's quarantine is over: it force-deletes the pod, the VM restarts
+    assert rig.where("vm-1")[0] == "Pending"
+    running = condition(rig.vm("vm-1")["status"], "Running")
+    assert running["message"].startswith('Multi-Attach error for volume "pvc-default-vm-1-root"')
+    rig.run(MAX_WAIT - 2)
+    assert rig.where("vm-1")[0] == "Pending"  # node-1's last volumesInUse still hold the disk
+    rig.run(2 + ATTACH + BOOT)
+    assert rig.where("vm-1")[0] == "Running"
+    assert rig.ctl.violations() == []
+
+
+def test_the_out_of_service_taint_on_a_not_ready_node_frees_its_vms_and_keeps_the_node(
+    rig: Rig,
+) -> None:
+    from hwsim.kube.podgc import TaintEvictionController
+
+    manager = TaintEvictionController(rig.store, monotonic=rig.clock)
+    rig.gc = PodGC(rig.store, period=0.1, monotonic=rig.clock)
     place_vms(rig.store, rig.ctl, 3, ["node-1"], policies=["AlwaysOn", "Manual", "AlwaysOn"])
+    rig.run()
     rig.cut_power("node-1")
     taint = {"key": OUT_OF_SERVICE, "value": "nodeshutdown", "effect": "NoExecute"}
     rig.set_node("node-1", taints=[taint])
-    rig.run(BOOT + 0.1)
+    manager.tick()  # the taint manager evicts every pod: Terminating, nobody finishes them
+    rig.run(1)
+    assert rig.where("vm-1") == ("Running", "node-1")  # PodGC waits: the node reads Ready
+    ready = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}
+    rig.store.patch("nodes", "node-1", {"status": {"conditions": [ready]}}, subresource="status")
+    rig.run(ATTACH + BOOT + 0.2)
     assert rig.where("vm-1")[0] == "Running" and rig.where("vm-1")[1] != "node-1"
     assert rig.where("vm-3")[0] == "Running" and rig.where("vm-3")[1] != "node-1"
     assert rig.where("vm-2") == ("Stopped", None)
     assert rig.store.get("nodes", "node-1")  # still there
     assert rig.store.list("pods", field_selector="spec.nodeName=node-1")["items"] == []
-    assert rig.ctl.history[0].why == "out-of-service"
 
 
 def test_an_out_of_service_taint_with_another_effect_changes_nothing(rig: Rig) -> None:
@@ -271,12 +344,12 @@ def test_power_loss_kills_the_processes_at_once_while_the_api_still_says_running
     assert rig.ctl.running_places("default", "vm-1") == set()
 
 
-def test_a_partitioned_node_deleted_without_power_off_runs_its_vm_twice(rig: Rig) -> None:
+def test_a_partitioned_node_released_without_power_off_runs_its_vm_twice(rig: Rig) -> None:
     place_vms(rig.store, rig.ctl, 1, ["node-1"])
     rig.partition("node-1")  # powered, but its kubelet and agent are cut off
     rig.kubelets["node-1"].tick()
-    rig.store.delete("nodes", "node-1")  # what skipping fencing looks like
-    rig.run(BOOT + 0.1)
+    rig.release("node-1")  # what skipping fencing looks like
+    rig.run(BOOT + ATTACH)
     phase, node = rig.where("vm-1")
     assert phase == "Running" and node != "node-1"
     assert rig.ctl.running_places("default", "vm-1") == {"node-1", node}
@@ -285,22 +358,20 @@ def test_a_partitioned_node_deleted_without_power_off_runs_its_vm_twice(rig: Rig
     assert "default/vm-1" in violation and "node-1" in violation and str(node) in violation
     brain = rig.ctl.split_brains[0]
     assert brain.nodes == tuple(sorted(("node-1", str(node))))
-    assert brain.seen_at == pytest.approx(1000 + BOOT, abs=0.11)  # when the second copy started
+    assert 1000 + BOOT <= brain.seen_at <= 1000 + BOOT + ATTACH  # when the second copy started
 
 
 def test_a_transient_double_run_is_still_reported_after_it_ends(rig: Rig) -> None:
     place_vms(rig.store, rig.ctl, 1, ["node-1"])
-    rig.store.delete("nodes", "node-1")
-    rig.run(BOOT + 0.1)
+    rig.release("node-1")
+    rig.run(BOOT + ATTACH)
     rig.cut_power("node-1")  # fenced too late
     rig.run(0.5)
     assert len(rig.ctl.running_places("default", "vm-1")) == 1
     assert len(rig.ctl.violations()) == 1
 
 
-def test_a_node_deleted_and_registered_again_between_two_looks_counts_as_lost(
-    rig: Rig,
-) -> None:
+def test_a_node_that_rebooted_fails_its_launcher_pods_and_the_vms_restart(rig: Rig) -> None:
     place_vms(rig.store, rig.ctl, 2, ["node-1"], policies=["AlwaysOn", "Manual"])
     rig.run()
     rig.cut_power("node-1")
@@ -308,10 +379,10 @@ def test_a_node_deleted_and_registered_again_between_two_looks_counts_as_lost(
     rig.store.delete("nodes", "node-1")
     rig.power["node-1"] = True  # the fencer's "reboot": the kubelet registers a new Node
     rig.kubelets["node-1"].tick()
-    rig.run(BOOT + 0.1)
+    rig.run(BOOT + 2 * ATTACH)  # the kubelet fails the old pods first, then all as usual
     assert rig.where("vm-1")[0] == "Running"
     assert rig.where("vm-2") == ("Stopped", None)
-    assert [r.why for r in rig.ctl.history] == ["re-registered", "re-registered"]
+    assert [r.why for r in rig.ctl.history] == ["launcher pod Failed", "launcher pod Failed"]
     assert rig.ctl.violations() == []
 
 
@@ -319,8 +390,7 @@ def test_with_no_eligible_node_the_vm_is_pending_with_the_reason_until_one_appea
     rig = make_rig(nodes=2)
     place_vms(rig.store, rig.ctl, 1, ["node-1"])
     rig.set_node("node-2", unschedulable=True)
-    rig.cut_power("node-1")
-    rig.store.delete("nodes", "node-1")
+    rig.fence("node-1")
     rig.run(BOOT + 0.5)
     assert rig.where("vm-1") == ("Pending", None)
     status = rig.vm("vm-1")["status"]
@@ -330,7 +400,7 @@ def test_with_no_eligible_node_the_vm_is_pending_with_the_reason_until_one_appea
     rig.run(1)
     assert rig.vm("vm-1")["metadata"]["resourceVersion"] == version  # no write per tick
     rig.set_node("node-2", unschedulable=None)
-    rig.run(0.1)
+    rig.run(ATTACH + BOOT)  # placed at once, then its disk is attached and it boots
     assert rig.where("vm-1") == ("Running", "node-2")
     assert rig.ctl.running_places("default", "vm-1") == {"node-2"}
 
@@ -342,9 +412,8 @@ def test_cordoned_tainted_and_not_ready_nodes_are_never_chosen() -> None:
     rig.set_node("node-3", taints=[{"key": "dedicated", "value": "db", "effect": "NoSchedule"}])
     ready = {"type": "Ready", "status": "False", "reason": "KubeletNotReady"}
     rig.store.patch("nodes", "node-4", {"status": {"conditions": [ready]}}, subresource="status")
-    rig.cut_power("node-1")
-    rig.store.delete("nodes", "node-1")
-    rig.run(BOOT + 0.1)
+    rig.fence("node-1")
+    rig.run(BOOT + ATTACH)
     assert {rig.where(f"vm-{i}") for i in range(1, 7)} == {("Running", "node-5")}
 
 
@@ -352,17 +421,15 @@ def test_the_least_loaded_node_is_chosen() -> None:
     rig = make_rig(nodes=3)
     place_vms(rig.store, rig.ctl, 3, ["node-2"], policies=["Manual"])
     place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
-    rig.cut_power("node-1")
-    rig.store.delete("nodes", "node-1")
-    rig.run(BOOT + 0.1)
+    rig.fence("node-1")
+    rig.run(BOOT + ATTACH)
     assert rig.where("vm-4") == ("Running", "node-3")
 
 
 def test_work_per_tick_is_bounded_and_the_rest_follows_next_ticks() -> None:
     rig = make_rig(nodes=2, max_actions=2)
     place_vms(rig.store, rig.ctl, 6, ["node-1"], policies=["Manual"])
-    rig.cut_power("node-1")
-    rig.store.delete("nodes", "node-1")
+    rig.fence("node-1")
     rig.ctl.tick()
     assert [rig.where(f"vm-{i}")[0] for i in range(1, 7)].count("Stopped") == 2
     rig.run(0.3)
@@ -377,9 +444,8 @@ def test_odd_objects_are_skipped_and_the_rest_is_still_handled(rig: Rig) -> None
     bad = {"phase": "Running", "nodeName": 42, "conditions": "x"}
     rig.store.patch("vm", "odd2", {"status": bad}, "default", subresource="status")
     rig.store.create("vmop", {"metadata": {"name": "no-spec"}}, "default")
-    rig.cut_power("node-1")
-    rig.store.delete("nodes", "node-1")
-    rig.run(BOOT + 0.1)
+    rig.fence("node-1")
+    rig.run(BOOT + ATTACH)
     assert rig.where("vm-1")[0] == "Running"
     assert rig.op("no-spec")["phase"] == "Failed"
 
@@ -539,12 +605,11 @@ def test_losing_the_source_node_mid_migration_fails_it_and_restarts_the_vm(rig: 
     place_vms(rig.store, rig.ctl, 1, ["node-1"], policies=["AlwaysOn"])
     op = rig.evict("vm-1")
     rig.run()
-    rig.cut_power("node-1")
-    rig.store.delete("nodes", "node-1")
+    rig.fence("node-1")
     rig.run()
     assert rig.op(op)["phase"] == "Failed"
     assert rig.where("vm-1") == ("Starting", None)
-    rig.run(BOOT)
+    rig.run(BOOT + ATTACH)
     assert rig.where("vm-1")[0] == "Running"
     assert len(rig.pods("vm-1")) == 1
     assert rig.ctl.violations() == []
@@ -590,16 +655,25 @@ def live() -> Iterator[Live]:
     ctl = ColdStandbyController(
         server.store, lambda n: power.get(n, False), boot_delay=0.3, migration_delay=0.3, tick=0.05
     )
+    attach = AttachDetachController(server.store, loop_period=0.05)
+    kubelets = [
+        SimKubelet(server.store, n, lambda n=n: power[n], pod_sync_interval=0.05) for n in power
+    ]
     cfg = client.Configuration()
     try:
-        for name in power:
-            SimKubelet(server.store, name, lambda: True).tick()
+        for kubelet in kubelets:
+            kubelet.tick()
+            kubelet.start_in_thread()
+        attach.start_in_thread()
         ctl.start_in_thread()
         cfg.host = server.url
         with client.ApiClient(cfg) as api:
             yield Live(server, ctl, power, client.CustomObjectsApi(api), client.CoreV1Api(api))
     finally:
         ctl.stop_thread()
+        attach.stop_thread()
+        for kubelet in kubelets:
+            kubelet.stop_thread()
         server.stop_thread()
 
 
@@ -629,14 +703,27 @@ def test_the_official_client_follows_an_evict_to_completed(live: Live) -> None:
     assert phase() == "Completed"
     vm = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", "vm-1")
     assert vm["status"]["phase"] == "Running" and vm["status"]["nodeName"] != "node-1"
-    pods = live.core.list_namespaced_pod("default", label_selector=f"{VM_LABEL}=vm-1").items
-    assert [p.spec.node_name for p in pods] == [vm["status"]["nodeName"]]
+
+    def nodes_of_pods() -> list[str]:
+        selector = f"{VM_LABEL}=vm-1"
+        return [
+            p.spec.node_name
+            for p in live.core.list_namespaced_pod("default", label_selector=selector).items
+        ]
+
+    # The source pod is deleted gracefully; its kubelet finishes it.
+    eventually(lambda: nodes_of_pods() == [vm["status"]["nodeName"]])
 
 
-def test_the_threaded_controller_restarts_a_deleted_nodes_vm_elsewhere(live: Live) -> None:
+def test_the_threaded_controller_restarts_a_released_nodes_vm_elsewhere(live: Live) -> None:
     place_vms(live.server.store, live.ctl, 2, ["node-1"], policies=["AlwaysOn", "Manual"])
     live.power["node-1"] = False
-    live.core.delete_node("node-1")
+    taint = {"key": OUT_OF_SERVICE, "value": "nodeshutdown", "effect": "NoExecute"}
+    live.core.patch_node("node-1", {"spec": {"taints": [taint]}})
+    for pod in live.core.list_namespaced_pod(
+        "default", field_selector="spec.nodeName=node-1"
+    ).items:
+        live.core.delete_namespaced_pod(pod.metadata.name, "default", grace_period_seconds=0)
 
     def vm(name: str) -> Obj:
         got: Obj = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", name)

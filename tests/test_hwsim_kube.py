@@ -589,7 +589,10 @@ def test_eviction_is_201_and_a_budget_with_no_disruption_left_makes_it_429(
     client.PolicyV1Api(api).create_namespaced_pod_disruption_budget("default", pdb)
     eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "db-0"}}
     core.create_namespaced_pod_eviction("db-0", "default", eviction)
-    assert [p.metadata.name for p in core.list_namespaced_pod("default").items] == ["db-1"]
+    # An evicted pod on a node is deleted gracefully: Terminating until its kubelet is done.
+    evicted = core.read_namespaced_pod("db-0", "default")
+    assert evicted.metadata.deletion_timestamp is not None
+    assert evicted.metadata.deletion_grace_period_seconds == 30
     eviction["metadata"] = {"name": "db-1"}
     with pytest.raises(client.ApiException) as err:
         core.create_namespaced_pod_eviction("db-1", "default", eviction)
@@ -842,7 +845,10 @@ def test_kubectl_drain_evicts_vm_pods_and_a_budget_stops_it(
     core: client.CoreV1Api,
     kubectl: Kubectl,
 ) -> None:
-    server.store.create("nodes", node("node-1"))
+    # node-1's kubelet finishes what the evictions start: evicted pods are Terminating until
+    # their kubelet deletes them, and drain waits for that.
+    kubelet = SimKubelet(server.store, "node-1", lambda: True, pod_sync_interval=0.05)
+    kubelet.tick()
     vm_label = {"vm.kubevirt.internal.virtualization.deckhouse.io/name": "linux-vm"}
     owner = {
         "apiVersion": "internal.virtualization.deckhouse.io/v1",
@@ -859,11 +865,17 @@ def test_kubectl_drain_evicts_vm_pods_and_a_budget_stops_it(
     budget = {"minAvailable": 1, "selector": {"matchLabels": vm_label}}
     server.store.create("pdb", {"metadata": {"name": "vms"}, "spec": budget}, "default")
     selector = "vm.kubevirt.internal.virtualization.deckhouse.io/name"
-    blocked = kubectl("drain", "node-1", "--pod-selector", selector, "--timeout=1s", check=False)
-    assert blocked.returncode != 0
-    assert len(server.store.list("pods")["items"]) == 1  # one eviction allowed, not two
-    server.store.delete("pdb", "vms", "default")
-    kubectl("drain", "node-1", "--pod-selector", selector, "--delete-emptydir-data")
+    kubelet.start_in_thread()
+    try:
+        blocked = kubectl(
+            "drain", "node-1", "--pod-selector", selector, "--timeout=1s", check=False
+        )
+        assert blocked.returncode != 0
+        assert len(server.store.list("pods")["items"]) == 1  # one eviction allowed, not two
+        server.store.delete("pdb", "vms", "default")
+        kubectl("drain", "node-1", "--pod-selector", selector, "--delete-emptydir-data")
+    finally:
+        kubelet.stop_thread()
     assert server.store.list("pods")["items"] == []
     assert server.store.get("nodes", "node-1")["spec"]["unschedulable"] is True
 

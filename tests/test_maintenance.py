@@ -622,7 +622,7 @@ async def test_a_pending_fence_of_a_node_entering_maintenance_is_aborted_before_
         "leader-1",
         inventory=lambda: inventory,
         confirm_leader=confirm_leader,
-        alive_since=lambda node, since: None,
+        alive_since=lambda node, since, certain=False: None,
         in_maintenance=lambda node: node == N,
     )
     executor.submit(N, decided_at=0.0)

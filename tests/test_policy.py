@@ -14,8 +14,10 @@ from agent.policy import (
     ClusterFacts,
     LeaderFacts,
     MaxUnhealthy,
+    NodeWorkload,
     PolicyDecision,
     decide,
+    maintenance_guard,
 )
 from agent.profiles import (
     CONSERVATIVE,
@@ -357,3 +359,89 @@ def test_a_node_marked_for_maintenance_but_schedulable_raises_an_alert(
     )
     if alert:
         assert "schedulable" in alerts[0].message and "maintenance exit w1" in alerts[0].message
+
+
+# --- down while cordoned, Deckhouse maintenance, kept out of service ----------------------
+
+NOTHING = NodeWorkload()
+VMS = NodeWorkload(vms=("prod/db",))
+VOLUMES = NodeWorkload(volumes=("pvc-prod-cache",))
+DH_DISABLE = "node-manager.deckhouse.io/fencing-disable"
+
+
+@pytest.mark.parametrize(
+    ("cordoned", "annotation", "workload", "fenced", "says"),
+    [
+        (False, "", None, True, ""),  # an ordinary node: not this guard's business
+        (False, "", NOTHING, True, ""),
+        (True, "", NOTHING, False, "runs no ColdStandby VM and holds no volume: not fenced"),
+        (True, "", VMS, True, "still runs ColdStandby VMs prod/db: fenced as any other node"),
+        (True, "", VOLUMES, True, "still runs volumes pvc-prod-cache: fenced"),
+        (True, "", None, True, "could not be read: fenced as any other node"),
+        (False, DH_DISABLE, NOTHING, False, f"while annotated {DH_DISABLE} and runs no"),
+        (False, DH_DISABLE, VMS, True, "fenced as any other node"),
+        (True, DH_DISABLE, NOTHING, False, f"while cordoned and annotated {DH_DISABLE}"),
+    ],
+    ids=[
+        "ordinary-unknown",
+        "ordinary-empty",
+        "cordoned-empty",
+        "cordoned-vms",
+        "cordoned-volumes",
+        "cordoned-unknown",
+        "deckhouse-disabled-empty",
+        "deckhouse-disabled-vms",
+        "both-empty",
+    ],
+)
+def test_the_maintenance_guard_fences_a_cordoned_node_only_when_fencing_frees_something(
+    cordoned: bool, annotation: str, workload: NodeWorkload | None, fenced: bool, says: str
+) -> None:
+    may, message = maintenance_guard("w0", "silent 4 s", cordoned, annotation, workload)
+    assert may is fenced
+    assert says in message and (message == "") == (says == "")
+
+
+def test_a_drained_node_that_goes_silent_is_held_with_a_down_while_cordoned_alert() -> None:
+    d = run(fleet(5, dead=1), cordoned=frozenset({"w0"}), workloads={"w0": NOTHING})
+    assert d.fence == [] and "w0" in d.held
+    [alert] = d.alerts
+    assert alert.kind is AlertKind.DOWN_WHILE_CORDONED and alert.node == "w0"
+    assert "not fenced" in alert.message
+
+
+def test_a_cordoned_node_still_running_coldstandby_vms_is_fenced_and_the_alert_says_so() -> None:
+    d = run(fleet(5, dead=1), cordoned=frozenset({"w0"}), workloads={"w0": VMS})
+    assert d.fence == ["w0"]
+    [alert] = d.alerts
+    assert alert.kind is AlertKind.DOWN_WHILE_CORDONED and "fenced as any other" in alert.message
+
+
+def test_a_cordoned_node_that_is_alive_raises_nothing() -> None:
+    d = run(fleet(5), cordoned=frozenset({"w0"}), workloads={"w0": NOTHING})
+    assert d.fence == [] and d.alerts == []
+
+
+def test_a_node_fenced_and_kept_out_of_service_is_not_fenced_again_until_it_returns() -> None:
+    d = run(fleet(5, dead=1), kept_out_of_service={"w0": "op-1"})
+    assert d.fence == [] and "operation op-1" in d.held["w0"] and d.alerts == []
+
+
+def test_every_inventory_node_deckhouse_also_fences_is_named_in_an_alert() -> None:
+    verdicts = fleet(5)
+    d = decide(
+        verdicts,
+        FIT,
+        facts(verdicts, deckhouse_fencing={"w1": "Watchdog", "x9": "Watchdog"}),
+        DEFAULT,
+    )
+    [alert] = d.alerts  # x9 has no BMC inventory entry: nodefence would not act on it
+    assert alert.kind is AlertKind.DECKHOUSE_FENCING and alert.node == "w1"
+    assert "mode Watchdog" in alert.message and "choose one" in alert.message
+
+
+def test_a_node_kept_out_of_service_does_not_count_towards_the_storm_guard() -> None:
+    verdicts = fleet(5, dead=3)  # 40% of 5 tolerates 2
+    assert run(verdicts, max_unhealthy="40%").frozen
+    d = run(verdicts, max_unhealthy="40%", kept_out_of_service={"w0": "op-1"})
+    assert not d.frozen and d.fence == ["w1", "w2"]

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from agent.cluster import ClusterApi, load_api_client
 from agent.fencing import Operation, Phase
 from agent.heartbeat_codec import valid_name
-from agent.maintenance import VMOP_NODE_LABEL, vmop_body
 from agent.node_label import NODE_LABEL, node_label_value, valid_label_value
 from agent.records import from_record, record_name, to_record
+from agent.vm_migration import VMOP_NODE_LABEL, vmop_body
 from hwsim.kube import KubeApiServer
 from hwsim.kube.labels import value_problems
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.fencing import Operation, Phase, Timing, VmOutcome, VmsSeen, apply, next_action
+from agent.fencing import (
+    Cleanup,
+    Operation,
+    Phase,
+    Timing,
+    VmOutcome,
+    VmsSeen,
+    apply,
+    next_action,
+)
 from agent.records import from_record, is_open_mark, resumed, to_record
 
 T = Timing(retry_base=1.0, retry_max=4.0, recovery_timeout=60.0)
@@ -18,6 +27,8 @@ RECOVERING = Operation(
     power_off_sent=True,
     off_proven=True,
     tainted=True,
+    pods_released=True,
+    attachments_released=True,
     node_deleted=True,
     deleted_at=5.0,
     recovery_deadline=65.0,
@@ -76,3 +87,44 @@ def test_only_an_unfinished_record_of_the_current_incarnation_marks_the_node_as_
     # incarnation, not the one being fenced (its watchdog must keep being fed).
     assert not is_open_mark(RECOVERING)
     assert not is_open_mark(replace(pending, phase=Phase.ABORTED))
+
+
+def test_a_kept_node_the_leader_powered_on_again_is_not_told_it_is_being_fenced() -> None:
+    # cleanup taint + reboot: the leader powers the node on on purpose and waits for it; its
+    # agent must not read the open record as "you are being fenced" and stop its watchdog.
+    kept = replace(RECOVERING, node_deleted=False, cleanup=Cleanup.TAINT, reboot=True)
+    assert is_open_mark(kept)
+    returning = replace(kept, phase=Phase.RETURNING, powered_on=True, verdict=Phase.RECOVERED)
+    assert not is_open_mark(returning)
+
+
+def test_the_release_and_the_return_survive_a_round_trip_and_a_new_leader() -> None:
+    op = replace(
+        RECOVERING,
+        node_deleted=False,
+        deleted_at=None,
+        cleanup=Cleanup.TAINT,
+        reboot=True,
+        pods_deleted=3,
+        attachments_removed=2,
+        released_at=5.0,
+        powered_on=True,
+        phase=Phase.RETURNING,
+        verdict=Phase.RECOVERED,
+    )
+    record = stored(op)
+    status = record["status"]
+    assert status["podsReleasedAt"] and status["attachmentsReleasedAt"]  # type: ignore[index]
+    assert status["releasedAt"] and status["deletedAt"] is None  # type: ignore[index]
+    back = resumed(from_record(record), record, 1000.0, WALL + 20, T)
+    assert (back.cleanup, back.release, back.pods_deleted, back.attachments_removed) == (
+        Cleanup.TAINT,
+        True,
+        3,
+        2,
+    )
+    assert back.verdict is Phase.RECOVERED and back.phase is Phase.RETURNING
+    assert back.released_at == 980.0 and back.recovery_deadline == 1040.0
+    # the powered-on node must heartbeat after the new leader took over, within return_timeout
+    assert back.powered_on_at == 1000.0 and back.return_deadline == 1000.0 + T.return_timeout
+    assert next_action(back, 1000.0).value == "await-return"

@@ -41,7 +41,10 @@ def assert_explain_tells_every_step(workdir: Path) -> None:
         if s["kind"] == "power"
     )
     before = [s["before"] for s in steps if s["kind"] == "lease-confirmed"]
-    assert before == ["power-off", "taint", "delete-node"]
+    # the new record (only the Lease holder writes one), then each irreversible step; the
+    # release of pods and VolumeAttachments after the taint
+    assert before[0] == "record" and before[1] == "power-off"
+    assert before.index("taint") < before.index("delete-node")
     assert all(
         s["leader"] and s["leaseGeneration"] is not None
         for s in steps
@@ -63,6 +66,17 @@ def assert_explain_tells_every_step(workdir: Path) -> None:
         assert words in text, words
 
 
+def test_power_loss_with_cleanup_taint_keeps_the_node_reboots_and_untaints_it(
+    tmp_path: Path,
+) -> None:
+    ok, timeline = run_scenario(
+        "power-loss", tmp_path / "taint", nodes=5, vms=10, fast=True, echo=False, cleanup="taint"
+    )
+    lines = "\n".join(f"{t:6.2f}s {node} {what}" for t, node, what in timeline.lines)
+    assert ok, lines
+    assert "FenceUntainted" in lines and "Node deleted from the cluster" not in lines
+
+
 async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
@@ -77,4 +91,6 @@ async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) ->
     )
     assert r.code == 0, r.out + r.err
     assert "POWER LOSS" in r.out and "FencePoweredOff" in r.out
+    assert "FenceReleasedPods" in r.out and "detached from" in r.out  # the release, visible
+    assert "timers: upstream defaults" in r.out
     assert "verdict: PASS" in r.out

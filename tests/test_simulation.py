@@ -343,6 +343,20 @@ def test_a_storm_the_leader_holds_is_no_missed_fence() -> None:
     assert _details(900866, "not-fenced", "") == []
 
 
+def test_a_held_operation_past_its_release_goes_on_when_its_node_runs_again() -> None:
+    # 900008 (after merging the release steps of issue 15): an inherited proven operation whose
+    # pods were already released could no longer be voided, yet the leader kept trying: a
+    # livelock at the Node deletion, and the operation never finished.
+    assert [v.invariant for v in run_seed(900008).violations] == []
+
+
+def test_a_first_look_at_a_kubelet_lease_is_no_sign_of_life() -> None:
+    # 514: a new leader's first look at a node's kubelet Lease was taken for a renewal after it
+    # took the operation over: a proven Off was voided while the machine was off, and the node
+    # was never fenced again.
+    assert _details(514, "not-fenced", "") == []
+
+
 # -- the CI budget -----------------------------------------------------------------------------
 
 

@@ -2,9 +2,11 @@
 
 `KubeApiServer` serves an `ObjectStore` (resourceVersion, 409 conflicts, watches with history,
 bookmarks and 410 Gone, merge/strategic/JSON patches, status subresources, label and field
-selectors, Tables for kubectl) on a loopback port, for the official `kubernetes` client and
-`kubectl`. `SimKubelet` and `NodeLifecycleController` act on the store like a node's kubelet
-and kube-controller-manager do.
+selectors, Tables for kubectl, graceful pod deletion, dry runs) on a loopback port, for the
+official `kubernetes` client and `kubectl`. `SimKubelet` and `NodeLifecycleController` act on
+the store like a node's kubelet and kube-controller-manager do; so do `PodGC`, the
+`TaintEvictionController` (podgc.py) and the `AttachDetachController` (attachdetach.py), which
+`controllers.ControllerManager` runs with their upstream timers (or compressed ones).
 
     server = KubeApiServer()              # 127.0.0.1, a free port
     server.start_in_thread()              # or: await server.start() on your own loop
@@ -17,8 +19,10 @@ and kube-controller-manager do.
 Where the real API server and a brief disagree, this emulator follows the real server: node
 `spec.taints` is an atomic list (a strategic merge patch replaces it whole), a custom resource
 refuses strategic merge patch (415), a create cannot set the status of a resource with a status
-subresource (except Node), and a watch from a compacted resourceVersion opens and then sends an
-ERROR event carrying the 410 Expired Status.
+subresource (except Node), a watch from a compacted resourceVersion opens and then sends an
+ERROR event carrying the 410 Expired Status, a DELETE of a pod bound to a node leaves it
+Terminating and returns the Pod, and a PUT without resourceVersion of a Lease or a custom
+resource is 422.
 """
 
 from hwsim.kube.errors import (

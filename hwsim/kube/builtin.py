@@ -218,6 +218,7 @@ def builtin_types() -> list[ResourceType]:
             plural="leases",
             built_in=True,
             columns=(NAME, path_column("Holder", ".spec.holderIdentity"), AGE),
+            allow_unconditional_update=False,  # a PUT without resourceVersion is 422
         ),
         ResourceType(
             group="events.k8s.io",
@@ -273,12 +274,78 @@ def builtin_types() -> list[ResourceType]:
             short_names=("crd", "crds"),
             built_in=True,
             status_subresource=True,
+            allow_unconditional_update=False,
             columns=(
                 NAME,
                 Column("Created At", lambda o, _: lookup(o, "metadata.creationTimestamp")),
             ),
         ),
+        *storage_types(),
         *virtualization_types(),
+    ]
+
+
+def _access_modes(obj: Obj, _: datetime) -> Cell:
+    short = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX"}
+    modes = lookup(obj, "spec.accessModes") or []
+    return ",".join(short.get(m, m) for m in modes)
+
+
+def storage_types() -> list[ResourceType]:
+    """PersistentVolumeClaim, PersistentVolume and VolumeAttachment (what a CSI disk is made of)."""
+    return [
+        _core(
+            kind="PersistentVolumeClaim",
+            plural="persistentvolumeclaims",
+            short_names=("pvc",),
+            status_subresource=True,
+            columns=(
+                NAME,
+                path_column("Status", ".status.phase"),
+                path_column("Volume", ".spec.volumeName"),
+                path_column("Capacity", ".status.capacity.storage"),
+                Column("Access Modes", _access_modes),
+                path_column("StorageClass", ".spec.storageClassName"),
+                AGE,
+            ),
+        ),
+        _core(
+            kind="PersistentVolume",
+            plural="persistentvolumes",
+            namespaced=False,
+            short_names=("pv",),
+            status_subresource=True,
+            columns=(
+                NAME,
+                path_column("Capacity", ".spec.capacity.storage"),
+                Column("Access Modes", _access_modes),
+                path_column("Status", ".status.phase"),
+                Column(
+                    "Claim",
+                    lambda o, _: "/".join(
+                        str(lookup(o, f"spec.claimRef.{f}") or "") for f in ("namespace", "name")
+                    ),
+                ),
+                AGE,
+            ),
+        ),
+        ResourceType(
+            group="storage.k8s.io",
+            version="v1",
+            kind="VolumeAttachment",
+            plural="volumeattachments",
+            namespaced=False,
+            built_in=True,
+            status_subresource=True,
+            columns=(
+                NAME,
+                path_column("Attacher", ".spec.attacher"),
+                path_column("PV", ".spec.source.persistentVolumeName"),
+                path_column("Node", ".spec.nodeName"),
+                path_column("Attached", ".status.attached"),
+                AGE,
+            ),
+        ),
     ]
 
 

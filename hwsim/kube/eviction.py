@@ -50,8 +50,11 @@ def disruptions_allowed(pdb: Obj, pods: list[Obj]) -> tuple[int, int, int]:
     return max(0, healthy - desired), desired, healthy
 
 
-def evict(store: ObjectStore, namespace: str, name: str, body: Obj) -> Obj:
-    """Evict a pod (delete it) unless a PodDisruptionBudget forbids it; the 201 Status body."""
+def evict(
+    store: ObjectStore, namespace: str, name: str, body: Obj, *, dry_run: bool = False
+) -> Obj:
+    """Evict a pod (delete it, gracefully when it is bound to a node) unless a
+    PodDisruptionBudget forbids it; the 201 Status body. A dry run checks and changes nothing."""
     if body.get("kind") not in (None, "Eviction"):
         raise BadRequest(f"expected an Eviction, got {body.get('kind')}")
     if (body.get("metadata") or {}).get("name", name) != name:
@@ -85,12 +88,15 @@ def evict(store: ObjectStore, namespace: str, name: str, body: Obj) -> Obj:
                         ],
                     )
         options = body.get("deleteOptions") or {}
+        grace = options.get("gracePeriodSeconds")
         store.delete(
             "pods",
             name,
             namespace,
             preconditions=options.get("preconditions"),
             propagation_policy=options.get("propagationPolicy"),
+            grace_period_seconds=None if grace is None else int(grace),
+            dry_run=dry_run,
         )
     return {
         "kind": "Status",

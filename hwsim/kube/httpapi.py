@@ -27,6 +27,7 @@ from hwsim.kube.errors import (
     NotFound,
 )
 from hwsim.kube.eviction import evict
+from hwsim.kube.pods import is_pod
 from hwsim.kube.resources import ResourceType
 from hwsim.kube.routing import (
     Representation,
@@ -75,6 +76,28 @@ def _number(value: str | None, name: str) -> float:
         return float(value or 0)
     except ValueError:
         raise BadRequest(f"{name} must be a number, not {value!r}") from None
+
+
+def _dry_run(values: Any) -> bool:
+    """`dryRun` as the server reads it: absent, or `All`; anything else is refused (400)."""
+    given = [values] if isinstance(values, str) else list(values)
+    for value in given:
+        if value != "All":
+            raise BadRequest(f'Invalid dryRun value {value!r}: supported values: "All"')
+    return bool(given)
+
+
+def _grace(options: Obj, query: Any) -> int | None:
+    """`gracePeriodSeconds` from the DeleteOptions body, else the query; None when absent."""
+    value = options.get("gracePeriodSeconds")
+    if value is None:
+        value = query.get("gracePeriodSeconds")
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"gracePeriodSeconds must be an integer, not {value!r}") from None
 
 
 async def _body(request: web.Request) -> Any:
@@ -212,9 +235,8 @@ class ApiHandler:
         rt = self.store.registry.get(route.group, route.version, route.plural)
         if route.namespace is not None and not rt.namespaced:
             raise NotFound("the server could not find the requested resource")
-        if "dryRun" in request.query:
-            raise BadRequest("dryRun is not supported by the hwsim API server")
         query, ns, name, sub = request.query, route.namespace, route.name, route.subresource
+        dry_run = _dry_run(query.getall("dryRun", []))
         rep = negotiate(request.headers.get("Accept"))
         if sub and sub != "status" and not (sub == "eviction" and "eviction" in rt.subresources):
             raise NotFound("the server could not find the requested resource")
@@ -240,11 +262,14 @@ class ApiHandler:
         if verb == "create" and sub == "eviction":
             if ns is None:
                 raise NotFound("the server could not find the requested resource")
-            return _json(evict(self.store, ns, name, body), 201)
+            options = body.get("deleteOptions") or {} if isinstance(body, dict) else {}
+            dry_run = dry_run or _dry_run(options.get("dryRun") or [])
+            return _json(evict(self.store, ns, name, body, dry_run=dry_run), 201)
         if verb == "create":
             if name:
                 raise MethodNotAllowed(f"{request.method} is not supported on a named object")
-            return self._render(rt, self.store.create(rt, body, ns), rep, query, 201)
+            created = self.store.create(rt, body, ns, dry_run=dry_run)
+            return self._render(rt, created, rep, query, 201)
         if verb == "update":
             meta = body.setdefault("metadata", {})
             if meta.setdefault("name", name) != name:
@@ -252,26 +277,45 @@ class ApiHandler:
                     f"the name of the object ({meta['name']}) does not match the name on the URL "
                     f"({name})"
                 )
-            return self._render(rt, self.store.update(rt, body, ns, subresource=sub), rep, query)
+            updated = self.store.update(rt, body, ns, subresource=sub, dry_run=dry_run)
+            return self._render(rt, updated, rep, query)
         if verb == "patch":
             patched = self.store.patch(
-                rt, name, body, ns, patch_type=request.content_type, subresource=sub
+                rt,
+                name,
+                body,
+                ns,
+                patch_type=request.content_type,
+                subresource=sub,
+                dry_run=dry_run,
             )
             return self._render(rt, patched, rep, query)
+        options = body if isinstance(body, dict) else {}
+        dry_run = dry_run or _dry_run(options.get("dryRun") or [])
+        grace = _grace(options, query)
         if verb == "delete":
-            return self._delete(rt, ns, name, body if isinstance(body, dict) else {}, query)
+            return self._delete(rt, ns, name, options, query, grace, dry_run)
         if verb == "deletecollection":
             gone = self.store.delete_collection(
                 rt,
                 ns,
                 label_selector=query.get("labelSelector", ""),
                 field_selector=query.get("fieldSelector", ""),
+                grace_period_seconds=grace,
+                dry_run=dry_run,
             )
             return _json(gone)
         raise MethodNotAllowed(f"{request.method} is not supported here")
 
     def _delete(
-        self, rt: ResourceType, ns: str | None, name: str, options: Obj, query: Any
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        name: str,
+        options: Obj,
+        query: Any,
+        grace: int | None,
+        dry_run: bool,
     ) -> web.Response:
         result = self.store.delete(
             rt,
@@ -279,7 +323,11 @@ class ApiHandler:
             ns,
             preconditions=options.get("preconditions"),
             propagation_policy=options.get("propagationPolicy") or query.get("propagationPolicy"),
+            grace_period_seconds=grace,
+            dry_run=dry_run,
         )
+        if is_pod(rt):  # the pod registry returns the pod itself (ReturnDeletedObject)
+            return _json(result)
         if result["metadata"].get("deletionTimestamp") and result["metadata"].get("finalizers"):
             return _json(result)
         details = {"name": name, "group": rt.group, "kind": rt.plural}

@@ -5,6 +5,14 @@ On each tick while `is_powered()`: register the Node after a boot, renew the nod
 as a dead kubelet does; `NodeLifecycleController` (lifecycle.py) then marks the node Unknown.
 A Node deleted while the kubelet runs is not re-created until the next boot (power cycle),
 like the real kubelet, which registers only at start.
+
+Its pod sync (`sync_pods`, every `pod_sync_interval`, only while powered) does what the real
+kubelet does to the pods bound to its node: a Terminating pod is deleted with grace 0 once its
+containers stopped (at once here); after a boot, a pod with restartPolicy Never that was
+running before goes Failed (its containers died with the power); and the CSI volumes of its
+pods are reported in `status.volumesInUse` before they are used, as the volume manager must
+before it mounts anything. A powered-off node reports nothing: its last `volumesInUse` stays,
+which is what keeps the attach/detach controller from detaching a volume that may be mounted.
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from hwsim.kube.errors import AlreadyExists, NotFound
+from hwsim.kube.errors import AlreadyExists, Conflict, NotFound
 from hwsim.kube.objects import micro_timestamp, timestamp, wall_clock
 from hwsim.kube.patch import STRATEGIC
 from hwsim.kube.periodic import Periodic
+from hwsim.kube.pods import is_terminal, is_terminating
 from hwsim.kube.store import ObjectStore
+from hwsim.kube.volumes import pod_volumes
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,7 @@ class SimKubelet:
         kubelet_version: str = "v1.32.0",
         clock: Callable[[], datetime] = wall_clock,
         allocatable: dict[str, str] | None = None,
+        pod_sync_interval: float = 0.5,
     ) -> None:
         self.store = store
         self.allocatable = dict(allocatable or DEFAULT_ALLOCATABLE)
@@ -62,6 +73,9 @@ class SimKubelet:
         self.renewals = 0
         self.ticks = 0
         self._loop = Periodic(self.tick, lease_interval, f"kubelet-{node_name}")
+        self._pods = Periodic(self.sync_pods, pod_sync_interval, f"kubelet-pods-{node_name}")
+        self._before_boot: set[str] = set()  # uids of pods bound here when it (re)booted
+        self.finalized = 0  # Terminating pods this kubelet deleted
 
     def tick(self) -> None:
         """One kubelet iteration: nothing when unpowered; else register (after boot) and renew."""
@@ -70,10 +84,73 @@ class SimKubelet:
             self.booted = False
             return
         if not self.booted:
+            pods = self.store.list("pods", field_selector=f"spec.nodeName={self.node_name}")
+            self._before_boot = {p["metadata"]["uid"] for p in pods["items"]}
             self._register()
             self.booted = True
         self._renew_lease()
         self._heartbeat()
+
+    def sync_pods(self) -> None:
+        """One pod sync (see the module doc); nothing before the Node is registered."""
+        if not self.is_powered() or not self.booted:
+            return
+        pods = self.store.list("pods", field_selector=f"spec.nodeName={self.node_name}")["items"]
+        stale, self._before_boot = self._before_boot, set()
+        in_use: set[str] = set()
+        for pod in pods:
+            meta = pod["metadata"]
+            if is_terminating(pod):
+                try:
+                    self.store.delete(
+                        "pods",
+                        meta["name"],
+                        meta["namespace"],
+                        preconditions={"uid": meta["uid"]},
+                        grace_period_seconds=0,
+                    )
+                    self.finalized += 1
+                except (NotFound, Conflict):
+                    pass  # gone already, or another pod of that name now
+                continue
+            if is_terminal(pod):
+                continue
+            never = (pod.get("spec") or {}).get("restartPolicy") == "Never"
+            if never and meta["uid"] in stale:
+                self._failed_at_boot(pod)
+                continue
+            in_use.update(v.unique_name for v in pod_volumes(self.store, pod))
+        self._report_volumes(sorted(in_use))
+
+    def _failed_at_boot(self, pod: dict[str, object]) -> None:
+        meta = pod["metadata"]
+        assert isinstance(meta, dict)
+        status = {
+            "phase": "Failed",
+            "reason": "NodeRestarted",
+            "message": "the node restarted; containers with restartPolicy Never are not rerun",
+        }
+        try:
+            self.store.patch(
+                "pods", meta["name"], {"status": status}, meta["namespace"], subresource="status"
+            )
+        except NotFound:
+            pass
+
+    def _report_volumes(self, in_use: list[str]) -> None:
+        try:
+            node = self.store.get("nodes", self.node_name)
+        except NotFound:
+            return
+        if sorted((node.get("status") or {}).get("volumesInUse") or []) == in_use:
+            return
+        self.store.patch(
+            "nodes",
+            self.node_name,
+            {"status": {"volumesInUse": in_use or None}},
+            patch_type=STRATEGIC,
+            subresource="status",
+        )
 
     def _ready(self, now: str, since: str) -> dict[str, str]:
         return {
@@ -191,17 +268,22 @@ class SimKubelet:
         self.store.patch("nodes", self.node_name, patch, patch_type=STRATEGIC, subresource="status")
 
     def start(self) -> asyncio.Task[None]:
-        """Run as a task on the running loop."""
-        return self._loop.start()
+        """Run as tasks on the running loop (returns the Lease loop's)."""
+        task = self._loop.start()
+        self._pods.start()
+        return task
 
     async def stop(self) -> None:
-        """Stop the task."""
+        """Stop the tasks."""
+        await self._pods.stop()
         await self._loop.stop()
 
     def start_in_thread(self) -> None:
-        """Run in a daemon thread."""
+        """Run in daemon threads."""
         self._loop.start_in_thread()
+        self._pods.start_in_thread()
 
     def stop_thread(self) -> None:
-        """Stop the thread."""
+        """Stop the threads."""
+        self._pods.stop_thread()
         self._loop.stop_thread()

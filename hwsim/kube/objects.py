@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from hwsim.kube.errors import BadRequest, Invalid
+from hwsim.kube.errors import BadRequest, Invalid, conflict
 from hwsim.kube.labels import label_problems
 from hwsim.kube.resources import ResourceType
 
@@ -219,3 +219,49 @@ def present(rt: ResourceType, obj: Obj) -> Obj:
     out = copy.deepcopy(obj)
     out["apiVersion"] = rt.api_version
     return out
+
+
+def parse_rv(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BadRequest(f"invalid resource version {text!r}") from None
+
+
+def finalized(obj: Obj) -> bool:
+    """An update left an object marked for deletion with no finalizer and no grace period
+    pending: the server deletes it now (a Terminating pod waits for its kubelet instead)."""
+    meta = obj["metadata"]
+    return bool(
+        meta.get("deletionTimestamp")
+        and not meta.get("finalizers")
+        and not meta.get("deletionGracePeriodSeconds")
+    )
+
+
+def check_preconditions(rt: ResourceType, obj: Obj, preconditions: Obj) -> None:
+    """Conflict unless the `uid`/`resourceVersion` preconditions given match `obj`."""
+    for field in ("uid", "resourceVersion"):
+        want, have = preconditions.get(field), obj["metadata"].get(field)
+        if want and want != have:
+            why = f"Precondition failed: {field} in precondition: {want}, {field} in object meta: "
+            raise conflict(rt.group, rt.plural, obj["metadata"]["name"], why + str(have))
+
+
+def resource_version_required(rt: ResourceType, name: str) -> Invalid:
+    """The 422 of an update without resourceVersion where the server refuses unconditional
+    updates, worded as the generic registry's (`plural.group "name" is invalid: ...`)."""
+    detail = "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+    return Invalid(
+        f'{rt.qualified} "{name}" is invalid: {detail}',
+        name=name,
+        group=rt.group,
+        kind=rt.plural,
+        causes=[
+            {
+                "reason": "FieldValueInvalid",
+                "message": "Invalid value: 0x0: must be specified for an update",
+                "field": "metadata.resourceVersion",
+            }
+        ],
+    )

@@ -76,3 +76,25 @@ class Periodic:
         self._stop.set()
         if thread is not None:
             thread.join(timeout)
+
+
+class PeriodicController:
+    """Start/stop methods of a simulator that runs a `Periodic` named `_loop`."""
+
+    _loop: Periodic
+
+    def start(self) -> asyncio.Task[None]:
+        """Run as a task on the running loop."""
+        return self._loop.start()
+
+    async def stop(self) -> None:
+        """Stop the task."""
+        await self._loop.stop()
+
+    def start_in_thread(self) -> None:
+        """Run in a daemon thread."""
+        self._loop.start_in_thread()
+
+    def stop_thread(self) -> None:
+        """Stop the thread."""
+        self._loop.stop_thread()

@@ -33,6 +33,9 @@ class ResourceType:
       with a status subresource starts with an empty status.
     - `immutable_spec`: any change to `spec` after create is refused (VirtualMachineOperation).
     - `subresources`: extra subresources besides `status` (`eviction` on pods).
+    - `allow_unconditional_update`: a PUT without resourceVersion is applied (most built-in
+      types); False where the real server refuses it with 422 (Leases). Custom resources
+      always refuse it.
     """
 
     group: str
@@ -52,6 +55,13 @@ class ResourceType:
     immutable_spec: bool = False
     subresources: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ALL_VERBS
+    allow_unconditional_update: bool = True
+
+    @property
+    def unconditional_update(self) -> bool:
+        """Whether an update without resourceVersion is applied (the strategy's
+        `AllowUnconditionalUpdate`)."""
+        return self.built_in and self.allow_unconditional_update
 
     @property
     def api_version(self) -> str:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from hwsim.kube import cascade, objects
+from hwsim.kube import cascade, objects, pods
 from hwsim.kube.builtin import builtin_types
 from hwsim.kube.changes import Change, ChangeLog, Subscription, bookmark
 from hwsim.kube.errors import (
@@ -65,6 +65,9 @@ class ObjectStore:
         self.lock = threading.RLock()
         self._objects: dict[_Key, dict[_Key, Obj]] = {}
         self._rv = 0
+        self._dry = False  # inside a dry-run request: compute everything, store nothing
+        # DefaultTolerationSeconds admission: how long new pods tolerate not-ready/unreachable
+        self.default_toleration_seconds: float = pods.DEFAULT_TOLERATION_SECONDS
         self._log = ChangeLog(history_limit)
         self._owners = cascade.OwnerIndex()
         self.admission: list[Admission] = []  # webhooks, in order (the emulated controllers')
@@ -132,14 +135,19 @@ class ObjectStore:
         for webhook in list(self.admission):
             webhook(operation, rt, obj, subresource)
 
-    def create(self, resource: Resource, obj: Obj, namespace: str | None = None) -> Obj:
-        """Store a new object (201 over HTTP); AlreadyExists if the name is taken."""
+    def create(
+        self, resource: Resource, obj: Obj, namespace: str | None = None, *, dry_run: bool = False
+    ) -> Obj:
+        """Store a new object (201 over HTTP); AlreadyExists if the name is taken.
+
+        `dry_run` (every writing method has it, as `?dryRun=All`): validate and return what
+        would be stored, store nothing."""
         rt = self.resolve(resource)
         meta = obj.get("metadata") or {}
         ns = objects.namespace_for(rt, namespace or meta.get("namespace"))
         objects.check_body_namespace(rt, obj, ns)
         objects.check_type(rt, obj, self._api_versions(rt))
-        with self.lock:
+        with self._writing(dry_run):
             name = meta.get("name") or ""
             if not name and meta.get("generateName"):
                 name = objects.generated_name(meta["generateName"])
@@ -160,6 +168,8 @@ class ObjectStore:
                     kind=rt.plural,
                 )
             new = objects.for_create(rt, obj, name, ns, self.clock())
+            if pods.is_pod(rt):
+                new = pods.admit(new, self.default_toleration_seconds)
             objects.check_labels(rt, new)
             self.admit("CREATE", rt, new)
             if self._serve_crd(rt, new):
@@ -167,12 +177,20 @@ class ObjectStore:
             return present(rt, self._write(rt, "ADDED", new, None))
 
     def update(
-        self, resource: Resource, obj: Obj, namespace: str | None = None, *, subresource: str = ""
+        self,
+        resource: Resource,
+        obj: Obj,
+        namespace: str | None = None,
+        *,
+        subresource: str = "",
+        dry_run: bool = False,
     ) -> Obj:
         """Replace an object (PUT); Conflict when its resourceVersion is stale.
 
         With `subresource="status"` only the status is taken; otherwise the status of a resource
-        with a status subresource is kept as stored.
+        with a status subresource is kept as stored. Without a resourceVersion the update is
+        Invalid (422) where the real server refuses unconditional updates (Leases, custom
+        resources).
         """
         rt = self.resolve(resource)
         meta = obj.get("metadata") or {}
@@ -182,20 +200,22 @@ class ObjectStore:
         name = meta.get("name") or ""
         if subresource not in ("", "status") or (subresource and not rt.status_subresource):
             raise NotFound("the server could not find the requested resource")
-        with self.lock:
+        with self._writing(dry_run):
             old = self._find(rt, name, ns)
+            if not meta.get("resourceVersion") and not rt.unconditional_update:
+                raise objects.resource_version_required(rt, name)
             if (
                 meta.get("resourceVersion")
                 and meta["resourceVersion"] != old["metadata"]["resourceVersion"]
             ):
                 raise conflict(rt.group, rt.plural, name, STALE)
-            _check_preconditions(rt, old, {"uid": meta.get("uid")})
+            objects.check_preconditions(rt, old, {"uid": meta.get("uid")})
             new = objects.for_update(rt, old, obj, subresource)
             objects.check_labels(rt, new)
             if objects.unchanged(old, new):
                 return present(rt, old)
             self._serve_crd(rt, new)
-            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            if objects.finalized(new):
                 return present(rt, self._remove(rt, new, "Background"))
             return present(rt, self._write(rt, "MODIFIED", new, old))
 
@@ -212,6 +232,7 @@ class ObjectStore:
         *,
         patch_type: str = MERGE,
         subresource: str = "",
+        dry_run: bool = False,
     ) -> Obj:
         """Patch an object: `patch_type` is a merge, strategic merge or JSON patch content type.
 
@@ -220,7 +241,7 @@ class ObjectStore:
         """
         rt = self.resolve(resource)
         ns = objects.namespace_for(rt, namespace)
-        with self.lock:
+        with self._writing(dry_run):
             current = present(rt, self._find(rt, name, ns))
             keys = rt.merge_key_table() if rt.built_in else None
             patched = apply_patch(current, patch, patch_type, keys)
@@ -229,6 +250,10 @@ class ObjectStore:
                 raise BadRequest("the name of the object cannot be changed by a patch")
             if ns is not None and pmeta.get("namespace", ns) != ns:
                 raise BadRequest("the namespace of the object cannot be changed by a patch")
+            # A patch applies to the current object: never an unconditional update.
+            pmeta["resourceVersion"] = pmeta.get("resourceVersion") or current["metadata"].get(
+                "resourceVersion"
+            )
             return self.update(rt, patched, ns, subresource=subresource)
 
     def delete(
@@ -239,17 +264,27 @@ class ObjectStore:
         *,
         preconditions: Obj | None = None,
         propagation_policy: str | None = None,
+        grace_period_seconds: int | None = None,
+        dry_run: bool = False,
     ) -> Obj:
         """Delete an object, or mark it deleting while finalizers remain; returns it.
 
         `preconditions` (`uid`, `resourceVersion`) must match or the delete is a Conflict.
-        Dependents (by ownerReferences) are deleted too, unless the policy is `Orphan`.
+        Dependents (by ownerReferences) are deleted too, unless the policy is `Orphan`. A pod
+        bound to a node is deleted gracefully (`hwsim.kube.pods`): it stays, Terminating, until
+        deleted with grace 0.
         """
         rt = self.resolve(resource)
         ns = objects.namespace_for(rt, namespace)
-        with self.lock:
+        with self._writing(dry_run):
             old = self._find(rt, name, ns)
-            _check_preconditions(rt, old, preconditions or {})
+            objects.check_preconditions(rt, old, preconditions or {})
+            if pods.is_pod(rt):
+                plan = pods.plan_delete(old, grace_period_seconds, self.clock())
+                if not plan.remove:
+                    if plan.marked is None:
+                        return present(rt, old)
+                    return present(rt, self._write(rt, "MODIFIED", plan.marked, old))
             if old["metadata"].get("finalizers"):
                 if old["metadata"].get("deletionTimestamp"):
                     return present(rt, old)
@@ -266,15 +301,22 @@ class ObjectStore:
         *,
         label_selector: str = "",
         field_selector: str = "",
+        grace_period_seconds: int | None = None,
+        dry_run: bool = False,
     ) -> Obj:
-        """Delete every matching object; returns the list of what was deleted."""
+        """Delete every matching object; returns the list of what was deleted (or marked)."""
         rt = self.resolve(resource)
-        with self.lock:
+        with self._writing(dry_run):
             found = self.list(
                 rt, namespace, label_selector=label_selector, field_selector=field_selector
             )
             found["items"] = [
-                self.delete(rt, o["metadata"]["name"], o["metadata"].get("namespace"))
+                self.delete(
+                    rt,
+                    o["metadata"]["name"],
+                    o["metadata"].get("namespace"),
+                    grace_period_seconds=grace_period_seconds,
+                )
                 for o in found["items"]
             ]
         return found
@@ -323,7 +365,7 @@ class ObjectStore:
                 if send_initial_events and allow_bookmarks:
                     watcher.push(bookmark(rt, self._rv, initial_events_end=True))
             elif resource_version not in (None, "", "0"):
-                self._log.replay(watcher, sub, _parse_rv(resource_version))
+                self._log.replay(watcher, sub, objects.parse_rv(resource_version))
             self._log.subscribe(watcher, sub)
         return watcher
 
@@ -345,6 +387,17 @@ class ObjectStore:
         with self.lock:
             yield self
 
+    @contextmanager
+    def _writing(self, dry_run: bool) -> Iterator[None]:
+        """Hold the lock for one write request; inside a dry run nothing is stored."""
+        with self.lock:
+            before = self._dry
+            self._dry = before or dry_run
+            try:
+                yield
+            finally:
+                self._dry = before
+
     # ---- internals -----------------------------------------------------------------------
 
     def _api_versions(self, rt: ResourceType) -> set[str]:
@@ -362,6 +415,12 @@ class ObjectStore:
         return obj
 
     def _write(self, rt: ResourceType, kind: str, new: Obj, old: Obj | None) -> Obj:
+        if self._dry:  # what would be stored; an update keeps the version it would replace
+            if old is None:
+                new["metadata"].pop("resourceVersion", None)
+            else:
+                new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            return new
         self._rv += 1
         new["metadata"]["resourceVersion"] = str(self._rv)
         meta = new["metadata"]
@@ -374,6 +433,8 @@ class ObjectStore:
 
     def _remove(self, rt: ResourceType, obj: Obj, propagation: str) -> Obj:
         meta = obj["metadata"]
+        if self._dry:
+            return copy.deepcopy(obj)
         if rt.group == "" and rt.plural == "namespaces":
             cascade.empty_namespace(self, meta["name"])
         if rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
@@ -411,7 +472,8 @@ class ObjectStore:
         if (rt.group, rt.plural) != ("apiextensions.k8s.io", "customresourcedefinitions"):
             return False
         for t in types_from_crd(obj):
-            self.registry.add(t)
+            if not self._dry:
+                self.registry.add(t)
         return True
 
     def _store_crd(self, rt: ResourceType) -> None:
@@ -426,19 +488,3 @@ class ObjectStore:
             kept = {k: old["metadata"][k] for k in ("uid", "creationTimestamp", "generation")}
             crd["metadata"].update(kept)
             self._write(crds, "MODIFIED", crd, old)
-
-
-def _parse_rv(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise BadRequest(f"invalid resource version {text!r}") from None
-
-
-def _check_preconditions(rt: ResourceType, obj: Obj, preconditions: Obj) -> None:
-    """Conflict unless the `uid`/`resourceVersion` preconditions given match `obj`."""
-    for field in ("uid", "resourceVersion"):
-        want, have = preconditions.get(field), obj["metadata"].get(field)
-        if want and want != have:
-            why = f"Precondition failed: {field} in precondition: {want}, {field} in object meta: "
-            raise conflict(rt.group, rt.plural, obj["metadata"]["name"], why + str(have))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.cluster import ClusterApi, ClusterError, LeaseInfo, NodeInfo
+from agent.cluster_release import AttachmentInfo
 from hwsim.sim.apiserver import ApiServer, copy_json
 from hwsim.sim.vloop import PROCESS, SimProcess
 
@@ -137,7 +138,9 @@ class SimClusterApi(ClusterApi):
             f"annotate node {node}", lambda: self.server.annotate_node(node, key, value), True
         )
 
-    async def taint_out_of_service(self, node: str, uid: str | None = None) -> bool:
+    async def taint_out_of_service(
+        self, node: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
         """See `ClusterApi.taint_out_of_service` (one atomic request here)."""
         proc = self._proc()
         self.server.listener.step_issued(proc, "taint", node)
@@ -145,8 +148,31 @@ class SimClusterApi(ClusterApi):
             f"taint node {node}", lambda: self.server.taint(proc, node, uid), True
         )
 
-    async def untaint_out_of_service(self, node: str, uid: str | None = None) -> bool:
-        """See `ClusterApi.untaint_out_of_service`."""
+    # The simulation models VMs, not their pods or volumes: the release after a proven Off
+    # finds nothing to free (the VMs restart once the Node is deleted, see hwsim.sim.vms).
+
+    async def list_node_pods(self, node: str, label_selector: str = "") -> list[dict[str, Any]]:
+        """See `ClusterApi.list_node_pods` (no pods are simulated)."""
+        return await self._sim(f"list pods of {node}", list, False)
+
+    async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """See `ClusterApi.force_delete_pod`."""
+        return await self._sim(f"delete pod {namespace}/{name}", lambda: False, True)
+
+    async def list_volume_attachments(self, node: str) -> list[AttachmentInfo]:
+        """See `ClusterApi.list_volume_attachments` (no volumes are simulated)."""
+        return await self._sim(f"list volume attachments of {node}", list, False)
+
+    async def delete_volume_attachment(self, name: str, uid: str) -> bool:
+        """See `ClusterApi.delete_volume_attachment`."""
+        return await self._sim(f"delete volume attachment {name}", lambda: False, True)
+
+    async def volumes_attached(self, node: str) -> list[str]:
+        """See `ClusterApi.volumes_attached`."""
+        return await self._sim(f"read node {node}", list, False)
+
+    async def remove_out_of_service(self, node: str, uid: str | None = None) -> bool:
+        """See `ClusterApi.remove_out_of_service`."""
         proc = self._proc()
         return await self._sim(
             f"untaint node {node}", lambda: self.server.untaint(proc, node, uid), True

@@ -293,7 +293,10 @@ class FaultScheduler:
             others = [
                 c
                 for c in channels
-                if c is not ch and c.kind is ChannelKind.BMC and not c.faults.early_off
+                if c is not ch
+                and c.kind is ChannelKind.BMC
+                and not c.faults.early_off
+                and not c.faults.unreachable  # a silenced witness could not tell the lie
             ]
             f.early_off = ch.kind is ChannelKind.BMC and bool(others)
             f.off_delay = rng.uniform(3, 30)

@@ -1,0 +1,156 @@
+"""The Kubernetes calls of releasing a fenced node: its pods, its VolumeAttachments, its taint.
+
+A mixin of `agent.cluster.ClusterApi` (which provides `_call`, the deadline-bounded client
+call): kept apart so the release, which only ever runs after a proven power-off, reads as one
+small surface. Like the rest of ClusterApi it returns plain values, never client models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kubernetes import client as k8s
+
+from agent.cluster_error import ClusterError
+
+T = TypeVar("T")
+OUT_OF_SERVICE_KEY = "node.kubernetes.io/out-of-service"
+FENCED_ANNOTATION = "nodefence.io/fenced-by"  # the operation that tainted the node
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    """One VolumeAttachment as the release needs it."""
+
+    name: str
+    uid: str
+    volume: str  # the PersistentVolume, or the attachment's name for inline volumes
+    deleting: bool  # marked for deletion, waiting for the CSI attacher's finalizer
+
+
+class ReleaseCalls:
+    """Pods, VolumeAttachments and the out-of-service taint of one node."""
+
+    core: k8s.CoreV1Api
+    storage: k8s.StorageV1Api
+    timeout: float
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:  # provided by ClusterApi
+        raise NotImplementedError
+
+    async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete a pod with grace 0 (not waiting for a kubelet that is gone), only that
+        object (a uid precondition). False when it was already gone or replaced."""
+        options = k8s.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=k8s.V1Preconditions(uid=uid)
+        )
+        return await self._gone_is_fine(
+            f"force-delete pod {namespace}/{name}",
+            lambda: self.core.delete_namespaced_pod(
+                name, namespace, body=options, _request_timeout=self.timeout
+            ),
+        )
+
+    async def list_volume_attachments(self, node: str) -> list[AttachmentInfo]:
+        """The VolumeAttachments of `node` (the API has no field selector for it: all are
+        listed and filtered here)."""
+        result: Any = await self._call(
+            "list volume attachments",
+            lambda: self.storage.list_volume_attachment(_request_timeout=self.timeout),
+        )
+        found = []
+        for va in result.items:
+            if va.spec is None or va.spec.node_name != node or va.metadata is None:
+                continue
+            meta, source = va.metadata, va.spec.source
+            volume = (source.persistent_volume_name if source else None) or meta.name
+            found.append(
+                AttachmentInfo(
+                    str(meta.name),
+                    str(meta.uid or ""),
+                    str(volume),
+                    meta.deletion_timestamp is not None,
+                )
+            )
+        return found
+
+    async def delete_volume_attachment(self, name: str, uid: str) -> bool:
+        """Delete a VolumeAttachment (only that object); False when already gone. The CSI
+        attacher's finalizer keeps it until the volume is unpublished from the node."""
+        options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid))
+        return await self._gone_is_fine(
+            f"delete volume attachment {name}",
+            lambda: self.storage.delete_volume_attachment(
+                name, body=options, _request_timeout=self.timeout
+            ),
+        )
+
+    async def volumes_attached(self, node: str) -> list[str]:
+        """`status.volumesAttached` of the Node as the attach/detach controller reports it
+        ([] when the Node is gone)."""
+        try:
+            obj: Any = await self._call(
+                f"read node {node}",
+                lambda: self.core.read_node(node, _request_timeout=self.timeout),
+            )
+        except ClusterError as err:
+            if err.status == 404:
+                return []
+            raise
+        attached = (obj.status.volumes_attached or []) if obj.status else []
+        return [str(v.name) for v in attached]
+
+    async def remove_out_of_service(self, node: str, uid: str | None) -> bool:
+        """Remove the out-of-service taint and nodefence's mark from the Node (only the
+        object `uid`, read-modify-write with resourceVersion). False when the Node is gone
+        or another object now."""
+        for _ in range(5):
+            try:
+                obj: Any = await self._call(
+                    f"read node {node}",
+                    lambda: self.core.read_node(node, _request_timeout=self.timeout),
+                )
+            except ClusterError as err:
+                if err.status == 404:
+                    return False
+                raise
+            if uid is not None and obj.metadata.uid != uid:
+                return False
+            taints = list(obj.spec.taints or []) if obj.spec else []
+            kept = [
+                {"key": t.key, "value": t.value, "effect": t.effect}
+                for t in taints
+                if t.key != OUT_OF_SERVICE_KEY
+            ]
+            body = {
+                "metadata": {
+                    "resourceVersion": obj.metadata.resource_version,
+                    "annotations": {FENCED_ANNOTATION: None},
+                },
+                "spec": {"taints": kept or None},
+            }
+            try:
+                await self._call(
+                    f"untaint node {node}",
+                    lambda b=body: self.core.patch_node(  # type: ignore[misc]
+                        node, b, _request_timeout=self.timeout
+                    ),
+                )
+                return True
+            except ClusterError as err:
+                if err.status == 404:
+                    return False
+                if err.status != 409:
+                    raise
+        raise ClusterError(f"untaint node {node}: kept conflicting with other writers")
+
+    async def _gone_is_fine(self, what: str, fn: Callable[[], object]) -> bool:
+        try:
+            await self._call(what, fn)
+        except ClusterError as err:
+            if err.status in (404, 409):
+                return False  # gone already, or the uid precondition found another object
+            raise
+        return True
