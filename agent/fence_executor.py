@@ -572,11 +572,12 @@ class FenceExecutor:
         try:
             info = await self.api.get_node(op.node)
             if info is not None and info.out_of_service and info.fenced_by == op.id:
+                await self.confirm_leader()  # a deposed leader leaves it to its successor
                 log.warning(
                     "node %s: removing the out-of-service taint of aborted %s", op.node, op.id
                 )
                 await self.api.remove_out_of_service(op.node, info.uid)
-        except ClusterError as err:
+        except Exception as err:  # an API error or the Lease lost: tried again next round
             log.warning("node %s: cannot clear the taint of aborted %s: %s", op.node, op.id, err)
 
     async def _untaint_if_voided(self, op: Operation) -> None:

@@ -619,8 +619,13 @@ def main() -> int:
     parser.add_argument(
         "--max-seconds", type=float, default=300.0, help="stop starting rounds after this long"
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="10 nodes, 2 rounds (~30 s): that it still runs"
+    )
     parser.add_argument("--leader-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.nodes, args.rounds = 10, 2
     if args.leader_process:
         port, kubeconfig, profile = args.leader_process.split(",")
         return leader_process(int(port), kubeconfig, profile)

@@ -709,9 +709,14 @@ def main() -> int:
         action="store_true",
         help="signed heartbeats, checked by the leader in mode required (see the doc)",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="200 nodes for 2 s (~30 s): that it still runs"
+    )
     parser.add_argument("--consumer-process", help=argparse.SUPPRESS)
     parser.add_argument("--generator-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.seconds, args.drain_max = "200", 2.0, 15.0
     if args.consumer_process:
         return consumer_process(json.loads(args.consumer_process))
     if args.generator_process:

@@ -163,7 +163,12 @@ def main() -> int:
     parser.add_argument("--cold", type=int, default=20, help="cold candidates (default 20)")
     parser.add_argument("--seconds", type=float, default=30.0, help="counting window (s)")
     parser.add_argument("--nodes", default="100,1000,10000", help="cluster sizes to total for")
+    parser.add_argument(
+        "--smoke", action="store_true", help="3 cold candidates, 4 s: that it still runs"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.cold, args.seconds = 3, 4.0
     if args.cold < 1 or args.seconds <= 0:
         parser.error("--cold: at least 1; --seconds: positive")
     return asyncio.run(run(args))

@@ -453,7 +453,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     notes: list[str] = []
     startups: list[float] = []
     split_brains: list[str] = []
-    plan = [kind for _ in range(args.rounds) for kind in KINDS]
+    plan = [kind for _ in range(args.rounds) for kind in args.kinds]
     index = 0
     while len(rounds) < len(plan):
         left = budget_end - time.monotonic()
@@ -702,6 +702,8 @@ def report_kinds(rounds: list[Round]) -> None:
     print(f"{'':<8} {'':>6}  {'median':>12} {'p95':>13}  {'median':>12} {'p95':>13}")
     medians: dict[str, tuple[float, float]] = {}
     for kind in KINDS:
+        if not any(r.kind == kind for r in rounds):
+            continue  # not asked for (--kinds) or no round of it started
         mine = [r for r in rounds if r.kind == kind and r.complete]
         deleted = [x for r in mine if (x := r.to_deleted) is not None]
         running = [x for r in mine if (x := r.to_running) is not None]
@@ -748,7 +750,21 @@ def main() -> int:
     parser.add_argument(
         "--max-seconds", type=float, default=300.0, help="stop starting rounds after this long"
     )
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"victim kinds, comma-separated (default {','.join(KINDS)})",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="one worker round, 4 VMs (~40 s): that it still runs"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.nodes, args.vms, args.per_victim = 1, 4, 4, 1
+        args.kinds = "worker"
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not args.kinds or set(args.kinds) - set(KINDS):
+        parser.error(f"--kinds: some of {', '.join(KINDS)}")
     if args.nodes < 3:
         parser.error("--nodes: at least 3 (a suspect needs a peer besides the leader)")
     if args.rounds < 1 or args.per_victim < 1:

@@ -281,6 +281,17 @@ async def test_a_taint_that_landed_after_its_operation_was_aborted_is_taken_off(
     assert not api.nodes[N].tainted and machine.offs == 0
 
 
+async def test_a_deposed_leader_leaves_an_orphan_taint_to_its_successor(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    stored_op(api, Operation(N, "old1", phase=Phase.ABORTED, node_uid="uid-1"))
+    api.nodes[N].tainted, api.nodes[N].fenced_by = True, "old1"
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    leader.leader = False  # the Lease went to another process meanwhile
+    await ex.clear_orphan_taints(await api.list_nodes(), now=10.0)
+    assert api.nodes[N].tainted and "confirm_leader" in api.calls
+
+
 async def test_a_resumed_operation_with_a_proven_off_goes_on_without_a_new_verdict(
     tmp_path: Path,
 ) -> None:
