@@ -585,6 +585,11 @@ class FenceExecutor:
         if op.phase is not Phase.ABORTED or not (op.off_proven and op.tainted):
             return
         try:
+            await self.confirm_leader()
+        except Exception as err:  # the successor takes it off (`clear_orphan_taints`)
+            log.warning("node %s: its taint is left to the next leader: %s", op.node, err)
+            return
+        try:
             await self.api.remove_out_of_service(op.node, op.node_uid or None)
         except ClusterError as err:
             log.error(

@@ -1,7 +1,7 @@
 """The fencing workflow of one node as a pure state machine (no I/O, no clock reads).
 
-    Pending -> Fencing -> PoweredOff -> Cleaned -> Recovering -> Recovered
-                  |  ^                                      \\-> RecoveryIncomplete
+    Pending -> Fencing -> PoweredOff -> Recovering -> Recovered
+                  |  ^                           \\-> RecoveryIncomplete
                   v  |                      (cleanup taint + reboot: -> Returning -> ...)
                FenceFailed (retry with backoff; the Node is never deleted from here)
     Pending/Fencing before the power-off request was sent -> Aborted (node came back)
@@ -115,7 +115,7 @@ class Phase(enum.StrEnum):
     FENCING = "Fencing"
     FENCE_FAILED = "FenceFailed"
     POWERED_OFF = "PoweredOff"
-    CLEANED = "Cleaned"
+    CLEANED = "Cleaned"  # never entered; a stored record in it resumes as Recovering
     RECOVERING = "Recovering"
     RECOVERED = "Recovered"
     RECOVERY_INCOMPLETE = "RecoveryIncomplete"
