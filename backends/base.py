@@ -6,6 +6,8 @@ import abc
 import enum
 from dataclasses import dataclass
 
+from backends.errors import BmcAuthFailed, BmcUnreachable, FenceError
+
 
 class PowerState(enum.Enum):
     """A power state as read back from a BMC."""
@@ -28,6 +30,17 @@ class CheckResult:
     reset_supported: bool
     detail: str = ""
     reason: str = ""
+
+
+def failed_check(err: FenceError, authenticated: bool) -> CheckResult:
+    """What a `check()` that failed with `err` learned: nothing received is unreachable,
+    refused credentials are reachable but not authenticated, anything else came from a BMC
+    that answered (`authenticated`: a session or login had succeeded before it failed)."""
+    if isinstance(err, BmcUnreachable):
+        return CheckResult(False, False, PowerState.UNKNOWN, False, str(err), err.reason)
+    if isinstance(err, BmcAuthFailed):
+        return CheckResult(True, False, PowerState.UNKNOWN, False, str(err), err.reason)
+    return CheckResult(True, authenticated, PowerState.UNKNOWN, False, str(err), err.reason)
 
 
 class PowerBackend(abc.ABC):

@@ -25,9 +25,8 @@ import asyncio
 import itertools
 import logging
 
-from backends.base import CheckResult, PowerBackend, PowerState
+from backends.base import CheckResult, PowerBackend, PowerState, failed_check
 from backends.errors import (
-    BmcAuthFailed,
     BmcProtocolError,
     BmcTimeout,
     BmcUnreachable,
@@ -266,14 +265,8 @@ class IpmiBackend(PowerBackend):
         """
         try:
             state = await self.power_state()
-        except BmcAuthFailed as err:
-            return CheckResult(True, False, PowerState.UNKNOWN, False, str(err), err.reason)
-        except BmcUnreachable as err:
-            return CheckResult(False, False, PowerState.UNKNOWN, False, str(err), err.reason)
         except FenceError as err:
-            return CheckResult(
-                True, self.session_up, PowerState.UNKNOWN, False, str(err), err.reason
-            )
+            return failed_check(err, self.session_up)
         return CheckResult(True, True, state, True, f"cipher suite {self.spec.cipher}")
 
     async def close(self) -> None:

@@ -25,7 +25,8 @@ from backends.errors import (
     BmcUnsupported,
     FenceError,
 )
-from backends.redfish import RedfishBackend, choose_reset_type, power_state_from
+from backends.redfish import RedfishBackend
+from backends.redfish_model import choose_reset_type, power_state_from
 from backends.spec import DeviceTimeouts, RedfishDevice, Secret
 from hwsim.machine import SimMachine
 from hwsim.redfish import RawAnswer, RedfishBmc
