@@ -9,9 +9,10 @@ records) and what really is (power, where each VM's processes run).
 - (b) `unproven-delete`: a Node disappears only when its machine is off (or was switched in
   between two looks) and a FenceOperation of that node says `offProven` (and no record says
   `nodeDeleted` without `offProven`).
-- (c) `not-recovered`: every ColdStandby VM (runPolicy AlwaysOn / AlwaysOnUnlessStoppedManually)
-  hosted by a node whose Off a record proves (the release that follows restarts it before the
-  Node goes), or by a deleted Node, is Running again within `recovery_deadline`.
+- (c) `not-recovered`: every ColdStandby VM (runPolicy AlwaysOn / AlwaysOnUnlessStoppedManually;
+  KubeVirt's runStrategy Always / RerunOnFailure) hosted by a node whose Off a record proves
+  (the release that follows restarts it before the Node goes), or by a deleted Node, is
+  Running again within `recovery_deadline`.
 - (d) `wrong-fence`: no power-off is sent (a record's `powerOffSent` turns true) for a node in
   maintenance for at least `maintenance_grace`, nor for a node whose kubelet was alive then:
   at least two Lease renewals seen within `kubelet_alive_window` before it (one renewal is
@@ -37,7 +38,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
+# Deckhouse's runPolicy; KubeVirt's runStrategy (RerunOnFailure: its instance Failed with it)
+RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually", "Always", "RerunOnFailure")
 HOSTED = ("Running", "Migrating")
 INVARIANTS = (
     "split-brain",
