@@ -268,7 +268,10 @@ class KubevirtController:
                 key = _key(vm)
                 self._guarded(key, self._sync_vm, key, vm, vmis.get(key), now)
             self.migrations.tick(nodes, load, now)
-            self.truth.keep_only(vmis)
+            # An instance deleted (its VM restarts it, or stops it) does not end processes
+            # that run on a cut-off node: they are forgotten only with the VM itself.
+            vms = {_key(vm) for vm in self.store.list(VM)["items"]}
+            self.truth.keep_only(vms | set(vmis))
             for key in [k for k in self._starting if k not in vmis]:
                 del self._starting[key]
 
