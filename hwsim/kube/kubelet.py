@@ -57,8 +57,13 @@ class SimKubelet:
         clock: Callable[[], datetime] = wall_clock,
         allocatable: dict[str, str] | None = None,
         pod_sync_interval: float = 0.5,
+        machine_on: Callable[[], bool] | None = None,
     ) -> None:
+        """`is_powered`: the kubelet runs and reaches the API; `machine_on`: its machine has
+        power (default: the same). A kubelet that only lost the API (a network cut: the
+        machine kept power) did not reboot: when it reaches the API again its pods run on."""
         self.store = store
+        self.machine_on = machine_on
         self.allocatable = dict(allocatable or DEFAULT_ALLOCATABLE)
         self.node_name = node_name
         self.is_powered = is_powered
@@ -81,7 +86,8 @@ class SimKubelet:
         """One kubelet iteration: nothing when unpowered; else register (after boot) and renew."""
         self.ticks += 1
         if not self.is_powered():
-            self.booted = False
+            if self.machine_on is None or not self.machine_on():
+                self.booted = False  # it boots (and registers) when it has power again
             return
         if not self.booted:
             pods = self.store.list("pods", field_selector=f"spec.nodeName={self.node_name}")
