@@ -51,12 +51,14 @@ class VmProfile:
 
 
 # Every runStrategy, every evictionStrategy way: migrated, stopped and restarted, stopped.
+# In this order so that with 5 nodes and 10 VMs the last node (the scenarios' victim) runs
+# one VM a drain migrates (kv-5) and one it stops and KubeVirt restarts elsewhere (kv-10).
 DEFAULT_PROFILES = (
-    VmProfile("Always", "LiveMigrate", True),
+    VmProfile("Halted", None, True),
     VmProfile("RerunOnFailure", "LiveMigrate", True),
     VmProfile("Manual", "LiveMigrateIfPossible", True),
-    VmProfile("Halted", None, True),
     VmProfile("Always", "None", False),
+    VmProfile("Always", "LiveMigrate", True),
     VmProfile("Once", "LiveMigrateIfPossible", False),
 )
 
