@@ -80,9 +80,10 @@ class Watcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching (also when it never started: the cluster must still be stopped)."""
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            self._thread.join(2)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
