@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from hwsim.scenarios import SCENARIOS, run_scenario
+from hwsim.simcluster import SimCluster
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -101,3 +103,9 @@ async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) ->
     assert r.out.index("FencePoweredOff") < r.out.index("virt-launcher-kv-")
     assert "VMRecoveredAfterFence" in r.out
     assert "verdict: PASS" in r.out
+
+
+def test_a_watcher_that_never_started_stops_quietly_so_the_cluster_is_stopped() -> None:
+    from hwsim.scenarios import Timeline, Watcher
+
+    Watcher(cast(SimCluster, object()), Timeline(echo=False)).stop()  # no leader: never started
