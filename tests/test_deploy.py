@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 # The oldest Kubernetes the manifests promise to work on, and the newest schemas bundled.
 KUBE_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
-TARGETS = ("base", "overlays/example", "overlays/watchdog", "overlays/kubevirt")
+TARGETS = ("base", "overlays/example", "overlays/kubevirt", "overlays/watchdog")
 NAMESPACE = "nodefence"
 ACCOUNT = "nodefence-agent"
 AGENT_CONFIG = "nodefence-agent-config"  # generated: the name carries a content hash
