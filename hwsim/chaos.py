@@ -125,6 +125,7 @@ class ChaosRun:
         if (opts.workdir / "kubeconfig").exists():  # a previous run of ours: start clean
             shutil.rmtree(opts.workdir)
         cluster = self.cluster = SimCluster(opts.workdir, self.settings)
+        self.checker.broker_hosts = tuple(cluster.broker_hosts)
         controller = None
         if opts.echo:
             print(
