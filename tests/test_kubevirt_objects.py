@@ -7,10 +7,11 @@ and which APIs `virtualization: auto` uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from agent.cluster import ClusterApi, ClusterError
 from agent.kubevirt_objects import (
     DrainWay,
     cluster_eviction,
@@ -23,7 +24,7 @@ from agent.kubevirt_objects import (
     vm_ref,
     vm_refs,
 )
-from agent.virt import chosen
+from agent.virt import VirtLayer, chosen
 from agent.virt_names import Virt, split_key, vm_key
 from agent.vm_migration import VmRef
 
@@ -228,3 +229,61 @@ def test_vm_keys_of_both_apis_never_collide_and_split_back() -> None:
     assert vm_key(Virt.DECKHOUSE, "prod", "db") != vm_key(Virt.KUBEVIRT, "prod", "db")
     assert split_key(vm_key(Virt.KUBEVIRT, "prod", "db")) == (Virt.KUBEVIRT, "prod", "db")
     assert split_key("prod/db") == (Virt.DECKHOUSE, "prod", "db")
+
+
+class FakeApi:
+    """The ClusterApi calls of VirtLayer: discovery, Deckhouse's VMs, KubeVirt's lists."""
+
+    def __init__(self, groups: dict[str, tuple[str, ...]], kubevirt_status: int | None) -> None:
+        self.groups = groups
+        self.kubevirt_status = kubevirt_status  # None: readable; else the error's status
+        self.discoveries = 0
+
+    async def served_groups(self) -> dict[str, tuple[str, ...]]:
+        self.discoveries += 1
+        return self.groups
+
+    async def list_vms(self) -> list[Obj]:
+        meta = {"namespace": "prod", "name": "db"}
+        return [{"metadata": meta, "spec": {"runPolicy": "AlwaysOn"}, "status": {}}]
+
+    async def list_kubevirt(self, plural: str, namespace: str | None = None) -> list[Obj]:
+        if self.kubevirt_status is not None:
+            raise ClusterError(f"list {plural}: forbidden", self.kubevirt_status)
+        return [vm(runStrategy="Always")] if plural == "virtualmachines" else []
+
+
+BOTH = {"kubevirt.io": ("v1",), "virtualization.deckhouse.io": ("v1alpha2",)}
+
+
+async def test_auto_leaves_out_an_api_it_may_not_read_and_fences_on_with_the_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layer = VirtLayer(cast(ClusterApi, FakeApi(BOTH, 403)), "auto")
+    assert [v.key for v in await layer.list_vms()] == ["prod/db"]
+    assert "deploy the component deploy/components/kubevirt" in caplog.text
+    readable = VirtLayer(cast(ClusterApi, FakeApi(BOTH, None)), "auto")
+    assert sorted(v.key for v in await readable.list_vms()) == ["kubevirt:prod/db", "prod/db"]
+
+
+@pytest.mark.parametrize(("mode", "maintenance"), [("kubevirt", False), ("auto", True)])
+async def test_a_named_api_or_maintenance_never_leaves_out_vms_it_cannot_read(
+    mode: str, maintenance: bool
+) -> None:
+    # maintenance: a VM not seen would be left on a node declared empty
+    layer = VirtLayer(cast(ClusterApi, FakeApi(BOTH, 403)), mode, maintenance=maintenance)
+    with pytest.raises(ClusterError):
+        await layer.list_vms()
+
+
+async def test_auto_discovers_again_only_after_rediscover_seconds() -> None:
+    api = FakeApi({"kubevirt.io": ("v1",)}, None)
+    now = [0.0]
+    layer = VirtLayer(cast(ClusterApi, api), "auto", clock=lambda: now[0], rediscover=60.0)
+    for t in (0.0, 30.0, 59.0):
+        now[0] = t
+        assert [d.virt for d in await layer.drivers()] == [Virt.KUBEVIRT]
+    assert api.discoveries == 1
+    api.groups = BOTH  # Deckhouse installed later
+    now[0] = 61.0
+    assert [d.virt for d in await layer.drivers()] == [Virt.DECKHOUSE, Virt.KUBEVIRT]
