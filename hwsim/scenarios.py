@@ -777,8 +777,12 @@ def run_scenario(
     tl = Timeline(echo=echo)
     if echo:
         print(f"== scenario {name}: {sc.summary}")
-        apis = {"deckhouse": "Deckhouse", "kubevirt": "KubeVirt", "both": "Deckhouse + KubeVirt"}
-        print(f"== {nodes} nodes, {vms} {apis[virt]} VMs, files in {workdir}")
+        apis = {
+            "deckhouse": f"{vms} Deckhouse VMs",
+            "kubevirt": f"{vms} KubeVirt VMs",
+            "both": f"{vms} Deckhouse and {vms} KubeVirt VMs",
+        }
+        print(f"== {nodes} nodes, {apis[virt]}, files in {workdir}")
         mode = ", ".join(
             f"{k} {fencing[k]}" for k in ("cleanup", "after_proof", "release") if k in fencing
         )
