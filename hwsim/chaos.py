@@ -49,6 +49,13 @@ WATCHDOG: dict[str, Any] = {
 SELF_FENCE: dict[str, Any] = {"self_fence": True, "self_fence_margin": 1.0}
 
 
+VIRT_WORDS = {
+    "deckhouse": "Deckhouse",
+    "kubevirt": "KubeVirt",
+    "both": "Deckhouse and as many KubeVirt",
+}
+
+
 @dataclass
 class ChaosOptions:
     """One chaos run: what to start, how long, where files go."""
@@ -130,7 +137,7 @@ class ChaosRun:
         if opts.echo:
             print(
                 f"== chaos seed {opts.seed}, {opts.duration:g} s, {opts.nodes} nodes, "
-                f"{opts.vms} {'' if opts.virt == 'deckhouse' else opts.virt + ' '}VMs, "
+                f"{opts.vms} {VIRT_WORDS.get(opts.virt, opts.virt)} VMs, "
                 f"at most {opts.schedule.max_faulty} faulty; "
                 f"{len(self.steps)} steps; files in {opts.workdir}",
                 flush=True,
