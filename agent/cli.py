@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent.virt_names import AUTO, MODES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -101,12 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
     explain.add_argument("--kubeconfig", help=kubeconfig_help)
+    virt_help = (
+        "the VM APIs: auto (every one the cluster serves), deckhouse (virtualization."
+        "deckhouse.io) or kubevirt (kubevirt.io); default auto"
+    )
     migrate = sub.add_parser(
         "migrate",
-        help="live-migrate a running VM to another node (VirtualMachineOperation Evict)",
+        help="live-migrate a running VM to another node (VirtualMachineOperation Evict, or "
+        "a KubeVirt VirtualMachineInstanceMigration)",
         description=(
-            "Create a VirtualMachineOperation of type Evict for the VM; with --wait follow it "
-            "(Running -> Migrating -> Running on another node) and exit 0 only when it moved."
+            "Create a VirtualMachineOperation of type Evict for the VM (for a KubeVirt VM: a "
+            "VirtualMachineInstanceMigration); with --wait follow it (Running -> Migrating -> "
+            "Running on another node) and exit 0 only when it moved."
         ),
     )
     migrate.add_argument("vm", help="VirtualMachine name")
@@ -121,9 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=(
             "spec.force of the Evict, as `d8 v evict --force`: converge by CPU throttling "
-            "(--no-force: never); default: the VM's liveMigrationPolicy decides"
+            "(--no-force: never); default: the VM's liveMigrationPolicy decides "
+            "(Deckhouse only)"
         ),
     )
+    migrate.add_argument("--virtualization", choices=MODES, default=AUTO, help=virt_help)
     migrate.add_argument("--kubeconfig", help=kubeconfig_help)
 
     maint = sub.add_parser(
@@ -137,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Refuse a node that is not Ready, or whose VMs have no room elsewhere. Mark the "
             "node nodefence.io/maintenance=draining (still guarded) and cordon it, hand "
             "leadership off if it leads, evict every VM on it by VirtualMachineOperation Evict "
+            "(a KubeVirt VM as its evictionStrategy says: a VirtualMachineInstanceMigration, "
+            "or its launcher pod evicted) "
             "(following operations that already exist) and wait for VMs migrating onto it, "
             "until none is left, checked by a fresh look; then (unless --vms-only) evict the "
             "other pods as `kubectl drain --ignore-daemonsets --delete-emptydir-data` does, "
@@ -178,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE/NAME",
         help="the agents' leader Lease (kubernetes.namespace/lease_name of their config)",
     )
+    enter.add_argument("--virtualization", choices=MODES, default=AUTO, help=virt_help)
     enter.add_argument("--kubeconfig", help=kubeconfig_help)
     leave = msub.add_parser(
         "exit", help="clear the maintenance mark and undo the cordon `enter` made"
@@ -189,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     leave.add_argument("--kubeconfig", help=kubeconfig_help)
     show = msub.add_parser("list", help="nodes in maintenance: state, cordon, VMs left")
     show.add_argument("--all", action="store_true", help="every node, not only marked ones")
+    show.add_argument("--virtualization", choices=MODES, default=AUTO, help=virt_help)
     show.add_argument("--kubeconfig", help=kubeconfig_help)
     return parser
 

@@ -140,8 +140,12 @@ def story(record: Json) -> list[str]:
     for vm in st.get("vms") or []:
         where = f"running on {vm['runningOn']}" if vm.get("runningOn") else "not running"
         after = vm.get("recoveredAfterSeconds")
+        if vm.get("virtualization") == "kubevirt":
+            policy = f"KubeVirt, runStrategy {vm.get('runStrategy') or '(no VirtualMachine)'}"
+        else:
+            policy = str(vm.get("runPolicy"))
         lines.append(
-            f"VM {vm.get('namespace')}/{vm.get('name')} ({vm.get('runPolicy')}): {where}"
+            f"VM {vm.get('namespace')}/{vm.get('name')} ({policy}): {where}"
             + (f" after {after} s" if after is not None else "")
         )
     for e in st.get("errors") or []:

@@ -17,6 +17,8 @@ from typing import Any, TextIO, TypeVar
 from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cluster import ClusterApi, ClusterError, load_api_client
 from agent.maintenance import NodeRow
+from agent.virt import VirtLayer
+from agent.virt_names import AUTO
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -101,6 +103,11 @@ def _api(kubeconfig: str | None, err: TextIO) -> ClusterApi | None:
         return None
 
 
+def _virt(api: ClusterApi, args: argparse.Namespace) -> VirtLayer:
+    """The VM APIs a command works on (`--virtualization`; exit has none: no VM moves)."""
+    return VirtLayer(api, getattr(args, "virtualization", AUTO), maintenance=True)
+
+
 def _run(
     work: Callable[[ClusterApi, TerminalProgress], Coroutine[Any, Any, T]],
     args: argparse.Namespace,
@@ -148,11 +155,12 @@ def run_migrate(
             timeout=args.timeout,
             reporter=progress,
             force=args.force,
+            virt=_virt(api, args),
         ),
         args,
         out,
         err,
-        "an operation already created goes on (`kubectl get vmop` shows it)",
+        "an operation already created goes on (`kubectl get vmop` or `vmim` shows it)",
     )
     if outcome is None:
         return code
@@ -169,7 +177,11 @@ def run_maintenance(
 
     if args.maintenance_command == "list":
         code, rows = _run(
-            lambda api, _: list_maintenance(api, args.all), args, out, err, "nothing changed"
+            lambda api, _: list_maintenance(api, args.all, _virt(api, args)),
+            args,
+            out,
+            err,
+            "nothing changed",
         )
         if rows is None:
             return code
@@ -194,6 +206,7 @@ def run_maintenance(
                 force=args.force,
                 allow_not_ready=args.allow_not_ready,
                 lease=(namespace, lease_name),
+                virt=_virt(api, args),
             )
 
         left = (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,8 +17,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from agent.cluster_error import ClusterError
+from agent.cluster_error import ClusterError, refusal_words
 from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY, ReleaseCalls
+from agent.cluster_virt import VirtCalls
 from agent.node_label import NODE_LABEL, node_selector
 
 T = TypeVar("T")
@@ -100,19 +100,6 @@ def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
     return k8s.ApiClient()
 
 
-def _refusal(body: Any) -> str:
-    """The reason in a Status body of a refused request (the disruption budget's words)."""
-    try:
-        status = json.loads(body)
-    except (TypeError, ValueError):
-        return ""
-    if not isinstance(status, dict):
-        return ""
-    causes = (status.get("details") or {}).get("causes") or []
-    said = [str(c.get("message")) for c in causes if isinstance(c, dict) and c.get("message")]
-    return "; ".join(said) or str(status.get("message") or "")
-
-
 def _node_info(n: Any) -> NodeInfo:
     status = n.status
     ip = None
@@ -172,7 +159,7 @@ def _lease_info(obj: Any) -> LeaseInfo:
     )
 
 
-class ClusterApi(ReleaseCalls):
+class ClusterApi(ReleaseCalls, VirtCalls):
     """Async, deadline-bounded access to the objects nodefence reads and writes."""
 
     def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:
@@ -411,13 +398,15 @@ class ClusterApi(ReleaseCalls):
         message: str,
         warning: bool = False,
         component: str = "nodefence",
+        api_version: str = f"{VM_GROUP}/{VM_VERSION}",
     ) -> None:
-        """An Event about a VirtualMachine (its recovery after a fence)."""
+        """An Event about a VirtualMachine (its recovery after a fence); `api_version`: whose
+        VirtualMachine (KubeVirt's: `kubevirt.io/v1`)."""
         about = k8s.V1ObjectReference(
             kind="VirtualMachine",
             name=name,
             namespace=namespace,
-            api_version=f"{VM_GROUP}/{VM_VERSION}",
+            api_version=api_version,
         )
         what = f"VM {namespace}/{name}"
         await self._event(namespace, name, about, reason, message, warning, component, what)
@@ -658,7 +647,7 @@ class ClusterApi(ReleaseCalls):
                     _request_timeout=self.timeout,
                 )
             except ApiException as err:
-                said = _refusal(err.body)
+                said = refusal_words(err.body)
                 if not said:
                     raise
                 raise ClusterError(
@@ -712,7 +701,7 @@ class ClusterApi(ReleaseCalls):
                 )
             except ApiException as err:
                 if err.status == 429:
-                    return _refusal(err.body) or "429 Too Many Requests"
+                    return refusal_words(err.body) or "429 Too Many Requests"
                 raise
             return ""
 

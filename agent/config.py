@@ -31,6 +31,7 @@ password) come only from a file or an environment variable and are held as `Secr
       port: 9440
       advertise: null               # "host:port" peers should probe (default: node IP + port)
     inventory: /etc/nodefence/inventory/inventory.yaml   # without it: detect and report only
+    virtualization: auto            # auto (every VM API served) | deckhouse | kubevirt
     fencing:
       max_parallel: 2               # fencing operations at once
       after_proof: off              # off (leave it off) | reboot (power on after cleanup)
@@ -73,6 +74,7 @@ from typing import Any, Literal
 import yaml
 
 from agent.brief import brief
+from agent.virt_names import AUTO, MODES
 from backends.spec import Secret
 
 MAX_NUMBER = 1e9  # no setting needs more; bounds every number before any float conversion
@@ -191,6 +193,7 @@ class AgentConfig:
     watchdog: WatchdogConfig = WatchdogConfig()
     # Every broker when `broker.endpoints` lists several; empty: `broker` is the only one.
     broker_endpoints: tuple[BrokerConfig, ...] = ()
+    virtualization: str = AUTO  # which VM APIs: auto (discovery), deckhouse, kubevirt
 
     @property
     def brokers(self) -> tuple[BrokerConfig, ...]:
@@ -210,6 +213,7 @@ _TOP = {
     "metrics",
     "auth",
     "watchdog",
+    "virtualization",
 }
 _FENCING = {
     "max_parallel",
@@ -360,6 +364,13 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
     auth = _auth(r, r.mapping(top.get("auth") or {}, "auth", _AUTH))
     watchdog = _watchdog(r, r.mapping(top.get("watchdog") or {}, "watchdog", _WATCHDOG))
     m = r.mapping(top.get("metrics") or {}, "metrics", _HEALTH)
+    virtualization = r.string(top, "virtualization", AUTO)
+    if virtualization not in MODES:
+        raise ConfigError(
+            path,
+            "virtualization",
+            f"must be one of {', '.join(MODES)}, got {brief(virtualization)}",
+        )
     inventory = r.opt_string(top, "inventory", "inventory")
     if inventory is not None:
         inventory = str(_relative(path, inventory))
@@ -381,6 +392,7 @@ def parse_config(doc: Any, *, path: Path, env: dict[str, str]) -> AgentConfig:
         auth=auth,
         watchdog=watchdog,
         broker_endpoints=endpoints,
+        virtualization=virtualization,
     )
 
 

@@ -62,6 +62,7 @@ from agent.power import BackendFactory, PowerFencer, StopWalk
 from agent.records import from_record, resumed
 from agent.topology import Action as PowerAction
 from agent.topology import Outcome
+from agent.virt import VirtLayer
 from backends.registry import build_backend
 
 log = logging.getLogger("nodefence.fencing")
@@ -130,8 +131,11 @@ class FenceExecutor:
         cleanup: Cleanup = Cleanup.DELETE,
         release: bool = True,
         last_heartbeat: Callable[[str], float | None] = lambda node: None,
+        virt: VirtLayer | None = None,
     ) -> None:
         self.api = api
+        # The VM APIs whose VMs are snapshotted and verified (default: Deckhouse's only).
+        self.virt = virt or VirtLayer(api)
         self.namespace = namespace
         self.leader_id = leader_id
         self.inventory = inventory
@@ -534,7 +538,7 @@ class FenceExecutor:
             if op.node in self._checked:  # pace the checks, but look at once the first time
                 await asyncio.sleep(self.check_interval)
             self._checked.add(op.node)
-            return await vms_seen(self.api, op)
+            return await vms_seen(op, self.virt)
         return None
 
     async def _proof_stale(self, op: Operation) -> PoweredOnAgain | None:
@@ -717,7 +721,7 @@ class FenceExecutor:
         return PoweredOn(True)
 
     async def _snapshot(self, op: Operation) -> Event:
-        snap = await snapshot_vms(self.api, op)
+        snap = await snapshot_vms(self.api, op, self.virt)
         if snap.capacity_warning:
             await self.reports.event(op, "FenceNoRoomForVMs", snap.capacity_warning, True)
         return snap

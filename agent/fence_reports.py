@@ -9,6 +9,8 @@ import logging
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
 from agent.fencing import Operation, Phase, VmOutcome
+from agent.kubevirt_objects import API_VERSION
+from agent.virt_names import Virt
 
 log = logging.getLogger("nodefence.fencing")
 
@@ -80,7 +82,12 @@ class FenceReporter:
 
     async def _vm_event(self, vm: VmOutcome, reason: str, message: str, warning: bool) -> None:
         try:
-            await self.api.vm_event(vm.namespace, vm.name, reason, message, warning)
+            if vm.virt is Virt.KUBEVIRT:
+                await self.api.vm_event(
+                    vm.namespace, vm.name, reason, message, warning, api_version=API_VERSION
+                )
+            else:
+                await self.api.vm_event(vm.namespace, vm.name, reason, message, warning)
         except ClusterError as err:
             log.warning("cannot record event %s for VM %s: %s", reason, vm.key, err)
 

@@ -1,25 +1,23 @@
 """The VMs of a fenced node: which ran there (snapshot, before its Node is deleted) and where
-the restartable ones run now. Reads only; the verdicts are `agent.fencing`'s."""
+the restartable ones run now, for every VM API in use (`agent.virt`). Reads only; the verdicts
+are `agent.fencing`'s."""
 
 from __future__ import annotations
 
 from agent.cluster import ClusterApi
-from agent.fencing import RESTART_POLICIES, Operation, VmOutcome, VmsSeen, VmsSnapshotted
+from agent.fencing import Operation, VmOutcome, VmsSeen, VmsSnapshotted
+from agent.virt import VirtLayer
+from agent.vm_migration import RUNNING
 
 
-async def snapshot_vms(api: ClusterApi, op: Operation) -> VmsSnapshotted:
-    """The VMs on `op.node` now, and a capacity warning when no other node can take them."""
-    found: list[VmOutcome] = []
-    for vm in await api.list_vms():
-        meta, spec, status = vm.get("metadata", {}), vm.get("spec", {}), vm.get("status", {})
-        if (status or {}).get("nodeName") != op.node:
-            continue
-        policy = (spec or {}).get("runPolicy") or "AlwaysOnUnlessStoppedManually"
-        found.append(
-            VmOutcome(
-                meta.get("namespace", ""), meta.get("name", ""), policy, policy in RESTART_POLICIES
-            )
-        )
+async def snapshot_vms(api: ClusterApi, op: Operation, virt: VirtLayer) -> VmsSnapshotted:
+    """The VMs on `op.node` now (whatever their phase: the node their status names), and a
+    capacity warning when no other node can take them."""
+    found = [
+        VmOutcome(vm.namespace, vm.name, vm.policy, vm.restart, virt=vm.virt)
+        for vm in await virt.list_vms()
+        if vm.last_node == op.node
+    ]
     warning = ""
     if any(v.expected_restart for v in found):
         nodes = await api.list_nodes()
@@ -36,13 +34,12 @@ async def snapshot_vms(api: ClusterApi, op: Operation) -> VmsSnapshotted:
     return VmsSnapshotted(tuple(sorted(found, key=lambda v: v.key)), warning)
 
 
-async def vms_seen(api: ClusterApi, op: Operation) -> VmsSeen:
+async def vms_seen(op: Operation, virt: VirtLayer) -> VmsSeen:
     """Where each snapshotted restartable VM is Running now (None: not Running)."""
     wanted = {v.key for v in op.vms or () if v.expected_restart}
-    running: dict[str, str | None] = {}
-    for vm in await api.list_vms():
-        meta, status = vm.get("metadata", {}), vm.get("status") or {}
-        key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-        if key in wanted:
-            running[key] = status.get("nodeName") if status.get("phase") == "Running" else None
+    running = {
+        vm.key: vm.node if vm.phase == RUNNING else None
+        for vm in await virt.list_vms()
+        if vm.key in wanted
+    }
     return VmsSeen(running)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.virt_names import Virt, vm_key
+
 
 @dataclass(frozen=True)
 class VmOutcome:
@@ -17,11 +19,12 @@ class VmOutcome:
     expected_restart: bool
     running_on: str | None = None
     recovered_after: float | None = None  # seconds from node deletion to Running elsewhere
+    virt: Virt = Virt.DECKHOUSE  # its API; `run_policy` is then KubeVirt's runStrategy
 
     @property
     def key(self) -> str:
-        """namespace/name."""
-        return f"{self.namespace}/{self.name}"
+        """namespace/name (`kubevirt:namespace/name` for a KubeVirt VM)."""
+        return vm_key(self.virt, self.namespace, self.name)
 
 
 @dataclass(frozen=True)

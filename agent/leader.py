@@ -61,6 +61,7 @@ from agent.policy import (
 from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifier
 from agent.probe_requests import OutstandingProbes
 from agent.profiles import DetectionProfile, NoPeers, Signal
+from agent.virt import VirtLayer
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
 from agent.workload import node_workload
 
@@ -114,10 +115,13 @@ class LeaderSide:
         kube_period: float = 1.0,
         listener: Listener | None = None,
         name_standbys: NameStandbys | None = None,
+        virt: VirtLayer | None = None,
     ) -> None:
         self.cfg = cfg
         self.profile = profile
         self.api = api
+        # The VM APIs whose VMs the maintenance guard looks at (default: Deckhouse's only).
+        self.virt = virt or VirtLayer(api)
         self.identity = identity
         self.inventory = inventory
         self.on_dead = on_dead
@@ -530,7 +534,7 @@ class LeaderSide:
             cached = self._workloads.get(node)
             if cached is None or now - cached[0] >= self.kube_period:
                 try:
-                    cached = (now, await node_workload(self.api, node))
+                    cached = (now, await node_workload(self.api, node, self.virt))
                 except ClusterError as err:
                     log.warning("cannot read what %s runs: %s", node, err)
                     self._workloads.pop(node, None)

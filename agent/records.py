@@ -18,9 +18,20 @@ from agent.cluster import RECORD_GROUP, RECORD_VERSION
 from agent.fencing import Cleanup, Operation, Phase, Timing, VmOutcome
 from agent.heartbeat_codec import valid_name
 from agent.node_label import NODE_LABEL, node_label_value
+from agent.virt_names import Virt
 
 __all__ = ["NODE_LABEL", "from_record", "is_open_mark", "record_name", "resumed", "to_record"]
 _DIGEST = 20  # hex digits of SHA-256(node, id) in a shortened name: 80 bits
+# What decides whether a VM comes back, in its API's own words.
+POLICY_FIELD = {Virt.DECKHOUSE: "runPolicy", Virt.KUBEVIRT: "runStrategy"}
+
+
+def _virt(value: Any) -> Virt:
+    """The `virtualization` of a record's VM (absent, in records older than it: Deckhouse)."""
+    try:
+        return Virt(value) if value else Virt.DECKHOUSE
+    except ValueError:
+        return Virt.DECKHOUSE
 
 
 def record_name(op: Operation) -> str:
@@ -127,9 +138,10 @@ def to_record(
             if op.vms is None
             else [
                 {
+                    "virtualization": v.virt.value,
                     "namespace": v.namespace,
                     "name": v.name,
-                    "runPolicy": v.run_policy,
+                    POLICY_FIELD[v.virt]: v.run_policy,
                     "expectedRestart": v.expected_restart,
                     "runningOn": v.running_on,
                     "recoveredAfterSeconds": None
@@ -160,10 +172,11 @@ def from_record(obj: dict[str, Any]) -> Operation:
             VmOutcome(
                 v["namespace"],
                 v["name"],
-                v.get("runPolicy", ""),
+                v.get("runPolicy") or v.get("runStrategy") or "",
                 bool(v.get("expectedRestart")),
                 v.get("runningOn"),
                 v.get("recoveredAfterSeconds"),
+                _virt(v.get("virtualization")),
             )
             for v in vms_doc
         )

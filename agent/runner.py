@@ -38,6 +38,7 @@ from agent.probe_responder import answer_probes
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
 from agent.standby import WarmListener, choose_standbys
+from agent.virt import VirtLayer
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
 from backends.registry import build_backend
@@ -157,6 +158,8 @@ def leader_candidate(
     def name_standbys(healthy: list[str]) -> None:
         elector.standbys = choose_standbys(elector.standbys, healthy, node, k.standbys)
 
+    # One view of the VM APIs (discovery with `auto`) for the leader side and the executor.
+    virt = VirtLayer(api, cfg.virtualization, clock=clock)
     # The ids the leader side (probe requests) and the executor (operations) draw by default.
     request_ids = new_id or (lambda: uuid.uuid4().hex[:12])
     operation_ids = new_id or (lambda: uuid.uuid4().hex[:8])
@@ -194,6 +197,7 @@ def leader_candidate(
             new_id=operation_ids,
             decision_facts=leader.decision_evidence,
             lease_generation=elector.lease_generation,
+            virt=virt,
         )
 
     def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:
@@ -227,6 +231,7 @@ def leader_candidate(
             new_id=request_ids,
             listener=warm_listener.take() if warm_listener is not None else None,
             name_standbys=name_standbys if k.standbys and warm_listener is not None else None,
+            virt=virt,
         )
         if tick is not None:
             leader.tick = tick

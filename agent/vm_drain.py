@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.vm_migration import MIGRATING, RUNNING, SETTLING_PHASES, OpRef, VmRef
+from agent.vm_migration import MIGRATING, RUNNING, SETTLING_PHASES, SHUTDOWN, OpRef, VmRef
 
 # KubeVirt's parallelOutboundMigrationsPerNode defaults to 2: more at once only queue there.
 DEFAULT_PARALLEL = 2
@@ -28,13 +28,14 @@ class VmStage(enum.StrEnum):
     ARRIVING = "arriving"  # migrating onto the node: evicted once it lands, unless it fails
     REQUESTED = "requested"  # the Evict we follow exists, the migration has not begun
     MIGRATING = "migrating"
+    STOPPING = "stopping"  # KubeVirt: its launcher pod evicted, as its evictionStrategy says
     MOVED = "moved"  # runs on another node: the operation we followed completed
     LEFT = "left"  # not on the node any more by other means (stopped, deleted, moved)
     FAILED = "failed"  # the operation we followed failed: the VM is still on the node
 
 
 FINAL_STAGES = frozenset({VmStage.MOVED, VmStage.LEFT, VmStage.FAILED})
-IN_FLIGHT = frozenset({VmStage.REQUESTED, VmStage.MIGRATING})
+IN_FLIGHT = frozenset({VmStage.REQUESTED, VmStage.MIGRATING, VmStage.STOPPING})
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class VmProgress:
     target: str = ""
     op: str = ""
     detail: str = ""
+    op_kind: str = "vmop"  # vmop, vmim (a KubeVirt migration), pod (a launcher pod evicted)
 
     def describe(self, source: str) -> str:
         """A progress line: `vm default/vm-1: moved node-1 -> node-3`."""
@@ -55,8 +57,9 @@ class VmProgress:
             text += f" {source} -> {self.target or self.node or '?'}"
         elif self.stage is VmStage.ARRIVING:
             text += f" from {self.node or '?'}"
-        if self.op and self.stage in (VmStage.REQUESTED, VmStage.MIGRATING, VmStage.ARRIVING):
-            text += f" (vmop {self.op})"
+        shown = (VmStage.REQUESTED, VmStage.MIGRATING, VmStage.ARRIVING, VmStage.STOPPING)
+        if self.op and self.stage in shown:
+            text += f" ({self.op_kind} {self.op})"
         return f"{text}: {self.detail}" if self.detail else text
 
 
@@ -124,12 +127,12 @@ def plan_vm_drain(
     candidates: list[VmRef] = []
     for key in sorted(here | hosted | set(seen) | set(ops)):
         vm, op = by_key.get(key), ops.get(key)
-        name = op.name if op else ""
+        name, kind = (op.name, op.kind) if op else ("", "vmop")
         if vm is None:
             progress.append(VmProgress(key, VmStage.LEFT, "", detail="deleted"))
         elif vm.arriving_at(node):
             detail = op.state() if op else "migrating here"
-            progress.append(VmProgress(key, VmStage.ARRIVING, vm.node, node, name, detail))
+            progress.append(VmProgress(key, VmStage.ARRIVING, vm.node, node, name, detail, kind))
         elif vm.node != node and key in hosted:
             detail = f"{vm.phase or 'no phase'}, its launcher pod still on {node}"
             progress.append(VmProgress(key, VmStage.SETTLING, vm.node, detail=detail))
@@ -138,17 +141,21 @@ def plan_vm_drain(
             stage = VmStage.MOVED if moved else VmStage.LEFT
             where = f" on {vm.node}" if vm.node else ""
             detail = "" if moved else (vm.phase or "no phase") + where
-            progress.append(VmProgress(key, stage, vm.node, vm.node, name, detail))
+            if moved and op is not None and op.type == SHUTDOWN:
+                detail = f"stopped and started again ({vm.policy})"
+            progress.append(VmProgress(key, stage, vm.node, vm.node, name, detail, kind))
         elif op is not None:
             if op.failed:
                 progress.append(VmProgress(key, VmStage.FAILED, node, op=name, detail=op.why))
-            elif vm.phase == MIGRATING or op.phase == "InProgress" or op.completed:
+            elif op.type == SHUTDOWN:
+                progress.append(VmProgress(key, VmStage.STOPPING, node, "", name, op.why, kind))
+            elif vm.phase == MIGRATING or op.under_way or op.completed:
                 progress.append(
-                    VmProgress(key, VmStage.MIGRATING, node, vm.target, name, op.state())
+                    VmProgress(key, VmStage.MIGRATING, node, vm.target, name, op.state(), kind)
                 )
             else:
                 progress.append(
-                    VmProgress(key, VmStage.REQUESTED, node, op=name, detail=op.state())
+                    VmProgress(key, VmStage.REQUESTED, node, "", name, op.state(), kind)
                 )
         elif waiting.get(key):
             detail = _waiting_for(waiting[key])

@@ -12,16 +12,23 @@
   its own (the webhook refuses a second one: `activeVMOPValidator`), and which ones it must wait
   for.
 - `follow_migration`: how a single migration is going, for `nodefence migrate --wait`.
+
+KubeVirt's VMs and VirtualMachineInstanceMigrations come in the same shapes
+(`agent.kubevirt_objects` reads them): their phases are added to the sets below, so the drain
+and `migrate --wait` judge both alike.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.fencing import RESTART_POLICIES
 from agent.node_label import node_label_value
+from agent.virt_names import Virt, vm_key
+from agent.vm_capacity import Need, vm_need
 
 VIRT_API_VERSION = "virtualization.deckhouse.io/v1alpha2"
 VMOP_NODE_LABEL = "nodefence.io/maintenance-node"  # on the operations `maintenance` creates
@@ -29,10 +36,18 @@ VM_POD_LABEL = "vm.kubevirt.internal.virtualization.deckhouse.io/name"  # on lau
 
 RUNNING = "Running"
 MIGRATING = "Migrating"
+DEFAULT_RUN_POLICY = "AlwaysOnUnlessStoppedManually"  # the CRD's default
 # A VM in one of these phases is changing by itself: wait for it to settle, do not evict.
 SETTLING_PHASES = frozenset({MIGRATING, "Starting", "Stopping", "Terminating", "Pending"})
-FINISHED_PHASES = frozenset({"Completed", "Failed", "Superseded"})
-MIGRATION_TYPES = frozenset({"Evict", "Migrate"})
+# Deckhouse: Completed, Failed, Superseded; KubeVirt's migrations: Succeeded, Failed.
+FINISHED_PHASES = frozenset({"Completed", "Failed", "Superseded", "Succeeded"})
+COMPLETED_PHASES = frozenset({"Completed", "Succeeded"})
+# Under way: Deckhouse's InProgress; KubeVirt's from Scheduling (the target pod) to Running.
+UNDER_WAY_PHASES = frozenset(
+    {"InProgress", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running"}
+)
+MIGRATION_TYPES = frozenset({"Evict", "Migrate", "Migration"})
+SHUTDOWN = "Shutdown"  # a KubeVirt launcher pod evicted: KubeVirt stops (or hands over) the VM
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -41,18 +56,34 @@ def _dict(value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class VmRef:
-    """A VirtualMachine: where it runs, its phase, and the target of a migration under way."""
+    """A VirtualMachine: where it runs, its phase, and the target of a migration under way.
+
+    `policy` is what decides whether it comes back after its node is lost (Deckhouse's
+    runPolicy, KubeVirt's runStrategy; "" for a KubeVirt VirtualMachineInstance without a
+    VirtualMachine), `restart` that verdict. `last_node` is the node its status names even
+    when it no longer runs there (what a fence snapshot records). KubeVirt only: `eviction`
+    is its effective evictionStrategy ("" when unknown), `not_migratable` KubeVirt's reason
+    when its LiveMigratable condition is False. `need`: what it takes on a target node.
+    """
 
     namespace: str
     name: str
     phase: str
     node: str
     target: str = ""
+    virt: Virt = Virt.DECKHOUSE
+    # Facts read along with it: not part of which VM it is or where it stands.
+    policy: str = field(default="", compare=False)
+    restart: bool = field(default=False, compare=False)
+    last_node: str = field(default="", compare=False)
+    eviction: str = field(default="", compare=False)
+    not_migratable: str = field(default="", compare=False)
+    need: Need | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
-        """`namespace/name`."""
-        return f"{self.namespace}/{self.name}"
+        """`namespace/name` (`kubevirt:namespace/name` for a KubeVirt VM)."""
+        return vm_key(self.virt, self.namespace, self.name)
 
     def arriving_at(self, node: str) -> bool:
         """The VM is migrating onto `node` (it still runs on its source)."""
@@ -67,12 +98,18 @@ def vm_ref(obj: Mapping[str, Any]) -> VmRef:
         bool(state.get("startTimestamp")) and not state.get("endTimestamp")
     )
     target = _dict(state.get("target")).get("node") if under_way else ""
+    policy = str(_dict(obj.get("spec")).get("runPolicy") or DEFAULT_RUN_POLICY)
+    node = str(status.get("nodeName") or "")
     return VmRef(
         namespace=str(meta.get("namespace") or ""),
         name=str(meta.get("name") or ""),
         phase=str(status.get("phase") or ""),
-        node=str(status.get("nodeName") or ""),
+        node=node,
         target=str(target or ""),
+        policy=policy,
+        restart=policy in RESTART_POLICIES,
+        last_node=node,
+        need=vm_need(obj),
     )
 
 
@@ -90,11 +127,17 @@ class OpRef:
     progress: str = ""
     created: str = ""
     deleting: bool = False
+    kind: str = "vmop"  # as kubectl's short name: vmop, vmim (KubeVirt), pod (a Shutdown)
 
     @property
     def completed(self) -> bool:
         """The operation says it is done."""
-        return self.phase == "Completed"
+        return self.phase in COMPLETED_PHASES
+
+    @property
+    def under_way(self) -> bool:
+        """Accepted and running, not done yet."""
+        return self.phase in UNDER_WAY_PHASES
 
     @property
     def finished(self) -> bool:
@@ -113,7 +156,7 @@ class OpRef:
 
     @property
     def migration(self) -> bool:
-        """An Evict (or the deprecated Migrate)."""
+        """An Evict (or the deprecated Migrate), or a KubeVirt migration."""
         return self.type in MIGRATION_TYPES
 
     @property
@@ -217,6 +260,7 @@ class MigrationView:
     target: str
     op_phase: str
     reason: str = ""
+    op_kind: str = "vmop"
 
     @property
     def final(self) -> bool:
@@ -226,12 +270,18 @@ class MigrationView:
     def describe(self) -> str:
         """`Migrating  node-1 -> node-2  (vmop InProgress 45%, Syncing: ...)`."""
         where = f"{self.node} -> {self.target}" if self.target else self.node or "-"
-        text = f"{self.phase or '?':<10} {where}  (vmop {self.op_phase or 'Pending'})"
+        text = f"{self.phase or '?':<10} {where}  ({self.op_kind} {self.op_phase or 'Pending'})"
         return f"{text}: {self.reason}" if self.reason else text
 
 
-def follow_migration(source: str, vm: VmRef | None, op: OpRef | None) -> MigrationView:
-    """Judge a migration of a VM that ran on `source` from fresh looks at it and its operation.
+OP_KINDS = {"vmop": "VirtualMachineOperation", "vmim": "VirtualMachineInstanceMigration"}
+
+
+def follow_migration(
+    source: str, vm: VmRef | None, op: OpRef | None, op_kind: str = "vmop"
+) -> MigrationView:
+    """Judge a migration of a VM that ran on `source` from fresh looks at it and its operation
+    (`op_kind`: `vmop`, or `vmim` for a KubeVirt VirtualMachineInstanceMigration).
 
     DONE only when the operation completed and the VM runs on another node; FAILED when the
     operation failed or was superseded, or the VM or the operation was deleted meanwhile.
@@ -239,16 +289,20 @@ def follow_migration(source: str, vm: VmRef | None, op: OpRef | None) -> Migrati
     """
     phase, node, target = (vm.phase, vm.node, vm.target) if vm else ("", "", "")
     op_phase = op.state() if op else ""
+
+    def view(state: MigrationState, op_phase: str, reason: str = "") -> MigrationView:
+        return MigrationView(state, phase, node, target, op_phase, reason, op_kind)
+
     if vm is None:
-        reason = "the VirtualMachine was deleted during the migration"
-        return MigrationView(MigrationState.FAILED, phase, node, target, op_phase, reason)
+        return view(
+            MigrationState.FAILED, op_phase, "the VirtualMachine was deleted during the migration"
+        )
     if op is None:
-        reason = "the VirtualMachineOperation was deleted before it finished"
-        return MigrationView(MigrationState.FAILED, phase, node, target, op_phase, reason)
+        what = OP_KINDS.get(op_kind, op_kind)
+        return view(MigrationState.FAILED, op_phase, f"the {what} was deleted before it finished")
     if op.failed:
-        return MigrationView(MigrationState.FAILED, phase, node, target, op.phase, op.why)
+        return view(MigrationState.FAILED, op.phase, op.why)
     if op.completed and phase == RUNNING and node and node != source:
-        return MigrationView(MigrationState.DONE, phase, node, target, op.phase)
-    moving = phase == MIGRATING or op.phase == "InProgress" or op.completed
-    state = MigrationState.MIGRATING if moving else MigrationState.PENDING
-    return MigrationView(state, phase, node, target, op_phase)
+        return view(MigrationState.DONE, op.phase)
+    moving = phase == MIGRATING or op.under_way or op.completed
+    return view(MigrationState.MIGRATING if moving else MigrationState.PENDING, op_phase)

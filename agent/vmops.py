@@ -34,17 +34,15 @@ from agent.maintenance import (
     start_mark,
 )
 from agent.pod_drain import pod_key, pod_node, pod_running
-from agent.vm_capacity import Need, free_rooms, vm_need
+from agent.virt import VirtDriver, VirtLayer
+from agent.vm_capacity import Need, free_rooms
 from agent.vm_drain import DEFAULT_PARALLEL
 from agent.vm_migration import (
     MIGRATING,
     RUNNING,
-    VM_POD_LABEL,
     MigrationState,
     VmRef,
     follow_migration,
-    op_ref,
-    vm_ref,
 )
 from agent.vmops_common import (
     Clock,
@@ -52,7 +50,6 @@ from agent.vmops_common import (
     Reporter,
     UnknownObject,
     VmopsError,
-    create_evict,
 )
 from agent.vmops_drain import VmDrain, drain_pods, launcher_vms
 
@@ -73,13 +70,32 @@ BROKER_SELECTOR = "app.kubernetes.io/component=mqtt"
 # ---- migrate ---------------------------------------------------------------------------------
 
 
-async def _unknown_vm(api: ClusterApi, namespace: str, name: str) -> UnknownObject:
-    vms = [vm_ref(v) for v in await api.list_vms()]
+async def _unknown_vm(virt: VirtLayer, namespace: str, name: str) -> UnknownObject:
+    vms = await virt.list_vms()
     here = [v.name for v in vms if v.namespace == namespace]
     elsewhere = sorted(v.namespace for v in vms if v.name == name)
     hint = f" (it exists in namespace {elsewhere[0]}: use -n {elsewhere[0]})" if elsewhere else ""
     hint = hint or did_you_mean(name, here)
     return UnknownObject(f"no VirtualMachine {name!r} in namespace {namespace!r}{hint}")
+
+
+async def _find_vm(virt: VirtLayer, namespace: str, name: str) -> tuple[VirtDriver, VmRef]:
+    """The VM of that name, and its driver; UnknownObject when no API in use has it, or two
+    have (say which to use)."""
+    found = []
+    for driver in await virt.drivers():
+        vm = await driver.get_vm(namespace, name)
+        if vm is not None:
+            found.append((driver, vm))
+    if not found:
+        raise await _unknown_vm(virt, namespace, name)
+    if len(found) > 1:
+        apis = " and ".join(d.virt.value for d, _ in found)
+        raise UnknownObject(
+            f"{namespace}/{name} is a VirtualMachine of {apis}: pass --virtualization to say "
+            "which; nothing was created"
+        )
+    return found[0]
 
 
 async def migrate_vm(
@@ -94,42 +110,37 @@ async def migrate_vm(
     poll: float = 0.25,
     clock: Clock = time.monotonic,
     wall: Clock = time.time,
+    virt: VirtLayer | None = None,
 ) -> Outcome:
-    """Live-migrate a running VM by an Evict VirtualMachineOperation (`force`: its
-    `spec.force`); with `wait`, follow it until it completes, fails, is superseded or `timeout`
-    passes, showing what the controller says meanwhile. An unknown VM, or one that does not
-    run, raises before anything is created; the admission webhook's refusal is shown in its
-    own words."""
-    obj = await api.get_vm(namespace, name)
-    if obj is None:
-        raise await _unknown_vm(api, namespace, name)
-    vm = vm_ref(obj)
+    """Live-migrate a running VM: an Evict VirtualMachineOperation (`force`: its
+    `spec.force`), or for a KubeVirt VM a VirtualMachineInstanceMigration; with `wait`, follow
+    it until it completes, fails, is superseded or `timeout` passes, showing what the
+    controller says meanwhile. An unknown VM, or one that does not run, raises before anything
+    is created; the admission webhook's refusal is shown in its own words. `virt`: the VM
+    APIs to look in (default: Deckhouse's)."""
+    virt = virt or VirtLayer(api, maintenance=True)
+    driver, vm = await _find_vm(virt, namespace, name)
     if vm.phase not in (RUNNING, MIGRATING) or not vm.node:
         raise VmopsError(
             f"VirtualMachine {vm.key} is {vm.phase or 'without a phase'}: only a running VM "
             "can be migrated; nothing was created"
         )
     try:
-        op = await create_evict(api, vm, wall(), force=force)
+        op = await driver.migrate(vm, wall(), force=force)
     except ClusterError as err:
         raise VmopsError(
-            f"{err}; nothing was created (`kubectl get vmop -n {namespace}` shows the "
-            "operations of the VM)"
+            f"{err}; nothing was created (`kubectl get {driver.op_kind} -n {namespace}` shows "
+            "the operations of the VM)"
         ) from None
-    reporter.line(f"created VirtualMachineOperation {op.namespace}/{op.name}: Evict {vm.key}")
+    what = "Evict" if driver.op_kind == "vmop" else "migrate"
+    reporter.line(f"created {driver.op_what} {op.namespace}/{op.name}: {what} {vm.key}")
     if not wait:
         return Outcome(True, (f"follow it with: kubectl get vm -n {namespace} {name} -w",))
     started, deadline = clock(), clock() + timeout
     shown = ""
     while True:
-        vm_obj, op_obj = await asyncio.gather(
-            api.get_vm(namespace, name), api.get_vm_operation(op.namespace, op.name)
-        )
-        view = follow_migration(
-            vm.node,
-            vm_ref(vm_obj) if vm_obj is not None else None,
-            op_ref(op_obj) if op_obj is not None else None,
-        )
+        vm_now, op_now = await asyncio.gather(driver.get_vm(namespace, name), driver.get_op(op))
+        view = follow_migration(vm.node, vm_now, op_now, driver.op_kind)
         elapsed = clock() - started
         if view.describe() != shown:
             shown = view.describe()
@@ -145,9 +156,9 @@ async def migrate_vm(
                 False,
                 (
                     f"migration of {vm.key} did not finish within {timeout:g} s "
-                    f"(VM {view.phase} on {view.node}, vmop {view.op_phase or 'Pending'}); "
-                    f"the operation goes on: `kubectl delete vmop -n {op.namespace} {op.name}` "
-                    "cancels it",
+                    f"(VM {view.phase} on {view.node}, {driver.op_kind} "
+                    f"{view.op_phase or 'Pending'}); the operation goes on: `kubectl delete "
+                    f"{driver.op_kind} -n {op.namespace} {op.name}` cancels it",
                 ),
             )
         await asyncio.sleep(poll)
@@ -165,9 +176,11 @@ async def _known_node(api: ClusterApi, node: str) -> NodeInfo:
     return info
 
 
-async def _room_check(api: ClusterApi, node: str, reporter: Reporter) -> list[VmRef]:
+async def _room_check(
+    api: ClusterApi, virt: VirtLayer, node: str, reporter: Reporter
+) -> list[VmRef]:
     """Refuse (raise) when the VMs of `node` fit on no other node; every VM of the cluster."""
-    objs = await api.list_vms()
+    vms = await virt.list_vms()
     nodes = await api.list_nodes()
     targets = {
         n.name: (n.allocatable_cpu, n.allocatable_memory)
@@ -176,15 +189,15 @@ async def _room_check(api: ClusterApi, node: str, reporter: Reporter) -> list[Vm
     }
     needs: list[Need] = []
     placed: list[tuple[str, Need]] = []
-    for obj in objs:
-        vm, need = vm_ref(obj), vm_need(obj)
+    for vm in vms:
+        need = vm.need
         if need is None:
             continue
         if vm.node == node or vm.arriving_at(node):
             needs.append(need)
         for where in {vm.node, vm.target} - {"", node}:
             placed.append((where, need))
-    here = [vm_ref(o) for o in objs if vm_ref(o).node == node]
+    here = [vm for vm in vms if vm.node == node]
     if here and not targets:
         raise VmopsError(
             f"no other node can take the {len(here)} VMs of {node}: none is Ready, schedulable "
@@ -196,7 +209,7 @@ async def _room_check(api: ClusterApi, node: str, reporter: Reporter) -> list[Vm
         raise VmopsError(refusal)
     if needs and not rooms:
         reporter.line(f"node {node}: room elsewhere not checked: no node reports allocatable")
-    return [vm_ref(o) for o in objs]
+    return vms
 
 
 async def _hand_off(
@@ -280,17 +293,23 @@ async def enter_maintenance(
     poll: float = 1.0,
     clock: Clock = time.monotonic,
     wall: Clock = time.time,
+    virt: VirtLayer | None = None,
 ) -> Outcome:
     """Take `node` out of service as the module doc says: move every VM off it (`parallel`
-    Evicts at once, each with `spec.force` = `force`), then (unless `vms_only`) evict the
-    other pods as `kubectl drain --ignore-daemonsets --delete-emptydir-data` does
-    (`evict_unmanaged`: pods of no controller too)."""
+    at once: Evicts, each with `spec.force` = `force`; KubeVirt VMs as their evictionStrategy
+    says), then (unless `vms_only`) evict the other pods as `kubectl drain
+    --ignore-daemonsets --delete-emptydir-data` does (`evict_unmanaged`: pods of no controller
+    too). `virt`: the VM APIs to drain (default: Deckhouse's)."""
+    virt = virt or VirtLayer(api, maintenance=True)
     info = await _known_node(api, node)
     refusal = enter_refusal(node, info.ready, allow_not_ready)
     if refusal:
         raise VmopsError(refusal)
     deadline = clock() + timeout
-    everyone = await _room_check(api, node, reporter)
+    everyone = await _room_check(api, virt, node, reporter)
+    for driver in await virt.drivers():
+        for note in driver.notes():
+            reporter.line(f"WARNING: {note}")
     mark = start_mark(info.maintenance_mark, info.ready)
     await api.patch_node(node, mark_patch(mark, cordon=None if info.unschedulable else True))
     guarded = "still guarded" if mark != MAINTENANCE_VALUE else "not fenced"
@@ -315,6 +334,7 @@ async def enter_maintenance(
         clock=clock,
         wall=wall,
         initial=everyone,
+        virt=virt,
     )
     step, timed_out = await drain.run(deadline, poll)
     pods = None
@@ -323,7 +343,7 @@ async def enter_maintenance(
     ok, lines = enter_verdict(node, step, pods, timed_out)
     if ok:
         # Nothing may have landed while the pods drained: the node is cordoned, but look.
-        stray = launcher_vms(await api.list_node_pods(node, label_selector=VM_POD_LABEL))
+        stray = await launcher_vms(api, node, await virt.drivers())
         if stray:
             return Outcome(
                 False,
@@ -371,9 +391,13 @@ async def exit_maintenance(
     return Outcome(True, (f"{node} left maintenance",))
 
 
-async def list_maintenance(api: ClusterApi, every_node: bool = False) -> list[NodeRow]:
-    """The nodes in maintenance (every node with `every_node`) and the VMs still on them."""
+async def list_maintenance(
+    api: ClusterApi, every_node: bool = False, virt: VirtLayer | None = None
+) -> list[NodeRow]:
+    """The nodes in maintenance (every node with `every_node`) and the VMs still on them
+    (`virt`: of these VM APIs; default: Deckhouse's)."""
+    virt = virt or VirtLayer(api, maintenance=True)
     nodes = await api.list_nodes()
-    vms = [vm_ref(v) for v in await api.list_vms()]
+    vms = await virt.list_vms()
     facts = [NodeFacts(n.name, n.maintenance_mark, n.unschedulable, n.ready) for n in nodes]
     return maintenance_rows(facts, vms, every_node)

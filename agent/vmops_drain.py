@@ -5,7 +5,7 @@ the node (a field selector: every VM running on the node or arriving at it has o
 each VM of the drain still under way and of each operation followed. The whole cluster's VMs are
 read twice: once before anything changes (`enter` checks the room elsewhere with it) and once
 more before the drain may say it is done, so a VM that was arriving when the run began is never
-missed.
+missed. VMs of every API in use are drained alike, each through its driver (`agent.virt`).
 """
 
 from __future__ import annotations
@@ -20,25 +20,20 @@ from agent.pod_drain import (
     classify_pod,
     eviction_retry_delay,
     pod_key,
-    pod_running,
 )
+from agent.virt import VirtDriver, VirtLayer
+from agent.virt_names import split_key
 from agent.vm_drain import FINAL_STAGES, DrainStep, plan_vm_drain
-from agent.vm_migration import VM_POD_LABEL, OpRef, VmRef, existing_operation, op_ref, vm_ref
-from agent.vmops_common import Clock, Reporter, VmopsError, create_evict
-
-GONE = "the operation was deleted before it finished"
+from agent.vm_migration import OpRef, VmRef, existing_operation
+from agent.vmops_common import Clock, Reporter, VmopsError
 
 
-def launcher_vms(pods: Iterable[dict[str, object]]) -> set[str]:
-    """`namespace/name` of the VMs whose launcher pods (still running) are in `pods`."""
+async def launcher_vms(api: ClusterApi, node: str, drivers: Iterable[VirtDriver]) -> set[str]:
+    """The keys of the VMs whose launcher pods (still running) are bound to `node`."""
     keys = set()
-    for pod in pods:
-        meta = pod.get("metadata")
-        if not isinstance(meta, dict) or not pod_running(pod):
-            continue
-        vm = (meta.get("labels") or {}).get(VM_POD_LABEL)
-        if vm:
-            keys.add(f"{meta.get('namespace', '')}/{vm}")
+    for driver in drivers:
+        pods = await api.list_node_pods(node, label_selector=driver.launcher_selector)
+        keys |= {driver.launcher_vm(p) for p in pods} - {""}
     return keys
 
 
@@ -56,8 +51,10 @@ class VmDrain:
         clock: Clock,
         wall: Clock,
         initial: Iterable[VmRef] | None = None,
+        virt: VirtLayer | None = None,
     ) -> None:
         self.api = api
+        self.virt = virt or VirtLayer(api, maintenance=True)
         self.node = node
         self.parallel = parallel
         self.force = force
@@ -79,25 +76,18 @@ class VmDrain:
                 self.vms[vm.key] = vm
                 self.seen.add(vm.key)
 
-    async def _get_vm(self, key: str) -> tuple[str, VmRef | None]:
-        namespace, name = key.split("/", 1)
-        obj = await self.api.get_vm(namespace, name)
-        return key, vm_ref(obj) if obj is not None else None
+    def _driver(self, key: str) -> VirtDriver:
+        return self.virt.driver(split_key(key)[0])
 
-    async def _get_op(self, op: OpRef) -> OpRef:
-        if not op.name or op.finished:
-            return op  # never created, or done with
-        obj = await self.api.get_vm_operation(op.namespace, op.name)
-        if obj is None:
-            return OpRef(op.namespace, op.name, op.vm, "Failed", "Deleted", GONE, op.type)
-        return op_ref(obj)
+    async def _get_vm(self, key: str) -> tuple[str, VmRef | None]:
+        _, namespace, name = split_key(key)
+        return key, await self._driver(key).get_vm(namespace, name)
 
     async def _look(self) -> set[str]:
         """Read what changed; the VM keys with a launcher pod on the node."""
-        pods = await self.api.list_node_pods(self.node, label_selector=VM_POD_LABEL)
-        hosted = launcher_vms(pods)
+        hosted = await launcher_vms(self.api, self.node, await self.virt.drivers())
         if self._verify:
-            self._take_whole_cluster(vm_ref(v) for v in await self.api.list_vms())
+            self._take_whole_cluster(await self.virt.list_vms())
         keys = (hosted | self.seen | set(self.ops) | set(self.waiting)) - (self.final - hosted)
         looks = await asyncio.gather(*(self._get_vm(k) for k in sorted(keys)))
         for key, vm in looks:
@@ -106,10 +96,11 @@ class VmDrain:
             else:
                 self.vms[key] = vm
         followed = list(self.ops.items())
-        fresh = await asyncio.gather(*(self._get_op(op) for _, op in followed))
+        fresh = await asyncio.gather(*(self._driver(k).refresh(op) for k, op in followed))
         self.ops.update(zip((key for key, _ in followed), fresh, strict=True))
         for key, ops in list(self.waiting.items()):
-            left = [o for o in await asyncio.gather(*map(self._get_op, ops)) if not o.finished]
+            looked = await asyncio.gather(*map(self._driver(key).refresh, ops))
+            left = [o for o in looked if not o.finished]
             if left:
                 self.waiting[key] = tuple(left)
             else:
@@ -117,10 +108,11 @@ class VmDrain:
         return hosted
 
     async def _start(self, vm: VmRef) -> None:
-        """Follow the VM's unfinished Evict if it has one, wait for its other operations, or
-        create ours."""
+        """Follow the VM's unfinished migration if it has one, wait for its other operations,
+        or start ours (as its driver moves a VM: an Evict, a migration, an eviction)."""
+        driver = self.virt.driver(vm.virt)
         try:
-            found = [op_ref(o) for o in await self.api.list_vm_operations(vm.namespace)]
+            found = await driver.list_ops(vm.namespace)
         except ClusterError as err:
             self.reporter.status(f"cannot read the operations of {vm.key}, retrying: {err}")
             return  # never create blind: the webhook would refuse a second one anyway
@@ -128,16 +120,14 @@ class VmDrain:
         if follow is not None:
             self.ops[vm.key] = follow
             self.reporter.line(
-                f"vm {vm.key}: following its unfinished vmop {follow.name} ({follow.type}, "
-                f"{follow.state()}) instead of creating another"
+                f"vm {vm.key}: following its unfinished {follow.kind} {follow.name} "
+                f"({follow.type}, {follow.state()}) instead of creating another"
             )
         elif wait:
             self.waiting[vm.key] = wait
         else:
             try:
-                self.ops[vm.key] = await create_evict(
-                    self.api, vm, self.wall(), self.node, self.force
-                )
+                self.ops[vm.key] = await driver.move(vm, self.wall(), self.node, self.force)
             except (ClusterError, VmopsError) as err:
                 self.ops[vm.key] = OpRef(
                     vm.namespace, "", vm.name, "Failed", "NotCreated", str(err)

@@ -1,26 +1,23 @@
 """What a node runs that fencing would free (reads only), for the maintenance guard of
-`agent.policy`: its ColdStandby VMs and the volumes attached to it."""
+`agent.policy`: its ColdStandby VMs (of every VM API in use) and the volumes attached to it."""
 
 from __future__ import annotations
 
 from agent.cluster import ClusterApi
-from agent.fencing import RESTART_POLICIES
 from agent.policy import NodeWorkload
+from agent.virt import VirtLayer
 
 # A VM in one of these phases is not on a node any more (or not yet).
 NOT_HOSTED = ("Stopped", "Stopping", "Pending")
 
 
-async def node_workload(api: ClusterApi, node: str) -> NodeWorkload:
-    """The node's ColdStandby VMs (restartable run policy, status.nodeName = node) and the
+async def node_workload(api: ClusterApi, node: str, virt: VirtLayer) -> NodeWorkload:
+    """The node's ColdStandby VMs (they come back by themselves, and run there) and the
     volumes its VolumeAttachments hold (a pod on it uses them). Raises ClusterError."""
-    vms = []
-    for vm in await api.list_vms():
-        meta, spec, status = vm.get("metadata") or {}, vm.get("spec") or {}, vm.get("status") or {}
-        policy = spec.get("runPolicy") or "AlwaysOnUnlessStoppedManually"
-        if status.get("nodeName") != node or status.get("phase") in NOT_HOSTED:
-            continue
-        if policy in RESTART_POLICIES:
-            vms.append(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+    vms = [
+        vm.key
+        for vm in await virt.list_vms()
+        if vm.node == node and vm.phase not in NOT_HOSTED and vm.restart
+    ]
     volumes = [va.volume for va in await api.list_volume_attachments(node)]
     return NodeWorkload(tuple(sorted(vms)), tuple(sorted(set(volumes))))

@@ -49,6 +49,13 @@ WATCHDOG: dict[str, Any] = {
 SELF_FENCE: dict[str, Any] = {"self_fence": True, "self_fence_margin": 1.0}
 
 
+VIRT_WORDS = {
+    "deckhouse": "Deckhouse",
+    "kubevirt": "KubeVirt",
+    "both": "Deckhouse and as many KubeVirt",
+}
+
+
 @dataclass
 class ChaosOptions:
     """One chaos run: what to start, how long, where files go."""
@@ -67,6 +74,7 @@ class ChaosOptions:
     schedule: ChaosSettings = field(default_factory=ChaosSettings)
     watchdog: bool = False  # nodes feed emulated watchdogs; the leader may count self-fences
     pdus: tuple[str, ...] = ()  # nodes also fed by an emulated PDU outlet (level 3)
+    virt: str = "deckhouse"  # whose VMs: deckhouse, kubevirt, both (`vms` of each)
 
 
 class ChaosRun:
@@ -81,6 +89,7 @@ class ChaosRun:
         settings["profile"] = opts.profile
         settings["links"] = True  # partitions cut each node's link; its agent runs on
         settings["pdus"] = tuple(opts.pdus)
+        settings["virt"] = opts.virt
         if opts.watchdog:
             settings["watchdog"] = dict(WATCHDOG)
             settings["fencing"] = {**SHORT_TIMINGS["fencing"], **SELF_FENCE}
@@ -123,11 +132,13 @@ class ChaosRun:
         if (opts.workdir / "kubeconfig").exists():  # a previous run of ours: start clean
             shutil.rmtree(opts.workdir)
         cluster = self.cluster = SimCluster(opts.workdir, self.settings)
+        self.checker.broker_hosts = tuple(cluster.broker_hosts)
         controller = None
         if opts.echo:
             print(
                 f"== chaos seed {opts.seed}, {opts.duration:g} s, {opts.nodes} nodes, "
-                f"{opts.vms} VMs, at most {opts.schedule.max_faulty} faulty; "
+                f"{opts.vms} {VIRT_WORDS.get(opts.virt, opts.virt)} VMs, "
+                f"at most {opts.schedule.max_faulty} faulty; "
                 f"{len(self.steps)} steps; files in {opts.workdir}",
                 flush=True,
             )
@@ -166,7 +177,7 @@ class ChaosRun:
                 for thread in runner.threads:
                     thread.join(5)
             cluster.stop()
-        return self._report(controller.violations() if controller is not None else [])
+        return self._report(cluster.vm_violations() if controller is not None else [])
 
     def _play(self) -> None:
         runner = self.runner
@@ -251,6 +262,7 @@ class ChaosRun:
             "duration": self.opts.duration,
             "nodes": self.opts.nodes,
             "vms": self.opts.vms,
+            "virt": self.opts.virt,
             "max_faulty": self.opts.schedule.max_faulty,
             "recovery_deadline": self.opts.recovery_deadline,
             "workdir": str(self.opts.workdir),

@@ -9,9 +9,10 @@ records) and what really is (power, where each VM's processes run).
 - (b) `unproven-delete`: a Node disappears only when its machine is off (or was switched in
   between two looks) and a FenceOperation of that node says `offProven` (and no record says
   `nodeDeleted` without `offProven`).
-- (c) `not-recovered`: every ColdStandby VM (runPolicy AlwaysOn / AlwaysOnUnlessStoppedManually)
-  hosted by a node whose Off a record proves (the release that follows restarts it before the
-  Node goes), or by a deleted Node, is Running again within `recovery_deadline`.
+- (c) `not-recovered`: every ColdStandby VM (runPolicy AlwaysOn / AlwaysOnUnlessStoppedManually;
+  KubeVirt's runStrategy Always / RerunOnFailure) hosted by a node whose Off a record proves
+  (the release that follows restarts it before the Node goes), or by a deleted Node, is
+  Running again within `recovery_deadline`.
 - (d) `wrong-fence`: no power-off is sent (a record's `powerOffSent` turns true) for a node in
   maintenance for at least `maintenance_grace`, nor for a node whose kubelet was alive then:
   at least two Lease renewals seen within `kubelet_alive_window` before it (one renewal is
@@ -26,7 +27,9 @@ records) and what really is (power, where each VM's processes run).
 - (g) `not-fenced`: a machine off for `unfenced_after` (or powered but cut off from the
   network for `unfenced_after_cut`) while its Node is still there and not in maintenance has a
   FenceOperation that was under way during that time (a lost node is fenced, also one that was
-  fenced before, came back and was lost again).
+  fenced before, came back and was lost again). While every broker's host (`broker_hosts`) is
+  off or cut off no heartbeat reaches a leader and silence proves nothing (nodefence fences
+  nobody, by design): the count then starts again at the first look with a broker back.
 - (h) `lost-in-maintenance`: no VM's processes run on a machine in maintenance (its Node marked
   `nodefence.io/maintenance=true`) when that machine loses power: nodefence never fences a node
   in maintenance, so such a VM is never restarted (`maintenance enter` said done too early).
@@ -34,10 +37,12 @@ records) and what really is (power, where each VM's processes run).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
+# Deckhouse's runPolicy; KubeVirt's runStrategy (RerunOnFailure: its instance Failed with it)
+RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually", "Always", "RerunOnFailure")
 HOSTED = ("Running", "Migrating")
 INVARIANTS = (
     "split-brain",
@@ -133,6 +138,7 @@ class InvariantChecker:
     fence_deadline: float = 90.0
     unfenced_after: float = 20.0
     unfenced_after_cut: float = 25.0
+    broker_hosts: tuple[str, ...] = ()  # the machines the MQTT brokers run on
     violations: list[Violation] = field(default_factory=list)
     records_seen: set[str] = field(default_factory=set)
     proven: set[str] = field(default_factory=set)
@@ -151,6 +157,8 @@ class InvariantChecker:
     _off_since: dict[str, float] = field(default_factory=dict)  # machine -> first seen off
     _cut_since: dict[str, float] = field(default_factory=dict)  # powered node -> first seen cut
     _unfenced: set[tuple[str, float]] = field(default_factory=set)
+    # The first look with a broker's host reachable after none was (inf while none is).
+    _broker_back_at: float = 0.0
 
     def observe(self, snap: Snapshot) -> list[Violation]:
         """Check one snapshot against the history; returns the violations it revealed."""
@@ -335,6 +343,13 @@ class InvariantChecker:
             self._add(snap.t, "stuck-fence", rec.node, detail)
 
     def _not_fenced(self, snap: Snapshot) -> None:
+        reachable = [
+            h for h in self.broker_hosts if snap.power.get(h) == "on" and h not in snap.cut_off
+        ]
+        if self.broker_hosts and not reachable:
+            self._broker_back_at = math.inf
+        elif self._broker_back_at == math.inf:
+            self._broker_back_at = snap.t
         lost = [(n, t, "machine off", self.unfenced_after) for n, t in self._off_since.items()]
         lost += [
             (n, t, "machine on but cut off", self.unfenced_after_cut)
@@ -344,7 +359,7 @@ class InvariantChecker:
             if (
                 node not in snap.nodes
                 or node in snap.maintenance
-                or snap.t - since < limit
+                or snap.t - max(since, self._broker_back_at) < limit
                 or (node, since) in self._unfenced
             ):
                 continue

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from hwsim.chaos_invariants import RecordView, Snapshot, VmView
 from hwsim.simcluster import SimCluster
+from hwsim.vm_views import vm_views
 
 MAINTENANCE_LABEL = "nodefence.io/maintenance"
 
@@ -47,15 +48,12 @@ def take_snapshot(
             str(st.get("proof") or ""),
         )
     vms, running = {}, {}
-    ctl = cluster.vm_controller
-    for vm in store.list("virtualmachines")["items"]:
-        ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
-        st = vm.get("status") or {}
-        key = f"{ns}/{name}"
-        policy = str(vm["spec"].get("runPolicy") or "")
-        vms[key] = VmView(str(st.get("phase", "")), st.get("nodeName") or None, policy)
+    controllers = {"deckhouse": cluster.vm_controller, "kubevirt": cluster.kubevirt_controller}
+    for view in vm_views(store):
+        vms[view.key] = VmView(view.phase, view.node, view.policy)
+        ctl = controllers.get(view.api)
         if ctl is not None:
-            running[key] = frozenset(ctl.running_places(ns, name))
+            running[view.key] = frozenset(ctl.running_places(view.namespace, view.name))
     return Snapshot(
         t,
         nodes,

@@ -16,6 +16,12 @@ from typing import TextIO
 
 from hwsim.scenarios import SCENARIOS
 
+VIRTS = ("deckhouse", "kubevirt", "both")
+VIRT_HELP = (
+    "whose VMs: deckhouse (Deckhouse Virtualization, default), kubevirt (upstream KubeVirt: "
+    "its CRDs, VM -> VMI -> virt-launcher pod, migrations) or both (as many of each)"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of every sub-command."""
@@ -77,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     scen.add_argument(
         "--after-proof", choices=["off", "reboot"], default="", help="the agents' after_proof"
     )
+    scen.add_argument("--virt", choices=VIRTS, default="deckhouse", help=VIRT_HELP)
 
     cluster = sub.add_parser(
         "cluster",
@@ -85,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--nodes", type=int, default=5)
     cluster.add_argument("--vms", type=int, default=10)
     cluster.add_argument("--workdir", default="run/cluster")
+    cluster.add_argument("--virt", choices=VIRTS, default="deckhouse", help=VIRT_HELP)
 
     chaos = sub.add_parser(
         "chaos",
@@ -120,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "node, record saves that land late, two faults on one node)",
     )
     chaos.add_argument("--workdir", default="run/chaos", help="where files and logs go")
+    chaos.add_argument("--virt", choices=VIRTS, default="deckhouse", help=VIRT_HELP)
     chaos.add_argument("--report", help="JSON report path (default WORKDIR/chaos-report.json)")
 
     sim = sub.add_parser(
@@ -168,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError:
             print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
             return 2
+        if args.virt not in SCENARIOS[args.name].virts:
+            only = " or ".join(SCENARIOS[args.name].virts)
+            print(f"nodefence-hwsim: scenario {args.name} runs with --virt {only}", file=sys.stderr)
+            return 2
         ok, _ = run_scenario(
             args.name,
             Path(args.workdir).resolve(),
@@ -176,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fast=args.fast,
             cleanup=args.cleanup,
             after_proof=args.after_proof,
+            virt=args.virt,
         )
         return 0 if ok else 1
     if args.command == "cluster":
@@ -242,14 +256,16 @@ def _run_cluster(args: argparse.Namespace) -> int:
         print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
         return 2
     workdir = Path(args.workdir).resolve()
-    cluster = SimCluster(workdir, ClusterSettings(nodes=args.nodes, vms=args.vms, bmcs=True))
+    settings = ClusterSettings(nodes=args.nodes, vms=args.vms, bmcs=True, virt=args.virt)
+    cluster = SimCluster(workdir, settings)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cluster.start()
     try:
         print(f"simulated cluster of {args.nodes} nodes and {args.vms} VMs on 127.0.0.1")
-        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get nodes,vm")
+        what = {"deckhouse": "nodes,vm", "kubevirt": "nodes,vm,vmi", "both": "nodes,vm,vmi"}
+        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get {what[args.virt]}")
         print(f"  nodefence status -c {cluster.agent_config('node-1')}")
         print(f"  nodefence fence node-3 -i {cluster.settings.inventory} -a status")
         print(f"  agent logs: {workdir / 'logs'}")
@@ -299,6 +315,7 @@ def _run_chaos(args: argparse.Namespace) -> int:
         schedule=schedule,
         watchdog=args.watchdog,
         pdus=pdus,
+        virt=args.virt,
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hwsim.simcluster import SimCluster
+from hwsim.vm_views import vm_views
 
 
 class LeaderViewFeed:
@@ -72,11 +73,10 @@ def render(
             f"{'-' if age is None else f'{age:.1f}s':>10}  "
             f"{machine.power_state():<6} {note}"
         )
-    vms = cluster.kube.store.list("virtualmachines")["items"]
+    vms = vm_views(cluster.kube.store)
     cells = []
-    for vm in sorted(vms, key=lambda v: (len(v["metadata"]["name"]), v["metadata"]["name"])):
-        st = vm.get("status") or {}
-        cells.append(f"{vm['metadata']['name']}:{st.get('phase', '?')}@{st.get('nodeName') or '-'}")
+    for vm in sorted(vms, key=lambda v: (len(v.name), v.name)):
+        cells.append(f"{vm.name}:{vm.phase or '?'}@{vm.node or '-'}")
     row = "VMs:"
     for cell in cells or ["none"]:
         if len(row) + 2 + len(cell) > width:

@@ -30,8 +30,7 @@ from hwsim.scenarios_release import (
     settle_after_the_fence,
 )
 from hwsim.simcluster import ClusterSettings, SimCluster
-
-RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
+from hwsim.vm_views import vm_views
 
 
 @dataclass
@@ -81,9 +80,10 @@ class Watcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching (also when it never started: the cluster must still be stopped)."""
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            self._thread.join(2)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -143,18 +143,13 @@ class Watcher:
             else:
                 state = "healthy" if power == "on" else "powered off"
             self.samples.node(t, name, state, "power off" if power == "off" else "")
-        for vm in store.list("virtualmachines")["items"]:
-            st0 = vm.get("status") or {}
-            self.samples.vm(
-                t, vm["metadata"]["name"], st0.get("phase", ""), st0.get("nodeName") or ""
-            )
-            key = vm["metadata"]["name"]
-            st = vm.get("status") or {}
-            now = (st.get("phase", ""), st.get("nodeName") or "")
-            if report and self._vms.get(key) != now:
+        for vm in vm_views(store):
+            self.samples.vm(t, vm.name, vm.phase, vm.node or "")
+            now = (vm.phase, vm.node or "")
+            if report and self._vms.get(vm.key) != now:
                 where = f" on {now[1]}" if now[1] else ""
-                tl.add(now[1] or "-", f"VM {key} ({vm['spec'].get('runPolicy')}) {now[0]}{where}")
-            self._vms[key] = now
+                tl.add(now[1] or "-", f"VM {vm.name} ({vm.policy}) {now[0]}{where}")
+            self._vms[vm.key] = now
 
     def _look_at_pods_and_volumes(self, report: bool) -> None:
         """Pods going Terminating or away, volumes attached, detached (the release)."""
@@ -213,6 +208,8 @@ class Scenario:
     warm_standbys: bool = False
     # after `wait` held: more steps (power back on, uncordon, look for a second fence)
     epilogue: Callable[[SimCluster, Timeline, list[str]], None] | None = None
+    # the VM APIs it runs with (`--virt`)
+    virts: tuple[str, ...] = ("deckhouse", "kubevirt", "both")
 
 
 def _victims(cluster: SimCluster, count: int) -> list[str]:
@@ -232,20 +229,18 @@ def _phase(cluster: SimCluster, node: str) -> str:
 
 def _judge_recovered(cluster: SimCluster, victims: list[str]) -> list[str]:
     problems = judge_release(cluster, victims)
-    vms = cluster.kube.store.list("virtualmachines")["items"]
     reboot = cluster.settings.fencing.get("after_proof") == "reboot"
     for v in victims:
         if _phase(cluster, v) != "Recovered":
             problems.append(f"{v}: fencing ended {_phase(cluster, v) or 'never started'}")
         if cluster.fleet[v].power_state() != ("on" if reboot else "off"):
             problems.append(f"{v}: {'not powered on again' if reboot else 'still powered'}")
-    for vm in vms:
-        st = vm.get("status") or {}
-        if vm["spec"].get("runPolicy") in RESTARTABLE and st.get("phase") != "Running":
-            problems.append(f"VM {vm['metadata']['name']} is {st.get('phase')}, not Running")
-        if st.get("nodeName") in victims and st.get("phase") == "Running":
-            problems.append(f"VM {vm['metadata']['name']} still on fenced {st.get('nodeName')}")
-    problems += [f"split brain: {v}" for v in cluster.vm_controller.violations()]
+    for vm in vm_views(cluster.kube.store):
+        if vm.restarts and not vm.running:
+            problems.append(f"VM {vm.name} is {vm.phase}, not Running")
+        if vm.node in victims and vm.running:
+            problems.append(f"VM {vm.name} still on fenced {vm.node}")
+    problems += [f"split brain: {v}" for v in cluster.vm_violations()]
     return problems
 
 
@@ -297,11 +292,11 @@ def _judge_fence_failed(cluster: SimCluster, victims: list[str]) -> list[str]:
     problems = [] if _phase(cluster, v) == "FenceFailed" else [f"{v}: {_phase(cluster, v)}"]
     if not any(n["metadata"]["name"] == v for n in cluster.kube.store.list("nodes")["items"]):
         problems.append(f"{v}: Node deleted without a proven Off")
-    ctl = cluster.vm_controller
-    for key, places in ctl.actual.items():
-        if places - {v} and v in places:
-            problems.append(f"VM {key[1]} started elsewhere while {v} still runs it")
-    problems += [f"split brain: {x}" for x in ctl.violations()]
+    for ctl in cluster.vm_controllers:
+        for key, places in ctl.actual.items():
+            if places - {v} and v in places:
+                problems.append(f"VM {key[1]} started elsewhere while {v} still runs it")
+    problems += [f"split brain: {x}" for x in cluster.vm_violations()]
     return problems
 
 
@@ -436,20 +431,23 @@ def _judge_maintenance(cluster: SimCluster, victims: list[str]) -> list[str]:
         problems.append(f"{v}: not marked nodefence.io/maintenance=true")
     elif not (node.get("spec") or {}).get("unschedulable"):
         problems.append(f"{v}: not cordoned")
-    for vm in store.list("virtualmachines")["items"]:
-        st = vm.get("status") or {}
-        if st.get("nodeName") == v:
-            problems.append(f"VM {vm['metadata']['name']} was still on {v} when it lost power")
-        if vm["spec"].get("runPolicy") in RESTARTABLE and st.get("phase") != "Running":
-            problems.append(f"VM {vm['metadata']['name']} is {st.get('phase')}, not Running")
+    for vm in vm_views(store):
+        if vm.node == v:
+            problems.append(f"VM {vm.name} was still on {v} when it lost power")
+        if vm.restarts and not vm.running:
+            problems.append(f"VM {vm.name} is {vm.phase}, not Running")
     if _records(cluster, v):
         problems.append(f"{v} (in maintenance) was fenced: {_phase(cluster, v)}")
     if any(e["involvedObject"]["name"] == v for e in cluster.events("NodeDeclaredDead")):
         problems.append(f"{v} (in maintenance) was declared dead")
     if cluster.fleet[v].power_state() == "off" and not _maintenance_alert(cluster, v):
         problems.append(f"the leader never reported {v} as in maintenance")
-    problems += [f"{rec.name} lost with {v}" for rec in cluster.vm_controller.history]
-    problems += [f"split brain: {x}" for x in cluster.vm_controller.violations()]
+    for ctl in cluster.vm_controllers:
+        # A KubeVirt VM whose evictionStrategy stops it on a drain was shut down on purpose
+        # (and started elsewhere by its runStrategy), before the power cut: not lost with it.
+        lost = [r for r in ctl.history if not r.why.startswith("shut down")]
+        problems += [f"{rec.name} lost with {v}" for rec in lost]
+    problems += [f"split brain: {x}" for x in cluster.vm_violations()]
     return problems
 
 
@@ -697,6 +695,7 @@ SCENARIOS: dict[str, Scenario] = {
             scenario_busy.finished,
             settings={"migration_delay": 1.5},
             timeout=5,
+            virts=("deckhouse",),  # it writes Deckhouse's VirtualMachineOperations itself
         ),
     ]
 }
@@ -740,13 +739,18 @@ def run_scenario(
     live: bool = True,
     cleanup: str = "",
     after_proof: str = "",
+    virt: str = "deckhouse",
 ) -> tuple[bool, Timeline]:
     """Play scenario `name`; returns (passed, timeline). `cleanup` / `after_proof` set the
-    agents' `fencing.cleanup` and `fencing.after_proof` (cleanup taint: reboot by default)."""
+    agents' `fencing.cleanup` and `fencing.after_proof` (cleanup taint: reboot by default);
+    `virt`: whose VMs the cluster runs (deckhouse, kubevirt, both)."""
     sc = SCENARIOS[name]
+    if virt not in sc.virts:
+        raise ValueError(f"scenario {name} runs with --virt {' or '.join(sc.virts)}, not {virt}")
     settings: dict[str, Any] = {
         "nodes": nodes,
         "vms": vms,
+        "virt": virt,
         "bmcs": True,
         "boot_delay": 2.0,
         "fencing": {"recovery_timeout": 60, "retry_base": 2, "retry_max": 10},
@@ -773,7 +777,12 @@ def run_scenario(
     tl = Timeline(echo=echo)
     if echo:
         print(f"== scenario {name}: {sc.summary}")
-        print(f"== {nodes} nodes, {vms} VMs, files in {workdir}")
+        apis = {
+            "deckhouse": f"{vms} Deckhouse VMs",
+            "kubevirt": f"{vms} KubeVirt VMs",
+            "both": f"{vms} Deckhouse and {vms} KubeVirt VMs",
+        }
+        print(f"== {nodes} nodes, {apis[virt]}, files in {workdir}")
         mode = ", ".join(
             f"{k} {fencing[k]}" for k in ("cleanup", "after_proof", "release") if k in fencing
         )

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from hwsim.kube.controllers import ControllerTimers
 from hwsim.simcluster import SimCluster
+from hwsim.vm_views import vm_views
 
-RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 RECOVERY_BOUND = 5.0  # seconds from the Node deletion to its ColdStandby VMs running elsewhere
 # The no-release scenario: PodGC's 40 s quarantine and the 6-minute detach timeout, compressed.
@@ -127,7 +127,7 @@ def judge_no_release(cluster: SimCluster, victims: list[str]) -> list[str]:
         after = vm.get("recoveredAfterSeconds")
         if vm.get("expectedRestart") and after is not None and after < wait:
             problems.append(f"VM {vm['name']} ran elsewhere after {after} s, before the {wait:g} s")
-    problems += [f"split brain: {x}" for x in cluster.vm_controller.violations()]
+    problems += [f"split brain: {x}" for x in cluster.vm_violations()]
     return problems
 
 
@@ -220,9 +220,8 @@ def judge_drain(cluster: SimCluster, victims: list[str]) -> list[str]:
         problems.append(f"{v}: its Node was deleted")
     elif not _ready(node) or (node.get("spec") or {}).get("unschedulable"):
         problems.append(f"{v}: not back Ready and schedulable after uncordon")
-    for vm in cluster.kube.store.list("virtualmachines")["items"]:
-        st = vm.get("status") or {}
-        if vm["spec"].get("runPolicy") in RESTARTABLE and st.get("phase") != "Running":
-            problems.append(f"VM {vm['metadata']['name']} is {st.get('phase')}, not Running")
-    problems += [f"split brain: {x}" for x in cluster.vm_controller.violations()]
+    for vm in vm_views(cluster.kube.store):
+        if vm.restarts and not vm.running:
+            problems.append(f"VM {vm.name} is {vm.phase}, not Running")
+    problems += [f"split brain: {x}" for x in cluster.vm_violations()]
     return problems

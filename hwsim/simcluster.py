@@ -41,6 +41,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "base"
 CRD_PATH = DEPLOY / "crd-fenceoperations.yaml"
 ACL_PATH = DEPLOY / "mosquitto.acl"
 OBSERVER = "hwsim-observer"  # the harness's own broker login (live view, tests)
+DECKHOUSE_GROUP = "virtualization.deckhouse.io"
 
 log = logging.getLogger("hwsim.cluster")
 
@@ -65,6 +66,10 @@ class ClusterSettings:
     power_timeout: float = 5.0
     bmc_timeout: float = 1.0
     vms: int = 0  # VMs placed over the nodes, with a ColdStandby controller
+    # whose VMs: deckhouse (Deckhouse Virtualization), kubevirt (upstream KubeVirt: its CRDs
+    # instead of Deckhouse's) or both (`vms` VMs of each, both controllers)
+    virt: str = "deckhouse"
+    kubevirt_eviction: str | None = None  # the KubeVirt resource's evictionStrategy (None: unset)
     boot_delay: float = 1.0
     migration_delay: float = 1.0
     fencing: dict[str, Any] = field(default_factory=dict)  # agent config `fencing:` section
@@ -136,7 +141,8 @@ class SimCluster:
         self.nodes: dict[str, SimNode] = {}
         self.loop: LoopThread | None = None
         self.bmcs: BmcFleet | None = None
-        self.vm_controller: Any = None
+        self.vm_controller: Any = None  # Deckhouse's; KubeVirt's when it is the only one
+        self.kubevirt_controller: Any = None
         self.channel_groups = False  # the inventory says which devices read the same power
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -194,6 +200,8 @@ class SimCluster:
                 node.start()
             if self.settings.links:
                 self._link_brokers()
+            if self.settings.virt != "deckhouse":
+                self._serve_kubevirt()
             if self.settings.vms:
                 self._start_vms()
             if agents:
@@ -268,24 +276,72 @@ class SimCluster:
         inventory.write_text(text)
         self.settings.inventory = str(inventory)
 
+    def _serve_kubevirt(self) -> None:
+        """Install KubeVirt's API; a KubeVirt-only cluster serves no Deckhouse VMs at all."""
+        from hwsim.kubevirt import crds
+
+        store = self.kube.store
+        if self.settings.virt == "kubevirt":
+            for plural in ("virtualmachines", "virtualmachineoperations"):
+                try:
+                    store.delete("customresourcedefinitions", f"{plural}.{DECKHOUSE_GROUP}")
+                except NotFound:
+                    pass
+        crds.install(store, self.settings.kubevirt_eviction)
+
+    def _powered(self, node: str) -> bool:
+        return node in self.nodes and self.fleet[node].power_state() == "on"
+
     def _start_vms(self) -> None:
         from hwsim.coldstandby import ColdStandbyController
         from hwsim.vms import place_vms
 
-        self.vm_controller = ColdStandbyController(
+        s = self.settings
+        if s.virt != "kubevirt":
+            self.vm_controller = ColdStandbyController(
+                self.kube.store,
+                self._powered,
+                boot_delay=s.boot_delay,
+                migration_delay=s.migration_delay,
+            )
+            place_vms(self.kube.store, self.vm_controller, s.vms, list(self.nodes))
+            self.vm_controller.start_in_thread()
+        if s.virt != "deckhouse":
+            self._start_kubevirt()
+
+    def _start_kubevirt(self) -> None:
+        from hwsim.kubevirt.controller import KubevirtController
+        from hwsim.kubevirt.objects import place_vms
+
+        s = self.settings
+        self.kubevirt_controller = KubevirtController(
             self.kube.store,
-            lambda n: n in self.nodes and self.fleet[n].power_state() == "on",
-            boot_delay=self.settings.boot_delay,
-            migration_delay=self.settings.migration_delay,
+            self._powered,
+            # A graceful pod deletion completes (the guest shut down) where a kubelet runs.
+            kubelet_alive=lambda n: self._powered(n) and not self.nodes[n].partitioned,
+            boot_delay=s.boot_delay,
+            migration_delay=s.migration_delay,
         )
-        place_vms(self.kube.store, self.vm_controller, self.settings.vms, list(self.nodes))
-        self.vm_controller.start_in_thread()
+        place_vms(self.kube.store, self.kubevirt_controller, s.vms, list(self.nodes))
+        self.kubevirt_controller.start_in_thread()
+        if self.vm_controller is None:
+            self.vm_controller = self.kubevirt_controller
+
+    @property
+    def vm_controllers(self) -> list[Any]:
+        """Every VM controller running (one per API)."""
+        found = [self.vm_controller, self.kubevirt_controller]
+        return [c for i, c in enumerate(found) if c is not None and c not in found[:i]]
+
+    def vm_violations(self) -> list[str]:
+        """Every split brain any VM controller saw."""
+        return [v for c in self.vm_controllers for v in c.violations()]
 
     def stop(self) -> None:
         """Stop every process and server this cluster started (idempotent)."""
-        if self.vm_controller is not None:
-            self.vm_controller.stop_thread()
-            self.vm_controller = None
+        for controller in self.vm_controllers:
+            controller.stop_thread()
+        self.vm_controller = self.kubevirt_controller = None
         for node in self.nodes.values():
             node.stop()
         if self.bmcs is not None and self.loop is not None:

@@ -92,6 +92,7 @@ class SimNode:
             lease_interval=lease_interval,
             internal_ip="127.0.0.1",
             kubelet_port=self.kubelet_port.port,
+            power_changes=lambda: machine.power_changes,  # a partition is no reboot
         )
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_config: Path | None = None

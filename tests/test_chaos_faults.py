@@ -427,6 +427,21 @@ def test_a_powered_node_cut_off_long_with_no_fence_is_not_fenced() -> None:
     assert feed(healed, cut, replace(cut, t=30.0), look(31.0), look(40.0)) == []
 
 
+def test_a_lost_node_is_owed_a_fence_only_once_a_brokers_host_is_reachable_again() -> None:
+    # node-3 (broker 1's host) loses power while node-2 (broker 0's) is cut off: no heartbeat
+    # reaches any leader, silence proves nothing and nodefence fences nobody, by design. The
+    # 20 s count from the first look with a broker back (chaos seed 41: not-fenced at 47.5 s).
+    checker = InvariantChecker(unfenced_after=20.0, broker_hosts=("node-2", "node-3"))
+    blind = replace(look(0, power=OFF_3), cut_off=frozenset({"node-2"}))
+    assert feed(checker, blind, replace(blind, t=14.0), look(15, power=OFF_3)) == []
+    assert feed(checker, look(30, power=OFF_3), look(34.9, power=OFF_3)) == []
+    assert feed(checker, look(35.5, power=OFF_3)) == ["not-fenced"]
+    assert "machine off since 0.00 s" in checker.violations[0].detail
+    # One broker's host reachable is enough: the count runs from the power loss.
+    heard = InvariantChecker(unfenced_after=20.0, broker_hosts=("node-1", "node-3"))
+    assert feed(heard, blind, look(20.5, power=OFF_3)) == ["not-fenced"]
+
+
 def test_a_machine_off_with_a_fence_under_way_or_in_maintenance_is_not_unfenced() -> None:
     failing = {"fence-node-3-a": RecordView("node-3", "FenceFailed", True)}
     fencing = InvariantChecker(unfenced_after=20.0)

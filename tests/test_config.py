@@ -26,6 +26,7 @@ def test_an_empty_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (cfg.kube.standbys, cfg.kube.cold_retry_period) == (2, 10.0)
     assert cfg.broker.password is None and cfg.max_unhealthy == "40%"
     assert cfg.brokers == (cfg.broker,)
+    assert cfg.virtualization == "auto"  # every VM API the cluster serves
 
 
 def test_the_shipped_example_loads(tmp_path: Path) -> None:
@@ -70,6 +71,8 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
         ("fencing: {bmc_check_interval: 0.5}", "fencing.bmc_check_interval"),
         ("fencing: {bmc_check_interval: -1}", "fencing.bmc_check_interval"),
         ("fencing: {bmc_check_parallel: 0}", "fencing.bmc_check_parallel"),
+        ("virtualization: kvm", "virtualization"),
+        ("virtualization: [kubevirt]", "virtualization"),
     ],
 )
 def test_a_bad_field_is_named_with_the_file(tmp_path: Path, text: str, field: str) -> None:

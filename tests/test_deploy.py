@@ -53,13 +53,14 @@ from hwsim.broker import MosquittoBroker, find_mosquitto, free_port
 from hwsim.kube import KubeApiServer, RequestRecord, ResourceType
 from hwsim.kube.controllers import ControllerTimers
 from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.vm_views import vm_views
 from hwsim.vms import RESTARTED_POLICIES
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 # The oldest Kubernetes the manifests promise to work on, and the newest schemas bundled.
 KUBE_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
-TARGETS = ("base", "overlays/example", "overlays/watchdog")
+TARGETS = ("base", "overlays/example", "overlays/kubevirt", "overlays/watchdog")
 NAMESPACE = "nodefence"
 ACCOUNT = "nodefence-agent"
 AGENT_CONFIG = "nodefence-agent-config"  # generated: the name carries a content hash
@@ -300,8 +301,8 @@ def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Pat
         ]
         assert {b.port for b in cfg.brokers} == {p["port"] for p in broker["spec"]["ports"]}
     names = [agent_config_text(t).split("cluster:", 1)[1].split()[0] for t in TARGETS]
-    # the example overlay sets its own name; the watchdog overlay is the example site
-    assert names == ["cluster-1", "example-prod", "example-prod"]
+    # the example overlay sets its own name; the watchdog and kubevirt overlays are that site
+    assert names == ["cluster-1", "example-prod", "example-prod", "example-prod"]
 
 
 def test_the_watchdog_overlays_config_is_the_example_sites_plus_self_fencing() -> None:
@@ -761,6 +762,59 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
     # nodefence's own writes never rely on an unconditional update (422 on a real server)
     assert [c for c in calls if c.code == 422] == []
     # What the agents stored is what the CRD keeps (nothing pruned on a real API server).
+    assert list(record_validator().iter_errors(record)) == []
+
+
+def test_on_a_cluster_serving_both_vm_apis_the_fenced_nodes_vms_of_both_are_verified(
+    tmp_path: Path,
+) -> None:
+    """The kubevirt overlay's RBAC on a cluster running Deckhouse and KubeVirt VMs: the leader
+    finds both APIs by discovery, verifies every restartable VM of either kind on the fenced
+    node, and needs exactly what the overlay grants (the KubeVirt component included)."""
+    docs = render("overlays/kubevirt")
+    cluster = ShippedBrokerCluster(
+        tmp_path,
+        ClusterSettings(nodes=4, bmcs=True, vms=8, virt="both", **RUN_TIMINGS),
+        shipped_acl(),
+    )
+    serve_rbac(cluster.kube)
+    try:
+        cluster.start(agents=False)
+        kubectl_apply(cluster.kubeconfig, rendered_text("overlays/kubevirt"))
+        for node in cluster.nodes:
+            cluster.start_agent(node)
+        leader = cluster.wait_for("a leader", cluster.leader, 30)
+        must_return = [v for v in vm_views(cluster.kube.store) if v.restarts and v.running]
+        victim = next(  # hosts a restartable VM of each API
+            n
+            for n in cluster.nodes
+            if n != leader
+            and {"deckhouse", "kubevirt"} <= {v.api for v in must_return if v.node == n}
+        )
+        expected = {(v.api, v.name) for v in must_return if v.node == victim}
+        cluster.fleet[victim].cut_power()
+
+        def recovered() -> list[Obj]:
+            items = cluster.kube.store.list("fenceoperations", NAMESPACE)["items"]
+            return [r for r in items if (r.get("status") or {}).get("phase") == "Recovered"]
+
+        (record,) = cluster.wait_for("a Recovered FenceOperation", recovered, 60)
+        moved = {v.name: v for v in vm_views(cluster.kube.store)}
+        split_brains = cluster.vm_violations()
+    finally:
+        cluster.stop()
+    verified = {
+        (vm["virtualization"], vm["name"])
+        for vm in record["status"]["vms"]
+        if vm["expectedRestart"] and vm["runningOn"] not in (None, victim)
+    }
+    assert verified == expected
+    assert all(moved[name].running and moved[name].node != victim for _, name in expected)
+    assert split_brains == []
+    calls = client_calls(cluster.kube)
+    agent_grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if "maintenance" not in g.role]
+    assert denied(agent_grants, calls) == []
+    assert unused(agent_grants, calls) == []
     assert list(record_validator().iter_errors(record)) == []
 
 

@@ -20,6 +20,8 @@ from kubernetes import client
 
 from hwsim.kube import KubeApiServer, SimKubelet
 from hwsim.kube.volumes import create_disk
+from hwsim.machine import SimMachine
+from hwsim.simnode import SimNode
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -192,6 +194,31 @@ def test_after_a_reboot_pods_that_ran_before_with_restart_policy_never_are_faile
     kubelet.sync_pods()
     phases = {p.metadata.name: p.status.phase for p in core.list_namespaced_pod("default").items}
     assert phases == {"launcher": "Failed", "web": "Running", "new": "Running"}
+
+
+def test_a_node_cut_off_and_back_did_not_reboot_its_pods_run_on(
+    server: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
+) -> None:
+    """A partition heals without a reboot: the machine kept power, so the launcher pods (and
+    the VMs in them) ran on; failing them would restart their VMs elsewhere: a split brain
+    (chaos seed 41: vm-5 on node-2 and node-5 just after node-5's partition healed)."""
+    node = SimNode(SimMachine("node-1", "uuid-1"), server.store, tmp_path)
+    try:
+        node.kubelet.tick()
+        running(core, "launcher", restartPolicy="Never")
+        node.partition()
+        node.kubelet.tick()
+        node.heal(start_agent=False)
+        node.kubelet.tick()
+        node.kubelet.sync_pods()
+        assert core.read_namespaced_pod("launcher", "default").status.phase == "Running"
+        node.machine.cut_power()  # a power cycle still fails them, one between two looks too
+        node.machine.request_on()
+        node.kubelet.tick()
+        node.kubelet.sync_pods()
+        assert core.read_namespaced_pod("launcher", "default").status.phase == "Failed"
+    finally:
+        node.stop()
 
 
 def test_the_kubelet_reports_its_pods_volumes_in_use_and_a_dead_one_leaves_them(

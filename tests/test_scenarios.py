@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from hwsim.scenarios import SCENARIOS, run_scenario
+from hwsim.simcluster import SimCluster
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -78,12 +80,15 @@ def test_power_loss_with_cleanup_taint_keeps_the_node_reboots_and_untaints_it(
 
 
 async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) -> None:
+    """On upstream KubeVirt VMs (`--virt kubevirt`; the Deckhouse runs are above)."""
     from tests.conftest import run_cli
 
     r = await run_cli(
         "scenario",
         "power-loss",
         "--fast",
+        "--virt",
+        "kubevirt",
         "--workdir",
         str(tmp_path / "s"),
         module="hwsim.cli",
@@ -93,4 +98,14 @@ async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) ->
     assert "POWER LOSS" in r.out and "FencePoweredOff" in r.out
     assert "FenceReleasedPods" in r.out and "detached from" in r.out  # the release, visible
     assert "timers: upstream defaults" in r.out
+    assert "10 KubeVirt VMs" in r.out and "virt-launcher-kv-" in r.out
+    # its launcher pods go only after the proof; its VMs run again elsewhere
+    assert r.out.index("FencePoweredOff") < r.out.index("virt-launcher-kv-")
+    assert "VMRecoveredAfterFence" in r.out
     assert "verdict: PASS" in r.out
+
+
+def test_a_watcher_that_never_started_stops_quietly_so_the_cluster_is_stopped() -> None:
+    from hwsim.scenarios import Timeline, Watcher
+
+    Watcher(cast(SimCluster, object()), Timeline(echo=False)).stop()  # no leader: never started

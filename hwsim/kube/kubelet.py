@@ -57,8 +57,16 @@ class SimKubelet:
         clock: Callable[[], datetime] = wall_clock,
         allocatable: dict[str, str] | None = None,
         pod_sync_interval: float = 0.5,
+        power_changes: Callable[[], int] | None = None,
     ) -> None:
+        """`is_powered`: the kubelet runs and reaches the API. `power_changes`: how often its
+        machine's power switched so far; with it, the kubelet reboots when that count moves
+        (also a quick reset between two looks), and only then: one that merely lost the API
+        (a network cut, the machine kept power) did not reboot, and its pods run on. Without
+        it, every look without `is_powered` counts as a power loss."""
         self.store = store
+        self.power_changes = power_changes
+        self._power_changes_seen: int | None = None
         self.allocatable = dict(allocatable or DEFAULT_ALLOCATABLE)
         self.node_name = node_name
         self.is_powered = is_powered
@@ -80,8 +88,14 @@ class SimKubelet:
     def tick(self) -> None:
         """One kubelet iteration: nothing when unpowered; else register (after boot) and renew."""
         self.ticks += 1
+        if self.power_changes is not None:
+            changes = self.power_changes()
+            if changes != self._power_changes_seen:
+                self._power_changes_seen = changes
+                self.booted = False  # the power went: it boots (and registers) again
         if not self.is_powered():
-            self.booted = False
+            if self.power_changes is None:
+                self.booted = False
             return
         if not self.booted:
             pods = self.store.list("pods", field_selector=f"spec.nodeName={self.node_name}")

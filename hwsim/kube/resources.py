@@ -149,7 +149,10 @@ class Registry:
     def resolve(self, ref: ResourceType | str) -> ResourceType:
         """A type by any name kubectl takes: `nodes`, `Node`, `vm`, `leases.coordination.k8s.io`.
 
-        The core group wins ties, as in kubectl (`events` is core/v1 events).
+        The core group wins ties, as in kubectl (`events` is core/v1 events); among the other
+        groups the one served first does (the built-in types before later CRDs: `vm` stays
+        Deckhouse's VirtualMachine once KubeVirt's CRDs are installed too; qualify the name,
+        `virtualmachines.kubevirt.io`, for the other).
         """
         if isinstance(ref, ResourceType):
             return ref
@@ -165,7 +168,7 @@ class Registry:
         ]
         if not candidates:
             raise BadRequest(f'the server doesn\'t have a resource type "{ref}"')
-        candidates.sort(key=lambda rt: (rt.group != "", rt.group))
+        candidates.sort(key=lambda rt: rt.group != "")  # stable: in the order served
         return candidates[0]
 
     def groups(self) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ as a CRD's `additionalPrinterColumns`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,12 +39,37 @@ class Column:
         }
 
 
+_INDEX = re.compile(r"^(?P<key>[^\[]*)(?P<subs>(\[[^\]]*\])*)$")
+_FILTER = re.compile(r"^\?\(@\.(?P<field>[\w.]+)==['\"](?P<value>[^'\"]*)['\"]\)$")
+
+
+def _subscript(obj: Any, sub: str) -> Any:
+    """`[0]` (an index) or `[?(@.type=='Ready')]` (the first item whose field equals)."""
+    if not isinstance(obj, list):
+        return None
+    if sub.isdigit():
+        return obj[int(sub)] if int(sub) < len(obj) else None
+    match = _FILTER.match(sub)
+    if match is None:
+        return None
+    for item in obj:
+        if str(lookup(item, match["field"])) == match["value"]:
+            return item
+    return None
+
+
 def lookup(obj: Any, path: str) -> Any:
-    """The value at a dotted path (`.status.phase` or `status.phase`), or None."""
-    for part in path.strip(".").split("."):
-        if not isinstance(obj, dict):
+    """The value at a dotted path (`.status.phase` or `status.phase`), with the JSONPath
+    subscripts printer columns use (`.status.interfaces[0].ipAddress`,
+    `.status.conditions[?(@.type=='Ready')].status`), or None."""
+    parts = re.findall(r"(?:[^.\[]|\[[^\]]*\])+", path.strip("."))
+    for part in parts:
+        match = _INDEX.match(part)
+        if match is None or not isinstance(obj, dict):
             return None
-        obj = obj.get(part)
+        obj = obj.get(match["key"])
+        for sub in re.findall(r"\[([^\]]*)\]", match["subs"] or ""):
+            obj = _subscript(obj, sub)
     return obj
 
 

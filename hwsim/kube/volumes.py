@@ -89,16 +89,20 @@ def pod_volumes(store: ObjectStore, pod: Obj) -> list[PodVolume]:
     return found
 
 
-def make_disk(name: str, namespace: str, size: str = "10Gi") -> tuple[Obj, Obj]:
-    """A bound ReadWriteOnce claim `name` and its CSI PersistentVolume `pvc-<ns>-<name>`, as a
-    provisioner leaves them (the claim's and the volume's status are written apart)."""
+def make_disk(
+    name: str, namespace: str, size: str = "10Gi", access_mode: str = "ReadWriteOnce"
+) -> tuple[Obj, Obj]:
+    """A bound claim `name` (ReadWriteOnce unless `access_mode` says, e.g. ReadWriteMany for a
+    shared block volume a VM can live-migrate with) and its CSI PersistentVolume
+    `pvc-<ns>-<name>`, as a provisioner leaves them (the claim's and the volume's status are
+    written apart)."""
     pv_name = f"pvc-{namespace}-{name}"
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "accessModes": ["ReadWriteOnce"],
+            "accessModes": [access_mode],
             "volumeMode": "Block",
             "storageClassName": "ceph-rbd",
             "resources": {"requests": {"storage": size}},
@@ -110,7 +114,7 @@ def make_disk(name: str, namespace: str, size: str = "10Gi") -> tuple[Obj, Obj]:
         "kind": "PersistentVolume",
         "metadata": {"name": pv_name},
         "spec": {
-            "accessModes": ["ReadWriteOnce"],
+            "accessModes": [access_mode],
             "volumeMode": "Block",
             "capacity": {"storage": size},
             "storageClassName": "ceph-rbd",
@@ -122,10 +126,12 @@ def make_disk(name: str, namespace: str, size: str = "10Gi") -> tuple[Obj, Obj]:
     return pvc, pv
 
 
-def create_disk(store: ObjectStore, name: str, namespace: str) -> None:
-    """Create a bound RWO claim and its volume (`make_disk`), both with status Bound; a claim
+def create_disk(
+    store: ObjectStore, name: str, namespace: str, access_mode: str = "ReadWriteOnce"
+) -> None:
+    """Create a bound claim and its volume (`make_disk`), both with status Bound; a claim
     that exists already is kept as it is."""
-    pvc, pv = make_disk(name, namespace)
+    pvc, pv = make_disk(name, namespace, access_mode=access_mode)
     try:
         store.get("persistentvolumeclaims", name, namespace)
         return

@@ -190,6 +190,10 @@ class SimClusterApi(ClusterApi):
         """See `ClusterApi.list_vms`."""
         return await self._sim("list virtual machines", self.server.list_vms, False)
 
+    async def served_groups(self) -> dict[str, tuple[str, ...]]:
+        """See `ClusterApi.served_groups` (the simulation serves Deckhouse's VMs)."""
+        return await self._sim("discover API groups", self.server.served_groups, False)
+
     async def list_records(self, namespace: str, node: str | None = None) -> list[dict[str, Any]]:
         """See `ClusterApi.list_records`."""
         return await self._sim(
@@ -228,6 +232,7 @@ class SimClusterApi(ClusterApi):
         message: str,
         warning: bool = False,
         component: str = "nodefence",
+        api_version: str = "",
     ) -> None:
         """See `ClusterApi.vm_event`."""
         await self._sim(f"create event {reason}", self._count_event, True)

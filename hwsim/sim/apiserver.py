@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.cluster import MAINTENANCE_LABEL, ClusterError, LeaseInfo, NodeInfo
+from agent.cluster import MAINTENANCE_LABEL, VM_GROUP, VM_VERSION, ClusterError, LeaseInfo, NodeInfo
 from hwsim.sim.trace import Trace
 from hwsim.sim.vloop import SimProcess, VirtualLoop
 
@@ -275,6 +275,13 @@ class ApiServer:
 
     def list_vms(self) -> list[dict[str, Any]]:
         return [copy_json(vm) for vm in self.vms.values()]
+
+    def served_groups(self) -> dict[str, tuple[str, ...]]:
+        return {
+            VM_GROUP: (VM_VERSION,),
+            "coordination.k8s.io": ("v1",),
+            "nodefence.io": ("v1alpha1",),
+        }
 
     def list_records(self, namespace: str, node: str | None) -> list[dict[str, Any]]:
         items = self.records.get(namespace, {}).values()

@@ -1,0 +1,200 @@
+"""The virtualization layer: one driver per VM API, chosen by the agent config's
+`virtualization: auto | deckhouse | kubevirt`.
+
+- `VirtDriver` is what fencing and maintenance ask of a VM API: every VM as a
+  `agent.vm_migration.VmRef` (where it runs, whether it comes back after its node is lost),
+  one VM, its launcher pods, its migrations, and how to move it off a node.
+  `agent.virt_deckhouse` speaks `virtualization.deckhouse.io` (VirtualMachine `spec.runPolicy`,
+  VirtualMachineOperation), `agent.virt_kubevirt` upstream KubeVirt's `kubevirt.io/v1`
+  (VirtualMachine `spec.runStrategy`, VirtualMachineInstance, VirtualMachineInstanceMigration).
+- `VirtLayer` holds the drivers of one process. With `auto` it asks the API server which groups
+  it serves (discovery, open to every authenticated client) and uses every API it finds (a
+  cluster may run both), again every `rediscover` seconds so an API installed later is found.
+  An API found by discovery whose objects nodefence may not read (403: its RBAC component is
+  not deployed) is left out with a warning, so fencing and its cleanup never wait on it; one
+  named in the config is not, and its errors are the caller's.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from agent.cluster import VM_GROUP, VM_VERSION, ClusterError
+from agent.kubevirt_objects import GROUP as KUBEVIRT_GROUP
+from agent.kubevirt_objects import VERSION as KUBEVIRT_VERSION
+from agent.virt_names import AUTO, MODES, Virt
+from agent.vm_migration import OpRef, VmRef
+
+if TYPE_CHECKING:
+    from agent.cluster import ClusterApi
+
+log = logging.getLogger(__name__)
+
+REDISCOVER = 60.0  # seconds between two discoveries in `auto` mode
+SERVED = {Virt.DECKHOUSE: (VM_GROUP, VM_VERSION), Virt.KUBEVIRT: (KUBEVIRT_GROUP, KUBEVIRT_VERSION)}
+RBAC_HINT = {
+    Virt.DECKHOUSE: "the Deckhouse rules of deploy/base/rbac.yaml",
+    Virt.KUBEVIRT: "the component deploy/components/kubevirt",
+}
+
+
+class VirtDriver(abc.ABC):
+    """One VM API, as fencing and `nodefence maintenance` / `migrate` use it."""
+
+    virt: Virt
+    op_kind: str  # kubectl's short name of its migration objects: vmop, vmim
+    op_what: str  # their kind: VirtualMachineOperation, VirtualMachineInstanceMigration
+    launcher_selector: str  # the label selector of its launcher pods
+
+    def __init__(self, api: ClusterApi) -> None:
+        self.api = api
+
+    @abc.abstractmethod
+    async def list_vms(self) -> list[VmRef]:
+        """Every VM of the cluster (none when the API is not served). Raises ClusterError."""
+
+    @abc.abstractmethod
+    async def get_vm(self, namespace: str, name: str) -> VmRef | None:
+        """One VM, or None when there is none of that name."""
+
+    @abc.abstractmethod
+    def launcher_vm(self, pod: Mapping[str, Any]) -> str:
+        """The key of the VM a launcher pod carries ("" when `pod` is no launcher of ours)."""
+
+    @abc.abstractmethod
+    async def list_ops(self, namespace: str) -> list[OpRef]:
+        """The migrations (and other operations) of VMs in `namespace`."""
+
+    @abc.abstractmethod
+    async def get_op(self, op: OpRef) -> OpRef | None:
+        """A fresh look at an operation (None: it was deleted)."""
+
+    async def refresh(self, op: OpRef) -> OpRef:
+        """A fresh look at an operation followed: gone, it Failed (`Deleted`); one never
+        created or done with is not read again."""
+        if not op.name or op.finished:
+            return op
+        fresh = await self.get_op(op)
+        if fresh is None:
+            gone = f"the {self.op_what} was deleted before it finished"
+            return replace(op, phase="Failed", reason="Deleted", message=gone)
+        return fresh
+
+    @abc.abstractmethod
+    async def migrate(
+        self, vm: VmRef, unix_time: float, node: str = "", force: bool | None = None
+    ) -> OpRef:
+        """Create a live migration of `vm` (`node`: the maintenance run's label; `force`:
+        Deckhouse's `spec.force`). A refusal raises ClusterError in the server's words."""
+
+    async def move(
+        self, vm: VmRef, unix_time: float, node: str, force: bool | None = None
+    ) -> OpRef:
+        """Move `vm` off `node` for maintenance (by default: migrate it)."""
+        return await self.migrate(vm, unix_time, node, force)
+
+    def notes(self) -> list[str]:
+        """What an operator should know about this run (a configuration nodefence could not
+        read, ...); said once."""
+        return []
+
+
+def build_driver(virt: Virt, api: ClusterApi, *, maintenance: bool = False) -> VirtDriver:
+    """The driver of `virt` (`maintenance`: it also reads what moving VMs needs, such as
+    KubeVirt's cluster-wide evictionStrategy)."""
+    if virt is Virt.KUBEVIRT:
+        from agent.virt_kubevirt import KubevirtDriver
+
+        return KubevirtDriver(api, read_eviction=maintenance)
+    from agent.virt_deckhouse import DeckhouseDriver
+
+    return DeckhouseDriver(api)
+
+
+def chosen(mode: str, groups: Mapping[str, tuple[str, ...]]) -> list[Virt]:
+    """The APIs `mode` uses on a server serving `groups` (group -> versions)."""
+    if mode != AUTO:
+        return [Virt(mode)]
+    return [v for v, (group, version) in SERVED.items() if version in groups.get(group, ())]
+
+
+class VirtLayer:
+    """The drivers of one process; see the module doc."""
+
+    def __init__(
+        self,
+        api: ClusterApi,
+        mode: str = Virt.DECKHOUSE.value,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rediscover: float = REDISCOVER,
+        maintenance: bool = False,
+    ) -> None:
+        """`maintenance`: for `nodefence maintenance` and `migrate`: the drivers read what
+        moving VMs needs, and no API found by discovery is ever left out (a VM not seen would
+        be left on a node declared empty)."""
+        if mode not in MODES:
+            raise ValueError(f"virtualization must be one of {', '.join(MODES)}, got {mode!r}")
+        self.api = api
+        self.mode = mode
+        self.clock = clock
+        self.rediscover = rediscover
+        self.maintenance = maintenance
+        self._drivers = {v: build_driver(v, api, maintenance=maintenance) for v in Virt}
+        self._found: list[Virt] | None = None if mode == AUTO else [Virt(mode)]
+        self._found_at = 0.0
+        self._warned: set[tuple[Virt, int | None]] = set()
+
+    def driver(self, virt: Virt) -> VirtDriver:
+        """The driver of `virt` (whether or not the cluster serves it)."""
+        return self._drivers[virt]
+
+    async def drivers(self) -> list[VirtDriver]:
+        """The drivers in use: the configured one, or those discovery finds (a failed
+        discovery keeps the last answer, or raises ClusterError when there is none)."""
+        if self.mode != AUTO:
+            return [self._drivers[Virt(self.mode)]]
+        due = self._found is None or self.clock() - self._found_at >= self.rediscover
+        if due:
+            try:
+                groups = await self.api.served_groups()
+            except ClusterError as err:
+                if self._found is None:
+                    raise
+                log.warning("cannot rediscover the VM APIs, keeping %s: %s", self._found, err)
+            else:
+                found = chosen(AUTO, groups)
+                if found != self._found:
+                    log.info("VM APIs served: %s", ", ".join(found) or "none")
+                self._found, self._found_at = found, self.clock()
+        return [self._drivers[v] for v in self._found or ()]
+
+    async def list_vms(self) -> list[VmRef]:
+        """Every VM of every API in use. Raises ClusterError, except for an API found by
+        discovery that nodefence may not read (403), which is left out with a warning."""
+        found: list[VmRef] = []
+        for driver in await self.drivers():
+            try:
+                found += await driver.list_vms()
+            except ClusterError as err:
+                if self.mode != AUTO or err.status != 403 or self.maintenance:
+                    raise
+                self._warn(driver.virt, err)
+        return found
+
+    def _warn(self, virt: Virt, err: ClusterError) -> None:
+        if (virt, err.status) in self._warned:
+            return
+        self._warned.add((virt, err.status))
+        log.warning(
+            "the cluster serves %s VMs but nodefence may not read them (%s): their recovery "
+            "is not verified; deploy %s, or set virtualization: to the APIs you use",
+            virt.value,
+            err,
+            RBAC_HINT[virt],
+        )
