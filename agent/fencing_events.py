@@ -17,6 +17,7 @@ class VmOutcome:
     expected_restart: bool
     running_on: str | None = None
     recovered_after: float | None = None  # seconds from node deletion to Running elsewhere
+    outage: float | None = None  # seconds from the node's last heartbeat to Running elsewhere
 
     @property
     def key(self) -> str:

@@ -56,7 +56,7 @@ RECOVERY = Histogram(
 )
 VM_RECOVERY = Histogram(
     "nodefence_vm_recovery_seconds",
-    "Per VM: from its node's deletion until Running elsewhere",
+    "Per VM, its outage: from its node's last heartbeat until Running elsewhere",
     buckets=_TIMES,
 )
 OPERATIONS = Counter(
@@ -68,6 +68,15 @@ OPERATIONS_OPEN = Gauge(
     ["phase"],
 )
 ALERTS = Counter("nodefence_alerts_total", "Alerts raised, by kind", ["kind"])
+PAUSED = Gauge(
+    "nodefence_fencing_paused",
+    "1 while fencing is paused cluster-wide (nodefence pause): nodes are judged, none is fenced",
+)
+BUILD_INFO = Gauge(
+    "nodefence_build_info",
+    "Always 1; the labels say which nodefence (version, commit) and Python this agent runs",
+    ["version", "commit", "python"],
+)
 BMC_CHECK_OK = Gauge(
     "nodefence_bmc_check_ok",
     "1 when the last check of a BMC device passed (reachable, login, power read, power-off "

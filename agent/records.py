@@ -65,13 +65,16 @@ def to_record(
     action: str = "off",
     wall: float | None = None,
     evidence: dict[str, Any] | None = None,
+    heard_at: float | None = None,
 ) -> dict[str, Any]:
     """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion).
 
     `wall` (seconds since the epoch, default now) stamps `deletedAt`, `podsReleasedAt`,
     `attachmentsReleasedAt`, `releasedAt` and `untaintedAt` the first time the operation is
     stored with that step done. `evidence` (`agent.fence_evidence`) is stored as
-    `status.evidence`; without it the evidence already in `base` is kept."""
+    `status.evidence`; without it the evidence already in `base` is kept. `heard_at` (epoch
+    seconds) is the node's last heartbeat, stored once as `lastHeartbeatAt` (the VMs' outage
+    is counted from it)."""
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
@@ -85,6 +88,7 @@ def to_record(
         return base_status.get(field) or (stamp if done else None)
 
     deleted_at = first("deletedAt", op.node_deleted)
+    heard = base_status.get("lastHeartbeatAt") or (None if heard_at is None else _stamp(heard_at))
     evidence = evidence if evidence is not None else base_status.get("evidence")
     record: dict[str, Any] = {
         "apiVersion": f"{RECORD_GROUP}/{RECORD_VERSION}",
@@ -123,6 +127,7 @@ def to_record(
             "untaintedAt": first("untaintedAt", op.untainted),
             "errors": list(op.errors[-20:]),
             "capacityWarning": op.capacity_warning,
+            "lastHeartbeatAt": heard,
             "vms": None
             if op.vms is None
             else [
@@ -135,6 +140,7 @@ def to_record(
                     "recoveredAfterSeconds": None
                     if v.recovered_after is None
                     else round(v.recovered_after, 3),
+                    "outageSeconds": None if v.outage is None else round(v.outage, 3),
                 }
                 for v in op.vms
             ],
@@ -164,6 +170,7 @@ def from_record(obj: dict[str, Any]) -> Operation:
                 bool(v.get("expectedRestart")),
                 v.get("runningOn"),
                 v.get("recoveredAfterSeconds"),
+                v.get("outageSeconds"),
             )
             for v in vms_doc
         )
@@ -215,7 +222,8 @@ def resumed(
     recovery_timeout, moved onto this process's clock (`now` monotonic, `wall_now` epoch
     seconds) and clamped between now and now + recovery_timeout; without a readable stamp the
     whole timeout starts now. A release in progress gets a fresh `release_timeout`, a node
-    powered on again a fresh `return_timeout` (and must heartbeat after `now`).
+    powered on again a fresh `return_timeout` (and must heartbeat after `now`). The node's last
+    heartbeat (`lastHeartbeatAt`) is moved onto this clock too: the VMs' outage counts from it.
     """
     if op.final:
         return op
@@ -231,6 +239,9 @@ def resumed(
         op = replace(op, release_deadline=now + timing.release_timeout)
     if op.powered_on and op.cleanup is Cleanup.TAINT and op.powered_on_at is None:
         op = replace(op, powered_on_at=now, return_deadline=now + timing.return_timeout)
+    heard = _parse_stamp(st.get("lastHeartbeatAt"))
+    if heard is not None and op.last_heartbeat is None:
+        op = replace(op, last_heartbeat=now - max(0.0, wall_now - heard))
     if op.recovery_deadline is not None:
         return op
     if op.cleanup is Cleanup.TAINT and st.get("releasedAt"):

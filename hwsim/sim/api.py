@@ -259,6 +259,7 @@ class SimClusterApi(ClusterApi):
         transitions: int,
         resource_version: str | None,
         standbys: tuple[str, ...] = (),
+        paused: str = "",
     ) -> LeaseInfo:
         """See `ClusterApi.write_lease`."""
         proc = self._proc()
@@ -275,6 +276,7 @@ class SimClusterApi(ClusterApi):
                 transitions,
                 resource_version,
                 standbys,
+                paused,
             ),
             True,
         )
