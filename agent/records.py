@@ -39,7 +39,8 @@ def record_name(op: Operation) -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, UTC, to the millisecond (`nodefence history` orders and shows fences by it)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _stamp(wall: float) -> str:
@@ -66,6 +67,7 @@ def to_record(
     wall: float | None = None,
     evidence: dict[str, Any] | None = None,
     heard_at: float | None = None,
+    requested_by: str = "",
 ) -> dict[str, Any]:
     """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion).
 
@@ -74,7 +76,8 @@ def to_record(
     stored with that step done. `evidence` (`agent.fence_evidence`) is stored as
     `status.evidence`; without it the evidence already in `base` is kept. `heard_at` (epoch
     seconds) is the node's last heartbeat, stored once as `lastHeartbeatAt` (the VMs' outage
-    is counted from it)."""
+    is counted from it). `requested_by` marks a manual fence (`nodefence fence`; origin
+    manual, phase Manual): who ran it."""
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
@@ -101,6 +104,7 @@ def to_record(
             "action": "reboot" if op.reboot else action,
             "cleanup": op.cleanup.value,
             "release": op.release,
+            "origin": "manual" if requested_by else "automatic",
         },
         "status": {
             "phase": op.phase.value,
@@ -149,6 +153,8 @@ def to_record(
             "updatedAt": _now(),
         },
     }
+    if requested_by:
+        record["spec"]["requestedBy"] = requested_by
     if evidence is not None:
         record["status"]["evidence"] = evidence
     return record
