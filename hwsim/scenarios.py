@@ -19,6 +19,7 @@ from typing import Any
 from agent.profiles import profile_from_mapping
 from hwsim import scenario_busy
 from hwsim.chart import Samples, write_svg
+from hwsim.scenario_story import VmSeen, summary
 from hwsim.scenarios_release import (
     NO_RELEASE_TIMERS,
     down_while_cordoned_said,
@@ -32,6 +33,17 @@ from hwsim.scenarios_release import (
 from hwsim.simcluster import ClusterSettings, SimCluster
 
 RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
+# Events drawn as labelled milestones on the chart: reason -> words.
+MILESTONE_EVENTS = {
+    "NodeDeclaredDead": "declared dead",
+    "FencePoweredOff": "proven off",
+    "FenceFailed": "fence failed",
+    "FenceRecovered": "recovered",
+    "FenceRecoveryIncomplete": "recovery incomplete",
+    "AlertStorm": "storm alert",
+    "AlertPaused": "fencing paused",
+    "AlertMaintenance": "down in maintenance",
+}
 
 
 @dataclass
@@ -42,7 +54,13 @@ class Timeline:
     lines: list[tuple[float, str, str]] = field(default_factory=list)
     echo: bool = True
     sink: list[str] | None = None  # lines for a live screen, instead of printing
+    failed_at: float | None = None  # when the failure of a multi-step injection happened
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failure(self) -> None:
+        """Now is the failure (a power cut after some preparation): outages count from here."""
+        if self.failed_at is None:
+            self.failed_at = time.monotonic() - self.start
 
     def add(self, node: str, what: str) -> None:
         """Record (and print) one line."""
@@ -74,9 +92,14 @@ class Watcher:
         self._resets: dict[str, int] = {}
         self._pods: dict[str, tuple[str, str, bool]] = {}  # uid -> (ns/name, node, terminating)
         self._attached: dict[str, tuple[str, str, bool, bool]] = {}  # VA -> (pv, node, ...)
+        self.feed: Any = None  # the leader's view (suspect, dead: the verdict lanes)
 
     def start(self) -> None:
         """Begin watching (the first look is the baseline, not reported)."""
+        from hwsim.liveview import LeaderViewFeed
+
+        self.feed = LeaderViewFeed(self.cluster, "watcher")
+        self.feed.start()
         self._look(report=False)
         self._thread.start()
 
@@ -84,6 +107,8 @@ class Watcher:
         """Stop watching."""
         self._stop.set()
         self._thread.join(2)
+        if self.feed is not None:
+            self.feed.stop()
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -94,19 +119,33 @@ class Watcher:
 
     def _look(self, report: bool) -> None:
         store, tl = self.cluster.kube.store, self.timeline
+        t = time.monotonic() - tl.start
         leader = self.cluster.leader()
         if report and leader != self._leader:
             tl.add(leader or "-", "holds the leader Lease" if leader else "no leader")
+            self.samples.milestone(t, leader or "-", f"{leader} leads" if leader else "no leader")
         self._leader = leader
+        self.samples.holder(t, leader)
+        self.samples.paused(t, self._pause())
         for ev in self.cluster.events():
             uid = ev["metadata"]["uid"]
             if uid in self._seen_events:
                 continue
             self._seen_events.add(uid)
-            obj = ev["involvedObject"]["name"]
+            about = ev["involvedObject"]
+            obj = about["name"]
             if report:
                 tl.add(obj, f"{ev['reason']}: {ev.get('message', '')}")
-                self.samples.marks.append((time.monotonic() - tl.start, obj, ev["reason"]))
+                kind = about.get("kind")
+                lane = {"Lease": "cluster", "VirtualMachine": f"vm {obj}"}.get(
+                    str(kind), f"{obj} nodefence"
+                )
+                self.samples.marks.append((t, lane, f"{ev['reason']}: {ev.get('message', '')}"))
+                said = MILESTONE_EVENTS.get(ev["reason"])
+                if said:
+                    self.samples.milestone(
+                        t, obj, f"{obj if kind == 'Node' else ''} {said}".strip()
+                    )
             flag = {
                 "NodeDeclaredDead": "dead",
                 "AgentLostNodeAlive": "agent-lost",
@@ -114,47 +153,78 @@ class Watcher:
             }.get(ev["reason"])
             if flag:
                 self._flag[obj] = flag
-        nodes = {n["metadata"]["name"] for n in store.list("nodes")["items"]}
+        nodes = {n["metadata"]["name"]: n for n in store.list("nodes")["items"]}
         if report:
-            for gone in sorted(self._nodes - nodes):
+            for gone in sorted(self._nodes - set(nodes)):
                 tl.add(gone, "Node deleted from the cluster")
-        self._nodes = nodes
+                self.samples.milestone(t, gone, f"{gone} Node deleted")
+        self._nodes = set(nodes)
         self._look_at_pods_and_volumes(report)
         for sim in self.cluster.nodes.values():
             resets = len(sim.watchdog_resets)
             if report and resets > self._resets.get(sim.name, 0):
                 tl.add(sim.name, "WATCHDOG RESET: its agent stopped feeding the watchdog")
             self._resets[sim.name] = resets
-        t = time.monotonic() - tl.start
         phases = {}
         for rec in store.list("fenceoperations", "nodefence")["items"]:
             phases[rec["spec"]["nodeName"]] = (rec.get("status") or {}).get("phase", "")
+        rows = {r.get("node"): r for r in (self.feed.view.get("nodes") or [])} if self.feed else {}
+        hosts: dict[str, str] = {}
         for machine in self.cluster.fleet:
             name = machine.name
-            power = machine.power_state()
-            if name not in nodes:
-                state = "deleted"
-            elif phases.get(name) in ("Pending", "Fencing", "FenceFailed"):
-                state = "fencing"
-            elif self._flag.get(name, "healthy") != "healthy":
-                state = self._flag[name]
-            elif self.cluster.nodes[name].partitioned:
-                state = "cut off"
-            else:
-                state = "healthy" if power == "on" else "powered off"
-            self.samples.node(t, name, state, "power off" if power == "off" else "")
+            power = "on" if machine.power_state() == "on" else "off"
+            if power == "on" and self.cluster.nodes[name].partitioned:
+                power = "cut off"
+            hosts[name] = power
+            self.samples.node(t, name, power, self._verdict(name, nodes, phases, rows))
         for vm in store.list("virtualmachines")["items"]:
-            st0 = vm.get("status") or {}
-            self.samples.vm(
-                t, vm["metadata"]["name"], st0.get("phase", ""), st0.get("nodeName") or ""
-            )
             key = vm["metadata"]["name"]
             st = vm.get("status") or {}
             now = (st.get("phase", ""), st.get("nodeName") or "")
+            shown = now[0]
+            if now[0] == "Running" and hosts.get(now[1], "on") != "on":
+                shown = f"down (host {hosts[now[1]]})"  # it says Running; its host is not
+            self.samples.vm(t, key, shown, now[1])
             if report and self._vms.get(key) != now:
                 where = f" on {now[1]}" if now[1] else ""
                 tl.add(now[1] or "-", f"VM {key} ({vm['spec'].get('runPolicy')}) {now[0]}{where}")
             self._vms[key] = now
+
+    def _verdict(
+        self,
+        name: str,
+        nodes: dict[str, Any],
+        phases: dict[str, str],
+        rows: dict[Any, Any],
+    ) -> str:
+        """nodefence's verdict on a node now: its fence's phase, else the leader's view."""
+        if name not in nodes:
+            return "deleted"
+        phase = phases.get(name)
+        if phase in ("Pending", "Fencing"):
+            return "fencing"
+        if phase == "FenceFailed":
+            return "fence failed"
+        if phase in ("PoweredOff", "Cleaned", "Recovering", "Returning"):
+            return "proven off"
+        labels = nodes[name]["metadata"].get("labels") or {}
+        if labels.get("nodefence.io/maintenance") == "true":
+            return "maintenance"
+        row = rows.get(name)
+        if row is not None and row.get("state"):
+            return str(row["state"])
+        return self._flag.get(name, "healthy")
+
+    def _pause(self) -> str | None:
+        """The pause on the leader Lease (its reason), or None."""
+        from agent.pause import PAUSE_ANNOTATION, Pause
+
+        try:
+            lease = self.cluster.kube.store.get("leases", "nodefence-leader", "nodefence")
+        except Exception:  # no Lease yet
+            return None
+        pause = Pause.parse((lease["metadata"].get("annotations") or {}).get(PAUSE_ANNOTATION))
+        return None if pause is None else pause.reason
 
     def _look_at_pods_and_volumes(self, report: bool) -> None:
         """Pods going Terminating or away, volumes attached, detached (the release)."""
@@ -213,6 +283,10 @@ class Scenario:
     warm_standbys: bool = False
     # after `wait` held: more steps (power back on, uncordon, look for a second fence)
     epilogue: Callable[[SimCluster, Timeline, list[str]], None] | None = None
+    # What the verdict checked, for the end of the story.
+    checks: tuple[str, ...] = ()
+    # What nodefence leaves down on purpose here (said as expected, not as a failure).
+    expect_down: str = ""
 
 
 def _victims(cluster: SimCluster, count: int) -> list[str]:
@@ -806,6 +880,7 @@ def run_scenario(
         if sc.warm_standbys:
             tl.add("-", f"warm standbys: {', '.join(cluster.standbys())}")
         injected = time.monotonic() - tl.start
+        hosted = _hosted(cluster)
         victims = sc.inject(cluster, tl)
         deadline = time.monotonic() + sc.timeout
         while time.monotonic() < deadline and not sc.wait(cluster, victims):
@@ -826,15 +901,44 @@ def run_scenario(
             screen.stop()
         cluster.stop()
     end = time.monotonic() - tl.start
+    failed_at = tl.failed_at if tl.failed_at is not None else injected
+    watcher.samples.milestone(failed_at, "-", victims_said(victims))
     chart = write_svg(watcher.samples, end, f"nodefence scenario {name}", workdir / "timeline.svg")
-    (workdir / "timeline.txt").write_text(
-        "".join(f"{t:7.2f}s  {node:<8} {what}\n" for t, node, what in tl.lines)
-    )
+    timeline = [f"{t:7.2f}s  {node:<8} {what}" for t, node, what in tl.lines]
+    (workdir / "timeline.txt").write_text("".join(f"{line}\n" for line in timeline))
+    story = summary(tl.lines, failed_at, victims, hosted, sc.expect_down)
+    (workdir / "summary.txt").write_text("".join(f"{line}\n" for line in story))
     if echo:
+        if screen is not None:  # the live screen showed only the last lines: the whole story
+            print(f"== timeline ({len(timeline)} lines)")
+            print("\n".join(timeline))
+        print("== summary")
+        print("\n".join(f"   {line}" for line in story))
         print(f"== timeline chart: {chart}")
         for path in explained:
             print(f"== nodefence explain: {path}")
-        print("== verdict: " + ("PASS, as nodefence promises" if not problems else "FAIL"))
+        if sc.checks:
+            print("== checked: " + "; ".join(sc.checks))
+        verdict = "PASS, as nodefence promises" if not problems else "FAIL"
+        if not problems and sc.expect_down:
+            verdict += " (and as expected, the VMs above stay down: someone must act)"
+        print(f"== verdict: {verdict}")
         for p in problems:
             print(f"   - {p}")
     return not problems, tl
+
+
+def victims_said(victims: list[str]) -> str:
+    """The failure's label on the chart."""
+    return f"failure: {', '.join(victims)}"
+
+
+def _hosted(cluster: SimCluster) -> dict[str, VmSeen]:
+    """Every VM's state now, as the timeline's VM lines say it."""
+    found = {}
+    for vm in cluster.kube.store.list("virtualmachines")["items"]:
+        st = vm.get("status") or {}
+        name = vm["metadata"]["name"]
+        policy = str(vm["spec"].get("runPolicy"))
+        found[name] = VmSeen(name, policy, str(st.get("phase", "")), str(st.get("nodeName") or ""))
+    return found

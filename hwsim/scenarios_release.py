@@ -170,6 +170,9 @@ def drain_then_cut(cluster: SimCluster, tl: Says, victim: str) -> list[str]:
 
     cluster.wait_for(f"{victim}'s volumes detached", nothing_attached, 30)
     tl.add(victim, "POWER CUT for the planned work (cordoned, drained; no nodefence command)")
+    failure = getattr(tl, "failure", None)
+    if failure is not None:
+        failure()
     cluster.fleet[victim].cut_power()
     return [victim]
 
@@ -189,7 +192,7 @@ def power_on_and_uncordon(cluster: SimCluster, tl: Says, victims: list[str]) -> 
     v = victims[0]
     tl.add(v, "POWER ON after the work")
     cluster.fleet[v].request_on()
-    feed = LeaderViewFeed(cluster)
+    feed = LeaderViewFeed(cluster, "drain")
     feed.start()
     try:
 

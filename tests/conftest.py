@@ -77,10 +77,10 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., SimCluster]]:
     """Build and start a simulated cluster with the given settings; stopped after the test."""
     started: list[SimCluster] = []
 
-    def make(**settings: Any) -> SimCluster:
+    def make(agents: bool = True, **settings: Any) -> SimCluster:
         cluster = SimCluster(tmp_path / f"cluster{len(started)}", ClusterSettings(**settings))
         started.append(cluster)
-        cluster.start()
+        cluster.start(agents=agents)
         return cluster
 
     yield make

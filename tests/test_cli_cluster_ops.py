@@ -1,0 +1,85 @@
+"""The operator's commands against a simulated cluster (API emulator, emulated BMCs, VMs; no
+agents): a manual fence warns about a live node and names what dies there, says "already off",
+and is recorded, so `nodefence history` and `explain` show it; `pause` and `resume` write and
+remove the pause on the leader Lease (what the leader does with it: the bmc-password
+scenario and tests/test_fence_executor.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.pause import PAUSE_ANNOTATION, Pause
+from hwsim.simcluster import SimCluster
+from tests.conftest import run_cli
+
+Make = Callable[..., SimCluster]
+
+
+def vms_on(cluster: SimCluster, node: str) -> list[str]:
+    return sorted(
+        f"{vm['metadata']['namespace']}/{vm['metadata']['name']}"
+        for vm in cluster.kube.store.list("virtualmachines")["items"]
+        if (vm.get("status") or {}).get("nodeName") == node
+    )
+
+
+async def test_a_manual_fence_warns_records_and_history_tells_it(make_cluster: Make) -> None:
+    cluster = make_cluster(nodes=3, bmcs=True, vms=6, brokers=1, agents=False)
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    inventory = ["-i", str(cluster.settings.inventory)]
+    victim = next(n for n in sorted(cluster.nodes) if vms_on(cluster, n))
+    running = vms_on(cluster, victim)
+    cluster.wait_for("the victim Ready", lambda: cluster.node_ready(victim), 20)
+
+    r = await run_cli("fence", victim, *inventory, "--yes", *kube)
+    assert r.code == 0, r.out + r.err
+    [warning] = [line for line in r.err.splitlines() if line.startswith("WARNING")]
+    assert f"{victim} is Ready and not in maintenance" in warning
+    assert running[0] in warning and f"maintenance enter {victim}" in warning
+    assert "recorded as FenceOperation nodefence/fence-" in r.err
+
+    again = await run_cli("fence", victim, *inventory, "--yes", *kube)
+    assert again.code == 0, again.out + again.err
+    assert "already OFF: no power-off sent" in again.out
+    assert cluster.fleet[victim].off_requests == 1  # the second fence sent nothing
+
+    r = await run_cli("history", *kube)
+    assert r.code == 0, r.err
+    rows = [line for line in r.out.splitlines() if line.startswith("20")]
+    assert len(rows) == 2 and all(victim in row and "manual (" in row for row in rows)
+    assert "proven off" in rows[0] and "read-back, level 1" in rows[0]
+    doc = json.loads((await run_cli("history", victim, "-o", "json", *kube)).out)
+    assert [d["phase"] for d in doc] == ["Manual", "Manual"]
+    assert doc[0]["started"] < doc[1]["started"] and "." in doc[0]["started"]  # milliseconds
+    r = await run_cli("explain", doc[0]["operation"], *kube)
+    assert r.code == 0 and "Manual fence" in r.out and "verify-off -> off" in r.out
+
+
+async def test_pause_and_resume_write_the_leader_lease_and_say_what_they_do(
+    make_cluster: Make, tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=3, brokers=1, agents=False)
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    r = await run_cli("pause", "--reason", "BMC firmware", *kube)
+    assert r.code == 2 and "no Lease nodefence/nodefence-leader" in r.err
+    store = cluster.kube.store
+    lease = {"metadata": {"name": "nodefence-leader"}, "spec": {"holderIdentity": "node-1_x"}}
+    store.create("leases", lease, "nodefence")
+
+    r = await run_cli("pause", "--reason", "BMC  firmware", *kube)
+    assert r.code == 0, r.err
+    assert "fencing paused by" in r.out and "BMC firmware" in r.out and "node-1_x" in r.out
+    stored = store.get("leases", "nodefence-leader", "nodefence")["metadata"]["annotations"]
+    pause = Pause.parse(stored[PAUSE_ANNOTATION])
+    assert pause is not None and pause.reason == "BMC firmware" and "@" in pause.by
+
+    r = await run_cli("resume", *kube)
+    assert r.code == 0 and "fencing resumed (it was paused by" in r.out
+    stored = store.get("leases", "nodefence-leader", "nodefence")["metadata"]
+    assert PAUSE_ANNOTATION not in (stored.get("annotations") or {})
+    r = await run_cli("resume", *kube)
+    assert r.code == 0 and "was not paused" in r.out
+    r = await run_cli("pause", "--reason", "  ", *kube)
+    assert r.code == 2 and "--reason must say why" in r.err
