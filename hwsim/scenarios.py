@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.profiles import profile_from_mapping
-from hwsim import scenario_busy
+from hwsim import scenario_busy, scenario_pause
 from hwsim.chart import Samples, write_svg
 from hwsim.scenario_story import VmSeen, summary
 from hwsim.scenarios_release import (
@@ -527,8 +527,8 @@ def _judge_maintenance(cluster: SimCluster, victims: list[str]) -> list[str]:
     return problems
 
 
-def _bmc_status(cluster: SimCluster, node: str) -> str:
-    """`nodefence status` as an operator runs it (with `node`'s agent config)."""
+def _bmc_status(cluster: SimCluster, node: str) -> tuple[int, str]:
+    """`nodefence status` as an operator runs it (with `node`'s agent config): exit code, text."""
     import os
     import subprocess
 
@@ -543,22 +543,33 @@ def _bmc_status(cluster: SimCluster, node: str) -> str:
         timeout=30,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    return done.stdout + done.stderr
+    return done.returncode, done.stdout + done.stderr
 
 
 def _status_row(cluster: SimCluster, asking: str, node: str) -> str:
-    lines = _bmc_status(cluster, asking).splitlines()
+    lines = _bmc_status(cluster, asking)[1].splitlines()
     return next((line for line in lines if line.split(" ", 1)[0] == node), "")
 
 
+def _vms_on(cluster: SimCluster, node: str) -> list[str]:
+    return sorted(
+        vm["metadata"]["name"]
+        for vm in cluster.kube.store.list("virtualmachines")["items"]
+        if (vm.get("status") or {}).get("nodeName") == node
+        and vm["spec"].get("runPolicy") in RESTARTABLE
+    )
+
+
 def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
-    """A worker's BMC password is changed on the BMC; later the operator puts the new one in
-    the node's password file (a rotated Secret). Nothing may be fenced meanwhile."""
+    """A worker's BMC password is changed on the BMC: alert, "cannot be fenced". Then the
+    worker loses power: its fence fails (the BMC refuses the credentials) and `nodefence
+    status` must say so, with the VMs down, and exit 1. The operator puts the new password in
+    the node's password file (a rotated Secret): the next attempt fences it, status is clear."""
     import secrets
 
     import yaml
 
-    victim = _victims(cluster, 1)[0]
+    victim = next(n for n in _victims(cluster, 4) if _vms_on(cluster, n))
     asking = str(cluster.leader())
     assert cluster.bmcs is not None and cluster.settings.inventory is not None
     inventory = Path(cluster.settings.inventory)
@@ -569,12 +580,13 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
     for level in doc["nodes"][victim]["levels"]:
         for dev in level["devices"]:
             dev["password_file"] = own.name
-    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    staged = inventory.with_name(inventory.name + ".new")  # whole, as a Secret update lands
+    staged.write_text(yaml.safe_dump(doc, sort_keys=False))
+    staged.replace(inventory)
     new = secrets.token_urlsafe(12)
     tl.add(victim, "BMC PASSWORD CHANGED on the BMC (the inventory still has the old one)")
     changed = time.monotonic()
     cluster.bmcs.set_password(victim, new)
-    report = cluster.workdir / "bmc-password.txt"
     found = []
 
     def alerted() -> bool:
@@ -589,18 +601,46 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
         row = _status_row(cluster, asking, victim)
         tl.add(victim, f"nodefence status: {row}")
         found.append(f"status while broken: {row}")
+    down = _vms_on(cluster, victim)
+    tl.add(victim, "POWER LOSS (machine off; BMC on standby power, wrong password)")
+    tl.failure()
+    cluster.fleet[victim].cut_power()
+    try:
+        cluster.wait_for("the fence to fail", lambda: _phase(cluster, victim) == "FenceFailed", 30)
+    except TimeoutError:
+        found.append(f"no FenceFailed for {victim} (phase {_phase(cluster, victim)!r})")
+    else:
+        code, said, missing = _status_failing(cluster, asking, victim, down)
+        tl.add(victim, f"nodefence status exit {code} while the fence fails:")
+        for line in said:
+            tl.add(victim, f"  {line.strip()}")
+        found.append(f"failing status exit {code}")
+        found += [f"no {what} in status while the fence fails" for what in missing]
     tl.add(victim, "PASSWORD FIXED: the new one written to the node's password file")
     own.write_text(new + "\n")
-    report.write_text("\n".join(found) + "\n")
+    (cluster.workdir / "bmc-password.txt").write_text("\n".join(found) + "\n")
     return [victim]
+
+
+def _status_failing(
+    cluster: SimCluster, asking: str, node: str, down: list[str]
+) -> tuple[int, list[str], list[str]]:
+    """`nodefence status` while `node`'s fence fails: its exit code, its NEEDS ATTENTION
+    lines, and what it failed to say (the failing operation, its error, each VM down)."""
+    code, text = _bmc_status(cluster, asking)
+    lines = text.splitlines()
+    said = lines[next((i for i, x in enumerate(lines) if x.startswith("NEEDS")), len(lines)) :]
+    missing = []
+    if f"{node}: fencing failed" not in text:
+        missing.append(f"'{node}: fencing failed'")
+    if "credentials" not in text and "auth" not in text:
+        missing.append("BMC error")
+    missing += [vm for vm in down if vm not in text]
+    return code, said, missing
 
 
 _UNFENCEABLE = "NodeCannotBeFenced"
 _CHECK_INTERVAL = 2.0
-
-
-def _fenceable_again(cluster: SimCluster, node: str) -> bool:
-    return any(e["involvedObject"]["name"] == node for e in cluster.events("NodeFenceableAgain"))
 
 
 def _judge_bmc_password(cluster: SimCluster, victims: list[str]) -> list[str]:
@@ -613,15 +653,20 @@ def _judge_bmc_password(cluster: SimCluster, victims: list[str]) -> list[str]:
     broken = [line for line in lines if line.startswith("status while broken")]
     if broken and "CANNOT BE FENCED" not in broken[0]:
         problems.append(f"nodefence status did not say {v} cannot be fenced: {broken[0]}")
+    if "failing status exit 1" not in lines:
+        problems.append(f"nodefence status did not exit 1 while the fence failed: {lines}")
     if not any(e["involvedObject"]["name"] == v for e in cluster.events("BmcCheckFailed")):
         problems.append(f"no BmcCheckFailed Event about {v}")
-    if not _fenceable_again(cluster, v):
-        problems.append(f"fixing the password did not clear the alert on {v}")
+    if _phase(cluster, v) not in ("Recovered", "RecoveryIncomplete"):
+        problems.append(f"fixing the password did not fence {v}: {_phase(cluster, v)}")
     else:
-        row = _status_row(cluster, str(cluster.leader()), v)
-        if "CANNOT BE FENCED" in row or " ok " not in f" {row} ":
-            problems.append(f"nodefence status after the fix: {row}")
-    problems += [f"{n} was fenced" for n in cluster.nodes if _records(cluster, n)]
+        code, text = _bmc_status(cluster, str(cluster.leader()))
+        if "fencing failed" in text or "CANNOT BE FENCED" in text:
+            problems.append(f"nodefence status after the fix still says it: {text}")
+        needs = [line for line in text.splitlines() if line.startswith("  - ")]
+        if code != 0 and not all("left stopped" in line for line in needs):
+            problems.append(f"nodefence status after the fix exits {code}: {text}")
+    problems += [f"{n} was fenced" for n in cluster.nodes if n != v and _records(cluster, n)]
     return problems
 
 
@@ -749,18 +794,30 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "bmc-password",
-            "a worker's BMC password is changed: alert, 'cannot be fenced'; fixing it clears it",
+            "a worker's BMC password is changed: alert, 'cannot be fenced'; it loses power: the"
+            " fence fails, status says so (exit 1, the VMs down); fixing the password: fenced",
             _bmc_password,
             _judge_bmc_password,
-            lambda c, v: _fenceable_again(c, v[0]),
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
             settings={
                 "fencing": {
                     "recovery_timeout": 60,
                     "bmc_check_interval": _CHECK_INTERVAL,
                     "bmc_check_parallel": 4,
+                    "retry_base": 2,
+                    "retry_max": 4,
                 }
             },
-            timeout=3 * _CHECK_INTERVAL + 10,
+            timeout=30,
+        ),
+        Scenario(
+            "pause",
+            "fencing is paused (`nodefence pause`), a worker loses power: declared dead, not"
+            " fenced, status says PAUSED; `nodefence resume`: fenced at once, VMs restarted",
+            scenario_pause.inject,
+            lambda c, v: scenario_pause.judge(c, v) + _judge_recovered(c, v),
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            timeout=30,
         ),
         Scenario(
             "maintenance-busy",
