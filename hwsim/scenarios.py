@@ -106,7 +106,8 @@ class Watcher:
     def stop(self) -> None:
         """Stop watching."""
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.ident is not None:  # started (a failed start never got there)
+            self._thread.join(2)
         if self.feed is not None:
             self.feed.stop()
 
