@@ -5,7 +5,11 @@ Names follow Prometheus conventions; every duration is in seconds.
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from agent import __version__
 
 _TIMES = (0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60, 120, 300)
 
@@ -110,6 +114,10 @@ NODE_FENCEABLE = Gauge(
 
 
 def serve(host: str, port: int) -> int:
-    """Serve /metrics in a background thread; returns the bound port (0 picks one)."""
+    """Serve /metrics in a background thread; returns the bound port (0 picks one). Sets
+    `nodefence_build_info` first, so every scrape says which build answers."""
+    from agent.build_info import commit
+
+    BUILD_INFO.labels(__version__, commit(), platform.python_version()).set(1)
     server, _ = start_http_server(port, addr=host)
     return int(server.server_address[1])
