@@ -279,6 +279,12 @@ class SimCluster:
             migration_delay=self.settings.migration_delay,
         )
         place_vms(self.kube.store, self.vm_controller, self.settings.vms, list(self.nodes))
+        controller = self.vm_controller
+        for machine in self.fleet:
+            # A power cycle can be over before the controller's next look: told as it happens.
+            machine.on_power_change(
+                lambda m, state: controller.power_lost(m.name) if state == "off" else None
+            )
         self.vm_controller.start_in_thread()
 
     def stop(self) -> None:

@@ -26,7 +26,9 @@ def vms_on(cluster: SimCluster, node: str) -> list[str]:
 
 
 async def test_a_manual_fence_warns_records_and_history_tells_it(make_cluster: Make) -> None:
-    cluster = make_cluster(nodes=3, bmcs=True, vms=6, brokers=1, agents=False)
+    cluster = make_cluster(
+        nodes=3, bmcs=True, vms=6, brokers=1, agents=False, kubelet_lease_interval=1.0
+    )
     kube = ["--kubeconfig", str(cluster.kubeconfig)]
     inventory = ["-i", str(cluster.settings.inventory)]
     victim = next(n for n in sorted(cluster.nodes) if vms_on(cluster, n))
@@ -55,6 +57,18 @@ async def test_a_manual_fence_warns_records_and_history_tells_it(make_cluster: M
     assert doc[0]["started"] < doc[1]["started"] and "." in doc[0]["started"]  # milliseconds
     r = await run_cli("explain", doc[0]["operation"], *kube)
     assert r.code == 0 and "Manual fence" in r.out and "verify-off -> off" in r.out
+
+    # A power cycle kills what ran there, however fast the power is back.
+    other = next(n for n in sorted(cluster.nodes) if n != victim and vms_on(cluster, n))
+    hosted = vms_on(cluster, other)
+    r = await run_cli("fence", other, "-a", "reboot", *inventory, "--yes", *kube)
+    assert r.code == 0, r.out + r.err
+    assert cluster.fleet[other].power_state() == "on"
+    controller = cluster.vm_controller
+    assert all(not controller.running_places(*vm.split("/")) for vm in hosted)
+    cluster.wait_for(
+        f"{other}'s VMs no longer said to run there", lambda: not vms_on(cluster, other), 30
+    )
 
 
 async def test_pause_and_resume_write_the_leader_lease_and_say_what_they_do(
