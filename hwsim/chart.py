@@ -94,6 +94,14 @@ class Samples:
         self.milestones.append((t, lane, text))
 
 
+def vm_state(phase: str, host_power: str) -> str:
+    """What a VM's lane shows: its phase, except "down (host off)" or "down (host cut off)"
+    while it still says Running on a host without power or network (the API cannot know)."""
+    if phase == "Running" and host_power != "on":
+        return f"down (host {host_power})"
+    return phase
+
+
 def _segments(lane: Lane, end: float) -> list[tuple[float, float, str, str]]:
     return [
         (t, lane[i + 1][0] if i + 1 < len(lane) else end, state, label)
@@ -144,7 +152,8 @@ def render_svg(samples: Samples, end: float, title: str) -> str:
                 used.setdefault("leader", "#90caf9")
             else:
                 used.setdefault(f"VM {state}" if kind == "vm" else state, colour)
-            tip = f"{name}: {state} {label if label != state else ''}({t1:.1f}-{t2:.1f} s)"
+            said = state if label in ("", state) else f"{state} {label}"
+            tip = f"{name}: {said} ({t1:.1f}-{t2:.1f} s)"
             parts.append(
                 f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" '
                 f'fill="{colour}"><title>{escape(tip)}</title></rect>'

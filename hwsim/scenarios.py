@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.profiles import profile_from_mapping
 from hwsim import scenario_busy, scenario_pause
-from hwsim.chart import Samples, write_svg
+from hwsim.chart import Samples, vm_state, write_svg
 from hwsim.scenario_story import VmSeen, summary
 from hwsim.scenarios_release import (
     NO_RELEASE_TIMERS,
@@ -182,10 +182,7 @@ class Watcher:
             key = vm["metadata"]["name"]
             st = vm.get("status") or {}
             now = (st.get("phase", ""), st.get("nodeName") or "")
-            shown = now[0]
-            if now[0] == "Running" and hosts.get(now[1], "on") != "on":
-                shown = f"down (host {hosts[now[1]]})"  # it says Running; its host is not
-            self.samples.vm(t, key, shown, now[1])
+            self.samples.vm(t, key, vm_state(now[0], hosts.get(now[1], "on")), now[1])
             if report and self._vms.get(key) != now:
                 where = f" on {now[1]}" if now[1] else ""
                 tl.add(now[1] or "-", f"VM {key} ({vm['spec'].get('runPolicy')}) {now[0]}{where}")

@@ -94,3 +94,9 @@ async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) ->
     assert "FenceReleasedPods" in r.out and "detached from" in r.out  # the release, visible
     assert "timers: upstream defaults" in r.out
     assert "verdict: PASS" in r.out
+    # Not a terminal: every timeline line, then a summary with the outage from the power loss.
+    for line in (tmp_path / "s" / "timeline.txt").read_text().splitlines():
+        assert line in r.out, line
+    summary = r.out.split("== summary", 1)[1]
+    assert "failure at " in summary and "declared dead +" in summary
+    assert "(measured from the failure)" in summary and ": down " in summary
