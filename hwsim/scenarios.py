@@ -672,6 +672,16 @@ def _drain(cluster: SimCluster, tl: Timeline) -> list[str]:
     return drain_then_cut(cluster, tl, _victims(cluster, 1)[0])
 
 
+_RECOVERED_CHECKS = (
+    "fencing ended Recovered",
+    "the victim is off (or, after_proof reboot, on again)",
+    "its pods and VolumeAttachments released",
+    "every AlwaysOn VM Running, none on the victim",
+    "no VM ran twice",
+)
+_HELD_CHECKS = ("the Node never deleted", "no VM started elsewhere while it may still run")
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -683,6 +693,7 @@ SCENARIOS: dict[str, Scenario] = {
             _judge_recovered,
             lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
             epilogue=settle_after_the_fence,
+            checks=_RECOVERED_CHECKS,
         ),
         Scenario(
             "no-release",
@@ -717,6 +728,7 @@ SCENARIOS: dict[str, Scenario] = {
             _partition,
             _judge_recovered,
             lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            checks=_RECOVERED_CHECKS,
         ),
         Scenario(
             "bmc-unreachable",
@@ -724,6 +736,9 @@ SCENARIOS: dict[str, Scenario] = {
             _bmc_unreachable,
             _judge_fence_failed,
             lambda c, v: _phase(c, v[0]) == "FenceFailed",
+            checks=("fencing ended FenceFailed", *_HELD_CHECKS),
+            expect_down="its VMs stay down: its Off cannot be proven (BMC dead, no watchdog);"
+            " a person must act",
         ),
         Scenario(
             "self-fence",
@@ -780,6 +795,9 @@ SCENARIOS: dict[str, Scenario] = {
             _judge_rack_loss,
             lambda c, v: bool(c.events("AlertStorm")),
             timeout=40,
+            checks=("a storm alert", "nobody fenced during the storm"),
+            expect_down="the VMs of the 3 nodes stay down: the storm guard fences nobody;"
+            " a person must act",
         ),
         Scenario(
             "maintenance",
@@ -807,15 +825,27 @@ SCENARIOS: dict[str, Scenario] = {
                 }
             },
             timeout=30,
+            checks=(
+                "NodeCannotBeFenced within a check interval",
+                "status exit 1 with the failing operation, its error, the VMs down",
+                "fenced once the password is fixed",
+                "status clear after",
+            ),
         ),
         Scenario(
             "pause",
-            "fencing is paused (`nodefence pause`), a worker loses power: declared dead, not"
+            "fencing is paused (`nodefence pause`), a worker loses power: judged dead, not"
             " fenced, status says PAUSED; `nodefence resume`: fenced at once, VMs restarted",
             scenario_pause.inject,
             lambda c, v: scenario_pause.judge(c, v) + _judge_recovered(c, v),
             lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
             timeout=30,
+            checks=(
+                "no power-off while paused",
+                "status PAUSED, exit 1",
+                "fenced within 5 s of resume",
+                *_RECOVERED_CHECKS,
+            ),
         ),
         Scenario(
             "maintenance-busy",
@@ -917,7 +947,7 @@ def run_scenario(
         tl.sink = []
         screen = LiveScreen(cluster, tl.sink)
     try:
-        cluster.wait_for("a leader", cluster.leader, 30)
+        cluster.wait_for("a leader", cluster.leader, 60)  # 5 agents starting on a busy machine
         tl.start = time.monotonic()  # the timeline starts with a running cluster
         watcher.start()
         if screen is not None:
