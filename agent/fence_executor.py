@@ -12,9 +12,11 @@ back; the reconcile loop picks up, on the leader's own schedule, every operation
 Operations a new leader inherits (`resume`) go on at once only when their Off is proven; the
 others are held until this leader's own verdict: `submit` (dead) or `cancel_held` (alive).
 
-While fencing is paused cluster-wide (`paused`, `agent.pause`) no power walk starts: an
-operation whose Off is not proven waits (its phase unchanged) until the pause ends; one whose
-Off is proven goes on with its cleanup (the node is off: releasing it lets its VMs run).
+While fencing is paused cluster-wide (`paused`, `agent.pause`) no power walk starts, and a
+walk under way sends no further power-off request once the pause is read (with the Lease
+renewal before each request, also past the point of no return): an operation whose Off is not
+proven waits (its phase unchanged) until the pause ends; one whose Off is proven goes on with
+its cleanup (the node is off: releasing it lets its VMs run).
 
 With `self_fence` set, an operation whose last power walk found every BMC device of the node
 unreachable asks, while it waits to retry, whether the node's watchdog deadline has provably
@@ -714,7 +716,7 @@ class FenceExecutor:
         )
         outcome = await fencer.run(PowerAction.OFF)
         if guard.stopped_by_pause:
-            return None  # nothing stored, nothing sent: the next round waits for the resume
+            return None  # nothing more sent or stored: the next round waits for the resume
         self.evidence.step(
             op.node,
             op.id,

@@ -96,12 +96,14 @@ class WalkGuard:
             raise self._stop(None, f"not the leader any more: {err}") from None
         if self.on_confirmed is not None:
             self.on_confirmed(step)
-        if not first:
-            return
+        # Read with the Lease just confirmed. Also past the point of no return: a pause means
+        # no more power-off requests; the walk waits (nothing more stored) until the resume.
         pause = self.paused()
         if pause is not None:
             self.stopped_by_pause = True
             raise StopWalk(f"fencing is {pause}")
+        if not first:
+            return
         sending = apply(self.op, PowerOffSending(), self.clock(), self.timing)
         try:
             await self.store.save(sending, required=True)

@@ -653,6 +653,36 @@ async def test_a_pause_read_with_the_lease_renewal_before_the_first_request_stor
     assert machine.offs == 1
 
 
+async def test_a_walk_past_the_point_of_no_return_sends_nothing_more_once_paused(
+    tmp_path: Path,
+) -> None:
+    # Simulation seed 376: an inherited operation (PowerOffSending stored by an older term)
+    # went on; the pause, read with the Lease renewal right before its request, did not stop
+    # it, because only a first power-off looked at the pause.
+    api, machine, leader = world()
+    stored_op(api, Operation(N, "old1", phase=Phase.FENCING, power_off_sent=True, node_uid="uid-1"))
+    pause: list[str | None] = [None]
+    confirm = leader.confirm
+
+    async def renew_and_read_the_pause() -> None:
+        await confirm()
+        if not paused_once:
+            paused_once.append(True)
+            pause[0] = "paused: read with the renewal"
+
+    paused_once: list[bool] = []
+    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
+    await ex.resume()
+    ex.submit(N, decided_at=10.0, uid="uid-1")  # this leader's own verdict: dead
+    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await asyncio.sleep(0.2)
+    assert machine.offs == 0 and phase_of(ex) is Phase.FENCING
+    pause[0] = None
+    await settle(ex)
+    assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
+
+
 async def test_an_operation_proven_off_goes_on_with_its_cleanup_while_paused(
     tmp_path: Path,
 ) -> None:
