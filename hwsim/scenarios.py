@@ -603,8 +603,17 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
     tl.add(victim, "POWER LOSS (machine off; BMC on standby power, wrong password)")
     tl.failure()
     cluster.fleet[victim].cut_power()
+    from hwsim.liveview import LeaderViewFeed
+
+    feed = LeaderViewFeed(cluster, "bmc-password")
+    feed.start()
+
+    def failing_in_the_view() -> bool:  # what `status` prints: the leader's view, not the record
+        ops = feed.view.get("operations") or []
+        return any(o.get("node") == victim and o.get("phase") == "FenceFailed" for o in ops)
+
     try:
-        cluster.wait_for("the fence to fail", lambda: _phase(cluster, victim) == "FenceFailed", 30)
+        cluster.wait_for("the failing fence in the leader's view", failing_in_the_view, 30)
     except TimeoutError:
         found.append(f"no FenceFailed for {victim} (phase {_phase(cluster, victim)!r})")
     else:
@@ -614,6 +623,8 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
             tl.add(victim, f"  {line.strip()}")
         found.append(f"failing status exit {code}")
         found += [f"no {what} in status while the fence fails" for what in missing]
+    finally:
+        feed.stop()
     tl.add(victim, "PASSWORD FIXED: the new one written to the node's password file")
     own.write_text(new + "\n")
     (cluster.workdir / "bmc-password.txt").write_text("\n".join(found) + "\n")
@@ -820,8 +831,9 @@ SCENARIOS: dict[str, Scenario] = {
                     "recovery_timeout": 60,
                     "bmc_check_interval": _CHECK_INTERVAL,
                     "bmc_check_parallel": 4,
-                    "retry_base": 2,
-                    "retry_max": 4,
+                    # the next attempt after status had time to run (a busy machine: seconds)
+                    "retry_base": 8,
+                    "retry_max": 8,
                 }
             },
             timeout=30,
