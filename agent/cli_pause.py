@@ -33,6 +33,25 @@ def who() -> str:
     return f"{user}@{host}"
 
 
+async def switch(
+    api: ClusterApi, namespace: str, name: str, pause: Pause | None, out: TextIO, err: TextIO
+) -> int:
+    """Write (or with None remove) the pause on the Lease and say what it means; the exit code.
+    An account that may not change the Lease (an agent pod's) is told whose to use."""
+    try:
+        return await _switch(api, namespace, name, pause, out, err)
+    except ClusterError as e:
+        if e.status != 403:
+            raise
+        print(
+            f"nodefence: your account may not change the Lease {namespace}/{name} ({e}): run"
+            " pause and resume with your own kubeconfig (--kubeconfig, $KUBECONFIG or"
+            " ~/.kube/config), not in an agent pod, whose account may only read and renew it",
+            file=err,
+        )
+        return EXIT_FAILED
+
+
 async def _switch(
     api: ClusterApi, namespace: str, name: str, pause: Pause | None, out: TextIO, err: TextIO
 ) -> int:
@@ -93,7 +112,7 @@ def run_pause(
     if api is None:
         return EXIT_USAGE
     try:
-        return asyncio.run(_switch(api, lease[0], lease[1], pause, out, err))
+        return asyncio.run(switch(api, lease[0], lease[1], pause, out, err))
     except ClusterError as e:
         print(f"nodefence: {e}", file=err)
         return EXIT_FAILED

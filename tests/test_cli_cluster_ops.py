@@ -125,3 +125,23 @@ def test_pause_and_resume_write_the_leader_lease_and_say_what_they_do(make_clust
     assert code == 0 and "was not paused" in out
     code, _, err = run("pause", "--reason", "  ")
     assert code == 2 and "--reason must say why" in err
+
+
+async def test_a_pause_the_account_may_not_write_says_whose_kubeconfig_to_use() -> None:
+    # `kubectl exec ds/nodefence-agent -- nodefence pause`: the agents' account may only get
+    # and update the Lease, not patch it.
+    from agent.cli_pause import switch
+    from agent.cluster import ClusterError, LeaseInfo
+
+    class Refusing:
+        async def get_lease(self, namespace: str, name: str) -> LeaseInfo:
+            return LeaseInfo(name, namespace, "node-1_x", None, None, 5, 0, "7")
+
+        async def annotate_lease(self, *args: object) -> None:
+            raise ClusterError("annotate lease nodefence/nodefence-leader: Forbidden", 403)
+
+    out, err = io.StringIO(), io.StringIO()
+    pause = Pause("BMC firmware", "me", "2026-01-01T00:00:00Z")
+    code = await switch(Refusing(), "nodefence", "nodefence-leader", pause, out, err)  # type: ignore[arg-type]
+    assert code == 1 and "may not change the Lease nodefence/nodefence-leader" in err.getvalue()
+    assert "--kubeconfig" in err.getvalue() and "agent pod" in err.getvalue()
