@@ -216,10 +216,11 @@ class Watcher:
     def _pause(self) -> str | None:
         """The pause on the leader Lease (its reason), or None."""
         from agent.pause import PAUSE_ANNOTATION, Pause
+        from hwsim.kube.errors import NotFound
 
         try:
             lease = self.cluster.kube.store.get("leases", "nodefence-leader", "nodefence")
-        except Exception:  # no Lease yet
+        except NotFound:  # no leader yet
             return None
         pause = Pause.parse((lease["metadata"].get("annotations") or {}).get(PAUSE_ANNOTATION))
         return None if pause is None else pause.reason

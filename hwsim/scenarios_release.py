@@ -35,6 +35,9 @@ class Says(Protocol):
     def add(self, node: str, what: str) -> None:
         """Record one line."""
 
+    def failure(self) -> None:
+        """Now is the failure: outages count from here."""
+
 
 def records(cluster: SimCluster, node: str) -> list[dict[str, Any]]:
     """The node's FenceOperation records, oldest first."""
@@ -170,9 +173,7 @@ def drain_then_cut(cluster: SimCluster, tl: Says, victim: str) -> list[str]:
 
     cluster.wait_for(f"{victim}'s volumes detached", nothing_attached, 30)
     tl.add(victim, "POWER CUT for the planned work (cordoned, drained; no nodefence command)")
-    failure = getattr(tl, "failure", None)
-    if failure is not None:
-        failure()
+    tl.failure()
     cluster.fleet[victim].cut_power()
     return [victim]
 
