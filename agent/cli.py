@@ -330,7 +330,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_agent_command(args) if args.command == "agent" else run_status(args)
     if args.command == "bmc":
-        from agent.cli_fence import run_bmc_check
+        from agent.cli_bmc_check import run_bmc_check
 
         return run_bmc_check(args)
     if args.command == "explain":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -25,15 +24,14 @@ from agent.fence_advice import NodeFacts, warnings, what_dies
 from agent.inventory import Inventory, InventoryError, NodeInventory, load_inventory
 from agent.power import PowerFencer
 from agent.topology import Action, Outcome, Step
-from backends.errors import FenceError
-from backends.registry import build_backend
 from backends.spec import DeviceSpec
 
 if TYPE_CHECKING:
     from agent.fence_manual import ManualRecord
 
 
-def _load(path: str, err: TextIO) -> Inventory | None:
+def load_or_say(path: str, err: TextIO) -> Inventory | None:
+    """The inventory at `path`, or None after saying on `err` what is wrong with it."""
     try:
         return load_inventory(path)
     except InventoryError as e:
@@ -45,7 +43,7 @@ def _describe(dev: DeviceSpec) -> str:
     if dev.type == "ipmi":
         return f"ipmi {dev.address}:{dev.port} cipher {dev.cipher} as {dev.username}"
     if dev.type == "fence_agent":
-        where = f" {_address(dev)}" if dev.address else ""
+        where = f" {device_address(dev)}" if dev.address else ""
         who = f" as {dev.username}" if dev.username else ""
         return f"fence agent {dev.agent}{where}{who}"
     tls = "insecure" if dev.ssl_insecure else (f"ca {dev.ca_file}" if dev.ca_file else "system CAs")
@@ -53,7 +51,8 @@ def _describe(dev: DeviceSpec) -> str:
     return f"redfish {dev.base_url} auth {dev.auth}, {tls}, as {dev.username}"
 
 
-def _address(dev: DeviceSpec) -> str:
+def device_address(dev: DeviceSpec) -> str:
+    """Where a device is reached, as the tables show it ("-" for a fence agent without one)."""
     if dev.address is None:
         return "-"
     return dev.address if dev.port is None else f"{dev.address}:{dev.port}"
@@ -192,7 +191,7 @@ def run_fence(
 ) -> int:
     """`nodefence fence NODE`: exit 0 only when the asked-for state is proven; 130 when
     interrupted (one line says what was sent and how to check)."""
-    inventory = _load(args.inventory, err)
+    inventory = load_or_say(args.inventory, err)
     if inventory is None:
         return EXIT_USAGE
     try:
@@ -374,102 +373,3 @@ def _outcome_json(o: Outcome) -> dict[str, Any]:
             for s in o.steps
         ],
     }
-
-
-async def _check_all(inventory: Inventory, names: list[str]) -> list[dict[str, Any]]:
-    async def one(node: str, level: int, dev: DeviceSpec) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "node": node,
-            "level": level,
-            "device": dev.name,
-            "type": dev.type,
-            "address": _address(dev),
-        }
-        try:
-            backend = build_backend(node, dev)
-        except FenceError as e:
-            row.update(
-                reachable=False,
-                auth=False,
-                power="unknown",
-                reset=False,
-                detail=str(e),
-                reason=e.reason,
-            )
-            return row
-        try:
-            result = await backend.check()
-        finally:
-            with contextlib.suppress(FenceError):
-                await backend.close()
-        row.update(
-            reachable=result.reachable,
-            auth=result.authenticated,
-            power=result.power.value,
-            reset=result.reset_supported,
-            detail=result.detail,
-            reason=result.reason,
-        )
-        return row
-
-    jobs = [
-        one(name, li, dev)
-        for name in names
-        for li, level in enumerate(inventory.nodes[name].levels, start=1)
-        for dev in level.devices
-    ]
-    return list(await asyncio.gather(*jobs))
-
-
-def run_bmc_check(
-    args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
-) -> int:
-    """`nodefence bmc check`: a table of every device; non-zero if any check fails."""
-    inventory = _load(args.inventory, err)
-    if inventory is None:
-        return EXIT_USAGE
-    names = list(args.nodes) or list(inventory.nodes)
-    unknown = [n for n in names if n not in inventory.nodes]
-    if unknown:
-        print(f"nodefence: node {unknown[0]!r} is not in {inventory.path}", file=err)
-        return EXIT_USAGE
-    rows = asyncio.run(_check_all(inventory, names))
-    ok = all(r["reachable"] and r["auth"] and r["reset"] and r["power"] != "unknown" for r in rows)
-    if args.output == "json":
-        json.dump({"ok": ok, "devices": rows}, out, indent=2)
-        out.write("\n")
-    else:
-        _print_table(rows, out)
-        failed = sum(1 for r in rows if not (r["reachable"] and r["auth"] and r["reset"]))
-        print(f"{len(rows)} devices checked, {failed} failing", file=out)
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
-    yes = {True: "yes", False: "NO"}
-
-    def reachable(r: dict[str, Any]) -> str:
-        # A fence agent cannot tell silence from refusal: it never says "unreachable".
-        return "?" if r["reason"] == "agent_failed" else yes[r["reachable"]]
-
-    header = ["NODE", "LEVEL", "DEVICE", "TYPE", "ADDRESS", "REACHABLE", "AUTH", "POWER", "RESET"]
-    table = [header] + [
-        [
-            r["node"],
-            str(r["level"]),
-            r["device"],
-            r["type"],
-            r["address"],
-            reachable(r),
-            yes[r["auth"]] if r["reachable"] else "-",
-            r["power"],
-            yes[r["reset"]] if r["auth"] else "-",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
-    for r in rows:
-        if not (r["reachable"] and r["auth"] and r["reset"]):
-            print(f"  {r['node']}/{r['device']}: {r['detail']}", file=out)
