@@ -1,7 +1,10 @@
 """`nodefence` command line: the entry point and its sub-commands.
 
 Sub-command modules are imported only when chosen, to keep start-up lean (a manual fence
-pays for the drivers it uses and nothing else).
+pays for the drivers it uses and nothing else). Inside an agent pod the config and the
+inventory are where the DaemonSet mounts them: `--config` and `--inventory` default to those
+paths (or `$NODEFENCE_CONFIG`, `$NODEFENCE_INVENTORY`). Output into a closed pipe (`status |
+head`) ends quietly; Ctrl-C ends a command with one line, never a traceback (exit 130).
 """
 
 from __future__ import annotations
@@ -17,6 +20,44 @@ from agent.virt_names import AUTO, MODES
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+# Where the DaemonSet mounts them (deploy/base/agent-daemonset.yaml).
+POD_CONFIG = "/etc/nodefence/config/agent.yaml"
+POD_INVENTORY = "/etc/nodefence/inventory/inventory.yaml"
+KUBECONFIG_HELP = (
+    "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster account)"
+)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("NODEFENCE_CONFIG") or POD_CONFIG
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=default,
+        help=f"agent config YAML file (default: $NODEFENCE_CONFIG, else {POD_CONFIG})",
+    )
+
+
+def _inventory_option(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("NODEFENCE_INVENTORY") or POD_INVENTORY
+    parser.add_argument(
+        "--inventory",
+        "-i",
+        default=default,
+        help=f"BMC inventory YAML file (default: $NODEFENCE_INVENTORY, else {POD_INVENTORY})",
+    )
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: version, commit, build date, Python and library versions."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from agent.build_info import describe
+
+        print(describe())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nodefence",
         description="Fencing and failover agent for Kubernetes clusters that run VMs.",
     )
-    parser.add_argument("--version", action="version", version=f"nodefence {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        nargs=0,
+        help=f"print the version ({__version__}), commit, build date and library versions",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fence = sub.add_parser(
@@ -37,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     fence.add_argument("node", help="node name as written in the inventory")
-    fence.add_argument("--inventory", "-i", required=True, help="BMC inventory YAML file")
+    _inventory_option(fence)
     fence.add_argument(
         "--action",
         "-a",
@@ -52,12 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fence.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     fence.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    fence.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not look at the cluster: no warning about a live node, no FenceOperation"
+        " record for `nodefence history`",
+    )
+    fence.add_argument(
+        "-n", "--namespace", default="nodefence", help="where the records live (nodefence)"
+    )
+    fence.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
 
     agent = sub.add_parser(
         "agent",
         help="run the per-node agent: heartbeats, health endpoint, leader candidacy",
     )
-    agent.add_argument("--config", "-c", required=True, help="agent config YAML file")
+    _config_option(agent)
     agent.add_argument(
         "--node", help="this node's name (default: $NODE_NAME, as a DaemonSet sets it)"
     )
@@ -69,9 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = sub.add_parser(
-        "status", help="the current leader and, per node, heartbeat and kubelet lease ages"
+        "status",
+        help="the leader's view: nodes, fencing, pause, BMC and inventory health; exit 1 when"
+        " someone must act",
+        description=(
+            "Print the leader's view (published over MQTT every second): per node its state,"
+            " heartbeat and kubelet Lease ages, maintenance, BMC checks and agent version; the"
+            " fencing operations with their phase, attempt, last error and the VMs down; a"
+            " pause; the inventory; alerts. Exit 0 when nothing needs anyone, 1 when someone"
+            " must act (a failed fence, VMs down or left stopped, a dead node held by a pause,"
+            " a rejected inventory, an alert that asks for it, a STALE view: its leader is"
+            " gone, or no view at all), 2 on bad input."
+        ),
     )
-    status.add_argument("--config", "-c", required=True, help="agent config YAML file")
+    _config_option(status)
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     status.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a view")
 
@@ -82,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe every device: reachable, credentials, power state, reset supported",
     )
     check.add_argument("nodes", nargs="*", help="only these nodes (default: all)")
-    check.add_argument("--inventory", "-i", required=True, help="BMC inventory YAML file")
+    _inventory_option(check)
     check.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
-    kubeconfig_help = "kubeconfig file (default: $KUBECONFIG, else the in-cluster account)"
+    kubeconfig_help = KUBECONFIG_HELP
     explain = sub.add_parser(
         "explain",
         help="why a node was powered off: its fencing operation's evidence, step by step",
@@ -203,12 +270,70 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--all", action="store_true", help="every node, not only marked ones")
     show.add_argument("--virtualization", choices=MODES, default=AUTO, help=virt_help)
     show.add_argument("--kubeconfig", help=kubeconfig_help)
+
+    history = sub.add_parser(
+        "history",
+        help="every fence, automatic and manual, from the FenceOperation records",
+        description=(
+            "List the FenceOperation records, oldest first: start time (UTC, milliseconds),"
+            " node, origin (automatic or manual), outcome, proof, longest VM outage (from the"
+            " node's last heartbeat), reason. Events expire; the records stay until deleted."
+        ),
+    )
+    history.add_argument("node", nargs="?", help="only this node's fences")
+    history.add_argument(
+        "-n", "--namespace", default="nodefence", help="where the records live (nodefence)"
+    )
+    history.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    history.add_argument("--kubeconfig", help=kubeconfig_help)
+
+    lease_help = "the agents' leader Lease (kubernetes.namespace/lease_name of their config)"
+    pause = sub.add_parser(
+        "pause",
+        help="stop all fencing cluster-wide: nodes are still judged and alerted on",
+        description=(
+            "Pause fencing in the whole cluster (per node: `maintenance`). The leader keeps"
+            " detecting, reporting and alerting, and powers nobody off until `nodefence"
+            " resume`; a fence whose Off is proven finishes its cleanup. Stored as the"
+            " annotation nodefence.io/paused on the leader Lease: it outlives any leader."
+        ),
+    )
+    pause.add_argument("--reason", required=True, help="why (shown by status and alerts)")
+    pause.add_argument("--lease", default="nodefence/nodefence-leader", help=lease_help)
+    pause.add_argument("--kubeconfig", help=kubeconfig_help)
+    resume = sub.add_parser("resume", help="end a pause: dead nodes are fenced again")
+    resume.add_argument("--lease", default="nodefence/nodefence-leader", help=lease_help)
+    resume.add_argument("--kubeconfig", help=kubeconfig_help)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="bash: `source <(nodefence completion bash)`, or save it as "
+        "/etc/bash_completion.d/nodefence.",
+    )
+    completion.add_argument("shell", choices=["bash"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        code = _dispatch(build_parser().parse_args(argv))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
+    except KeyboardInterrupt:
+        # Commands that can say more (fence: what was sent) catch it themselves.
+        print("\nnodefence: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`nodefence status | head`): not an error of ours. Point stdout
+        # at /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "fence":
         from agent.cli_fence import run_fence
 
@@ -218,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_agent_command(args) if args.command == "agent" else run_status(args)
     if args.command == "bmc":
-        from agent.cli_fence import run_bmc_check
+        from agent.cli_bmc_check import run_bmc_check
 
         return run_bmc_check(args)
     if args.command == "explain":
@@ -229,6 +354,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.cli_maintenance import run_maintenance, run_migrate
 
         return run_migrate(args) if args.command == "migrate" else run_maintenance(args)
+    if args.command == "history":
+        from agent.cli_history import run_history
+
+        return run_history(args)
+    if args.command in ("pause", "resume"):
+        from agent.cli_pause import run_pause
+
+        return run_pause(args)
+    if args.command == "completion":
+        from agent.cli_completion import bash_completion
+
+        print(bash_completion(build_parser()))
+        return EXIT_OK
     return EXIT_USAGE
 
 

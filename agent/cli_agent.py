@@ -113,21 +113,20 @@ async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:
     return None
 
 
-def _age(value: Any) -> str:
-    return "-" if value is None else f"{value:.1f}s"
-
-
-def _bmc_cell(bmc: Any) -> str:
-    """The BMC column: the leader's last checks of the node's devices ("-": none yet)."""
-    if not isinstance(bmc, dict):
-        return "-"
-    return str(bmc.get("summary") or "-")
-
-
 def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the leader's view; non-zero when no leader view can be had."""
+    """Print the leader's view (`agent.status_view`); 0 when nothing needs anyone, 1 when
+    someone must act or no current view can be had, 2 on bad input."""
+    from agent.profiles import profile_from_mapping
+    from agent.status_view import report
+
     cfg = _load_config(args.config, err)
     if cfg is None:
+        return EXIT_USAGE
+    try:
+        # `profile: defualt` is an error here as it is for the agent
+        profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
+    except ProfileError as e:
+        print(f"nodefence: config error: {cfg.path}: detection: {e}", file=err)
         return EXIT_USAGE
     try:
         view = asyncio.run(_read_view(cfg, args.wait))
@@ -141,38 +140,12 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     if view is None:
         print(f"nodefence: no leader view within {args.wait:g} s (is an agent leading?)", file=err)
         return EXIT_FAILED
-    age = dt.datetime.now().timestamp() - float(view.get("publishedAt", 0))
+    age = max(0.0, dt.datetime.now().timestamp() - float(view.get("publishedAt", 0)))
+    said = report(view, age)
     if args.output == "json":
-        json.dump({**view, "viewAge": round(age, 2)}, out, indent=2)
+        doc = {**view, "viewAge": round(age, 2), "stale": said.stale, "attention": said.attention}
+        json.dump(doc, out, indent=2)
         out.write("\n")
-        return EXIT_OK
-    print(
-        f"leader: {view.get('leader')}  profile: {view.get('profile')}  view age: {age:.1f}s"
-        + ("  FROZEN" if view.get("frozen") else ""),
-        file=out,
-    )
-    rows = [["NODE", "STATE", "HEARTBEAT", "KUBELET", "READY", "BMC", "REASON"]]
-    for r in view.get("nodes", []):
-        ready = {True: "True", False: "False"}.get(r.get("ready"), "Unknown")
-        rows.append(
-            [
-                r["node"],
-                r["state"],
-                _age(r.get("heartbeatAge")),
-                _age(r.get("kubeletAge")),
-                ready,
-                _bmc_cell(r.get("bmc")),
-                r.get("reason", ""),
-            ]
-        )
-    last = len(rows[0]) - 1
-    widths = [max(len(str(row[i])) for row in rows) for i in range(last)]
-    for row in rows:
-        cells = [str(c).ljust(w) for c, w in zip(row[:last], widths, strict=True)]
-        print("  ".join([*cells, str(row[last])]).rstrip(), file=out)
-    for a in view.get("alerts", []):
-        print(f"ALERT {a['kind']}: {a['message']}", file=out)
-    if view.get("rejected"):
-        rejected = ", ".join(f"{k}={v}" for k, v in sorted(view["rejected"].items()))
-        print(f"rejected messages: {rejected}", file=out)
-    return EXIT_OK
+    else:
+        print("\n".join(said.lines), file=out)
+    return EXIT_FAILED if said.attention else EXIT_OK

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cluster import ClusterError
+from agent.fence_outcome import vm_summary, vms_from_record
 
 Json = dict[str, Any]
 
@@ -40,6 +41,11 @@ def _time(entry: Json) -> str:
 
 
 def _decision_lines(d: Json) -> list[str]:
+    if d.get("manual"):
+        return [
+            f"Manual fence (nodefence fence -a {d.get('action', '?')}) at {d.get('at', '?')}"
+            f" by {d.get('requestedBy') or d.get('leader', '?')}"
+        ]
     lines = [f"Decision at {d.get('at', '?')} by leader {d.get('leader', '?')}:"]
     verdict = d.get("verdict") or {}
     if verdict:
@@ -137,17 +143,27 @@ def story(record: Json) -> list[str]:
         if omitted and i == 40:
             lines.append(f"  ... {omitted} steps left out ...")
         lines.append(_step_line(s))
+    heard = st.get("lastHeartbeatAt")
+    outcomes = vms_from_record(st.get("vms"))
+    if outcomes:
+        lines.append(f"VMs: {vm_summary(outcomes, node)}")
     for vm in st.get("vms") or []:
         where = f"running on {vm['runningOn']}" if vm.get("runningOn") else "not running"
-        after = vm.get("recoveredAfterSeconds")
-        if vm.get("virtualization") == "kubevirt":
+        kubevirt = vm.get("virtualization") == "kubevirt"
+        if kubevirt:
             policy = f"KubeVirt, runStrategy {vm.get('runStrategy') or '(no VirtualMachine)'}"
         else:
             policy = str(vm.get("runPolicy"))
-        lines.append(
-            f"VM {vm.get('namespace')}/{vm.get('name')} ({policy}): {where}"
-            + (f" after {after} s" if after is not None else "")
-        )
+        if not vm.get("runningOn") and not vm.get("expectedRestart"):
+            field = "runStrategy" if kubevirt else "runPolicy"
+            where = f"left stopped by its {field}: start it by hand"
+        outage, after = vm.get("outageSeconds"), vm.get("recoveredAfterSeconds")
+        when = ""
+        if outage is not None:
+            when = f", down {outage} s from the node's last heartbeat ({heard})"
+        if after is not None:
+            when += f"{';' if when else ','} {after} s after the Node's cleanup"
+        lines.append(f"VM {vm.get('namespace')}/{vm.get('name')} ({policy}): {where}{when}")
     for e in st.get("errors") or []:
         lines.append(f"error: {e}")
     return lines

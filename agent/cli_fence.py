@@ -1,24 +1,37 @@
-"""`nodefence fence` and `nodefence bmc check`: manual power control through the inventory."""
+"""`nodefence fence` and `nodefence bmc check`: manual power control through the inventory.
+
+Before a power-off `fence` looks at the cluster, when it can (`agent.fence_manual`): it warns
+about a node that is Ready and not in maintenance, or being fenced by the leader, or the
+node this command runs on (`agent.fence_advice`), and names the VMs that die with it; it says
+"already off" instead of sending a power-off to a node whose every device reads Off; and it
+records the fence as a FenceOperation (origin manual) for `nodefence history`. Ctrl-C, at the
+prompt or during the walk, ends it with one line: what was sent on which channel, and the
+command to check the power state."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import os
 import sys
-from typing import Any, TextIO
+import time
+from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from agent.cluster import ClusterApi, ClusterError
+from agent.fence_advice import NodeFacts, warnings, what_dies
 from agent.inventory import Inventory, InventoryError, NodeInventory, load_inventory
 from agent.power import PowerFencer
 from agent.topology import Action, Outcome, Step
-from backends.errors import FenceError
-from backends.registry import build_backend
 from backends.spec import DeviceSpec
 
+if TYPE_CHECKING:
+    from agent.fence_manual import ManualRecord
 
-def _load(path: str, err: TextIO) -> Inventory | None:
+
+def load_or_say(path: str, err: TextIO) -> Inventory | None:
+    """The inventory at `path`, or None after saying on `err` what is wrong with it."""
     try:
         return load_inventory(path)
     except InventoryError as e:
@@ -30,7 +43,7 @@ def _describe(dev: DeviceSpec) -> str:
     if dev.type == "ipmi":
         return f"ipmi {dev.address}:{dev.port} cipher {dev.cipher} as {dev.username}"
     if dev.type == "fence_agent":
-        where = f" {_address(dev)}" if dev.address else ""
+        where = f" {device_address(dev)}" if dev.address else ""
         who = f" as {dev.username}" if dev.username else ""
         return f"fence agent {dev.agent}{where}{who}"
     tls = "insecure" if dev.ssl_insecure else (f"ca {dev.ca_file}" if dev.ca_file else "system CAs")
@@ -38,7 +51,8 @@ def _describe(dev: DeviceSpec) -> str:
     return f"redfish {dev.base_url} auth {dev.auth}, {tls}, as {dev.username}"
 
 
-def _address(dev: DeviceSpec) -> str:
+def device_address(dev: DeviceSpec) -> str:
+    """Where a device is reached, as the tables show it ("-" for a fence agent without one)."""
     if dev.address is None:
         return "-"
     return dev.address if dev.port is None else f"{dev.address}:{dev.port}"
@@ -59,17 +73,113 @@ def _step_line(step: Step) -> str:
     return line
 
 
-def _confirm(node: str, action: Action, inp: TextIO, err: TextIO) -> bool:
+def _confirm(node: str, action: Action, dies: str, inp: TextIO, err: TextIO) -> bool:
+    verb = {Action.OFF: "power off", Action.REBOOT: "power-cycle", Action.ON: "power on"}
+    what = verb.get(action, action.value)
     if not inp.isatty():
         print(
-            f"nodefence: refusing to {action.value} node {node} without --yes "
-            "(not on a terminal to ask)",
+            f"nodefence: refusing to {what} node {node} without --yes (not on a terminal to ask)",
             file=err,
         )
         return False
-    err.write(f"This will {action.value} node {node}. Type the node name to confirm: ")
+    kills = f" ({dies} dies with it)" if dies else ""
+    err.write(f"This will {what} node {node}{kills}. Type the node name to confirm: ")
     err.flush()
     return inp.readline().strip() == node
+
+
+class Progress:
+    """The walk as it goes: each step a line; on a terminal, the wait for a read-back as one
+    line redrawn in place (elsewhere a line every 5 s). Remembers what went out, for Ctrl-C."""
+
+    def __init__(self, out: TextIO, text: bool, record: ManualRecord | None) -> None:
+        self.out = out
+        self.text = text
+        self.tty = text and out.isatty()
+        self.record = record
+        self.steps: list[Step] = []
+        self.sending: str = ""  # "power-off" while a level's requests may be on their way
+        self._drawn = False
+        self._said_at = 0.0
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.out.write("\r\x1b[K")
+            self._drawn = False
+
+    def step(self, step: Step) -> None:
+        """A step happened (`PowerFencer.on_step`)."""
+        self.steps.append(step)
+        if self.record is not None:
+            self.record.step(step)
+        if self.text:
+            self._clear()
+            print(_step_line(step), file=self.out, flush=True)
+
+    async def guard(self, step: str) -> None:
+        """Right before a level's power requests go out (`PowerFencer.guard`)."""
+        self.sending = step
+
+    def poll(
+        self, level: int, device: str, request: str, waited: float, limit: float, last: str
+    ) -> None:
+        """A read-back not showing the wanted state yet (`PowerFencer.on_poll`)."""
+        if not self.text:
+            return
+        line = (
+            f"          level {level}  {device:<12} {request:<12} waiting {waited:4.1f} s of"
+            f" {limit:g} s ({last})"
+        )
+        if self.tty:
+            self.out.write("\r\x1b[K" + line)
+            self.out.flush()
+            self._drawn = True
+        elif waited - self._said_at >= 5.0 or waited < self._said_at:
+            self._said_at = waited
+            print(line, file=self.out, flush=True)
+
+    def close(self) -> None:
+        """End an in-place line."""
+        self._clear()
+        self.out.flush()
+
+    def interrupted(self, node: str, inventory: str) -> str:
+        """One line for Ctrl-C: what was sent on which channel, and how to check."""
+        sent = [s for s in self.steps if s.request in ("off", "on") and s.result == "sent"]
+        check = f"nodefence fence {node} -i {inventory} -a status"
+        if sent:
+            where = ", ".join(f"level {s.level} {s.device}" for s in sent)
+            verbs = sorted({s.request for s in sent})
+            return (
+                f"nodefence: interrupted after power-{'/'.join(verbs)} was sent to {node}"
+                f" ({where}); its power state is unknown now: check it with `{check}`"
+            )
+        if self.sending:
+            return (
+                f"nodefence: interrupted while a {self.sending} request to {node} was going"
+                f" out: it may have been sent; its power state is unknown: check it with"
+                f" `{check}`"
+            )
+        return f"nodefence: interrupted before any power request was sent: {node} unchanged"
+
+
+def _cluster_look(
+    args: argparse.Namespace, node: str, action: Action
+) -> tuple[ClusterApi | None, NodeFacts | None, str, str]:
+    """(API, what the cluster says of the node, its uid, why the cluster was not consulted)."""
+    if args.no_record or args.dry_run or action is Action.STATUS:
+        return None, None, "", ""
+    from agent.cli_kube import kube_api
+    from agent.fence_manual import node_facts
+
+    api = kube_api(args.kubeconfig, None)
+    if api is None:
+        return None, None, "", "no cluster access (--kubeconfig, $KUBECONFIG, ~/.kube/config)"
+    try:
+        facts, uid = asyncio.run(node_facts(api, args.namespace, node))
+    except ClusterError as e:
+        return None, None, "", f"the cluster could not be read: {e}"
+    return api, facts, uid, ""
 
 
 def run_fence(
@@ -79,8 +189,9 @@ def run_fence(
     err: TextIO = sys.stderr,
     inp: TextIO = sys.stdin,
 ) -> int:
-    """`nodefence fence NODE`: exit 0 only when the asked-for state is proven."""
-    inventory = _load(args.inventory, err)
+    """`nodefence fence NODE`: exit 0 only when the asked-for state is proven; 130 when
+    interrupted (one line says what was sent and how to check)."""
+    inventory = load_or_say(args.inventory, err)
     if inventory is None:
         return EXIT_USAGE
     try:
@@ -96,41 +207,148 @@ def run_fence(
         action = Action.STATUS
         if text:
             print("dry run: reading the power state only, nothing is changed", file=out)
-    elif action is not Action.STATUS and not args.yes and not _confirm(node.name, action, inp, err):
-        print("nodefence: not confirmed, nothing done", file=err)
-        return EXIT_USAGE
+    try:
+        api, facts, uid, unrecorded = _cluster_look(args, node.name, action)
+        for warning in warnings(node.name, action, facts, os.environ.get("NODE_NAME")):
+            print(f"WARNING: {warning}", file=err)
+        already = (
+            _already_off(node, inventory, out if text else None) if action is Action.OFF else None
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nnodefence: interrupted before any power request was sent: {node.name} unchanged",
+            file=err,
+        )
+        return EXIT_INTERRUPTED
+    if already is not None:
+        return _finish(args, already, None, api, uid, out, err, unrecorded, node)
+    if action is not Action.STATUS and not args.yes:
+        try:
+            confirmed = _confirm(node.name, action, what_dies(node.name, action, facts), inp, err)
+        except KeyboardInterrupt:
+            print("\nnodefence: not confirmed (interrupted), nothing done", file=err)
+            return EXIT_INTERRUPTED
+        if not confirmed:
+            print("nodefence: not confirmed, nothing done", file=err)
+            return EXIT_USAGE
+    record = None
+    if api is not None:
+        from agent.cli_pause import who
+        from agent.fence_manual import ManualRecord
 
-    def show(step: Step) -> None:
-        if text:
-            print(_step_line(step), file=out, flush=True)
+        record = ManualRecord(node, action, who(), time.time)
+    progress = Progress(out, text, record)
+    fencer = PowerFencer(
+        node,
+        inventory.policy,
+        on_step=progress.step,
+        guard=progress.guard,
+        on_poll=progress.poll,
+    )
+    try:
+        outcome = asyncio.run(fencer.run(action))
+    except KeyboardInterrupt:
+        progress.close()
+        line = progress.interrupted(node.name, args.inventory)
+        print(line, file=err)
+        if record is not None and api is not None and progress.steps:
+            _store(api, args.namespace, record, None, line.removeprefix("nodefence: "), uid, err)
+        return EXIT_INTERRUPTED
+    progress.close()
+    return _finish(args, outcome, record, api, uid, out, err, unrecorded, node)
 
-    fencer = PowerFencer(node, inventory.policy, on_step=show)
-    outcome = asyncio.run(fencer.run(action))
-    if text:
-        _print_verdict(outcome, out)
+
+def _already_off(node: NodeInventory, inventory: Inventory, out: TextIO | None) -> Outcome | None:
+    """An outcome when every device of the node reads Off now (nothing sent), else None."""
+    if out is not None:
+        print("reading the power state first (a node already off gets no power-off)", file=out)
+        out.flush()
+    looked = asyncio.run(PowerFencer(node, inventory.policy).run(Action.STATUS))
+    if not looked.off_proven:
+        return None
+    if out is not None:
+        for step in looked.steps:
+            print(_step_line(step), file=out)
+        print(
+            f"node {node.name} is already off (every device reads Off): no power-off sent", file=out
+        )
+    return Outcome(
+        node.name,
+        Action.OFF,
+        success=True,
+        state=looked.state,
+        off_proven=True,
+        steps=looked.steps,
+        elapsed=looked.elapsed,
+    )
+
+
+def _finish(
+    args: argparse.Namespace,
+    outcome: Outcome,
+    record: ManualRecord | None,
+    api: ClusterApi | None,
+    uid: str,
+    out: TextIO,
+    err: TextIO,
+    unrecorded: str,
+    node: NodeInventory,
+) -> int:
+    if args.output == "text":
+        print(f"node {outcome.node}: {_verdict(outcome)} in {outcome.elapsed:.3f}s", file=out)
     else:
         json.dump(_outcome_json(outcome), out, indent=2)
         out.write("\n")
+    if outcome.action is not Action.STATUS and not args.dry_run:
+        if api is not None:
+            if record is None:  # already off: recorded with the read-back as its steps
+                from agent.cli_pause import who
+                from agent.fence_manual import ManualRecord
+
+                record = ManualRecord(node, outcome.action, who(), time.time)
+                for step in outcome.steps:
+                    record.step(step)
+            _store(api, args.namespace, record, outcome, _verdict(outcome), uid, err)
+        elif unrecorded and not args.no_record:
+            print(f"nodefence: not recorded for `nodefence history`: {unrecorded}", file=err)
     return EXIT_OK if outcome.success else EXIT_FAILED
 
 
-def _print_verdict(outcome: Outcome, out: TextIO) -> None:
-    o = outcome
+def _store(
+    api: ClusterApi,
+    namespace: str,
+    record: ManualRecord,
+    outcome: Outcome | None,
+    verdict: str,
+    uid: str,
+    err: TextIO,
+) -> None:
+    try:
+        name = asyncio.run(record.store(api, namespace, outcome, verdict, uid))
+    except (ClusterError, KeyboardInterrupt) as e:
+        print(f"nodefence: not recorded for `nodefence history`: {e}", file=err)
+        return
+    print(f"recorded as FenceOperation {namespace}/{name} (`nodefence history`)", file=err)
+
+
+def _verdict(o: Outcome) -> str:
     where = f" by level {o.level}" if o.level else ""
     if o.action is Action.STATUS:
-        verdict = f"power {o.state.value}" if o.success else f"UNKNOWN: {o.reason}"
-    elif o.success:
+        return f"power {o.state.value}" if o.success else f"UNKNOWN: {o.reason}"
+    if o.success:
         proven = {Action.OFF: "proven OFF", Action.ON: "proven ON", Action.REBOOT: "rebooted"}
         verdict = f"{proven[o.action]}{where}"
+        if o.action is Action.OFF and not any(s.request == "off" for s in o.steps):
+            verdict = "already OFF: no power-off sent"
         if o.action is Action.REBOOT:
             verdict += " (off was proven before power-on)"
-    else:
-        verdict = f"FAILED to {o.action.value}: {o.reason}"
-        if o.off_proven:
-            verdict += " (the node IS proven off)"
-        elif o.action in (Action.OFF, Action.REBOOT):
-            verdict += " (Off NOT proven)"
-    print(f"node {o.node}: {verdict} in {o.elapsed:.3f}s", file=out)
+        return verdict
+    verdict = f"FAILED to {o.action.value}: {o.reason}"
+    if o.off_proven:
+        verdict += " (the node IS proven off)"
+    elif o.action in (Action.OFF, Action.REBOOT):
+        verdict += " (Off NOT proven)"
+    return verdict
 
 
 def _outcome_json(o: Outcome) -> dict[str, Any]:
@@ -155,102 +373,3 @@ def _outcome_json(o: Outcome) -> dict[str, Any]:
             for s in o.steps
         ],
     }
-
-
-async def _check_all(inventory: Inventory, names: list[str]) -> list[dict[str, Any]]:
-    async def one(node: str, level: int, dev: DeviceSpec) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "node": node,
-            "level": level,
-            "device": dev.name,
-            "type": dev.type,
-            "address": _address(dev),
-        }
-        try:
-            backend = build_backend(node, dev)
-        except FenceError as e:
-            row.update(
-                reachable=False,
-                auth=False,
-                power="unknown",
-                reset=False,
-                detail=str(e),
-                reason=e.reason,
-            )
-            return row
-        try:
-            result = await backend.check()
-        finally:
-            with contextlib.suppress(FenceError):
-                await backend.close()
-        row.update(
-            reachable=result.reachable,
-            auth=result.authenticated,
-            power=result.power.value,
-            reset=result.reset_supported,
-            detail=result.detail,
-            reason=result.reason,
-        )
-        return row
-
-    jobs = [
-        one(name, li, dev)
-        for name in names
-        for li, level in enumerate(inventory.nodes[name].levels, start=1)
-        for dev in level.devices
-    ]
-    return list(await asyncio.gather(*jobs))
-
-
-def run_bmc_check(
-    args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
-) -> int:
-    """`nodefence bmc check`: a table of every device; non-zero if any check fails."""
-    inventory = _load(args.inventory, err)
-    if inventory is None:
-        return EXIT_USAGE
-    names = list(args.nodes) or list(inventory.nodes)
-    unknown = [n for n in names if n not in inventory.nodes]
-    if unknown:
-        print(f"nodefence: node {unknown[0]!r} is not in {inventory.path}", file=err)
-        return EXIT_USAGE
-    rows = asyncio.run(_check_all(inventory, names))
-    ok = all(r["reachable"] and r["auth"] and r["reset"] and r["power"] != "unknown" for r in rows)
-    if args.output == "json":
-        json.dump({"ok": ok, "devices": rows}, out, indent=2)
-        out.write("\n")
-    else:
-        _print_table(rows, out)
-        failed = sum(1 for r in rows if not (r["reachable"] and r["auth"] and r["reset"]))
-        print(f"{len(rows)} devices checked, {failed} failing", file=out)
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
-    yes = {True: "yes", False: "NO"}
-
-    def reachable(r: dict[str, Any]) -> str:
-        # A fence agent cannot tell silence from refusal: it never says "unreachable".
-        return "?" if r["reason"] == "agent_failed" else yes[r["reachable"]]
-
-    header = ["NODE", "LEVEL", "DEVICE", "TYPE", "ADDRESS", "REACHABLE", "AUTH", "POWER", "RESET"]
-    table = [header] + [
-        [
-            r["node"],
-            str(r["level"]),
-            r["device"],
-            r["type"],
-            r["address"],
-            reachable(r),
-            yes[r["auth"]] if r["reachable"] else "-",
-            r["power"],
-            yes[r["reset"]] if r["auth"] else "-",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
-    for r in rows:
-        if not (r["reachable"] and r["auth"] and r["reset"]):
-            print(f"  {r['node']}/{r['device']}: {r['detail']}", file=out)

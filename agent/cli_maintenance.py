@@ -1,21 +1,22 @@
 """`nodefence migrate` and `nodefence maintenance enter|exit|list`.
 
 They need only the Kubernetes API (no agent config): `--kubeconfig`, else `$KUBECONFIG`, else
-the in-cluster service account. Exit codes: 0 done, 1 failed (a VM could not move, a timeout,
-an API error), 2 a usage error (an unknown node or VM: nothing was changed).
+`~/.kube/config`, else the in-cluster service account (`agent.cli_kube`). Exit codes: 0 done,
+1 failed (a VM could not move, a timeout, an API error), 2 a usage error (an unknown node or
+VM: nothing was changed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO, TypeVar
 
 from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from agent.cluster import ClusterApi, ClusterError, load_api_client
+from agent.cli_kube import kube_api
+from agent.cluster import ClusterApi, ClusterError
 from agent.maintenance import NodeRow
 from agent.virt import VirtLayer
 from agent.virt_names import AUTO
@@ -90,17 +91,7 @@ def _bad_numbers(args: argparse.Namespace, err: TextIO) -> bool:
 
 
 def _api(kubeconfig: str | None, err: TextIO) -> ClusterApi | None:
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-    try:
-        return ClusterApi(load_api_client(path))
-    except Exception as e:  # the config loaders raise a zoo: ConfigException, OSError, ...
-        where = path or "the in-cluster service account (not in a pod?)"
-        print(
-            f"nodefence: cannot use {where}: {type(e).__name__}: {e}; "
-            "pass --kubeconfig or set $KUBECONFIG",
-            file=err,
-        )
-        return None
+    return kube_api(kubeconfig, err)
 
 
 def _virt(api: ClusterApi, args: argparse.Namespace) -> VirtLayer:

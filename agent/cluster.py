@@ -21,6 +21,7 @@ from agent.cluster_error import ClusterError, refusal_words
 from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY, ReleaseCalls
 from agent.cluster_virt import VirtCalls
 from agent.node_label import NODE_LABEL, node_selector
+from agent.pause import PAUSE_ANNOTATION
 
 T = TypeVar("T")
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -87,6 +88,7 @@ class LeaseInfo:
     transitions: int
     resource_version: str
     standbys: tuple[str, ...] = ()  # the leader Lease's STANDBYS_ANNOTATION
+    paused: str = ""  # the leader Lease's PAUSE_ANNOTATION (agent.pause), "" when absent
 
 
 def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
@@ -145,7 +147,8 @@ def _node_info(n: Any) -> NodeInfo:
 
 def _lease_info(obj: Any) -> LeaseInfo:
     spec = obj.spec
-    named = str((obj.metadata.annotations or {}).get(STANDBYS_ANNOTATION) or "")
+    annotations = obj.metadata.annotations or {}
+    named = str(annotations.get(STANDBYS_ANNOTATION) or "")
     return LeaseInfo(
         name=obj.metadata.name,
         namespace=obj.metadata.namespace,
@@ -156,6 +159,7 @@ def _lease_info(obj: Any) -> LeaseInfo:
         transitions=(spec.lease_transitions or 0) if spec else 0,
         resource_version=obj.metadata.resource_version,
         standbys=tuple(n for n in named.split(",") if n),
+        paused=str(annotations.get(PAUSE_ANNOTATION) or ""),
     )
 
 
@@ -480,10 +484,15 @@ class ClusterApi(ReleaseCalls, VirtCalls):
         transitions: int,
         resource_version: str | None,
         standbys: tuple[str, ...] = (),
+        paused: str = "",
     ) -> LeaseInfo:
         """Create (resource_version None) or replace the Lease; a 409 raises ClusterError.
-        `standbys` names the warm standbys (an annotation; none: no annotation)."""
-        annotations = {STANDBYS_ANNOTATION: ",".join(standbys)} if standbys else None
+        `standbys` names the warm standbys (an annotation; none: no annotation); `paused` is
+        the pause annotation as read with `resource_version` (kept: a replace would drop it)."""
+        kept = {STANDBYS_ANNOTATION: ",".join(standbys)} if standbys else {}
+        if paused:
+            kept[PAUSE_ANNOTATION] = paused
+        annotations = kept or None
         body = k8s.V1Lease(
             metadata=k8s.V1ObjectMeta(
                 name=name,
@@ -514,6 +523,17 @@ class ClusterApi(ReleaseCalls, VirtCalls):
                 ),
             )
         return _lease_info(obj)
+
+    async def annotate_lease(self, namespace: str, name: str, key: str, value: str | None) -> None:
+        """Set (or with None remove) one annotation of a Lease (merge patch; the holder's next
+        renewal, based on an older resourceVersion, gets a 409 and reads it again)."""
+        body = {"metadata": {"annotations": {key: value}}}
+        await self._call(
+            f"annotate lease {namespace}/{name}",
+            lambda: self.coordination.patch_namespaced_lease(
+                name, namespace, body, _request_timeout=self.timeout
+            ),
+        )
 
     # -- maintenance and VM migration --------------------------------------------------------
 

@@ -89,6 +89,9 @@ class LeaderElector:
         self.observed_holder: str | None = None
         self.standbys: tuple[str, ...] = ()  # what this leader writes on its Lease
         self.observed_standbys: tuple[str, ...] = ()  # what the Lease said when last read
+        # The pause annotation (agent.pause) as last read: kept on every write of ours, so a
+        # renewal never drops what an operator set; a write accepted after it was set saw it.
+        self.observed_paused = ""
         # confirm() and the renew loop must not race each other into a self-inflicted 409.
         self._io = asyncio.Lock()
 
@@ -213,6 +216,7 @@ class LeaderElector:
             self._observed = (lease.resource_version, now)
         self.observed_holder = lease.holder
         self.observed_standbys = lease.standbys
+        self.observed_paused = lease.paused
         ours = lease.holder == self.identity
         duration = lease.duration or seconds
         unchanged = now - self._observed[1]
@@ -252,6 +256,7 @@ class LeaderElector:
                 transitions=transitions,
                 resource_version=rv,
                 standbys=self.standbys,
+                paused=self.observed_paused if rv is not None else "",
             )
         except ClusterError as err:
             if err.status != 409:
@@ -280,6 +285,7 @@ class LeaderElector:
                 transitions=lease.transitions,
                 resource_version=lease.resource_version,
                 standbys=self.standbys,  # the named standbys take over at once
+                paused=self.observed_paused,
             )
             log.info("released the lease", extra={"identity": self.identity})
         except ClusterError as err:

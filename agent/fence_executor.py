@@ -12,6 +12,12 @@ back; the reconcile loop picks up, on the leader's own schedule, every operation
 Operations a new leader inherits (`resume`) go on at once only when their Off is proven; the
 others are held until this leader's own verdict: `submit` (dead) or `cancel_held` (alive).
 
+While fencing is paused cluster-wide (`paused`, `agent.pause`) no power walk starts, and a
+walk under way sends no further power-off request once the pause is read (with the Lease
+renewal before each request, also past the point of no return): an operation whose Off is not
+proven waits (its phase unchanged) until the pause ends; one whose Off is proven goes on with
+its cleanup (the node is off: releasing it lets its VMs run).
+
 With `self_fence` set, an operation whose last power walk found every BMC device of the node
 unreachable asks, while it waits to retry, whether the node's watchdog deadline has provably
 passed (`agent.watchdog.self_fence_verdict`, evaluated by the leader); the clock starts when
@@ -21,6 +27,7 @@ this leader stored (or took over) the node's record.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -132,6 +139,7 @@ class FenceExecutor:
         release: bool = True,
         last_heartbeat: Callable[[str], float | None] = lambda node: None,
         virt: VirtLayer | None = None,
+        paused: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.api = api
         # The VM APIs whose VMs are snapshotted and verified (default: Deckhouse's only).
@@ -177,6 +185,10 @@ class FenceExecutor:
         self.decision_facts = decision_facts
         self.lease_generation = lease_generation
         self.store.evidence = lambda op: self.evidence.to_json(op.node, op.id)
+        self.paused = paused
+        self._waiting_for_resume: set[str] = set()  # operations told they wait (logged once)
+        # (wall time, operation) of the operations that ended here lately, for the status view.
+        self._finished: collections.deque[tuple[float, Operation]] = collections.deque(maxlen=10)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -184,6 +196,12 @@ class FenceExecutor:
         """True while an operation for `node` runs here."""
         task = self._tasks.get(node)
         return task is not None and not task.done()
+
+    def recently_finished(
+        self, wall_now: float, within: float = 900.0
+    ) -> list[tuple[float, Operation]]:
+        """The operations that ended here within `within` seconds, oldest first."""
+        return [(at, op) for at, op in self._finished if wall_now - at <= within]
 
     def held(self) -> frozenset[str]:
         """Nodes whose resumed operation waits for this leader's own verdict."""
@@ -279,11 +297,14 @@ class FenceExecutor:
             op = self._from_record(record)
             if uid and not op.off_proven and op.node_uid != uid:
                 op = replace(op, node_uid=uid)
+            if op.last_heartbeat is None:
+                op = replace(op, last_heartbeat=self.last_heartbeat(node))
             log.warning("resuming the fencing of %s from phase %s", node, op.phase.value)
         else:
             op = Operation(node=node, id=self.new_id(), node_uid=uid)
             reboot = self.after_proof == "reboot"
             op = replace(op, reboot=reboot, cleanup=self.cleanup, release=self.release)
+            op = replace(op, last_heartbeat=self.last_heartbeat(node))
             self.store.forget(node)  # marked when its record is first stored
         self.operations[node] = op
         self.stats.started += 1
@@ -453,6 +474,7 @@ class FenceExecutor:
                     self.operations[node] = op
                     self._export_phases()
             self.stats.finished[op.phase.value] = self.stats.finished.get(op.phase.value, 0) + 1
+            self._finished.append((self.wall(), op))
             metrics.OPERATIONS.labels(op.phase.value).inc()
             if op.phase is Phase.RECOVERED and op.recovery_start is not None:
                 metrics.RECOVERY.observe(self.clock() - op.recovery_start)
@@ -472,6 +494,9 @@ class FenceExecutor:
 
     async def _do(self, action: Action, op: Operation) -> Event | None:
         if action is Action.POWER_OFF:
+            if self._wait_for_resume(op):
+                await asyncio.sleep(self.check_interval)
+                return None
             # A bounded number of power walks at once; an operation waiting to retry holds no
             # slot, so one unfenceable node never starves the others.
             async with self._slots:
@@ -540,6 +565,26 @@ class FenceExecutor:
             self._checked.add(op.node)
             return await vms_seen(op, self.virt)
         return None
+
+    def _wait_for_resume(self, op: Operation) -> bool:
+        """Whether `op`'s power walk must wait: fencing is paused (said once per pause)."""
+        pause = self.paused()
+        if pause is None:
+            if op.node in self._waiting_for_resume:
+                self._waiting_for_resume.discard(op.node)
+                log.warning(
+                    "fencing node=%s op=%s: resumed, the power walk goes on", op.node, op.id
+                )
+            return False
+        if op.node not in self._waiting_for_resume:
+            self._waiting_for_resume.add(op.node)
+            log.warning(
+                "fencing node=%s op=%s: fencing is %s; no power-off until `nodefence resume`",
+                op.node,
+                op.id,
+                pause,
+            )
+        return True
 
     async def _proof_stale(self, op: Operation) -> PoweredOnAgain | None:
         """Before a cleanup step: does the machine run again since its Off was proven? Life
@@ -641,7 +686,7 @@ class FenceExecutor:
         lease = self.lease_generation() if self.lease_generation is not None else None
         self.evidence.lease(op.node, op.id, step, lease)
 
-    async def _power_off(self, op: Operation) -> Event:
+    async def _power_off(self, op: Operation) -> Event | None:
         inventory = self.inventory()
         node_inv = inventory.nodes.get(op.node) if inventory else None
         if inventory is None or node_inv is None:
@@ -667,6 +712,7 @@ class FenceExecutor:
                 phase=sent.phase.value,
                 reason="PowerOffSending stored: the point of no return, the request goes next",
             ),
+            paused=self.paused,
         )
         self.stats.power_walks += 1
         fencer = PowerFencer(
@@ -679,6 +725,8 @@ class FenceExecutor:
             on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
         )
         outcome = await fencer.run(PowerAction.OFF)
+        if guard.stopped_by_pause:
+            return None  # nothing more sent or stored: the next round waits for the resume
         self.evidence.step(
             op.node,
             op.id,

@@ -4,13 +4,15 @@ Before every request: this process still holds the leader Lease. Before the FIRS
 request of an operation, in this order:
 1. cheap early looks (life since the decision in the leader's cache, the cached maintenance
    mark): no Lease renewal or record write for a node that is plainly back;
-2. renew the Lease;
+2. renew the Lease; fencing paused cluster-wide (`agent.pause`, read with that renewal) stops
+   the walk here, nothing stored, nothing sent (`paused`: the operation waits for `resume`);
 3. store the point of no return (PowerOffSending); if that write fails, nothing is sent;
 4. read the Node from the API server: a maintenance mark, or another Node object than the one
    declared dead (it registered again), aborts;
 5. look for life since the decision once more (heartbeats that arrived during 2-4 count),
    right before the first request is handed to its backend (`last_look`, called by the power
-   walk with nothing awaited in between).
+   walk with nothing awaited in between); a pause seen since (a later Lease renewal) withdraws
+   the send there too: no power-off goes out once this process has read a pause.
 A stop is reported as the event the executor folds in (`stopped`), or as a lost Lease.
 """
 
@@ -52,6 +54,7 @@ class WalkGuard:
         timing: Timing,
         on_confirmed: Callable[[str], None] | None = None,
         on_stored: Callable[[Operation], None] | None = None,
+        paused: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.op = op  # advances to Fencing (power_off_sent) once the point of no return is stored
         self.decided_at = decided_at
@@ -67,6 +70,8 @@ class WalkGuard:
         self.first_sent = op.power_off_sent  # a request of this operation went out
         self.on_confirmed = on_confirmed  # the Lease was confirmed ours before `step` (evidence)
         self.on_stored = on_stored  # the point of no return was stored (evidence)
+        self.paused = paused  # fencing paused cluster-wide: its description, else None
+        self.stopped_by_pause = False  # stopped before anything was stored: waits for resume
 
     def _stop(self, event: Event | None, why: str) -> StopWalk:
         self.stopped = event
@@ -91,6 +96,12 @@ class WalkGuard:
             raise self._stop(None, f"not the leader any more: {err}") from None
         if self.on_confirmed is not None:
             self.on_confirmed(step)
+        # Read with the Lease just confirmed. Also past the point of no return: a pause means
+        # no more power-off requests; the walk waits (nothing more stored) until the resume.
+        pause = self.paused()
+        if pause is not None:
+            self.stopped_by_pause = True
+            raise StopWalk(f"fencing is {pause}")
         if not first:
             return
         sending = apply(self.op, PowerOffSending(), self.clock(), self.timing)
@@ -124,4 +135,8 @@ class WalkGuard:
         if evidence:
             why = f"node came back before the power-off was sent ({evidence})"
             raise self._stop(Cancelled(why), why)
+        pause = self.paused()
+        if pause is not None:
+            why = f"fencing was paused before the request went out ({pause}): nothing sent"
+            raise self._stop(SendWithdrawn(why), why)
         self.first_sent = True

@@ -1,6 +1,7 @@
 """What a fencing operation tells people: a log line and a Kubernetes Event per phase, one
-Event per VM when it runs elsewhere (or is given up at the deadline). Failing to write an
-Event never stops an operation."""
+Event per VM when it runs elsewhere (its outage counted from the node's last heartbeat, the
+time after the Node's deletion as a detail) or is given up at the deadline. Failing to write
+an Event never stops an operation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
+from agent.fence_outcome import outage_words
 from agent.fencing import Operation, Phase, VmOutcome
 from agent.kubevirt_objects import API_VERSION
 from agent.virt_names import Virt
@@ -63,11 +65,11 @@ class FenceReporter:
             was = old.get(vm.key)
             if vm.running_on and (was is None or not was.running_on) and vm.expected_restart:
                 what = "deleted" if op.node_deleted else "released"
-                msg = (
-                    f"[{op.id}] running on {vm.running_on} "
-                    f"{vm.recovered_after or 0:.1f} s after {op.node} was {what}"
+                after = outage_words(vm.outage, vm.recovered_after, op.node, what)
+                msg = f"[{op.id}] running on {vm.running_on} {after}"
+                metrics.VM_RECOVERY.observe(
+                    vm.outage if vm.outage is not None else vm.recovered_after or 0.0
                 )
-                metrics.VM_RECOVERY.observe(vm.recovered_after or 0.0)
                 await self._vm_event(vm, "VMRecoveredAfterFence", msg, False)
         if op.phase is Phase.RECOVERY_INCOMPLETE and before is not None:
             for vm in op.vms or ():

@@ -53,6 +53,12 @@ class RecordStore:
         self._records[node] = record
         self.marked_at.setdefault(node, now)
 
+    def started(self, node: str) -> str | None:
+        """When the node's stored operation started (its record's startedAt), if known."""
+        status = (self._records.get(node) or {}).get("status") or {}
+        started = status.get("startedAt")
+        return started if isinstance(started, str) else None
+
     def forget(self, node: str) -> None:
         """Drop what is kept about the node's record."""
         self._records.pop(node, None)
@@ -69,6 +75,9 @@ class RecordStore:
                 self._records.get(op.node),
                 wall=self.wall(),
                 evidence=self.evidence(op) if self.evidence is not None else None,
+                heard_at=None
+                if op.last_heartbeat is None
+                else self.wall() - (self.clock() - op.last_heartbeat),
             )
             try:
                 self._records[op.node] = await self.api.save_record(self.namespace, body)

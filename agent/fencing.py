@@ -45,6 +45,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from agent.fence_outcome import vm_summary
 from agent.fencing_events import (
     AttachmentsReleased,
     Cancelled,
@@ -121,9 +122,10 @@ class Phase(enum.StrEnum):
     RECOVERY_INCOMPLETE = "RecoveryIncomplete"
     RETURNING = "Returning"  # cleanup taint + reboot: VMs judged, waiting for the node to return
     ABORTED = "Aborted"
+    MANUAL = "Manual"  # `nodefence fence` by hand: recorded for the history, never resumed
 
 
-FINAL = frozenset({Phase.RECOVERED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED})
+FINAL = frozenset({Phase.RECOVERED, Phase.RECOVERY_INCOMPLETE, Phase.ABORTED, Phase.MANUAL})
 
 
 class Action(enum.StrEnum):
@@ -181,6 +183,9 @@ class Operation:
     returned: bool = False  # Returning: the node is Ready and heartbeats again
     untainted: bool = False
     return_deadline: float | None = None
+    # The node's last heartbeat the deciding leader heard (monotonic, this process; rebuilt
+    # from the record's lastHeartbeatAt): each VM's outage is counted from it.
+    last_heartbeat: float | None = None
 
     @property
     def final(self) -> bool:
@@ -448,21 +453,26 @@ def _fold_return(
 def _fold_vms(op: Operation, event: VmsSeen, now: float) -> Operation:
     vms = []
     start = op.recovery_start
+    heard = op.last_heartbeat
     for vm in op.vms or ():
         where = event.running.get(vm.key, vm.running_on)
         waiting = vm.running_on is None or vm.running_on == op.node  # the snapshot's nodeName
         if vm.expected_restart and waiting and where and where != op.node:
             since = max(0.0, now - start) if start is not None else None
-            vm = replace(vm, running_on=where, recovered_after=since)
+            outage = max(0.0, now - heard) if heard is not None else None
+            vm = replace(vm, running_on=where, recovered_after=since, outage=outage)
         vms.append(vm)
     op = replace(op, vms=tuple(vms))
     pending = [v for v in vms if v.expected_restart and v.running_on in (None, op.node)]
     if not pending:
         verdict = Phase.RECOVERED
-        reason = f"{sum(v.expected_restart for v in vms)} ColdStandby VMs running on other nodes"
+        reason = vm_summary(vms, op.node)
     elif op.recovery_deadline is not None and now >= op.recovery_deadline:
         verdict = Phase.RECOVERY_INCOMPLETE
         reason = f"not running elsewhere before the deadline: {', '.join(v.key for v in pending)}"
+        stopped = [v for v in vms if not v.expected_restart]
+        if stopped:
+            reason += f"; {len(stopped)} left stopped by their runPolicy"
     else:
         return op
     if op.cleanup is Cleanup.TAINT and op.reboot and op.powered_on and not op.untainted:

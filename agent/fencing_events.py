@@ -20,6 +20,7 @@ class VmOutcome:
     running_on: str | None = None
     recovered_after: float | None = None  # seconds from node deletion to Running elsewhere
     virt: Virt = Virt.DECKHOUSE  # its API; `run_policy` is then KubeVirt's runStrategy
+    outage: float | None = None  # seconds from the node's last heartbeat to Running elsewhere
 
     @property
     def key(self) -> str:

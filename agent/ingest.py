@@ -92,6 +92,7 @@ class HeartbeatIngest:
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
         self.claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
         self.last_seq: dict[str, tuple[str, int]] = {}  # node -> (boot, seq) last accepted
+        self.versions: dict[str, str] = {}  # node -> its agent's version (last heartbeat)
         self.stopped_boots: dict[str, str] = {}  # node -> boot id its agent stopped cleanly
         self.rejected_at: dict[str, float] = {}  # node -> last refused message on its topic
         self.gone: set[str] = set()  # Nodes deleted (until they register again)
@@ -111,6 +112,7 @@ class HeartbeatIngest:
         self.watchdog_claims.pop(node, None)
         self.claim_boot.pop(node, None)
         self.last_seq.pop(node, None)
+        self.versions.pop(node, None)
         self.rejected_at.pop(node, None)
         self._last.pop(node, None)
 
@@ -169,6 +171,7 @@ class HeartbeatIngest:
         self.watchdog_claims[node] = hb.wd if self.stopped_boots.get(node) != hb.boot else None
         self.claim_boot[node] = hb.boot
         self.last_seq[node] = (hb.boot, hb.seq)  # for the fence evidence
+        self.versions[node] = hb.agent  # for `nodefence status`
         self.detector.observe(hb, now)
 
     def _on_status(self, node: str, data: bytes) -> None:

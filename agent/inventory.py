@@ -183,7 +183,7 @@ def _files_named(doc: dict[str, Any], path: Path) -> tuple[str, ...]:
         for level in node.get("levels") or []:
             devices = level.get("devices") if isinstance(level, dict) else level
             for dev in devices or []:
-                merged = {**defaults, **dev}
+                merged = {**_applicable(defaults, dev.get("type")), **dev}
                 for key in ("password_file", "ca_file"):
                     if isinstance(merged.get(key), str):
                         found[str(_relative(path, merged[key].strip()))] = None
@@ -198,6 +198,8 @@ def parse_inventory(doc: Any, *, path: Path, env: dict[str, str]) -> Inventory:
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise InventoryError(path, "defaults", "must be a mapping of device fields")
+    # A typo under `defaults:` is the defaults' error, not the first device's.
+    _no_unknown(path, "defaults", defaults, (_IPMI | _REDFISH | _FENCE_AGENT) - {"name"})
     policy = _parse_policy(path, doc.get("fencing") or {})
     nodes_doc = doc.get("nodes")
     if not isinstance(nodes_doc, dict) or not nodes_doc:
@@ -256,7 +258,7 @@ def _parse_node(
             dwhere = f"{lwhere}, device {di}"
             if not isinstance(dev_doc, dict):
                 raise InventoryError(path, dwhere, "must be a mapping with `type:` and fields")
-            merged = {**defaults, **dev_doc}
+            merged = {**_applicable(defaults, dev_doc.get("type")), **dev_doc}
             dev = _parse_device(path, dwhere, merged, env, default_name=f"level{li}-{di}")
             if dev.name in seen:
                 raise InventoryError(path, dwhere, f"field 'name': {dev.name!r} used twice")
@@ -265,6 +267,15 @@ def _parse_node(
         levels.append(Level(tuple(devices)))
     node = NodeInventory(name, tuple(levels))
     return _with_channel_rule(path, where, node, doc)
+
+
+def _applicable(defaults: dict[str, Any], kind: object) -> dict[str, Any]:
+    """The `defaults:` fields a device of type `kind` has (a default `cipher` is for IPMI
+    devices only, `scheme` for Redfish ones); every field for a device of no known type."""
+    allowed = {"ipmi": _IPMI, "redfish": _REDFISH, "fence_agent": _FENCE_AGENT}.get(str(kind))
+    if allowed is None:
+        return defaults
+    return {k: v for k, v in defaults.items() if k in allowed}
 
 
 def _with_channel_rule(

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from agent import metrics
+from agent import __version__, metrics
 from agent.bmc_health import Transition
 from agent.bmc_monitor import BmcMonitor
 from agent.broker_set import BrokerSet
@@ -36,10 +36,12 @@ from agent.config import AgentConfig
 from agent.detector import NodeHealth, NodeVerdict
 from agent.fence_evidence import stamp
 from agent.fence_executor import FenceExecutor
+from agent.fencing import RESTART_POLICIES
 from agent.heartbeat_auth import AuthMode
 from agent.heartbeat_codec import PREFIX
 from agent.ingest import HeartbeatIngest, LeaderStats, Listener, delivery_gap
 from agent.leader_broker import BrokerLost, LeaderBroker
+from agent.pause import Pause
 from agent.peers import (
     ProbeRequest,
     Target,
@@ -61,6 +63,7 @@ from agent.policy import (
 from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifier
 from agent.probe_requests import OutstandingProbes
 from agent.profiles import DetectionProfile, NoPeers, Signal
+from agent.status_view import operation_entry
 from agent.virt import VirtLayer
 from agent.watchdog import SelfFenceFacts, self_fence_verdict
 from agent.workload import node_workload
@@ -93,7 +96,9 @@ class LeaderSide:
     `listener`: a running Listener handed over by a warm standby (this side never stops it);
     without one the side listens itself, over `broker` (one edge, e.g. a simulation's) or over
     every broker of `cfg`. `name_standbys` gets the healthy nodes every round, to name the
-    warm standbys on the Lease (`agent.standby`).
+    warm standbys on the Lease (`agent.standby`). `paused` says whether fencing is paused
+    cluster-wide (`agent.pause`, read with the Lease); `inventory_problem` why the newest
+    inventory file was rejected ("" when it was not).
     """
 
     def __init__(
@@ -116,8 +121,12 @@ class LeaderSide:
         listener: Listener | None = None,
         name_standbys: NameStandbys | None = None,
         virt: VirtLayer | None = None,
+        paused: Callable[[], Pause | None] = lambda: None,
+        inventory_problem: Callable[[], str] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.paused = paused
+        self.inventory_problem = inventory_problem
         self.profile = profile
         self.api = api
         # The VM APIs whose VMs the maintenance guard looks at (default: Deckhouse's only).
@@ -182,6 +191,8 @@ class LeaderSide:
         self._view_at = float("-inf")
         self.view_period = 1.0  # the status view is for people: once a second is plenty
         self._workloads: dict[str, tuple[float, NodeWorkload]] = {}  # node -> (read at, what)
+        # For the view: the ColdStandby VMs on nodes not proven off, read at most every 5 s.
+        self._vms_down: tuple[float, dict[str, list[str]] | None] = (float("-inf"), None)
 
     @property
     def broker_up_since(self) -> float | None:
@@ -473,6 +484,8 @@ class LeaderSide:
             else frozenset(v.node for v in self.verdicts)
         )
         nodes = self.nodes.values()
+        pause = self.paused()
+        metrics.PAUSED.set(1 if pause is not None else 0)
         cordoned = frozenset(i.name for i in nodes if i.unschedulable)
         deckhouse = {i.name: i.deckhouse_maintenance for i in nodes if i.deckhouse_maintenance}
         planned = [
@@ -497,6 +510,7 @@ class LeaderSide:
                 deckhouse_fencing={
                     i.name: i.deckhouse_fencing for i in nodes if i.deckhouse_fencing
                 },
+                paused=None if pause is None else pause.describe(),
             ),
             self.profile,
         )
@@ -523,7 +537,7 @@ class LeaderSide:
                     self.executor.submit(node, now, self.nodes[node].uid)
             await self._advance_held(maintenance, now)
             await self.executor.clear_orphan_taints(nodes, now)
-        await self._publish_view(decision, now)
+        await self._publish_view(decision, now, pause)
         return decision
 
     async def _workloads_of(self, nodes: list[str], now: float) -> dict[str, NodeWorkload]:
@@ -669,13 +683,64 @@ class LeaderSide:
         except ClusterError as err:
             log.warning("cannot record event %s for %s: %s", reason, node, err)
 
-    async def _publish_view(self, decision: PolicyDecision, now: float) -> None:
+    async def _down_vms(self, nodes: set[str], now: float) -> dict[str, list[str]] | None:
+        """The ColdStandby VMs still on each of `nodes` (not proven off), for the view: read
+        at most every 5 s, only while there is such a node; None when they cannot be read."""
+        if not nodes:
+            return {}
+        read_at, found = self._vms_down
+        if found is None or now - read_at >= 5.0:
+            try:
+                vms = await self.api.list_vms()
+            except ClusterError as err:
+                log.warning("cannot read the VMs of dead nodes for the status view: %s", err)
+                found = None
+            else:
+                found = {}
+                for vm in vms:
+                    meta, spec = vm.get("metadata") or {}, vm.get("spec") or {}
+                    status = vm.get("status") or {}
+                    host = status.get("nodeName")
+                    policy = spec.get("runPolicy") or "AlwaysOnUnlessStoppedManually"
+                    if host and policy in RESTART_POLICIES and status.get("phase") != "Stopped":
+                        key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+                        found.setdefault(str(host), []).append(key)
+            self._vms_down = (now, found)
+        return None if found is None else {n: sorted(found.get(n, [])) for n in nodes}
+
+    async def _operations_view(self, dead: set[str], now: float) -> list[dict[str, object]]:
+        """The operations this leader runs or finished lately, for `nodefence status`."""
+        ex = self.executor
+        if ex is None:
+            return []
+        open_ops = [op for op in ex.operations.values() if not op.final]
+        unproven = {op.node for op in open_ops if not op.off_proven}
+        down = await self._down_vms(unproven | dead, now)
+        out = [
+            operation_entry(
+                op,
+                ex.store.started(op.node),
+                None,
+                None if down is None else down.get(op.node, []),
+            )
+            for op in sorted(open_ops, key=lambda o: o.node)
+        ]
+        for ended_at, op in ex.recently_finished(self.wall()):
+            out.append(operation_entry(op, None, stamp(ended_at), None))
+        return out
+
+    async def _publish_view(
+        self, decision: PolicyDecision, now: float, pause: Pause | None = None
+    ) -> None:
         if not self._broker_up or now - self._view_at < self.view_period:
             return
         self._view_at = now
+        inventory = self.inventory() if self.inventory is not None else None
+        dead = {v.node for v in self.verdicts if v.health is NodeHealth.DEAD}
         rows = []
         for v in self.verdicts:
             seen = self.kubelet_seen.get(v.node)
+            info = self.nodes.get(v.node)
             rows.append(
                 {
                     "node": v.node,
@@ -685,16 +750,25 @@ class LeaderSide:
                     else round(v.since_last_heartbeat, 2),
                     "kubeletAge": None if v.kubelet_age is None else round(v.kubelet_age, 2),
                     "kubeletLeaseSeen": seen is not None,
-                    "ready": self.nodes[v.node].ready if v.node in self.nodes else None,
+                    "ready": info.ready if info is not None else None,
                     "reason": v.reason,
+                    "held": decision.held.get(v.node, ""),
+                    "maintenance": info.maintenance_mark if info is not None else "",
+                    "cordoned": bool(info and info.unschedulable),
+                    "inInventory": None if inventory is None else v.node in inventory,
+                    "agent": self.ingest.versions.get(v.node),
                     "bmc": None if self.bmc is None else self.bmc.node_view(v.node),
                 }
             )
+        problem = self.inventory_problem() if self.inventory_problem is not None else ""
         view = {
             "v": 1,
             "leader": self.identity,
+            "version": __version__,
             "profile": self.cfg.profile,
+            "period": self.view_period,
             "frozen": decision.frozen,
+            "paused": None if pause is None else pause.as_json(),
             "alerts": [
                 {"kind": a.kind.value, "node": a.node, "message": a.message}
                 for a in decision.alerts
@@ -702,6 +776,10 @@ class LeaderSide:
             + self._bmc_alerts(),
             "rejected": dict(self.stats.rejected),
             "nodes": rows,
+            "operations": await self._operations_view(dead, now),
+            "inventory": None
+            if inventory is None
+            else {"nodes": len(inventory), "problem": problem},
             "publishedAt": self.wall(),
         }
         with contextlib.suppress(BrokerLost):

@@ -5,7 +5,11 @@ Names follow Prometheus conventions; every duration is in seconds.
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from agent import __version__
 
 _TIMES = (0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60, 120, 300)
 
@@ -56,7 +60,7 @@ RECOVERY = Histogram(
 )
 VM_RECOVERY = Histogram(
     "nodefence_vm_recovery_seconds",
-    "Per VM: from its node's deletion until Running elsewhere",
+    "Per VM, its outage: from its node's last heartbeat until Running elsewhere",
     buckets=_TIMES,
 )
 OPERATIONS = Counter(
@@ -68,6 +72,15 @@ OPERATIONS_OPEN = Gauge(
     ["phase"],
 )
 ALERTS = Counter("nodefence_alerts_total", "Alerts raised, by kind", ["kind"])
+PAUSED = Gauge(
+    "nodefence_fencing_paused",
+    "1 while fencing is paused cluster-wide (nodefence pause): nodes are judged, none is fenced",
+)
+BUILD_INFO = Gauge(
+    "nodefence_build_info",
+    "Always 1; the labels say which nodefence (version, commit) and Python this agent runs",
+    ["version", "commit", "python"],
+)
 BMC_CHECK_OK = Gauge(
     "nodefence_bmc_check_ok",
     "1 when the last check of a BMC device passed (reachable, login, power read, power-off "
@@ -101,6 +114,10 @@ NODE_FENCEABLE = Gauge(
 
 
 def serve(host: str, port: int) -> int:
-    """Serve /metrics in a background thread; returns the bound port (0 picks one)."""
+    """Serve /metrics in a background thread; returns the bound port (0 picks one). Sets
+    `nodefence_build_info` first, so every scrape says which build answers."""
+    from agent.build_info import commit
+
+    BUILD_INFO.labels(__version__, commit(), platform.python_version()).set(1)
     server, _ = start_http_server(port, addr=host)
     return int(server.server_address[1])

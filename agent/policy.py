@@ -14,7 +14,9 @@ is raised instead; a node fenced earlier and kept out of service (`cleanup: tain
 fenced again until it returns; a cordoned node (`kubectl drain`), or one Deckhouse's fencing is
 told to leave alone, is fenced only when fencing would free something, its ColdStandby VMs or
 volumes attached to it (`maintenance_guard`), with an alert either way. Nodes that Deckhouse's
-own fencing also watches are named in an alert. Alerts are produced every round their
+own fencing also watches are named in an alert. While fencing is paused cluster-wide
+(`nodefence pause`, `pause_guard`) every DEAD node is held and one alert says so; detection,
+the other guards and their alerts go on as usual. Alerts are produced every round their
 condition holds; the caller de-duplicates them.
 """
 
@@ -39,6 +41,7 @@ class AlertKind(enum.StrEnum):
     MAINTENANCE_SCHEDULABLE = "maintenance-schedulable"
     DOWN_WHILE_CORDONED = "down-while-cordoned"
     DECKHOUSE_FENCING = "deckhouse-fencing"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class ClusterFacts:
     annotation that disables its fencing; `workloads`: what such a node runs, where it could be
     read (absent: unknown). `kept_out_of_service`: node -> the operation that fenced it and
     kept it tainted (`cleanup: taint`). `deckhouse_fencing`: node -> the mode of the Deckhouse
-    fencing that watches it too.
+    fencing that watches it too. `paused`: fencing is paused cluster-wide (the pause, described
+    for people; None: not paused).
     """
 
     max_unhealthy: MaxUnhealthy
@@ -147,6 +151,7 @@ class ClusterFacts:
     workloads: Mapping[str, NodeWorkload] = field(default_factory=dict)
     kept_out_of_service: Mapping[str, str] = field(default_factory=dict)
     deckhouse_fencing: Mapping[str, str] = field(default_factory=dict)
+    paused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,21 @@ def leader_guard(leader: LeaderFacts, fence_after: float) -> str | None:
             f" window ({fence_after:g} s) before judging anyone"
         )
     return None
+
+
+def pause_guard(paused: str | None, dead: Sequence[str]) -> tuple[str, Alert] | None:
+    """While fencing is paused cluster-wide: (why each DEAD node is held, the alert), else
+    None. The alert is raised while the pause lasts, dead nodes or not: a forgotten pause
+    leaves the next failure unfenced."""
+    if paused is None:
+        return None
+    held = f"fencing is paused cluster-wide ({paused}); `nodefence resume` fences again"
+    message = (
+        f"fencing is {paused}: nodes are judged and alerted on, none is powered off"
+        + (f"; dead and not fenced: {', '.join(sorted(dead))}" if dead else "")
+        + "; `nodefence resume` ends the pause"
+    )
+    return held, Alert(AlertKind.PAUSED, None, message)
 
 
 def storm_guard(
@@ -290,6 +310,9 @@ def decide(
     dead = [v.node for v in verdicts if v.health is NodeHealth.DEAD]
     alerts: list[Alert] = []
 
+    pause = pause_guard(cluster.paused, dead)
+    if pause is not None:
+        alerts.append(pause[1])
     blind = leader_guard(leader, profile.fence_after)
     if blind is not None:
         if leader.leader_since is not None and not leader.broker_connected:
@@ -342,6 +365,8 @@ def decide(
                     f"{v.node} looks dead ({v.reason}) but is in maintenance; not fenced",
                 )
             )
+        if pause is not None:
+            reasons.append(pause[0])
         if v.node not in cluster.inventory:
             reasons.append("node has no BMC inventory entry")
             alerts.append(

@@ -29,6 +29,9 @@ from backends.spec import DeviceSpec
 
 BackendFactory = Callable[[str, DeviceSpec], PowerBackend]
 StepListener = Callable[[Step], None]
+# (level, device, request, seconds waited, power_timeout, what it read last): each read-back
+# that did not show the wanted state yet, for progress on a terminal.
+PollListener = Callable[[int, str, str, float, float, str], None]
 Guard = Callable[[str], Awaitable[None]]
 LastLook = Callable[[str], None]
 
@@ -46,7 +49,8 @@ class PowerFencer:
     `guard(step)` is awaited before every irreversible request (power off/on); it raises
     `StopWalk` to stop the walk (the leader uses it to check it still holds its Lease).
     `last_look(device)` is called right before each power-off request is handed to its
-    backend, with nothing awaited in between (it may raise `StopWalk` too).
+    backend, with nothing awaited in between (it may raise `StopWalk` too). `on_poll` hears
+    every read-back that does not show the wanted state yet (see `PollListener`).
     """
 
     def __init__(
@@ -60,8 +64,10 @@ class PowerFencer:
         on_step: StepListener | None = None,
         guard: Guard | None = None,
         last_look: LastLook | None = None,
+        on_poll: PollListener | None = None,
     ) -> None:
         self.node = node
+        self._on_poll = on_poll
         self.policy = policy
         self._factory = factory
         self._clock = clock
@@ -207,6 +213,9 @@ class PowerFencer:
                     self._step(li, dev, request, state.value)
                     return
                 last, error = f"reads {state.value}", None
+            if self._on_poll is not None:
+                waited = t.power_timeout - (deadline - self._clock())
+                self._on_poll(li + 1, dev.name, request, waited, t.power_timeout, last)
             if self._clock() >= deadline:
                 text = (
                     f"power {want.value} not confirmed within power_timeout="

@@ -18,20 +18,12 @@ from agent.cluster import RECORD_GROUP, RECORD_VERSION
 from agent.fencing import Cleanup, Operation, Phase, Timing, VmOutcome
 from agent.heartbeat_codec import valid_name
 from agent.node_label import NODE_LABEL, node_label_value
-from agent.virt_names import Virt
+from agent.virt_names import Virt, virt_of_record
 
 __all__ = ["NODE_LABEL", "from_record", "is_open_mark", "record_name", "resumed", "to_record"]
 _DIGEST = 20  # hex digits of SHA-256(node, id) in a shortened name: 80 bits
 # What decides whether a VM comes back, in its API's own words.
 POLICY_FIELD = {Virt.DECKHOUSE: "runPolicy", Virt.KUBEVIRT: "runStrategy"}
-
-
-def _virt(value: Any) -> Virt:
-    """The `virtualization` of a record's VM (absent, in records older than it: Deckhouse)."""
-    try:
-        return Virt(value) if value else Virt.DECKHOUSE
-    except ValueError:
-        return Virt.DECKHOUSE
 
 
 def record_name(op: Operation) -> str:
@@ -50,7 +42,8 @@ def record_name(op: Operation) -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, UTC, to the millisecond (`nodefence history` orders and shows fences by it)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _stamp(wall: float) -> str:
@@ -76,13 +69,18 @@ def to_record(
     action: str = "off",
     wall: float | None = None,
     evidence: dict[str, Any] | None = None,
+    heard_at: float | None = None,
+    requested_by: str = "",
 ) -> dict[str, Any]:
     """The custom resource body for `op` (keeps `base`'s metadata: name, resourceVersion).
 
     `wall` (seconds since the epoch, default now) stamps `deletedAt`, `podsReleasedAt`,
     `attachmentsReleasedAt`, `releasedAt` and `untaintedAt` the first time the operation is
     stored with that step done. `evidence` (`agent.fence_evidence`) is stored as
-    `status.evidence`; without it the evidence already in `base` is kept."""
+    `status.evidence`; without it the evidence already in `base` is kept. `heard_at` (epoch
+    seconds) is the node's last heartbeat, stored once as `lastHeartbeatAt` (the VMs' outage
+    is counted from it). `requested_by` marks a manual fence (`nodefence fence`; origin
+    manual, phase Manual): who ran it."""
     meta = dict((base or {}).get("metadata") or {})
     meta.setdefault("name", record_name(op))
     meta["namespace"] = namespace
@@ -96,6 +94,7 @@ def to_record(
         return base_status.get(field) or (stamp if done else None)
 
     deleted_at = first("deletedAt", op.node_deleted)
+    heard = base_status.get("lastHeartbeatAt") or (None if heard_at is None else _stamp(heard_at))
     evidence = evidence if evidence is not None else base_status.get("evidence")
     record: dict[str, Any] = {
         "apiVersion": f"{RECORD_GROUP}/{RECORD_VERSION}",
@@ -108,6 +107,7 @@ def to_record(
             "action": "reboot" if op.reboot else action,
             "cleanup": op.cleanup.value,
             "release": op.release,
+            "origin": "manual" if requested_by else "automatic",
         },
         "status": {
             "phase": op.phase.value,
@@ -134,6 +134,7 @@ def to_record(
             "untaintedAt": first("untaintedAt", op.untainted),
             "errors": list(op.errors[-20:]),
             "capacityWarning": op.capacity_warning,
+            "lastHeartbeatAt": heard,
             "vms": None
             if op.vms is None
             else [
@@ -147,6 +148,7 @@ def to_record(
                     "recoveredAfterSeconds": None
                     if v.recovered_after is None
                     else round(v.recovered_after, 3),
+                    "outageSeconds": None if v.outage is None else round(v.outage, 3),
                 }
                 for v in op.vms
             ],
@@ -155,6 +157,8 @@ def to_record(
             "updatedAt": _now(),
         },
     }
+    if requested_by:
+        record["spec"]["requestedBy"] = requested_by
     if evidence is not None:
         record["status"]["evidence"] = evidence
     return record
@@ -176,7 +180,8 @@ def from_record(obj: dict[str, Any]) -> Operation:
                 bool(v.get("expectedRestart")),
                 v.get("runningOn"),
                 v.get("recoveredAfterSeconds"),
-                _virt(v.get("virtualization")),
+                virt_of_record(v.get("virtualization")),
+                v.get("outageSeconds"),
             )
             for v in vms_doc
         )
@@ -228,7 +233,8 @@ def resumed(
     recovery_timeout, moved onto this process's clock (`now` monotonic, `wall_now` epoch
     seconds) and clamped between now and now + recovery_timeout; without a readable stamp the
     whole timeout starts now. A release in progress gets a fresh `release_timeout`, a node
-    powered on again a fresh `return_timeout` (and must heartbeat after `now`).
+    powered on again a fresh `return_timeout` (and must heartbeat after `now`). The node's last
+    heartbeat (`lastHeartbeatAt`) is moved onto this clock too: the VMs' outage counts from it.
     """
     if op.final:
         return op
@@ -244,6 +250,9 @@ def resumed(
         op = replace(op, release_deadline=now + timing.release_timeout)
     if op.powered_on and op.cleanup is Cleanup.TAINT and op.powered_on_at is None:
         op = replace(op, powered_on_at=now, return_deadline=now + timing.return_timeout)
+    heard = _parse_stamp(st.get("lastHeartbeatAt"))
+    if heard is not None and op.last_heartbeat is None:
+        op = replace(op, last_heartbeat=now - max(0.0, wall_now - heard))
     if op.recovery_deadline is not None:
         return op
     if op.cleanup is Cleanup.TAINT and st.get("releasedAt"):

@@ -33,6 +33,7 @@ from agent.inventory import Inventory
 from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
 from agent.leader_broker import LeaderBroker
+from agent.pause import Pause
 from agent.power import BackendFactory
 from agent.probe_responder import answer_probes
 from agent.profiles import DetectionProfile, profile_from_mapping
@@ -89,6 +90,11 @@ class InventorySource(Protocol):
 
     def nodes(self) -> frozenset[str]:
         """Names of the nodes the inventory can fence."""
+        ...
+
+    @property
+    def rejected(self) -> str:
+        """Why the newest version of the inventory file was rejected ("" when it was not)."""
         ...
 
 
@@ -155,6 +161,14 @@ def leader_candidate(
     )
     warm_listener = warm(elector) if warm is not None else None
 
+    def paused() -> Pause | None:
+        # Read with every Lease renewal (agent.pause): no request of its own.
+        return Pause.parse(elector.observed_paused)
+
+    def pause_said() -> str | None:
+        pause = paused()
+        return None if pause is None else pause.describe()
+
     def name_standbys(healthy: list[str]) -> None:
         elector.standbys = choose_standbys(elector.standbys, healthy, node, k.standbys)
 
@@ -198,6 +212,7 @@ def leader_candidate(
             decision_facts=leader.decision_evidence,
             lease_generation=elector.lease_generation,
             virt=virt,
+            paused=pause_said,
         )
 
     def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:
@@ -232,6 +247,8 @@ def leader_candidate(
             listener=warm_listener.take() if warm_listener is not None else None,
             name_standbys=name_standbys if k.standbys and warm_listener is not None else None,
             virt=virt,
+            paused=paused,
+            inventory_problem=(lambda: inventory.rejected) if inventory is not None else None,
         )
         if tick is not None:
             leader.tick = tick

@@ -29,6 +29,14 @@ def vm_key(virt: Virt | str, namespace: str, name: str) -> str:
     return KUBEVIRT_PREFIX + key if virt == Virt.KUBEVIRT else key
 
 
+def virt_of_record(value: object) -> Virt:
+    """The `virtualization` of a record's VM (absent, in records older than it: Deckhouse)."""
+    try:
+        return Virt(str(value)) if value else Virt.DECKHOUSE
+    except ValueError:
+        return Virt.DECKHOUSE
+
+
 def split_key(key: str) -> tuple[Virt, str, str]:
     """(virtualization, namespace, name) of a `vm_key`."""
     virt = Virt.DECKHOUSE

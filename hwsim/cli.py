@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from hwsim.scenarios import SCENARIOS
 
@@ -143,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="with --replay: print the event log"
     )
 
-    fault = sub.add_parser("fault", help="inject faults into a running `bmcs` fleet")
-    fault.add_argument("--control", required=True, help="control URL printed by `bmcs`")
+    fault = sub.add_parser("fault", help="inject faults into a running `bmcs` fleet or `cluster`")
+    fault.add_argument(
+        "--control", required=True, help="control URL printed by `bmcs` or `cluster`"
+    )
     fault.add_argument("machine")
     fault.add_argument(
         "settings",
@@ -255,6 +257,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
         return 2
+    from hwsim.control import ControlServer
+
     workdir = Path(args.workdir).resolve()
     settings = ClusterSettings(nodes=args.nodes, vms=args.vms, bmcs=True, virt=args.virt)
     cluster = SimCluster(workdir, settings)
@@ -262,19 +266,50 @@ def _run_cluster(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cluster.start()
+    control = ControlServer(cluster.fleet)
+    control.start()
     try:
         print(f"simulated cluster of {args.nodes} nodes and {args.vms} VMs on 127.0.0.1")
-        what = {"deckhouse": "nodes,vm", "kubevirt": "nodes,vm,vmi", "both": "nodes,vm,vmi"}
-        print(f"  kubectl --kubeconfig {cluster.kubeconfig} get {what[args.virt]}")
-        print(f"  nodefence status -c {cluster.agent_config('node-1')}")
-        print(f"  nodefence fence node-3 -i {cluster.settings.inventory} -a status")
-        print(f"  agent logs: {workdir / 'logs'}")
+        for line in cluster_commands(cluster, control.url, workdir, virt=args.virt):
+            print(f"  {line}")
         print("running; Ctrl-C stops every process it started", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
+        control.stop()
         cluster.stop()
     return 0
+
+
+def program(name: str) -> str:
+    """How to run one of our commands from any shell: its bare name when it is on PATH, else
+    the full path beside this interpreter (README's `.venv/bin/` install, not activated)."""
+    import shutil
+
+    if shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def cluster_commands(
+    cluster: Any, control_url: str, workdir: Path, virt: str = "deckhouse"
+) -> list[str]:
+    """What `nodefence-hwsim cluster` prints: commands that work when pasted."""
+    nodefence, hwsim = program("nodefence"), program("nodefence-hwsim")
+    kube = f"--kubeconfig {cluster.kubeconfig}"
+    kinds = "nodes,vm" if virt == "deckhouse" else "nodes,vm,vmi"
+    return [
+        f"export KUBECONFIG={cluster.kubeconfig}   # then kubectl and nodefence find it",
+        f"kubectl {kube} get {kinds}",
+        f"{nodefence} status -c {cluster.agent_config('node-1')}",
+        f"{nodefence} history {kube}",
+        f"{nodefence} fence node-3 -i {cluster.settings.inventory} -a status",
+        f"{nodefence} pause --reason 'trying it out' {kube}   # and: {nodefence} resume",
+        f"{hwsim} fault --control {control_url} node-3 power=cut   # a power loss",
+        f"fault control: {control_url}  (GET /machines)",
+        f"agent logs: {workdir / 'logs'}",
+    ]
 
 
 def _run_chaos(args: argparse.Namespace) -> int:

@@ -234,6 +234,15 @@ class ColdStandbyController:
             self._reap((namespace, name))
             return set(self.actual.get((namespace, name), ()))
 
+    def power_lost(self, node: str) -> None:
+        """`node`'s machine lost power just now: every VM process there died, even if the
+        power is back before the next look (a power cycle)."""
+        with self._lock:
+            for key, places in self.actual.items():
+                if node in places:
+                    places.discard(node)
+                    log.info("vm %s/%s: its processes on %s died with the power", *key, node)
+
     def violations(self) -> list[str]:
         """Every double run ever seen (also ones over by now), oldest first."""
         with self._lock:

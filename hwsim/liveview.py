@@ -19,14 +19,16 @@ class LeaderViewFeed:
     """Follows the leader's retained view topic on every broker over MQTT (paho, in its own
     threads): the newest view wins, so a broker that died with its machine hides nothing."""
 
-    def __init__(self, cluster: SimCluster) -> None:
+    def __init__(self, cluster: SimCluster, name: str = "liveview") -> None:
         self.view: dict[str, Any] = {}
         self._topic = f"nodefence/v1/{cluster.settings.cluster}/leader/view"
         self._ports = [b.port for b in cluster.brokers]
         login = cluster.observer_login()
         self._clients = []
         for i, _ in enumerate(self._ports):
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"nodefence-liveview-{i}")
+            # One id per follower: a second client with the same id would push the first off.
+            client_id = f"nodefence-{name}-{i}"
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
             client.on_connect = lambda c, *_: c.subscribe(self._topic)
             client.on_message = self._on_message
             if login is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.profiles import profile_from_mapping
-from hwsim import scenario_busy
-from hwsim.chart import Samples, write_svg
+from hwsim import scenario_busy, scenario_pause
+from hwsim.chart import write_svg
+from hwsim.scenario_story import VmSeen, summary
+from hwsim.scenario_watch import Timeline, Watcher
 from hwsim.scenarios_release import (
     NO_RELEASE_TIMERS,
     down_while_cordoned_said,
@@ -31,163 +32,6 @@ from hwsim.scenarios_release import (
 )
 from hwsim.simcluster import ClusterSettings, SimCluster
 from hwsim.vm_views import vm_views
-
-
-@dataclass
-class Timeline:
-    """What the watcher saw, stamped relative to the scenario's start."""
-
-    start: float = field(default_factory=time.monotonic)
-    lines: list[tuple[float, str, str]] = field(default_factory=list)
-    echo: bool = True
-    sink: list[str] | None = None  # lines for a live screen, instead of printing
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, node: str, what: str) -> None:
-        """Record (and print) one line."""
-        t = time.monotonic() - self.start
-        with self._lock:
-            self.lines.append((t, node, what))
-        line = f"{t:7.2f}s  {node:<8} {what}"
-        if self.sink is not None:
-            self.sink.append(line)
-        elif self.echo:
-            print(line, flush=True)
-
-
-class Watcher:
-    """Polls the cluster's API objects and turns every change into a timeline line."""
-
-    def __init__(self, cluster: SimCluster, timeline: Timeline, period: float = 0.05) -> None:
-        self.cluster = cluster
-        self.timeline = timeline
-        self.period = period
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._seen_events: set[str] = set()
-        self._nodes: set[str] = set()
-        self._vms: dict[str, tuple[str, str]] = {}
-        self._leader: str | None = None
-        self.samples = Samples()
-        self._flag: dict[str, str] = {}
-        self._resets: dict[str, int] = {}
-        self._pods: dict[str, tuple[str, str, bool]] = {}  # uid -> (ns/name, node, terminating)
-        self._attached: dict[str, tuple[str, str, bool, bool]] = {}  # VA -> (pv, node, ...)
-
-    def start(self) -> None:
-        """Begin watching (the first look is the baseline, not reported)."""
-        self._look(report=False)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching (also when it never started: the cluster must still be stopped)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self._look(report=True)
-            except Exception as err:  # the watcher must never end a scenario early
-                self.timeline.add("-", f"(watcher: {type(err).__name__}: {err})")
-
-    def _look(self, report: bool) -> None:
-        store, tl = self.cluster.kube.store, self.timeline
-        leader = self.cluster.leader()
-        if report and leader != self._leader:
-            tl.add(leader or "-", "holds the leader Lease" if leader else "no leader")
-        self._leader = leader
-        for ev in self.cluster.events():
-            uid = ev["metadata"]["uid"]
-            if uid in self._seen_events:
-                continue
-            self._seen_events.add(uid)
-            obj = ev["involvedObject"]["name"]
-            if report:
-                tl.add(obj, f"{ev['reason']}: {ev.get('message', '')}")
-                self.samples.marks.append((time.monotonic() - tl.start, obj, ev["reason"]))
-            flag = {
-                "NodeDeclaredDead": "dead",
-                "AgentLostNodeAlive": "agent-lost",
-                "NodeHeartbeatsBack": "healthy",
-            }.get(ev["reason"])
-            if flag:
-                self._flag[obj] = flag
-        nodes = {n["metadata"]["name"] for n in store.list("nodes")["items"]}
-        if report:
-            for gone in sorted(self._nodes - nodes):
-                tl.add(gone, "Node deleted from the cluster")
-        self._nodes = nodes
-        self._look_at_pods_and_volumes(report)
-        for sim in self.cluster.nodes.values():
-            resets = len(sim.watchdog_resets)
-            if report and resets > self._resets.get(sim.name, 0):
-                tl.add(sim.name, "WATCHDOG RESET: its agent stopped feeding the watchdog")
-            self._resets[sim.name] = resets
-        t = time.monotonic() - tl.start
-        phases = {}
-        for rec in store.list("fenceoperations", "nodefence")["items"]:
-            phases[rec["spec"]["nodeName"]] = (rec.get("status") or {}).get("phase", "")
-        for machine in self.cluster.fleet:
-            name = machine.name
-            power = machine.power_state()
-            if name not in nodes:
-                state = "deleted"
-            elif phases.get(name) in ("Pending", "Fencing", "FenceFailed"):
-                state = "fencing"
-            elif self._flag.get(name, "healthy") != "healthy":
-                state = self._flag[name]
-            elif self.cluster.nodes[name].partitioned:
-                state = "cut off"
-            else:
-                state = "healthy" if power == "on" else "powered off"
-            self.samples.node(t, name, state, "power off" if power == "off" else "")
-        for vm in vm_views(store):
-            self.samples.vm(t, vm.name, vm.phase, vm.node or "")
-            now = (vm.phase, vm.node or "")
-            if report and self._vms.get(vm.key) != now:
-                where = f" on {now[1]}" if now[1] else ""
-                tl.add(now[1] or "-", f"VM {vm.name} ({vm.policy}) {now[0]}{where}")
-            self._vms[vm.key] = now
-
-    def _look_at_pods_and_volumes(self, report: bool) -> None:
-        """Pods going Terminating or away, volumes attached, detached (the release)."""
-        store, tl = self.cluster.kube.store, self.timeline
-        pods = {
-            p["metadata"]["uid"]: (
-                f"{p['metadata']['namespace']}/{p['metadata']['name']}",
-                str((p.get("spec") or {}).get("nodeName") or "-"),
-                bool(p["metadata"].get("deletionTimestamp")),
-            )
-            for p in store.list("pods")["items"]
-        }
-        if report:
-            for uid, (name, node, terminating) in pods.items():
-                if terminating and not self._pods.get(uid, ("", "", False))[2]:
-                    tl.add(node, f"pod {name} Terminating (graceful delete)")
-            for uid in self._pods.keys() - pods.keys():
-                name, node, _ = self._pods[uid]
-                tl.add(node, f"pod {name} deleted")
-        self._pods = pods
-        attached = {
-            va["metadata"]["name"]: (
-                str(((va.get("spec") or {}).get("source") or {}).get("persistentVolumeName")),
-                str((va.get("spec") or {}).get("nodeName")),
-                bool((va.get("status") or {}).get("attached")),
-                bool(va["metadata"].get("deletionTimestamp")),
-            )
-            for va in store.list("volumeattachments")["items"]
-        }
-        if report:
-            for name, (pv, node, ok, deleting) in attached.items():
-                was = self._attached.get(name)
-                if ok and not deleting and (was is None or not was[2]):
-                    tl.add(node, f"volume {pv} attached to {node}")
-            for name in self._attached.keys() - attached.keys():
-                pv, node, _, _ = self._attached[name]
-                tl.add(node, f"volume {pv} detached from {node} (VolumeAttachment gone)")
-        self._attached = attached
 
 
 @dataclass
@@ -210,6 +54,10 @@ class Scenario:
     epilogue: Callable[[SimCluster, Timeline, list[str]], None] | None = None
     # the VM APIs it runs with (`--virt`)
     virts: tuple[str, ...] = ("deckhouse", "kubevirt", "both")
+    # What the verdict checked, for the end of the story.
+    checks: tuple[str, ...] = ()
+    # What nodefence leaves down on purpose here (said as expected, not as a failure).
+    expect_down: str = ""
 
 
 def _victims(cluster: SimCluster, count: int) -> list[str]:
@@ -451,8 +299,8 @@ def _judge_maintenance(cluster: SimCluster, victims: list[str]) -> list[str]:
     return problems
 
 
-def _bmc_status(cluster: SimCluster, node: str) -> str:
-    """`nodefence status` as an operator runs it (with `node`'s agent config)."""
+def _bmc_status(cluster: SimCluster, node: str) -> tuple[int, str]:
+    """`nodefence status` as an operator runs it (with `node`'s agent config): exit code, text."""
     import os
     import subprocess
 
@@ -467,22 +315,28 @@ def _bmc_status(cluster: SimCluster, node: str) -> str:
         timeout=30,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    return done.stdout + done.stderr
+    return done.returncode, done.stdout + done.stderr
 
 
 def _status_row(cluster: SimCluster, asking: str, node: str) -> str:
-    lines = _bmc_status(cluster, asking).splitlines()
+    lines = _bmc_status(cluster, asking)[1].splitlines()
     return next((line for line in lines if line.split(" ", 1)[0] == node), "")
 
 
+def _vms_on(cluster: SimCluster, node: str) -> list[str]:
+    return sorted(vm.name for vm in vm_views(cluster.kube.store) if vm.node == node and vm.restarts)
+
+
 def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
-    """A worker's BMC password is changed on the BMC; later the operator puts the new one in
-    the node's password file (a rotated Secret). Nothing may be fenced meanwhile."""
+    """A worker's BMC password is changed on the BMC: alert, "cannot be fenced". Then the
+    worker loses power: its fence fails (the BMC refuses the credentials) and `nodefence
+    status` must say so, with the VMs down, and exit 1. The operator puts the new password in
+    the node's password file (a rotated Secret): the next attempt fences it, status is clear."""
     import secrets
 
     import yaml
 
-    victim = _victims(cluster, 1)[0]
+    victim = next(n for n in _victims(cluster, 4) if _vms_on(cluster, n))
     asking = str(cluster.leader())
     assert cluster.bmcs is not None and cluster.settings.inventory is not None
     inventory = Path(cluster.settings.inventory)
@@ -493,12 +347,13 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
     for level in doc["nodes"][victim]["levels"]:
         for dev in level["devices"]:
             dev["password_file"] = own.name
-    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    staged = inventory.with_name(inventory.name + ".new")  # whole, as a Secret update lands
+    staged.write_text(yaml.safe_dump(doc, sort_keys=False))
+    staged.replace(inventory)
     new = secrets.token_urlsafe(12)
     tl.add(victim, "BMC PASSWORD CHANGED on the BMC (the inventory still has the old one)")
     changed = time.monotonic()
     cluster.bmcs.set_password(victim, new)
-    report = cluster.workdir / "bmc-password.txt"
     found = []
 
     def alerted() -> bool:
@@ -513,18 +368,57 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
         row = _status_row(cluster, asking, victim)
         tl.add(victim, f"nodefence status: {row}")
         found.append(f"status while broken: {row}")
+    down = _vms_on(cluster, victim)
+    tl.add(victim, "POWER LOSS (machine off; BMC on standby power, wrong password)")
+    tl.failure()
+    cluster.fleet[victim].cut_power()
+    from hwsim.liveview import LeaderViewFeed
+
+    feed = LeaderViewFeed(cluster, "bmc-password")
+    feed.start()
+
+    def failing_in_the_view() -> bool:  # what `status` prints: the leader's view, not the record
+        ops = feed.view.get("operations") or []
+        return any(o.get("node") == victim and o.get("phase") == "FenceFailed" for o in ops)
+
+    try:
+        cluster.wait_for("the failing fence in the leader's view", failing_in_the_view, 30)
+    except TimeoutError:
+        found.append(f"no FenceFailed for {victim} (phase {_phase(cluster, victim)!r})")
+    else:
+        code, said, missing = _status_failing(cluster, asking, victim, down)
+        tl.add(victim, f"nodefence status exit {code} while the fence fails:")
+        for line in said:
+            tl.add(victim, f"  {line.strip()}")
+        found.append(f"failing status exit {code}")
+        found += [f"no {what} in status while the fence fails" for what in missing]
+    finally:
+        feed.stop()
     tl.add(victim, "PASSWORD FIXED: the new one written to the node's password file")
     own.write_text(new + "\n")
-    report.write_text("\n".join(found) + "\n")
+    (cluster.workdir / "bmc-password.txt").write_text("\n".join(found) + "\n")
     return [victim]
+
+
+def _status_failing(
+    cluster: SimCluster, asking: str, node: str, down: list[str]
+) -> tuple[int, list[str], list[str]]:
+    """`nodefence status` while `node`'s fence fails: its exit code, its NEEDS ATTENTION
+    lines, and what it failed to say (the failing operation, its error, each VM down)."""
+    code, text = _bmc_status(cluster, asking)
+    lines = text.splitlines()
+    said = lines[next((i for i, x in enumerate(lines) if x.startswith("NEEDS")), len(lines)) :]
+    missing = []
+    if f"{node}: fencing failed" not in text:
+        missing.append(f"'{node}: fencing failed'")
+    if "credentials" not in text and "auth" not in text:
+        missing.append("BMC error")
+    missing += [vm for vm in down if vm not in text]
+    return code, said, missing
 
 
 _UNFENCEABLE = "NodeCannotBeFenced"
 _CHECK_INTERVAL = 2.0
-
-
-def _fenceable_again(cluster: SimCluster, node: str) -> bool:
-    return any(e["involvedObject"]["name"] == node for e in cluster.events("NodeFenceableAgain"))
 
 
 def _judge_bmc_password(cluster: SimCluster, victims: list[str]) -> list[str]:
@@ -537,20 +431,35 @@ def _judge_bmc_password(cluster: SimCluster, victims: list[str]) -> list[str]:
     broken = [line for line in lines if line.startswith("status while broken")]
     if broken and "CANNOT BE FENCED" not in broken[0]:
         problems.append(f"nodefence status did not say {v} cannot be fenced: {broken[0]}")
+    if "failing status exit 1" not in lines:
+        problems.append(f"nodefence status did not exit 1 while the fence failed: {lines}")
     if not any(e["involvedObject"]["name"] == v for e in cluster.events("BmcCheckFailed")):
         problems.append(f"no BmcCheckFailed Event about {v}")
-    if not _fenceable_again(cluster, v):
-        problems.append(f"fixing the password did not clear the alert on {v}")
+    if _phase(cluster, v) not in ("Recovered", "RecoveryIncomplete"):
+        problems.append(f"fixing the password did not fence {v}: {_phase(cluster, v)}")
     else:
-        row = _status_row(cluster, str(cluster.leader()), v)
-        if "CANNOT BE FENCED" in row or " ok " not in f" {row} ":
-            problems.append(f"nodefence status after the fix: {row}")
-    problems += [f"{n} was fenced" for n in cluster.nodes if _records(cluster, n)]
+        code, text = _bmc_status(cluster, str(cluster.leader()))
+        if "fencing failed" in text or "CANNOT BE FENCED" in text:
+            problems.append(f"nodefence status after the fix still says it: {text}")
+        needs = [line for line in text.splitlines() if line.startswith("  - ")]
+        if code != 0 and not all("left stopped" in line for line in needs):
+            problems.append(f"nodefence status after the fix exits {code}: {text}")
+    problems += [f"{n} was fenced" for n in cluster.nodes if n != v and _records(cluster, n)]
     return problems
 
 
 def _drain(cluster: SimCluster, tl: Timeline) -> list[str]:
     return drain_then_cut(cluster, tl, _victims(cluster, 1)[0])
+
+
+_RECOVERED_CHECKS = (
+    "fencing ended Recovered",
+    "the victim is off (or, after_proof reboot, on again)",
+    "its pods and VolumeAttachments released",
+    "every AlwaysOn VM Running, none on the victim",
+    "no VM ran twice",
+)
+_HELD_CHECKS = ("the Node never deleted", "no VM started elsewhere while it may still run")
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -564,6 +473,7 @@ SCENARIOS: dict[str, Scenario] = {
             _judge_recovered,
             lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
             epilogue=settle_after_the_fence,
+            checks=_RECOVERED_CHECKS,
         ),
         Scenario(
             "no-release",
@@ -598,6 +508,7 @@ SCENARIOS: dict[str, Scenario] = {
             _partition,
             _judge_recovered,
             lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            checks=_RECOVERED_CHECKS,
         ),
         Scenario(
             "bmc-unreachable",
@@ -605,6 +516,9 @@ SCENARIOS: dict[str, Scenario] = {
             _bmc_unreachable,
             _judge_fence_failed,
             lambda c, v: _phase(c, v[0]) == "FenceFailed",
+            checks=("fencing ended FenceFailed", *_HELD_CHECKS),
+            expect_down="its VMs stay down: its Off cannot be proven (BMC dead, no watchdog);"
+            " a person must act",
         ),
         Scenario(
             "self-fence",
@@ -661,6 +575,9 @@ SCENARIOS: dict[str, Scenario] = {
             _judge_rack_loss,
             lambda c, v: bool(c.events("AlertStorm")),
             timeout=40,
+            checks=("a storm alert", "nobody fenced during the storm"),
+            expect_down="the VMs of the 3 nodes stay down: the storm guard fences nobody;"
+            " a person must act",
         ),
         Scenario(
             "maintenance",
@@ -673,18 +590,43 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "bmc-password",
-            "a worker's BMC password is changed: alert, 'cannot be fenced'; fixing it clears it",
+            "a worker's BMC password is changed: alert, 'cannot be fenced'; it loses power: the"
+            " fence fails, status says so (exit 1, the VMs down); fixing the password: fenced",
             _bmc_password,
             _judge_bmc_password,
-            lambda c, v: _fenceable_again(c, v[0]),
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
             settings={
                 "fencing": {
                     "recovery_timeout": 60,
                     "bmc_check_interval": _CHECK_INTERVAL,
                     "bmc_check_parallel": 4,
+                    # the next attempt after status had time to run (a busy machine: seconds)
+                    "retry_base": 8,
+                    "retry_max": 8,
                 }
             },
-            timeout=3 * _CHECK_INTERVAL + 10,
+            timeout=30,
+            checks=(
+                "NodeCannotBeFenced within a check interval",
+                "status exit 1 with the failing operation, its error, the VMs down",
+                "fenced once the password is fixed",
+                "status clear after",
+            ),
+        ),
+        Scenario(
+            "pause",
+            "fencing is paused (`nodefence pause`), a worker loses power: judged dead, not"
+            " fenced, status says PAUSED; `nodefence resume`: fenced at once, VMs restarted",
+            scenario_pause.inject,
+            lambda c, v: scenario_pause.judge(c, v) + _judge_recovered(c, v),
+            lambda c, v: _phase(c, v[0]) in ("Recovered", "RecoveryIncomplete"),
+            timeout=30,
+            checks=(
+                "no power-off while paused",
+                "status PAUSED, exit 1",
+                "fenced within 5 s of resume",
+                *_RECOVERED_CHECKS,
+            ),
         ),
         Scenario(
             "maintenance-busy",
@@ -797,7 +739,7 @@ def run_scenario(
         tl.sink = []
         screen = LiveScreen(cluster, tl.sink)
     try:
-        cluster.wait_for("a leader", cluster.leader, 30)
+        cluster.wait_for("a leader", cluster.leader, 60)  # 5 agents starting on a busy machine
         tl.start = time.monotonic()  # the timeline starts with a running cluster
         watcher.start()
         if screen is not None:
@@ -815,6 +757,7 @@ def run_scenario(
         if sc.warm_standbys:
             tl.add("-", f"warm standbys: {', '.join(cluster.standbys())}")
         injected = time.monotonic() - tl.start
+        hosted = _hosted(cluster)
         victims = sc.inject(cluster, tl)
         deadline = time.monotonic() + sc.timeout
         while time.monotonic() < deadline and not sc.wait(cluster, victims):
@@ -835,15 +778,44 @@ def run_scenario(
             screen.stop()
         cluster.stop()
     end = time.monotonic() - tl.start
+    failed_at = tl.failed_at if tl.failed_at is not None else injected
+    watcher.samples.milestone(failed_at, "-", victims_said(victims))
     chart = write_svg(watcher.samples, end, f"nodefence scenario {name}", workdir / "timeline.svg")
-    (workdir / "timeline.txt").write_text(
-        "".join(f"{t:7.2f}s  {node:<8} {what}\n" for t, node, what in tl.lines)
-    )
+    timeline = [f"{t:7.2f}s  {node:<8} {what}" for t, node, what in tl.lines]
+    (workdir / "timeline.txt").write_text("".join(f"{line}\n" for line in timeline))
+    story = summary(tl.lines, failed_at, victims, hosted, sc.expect_down)
+    (workdir / "summary.txt").write_text("".join(f"{line}\n" for line in story))
     if echo:
+        if screen is not None:  # the live screen showed only the last lines: the whole story
+            print(f"== timeline ({len(timeline)} lines)")
+            print("\n".join(timeline))
+        print("== summary")
+        print("\n".join(f"   {line}" for line in story))
         print(f"== timeline chart: {chart}")
         for path in explained:
             print(f"== nodefence explain: {path}")
-        print("== verdict: " + ("PASS, as nodefence promises" if not problems else "FAIL"))
+        if sc.checks:
+            print("== checked: " + "; ".join(sc.checks))
+        verdict = "PASS, as nodefence promises" if not problems else "FAIL"
+        if not problems and sc.expect_down:
+            verdict += " (and as expected, the VMs above stay down: someone must act)"
+        print(f"== verdict: {verdict}")
         for p in problems:
             print(f"   - {p}")
     return not problems, tl
+
+
+def victims_said(victims: list[str]) -> str:
+    """The failure's label on the chart."""
+    return f"failure: {', '.join(victims)}"
+
+
+def _hosted(cluster: SimCluster) -> dict[str, VmSeen]:
+    """Every VM's state now, as the timeline's VM lines say it."""
+    found = {}
+    for vm in cluster.kube.store.list("virtualmachines")["items"]:
+        st = vm.get("status") or {}
+        name = vm["metadata"]["name"]
+        policy = str(vm["spec"].get("runPolicy"))
+        found[name] = VmSeen(name, policy, str(st.get("phase", "")), str(st.get("nodeName") or ""))
+    return found

@@ -35,6 +35,9 @@ class Says(Protocol):
     def add(self, node: str, what: str) -> None:
         """Record one line."""
 
+    def failure(self) -> None:
+        """Now is the failure: outages count from here."""
+
 
 def records(cluster: SimCluster, node: str) -> list[dict[str, Any]]:
     """The node's FenceOperation records, oldest first."""
@@ -170,6 +173,7 @@ def drain_then_cut(cluster: SimCluster, tl: Says, victim: str) -> list[str]:
 
     cluster.wait_for(f"{victim}'s volumes detached", nothing_attached, 30)
     tl.add(victim, "POWER CUT for the planned work (cordoned, drained; no nodefence command)")
+    tl.failure()
     cluster.fleet[victim].cut_power()
     return [victim]
 
@@ -189,7 +193,7 @@ def power_on_and_uncordon(cluster: SimCluster, tl: Says, victims: list[str]) -> 
     v = victims[0]
     tl.add(v, "POWER ON after the work")
     cluster.fleet[v].request_on()
-    feed = LeaderViewFeed(cluster)
+    feed = LeaderViewFeed(cluster, "drain")
     feed.start()
     try:
 

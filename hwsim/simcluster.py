@@ -305,6 +305,12 @@ class SimCluster:
                 migration_delay=s.migration_delay,
             )
             place_vms(self.kube.store, self.vm_controller, s.vms, list(self.nodes))
+            controller = self.vm_controller
+            for machine in self.fleet:
+                # A power cycle can be over before the controller's next look: told at once.
+                machine.on_power_change(
+                    lambda m, state: controller.power_lost(m.name) if state == "off" else None
+                )
             self.vm_controller.start_in_thread()
         if s.virt != "deckhouse":
             self._start_kubevirt()

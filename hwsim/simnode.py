@@ -223,6 +223,7 @@ class SimNode:
 
     def _power_changed(self, machine: SimMachine, state: PowerLiteral) -> None:
         if state == "off":
+            self.kubelet.power_lost()
             self.kubelet_port.close()
             self.kill_agent()
             if self.watchdog is not None and self.watchdog.running:

@@ -51,9 +51,12 @@ class Result:
     err: str
 
 
-async def run_cli(*args: str, module: str = "agent.cli", timeout: float = 60) -> Result:
+async def run_cli(
+    *args: str, module: str = "agent.cli", timeout: float = 60, env: dict[str, str] | None = None
+) -> Result:
     """Run `python -m MODULE ARGS` as a real process without blocking the event loop."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # No kubeconfig unless a test gives one: a manual fence never reaches a developer's cluster.
+    env = {"KUBECONFIG": os.devnull, **os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -74,10 +77,10 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., SimCluster]]:
     """Build and start a simulated cluster with the given settings; stopped after the test."""
     started: list[SimCluster] = []
 
-    def make(**settings: Any) -> SimCluster:
+    def make(agents: bool = True, **settings: Any) -> SimCluster:
         cluster = SimCluster(tmp_path / f"cluster{len(started)}", ClusterSettings(**settings))
         started.append(cluster)
-        cluster.start()
+        cluster.start(agents=agents)
         return cluster
 
     yield make

@@ -1174,3 +1174,12 @@ def test_every_grafana_dashboard_query_names_only_metrics_the_agent_exports() ->
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids))
     assert [v["name"] for v in doc["templating"]["list"]] == ["datasource"]
+
+
+def test_a_pause_alerts_and_a_planned_power_off_in_maintenance_is_not_unfenceable() -> None:
+    doc = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-rules.yaml").read_text())
+    rules = {r["alert"]: r for group in doc["groups"] for r in group["rules"]}
+    assert "nodefence_fencing_paused" in rules["NodefenceFencingPaused"]["expr"]
+    assert "maintenance" not in rules["NodefenceNodeNotFenceable"]["expr"]
+    down = rules["NodefenceNodeDownInMaintenance"]
+    assert 'kind="maintenance"' in down["expr"] and down["labels"]["severity"] == "info"

@@ -75,6 +75,8 @@ def test_no_log_line_cli_output_or_stored_object_contains_a_secret(make_cluster:
         ("maintenance", "list", "--kubeconfig", str(cluster.kubeconfig)),
         ("explain", victim, "--kubeconfig", str(cluster.kubeconfig)),
         ("explain", victim, "-o", "json", "--kubeconfig", str(cluster.kubeconfig)),
+        ("history", "--kubeconfig", str(cluster.kubeconfig)),
+        ("history", victim, "-o", "json", "--kubeconfig", str(cluster.kubeconfig)),
     ]
 
     async def run_all() -> list[tuple[tuple[str, ...], str]]:

@@ -147,10 +147,20 @@ RECORD: dict[str, Any] = {
                 "namespace": "prod",
                 "name": "a",
                 "runPolicy": "AlwaysOn",
+                "expectedRestart": True,
                 "runningOn": "w2",
                 "recoveredAfterSeconds": 1.5,
-            }
+                "outageSeconds": 5.6,
+            },
+            {
+                "namespace": "prod",
+                "name": "b",
+                "runPolicy": "Manual",
+                "expectedRestart": False,
+                "runningOn": None,
+            },
         ],
+        "lastHeartbeatAt": "2026-01-01T00:00:00.000Z",
         "evidence": {
             "operation": "op1",
             "decisions": [{"at": "2026-01-01T00:00:00.000Z", "leader": "leader-a", **FACTS}],
@@ -211,7 +221,10 @@ def test_explain_tells_the_decision_every_step_and_the_vms() -> None:
         "level 2 redfish (redfish https://10.0.0.2:443): confirm-off -> auth_failed  [refused]",
         "power walk ended: Off proven by level 1 in 0.3 s",
         "Node deleted (uid u1)",
-        "VM prod/a (AlwaysOn): running on w2 after 1.5 s",
+        "VMs: 1 restarted on other nodes; 1 left stopped (prod/b, Manual: start it by hand)",
+        "VM prod/a (AlwaysOn): running on w2, down 5.6 s from the node's last heartbeat"
+        " (2026-01-01T00:00:00.000Z); 1.5 s after the Node's cleanup",
+        "VM prod/b (Manual): left stopped by its runPolicy: start it by hand",
     ):
         assert expected in text, expected
 

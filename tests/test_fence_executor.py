@@ -614,3 +614,116 @@ async def test_attachments_someone_else_is_deleting_are_waited_for_at_the_check_
     assert len(looks) == 3
     assert not [c for c in api.calls if c.startswith("delete_attachment")]  # not ours to delete
     assert all(b - a >= 0.01 for a, b in itertools.pairwise(looks))  # check_interval
+
+
+# -- fencing paused cluster-wide (nodefence pause) ------------------------------------------------
+
+
+async def test_while_fencing_is_paused_no_power_off_goes_out_and_the_resume_fences_at_once(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+    pause: list[str | None] = ["paused by alice: BMC firmware"]
+    ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await until("the record of the waiting operation", lambda: stored_phase(api) == "Pending")
+    await asyncio.sleep(0.2)  # many rounds of the executor's loop
+    assert machine.offs == 0 and "save Fencing+sent" not in api.calls
+    assert ex.busy(N) and phase_of(ex) is Phase.PENDING  # waiting, not failed, not aborted
+    pause[0] = None
+    await settle(ex)
+    assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
+
+
+async def test_a_pause_read_with_the_lease_renewal_before_the_first_request_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    # Not paused when the walk starts; the Lease renewal right before the point of no return
+    # reads the pause: nothing stored, nothing sent, the operation waits.
+    api, machine, leader = world()
+    pause: list[str | None] = [None]
+    confirm = leader.confirm
+
+    async def renew_and_read_the_pause() -> None:
+        await confirm()
+        if "save Pending" in api.calls and not paused_once:
+            paused_once.append(True)
+            pause[0] = "paused: read with the renewal"
+
+    paused_once: list[bool] = []
+
+    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await asyncio.sleep(0.2)
+    assert machine.offs == 0 and "save Fencing+sent" not in api.calls
+    assert phase_of(ex) is Phase.PENDING
+    pause[0] = None
+    await settle(ex)
+    assert machine.offs == 1
+
+
+async def test_a_walk_past_the_point_of_no_return_sends_nothing_more_once_paused(
+    tmp_path: Path,
+) -> None:
+    # Simulation seed 376: an inherited operation (PowerOffSending stored by an older term)
+    # went on; the pause, read with the Lease renewal right before its request, did not stop
+    # it, because only a first power-off looked at the pause.
+    api, machine, leader = world()
+    stored_op(api, Operation(N, "old1", phase=Phase.FENCING, power_off_sent=True, node_uid="uid-1"))
+    pause: list[str | None] = [None]
+    confirm = leader.confirm
+
+    async def renew_and_read_the_pause() -> None:
+        await confirm()
+        if not paused_once:
+            paused_once.append(True)
+            pause[0] = "paused: read with the renewal"
+
+    paused_once: list[bool] = []
+    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
+    await ex.resume()
+    ex.submit(N, decided_at=10.0, uid="uid-1")  # this leader's own verdict: dead
+    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await asyncio.sleep(0.2)
+    assert machine.offs == 0 and phase_of(ex) is Phase.FENCING
+    pause[0] = None
+    await settle(ex)
+    assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
+
+
+async def test_an_operation_proven_off_goes_on_with_its_cleanup_while_paused(
+    tmp_path: Path,
+) -> None:
+    api, machine, leader = world()
+
+    def paused_once_the_request_went_out() -> str | None:
+        return "paused: right after the power-off" if machine.offs else None
+
+    ex = make(tmp_path, api, machine, leader, paused=paused_once_the_request_went_out)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    await settle(ex)  # released, deleted, its VMs checked: the node is off, the pause holds
+    assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
+
+
+async def test_each_vm_outage_is_counted_from_the_nodes_last_heartbeat(tmp_path: Path) -> None:
+    api, machine, leader = world()
+    clock = itertools.count(100.0, 0.5)
+    ex = make(
+        tmp_path,
+        api,
+        machine,
+        leader,
+        clock=lambda: next(clock),
+        last_heartbeat=lambda node: 90.0,  # heard 10 s before the executor started
+    )
+    ex.submit(N, decided_at=99.0, uid="uid-1")
+    await settle(ex)
+    st = record(api)["status"]
+    [vm] = st["vms"]
+    assert st["lastHeartbeatAt"] is not None
+    # outage: from the last heartbeat; the time after the Node's deletion is the detail
+    assert vm["outageSeconds"] > vm["recoveredAfterSeconds"] + 10.0 - 0.01
+    assert st["reason"] == "1 restarted on other nodes"

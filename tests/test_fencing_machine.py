@@ -77,6 +77,8 @@ def fold(op: Operation, steps: Iterable[tuple[Event, float]], timing: Timing = T
 VM_A = vm("a", "AlwaysOn")
 VM_M = vm("m", "Manual")
 SNAPSHOT = (VM_A, VM_M)
+# The verdict names what was restarted and what was left stopped (someone must start it).
+ONE_RESTARTED = "1 restarted on other nodes; 1 left stopped (prod/m, Manual: start it by hand)"
 
 PENDING = Operation(NODE, "op-1")
 FENCING = replace(PENDING, phase=Phase.FENCING, power_off_sent=True)
@@ -117,13 +119,15 @@ RECOVERED = replace(
     RECOVERING,
     phase=Phase.RECOVERED,
     vms=(replace(VM_A, running_on=OTHER, recovered_after=10.0), VM_M),
-    reason="1 ColdStandby VMs running on other nodes",
+    reason=ONE_RESTARTED,
 )
 REBOOTING = replace(RECOVERING, reboot=True)  # after_proof reboot: deleted, not powered on
 INCOMPLETE = replace(
     RECOVERING, phase=Phase.RECOVERY_INCOMPLETE, reason="not running elsewhere: prod/a"
 )
 ABORTED = replace(PENDING, phase=Phase.ABORTED, reason="node came back")
+# `nodefence fence` by hand, recorded for the history: final from the start, never resumed.
+MANUAL = replace(PROVEN, phase=Phase.MANUAL, reason="proven OFF by level 1")
 # cleanup taint: the Node is kept, tainted; released, the recovery clock runs from there.
 KEPT = replace(
     RELEASED,
@@ -142,7 +146,7 @@ RETURNING = replace(
     phase=Phase.RETURNING,
     verdict=Phase.RECOVERED,
     vms=(replace(VM_A, running_on=OTHER, recovered_after=8.0), VM_M),
-    reason="1 ColdStandby VMs running on other nodes",
+    reason=ONE_RESTARTED,
 )
 RETURN_OVERDUE = replace(RETURNING, return_deadline=NOW - 1.0)
 RETURNED = replace(
@@ -172,6 +176,7 @@ STATES: dict[str, Operation] = {
     "recovered": RECOVERED,
     "incomplete": INCOMPLETE,
     "aborted": ABORTED,
+    "manual": MANUAL,
 }
 
 EVENTS: dict[str, Event] = {
@@ -290,7 +295,7 @@ def _recovered(op: Operation, phase: Phase = Phase.RECOVERED) -> dict[str, Any]:
     found = {
         "phase": phase,
         "vms": (replace(VM_A, running_on=OTHER, recovered_after=NOW - op.recovery_start), VM_M),
-        "reason": "1 ColdStandby VMs running on other nodes",
+        "reason": ONE_RESTARTED,
     }
     if phase is Phase.RETURNING:
         found["verdict"] = Phase.RECOVERED
@@ -489,6 +494,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "recovered": FINAL_ROW,
     "incomplete": FINAL_ROW,
     "aborted": FINAL_ROW,
+    "manual": FINAL_ROW,
 }
 
 
@@ -630,7 +636,9 @@ def test_happy_path_fences_cleans_and_proves_the_restartable_vms_run_elsewhere()
         1,
     )
     assert op.deleted_at == 6.0 and op.recovery_deadline == 306.0
-    assert op.reason == "2 ColdStandby VMs running on other nodes"
+    assert op.reason == (
+        "2 restarted on other nodes; 1 left stopped (prod/m, Manual: start it by hand)"
+    )
     assert op.errors == ()
 
 
@@ -819,7 +827,10 @@ def test_recovery_deadline_ends_in_recovery_incomplete_naming_the_missing_vms() 
     op = apply(op, VmsSeen({"prod/a": NODE, "prod/c": None}), 310.0, T)
 
     assert op.phase is Phase.RECOVERY_INCOMPLETE and op.final
-    assert op.reason == "not running elsewhere before the deadline: prod/a, prod/c"
+    assert op.reason == (
+        "not running elsewhere before the deadline: prod/a, prod/c;"
+        " 1 left stopped by their runPolicy"
+    )
     assert op.vms is not None
     outcomes = {v.name: (v.running_on, v.recovered_after) for v in op.vms}
     assert outcomes == {"a": (None, None), "b": ("w3", 299.9), "c": (None, None), "m": (None, None)}
@@ -834,7 +845,7 @@ def test_vms_with_manual_or_always_off_policies_are_not_waited_for() -> None:
 
     assert op.phase is Phase.RECOVERED
     assert op.vms == vms
-    assert op.reason == "0 ColdStandby VMs running on other nodes"
+    assert op.reason == ("2 left stopped (prod/m, prod/off, AlwaysOff/Manual: start them by hand)")
 
 
 def test_a_vm_running_on_the_fenced_node_itself_is_not_recovered() -> None:

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_cli
 
 
@@ -74,3 +76,32 @@ async def test_readme_demo_plays_every_step_as_promised(tmp_path: Path) -> None:
     assert r.code == 0, r.out + r.err
     assert "demo: every outcome as promised" in r.out
     assert "FAIL " not in r.out
+
+
+def test_the_cluster_prints_commands_that_work_when_pasted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's install leaves `nodefence` in .venv/bin, not on PATH: the printed commands
+    name it by its full path, and the fault-control URL is given."""
+    import shutil
+    import subprocess
+    from types import SimpleNamespace
+
+    from hwsim.cli import cluster_commands
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    fake = SimpleNamespace(
+        kubeconfig=tmp_path / "kubeconfig",
+        settings=SimpleNamespace(inventory=str(tmp_path / "inventory.yaml")),
+        agent_config=lambda node: tmp_path / f"{node}.yaml",
+    )
+    lines = cluster_commands(fake, "http://127.0.0.1:4242", tmp_path)
+    here = Path(sys.executable).parent
+    status = next(line for line in lines if " status -c " in line)
+    assert status.startswith(str(here / "nodefence") + " ")
+    assert any("fault --control http://127.0.0.1:4242 node-3 power=cut" in x for x in lines)
+    assert shutil.which("nodefence") is None  # as a pasting operator's shell has it
+    done = subprocess.run(
+        [*status.split()[:1], "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.startswith("nodefence ")

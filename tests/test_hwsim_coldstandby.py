@@ -765,3 +765,18 @@ def test_an_unknown_node_counts_as_unpowered() -> None:
     ctl = ColdStandbyController(store, {"node-1": True}.__getitem__)
     ctl.mark_running("default", "vm", "node-9")
     assert ctl.running_places("default", "vm") == set()
+
+
+def test_a_power_cycle_between_two_looks_still_kills_the_vms(rig: Rig) -> None:
+    """`fence -a reboot`: off and on again faster than any controller looks. The machine says
+    so as it happens (SimCluster wires these calls to its power listeners)."""
+    place_vms(rig.store, rig.ctl, 2, ["node-1"], policies=["AlwaysOn", "Manual"])
+    rig.run()
+    rig.ctl.power_lost("node-1")
+    rig.kubelets["node-1"].power_lost()
+    assert rig.ctl.running_places("default", "vm-1") == set()  # power is back already
+    rig.kubelets["node-1"].tick()  # the kubelet's next look: a boot
+    rig.run(BOOT + 2 * ATTACH)
+    assert rig.where("vm-1")[0] == "Running"
+    assert rig.where("vm-2") == ("Stopped", None)
+    assert [r.why for r in rig.ctl.history] == ["launcher pod Failed", "launcher pod Failed"]

@@ -97,6 +97,7 @@ def test_passwords_never_show_in_repr_of_the_loaded_inventory(tmp_path: Path) ->
         (("system_id: System.Embedded.1", "sytem_id: x"), "unknown field 'sytem_id'"),
         (("attempts: 3", "attempts: 0"), "fencing: field 'attempts'"),
         (("timeout: 3", "timeout: -1"), "defaults"),
+        (("timeout: 3", "timout: 3"), "defaults: unknown field 'timout'"),  # not device 1's
         (("name: pdu-b", "name: pdu-a"), "field 'name': 'pdu-a' used twice"),
     ],
 )
@@ -114,6 +115,14 @@ def test_a_broken_field_is_named_with_file_node_and_device(
         assert expected in message
     else:
         assert "field 'timeout'" in message
+
+
+def test_a_default_is_merged_into_the_devices_that_have_that_field(tmp_path: Path) -> None:
+    # `cipher` is an IPMI field: the Redfish device of node-1 does not get it (no error).
+    path = write(tmp_path, GOOD.replace("  timeout: 3", "  timeout: 3\n  cipher: 17", 1))
+    inventory = load_inventory(path, env={"RF_PASS": "x"})
+    pdu = inventory.nodes["node-2"].levels[0].devices[0]
+    assert isinstance(pdu, IpmiDevice) and pdu.cipher == 17
 
 
 BMC_AND_PDU = """

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.detector import NodeHealth, NodeVerdict, PeerSummary
+from agent.pause import Pause
 from agent.policy import (
     AlertKind,
     ClusterFacts,
@@ -445,3 +446,84 @@ def test_a_node_kept_out_of_service_does_not_count_towards_the_storm_guard() -> 
     assert run(verdicts, max_unhealthy="40%").frozen
     d = run(verdicts, max_unhealthy="40%", kept_out_of_service={"w0": "op-1"})
     assert not d.frozen and d.fence == ["w1", "w2"]
+
+
+# --- the cluster-wide pause (nodefence pause) -----------------------------------------------
+
+PAUSED = "paused by alice since 2026-01-02T10:00:00Z: BMC firmware"
+STORM_CASE = {"max_unhealthy": "1"}
+PAUSE_CASES = [
+    # (id, verdicts, leader, extra cluster facts, fenced, held, frozen)
+    ("one_dead", fleet(5, dead=1), FIT, {}, [], ["w0"], False),
+    ("nobody_dead", fleet(5), FIT, {}, [], [], False),
+    ("two_dead", fleet(5, dead=2), FIT, {}, [], ["w0", "w1"], False),
+    ("new_leader", fleet(5, dead=1), LeaderFacts(100, 99, 0), {}, [], ["w0"], True),
+    ("storm", fleet(5, dead=2), FIT, STORM_CASE, [], ["w0", "w1"], True),
+    (
+        "in_maintenance",
+        fleet(5, dead=1),
+        FIT,
+        {"maintenance": frozenset({"w0"})},
+        [],
+        ["w0"],
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "leader", "extra", "fenced", "held", "frozen"),
+    [c[1:] for c in PAUSE_CASES],
+    ids=[c[0] for c in PAUSE_CASES],
+)
+def test_while_paused_nobody_is_fenced_and_one_alert_says_so(
+    verdicts: list[NodeVerdict],
+    leader: LeaderFacts,
+    extra: dict[str, object],
+    fenced: list[str],
+    held: list[str],
+    frozen: bool,
+) -> None:
+    d = run(verdicts, leader, paused=PAUSED, **extra)
+    assert d.fence == fenced and sorted(d.held) == held and d.frozen is frozen
+    [pause] = [a for a in d.alerts if a.kind is AlertKind.PAUSED]
+    assert pause.node is None and "BMC firmware" in pause.message
+    assert all(w in pause.message for w in held)  # the dead nodes it holds are named
+    if not frozen:
+        assert all("paused cluster-wide" in d.held[n] for n in held)
+
+
+def test_the_other_guards_still_alert_while_paused() -> None:
+    verdicts = [v("a", NodeHealth.AGENT_LOST), *fleet(5, dead=1)]
+    d = run(verdicts, paused=PAUSED, inventory=frozenset({"a", "w1", "w2", "w3", "w4"}))
+    kinds = sorted(a.kind.value for a in d.alerts)
+    assert kinds == ["agent-lost", "no-inventory", "paused"]
+    assert "no BMC inventory" in d.held["w0"] and "paused" in d.held["w0"]
+
+
+def test_without_a_pause_nothing_changes() -> None:
+    assert run(fleet(5, dead=1), paused=None) == run(fleet(5, dead=1))
+
+
+@pytest.mark.parametrize(
+    ("annotation", "reason", "by"),
+    [
+        (
+            '{"reason": "BMC firmware", "by": "alice@ws", "since": "2026-01-02T10:00:00Z"}',
+            "BMC firmware",
+            "alice@ws",
+        ),
+        ("firmware work", "firmware work", ""),  # kubectl annotate by hand: text is the reason
+        ('{"by": "x"}', '{"by": "x"}', ""),  # JSON without a reason: the text is the reason
+        ('{"reason": ""}', "no reason given", ""),
+    ],
+)
+def test_any_pause_annotation_pauses_and_says_why(annotation: str, reason: str, by: str) -> None:
+    pause = Pause.parse(annotation)
+    assert pause is not None and (pause.reason, pause.by) == (reason, by)
+    assert Pause.parse(pause.annotation()) == pause
+
+
+@pytest.mark.parametrize("annotation", [None, "", "   "])
+def test_no_annotation_is_no_pause(annotation: str | None) -> None:
+    assert Pause.parse(annotation) is None

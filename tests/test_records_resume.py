@@ -128,3 +128,18 @@ def test_the_release_and_the_return_survive_a_round_trip_and_a_new_leader() -> N
     # the powered-on node must heartbeat after the new leader took over, within return_timeout
     assert back.powered_on_at == 1000.0 and back.return_deadline == 1000.0 + T.return_timeout
     assert next_action(back, 1000.0).value == "await-return"
+
+
+def test_a_successor_counts_the_vms_outage_from_the_same_last_heartbeat() -> None:
+    # The old leader heard the node last 12 s before it stored the record; the successor
+    # (another clock) takes over 30 s later and sees the VM run elsewhere 5 s after that.
+    body = to_record(RECOVERING, "nodefence", "leader-a", wall=WALL, heard_at=WALL - 12.0)
+    assert body["status"]["lastHeartbeatAt"] is not None
+    again = to_record(RECOVERING, "nodefence", "leader-b", body, wall=WALL + 1, heard_at=WALL)
+    assert again["status"]["lastHeartbeatAt"] == body["status"]["lastHeartbeatAt"]  # kept
+    op = resumed(from_record(body), body, now=500.0, wall_now=WALL + 30.0, timing=T)
+    assert op.last_heartbeat == 500.0 - 42.0
+    done = apply(op, VmsSeen({"prod/a": "w2"}), 505.0, T)
+    [vm] = done.vms or ()
+    assert vm.outage == 47.0 and vm.recovered_after is not None and vm.recovered_after < 47.0
+    assert from_record(to_record(done, "nodefence", "leader-b", body)).vms == done.vms

@@ -103,9 +103,15 @@ async def test_scenario_command_prints_a_timeline_and_verdict(tmp_path: Path) ->
     assert r.out.index("FencePoweredOff") < r.out.index("virt-launcher-kv-")
     assert "VMRecoveredAfterFence" in r.out
     assert "verdict: PASS" in r.out
+    # Not a terminal: every timeline line, then a summary with the outage from the power loss.
+    for line in (tmp_path / "s" / "timeline.txt").read_text().splitlines():
+        assert line in r.out, line
+    summary = r.out.split("== summary", 1)[1]
+    assert "failure at " in summary and "declared dead +" in summary
+    assert "(measured from the failure)" in summary and ": down " in summary
 
 
 def test_a_watcher_that_never_started_stops_quietly_so_the_cluster_is_stopped() -> None:
-    from hwsim.scenarios import Timeline, Watcher
+    from hwsim.scenario_watch import Timeline, Watcher
 
     Watcher(cast(SimCluster, object()), Timeline(echo=False)).stop()  # no leader: never started

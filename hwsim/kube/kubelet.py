@@ -85,6 +85,11 @@ class SimKubelet:
         self._before_boot: set[str] = set()  # uids of pods bound here when it (re)booted
         self.finalized = 0  # Terminating pods this kubelet deleted
 
+    def power_lost(self) -> None:
+        """The machine lost power just now: the next powered look is a boot, even if the power
+        is back before it (a power cycle between two ticks)."""
+        self.booted = False
+
     def tick(self) -> None:
         """One kubelet iteration: nothing when unpowered; else register (after boot) and renew."""
         self.ticks += 1

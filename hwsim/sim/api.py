@@ -264,6 +264,7 @@ class SimClusterApi(ClusterApi):
         transitions: int,
         resource_version: str | None,
         standbys: tuple[str, ...] = (),
+        paused: str = "",
     ) -> LeaseInfo:
         """See `ClusterApi.write_lease`."""
         proc = self._proc()
@@ -280,6 +281,7 @@ class SimClusterApi(ClusterApi):
                 transitions,
                 resource_version,
                 standbys,
+                paused,
             ),
             True,
         )

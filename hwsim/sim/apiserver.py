@@ -68,6 +68,7 @@ class LeaseObject:
     transitions: int = 0
     renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
     standbys: tuple[str, ...] = ()  # the leader's named warm standbys (an annotation)
+    paused: str = ""  # the pause annotation (agent.pause)
     _info: LeaseInfo | None = None
 
     def info(self) -> LeaseInfo:
@@ -85,6 +86,7 @@ class LeaseObject:
             self.transitions,
             str(self.resource_version),
             standbys=self.standbys,
+            paused=self.paused,
         )
         return self._info
 
@@ -124,6 +126,7 @@ class ApiServer:
         self.vms: dict[str, dict[str, Any]] = {}  # "namespace/name" -> body
         self.events = 0
         self.maintenance_since: dict[str, float] = {}  # node -> labelled since (virtual time)
+        self.paused_since: float | None = None  # the leader Lease carries a pause since then
         self.listener = ApiListener()
         self._uids = 0
         self._node_infos: dict[str, tuple[int, bool | None, NodeInfo]] = {}
@@ -171,6 +174,17 @@ class ApiServer:
             else:
                 self.maintenance_since.pop(name, None)
             self.trace.event("api", f"node {name} {key}={value}")
+
+    def set_paused(self, namespace: str, name: str, text: str) -> None:
+        """An operator pauses fencing (`nodefence pause`: the Lease annotation, a new rv) or,
+        with "", resumes it. `paused_since`: virtual time of the pause, None when none holds."""
+        lease = self.leases.get((namespace, name))
+        if lease is None or lease.paused == text:
+            return
+        lease.paused = text
+        lease.resource_version = self._bump()
+        self.paused_since = self.loop.time() if text else None
+        self.trace.event("api", f"fencing {'paused' if text else 'resumed'}")
 
     def node_ready(self, name: str) -> bool | None:
         """The Ready condition the node lifecycle controller would show."""
@@ -340,6 +354,7 @@ class ApiServer:
         transitions: int,
         resource_version: str | None,
         standbys: tuple[str, ...] = (),
+        paused: str = "",
     ) -> LeaseInfo:
         key = (namespace, name)
         current = self.leases.get(key)
@@ -361,6 +376,7 @@ class ApiServer:
             duration,
             transitions,
             standbys=standbys,
+            paused=paused,
         )
         self.leases[key] = lease
         if holder != before:

@@ -33,6 +33,7 @@ class StaticInventory:
     def __init__(self, inventory: Inventory) -> None:
         self.inventory = inventory
         self._nodes = frozenset(inventory.nodes)
+        self.rejected = ""  # never changes
 
     def current(self) -> Inventory | None:
         """The inventory."""

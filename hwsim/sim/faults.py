@@ -8,9 +8,12 @@ faults open at once are capped by `max_faulty`. Besides the clock-driven ones, *
 faults hit the leader at the moments that matter: right after it stores a fencing record in a
 given phase, it may be killed or paused (as `nodefence-hwsim chaos` does at each phase).
 
+An operator's pause of all fencing (`fencing-pause`, the Lease annotation `nodefence pause`
+writes) is one of the faults: no first power-off may go out once a leader has read it.
+
 `heal()` starts the quiet phase: every fault is cleared except dead machines (powered off or
-partitioned) and stuck VMs, so the liveness invariants can demand that each dead node with a
-reachable BMC is fenced and every operation ends.
+partitioned) and stuck VMs (a pause ends: `nodefence resume`), so the liveness invariants can
+demand that each dead node with a reachable BMC is fenced and every operation ends.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ KINDS: dict[str, int] = {
     "leader-pause": 6,
     "clock-step": 2,
     "vm-stuck": 3,
+    "fencing-pause": 3,
 }
 MACHINE_KINDS = frozenset(
     {"power-loss", "chassis-loss", "partition", "agent-stop", "agent-kill", "reboot", "maintenance"}
@@ -435,6 +439,24 @@ class FaultScheduler:
         m.wall_step += step
         w.trace.fault("clock-step", f"{m.name} wall clock {step:+g} s")
 
+    def _fencing_pause(self) -> None:
+        """An operator pauses fencing (`nodefence pause`) for a while, or until the quiet
+        phase (whose heal is the `resume`)."""
+        w = self.world
+        k = w.cfg.kube
+        if w.api.paused_since is not None:
+            return
+        w.api.set_paused(k.namespace, k.lease_name, '{"reason": "simulated", "by": "sim"}')
+        w.trace.fault("fencing-pause", "nodefence pause")
+        lasts = self._duration(5.0, 40.0, forever=0.2)
+        if lasts is not None:
+            self._later(lasts, self._fencing_resume)
+
+    def _fencing_resume(self) -> None:
+        w = self.world
+        w.api.set_paused(w.cfg.kube.namespace, w.cfg.kube.lease_name, "")
+        w.trace.fault("fencing-resume", "nodefence resume")
+
     def _vm_stuck(self) -> None:
         w = self.world
         keys = sorted(
@@ -494,6 +516,8 @@ class FaultScheduler:
                 w.start_candidate(cand.identity, cand.drift)
         for name in sorted(w.api.maintenance_since):
             w.api.set_label(name, MAINTENANCE_LABEL, None)
+        if w.api.paused_since is not None:
+            self._fencing_resume()
         for m in w.machines.values():
             m.wall_step = 0.0
             if not m.chassis:

@@ -13,7 +13,9 @@ Safety, checked as it happens:
   return when L took it over) to node n, and L did not declare n dead in its
   current term (`LeaderSide.stats.decisions`), or a heartbeat of n was accepted by L's ingest
   after that declaration (a heartbeat still in flight does not count), or n has carried the
-  maintenance label for more than `MAINTENANCE_GRACE` seconds.
+  maintenance label for more than `MAINTENANCE_GRACE` seconds, or fencing was paused (the
+  leader Lease's pause annotation) before L's last accepted Lease write: a write accepted
+  after the pause was set rests on a read that saw it.
 - `two-leaders`: a process sends an irreversible request (power-off, taint, Node deletion)
   while its leadership is not current: its last accepted Lease write is more than
   renew_deadline of its *running* time ago, or another process acquired the Lease after it -
@@ -195,6 +197,15 @@ class Invariants(ApiListener):
                 node,
                 f"{cand.proc.name} sent a power-off after a heartbeat of the node reached its"
                 f" ingest, later than it declared the node dead{state}",
+            )
+        paused = w.api.paused_since
+        renewed = cand.last_lease_write
+        if paused is not None and renewed is not None and paused < renewed:
+            self.violate(
+                "wrong-fence",
+                node,
+                f"{cand.proc.name} sent the first power-off of an operation while fencing was"
+                f" paused (since t={paused:.3f}; its Lease write at t={renewed:.3f} saw it)",
             )
         since = w.api.maintenance_since.get(node)
         if since is not None and since <= w.loop.time() - MAINTENANCE_GRACE:

@@ -8,7 +8,8 @@ at `quiet_bound`, where the liveness invariants are judged:
   still not fenced: no FenceOperation of it says offProven and nodeDeleted. Not
   demanded when more nodes were dead than `max_unhealthy` allows (the storm guard rightly
   holds; counted over the machines when the faults stop, or by the leader itself, whose Node
-  count shrinks as it deletes fenced Nodes) or when the node was in maintenance.
+  count shrinks as it deletes fenced Nodes) or when the node was in maintenance, nor while
+  fencing is paused (the quiet phase ends a pause; a paused cluster fences nobody by design).
 - `stuck-operation`: a FenceOperation is still unfinished `quiet_bound` seconds after the
   faults stopped (except on a *lost* machine: cut off with no BMC answering; only a watchdog
   proof can end those; and, while the storm guard rightly holds every decision, an operation
@@ -238,6 +239,8 @@ def _settled(world: World, expected: set[str], storm: bool) -> bool:
 def _judge_liveness(world: World, expected: set[str], storm: bool) -> None:
     inv = world.invariants
     bound = world.settings.quiet_bound
+    if world.api.paused_since is not None:
+        expected = set()  # paused: nobody is fenced, by design
     for node in sorted(expected):
         if not _fenced(world, node):
             inv.violate(

@@ -1,0 +1,118 @@
+"""`nodefence pause --reason ...` and `nodefence resume`: the cluster-wide pause switch.
+
+Writes (or removes) the annotation `nodefence.io/paused` on the leader Lease (`agent.pause`);
+the leader reads it at its next Lease renewal (every `kubernetes.retry_period`, 1 s). Exit
+codes: 0 done (also a resume when nothing was paused), 1 the API refused or failed, 2 bad
+input (no such Lease, an empty reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import os
+import socket
+import sys
+from typing import TextIO
+
+from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_kube import kube_api, split_lease
+from agent.cluster import ClusterApi, ClusterError
+from agent.pause import MAX_REASON, PAUSE_ANNOTATION, Pause
+
+
+def who() -> str:
+    """Who runs this command: user@host (in an agent pod: the pod's node)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = f"uid {os.getuid()}"
+    host = os.environ.get("NODE_NAME") or socket.gethostname()
+    return f"{user}@{host}"
+
+
+async def switch(
+    api: ClusterApi, namespace: str, name: str, pause: Pause | None, out: TextIO, err: TextIO
+) -> int:
+    """Write (or with None remove) the pause on the Lease and say what it means; the exit code.
+    An account that may not change the Lease (an agent pod's) is told whose to use."""
+    try:
+        return await _switch(api, namespace, name, pause, out, err)
+    except ClusterError as e:
+        if e.status != 403:
+            raise
+        print(
+            f"nodefence: your account may not change the Lease {namespace}/{name} ({e}): run"
+            " pause and resume with your own kubeconfig (--kubeconfig, $KUBECONFIG or"
+            " ~/.kube/config), not in an agent pod, whose account may only read and renew it",
+            file=err,
+        )
+        return EXIT_FAILED
+
+
+async def _switch(
+    api: ClusterApi, namespace: str, name: str, pause: Pause | None, out: TextIO, err: TextIO
+) -> int:
+    lease = await api.get_lease(namespace, name)
+    if lease is None:
+        print(
+            f"nodefence: no Lease {namespace}/{name}: is nodefence running there? (--lease"
+            " NAMESPACE/NAME: the agents' kubernetes.namespace and lease_name)",
+            file=err,
+        )
+        return EXIT_USAGE
+    before = Pause.parse(lease.paused)
+    leader = lease.holder or "no leader right now"
+    if pause is None:
+        if before is None:
+            print("fencing was not paused: nothing to resume", file=out)
+            return EXIT_OK
+        await api.annotate_lease(namespace, name, PAUSE_ANNOTATION, None)
+        print(
+            f"fencing resumed (it was {before.describe()}); the leader ({leader}) fences dead"
+            " nodes again from its next Lease renewal, within about a second",
+            file=out,
+        )
+        return EXIT_OK
+    await api.annotate_lease(namespace, name, PAUSE_ANNOTATION, pause.annotation())
+    if before is not None:
+        print(f"(it was already {before.describe()})", file=out)
+    print(
+        f"fencing {pause.describe()}\nThe leader ({leader}) reads it at its next Lease renewal"
+        " (within about a second) and keeps judging, reporting and alerting, but powers"
+        " nobody off; a fence whose Off is already proven finishes its cleanup.\n"
+        "`nodefence status` shows PAUSED; `nodefence resume` ends it.",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def run_pause(
+    args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`nodefence pause` (args.command "pause") or `nodefence resume`."""
+    lease = split_lease(str(args.lease))
+    if lease is None:
+        print(f"nodefence: --lease must be NAMESPACE/NAME, got {args.lease!r}", file=err)
+        return EXIT_USAGE
+    pause = None
+    if args.command == "pause":
+        reason = " ".join(str(args.reason).split())
+        if not reason:
+            print("nodefence: --reason must say why (it is shown to everyone)", file=err)
+            return EXIT_USAGE
+        if len(reason) > MAX_REASON:
+            print(f"nodefence: --reason is longer than {MAX_REASON} characters", file=err)
+            return EXIT_USAGE
+        since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pause = Pause(reason, who(), since)
+    api = kube_api(args.kubeconfig, err)
+    if api is None:
+        return EXIT_USAGE
+    try:
+        return asyncio.run(switch(api, lease[0], lease[1], pause, out, err))
+    except ClusterError as e:
+        print(f"nodefence: {e}", file=err)
+        return EXIT_FAILED
