@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from hwsim.vm_views import RESTARTABLE as RESTARTED  # runPolicy or runStrategy
+
 Line = tuple[float, str, str]  # (seconds since the start, node, what)
-RESTARTED = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 MILESTONES = (
     ("NodeDeclaredDead", "declared dead"),
     ("FenceStarted", "fence started"),

@@ -812,10 +812,7 @@ def victims_said(victims: list[str]) -> str:
 
 def _hosted(cluster: SimCluster) -> dict[str, VmSeen]:
     """Every VM's state now, as the timeline's VM lines say it."""
-    found = {}
-    for vm in cluster.kube.store.list("virtualmachines")["items"]:
-        st = vm.get("status") or {}
-        name = vm["metadata"]["name"]
-        policy = str(vm["spec"].get("runPolicy"))
-        found[name] = VmSeen(name, policy, str(st.get("phase", "")), str(st.get("nodeName") or ""))
-    return found
+    return {
+        vm.name: VmSeen(vm.name, vm.policy, vm.phase, vm.node or "")
+        for vm in vm_views(cluster.kube.store)  # Deckhouse and KubeVirt VMs alike
+    }
