@@ -137,7 +137,20 @@ def test_a_heartbeat_key_makes_signatures_required_by_default(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("text", "field", "problem"),
     [
-        ("auth: {mode: required}\n", "auth.heartbeat_key_file", "needs"),
+        ("auth: {mode: required}\n", "auth.mode", "needs keys"),
+        ("auth: {node_key_file: k}\n", "auth.fencer_public_keys", "go together"),
+        ("auth: {fencer_public_keys: [" + "A" * 43 + "=]}\n", "auth.node_key_file", "together"),
+        (
+            "auth: {node_key_file: k, fencer_public_keys: [abcd]}\n",
+            "auth.fencer_public_keys[0]",
+            "3 bytes",
+        ),
+        ("auth: {node_key_file: k, fencer_public_keys: x}\n", "auth.fencer_public_keys", "list"),
+        (
+            "auth: {fencer_key_file: k, fencer_also_accept_files: [1]}\n",
+            "auth.fencer_also_accept_files[0]",
+            "path",
+        ),
         ("auth: {mode: strict, heartbeat_key_env: K}\n", "auth.mode", "off, permissive"),
         ("auth: {heartbeat_key: abc}\n", "auth.heartbeat_key", "unknown field"),
         ("auth: {heartbeat_key_env: NOPE}\n", "auth.heartbeat_key_env", "not set"),
