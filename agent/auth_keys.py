@@ -32,7 +32,15 @@ def node_signer(cfg: AgentConfig, node: str) -> NodeSigner | None:
         own, made = load_or_create(Path(auth.node_key_file))
     except NodeKeyFileError as err:
         raise ConfigError(cfg.path, "auth.node_key_file", str(err)) from None
-    signer = NodeSigner(node, own, auth.fencer_public_keys)
+    try:
+        signer = NodeSigner(node, own, auth.fencer_public_keys)
+    except BadKey as err:
+        raise ConfigError(
+            cfg.path,
+            "auth.fencer_public_keys",
+            f"not a usable fencer public key ({err}): put yours there, as"
+            " deploy/tools/mqtt_credentials.py prints it",
+        ) from None
     log.info(
         "node %s: %s key, public key fingerprint %s (the fencers pin it on first sight)",
         node,

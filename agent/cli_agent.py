@@ -105,7 +105,10 @@ def run_fencer_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> in
 
     node = args.node or fencer_node()
     if not valid_name(node):
-        print(f"nodefence: give the fencer's node with --node (a DNS-1123 name), got {node!r}")
+        print(
+            f"nodefence: give the fencer's node with --node (a DNS-1123 name), got {node!r}",
+            file=err,
+        )
         return EXIT_USAGE
     if not _start_checks(cfg, err):
         return EXIT_USAGE
