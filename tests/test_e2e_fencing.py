@@ -28,7 +28,8 @@ RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 
 def start(make: Make, **overrides: Any) -> SimCluster:
     cluster = make(**{**BASE, **overrides})
-    cluster.wait_for("a leader", cluster.leader, 30)
+    # A deadline, not a wait: six processes (node agents and fencers) start on a busy machine.
+    cluster.wait_for("a leader", cluster.leader, 60)
     time.sleep(5)  # past the leader's first judging window
     return cluster
 
