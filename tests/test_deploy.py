@@ -419,6 +419,12 @@ def test_the_upgrade_overlay_is_the_example_site_plus_the_old_key_and_the_old_ac
     upgrade = yaml.safe_load(agent_config_text("overlays/upgrade"))
     assert upgrade["auth"].pop("heartbeat_key_file") == "/etc/nodefence/heartbeat/key"
     assert upgrade == example
+    # The fencers start before any old agent (a possible leader) is replaced: no roll by itself.
+    strategy = find(render("overlays/upgrade"), "DaemonSet")["spec"]["updateStrategy"]
+    assert strategy == {"type": "OnDelete"}
+    assert find(render("overlays/example"), "DaemonSet")["spec"]["updateStrategy"]["type"] == (
+        "RollingUpdate"
+    )
     shipped = find(render("overlays/example"), "ConfigMap", "nodefence-mqtt-config")["data"]
     during = find(render("overlays/upgrade"), "ConfigMap", "nodefence-mqtt-config")["data"]
     assert during["mosquitto.conf"] == shipped["mosquitto.conf"]
