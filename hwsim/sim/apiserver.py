@@ -50,6 +50,7 @@ class NodeObject:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     tainted: bool = False  # node.kubernetes.io/out-of-service
+    fenced_by: str = ""  # nodefence.io/fenced-by: the operation that tainted it
     unschedulable: bool = False
 
 
@@ -207,9 +208,11 @@ class ApiServer:
             internal_ip=node.internal_ip,
             kubelet_port=10250,
             ready=ready,
-            unschedulable=node.unschedulable or node.tainted,
+            unschedulable=node.unschedulable,  # the out-of-service taint is no cordon
             maintenance=node.labels.get(MAINTENANCE_LABEL) == "true",
             health_endpoint=f"{node.internal_ip}:9440",
+            out_of_service=node.tainted,
+            fenced_by=node.fenced_by,
         )
         self._node_infos[node.name] = (node.resource_version, ready, info)
         return info
@@ -234,10 +237,15 @@ class ApiServer:
             node.annotations[key] = value
         node.resource_version = self._bump()
 
-    def taint(self, proc: SimProcess | None, name: str, uid: str | None = None) -> bool:
+    def taint(
+        self, proc: SimProcess | None, name: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
         node = self.nodes.get(name)
         if node is None or (uid is not None and node.uid != uid):
             return False  # gone, or registered again since the decision
+        if operation and node.fenced_by != operation:
+            node.fenced_by = operation
+            node.resource_version = self._bump()
         if not node.tainted:
             node.tainted = True
             node.resource_version = self._bump()
@@ -249,8 +257,8 @@ class ApiServer:
         node = self.nodes.get(name)
         if node is None or (uid is not None and node.uid != uid):
             return False
-        if node.tainted:
-            node.tainted = False
+        if node.tainted or node.fenced_by:
+            node.tainted, node.fenced_by = False, ""
             node.resource_version = self._bump()
             self.trace.event("api", f"node {name} out-of-service taint removed by {_who(proc)}")
         return True
