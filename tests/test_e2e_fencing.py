@@ -190,7 +190,7 @@ def test_leader_killed_mid_fence_is_finished_by_the_new_leader(make_cluster: Mak
     cluster.nodes[victim].partition()
     rec = final_record(cluster, victim, ("Fencing",), timeout=30)
     assert rec["status"]["powerOffSent"] and not rec["status"]["offProven"]
-    cluster.nodes[leader].kill_agent(signal.SIGKILL)
+    cluster.nodes[leader].kill_fencer(signal.SIGKILL)  # the leader is the fencer there
     rec = final_record(cluster, victim, ("Recovered", "RecoveryIncomplete"), timeout=60)
     assert rec["status"]["phase"] == "Recovered"
     assert rec["status"]["leader"].split("_")[0] != leader
