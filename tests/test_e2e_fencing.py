@@ -134,7 +134,8 @@ def leader_metrics(cluster: SimCluster) -> str:
     import re
     import urllib.request
 
-    log = cluster.nodes[str(cluster.leader())].log_path.read_text()
+    # The leader is the fencer on that node: its metrics, not the node agent's.
+    log = cluster.nodes[str(cluster.leader())].fencer_log_path.read_text()
     port = re.findall(r"metrics on port (\d+)", log)[-1]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         body: str = resp.read().decode()
