@@ -35,6 +35,7 @@ import yaml
 
 from agent.heartbeat_auth import sign_own
 from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic
+from agent.leader import view_topic
 from agent.node_identity import Identity, encode_identity, identity_topic, signed_bytes, with_mac
 from agent.node_key_file import read_key_file
 from agent.node_keys import agreed_key, decode_key, mac_of, public_of
@@ -195,6 +196,8 @@ class Forger:
         self.identity = with_mac(ident, mac_of(self.keys[1], signed_bytes(ident)))
         self.echoes = 0  # forged heartbeats the broker delivered back (as the victim it may read)
         self.answered = 0  # forged answers to real probe requests
+        self.alerts: set[tuple[str, str]] = set()  # (kind, node) the leader's view showed
+        self.rejected: dict[str, int] = {}  # the leader's rejection counts, as last viewed
 
     def client(self, user: str, port: int) -> aiomqtt.Client:
         return aiomqtt.Client(
@@ -219,6 +222,7 @@ class Forger:
             )
             await as_victim.subscribe(heartbeat_topic(cluster, self.victim), qos=0)
             await as_victim.subscribe(probe_filter(cluster), qos=0)
+            await as_victim.subscribe(view_topic(cluster), qos=0)
             answering = {p: self.client(p, port) for p in peers}
             for c in answering.values():
                 await c.__aenter__()
@@ -257,6 +261,11 @@ class Forger:
                 topic = str(message.topic)
                 if topic == heartbeat_topic(cluster, self.victim):
                     self.echoes += b"forged-boot" in payload
+                    continue
+                if topic == view_topic(cluster):
+                    view = json.loads(payload)
+                    self.alerts |= {(a["kind"], a["node"]) for a in view["alerts"]}
+                    self.rejected = view["rejected"]
                     continue
                 req = decode_request(payload)
                 if req is None or req.suspect != self.victim:
@@ -376,6 +385,10 @@ def test_root_on_one_worker_cannot_fence_unfence_or_speak_for_another_node(
         assert forger.answered > 0, "no probe request about the victim was answered: no test"
         assert pins() == pinned  # its announced key was never pinned for the victim
         assert pinned[victim] != base64.b64encode(forger.identity.key).decode()
+        # ... and the leader said so: the key announced for the victim, the forged signatures.
+        assert ("key-mismatch", victim) in forger.alerts, forger.alerts
+        assert forger.rejected.get("key_mismatch", 0) >= 1, forger.rejected
+        assert forger.rejected.get("bad_signature", 0) >= 1, forger.rejected
         assert cluster.leader() in cluster.fencer_hosts and leader in cluster.fencer_hosts
     finally:
         cluster.stop()
