@@ -31,18 +31,20 @@ def test_an_empty_config_gets_the_documented_defaults(tmp_path: Path) -> None:
 def test_the_shipped_example_loads(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace("/etc/nodefence/mqtt/password", str(tmp_path / "pw"))
     text = text.replace("/etc/nodefence/inventory/inventory.yaml", "inv.yaml")
-    text = text.replace("/etc/nodefence/heartbeat/key", str(tmp_path / "key"))
     (tmp_path / "pw").write_text("mqtt-secret\n")
-    (tmp_path / "key").write_text("k" * 64 + "\n")
     path = tmp_path / "agent.yaml"
     path.write_text(text)
-    cfg = load_config(path, env={"NODE_NAME": "worker-1"})
+    cfg = load_config(path, env={"NODE_NAME": "worker-1", "MQTT_USERNAME": "worker-1"})
     assert cfg.broker.username == "worker-1"
     assert cfg.broker.password is not None and cfg.broker.password.reveal() == "mqtt-secret"
     assert "mqtt-secret" not in repr(cfg)
     assert len(cfg.brokers) == 2 and {b.username for b in cfg.brokers} == {"worker-1"}
     assert cfg.inventory == str(tmp_path / "inv.yaml")
     assert cfg.auth.mode == "required" and not cfg.watchdog.enabled
+    # Both roles' keys are named; each role reads its own at start.
+    assert cfg.auth.node_key_file == "/var/lib/nodefence/node.key"
+    assert cfg.auth.fencer_key_file == "/etc/nodefence/fencer/key"
+    assert len(cfg.auth.fencer_public_keys) == 1 and cfg.auth.key is None
     profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
 
 
