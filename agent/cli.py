@@ -111,18 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser(
         "agent",
-        help="run the per-node agent: heartbeats, health endpoint, leader candidacy",
+        help="run the per-node agent: heartbeats, health endpoint, probe answers, watchdog",
     )
-    _config_option(agent)
-    agent.add_argument(
-        "--node", help="this node's name (default: $NODE_NAME, as a DaemonSet sets it)"
+    fencer = sub.add_parser(
+        "fencer",
+        help="run a fencer: leader candidate that judges, fences and recovers",
     )
-    agent.add_argument(
-        "--log-level",
-        default=os.environ.get("NODEFENCE_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning"],
-        help="default: $NODEFENCE_LOG_LEVEL or info",
-    )
+    for role, node_help in (
+        (agent, "this node's name (default: $NODE_NAME, as the DaemonSet sets it)"),
+        (fencer, "the node this fencer runs on (default: $NODE_NAME, else $POD_NAME or the host)"),
+    ):
+        _config_option(role)
+        role.add_argument("--node", help=node_help)
+        role.add_argument(
+            "--log-level",
+            default=os.environ.get("NODEFENCE_LOG_LEVEL", "info"),
+            choices=["debug", "info", "warning"],
+            help="default: $NODEFENCE_LOG_LEVEL or info",
+        )
 
     status = sub.add_parser(
         "status",
@@ -338,10 +344,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.cli_fence import run_fence
 
         return run_fence(args)
-    if args.command in ("agent", "status"):
-        from agent.cli_agent import run_agent_command, run_status
+    if args.command in ("agent", "fencer", "status"):
+        from agent.cli_agent import run_agent_command, run_fencer_command, run_status
 
-        return run_agent_command(args) if args.command == "agent" else run_status(args)
+        if args.command == "agent":
+            return run_agent_command(args)
+        return run_fencer_command(args) if args.command == "fencer" else run_status(args)
     if args.command == "bmc":
         from agent.cli_bmc_check import run_bmc_check
 

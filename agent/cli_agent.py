@@ -1,4 +1,5 @@
-"""`nodefence agent` and `nodefence status`."""
+"""`nodefence agent` (the node side), `nodefence fencer` (a leader candidate), and
+`nodefence status`."""
 
 from __future__ import annotations
 
@@ -30,8 +31,29 @@ def _load_config(path: str, err: TextIO) -> AgentConfig | None:
         return None
 
 
+def _start_checks(cfg: AgentConfig, err: TextIO) -> bool:
+    """What both roles validate before they run; False after printing why."""
+    from agent.runner import detection_profile
+
+    try:
+        detection_profile(cfg)
+    except ProfileError as e:
+        print(f"nodefence: config error: {cfg.path}: detection: {e}", file=err)
+        return False
+    return True
+
+
+def _setup_logging(args: argparse.Namespace, node: str) -> None:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s node={node} %(message)s",
+    )
+    # The Redfish library logs every request at INFO; keep ours readable.
+    logging.getLogger("redfish").setLevel(logging.WARNING)
+
+
 def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int:
-    """Validate everything, then run the agent until SIGTERM."""
+    """Validate everything, then run the node side until SIGTERM."""
     cfg = _load_config(args.config, err)
     if cfg is None:
         return EXIT_USAGE
@@ -43,12 +65,7 @@ def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int
             file=err,
         )
         return EXIT_USAGE
-    from agent.runner import detection_profile, run_agent_process
-
-    try:
-        detection_profile(cfg)
-    except ProfileError as e:
-        print(f"nodefence: config error: {cfg.path}: detection: {e}", file=err)
+    if not _start_checks(cfg, err):
         return EXIT_USAGE
     device = cfg.watchdog.device
     if cfg.watchdog.enabled and not os.path.exists(device):
@@ -58,21 +75,68 @@ def run_agent_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int
             file=err,
         )
         return EXIT_USAGE
-    inventory_path = cfg.inventory
-    if inventory_path is not None:
+    from agent.auth_keys import node_signer
+
+    _setup_logging(args, node)
+    try:
+        signer = node_signer(cfg, node)  # made here at the first start
+    except ConfigError as e:
+        print(f"nodefence: config error: {e}", file=err)
+        return EXIT_USAGE
+    if signer is None and cfg.auth.key is None and cfg.auth.mode != "off":
+        print(
+            f"nodefence: config error: {cfg.path}: field 'auth.node_key_file': a node agent"
+            " signs with its own key: set node_key_file and fencer_public_keys",
+            file=err,
+        )
+        return EXIT_USAGE
+    from agent.node_agent import run_agent
+    from agent.runner import run_process
+
+    return run_process(lambda stop: run_agent(cfg, node, stop))
+
+
+def run_fencer_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> int:
+    """Validate everything, then run one fencer until SIGTERM."""
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return EXIT_USAGE
+    from agent.fencer import fencer_node
+
+    node = args.node or fencer_node()
+    if not valid_name(node):
+        print(
+            f"nodefence: give the fencer's node with --node (a DNS-1123 name), got {node!r}",
+            file=err,
+        )
+        return EXIT_USAGE
+    if not _start_checks(cfg, err):
+        return EXIT_USAGE
+    if cfg.inventory is not None:
         try:
-            load_inventory(inventory_path)
+            load_inventory(cfg.inventory)
         except InventoryError as e:
             print(f"nodefence: inventory error: {e}", file=err)
             return EXIT_USAGE
+    from agent.auth_keys import fencer_keyring
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s node={node} %(message)s",
-    )
-    # The Redfish library logs every request at INFO; keep ours readable.
-    logging.getLogger("redfish").setLevel(logging.WARNING)
-    return run_agent_process(cfg, node)
+    try:
+        keyring = fencer_keyring(cfg)
+    except ConfigError as e:
+        print(f"nodefence: config error: {e}", file=err)
+        return EXIT_USAGE
+    if keyring is None and cfg.auth.key is None and cfg.auth.mode != "off":
+        print(
+            f"nodefence: config error: {cfg.path}: field 'auth.fencer_key_file': a fencer"
+            " checks every node's signature with the fencer key: set fencer_key_file",
+            file=err,
+        )
+        return EXIT_USAGE
+    _setup_logging(args, node)
+    from agent.fencer import run_fencer
+    from agent.runner import run_process
+
+    return run_process(lambda stop: run_fencer(cfg, node, stop))
 
 
 async def _read_view_on(broker: BrokerConfig, cluster: str, wait: float) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from agent.cluster_error import ClusterError, refusal_words
+from agent.cluster_keys import KeyCalls
 from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY, ReleaseCalls
 from agent.cluster_virt import VirtCalls
 from agent.node_label import NODE_LABEL, node_selector
@@ -163,7 +164,7 @@ def _lease_info(obj: Any) -> LeaseInfo:
     )
 
 
-class ClusterApi(ReleaseCalls, VirtCalls):
+class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
     """Async, deadline-bounded access to the objects nodefence reads and writes."""
 
     def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:

@@ -49,11 +49,16 @@ password) come only from a file or an environment variable and are held as `Secr
     metrics:
       host: 0.0.0.0                 # Prometheus /metrics
       port: 9441                    # 0 picks a free port (simulations)
-    auth:                           # signed heartbeats (agent.heartbeat_auth)
-      heartbeat_key_file: /etc/nodefence/heartbeat/key   # or heartbeat_key_env; >= 32 bytes
+    auth:                           # signed heartbeats (agent.heartbeat_auth, agent.node_keys)
+      node_key_file: /var/lib/nodefence/node.key   # node agents: their own key, made if missing
+      fencer_public_keys: [<base64>]   # node agents: the fencer key's public half (first signs)
+      fencer_key_file: /etc/nodefence/fencer/key   # fencers: the fencer key (the cluster's key)
+      fencer_also_accept_files: []  # fencers: further fencer keys accepted (rotation)
       mode: required                # off | permissive | required (default: required with a key)
-      max_skew: 30                  # replay window: |sender clock - leader clock| in seconds
-      also_accept_files: []         # further keys the leader accepts (key rotation)
+      max_skew: 30                  # replay window: |sender clock - receiver clock| in seconds
+      heartbeat_key_file: null      # the cluster key of releases before the fencer split, or
+                                    #   heartbeat_key_env (>= 32 bytes): during the upgrade only
+      also_accept_files: []         # further such keys the fencers accept (their rotation)
     watchdog:                       # self-fencing (agent.watchdog); off unless enabled
       enabled: false
       device: /dev/watchdog
@@ -74,6 +79,7 @@ from typing import Any, Literal
 import yaml
 
 from agent.brief import brief
+from agent.node_keys import BadKey, decode_key
 from agent.virt_names import AUTO, MODES
 from backends.spec import Secret
 
@@ -147,12 +153,21 @@ class FencingConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Heartbeat signatures: the mode (`agent.heartbeat_auth.AuthMode` value) and the key."""
+    """Signatures: the mode (`agent.heartbeat_auth.AuthMode` value) and the keys.
+
+    The key files of the two roles are only named here; each role reads its own at start
+    (`agent.auth_keys`): a node agent has no fencer key, a fencer no node key. `key` and
+    `also_accept` are the old cluster key and its rotation keys (the upgrade only).
+    """
 
     mode: str = "off"
     key: Secret | None = None
     max_skew: float = 30.0
     also_accept: tuple[Secret, ...] = ()
+    node_key_file: str | None = None
+    fencer_public_keys: tuple[bytes, ...] = ()
+    fencer_key_file: str | None = None
+    fencer_also_accept_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +245,17 @@ _FENCING = {
     "bmc_check_interval",
     "bmc_check_parallel",
 }
-_AUTH = {"heartbeat_key_file", "heartbeat_key_env", "mode", "max_skew", "also_accept_files"}
+_AUTH = {
+    "heartbeat_key_file",
+    "heartbeat_key_env",
+    "mode",
+    "max_skew",
+    "also_accept_files",
+    "node_key_file",
+    "fencer_public_keys",
+    "fencer_key_file",
+    "fencer_also_accept_files",
+}
 _WATCHDOG = {
     "enabled",
     "device",
@@ -465,29 +490,36 @@ def _brokers(r: _Reader, b: dict[str, Any]) -> tuple[BrokerConfig, tuple[BrokerC
 
 def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:
     key = r.secret(a, "auth", base="heartbeat_key")
-    mode = r.string(a, "mode", "required" if key else "off", "auth.mode")
+    publics = _fencer_publics(r, a.get("fencer_public_keys"))
+    node_key = r.opt_string(a, "node_key_file", "auth.node_key_file")
+    fencer_key = r.opt_string(a, "fencer_key_file", "auth.fencer_key_file")
+    if (node_key is None) != (not publics):
+        raise ConfigError(
+            r.path,
+            "auth.node_key_file" if node_key is None else "auth.fencer_public_keys",
+            "node_key_file and fencer_public_keys go together (a node signs with its own key"
+            " agreed with the fencer key)",
+        )
+    keyed = key is not None or bool(publics) or fencer_key is not None
+    mode = r.string(a, "mode", "required" if keyed else "off", "auth.mode")
     if mode not in ("off", "permissive", "required"):
         raise ConfigError(
             r.path, "auth.mode", f"must be off, permissive or required, got {brief(mode)}"
         )
-    if mode != "off":
-        if key is None:
-            raise ConfigError(
-                r.path, "auth.heartbeat_key_file", f"mode {mode} needs heartbeat_key_file or _env"
-            )
-        if len(key.reveal().encode()) < 32:
-            raise ConfigError(
-                r.path, "auth.heartbeat_key_file", "the key must be at least 32 bytes long"
-            )
-    files = a.get("also_accept_files") or []
-    if not isinstance(files, list):
-        raise ConfigError(r.path, "auth.also_accept_files", "must be a list of file paths")
+    if mode != "off" and not keyed:
+        raise ConfigError(
+            r.path,
+            "auth.mode",
+            f"mode {mode} needs keys: node_key_file and fencer_public_keys (node agents),"
+            " fencer_key_file (fencers), or the old heartbeat_key_file",
+        )
+    if key is not None and len(key.reveal().encode()) < 32:
+        raise ConfigError(
+            r.path, "auth.heartbeat_key_file", "the key must be at least 32 bytes long"
+        )
     accepted = []
-    for i, name in enumerate(files):
+    for i, file in enumerate(_paths(r, a, "also_accept_files")):
         where = f"auth.also_accept_files[{i}]"
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(r.path, where, "must be a file path")
-        file = _relative(r.path, name.strip())
         try:
             value = file.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, ValueError) as err:  # ValueError: a NUL in the path, not UTF-8
@@ -497,7 +529,49 @@ def _auth(r: _Reader, a: dict[str, Any]) -> AuthConfig:
             raise ConfigError(r.path, where, f"the key in {file} must be at least 32 bytes long")
         accepted.append(Secret(value))
     max_skew = r.number(a, "max_skew", 30.0, 0.5, "auth.max_skew")
-    return AuthConfig(mode, key, max_skew, tuple(accepted))
+    return AuthConfig(
+        mode,
+        key,
+        max_skew,
+        tuple(accepted),
+        node_key_file=None if node_key is None else str(_relative(r.path, node_key)),
+        fencer_public_keys=publics,
+        fencer_key_file=None if fencer_key is None else str(_relative(r.path, fencer_key)),
+        fencer_also_accept_files=tuple(str(p) for p in _paths(r, a, "fencer_also_accept_files")),
+    )
+
+
+def _paths(r: _Reader, a: dict[str, Any], name: str) -> list[Path]:
+    files = a.get(name) or []
+    if not isinstance(files, list):
+        raise ConfigError(r.path, f"auth.{name}", "must be a list of file paths")
+    paths = []
+    for i, item in enumerate(files):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(r.path, f"auth.{name}[{i}]", "must be a file path")
+        paths.append(_relative(r.path, item.strip()))
+    return paths
+
+
+def _fencer_publics(r: _Reader, raw: Any) -> tuple[bytes, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not 1 <= len(raw) <= 4:
+        raise ConfigError(
+            r.path, "auth.fencer_public_keys", "must be a list of 1 to 4 base64 public keys"
+        )
+    keys = []
+    for i, item in enumerate(raw):
+        try:
+            keys.append(decode_key(item if isinstance(item, str) else ""))
+        except BadKey as err:
+            raise ConfigError(
+                r.path,
+                f"auth.fencer_public_keys[{i}]",
+                f"not a fencer public key ({err}): copy it as deploy/tools/mqtt_credentials.py"
+                " prints it",
+            ) from None
+    return tuple(keys)
 
 
 def _watchdog(r: _Reader, w: dict[str, Any]) -> WatchdogConfig:

@@ -10,8 +10,12 @@ session keeps only the newest heartbeat waiting). On connect the agent publishes
 agent vanishes. A lost broker is reconnected with jittered exponential backoff between
 `reconnect_min` and `reconnect_max` seconds.
 
-With a `key` every heartbeat is signed (`agent.heartbeat_auth`) and carries the sender's wall
-clock. With `on_echo` the agent also subscribes to its own heartbeat topic on every broker: a
+With `own_key` every heartbeat is signed under the node's own key (`mac`), with `key` under the
+key derived from the old cluster key (`hmac`, during an upgrade), and carries the sender's wall
+clock (`agent.heartbeat_auth`). With `identity` (the node's signed key announcement,
+`agent.node_identity`) the agent publishes it, retained, on every broker it connects to.
+
+With `on_echo` the agent also subscribes to its own heartbeat topic on every broker: a
 heartbeat coming back proves a round trip through that broker, and `on_echo` gets the
 monotonic time it was sent (the self-fencing watchdog counts that as contact, from any
 broker; see `agent.watchdog`). `claim` tells what to advertise about the armed watchdog. A
@@ -37,7 +41,7 @@ import aiomqtt
 
 from agent import __version__, metrics
 from agent.config import BrokerConfig
-from agent.heartbeat_auth import sign
+from agent.heartbeat_auth import sign, sign_own
 from agent.heartbeat_codec import (
     Heartbeat,
     HeartbeatRejected,
@@ -50,6 +54,7 @@ from agent.heartbeat_codec import (
     status_topic,
 )
 from agent.mqtt_client import make_client
+from agent.node_identity import identity_topic
 
 log = logging.getLogger("nodefence.heartbeat")
 
@@ -87,6 +92,8 @@ class HeartbeatPublisher:
     boot: str = field(default_factory=lambda: uuid.uuid4().hex)
     stats: PublisherStats = field(default_factory=PublisherStats)
     key: bytes | None = field(default=None, repr=False)
+    own_key: bytes | None = field(default=None, repr=False)
+    identity: bytes | None = None  # the retained announcement of this node's key
     claim: Callable[[], WatchdogClaim | None] | None = None
     on_echo: Callable[[float], None] | None = None
     _seq: int = 0
@@ -171,6 +178,9 @@ class HeartbeatPublisher:
             self._changed()
             log.info("connected to broker %s", link.broker.address, extra={"node": self.node})
             await client.publish(status, encode_status(NodeState.ONLINE), qos=1, retain=True)
+            if self.identity is not None:
+                where = identity_topic(self.cluster, self.node)
+                await client.publish(where, self.identity, qos=1, retain=True)
             topic = heartbeat_topic(self.cluster, self.node)
             echoes: asyncio.Task[None] | None = None
             if self.on_echo is not None:
@@ -214,7 +224,7 @@ class HeartbeatPublisher:
             stopping.cancel()
 
     def next_heartbeat(self) -> Heartbeat:
-        """The heartbeat to send now (signed with `key`, when set)."""
+        """The heartbeat to send now (signed with `own_key` and `key`, when set)."""
         claim = self.claim() if self.claim is not None else None
         hb = Heartbeat(
             self.node,
@@ -225,6 +235,8 @@ class HeartbeatPublisher:
             ts=int(time.time() * 1000),
             wd=claim,
         )
+        if self.own_key is not None:
+            hb = sign_own(hb, self.own_key)
         return sign(hb, self.key) if self.key is not None else hb
 
     async def _beat(self, stop: asyncio.Event) -> None:

@@ -14,9 +14,11 @@ The leader subscribes to `heartbeat_filter(cluster)`. A heartbeat payload is com
 most 1024 bytes:
 `{"v":1,"node":"n1","seq":7,"boot":"<boot id>","interval":1.0,"agent":"0.1.0"}` and optionally
 `"ts":<sender wall clock, ms>`, `"wd":[<watchdog timeout s>, <cut-off s>, <feed interval s>]`
-(present while the node's self-fencing watchdog is armed, see `agent.watchdog`) and
-`"hmac":"<hex>"` (the signature `agent.heartbeat_auth` checks). Unknown keys are ignored so v1
-can grow. `decode_heartbeat` raises `HeartbeatRejected` with a `RejectReason`;
+(present while the node's self-fencing watchdog is armed, see `agent.watchdog`),
+`"mac":"<hex>"` (the signature under the node's own key, see `agent.node_keys`) and, from agents
+that still hold the cluster key of releases before the fencer split, `"hmac":"<hex>"` (the
+signature under a key derived from it; `agent.heartbeat_auth` checks both). Unknown keys are
+ignored so v1 can grow. `decode_heartbeat` raises `HeartbeatRejected` with a `RejectReason`;
 `SequenceTracker` drops duplicates and replays. Everything here is pure.
 """
 
@@ -151,6 +153,7 @@ class RejectReason(enum.StrEnum):
     UNSIGNED = "unsigned"
     BAD_SIGNATURE = "bad_signature"
     STALE = "stale"
+    UNPINNED = "unpinned"  # signed with a node key the fencers have not pinned (yet)
 
 
 class HeartbeatRejected(ValueError):
@@ -193,7 +196,8 @@ class Heartbeat:
     `seq` counts from 0 per `boot` (the node's boot id, or any id unique per agent start);
     `interval` is the sender's period in seconds; `agent` its version; `ts` the sender's wall
     clock in milliseconds (only for the replay window of signed heartbeats, never for
-    detection); `wd` the armed watchdog, if any; `hmac` the signature, if any.
+    detection); `wd` the armed watchdog, if any; `mac` the signature under the node's own key
+    and `hmac` the one under the key derived from the old cluster key, if any.
     """
 
     node: str
@@ -204,6 +208,7 @@ class Heartbeat:
     hmac: str | None = None
     ts: int | None = None
     wd: WatchdogClaim | None = None
+    mac: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("node", self.node)
@@ -219,6 +224,8 @@ class Heartbeat:
         _check_token("agent", self.agent, MAX_AGENT)
         if self.hmac is not None:
             _check_token("hmac", self.hmac, MAX_HMAC)
+        if self.mac is not None:
+            _check_token("mac", self.mac, MAX_HMAC)
         if self.ts is not None and (type(self.ts) is not int or not 0 <= self.ts <= MAX_TS):
             raise ValueError(f"ts must be an integer of milliseconds, got {self.ts!r}")
 
@@ -244,6 +251,8 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
         obj["ts"] = hb.ts
     if hb.wd is not None:
         obj["wd"] = hb.wd.to_json()
+    if hb.mac is not None:
+        obj["mac"] = hb.mac
     if hb.hmac is not None:
         obj["hmac"] = hb.hmac
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
@@ -298,6 +307,7 @@ def decode_heartbeat(topic_node: str, payload: bytes) -> Heartbeat:
             hmac=obj.get("hmac"),
             ts=obj.get("ts"),
             wd=None if wd is None else WatchdogClaim(*wd),
+            mac=obj.get("mac"),
         )
     except ValueError as e:
         raise HeartbeatRejected(RejectReason.MALFORMED, str(e)) from None

@@ -6,6 +6,9 @@ feeds the detector, and counts and drops malformed, refused and replayed message
 agent sends each heartbeat to every broker, so most arrive once per broker: a copy of a
 heartbeat already accepted is dropped quietly (counted as a duplicate, never as a refused
 message, and never as new life). A `stopped` status withdraws the watchdog claim of its boot.
+It also reads the nodes' identity announcements (their keys, judged by the `Keyring`: a first
+sight is wanted for pinning, another key than the pinned one refused and remembered for an
+alert) and the fencers' presence (whom to name warm standbys).
 
 `Listener` joins a `BrokerSet` to an ingest: it keeps the sessions to every broker and hands
 heartbeats and statuses to the ingest and every other message (probe results) to `on_other`,
@@ -27,6 +30,7 @@ from agent.bmc_health import Transition
 from agent.broker_set import BrokerSet
 from agent.config import AgentConfig
 from agent.detector import FailureDetector
+from agent.fencer_presence import decode_presence, presence_filter
 from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
 from agent.heartbeat_codec import (
     PREFIX,
@@ -42,6 +46,8 @@ from agent.heartbeat_codec import (
     valid_name,
 )
 from agent.leader_broker import OnMessage
+from agent.node_identity import decode_identity, identity_filter
+from agent.node_keys import Keyring, Sighting, fingerprint
 from agent.peers import result_filter
 from agent.policy import Alert
 from agent.profiles import DetectionProfile
@@ -75,6 +81,7 @@ class HeartbeatIngest:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        keyring: Keyring | None = None,
     ) -> None:
         self.cluster = cfg.cluster
         self.clock = clock
@@ -83,12 +90,17 @@ class HeartbeatIngest:
         self.detector = FailureDetector(profile)
         self.sequences = SequenceTracker()
         key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
+        self.keyring = keyring
         self.verifier = HeartbeatVerifier(
             AuthMode(cfg.auth.mode),
             key,
             cfg.auth.max_skew,
             tuple(s.reveal().encode() for s in cfg.auth.also_accept),
+            keyring=keyring,
         )
+        # node -> fingerprint of a key announced for it other than its pinned one
+        self.key_mismatches: dict[str, str] = {}
+        self.fencers: dict[str, str] = {}  # node -> identity of the fencer that runs there
         self.watchdog_claims: dict[str, WatchdogClaim | None] = {}
         self.claim_boot: dict[str, str] = {}  # node -> boot id of the heartbeat of its claim
         self.last_seq: dict[str, tuple[str, int]] = {}  # node -> (boot, seq) last accepted
@@ -99,11 +111,19 @@ class HeartbeatIngest:
         self._last: dict[str, bytes] = {}  # node -> payload of its last accepted heartbeat
         self._heartbeats = f"{PREFIX}/{cfg.cluster}/heartbeat/"
         self._statuses = f"{PREFIX}/{cfg.cluster}/status/"
+        self._identities = f"{PREFIX}/{cfg.cluster}/identity/"
+        self._presences = f"{PREFIX}/{cfg.cluster}/fencer/"
 
     def filters(self) -> list[str]:
         """Every topic a listener subscribes to (probe results go to the leader side)."""
         cluster = self.cluster
-        return [heartbeat_filter(cluster), result_filter(cluster), status_filter(cluster)]
+        return [
+            heartbeat_filter(cluster),
+            result_filter(cluster),
+            status_filter(cluster),
+            identity_filter(cluster),
+            presence_filter(cluster),
+        ]
 
     def forget(self, node: str) -> None:
         """Drop everything heard of `node` (it left the cluster or registered anew)."""
@@ -123,6 +143,12 @@ class HeartbeatIngest:
             return True
         if topic.startswith(self._statuses):
             self._on_status(topic[len(self._statuses) :], data)
+            return True
+        if topic.startswith(self._identities):
+            self._on_identity(topic[len(self._identities) :], data)
+            return True
+        if topic.startswith(self._presences):
+            self._on_presence(topic[len(self._presences) :], data)
             return True
         return False
 
@@ -186,6 +212,37 @@ class HeartbeatIngest:
             log.info("node %s: agent stopped cleanly, its watchdog claim is withdrawn", node)
             self.watchdog_claims[node] = None
 
+    def _on_identity(self, node: str, data: bytes) -> None:
+        """A node's key and health endpoint: judged against its pin (see the module doc)."""
+        if self.keyring is None:
+            return  # signatures off, or the old cluster key only: nothing to pin
+        ident = decode_identity(node, data)
+        if ident is None:
+            self._reject("bad_identity")
+            return
+        sighting = self.keyring.consider(ident)
+        if sighting in (Sighting.KNOWN, Sighting.NEW):
+            self.key_mismatches.pop(node, None)
+            return
+        self._reject(sighting.value)
+        if sighting is Sighting.MISMATCH and (
+            node in self.key_mismatches or len(self.key_mismatches) < MAX_TRACKED
+        ):
+            self.key_mismatches[node] = fingerprint(ident.key)
+            log.warning(
+                "node %s announced key %s, not its pinned one: refused",
+                node,
+                fingerprint(ident.key),
+            )
+
+    def _on_presence(self, node: str, data: bytes) -> None:
+        """A fencer's presence (or its Last Will: gone)."""
+        identity = decode_presence(node, data)
+        if identity is None:
+            self.fencers.pop(node, None)
+        elif node in self.fencers or len(self.fencers) < 64:
+            self.fencers[node] = identity
+
 
 def delivery_gap(profile: DetectionProfile) -> float:
     """The longest a working broker stays silent: every agent (the leader's own too) sends it
@@ -202,10 +259,16 @@ class Listener:
         self.on_other: OnMessage | None = None
 
     @classmethod
-    def from_config(cls, cfg: AgentConfig, profile: DetectionProfile, identity: str) -> Listener:
+    def from_config(
+        cls,
+        cfg: AgentConfig,
+        profile: DetectionProfile,
+        identity: str,
+        keyring: Keyring | None = None,
+    ) -> Listener:
         """A listener to every broker of `cfg`."""
         brokers = BrokerSet.from_config(cfg.brokers, identity, silence=delivery_gap(profile))
-        return cls(brokers, HeartbeatIngest(cfg, profile))
+        return cls(brokers, HeartbeatIngest(cfg, profile, keyring=keyring))
 
     async def run(self) -> None:
         """Listen to every broker until cancelled."""

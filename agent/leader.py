@@ -41,6 +41,7 @@ from agent.heartbeat_auth import AuthMode
 from agent.heartbeat_codec import PREFIX
 from agent.ingest import HeartbeatIngest, LeaderStats, Listener, delivery_gap
 from agent.leader_broker import BrokerLost, LeaderBroker
+from agent.node_keys import Keyring
 from agent.pause import Pause
 from agent.peers import (
     ProbeRequest,
@@ -57,10 +58,16 @@ from agent.policy import (
     NodeWorkload,
     PolicyDecision,
     decide,
+    key_mismatch_alerts,
     leader_guard,
     marked_schedulable_alerts,
 )
-from agent.probe_auth import UNSIGNED_ACCEPTED, ProbeRejected, ProbeResultVerifier
+from agent.probe_auth import (
+    UNSIGNED_ACCEPTED,
+    ProbeRejected,
+    ProbeResultVerifier,
+    sign_request,
+)
 from agent.probe_requests import OutstandingProbes
 from agent.profiles import DetectionProfile, NoPeers, Signal
 from agent.status_view import operation_entry
@@ -73,7 +80,7 @@ log = logging.getLogger("nodefence.leader")
 DeadCallback = Callable[[str, NodeVerdict], Awaitable[None]]
 ExecutorFactory = Callable[["LeaderSide"], FenceExecutor]
 BmcMonitorFactory = Callable[["LeaderSide"], BmcMonitor]
-NameStandbys = Callable[[list[str]], None]  # called with the healthy nodes, every round
+NameStandbys = Callable[[list[str]], None]  # called with the fencers' nodes, every round
 
 __all__ = ["LeaderSide", "LeaderStats", "view_topic"]
 
@@ -95,10 +102,12 @@ class LeaderSide:
 
     `listener`: a running Listener handed over by a warm standby (this side never stops it);
     without one the side listens itself, over `broker` (one edge, e.g. a simulation's) or over
-    every broker of `cfg`. `name_standbys` gets the healthy nodes every round, to name the
-    warm standbys on the Lease (`agent.standby`). `paused` says whether fencing is paused
-    cluster-wide (`agent.pause`, read with the Lease); `inventory_problem` why the newest
-    inventory file was rejected ("" when it was not).
+    every broker of `cfg`, with `keyring` (the fencer key and the pinned node keys). Probe
+    requests are signed for each peer asked (`agent.probe_auth`). `name_standbys` gets the
+    nodes the other fencers announced themselves on (`agent.fencer_presence`) every round, to
+    name the warm standbys on the Lease (`agent.standby`). `paused` says whether fencing is
+    paused cluster-wide (`agent.pause`, read with the Lease); `inventory_problem` why the
+    newest inventory file was rejected ("" when it was not).
     """
 
     def __init__(
@@ -123,6 +132,7 @@ class LeaderSide:
         virt: VirtLayer | None = None,
         paused: Callable[[], Pause | None] = lambda: None,
         inventory_problem: Callable[[], str] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.cfg = cfg
         self.paused = paused
@@ -154,7 +164,8 @@ class LeaderSide:
                 if broker is not None
                 else BrokerSet.from_config(cfg.brokers, identity, silence=delivery_gap(profile))
             )
-            listener = Listener(brokers, HeartbeatIngest(cfg, profile, clock=clock, wall=wall))
+            ingest = HeartbeatIngest(cfg, profile, clock=clock, wall=wall, keyring=keyring)
+            listener = Listener(brokers, ingest)
         self.listener = listener
         self.broker: BrokerSet = listener.brokers  # publishes on every broker that is up
         self.name_standbys = name_standbys
@@ -519,13 +530,15 @@ class LeaderSide:
                 {n: (info.maintenance, info.unschedulable) for n, info in self.nodes.items()}
             )
         )
+        decision.alerts.extend(key_mismatch_alerts(self.ingest.key_mismatches))
         self.last_decision = decision
         up = self.broker_up_since
-        # Whom it has heard within suspect_after is healthy as soon as it has listened that
-        # long (even in a new leader's first window): naming standbys need not wait for more.
+        # Once it has listened suspect_after (even in a new leader's first window) it has heard
+        # every fencer's retained presence: naming standbys need not wait for more.
         listened = up is not None and now - up >= self.profile.suspect_after
-        if self.name_standbys is not None and listened and healthy:
-            self.name_standbys(healthy)
+        fencers = sorted(self.ingest.fencers)
+        if self.name_standbys is not None and listened and fencers:
+            self.name_standbys(fencers)
         metrics.FROZEN.set(1 if decision.frozen else 0)
         counts = collections.Counter(v.health.value for v in self.verdicts)
         for state in NodeHealth:
@@ -602,8 +615,12 @@ class LeaderSide:
         if not self._broker_up or info is None:
             return
         targets: list[Target] = []
-        if info.health_endpoint and ":" in info.health_endpoint:
-            host, _, port = info.health_endpoint.rpartition(":")
+        # Announced by the node's pinned key; the annotation is what agents of releases before
+        # the fencer split wrote.
+        keyring = self.ingest.keyring
+        endpoint = (keyring.health.get(suspect) if keyring else None) or info.health_endpoint
+        if endpoint and ":" in endpoint:
+            host, _, port = endpoint.rpartition(":")
             if port.isdigit():
                 targets.append(Target(host, int(port), "agent"))
         if info.internal_ip and info.kubelet_port:
@@ -617,6 +634,8 @@ class LeaderSide:
         if not peers:
             return
         req = ProbeRequest(self.new_id(), suspect, peers, tuple(targets))
+        if keyring is not None:
+            req = sign_request(req, keyring, int(self.wall() * 1000))
         self._probed[suspect] = now
         self.probes.asked(req, now)  # before publishing: an answer may come back at once
         with contextlib.suppress(BrokerLost):

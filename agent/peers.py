@@ -6,11 +6,15 @@ whose agent died but whose kubelet still accepts connections is alive: "agent lo
 alive", never dead. Messages travel over the broker:
 
 - `nodefence/v1/<cluster>/probe/<suspect>`: the leader's request
-  `{"v":1,"id":..,"suspect":..,"peers":[..],"targets":[{"host":..,"port":..,"kind":..}]}`
+  `{"v":1,"id":..,"suspect":..,"peers":[..],"targets":[{"host":..,"port":..,"kind":..}]}` and,
+  from a fencer that signs, `"ts":<fencer wall clock, ms>` and `"macs":{"<peer>":"<hex>",..}`:
+  one signature per peer asked, under that peer's own key (`agent.probe_auth`), so only a
+  fencer can make a peer probe anything.
 - `nodefence/v1/<cluster>/probe-result/<peer>`: `{"v":1,"id":..,"peer":..,"suspect":..,
-  "reachable":bool}` and, from agents that sign, `"ts":<peer wall clock, ms>` and
-  `"hmac":"<hex>"` (signed with the peer's heartbeat key, see `agent.probe_auth`; the leader
-  matches each result to a request it sent, see `agent.probe_requests`).
+  "reachable":bool}` and, from agents that sign, `"ts":<peer wall clock, ms>`, `"mac":"<hex>"`
+  (under the peer's own key) and, during an upgrade, `"hmac":"<hex>"` (under the key derived
+  from the old cluster key); see `agent.probe_auth`. The leader matches each result to a
+  request it sent, see `agent.probe_requests`.
 
 Request ids are tokens (1..64 printable ASCII characters without spaces). Encoding, decoding
 and peer selection are pure; `run_probe` is the only I/O.
@@ -51,11 +55,18 @@ class ProbeRequest:
     suspect: str
     peers: tuple[str, ...]
     targets: tuple[Target, ...]
+    ts: int | None = None
+    macs: tuple[tuple[str, str], ...] = ()  # (peer, its signature), in `peers` order
+
+    def mac_for(self, peer: str) -> str | None:
+        """The signature meant for `peer`, if any."""
+        return next((m for p, m in self.macs if p == peer), None)
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One peer's answer to request `id`; `ts` (peer wall clock, ms) and `hmac` when signed."""
+    """One peer's answer to request `id`; `ts` (peer wall clock, ms), `mac` (own key) and
+    `hmac` (old cluster key) when signed."""
 
     id: str
     peer: str
@@ -63,6 +74,7 @@ class ProbeResult:
     reachable: bool
     ts: int | None = None
     hmac: str | None = None
+    mac: str | None = None
 
 
 def probe_topic(cluster: str, suspect: str) -> str:
@@ -98,16 +110,18 @@ def choose_peers(suspect: str, healthy: Sequence[str], count: int, salt: int) ->
 
 def encode_request(req: ProbeRequest) -> bytes:
     """The request payload."""
-    return json.dumps(
-        {
-            "v": 1,
-            "id": req.id,
-            "suspect": req.suspect,
-            "peers": list(req.peers),
-            "targets": [{"host": t.host, "port": t.port, "kind": t.kind} for t in req.targets],
-        },
-        separators=(",", ":"),
-    ).encode()
+    obj: dict[str, Any] = {
+        "v": 1,
+        "id": req.id,
+        "suspect": req.suspect,
+        "peers": list(req.peers),
+        "targets": [{"host": t.host, "port": t.port, "kind": t.kind} for t in req.targets],
+    }
+    if req.ts is not None:
+        obj["ts"] = req.ts
+    if req.macs:
+        obj["macs"] = dict(req.macs)
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def decode_request(payload: bytes) -> ProbeRequest | None:
@@ -118,6 +132,7 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
     try:
         suspect, rid, peers = obj["suspect"], obj["id"], obj["peers"]
         targets = tuple(Target(str(t["host"]), int(t["port"]), t["kind"]) for t in obj["targets"])
+        ts, macs = obj.get("ts"), obj.get("macs") or {}
     except (KeyError, TypeError, ValueError):
         return None
     ok = (
@@ -128,8 +143,14 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
         and all(isinstance(p, str) for p in peers)
         and all(0 < t.port < 65536 and t.kind in ("agent", "kubelet") for t in targets)
         and len(targets) <= 8
+        and (ts is None or (type(ts) is int and 0 <= ts <= MAX_TS))
+        and isinstance(macs, dict)
+        and all(p in peers and _valid_mac(m) for p, m in macs.items())
     )
-    return ProbeRequest(rid, suspect, tuple(peers), targets) if ok else None
+    if not ok:
+        return None
+    signed = tuple((p, macs[p]) for p in peers if p in macs)
+    return ProbeRequest(rid, suspect, tuple(peers), targets, ts, signed)
 
 
 def valid_id(rid: object) -> bool:
@@ -153,6 +174,8 @@ def encode_result(res: ProbeResult) -> bytes:
     }
     if res.ts is not None:
         obj["ts"] = res.ts
+    if res.mac is not None:
+        obj["mac"] = res.mac
     if res.hmac is not None:
         obj["hmac"] = res.hmac
     return json.dumps(obj, separators=(",", ":")).encode()
@@ -163,13 +186,14 @@ def decode_result(topic_peer: str, payload: bytes) -> ProbeResult | None:
     obj = _load(payload)
     if obj is None:
         return None
-    peer, suspect, rid, reachable, ts, mac = (
+    peer, suspect, rid, reachable, ts, legacy, mac = (
         obj.get("peer"),
         obj.get("suspect"),
         obj.get("id"),
         obj.get("reachable"),
         obj.get("ts"),
         obj.get("hmac"),
+        obj.get("mac"),
     )
     if (
         peer != topic_peer
@@ -179,10 +203,11 @@ def decode_result(topic_peer: str, payload: bytes) -> ProbeResult | None:
         or not valid_id(rid)
         or not isinstance(reachable, bool)
         or (ts is not None and (type(ts) is not int or not 0 <= ts <= MAX_TS))
+        or (legacy is not None and not _valid_mac(legacy))
         or (mac is not None and not _valid_mac(mac))
     ):
         return None
-    return ProbeResult(rid, topic_peer, suspect, reachable, ts, mac)
+    return ProbeResult(rid, topic_peer, suspect, reachable, ts, legacy, mac)
 
 
 def _load(payload: bytes) -> dict[str, Any] | None:

@@ -42,6 +42,7 @@ class AlertKind(enum.StrEnum):
     DOWN_WHILE_CORDONED = "down-while-cordoned"
     DECKHOUSE_FENCING = "deckhouse-fencing"
     PAUSED = "paused"
+    KEY_MISMATCH = "key-mismatch"
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,26 @@ def marked_schedulable_alerts(nodes: Mapping[str, tuple[bool, bool]]) -> list[Al
         )
         for node, (marked, unschedulable) in sorted(nodes.items())
         if marked and not unschedulable
+    ]
+
+
+def key_mismatch_alerts(mismatches: Mapping[str, str]) -> list[Alert]:
+    """An alert per node for which a key other than its pinned one was announced; `mismatches`
+    maps the node to the fingerprint of that key.
+
+    Either the node lost its key (reinstalled: an operator removes the pin) or someone who can
+    publish as that node on the broker tries to speak for it (refused: its messages are
+    believed only under the pinned key).
+    """
+    return [
+        Alert(
+            AlertKind.KEY_MISMATCH,
+            node,
+            f"a key other than {node}'s pinned one was announced for it (fingerprint {seen}):"
+            " refused. If the node was reinstalled, remove its pin (`kubectl -n nodefence delete"
+            f" nodekey {node}`) and restart its agent; otherwise someone speaks for {node}",
+        )
+        for node, seen in sorted(mismatches.items())
     ]
 
 

@@ -1,12 +1,18 @@
-"""Signed probe results: each peer signs its answer with its own heartbeat key. Pure.
+"""Signed probe requests and results: each under the asked peer's own key. Pure.
 
 A probe result decides as much as a heartbeat: a forged "unreachable" helps confirm a live
 node dead (a false fence), a forged or replayed "reachable" keeps a dead node unfenced. So a
-result is signed exactly as a heartbeat is (`agent.heartbeat_auth`): the peer's per-node key
-derived from the cluster key, a signed `ts` (peer wall clock, ms) within `max_skew` of the
-leader's, the same modes (`off`, `permissive`, `required`) and the same rotation keys
-(`also_accept`). The signed bytes start with their own tag, so no heartbeat signature is ever
-a valid result signature or the reverse.
+result is signed exactly as a heartbeat is (`agent.heartbeat_auth`): `mac` under the peer's own
+key (`agent.node_keys`), checked against its pinned key; `hmac` under the key derived from the
+old cluster key during an upgrade; a signed `ts` (peer wall clock, ms) within `max_skew` of the
+leader's; the same modes (`off`, `permissive`, `required`). The signed bytes start with their
+own tag, so no heartbeat signature is ever a valid result signature or the reverse.
+
+A request makes a peer open connections to the hosts and ports it names: forged, it would turn
+every node into a port scanner for whoever can publish on the broker. So the leader signs each
+request once per peer it asks, under that peer's key (`macs`), with its wall clock (`ts`); a
+peer answers only a request signed for it, fresh, and the first time (`check_request`). The
+result names the request's id, and its signature covers it: an answer is bound to its request.
 
 That a result answers a request the leader sent, for that suspect, from a peer it asked, in
 time and once, is `agent.probe_requests`. Every refusal is a `ProbeRejected` whose reason is
@@ -21,7 +27,8 @@ import hmac
 from dataclasses import dataclass, replace
 
 from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
-from agent.peers import ProbeResult
+from agent.node_keys import Keyring, mac_matches, mac_of
+from agent.peers import ProbeRequest, ProbeResult
 
 UNSIGNED_ACCEPTED = "probe_unsigned_accepted"  # permissive mode: accepted, counted
 _TAG = "probe-result v1"
@@ -33,6 +40,7 @@ class ProbeRejectReason(enum.StrEnum):
     UNSIGNED = "probe_unsigned"
     BAD_SIGNATURE = "probe_bad_signature"
     STALE = "probe_stale"
+    UNPINNED = "probe_unpinned"
     UNKNOWN_REQUEST = "probe_unknown_request"
     WRONG_SUSPECT = "probe_wrong_suspect"
     NOT_ASKED = "probe_unasked_peer"
@@ -64,9 +72,13 @@ def signing_bytes(res: ProbeResult) -> bytes:
 
 
 def sign_result(res: ProbeResult, key: bytes) -> ProbeResult:
-    """`res` with its signature under `key` (the peer's node key)."""
-    data = signing_bytes(replace(res, hmac=None))
-    return replace(res, hmac=hmac.new(key, data, hashlib.sha256).hexdigest())
+    """`res` with its `hmac` under `key` (the peer's key derived from the old cluster key)."""
+    return replace(res, hmac=hmac.new(key, signing_bytes(res), hashlib.sha256).hexdigest())
+
+
+def sign_result_own(res: ProbeResult, key: bytes) -> ProbeResult:
+    """`res` with its `mac` under `key` (the peer's own key)."""
+    return replace(res, mac=mac_of(key, signing_bytes(res)))
 
 
 @dataclass
@@ -81,29 +93,37 @@ class ProbeResultVerifier:
 
     def check(self, res: ProbeResult, wall_now: float) -> bool:
         """Accept `res` (True: signed and valid; False: unsigned, accepted in mode permissive
-        or with signatures off) or raise `ProbeRejected` (UNSIGNED, BAD_SIGNATURE, STALE)."""
-        mode = self.heartbeats.mode
+        or with signatures off) or raise `ProbeRejected` (UNSIGNED, BAD_SIGNATURE, UNPINNED,
+        STALE)."""
+        hb = self.heartbeats
+        mode = hb.mode
         if mode is AuthMode.OFF:
             return False
-        if res.hmac is None:
-            if mode is AuthMode.REQUIRED:
+        about = f"result of {res.peer} about {res.suspect}"
+        own = hb.keyring.keys(res.peer) if hb.keyring is not None else ()
+        if own:
+            if res.mac is None:
+                return self._unsigned(mode, about)
+            if not mac_matches(own, signing_bytes(res), res.mac):
                 raise ProbeRejected(
-                    ProbeRejectReason.UNSIGNED, f"result of {res.peer} about {res.suspect}"
+                    ProbeRejectReason.BAD_SIGNATURE, f"{about}: not signed with its pinned key"
                 )
+        elif res.hmac is not None and hb.cluster_key is not None:
+            if not mac_matches(hb.node_keys(res.peer), signing_bytes(res), res.hmac):
+                raise ProbeRejected(
+                    ProbeRejectReason.BAD_SIGNATURE,
+                    f"{about}: signature does not match its key",
+                )
+        elif res.mac is not None and hb.keyring is not None:
+            if mode is AuthMode.REQUIRED:
+                raise ProbeRejected(ProbeRejectReason.UNPINNED, f"{about}: its key is not pinned")
             return False
-        data = signing_bytes(res)
-        if not any(
-            hmac.compare_digest(hmac.new(k, data, hashlib.sha256).hexdigest(), res.hmac)
-            for k in self.heartbeats.node_keys(res.peer)
-        ):
-            raise ProbeRejected(
-                ProbeRejectReason.BAD_SIGNATURE,
-                f"result of {res.peer} about {res.suspect}: signature does not match its key",
-            )
+        else:
+            return self._unsigned(mode, about)
         if res.ts is None:
             raise ProbeRejected(ProbeRejectReason.STALE, f"{res.peer}: signed without a timestamp")
         skew = res.ts / 1000.0 - wall_now
-        limit = self.heartbeats.max_skew
+        limit = hb.max_skew
         if abs(skew) > limit:
             raise ProbeRejected(
                 ProbeRejectReason.STALE,
@@ -111,3 +131,68 @@ class ProbeResultVerifier:
                 f" (limit {limit:g} s): a replay, or a clock out of sync",
             )
         return True
+
+    @staticmethod
+    def _unsigned(mode: AuthMode, about: str) -> bool:
+        if mode is AuthMode.REQUIRED:
+            raise ProbeRejected(ProbeRejectReason.UNSIGNED, about)
+        return False
+
+
+# -- requests, fencer to peer ---------------------------------------------------------------
+
+
+class RequestRefusal(enum.StrEnum):
+    """Why a peer ignores a probe request; the value is the metric label (on the node)."""
+
+    UNSIGNED = "request_unsigned"
+    BAD_SIGNATURE = "request_bad_signature"
+    STALE = "request_stale"
+
+
+def request_bytes(req: ProbeRequest) -> bytes:
+    """The bytes a request's signatures cover: every field but `macs`, tagged."""
+    targets = ",".join(f"{t.host}|{t.port}|{t.kind}" for t in req.targets)
+    parts = (
+        "probe-request v1",
+        req.id,
+        req.suspect,
+        ",".join(req.peers),
+        targets,
+        "" if req.ts is None else str(req.ts),
+    )
+    return "\n".join(parts).encode()  # hosts and names hold no newline, `,` or `|`
+
+
+def sign_request(req: ProbeRequest, keyring: Keyring, ts: int) -> ProbeRequest:
+    """`req` stamped `ts` (wall clock, ms) and signed for each peer whose key is pinned."""
+    stamped = replace(req, ts=ts, macs=())
+    data = request_bytes(stamped)
+    macs = []
+    for peer in req.peers:
+        key = keyring.signing_key(peer)
+        if key is not None:
+            macs.append((peer, mac_of(key, data)))
+    return replace(stamped, macs=tuple(macs))
+
+
+def check_request(
+    req: ProbeRequest,
+    node: str,
+    keys: tuple[bytes, ...],
+    *,
+    required: bool,
+    wall_now: float,
+    max_skew: float,
+) -> RequestRefusal | None:
+    """Whether `node` may answer `req` (None) or why not. `keys`: this node's own keys (one per
+    fencer key it trusts); `required`: an unsigned request is refused (mode `required` with no
+    old cluster key to stay compatible with)."""
+    mac = req.mac_for(node)
+    if mac is None:
+        return RequestRefusal.UNSIGNED if required else None
+    if not mac_matches(keys, request_bytes(req), mac):
+        return RequestRefusal.BAD_SIGNATURE
+    if req.ts is None or abs(req.ts / 1000.0 - wall_now) > max_skew:
+        return RequestRefusal.STALE
+    return None

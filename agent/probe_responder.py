@@ -2,8 +2,13 @@
 
 The leader publishes each request on every broker it reaches, so a request may arrive once per
 broker: this node probes it once (the first copy; ids are remembered) and answers on the broker
-that delivered that copy, which has just proved it works. Answers are signed with this node's
-heartbeat key unless `auth.mode` is off (`agent.probe_auth`).
+that delivered that copy, which has just proved it works. A request must be signed for this
+node under its own key and fresh (`agent.probe_auth.check_request`), unless signatures are off,
+`permissive`, or the old cluster key is still configured (an upgrade: leaders of the old
+release send unsigned requests); a refused one is counted
+(`nodefence_messages_rejected_total{reason}`: `request_unsigned`, `request_bad_signature`,
+`request_stale`) and never probed. Answers are signed like heartbeats: `mac` under this node's
+own key, `hmac` under the old cluster key while it is configured.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import collections
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import aiomqtt
 
+from agent import metrics
 from agent.config import AgentConfig, BrokerConfig
-from agent.heartbeat_auth import node_key
 from agent.mqtt_client import make_client
+from agent.node_keys import NodeSigner
 from agent.peers import (
     ProbeRequest,
     ProbeResult,
@@ -28,7 +35,7 @@ from agent.peers import (
     result_topic,
     run_probe,
 )
-from agent.probe_auth import sign_result
+from agent.probe_auth import check_request, sign_result, sign_result_own
 
 log = logging.getLogger("nodefence.agent")
 
@@ -52,33 +59,76 @@ class _Taken:
         return True
 
 
-async def answer_probes(cfg: AgentConfig, node: str, timeout: float, stop: asyncio.Event) -> None:
+@dataclass(frozen=True)
+class Answering:
+    """How this node takes requests and signs answers."""
+
+    node: str
+    signer: NodeSigner | None  # its own key (None: signatures off, or an old-style node)
+    legacy: bytes | None  # its key derived from the old cluster key (the upgrade only)
+    required: bool  # refuse requests not signed for it
+    max_skew: float
+    timeout: float  # each probe's
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: AgentConfig,
+        node: str,
+        signer: NodeSigner | None,
+        legacy: bytes | None,
+        timeout: float,
+    ) -> Answering:
+        """As `cfg.auth` says (see the module doc)."""
+        required = cfg.auth.mode == "required" and signer is not None and legacy is None
+        return cls(node, signer, legacy, required, cfg.auth.max_skew, timeout)
+
+    def refusal(self, req: ProbeRequest) -> str | None:
+        """Why this node must not take `req` up (a metric label), or None."""
+        if self.signer is None:
+            return None
+        why = check_request(
+            req,
+            self.node,
+            self.signer.keys,
+            required=self.required,
+            wall_now=time.time(),
+            max_skew=self.max_skew,
+        )
+        return None if why is None else why.value
+
+    def answer(self, req: ProbeRequest, reachable: bool) -> ProbeResult:
+        """The signed answer to `req`."""
+        res = ProbeResult(req.id, self.node, req.suspect, reachable, ts=int(time.time() * 1000))
+        if self.signer is not None:
+            res = sign_result_own(res, self.signer.key)
+        if self.legacy is not None:
+            res = sign_result(res, self.legacy)
+        return res
+
+
+async def answer_probes(cfg: AgentConfig, answering: Answering, stop: asyncio.Event) -> None:
     """Probe suspects when the leader names this node as a peer, over every broker, until
     `stop`; see the module doc."""
-    cluster_key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-    key = (
-        node_key(cluster_key, node) if cluster_key is not None and cfg.auth.mode != "off" else None
-    )
     taken = _Taken()
     async with asyncio.TaskGroup() as tg:
         for broker in cfg.brokers:
-            tg.create_task(_answer_on(broker, cfg.cluster, node, key, timeout, taken, stop))
+            tg.create_task(_answer_on(broker, cfg.cluster, answering, taken, stop))
 
 
 async def _answer_on(
     broker: BrokerConfig,
     cluster: str,
-    node: str,
-    key: bytes | None,
-    timeout: float,
+    answering: Answering,
     taken: _Taken,
     stop: asyncio.Event,
 ) -> None:
+    node = answering.node
     while not stop.is_set():
         try:
             async with make_client(broker, f"nodefence-probe-{node}") as client:
                 await client.subscribe(probe_filter(cluster), qos=0)
-                reading = asyncio.ensure_future(_answer(client, cluster, node, key, timeout, taken))
+                reading = asyncio.ensure_future(_answer(client, cluster, answering, taken))
                 stopping = asyncio.ensure_future(stop.wait())
                 try:
                     await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -96,22 +146,23 @@ async def _answer_on(
 
 
 async def _answer(
-    client: aiomqtt.Client,
-    cluster: str,
-    node: str,
-    key: bytes | None,
-    timeout: float,
-    taken: _Taken,
+    client: aiomqtt.Client, cluster: str, answering: Answering, taken: _Taken
 ) -> None:
+    node = answering.node
     async for message in client.messages:
         payload = message.payload
         if not isinstance(payload, bytes):
             continue
         req = decode_request(payload)
-        if req is None or node not in req.peers or req.suspect == node or not taken.first(req):
+        if req is None or node not in req.peers or req.suspect == node:
             continue
-        reachable = await run_probe(req, timeout)
-        res = ProbeResult(req.id, node, req.suspect, reachable, ts=int(time.time() * 1000))
-        if key is not None:
-            res = sign_result(res, key)
+        why = answering.refusal(req)
+        if why is not None:
+            metrics.REJECTED.labels(why).inc()
+            log.debug("probe request %s refused: %s", req.id, why)
+            continue
+        if not taken.first(req):
+            continue
+        reachable = await run_probe(req, answering.timeout)
+        res = answering.answer(req, reachable)
         await client.publish(result_topic(cluster, node), encode_result(res))

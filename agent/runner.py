@@ -1,11 +1,15 @@
-"""`nodefence agent`: everything one node runs: heartbeats (to every broker), the health
-endpoint, answers to peer probes, and the leader candidacy (the leader side runs only while
-holding the Lease; a warm standby named on the Lease keeps a heartbeat history meanwhile)."""
+"""The leader candidacy both of production's fencers and of the simulation's candidates run.
+
+`leader_candidate` wires the Lease election, the leader side (which runs only while holding the
+Lease), the fencing executor, the BMC checks, the warm listener (which keeps a heartbeat history
+while not leading) and the sync of the pinned node keys. `agent.fencer.run_fencer` (the fencer
+process) and `hwsim.sim.candidates` (the deterministic simulation) call it, so both run the same
+wiring. The node side (`nodefence agent`) is `agent.node_agent`; `run_process` runs either.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -16,31 +20,23 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent import metrics
 from agent.bmc_monitor import BmcMonitor, CertDays
-from agent.cluster import HEALTH_ANNOTATION, ClusterApi, ClusterError, load_api_client
+from agent.cluster import ClusterApi
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
 from agent.fence_executor import FenceExecutor
 from agent.fencing import Cleanup, Timing
-from agent.handoff import OwnMark
-from agent.health import HealthServer
-from agent.heartbeat import HeartbeatPublisher
-from agent.heartbeat_auth import node_key
-from agent.heartbeat_codec import WatchdogClaim
-from agent.ingest import Listener
 from agent.inventory import Inventory
-from agent.inventory_watch import InventoryWatcher
+from agent.key_pins import PinSync
 from agent.leader import LeaderSide
 from agent.leader_broker import LeaderBroker
+from agent.node_keys import Keyring
 from agent.pause import Pause
 from agent.power import BackendFactory
-from agent.probe_responder import answer_probes
 from agent.profiles import DetectionProfile, profile_from_mapping
 from agent.records import from_record, is_open_mark
 from agent.standby import WarmListener, choose_standbys
 from agent.virt import VirtLayer
-from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
 from backends.registry import build_backend
 from backends.tls_cert import certificate_days_left
@@ -105,11 +101,20 @@ class LeaderCandidate:
     elector: LeaderElector
     lead: Callable[[], Coroutine[Any, Any, None]]
     leader: LeaderSide | None = None  # set while this process leads
-    warm: WarmListener | None = None  # runs while this process is a named warm standby
+    warm: WarmListener | None = None  # runs while this process is a warm standby
+    pins: PinSync | None = None  # keeps the pinned node keys in step with the store
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Campaign until `stop`; lead while holding the Lease."""
-        await self.elector.run(self.lead, stop)
+        """Campaign until `stop`; lead while holding the Lease. With `pins`, nothing starts
+        before the pins are read: without them every node's heartbeats would be refused."""
+        if self.pins is not None and not await self.pins.load(stop):
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.elector.run(self.lead, stop))
+            if self.pins is not None:
+                tg.create_task(self.pins.run(stop))
+            if self.warm is not None:
+                tg.create_task(self.warm.run(stop))
 
 
 def leader_candidate(
@@ -129,6 +134,9 @@ def leader_candidate(
     cert_days: CertDays = certificate_days_left,
     defer: Callable[[], bool] | None = None,
     warm: Callable[[LeaderElector], WarmListener] | None = None,
+    keyring: Keyring | None = None,
+    pins: PinSync | None = None,
+    every_candidate_warm: bool = False,
 ) -> LeaderCandidate:
     """The leader election, leader side and fencing executor of one agent, wired together.
 
@@ -137,8 +145,11 @@ def leader_candidate(
     leader only detects and reports (nothing is fenced). `tick` overrides the leader side's
     judging pace (the simulation judges less often to run faster). `identity` is the Lease
     holder identity (default: the node name and a per-process id, see `leader_identity`).
-    `warm` builds the listener a named warm standby keeps running (production; without it,
-    every new leader starts cold with an empty history, and no standbys are named).
+    `warm` builds the listener a warm standby keeps running (production; without it, every new
+    leader starts cold with an empty history, and no standbys are named); with
+    `every_candidate_warm` (the fencers: two or three, all listening) no candidate is cold, and
+    the standbys named on the Lease are the other fencers. `keyring` holds the fencer key and
+    the pinned node keys, `pins` keeps them in step with the store.
     """
     k = cfg.kube
     # Unique per process: two agents started with the same node name (a stale pod, a
@@ -153,7 +164,9 @@ def leader_candidate(
             k.lease_duration,
             k.renew_deadline,
             k.retry_period,
-            k.cold_retry_period if k.standbys and warm is not None else None,
+            k.cold_retry_period
+            if k.standbys and warm is not None and not every_candidate_warm
+            else None,
         ),
         clock=clock,
         defer=defer or (lambda: False),
@@ -249,6 +262,7 @@ def leader_candidate(
             virt=virt,
             paused=paused,
             inventory_problem=(lambda: inventory.rejected) if inventory is not None else None,
+            keyring=keyring,
         )
         if tick is not None:
             leader.tick = tick
@@ -258,160 +272,19 @@ def leader_candidate(
         finally:
             candidate.leader = None
 
-    candidate = LeaderCandidate(elector, lead, warm=warm_listener)
+    candidate = LeaderCandidate(elector, lead, warm=warm_listener, pins=pins)
     return candidate
 
 
-async def run_agent(
-    cfg: AgentConfig,
-    node: str,
-    stop: asyncio.Event,
-) -> None:
-    """Run every part of the agent until `stop` is set."""
-    profile = detection_profile(cfg)
-    key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-    publisher = HeartbeatPublisher(
-        cfg.brokers,
-        cfg.cluster,
-        node,
-        interval=profile.interval,
-        key=node_key(key, node) if key is not None and cfg.auth.mode != "off" else None,
-    )
-    health = HealthServer(
-        cfg.health_host,
-        cfg.health_port,
-        info=lambda: {
-            "node": node,
-            "boot": publisher.boot,
-            "broker": publisher.stats.connected,
-            "brokers": publisher.connected_brokers(),
-        },
-        ready=lambda: publisher.stats.connected,
-    )
-    await health.start()
-    metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port)
-    api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
-    feeder: WatchdogFeeder | None = None
-    w = cfg.watchdog
-    if w.enabled:
+def run_process(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run `main(stop)` in this process until SIGTERM/SIGINT sets `stop`; the exit code."""
 
-        async def announce_stop() -> bool:
-            # The publisher's clean stop publishes "stopped" (QoS 1) for this boot on every
-            # broker; one acknowledgement is enough (see agent.heartbeat).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(publisher.stop_announced.wait(), 5.0)
-            return publisher.stop_announced.is_set()
-
-        policy = FeedPolicy(w.cut_off_after)
-        feeder = WatchdogFeeder(
-            w.device,
-            policy,
-            WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval),
-            read_timeout=w.timeout_from == "device",
-            announce=announce_stop,
-        )
-        publisher.claim = feeder.armed_claim
-        publisher.on_echo = policy.echo
-
-        async def my_maintenance_mark() -> bool:
-            info = await api.get_node(node)
-            return bool(info and info.maintenance)
-
-        async def my_marks() -> list[str]:
-            return await unfinished_marks(api, cfg.kube.namespace, node)
-
-    try:
-        endpoint = cfg.health_advertise or f"{advertised_host(cfg)}:{health.port}"
-        await api.annotate_node(node, HEALTH_ANNOTATION, endpoint)
-    except ClusterError as err:
-        log.warning("cannot announce the health endpoint on node %s: %s", node, err)
-    k = cfg.kube
-    # A node entering maintenance hands leadership off (agent.handoff).
-    own_mark = OwnMark(lambda: api.get_node(node), node, period=2 * k.retry_period)
-
-    def make_warm(elector: LeaderElector) -> WarmListener:
-        def listener() -> Listener:
-            if cfg.inventory:
-                # A standby may lead (and fence) any moment: have IPMI workers ready, as a leader.
-                prestart_workers()
-            return Listener.from_config(cfg, profile, elector.identity)
-
-        # A named standby (or the leader) listens to every broker; the leader side adopts it.
-        return WarmListener(
-            listener,
-            standby=lambda: elector.is_standby,
-            leading=lambda: elector.is_leader,
-            period=k.retry_period,
-        )
-
-    pending_events: set[asyncio.Task[None]] = set()
-
-    def inventory_rejected(problem: str) -> None:
-        # Called from the leader's loop when a changed inventory file does not validate.
-        async def report() -> None:
-            try:
-                await api.lease_event(
-                    k.namespace,
-                    k.lease_name,
-                    "InventoryRejected",
-                    f"new BMC inventory rejected, keeping the previous one: {problem}",
-                )
-            except ClusterError as err:
-                log.warning("cannot record the InventoryRejected event: %s", err)
-
-        with contextlib.suppress(RuntimeError):  # no running loop: at start, already logged
-            task = asyncio.get_running_loop().create_task(report())
-            pending_events.add(task)
-            task.add_done_callback(pending_events.discard)
-
-    watcher = (
-        InventoryWatcher(cfg.inventory, on_rejected=inventory_rejected) if cfg.inventory else None
-    )
-
-    candidate = leader_candidate(
-        cfg, profile, api, node, inventory=watcher, defer=own_mark.marked, warm=make_warm
-    )
-
-    log.info(
-        "agent for node %s: cluster %s, brokers %s, profile %s, metrics on port %d",
-        node,
-        cfg.cluster,
-        ", ".join(b.address for b in cfg.brokers),
-        cfg.profile,
-        metrics_port,
-    )
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(publisher.run(stop))
-            tg.create_task(own_mark.run(stop))
-            tg.create_task(candidate.run(stop))
-            if candidate.warm is not None:
-                tg.create_task(candidate.warm.run(stop))
-            tg.create_task(answer_probes(cfg, node, profile.peer_probe_timeout, stop))
-            if feeder is not None:
-                tg.create_task(feeder.run(stop))
-                tg.create_task(
-                    watch_marks(
-                        my_marks,
-                        feeder.policy,
-                        w.api_check_interval,
-                        stop,
-                        read_mark=my_maintenance_mark,
-                    )
-                )
-    finally:
-        await health.stop()
-
-
-def run_agent_process(cfg: AgentConfig, node: str) -> int:
-    """Run the agent in this process until SIGTERM/SIGINT; returns the exit code."""
-
-    async def main() -> None:
+    async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_agent(cfg, node, stop)
+        await main(stop)
 
-    asyncio.run(main())
+    asyncio.run(run())
     return 0

@@ -32,18 +32,24 @@ processes on the machine used meanwhile. Then the verdict against the target: 10
 under one core with none dropped. `--profile` runs LeaderSide at the largest size once more
 under cProfile and prints where its time goes (`--no-references` skips the first two).
 
-`--signed`: every heartbeat is signed as agents with `auth:` sign it (a per-node HMAC key
-derived from a cluster key made for the run, the sender's clock in `ts`), and the leader runs in
-mode `required`, checking each signature and timestamp; the ingest-only reference checks them
-too. Compare a run with and one without to see what authentication costs the leader.
+`--signed`: every heartbeat is signed as node agents sign it, each node under its own key
+(`agent.node_keys`: the node's X25519 key agreed with the fencer key, HMAC-SHA256 in `mac`, the
+sender's clock in `ts`), and the leader runs in mode `required` with a keyring in which every
+node's key is pinned (the fencer key and the node keys are made for the run, the node keys from a
+seed, so that the generators and the consumers agree without passing 10,000 keys around; the
+consumers derive every node's MAC key before the load starts, as a running fencer has them
+cached). It checks each signature and timestamp; the ingest-only reference checks them too.
+Compare a run with and one without to see what authentication costs the leader.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -140,18 +146,19 @@ def consumer_process(spec: dict[str, Any]) -> int:
         brokers = tuple(dataclasses.replace(cfg.broker, port=p) for p in ports)
         cfg = dataclasses.replace(cfg, broker=brokers[0], broker_endpoints=brokers)
     verifier = None
+    keyring = None
     if spec.get("key"):
         from agent.config import AuthConfig
         from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
-        from backends.spec import Secret
 
-        cfg = dataclasses.replace(cfg, auth=AuthConfig("required", Secret(spec["key"])))
-        verifier = HeartbeatVerifier(AuthMode.REQUIRED, spec["key"].encode())
+        cfg = dataclasses.replace(cfg, auth=AuthConfig("required"))
+        keyring = pinned_keyring(spec)
+        verifier = HeartbeatVerifier(AuthMode.REQUIRED, None, keyring=keyring)
     profile = detection_profile(cfg)
 
     async def leader(stop: asyncio.Event) -> None:
         api = ClusterApi(load_api_client(spec["kubeconfig"]))
-        side = LeaderSide(cfg, profile, api, "bench-leader", kube_period=3600.0)
+        side = LeaderSide(cfg, profile, api, "bench-leader", kube_period=3600.0, keyring=keyring)
         stats = side.stats
         await report_while(
             side.run(),
@@ -294,21 +301,47 @@ def _publish(spec: dict[str, Any], count: int, message: Callable[[int], bytes]) 
     return 0
 
 
-def _signed_generator(spec: dict[str, Any], names: list[str]) -> int:
-    """As `generator_process`, every payload signed like an agent's (no byte templates: the
-    signature covers the sequence number and the timestamp)."""
-    from agent.heartbeat_auth import node_key, sign
+def node_names(first: int, count: int) -> list[str]:
+    """The simulated nodes [first, first+count)."""
+    return [f"sim-{i:05d}" for i in range(first, first + count)]
 
-    interval, count, key = spec["interval"], len(names), spec["key"].encode()
+
+def node_private(seed: str, name: str) -> Any:
+    """The run's private key of node `name` (from the seed: see `--signed`)."""
+    from agent.node_keys import private_key
+
+    return private_key(hashlib.sha256(f"{seed}/{name}".encode()).digest())
+
+
+def pinned_keyring(spec: dict[str, Any]) -> Any:
+    """The fencers' keyring with every node of the run pinned and its MAC key derived."""
+    from agent.node_keys import Keyring, decode_key, private_key, public_of
+
+    keyring = Keyring([private_key(decode_key(spec["key"]))])
+    keyring.load({n: public_of(node_private(spec["key"], n)) for n in node_names(0, spec["nodes"])})
+    for name in keyring.pins:
+        keyring.keys(name)
+    return keyring
+
+
+def _signed_generator(spec: dict[str, Any], names: list[str]) -> int:
+    """As `generator_process`, every payload signed like a node agent's, under its own key (no
+    byte templates: the signature covers the sequence number and the timestamp)."""
+    from agent.heartbeat_auth import sign_own
+    from agent.node_keys import NodeSigner, decode_key, private_key, public_of
+
+    interval, count = spec["interval"], len(names)
+    fencer_public = public_of(private_key(decode_key(spec["key"])))
     nodes = []
     for name in names:
         topic = heartbeat_topic(CLUSTER, name).encode()
-        nodes.append((name, uuid.uuid4().hex, node_key(key, name), _length(topic) + topic))
+        signer = NodeSigner(name, node_private(spec["key"], name), [fencer_public])
+        nodes.append((name, uuid.uuid4().hex, signer.key, _length(topic) + topic))
 
     def message(k: int) -> bytes:
         name, boot, nkey, topic = nodes[k % count]
         hb = Heartbeat(name, k // count, boot, interval, __version__, ts=int(time.time() * 1000))
-        return topic + encode_heartbeat(sign(hb, nkey))
+        return topic + encode_heartbeat(sign_own(hb, nkey))
 
     return _publish(spec, count, message)
 
@@ -320,7 +353,7 @@ def _length(data: bytes) -> bytes:
 def generator_process(spec: dict[str, Any]) -> int:
     """Publish heartbeats of nodes [first, first+count) once per interval until `seconds`."""
     interval, count = spec["interval"], spec["count"]
-    names = [f"sim-{i:05d}" for i in range(spec["first"], spec["first"] + count)]
+    names = node_names(spec["first"], count)
     if spec.get("key"):
         return _signed_generator(spec, names)
     frames: list[tuple[bytes, bytes, bytes]] = []  # (topic with its length, payload head, tail)
@@ -452,6 +485,7 @@ async def run_size(
             "ports": broker_ports,
             "kubeconfig": str(kubeconfig),
             "key": args.key,
+            "nodes": nodes,
         }
         with log.open("wb") as err:
             proc = await spawn("--consumer-process", {**spec, "profile_out": profile_out}, err)
@@ -721,7 +755,8 @@ def main() -> int:
         return consumer_process(json.loads(args.consumer_process))
     if args.generator_process:
         return generator_process(json.loads(args.generator_process))
-    args.key = secrets.token_hex(32) if args.signed else ""
+    # The run's fencer key (base64 of an X25519 private key, as the Secret holds it).
+    args.key = base64.b64encode(secrets.token_bytes(32)).decode() if args.signed else ""
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 1 or args.seconds < 2 * WARMUP or args.generators < 1:
         parser.error("--sizes: positive counts; --seconds: at least 2; --generators: at least 1")

@@ -1,10 +1,10 @@
 """What a sprung record trap does in a chaos run (`hwsim.chaos_traps` says when one springs).
 
 A record save timeout answers the write late, or drops its connection. A leader kill at a phase
-SIGKILLs the agent that wrote the record (its `status.leader`): before the API server answers
+SIGKILLs the fencer that wrote the record (its `status.leader`): before the API server answers
 the save (`before-answer`), or, `in-walk`, the moment the victim's BMC or PDU receives the
 power-off request that followed the save. Each kill is recorded with the record's state at
-that moment (`kills`); the runner restarts the killed agent at the end of the episode.
+that moment (`kills`); the runner restarts the killed fencer at the end of the episode.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class TrapSprings:
     now: Callable[[], float]
     threads: list[threading.Thread]
     kills: list[dict[str, Any]]  # every phase kill, as it hit
-    killed: dict[int, str]  # episode -> node whose agent it killed
+    killed: dict[int, str]  # episode -> node whose fencer it killed
     client_timeout: float = 5.0  # the agents' API client deadline (agent.cluster.ClusterApi)
 
     def spring(self, trap: Trap, write: AppliedWrite) -> WriteFault | None:
@@ -72,7 +72,7 @@ class TrapSprings:
         def on_off(channel: str) -> None:
             for m in machines:
                 m.off_request_hook = None
-            proc = sim.agent if sim is not None else None
+            proc = sim.fencer if sim is not None else None
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)  # now, in the emulator's thread; reaped below
             trap.params = {**trap.params, "channel": channel}
@@ -88,7 +88,7 @@ class TrapSprings:
     def _kill_writer(
         self, trap: Trap, write: AppliedWrite, writer: str | None, signalled: bool = False
     ) -> None:
-        """SIGKILL the agent that wrote the record (`trap` sprang; `signalled`: already sent);
+        """SIGKILL the fencer that wrote the record (`trap` sprang; `signalled`: already sent);
         record what the record said at that moment; a victim that `comes_back` gets its
         network back."""
         try:
@@ -112,11 +112,11 @@ class TrapSprings:
         }
         self.kills.append(entry)
         sim = self.cluster.nodes.get(writer) if writer else None
-        if sim is None or not (signalled or sim.agent_running()):
-            self.say("skipped", writer, f"{trap.kind}: writer {writer} has no running agent")
+        if sim is None or not (signalled or sim.fencer_running()):
+            self.say("skipped", writer, f"{trap.kind}: writer {writer} has no running fencer")
             return
         self.killed[trap.episode] = sim.name
-        sim.kill_agent()  # SIGKILL (again) and reap
+        sim.kill_fencer()  # SIGKILL (again) and reap
         label = trap.kind if hit else "leader-kill-off-phase"
         self.say(label, sim.name, f"SIGKILL as {trap.node}'s {write.name} was {phase}", count=hit)
         if trap.params.get("comes_back"):

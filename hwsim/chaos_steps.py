@@ -61,7 +61,7 @@ class StepRunner:
     janitor_patience: float = 60.0  # ... longer while a fence of the machine is unfinished
     client_timeout: float = 5.0  # the agents' API client deadline (agent.cluster.ClusterApi)
     busy: dict[str, int] = field(default_factory=dict)
-    killed: dict[int, str] = field(default_factory=dict)  # episode -> node whose agent died
+    killed: dict[int, str] = field(default_factory=dict)  # episode -> node whose fencer died
     kills: list[dict[str, Any]] = field(default_factory=list)  # phase kills, as they hit
     missed: list[dict[str, Any]] = field(default_factory=list)  # traps that never sprang
     threads: list[threading.Thread] = field(default_factory=list)
@@ -170,21 +170,22 @@ class StepRunner:
 
     def _leader_kill(self, step: Step, node: None) -> None:
         leader = self.cluster.leader()
-        if leader is None or not self.cluster.nodes[leader].agent_running():
-            self.say("skipped", leader, "leader-kill: no running leader agent")
+        if leader is None or not self.cluster.nodes[leader].fencer_running():
+            self.say("skipped", leader, "leader-kill: no running leader fencer")
             return
         self.killed[step.episode] = leader
-        self.cluster.nodes[leader].kill_agent()
-        self.say("leader-kill", leader, "SIGKILL of the Lease holder's agent", count=True)
+        self.cluster.nodes[leader].kill_fencer()
+        self.say("leader-kill", leader, "SIGKILL of the Lease holder's fencer", count=True)
 
     def _agent_restart(self, step: Step, node: str | None) -> None:
+        """The killed leader's fencer starts again (its pod restarted)."""
         victim = self.killed.pop(step.episode, None)
         sim = self.cluster.nodes[victim] if victim else None
-        if sim is None or sim.agent_running() or sim.partitioned:
+        if sim is None or sim.fencer_running() or sim.partitioned:
             return
         if self._machine(sim.name).power_state() == "on":
-            self.cluster.start_agent(sim.name)
-            self.say("agent-restart", sim.name, "agent started again")
+            self.cluster.start_fencer(sim.name)
+            self.say("agent-restart", sim.name, "fencer started again")
 
     def _maintenance_enter(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
@@ -303,9 +304,9 @@ class StepRunner:
         self._agent_start(step, node)
         killed = self.killed.pop(step.episode, None)
         sim = self.cluster.nodes[killed] if killed else None
-        if sim is not None and not sim.agent_running() and sim.machine.power_state() == "on":
-            self.cluster.start_agent(sim.name)
-            self.say("agent-restart", sim.name, "agent started again")
+        if sim is not None and not sim.fencer_running() and sim.machine.power_state() == "on":
+            self.cluster.start_fencer(sim.name)
+            self.say("agent-restart", sim.name, "fencer started again")
 
     def _channel_error(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode

@@ -152,7 +152,7 @@ def _leader_power_loss(cluster: SimCluster, tl: Timeline) -> list[str]:
     leader = str(cluster.leader())
     hosts = [f"broker {i}" for i, h in enumerate(cluster.broker_hosts) if h == leader]
     also = f", with {' and '.join(hosts)}" if hosts else ""
-    tl.add(leader, f"POWER LOSS OF THE LEADER'S MACHINE (its agent{also})")
+    tl.add(leader, f"POWER LOSS OF THE LEADER'S MACHINE (its fencer and agent{also})")
     cluster.fleet[leader].cut_power()
     return [leader]
 
@@ -200,7 +200,8 @@ def _deleted_in_time(tl: Timeline, victims: list[str], start: float, limit: floa
 
 def _leader_crash(cluster: SimCluster, tl: Timeline) -> list[str]:
     leader = str(cluster.leader())
-    tl.add(leader, "LEADER AGENT KILLED (SIGKILL; node stays up)")
+    tl.add(leader, "LEADER FENCER AND THE NODE'S AGENT KILLED (SIGKILL; node stays up)")
+    cluster.nodes[leader].kill_fencer()
     cluster.nodes[leader].kill_agent()
     return [leader]
 
@@ -546,7 +547,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "leader-crash",
-            "the leader's agent dies: another takes over, no fence",
+            "the leader's fencer (and its node's agent) dies: another fencer takes over, no fence",
             _leader_crash,
             _judge_leader_crash,
             lambda c, v: bool(c.events("AgentLostNodeAlive")),

@@ -10,9 +10,15 @@ cuts its broker off from everyone but its own agent.
 
 Used by the end-to-end tests, `nodefence-hwsim cluster`, the scenarios and chaos runs.
 
-By default (`secure`) the cluster runs as the shipped deployment does: mosquitto enforces the
-shipped ACL (deploy/base/mosquitto.acl) with one password per node, agents log in as their node
-and sign their heartbeats with a cluster key; secrets are files under `<workdir>/secrets`.
+It runs the two roles of the manifests: a node agent on every node, and fencers (the leader
+candidates) on the first `fencers` nodes by name, as the fencer Deployment's pods would run on
+control-plane nodes (they die with their machine, like its broker). By default (`secure`) it
+runs as the shipped deployment does: mosquitto enforces the shipped ACL
+(deploy/base/mosquitto.acl) with one password per node and one for the fencers; node agents log
+in as their node and sign with their own key (kept under `<workdir>/nodekeys/<node>`, made at
+first start), the fencers hold the fencer key and pin every node's key as NodeKey objects; every
+process talks to the API server with a token naming its ServiceAccount (`nodefence-agent`,
+`nodefence-fencer`), recorded with each request. Secrets are files under `<workdir>/secrets`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.cluster import STANDBYS_ANNOTATION
+from agent.node_keys import encode_key, public_of
 from hwsim.bmcs import BmcFleet
 from hwsim.broker import MosquittoBroker, free_port
 from hwsim.fleet import Fleet
@@ -38,10 +46,15 @@ from hwsim.loop_thread import LoopThread
 from hwsim.simnode import SimNode
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "base"
-CRD_PATH = DEPLOY / "crd-fenceoperations.yaml"
+CRD_PATHS = (DEPLOY / "crd-fenceoperations.yaml", DEPLOY / "crd-nodekeys.yaml")
 ACL_PATH = DEPLOY / "mosquitto.acl"
 OBSERVER = "hwsim-observer"  # the harness's own broker login (live view, tests)
 DECKHOUSE_GROUP = "virtualization.deckhouse.io"
+# The harness's observer reads everything (appended to the shipped ACL, never shipped).
+OBSERVER_ACL = f"\nuser {OBSERVER}\ntopic read nodefence/#\n"
+FENCER_USER = "nodefence-fencer"  # the fencers' broker user (deploy/base/mosquitto.acl)
+AGENT_ACCOUNT = "nodefence-agent"  # the ServiceAccounts of deploy/base/rbac.yaml, as tokens
+FENCER_ACCOUNT = "nodefence-fencer"
 
 log = logging.getLogger("hwsim.cluster")
 
@@ -81,6 +94,7 @@ class ClusterSettings:
     log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
     brokers: int = 2  # mosquitto brokers, broker i on the i-th node (1: the old single broker)
     standbys: int = 2  # agent config kubernetes.standbys (warm standby candidates)
+    fencers: int = 3  # fencer processes (leader candidates), on the first nodes by name
     # PodGC, taint manager and attach/detach timers (upstream defaults unless compressed)
     timers: ControllerTimers = field(default_factory=ControllerTimers)
 
@@ -119,21 +133,29 @@ class SimCluster:
         self.fleet = Fleet.of_size(self.settings.nodes)
         self.passwords: dict[str, str] = {}
         if self.settings.secure:
-            logins = [m.name for m in self.fleet] + [OBSERVER]
+            logins = [m.name for m in self.fleet] + [FENCER_USER, OBSERVER]
             self.passwords = {name: secrets.token_urlsafe(18) for name in logins}
         count = max(1, min(self.settings.brokers, len(self.fleet)))
         names = sorted(m.name for m in self.fleet)
         # Broker i lives on the i-th node; every broker has the same ACL and password file.
         self.broker_hosts: list[str] = names[:count]
+        # The fencers' pods, on the first nodes (with required anti-affinity: one per node).
+        self.fencer_hosts: list[str] = names[: max(1, min(self.settings.fencers, len(names)))]
         self.brokers: list[MosquittoBroker] = [
             MosquittoBroker(
                 workdir / ("mqtt" if i == 0 else f"mqtt-{i}"),
                 users=self.passwords or None,
-                acl=ACL_PATH.read_text() if self.passwords else None,
+                acl=ACL_PATH.read_text() + OBSERVER_ACL if self.passwords else None,
             )
             for i in range(count)
         ]
-        self.heartbeat_key = secrets.token_hex(32) if self.settings.secure else None
+        # The fencer key (base64, as the Secret holds it) and its public half (the config's).
+        self.fencer_key: str | None = None
+        self.fencer_public: str | None = None
+        if self.settings.secure:
+            own = X25519PrivateKey.generate()
+            self.fencer_key = encode_key(own.private_bytes_raw())
+            self.fencer_public = encode_key(public_of(own))
         self.kube = KubeApiServer()
         self.kubeconfig = workdir / "kubeconfig"
         self.lifecycle: NodeLifecycleController | None = None
@@ -162,11 +184,11 @@ class SimCluster:
                     store.get("namespaces", ns)
                 except NotFound:
                     store.create("namespaces", {"metadata": {"name": ns}})
-            crd = yaml.safe_load(CRD_PATH.read_text())
-            try:
-                store.create("customresourcedefinitions", crd)
-            except AlreadyExists:
-                pass
+            for crd_path in CRD_PATHS:
+                try:
+                    store.create("customresourcedefinitions", yaml.safe_load(crd_path.read_text()))
+                except AlreadyExists:
+                    pass
             if self.settings.bmcs:
                 self._start_bmcs()
             self.lifecycle = NodeLifecycleController(
@@ -207,6 +229,8 @@ class SimCluster:
             if agents:
                 for name in self.nodes:
                     self.start_agent(name)
+                for name in self.fencer_hosts:
+                    self.start_fencer(name)
         except BaseException:
             self.stop()
             raise
@@ -379,18 +403,23 @@ class SimCluster:
         path.write_text(value + "\n")
         return path
 
-    def agent_config(self, node: str) -> Path:
-        """Write (and return) the agent config file for `node`."""
-        s = self.settings
+    def _kubeconfig(self, node: str, account: str) -> Path:
+        """A kubeconfig for `account`'s processes on `node` (its token names the account; with
+        links, the API server through the node's own link)."""
         sim = self.nodes.get(node)
         relays = sim.relays if sim is not None else {}
-        kubeconfig = self.kubeconfig
+        doc = self.kube.kubeconfig("default", token=account)
+        text = yaml.safe_dump(doc, sort_keys=False)
         if "api" in relays:
-            kubeconfig = self.workdir / "agents" / f"{node}.kubeconfig"
-            kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump(self.kube.kubeconfig("default"), sort_keys=False)
-            relay_url = f"http://127.0.0.1:{relays['api'].port}"
-            kubeconfig.write_text(text.replace(self.kube.url, relay_url))
+            text = text.replace(self.kube.url, f"http://127.0.0.1:{relays['api'].port}")
+        path = self.workdir / "kubeconfigs" / f"{node}-{account}.kubeconfig"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def _common_config(self, node: str, user: str) -> dict[str, Any]:
+        """What both roles' configs share (as the one config file of the manifests does)."""
+        s = self.settings
         ports = self.broker_ports(node)
         where: dict[str, Any] = (
             {"host": "127.0.0.1", "port": ports[0]}
@@ -410,40 +439,45 @@ class SimCluster:
                 "overrides": s.overrides,
                 "max_unhealthy": s.max_unhealthy,
             },
-            "kubernetes": {
-                "kubeconfig": str(kubeconfig),
-                "namespace": "nodefence",
-                "lease_duration": s.lease_duration,
-                "renew_deadline": s.renew_deadline,
-                "retry_period": s.retry_period,
-                "standbys": s.standbys,
-                # Cold candidates: slower than a warm one, but quick enough for short runs.
-                "cold_retry_period": max(s.retry_period, s.lease_duration / 2),
-            },
-            "health": {"host": "127.0.0.1", "port": 0}
+            "metrics": {"host": "127.0.0.1", "port": 0},
+        }
+        if self.passwords:
+            # One broker user per node and one for the fencers, each password in a file (the
+            # manifests take the username from $MQTT_USERNAME; here it is written out so that
+            # `nodefence status -c` works from any shell).
+            doc["broker"] |= {
+                "username": user,
+                "password_file": str(self._secret_file(f"mqtt-{user}", self.passwords[user])),
+            }
+        return doc
+
+    def agent_config(self, node: str) -> Path:
+        """Write (and return) the node agent's config file for `node`."""
+        s = self.settings
+        sim = self.nodes.get(node)
+        relays = sim.relays if sim is not None else {}
+        doc = self._common_config(node, node)
+        doc["kubernetes"] = {
+            "kubeconfig": str(self._kubeconfig(node, AGENT_ACCOUNT)),
+            "namespace": "nodefence",
+        }
+        doc["health"] = (
+            {"host": "127.0.0.1", "port": 0}
             if "health" not in relays or sim is None
             else {
                 "host": "127.0.0.1",
                 "port": sim.health_port,
                 "advertise": f"127.0.0.1:{relays['health'].port}",
-            },
-            "metrics": {"host": "127.0.0.1", "port": 0},
-        }
-        if s.inventory:
-            doc["inventory"] = s.inventory
-        if s.fencing:
-            doc["fencing"] = s.fencing
-        if self.passwords:
-            # One broker user per node, its password in a file (the DaemonSet takes the
-            # username from $NODE_NAME; here it is written out so `nodefence status -c` works
-            # from any shell).
-            doc["broker"] |= {
-                "username": node,
-                "password_file": str(self._secret_file(f"mqtt-{node}", self.passwords[node])),
             }
-        if self.heartbeat_key:
-            key = self._secret_file("heartbeat.key", self.heartbeat_key)
-            doc["auth"] = {"heartbeat_key_file": str(key), "mode": "required"}
+        )
+        if self.fencer_public:
+            # The node's own key, on its disk (the DaemonSet's hostPath): made at the agent's
+            # first start, kept across restarts and power cycles.
+            doc["auth"] = {
+                "node_key_file": str(self.workdir / "nodekeys" / node / "node.key"),
+                "fencer_public_keys": [self.fencer_public],
+                "mode": "required",
+            }
         if s.watchdog:
             wd = {k: v for k, v in s.watchdog.items() if k != "reboot_after"}
             doc["watchdog"] = {
@@ -457,16 +491,46 @@ class SimCluster:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
+    def fencer_config(self, node: str) -> Path:
+        """Write (and return) the config file of the fencer on `node`."""
+        s = self.settings
+        doc = self._common_config(node, FENCER_USER)
+        doc["kubernetes"] = {
+            "kubeconfig": str(self._kubeconfig(node, FENCER_ACCOUNT)),
+            "namespace": "nodefence",
+            "lease_duration": s.lease_duration,
+            "renew_deadline": s.renew_deadline,
+            "retry_period": s.retry_period,
+            "standbys": s.standbys,
+        }
+        doc["health"] = {"host": "127.0.0.1", "port": 0}
+        if s.inventory:
+            doc["inventory"] = s.inventory
+        if s.fencing:
+            doc["fencing"] = s.fencing
+        if self.fencer_key:
+            key = self._secret_file("fencer.key", self.fencer_key)
+            doc["auth"] = {"fencer_key_file": str(key), "mode": "required"}
+        path = self.workdir / "fencers" / f"{node}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
     def start_agent(self, node: str) -> None:
         """Start (or restart) `node`'s agent process."""
         env = {"NODEFENCE_LOG_LEVEL": self.settings.log_level}
         self.nodes[node].start_agent(self.agent_config(node), env)
 
+    def start_fencer(self, node: str) -> None:
+        """Start (or restart) the fencer process on `node` (one of `fencer_hosts`)."""
+        env = {"NODEFENCE_LOG_LEVEL": self.settings.log_level}
+        self.nodes[node].start_fencer(self.fencer_config(node), env)
+
     # -- observations -----------------------------------------------------------------------------
 
     def leader(self) -> str | None:
-        """The node whose agent holds the nodefence leader Lease, or None (the holder identity
-        is `<node>_<per-process id>`, see `node_of`)."""
+        """The node whose fencer holds the nodefence leader Lease, or None (the holder
+        identity is `<node>_<per-process id>`, see `node_of`)."""
         try:
             lease = self.kube.store.get("leases", "nodefence-leader", "nodefence")
         except NotFound:
@@ -519,12 +583,13 @@ class SimCluster:
             time.sleep(interval)
 
     def log_tail(self, lines: int = 15) -> str:
-        """The last lines of every agent log (for failure messages)."""
+        """The last lines of every agent and fencer log (for failure messages)."""
         parts = []
         for node in self.nodes.values():
-            if node.log_path.exists():
-                tail = node.log_path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {node.name}\n" + "\n".join(tail))
+            for path, what in ((node.log_path, node.name), (node.fencer_log_path, "fencer")):
+                if path.exists():
+                    tail = path.read_text(errors="replace").splitlines()[-lines:]
+                    parts.append(f"--- {what} on {node.name}\n" + "\n".join(tail))
         return "\n".join(parts)
 
     def summary(self) -> str:

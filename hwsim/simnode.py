@@ -1,5 +1,7 @@
 """A simulated node: a machine, its kubelet (Lease, Ready, a TCP port peers can reach while it
-has power) and its nodefence agent process. Cutting power silences all three at once.
+has power), its nodefence agent process and, on the nodes that host one (as control-plane nodes
+host the fencer Deployment's pods), a `nodefence fencer` process. Cutting power silences them
+all at once.
 
 Optionally the node reaches the broker and the API server through its own `TcpRelay`s (its
 network link: `isolate()` cuts it while the agent keeps running) and has an emulated watchdog
@@ -97,6 +99,9 @@ class SimNode:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_config: Path | None = None
         self.agent_env: dict[str, str] = {}
+        self.fencer: subprocess.Popen[bytes] | None = None
+        self.fencer_config: Path | None = None  # set on the nodes that host a fencer
+        self.fencer_env: dict[str, str] = {}
         self.relays: dict[str, TcpRelay] = {}  # "broker" / "api" / "health" -> its link
         self.health_port = 0  # the agent's health port behind the "health" relay
         self.watchdog: EmulatedWatchdog | None = None
@@ -149,15 +154,17 @@ class SimNode:
         return self.machine.power_state() == "on" and not self.partitioned
 
     def partition(self) -> None:
-        """Cut the node off the network: its agent, kubelet and kubelet port go silent, but the
-        machine keeps power and keeps running its VMs (the split-brain danger)."""
+        """Cut the node off the network: its agent (and fencer), kubelet and kubelet port go
+        silent, but the machine keeps power and keeps running its VMs (the split-brain
+        danger)."""
         self.partitioned = True
         self.kubelet_port.close()
         self.kill_agent()
+        self.kill_fencer()
 
     def heal(self, start_agent: bool = True) -> None:
-        """Reconnect a partitioned node; its agent is started again unless `start_agent` is
-        False (an agent stopped on purpose stays stopped)."""
+        """Reconnect a partitioned node; its agent (and fencer) is started again unless
+        `start_agent` is False (an agent stopped on purpose stays stopped)."""
         self.partitioned = False
         for relay in self.relays.values():
             relay.heal()
@@ -165,11 +172,18 @@ class SimNode:
             self.kubelet_port.open()
             if start_agent and self.agent_config is not None and not self.agent_running():
                 self.start_agent(self.agent_config, self.agent_env)
+            if start_agent:
+                self._restart_fencer()
 
     @property
     def log_path(self) -> Path:
         """The agent's log file."""
         return self.workdir / "logs" / f"{self.name}.log"
+
+    @property
+    def fencer_log_path(self) -> Path:
+        """The fencer's log file (on a node that hosts one)."""
+        return self.workdir / "logs" / f"{self.name}-fencer.log"
 
     def start(self) -> None:
         """Start the kubelet (and its port, while powered)."""
@@ -181,6 +195,7 @@ class SimNode:
     def stop(self) -> None:
         """Stop everything of this node (the test harness is shutting down)."""
         self.kill_agent()
+        self.kill_fencer()
         self.kubelet.stop_thread()
         self.kubelet_port.close()
         if self._reboot is not None:
@@ -190,20 +205,25 @@ class SimNode:
         for relay in self.relays.values():
             relay.stop()
 
+    def _spawn(
+        self, role: str, config: Path, env: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        full = {**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": self.name, **env}
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", role, "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full,
+            )
+
     def start_agent(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
         """Start `nodefence agent` for this node as a real process, logging to `log_path`."""
         self.agent_config = config
         self.agent_env = dict(extra_env or {})
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": self.name, **self.agent_env}
-        with self.log_path.open("ab") as log:
-            self.agent = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "agent", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-            )
+        self.agent = self._spawn("agent", config, self.agent_env, self.log_path)
 
     def agent_running(self) -> bool:
         """True while the agent process is alive."""
@@ -212,20 +232,34 @@ class SimNode:
     def kill_agent(self, sig: int = signal.SIGKILL) -> None:
         """Stop the agent: SIGKILL (crash, default) or SIGTERM (clean)."""
         proc, self.agent = self.agent, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _end(proc, sig)
+
+    def start_fencer(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
+        """Start `nodefence fencer` on this node as a real process (its pod, as scheduled
+        here), logging to `fencer_log_path`."""
+        self.fencer_config = config
+        self.fencer_env = dict(extra_env or {})
+        self.fencer = self._spawn("fencer", config, self.fencer_env, self.fencer_log_path)
+
+    def fencer_running(self) -> bool:
+        """True while this node's fencer process is alive."""
+        return self.fencer is not None and self.fencer.poll() is None
+
+    def kill_fencer(self, sig: int = signal.SIGKILL) -> None:
+        """Stop this node's fencer: SIGKILL (crash, default) or SIGTERM (clean)."""
+        proc, self.fencer = self.fencer, None
+        _end(proc, sig)
+
+    def _restart_fencer(self) -> None:
+        if self.fencer_config is not None and not self.fencer_running():
+            self.start_fencer(self.fencer_config, self.fencer_env)
 
     def _power_changed(self, machine: SimMachine, state: PowerLiteral) -> None:
         if state == "off":
             self.kubelet.power_lost()
             self.kubelet_port.close()
             self.kill_agent()
+            self.kill_fencer()
             if self.watchdog is not None and self.watchdog.running:
                 # A power cycle resets the watchdog hardware: disarmed until the next agent.
                 self.watchdog.stop()
@@ -237,3 +271,16 @@ class SimNode:
             self.kubelet_port.open()
             if self.agent_config is not None and not self.agent_running():
                 self.start_agent(self.agent_config, self.agent_env)
+            self._restart_fencer()
+
+
+def _end(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Signal a process and reap it (SIGKILL after 10 s)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

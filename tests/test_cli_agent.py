@@ -22,12 +22,20 @@ async def test_agent_without_a_node_name_refuses_to_start(tmp_path: Path) -> Non
     assert r.code == 2 and "--node or $NODE_NAME" in r.err
 
 
-async def test_agent_with_a_broken_inventory_refuses_to_start(tmp_path: Path) -> None:
+async def test_a_fencer_with_a_broken_inventory_refuses_to_start(tmp_path: Path) -> None:
+    # Only the fencers read the inventory (a node agent holds no BMC credentials).
     (tmp_path / "inv.yaml").write_text("nodes: {}\n")
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("inventory: inv.yaml\n")
-    r = await run_cli("agent", "-c", str(cfg), "--node", "node-1")
+    r = await run_cli("fencer", "-c", str(cfg), "--node", "node-1")
     assert r.code == 2 and "inventory error" in r.err and "inv.yaml" in r.err
+
+
+async def test_a_fencer_with_a_bad_node_name_says_so_on_stderr(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("{}\n")
+    r = await run_cli("fencer", "-c", str(cfg), "--node", "Bad_Name")
+    assert r.code == 2 and "fencer's node" in r.err
 
 
 async def test_agent_with_a_bad_profile_override_names_it(tmp_path: Path) -> None:

@@ -32,18 +32,20 @@ def test_an_empty_config_gets_the_documented_defaults(tmp_path: Path) -> None:
 def test_the_shipped_example_loads(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace("/etc/nodefence/mqtt/password", str(tmp_path / "pw"))
     text = text.replace("/etc/nodefence/inventory/inventory.yaml", "inv.yaml")
-    text = text.replace("/etc/nodefence/heartbeat/key", str(tmp_path / "key"))
     (tmp_path / "pw").write_text("mqtt-secret\n")
-    (tmp_path / "key").write_text("k" * 64 + "\n")
     path = tmp_path / "agent.yaml"
     path.write_text(text)
-    cfg = load_config(path, env={"NODE_NAME": "worker-1"})
+    cfg = load_config(path, env={"NODE_NAME": "worker-1", "MQTT_USERNAME": "worker-1"})
     assert cfg.broker.username == "worker-1"
     assert cfg.broker.password is not None and cfg.broker.password.reveal() == "mqtt-secret"
     assert "mqtt-secret" not in repr(cfg)
     assert len(cfg.brokers) == 2 and {b.username for b in cfg.brokers} == {"worker-1"}
     assert cfg.inventory == str(tmp_path / "inv.yaml")
     assert cfg.auth.mode == "required" and not cfg.watchdog.enabled
+    # Both roles' keys are named; each role reads its own at start.
+    assert cfg.auth.node_key_file == "/var/lib/nodefence/node.key"
+    assert cfg.auth.fencer_key_file == "/etc/nodefence/fencer/key"
+    assert len(cfg.auth.fencer_public_keys) == 1 and cfg.auth.key is None
     profile_from_mapping({"profile": cfg.profile, **cfg.profile_overrides})
 
 
@@ -140,7 +142,20 @@ def test_a_heartbeat_key_makes_signatures_required_by_default(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("text", "field", "problem"),
     [
-        ("auth: {mode: required}\n", "auth.heartbeat_key_file", "needs"),
+        ("auth: {mode: required}\n", "auth.mode", "needs keys"),
+        ("auth: {node_key_file: k}\n", "auth.fencer_public_keys", "go together"),
+        ("auth: {fencer_public_keys: [" + "A" * 43 + "=]}\n", "auth.node_key_file", "together"),
+        (
+            "auth: {node_key_file: k, fencer_public_keys: [abcd]}\n",
+            "auth.fencer_public_keys[0]",
+            "3 bytes",
+        ),
+        ("auth: {node_key_file: k, fencer_public_keys: x}\n", "auth.fencer_public_keys", "list"),
+        (
+            "auth: {fencer_key_file: k, fencer_also_accept_files: [1]}\n",
+            "auth.fencer_also_accept_files[0]",
+            "path",
+        ),
         ("auth: {mode: strict, heartbeat_key_env: K}\n", "auth.mode", "off, permissive"),
         ("auth: {heartbeat_key: abc}\n", "auth.heartbeat_key", "unknown field"),
         ("auth: {heartbeat_key_env: NOPE}\n", "auth.heartbeat_key_env", "not set"),

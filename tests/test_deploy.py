@@ -5,18 +5,24 @@
 - the CRD is a structural CRD, and the FenceOperation records the agent writes validate
   against its schema, with no field the API server would silently prune;
 - the rendered objects apply to the hwsim Kubernetes API emulator with kubectl;
-- RBAC: every API call of an end-to-end fencing run (the agents) and of a maintenance run (the
-  CLI) is granted to the nodefence ServiceAccount, every grant is used, none is broad;
-- the broker's shipped config and ACL, on a real mosquitto, let a node speak only for itself,
-  and a whole fencing run works through them;
-- the shipped agent configs (signed heartbeats required; the watchdog overlay's self-fencing
-  on) and the example inventory load with the agent's own parsers;
+- two roles: the node agent DaemonSet mounts no inventory, no fencer key and no cluster key and
+  has no API rights (the watchdog component: two reads); the fencer Deployment mounts them;
+- RBAC: every API call of an end-to-end fencing run (the fencers) and of a maintenance run (the
+  CLI) is granted to the fencers' ServiceAccount, every grant is used, none is broad (what a
+  compromised node can do with its account: tests/test_compromised_node.py);
+- the broker's shipped config and ACL, on a real mosquitto, let a node speak only for itself
+  and only the fencers ask for probes, and a whole fencing run works through them;
+- the shipped configs (signatures required; the watchdog overlay's self-fencing on; the upgrade
+  overlay's old key) and the example inventory load with the agent's own parsers, and each
+  role's keys load as it reads them;
 - the Containerfile is multi-stage, slim and non-root; the alert rules name real metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import importlib.util
 import json
 import os
@@ -43,10 +49,12 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from agent import metrics
+from agent.auth_keys import fencer_keyring, node_signer
 from agent.cluster import RECORD_GROUP, RECORD_PLURAL, RECORD_VERSION
 from agent.config import parse_config
 from agent.fencing import Operation, Phase, VmOutcome
 from agent.inventory import load_inventory
+from agent.node_keys import private_key, public_of
 from agent.policy import AlertKind
 from agent.records import to_record
 from hwsim.broker import MosquittoBroker, find_mosquitto, free_port
@@ -60,9 +68,17 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 # The oldest Kubernetes the manifests promise to work on, and the newest schemas bundled.
 KUBE_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
-TARGETS = ("base", "overlays/example", "overlays/kubevirt", "overlays/watchdog")
+TARGETS = (
+    "base",
+    "overlays/example",
+    "overlays/kubevirt",
+    "overlays/watchdog",
+    "overlays/upgrade",
+)
 NAMESPACE = "nodefence"
-ACCOUNT = "nodefence-agent"
+ACCOUNT = "nodefence-agent"  # the node agents' ServiceAccount
+FENCER = "nodefence-fencer"  # the fencers' ServiceAccount (and their broker user)
+WORKLOADS = ("DaemonSet", "Deployment", "StatefulSet")
 AGENT_CONFIG = "nodefence-agent-config"  # generated: the name carries a content hash
 # User-Agent of the official kubernetes Python client: nodefence's calls, as opposed to the
 # harness's kubectl and the simulators' in-process store calls (which never reach HTTP).
@@ -141,15 +157,16 @@ def test_the_base_ships_no_secret_so_apply_never_resets_real_credentials() -> No
     assert example == {
         "nodefence-inventory",
         "nodefence-mqtt-agents",
+        "nodefence-mqtt-fencer",
         "nodefence-mqtt-broker",
-        "nodefence-heartbeat-key",
+        "nodefence-fencer-key",
     }
 
 
 def test_every_secret_configmap_and_account_the_pods_use_is_rendered() -> None:
     docs = render("overlays/example")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    for kind in ("DaemonSet", "StatefulSet"):
+    for kind in WORKLOADS:
         spec = pod_spec(docs, kind)
         for volume in spec["volumes"]:
             if "secret" in volume:
@@ -161,7 +178,7 @@ def test_every_secret_configmap_and_account_the_pods_use_is_rendered() -> None:
     for service in (d for d in docs if d["kind"] == "Service"):
         selected = [
             kind
-            for kind in ("DaemonSet", "StatefulSet")
+            for kind in WORKLOADS
             if service["spec"]["selector"].items()
             <= find(docs, kind)["spec"]["template"]["metadata"]["labels"].items()
         ]
@@ -200,28 +217,95 @@ def test_the_agent_runs_on_every_node_unprivileged_with_probes_on_its_health_por
     assert hardening["allowPrivilegeEscalation"] is False
     assert hardening["capabilities"] == {"drop": ["ALL"]}
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"]}
-    assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
+    assert env == {
+        "NODE_NAME": "spec.nodeName",
+        "MQTT_USERNAME": "spec.nodeName",  # a node agent logs in to the brokers as its node
+        "NODE_IP": "status.hostIP",
+    }
     ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
     config = yaml.safe_load(find(docs, "ConfigMap", AGENT_CONFIG)["data"]["agent.yaml"])
+    assert config["broker"]["username_env"] == "MQTT_USERNAME"
     assert ports == {"health": config["health"]["port"], "metrics": config["metrics"]["port"]}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert set(agent["resources"]) == {"requests", "limits"}
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     assert mounts["/etc/nodefence/mqtt/password"]["subPathExpr"] == "$(NODE_NAME)"
-    assert "subPath" not in mounts["/etc/nodefence/inventory"]  # or edits never arrive
-    # The cluster's heartbeat key, where the config's auth.heartbeat_key_file looks for it.
-    key_file = Path(config["auth"]["heartbeat_key_file"])
-    key_mount = mounts[str(key_file.parent)]  # the Secret as a directory: room for a 2nd key
-    assert key_file.name == "key" and "subPath" not in key_mount
-    assert key_mount["readOnly"] is True
+    # The node's own key lives on the node (made at the first start, kept across pods), in the
+    # directory the config's auth.node_key_file names, handed to the agent's user first.
+    key_dir = str(Path(config["auth"]["node_key_file"]).parent)
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes[key_mount["name"]]["secret"] == {
-        "secretName": "nodefence-heartbeat-key",
-        "defaultMode": 0o440,  # group-readable through fsGroup, like the other Secrets
+    assert volumes[mounts[key_dir]["name"]]["hostPath"] == {
+        "path": key_dir,
+        "type": "DirectoryOrCreate",
     }
+    (init,) = spec["initContainers"]
+    assert init["image"] == agent["image"] and key_dir in init["command"][-1]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
     assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
     assert agent["args"] == ["agent", "--config", "/etc/nodefence/config/agent.yaml"]
+
+
+def secret_volumes(spec: Obj) -> dict[str, str]:
+    """Mount path -> the Secret mounted there, for the pod's one container."""
+    (only,) = spec["containers"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    return {
+        m["mountPath"]: secrets[m["name"]] for m in only["volumeMounts"] if m["name"] in secrets
+    }
+
+
+@pytest.mark.parametrize("target", ["overlays/example", "overlays/watchdog"])
+def test_only_the_fencers_mount_the_inventory_and_the_fencer_key(target: str) -> None:
+    docs = render(target)
+    agent, fencer = pod_spec(docs, "DaemonSet"), pod_spec(docs, "Deployment")
+    config = yaml.safe_load(find(docs, "ConfigMap", AGENT_CONFIG)["data"]["agent.yaml"])
+    # The node agents: their own MQTT password, nothing that can switch a server off or sign
+    # for another node: no inventory, no fencer key, no cluster key.
+    assert set(secret_volumes(agent).values()) == {"nodefence-mqtt-agents"}
+    assert agent["serviceAccountName"] == ACCOUNT
+    assert agent["automountServiceAccountToken"] is (target == "overlays/watchdog")
+    # The fencers: the inventory, the fencer key and their MQTT password, where the (one,
+    # shared) config names them; their own account.
+    mounted = secret_volumes(fencer)
+    assert mounted == {
+        str(Path(config["inventory"]).parent): "nodefence-inventory",
+        str(Path(config["auth"]["fencer_key_file"]).parent): "nodefence-fencer-key",
+        str(Path(config["broker"]["password_file"]).parent): "nodefence-mqtt-fencer",
+    }
+    assert Path(config["auth"]["fencer_key_file"]).name == "key"
+    assert "heartbeat_key_file" not in config["auth"]  # no cluster key left anywhere
+    assert fencer["serviceAccountName"] == FENCER and "hostNetwork" not in fencer
+    (box,) = fencer["containers"]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in box["env"]}
+    assert env == {"NODE_NAME": "spec.nodeName", "MQTT_USERNAME": FENCER}
+    assert box["args"] == ["fencer", "--config", "/etc/nodefence/config/agent.yaml"]
+    assert box["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert fencer["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_fencers_are_two_or_three_never_on_one_node_preferably_on_the_control_plane() -> None:
+    docs = render("overlays/example")
+    deployment = find(docs, "Deployment", "nodefence-fencer")
+    assert 2 <= deployment["spec"]["replicas"] <= 3
+    # Never a surge: with one fencer per node a surge pod could not be placed.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    spec = pod_spec(docs, "Deployment")
+    (required,) = spec["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert required["topologyKey"] == "kubernetes.io/hostname"
+    assert required["labelSelector"]["matchLabels"].items() <= labels.items()
+    (preferred,) = spec["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    (term,) = preferred["preference"]["matchExpressions"]
+    assert term == {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
+    assert {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
+            "effect": "NoSchedule"} in spec["tolerations"]  # fmt: skip
+    config = yaml.safe_load(find(docs, "ConfigMap", AGENT_CONFIG)["data"]["agent.yaml"])
+    assert config["kubernetes"]["standbys"] == deployment["spec"]["replicas"] - 1
 
 
 def test_only_the_watchdog_overlay_is_privileged_and_only_to_open_the_watchdog() -> None:
@@ -229,13 +313,24 @@ def test_only_the_watchdog_overlay_is_privileged_and_only_to_open_the_watchdog()
 
     def others(docs: list[Obj]) -> list[Obj]:  # all but the DaemonSet and the agent config
         config = find(docs, "ConfigMap", AGENT_CONFIG)
-        return [d for d in docs if d["kind"] != "DaemonSet" and d is not config]
+        name = config["metadata"]["name"]  # its hash differs; the fencers mount it too
+        return [
+            json.loads(json.dumps(d).replace(name, AGENT_CONFIG))
+            for d in docs
+            if d["kind"] != "DaemonSet" and d is not config
+        ]
 
-    assert others(plain) == others(watchdog)
+    # ... and the agents' two reads the watchdog needs (its rbac.yaml), nothing else.
+    added = [d for d in others(watchdog) if d not in others(plain)]
+    assert others(plain) == [d for d in others(watchdog) if d not in added]
+    assert {d["metadata"]["name"] for d in added} == {"nodefence-agent-watchdog"}
     before, after = container(plain), container(watchdog)
     assert "privileged" not in before["securityContext"]
     assert after["securityContext"]["privileged"] is True
-    (device,) = [v for v in pod_spec(watchdog)["volumes"] if "hostPath" in v]
+    plain_volumes = pod_spec(plain)["volumes"]  # the config's differs only by its hash
+    (device,) = [
+        v for v in pod_spec(watchdog)["volumes"] if v not in plain_volumes and v["name"] != "config"
+    ]
     assert device["hostPath"] == {"path": "/dev/watchdog", "type": "CharDevice"}
     assert {"name": device["name"], "mountPath": "/dev/watchdog"} in after["volumeMounts"]
     strip = ("securityContext", "volumeMounts")
@@ -255,28 +350,49 @@ def agent_config_text(target: str) -> str:
 def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Path) -> None:
     (tmp_path / "mqtt").mkdir()
     (tmp_path / "mqtt" / "password").write_text("from-the-secret\n")
+    (tmp_path / "fencer").mkdir()
     (tmp_path / "heartbeat").mkdir()
+    (tmp_path / "heartbeat" / "key").write_text("an-old-cluster-key-of-32-bytes-or-more\n")
     for target in TARGETS:
         docs = render(target)
         text = agent_config_text(target)
         assert "/etc/nodefence/mqtt/password" in text
-        assert "/etc/nodefence/heartbeat/key" in text
         shipped_secrets = [d for d in docs if d["kind"] == "Secret"]
-        if shipped_secrets:  # the overlays: the FAKE example key, as the DaemonSet mounts it
-            key = find(shipped_secrets, "Secret", "nodefence-heartbeat-key")["stringData"]["key"]
-            assert key.startswith("FAKE-") and len(key.encode()) >= 32
-        else:  # the base ships no Secret: a key as deploy/tools/mqtt_credentials.py makes it
-            key = mqtt_tool().make_heartbeat_key(tmp_path / "creds").read_text()
-        (tmp_path / "heartbeat" / "key").write_text(key + "\n")
+        if shipped_secrets:  # the overlays: the FAKE example fencer key, as the fencers mount it
+            key = find(shipped_secrets, "Secret", "nodefence-fencer-key")["stringData"]["key"]
+            assert base64.b64decode(key).startswith(b"FAKE-")
+        else:  # the base ships no Secret: a key as deploy/tools/mqtt_credentials.py makes it,
+            # and its public half where the base's placeholder stands
+            key_file, public = mqtt_tool().make_fencer_key(tmp_path / "creds")
+            key = key_file.read_text().strip()
+            placeholder = yaml.safe_load(text)["auth"]["fencer_public_keys"][0]
+            text = text.replace(placeholder, public)
+        (tmp_path / "fencer" / "key").write_text(key + "\n")
         doc = yaml.safe_load(text.replace("/etc/nodefence/", f"{tmp_path}/"))
-        cfg = parse_config(doc, path=tmp_path / "agent.yaml", env={"NODE_NAME": "worker-1"})
+        doc["auth"]["node_key_file"] = str(tmp_path / target / "node.key")
+        env = {"MQTT_USERNAME": "worker-1"}
+        cfg = parse_config(doc, path=tmp_path / "agent.yaml", env=env)
         assert cfg.broker.username == "worker-1"
         assert cfg.broker.password is not None
         assert cfg.broker.password.reveal() == "from-the-secret"
         assert cfg.inventory == f"{tmp_path}/inventory/inventory.yaml"
-        # Every shipped config refuses unsigned heartbeats.
+        # Every shipped config refuses unsigned messages; each role's keys load as it reads them,
+        # and the node's key agreed with the config's fencer public key is the fencers' key.
         assert cfg.auth.mode == "required", target
-        assert cfg.auth.key is not None and cfg.auth.key.reveal() == key
+        signer = node_signer(cfg, "worker-1")
+        keyring = fencer_keyring(cfg)
+        assert signer is not None and keyring is not None
+        keyring.pinned("worker-1", signer.public)
+        assert keyring.keys("worker-1") == (signer.key,), target
+        # Only the upgrade overlay names the old cluster key (and mounts it in both roles).
+        upgrade = target == "overlays/upgrade"
+        assert (cfg.auth.key is not None) is upgrade, target
+        if upgrade:
+            assert cfg.auth.key is not None and cfg.auth.key.reveal().startswith("an-old")
+            for kind in ("DaemonSet", "Deployment"):
+                assert secret_volumes(pod_spec(docs, kind)).get("/etc/nodefence/heartbeat") == (
+                    "nodefence-heartbeat-key"
+                )
         # Self-fencing is on where the watchdog is mounted, and only there.
         watchdog = target == "overlays/watchdog"
         assert cfg.watchdog.enabled is cfg.fencing.self_fence is watchdog, target
@@ -286,7 +402,7 @@ def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Pat
             device_mounts = [m["mountPath"] for m in container(docs)["volumeMounts"]]
             assert cfg.watchdog.device in device_mounts
         # The config names what the manifests grant and serve.
-        role = find(docs, "Role", "nodefence-agent")
+        role = find(docs, "Role", FENCER)
         assert cfg.kube.namespace == role["metadata"]["namespace"] == NAMESPACE
         (named,) = [r for r in role["rules"] if r.get("resourceNames")]
         assert named["resourceNames"] == [cfg.kube.lease_name]
@@ -301,8 +417,34 @@ def test_the_shipped_agent_configs_load_with_the_agents_own_parser(tmp_path: Pat
         ]
         assert {b.port for b in cfg.brokers} == {p["port"] for p in broker["spec"]["ports"]}
     names = [agent_config_text(t).split("cluster:", 1)[1].split()[0] for t in TARGETS]
-    # the example overlay sets its own name; the watchdog and kubevirt overlays are that site
-    assert names == ["cluster-1", "example-prod", "example-prod", "example-prod"]
+    # the example overlay sets its own name; the kubevirt, watchdog and upgrade overlays are
+    # that site
+    assert names == ["cluster-1", "example-prod", "example-prod", "example-prod", "example-prod"]
+
+
+def test_the_upgrade_overlay_is_the_example_site_plus_the_old_key_and_the_old_acl_grants() -> None:
+    example = yaml.safe_load(agent_config_text("overlays/example"))
+    upgrade = yaml.safe_load(agent_config_text("overlays/upgrade"))
+    assert upgrade["auth"].pop("heartbeat_key_file") == "/etc/nodefence/heartbeat/key"
+    assert upgrade == example
+    # The fencers start before any old agent (a possible leader) is replaced: no roll by itself.
+    strategy = find(render("overlays/upgrade"), "DaemonSet")["spec"]["updateStrategy"]
+    assert strategy == {"type": "OnDelete"}
+    assert find(render("overlays/example"), "DaemonSet")["spec"]["updateStrategy"]["type"] == (
+        "RollingUpdate"
+    )
+    shipped = find(render("overlays/example"), "ConfigMap", "nodefence-mqtt-config")["data"]
+    during = find(render("overlays/upgrade"), "ConfigMap", "nodefence-mqtt-config")["data"]
+    assert during["mosquitto.conf"] == shipped["mosquitto.conf"]
+    assert during["acl"].startswith(shipped["acl"])  # the new ACL, then the old grants
+    added = [line for line in during["acl"][len(shipped["acl"]) :].splitlines() if line[:1] != "#"]
+    assert added == [
+        "pattern read nodefence/v1/+/heartbeat/+",
+        "pattern read nodefence/v1/+/status/+",
+        "pattern read nodefence/v1/+/probe-result/+",
+        "pattern readwrite nodefence/v1/+/probe/+",
+        "pattern readwrite nodefence/v1/+/leader/view",
+    ]
 
 
 def test_the_watchdog_overlays_config_is_the_example_sites_plus_self_fencing() -> None:
@@ -349,21 +491,22 @@ def mqtt_tool() -> ModuleType:
     return module
 
 
-def test_the_example_broker_password_file_matches_the_example_agent_passwords() -> None:
+def test_the_example_broker_password_file_matches_the_example_passwords() -> None:
     docs, tool = render("overlays/example"), mqtt_tool()
-    agents = find(docs, "Secret", "nodefence-mqtt-agents")["stringData"]
+    logins = dict(find(docs, "Secret", "nodefence-mqtt-agents")["stringData"])
+    logins[FENCER] = find(docs, "Secret", "nodefence-mqtt-fencer")["stringData"]["password"]
     lines = find(docs, "Secret", "nodefence-mqtt-broker")["stringData"]["passwd"].splitlines()
     hashes = dict(line.split(":", 1) for line in lines)
-    assert set(hashes) == set(agents)
-    for node, password in agents.items():
-        assert "fake" in password and tool.verify(password, hashes[node]), node
+    assert set(hashes) == set(logins)
+    for user, password in logins.items():
+        assert "fake" in password and tool.verify(password, hashes[user]), user
 
 
 # -- the CRD --------------------------------------------------------------------------------
 
 
 def crd() -> Obj:
-    return find(render("base"), "CustomResourceDefinition")
+    return find(render("base"), "CustomResourceDefinition", "fenceoperations.nodefence.io")
 
 
 def structural_problems(schema: Obj, where: str = "") -> Iterator[str]:
@@ -497,10 +640,11 @@ def test_the_rendered_objects_apply_to_the_api_emulator_and_reapply_unchanged(
         server.write_kubeconfig(tmp_path / "kubeconfig")
         for target in TARGETS:
             kubectl_apply(tmp_path / "kubeconfig", rendered_text(target))
-        again = kubectl_apply(tmp_path / "kubeconfig", rendered_text("overlays/watchdog"))
+        last = TARGETS[-1]
+        again = kubectl_apply(tmp_path / "kubeconfig", rendered_text(last))
         assert again and all(line.endswith(" unchanged") for line in again.splitlines()), again
         store = server.store
-        for doc in render("overlays/watchdog"):
+        for doc in render(last):
             meta = doc["metadata"]
             assert store.get(doc["kind"].lower(), meta["name"], meta.get("namespace"))
         assert store.list("fenceoperations", NAMESPACE)["items"] == []  # the CRD is served
@@ -654,15 +798,21 @@ def test_the_rbac_evaluator_decides_as_the_api_server_does(
 
 def test_rbac_grants_nothing_broad_and_no_secret() -> None:
     docs = render("overlays/example")
-    grants = grants_for(docs, NAMESPACE, ACCOUNT)
+    assert grants_for(docs, NAMESPACE, ACCOUNT) == []  # the node agents: no right at all
+    watchdog = grants_for(render("overlays/watchdog"), NAMESPACE, ACCOUNT)
+    assert {(g.role, v, r) for g in watchdog for v in g.verbs for r in g.resources} == {
+        ("Role/nodefence-agent-watchdog", "list", "fenceoperations"),
+        ("ClusterRole/nodefence-agent-watchdog", "get", "nodes"),
+    }
+    grants = grants_for(docs, NAMESPACE, FENCER)
     assert {g.role for g in grants} == {
-        "ClusterRole/nodefence-agent",
+        "ClusterRole/nodefence-fencer",
         "ClusterRole/nodefence-maintenance",
-        "Role/nodefence-agent",
-        "Role/nodefence-agent-node-leases",
+        "Role/nodefence-fencer",
+        "Role/nodefence-fencer-node-leases",
         "Role/nodefence-maintenance",
     }
-    for g in grants:
+    for g in grants + watchdog:
         assert "*" not in g.api_groups | g.resources | g.verbs, g
         assert not g.resources & {"secrets", "configmaps", "serviceaccounts/token"}, g
         assert not g.verbs & {"escalate", "bind", "impersonate", "deletecollection"}, g
@@ -702,9 +852,14 @@ def shipped_acl() -> str:
     return acl
 
 
-def client_calls(server: KubeApiServer) -> list[RequestRecord]:
-    """The API calls nodefence made (the harness's kubectl and in-process calls excluded)."""
-    return [r for r in server.requests if r.user_agent.startswith(CLIENT_AGENT)]
+def client_calls(server: KubeApiServer, account: str | None = None) -> list[RequestRecord]:
+    """The API calls nodefence made (the harness's kubectl and in-process calls excluded);
+    with `account`, those made with its token (the simulated cluster's tokens name them)."""
+    return [
+        r
+        for r in server.requests
+        if r.user_agent.startswith(CLIENT_AGENT) and (account is None or r.user == account)
+    ]
 
 
 def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
@@ -725,6 +880,8 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
         kubectl_apply(cluster.kubeconfig, rendered_text("overlays/example"))
         for node in cluster.nodes:
             cluster.start_agent(node)
+        for node in cluster.fencer_hosts:
+            cluster.start_fencer(node)
         leader = cluster.wait_for("a leader", cluster.leader, 30)
         restartable = [  # a victim whose VMs must run again elsewhere: recovery calls too
             vm["status"]["nodeName"]
@@ -751,10 +908,12 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
         )
     finally:
         cluster.stop()
-    calls = client_calls(cluster.kube)
-    agent_grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if "maintenance" not in g.role]
-    assert denied(agent_grants, calls) == []
-    assert unused(agent_grants, calls) == []
+    assert client_calls(cluster.kube, ACCOUNT) == []  # the node agents ask nothing
+    calls = client_calls(cluster.kube, FENCER)
+    assert calls and len(calls) == len(client_calls(cluster.kube))
+    fencer_grants = [g for g in grants_for(docs, NAMESPACE, FENCER) if "maintenance" not in g.role]
+    assert denied(fencer_grants, calls) == []
+    assert unused(fencer_grants, calls) == []
     assert {"delete", "patch"} <= {c.verb for c in calls if c.resource == "nodes"}
     # the release ran: pods force-deleted, VolumeAttachments looked at
     assert {"list", "delete"} <= {c.verb for c in calls if c.resource == "pods"}
@@ -783,6 +942,8 @@ def test_on_a_cluster_serving_both_vm_apis_the_fenced_nodes_vms_of_both_are_veri
         kubectl_apply(cluster.kubeconfig, rendered_text("overlays/kubevirt"))
         for node in cluster.nodes:
             cluster.start_agent(node)
+        for node in cluster.fencer_hosts:
+            cluster.start_fencer(node)
         leader = cluster.wait_for("a leader", cluster.leader, 30)
         must_return = [v for v in vm_views(cluster.kube.store) if v.restarts and v.running]
         victim = next(  # hosts a restartable VM of each API
@@ -811,10 +972,11 @@ def test_on_a_cluster_serving_both_vm_apis_the_fenced_nodes_vms_of_both_are_veri
     assert verified == expected
     assert all(moved[name].running and moved[name].node != victim for _, name in expected)
     assert split_brains == []
-    calls = client_calls(cluster.kube)
-    agent_grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if "maintenance" not in g.role]
-    assert denied(agent_grants, calls) == []
-    assert unused(agent_grants, calls) == []
+    assert client_calls(cluster.kube, ACCOUNT) == []  # the node agents ask nothing
+    calls = client_calls(cluster.kube, FENCER)
+    fencer_grants = [g for g in grants_for(docs, NAMESPACE, FENCER) if "maintenance" not in g.role]
+    assert denied(fencer_grants, calls) == []
+    assert unused(fencer_grants, calls) == []
     assert list(record_validator().iter_errors(record)) == []
 
 
@@ -872,7 +1034,7 @@ def test_every_api_call_of_maintenance_is_granted_by_the_maintenance_role(
     calls = client_calls(cluster.kube)
     assert calls
     maintenance = ("ClusterRole/nodefence-maintenance", "Role/nodefence-maintenance")
-    grants = [g for g in grants_for(docs, NAMESPACE, ACCOUNT) if g.role in maintenance]
+    grants = [g for g in grants_for(docs, NAMESPACE, FENCER) if g.role in maintenance]
     assert denied(grants, calls) == []  # enough on its own, when bound to a person
     assert unused(grants, calls) == []
     assert [c for c in calls if c.code == 422] == []  # no unconditional update anywhere
@@ -919,51 +1081,71 @@ async def test_through_the_shipped_broker_a_node_can_speak_only_for_itself(
     tool = mqtt_tool()
     tool.make(tmp_path / "creds", ["node-1", "node-2"])
     password = {n: (tmp_path / "creds" / "agents" / n).read_text() for n in ("node-1", "node-2")}
+    password[FENCER] = (tmp_path / "creds" / "fencer-password").read_text()
     proc, port = start_shipped_broker(tmp_path, tmp_path / "creds" / "passwd")
     base = "nodefence/v1/c1"
     forged = [
         f"{base}/heartbeat/node-2",
         f"{base}/status/node-2",
         f"{base}/probe-result/node-2",
+        f"{base}/identity/node-2",
+        f"{base}/probe/node-3",  # only the fencers make peers probe
+        f"{base}/leader/view",  # ... and publish the view
+        f"{base}/fencer/node-1",  # ... and say they are there
         "nodefence/v1/c1",  # nor anything outside its topics
     ]
     own = [
         f"{base}/heartbeat/node-1",
         f"{base}/status/node-1",
         f"{base}/probe-result/node-1",
-        f"{base}/probe/node-3",  # leader duties: any agent may lead
-        f"{base}/leader/view",
+        f"{base}/identity/node-1",
     ]
+    fencer_own = [f"{base}/probe/node-3", f"{base}/leader/view", f"{base}/fencer/ctrl-1"]
 
     def client(user: str | None, secret: str | None, name: str) -> aiomqtt.Client:
         return aiomqtt.Client(
             "127.0.0.1", port, username=user, password=secret, identifier=name, timeout=5
         )
 
+    async def drain(sub: aiomqtt.Client, count: int) -> list[str]:
+        got: list[str] = []
+        async with asyncio.timeout(5):
+            async for message in sub.messages:
+                got.append(str(message.topic))
+                if len(got) == count:
+                    break
+        return got
+
     try:
-        async with client("node-2", password["node-2"], "leader") as leader:
-            for kind in ("heartbeat", "status", "probe-result", "probe"):
-                await leader.subscribe(f"{base}/{kind}/+", qos=1)
-            await leader.subscribe(f"{base}/leader/view", qos=1)
-            async with client("node-1", password["node-1"], "node-1") as node1:
-                # The watchdog's broker contact: an agent hears its own heartbeat come back.
-                await node1.subscribe(f"{base}/heartbeat/node-1", qos=1)
-                for topic in forged + own:  # in order, at QoS 1: forged ones come first
-                    await node1.publish(topic, b"x", qos=1)
-                async with asyncio.timeout(5):
-                    echo = await anext(aiter(node1.messages))
-                assert str(echo.topic) == f"{base}/heartbeat/node-1"
-            got: list[str] = []
-            async with asyncio.timeout(5):
-                async for message in leader.messages:
-                    got.append(str(message.topic))
-                    if len(got) == len(own):
-                        break
-        assert got == own  # every own topic arrives, and no forged one came before them
+        async with client(FENCER, password[FENCER], "fencer") as fencer:
+            for kind in ("heartbeat", "status", "probe-result", "identity", "probe", "fencer"):
+                await fencer.subscribe(f"{base}/{kind}/+", qos=1)
+            await fencer.subscribe(f"{base}/leader/view", qos=1)
+            async with client("node-2", password["node-2"], "node-2") as node2:
+                # A node hears the fencers' requests and the view, and no other node.
+                for kind in ("heartbeat", "status", "probe-result", "identity", "probe"):
+                    await node2.subscribe(f"{base}/{kind}/+", qos=1)
+                await node2.subscribe(f"{base}/leader/view", qos=1)
+                async with client("node-1", password["node-1"], "node-1") as node1:
+                    # The watchdog's broker contact: an agent hears its own heartbeat come back.
+                    await node1.subscribe(f"{base}/heartbeat/node-1", qos=1)
+                    for topic in forged + own:  # in order, at QoS 1: forged ones come first
+                        await node1.publish(topic, b"x", qos=1)
+                    async with asyncio.timeout(5):
+                        echo = await anext(aiter(node1.messages))
+                    assert str(echo.topic) == f"{base}/heartbeat/node-1"
+                assert await drain(fencer, len(own)) == own  # no forged one came before
+                for topic in fencer_own:
+                    await fencer.publish(topic, b"y", qos=1)
+                assert await drain(node2, 2) == fencer_own[:2]  # nothing of node-1's
+            assert await drain(fencer, len(fencer_own)) == fencer_own
         for user, secret in (("node-1", "wrong"), (None, None), ("node-3", password["node-1"])):
             with pytest.raises(aiomqtt.MqttError):
                 async with client(user, secret, "intruder"):
                     pass
+        with pytest.raises(aiomqtt.MqttError):  # a node's password is not the fencers'
+            async with client(FENCER, password["node-1"], "intruder"):
+                pass
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(5)
@@ -986,35 +1168,53 @@ def test_the_credentials_tool_keeps_existing_passwords_and_hashes_like_mosquitto
         assert tool.verify("pw", ref.read_text().strip().split(":", 1)[1])
 
 
-def test_the_credentials_tool_makes_a_heartbeat_key_the_agent_accepts_and_keeps_it(
+def test_the_credentials_tool_makes_a_fencer_key_both_roles_accept_and_keeps_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tool = mqtt_tool()
     out = tmp_path / "creds"
     assert tool.main(["-o", str(out), "node-1", "node-2"]) == 0
-    key_file = out / "heartbeat-key"
-    key = key_file.read_text()
-    assert re.fullmatch(r"[0-9a-f]{64}", key)  # 32 random bytes, hex
+    key_file = out / "fencer-key"
+    key = key_file.read_text().strip()
+    assert len(base64.b64decode(key, validate=True)) == 32  # X25519, base64 as WireGuard's
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
-    cfg = parse_config(
-        {"auth": {"heartbeat_key_file": str(key_file)}}, path=tmp_path / "agent.yaml", env={}
-    )
-    assert cfg.auth.mode == "required"
-    assert cfg.auth.key is not None and cfg.auth.key.reveal() == key
-    assert tool.main(["-o", str(out), "node-3"]) == 0  # adding a node changes no key
-    assert key_file.read_text() == key
     printed = capsys.readouterr().out
-    assert key not in printed
+    (public,) = re.findall(r"fencer_public_keys: \[(\S+)\]", printed)
+    doc = {
+        "auth": {
+            "fencer_key_file": str(key_file),
+            "node_key_file": str(tmp_path / "node.key"),
+            "fencer_public_keys": [public],
+        }
+    }
+    cfg = parse_config(doc, path=tmp_path / "agent.yaml", env={})
+    assert cfg.auth.mode == "required"
+    keyring, signer = fencer_keyring(cfg), node_signer(cfg, "node-1")
+    assert keyring is not None and signer is not None
+    assert keyring.fencer_publics == (base64.b64decode(public),)  # the printed half is its own
+    assert tool.main(["-o", str(out), "node-3"]) == 0  # adding a node changes no key
+    assert key_file.read_text().strip() == key
+    printed += capsys.readouterr().out
+    for secret in (key, (out / "fencer-password").read_text().strip()):
+        assert secret not in printed
     # The commands it prints load every Secret the pods mount (but the inventory, yours to write).
     loaded = set(re.findall(r"create secret generic (\S+)", printed))
     docs = render("overlays/example")
     mounted = {
         v["secret"]["secretName"]
-        for kind in ("DaemonSet", "StatefulSet")
+        for kind in WORKLOADS
         for v in pod_spec(docs, kind)["volumes"]
         if "secret" in v
     }
     assert loaded == mounted - {"nodefence-inventory"}
+    assert tool.main(["-o", str(out), FENCER]) == 2  # the fencers' user is not a node name
+
+
+def test_the_credentials_tool_computes_x25519_as_the_agent_does() -> None:
+    tool = mqtt_tool()
+    for seed in range(16):
+        raw = hashlib.sha256(f"key {seed}".encode()).digest()
+        assert tool.x25519_public(raw) == public_of(private_key(raw))
 
 
 # -- the image ---------------------------------------------------------------------------------
@@ -1072,8 +1272,9 @@ def test_the_image_is_built_in_two_stages_and_runs_only_the_venv_as_non_root() -
     (user,) = [arg for kw, arg in final.instructions if kw == "USER"]
     uid = user.split(":")[0]
     assert uid.isdigit() and uid != "0"
-    daemonset = pod_spec(render("base"))["securityContext"]
-    assert int(uid) == daemonset["runAsUser"]  # runAsNonRoot needs a numeric user
+    for kind in ("DaemonSet", "Deployment"):
+        pod = pod_spec(render("base"), kind)["securityContext"]
+        assert int(uid) == pod["runAsUser"]  # runAsNonRoot needs a numeric user
     assert ("ENTRYPOINT", '["nodefence"]') in final.instructions
 
 

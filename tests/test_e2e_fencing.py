@@ -28,7 +28,8 @@ RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
 
 def start(make: Make, **overrides: Any) -> SimCluster:
     cluster = make(**{**BASE, **overrides})
-    cluster.wait_for("a leader", cluster.leader, 30)
+    # A deadline, not a wait: six processes (node agents and fencers) start on a busy machine.
+    cluster.wait_for("a leader", cluster.leader, 60)
     time.sleep(5)  # past the leader's first judging window
     return cluster
 
@@ -133,7 +134,8 @@ def leader_metrics(cluster: SimCluster) -> str:
     import re
     import urllib.request
 
-    log = cluster.nodes[str(cluster.leader())].log_path.read_text()
+    # The leader is the fencer on that node: its metrics, not the node agent's.
+    log = cluster.nodes[str(cluster.leader())].fencer_log_path.read_text()
     port = re.findall(r"metrics on port (\d+)", log)[-1]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         body: str = resp.read().decode()
@@ -189,7 +191,7 @@ def test_leader_killed_mid_fence_is_finished_by_the_new_leader(make_cluster: Mak
     cluster.nodes[victim].partition()
     rec = final_record(cluster, victim, ("Fencing",), timeout=30)
     assert rec["status"]["powerOffSent"] and not rec["status"]["offProven"]
-    cluster.nodes[leader].kill_agent(signal.SIGKILL)
+    cluster.nodes[leader].kill_fencer(signal.SIGKILL)  # the leader is the fencer there
     rec = final_record(cluster, victim, ("Recovered", "RecoveryIncomplete"), timeout=60)
     assert rec["status"]["phase"] == "Recovered"
     assert rec["status"]["leader"].split("_")[0] != leader

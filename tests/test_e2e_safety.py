@@ -58,7 +58,7 @@ def test_a_new_leader_never_powers_off_a_live_node_whose_pending_record_it_inher
     changes = cluster.fleet[victim].power_changes
     body = to_record(Operation(victim, "inherited"), "nodefence", f"{leader}_dead")
     cluster.kube.store.create("fenceoperations", body, "nodefence")
-    cluster.nodes[leader].kill_agent(signal.SIGKILL)
+    cluster.nodes[leader].kill_fencer(signal.SIGKILL)  # the leader is the fencer there
     cluster.wait_for(
         "a new leader", lambda: cluster.leader() not in (None, leader), 30, interval=0.02
     )

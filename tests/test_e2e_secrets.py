@@ -1,8 +1,9 @@
 """No secret in any output: one end-to-end run of the simulated cluster (secure: broker
-passwords per node, signed heartbeats, BMC passwords; agents logging at debug) with a fence,
-plus every CLI command an operator runs, then every log line, every CLI output, and every
-object stored in the Kubernetes API is searched for every secret (also base64-encoded, as HTTP
-Basic auth would carry it). One hit fails the test."""
+passwords per node and for the fencers, each node's own key, the fencer key, BMC passwords;
+agents and fencers logging at debug) with a fence, plus every CLI command an operator runs,
+then every log line, every CLI output, and every object stored in the Kubernetes API is
+searched for every secret (also base64-encoded, as HTTP Basic auth would carry it). One hit
+fails the test."""
 
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ def forms(secret: str, user: str | None = None) -> set[str]:
 
 
 def cluster_secrets(cluster: SimCluster) -> dict[str, set[str]]:
-    assert cluster.bmcs is not None and cluster.heartbeat_key
+    assert cluster.bmcs is not None and cluster.fencer_key
     found = {f"mqtt password of {u}": forms(p, u) for u, p in cluster.passwords.items()}
     found["BMC password"] = forms(cluster.bmcs.password, cluster.bmcs.username)
-    found["heartbeat key"] = forms(cluster.heartbeat_key)
+    found["fencer key"] = forms(cluster.fencer_key)
+    # Each node's own key, as its agent made it on the node's disk at its first start.
+    node_keys = sorted((cluster.workdir / "nodekeys").glob("*/node.key"))
+    assert len(node_keys) == len(cluster.nodes)
+    for path in node_keys:
+        found[f"node key of {path.parent.name}"] = forms(path.read_text().strip())
     for name, values in found.items():
         assert all(len(v) >= 12 for v in values), name  # long enough to never match by chance
     return found

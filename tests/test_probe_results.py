@@ -44,8 +44,8 @@ from agent.probe_auth import (
     signing_bytes,
 )
 from agent.probe_requests import OutstandingProbes
+from agent.probe_responder import Answering, answer_probes
 from agent.profiles import DEFAULT
-from agent.runner import answer_probes
 from hwsim.broker import MosquittoBroker
 from hwsim.kube import KubeApiServer
 from tests.test_leader_ingest import broker, cancel_and_wait, eventually, kube
@@ -438,7 +438,15 @@ async def test_agents_sign_their_answers_and_the_leader_takes_them_as_evidence(
     side, cfg = cluster.side, cluster.cfg
     stop = asyncio.Event()
     responders = [
-        asyncio.create_task(answer_probes(cfg, peer, PROFILE.peer_probe_timeout, stop))
+        asyncio.create_task(
+            answer_probes(
+                cfg,
+                Answering(
+                    peer, None, node_key(CLUSTER_KEY, peer), False, 30.0, PROFILE.peer_probe_timeout
+                ),
+                stop,
+            )
+        )
         for peer in PEERS
     ]
     try:

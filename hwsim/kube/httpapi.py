@@ -21,6 +21,7 @@ from hwsim.kube import discovery, openapi, protobuf
 from hwsim.kube.errors import (
     ApiError,
     BadRequest,
+    Forbidden,
     Gone,
     InternalError,
     MethodNotAllowed,
@@ -60,6 +61,17 @@ class RequestRecord:
     subresource: str = ""
     code: int = 0
     user_agent: str = ""
+    user: str = ""  # the bearer token the request carried (hwsim's tokens name the account)
+
+
+# Decides whether a request (its `user` filled in, `code` not yet) may be served; False: 403.
+Authorizer = Callable[[RequestRecord], bool]
+
+
+def bearer(request: web.Request) -> str:
+    """The bearer token of a request ("" without one)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _json(body: Obj, status: int = 200) -> web.Response:
@@ -134,6 +146,7 @@ class ApiHandler:
         self._watchers: set[Watcher] = set()
         self._recorded: set[int] = set()  # requests recorded early (watches, when they open)
         self.write_hook: WriteHook | None = None
+        self.authorizer: Authorizer | None = None
 
     def application(self) -> web.Application:
         """An aiohttp application routing every path to this handler."""
@@ -156,6 +169,10 @@ class ApiHandler:
         )
         code = 500
         try:
+            if self.authorizer is not None and not self.authorizer(
+                self._record_of(request, route, verb, 0)
+            ):
+                raise Forbidden(f"{bearer(request) or 'anonymous'} may not {verb} {request.path}")
             if route is None:
                 response = self._non_resource(request.path)
             else:
@@ -193,19 +210,24 @@ class ApiHandler:
         return True if fault is None else await act_out(request, fault)
 
     def _record(self, request: web.Request, route: Route | None, verb: str, code: int) -> None:
-        self.requests.append(
-            RequestRecord(
-                verb=verb,
-                path=request.path,
-                group=route.group if route else "",
-                version=route.version if route else "",
-                resource=route.plural if route else "",
-                namespace=(route.namespace or "") if route else "",
-                name=route.name if route else "",
-                subresource=route.subresource if route else "",
-                code=code,
-                user_agent=request.headers.get("User-Agent", ""),
-            )
+        self.requests.append(self._record_of(request, route, verb, code))
+
+    @staticmethod
+    def _record_of(
+        request: web.Request, route: Route | None, verb: str, code: int
+    ) -> RequestRecord:
+        return RequestRecord(
+            verb=verb,
+            path=request.path,
+            group=route.group if route else "",
+            version=route.version if route else "",
+            resource=route.plural if route else "",
+            namespace=(route.namespace or "") if route else "",
+            name=route.name if route else "",
+            subresource=route.subresource if route else "",
+            code=code,
+            user_agent=request.headers.get("User-Agent", ""),
+            user=bearer(request),
         )
 
     def _non_resource(self, path: str) -> web.StreamResponse:

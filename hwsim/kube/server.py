@@ -17,7 +17,7 @@ from types import TracebackType
 import yaml
 from aiohttp import web
 
-from hwsim.kube.httpapi import ApiHandler, RequestRecord
+from hwsim.kube.httpapi import ApiHandler, Authorizer, RequestRecord
 from hwsim.kube.resources import ResourceType
 from hwsim.kube.store import ObjectStore
 from hwsim.kube.writefaults import WriteHook
@@ -81,6 +81,16 @@ class KubeApiServer:
     @write_hook.setter
     def write_hook(self, hook: WriteHook | None) -> None:
         self._api.write_hook = hook
+
+    @property
+    def authorizer(self) -> Authorizer | None:
+        """Decides every request before it is served (None: all are); a refusal is a 403 and
+        is recorded with that code. Tests plug in RBAC as the rendered manifests grant it."""
+        return self._api.authorizer
+
+    @authorizer.setter
+    def authorizer(self, decide: Authorizer | None) -> None:
+        self._api.authorizer = decide
 
     def register(self, rt: ResourceType) -> None:
         """Serve another resource type (a CRD-style one also appears as a CRD object)."""
@@ -149,13 +159,14 @@ class KubeApiServer:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
 
-    def kubeconfig(self, namespace: str = "default") -> dict[str, object]:
-        """A kubeconfig (as a dict) with one context pointing at this server, no credentials."""
+    def kubeconfig(self, namespace: str = "default", token: str | None = None) -> dict[str, object]:
+        """A kubeconfig (as a dict) with one context pointing at this server; with `token`,
+        requests carry it as a bearer token (the emulator records it, see `authorizer`)."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "hwsim", "cluster": {"server": self.url}}],
-            "users": [{"name": "hwsim", "user": {}}],
+            "users": [{"name": "hwsim", "user": {"token": token} if token else {}}],
             "contexts": [
                 {
                     "name": "hwsim",
@@ -165,9 +176,11 @@ class KubeApiServer:
             "current-context": "hwsim",
         }
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default") -> None:
+    def write_kubeconfig(
+        self, path: Path, namespace: str = "default", token: str | None = None
+    ) -> None:
         """Write `kubeconfig()` as YAML to `path`, for kubectl and `config.load_kube_config`."""
-        path.write_text(yaml.safe_dump(self.kubeconfig(namespace), sort_keys=False))
+        path.write_text(yaml.safe_dump(self.kubeconfig(namespace, token), sort_keys=False))
 
     def __enter__(self) -> KubeApiServer:
         self.start_in_thread()

@@ -21,7 +21,7 @@ import collections
 from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.heartbeat_auth import node_key, sign
+from agent.heartbeat_auth import sign_own
 from agent.heartbeat_codec import (
     Heartbeat,
     HeartbeatRejected,
@@ -33,12 +33,14 @@ from agent.heartbeat_codec import (
     heartbeat_topic,
     status_topic,
 )
+from agent.node_keys import NodeSigner
 from agent.peers import ProbeResult, decode_request, encode_result, probe_filter, result_topic
-from agent.probe_auth import sign_result
+from agent.probe_auth import check_request, sign_result_own
 from agent.runner import unfinished_marks
 from agent.watchdog import FeedPolicy, clean_stop_disarms, watch_marks
 from hwsim.sim.api import SimClusterApi
 from hwsim.sim.broker import BrokerClient
+from hwsim.sim.settings import node_private_key
 from hwsim.sim.vloop import ProcState, SimProcess, spawn
 
 if TYPE_CHECKING:
@@ -58,8 +60,12 @@ class NodeAgent:
         cfg = world.cfg
         self.topic = heartbeat_topic(cfg.cluster, self.node)
         self.status = status_topic(cfg.cluster, self.node)
-        key = cfg.auth.key.reveal().encode() if cfg.auth.key is not None else None
-        self.key = node_key(key, self.node) if key is not None and cfg.auth.mode != "off" else None
+        # Its own key, agreed with the fencer key (signed runs): heartbeats, answers, requests.
+        self.signer = (
+            NodeSigner(self.node, node_private_key(self.node), cfg.auth.fencer_public_keys)
+            if cfg.auth.mode != "off" and cfg.auth.fencer_public_keys
+            else None
+        )
         w = cfg.watchdog
         self.policy = FeedPolicy(w.cut_off_after) if w.enabled else None
         self.claim = WatchdogClaim(w.timeout, w.cut_off_after, w.feed_interval)
@@ -169,8 +175,8 @@ class NodeAgent:
             ts=int(m.wall() * 1000),
             wd=self._armed_claim(),
         )
-        if self.key is not None:
-            hb = sign(hb, self.key)
+        if self.signer is not None:
+            hb = sign_own(hb, self.signer.key)
         self.sent[self.seq] = m.clock()
         if len(self.sent) > 64:
             self.sent.popitem(last=False)
@@ -228,6 +234,15 @@ class NodeAgent:
         req = decode_request(payload)
         if req is None or self.node not in req.peers or req.suspect == self.node:
             return
+        if self.signer is not None and check_request(
+            req,
+            self.node,
+            self.signer.keys,
+            required=True,
+            wall_now=self.machine.wall(),
+            max_skew=w.cfg.auth.max_skew,
+        ):
+            return  # not signed for this node by a fencer, or stale: never probed
         reachable = w.probe_reachable(self.machine, req.suspect, {t.kind for t in req.targets})
         delay = 0.005 + w.rng.random() * 0.02 if reachable else w.profile.peer_probe_timeout
         w.loop.call_later(
@@ -239,8 +254,8 @@ class NodeAgent:
         if client is None or self.machine.partitioned:
             return
         result = ProbeResult(rid, self.node, suspect, reachable, ts=int(self.machine.wall() * 1000))
-        if self.key is not None:
-            result = sign_result(result, self.key)
+        if self.signer is not None:
+            result = sign_result_own(result, self.signer.key)
         self.world.broker.publish(
             client, result_topic(self.world.cfg.cluster, self.node), encode_result(result)
         )

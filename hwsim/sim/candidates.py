@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 
 from agent.inventory import Inventory
 from agent.leader import LeaderSide
+from agent.node_keys import Keyring, public_of
 from agent.runner import LeaderCandidate, leader_candidate
 from backends.base import PowerBackend
 from backends.spec import DeviceSpec
 from hwsim.sim.api import SimClusterApi
 from hwsim.sim.bmc import SimPowerBackend
 from hwsim.sim.broker import SimLeaderBroker
+from hwsim.sim.settings import fencer_key, node_private_key
 from hwsim.sim.vloop import ProcState, SimProcess, spawn
 
 if TYPE_CHECKING:
@@ -75,6 +77,15 @@ class Candidate:
             reachable=lambda: not self.broker_cut,
         )
         self.stop = asyncio.Event()
+        # Signed runs: the fencer key and every node's key pinned (each process its own copy).
+        self.keyring = (
+            Keyring(
+                [fencer_key()],
+                pins={m: public_of(node_private_key(m)) for m in world.machines},
+            )
+            if world.settings.signed
+            else None
+        )
         self.lc: LeaderCandidate = leader_candidate(
             world.cfg,
             world.profile,
@@ -90,6 +101,7 @@ class Candidate:
             # as production's `<node>_<per-process id>`, but the same in every replay
             identity=f"{identity}_{generation:08x}",
             cert_days=_certificate_days,  # no real TLS handshake from inside the simulation
+            keyring=self.keyring,
         )
         self.task: asyncio.Task[None] | None = None
 

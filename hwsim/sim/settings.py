@@ -9,8 +9,11 @@ only stretch a run (fence retries, recovery timeout, power_timeout, watchdog).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.config import (
     AgentConfig,
@@ -20,13 +23,26 @@ from agent.config import (
     WatchdogConfig,
 )
 from agent.inventory import FencingPolicy, Inventory, Level, NodeInventory
+from agent.node_keys import private_key, public_of
 from backends.spec import DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
 from hwsim.sim.vms import RUN_POLICIES
 
 CLUSTER = "sim"
 NAMESPACE = "nodefence"
-# Test-only: a heartbeat key for signed runs (never a real secret).
-HEARTBEAT_KEY = "simulation-heartbeat-key-0123456789abcdef"
+
+
+def fencer_key() -> X25519PrivateKey:
+    """The candidates' fencer key in signed runs (test-only, the same in every run)."""
+    return private_key(hashlib.sha256(b"nodefence simulation fencer key").digest())
+
+
+def node_private_key(node: str) -> X25519PrivateKey:
+    """`node`'s own key in signed runs: fixed per name, so a seed stays one exact run (the
+    key is on the machine's disk: a restarted agent signs with the same one, and the candidates
+    start with every node's key pinned, as fencers that have run for a while)."""
+    return private_key(hashlib.sha256(f"nodefence simulation node key {node}".encode()).digest())
+
+
 TOPOLOGIES = ("ipmi", "ipmi+redfish", "redfish", "pdu-pair")
 
 
@@ -85,7 +101,12 @@ class SimSettings:
                 self_fence=self.watchdog,
                 self_fence_margin=2.0,
             ),
-            auth=AuthConfig(mode="required", key=Secret(HEARTBEAT_KEY))
+            auth=AuthConfig(
+                mode="required",
+                fencer_public_keys=(public_of(fencer_key()),),
+                node_key_file="<simulation>",
+                fencer_key_file="<simulation>",
+            )
             if self.signed
             else AuthConfig(),
             watchdog=WatchdogConfig(
