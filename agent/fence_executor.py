@@ -58,6 +58,7 @@ from agent.fencing import (
     next_action,
 )
 from agent.inventory import Inventory, NodeInventory
+from agent.kube_cache import ClusterReads
 from agent.power import BackendFactory, PowerFencer, StopWalk
 from agent.records import from_record, resumed
 from agent.topology import Action as PowerAction
@@ -130,8 +131,15 @@ class FenceExecutor:
         cleanup: Cleanup = Cleanup.DELETE,
         release: bool = True,
         last_heartbeat: Callable[[str], float | None] = lambda node: None,
+        reads: ClusterReads | None = None,
+        record_saved: Callable[[dict[str, Any]], None] | None = None,
+        read_kubelet: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.api = api
+        # Where resume and the VM checks read (the leader's caches, else the API server);
+        # `record_saved` writes each stored record through to them.
+        self.reads: ClusterReads = reads if reads is not None else api
+        self.read_kubelet = read_kubelet  # the guard's fresh look at the kubelet Lease
         self.namespace = namespace
         self.leader_id = leader_id
         self.inventory = inventory
@@ -150,7 +158,7 @@ class FenceExecutor:
         self.stats = ExecutorStats()
         self.operations: dict[str, Operation] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.store = RecordStore(api, namespace, leader_id, clock, wall)
+        self.store = RecordStore(api, namespace, leader_id, clock, wall, on_saved=record_saved)
         self.reports = FenceReporter(api)
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
@@ -300,7 +308,7 @@ class FenceExecutor:
         node shows life (`go_on`); any of them is aborted when the node is alive
         (`cancel_held`)."""
         try:
-            records = await self.api.list_records(self.namespace)
+            records = await self.reads.list_records(self.namespace)
         except ClusterError as err:
             log.error("cannot list fencing records to resume: %s", err)
             return 0
@@ -512,7 +520,7 @@ class FenceExecutor:
             if op.node in self._checked:  # pace the checks, but look at once the first time
                 await asyncio.sleep(self.check_interval)
             self._checked.add(op.node)
-            return await vms_seen(self.api, op)
+            return await vms_seen(self.reads, op)
         return None
 
     async def _proof_stale(self, op: Operation) -> PoweredOnAgain | None:
@@ -613,6 +621,7 @@ class FenceExecutor:
             api=self.api,
             clock=self.clock,
             timing=self.timing,
+            read_kubelet=self.read_kubelet,
             on_confirmed=lambda step: self._lease_confirmed(op, step),
             on_stored=lambda sent: self.evidence.step(
                 op.node,
@@ -675,7 +684,7 @@ class FenceExecutor:
         return PoweredOn(True)
 
     async def _snapshot(self, op: Operation) -> Event:
-        snap = await snapshot_vms(self.api, op)
+        snap = await snapshot_vms(self.reads, op)
         if snap.capacity_warning:
             await self.reports.event(op, "FenceNoRoomForVMs", snap.capacity_warning, True)
         return snap

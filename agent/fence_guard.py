@@ -7,7 +7,9 @@ request of an operation, in this order:
 2. renew the Lease;
 3. store the point of no return (PowerOffSending); if that write fails, nothing is sent;
 4. read the Node from the API server: a maintenance mark, or another Node object than the one
-   declared dead (it registered again), aborts;
+   declared dead (it registered again), aborts; and its kubelet Lease (`read_kubelet`): the
+   leader's cache follows a watch, and a renewal the watch has not delivered yet counts as life
+   seen now;
 5. look for life since the decision once more (heartbeats that arrived during 2-4 count),
    right before the first request is handed to its backend (`last_look`, called by the power
    walk with nothing awaited in between).
@@ -52,6 +54,7 @@ class WalkGuard:
         timing: Timing,
         on_confirmed: Callable[[str], None] | None = None,
         on_stored: Callable[[Operation], None] | None = None,
+        read_kubelet: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.op = op  # advances to Fencing (power_off_sent) once the point of no return is stored
         self.decided_at = decided_at
@@ -67,6 +70,7 @@ class WalkGuard:
         self.first_sent = op.power_off_sent  # a request of this operation went out
         self.on_confirmed = on_confirmed  # the Lease was confirmed ours before `step` (evidence)
         self.on_stored = on_stored  # the point of no return was stored (evidence)
+        self.read_kubelet = read_kubelet  # reads the node's kubelet Lease fresh into the cache
 
     def _stop(self, event: Event | None, why: str) -> StopWalk:
         self.stopped = event
@@ -113,6 +117,12 @@ class WalkGuard:
         if info is not None and info.maintenance:
             why = "node entered maintenance before the power-off was sent"
             raise self._stop(Cancelled(why), why)
+        if self.read_kubelet is not None:
+            try:
+                await self.read_kubelet(node)
+            except ClusterError as err:
+                why = f"cannot read the kubelet Lease of {node} before the power-off: {err}"
+                raise self._stop(SendWithdrawn(why), why) from None
 
     def last_look(self, device: str) -> None:
         """Right before a power-off request goes to `device`: the first one of the operation

@@ -1,13 +1,14 @@
 """The VMs of a fenced node: which ran there (snapshot, before its Node is deleted) and where
-the restartable ones run now. Reads only; the verdicts are `agent.fencing`'s."""
+the restartable ones run now. Reads only (the leader's caches, `agent.kube_cache`, or the API
+server); the verdicts are `agent.fencing`'s."""
 
 from __future__ import annotations
 
-from agent.cluster import ClusterApi
 from agent.fencing import RESTART_POLICIES, Operation, VmOutcome, VmsSeen, VmsSnapshotted
+from agent.kube_cache import ClusterReads
 
 
-async def snapshot_vms(api: ClusterApi, op: Operation) -> VmsSnapshotted:
+async def snapshot_vms(api: ClusterReads, op: Operation) -> VmsSnapshotted:
     """The VMs on `op.node` now, and a capacity warning when no other node can take them."""
     found: list[VmOutcome] = []
     for vm in await api.list_vms():
@@ -36,7 +37,7 @@ async def snapshot_vms(api: ClusterApi, op: Operation) -> VmsSnapshotted:
     return VmsSnapshotted(tuple(sorted(found, key=lambda v: v.key)), warning)
 
 
-async def vms_seen(api: ClusterApi, op: Operation) -> VmsSeen:
+async def vms_seen(api: ClusterReads, op: Operation) -> VmsSeen:
     """Where each snapshotted restartable VM is Running now (None: not Running)."""
     wanted = {v.key for v in op.vms or () if v.expected_restart}
     running: dict[str, str | None] = {}

@@ -23,7 +23,6 @@ from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
 from agent.fence_executor import FenceExecutor
 from agent.fencing import Cleanup, Timing
-from agent.handoff import OwnMark
 from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_auth import node_key
@@ -33,10 +32,10 @@ from agent.inventory import Inventory
 from agent.inventory_watch import InventoryWatcher
 from agent.leader import LeaderSide
 from agent.leader_broker import LeaderBroker
+from agent.node_watch import NodeWatch, open_mark_names
 from agent.power import BackendFactory
 from agent.probe_responder import answer_probes
 from agent.profiles import DetectionProfile, profile_from_mapping
-from agent.records import from_record, is_open_mark
 from agent.standby import WarmListener, choose_standbys
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
 from backends.ipmi import prestart_workers
@@ -71,12 +70,7 @@ def advertised_host(cfg: AgentConfig) -> str:
 async def unfinished_marks(api: ClusterApi, namespace: str, node: str) -> list[str]:
     """Names of the unfinished fencing records of `node` (the node side's "am I being fenced"
     check; raises `ClusterError` when the API cannot be read)."""
-    records = await api.list_records(namespace, node)
-    return [
-        str((r.get("metadata") or {}).get("name"))
-        for r in records
-        if (r.get("spec") or {}).get("nodeName") == node and is_open_mark(from_record(r))
-    ]
+    return open_mark_names(await api.list_records(namespace, node), node)
 
 
 class InventorySource(Protocol):
@@ -194,6 +188,9 @@ def leader_candidate(
             new_id=operation_ids,
             decision_facts=leader.decision_evidence,
             lease_generation=elector.lease_generation,
+            reads=leader.kube,
+            record_saved=leader.kube.record_saved,
+            read_kubelet=leader.read_kubelet_lease,
         )
 
     def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:
@@ -291,21 +288,17 @@ async def run_agent(
         publisher.claim = feeder.armed_claim
         publisher.on_echo = policy.echo
 
-        async def my_maintenance_mark() -> bool:
-            info = await api.get_node(node)
-            return bool(info and info.maintenance)
-
         async def my_marks() -> list[str]:
             return await unfinished_marks(api, cfg.kube.namespace, node)
 
-    try:
-        endpoint = cfg.health_advertise or f"{advertised_host(cfg)}:{health.port}"
-        await api.annotate_node(node, HEALTH_ANNOTATION, endpoint)
-    except ClusterError as err:
-        log.warning("cannot announce the health endpoint on node %s: %s", node, err)
     k = cfg.kube
-    # A node entering maintenance hands leadership off (agent.handoff).
-    own_mark = OwnMark(lambda: api.get_node(node), node, period=2 * k.retry_period)
+    # Its own Node (the maintenance mark hands leadership off, see agent.handoff; the health
+    # endpoint annotation) and, with a watchdog, its own fencing records: watched.
+    own = NodeWatch(api, k.namespace, node, records=feeder is not None, clock=time.monotonic)
+    endpoint = cfg.health_advertise or f"{advertised_host(cfg)}:{health.port}"
+
+    async def announce(value: str) -> None:
+        await api.annotate_node(node, HEALTH_ANNOTATION, value)
 
     def make_warm(elector: LeaderElector) -> WarmListener:
         def listener() -> Listener:
@@ -347,7 +340,7 @@ async def run_agent(
     )
 
     candidate = leader_candidate(
-        cfg, profile, api, node, inventory=watcher, defer=own_mark.marked, warm=make_warm
+        cfg, profile, api, node, inventory=watcher, defer=own.marked, warm=make_warm
     )
 
     log.info(
@@ -361,7 +354,8 @@ async def run_agent(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publisher.run(stop))
-            tg.create_task(own_mark.run(stop))
+            watching = tg.create_task(own.run())
+            tg.create_task(own.announce(announce, endpoint, stop))
             tg.create_task(candidate.run(stop))
             if candidate.warm is not None:
                 tg.create_task(candidate.warm.run(stop))
@@ -369,14 +363,10 @@ async def run_agent(
             if feeder is not None:
                 tg.create_task(feeder.run(stop))
                 tg.create_task(
-                    watch_marks(
-                        my_marks,
-                        feeder.policy,
-                        w.api_check_interval,
-                        stop,
-                        read_mark=my_maintenance_mark,
-                    )
+                    watch_marks(my_marks, feeder.policy, w.api_check_interval, stop, seen=own)
                 )
+            await stop.wait()
+            watching.cancel()  # the watches run until the agent stops
     finally:
         await health.stop()
 

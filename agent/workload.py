@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-from agent.cluster import ClusterApi
 from agent.fencing import RESTART_POLICIES
+from agent.kube_cache import ClusterReads
 from agent.policy import NodeWorkload
 
 # A VM in one of these phases is not on a node any more (or not yet).
 NOT_HOSTED = ("Stopped", "Stopping", "Pending")
 
 
-async def node_workload(api: ClusterApi, node: str) -> NodeWorkload:
+async def node_workload(api: ClusterReads, node: str) -> NodeWorkload:
     """The node's ColdStandby VMs (restartable run policy, status.nodeName = node) and the
-    volumes its VolumeAttachments hold (a pod on it uses them). Raises ClusterError."""
+    volumes its VolumeAttachments hold (a pod on it uses them), as the leader's caches (or
+    the API server) say. Raises ClusterError."""
     vms = []
     for vm in await api.list_vms():
         meta, spec, status = vm.get("metadata") or {}, vm.get("spec") or {}, vm.get("status") or {}

@@ -375,19 +375,19 @@ async def test_a_heartbeat_that_arrives_after_its_node_was_deleted_adds_no_phant
 ) -> None:
     side, _ = leader
     kube.store.create("nodes", _node("node-7"))
-    await side._refresh_kube()
+    await eventually("the Node watched", lambda: "node-7" in side.nodes)
     await send(node_client, "node-7", beat("node-7", 0))
     await barrier(node_client, side)
     assert side.detector.last_heartbeat("node-7") is not None
     kube.store.delete("nodes", "node-7")  # fenced and deleted
-    await side._refresh_kube()
+    await eventually("the deletion watched", lambda: "node-7" not in side.nodes)
     assert "node-7" not in {v.node for v in side.detector.evaluate(time.monotonic())}
     await send(node_client, "node-7", beat("node-7", 1))  # in flight when it was deleted
     await barrier(node_client, side)
     assert "node-7" not in {v.node for v in side.detector.evaluate(time.monotonic())}
     assert side.stats.rejected["deleted_node"] == 1
     kube.store.create("nodes", _node("node-7"))  # repaired: registered again
-    await side._refresh_kube()
+    await eventually("the new Node watched", lambda: "node-7" in side.nodes)
     await send(node_client, "node-7", beat("node-7", 0, boot="boot-b"))
     await barrier(node_client, side)
     assert side.detector.last_heartbeat("node-7") is not None
@@ -426,7 +426,7 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
     marked = _node("node-8")
     marked["metadata"]["labels"] = {"nodefence.io/maintenance": "true"}
     kube.store.create("nodes", marked)
-    await side._refresh_kube()
+    await eventually("the Node watched", lambda: "node-8" in side.nodes)
     decision = await side.judge_once()
     assert [(a.kind.value, a.node) for a in decision.alerts] == [
         ("maintenance-schedulable", "node-8")
@@ -438,7 +438,7 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
     ]
     assert len(events) == 1 and "maintenance exit node-8" in events[0]["message"]
     kube.store.patch("nodes", "node-8", {"spec": {"unschedulable": True}})  # cordoned again
-    await side._refresh_kube()
+    await eventually("the cordon watched", lambda: side.nodes["node-8"].unschedulable)
     assert (await side.judge_once()).alerts == []
 
 
