@@ -63,15 +63,19 @@ __all__ = [
 ]
 
 
-def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
-    """An API client from a kubeconfig file, or the in-cluster service account when None."""
+def load_api_client(kubeconfig: str | None, user_agent: str = "") -> k8s.ApiClient:
+    """An API client from a kubeconfig file, or the in-cluster service account when None;
+    `user_agent` (when given) names it to the API server (audit logs, request metrics)."""
     if kubeconfig:
         client: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig
         )
-        return client
-    k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
+    else:
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        client = k8s.ApiClient()
+    if user_agent:
+        client.user_agent = user_agent
+    return client
 
 
 def _refusal(body: Any) -> str:

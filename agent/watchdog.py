@@ -376,9 +376,10 @@ async def wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # No await here: a coroutine closed unfinished (its task collected when a loop ends)
+        # must not suspend again; a cancelled `Event.wait` needs no one to collect it.
         for w in waits:
             w.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _not_marked() -> bool:

@@ -39,6 +39,7 @@ from hwsim.kube.routing import (
 )
 from hwsim.kube.store import ObjectStore
 from hwsim.kube.tables import build_table
+from hwsim.kube.traffic import Traffic
 from hwsim.kube.watch import Watcher, WatchEvent
 from hwsim.kube.writefaults import WRITE_VERBS, AppliedWrite, WriteHook, act_out
 
@@ -68,6 +69,18 @@ def _json(body: Obj, status: int = 200) -> web.Response:
         status=status,
         content_type="application/json",
     )
+
+
+def _client(request: web.Request) -> str:
+    """Who sent `request`, for the traffic counters: its User-Agent."""
+    return request.headers.get("User-Agent", "") or "unknown"
+
+
+def _quorum(request: web.Request) -> bool:
+    """A list a real API server answers from etcd (no resourceVersion, no continue token),
+    not from its watch cache."""
+    q = request.query
+    return not q.get("resourceVersion") and not q.get("continue")
 
 
 def _number(value: str | None, name: str) -> float:
@@ -134,6 +147,7 @@ class ApiHandler:
         self._watchers: set[Watcher] = set()
         self._recorded: set[int] = set()  # requests recorded early (watches, when they open)
         self.write_hook: WriteHook | None = None
+        self.traffic = Traffic()
 
     def application(self) -> web.Application:
         """An aiohttp application routing every path to this handler."""
@@ -155,19 +169,24 @@ class ApiHandler:
             else request.method.lower()
         )
         code = 500
+        sent = 0
         try:
             if route is None:
                 response = self._non_resource(request.path)
             else:
                 response = await self._resource(request, route, verb)
             code = response.status
+            if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                sent = len(response.body)
             wrote = route is not None and verb in WRITE_VERBS and code < 400
             if wrote and route and not await self._after_write(request, route, verb, response):
                 code = 0  # applied, never answered
             return response
         except ApiError as exc:
             code = exc.code
-            return _json(exc.status(), exc.code)
+            refused = _json(exc.status(), exc.code)
+            sent = len(refused.body) if isinstance(refused.body, bytes) else 0
+            return refused
         except Exception as exc:  # a bug here must still answer like an API server, and show
             log.exception("hwsim API server failed on %s %s", request.method, request.path)
             return _json(InternalError(f"hwsim internal error: {exc!r}").status(), 500)
@@ -176,6 +195,13 @@ class ApiHandler:
                 self._recorded.discard(id(request))
             else:
                 self._record(request, route, verb, code)
+                self.traffic.request(
+                    _client(request),
+                    verb,
+                    bytes_in=request.content_length or 0,
+                    bytes_out=sent,
+                    quorum=verb == "list" and _quorum(request),
+                )
 
     async def _after_write(
         self, request: web.Request, route: Route, verb: str, response: web.StreamResponse
@@ -408,6 +434,7 @@ class ApiHandler:
             await response.write_eof()
             return response
         self._watchers.add(watcher)
+        client = _client(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
@@ -415,6 +442,7 @@ class ApiHandler:
             await response.prepare(request)
             self._record(request, route, "watch", 200)  # now, not when the stream ends
             self._recorded.add(id(request))
+            self.traffic.request(client, "watch")
             while (now := loop.time()) < deadline:
                 if allow_bookmarks and now >= next_bookmark:
                     self.store.bookmark(watcher)
@@ -424,7 +452,9 @@ class ApiHandler:
                     wait = min(wait, max(0.0, next_bookmark - now))
                 event = await watcher.aget(wait)
                 if event is not None:
-                    await response.write(self._line(rt, event, rep, query))
+                    line = self._line(rt, event, rep, query)
+                    self.traffic.sent(client, len(line))
+                    await response.write(line)
                 elif watcher.closed:
                     break
             await response.write_eof()
@@ -432,6 +462,8 @@ class ApiHandler:
             pass  # the client went away; nothing to tell it
         finally:
             watcher.close()
+            if id(request) in self._recorded:
+                self.traffic.watch_closed(client)
             self._watchers.discard(watcher)
         return response
 

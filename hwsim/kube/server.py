@@ -61,6 +61,7 @@ class KubeApiServer:
             bookmark_interval=bookmark_interval,
             watch_timeout=watch_timeout,
         )
+        self.traffic = self._api.traffic  # requests, bytes and watches by client
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
