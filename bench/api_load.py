@@ -124,8 +124,10 @@ async def _agents_process(kubeconfig: str, count: int) -> None:
             if w.records is not None:
                 await w.records.synced.wait()
             # Steady state begins once its announce is written and seen back.
+            changed = w.subscribe()
             while (info := w.info()) is None or info.health_endpoint != f"10.0.0.{i}:9100":
-                await asyncio.sleep(0.1)
+                await changed.wait()
+                changed.clear()
         print(json.dumps({"synced": True}), flush=True)
         await stop.wait()
         for t in tasks:
@@ -208,21 +210,22 @@ def _table(title: str, rates: dict[str, Any], agents: int, size: int) -> None:
                 f"    {'  per agent':<22}{per['req_s']:>10.4f}{_human(per['bytes_s']) + '/s':>14}"
                 f"{r['watches_open'] / agents:>9.1f}"
             )
+            total = _human(per["bytes_s"] * size) + "/s"
             print(
                 f"    {f'  x {size} agents':<22}{per['req_s'] * size:>10.2f}"
-                f"{_human(per['bytes_s'] * size) + '/s':>14}{r['watches_open'] / agents * size:>9.0f}"
+                f"{total:>14}{r['watches_open'] / agents * size:>9.0f}"
             )
 
 
 def run_size(size: int, seconds: float, agents: int, polls: int) -> dict[str, Any]:
     """One size, every phase; the figures printed and returned."""
+    import yaml
+
     from agent.cluster import ClusterApi, load_api_client
     from hwsim.kube import KubeApiServer
     from hwsim.kube.errors import AlreadyExists
     from hwsim.kube.node_objects import KUBELET, KubeletFleet, populate
     from hwsim.simcluster import CRD_PATH
-
-    import yaml
 
     print(f"== {size} nodes")
     kube = KubeApiServer(bookmark_interval=60.0)
