@@ -107,6 +107,11 @@ class KubeApiServer:
         self.port = int(runner.addresses[0][1])
         self._runner = runner
 
+    def close_watches(self) -> None:
+        """End every open watch stream (a server restart, a load balancer's idle timeout): the
+        clients must watch again. Safe from any thread."""
+        self._api.close_watches()
+
     async def stop(self) -> None:
         """End open watches and stop listening. Idempotent."""
         runner, self._runner = self._runner, None
