@@ -293,7 +293,7 @@ def run_size(size: int, seconds: float, agents: int, polls: int) -> dict[str, An
         result["steady"] = steady
 
         # One fence: the victim's kubelet stops; the leader's fencing writes.
-        victim = names[-1]
+        victim = names[0]  # one of the agents that run: its watch sees the fence record
         fleet.stop(victim)
 
         async def fence() -> None:

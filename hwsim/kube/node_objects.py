@@ -181,9 +181,12 @@ def kubelet_lease(name: str, now: float, duration: int = 40) -> dict[str, object
     }
 
 
-def populate(store: ObjectStore, count: int, *, images: int = 60) -> list[str]:
-    """Create `count` Nodes (`node-00001`, ...) and their Leases; their names."""
-    names = [f"node-{i:05d}" for i in range(1, count + 1)]
+def populate(
+    store: ObjectStore, count: int, *, images: int = 60, names: list[str] | None = None
+) -> list[str]:
+    """Create `count` Nodes (`names`, by default `node-00001`, ...) and their Leases; their
+    names."""
+    names = names or [f"node-{i:05d}" for i in range(1, count + 1)]
     now = time.time()
     for i, name in enumerate(names, 1):
         store.create("nodes", kubelet_node(name, i, images=images))
