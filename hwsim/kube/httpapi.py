@@ -278,8 +278,13 @@ class ApiHandler:
                 field_selector=query.get("fieldSelector", ""),
                 limit=int(_number(query.get("limit"), "limit")),
                 continue_token=query.get("continue", ""),
+                served=True,
             )
-            return self._render(rt, found, rep, query)
+            # Encoded in a worker thread: a page of thousands of Nodes is megabytes, and this
+            # server, like a real one, goes on answering others (Lease renewals) meanwhile.
+            body = self._transform(rt, found, rep, query)
+            encoded = await asyncio.to_thread(json.dumps, body, separators=(",", ":"))
+            return web.Response(body=encoded.encode(), content_type="application/json")
         if verb == "watch":
             return await self._watch(request, rt, route, rep)
         body = await _body(request)
