@@ -365,7 +365,7 @@ def test_a_thousand_seeds_break_no_invariant() -> None:
     for seed in CI_SEEDS:
         result = run_seed(seed)
         if result.violations:
-            failing[seed] = sorted({v.invariant for v in result.violations})
+            failing[seed] = sorted({f"{v.invariant}: {v.detail}" for v in result.violations})
     assert failing == {}, (
         f"{len(failing)} seeds break invariants; replay one with"
         f" `nodefence-hwsim simulate --replay SEED -v`: {dict(list(failing.items())[:20])}"
