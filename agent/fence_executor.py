@@ -26,12 +26,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from agent import metrics
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterApi, ClusterError, NodeInfo
 from agent.fence_evidence import EvidenceBook
 from agent.fence_guard import WalkGuard
 from agent.fence_release import node_returned, release_attachments, release_pods
@@ -172,6 +172,10 @@ class FenceExecutor:
         # nodes not in here whose Off is not proven are held: see `resume`.
         self._decided: dict[str, float] = {}
         self._held: set[str] = set()
+        # Aborted operations seen at the last listing (id -> operation), and when this
+        # leader last tried to take an orphan taint of each off.
+        self._aborted: dict[str, Operation] = {}
+        self._orphan_tried: dict[str, float] = {}
         # The fence certificate of each operation, stored with its record.
         self.evidence = EvidenceBook(leader_id, wall)
         self.decision_facts = decision_facts
@@ -313,6 +317,7 @@ class FenceExecutor:
             log.error("cannot list fencing records to resume: %s", err)
             return 0
         taken = 0
+        aborted: dict[str, Operation] = {}
         for rec in records:
             try:
                 op = from_record(rec)
@@ -321,6 +326,8 @@ class FenceExecutor:
                     "unreadable fencing record %s: %s", (rec.get("metadata") or {}).get("name"), err
                 )
                 continue
+            if op.phase is Phase.ABORTED:
+                aborted[op.id] = op
             if op.final or self.busy(op.node):
                 continue
             mine = self.operations.get(op.node)
@@ -339,7 +346,22 @@ class FenceExecutor:
                     op.node,
                     op.phase.value,
                 )
+        self._aborted = aborted
         return taken
+
+    async def clear_orphan_taints(self, nodes: Iterable[NodeInfo], now: float) -> None:
+        """Take off every out-of-service taint that names an aborted operation (its proof
+        turned stale, or a stale leader's taint landed after the abort): a node kept out of
+        service as fenced is never judged again until it returns, so an orphan taint would
+        keep a dead node unfenced forever. Paced per operation."""
+        for info in nodes:
+            op = self._aborted.get(info.fenced_by) if info.out_of_service else None
+            if op is None or op.node != info.name or self.busy(info.name):
+                continue
+            if now - self._orphan_tried.get(op.id, -1e9) < self.reconcile_interval:
+                continue
+            self._orphan_tried[op.id] = now
+            await self._clear_orphan_taint(op)
 
     async def reconcile_loop(self) -> None:
         """Pick up, on the leader's own schedule, every unfinished operation that stopped here
@@ -550,6 +572,20 @@ class FenceExecutor:
         if on:
             return PoweredOnAgain(f"{', '.join(on)} read On again")
         return None
+
+    async def _clear_orphan_taint(self, op: Operation) -> None:
+        """An aborted operation had tainted its node (its proof turned stale): the Node must not
+        keep a taint naming it (a stale leader's taint can land after the abort, and a node
+        marked as fenced and kept out of service is never fenced again until it returns)."""
+        try:
+            info = await self.api.get_node(op.node)
+            if info is not None and info.out_of_service and info.fenced_by == op.id:
+                log.warning(
+                    "node %s: removing the out-of-service taint of aborted %s", op.node, op.id
+                )
+                await self.api.remove_out_of_service(op.node, info.uid)
+        except ClusterError as err:
+            log.warning("node %s: cannot clear the taint of aborted %s: %s", op.node, op.id, err)
 
     async def _untaint_if_voided(self, op: Operation) -> None:
         """A voided proof: take the out-of-service taint off the running node again."""

@@ -552,6 +552,7 @@ class LeaderSide:
                 if node in self.nodes:
                     self.executor.submit(node, now, self.nodes[node].uid)
             await self._advance_held(maintenance, now)
+            await self.executor.clear_orphan_taints(nodes, now)
         await self._publish_view(decision, now)
         return decision
 

@@ -88,13 +88,17 @@ class FakeApi:
         n = self.nodes.get(node)
         if n is None:
             return None
-        return NodeInfo(node, n.uid, None, 10250, n.ready, False, n.maintenance, None)
+        return self._info(node, n, n.ready)
 
     async def list_nodes(self) -> list[NodeInfo]:
-        return [
-            NodeInfo(name, n.uid, None, 10250, True, False, n.maintenance, None)
-            for name, n in self.nodes.items()
-        ]
+        return [self._info(name, n, True) for name, n in self.nodes.items()]
+
+    @staticmethod
+    def _info(name: str, n: FakeNode, ready: bool | None) -> NodeInfo:
+        return NodeInfo(
+            name, n.uid, None, 10250, ready, False, n.maintenance, None,
+            out_of_service=n.tainted, fenced_by=n.fenced_by,
+        )  # fmt: skip
 
     async def taint_out_of_service(
         self, node: str, uid: str | None = None, operation: str = ""

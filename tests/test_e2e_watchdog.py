@@ -55,13 +55,18 @@ class PowerAtDeletion(threading.Thread):
 def test_an_isolated_node_with_a_dead_bmc_resets_itself_and_only_then_is_counted_fenced(
     make_cluster: Make,
 ) -> None:
+    # The victim hosts no broker: a cut-off broker host still round-trips its heartbeats
+    # through its own broker (docs/operator-guide.md, "A broker's own node"), so it keeps
+    # feeding; the leader, which lost that broker, then rightly never takes the watchdog as
+    # proof. Which node leads is the election's choice, so the victim is chosen after it.
     cluster = start(
         make_cluster,
         links=True,
+        brokers=1,  # three nodes: with two brokers the leader may leave only broker hosts
         watchdog={**WATCHDOG, "reboot_after": None},  # a slow machine: stays down for the test
         fencing=SELF_FENCE,
     )
-    victim = victim_of(cluster)
+    victim = victim_of(cluster, exclude=tuple(cluster.broker_hosts))
     node = cluster.nodes[victim]
     assert node.watchdog is not None
     cluster.wait_for(
@@ -100,8 +105,8 @@ def test_without_an_armed_watchdog_an_unreachable_bmc_never_counts_as_fenced(
 ) -> None:
     # The leader allows self-fencing, but the nodes run no watchdog: their heartbeats never
     # claimed one, so nothing but a BMC read-back can prove the node off.
-    cluster = start(make_cluster, links=True, fencing=SELF_FENCE)
-    victim = victim_of(cluster)
+    cluster = start(make_cluster, links=True, brokers=1, fencing=SELF_FENCE)
+    victim = victim_of(cluster, exclude=tuple(cluster.broker_hosts))
     before = vms_on(cluster, victim)
     cluster.fleet[victim].set_faults(unreachable=True)
     cluster.nodes[victim].isolate()

@@ -260,6 +260,27 @@ async def test_a_resumed_operation_is_aborted_when_this_leader_sees_the_node_ali
     assert machine.offs == 0 and not ex.held()
 
 
+async def test_a_taint_that_landed_after_its_operation_was_aborted_is_taken_off(
+    tmp_path: Path,
+) -> None:
+    # Simulation seed 901184: a stale leader's taint landed after the operation was aborted
+    # (the record never says "tainted"); the node, kept out of service as fenced, was then
+    # never judged again and stayed unfenced when it died.
+    api, machine, leader = world()
+    stored_op(api, Operation(N, "old1", phase=Phase.ABORTED, node_uid="uid-1"))
+    api.nodes[N].tainted, api.nodes[N].fenced_by = True, "old1"
+    api.nodes["node-b"] = FakeNode("uid-b", tainted=True, fenced_by="live-op")  # not aborted
+    ex = make(tmp_path, api, machine, leader)
+    await ex.resume()
+    await ex.clear_orphan_taints(await api.list_nodes(), now=10.0)
+    assert not api.nodes[N].tainted and api.nodes["node-b"].tainted
+    api.nodes[N].tainted, api.nodes[N].fenced_by = True, "old1"  # landed once more
+    await ex.clear_orphan_taints(await api.list_nodes(), now=10.01)
+    assert api.nodes[N].tainted  # paced: one try per reconcile interval
+    await ex.clear_orphan_taints(await api.list_nodes(), now=10.1)
+    assert not api.nodes[N].tainted and machine.offs == 0
+
+
 async def test_a_resumed_operation_with_a_proven_off_goes_on_without_a_new_verdict(
     tmp_path: Path,
 ) -> None:

@@ -238,8 +238,7 @@ def test_a_stop_may_supersede_an_evict_but_no_second_evict_is_admitted(rig: Rig)
 
 def local_disk_rig(access: str) -> Rig:
     disks = ResourceType("virtualization.deckhouse.io", "v1alpha2", "VirtualDisk", "virtualdisks")
-    claims = ResourceType("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims")
-    store = ObjectStore([*builtin_types(), disks, claims])
+    store = ObjectStore([*builtin_types(), disks])  # claims are built in
     rig = make_rig(store=store)
     place_vms(rig.store, rig.ctl, 1, ["node-1"])
     disk = {"metadata": {"name": "vm-1-root"}, "status": {"target": {"persistentVolumeClaim": "c"}}}

@@ -357,6 +357,12 @@ def test_a_first_look_at_a_kubelet_lease_is_no_sign_of_life() -> None:
     assert _details(514, "not-fenced", "") == []
 
 
+def test_a_taint_landing_after_its_operation_was_aborted_does_not_keep_the_node_unfenced() -> None:
+    # 901184: a stale leader's out-of-service taint landed after the operation was aborted;
+    # the node counted as fenced and kept out of service, and was never fenced when it died.
+    assert _details(901184, "not-fenced", "") == []
+
+
 # -- the CI budget -----------------------------------------------------------------------------
 
 
@@ -365,7 +371,7 @@ def test_a_thousand_seeds_break_no_invariant() -> None:
     for seed in CI_SEEDS:
         result = run_seed(seed)
         if result.violations:
-            failing[seed] = sorted({f"{v.invariant}: {v.detail}" for v in result.violations})
+            failing[seed] = sorted({str(v)[:300] for v in result.violations})
     assert failing == {}, (
         f"{len(failing)} seeds break invariants; replay one with"
         f" `nodefence-hwsim simulate --replay SEED -v`: {dict(list(failing.items())[:20])}"

@@ -178,7 +178,7 @@ class SimClusterApi(ClusterApi):
         proc = self._proc()
         self.server.listener.step_issued(proc, "taint", node)
         return await self._sim(
-            f"taint node {node}", lambda: self.server.taint(proc, node, uid), True
+            f"taint node {node}", lambda: self.server.taint(proc, node, uid, operation), True
         )
 
     # The simulation models VMs, not their pods or volumes: the release after a proven Off

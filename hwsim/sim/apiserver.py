@@ -27,6 +27,7 @@ from agent.cluster import (
     LeaseInfo,
     NodeInfo,
 )
+from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY
 from agent.cluster_watch import Collection, Page
 from agent.kube_json import node_info
 from hwsim.sim.trace import Trace
@@ -60,6 +61,7 @@ class NodeObject:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     tainted: bool = False  # node.kubernetes.io/out-of-service
+    fenced_by: str = ""  # nodefence.io/fenced-by: the operation that tainted it
     unschedulable: bool = False
     ready: bool | None = None  # the Ready condition (None: Unknown), as the lifecycle sets it
 
@@ -252,6 +254,9 @@ class ApiServer:
         """A Node as the API's JSON: what the kubelet and nodefence's writes made of it."""
         ready = {True: "True", False: "False", None: "Unknown"}[node.ready]
         annotations = {**node.annotations, HEALTH_ANNOTATION: f"{node.internal_ip}:9440"}
+        if node.fenced_by:
+            annotations[FENCED_ANNOTATION] = node.fenced_by
+        taints = [{"key": OUT_OF_SERVICE_KEY, "effect": "NoExecute"}] if node.tainted else []
         return {
             "apiVersion": "v1",
             "kind": "Node",
@@ -262,7 +267,8 @@ class ApiServer:
                 "labels": dict(node.labels),
                 "annotations": annotations,
             },
-            "spec": {"unschedulable": node.unschedulable or node.tainted},
+            # The out-of-service taint is no cordon.
+            "spec": {"unschedulable": node.unschedulable, "taints": taints},
             "status": {
                 "addresses": [{"type": "InternalIP", "address": node.internal_ip}],
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
@@ -315,10 +321,15 @@ class ApiServer:
             node.annotations[key] = value
         self._node_written(node)
 
-    def taint(self, proc: SimProcess | None, name: str, uid: str | None = None) -> bool:
+    def taint(
+        self, proc: SimProcess | None, name: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
         node = self.nodes.get(name)
         if node is None or (uid is not None and node.uid != uid):
             return False  # gone, or registered again since the decision
+        if operation and node.fenced_by != operation:
+            node.fenced_by = operation
+            self._node_written(node)
         if not node.tainted:
             node.tainted = True
             self._node_written(node)
@@ -330,8 +341,8 @@ class ApiServer:
         node = self.nodes.get(name)
         if node is None or (uid is not None and node.uid != uid):
             return False
-        if node.tainted:
-            node.tainted = False
+        if node.tainted or node.fenced_by:
+            node.tainted, node.fenced_by = False, ""
             self._node_written(node)
             self.trace.event("api", f"node {name} out-of-service taint removed by {_who(proc)}")
         return True
