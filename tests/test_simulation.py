@@ -363,6 +363,13 @@ def test_a_taint_landing_after_its_operation_was_aborted_does_not_keep_the_node_
     assert _details(901184, "not-fenced", "") == []
 
 
+def test_a_stale_leader_never_finishes_an_operation_another_leader_has_written() -> None:
+    # 900149 (issue 20): a leader paused for 35 s woke up, judged the node dead again, found the
+    # new leader's record by a fresh list and, its VM check now answered from its caches at
+    # once, stored Recovered before its elector noticed the Lease was lost.
+    assert _details(900149, "two-leaders", "") == []
+
+
 # -- the CI budget -----------------------------------------------------------------------------
 
 
