@@ -280,6 +280,13 @@ class FenceExecutor:
             log.error("cannot look for an unfinished operation of %s: %s", node, err)
             return  # retried at the next judging round
         if record is not None:
+            try:
+                # Another leader's work: a leader that woke up stale must not carry it on (its
+                # next steps may need no API call, so its elector may not have noticed yet).
+                await self.confirm_leader()
+            except Exception as err:
+                log.warning("not taking over the operation of %s: %s", node, err)
+                return  # retried at the next judging round, if still leading
             op = self._from_record(record)
             if uid and not op.off_proven and op.node_uid != uid:
                 op = replace(op, node_uid=uid)
@@ -317,6 +324,7 @@ class FenceExecutor:
             log.error("cannot list fencing records to resume: %s", err)
             return 0
         taken = 0
+        confirmed = False
         aborted: dict[str, Operation] = {}
         for rec in records:
             try:
@@ -337,6 +345,16 @@ class FenceExecutor:
             self.operations[op.node] = op
             taken += 1
             if op.node_deleted or op.node in self._decided:
+                if not confirmed:
+                    # Records read from the caches cost no request, so a leader that woke up
+                    # stale could carry on another leader's work before its elector noticed.
+                    try:
+                        await self.confirm_leader()
+                    except Exception as err:
+                        log.warning("not taking over the operation of %s: %s", op.node, err)
+                        self.operations.pop(op.node, None)
+                        return taken - 1
+                    confirmed = True
                 log.warning("resuming the fencing of %s from phase %s", op.node, op.phase.value)
                 self._launch(op)
             elif op.node not in self._held:
