@@ -373,6 +373,10 @@ def test_a_stale_leader_never_finishes_an_operation_another_leader_has_written()
 # -- the CI budget -----------------------------------------------------------------------------
 
 
+# About 95 s of CPU since the simulated API serves watches (issue 20; 60-70 s before): on a busy
+# machine that is past pytest-timeout's default 120 s, whose signal then lands inside a
+# simulated process and is reported as that process's crash.
+@pytest.mark.timeout(300)
 def test_a_thousand_seeds_break_no_invariant() -> None:
     failing = {}
     for seed in CI_SEEDS:
