@@ -121,16 +121,30 @@ class Cache(Generic[T]):
         self.versions.pop(key)
         return Change(key, self.items.pop(key, None), None)
 
+    def prepare(self, obj: Obj) -> tuple[str, str, T]:
+        """`obj` as the cache holds it: (key, resourceVersion, value)."""
+        return self.kind.key(obj), _version(obj), self.kind.convert(obj)
+
     def replace(self, objects: list[Obj], resource_version: str) -> list[Change[T]]:
         """A full list: take every object, drop those it no longer has."""
+        return self.replace_prepared([self.prepare(o) for o in objects], resource_version)
+
+    def replace_prepared(
+        self, entries: list[tuple[str, str, T]], resource_version: str
+    ) -> list[Change[T]]:
+        """`replace` of objects already `prepare`d (a list converted page by page, so the raw
+        JSON of thousands of Nodes is never held at once)."""
         seen: set[str] = set()
         changes: list[Change[T]] = []
-        for obj in objects:
-            key = self.kind.key(obj)
+        for key, version, value in entries:
             seen.add(key)
-            change = self._take(key, _version(obj), obj)
-            if change is not None:
-                changes.append(change)
+            held = self.versions.get(key)
+            if held is not None and (version == held or older(version, held)):
+                continue  # already held, or older than what is held
+            old = self.items.get(key)
+            self.items[key] = value
+            self.versions[key] = version
+            changes.append(Change(key, old, value))
         for key in [k for k in self.versions if k not in seen]:
             dropped = self._drop(key, "")
             if dropped is not None:
@@ -256,20 +270,22 @@ class Informer(Generic[T]):
                 delay = min(self.retry_max, delay * 2)
 
     async def _list(self) -> None:
-        items: list[Obj] = []
+        entries: list[tuple[str, str, T]] = []
         version, cont = "", ""
         while True:
             page = await self.source.list_page(
                 self.kind.collection, resource_version="0", limit=self.page_size, cont=cont
             )
-            items.extend(page.items)
+            # Converted as each page comes: a full list of raw Nodes is millions of objects,
+            # and every garbage collection pass would walk them all, stalling the leader.
+            entries.extend(self.cache.prepare(o) for o in page.items)
             version = version or page.resource_version  # every page is of the first's list
             cont = page.next
             if not cont:
                 break
         self.stats.lists += 1
         first = not self.synced.is_set()
-        changes = self.cache.replace(items, version)
+        changes = self.cache.replace_prepared(entries, version)
         self._listed = True
         self._report(changes, first=first)
         self.synced.set()
