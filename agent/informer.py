@@ -175,6 +175,7 @@ class Gone(Exception):
 
 
 OnChange = Callable[[list[Change[T]], float | None, float], None]
+REPORT_SLICE = 500  # changes of a list reported at once
 
 
 @dataclass
@@ -287,7 +288,11 @@ class Informer(Generic[T]):
         first = not self.synced.is_set()
         changes = self.cache.replace_prepared(entries, version)
         self._listed = True
-        self._report(changes, first=first)
+        # Reported in slices, the loop free in between: at 10,000 Nodes one report was a stall
+        # of its own (heartbeats arriving meanwhile are stamped late).
+        for at in range(0, max(len(changes), 1), REPORT_SLICE):
+            self._report(changes[at : at + REPORT_SLICE], first=first)
+            await asyncio.sleep(0)
         self.synced.set()
 
     async def _watch(self) -> bool:
