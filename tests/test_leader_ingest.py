@@ -492,3 +492,25 @@ async def test_with_two_brokers_each_heartbeat_counts_once_and_one_broker_lost_b
             await eventually("heard via a alone", lambda: side.stats.heartbeats == 6)
     finally:
         await cancel_and_wait(side, task)
+
+
+async def test_a_kubelet_renewal_read_fresh_before_a_power_off_is_in_the_cache_at_once(
+    kube: KubeApiServer, leader: tuple[LeaderSide, asyncio.Task[None]]
+) -> None:
+    side, _ = leader
+    kube.store.create("nodes", _node("node-9"))
+    lease = {
+        "metadata": {"name": "node-9", "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": "node-9", "renewTime": "2026-01-01T00:00:00.000000Z"},
+    }
+    kube.store.create("leases", lease, "kube-node-lease")
+    await eventually("its Lease watched", lambda: side.kubelet_seen.get("node-9", (None,))[0])
+    first = side.kubelet_seen["node-9"][0]
+    lease["spec"]["renewTime"] = "2026-01-01T00:00:10.000000Z"
+    current = kube.store.get("leases", "node-9", "kube-node-lease")
+    current["spec"] = lease["spec"]
+    kube.store.update("leases", current, "kube-node-lease")
+    await side.read_kubelet_lease("node-9")  # the guard's read, whatever the watch delivered
+    renewed = side.kubelet_seen["node-9"]
+    assert renewed[0] != first and renewed[0] is not None and renewed[0].second == 10
+    assert renewed[2] is not None  # a renewal seen by this leader, stamped on its clock
