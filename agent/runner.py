@@ -265,7 +265,8 @@ async def run_agent(
     )
     await health.start()
     metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port)
-    api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
+    # Named to the API server (its audit log, its per-client request metrics): nodefence/<node>.
+    api = ClusterApi(load_api_client(cfg.kube.kubeconfig, f"nodefence/{node}"))
     feeder: WatchdogFeeder | None = None
     w = cfg.watchdog
     if w.enabled:
