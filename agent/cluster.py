@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -19,152 +19,69 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.cluster_error import ClusterError, refusal_words
 from agent.cluster_keys import KeyCalls
-from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY, ReleaseCalls
+from agent.cluster_release import FENCED_ANNOTATION, ReleaseCalls
+from agent.cluster_types import (
+    DECKHOUSE_FENCING_LABEL,
+    DECKHOUSE_FENCING_MODE_LABEL,
+    DECKHOUSE_MAINTENANCE_ANNOTATIONS,
+    HEALTH_ANNOTATION,
+    MAINTENANCE_CORDON_ANNOTATION,
+    MAINTENANCE_LABEL,
+    NODE_LEASE_NAMESPACE,
+    STANDBYS_ANNOTATION,
+    LeaseInfo,
+    NodeInfo,
+)
 from agent.cluster_virt import VirtCalls
+from agent.cluster_watch import WatchCalls
+from agent.kube_json import lease_info, node_info
 from agent.node_label import NODE_LABEL, node_selector
 from agent.pause import PAUSE_ANNOTATION
 
 T = TypeVar("T")
-NODE_LEASE_NAMESPACE = "kube-node-lease"
-HEALTH_ANNOTATION = "nodefence.io/health-endpoint"
-# On the leader Lease: the nodes whose agents the leader named warm standbys (comma-separated).
-STANDBYS_ANNOTATION = "nodefence.io/standbys"
+VM_GROUP, VM_VERSION, VM_PLURAL = "virtualization.deckhouse.io", "v1alpha2", "virtualmachines"
+RECORD_GROUP, RECORD_VERSION, RECORD_PLURAL = "nodefence.io", "v1alpha1", "fenceoperations"
 OUT_OF_SERVICE_TAINT = {
     "key": "node.kubernetes.io/out-of-service",
     "value": "nodeshutdown",
     "effect": "NoExecute",
 }
-VM_GROUP, VM_VERSION, VM_PLURAL = "virtualization.deckhouse.io", "v1alpha2", "virtualmachines"
-RECORD_GROUP, RECORD_VERSION, RECORD_PLURAL = "nodefence.io", "v1alpha1", "fenceoperations"
-MAINTENANCE_LABEL = "nodefence.io/maintenance"
-# Set by `maintenance enter` when it cordoned the node itself: `exit` uncordons only then.
-MAINTENANCE_CORDON_ANNOTATION = "nodefence.io/maintenance-cordon"
 VMOP_PLURAL = "virtualmachineoperations"
 
 
-__all__ = ["ClusterApi", "ClusterError", "LeaseInfo", "NodeInfo", "load_api_client"]
-# Deckhouse node-manager's fencing: the label on nodes of a NodeGroup with spec.fencing, its
-# mode, and the annotations with which its fencing leaves a node alone (maintenance, updates).
-DECKHOUSE_FENCING_LABEL = "node-manager.deckhouse.io/fencing-enabled"
-DECKHOUSE_FENCING_MODE_LABEL = "node-manager.deckhouse.io/fencing-mode"
-DECKHOUSE_MAINTENANCE_ANNOTATIONS = (
-    "node-manager.deckhouse.io/fencing-disable",
-    "update.node.deckhouse.io/disruption-approved",
-    "update.node.deckhouse.io/approved",
-)
+__all__ = [
+    "DECKHOUSE_FENCING_LABEL",
+    "DECKHOUSE_FENCING_MODE_LABEL",
+    "DECKHOUSE_MAINTENANCE_ANNOTATIONS",
+    "HEALTH_ANNOTATION",
+    "MAINTENANCE_CORDON_ANNOTATION",
+    "MAINTENANCE_LABEL",
+    "NODE_LEASE_NAMESPACE",
+    "STANDBYS_ANNOTATION",
+    "ClusterApi",
+    "ClusterError",
+    "LeaseInfo",
+    "NodeInfo",
+    "load_api_client",
+]
 
 
-@dataclass(frozen=True)
-class NodeInfo:
-    """What the agent needs to know of a Node."""
-
-    name: str
-    uid: str
-    internal_ip: str | None
-    kubelet_port: int
-    ready: bool | None  # None: condition Unknown or missing
-    unschedulable: bool
-    maintenance: bool
-    health_endpoint: str | None  # "host:port" the node's agent announced
-    maintenance_mark: str = ""  # the label's value: "true" (guarded off), "draining", ...
-    cordoned_by_maintenance: bool = False  # `maintenance enter` made the cordon
-    allocatable_cpu: str = ""  # status.allocatable quantities ("" when not reported)
-    allocatable_memory: str = ""
-    out_of_service: bool = False  # carries node.kubernetes.io/out-of-service
-    fenced_by: str = ""  # nodefence's mark: the operation that tainted it
-    deckhouse_fencing: str = ""  # Deckhouse fencing mode (Watchdog, Notify) when enabled
-    deckhouse_maintenance: str = ""  # the Deckhouse annotation that disables its fencing
-
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    """A `coordination.k8s.io/v1` Lease as election and detection read it."""
-
-    name: str
-    namespace: str
-    holder: str | None
-    renew_time: dt.datetime | None
-    acquire_time: dt.datetime | None
-    duration: int | None
-    transitions: int
-    resource_version: str
-    standbys: tuple[str, ...] = ()  # the leader Lease's STANDBYS_ANNOTATION
-    paused: str = ""  # the leader Lease's PAUSE_ANNOTATION (agent.pause), "" when absent
-
-
-def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
-    """An API client from a kubeconfig file, or the in-cluster service account when None."""
+def load_api_client(kubeconfig: str | None, user_agent: str = "") -> k8s.ApiClient:
+    """An API client from a kubeconfig file, or the in-cluster service account when None;
+    `user_agent` (when given) names it to the API server (audit logs, request metrics)."""
     if kubeconfig:
         client: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig
         )
-        return client
-    k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
+    else:
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        client = k8s.ApiClient()
+    if user_agent:
+        client.user_agent = user_agent
+    return client
 
 
-def _node_info(n: Any) -> NodeInfo:
-    status = n.status
-    ip = None
-    for addr in (status.addresses or []) if status else []:
-        if addr.type == "InternalIP":
-            ip = addr.address
-            break
-    port = 0
-    if status and status.daemon_endpoints and status.daemon_endpoints.kubelet_endpoint:
-        port = status.daemon_endpoints.kubelet_endpoint.port or 0
-    ready: bool | None = None
-    for cond in (status.conditions or []) if status else []:
-        if cond.type == "Ready":
-            ready = {"True": True, "False": False}.get(cond.status)
-    labels = n.metadata.labels or {}
-    annotations = n.metadata.annotations or {}
-    allocatable = (status.allocatable if status else None) or {}
-    taints = (n.spec.taints or []) if n.spec else []
-    fencing = ""
-    if DECKHOUSE_FENCING_LABEL in labels:
-        fencing = labels.get(DECKHOUSE_FENCING_MODE_LABEL) or "Watchdog"
-    return NodeInfo(
-        name=n.metadata.name,
-        uid=n.metadata.uid or "",
-        internal_ip=ip,
-        kubelet_port=port,
-        ready=ready,
-        unschedulable=bool(n.spec and n.spec.unschedulable),
-        maintenance=labels.get(MAINTENANCE_LABEL) == "true",
-        health_endpoint=annotations.get(HEALTH_ANNOTATION),
-        maintenance_mark=str(labels.get(MAINTENANCE_LABEL) or ""),
-        cordoned_by_maintenance=annotations.get(MAINTENANCE_CORDON_ANNOTATION) == "true",
-        allocatable_cpu=str(allocatable.get("cpu") or ""),
-        allocatable_memory=str(allocatable.get("memory") or ""),
-        out_of_service=any(t.key == OUT_OF_SERVICE_KEY for t in taints),
-        fenced_by=annotations.get(FENCED_ANNOTATION) or "",
-        deckhouse_fencing=fencing,
-        deckhouse_maintenance=next(
-            (a for a in DECKHOUSE_MAINTENANCE_ANNOTATIONS if a in annotations), ""
-        ),
-    )
-
-
-def _lease_info(obj: Any) -> LeaseInfo:
-    spec = obj.spec
-    annotations = obj.metadata.annotations or {}
-    named = str(annotations.get(STANDBYS_ANNOTATION) or "")
-    return LeaseInfo(
-        name=obj.metadata.name,
-        namespace=obj.metadata.namespace,
-        holder=spec.holder_identity if spec else None,
-        renew_time=spec.renew_time if spec else None,
-        acquire_time=spec.acquire_time if spec else None,
-        duration=spec.lease_duration_seconds if spec else None,
-        transitions=(spec.lease_transitions or 0) if spec else 0,
-        resource_version=obj.metadata.resource_version,
-        standbys=tuple(n for n in named.split(",") if n),
-        paused=str(annotations.get(PAUSE_ANNOTATION) or ""),
-    )
-
-
-class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
+class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls, WatchCalls):
     """Async, deadline-bounded access to the objects nodefence reads and writes."""
 
     def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:
@@ -175,7 +92,11 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
         self.coordination = k8s.CoordinationV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
 
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+    async def _call(self, what: str, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """`fn()` in a worker thread, its failures as `ClusterError`, within `timeout` (the
+        client's deadline by default)."""
+        deadline = self.timeout if timeout is None else timeout
+
         def guarded() -> T:
             try:
                 return fn()
@@ -187,32 +108,43 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
                 raise ClusterError(f"{what}: {type(err).__name__}: {err}") from None
 
         try:
-            return await asyncio.wait_for(asyncio.to_thread(guarded), self.timeout)
+            return await asyncio.wait_for(asyncio.to_thread(guarded), deadline)
         except TimeoutError:
-            raise ClusterError(f"{what}: no answer within {self.timeout:g} s") from None
+            raise ClusterError(f"{what}: no answer within {deadline:g} s") from None
 
     async def _call_any(self, what: str, fn: Callable[[], Any]) -> Any:
         """`_call` for client methods typed as returning `object` (custom objects, reads)."""
         return await self._call(what, fn)
 
+    async def _call_json(self, what: str, fn: Callable[[], Any]) -> dict[str, Any]:
+        """`_call` of a client method called with `_preload_content=False`: the body as
+        parsed JSON (no client models: see `agent.kube_json`)."""
+
+        def read() -> dict[str, Any]:
+            body: dict[str, Any] = json.loads(fn().data)
+            return body
+
+        return await self._call(what, read)
+
     # -- nodes and their kubelets ------------------------------------------------------------
 
     async def list_nodes(self) -> list[NodeInfo]:
-        """Every Node."""
-        nodes = await self._call(
-            "list nodes", lambda: self.core.list_node(_request_timeout=self.timeout)
+        """Every Node (one full read: the leader keeps its Nodes in `agent.kube_cache`)."""
+        nodes = await self._call_json(
+            "list nodes",
+            lambda: self.core.list_node(_preload_content=False, _request_timeout=self.timeout),
         )
-        return [_node_info(n) for n in nodes.items]
+        return [node_info(n) for n in nodes.get("items") or []]
 
     async def node_leases(self) -> dict[str, LeaseInfo]:
         """The kubelets' Leases in kube-node-lease, by node name."""
-        leases = await self._call(
+        leases = await self._call_json(
             "list node leases",
             lambda: self.coordination.list_namespaced_lease(
-                NODE_LEASE_NAMESPACE, _request_timeout=self.timeout
+                NODE_LEASE_NAMESPACE, _preload_content=False, _request_timeout=self.timeout
             ),
         )
-        infos = [_lease_info(obj) for obj in leases.items]
+        infos = [lease_info(obj) for obj in leases.get("items") or []]
         return {info.name: info for info in infos}
 
     async def annotate_node(self, node: str, key: str, value: str | None) -> None:
@@ -461,17 +393,17 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
     async def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         """The Lease, or None when it does not exist."""
         try:
-            obj = await self._call_any(
+            obj = await self._call_json(
                 f"get lease {namespace}/{name}",
                 lambda: self.coordination.read_namespaced_lease(
-                    name, namespace, _request_timeout=self.timeout
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
                 ),
             )
         except ClusterError as err:
             if err.status == 404:
                 return None
             raise
-        return _lease_info(obj)
+        return lease_info(obj)
 
     async def write_lease(
         self,
@@ -510,20 +442,20 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
             ),
         )
         if resource_version is None:
-            obj = await self._call_any(
+            obj = await self._call_json(
                 f"create lease {namespace}/{name}",
                 lambda: self.coordination.create_namespaced_lease(
-                    namespace, body, _request_timeout=self.timeout
+                    namespace, body, _preload_content=False, _request_timeout=self.timeout
                 ),
             )
         else:
-            obj = await self._call_any(
+            obj = await self._call_json(
                 f"update lease {namespace}/{name}",
                 lambda: self.coordination.replace_namespaced_lease(
-                    name, namespace, body, _request_timeout=self.timeout
+                    name, namespace, body, _preload_content=False, _request_timeout=self.timeout
                 ),
             )
-        return _lease_info(obj)
+        return lease_info(obj)
 
     async def annotate_lease(self, namespace: str, name: str, key: str, value: str | None) -> None:
         """Set (or with None remove) one annotation of a Lease (merge patch; the holder's next
@@ -541,15 +473,17 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls):
     async def get_node(self, node: str) -> NodeInfo | None:
         """The Node, or None when it does not exist."""
         try:
-            obj = await self._call_any(
+            obj = await self._call_json(
                 f"read node {node}",
-                lambda: self.core.read_node(node, _request_timeout=self.timeout),
+                lambda: self.core.read_node(
+                    node, _preload_content=False, _request_timeout=self.timeout
+                ),
             )
         except ClusterError as err:
             if err.status == 404:
                 return None
             raise
-        return _node_info(obj)
+        return node_info(obj)
 
     async def label_node(self, node: str, key: str, value: str | None) -> None:
         """Set (or with None remove) one label on a Node (merge patch)."""

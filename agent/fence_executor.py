@@ -65,6 +65,7 @@ from agent.fencing import (
     next_action,
 )
 from agent.inventory import Inventory, NodeInventory
+from agent.kube_cache import ClusterReads
 from agent.power import BackendFactory, PowerFencer, StopWalk
 from agent.records import from_record, resumed
 from agent.topology import Action as PowerAction
@@ -140,10 +141,17 @@ class FenceExecutor:
         last_heartbeat: Callable[[str], float | None] = lambda node: None,
         virt: VirtLayer | None = None,
         paused: Callable[[], str | None] = lambda: None,
+        reads: ClusterReads | None = None,
+        record_saved: Callable[[dict[str, Any]], None] | None = None,
+        read_kubelet: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.api = api
         # The VM APIs whose VMs are snapshotted and verified (default: Deckhouse's only).
         self.virt = virt or VirtLayer(api)
+        # Where resume reads (the leader's caches, else the API server); `record_saved` writes
+        # each stored record through to them.
+        self.reads: ClusterReads = reads if reads is not None else api
+        self.read_kubelet = read_kubelet  # the guard's fresh look at the kubelet Lease
         self.namespace = namespace
         self.leader_id = leader_id
         self.inventory = inventory
@@ -162,7 +170,7 @@ class FenceExecutor:
         self.stats = ExecutorStats()
         self.operations: dict[str, Operation] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.store = RecordStore(api, namespace, leader_id, clock, wall)
+        self.store = RecordStore(api, namespace, leader_id, clock, wall, on_saved=record_saved)
         self.reports = FenceReporter(api)
         self._slots = asyncio.Semaphore(max_parallel)
         self._checked: set[str] = set()
@@ -294,6 +302,13 @@ class FenceExecutor:
             log.error("cannot look for an unfinished operation of %s: %s", node, err)
             return  # retried at the next judging round
         if record is not None:
+            try:
+                # Another leader's work: a leader that woke up stale must not carry it on (its
+                # next steps may need no API call, so its elector may not have noticed yet).
+                await self.confirm_leader()
+            except Exception as err:
+                log.warning("not taking over the operation of %s: %s", node, err)
+                return  # retried at the next judging round, if still leading
             op = self._from_record(record)
             if uid and not op.off_proven and op.node_uid != uid:
                 op = replace(op, node_uid=uid)
@@ -329,11 +344,12 @@ class FenceExecutor:
         node shows life (`go_on`); any of them is aborted when the node is alive
         (`cancel_held`)."""
         try:
-            records = await self.api.list_records(self.namespace)
+            records = await self.reads.list_records(self.namespace)
         except ClusterError as err:
             log.error("cannot list fencing records to resume: %s", err)
             return 0
         taken = 0
+        confirmed = False
         aborted: dict[str, Operation] = {}
         for rec in records:
             try:
@@ -354,6 +370,16 @@ class FenceExecutor:
             self.operations[op.node] = op
             taken += 1
             if op.node_deleted or op.node in self._decided:
+                if not confirmed:
+                    # Records read from the caches cost no request, so a leader that woke up
+                    # stale could carry on another leader's work before its elector noticed.
+                    try:
+                        await self.confirm_leader()
+                    except Exception as err:
+                        log.warning("not taking over the operation of %s: %s", op.node, err)
+                        self.operations.pop(op.node, None)
+                        return taken - 1
+                    confirmed = True
                 log.warning("resuming the fencing of %s from phase %s", op.node, op.phase.value)
                 self._launch(op)
             elif op.node not in self._held:
@@ -704,6 +730,7 @@ class FenceExecutor:
             api=self.api,
             clock=self.clock,
             timing=self.timing,
+            read_kubelet=self.read_kubelet,
             on_confirmed=lambda step: self._lease_confirmed(op, step),
             on_stored=lambda sent: self.evidence.step(
                 op.node,

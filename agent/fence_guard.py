@@ -8,7 +8,9 @@ request of an operation, in this order:
    the walk here, nothing stored, nothing sent (`paused`: the operation waits for `resume`);
 3. store the point of no return (PowerOffSending); if that write fails, nothing is sent;
 4. read the Node from the API server: a maintenance mark, or another Node object than the one
-   declared dead (it registered again), aborts;
+   declared dead (it registered again), aborts; and its kubelet Lease (`read_kubelet`): the
+   leader's cache follows a watch, and a renewal the watch has not delivered yet counts as life
+   seen now;
 5. look for life since the decision once more (heartbeats that arrived during 2-4 count),
    right before the first request is handed to its backend (`last_look`, called by the power
    walk with nothing awaited in between); a pause seen since (a later Lease renewal) withdraws
@@ -55,6 +57,7 @@ class WalkGuard:
         on_confirmed: Callable[[str], None] | None = None,
         on_stored: Callable[[Operation], None] | None = None,
         paused: Callable[[], str | None] = lambda: None,
+        read_kubelet: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.op = op  # advances to Fencing (power_off_sent) once the point of no return is stored
         self.decided_at = decided_at
@@ -72,6 +75,7 @@ class WalkGuard:
         self.on_stored = on_stored  # the point of no return was stored (evidence)
         self.paused = paused  # fencing paused cluster-wide: its description, else None
         self.stopped_by_pause = False  # stopped before anything was stored: waits for resume
+        self.read_kubelet = read_kubelet  # reads the node's kubelet Lease fresh into the cache
 
     def _stop(self, event: Event | None, why: str) -> StopWalk:
         self.stopped = event
@@ -124,6 +128,12 @@ class WalkGuard:
         if info is not None and info.maintenance:
             why = "node entered maintenance before the power-off was sent"
             raise self._stop(Cancelled(why), why)
+        if self.read_kubelet is not None:
+            try:
+                await self.read_kubelet(node)
+            except ClusterError as err:
+                why = f"cannot read the kubelet Lease of {node} before the power-off: {err}"
+                raise self._stop(SendWithdrawn(why), why) from None
 
     def last_look(self, device: str) -> None:
         """Right before a power-off request goes to `device`: the first one of the operation

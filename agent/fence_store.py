@@ -33,8 +33,10 @@ class RecordStore:
         leader_id: str,
         clock: Callable[[], float],
         wall: Callable[[], float],
+        on_saved: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.api = api
+        self.on_saved = on_saved  # told every record the API accepted (the leader's cache)
         self.namespace = namespace
         self.leader_id = leader_id
         self.clock = clock
@@ -80,7 +82,8 @@ class RecordStore:
                 else self.wall() - (self.clock() - op.last_heartbeat),
             )
             try:
-                self._records[op.node] = await self.api.save_record(self.namespace, body)
+                saved = await self.api.save_record(self.namespace, body)
+                self._records[op.node] = saved
             except ClusterError as err:
                 if err.status == 409 and await self._own_write_landed(op):
                     continue
@@ -92,6 +95,8 @@ class RecordStore:
                 return
             # The record is in the API now: from here on the node can see it is being fenced.
             self.marked_at.setdefault(op.node, self.clock())
+            if self.on_saved is not None:
+                self.on_saved(saved)
             return
         raise Superseded()
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 
 from agent import metrics
 from agent.auth_keys import fencer_keyring
@@ -26,11 +27,11 @@ from agent.cluster import ClusterApi, ClusterError, load_api_client
 from agent.config import AgentConfig
 from agent.election import LeaderElector
 from agent.fencer_presence import announce
-from agent.handoff import OwnMark
 from agent.health import HealthServer
 from agent.ingest import Listener
 from agent.inventory_watch import InventoryWatcher
 from agent.key_pins import PinSync
+from agent.node_watch import NodeWatch
 from agent.runner import detection_profile, leader_candidate, leader_identity
 from agent.standby import WarmListener
 from backends.ipmi import prestart_workers
@@ -50,7 +51,8 @@ async def run_fencer(cfg: AgentConfig, node: str, stop: asyncio.Event) -> None:
     api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
     k = cfg.kube
     identity = leader_identity(node)
-    own_mark = OwnMark(lambda: api.get_node(node), node, period=2 * k.retry_period)
+    # Its own Node, watched: the maintenance mark hands leadership off (agent.handoff).
+    own_mark = NodeWatch(api, k.namespace, node, records=False, clock=time.monotonic)
     pins = PinSync(keyring, api, k.namespace, identity) if keyring is not None else None
     pending_events: set[asyncio.Task[None]] = set()
 
@@ -132,7 +134,9 @@ async def run_fencer(cfg: AgentConfig, node: str, stop: asyncio.Event) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(candidate.run(stop))
-            tg.create_task(own_mark.run(stop))
+            watching = tg.create_task(own_mark.run())
             tg.create_task(announce(cfg.brokers, cfg.cluster, node, identity, stop))
+            await stop.wait()
+            watching.cancel()  # the watch runs until the fencer stops
     finally:
         await health.stop()

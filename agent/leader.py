@@ -7,7 +7,8 @@ running Listener, history included; a cold leader starts its own. Then:
   leader's monotonic clock; malformed, refused and replayed ones counted and dropped, copies
   from the other brokers dropped quietly) and probe results here; while no broker is reachable
   (and for `fence_after` after one is again) the policy declares nobody dead;
-- kube loop: lists Nodes and kubelet Leases, noting on our clock when a renewTime changed;
+- kube caches (`agent.kube_cache`): Nodes and kubelet Leases listed once, then watched;
+  each change is folded in as it arrives, noting on our clock when a renewTime changed;
 - judge loop: evaluates, asks peers to probe suspects, applies the policy, and reports each
   new decision once (log + Kubernetes Event + the `on_dead` callback), and publishes the
   leader's view (retained) for `nodefence status`.
@@ -31,7 +32,7 @@ from agent import __version__, metrics
 from agent.bmc_health import Transition
 from agent.bmc_monitor import BmcMonitor
 from agent.broker_set import BrokerSet
-from agent.cluster import ClusterApi, ClusterError, NodeInfo
+from agent.cluster import NODE_LEASE_NAMESPACE, ClusterApi, ClusterError, LeaseInfo, NodeInfo
 from agent.config import AgentConfig
 from agent.detector import NodeHealth, NodeVerdict
 from agent.fence_evidence import stamp
@@ -39,7 +40,9 @@ from agent.fence_executor import FenceExecutor
 from agent.fencing import RESTART_POLICIES
 from agent.heartbeat_auth import AuthMode
 from agent.heartbeat_codec import PREFIX
+from agent.informer import Change
 from agent.ingest import HeartbeatIngest, LeaderStats, Listener, delivery_gap
+from agent.kube_cache import KubeCache
 from agent.leader_broker import BrokerLost, LeaderBroker
 from agent.node_keys import Keyring
 from agent.pause import Pause
@@ -170,7 +173,8 @@ class LeaderSide:
         self.broker: BrokerSet = listener.brokers  # publishes on every broker that is up
         self.name_standbys = name_standbys
         self.tick = tick
-        self.kube_period = kube_period
+        self.kube_period = kube_period  # how long a node's workload, once read, is used
+        self.first_look = getattr(api, "timeout", 5.0)  # see `_first_look`
         self.max_unhealthy = MaxUnhealthy.parse(cfg.max_unhealthy)
         ingest = listener.ingest
         self.ingest = ingest
@@ -198,7 +202,14 @@ class LeaderSide:
         self._alerted: set[tuple[str, str | None]] = set()
         self._probed: dict[str, float] = {}
         self._probe_salt = 0
-        self._last_kube_look: float | None = None
+        self.kube = KubeCache(
+            api,
+            cfg.kube.namespace,
+            clock=clock,
+            on_nodes=self._nodes_changed,
+            on_leases=self._leases_changed,
+            records=executor_factory is not None,
+        )
         self._view_at = float("-inf")
         self.view_period = 1.0  # the status view is for people: once a second is plenty
         self._workloads: dict[str, tuple[float, NodeWorkload]] = {}  # node -> (read at, what)
@@ -226,20 +237,20 @@ class LeaderSide:
             log.info("leader side starting; judging nobody for %.1f s", self.profile.fence_after)
         self.listener.on_other = self._on_message
         try:
-            await self._refresh_kube()
-            if self.warm and self._last_kube_look is not None:
-                for node in self.detector.tracked():
-                    if node not in self.nodes:
-                        self.ingest.forget(node)  # heard as a standby, gone from the cluster
-            if self.executor_factory is not None:
-                self.executor = self.executor_factory(self)
-                resumed = await self.executor.resume()
-                if resumed:
-                    log.warning("resumed %d unfinished fencing operations", resumed)
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.kube.run())
+                await self._first_look()
+                if self.warm and self._nodes_listed:
+                    for node in self.detector.tracked():
+                        if node not in self.nodes:
+                            self.ingest.forget(node)  # heard as a standby, gone from the cluster
+                if self.executor_factory is not None:
+                    self.executor = self.executor_factory(self)
+                    resumed = await self.executor.resume()
+                    if resumed:
+                        log.warning("resumed %d unfinished fencing operations", resumed)
                 if self._owns_listener:
                     tg.create_task(self.listener.run())
-                tg.create_task(self._kube_loop())
                 tg.create_task(self._judge_loop())
                 if self.executor is not None:
                     tg.create_task(self.executor.reconcile_loop())
@@ -251,6 +262,14 @@ class LeaderSide:
                 self.listener.on_other = None
             if self.executor is not None:
                 await self.executor.stop()
+
+    async def _first_look(self) -> None:
+        """Give the caches' first lists the time one API call has (the old single look's),
+        so the first rounds judge with the cluster's Nodes; the watches run on regardless."""
+        if not await self.kube.wait_synced(self.first_look):
+            missing = [inf.what for inf in self.kube.all if not inf.synced.is_set()]
+            log.warning("not yet listed after %g s: %s", self.first_look, ", ".join(missing))
+        _raise_if_cancelling()
 
     def alive_since(self, node: str, since: float, *, certain: bool = False) -> str | None:
         """Evidence that `node` showed life after `since` (leader clock), or None.
@@ -409,46 +428,65 @@ class LeaderSide:
 
     # -- kubernetes ----------------------------------------------------------------------------
 
-    async def _kube_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.kube_period)
-            await self._kube_then_check()
-
-    async def _refresh_kube(self) -> None:
-        try:
-            nodes = await self.api.list_nodes()
-            leases = await self.api.node_leases()
-        except ClusterError as err:
-            log.warning("cannot read nodes or kubelet leases: %s", err)
-            return
-        now = self.clock()
-        previous_look, self._last_kube_look = self._last_kube_look, now
-        previous, self.nodes = self.nodes, {n.name: n for n in nodes}
-        for n in nodes:
+    def _nodes_changed(
+        self, changes: list[Change[NodeInfo]], since: float | None, now: float
+    ) -> None:
+        """Nodes added, changed or deleted (the cache's first list: every Node, `since` None)."""
+        for c in changes:
+            n = c.new
+            if n is None:
+                self.nodes.pop(c.key, None)
+                self._forget_node(c.key)
+                self._gone.add(c.key)
+                continue
+            old = self.nodes.get(n.name)
+            self.nodes[n.name] = n
             self._gone.discard(n.name)
-            old = previous.get(n.name)
             if old is not None and old.uid != n.uid:
-                # Deleted and registered again between two looks: a new incarnation.
+                # Deleted and registered again while the watch was away: a new incarnation.
                 log.info("node %s registered again (new uid)", n.name)
                 self._forget_node(n.name)
             self.detector.expect(n.name, now)
-            lease = leases.get(n.name)
-            renew = lease.renew_time if lease else None
-            seen = self.kubelet_seen.get(n.name)
-            renewed_at = None
-            if seen is None:
-                # First look: we cannot know when it was renewed on our clock.
-                self.kubelet_seen[n.name] = (renew, None, None)
-            elif renew != seen[0]:
-                # The change happened some time after our previous look: stamp it with that
-                # earliest possible moment, so a renewal made just before a node died is never
-                # taken for one made after its last heartbeat (a false "node alive").
-                renewed_at = previous_look if previous_look is not None else now
-                self.kubelet_seen[n.name] = (renew, renewed_at, now)
-            self.detector.observe_kubelet(n.name, renewed_at, n.ready, now)
-        for gone in set(self.kubelet_seen) - set(self.nodes):
-            self._forget_node(gone)
-            self._gone.add(gone)
+            if n.name not in self.kubelet_seen:
+                # First look: we cannot know when its Lease was renewed on our clock.
+                lease = self.kube.leases.items().get(n.name)
+                self.kubelet_seen[n.name] = (lease.renew_time if lease else None, None, None)
+            self.detector.observe_kubelet(n.name, None, n.ready, now)
+
+    @property
+    def _nodes_listed(self) -> bool:
+        """The Nodes' first list is in: a node missing from them is gone from the cluster."""
+        return self.kube.nodes.synced.is_set()
+
+    def _leases_changed(
+        self, changes: list[Change[LeaseInfo]], since: float | None, now: float
+    ) -> None:
+        """Kubelet Leases changed between `since` (the last moment the cache was known
+        current; None: the first list, no change seen) and `now`."""
+        for c in changes:
+            node = self.nodes.get(c.key)
+            seen = self.kubelet_seen.get(c.key)
+            if node is None or seen is None:
+                continue  # its Node is not (yet) known: its first look takes the Lease then
+            renew = c.new.renew_time if c.new is not None else None
+            if since is None or renew is None:
+                self.kubelet_seen[c.key] = (renew, seen[1], seen[2])  # no renewal seen
+                continue
+            if renew == seen[0]:
+                continue
+            # Stamped with the earliest moment it can have happened, so a renewal made just
+            # before a node died is never taken for one made after its last heartbeat (a
+            # false "node alive"); `now` is the latest.
+            self.kubelet_seen[c.key] = (renew, since, now)
+            self.detector.observe_kubelet(c.key, since, node.ready, now)
+
+    async def read_kubelet_lease(self, node: str) -> None:
+        """Read `node`'s kubelet Lease from the API server now (right before a first
+        power-off) into the cache: a renewal the watch has not delivered yet counts as
+        one seen now. Raises ClusterError."""
+        lease = await self.api.get_lease(NODE_LEASE_NAMESPACE, node)
+        if lease is not None:
+            self.kube.leases.offer(_lease_object(lease))
 
     def _forget_node(self, node: str) -> None:
         if self.executor is not None:
@@ -457,10 +495,6 @@ class LeaderSide:
         self.ingest.forget(node)
 
     # -- judging -------------------------------------------------------------------------------
-
-    async def _kube_then_check(self) -> None:
-        await self._refresh_kube()
-        _raise_if_cancelling()
 
     async def _judge_loop(self) -> None:
         # Give the first broker connection a moment, so a leader that is still connecting
@@ -599,7 +633,7 @@ class LeaderSide:
             elif alive:
                 assert v is not None
                 why = f"node alive by the new leader's own evidence ({v.reason})"
-            elif node not in self.nodes and self._last_kube_look is not None:
+            elif node not in self.nodes and self._nodes_listed:
                 why = "its Node no longer exists and this leader never decided to fence it"
             else:
                 if op and op.power_off_sent and v is not None and v.health is NodeHealth.DEAD:
@@ -805,3 +839,16 @@ class LeaderSide:
             await self.broker.publish(
                 view_topic(self.cfg.cluster), json.dumps(view).encode(), retain=True
             )
+
+
+def _lease_object(lease: LeaseInfo) -> dict[str, object]:
+    """A Lease read (`LeaseInfo`) as the API's JSON, for the cache (`agent.kube_json`)."""
+    renew = lease.renew_time.isoformat() if lease.renew_time is not None else None
+    return {
+        "metadata": {
+            "name": lease.name,
+            "namespace": lease.namespace,
+            "resourceVersion": lease.resource_version,
+        },
+        "spec": {"holderIdentity": lease.holder, "renewTime": renew},
+    }

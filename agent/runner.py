@@ -31,10 +31,10 @@ from agent.key_pins import PinSync
 from agent.leader import LeaderSide
 from agent.leader_broker import LeaderBroker
 from agent.node_keys import Keyring
+from agent.node_watch import open_mark_names
 from agent.pause import Pause
 from agent.power import BackendFactory
 from agent.profiles import DetectionProfile, profile_from_mapping
-from agent.records import from_record, is_open_mark
 from agent.standby import WarmListener, choose_standbys
 from agent.virt import VirtLayer
 from backends.ipmi import prestart_workers
@@ -69,12 +69,7 @@ def advertised_host(cfg: AgentConfig) -> str:
 async def unfinished_marks(api: ClusterApi, namespace: str, node: str) -> list[str]:
     """Names of the unfinished fencing records of `node` (the node side's "am I being fenced"
     check; raises `ClusterError` when the API cannot be read)."""
-    records = await api.list_records(namespace, node)
-    return [
-        str((r.get("metadata") or {}).get("name"))
-        for r in records
-        if (r.get("spec") or {}).get("nodeName") == node and is_open_mark(from_record(r))
-    ]
+    return open_mark_names(await api.list_records(namespace, node), node)
 
 
 class InventorySource(Protocol):
@@ -226,6 +221,9 @@ def leader_candidate(
             lease_generation=elector.lease_generation,
             virt=virt,
             paused=pause_said,
+            reads=leader.kube,
+            record_saved=leader.kube.record_saved,
+            read_kubelet=leader.read_kubelet_lease,
         )
 
     def bmc_monitor_factory(leader: LeaderSide) -> BmcMonitor:

@@ -1,11 +1,11 @@
 """Leader ingest: heartbeats of 1,000 / 5,000 / 10,000 simulated nodes at 1 Hz via mosquitto.
 
     python bench/leader_ingest.py [--sizes 1000,5000,10000] [--seconds 10] [--generators 1]
-                                  [--brokers 2] [--profile] [--signed]
+                                  [--brokers 2] [--profile] [--signed] [--kube-live]
 
 Everything runs on 127.0.0.1 in this one run. Per size, a fresh process runs the real
-`LeaderSide` (against the Kubernetes API emulator holding no Nodes, its kube loop period set to
-an hour, so what is measured is the heartbeat path: the aiomqtt subscription, decode_heartbeat,
+`LeaderSide` (against the Kubernetes API emulator holding no Nodes, unless `--kube-live`, so
+what is measured is the heartbeat path: the aiomqtt subscription, decode_heartbeat,
 SequenceTracker, FailureDetector.observe, and the judge loop's evaluate/decide/view every 0.1 s
 over every node heard). Load generator processes publish each node's heartbeat once per second,
 phases spread evenly, QoS 0 as agents do, with payloads byte-for-byte equal to
@@ -31,6 +31,12 @@ stall of its event loop (a heartbeat arriving then is stamped that late); and th
 processes on the machine used meanwhile. Then the verdict against the target: 10,000 nodes on
 under one core with none dropped. `--profile` runs LeaderSide at the largest size once more
 under cProfile and prints where its time goes (`--no-references` skips the first two).
+
+`--kube-live`: per size, the API emulator holds a Node of a real kubelet's size (~14 KB) and a
+kubelet Lease for every generated node, renewed every 10 s with each Node's status posted every
+5 minutes (`hwsim.kube.node_objects`), so the leader's informer caches list them at start and
+then watch every renewal while it takes the heartbeats; printed: the Nodes its cache holds, the
+Lease events it watched, and the nodes it declared dead (must be 0: every node heartbeats).
 
 `--signed`: every heartbeat is signed as node agents sign it, each node under its own key
 (`agent.node_keys`: the node's X25519 key agreed with the fencer key, HMAC-SHA256 in `mac`, the
@@ -107,14 +113,25 @@ ROLES = {
 
 
 async def report_while(
-    work: Any, counters: Callable[[], tuple[int, int, bool]], stop: asyncio.Event
+    work: Any,
+    counters: Callable[[], tuple[int, int, bool]],
+    stop: asyncio.Event,
+    extra: Callable[[], dict[str, Any]] = dict,
 ) -> None:
     """Run `work`, printing (heartbeats, rejected, connected) as a JSON line every 0.1 s; a
     gap between lines longer than that is a stall of this process's event loop."""
     task = asyncio.ensure_future(work)
     while not stop.is_set() and not task.done():
         hb, rejected, connected = counters()
-        emit({"t": time.monotonic(), "hb": hb, "rejected": rejected, "connected": connected})
+        emit(
+            {
+                "t": time.monotonic(),
+                "hb": hb,
+                "rejected": rejected,
+                "connected": connected,
+                **extra(),
+            }
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
     task.cancel()
@@ -168,6 +185,12 @@ def consumer_process(spec: dict[str, Any]) -> int:
                 len(side.listener.brokers.up()) == len(ports),
             ),
             stop,
+            # With --kube-live: the Nodes its caches hold, and every "dead" it declared.
+            lambda: {
+                "dead": sum(1 for d in stats.decisions if d[2] == "dead"),
+                "kube_nodes": len(side.nodes),
+                "lease_events": side.kube.leases.stats.events,
+            },
         )
 
     async def subscriber(stop: asyncio.Event, decode: bool) -> None:
@@ -399,6 +422,9 @@ class Row:
     gen_cpu: float
     others: float
     rss_mib: float
+    dead: int = 0  # nodes the leader declared dead while every node sent heartbeats
+    kube_nodes: int = 0  # the Nodes its caches held at the end
+    lease_events: int = 0  # kubelet Lease events its watch delivered
 
     @property
     def dropped(self) -> int:
@@ -560,6 +586,9 @@ async def run_size(
             gen_cpu=gen_cpu,
             others=max(0.0, cpu["others"] - gen_cpu),
             rss_mib=peak_rss_mib(proc.pid),
+            dead=int(consumer.latest.get("dead", 0)),
+            kube_nodes=int(consumer.latest.get("kube_nodes", 0)),
+            lease_events=int(consumer.latest.get("lease_events", 0)),
         )
     finally:
         for p in procs:
@@ -607,6 +636,11 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         " every figure)."
     )
     for r in rows:
+        if r.role == "leader" and args.kube_live:
+            print(
+                f"  {r.nodes} nodes, kube live: {r.kube_nodes} Nodes in its cache,"
+                f" {r.lease_events} kubelet Lease events watched, {r.dead} declared dead"
+            )
         if r.rejected:
             print(f"  {r.nodes} nodes, {r.role}: {r.rejected} heartbeats rejected (not dropped)")
         if r.gen_behind > 0.5:
@@ -645,6 +679,8 @@ def verdict(rows: list[Row]) -> bool:
             f"its event loop stalled for up to {big.stall:.1f} s: heartbeats are stamped that"
             " late, so live nodes can look silent"
         )
+    if big.dead:
+        problems.append(f"it declared {big.dead} nodes dead while every node was heartbeating")
     if big.gen_rate < 0.95 * big.nodes:
         problems.append(f"the generators reached only {big.gen_rate:.0f} msg/s of {big.nodes}")
     ok = not problems
@@ -692,11 +728,16 @@ async def run_all(args: argparse.Namespace, sizes: list[int], work: Path) -> int
         server.store.create("namespaces", {"metadata": {"name": "nodefence"}})
         kubeconfig = work / "kubeconfig"
         server.write_kubeconfig(kubeconfig)
-        rows = [
-            await run_size(role, n, args, pids, ports, kubeconfig, work)
-            for n in sizes
-            for role in roles
-        ]
+        rows = []
+        for n in sizes:
+            live = KubeLive(n, work) if args.kube_live else None
+            try:
+                for role in roles:
+                    config = live.kubeconfig if live else kubeconfig
+                    rows.append(await run_size(role, n, args, pids, ports, config, work))
+            finally:
+                if live is not None:
+                    live.stop()
         print_table(rows, args)
         ok = verdict(rows)
         if args.profile:
@@ -712,6 +753,35 @@ async def run_all(args: argparse.Namespace, sizes: list[int], work: Path) -> int
         server.stop_thread()
         for broker in brokers:
             broker.stop()
+
+
+class KubeLive:
+    """`--kube-live`: an API emulator of its own for one size, holding a Node of a real
+    kubelet's size and a kubelet Lease for every generated node, its kubelets renewing them
+    (`hwsim.kube.node_objects`), so the leader's caches list and watch a live cluster."""
+
+    def __init__(self, nodes: int, work: Path) -> None:
+        from hwsim.kube.node_objects import KubeletFleet, populate
+
+        self.server = KubeApiServer(bookmark_interval=60.0)
+        self.server.start_in_thread()
+        store = self.server.store
+        for ns in ("nodefence", "kube-node-lease"):
+            with contextlib.suppress(Exception):  # "default" and others may exist already
+                store.create("namespaces", {"metadata": {"name": ns}})
+        names = [f"sim-{i:05d}" for i in range(nodes)]
+        started = time.monotonic()
+        populate(store, nodes, names=names)
+        print(f"kube live: {nodes} Nodes and Leases in {time.monotonic() - started:.0f} s")
+        self.kubeconfig = work / f"kubeconfig-{nodes}"
+        self.server.write_kubeconfig(self.kubeconfig)
+        fleet = KubeletFleet(store, self.server.traffic, names)
+        assert self.server._loop is not None
+        self._fleet = asyncio.run_coroutine_threadsafe(fleet.run(), self.server._loop)
+
+    def stop(self) -> None:
+        self._fleet.cancel()
+        self.server.stop_thread()
 
 
 def main() -> int:
@@ -742,6 +812,12 @@ def main() -> int:
         "--signed",
         action="store_true",
         help="signed heartbeats, checked by the leader in mode required (see the doc)",
+    )
+    parser.add_argument(
+        "--kube-live",
+        action="store_true",
+        help="the API emulator holds every node's Node and kubelet Lease, renewed as kubelets"
+        " do: the leader's caches list and watch them (see the doc)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="200 nodes for 2 s (~30 s): that it still runs"

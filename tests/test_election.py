@@ -608,30 +608,35 @@ async def test_a_sole_candidate_in_maintenance_takes_the_lease_back_and_keeps_it
     assert only.leading and len(only.lead_started) == 2
 
 
-async def test_the_agent_reads_its_own_nodes_mark_and_keeps_the_last_one_on_failure() -> None:
-    from agent.cluster import ClusterError, NodeInfo
-    from agent.handoff import OwnMark, lease_holder_node
+async def test_the_agent_watches_its_own_nodes_mark_and_keeps_the_last_one_while_cut_off(
+    kube: KubeApiServer, kubeconfig: Path, dead_kubeconfig: Path
+) -> None:
+    from agent.cluster import MAINTENANCE_LABEL, ClusterApi, load_api_client
+    from agent.handoff import lease_holder_node
+    from agent.node_watch import NodeWatch
 
-    answers: list[object] = [None, ClusterError("503"), "draining", ClusterError("503"), ""]
-    stop = asyncio.Event()
-
-    async def read() -> NodeInfo | None:
-        value = answers.pop(0)
-        if not answers:
-            stop.set()
-        if isinstance(value, Exception):
-            raise value
-        if value is None:
-            return None
-        return NodeInfo("n1", "u", None, 0, True, True, value == "true", None, str(value))
-
-    own = OwnMark(read, "n1", period=0.0)
-    seen: list[bool] = []
-    task = asyncio.create_task(own.run(stop))
-    while not task.done():
-        seen.append(own.marked())
-        await asyncio.sleep(0)
-    assert True in seen and not own.marked()  # marked while draining, unmarked at the end
+    kube.store.create("nodes", {"metadata": {"name": "n1"}})
+    kube.store.create("nodes", {"metadata": {"name": "n2"}})
+    api = ClusterApi(load_api_client(str(kubeconfig)))
+    own = NodeWatch(api, NS, "n1", records=False, clock=time.monotonic)
+    task = asyncio.create_task(own.run())
+    try:
+        await eventually("its Node listed", lambda: own.own.synced.is_set())
+        assert not own.marked()
+        kube.store.patch("nodes", "n2", {"metadata": {"labels": {MAINTENANCE_LABEL: "true"}}})
+        kube.store.patch("nodes", "n1", {"metadata": {"labels": {MAINTENANCE_LABEL: "draining"}}})
+        await eventually("marked while draining", own.marked)
+        own.own.source = ClusterApi(load_api_client(str(dead_kubeconfig)), timeout=1.0)
+        kube.close_watches()  # cut off: the watch ends, and every new request is refused
+        await eventually("its watch broken", lambda: own.own.stats.errors > 0)
+        assert own.marked()  # the last mark seen holds while the API cannot be read
+        own.own.source = api
+        kube.store.patch("nodes", "n1", {"metadata": {"labels": {MAINTENANCE_LABEL: None}}})
+        await eventually("unmarked once the mark is gone", lambda: not own.marked())
+        assert [n for n in own.own.items()] == ["n1"]  # its own Node only (field selector)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert lease_holder_node("node-2_1a2b") == "node-2" and lease_holder_node(None) is None
 
 

@@ -375,19 +375,19 @@ async def test_a_heartbeat_that_arrives_after_its_node_was_deleted_adds_no_phant
 ) -> None:
     side, _ = leader
     kube.store.create("nodes", _node("node-7"))
-    await side._refresh_kube()
+    await eventually("the Node watched", lambda: "node-7" in side.nodes)
     await send(node_client, "node-7", beat("node-7", 0))
     await barrier(node_client, side)
     assert side.detector.last_heartbeat("node-7") is not None
     kube.store.delete("nodes", "node-7")  # fenced and deleted
-    await side._refresh_kube()
+    await eventually("the deletion watched", lambda: "node-7" not in side.nodes)
     assert "node-7" not in {v.node for v in side.detector.evaluate(time.monotonic())}
     await send(node_client, "node-7", beat("node-7", 1))  # in flight when it was deleted
     await barrier(node_client, side)
     assert "node-7" not in {v.node for v in side.detector.evaluate(time.monotonic())}
     assert side.stats.rejected["deleted_node"] == 1
     kube.store.create("nodes", _node("node-7"))  # repaired: registered again
-    await side._refresh_kube()
+    await eventually("the new Node watched", lambda: "node-7" in side.nodes)
     await send(node_client, "node-7", beat("node-7", 0, boot="boot-b"))
     await barrier(node_client, side)
     assert side.detector.last_heartbeat("node-7") is not None
@@ -426,7 +426,7 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
     marked = _node("node-8")
     marked["metadata"]["labels"] = {"nodefence.io/maintenance": "true"}
     kube.store.create("nodes", marked)
-    await side._refresh_kube()
+    await eventually("the Node watched", lambda: "node-8" in side.nodes)
     decision = await side.judge_once()
     assert [(a.kind.value, a.node) for a in decision.alerts] == [
         ("maintenance-schedulable", "node-8")
@@ -438,7 +438,7 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
     ]
     assert len(events) == 1 and "maintenance exit node-8" in events[0]["message"]
     kube.store.patch("nodes", "node-8", {"spec": {"unschedulable": True}})  # cordoned again
-    await side._refresh_kube()
+    await eventually("the cordon watched", lambda: side.nodes["node-8"].unschedulable)
     assert (await side.judge_once()).alerts == []
 
 
@@ -492,3 +492,25 @@ async def test_with_two_brokers_each_heartbeat_counts_once_and_one_broker_lost_b
             await eventually("heard via a alone", lambda: side.stats.heartbeats == 6)
     finally:
         await cancel_and_wait(side, task)
+
+
+async def test_a_kubelet_renewal_read_fresh_before_a_power_off_is_in_the_cache_at_once(
+    kube: KubeApiServer, leader: tuple[LeaderSide, asyncio.Task[None]]
+) -> None:
+    side, _ = leader
+    kube.store.create("nodes", _node("node-9"))
+    lease = {
+        "metadata": {"name": "node-9", "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": "node-9", "renewTime": "2026-01-01T00:00:00.000000Z"},
+    }
+    kube.store.create("leases", lease, "kube-node-lease")
+    await eventually("its Lease watched", lambda: side.kubelet_seen.get("node-9", (None,))[0])
+    first = side.kubelet_seen["node-9"][0]
+    lease["spec"]["renewTime"] = "2026-01-01T00:00:10.000000Z"
+    current = kube.store.get("leases", "node-9", "kube-node-lease")
+    current["spec"] = lease["spec"]
+    kube.store.update("leases", current, "kube-node-lease")
+    await side.read_kubelet_lease("node-9")  # the guard's read, whatever the watch delivered
+    renewed = side.kubelet_seen["node-9"]
+    assert renewed[0] != first and renewed[0] is not None and renewed[0].second == 10
+    assert renewed[2] is not None  # a renewal seen by this leader, stamped on its clock

@@ -363,9 +363,20 @@ def test_a_taint_landing_after_its_operation_was_aborted_does_not_keep_the_node_
     assert _details(901184, "not-fenced", "") == []
 
 
+def test_a_stale_leader_never_finishes_an_operation_another_leader_has_written() -> None:
+    # 900149 (issue 20): a leader paused for 35 s woke up, judged the node dead again, found the
+    # new leader's record by a fresh list and, its VM check now answered from its caches at
+    # once, stored Recovered before its elector noticed the Lease was lost.
+    assert _details(900149, "two-leaders", "") == []
+
+
 # -- the CI budget -----------------------------------------------------------------------------
 
 
+# About 95 s of CPU since the simulated API serves watches (issue 20; 60-70 s before): on a busy
+# machine that is past pytest-timeout's default 120 s, whose signal then lands inside a
+# simulated process and is reported as that process's crash.
+@pytest.mark.timeout(300)
 def test_a_thousand_seeds_break_no_invariant() -> None:
     failing = {}
     for seed in CI_SEEDS:

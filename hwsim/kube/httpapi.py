@@ -40,6 +40,7 @@ from hwsim.kube.routing import (
 )
 from hwsim.kube.store import ObjectStore
 from hwsim.kube.tables import build_table
+from hwsim.kube.traffic import Traffic
 from hwsim.kube.watch import Watcher, WatchEvent
 from hwsim.kube.writefaults import WRITE_VERBS, AppliedWrite, WriteHook, act_out
 
@@ -80,6 +81,18 @@ def _json(body: Obj, status: int = 200) -> web.Response:
         status=status,
         content_type="application/json",
     )
+
+
+def _client(request: web.Request) -> str:
+    """Who sent `request`, for the traffic counters: its User-Agent."""
+    return request.headers.get("User-Agent", "") or "unknown"
+
+
+def _quorum(request: web.Request) -> bool:
+    """A list a real API server answers from etcd (no resourceVersion, no continue token),
+    not from its watch cache."""
+    q = request.query
+    return not q.get("resourceVersion") and not q.get("continue")
 
 
 def _number(value: str | None, name: str) -> float:
@@ -147,6 +160,7 @@ class ApiHandler:
         self._recorded: set[int] = set()  # requests recorded early (watches, when they open)
         self.write_hook: WriteHook | None = None
         self.authorizer: Authorizer | None = None
+        self.traffic = Traffic()
 
     def application(self) -> web.Application:
         """An aiohttp application routing every path to this handler."""
@@ -168,6 +182,7 @@ class ApiHandler:
             else request.method.lower()
         )
         code = 500
+        sent = 0
         try:
             if self.authorizer is not None and not self.authorizer(
                 self._record_of(request, route, verb, 0)
@@ -178,13 +193,17 @@ class ApiHandler:
             else:
                 response = await self._resource(request, route, verb)
             code = response.status
+            if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                sent = len(response.body)
             wrote = route is not None and verb in WRITE_VERBS and code < 400
             if wrote and route and not await self._after_write(request, route, verb, response):
                 code = 0  # applied, never answered
             return response
         except ApiError as exc:
             code = exc.code
-            return _json(exc.status(), exc.code)
+            refused = _json(exc.status(), exc.code)
+            sent = len(refused.body) if isinstance(refused.body, bytes) else 0
+            return refused
         except Exception as exc:  # a bug here must still answer like an API server, and show
             log.exception("hwsim API server failed on %s %s", request.method, request.path)
             return _json(InternalError(f"hwsim internal error: {exc!r}").status(), 500)
@@ -193,6 +212,13 @@ class ApiHandler:
                 self._recorded.discard(id(request))
             else:
                 self._record(request, route, verb, code)
+                self.traffic.request(
+                    _client(request),
+                    verb,
+                    bytes_in=request.content_length or 0,
+                    bytes_out=sent,
+                    quorum=verb == "list" and _quorum(request),
+                )
 
     async def _after_write(
         self, request: web.Request, route: Route, verb: str, response: web.StreamResponse
@@ -274,8 +300,13 @@ class ApiHandler:
                 field_selector=query.get("fieldSelector", ""),
                 limit=int(_number(query.get("limit"), "limit")),
                 continue_token=query.get("continue", ""),
+                served=True,
             )
-            return self._render(rt, found, rep, query)
+            # Encoded in a worker thread: a page of thousands of Nodes is megabytes, and this
+            # server, like a real one, goes on answering others (Lease renewals) meanwhile.
+            body = self._transform(rt, found, rep, query)
+            encoded = await asyncio.to_thread(json.dumps, body, separators=(",", ":"))
+            return web.Response(body=encoded.encode(), content_type="application/json")
         if verb == "watch":
             return await self._watch(request, rt, route, rep)
         body = await _body(request)
@@ -430,6 +461,7 @@ class ApiHandler:
             await response.write_eof()
             return response
         self._watchers.add(watcher)
+        client = _client(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
@@ -437,6 +469,7 @@ class ApiHandler:
             await response.prepare(request)
             self._record(request, route, "watch", 200)  # now, not when the stream ends
             self._recorded.add(id(request))
+            self.traffic.request(client, "watch")
             while (now := loop.time()) < deadline:
                 if allow_bookmarks and now >= next_bookmark:
                     self.store.bookmark(watcher)
@@ -446,7 +479,9 @@ class ApiHandler:
                     wait = min(wait, max(0.0, next_bookmark - now))
                 event = await watcher.aget(wait)
                 if event is not None:
-                    await response.write(self._line(rt, event, rep, query))
+                    line = self._line(rt, event, rep, query)
+                    self.traffic.sent(client, len(line))
+                    await response.write(line)
                 elif watcher.closed:
                     break
             await response.write_eof()
@@ -454,6 +489,8 @@ class ApiHandler:
             pass  # the client went away; nothing to tell it
         finally:
             watcher.close()
+            if id(request) in self._recorded:
+                self.traffic.watch_closed(client)
             self._watchers.discard(watcher)
         return response
 

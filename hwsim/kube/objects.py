@@ -221,6 +221,12 @@ def present(rt: ResourceType, obj: Obj) -> Obj:
     return out
 
 
+def served_copy(rt: ResourceType, obj: Obj) -> Obj:
+    """A stored object as served at `rt`'s version, for encoding only: a shallow copy (the
+    stored object's parts are shared and must not be changed)."""
+    return {**obj, "apiVersion": rt.api_version}
+
+
 def parse_rv(text: str) -> int:
     try:
         return int(text)

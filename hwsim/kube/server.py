@@ -61,6 +61,7 @@ class KubeApiServer:
             bookmark_interval=bookmark_interval,
             watch_timeout=watch_timeout,
         )
+        self.traffic = self._api.traffic  # requests, bytes and watches by client
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -115,6 +116,11 @@ class KubeApiServer:
             raise
         self.port = int(runner.addresses[0][1])
         self._runner = runner
+
+    def close_watches(self) -> None:
+        """End every open watch stream (a server restart, a load balancer's idle timeout): the
+        clients must watch again. Safe from any thread."""
+        self._api.close_watches()
 
     async def stop(self) -> None:
         """End open watches and stop listening. Idempotent."""

@@ -27,7 +27,7 @@ from hwsim.kube.errors import (
     conflict,
     not_found,
 )
-from hwsim.kube.objects import present
+from hwsim.kube.objects import present, served_copy
 from hwsim.kube.patch import MERGE, apply_patch
 from hwsim.kube.resources import Registry, ResourceType, crd_for, established, types_from_crd
 from hwsim.kube.selectors import (
@@ -104,8 +104,12 @@ class ObjectStore:
         field_selector: str = "",
         limit: int = 0,
         continue_token: str = "",
+        served: bool = False,
     ) -> Obj:
-        """A `<Kind>List` of matching objects in key order, paged by `limit`/`continue`."""
+        """A `<Kind>List` of matching objects in key order, paged by `limit`/`continue`.
+        `served`: the items only to be encoded and sent (the HTTP layer), so shallow copies:
+        stored objects are never changed in place, and a deep copy of thousands of Nodes per
+        list is what made a large list take seconds here, not in a real API server."""
         rt = self.resolve(resource)
         namespace = namespace if rt.namespaced else None
         selector = self._selector(rt, label_selector, field_selector)
@@ -124,7 +128,7 @@ class ObjectStore:
             "kind": rt.list_kind,
             "apiVersion": rt.api_version,
             "metadata": meta,
-            "items": [present(rt, o) for o in items],
+            "items": [served_copy(rt, o) if served else present(rt, o) for o in items],
         }
 
     # ---- writing -------------------------------------------------------------------------

@@ -4,9 +4,10 @@ One `NodeAgent` per agent process on a machine. Its I/O is simulated (a broker c
 client), its decisions are the real ones: heartbeats are built, signed and encoded by
 `agent.heartbeat_codec` / `agent.heartbeat_auth`; whether to feed the watchdog is the real
 `agent.watchdog.FeedPolicy`, fed by the heartbeat echo (`echo`) and by the real
-`agent.watchdog.watch_marks` loop over the API (`agent.runner.unfinished_marks` and the Node's
-maintenance mark). Its callbacks
-run in its own process context: killing the process stops them all at once.
+`agent.watchdog.watch_marks` loop over the API: the agent's watches of its own records and Node
+(`agent.node_watch.NodeWatch`), and reads of its records (`agent.runner.unfinished_marks`) while
+no echo gives contact. Its callbacks run in its own process context: killing the process stops
+them all at once.
 
 Like `agent.heartbeat.HeartbeatPublisher`: `online` retained on connect, `offline` as the Last
 Will and on a clean stop, reconnects with jittered exponential backoff. Like
@@ -34,6 +35,7 @@ from agent.heartbeat_codec import (
     status_topic,
 )
 from agent.node_keys import NodeSigner
+from agent.node_watch import NodeWatch
 from agent.peers import ProbeResult, decode_request, encode_result, probe_filter, result_topic
 from agent.probe_auth import check_request, sign_result_own
 from agent.runner import unfinished_marks
@@ -96,10 +98,10 @@ class NodeAgent:
             async def marks() -> list[str]:
                 return await unfinished_marks(self.api, cfg.kube.namespace, self.node)
 
-            async def maintenance_mark() -> bool:
-                info = await self.api.get_node(self.node)
-                return bool(info and info.maintenance)
-
+            own = NodeWatch(
+                self.api, cfg.kube.namespace, self.node, records=True, clock=self.machine.clock
+            )
+            spawn(w.loop, self.proc, own.run(), f"watch-{self.node}")
             spawn(
                 w.loop,
                 self.proc,
@@ -109,7 +111,7 @@ class NodeAgent:
                     cfg.watchdog.api_check_interval,
                     self.stop,
                     clock=self.machine.clock,
-                    read_mark=maintenance_mark,
+                    seen=own,
                 ),
                 f"marks-{self.node}",
             )

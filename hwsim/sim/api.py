@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 
 from agent.cluster import ClusterApi, ClusterError, LeaseInfo, NodeInfo
 from agent.cluster_release import AttachmentInfo
-from hwsim.sim.apiserver import ApiServer, copy_json
+from agent.cluster_watch import Collection, Page, WatchStream
+from hwsim.sim.apiserver import ApiServer
 from hwsim.sim.vloop import PROCESS, SimProcess
+from hwsim.sim.watches import SimWatch, copy_json
 
 T = TypeVar("T")
 
@@ -56,7 +58,15 @@ class SimClusterApi(ClusterApi):
         self.chaos = ApiChaos()
         self.chaos_until = 0.0
 
-    async def _sim(self, what: str, apply: Callable[[], T], write: bool) -> T:
+    async def _sim(
+        self,
+        what: str,
+        apply: Callable[[], T],
+        write: bool,
+        discard: Callable[[T], None] | None = None,
+    ) -> T:
+        """One request (see the module doc); `discard` gets a value that was made but never
+        read (its answer lost, its caller gone), as a server closes a watch nobody reads."""
         loop = self.server.loop
         rng = self.rng
         now = loop.time()
@@ -98,10 +108,12 @@ class SimClusterApi(ClusterApi):
                     _settle(fut, None, refused)
                 return
             if late:
+                if discard is not None:
+                    discard(value)
                 lost = ClusterError(f"{what}: no answer within {self.timeout:g} s")
                 loop.call_at(answer_at, _settle, fut, None, lost, context=harness)
-            else:
-                _settle(fut, value, None)
+            elif not _settle(fut, value, None) and discard is not None:
+                discard(value)
 
         if lands:
             loop.call_at(now + min(2 * latency, self.timeout), land, context=harness)
@@ -115,6 +127,27 @@ class SimClusterApi(ClusterApi):
         return PROCESS.get()
 
     # -- the ClusterApi surface ----------------------------------------------------------------
+
+    async def list_page(
+        self, c: Collection, *, resource_version: str = "0", limit: int = 500, cont: str = ""
+    ) -> Page:
+        """See `ClusterApi.list_page` (one page: the simulated cluster is small)."""
+        return await self._sim(f"list {c.what}", lambda: self.server.list_collection(c), False)
+
+    async def open_watch(
+        self, c: Collection, resource_version: str, *, stall_after: float = 90.0
+    ) -> WatchStream:
+        """See `ClusterApi.open_watch` (`hwsim.sim.watches`)."""
+        proc = self._proc()
+
+        def opened() -> SimWatch:
+            return self.server.watches.open(c, resource_version, proc, self.reachable)
+
+        def unread(w: SimWatch) -> None:
+            w.close()
+
+        watch: SimWatch = await self._sim(f"watch {c.what}", opened, False, unread)
+        return watch
 
     async def list_nodes(self) -> list[NodeInfo]:
         """See `ClusterApi.list_nodes`."""
@@ -287,10 +320,12 @@ class SimClusterApi(ClusterApi):
         )
 
 
-def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> bool:
+    """Answer the caller; False when it gave up (cancelled): the request landed all the same."""
     if fut.done():
-        return  # the caller gave up (cancelled); the request landed all the same
+        return False
     if err is not None:
         fut.set_exception(err)
     else:
         fut.set_result(value)
+    return True

@@ -4,20 +4,42 @@ It keeps objects as a real one does: every write bumps a cluster-wide resourceVe
 update carrying a stale one is refused with 409, a missing object with 404, a create of an
 existing name with 409, a label value longer than 63 characters with 422. Node Ready follows
 the kubelet's Lease as the node lifecycle controller does (Unknown after 40 s without a
-renewal). Requests are applied by `hwsim.sim.api.SimClusterApi` when they land; the harness
-(kubelets, operators, the VM controller) changes objects directly. `ApiListener` tells the
-invariants about every write that matters.
+renewal; a write, so watches see it). Requests are applied by `hwsim.sim.api.SimClusterApi`
+when they land; the harness (kubelets, operators, the VM controller) changes objects directly.
+Every write is also an event for the watches (`hwsim.sim.watches`), and objects are listed and
+watched as the API's JSON, which the real code turns into its values (`agent.kube_json`).
+`ApiListener` tells the invariants about every write that matters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.cluster import MAINTENANCE_LABEL, VM_GROUP, VM_VERSION, ClusterError, LeaseInfo, NodeInfo
+from agent.cluster import (
+    HEALTH_ANNOTATION,
+    MAINTENANCE_LABEL,
+    NODE_LEASE_NAMESPACE,
+    VM_GROUP,
+    VM_VERSION,
+    ClusterError,
+    LeaseInfo,
+    NodeInfo,
+)
+from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY
+from agent.cluster_watch import Collection, Page
+from agent.kube_json import node_info
 from hwsim.sim.trace import Trace
 from hwsim.sim.vloop import SimProcess, VirtualLoop
+from hwsim.sim.watches import WatchHub, copy_json, matches, resource_of
+
+NODES = "/nodes"
+LEASES = "coordination.k8s.io/leases"
+VMS = "virtualization.deckhouse.io/virtualmachines"
+RECORDS = "nodefence.io/fenceoperations"
 
 EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # virtual time 0 on the API server's clock
 NODE_MONITOR_GRACE = 40.0
@@ -27,15 +49,6 @@ MAX_LABEL_VALUE = 63
 def virtual_wall(seconds: float) -> dt.datetime:
     """The API server's wall clock at virtual time `seconds`."""
     return EPOCH + dt.timedelta(seconds=seconds)
-
-
-def copy_json(obj: Any) -> Any:
-    """A deep copy of a JSON-like value (what a real client gets: its own objects)."""
-    if isinstance(obj, dict):
-        return {k: copy_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [copy_json(v) for v in obj]
-    return obj
 
 
 @dataclass
@@ -52,6 +65,7 @@ class NodeObject:
     tainted: bool = False  # node.kubernetes.io/out-of-service
     fenced_by: str = ""  # nodefence.io/fenced-by: the operation that tainted it
     unschedulable: bool = False
+    ready: bool | None = None  # the Ready condition (None: Unknown), as the lifecycle sets it
 
 
 @dataclass
@@ -114,9 +128,11 @@ class ApiListener:
 class ApiServer:
     """The objects, their resourceVersions, and the rules a real API server enforces."""
 
-    def __init__(self, loop: VirtualLoop, trace: Trace) -> None:
+    def __init__(self, loop: VirtualLoop, trace: Trace, rng: random.Random | None = None) -> None:
         self.loop = loop
         self.trace = trace
+        # `rng`: the run's, for the watches' latencies (a fixed one for a bare server)
+        self.watches = WatchHub(loop, rng or random.Random(0), trace)
         self.rv = 1
         self.nodes: dict[str, NodeObject] = {}
         self.kubelet_leases: dict[str, LeaseObject] = {}
@@ -129,11 +145,17 @@ class ApiServer:
         self.paused_since: float | None = None  # the leader Lease carries a pause since then
         self.listener = ApiListener()
         self._uids = 0
-        self._node_infos: dict[str, tuple[int, bool | None, NodeInfo]] = {}
+        self._node_infos: dict[str, tuple[int, NodeInfo]] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}  # node -> its Lease's grace ending
 
     def _bump(self) -> int:
         self.rv += 1
         return self.rv
+
+    def _node_written(self, node: NodeObject, kind: str = "MODIFIED") -> None:
+        """A write of `node`: a new resourceVersion, and an event for the watches."""
+        node.resource_version = self._bump()
+        self.watches.record(NODES, kind, self.node_json(node), node.resource_version)
 
     # -- what the harness does directly (kubelets, operators, controllers) --------------------
 
@@ -142,21 +164,46 @@ class ApiServer:
         node = self.nodes.get(name)
         if node is None:
             self._uids += 1
-            node = NodeObject(name, f"uid-{self._uids}", self._bump(), self.loop.time(), ip)
+            node = NodeObject(name, f"uid-{self._uids}", 0, self.loop.time(), ip)
             self.nodes[name] = node
+            self._node_written(node, "ADDED")
             self.trace.event("api", f"node {name} registered ({node.uid})")
         return node
 
     def renew_kubelet_lease(self, name: str) -> None:
         """The kubelet renews its Lease in kube-node-lease."""
         lease = self.kubelet_leases.get(name)
+        kind = "MODIFIED"
         if lease is None:
-            lease = LeaseObject(name, "kube-node-lease", self._bump(), duration=40)
+            lease = LeaseObject(name, NODE_LEASE_NAMESPACE, 0, duration=40)
             self.kubelet_leases[name] = lease
+            kind = "ADDED"
         lease.renewed_at = self.loop.time()
         lease.renew_time = virtual_wall(lease.renewed_at)
         lease.resource_version = self._bump()
         lease.holder = name
+        self.watches.record(LEASES, kind, lease_json(lease), lease.resource_version)
+        node = self.nodes.get(name)
+        if node is not None and node.ready is not True:
+            node.ready = True
+            self._node_written(node)
+        timer = self._expiry.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._expiry[name] = self.loop.call_at(
+            lease.renewed_at + NODE_MONITOR_GRACE,
+            self._lease_expired,
+            name,
+            context=self.loop.harness,
+        )
+
+    def _lease_expired(self, name: str) -> None:
+        """The node lifecycle controller: no renewal for the grace period, Ready Unknown."""
+        self._expiry.pop(name, None)
+        node = self.nodes.get(name)
+        if node is not None and node.ready is not None:
+            node.ready = None
+            self._node_written(node)
 
     def set_label(self, name: str, key: str, value: str | None) -> None:
         """An operator (or `nodefence maintenance`) labels a Node."""
@@ -167,7 +214,7 @@ class ApiServer:
             node.labels.pop(key, None)
         else:
             node.labels[key] = value
-        node.resource_version = self._bump()
+        self._node_written(node)
         if key == MAINTENANCE_LABEL:
             if value == "true":
                 self.maintenance_since.setdefault(name, self.loop.time())
@@ -187,49 +234,88 @@ class ApiServer:
         self.trace.event("api", f"fencing {'paused' if text else 'resumed'}")
 
     def node_ready(self, name: str) -> bool | None:
-        """The Ready condition the node lifecycle controller would show."""
-        lease = self.kubelet_leases.get(name)
-        if lease is None or lease.renew_time is None:
-            return None
-        return True if self.loop.time() - lease.renewed_at <= NODE_MONITOR_GRACE else None
+        """The Node's Ready condition (None: Unknown, or no such Node)."""
+        node = self.nodes.get(name)
+        return None if node is None else node.ready
 
     def touch_record(self, name: str) -> bool:
         """Someone else (an operator, another controller) updates a record: a new rv."""
         for items in self.records.values():
             body = items.get(name)
             if body is not None:
-                body["metadata"]["resourceVersion"] = str(self._bump())
+                rv = self._bump()
+                body["metadata"]["resourceVersion"] = str(rv)
+                self.watches.record(RECORDS, "MODIFIED", copy_json(body), rv)
                 return True
         return False
+
+    def create_vm(self, key: str, body: dict[str, Any]) -> None:
+        """The VM controller's VirtualMachine is created."""
+        rv = self._bump()
+        body["metadata"]["resourceVersion"] = str(rv)
+        self.vms[key] = body
+        self.watches.record(VMS, "ADDED", copy_json(body), rv)
 
     def set_vm(self, key: str, phase: str, node: str | None) -> None:
         """The VM controller updates a VirtualMachine's status."""
         vm = self.vms[key]
         vm["status"] = {"phase": phase, "nodeName": node}
-        vm["metadata"]["resourceVersion"] = str(self._bump())
+        rv = self._bump()
+        vm["metadata"]["resourceVersion"] = str(rv)
+        self.watches.record(VMS, "MODIFIED", copy_json(vm), rv)
 
     # -- the requests ClusterApi makes, applied when they land ---------------------------------
 
+    def node_json(self, node: NodeObject) -> dict[str, Any]:
+        """A Node as the API's JSON: what the kubelet and nodefence's writes made of it."""
+        ready = {True: "True", False: "False", None: "Unknown"}[node.ready]
+        annotations = {**node.annotations, HEALTH_ANNOTATION: f"{node.internal_ip}:9440"}
+        if node.fenced_by:
+            annotations[FENCED_ANNOTATION] = node.fenced_by
+        taints = [{"key": OUT_OF_SERVICE_KEY, "effect": "NoExecute"}] if node.tainted else []
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": node.name,
+                "uid": node.uid,
+                "resourceVersion": str(node.resource_version),
+                "labels": dict(node.labels),
+                "annotations": annotations,
+            },
+            # The out-of-service taint is no cordon.
+            "spec": {"unschedulable": node.unschedulable, "taints": taints},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": node.internal_ip}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "conditions": [{"type": "Ready", "status": ready}],
+            },
+        }
+
     def node_info(self, node: NodeObject) -> NodeInfo:
-        """A Node as `ClusterApi` returns it (cached per resourceVersion and readiness)."""
-        ready = self.node_ready(node.name)
+        """A Node as `ClusterApi` returns it (cached per resourceVersion)."""
         cached = self._node_infos.get(node.name)
-        if cached is not None and cached[0] == node.resource_version and cached[1] == ready:
-            return cached[2]
-        info = NodeInfo(
-            name=node.name,
-            uid=node.uid,
-            internal_ip=node.internal_ip,
-            kubelet_port=10250,
-            ready=ready,
-            unschedulable=node.unschedulable,  # the out-of-service taint is no cordon
-            maintenance=node.labels.get(MAINTENANCE_LABEL) == "true",
-            health_endpoint=f"{node.internal_ip}:9440",
-            out_of_service=node.tainted,
-            fenced_by=node.fenced_by,
-        )
-        self._node_infos[node.name] = (node.resource_version, ready, info)
+        if cached is not None and cached[0] == node.resource_version:
+            return cached[1]
+        info = node_info(self.node_json(node))
+        self._node_infos[node.name] = (node.resource_version, info)
         return info
+
+    def list_collection(self, c: Collection) -> Page:
+        """Every object of `c`, as the API's JSON, and the list's resourceVersion."""
+        resource = resource_of(c)
+        items: list[dict[str, Any]]
+        if resource == NODES:
+            items = [self.node_json(n) for n in self.nodes.values()]
+        elif resource == LEASES and c.namespace == NODE_LEASE_NAMESPACE:
+            items = [lease_json(lease) for lease in self.kubelet_leases.values()]
+        elif resource == VMS:
+            items = [copy_json(vm) for vm in self.vms.values()]
+        elif resource == RECORDS and c.namespace is not None:
+            items = [copy_json(r) for r in self.records.get(c.namespace, {}).values()]
+        else:
+            items = []  # nothing else is simulated (pods, VolumeAttachments)
+        return Page([o for o in items if matches(c, o)], str(self.rv))
 
     def list_nodes(self) -> list[NodeInfo]:
         return [self.node_info(n) for n in self.nodes.values()]
@@ -249,7 +335,7 @@ class ApiServer:
             node.annotations.pop(key, None)
         else:
             node.annotations[key] = value
-        node.resource_version = self._bump()
+        self._node_written(node)
 
     def taint(
         self, proc: SimProcess | None, name: str, uid: str | None = None, operation: str = ""
@@ -259,10 +345,10 @@ class ApiServer:
             return False  # gone, or registered again since the decision
         if operation and node.fenced_by != operation:
             node.fenced_by = operation
-            node.resource_version = self._bump()
+            self._node_written(node)
         if not node.tainted:
             node.tainted = True
-            node.resource_version = self._bump()
+            self._node_written(node)
             self.trace.event("api", f"node {name} tainted out-of-service by {_who(proc)}")
             self.listener.node_cleaned(proc, "taint", node)
         return True
@@ -273,7 +359,7 @@ class ApiServer:
             return False
         if node.tainted or node.fenced_by:
             node.tainted, node.fenced_by = False, ""
-            node.resource_version = self._bump()
+            self._node_written(node)
             self.trace.event("api", f"node {name} out-of-service taint removed by {_who(proc)}")
         return True
 
@@ -282,8 +368,16 @@ class ApiServer:
         if node is None or (uid is not None and node.uid != uid):
             return  # 404, or the uid precondition failed (409): the object decided on is gone
         del self.nodes[name]
-        self.kubelet_leases.pop(name, None)
         self._node_infos.pop(name, None)
+        node.resource_version = self._bump()
+        self.watches.record(NODES, "DELETED", self.node_json(node), node.resource_version)
+        lease = self.kubelet_leases.pop(name, None)  # garbage-collected with its Node
+        if lease is not None:
+            lease.resource_version = self._bump()
+            self.watches.record(LEASES, "DELETED", lease_json(lease), lease.resource_version)
+        timer = self._expiry.pop(name, None)
+        if timer is not None:
+            timer.cancel()
         self.trace.event("api", f"node {name} deleted by {_who(proc)}")
         self.listener.node_cleaned(proc, "delete", node)
 
@@ -334,11 +428,18 @@ class ApiServer:
         if current is None:
             self.record_created[name] = self.loop.time()
         items[name] = stored
+        created = "ADDED" if current is None else "MODIFIED"
+        self.watches.record(
+            RECORDS, created, copy_json(stored), int(stored["metadata"]["resourceVersion"])
+        )
         self.listener.record_written(proc, issued, name, stored)
         answer: dict[str, Any] = copy_json(stored)
         return answer
 
     def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
+        if namespace == NODE_LEASE_NAMESPACE:
+            kubelet = self.kubelet_leases.get(name)
+            return None if kubelet is None else kubelet.info()
         lease = self.leases.get((namespace, name))
         return None if lease is None else lease.info()
 
@@ -387,3 +488,22 @@ class ApiServer:
 
 def _who(proc: SimProcess | None) -> str:
     return proc.name if proc is not None else "harness"
+
+
+def lease_json(lease: LeaseObject) -> dict[str, Any]:
+    """A Lease as the API's JSON."""
+    renew = lease.renew_time.isoformat() if lease.renew_time is not None else None
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease.name,
+            "namespace": lease.namespace,
+            "resourceVersion": str(lease.resource_version),
+        },
+        "spec": {
+            "holderIdentity": lease.holder,
+            "renewTime": renew,
+            "leaseDurationSeconds": lease.duration,
+        },
+    }

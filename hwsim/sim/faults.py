@@ -47,6 +47,7 @@ KINDS: dict[str, int] = {
     "leader-broker-loss": 3,
     "api-chaos": 5,
     "api-cut": 3,
+    "watch-gap": 5,
     "record-touch": 3,
     "leader-kill": 6,
     "leader-pause": 6,
@@ -380,10 +381,33 @@ class FaultScheduler:
         )
         seconds = rng.uniform(5, 25)
         until = w.loop.time() + seconds
+        share = rng.choice((0.0, 0.5, 1.0))  # of the watches the troubled server ends
         for cand in w.candidates.values():
             cand.api.chaos = chaos
             cand.api.chaos_until = until
+            w.api.watches.slow_down(cand.proc, until, chaos.slow)
+            broken = w.api.watches.break_watches(cand.proc, share)
+            if broken:
+                w.trace.faults["watch-break"] += broken
         w.trace.fault("api-chaos", f"{chaos} for {seconds:.1f} s")
+
+    def _watch_gap(self) -> None:
+        """The leader's watches go silent (a congested API server, a stalled connection);
+        then what they held arrives late, or they break; the history may be compacted
+        meanwhile, so resuming them needs a new list (410)."""
+        cand = self._leader()
+        if cand is None:
+            return
+        w = self.world
+        rng = w.rng
+        seconds = rng.uniform(2, 40)
+        then_break = rng.random() < 0.5
+        w.api.watches.gap(cand.proc, seconds, then_break)
+        detail = f"{cand.proc.name} {seconds:.1f} s, then {'break' if then_break else 'late'}"
+        if rng.random() < 0.5:
+            w.api.watches.compact()
+            detail += ", history compacted"
+        w.trace.fault("watch-gap", detail)
 
     def _api_cut(self) -> None:
         cand = self._leader()
@@ -506,6 +530,7 @@ class FaultScheduler:
         for ch in w.channels.values():
             if not ch.machine.lost:
                 ch.faults = ChannelFaults()
+        w.api.watches.heal()
         for cand in list(w.candidates.values()):
             cand.api.chaos_until = 0.0
             cand.api_cut = False

@@ -35,13 +35,16 @@ class VmController:
     def create(self, namespace: str, name: str, policy: str, machine: Machine) -> str:
         """A VM Running on `machine` at the start of the run."""
         key = f"{namespace}/{name}"
-        self.world.api.vms[key] = {
-            "apiVersion": f"{VM_GROUP}/{VM_VERSION}",
-            "kind": "VirtualMachine",
-            "metadata": {"namespace": namespace, "name": name, "resourceVersion": "1"},
-            "spec": {"runPolicy": policy},
-            "status": {"phase": "Running", "nodeName": machine.name},
-        }
+        self.world.api.create_vm(
+            key,
+            {
+                "apiVersion": f"{VM_GROUP}/{VM_VERSION}",
+                "kind": "VirtualMachine",
+                "metadata": {"namespace": namespace, "name": name},
+                "spec": {"runPolicy": policy},
+                "status": {"phase": "Running", "nodeName": machine.name},
+            },
+        )
         machine.start_vm(key)
         return key
 

@@ -41,7 +41,7 @@ class World:
         self.cfg = settings.agent_config()
         self.profile = DEFAULT
         self.broker = SimBroker(self.loop, self.rng, self.trace)
-        self.api = ApiServer(self.loop, self.trace)
+        self.api = ApiServer(self.loop, self.trace, self.rng)
         self.invariants = Invariants(self)
         self.api.listener = self.invariants
         self.inventory = settings.inventory()
