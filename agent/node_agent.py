@@ -4,7 +4,7 @@ Heartbeats to every broker, signed with this node's own key; the announcement of
 of the health endpoint; the health endpoint peers probe; answers to the fencers' signed probe
 requests; and, with `watchdog:`, the self-fencing watchdog. It holds no BMC credential, no
 fencer key and no cluster key, and asks the API server for nothing unless the watchdog is on
-(then it reads its own FenceOperations and its own Node's maintenance mark). Judging and
+(then it watches its own FenceOperations and its own Node's maintenance mark). Judging and
 fencing are the fencers' (`agent.fencer`).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from agent import metrics
 from agent.auth_keys import legacy_key, node_signer
@@ -22,6 +23,7 @@ from agent.health import HealthServer
 from agent.heartbeat import HeartbeatPublisher
 from agent.heartbeat_codec import WatchdogClaim
 from agent.node_identity import encode_identity
+from agent.node_watch import NodeWatch
 from agent.probe_responder import Answering, answer_probes
 from agent.runner import advertised_host, detection_profile, unfinished_marks
 from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
@@ -81,9 +83,9 @@ async def run_agent(cfg: AgentConfig, node: str, stop: asyncio.Event) -> None:
         publisher.claim = feeder.armed_claim
         publisher.on_echo = policy.echo
 
-        async def my_maintenance_mark() -> bool:
-            info = await api.get_node(node)
-            return bool(info and info.maintenance)
+        # Its own Node (the maintenance mark) and its own fencing records, watched: the API is
+        # read only while no heartbeat echo gave contact (agent.watchdog.watch_marks).
+        own = NodeWatch(api, cfg.kube.namespace, node, records=True, clock=time.monotonic)
 
         async def my_marks() -> list[str]:
             return await unfinished_marks(api, cfg.kube.namespace, node)
@@ -103,14 +105,11 @@ async def run_agent(cfg: AgentConfig, node: str, stop: asyncio.Event) -> None:
             tg.create_task(answer_probes(cfg, answering, stop))
             if feeder is not None:
                 tg.create_task(feeder.run(stop))
+                watching = tg.create_task(own.run())
                 tg.create_task(
-                    watch_marks(
-                        my_marks,
-                        feeder.policy,
-                        w.api_check_interval,
-                        stop,
-                        read_mark=my_maintenance_mark,
-                    )
+                    watch_marks(my_marks, feeder.policy, w.api_check_interval, stop, seen=own)
                 )
+                await stop.wait()
+                watching.cancel()  # the watches run until the agent stops
     finally:
         await health.stop()

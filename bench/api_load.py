@@ -225,7 +225,7 @@ def run_size(size: int, seconds: float, agents: int, polls: int) -> dict[str, An
     from hwsim.kube import KubeApiServer
     from hwsim.kube.errors import AlreadyExists
     from hwsim.kube.node_objects import KUBELET, KubeletFleet, populate
-    from hwsim.simcluster import CRD_PATH
+    from hwsim.simcluster import CRD_PATHS
 
     print(f"== {size} nodes")
     kube = KubeApiServer(bookmark_interval=60.0)
@@ -237,7 +237,8 @@ def run_size(size: int, seconds: float, agents: int, polls: int) -> dict[str, An
     for ns in ("kube-node-lease", NAMESPACE):
         with contextlib.suppress(AlreadyExists):
             store.create("namespaces", {"metadata": {"name": ns}})
-    store.create("customresourcedefinitions", yaml.safe_load(CRD_PATH.read_text()))
+    for crd in CRD_PATHS:
+        store.create("customresourcedefinitions", yaml.safe_load(crd.read_text()))
     started = time.monotonic()
     names = populate(store, size)
     print(f"  {size} Nodes and Leases created in {time.monotonic() - started:.1f} s")

@@ -528,7 +528,7 @@ def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie waiting to be reaped counts as ended)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

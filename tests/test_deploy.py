@@ -802,7 +802,9 @@ def test_rbac_grants_nothing_broad_and_no_secret() -> None:
     watchdog = grants_for(render("overlays/watchdog"), NAMESPACE, ACCOUNT)
     assert {(g.role, v, r) for g in watchdog for v in g.verbs for r in g.resources} == {
         ("Role/nodefence-agent-watchdog", "list", "fenceoperations"),
-        ("ClusterRole/nodefence-agent-watchdog", "get", "nodes"),
+        ("Role/nodefence-agent-watchdog", "watch", "fenceoperations"),
+        ("ClusterRole/nodefence-agent-watchdog", "list", "nodes"),  # its own, by field selector
+        ("ClusterRole/nodefence-agent-watchdog", "watch", "nodes"),
     }
     grants = grants_for(docs, NAMESPACE, FENCER)
     assert {g.role for g in grants} == {

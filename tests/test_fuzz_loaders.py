@@ -27,7 +27,12 @@ from agent.inventory import Inventory, InventoryError, load_inventory
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 MAX_MESSAGE = 4000  # an error message is for a human: never the repr of a huge value
-ENV = {"NODE_NAME": "worker-1", "NODEFENCE_BMC_PASSWORD": "env-secret", "PW": "pw"}
+ENV = {
+    "NODE_NAME": "worker-1",
+    "NODEFENCE_BMC_PASSWORD": "env-secret",
+    "PW": "pw",
+    "MQTT_USERNAME": "worker-1",
+}
 
 FUZZ = settings(
     max_examples=200,
@@ -62,6 +67,12 @@ def example_text(kind: str, workdir: Path) -> str:
         if not local.exists():
             local.write_text("s3cret-0123456789abcdef0123456789abcdef\n", encoding="utf-8")
         text = text.replace(found, str(local))
+    # Files named relative to the document (the inventory's password and CA files, as the
+    # mounted Secret holds them): they are looked for beside it, in `workdir`.
+    for relative in sorted(set(re.findall(r"_file: ([\w.-]+)", text))):
+        local = workdir / relative
+        if not local.exists():
+            local.write_text("s3cret-0123456789abcdef0123456789abcdef\n", encoding="utf-8")
     return text
 
 

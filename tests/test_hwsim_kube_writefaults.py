@@ -16,7 +16,7 @@ from kubernetes import client
 from agent.cluster import ClusterApi, ClusterError
 from hwsim.kube import KubeApiServer
 from hwsim.kube.writefaults import AppliedWrite, WriteFault
-from hwsim.simcluster import CRD_PATH
+from hwsim.simcluster import CRD_PATHS
 
 NS = "nodefence"
 
@@ -27,7 +27,7 @@ def server() -> Iterator[KubeApiServer]:
     srv.start_in_thread()
     try:
         srv.store.create("namespaces", {"metadata": {"name": NS}})
-        srv.store.create("customresourcedefinitions", yaml.safe_load(CRD_PATH.read_text()))
+        srv.store.create("customresourcedefinitions", yaml.safe_load(CRD_PATHS[0].read_text()))
         yield srv
     finally:
         srv.stop_thread()
