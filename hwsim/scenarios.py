@@ -366,7 +366,13 @@ def _bmc_password(cluster: SimCluster, tl: Timeline) -> list[str]:
         found.append(f"no {_UNFENCEABLE} alert for {victim}")
     else:
         found.append(f"alert after {time.monotonic() - changed:.1f} s")
-        row = _status_row(cluster, asking, victim)
+        # `status` prints the leader's view, published once a second: the Event can be first.
+        shown_by = time.monotonic() + 5.0
+        while True:
+            row = _status_row(cluster, asking, victim)
+            if "CANNOT BE FENCED" in row or time.monotonic() >= shown_by:
+                break
+            time.sleep(0.3)
         tl.add(victim, f"nodefence status: {row}")
         found.append(f"status while broken: {row}")
     down = _vms_on(cluster, victim)
