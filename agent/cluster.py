@@ -7,10 +7,7 @@ so the rest of the agent never handles client models.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -84,48 +81,6 @@ def load_api_client(kubeconfig: str | None, user_agent: str = "") -> k8s.ApiClie
 class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls, WatchCalls):
     """Async, deadline-bounded access to the objects nodefence reads and writes."""
 
-    def __init__(self, api_client: k8s.ApiClient, timeout: float = 5.0) -> None:
-        self.api_client = api_client
-        self.timeout = timeout
-        self.core = k8s.CoreV1Api(api_client)
-        self.storage = k8s.StorageV1Api(api_client)
-        self.coordination = k8s.CoordinationV1Api(api_client)
-        self.custom = k8s.CustomObjectsApi(api_client)
-
-    async def _call(self, what: str, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """`fn()` in a worker thread, its failures as `ClusterError`, within `timeout` (the
-        client's deadline by default)."""
-        deadline = self.timeout if timeout is None else timeout
-
-        def guarded() -> T:
-            try:
-                return fn()
-            except ClusterError:
-                raise  # already says what and why (a refusal in the server's words)
-            except ApiException as err:
-                raise ClusterError(f"{what}: {err.status} {err.reason}", err.status) from None
-            except Exception as err:  # urllib3 errors: connection refused, reset, ...
-                raise ClusterError(f"{what}: {type(err).__name__}: {err}") from None
-
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(guarded), deadline)
-        except TimeoutError:
-            raise ClusterError(f"{what}: no answer within {deadline:g} s") from None
-
-    async def _call_any(self, what: str, fn: Callable[[], Any]) -> Any:
-        """`_call` for client methods typed as returning `object` (custom objects, reads)."""
-        return await self._call(what, fn)
-
-    async def _call_json(self, what: str, fn: Callable[[], Any]) -> dict[str, Any]:
-        """`_call` of a client method called with `_preload_content=False`: the body as
-        parsed JSON (no client models: see `agent.kube_json`)."""
-
-        def read() -> dict[str, Any]:
-            body: dict[str, Any] = json.loads(fn().data)
-            return body
-
-        return await self._call(what, read)
-
     # -- nodes and their kubelets ------------------------------------------------------------
 
     async def list_nodes(self) -> list[NodeInfo]:
@@ -160,31 +115,20 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls, WatchCalls):
     ) -> bool:
         """Put the out-of-service NoExecute taint on the Node (idempotent) and, with
         `operation`, nodefence's mark naming it. False when the Node no longer exists, or
-        (with `uid`) is another object than the one decided dead. Taints are an atomic list:
-        read-modify-write with resourceVersion."""
-        for _ in range(5):
-            try:
-                obj = await self._call_any(
-                    f"read node {node}",
-                    lambda: self.core.read_node(node, _request_timeout=self.timeout),
-                )
-            except ClusterError as err:
-                if err.status == 404:
-                    return False
-                raise
-            if uid is not None and obj.metadata.uid != uid:
-                return False  # re-registered since the decision: never touch the new Node
+        (with `uid`) is another object than the one decided dead (`patch_node_taints`)."""
+
+        def tainted(obj: Any) -> dict[str, Any] | None:
             taints = list(obj.spec.taints or []) if obj.spec else []
             marked = not operation or (obj.metadata.annotations or {}).get(FENCED_ANNOTATION)
             if marked and any(
                 t.key == OUT_OF_SERVICE_TAINT["key"] and t.effect == "NoExecute" for t in taints
             ):
-                return True
+                return None
             taints = [t for t in taints if t.key != OUT_OF_SERVICE_TAINT["key"]]
             meta: dict[str, Any] = {"resourceVersion": obj.metadata.resource_version}
             if operation:
                 meta["annotations"] = {FENCED_ANNOTATION: operation}
-            body = {
+            return {
                 "metadata": meta,
                 "spec": {
                     "taints": [
@@ -193,20 +137,8 @@ class ClusterApi(ReleaseCalls, VirtCalls, KeyCalls, WatchCalls):
                     ]
                 },
             }
-            try:
-                await self._call(
-                    f"taint node {node}",
-                    lambda b=body: self.core.patch_node(  # type: ignore[misc]
-                        node, b, _request_timeout=self.timeout
-                    ),
-                )
-                return True
-            except ClusterError as err:
-                if err.status == 404:
-                    return False
-                if err.status != 409:
-                    raise
-        raise ClusterError(f"taint node {node}: kept conflicting with other writers")
+
+        return await self.patch_node_taints(f"taint node {node}", node, uid, tainted)
 
     async def delete_node(self, node: str, uid: str | None = None) -> None:
         """Delete the Node (with `uid`: only that object, a uid precondition); an already

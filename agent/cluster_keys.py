@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kubernetes import client as k8s
-
+from agent.cluster_client import ClientBase
 from agent.cluster_error import ClusterError
 from agent.node_keys import BadKey, decode_key, encode_key, fingerprint
 from agent.node_label import NODE_LABEL, node_label_value
@@ -62,14 +60,8 @@ def pins_of(items: list[dict[str, Any]]) -> dict[str, bytes]:
     return pins
 
 
-class KeyCalls:
+class KeyCalls(ClientBase):
     """List and create NodeKeys."""
-
-    custom: k8s.CustomObjectsApi
-    timeout: float
-
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:  # provided by ClusterApi
-        raise NotImplementedError
 
     async def list_node_keys(self, namespace: str) -> dict[str, bytes]:
         """Every pinned node key in `namespace` (node -> raw public key)."""

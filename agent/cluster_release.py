@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
+from agent.cluster_client import ClientBase
 from agent.cluster_error import ClusterError
 
 T = TypeVar("T")
@@ -30,15 +31,8 @@ class AttachmentInfo:
     deleting: bool  # marked for deletion, waiting for the CSI attacher's finalizer
 
 
-class ReleaseCalls:
+class ReleaseCalls(ClientBase):
     """Pods, VolumeAttachments and the out-of-service taint of one node."""
-
-    core: k8s.CoreV1Api
-    storage: k8s.StorageV1Api
-    timeout: float
-
-    async def _call(self, what: str, fn: Callable[[], T]) -> T:  # provided by ClusterApi
-        raise NotImplementedError
 
     async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
         """Delete a pod with grace 0 (not waiting for a kubelet that is gone), only that
@@ -106,6 +100,31 @@ class ReleaseCalls:
         """Remove the out-of-service taint and nodefence's mark from the Node (only the
         object `uid`, read-modify-write with resourceVersion). False when the Node is gone
         or another object now."""
+
+        def untainted(obj: Any) -> dict[str, Any]:
+            taints = list(obj.spec.taints or []) if obj.spec else []
+            kept = [
+                {"key": t.key, "value": t.value, "effect": t.effect}
+                for t in taints
+                if t.key != OUT_OF_SERVICE_KEY
+            ]
+            return {
+                "metadata": {
+                    "resourceVersion": obj.metadata.resource_version,
+                    "annotations": {FENCED_ANNOTATION: None},
+                },
+                "spec": {"taints": kept or None},
+            }
+
+        return await self.patch_node_taints(f"untaint node {node}", node, uid, untainted)
+
+    async def patch_node_taints(
+        self, what: str, node: str, uid: str | None, change: Callable[[Any], dict[str, Any] | None]
+    ) -> bool:
+        """Read-modify-write of a Node's taints (an atomic list): `change(node)` gives the
+        patch, carrying the resourceVersion it read (None: nothing to change); retried on a
+        conflict. False when the Node is gone, or (with `uid`) is another object now: a Node
+        re-registered since the decision is never touched."""
         for _ in range(5):
             try:
                 obj: Any = await self._call(
@@ -118,22 +137,12 @@ class ReleaseCalls:
                 raise
             if uid is not None and obj.metadata.uid != uid:
                 return False
-            taints = list(obj.spec.taints or []) if obj.spec else []
-            kept = [
-                {"key": t.key, "value": t.value, "effect": t.effect}
-                for t in taints
-                if t.key != OUT_OF_SERVICE_KEY
-            ]
-            body = {
-                "metadata": {
-                    "resourceVersion": obj.metadata.resource_version,
-                    "annotations": {FENCED_ANNOTATION: None},
-                },
-                "spec": {"taints": kept or None},
-            }
+            body = change(obj)
+            if body is None:
+                return True
             try:
                 await self._call(
-                    f"untaint node {node}",
+                    what,
                     lambda b=body: self.core.patch_node(  # type: ignore[misc]
                         node, b, _request_timeout=self.timeout
                     ),
@@ -144,7 +153,7 @@ class ReleaseCalls:
                     return False
                 if err.status != 409:
                     raise
-        raise ClusterError(f"untaint node {node}: kept conflicting with other writers")
+        raise ClusterError(f"{what}: kept conflicting with other writers")
 
     async def _gone_is_fine(self, what: str, fn: Callable[[], object]) -> bool:
         try:

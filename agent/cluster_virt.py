@@ -1,19 +1,19 @@
 """The Kubernetes calls of the virtualization layer: which API groups the cluster serves, and
 upstream KubeVirt's objects (`kubevirt.io/v1`).
 
-A mixin of `agent.cluster.ClusterApi` (which provides `_call_any`, the deadline-bounded client
-call): the Deckhouse calls stay where they were. Objects come back as plain dicts in the API's
+A mixin of `agent.cluster.ClusterApi` (the deadline-bounded call is `agent.cluster_client`'s):
+the Deckhouse calls stay where they were. Objects come back as plain dicts in the API's
 own shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from agent.cluster_client import ClientBase
 from agent.cluster_error import ClusterError, refusal_words
 from agent.kubevirt_objects import GROUP, KUBEVIRT_PLURAL, VERSION, VMIM_PLURAL
 
@@ -25,15 +25,8 @@ WHAT = {
 }
 
 
-class VirtCalls:
+class VirtCalls(ClientBase):
     """Discovery, and KubeVirt's VirtualMachines, instances, migrations and configuration."""
-
-    api_client: k8s.ApiClient
-    custom: k8s.CustomObjectsApi
-    timeout: float
-
-    async def _call_any(self, what: str, fn: Callable[[], Any]) -> Any:  # from ClusterApi
-        raise NotImplementedError
 
     async def served_groups(self) -> dict[str, tuple[str, ...]]:
         """The API groups the server serves (`/apis` discovery): group -> versions."""

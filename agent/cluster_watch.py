@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from agent.cluster_client import ClientBase
 from agent.cluster_error import ClusterError
 
 RawEvent = dict[str, Any]
@@ -172,19 +172,8 @@ class ThreadStream:
                     getattr(response, method, lambda: None)()
 
 
-class WatchCalls:
+class WatchCalls(ClientBase):
     """Raw lists and watches of any `Collection` (see the module doc)."""
-
-    core: k8s.CoreV1Api
-    storage: k8s.StorageV1Api
-    coordination: k8s.CoordinationV1Api
-    custom: k8s.CustomObjectsApi
-    timeout: float
-
-    async def _call(  # provided by ClusterApi
-        self, what: str, fn: Callable[[], Any], timeout: float | None = None
-    ) -> Any:
-        raise NotImplementedError
 
     def _lister(self, c: Collection) -> Callable[..., Any]:
         """The client method that lists (and, with watch=True, watches) `c`."""
