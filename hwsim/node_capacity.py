@@ -9,36 +9,12 @@ and small test pods). Pure.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-_UNITS: dict[str, Decimal | int] = {
-    "": 1,
-    "m": Decimal("0.001"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
-_QUANTITY = re.compile(r"^([0-9.]+)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-
-
-def parse_quantity(value: Any) -> Decimal | None:
-    """`500m`, `4`, `16Gi` as numbers; None when it is not a quantity."""
-    match = _QUANTITY.match(str(value).strip()) if value not in (None, "") else None
-    if match is None:
-        return None
-    try:
-        return Decimal(match.group(1)) * _UNITS[match.group(2) or ""]
-    except InvalidOperation:
-        return None
+from agent.vm_capacity import quantity
 
 
 @dataclass(frozen=True)
@@ -56,16 +32,16 @@ def vm_request(vm: Mapping[str, Any]) -> Request:
     """What a VirtualMachine's launcher pod requests (zero for what its spec does not say)."""
     spec = vm.get("spec") or {}
     cpu, memory = spec.get("cpu") or {}, spec.get("memory") or {}
-    cores = parse_quantity(cpu.get("cores")) or Decimal(0)
-    fraction = parse_quantity(str(cpu.get("coreFraction") or "100%").rstrip("%")) or Decimal(100)
-    size = parse_quantity(memory.get("size")) or Decimal(0)
+    cores = quantity(cpu.get("cores")) or Decimal(0)
+    fraction = quantity(str(cpu.get("coreFraction") or "100%").rstrip("%")) or Decimal(100)
+    size = quantity(memory.get("size")) or Decimal(0)
     return Request(int(cores * fraction * 10), int(size))
 
 
 def allocatable(node: Mapping[str, Any]) -> Request | None:
     """A Node's allocatable CPU and memory (None when it reports none: no limit)."""
     found = (node.get("status") or {}).get("allocatable") or {}
-    cpu, memory = parse_quantity(found.get("cpu")), parse_quantity(found.get("memory"))
+    cpu, memory = quantity(found.get("cpu")), quantity(found.get("memory"))
     if cpu is None or memory is None:
         return None
     return Request(int(cpu * 1000), int(memory))
