@@ -94,6 +94,8 @@ class Option(Generic[T]):
         if self.doc_default is not None:
             return self.doc_default
         value: object = self.default
+        if self.kind is Kind.SECTION:
+            return "see below"
         if value is REQUIRED:
             return "required"
         if value is None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from agent.config_options import Fencing
 from agent.fence_outcome import vm_summary
 from agent.fencing_events import (
     AttachmentsReleased,
@@ -216,11 +217,11 @@ class Timing:
     """Retry backoff, the recovery deadline, how long released VolumeAttachments may take to
     go and (cleanup taint + reboot) a powered-on node to return, in seconds."""
 
-    retry_base: float = 5.0
-    retry_max: float = 60.0
-    recovery_timeout: float = 300.0
-    release_timeout: float = 60.0
-    return_timeout: float = 900.0
+    retry_base: float = Fencing.retry_base.default  # declared once, as `fencing.retry_base`
+    retry_max: float = Fencing.retry_max.default
+    recovery_timeout: float = Fencing.recovery_timeout.default
+    release_timeout: float = Fencing.release_timeout.default
+    return_timeout: float = Fencing.return_timeout.default
 
     def retry_delay(self, attempts: int) -> float:
         """Pause after the `attempts`-th failed walk (1-based)."""
