@@ -15,12 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent.cli_exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from agent.virt_names import AUTO, MODES
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Where the DaemonSet mounts them (deploy/base/agent-daemonset.yaml).
 POD_CONFIG = "/etc/nodefence/config/agent.yaml"

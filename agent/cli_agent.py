@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import aiomqtt
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import AgentConfig, BrokerConfig, ConfigError, load_config
 from agent.heartbeat_codec import valid_name
 from agent.inventory import InventoryError, load_inventory

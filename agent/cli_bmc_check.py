@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from agent.cli_fence import device_address, load_or_say
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_inventory import device_address, load_or_say
 from agent.inventory import Inventory
 from backends.errors import FenceError
 from backends.registry import build_backend

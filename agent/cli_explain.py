@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cluster import ClusterError
 from agent.fence_outcome import vm_summary, vms_from_record
 
@@ -173,9 +173,9 @@ def run_explain(
     args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
     """`nodefence explain`: 0 when the operation was found and told, 2 when unknown."""
-    from agent.cli_maintenance import _api
+    from agent.cli_kube import kube_api
 
-    api = _api(args.kubeconfig, err)
+    api = kube_api(args.kubeconfig, err)
     if api is None:
         return EXIT_USAGE
     try:

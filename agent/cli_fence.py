@@ -18,25 +18,17 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from agent.cli_inventory import device_address, load_or_say
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_advice import NodeFacts, warnings, what_dies
-from agent.inventory import Inventory, InventoryError, NodeInventory, load_inventory
+from agent.inventory import Inventory, NodeInventory
 from agent.power import PowerFencer
 from agent.topology import Action, Outcome, Step
 from backends.spec import DeviceSpec
 
 if TYPE_CHECKING:
     from agent.fence_manual import ManualRecord
-
-
-def load_or_say(path: str, err: TextIO) -> Inventory | None:
-    """The inventory at `path`, or None after saying on `err` what is wrong with it."""
-    try:
-        return load_inventory(path)
-    except InventoryError as e:
-        print(f"nodefence: inventory error: {e}", file=err)
-        return None
 
 
 def _describe(dev: DeviceSpec) -> str:
@@ -49,13 +41,6 @@ def _describe(dev: DeviceSpec) -> str:
     tls = "insecure" if dev.ssl_insecure else (f"ca {dev.ca_file}" if dev.ca_file else "system CAs")
     tls = tls if dev.scheme == "https" else "no TLS"
     return f"redfish {dev.base_url} auth {dev.auth}, {tls}, as {dev.username}"
-
-
-def device_address(dev: DeviceSpec) -> str:
-    """Where a device is reached, as the tables show it ("-" for a fence agent without one)."""
-    if dev.address is None:
-        return "-"
-    return dev.address if dev.port is None else f"{dev.address}:{dev.port}"
 
 
 def _print_plan(node: NodeInventory, action: Action, out: TextIO) -> None:
@@ -233,7 +218,7 @@ def run_fence(
             return EXIT_USAGE
     record = None
     if api is not None:
-        from agent.cli_pause import who
+        from agent.cli_kube import who
         from agent.fence_manual import ManualRecord
 
         record = ManualRecord(node, action, who(), time.time)
@@ -302,7 +287,7 @@ def _finish(
     if outcome.action is not Action.STATUS and not args.dry_run:
         if api is not None:
             if record is None:  # already off: recorded with the read-back as its steps
-                from agent.cli_pause import who
+                from agent.cli_kube import who
                 from agent.fence_manual import ManualRecord
 
                 record = ManualRecord(node, outcome.action, who(), time.time)

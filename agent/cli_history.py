@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api
 from agent.cluster import ClusterError
 from agent.fence_outcome import longest_outage, vm_summary, vms_from_record

@@ -1,4 +1,4 @@
-"""Where the commands that talk to the Kubernetes API find it, as kubectl does.
+"""Where the commands that talk to the Kubernetes API find it (as kubectl does), and who they are.
 
 `--kubeconfig`, else the first file of `$KUBECONFIG`, else `~/.kube/config` when it exists,
 else the in-cluster service account (inside an agent pod). The leader Lease is
@@ -7,7 +7,9 @@ else the in-cluster service account (inside an agent pod). The leader Lease is
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 from pathlib import Path
 from typing import TextIO
 
@@ -47,3 +49,13 @@ def split_lease(text: str) -> tuple[str, str] | None:
     """(namespace, name) of `NAMESPACE/NAME`, or None when it is not that."""
     namespace, _, name = text.partition("/")
     return (namespace, name) if namespace and name and "/" not in name else None
+
+
+def who() -> str:
+    """Who runs this command: user@host (in an agent pod: the pod's node)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = f"uid {os.getuid()}"
+    host = os.environ.get("NODE_NAME") or socket.gethostname()
+    return f"{user}@{host}"

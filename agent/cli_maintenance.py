@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO, TypeVar
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api
 from agent.cluster import ClusterApi, ClusterError
 from agent.maintenance import NodeRow
@@ -90,10 +90,6 @@ def _bad_numbers(args: argparse.Namespace, err: TextIO) -> bool:
     return False
 
 
-def _api(kubeconfig: str | None, err: TextIO) -> ClusterApi | None:
-    return kube_api(kubeconfig, err)
-
-
 def _virt(api: ClusterApi, args: argparse.Namespace) -> VirtLayer:
     """The VM APIs a command works on (`--virtualization`; exit has none: no VM moves)."""
     return VirtLayer(api, getattr(args, "virtualization", AUTO), maintenance=True)
@@ -112,7 +108,7 @@ def _run(
 
     if _bad_numbers(args, err):
         return EXIT_USAGE, None
-    api = _api(args.kubeconfig, err)
+    api = kube_api(args.kubeconfig, err)
     if api is None:
         return EXIT_USAGE, None
     progress = TerminalProgress(out)

@@ -11,26 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import getpass
-import os
-import socket
 import sys
 from typing import TextIO
 
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from agent.cli_kube import kube_api, split_lease
+from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_kube import kube_api, split_lease, who
 from agent.cluster import ClusterApi, ClusterError
 from agent.pause import MAX_REASON, PAUSE_ANNOTATION, Pause
-
-
-def who() -> str:
-    """Who runs this command: user@host (in an agent pod: the pod's node)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a container user without a passwd entry
-        user = f"uid {os.getuid()}"
-    host = os.environ.get("NODE_NAME") or socket.gethostname()
-    return f"{user}@{host}"
 
 
 async def switch(

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.pod_drain import pod_running
-from agent.virt import VirtDriver
+from agent.virt_driver import VirtDriver
 from agent.virt_names import Virt, vm_key
 from agent.vm_migration import VM_POD_LABEL, OpRef, VmRef, op_ref, vm_ref
 from agent.vmops_common import create_evict

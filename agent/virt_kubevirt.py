@@ -31,7 +31,7 @@ from agent.kubevirt_objects import (
     vm_refs,
 )
 from agent.pod_drain import pod_running
-from agent.virt import VirtDriver
+from agent.virt_driver import VirtDriver
 from agent.virt_names import Virt, vm_key
 from agent.vm_migration import SHUTDOWN, OpRef, VmRef, vmop_name
 from agent.vmops_common import VmopsError

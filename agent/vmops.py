@@ -34,7 +34,8 @@ from agent.maintenance import (
     start_mark,
 )
 from agent.pod_drain import pod_key, pod_node, pod_running
-from agent.virt import VirtDriver, VirtLayer
+from agent.virt import VirtLayer
+from agent.virt_driver import VirtDriver
 from agent.vm_capacity import Need, free_rooms
 from agent.vm_drain import DEFAULT_PARALLEL
 from agent.vm_migration import (

@@ -21,7 +21,8 @@ from agent.pod_drain import (
     eviction_retry_delay,
     pod_key,
 )
-from agent.virt import VirtDriver, VirtLayer
+from agent.virt import VirtLayer
+from agent.virt_driver import VirtDriver
 from agent.virt_names import split_key
 from agent.vm_drain import FINAL_STAGES, DrainStep, plan_vm_drain
 from agent.vm_migration import OpRef, VmRef, existing_operation

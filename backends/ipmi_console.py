@@ -24,10 +24,10 @@ pyghmi traps this module avoids, on purpose:
 - pyghmi's waits (`_poller`, `awaitresponse`, `_cmdwait`) first look at what was received,
   then register a wait with its IO thread: a reply the IO thread queues in between is not
   noticed until that wait's own timeout (0.5-1 s), seen as one fence in eight taking a second
-  longer. `_install_wait_fix` caps every such wait at 20 ms; the callers already loop until
-  their reply or deadline, so they re-check their queues within 20 ms.
+  longer. `backends.ipmi_pyghmi_patches` caps every such wait at 20 ms; the callers already loop
+  until their reply or deadline, so they re-check their queues within 20 ms.
 - pyghmi takes its two session-table locks in opposite orders on two paths (see
-  `_install_lock_fix`).
+  `backends.ipmi_pyghmi_patches`).
 - When a login fails, pyghmi can mark the session broken before recording why, and its
   constructor then dies reading a missing `errormsg`; our session class waits for it.
 - pyghmi gives up a login after its own retries (~4-5.5 s) with an error whose text is
@@ -86,41 +86,6 @@ _UNSUPPORTED_MARKERS = (
     "invalid integrity algorithm",
     "invalid confidentiality algorithm",
 )
-_WAIT_SLICE = 0.02
-
-
-def _install_wait_fix() -> None:
-    """Cap pyghmi's IO waits at `_WAIT_SLICE` seconds so no queued reply waits for a timer."""
-    if getattr(pyghmi_session, "_nodefence_wait_fix", False):
-        return
-    io_wait = pyghmi_session._io_wait
-
-    def sliced_io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
-        io_wait(min(timeout, _WAIT_SLICE), myaddr, evq)
-
-    pyghmi_session._io_wait = sliced_io_wait
-    pyghmi_session._nodefence_wait_fix = True
-
-
-def _install_lock_fix() -> None:
-    """One lock for pyghmi's two session tables, so its lock order cannot deadlock.
-
-    pyghmi takes its keepalive-table and waiting-table locks in opposite orders on two paths
-    (a request timing out while holding the waiting table resends, which takes the keepalive
-    lock; a send holding the keepalive lock takes the waiting one). Two sessions timing out
-    and resending at the same moment deadlock. Both names are looked up at each use, so one
-    reentrant lock under both makes the order irrelevant.
-    """
-    if getattr(pyghmi_session, "_nodefence_lock_fix", False):
-        return
-    tables = threading.RLock()
-    pyghmi_session.KEEPALIVE_SESSIONS = tables
-    pyghmi_session.WAITING_SESSIONS = tables
-    pyghmi_session._nodefence_lock_fix = True
-
-
-_install_wait_fix()
-_install_lock_fix()
 
 
 def warm_up() -> None:

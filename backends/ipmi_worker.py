@@ -60,8 +60,10 @@ class _Channel:
 
 def serve(channel: _Channel, inbox: queue.SimpleQueue[Message]) -> None:
     """Answer requests in order until the process is ended."""
-    from backends.ipmi_console import IpmiConsole, warm_up  # slow: after the reader runs
+    from backends import ipmi_pyghmi_patches  # slow: after the reader runs
+    from backends.ipmi_console import IpmiConsole, warm_up
 
+    ipmi_pyghmi_patches.apply()
     warm_up()
     channel.send(Ready())
     console: IpmiConsole | None = None
