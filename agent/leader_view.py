@@ -15,7 +15,7 @@ from agent import __version__
 from agent.cluster import ClusterError
 from agent.detector import NodeHealth
 from agent.fence_evidence import stamp
-from agent.fencing import RESTART_POLICIES
+from agent.fencing_operation import RESTART_POLICIES
 from agent.heartbeat_codec import PREFIX
 from agent.leader_broker import BrokerLost
 from agent.leader_state import LeaderState

@@ -52,7 +52,8 @@ from agent import metrics
 from agent.auth_keys import fencer_keyring, node_signer
 from agent.cluster import RECORD_GROUP, RECORD_PLURAL, RECORD_VERSION
 from agent.config import parse_config
-from agent.fencing import Operation, Phase, VmOutcome
+from agent.fencing_events import VmOutcome
+from agent.fencing_operation import Operation, Phase
 from agent.inventory import load_inventory
 from agent.node_keys import private_key, public_of
 from agent.policy import AlertKind
