@@ -48,7 +48,7 @@ from agent.peers import (
 )
 from agent.probe_auth import sign_result_own
 from hwsim.kube import KubeApiServer, RequestRecord
-from hwsim.simcluster import FENCER_USER, ClusterSettings
+from hwsim.simcluster_settings import FENCER_USER, ClusterSettings
 from tests.conftest import run_cli
 from tests.test_deploy import (
     ACCOUNT,

@@ -61,7 +61,8 @@ from agent.records import to_record
 from hwsim.broker import MosquittoBroker, find_mosquitto, free_port
 from hwsim.kube import KubeApiServer, RequestRecord, ResourceType
 from hwsim.kube.controllers import ControllerTimers
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.simcluster import SimCluster
+from hwsim.simcluster_settings import ClusterSettings
 from hwsim.vm_views import vm_views
 from hwsim.vms import RESTARTED_POLICIES
 

@@ -35,12 +35,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from hwsim.coldstandby import (
-    Recovery,
-    choose_node,
-    eligible_nodes,
-    unavailable_message,
-)
+from hwsim.coldstandby_nodes import choose_node, eligible_nodes, unavailable_message
+from hwsim.coldstandby_records import Recovery
 from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kube.objects import timestamp
 from hwsim.kube.periodic import Periodic

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hwsim.coldstandby import eligible_nodes, is_out_of_service, unavailable_message
+from hwsim.coldstandby_nodes import eligible_nodes, is_out_of_service, unavailable_message
 from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kubevirt.objects import (
     FINAL,
