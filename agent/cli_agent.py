@@ -18,7 +18,7 @@ from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import AgentConfig, BrokerConfig, ConfigError, load_config
 from agent.heartbeat_codec import valid_name
 from agent.inventory import InventoryError, load_inventory
-from agent.leader import view_topic
+from agent.leader_view import view_topic
 from agent.mqtt_client import make_client
 from agent.profiles import ProfileError
 

@@ -45,25 +45,19 @@ from agent.fence_release import node_returned, release_attachments, release_pods
 from agent.fence_reports import FenceReporter
 from agent.fence_store import RecordStore, Superseded
 from agent.fence_vms import snapshot_vms, vms_seen
-from agent.fencing import (
-    FINAL,
-    Action,
+from agent.fencing import Timing, apply, next_action
+from agent.fencing_events import (
     Cancelled,
-    Cleanup,
     Event,
     FenceDone,
     NodeDeleted,
-    Operation,
-    Phase,
     PoweredOn,
     PoweredOnAgain,
     SelfFenced,
     Tainted,
-    Timing,
     Untainted,
-    apply,
-    next_action,
 )
+from agent.fencing_operation import FINAL, Action, Cleanup, Operation, Phase
 from agent.inventory import Inventory, NodeInventory
 from agent.kube_cache import ClusterReads
 from agent.power import BackendFactory, PowerFencer, StopWalk

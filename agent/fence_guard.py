@@ -24,18 +24,17 @@ from collections.abc import Awaitable, Callable
 
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_store import RecordStore
-from agent.fencing import (
+from agent.fencing import Timing, apply
+from agent.fencing_events import (
     Cancelled,
     Event,
     FenceDone,
     Maintenance,
     NodeAlive,
-    Operation,
     PowerOffSending,
     SendWithdrawn,
-    Timing,
-    apply,
 )
+from agent.fencing_operation import Operation
 from agent.power import StopWalk
 
 

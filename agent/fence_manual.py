@@ -16,7 +16,7 @@ from collections.abc import Callable
 from agent.cluster import ClusterApi
 from agent.fence_advice import NodeFacts
 from agent.fence_evidence import EvidenceBook
-from agent.fencing import Operation, Phase
+from agent.fencing_operation import Operation, Phase
 from agent.inventory import NodeInventory
 from agent.records import from_record, to_record
 from agent.topology import Action, Outcome, Step

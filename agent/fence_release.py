@@ -17,7 +17,8 @@ import logging
 from collections.abc import Callable
 
 from agent.cluster import ClusterApi
-from agent.fencing import AttachmentsReleased, Operation, PodsReleased, ReturnChecked
+from agent.fencing_events import AttachmentsReleased, PodsReleased, ReturnChecked
+from agent.fencing_operation import Operation
 
 log = logging.getLogger("nodefence.fencing")
 

@@ -10,7 +10,8 @@ import logging
 from agent import metrics
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_outcome import outage_words
-from agent.fencing import Operation, Phase, VmOutcome
+from agent.fencing_events import VmOutcome
+from agent.fencing_operation import Operation, Phase
 from agent.kubevirt_objects import API_VERSION
 from agent.virt_names import Virt
 

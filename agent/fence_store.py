@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.cluster import ClusterApi, ClusterError
-from agent.fencing import Operation
+from agent.fencing_operation import Operation
 from agent.records import to_record
 
 log = logging.getLogger("nodefence.fencing")

@@ -5,7 +5,8 @@ are `agent.fencing`'s."""
 from __future__ import annotations
 
 from agent.cluster import ClusterApi
-from agent.fencing import Operation, VmOutcome, VmsSeen, VmsSnapshotted
+from agent.fencing_events import VmOutcome, VmsSeen, VmsSnapshotted
+from agent.fencing_operation import Operation
 from agent.virt import VirtLayer
 from agent.vm_migration import RUNNING
 

@@ -26,7 +26,9 @@ from agent.node_identity import encode_identity
 from agent.node_watch import NodeWatch
 from agent.probe_responder import Answering, answer_probes
 from agent.runner import advertised_host, detection_profile, unfinished_marks
-from agent.watchdog import FeedPolicy, WatchdogFeeder, watch_marks
+from agent.watchdog import FeedPolicy
+from agent.watchdog_feeder import WatchdogFeeder
+from agent.watchdog_marks import watch_marks
 
 log = logging.getLogger("nodefence.agent")
 
@@ -84,7 +86,7 @@ async def run_agent(cfg: AgentConfig, node: str, stop: asyncio.Event) -> None:
         publisher.on_echo = policy.echo
 
         # Its own Node (the maintenance mark) and its own fencing records, watched: the API is
-        # read only while no heartbeat echo gave contact (agent.watchdog.watch_marks).
+        # read only while no heartbeat echo gave contact (agent.watchdog_marks.watch_marks).
         own = NodeWatch(api, cfg.kube.namespace, node, records=True, clock=time.monotonic)
 
         async def my_marks() -> list[str]:

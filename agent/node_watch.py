@@ -8,7 +8,7 @@ instead of a read of its Node every two seconds and a list of its records every 
   and the health-endpoint annotation, written when the Node lacks it (`announce`), not on a
   period;
 - with a watchdog, its FenceOperations (`labelSelector=nodefence.io/node=<node>`): an open one
-  stops the feeding at once (`agent.watchdog.watch_marks`). A watch is no proof that nothing
+  stops the feeding at once (`agent.watchdog_marks.watch_marks`). A watch is no proof that nothing
   was written since it last spoke, so the contact that keeps the watchdog fed without a broker
   still comes from reads of the API (`unfinished_marks`), made when no heartbeat echo did.
 """
@@ -27,7 +27,7 @@ from agent.kube_cache import records_kind
 from agent.kube_json import node_info
 from agent.node_label import NODE_LABEL, node_selector
 from agent.records import from_record, is_open_mark
-from agent.watchdog import wait_any
+from agent.watchdog_marks import wait_any
 
 log = logging.getLogger("nodefence.agent")
 

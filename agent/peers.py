@@ -17,19 +17,17 @@ alive", never dead. Messages travel over the broker:
   request it sent, see `agent.probe_requests`.
 
 Request ids are tokens (1..64 printable ASCII characters without spaces). Encoding, decoding
-and peer selection are pure; `run_probe` is the only I/O.
+and peer selection are pure; the probe itself (I/O) is `agent.heartbeat_peer_probe.run_probe`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.health import probe as probe_agent
 from agent.heartbeat_codec import MAX_HMAC, MAX_TS, PREFIX, valid_name
 
 MAX_PROBE_PAYLOAD = 4096
@@ -218,26 +216,3 @@ def _load(payload: bytes) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) and obj.get("v") == 1 else None
-
-
-async def _tcp_connect(host: str, port: int, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-        return True
-    except (OSError, TimeoutError):
-        return False
-
-
-async def run_probe(req: ProbeRequest, timeout: float) -> bool:
-    """Probe every target at once; True when any answers within `timeout` seconds."""
-    if not req.targets:
-        return False
-    checks = [
-        probe_agent(t.host, t.port, timeout)
-        if t.kind == "agent"
-        else _tcp_connect(t.host, t.port, timeout)
-        for t in req.targets
-    ]
-    return any(await asyncio.gather(*checks))

@@ -24,6 +24,7 @@ import aiomqtt
 
 from agent import metrics
 from agent.config import AgentConfig, BrokerConfig
+from agent.heartbeat_peer_probe import run_probe
 from agent.mqtt_client import make_client
 from agent.node_keys import NodeSigner
 from agent.peers import (
@@ -33,7 +34,6 @@ from agent.peers import (
     encode_result,
     probe_filter,
     result_topic,
-    run_probe,
 )
 from agent.probe_auth import check_request, sign_result, sign_result_own
 

@@ -15,7 +15,9 @@ from dataclasses import replace
 from typing import Any
 
 from agent.cluster import RECORD_GROUP, RECORD_VERSION
-from agent.fencing import Cleanup, Operation, Phase, Timing, VmOutcome
+from agent.fencing import Timing
+from agent.fencing_events import VmOutcome
+from agent.fencing_operation import Cleanup, Operation, Phase
 from agent.heartbeat_codec import valid_name
 from agent.node_label import NODE_LABEL, node_label_value
 from agent.virt_names import Virt, virt_of_record

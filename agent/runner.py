@@ -25,7 +25,8 @@ from agent.cluster import ClusterApi
 from agent.config import AgentConfig
 from agent.election import ElectionTiming, LeaderElector
 from agent.fence_executor import FenceExecutor
-from agent.fencing import Cleanup, Timing
+from agent.fencing import Timing
+from agent.fencing_operation import Cleanup
 from agent.inventory import Inventory
 from agent.key_pins import PinSync
 from agent.leader import LeaderSide

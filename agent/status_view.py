@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.fence_outcome import longest_outage, still_down, stopped_clause, vm_summary
-from agent.fencing import Operation, Phase
+from agent.fencing_operation import Operation, Phase
 
 Json = dict[str, Any]
 STALE_MIN = 3.0  # seconds; the leader publishes once a second

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.fencing import RESTART_POLICIES
+from agent.fencing_operation import RESTART_POLICIES
 from agent.node_label import node_label_value
 from agent.virt_names import Virt, vm_key
 from agent.vm_capacity import Need, vm_need

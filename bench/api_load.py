@@ -225,7 +225,7 @@ def run_size(size: int, seconds: float, agents: int, polls: int) -> dict[str, An
     from hwsim.kube import KubeApiServer
     from hwsim.kube.errors import AlreadyExists
     from hwsim.kube.node_objects import KUBELET, KubeletFleet, populate
-    from hwsim.simcluster import CRD_PATHS
+    from hwsim.simcluster_settings import CRD_PATHS
 
     print(f"== {size} nodes")
     kube = KubeApiServer(bookmark_interval=60.0)

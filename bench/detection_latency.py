@@ -54,13 +54,13 @@ import aiomqtt  # noqa: E402
 from agent import __version__  # noqa: E402
 from agent.config import AgentConfig, parse_config  # noqa: E402
 from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic  # noqa: E402
+from agent.heartbeat_peer_probe import run_probe  # noqa: E402
 from agent.peers import (  # noqa: E402
     ProbeResult,
     decode_request,
     encode_result,
     probe_filter,
     result_topic,
-    run_probe,
 )
 from agent.profiles import DetectionProfile, profile_from_mapping  # noqa: E402
 from hwsim.broker import MosquittoBroker  # noqa: E402

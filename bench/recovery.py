@@ -71,7 +71,8 @@ from hwsim.kube.errors import NotFound  # noqa: E402
 from hwsim.kube.store import ObjectStore  # noqa: E402
 from hwsim.kube.watch import WatchEvent  # noqa: E402
 from hwsim.loop_thread import LoopThread  # noqa: E402
-from hwsim.simcluster import ClusterSettings, SimCluster  # noqa: E402
+from hwsim.simcluster import SimCluster  # noqa: E402
+from hwsim.simcluster_settings import ClusterSettings  # noqa: E402
 from hwsim.vms import RESTARTED_POLICIES, place_vms  # noqa: E402
 
 PROFILE = "default"

@@ -25,7 +25,8 @@ from hwsim.chaos_observe import seen_changes, take_snapshot
 from hwsim.chaos_report import ChaosResult, print_summary
 from hwsim.chaos_schedule import ChaosSettings, make_schedule
 from hwsim.chaos_steps import StepRunner
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.simcluster import SimCluster
+from hwsim.simcluster_settings import ClusterSettings
 
 # Short timings, as `scenario --fast` uses: detection ~4 s, a dead leader replaced in ~4 s.
 SHORT_TIMINGS: dict[str, Any] = {

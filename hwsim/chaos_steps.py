@@ -5,6 +5,8 @@ timeline, counted as a fault when `count`); `janitor()` powers orphaned machines
 The faults that wait for one moment of a fence (a leader kill at a phase, a record save that
 lands but is never answered) are traps on the API server's writes (`hwsim.chaos_traps`),
 sprung from the server's thread.
+
+Machines get their power back through `hwsim.chaos_power.ChaosPower`, its base.
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwsim.chaos_actions import END_ACTION, START_KIND, Action, FaultKind, Step
-from hwsim.chaos_invariants import FINAL_PHASES
 from hwsim.chaos_maintenance import PlannedWork
+from hwsim.chaos_power import ChaosPower, Say
 from hwsim.chaos_springs import TrapSprings, victim_machines
 from hwsim.chaos_traps import RecordTraps, Trap
 from hwsim.machine import SimMachine
 from hwsim.pdu import restore
 from hwsim.simcluster import SimCluster
 
-Say = Callable[..., None]  # (kind, node, detail="", count=False)
 HEALTHY_BMC: dict[str, Any] = {
     "unreachable": False,
     "slow": 0.0,
@@ -48,7 +49,7 @@ READY_WAIT = 10.0  # seconds an issue-12 fault waits for its node to be ready
 
 
 @dataclass
-class StepRunner:
+class StepRunner(ChaosPower):
     """Performs steps on `cluster`; `busy` holds the nodes whose power an episode owns."""
 
     cluster: SimCluster
@@ -128,9 +129,6 @@ class StepRunner:
             if leader is not None and leader not in self.busy:
                 self.moved[step.episode] = leader
         return self.moved.get(step.episode, step.node)
-
-    def _machine(self, node: str) -> Any:
-        return self.cluster.fleet[node]
 
     def _power_loss(self, step: Step, node: str) -> None:
         self.busy[node] = step.episode
@@ -403,50 +401,6 @@ class StepRunner:
 
     def _victim_machines(self, node: str) -> list[SimMachine]:
         return victim_machines(self.cluster, node)
-
-    # ---- power ----------------------------------------------------------------------------
-
-    def power_on_or_heal(self, node: str, action: Action) -> None:
-        """End of an episode: power the machine on (its outlet first), or heal its link."""
-        machine, sim = self._machine(node), self.cluster.nodes[node]
-        if machine.power_state() == "off":
-            restore(machine, self._outlet(node))
-            self.say(FaultKind.REPAIR.value, node, f"powered on ({action.value})", count=True)
-        elif sim.partitioned:
-            sim.heal()
-            self.say(action.value, node, "network back")
-
-    def _outlet(self, node: str) -> Any:
-        bmcs = self.cluster.bmcs
-        return bmcs.outlet(node) if bmcs is not None else None
-
-    def janitor(self) -> None:
-        """Power on machines left off by no episode (fenced after their episode ended), as an
-        operator would: not while a fence of the machine is unfinished (up to
-        `janitor_patience`), so a stuck fence does not make its node reset itself in a loop."""
-        now = time.monotonic()
-        for machine in self.cluster.fleet:
-            if machine.power_state() == "on" or machine.name in self.busy:
-                self._off_since.pop(machine.name, None)
-                continue
-            since = self._off_since.setdefault(machine.name, now)
-            wait = self.janitor_patience if self._fencing(machine.name) else self.janitor_after
-            if now - since >= wait:
-                restore(machine, self._outlet(machine.name))
-                self._off_since.pop(machine.name, None)
-                self.say(FaultKind.REPAIR.value, machine.name, "powered on (orphan)", count=True)
-
-    def _fencing(self, node: str) -> bool:
-        """A FenceOperation of `node` is unfinished."""
-        records = self.cluster.kube.store.list(RECORD, "nodefence")["items"]
-        return any(
-            (r.get("spec") or {}).get("nodeName") == node
-            and (r.get("status") or {}).get("phase") not in FINAL_PHASES
-            for r in records
-        )
-
-
-RECORD = "fenceoperations"
 
 
 def _fields(params: dict[str, Any]) -> str:

@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("nodefence-hwsim: scenarios need at least 4 nodes", file=sys.stderr)
             return 2
         from hwsim.broker import INSTALL_HINT, find_mosquitto
-        from hwsim.scenarios import run_scenario
+        from hwsim.scenario_run import run_scenario
 
         try:
             find_mosquitto()
@@ -250,7 +250,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
     import threading
 
     from hwsim.broker import INSTALL_HINT, find_mosquitto
-    from hwsim.simcluster import ClusterSettings, SimCluster
+    from hwsim.simcluster import SimCluster
+    from hwsim.simcluster_settings import ClusterSettings
 
     try:
         find_mosquitto()

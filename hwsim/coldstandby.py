@@ -24,6 +24,8 @@ As Deckhouse Virtualization behaves (ColdStandby), see `hwsim.vm_start`:
   migration moves the processes: it never runs a VM twice. The admission webhooks (one
   unfinished operation per VM, local disks in CE, KubeVirt's launcher-pod eviction interceptor)
   are `hwsim.vm_admission`, installed on the store with the controller.
+
+Where a VM may run is `hwsim.coldstandby_nodes`; what is recorded, `hwsim.coldstandby_records`.
 """
 
 from __future__ import annotations
@@ -31,10 +33,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hwsim.coldstandby_nodes import (
+    choose_node,
+    conditions_of,
+    eligible_nodes,
+    load_of,
+    mapping_of,
+    unavailable_message,
+    why_unschedulable,
+)
+from hwsim.coldstandby_records import Recovery, SplitBrain
 from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kube.objects import timestamp
 from hwsim.kube.periodic import Periodic
@@ -52,119 +63,14 @@ from hwsim.vms import (
 )
 
 if TYPE_CHECKING:
-    from hwsim.migrations import MigrationLimits
+    from hwsim.migration_state import MigrationLimits
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Key = tuple[str, str]
-OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 HOSTED = (VmPhase.RUNNING.value, VmPhase.MIGRATING.value)
 WAITING = (VmPhase.STARTING.value, VmPhase.PENDING.value)
-EVICT_TYPES = ("Evict", "Migrate")
-FINAL_OP_PHASES = ("Completed", "Failed", "Terminating")
-
-# VirtualMachineOperation `Completed` condition reasons, as the real controller sets them
-NOT_FOUND = "VirtualMachineNotFound"
-NOT_APPLICABLE_PHASE = "NotApplicableForVirtualMachinePhase"
-NOT_APPLICABLE_POLICY = "NotApplicableForLiveMigrationPolicy"
-NOT_READY_TO_EXECUTE = "NotReadyToBeExecuted"
-TARGET_UNSCHEDULABLE = "TargetUnschedulable"
-OPERATION_FAILED = "OperationFailed"
-MIGRATION_RUNNING = "MigrationRunning"
-MIGRATION_COMPLETED = "Completed"
-
-
-# ---- where a VM may run (pure) ----------------------------------------------------------
-
-
-def is_out_of_service(node: Obj) -> bool:
-    """Whether the node carries `node.kubernetes.io/out-of-service` with effect NoExecute."""
-    taints = _dict(node.get("spec")).get("taints") or []
-    return any(t.get("key") == OUT_OF_SERVICE and t.get("effect") == "NoExecute" for t in taints)
-
-
-def why_unschedulable(node: Obj) -> str:
-    """The scheduler's words for why nothing new may run on `node`; "" when it may."""
-    conditions = _conditions(_dict(node.get("status")))
-    if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-        return "node(s) were not ready"
-    if _dict(node.get("spec")).get("unschedulable"):
-        return "node(s) were unschedulable"
-    for taint in _dict(node.get("spec")).get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute"):
-            return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
-    return ""
-
-
-def eligible_nodes(nodes: Iterable[Obj]) -> list[str]:
-    """Names of the nodes a VM may start or migrate on, sorted."""
-    return sorted(n["metadata"]["name"] for n in nodes if not why_unschedulable(n))
-
-
-def choose_node(candidates: Iterable[str], load: dict[str, int]) -> str | None:
-    """The least-loaded candidate (ties by name), or None."""
-    return min(candidates, key=lambda n: (load.get(n, 0), n), default=None)
-
-
-def unavailable_message(nodes: Iterable[Obj], excluded: str = "") -> str:
-    """`0/3 nodes are available: 1 node(s) were unschedulable, ...`, as the scheduler words it."""
-    counts: dict[str, int] = {}
-    total = 0
-    for node in nodes:
-        total += 1
-        why = why_unschedulable(node) or (
-            "node(s) already run the VM" if node["metadata"]["name"] == excluded else ""
-        )
-        if why:
-            counts[why] = counts.get(why, 0) + 1
-    reasons = ", ".join(f"{n} {why}" for why, n in sorted(counts.items()))
-    return f"0/{total} nodes are available" + (f": {reasons}." if reasons else ".")
-
-
-# ---- records ----------------------------------------------------------------------------
-
-
-@dataclass
-class Recovery:
-    """One VM's fate after its node was lost, for tests and benchmarks.
-
-    Times are on the controller's clock: `down_at` is when it saw the launcher pod gone (`why`:
-    `deleted`, `Failed`, ...), `running_at` when the API said Running again.
-    `lost_node_powered` is True when that node's machine still had power at that moment: a
-    recovery started without fencing, a split brain in waiting.
-    """
-
-    namespace: str
-    name: str
-    run_policy: str
-    lost_node: str
-    why: str
-    down_at: float
-    restart_expected: bool
-    lost_node_powered: bool
-    running_at: float | None = None
-    new_node: str | None = None
-
-    @property
-    def downtime(self) -> float | None:
-        """Seconds from the node loss to Running again (None while not running)."""
-        return None if self.running_at is None else self.running_at - self.down_at
-
-
-@dataclass(frozen=True)
-class SplitBrain:
-    """A VM seen running on several nodes at once."""
-
-    namespace: str
-    name: str
-    nodes: tuple[str, ...]
-    seen_at: float
-    wall_time: str
-
-    def __str__(self) -> str:
-        where = ", ".join(self.nodes)
-        return f"{self.namespace}/{self.name} running on {where} at once (since {self.wall_time})"
 
 
 class ColdStandbyController:
@@ -292,10 +198,10 @@ class ColdStandbyController:
             nodes = {
                 n["metadata"]["name"]: n
                 for n in self.store.list("nodes")["items"]
-                if _dict(n.get("metadata")).get("name")
+                if mapping_of(n.get("metadata")).get("name")
             }
             vms = self.store.list("virtualmachines")["items"]
-            load = _load(vms)
+            load = load_of(vms)
             for start in self._starting.values():
                 load[start.node] = load.get(start.node, 0) + 1
             for vm in vms:
@@ -310,7 +216,7 @@ class ColdStandbyController:
                 lambda n: eligible_nodes(n.values()),
                 why_unschedulable,
             )
-            existing = {_key(v) for v in vms if _dict(v.get("metadata")).get("name")}
+            existing = {_key(v) for v in vms if mapping_of(v.get("metadata")).get("name")}
             for table in (self.actual, self._starting, self._hosts):
                 for key in [k for k in table if k not in existing]:
                     del table[key]  # the VM was deleted: its pods went with it
@@ -333,7 +239,7 @@ class ColdStandbyController:
         try:
             action(*args)
         except (ApiError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            meta = _dict(obj.get("metadata"))
+            meta = mapping_of(obj.get("metadata"))
             name = f"{meta.get('namespace')}/{meta.get('name')}"
             log.warning("coldstandby controller: skipped %s: %r", name, exc)
 
@@ -347,7 +253,9 @@ class ColdStandbyController:
     def _launcher_pods(self, key: Key) -> list[tuple[str, str]]:
         """(pod, node) of every launcher pod of the VM."""
         pods = self.store.list("pods", key[0], label_selector=f"{VM_LABEL}={key[1]}")["items"]
-        return [(p["metadata"]["name"], str(_dict(p.get("spec")).get("nodeName"))) for p in pods]
+        return [
+            (p["metadata"]["name"], str(mapping_of(p.get("spec")).get("nodeName"))) for p in pods
+        ]
 
     def _delete_pod(self, namespace: str, name: str) -> None:
         try:
@@ -358,7 +266,7 @@ class ColdStandbyController:
     # ---- node loss: the launcher pod is gone --------------------------------------------
 
     def _check_launcher(self, vm: Obj, now: float) -> None:
-        status = _dict(vm.get("status"))
+        status = mapping_of(vm.get("status"))
         host = status.get("nodeName")
         if status.get("phase") not in HOSTED or not host:
             return
@@ -374,7 +282,7 @@ class ColdStandbyController:
 
     def _lose(self, vm: Obj, host: str, why: str, now: float) -> None:
         key = _key(vm)
-        policy = str(_dict(vm.get("spec")).get("runPolicy") or DEFAULT_RUN_POLICY)
+        policy = str(mapping_of(vm.get("spec")).get("runPolicy") or DEFAULT_RUN_POLICY)
         restart = policy in RESTARTED_POLICIES
         self.migrations.lose(key)
         for pod, node in self._launcher_pods(key):
@@ -400,7 +308,7 @@ class ColdStandbyController:
     def _start_if_due(
         self, vm: Obj, nodes: dict[str, Obj], load: dict[str, int], now: float
     ) -> None:
-        status, spec = _dict(vm.get("status")), _dict(vm.get("spec"))
+        status, spec = mapping_of(vm.get("status")), mapping_of(vm.get("spec"))
         if status.get("phase") not in WAITING or status.get("nodeName"):
             return
         if (spec.get("runPolicy") or DEFAULT_RUN_POLICY) not in RESTARTED_POLICIES:
@@ -446,7 +354,7 @@ class ColdStandbyController:
         log.info("vm %s/%s: %s", *key, message)
 
     def _say_pending(self, key: Key, status: Obj, message: str) -> None:
-        said = [c.get("message") for c in _conditions(status) if c.get("type") == "Running"]
+        said = [c.get("message") for c in conditions_of(status) if c.get("type") == "Running"]
         if status.get("phase") == VmPhase.PENDING and said == [message]:
             return  # no write per tick
         cond = condition("Running", False, "PodNotStarted", message, self._now())
@@ -456,7 +364,7 @@ class ColdStandbyController:
     def _run_on(self, vm: Obj, key: Key, start: Start, now: float) -> None:
         stamp = self._now()
         mark_pod_running(self.store, vm, start.pod, stamp)
-        ip = str(_dict(vm.get("status")).get("ipAddress") or "")
+        ip = str(mapping_of(vm.get("status")).get("ipAddress") or "")
         self._patch("virtualmachines", key, running_status(start.node, ip, start.pod, stamp))
         del self._starting[key]
         self._record_host(key, start.node)
@@ -511,25 +419,6 @@ class ColdStandbyController:
         self._loop.stop_thread()
 
 
-def _dict(value: Any) -> Obj:
-    """`value` if it is a mapping, else {} (objects in the store follow no schema)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _conditions(status: Obj) -> list[Obj]:
-    found = status.get("conditions")
-    return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
-
-
 def _key(obj: Obj) -> Key:
     meta = obj["metadata"]
     return (str(meta["namespace"]), str(meta["name"]))
-
-
-def _load(vms: list[Obj]) -> dict[str, int]:
-    load: dict[str, int] = {}
-    for vm in vms:
-        node = _dict(vm.get("status")).get("nodeName")
-        if isinstance(node, str) and node:
-            load[node] = load.get(node, 0) + 1
-    return load

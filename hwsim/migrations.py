@@ -25,146 +25,61 @@ An operation the controller cannot run fails at once with its reason: `VirtualMa
 against an Always* policy), `NotReadyToBeExecuted` (another migration of the VM is under way),
 `OperationFailed` (the VM is not migratable). Evacuations (a launcher pod eviction
 intercepted) are `hwsim.evacuation`.
+
+The limits, reasons and the `Migration` record are `hwsim.migration_state`; the status writes,
+`hwsim.migration_status`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from hwsim.evacuation import Evacuation
 from hwsim.kube.errors import ApiError, NotFound
-from hwsim.kube.store import ObjectStore
 from hwsim.live_migration_policy import live_migration_settings
+from hwsim.migration_state import (
+    ABORTED,
+    CLUSTER_LIMIT,
+    DIRTY_ANNOTATION,
+    EVICT_TYPES,
+    FINAL_OP_PHASES,
+    INBOUND_LIMIT,
+    MIGRATION_COMPLETED,
+    MIGRATION_PENDING,
+    NOT_APPLICABLE_PHASE,
+    NOT_APPLICABLE_POLICY,
+    NOT_CONVERGING,
+    NOT_CONVERGING_MESSAGE,
+    NOT_FOUND,
+    NOT_READY_TO_EXECUTE,
+    OPERATION_FAILED,
+    OUTBOUND_LIMIT,
+    PREPARING_MESSAGE,
+    QUEUED_MESSAGE,
+    SYNCING,
+    SYNCING_MESSAGE,
+    TARGET_PREPARING,
+    TARGET_UNSCHEDULABLE,
+    Key,
+    Migration,
+    MigrationHost,
+    MigrationLimits,
+    Obj,
+    Stage,
+    key_of,
+    mapping_of,
+    node_ready,
+)
+from hwsim.migration_status import StatusWriter
 from hwsim.node_capacity import Request, insufficient, no_room, used, vm_request
 from hwsim.vms import VmPhase, condition, create_launcher_pod, running_status
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
-Key = tuple[str, str]
-EVICT_TYPES = ("Evict", "Migrate")
-FINAL_OP_PHASES = ("Completed", "Failed", "Terminating", "Superseded")
-DIRTY_ANNOTATION = "hwsim.nodefence.io/dirty-memory"
 
-# `Completed` condition reasons, as the real controller sets them
-NOT_FOUND = "VirtualMachineNotFound"
-NOT_APPLICABLE_PHASE = "NotApplicableForVirtualMachinePhase"
-NOT_APPLICABLE_POLICY = "NotApplicableForLiveMigrationPolicy"
-NOT_READY_TO_EXECUTE = "NotReadyToBeExecuted"
-MIGRATION_PENDING = "MigrationPending"
-TARGET_UNSCHEDULABLE = "TargetUnschedulable"
-TARGET_PREPARING = "TargetPreparing"
-SYNCING = "Syncing"
-NOT_CONVERGING = "NotConverging"
-ABORTED = "Aborted"
-OPERATION_FAILED = "OperationFailed"
-MIGRATION_COMPLETED = "Completed"
-
-QUEUED_MESSAGE = (
-    "The VirtualMachineOperation for migrating the virtual machine has been queued. Waiting for "
-    "the queue to be processed and for this operation to be executed."
-)
-CLUSTER_LIMIT = "Waiting for a free migration slot: the cluster live migration limit is reached."
-OUTBOUND_LIMIT = 'Waiting for a free outbound migration slot on source node "{}".'
-INBOUND_LIMIT = 'Waiting for a free inbound migration slot on target node "{}".'
-PREPARING_MESSAGE = "Preparing the migration target"
-SYNCING_MESSAGE = "Source and target are being synchronized"
-NOT_CONVERGING_MESSAGE = (
-    "Migration is not converging: data remaining is not decreasing at maximum throttle"
-)
-
-
-class MigrationHost(Protocol):
-    """What the migration controller needs of the VM controller it runs in."""
-
-    store: ObjectStore
-    migration_delay: float
-
-    def powered(self, node: str) -> bool:
-        """The node's machine has power."""
-
-    def stamp(self) -> str:
-        """Now, as an API timestamp."""
-
-    def spend(self) -> bool:
-        """Take one action from this tick's budget (False: none left)."""
-
-    def launcher_pods(self, key: Key) -> list[tuple[str, str]]:
-        """(pod, node) of every launcher pod of the VM."""
-
-    def delete_pod(self, namespace: str, name: str) -> None:
-        """Delete a pod (gone already is fine)."""
-
-    def runs_on(self, key: Key, node: str) -> bool:
-        """The VM's processes really run on `node` now."""
-
-    def moved(self, key: Key, source: str, target: str) -> None:
-        """The VM's processes moved from `source` to `target` (never copied)."""
-
-
-@dataclass(frozen=True)
-class MigrationLimits:
-    """How many migrations may run at once (KubeVirt's and the controller's defaults)."""
-
-    per_cluster: int = 5
-    outbound_per_node: int = 2
-    inbound_per_node: int = 1
-
-
-class Stage(enum.Enum):
-    """Where an accepted migration is."""
-
-    QUEUED = 0
-    SCHEDULING = 1
-    WAITING_INBOUND = 2
-    PREPARING = 3
-    SYNCING = 4
-
-
-@dataclass
-class Migration:
-    """One accepted operation's migration."""
-
-    op: Key
-    vm: Key
-    source: str
-    source_pod: str
-    auto_converge: bool
-    stage: Stage
-    since: float  # when the current stage (or reason) began
-    target: str = ""
-    target_uid: str = ""
-    target_pod: str = ""
-    synced: float = 0.0  # of the memory, 0..1
-    last: float = 0.0
-    progress_at: float = 0.0
-    shown: tuple[str, str, str, str] = ("", "", "", "")  # (phase, reason, message, progress)
-
-    @property
-    def running(self) -> bool:
-        """Past the queue: it holds a cluster and an outbound slot."""
-        return self.stage is not Stage.QUEUED
-
-
-def _dict(value: Any) -> Obj:
-    return value if isinstance(value, dict) else {}
-
-
-def _key(obj: Obj) -> Key:
-    meta = obj["metadata"]
-    return (str(meta["namespace"]), str(meta["name"]))
-
-
-def _ready(node: Obj) -> bool:
-    conditions = _dict(node.get("status")).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-class MigrationController:
+class MigrationController(StatusWriter):
     """Runs the Evict operations for `host`; `tick()` once per controller pass."""
 
     def __init__(
@@ -203,16 +118,16 @@ class MigrationController:
         """One pass: accept new operations, advance every migration, start evacuations."""
         self._eligible, self._unschedulable = eligible, unschedulable
         ops = self.store.list("virtualmachineoperations")["items"]
-        present = {_key(o) for o in ops if _dict(o.get("metadata")).get("name")}
+        present = {key_of(o) for o in ops if mapping_of(o.get("metadata")).get("name")}
         for op in ops:
-            if _dict(op.get("metadata")).get("name"):
-                self._guarded(_key(op), self._accept, op, now)
+            if mapping_of(op.get("metadata")).get("name"):
+                self._guarded(key_of(op), self._accept, op, now)
         for mig in list(self.active.values()):
             self._guarded(mig.op, self._advance, mig, nodes, vms, load, present, now)
         for vm in vms:
-            if _dict(vm.get("metadata")).get("name"):
-                migrating = _key(vm) in self.active
-                self._guarded(_key(vm), self.evacuation.check, vm, ops, migrating, now)
+            if mapping_of(vm.get("metadata")).get("name"):
+                migrating = key_of(vm) in self.active
+                self._guarded(key_of(vm), self.evacuation.check, vm, ops, migrating, now)
 
     def _guarded(self, key: Key, action: Callable[..., None], *args: Any) -> None:
         try:
@@ -233,8 +148,8 @@ class MigrationController:
     # ---- accepting an operation ---------------------------------------------------------
 
     def _accept(self, op: Obj, now: float) -> None:
-        status, spec = _dict(op.get("status")), _dict(op.get("spec"))
-        key = _key(op)
+        status, spec = mapping_of(op.get("status")), mapping_of(op.get("spec"))
+        key = key_of(op)
         vm_key = (key[0], str(spec.get("virtualMachineName") or ""))
         mig = self.active.get(vm_key)
         if status.get("phase") in FINAL_OP_PHASES or (mig is not None and mig.op == key):
@@ -255,7 +170,7 @@ class MigrationController:
         except NotFound:
             self._fail(key, NOT_FOUND, "VirtualMachine not found")
             return
-        vm_status = _dict(vm.get("status"))
+        vm_status = mapping_of(vm.get("status"))
         phase, source = vm_status.get("phase") or "", str(vm_status.get("nodeName") or "")
         if mig is not None:
             message = (
@@ -269,7 +184,7 @@ class MigrationController:
             )
             self._fail(key, NOT_APPLICABLE_PHASE, message)
             return
-        settings = live_migration_settings(_dict(vm.get("spec")), spec.get("force"))
+        settings = live_migration_settings(mapping_of(vm.get("spec")), spec.get("force"))
         if isinstance(settings, str):
             self._fail(key, NOT_APPLICABLE_POLICY, f"Operation is invalid: {settings}")
             return
@@ -386,7 +301,7 @@ class MigrationController:
     def _prepare(self, mig: Migration, vm: Obj, now: float) -> None:
         mig.stage, mig.since = Stage.PREPARING, now
         stamp = self.host.stamp()
-        vm_status = _dict(vm.get("status"))
+        vm_status = mapping_of(vm.get("status"))
         conditions = [c for c in vm_status.get("conditions") or [] if c.get("type") != "Migrating"]
         conditions.append(condition("Migrating", True, "VirtualMachineMigrating", "", stamp))
         self._patch_vm(
@@ -413,8 +328,11 @@ class MigrationController:
     def _sync(self, mig: Migration, vm: Obj, nodes: dict[str, Obj], now: float) -> None:
         elapsed, mig.last = now - mig.last, now
         source = nodes.get(mig.source)
-        reachable = source is not None and _ready(source) and self.host.powered(mig.source)
-        dirty = _dict(_dict(vm.get("metadata")).get("annotations")).get(DIRTY_ANNOTATION) == "high"
+        reachable = source is not None and node_ready(source) and self.host.powered(mig.source)
+        dirty = (
+            mapping_of(mapping_of(vm.get("metadata")).get("annotations")).get(DIRTY_ANNOTATION)
+            == "high"
+        )
         ceiling = 0.5 if dirty and not mig.auto_converge else 1.0
         if reachable and mig.synced < ceiling:
             rate = 1.0 / max(0.8 * self.host.migration_delay, 1e-3)
@@ -446,13 +364,13 @@ class MigrationController:
             return
         del self.active[mig.vm]
         stamp = self.host.stamp()
-        vm_status = _dict(vm.get("status"))
+        vm_status = mapping_of(vm.get("status"))
         self.host.delete_pod(mig.vm[0], mig.source_pod)
         ip = str(vm_status.get("ipAddress") or "")
         status = running_status(mig.target, ip, mig.target_pod, stamp)
         status["stats"] = vm_status.get("stats") or status["stats"]  # a migration is no restart
         status["migrationState"] = {
-            **_dict(vm_status.get("migrationState")),
+            **mapping_of(vm_status.get("migrationState")),
             "endTimestamp": stamp,
             "result": "Succeeded",
         }
@@ -463,7 +381,7 @@ class MigrationController:
 
     def _target_lost(self, mig: Migration, nodes: dict[str, Obj]) -> bool:
         node = nodes.get(mig.target)
-        taints = _dict(node.get("spec")).get("taints") or [] if node else []
+        taints = mapping_of(node.get("spec")).get("taints") or [] if node else []
         return (
             node is None
             or any(t.get("key") == "node.kubernetes.io/out-of-service" for t in taints)
@@ -482,7 +400,7 @@ class MigrationController:
                 vm = self.store.get("virtualmachines", mig.vm[1], mig.vm[0])
             except NotFound:
                 vm = {}
-            vm_status = _dict(vm.get("status"))
+            vm_status = mapping_of(vm.get("status"))
             if vm:
                 conditions = [
                     c for c in vm_status.get("conditions") or [] if c.get("type") != "Migrating"
@@ -494,7 +412,7 @@ class MigrationController:
                         "virtualMachinePods": [{"name": mig.source_pod, "active": True}],
                         "conditions": conditions,
                         "migrationState": {
-                            **_dict(vm_status.get("migrationState")),
+                            **mapping_of(vm_status.get("migrationState")),
                             "endTimestamp": self.host.stamp(),
                             "result": "Failed",
                         },
@@ -502,52 +420,3 @@ class MigrationController:
                 )
         if message is not None:
             self._fail(mig.op, reason, message, progress=mig.shown[3])
-
-    # ---- writing ------------------------------------------------------------------------
-
-    def _vm(self, key: Key) -> Obj:
-        try:
-            return self.store.get("virtualmachines", key[1], key[0])
-        except NotFound:
-            return {}
-
-    def _patch_vm(self, key: Key, status: Obj) -> None:
-        self.store.patch(
-            "virtualmachines", key[1], {"status": status}, key[0], subresource="status"
-        )
-
-    def _show(self, mig: Migration, phase: str, reason: str, message: str, progress: str) -> None:
-        """Write the operation's state when it changed (not at every tick)."""
-        shown = (phase, reason, message, progress)
-        if shown != mig.shown:
-            mig.shown = shown
-            signal = mig.stage in (Stage.PREPARING, Stage.SYNCING)
-            self._write_op(mig.op, phase, False, reason, message, progress, signal)
-
-    def _fail(self, key: Key, reason: str, message: str, progress: str = "") -> None:
-        self._write_op(key, "Failed", False, reason, message, progress)
-        log.warning("vmop %s/%s: Failed: %s: %s", *key, reason, message)
-
-    def _write_op(
-        self,
-        key: Key,
-        phase: str,
-        done: bool,
-        reason: str,
-        message: str,
-        progress: str = "",
-        signal_sent: bool = True,
-    ) -> None:
-        stamp = self.host.stamp()
-        conditions = [condition("Completed", done, reason, message, stamp)]
-        if signal_sent:
-            conditions.append(condition("SignalSent", True, "SignalSentSuccess", "", stamp))
-        status: Obj = {"phase": phase, "conditions": conditions}
-        if progress:
-            status["progress"] = progress
-        try:
-            self.store.patch(
-                "virtualmachineoperations", key[1], {"status": status}, key[0], subresource="status"
-            )
-        except NotFound:
-            pass  # deleted meanwhile: nobody to tell

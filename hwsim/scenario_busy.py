@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Protocol
 
-from hwsim.migrations import DIRTY_ANNOTATION, MigrationLimits
+from hwsim.migration_state import DIRTY_ANNOTATION, MigrationLimits
 from hwsim.simcluster import SimCluster
 from hwsim.vms import place_vms
 

@@ -19,6 +19,9 @@ in as their node and sign with their own key (kept under `<workdir>/nodekeys/<no
 first start), the fencers hold the fencer key and pin every node's key as NodeKey objects; every
 process talks to the API server with a token naming its ServiceAccount (`nodefence-agent`,
 `nodefence-fencer`), recorded with each request. Secrets are files under `<workdir>/secrets`.
+
+Its settings are `hwsim.simcluster_settings.ClusterSettings`; the files its processes start
+from are written by `hwsim.simcluster_configs`, its VM controllers run by `hwsim.simcluster_vms`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,63 +42,22 @@ from hwsim.bmcs import BmcFleet
 from hwsim.broker import MosquittoBroker, free_port
 from hwsim.fleet import Fleet
 from hwsim.kube import KubeApiServer, NodeLifecycleController
-from hwsim.kube.controllers import ControllerManager, ControllerTimers
+from hwsim.kube.controllers import ControllerManager
 from hwsim.kube.errors import AlreadyExists, NotFound
 from hwsim.loop_thread import LoopThread
+from hwsim.simcluster_configs import ConfigFiles
+from hwsim.simcluster_settings import (
+    ACL_PATH,
+    CRD_PATHS,
+    FENCER_USER,
+    OBSERVER,
+    OBSERVER_ACL,
+    ClusterSettings,
+)
+from hwsim.simcluster_vms import VmControllers
 from hwsim.simnode import SimNode
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "base"
-CRD_PATHS = (DEPLOY / "crd-fenceoperations.yaml", DEPLOY / "crd-nodekeys.yaml")
-ACL_PATH = DEPLOY / "mosquitto.acl"
-OBSERVER = "hwsim-observer"  # the harness's own broker login (live view, tests)
-DECKHOUSE_GROUP = "virtualization.deckhouse.io"
-# The harness's observer reads everything (appended to the shipped ACL, never shipped).
-OBSERVER_ACL = f"\nuser {OBSERVER}\ntopic read nodefence/#\n"
-FENCER_USER = "nodefence-fencer"  # the fencers' broker user (deploy/base/mosquitto.acl)
-AGENT_ACCOUNT = "nodefence-agent"  # the ServiceAccounts of deploy/base/rbac.yaml, as tokens
-FENCER_ACCOUNT = "nodefence-fencer"
-
 log = logging.getLogger("hwsim.cluster")
-
-
-@dataclass
-class ClusterSettings:
-    """Timings and options of a simulated cluster (short ones suit tests)."""
-
-    nodes: int = 3
-    cluster: str = "sim"
-    profile: str = "default"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    max_unhealthy: str = "40%"
-    lease_duration: float = 5.0  # the agent's defaults (chosen for a fast takeover)
-    renew_deadline: float = 3.0
-    retry_period: float = 1.0
-    kubelet_lease_interval: float = 10.0
-    node_monitor_grace: float = 40.0
-    inventory: str | None = None
-    bmcs: bool = False  # emulated IPMI + Redfish BMCs per node, and their inventory
-    pdus: tuple[str, ...] = ()  # nodes also fed by an emulated PDU outlet (with `bmcs`)
-    power_timeout: float = 5.0
-    bmc_timeout: float = 1.0
-    vms: int = 0  # VMs placed over the nodes, with a ColdStandby controller
-    # whose VMs: deckhouse (Deckhouse Virtualization), kubevirt (upstream KubeVirt: its CRDs
-    # instead of Deckhouse's) or both (`vms` VMs of each, both controllers)
-    virt: str = "deckhouse"
-    kubevirt_eviction: str | None = None  # the KubeVirt resource's evictionStrategy (None: unset)
-    boot_delay: float = 1.0
-    migration_delay: float = 1.0
-    fencing: dict[str, Any] = field(default_factory=dict)  # agent config `fencing:` section
-    secure: bool = True  # broker passwords + shipped ACL, signed heartbeats
-    links: bool = False  # each node reaches broker and API through relays (`isolate()`)
-    # agent config `watchdog:` section (enabled when set) plus `reboot_after` (hwsim only:
-    # seconds from a watchdog reset to power on; absent: the machine stays off)
-    watchdog: dict[str, Any] = field(default_factory=dict)
-    log_level: str = "info"  # the agents' (debug: everything, e.g. for the secrets test)
-    brokers: int = 2  # mosquitto brokers, broker i on the i-th node (1: the old single broker)
-    standbys: int = 2  # agent config kubernetes.standbys (warm standby candidates)
-    fencers: int = 3  # fencer processes (leader candidates), on the first nodes by name
-    # PodGC, taint manager and attach/detach timers (upstream defaults unless compressed)
-    timers: ControllerTimers = field(default_factory=ControllerTimers)
 
 
 def node_of_identity(identity: str, nodes: list[str]) -> str | None:
@@ -124,7 +85,7 @@ def agent_accepts_channel_groups() -> bool:
     return True
 
 
-class SimCluster:
+class SimCluster(ConfigFiles, VmControllers):
     """Start with `start()`, stop with `stop()` (also on failure); see the module doc."""
 
     def __init__(self, workdir: Path, settings: ClusterSettings | None = None) -> None:
@@ -260,15 +221,6 @@ class SimCluster:
                     inbound = self.nodes[host].relays[f"broker-{i}-in"].port
                     node.link(f"broker-{i}", "127.0.0.1", inbound)
 
-    def broker_ports(self, node: str | None = None) -> list[int]:
-        """The port `node`'s agent reaches each broker on (None: the brokers themselves)."""
-        sim = self.nodes.get(node) if node is not None else None
-        ports = []
-        for i, broker in enumerate(self.brokers):
-            relay = sim.relays.get(f"broker-{i}") if sim is not None else None
-            ports.append(relay.port if relay is not None else broker.port)
-        return ports
-
     def host_of(self, broker: int) -> str:
         """The node broker `broker` lives on."""
         return self.broker_hosts[broker]
@@ -300,73 +252,6 @@ class SimCluster:
         inventory.write_text(text)
         self.settings.inventory = str(inventory)
 
-    def _serve_kubevirt(self) -> None:
-        """Install KubeVirt's API; a KubeVirt-only cluster serves no Deckhouse VMs at all."""
-        from hwsim.kubevirt import crds
-
-        store = self.kube.store
-        if self.settings.virt == "kubevirt":
-            for plural in ("virtualmachines", "virtualmachineoperations"):
-                try:
-                    store.delete("customresourcedefinitions", f"{plural}.{DECKHOUSE_GROUP}")
-                except NotFound:
-                    pass
-        crds.install(store, self.settings.kubevirt_eviction)
-
-    def _powered(self, node: str) -> bool:
-        return node in self.nodes and self.fleet[node].power_state() == "on"
-
-    def _start_vms(self) -> None:
-        from hwsim.coldstandby import ColdStandbyController
-        from hwsim.vms import place_vms
-
-        s = self.settings
-        if s.virt != "kubevirt":
-            self.vm_controller = ColdStandbyController(
-                self.kube.store,
-                self._powered,
-                boot_delay=s.boot_delay,
-                migration_delay=s.migration_delay,
-            )
-            place_vms(self.kube.store, self.vm_controller, s.vms, list(self.nodes))
-            controller = self.vm_controller
-            for machine in self.fleet:
-                # A power cycle can be over before the controller's next look: told at once.
-                machine.on_power_change(
-                    lambda m, state: controller.power_lost(m.name) if state == "off" else None
-                )
-            self.vm_controller.start_in_thread()
-        if s.virt != "deckhouse":
-            self._start_kubevirt()
-
-    def _start_kubevirt(self) -> None:
-        from hwsim.kubevirt.controller import KubevirtController
-        from hwsim.kubevirt.objects import place_vms
-
-        s = self.settings
-        self.kubevirt_controller = KubevirtController(
-            self.kube.store,
-            self._powered,
-            # A graceful pod deletion completes (the guest shut down) where a kubelet runs.
-            kubelet_alive=lambda n: self._powered(n) and not self.nodes[n].partitioned,
-            boot_delay=s.boot_delay,
-            migration_delay=s.migration_delay,
-        )
-        place_vms(self.kube.store, self.kubevirt_controller, s.vms, list(self.nodes))
-        self.kubevirt_controller.start_in_thread()
-        if self.vm_controller is None:
-            self.vm_controller = self.kubevirt_controller
-
-    @property
-    def vm_controllers(self) -> list[Any]:
-        """Every VM controller running (one per API)."""
-        found = [self.vm_controller, self.kubevirt_controller]
-        return [c for i, c in enumerate(found) if c is not None and c not in found[:i]]
-
-    def vm_violations(self) -> list[str]:
-        """Every split brain any VM controller saw."""
-        return [v for c in self.vm_controllers for v in c.violations()]
-
     def stop(self) -> None:
         """Stop every process and server this cluster started (idempotent)."""
         for controller in self.vm_controllers:
@@ -389,132 +274,6 @@ class SimCluster:
         self.kube.stop_thread()
         for broker in self.brokers:
             broker.stop()
-
-    # -- agents -----------------------------------------------------------------------------------
-
-    def observer_login(self) -> tuple[str, str] | None:
-        """(username, password) for the harness's own broker clients, or None (anonymous)."""
-        return (OBSERVER, self.passwords[OBSERVER]) if self.passwords else None
-
-    def _secret_file(self, name: str, value: str) -> Path:
-        path = self.workdir / "secrets" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(value + "\n")
-        return path
-
-    def _kubeconfig(self, node: str, account: str) -> Path:
-        """A kubeconfig for `account`'s processes on `node` (its token names the account; with
-        links, the API server through the node's own link)."""
-        sim = self.nodes.get(node)
-        relays = sim.relays if sim is not None else {}
-        doc = self.kube.kubeconfig("default", token=account)
-        text = yaml.safe_dump(doc, sort_keys=False)
-        if "api" in relays:
-            text = text.replace(self.kube.url, f"http://127.0.0.1:{relays['api'].port}")
-        path = self.workdir / "kubeconfigs" / f"{node}-{account}.kubeconfig"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return path
-
-    def _common_config(self, node: str, user: str) -> dict[str, Any]:
-        """What both roles' configs share (as the one config file of the manifests does)."""
-        s = self.settings
-        ports = self.broker_ports(node)
-        where: dict[str, Any] = (
-            {"host": "127.0.0.1", "port": ports[0]}
-            if len(ports) == 1  # the single-broker form of the config
-            else {"endpoints": [{"host": "127.0.0.1", "port": p} for p in ports]}
-        )
-        doc: dict[str, Any] = {
-            "cluster": s.cluster,
-            "broker": {
-                **where,
-                "keepalive": 5,
-                "reconnect_min": 0.1,
-                "reconnect_max": 1.0,
-            },
-            "detection": {
-                "profile": s.profile,
-                "overrides": s.overrides,
-                "max_unhealthy": s.max_unhealthy,
-            },
-            "metrics": {"host": "127.0.0.1", "port": 0},
-        }
-        if self.passwords:
-            # One broker user per node and one for the fencers, each password in a file (the
-            # manifests take the username from $MQTT_USERNAME; here it is written out so that
-            # `nodefence status -c` works from any shell).
-            doc["broker"] |= {
-                "username": user,
-                "password_file": str(self._secret_file(f"mqtt-{user}", self.passwords[user])),
-            }
-        return doc
-
-    def agent_config(self, node: str) -> Path:
-        """Write (and return) the node agent's config file for `node`."""
-        s = self.settings
-        sim = self.nodes.get(node)
-        relays = sim.relays if sim is not None else {}
-        doc = self._common_config(node, node)
-        doc["kubernetes"] = {
-            "kubeconfig": str(self._kubeconfig(node, AGENT_ACCOUNT)),
-            "namespace": "nodefence",
-        }
-        doc["health"] = (
-            {"host": "127.0.0.1", "port": 0}
-            if "health" not in relays or sim is None
-            else {
-                "host": "127.0.0.1",
-                "port": sim.health_port,
-                "advertise": f"127.0.0.1:{relays['health'].port}",
-            }
-        )
-        if self.fencer_public:
-            # The node's own key, on its disk (the DaemonSet's hostPath): made at the agent's
-            # first start, kept across restarts and power cycles.
-            doc["auth"] = {
-                "node_key_file": str(self.workdir / "nodekeys" / node / "node.key"),
-                "fencer_public_keys": [self.fencer_public],
-                "mode": "required",
-            }
-        if s.watchdog:
-            wd = {k: v for k, v in s.watchdog.items() if k != "reboot_after"}
-            doc["watchdog"] = {
-                "enabled": True,
-                "timeout_from": "config",  # the emulated device is a FIFO: no ioctls
-                **wd,
-                "device": str(self.workdir / "watchdog" / node),
-            }
-        path = self.workdir / "agents" / f"{node}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
-
-    def fencer_config(self, node: str) -> Path:
-        """Write (and return) the config file of the fencer on `node`."""
-        s = self.settings
-        doc = self._common_config(node, FENCER_USER)
-        doc["kubernetes"] = {
-            "kubeconfig": str(self._kubeconfig(node, FENCER_ACCOUNT)),
-            "namespace": "nodefence",
-            "lease_duration": s.lease_duration,
-            "renew_deadline": s.renew_deadline,
-            "retry_period": s.retry_period,
-            "standbys": s.standbys,
-        }
-        doc["health"] = {"host": "127.0.0.1", "port": 0}
-        if s.inventory:
-            doc["inventory"] = s.inventory
-        if s.fencing:
-            doc["fencing"] = s.fencing
-        if self.fencer_key:
-            key = self._secret_file("fencer.key", self.fencer_key)
-            doc["auth"] = {"fencer_key_file": str(key), "mode": "required"}
-        path = self.workdir / "fencers" / f"{node}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
 
     def start_agent(self, node: str) -> None:
         """Start (or restart) `node`'s agent process."""

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from hwsim.coldstandby import SplitBrain
+from hwsim.coldstandby_records import SplitBrain
 from hwsim.kube.objects import timestamp
 
 log = logging.getLogger(__name__)

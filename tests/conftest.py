@@ -15,7 +15,8 @@ import pytest_asyncio
 
 from hwsim.bmcs import BmcFleet
 from hwsim.fleet import Fleet
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.simcluster import SimCluster
+from hwsim.simcluster_settings import ClusterSettings
 
 REPO = Path(__file__).resolve().parent.parent
 

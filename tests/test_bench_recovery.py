@@ -15,7 +15,8 @@ import pytest
 
 from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic
 from hwsim.loop_thread import LoopThread
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.simcluster import SimCluster
+from hwsim.simcluster_settings import ClusterSettings
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "recovery.py"
 

@@ -52,7 +52,8 @@ from agent import metrics
 from agent.auth_keys import fencer_keyring, node_signer
 from agent.cluster import RECORD_GROUP, RECORD_PLURAL, RECORD_VERSION
 from agent.config import parse_config
-from agent.fencing import Operation, Phase, VmOutcome
+from agent.fencing_events import VmOutcome
+from agent.fencing_operation import Operation, Phase
 from agent.inventory import load_inventory
 from agent.node_keys import private_key, public_of
 from agent.policy import AlertKind
@@ -60,7 +61,8 @@ from agent.records import to_record
 from hwsim.broker import MosquittoBroker, find_mosquitto, free_port
 from hwsim.kube import KubeApiServer, RequestRecord, ResourceType
 from hwsim.kube.controllers import ControllerTimers
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.simcluster import SimCluster
+from hwsim.simcluster_settings import ClusterSettings
 from hwsim.vm_views import vm_views
 from hwsim.vms import RESTARTED_POLICIES
 

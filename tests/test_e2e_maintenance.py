@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from hwsim.migrations import DIRTY_ANNOTATION as DIRTY
-from hwsim.migrations import MigrationLimits
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.migration_state import DIRTY_ANNOTATION as DIRTY
+from hwsim.migration_state import MigrationLimits
+from hwsim.simcluster import SimCluster
+from hwsim.simcluster_settings import ClusterSettings
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
 from tests.test_e2e_fencing import BASE, final_record, records, victim_of, vms_on

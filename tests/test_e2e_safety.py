@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import time
 
-from agent.fencing import Operation
+from agent.fencing_operation import Operation
 from agent.records import to_record
 from tests.test_e2e_fencing import Make, node_exists, records, start, victim_of, vms_on
 from tests.test_e2e_watchdog import SELF_FENCE, WATCHDOG

@@ -16,7 +16,8 @@ import yaml
 
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_executor import FenceExecutor
-from agent.fencing import Cleanup, Operation, Phase, Timing
+from agent.fencing import Timing
+from agent.fencing_operation import Cleanup, Operation, Phase
 from agent.inventory import parse_inventory
 from agent.records import to_record
 from tests.executor_fakes import FakeApi, FakeMachine, FakeNode, factory

@@ -16,20 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.fencing import (
-    FINAL,
-    RESTART_POLICIES,
-    Action,
+from agent.fencing import Timing, apply, next_action
+from agent.fencing_events import (
     AttachmentsReleased,
     Cancelled,
-    Cleanup,
     Event,
     FenceDone,
     Maintenance,
     NodeAlive,
     NodeDeleted,
-    Operation,
-    Phase,
     PodsReleased,
     PoweredOn,
     PoweredOnAgain,
@@ -38,14 +33,12 @@ from agent.fencing import (
     SelfFenced,
     SendWithdrawn,
     Tainted,
-    Timing,
     Untainted,
     VmOutcome,
     VmsSeen,
     VmsSnapshotted,
-    apply,
-    next_action,
 )
+from agent.fencing_operation import FINAL, RESTART_POLICIES, Action, Cleanup, Operation, Phase
 
 NODE = "w1"
 OTHER = "w2"

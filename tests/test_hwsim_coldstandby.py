@@ -20,19 +20,19 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client
 
-from hwsim.coldstandby import (
-    NOT_APPLICABLE_PHASE,
-    NOT_FOUND,
-    NOT_READY_TO_EXECUTE,
-    OPERATION_FAILED,
-    OUT_OF_SERVICE,
-    TARGET_UNSCHEDULABLE,
-    ColdStandbyController,
-)
+from hwsim.coldstandby import ColdStandbyController
+from hwsim.coldstandby_nodes import OUT_OF_SERVICE
 from hwsim.kube import KubeApiServer, NodeLifecycleController, ObjectStore, SimKubelet
 from hwsim.kube.attachdetach import AttachDetachController
 from hwsim.kube.errors import Forbidden
 from hwsim.kube.podgc import PodGC
+from hwsim.migration_state import (
+    NOT_APPLICABLE_PHASE,
+    NOT_FOUND,
+    NOT_READY_TO_EXECUTE,
+    OPERATION_FAILED,
+    TARGET_UNSCHEDULABLE,
+)
 from hwsim.vms import VM_LABEL, make_vm, place_vms
 
 T = TypeVar("T")

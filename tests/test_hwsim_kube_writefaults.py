@@ -16,7 +16,7 @@ from kubernetes import client
 from agent.cluster import ClusterApi, ClusterError
 from hwsim.kube import KubeApiServer
 from hwsim.kube.writefaults import AppliedWrite, WriteFault
-from hwsim.simcluster import CRD_PATHS
+from hwsim.simcluster_settings import CRD_PATHS
 
 NS = "nodefence"
 

@@ -16,7 +16,7 @@ from hwsim.kube.builtin import builtin_types
 from hwsim.kube.errors import Forbidden, TooManyRequests
 from hwsim.kube.eviction import evict
 from hwsim.kube.resources import ResourceType
-from hwsim.migrations import (
+from hwsim.migration_state import (
     ABORTED,
     DIRTY_ANNOTATION,
     MIGRATION_PENDING,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.cluster import ClusterApi, load_api_client
-from agent.fencing import Operation, Phase
+from agent.fencing_operation import Operation, Phase
 from agent.heartbeat_codec import valid_name
 from agent.node_label import NODE_LABEL, node_label_value, valid_label_value
 from agent.records import from_record, record_name, to_record

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.fencing import (
-    Cleanup,
-    Operation,
-    Phase,
-    Timing,
-    VmOutcome,
-    VmsSeen,
-    apply,
-    next_action,
-)
+from agent.fencing import Timing, apply, next_action
+from agent.fencing_events import VmOutcome, VmsSeen
+from agent.fencing_operation import Cleanup, Operation, Phase
 from agent.records import from_record, is_open_mark, resumed, to_record
 
 T = Timing(retry_base=1.0, retry_max=4.0, recovery_timeout=60.0)

@@ -8,7 +8,8 @@ from typing import cast
 
 import pytest
 
-from hwsim.scenarios import SCENARIOS, run_scenario
+from hwsim.scenario_run import run_scenario
+from hwsim.scenarios import SCENARIOS
 from hwsim.simcluster import SimCluster
 
 

@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.heartbeat_codec import WatchdogClaim
-from agent.watchdog import (
-    FeedPolicy,
-    SelfFenceFacts,
-    WatchdogDeviceError,
-    WatchdogFeeder,
-    self_fence_deadline,
-    self_fence_verdict,
-    watch_marks,
-)
+from agent.watchdog import FeedPolicy, SelfFenceFacts, self_fence_deadline, self_fence_verdict
+from agent.watchdog_feeder import WatchdogDeviceError, WatchdogFeeder
+from agent.watchdog_marks import watch_marks
 from hwsim.watchdog import EmulatedWatchdog
 
 CLAIM = WatchdogClaim(timeout=10.0, cut_off=6.0, feed_interval=1.0)
@@ -274,15 +268,15 @@ def test_the_advertised_timeout_is_the_one_the_driver_applies(
     import fcntl
     import struct
 
-    from agent import watchdog
+    from agent import watchdog_feeder
 
     applied: list[int] = []
 
     def ioctl(fd: int, request: int, arg: bytes) -> bytes:
-        if request == watchdog.WDIOC_SETTIMEOUT:
+        if request == watchdog_feeder.WDIOC_SETTIMEOUT:
             applied.append(min(30, struct.unpack("i", arg)[0]))
             return struct.pack("i", applied[-1])
-        assert request == watchdog.WDIOC_GETTIMEOUT
+        assert request == watchdog_feeder.WDIOC_GETTIMEOUT
         return struct.pack("i", applied[-1])
 
     monkeypatch.setattr(fcntl, "ioctl", ioctl)

@@ -36,10 +36,10 @@ from hwsim.kube.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from hwsim.kube.httpapi import RequestRecord
 from hwsim.kube.kubelet import NODE_LEASE_NAMESPACE, SimKubelet
 from hwsim.kube.lifecycle import NodeLifecycleController
 from hwsim.kube.patch import JSON_PATCH, MERGE, STRATEGIC
+from hwsim.kube.request_parsing import RequestRecord
 from hwsim.kube.resources import ResourceType
 from hwsim.kube.server import KubeApiServer
 from hwsim.kube.store import ObjectStore

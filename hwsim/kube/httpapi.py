@@ -3,6 +3,9 @@
 Every request is appended to an audit list as a `RequestRecord` (verb, resource, namespace, name,
 subresource, response code), so tests can check what a client did, e.g. against RBAC rules.
 Every applied write goes to `write_hook` when one is set (`hwsim.kube.writefaults`).
+
+What a request says is read by `hwsim.kube.request_parsing`; bodies are rendered by
+`hwsim.kube.representation`.
 """
 
 from __future__ import annotations
@@ -11,13 +14,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from aiohttp import web
 
-from hwsim.kube import discovery, openapi, protobuf
+from hwsim.kube import discovery, openapi
 from hwsim.kube.errors import (
     ApiError,
     BadRequest,
@@ -29,6 +30,18 @@ from hwsim.kube.errors import (
 )
 from hwsim.kube.eviction import evict
 from hwsim.kube.pods import is_pod
+from hwsim.kube.representation import represent
+from hwsim.kube.request_parsing import (
+    Authorizer,
+    RequestRecord,
+    bearer,
+    client_of,
+    dry_run_asked,
+    grace_period,
+    number_param,
+    quorum_read,
+    read_body,
+)
 from hwsim.kube.resources import ResourceType
 from hwsim.kube.routing import (
     Representation,
@@ -39,7 +52,6 @@ from hwsim.kube.routing import (
     verb_for,
 )
 from hwsim.kube.store import ObjectStore
-from hwsim.kube.tables import build_table
 from hwsim.kube.traffic import Traffic
 from hwsim.kube.watch import Watcher, WatchEvent
 from hwsim.kube.writefaults import WRITE_VERBS, AppliedWrite, WriteHook, act_out
@@ -48,95 +60,12 @@ Obj = dict[str, Any]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request as RBAC sees it; `resource` is empty for non-resource paths."""
-
-    verb: str
-    path: str
-    group: str = ""
-    version: str = ""
-    resource: str = ""
-    namespace: str = ""
-    name: str = ""
-    subresource: str = ""
-    code: int = 0
-    user_agent: str = ""
-    user: str = ""  # the bearer token the request carried (hwsim's tokens name the account)
-
-
-# Decides whether a request (its `user` filled in, `code` not yet) may be served; False: 403.
-Authorizer = Callable[[RequestRecord], bool]
-
-
-def bearer(request: web.Request) -> str:
-    """The bearer token of a request ("" without one)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def _json(body: Obj, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
         status=status,
         content_type="application/json",
     )
-
-
-def _client(request: web.Request) -> str:
-    """Who sent `request`, for the traffic counters: its User-Agent."""
-    return request.headers.get("User-Agent", "") or "unknown"
-
-
-def _quorum(request: web.Request) -> bool:
-    """A list a real API server answers from etcd (no resourceVersion, no continue token),
-    not from its watch cache."""
-    q = request.query
-    return not q.get("resourceVersion") and not q.get("continue")
-
-
-def _number(value: str | None, name: str) -> float:
-    """A numeric query parameter (0 when absent); BadRequest when it is not a number."""
-    try:
-        return float(value or 0)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number, not {value!r}") from None
-
-
-def _dry_run(values: Any) -> bool:
-    """`dryRun` as the server reads it: absent, or `All`; anything else is refused (400)."""
-    given = [values] if isinstance(values, str) else list(values)
-    for value in given:
-        if value != "All":
-            raise BadRequest(f'Invalid dryRun value {value!r}: supported values: "All"')
-    return bool(given)
-
-
-def _grace(options: Obj, query: Any) -> int | None:
-    """`gracePeriodSeconds` from the DeleteOptions body, else the query; None when absent."""
-    value = options.get("gracePeriodSeconds")
-    if value is None:
-        value = query.get("gracePeriodSeconds")
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"gracePeriodSeconds must be an integer, not {value!r}") from None
-
-
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    if request.content_type == "application/vnd.kubernetes.protobuf":
-        return protobuf.decode(raw)
-    if not raw.strip():
-        return {}
-    try:
-        if "yaml" in request.content_type:
-            return yaml.safe_load(raw)
-        return json.loads(raw)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise BadRequest(f"the request body could not be decoded: {exc}") from None
 
 
 class ApiHandler:
@@ -213,11 +142,11 @@ class ApiHandler:
             else:
                 self._record(request, route, verb, code)
                 self.traffic.request(
-                    _client(request),
+                    client_of(request),
                     verb,
                     bytes_in=request.content_length or 0,
                     bytes_out=sent,
-                    quorum=verb == "list" and _quorum(request),
+                    quorum=verb == "list" and quorum_read(request),
                 )
 
     async def _after_write(
@@ -284,7 +213,7 @@ class ApiHandler:
         if route.namespace is not None and not rt.namespaced:
             raise NotFound("the server could not find the requested resource")
         query, ns, name, sub = request.query, route.namespace, route.name, route.subresource
-        dry_run = _dry_run(query.getall("dryRun", []))
+        dry_run = dry_run_asked(query.getall("dryRun", []))
         rep = negotiate(request.headers.get("Accept"))
         if sub and sub != "status" and not (sub == "eviction" and "eviction" in rt.subresources):
             raise NotFound("the server could not find the requested resource")
@@ -298,25 +227,25 @@ class ApiHandler:
                 ns,
                 label_selector=query.get("labelSelector", ""),
                 field_selector=query.get("fieldSelector", ""),
-                limit=int(_number(query.get("limit"), "limit")),
+                limit=int(number_param(query.get("limit"), "limit")),
                 continue_token=query.get("continue", ""),
                 served=True,
             )
             # Encoded in a worker thread: a page of thousands of Nodes is megabytes, and this
             # server, like a real one, goes on answering others (Lease renewals) meanwhile.
-            body = self._transform(rt, found, rep, query)
+            body = represent(rt, found, rep, query, self.store.clock)
             encoded = await asyncio.to_thread(json.dumps, body, separators=(",", ":"))
             return web.Response(body=encoded.encode(), content_type="application/json")
         if verb == "watch":
             return await self._watch(request, rt, route, rep)
-        body = await _body(request)
+        body = await read_body(request)
         if verb in ("create", "update") and not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         if verb == "create" and sub == "eviction":
             if ns is None:
                 raise NotFound("the server could not find the requested resource")
             options = body.get("deleteOptions") or {} if isinstance(body, dict) else {}
-            dry_run = dry_run or _dry_run(options.get("dryRun") or [])
+            dry_run = dry_run or dry_run_asked(options.get("dryRun") or [])
             return _json(evict(self.store, ns, name, body, dry_run=dry_run), 201)
         if verb == "create":
             if name:
@@ -344,8 +273,8 @@ class ApiHandler:
             )
             return self._render(rt, patched, rep, query)
         options = body if isinstance(body, dict) else {}
-        dry_run = dry_run or _dry_run(options.get("dryRun") or [])
-        grace = _grace(options, query)
+        dry_run = dry_run or dry_run_asked(options.get("dryRun") or [])
+        grace = grace_period(options, query)
         if verb == "delete":
             return self._delete(rt, ns, name, options, query, grace, dry_run)
         if verb == "deletecollection":
@@ -398,38 +327,7 @@ class ApiHandler:
     def _render(
         self, rt: ResourceType, body: Obj, rep: Representation, query: Any, status: int = 200
     ) -> web.Response:
-        return _json(self._transform(rt, body, rep, query), status)
-
-    def _transform(self, rt: ResourceType, body: Obj, rep: Representation, query: Any) -> Obj:
-        is_list = "items" in body and body.get("kind", "").endswith("List")
-        items = body["items"] if is_list else [body]
-        if rep.kind == "Table":
-            return build_table(
-                rt.printed_columns,
-                items,
-                self.store.clock(),
-                api_version=rep.api_version,
-                include_object=query.get("includeObject", "Metadata"),
-                list_meta=body["metadata"] if is_list else {},
-            )
-        if rep.kind == "PartialObjectMetadata":
-            partial = [
-                {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": rep.api_version,
-                    "metadata": o["metadata"],
-                }
-                for o in items
-            ]
-            if not is_list:
-                return partial[0]
-            return {
-                "kind": "PartialObjectMetadataList",
-                "apiVersion": rep.api_version,
-                "metadata": body["metadata"],
-                "items": partial,
-            }
-        return body
+        return _json(represent(rt, body, rep, query, self.store.clock), status)
 
     async def _watch(
         self, request: web.Request, rt: ResourceType, route: Route, rep: Representation
@@ -439,7 +337,7 @@ class ApiHandler:
         if route.name:
             fields = ",".join(f for f in (fields, f"metadata.name={route.name}") if f)
         initial = query.get("sendInitialEvents")
-        timeout = _number(query.get("timeoutSeconds"), "timeoutSeconds") or self.watch_timeout
+        timeout = number_param(query.get("timeoutSeconds"), "timeoutSeconds") or self.watch_timeout
         allow_bookmarks = truthy(query.get("allowWatchBookmarks"))
         response = web.StreamResponse(status=200)
         response.content_type = "application/json"
@@ -461,7 +359,7 @@ class ApiHandler:
             await response.write_eof()
             return response
         self._watchers.add(watcher)
-        client = _client(request)
+        client = client_of(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_bookmark = loop.time() + self.bookmark_interval
@@ -497,7 +395,7 @@ class ApiHandler:
     def _line(self, rt: ResourceType, event: WatchEvent, rep: Representation, query: Any) -> bytes:
         obj = event.object
         if event.type not in ("ERROR", "BOOKMARK"):
-            obj = self._transform(rt, obj, rep, query)
+            obj = represent(rt, obj, rep, query, self.store.clock)
         return (
             json.dumps({"type": event.type, "object": obj}, separators=(",", ":")).encode() + b"\n"
         )

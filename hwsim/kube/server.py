@@ -17,7 +17,8 @@ from types import TracebackType
 import yaml
 from aiohttp import web
 
-from hwsim.kube.httpapi import ApiHandler, Authorizer, RequestRecord
+from hwsim.kube.httpapi import ApiHandler
+from hwsim.kube.request_parsing import Authorizer, RequestRecord
 from hwsim.kube.resources import ResourceType
 from hwsim.kube.store import ObjectStore
 from hwsim.kube.writefaults import WriteHook

@@ -5,51 +5,28 @@ share it. Methods take a resource (a `ResourceType` or any name kubectl accepts:
 `leases.coordination.k8s.io`) and dict objects, return deep copies, and raise the same
 `ApiError`s the HTTP layer reports. Stored dicts are never mutated in place, so the history can
 keep references to them.
+
+What only reads (get, list, watch) is `hwsim.kube.store_reads.StoreReads`, its base.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from hwsim.kube import cascade, objects, pods
-from hwsim.kube.builtin import builtin_types
-from hwsim.kube.changes import Change, ChangeLog, Subscription, bookmark
-from hwsim.kube.errors import (
-    STALE,
-    AlreadyExists,
-    BadRequest,
-    NotFound,
-    conflict,
-    not_found,
-)
-from hwsim.kube.objects import present, served_copy
+from hwsim.kube.changes import Change
+from hwsim.kube.errors import STALE, AlreadyExists, BadRequest, NotFound, conflict
+from hwsim.kube.objects import present
 from hwsim.kube.patch import MERGE, apply_patch
-from hwsim.kube.resources import Registry, ResourceType, crd_for, established, types_from_crd
-from hwsim.kube.selectors import (
-    Selector,
-    decode_continue,
-    page,
-    parse_field_selector,
-    parse_label_selector,
-)
-from hwsim.kube.watch import Watcher, WatchEvent
-
-Obj = dict[str, Any]
-Resource = ResourceType | str
-DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-_Key = tuple[str, str]
-_Dependents = list[tuple[ResourceType, Obj]]
-# A validating admission webhook: (operation, resource type, object, subresource); it raises an
-# ApiError to refuse. `CREATE` of objects, and `CREATE` of `eviction` with the pod evicted.
-Admission = Callable[[str, ResourceType, Obj, str], None]
+from hwsim.kube.resources import ResourceType, crd_for, established, types_from_crd
+from hwsim.kube.store_reads import DEFAULT_NAMESPACES, Obj, Resource, StoreReads
 
 
-class ObjectStore:
+class ObjectStore(StoreReads):
     """Kubernetes objects with API-server semantics (resourceVersion, conflicts, watches)."""
 
     def __init__(
@@ -60,76 +37,12 @@ class ObjectStore:
         clock: Callable[[], datetime] = objects.wall_clock,
         namespaces: tuple[str, ...] = DEFAULT_NAMESPACES,
     ) -> None:
-        self.registry = Registry(builtin_types() if types is None else types)
-        self.clock = clock
-        self.lock = threading.RLock()
-        self._objects: dict[_Key, dict[_Key, Obj]] = {}
-        self._rv = 0
-        self._dry = False  # inside a dry-run request: compute everything, store nothing
-        # DefaultTolerationSeconds admission: how long new pods tolerate not-ready/unreachable
-        self.default_toleration_seconds: float = pods.DEFAULT_TOLERATION_SECONDS
-        self._log = ChangeLog(history_limit)
-        self._owners = cascade.OwnerIndex()
-        self.admission: list[Admission] = []  # webhooks, in order (the emulated controllers')
+        super().__init__(types, history_limit=history_limit, clock=clock)
         for rt in self.registry.all():
             if not rt.built_in:
                 self._store_crd(rt)
         for ns in namespaces:
             self.create("namespaces", {"metadata": {"name": ns}})
-
-    # ---- reading -------------------------------------------------------------------------
-
-    @property
-    def resource_version(self) -> str:
-        """The latest resourceVersion written."""
-        with self.lock:
-            return str(self._rv)
-
-    def resolve(self, resource: Resource) -> ResourceType:
-        """The resource type for a name kubectl would accept."""
-        return self.registry.resolve(resource)
-
-    def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
-        """The object, or NotFound."""
-        rt = self.resolve(resource)
-        with self.lock:
-            return present(rt, self._find(rt, name, objects.namespace_for(rt, namespace)))
-
-    def list(
-        self,
-        resource: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str = "",
-        field_selector: str = "",
-        limit: int = 0,
-        continue_token: str = "",
-        served: bool = False,
-    ) -> Obj:
-        """A `<Kind>List` of matching objects in key order, paged by `limit`/`continue`.
-        `served`: the items only to be encoded and sent (the HTTP layer), so shallow copies:
-        stored objects are never changed in place, and a deep copy of thousands of Nodes per
-        list is what made a large list take seconds here, not in a real API server."""
-        rt = self.resolve(resource)
-        namespace = namespace if rt.namespaced else None
-        selector = self._selector(rt, label_selector, field_selector)
-        start = decode_continue(continue_token) if continue_token else None
-        with self.lock:
-            items = [
-                o
-                for key, o in sorted(self._objects.get(rt.storage_key, {}).items())
-                if (namespace is None or key[0] == namespace)
-                and (start is None or key > start)
-                and selector.matches(o)
-            ]
-            meta: Obj = {"resourceVersion": str(self._rv)}
-        items = page(items, limit, meta)
-        return {
-            "kind": rt.list_kind,
-            "apiVersion": rt.api_version,
-            "metadata": meta,
-            "items": [served_copy(rt, o) if served else present(rt, o) for o in items],
-        }
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -332,64 +245,13 @@ class ObjectStore:
             if not rt.built_in:
                 self._store_crd(rt)
 
-    # ---- watching ------------------------------------------------------------------------
-
-    def watch(
-        self,
-        resource: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str | None = None,
-        label_selector: str = "",
-        field_selector: str = "",
-        allow_bookmarks: bool = False,
-        send_initial_events: bool | None = None,
-    ) -> Watcher:
-        """Subscribe to changes, like `?watch=true`.
-
-        Without a resourceVersion (or with "0") the watcher first gets ADDED for every matching
-        object; with one, it gets every change after it, or Gone (410) if that is older than the
-        retained history. A change that makes an object stop (start) matching the selectors
-        arrives as DELETED (ADDED), as from the real server's watch cache.
-        """
-        rt = self.resolve(resource)
-        namespace = namespace if rt.namespaced else None
-        sub = Subscription(
-            rt, namespace, self._selector(rt, label_selector, field_selector), allow_bookmarks
-        )
-        watcher = Watcher(on_close=self._unsubscribe)
-        with self.lock:
-            initial = send_initial_events or (
-                send_initial_events is None and resource_version in (None, "", "0")
-            )
-            if initial:
-                for key, obj in sorted(self._objects.get(rt.storage_key, {}).items()):
-                    if (namespace is None or key[0] == namespace) and sub.selector.matches(obj):
-                        watcher.push(WatchEvent("ADDED", present(rt, obj)))
-                if send_initial_events and allow_bookmarks:
-                    watcher.push(bookmark(rt, self._rv, initial_events_end=True))
-            elif resource_version not in (None, "", "0"):
-                self._log.replay(watcher, sub, objects.parse_rv(resource_version))
-            self._log.subscribe(watcher, sub)
-        return watcher
-
-    def bookmark(self, watcher: Watcher) -> None:
-        """Queue a BOOKMARK at the current resourceVersion, if that watcher asked for them."""
-        with self.lock:
-            sub = self._log.subscription(watcher)
-            if sub is not None and sub.allow_bookmarks:
-                watcher.push(bookmark(sub.rt, self._rv))
-
-    def compact(self) -> None:
-        """Forget the change history, like etcd compaction: older watches get 410 Gone."""
-        with self.lock:
-            self._log.compact(self._rv)
-
     @contextmanager
     def transaction(self) -> Iterator[ObjectStore]:
         """Hold the store lock across several calls (check-then-write without races)."""
         with self.lock:
             yield self
+
+    # ---- internals -----------------------------------------------------------------------
 
     @contextmanager
     def _writing(self, dry_run: bool) -> Iterator[None]:
@@ -401,22 +263,6 @@ class ObjectStore:
                 yield
             finally:
                 self._dry = before
-
-    # ---- internals -----------------------------------------------------------------------
-
-    def _api_versions(self, rt: ResourceType) -> set[str]:
-        return {t.api_version for t in self.registry.all() if t.storage_key == rt.storage_key}
-
-    def _selector(self, rt: ResourceType, labels: str, fields: str) -> Selector:
-        return Selector(
-            parse_label_selector(labels), parse_field_selector(fields, rt.allowed_fields())
-        )
-
-    def _find(self, rt: ResourceType, name: str, ns: str | None) -> Obj:
-        obj = self._objects.get(rt.storage_key, {}).get((ns or "", name))
-        if obj is None:
-            raise not_found(rt.group, rt.plural, name)
-        return obj
 
     def _write(self, rt: ResourceType, kind: str, new: Obj, old: Obj | None) -> Obj:
         if self._dry:  # what would be stored; an update keeps the version it would replace
@@ -451,25 +297,6 @@ class ObjectStore:
         self._log.record(Change(self._rv, rt.storage_key, "DELETED", final, None))
         cascade.collect_dependents(self, meta["uid"], propagation)
         return final
-
-    def has_uid(self, uid: str) -> bool:
-        """Whether an object with this uid exists."""
-        with self.lock:
-            return self._owners.has(uid)
-
-    def dependents_of(self, owner_uid: str) -> _Dependents:
-        """(type, object) of everything whose ownerReferences name `owner_uid`."""
-        with self.lock:
-            out = []
-            for api_version, kind, ns, name in self._owners.dependents(owner_uid):
-                rt = self.registry.for_kind(api_version, kind)
-                if rt is not None:
-                    out.append((rt, present(rt, self._find(rt, name, ns or None))))
-            return out
-
-    def _unsubscribe(self, watcher: Watcher) -> None:
-        with self.lock:
-            self._log.unsubscribe(watcher)
 
     def _serve_crd(self, rt: ResourceType, obj: Obj) -> bool:
         """Serve what a CRD object declares (BadRequest if it cannot); False for other objects."""

@@ -24,6 +24,8 @@ processes run).
   nothing either.)
 - Migrations and evacuations: `hwsim.kubevirt.migrations`; virt-api's webhooks:
   `hwsim.kubevirt.admission`, installed on the store with the controller.
+
+Its statuses are built by `hwsim.kubevirt.status` (pure).
 """
 
 from __future__ import annotations
@@ -35,12 +37,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from hwsim.coldstandby import (
-    Recovery,
-    choose_node,
-    eligible_nodes,
-    unavailable_message,
-)
+from hwsim.coldstandby_nodes import choose_node, eligible_nodes, mapping_of, unavailable_message
+from hwsim.coldstandby_records import Recovery
 from hwsim.kube.errors import ApiError, NotFound
 from hwsim.kube.objects import timestamp
 from hwsim.kube.periodic import Periodic
@@ -58,6 +56,13 @@ from hwsim.kubevirt.objects import (
     not_shared,
     vmi_for,
 )
+from hwsim.kubevirt.status import (
+    run_strategy,
+    running_vmi_status,
+    vm_status,
+    vmi_conditions,
+    with_phase,
+)
 from hwsim.vm_start import Start, disks_ready
 from hwsim.vm_truth import ProcessTruth
 
@@ -67,96 +72,9 @@ Obj = dict[str, Any]
 Key = tuple[str, str]
 
 
-def _dict(value: Any) -> Obj:
-    return value if isinstance(value, dict) else {}
-
-
 def _key(obj: Obj) -> Key:
     meta = obj["metadata"]
     return (str(meta["namespace"]), str(meta["name"]))
-
-
-def run_strategy(vm: Obj) -> str:
-    """`spec.runStrategy`, else Always/Halted from the deprecated `spec.running`."""
-    spec = _dict(vm.get("spec"))
-    if spec.get("runStrategy"):
-        return str(spec["runStrategy"])
-    return "Always" if spec.get("running") is True else "Halted"
-
-
-def _conditions(obj: Obj) -> list[Obj]:
-    found = _dict(obj.get("status")).get("conditions")
-    return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
-
-
-def _with_phase(status: Obj, phase: str, now: str) -> Obj:
-    """`status` moved to `phase`, its transition stamped."""
-    stamps = [s for s in status.get("phaseTransitionTimestamps") or [] if isinstance(s, dict)]
-    stamps.append({"phase": phase, "phaseTransitionTimestamp": now})
-    return {**status, "phase": phase, "phaseTransitionTimestamps": stamps[-8:]}
-
-
-def running_vmi_status(
-    vmi: Obj, node: str, pod: str, pod_uid: str, ip: str, not_migratable: str, now: str
-) -> Obj:
-    """The status of an instance Running on `node` in launcher pod `pod`."""
-    migratable = (
-        condition("LiveMigratable", False, "DisksNotLiveMigratable", not_migratable, now)
-        if not_migratable
-        else condition("LiveMigratable", True, "", "", now)
-    )
-    status = _with_phase(_dict(vmi.get("status")), "Running", now)
-    status.update(
-        {
-            "nodeName": node,
-            "activePods": {pod_uid: node} if pod_uid else {},
-            "interfaces": [{"name": "default", "ipAddress": ip}],
-            "conditions": [condition("Ready", True, "", "", now), migratable],
-        }
-    )
-    return status
-
-
-def vm_status(vm: Obj, vmi: Obj | None, now: str) -> Obj:
-    """A VirtualMachine's status as the VM controller writes it from its instance."""
-    strategy = run_strategy(vm)
-    if vmi is None:
-        return {
-            "printableStatus": "Stopped",
-            "ready": False,
-            "created": False,
-            "runStrategy": strategy,
-            "conditions": [condition("Ready", False, "VMINotExists", "VMI does not exist", now)],
-        }
-    status = _dict(vmi.get("status"))
-    phase = status.get("phase")
-    ready = phase == "Running" and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in _conditions(vmi)
-    )
-    state = _dict(status.get("migrationState"))
-    unschedulable = any(
-        c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
-        for c in _conditions(vmi)
-    )
-    if _dict(vmi.get("metadata")).get("deletionTimestamp"):
-        printable = "Stopping"
-    elif phase in FINAL:
-        printable = "Stopped"
-    elif phase == "Running":
-        moving = state.get("targetNode") and not (state.get("completed") or state.get("failed"))
-        printable = "Migrating" if moving else "Running"
-    elif unschedulable:
-        printable = "ErrorUnschedulable"
-    else:
-        printable = "Starting"
-    reason = "" if ready else str(phase or "Pending")
-    return {
-        "printableStatus": printable,
-        "ready": ready,
-        "created": True,
-        "runStrategy": strategy,
-        "conditions": [condition("Ready", ready, reason, "", now)],
-    }
 
 
 class KubevirtController:
@@ -249,15 +167,15 @@ class KubevirtController:
             nodes = {
                 n["metadata"]["name"]: n
                 for n in self.store.list("nodes")["items"]
-                if _dict(n.get("metadata")).get("name")
+                if mapping_of(n.get("metadata")).get("name")
             }
             vmis = {_key(v): v for v in self.store.list(VMI)["items"]}
             pods = self.store.list("pods", label_selector=f"{APP_LABEL}=virt-launcher")["items"]
             by_uid = {str(p["metadata"].get("uid")): p for p in pods}
             load: dict[str, int] = {}
             for v in vmis.values():
-                node = _dict(v.get("status")).get("nodeName")
-                if node and _dict(v.get("status")).get("phase") not in FINAL:
+                node = mapping_of(v.get("status")).get("nodeName")
+                if node and mapping_of(v.get("status")).get("phase") not in FINAL:
                     load[str(node)] = load.get(str(node), 0) + 1
             for start in self._starting.values():
                 load[start.node] = load.get(start.node, 0) + 1
@@ -305,7 +223,7 @@ class KubevirtController:
         load: dict[str, int],
         now: float,
     ) -> None:
-        phase = _dict(vmi.get("status")).get("phase") or "Pending"
+        phase = mapping_of(vmi.get("status")).get("phase") or "Pending"
         if phase == "Pending":
             self._schedule(key, vmi, nodes, load)
         elif phase == "Scheduling":
@@ -318,11 +236,13 @@ class KubevirtController:
     def _schedule(self, key: Key, vmi: Obj, nodes: dict[str, Obj], load: dict[str, int]) -> None:
         if not self.spend():
             return
-        status = _dict(vmi.get("status"))
+        status = mapping_of(vmi.get("status"))
         target = choose_node(eligible_nodes(nodes.values()), load)
         if target is None:
             message = unavailable_message(nodes.values())
-            said = [c.get("message") for c in _conditions(vmi) if c.get("type") == "PodScheduled"]
+            said = [
+                c.get("message") for c in vmi_conditions(vmi) if c.get("type") == "PodScheduled"
+            ]
             if said != [message]:
                 cond = condition("PodScheduled", False, "Unschedulable", message, self.stamp())
                 self._write_vmi(vmi, {**status, "phase": "Pending", "conditions": [cond]})
@@ -330,7 +250,7 @@ class KubevirtController:
         pod = self.store.create("pods", launcher_pod(vmi, target))
         self._starting[key] = Start(str(pod["metadata"]["name"]), target)
         load[target] = load.get(target, 0) + 1
-        self._write_vmi(vmi, {**_with_phase(status, "Scheduling", self.stamp()), "conditions": []})
+        self._write_vmi(vmi, {**with_phase(status, "Scheduling", self.stamp()), "conditions": []})
         log.info("kubevirt vmi %s/%s: launcher pod %s on %s", *key, pod["metadata"]["name"], target)
 
     def _attach(self, key: Key, vmi: Obj, now: float) -> None:
@@ -351,7 +271,7 @@ class KubevirtController:
         stamp = self.stamp()
         mark_pod_running(self.store, key[0], start.pod, "", stamp)
         start.attached_at = now
-        status = _with_phase(_dict(vmi.get("status")), "Scheduled", stamp)
+        status = with_phase(mapping_of(vmi.get("status")), "Scheduled", stamp)
         status.update({"nodeName": start.node, "activePods": {pod["metadata"]["uid"]: start.node}})
         self._write_vmi(vmi, status)
 
@@ -387,16 +307,16 @@ class KubevirtController:
         log.info("kubevirt vmi %s/%s: Running on %s", *key, start.node)
 
     def _active_pod(self, vmi: Obj, pods: dict[str, Obj]) -> Obj | None:
-        status = _dict(vmi.get("status"))
+        status = mapping_of(vmi.get("status"))
         node = status.get("nodeName")
-        for uid, where in _dict(status.get("activePods")).items():
+        for uid, where in mapping_of(status.get("activePods")).items():
             pod = pods.get(str(uid))
             if where == node and pod is not None:
                 return pod
         return None
 
     def _watch(self, key: Key, vmi: Obj, pods: dict[str, Obj], now: float) -> None:
-        node = str(_dict(vmi.get("status")).get("nodeName") or "")
+        node = str(mapping_of(vmi.get("status")).get("nodeName") or "")
         pod = self._active_pod(vmi, pods)
         if pod is None:
             if self.spend():
@@ -404,7 +324,7 @@ class KubevirtController:
             return
         if is_terminal(pod):
             if self.spend():
-                phase = _dict(pod.get("status")).get("phase")
+                phase = mapping_of(pod.get("status")).get("phase")
                 self._fail(key, vmi, node, f"launcher pod {phase}", now)
             return
         # Deleted gracefully where a kubelet stops it: the guest is shut down.
@@ -413,7 +333,7 @@ class KubevirtController:
             self._shut_down(key, vmi, node, now)
 
     def _fail(self, key: Key, vmi: Obj, node: str, why: str, now: float) -> None:
-        status = _with_phase(_dict(vmi.get("status")), "Failed", self.stamp())
+        status = with_phase(mapping_of(vmi.get("status")), "Failed", self.stamp())
         status["conditions"] = [condition("Ready", False, "PodNotExists", why, self.stamp())]
         self._write_vmi(vmi, status)
         self._starting.pop(key, None)
@@ -423,7 +343,7 @@ class KubevirtController:
         log.info("kubevirt vmi %s/%s: Failed on %s: %s", *key, node or "-", why)
 
     def _shut_down(self, key: Key, vmi: Obj, node: str, now: float) -> None:
-        status = _with_phase(_dict(vmi.get("status")), "Succeeded", self.stamp())
+        status = with_phase(mapping_of(vmi.get("status")), "Succeeded", self.stamp())
         status["conditions"] = [
             condition("Ready", False, "PodTerminating", "the guest was shut down", self.stamp())
         ]
@@ -448,7 +368,7 @@ class KubevirtController:
 
     def _sync_vm(self, key: Key, vm: Obj, vmi: Obj | None, now: float) -> None:
         strategy = run_strategy(vm)
-        phase = _dict((vmi or {}).get("status")).get("phase")
+        phase = mapping_of((vmi or {}).get("status")).get("phase")
         if vmi is not None and phase in FINAL:
             restart = strategy == "Always" or (strategy == "RerunOnFailure" and phase == "Failed")
             if strategy in RESTARTED and self.spend():
@@ -457,7 +377,7 @@ class KubevirtController:
                     self._rerun.add(key)
                 vmi = None
         elif vmi is not None and strategy == "Halted" and self.spend():
-            node = str(_dict(vmi.get("status")).get("nodeName") or "")
+            node = str(mapping_of(vmi.get("status")).get("nodeName") or "")
             if node and self.kubelet_alive(node):
                 self.truth.stop(key, node)
             self._delete_vmi(key)
@@ -467,7 +387,7 @@ class KubevirtController:
             self._rerun.discard(key)
             log.info("kubevirt vm %s/%s: instance created (runStrategy %s)", *key, strategy)
         status = vm_status(vm, vmi, self.stamp())
-        said = {k: v for k, v in _dict(vm.get("status")).items() if k != "conditions"}
+        said = {k: v for k, v in mapping_of(vm.get("status")).items() if k != "conditions"}
         if {k: v for k, v in status.items() if k != "conditions"} != said:
             self.store.patch(VM, key[1], {"status": status}, key[0], subresource="status")
 

@@ -17,17 +17,28 @@ is deleted is aborted.
 Evacuation: an instance marked by the eviction webhook (`status.evacuationNodeName`, see
 `hwsim.kubevirt.admission`) gets a migration `kubevirt-evacuation-<random>` unless one is under
 way; the mark goes once it runs elsewhere.
+
+Its bookkeeping is `hwsim.kubevirt.migration_state`; its writes, `hwsim.kubevirt.migration_status`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hwsim.coldstandby import eligible_nodes, is_out_of_service, unavailable_message
+from hwsim.coldstandby_nodes import eligible_nodes, is_out_of_service, unavailable_message
 from hwsim.kube.errors import ApiError, NotFound
+from hwsim.kubevirt.migration_state import (
+    EVACUATION_ANNOTATION,
+    OUTBOUND_PER_NODE,
+    PER_CLUSTER,
+    UNFINISHED,
+    Key,
+    Migration,
+    Obj,
+    Stage,
+)
+from hwsim.kubevirt.migration_status import MigrationWriter
 from hwsim.kubevirt.objects import (
     FINAL,
     MIGRATION_VMI_LABEL,
@@ -43,42 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
-Key = tuple[str, str]
-PER_CLUSTER, OUTBOUND_PER_NODE = 5, 2
-EVACUATION_ANNOTATION = "kubevirt.io/evacuationMigration"
-UNFINISHED = ("", "Pending", "Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running")
-
-
-class Stage(enum.Enum):
-    """Where an accepted migration is."""
-
-    QUEUED = 0
-    SCHEDULING = 1
-    SCHEDULED = 2
-    PREPARING = 3
-    TARGET_READY = 4
-    RUNNING = 5
-
-
-@dataclass
-class Migration:
-    """One accepted migration."""
-
-    op: Key
-    uid: str
-    vmi: Key
-    source: str
-    source_pod: str
-    stage: Stage
-    since: float
-    target: str = ""
-    target_uid: str = ""  # the target Node's uid
-    target_pod: str = ""
-    synced: float = 0.0
-    last: float = 0.0
-    progress_at: float = 0.0
-
 
 def _dict(value: Any) -> Obj:
     return value if isinstance(value, dict) else {}
@@ -93,7 +68,7 @@ def _ready(node: Obj | None) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-class KubevirtMigrations:
+class KubevirtMigrations(MigrationWriter):
     """Runs the VirtualMachineInstanceMigrations of `host`; `tick()` once per pass."""
 
     def __init__(
@@ -431,76 +406,3 @@ class KubevirtMigrations:
         if reason is None:
             return
         self._fail(mig.op, event or "source node reported migration failed", reason, state)
-
-    # ---- writing ------------------------------------------------------------------------
-
-    def _write_vmi(self, vmi: Obj, changes: Obj) -> None:
-        fresh = {**vmi, "status": {**_dict(vmi.get("status")), **changes}}
-        self.store.update(VMI, fresh, vmi["metadata"]["namespace"])
-
-    def _phase(self, op: Key, phase: str, extra: Obj | None = None) -> None:
-        try:
-            obj = self.store.get(VMIM, op[1], op[0])
-        except NotFound:
-            return
-        status = _dict(obj.get("status"))
-        stamps = [s for s in status.get("phaseTransitionTimestamps") or [] if isinstance(s, dict)]
-        stamps.append({"phase": phase, "phaseTransitionTimestamp": self.host.stamp()})
-        new = {"phase": phase, "phaseTransitionTimestamps": stamps, **(extra or {})}
-        self.store.patch(VMIM, op[1], {"status": new}, op[0], subresource="status")
-
-    def _finish(self, op: Key, phase: str, state: Obj) -> None:
-        self._phase(op, phase, {"migrationState": state} if state else None)
-
-    def _fail(self, op: Key, event: str, reason: str, state: Obj | None = None) -> None:
-        if reason and not (state or {}).get("failureReason"):
-            state = {**(state or {}), "failed": True, "completed": True, "failureReason": reason}
-        self._finish(op, "Failed", state or {})
-        self._event(op, "Warning", "FailedMigration", event)
-        log.warning("kubevirt vmim %s/%s: Failed: %s %s", *op, event, reason)
-
-    def _event(self, op: Key, kind: str, reason: str, message: str) -> None:
-        try:
-            obj = self.store.get(VMIM, op[1], op[0])
-        except NotFound:
-            return
-        stamp = self.host.stamp()
-        event = {
-            "metadata": {"generateName": f"{op[1]}."},
-            "involvedObject": {
-                "kind": "VirtualMachineInstanceMigration",
-                "apiVersion": "kubevirt.io/v1",
-                "namespace": op[0],
-                "name": op[1],
-                "uid": obj["metadata"].get("uid", ""),
-            },
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "source": {"component": "virtualmachine-controller"},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            self.store.create("events", event, op[0])
-        except ApiError as err:
-            log.warning("cannot record %s for %s/%s: %s", reason, *op, err)
-
-    def _delete_pod(self, namespace: str, name: str) -> None:
-        try:
-            self.store.delete("pods", name, namespace)
-        except NotFound:
-            pass
-
-    def _pod_uid(self, namespace: str, name: str) -> str:
-        try:
-            return str(self.store.get("pods", name, namespace)["metadata"]["uid"])
-        except NotFound:
-            return ""
-
-    def _pod_name(self, namespace: str, uid: str) -> str:
-        for pod in self.store.list("pods", namespace)["items"]:
-            if pod["metadata"].get("uid") == uid:
-                return str(pod["metadata"]["name"])
-        return ""

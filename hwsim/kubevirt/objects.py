@@ -242,7 +242,7 @@ def place_vms(
     """Create `count` VirtualMachines over `nodes` round-robin, cycling `profiles`; every one
     but a Halted one Running there (its instance, its Ready launcher pod mounting its disk,
     registered with `controller`). Returns the VirtualMachines as stored."""
-    from hwsim.kubevirt.controller import running_vmi_status, vm_status
+    from hwsim.kubevirt.status import running_vmi_status, vm_status
 
     if not nodes:
         raise ValueError("place_vms needs at least one node")

@@ -4,14 +4,14 @@ One `NodeAgent` per agent process on a machine. Its I/O is simulated (a broker c
 client), its decisions are the real ones: heartbeats are built, signed and encoded by
 `agent.heartbeat_codec` / `agent.heartbeat_auth`; whether to feed the watchdog is the real
 `agent.watchdog.FeedPolicy`, fed by the heartbeat echo (`echo`) and by the real
-`agent.watchdog.watch_marks` loop over the API: the agent's watches of its own records and Node
+`agent.watchdog_marks` loop over the API: the agent's watches of its own records and Node
 (`agent.node_watch.NodeWatch`), and reads of its records (`agent.runner.unfinished_marks`) while
 no echo gives contact. Its callbacks run in its own process context: killing the process stops
 them all at once.
 
 Like `agent.heartbeat.HeartbeatPublisher`: `online` retained on connect, `offline` as the Last
 Will and on a clean stop, reconnects with jittered exponential backoff. Like
-`agent.watchdog.WatchdogFeeder`: the device is armed by the first feed, heartbeats claim the
+`agent.watchdog_feeder.WatchdogFeeder`: the device is armed by the first feed, heartbeats claim the
 watchdog only while it is armed and fed, a clean stop disarms it unless feeding stopped.
 """
 
@@ -39,7 +39,8 @@ from agent.node_watch import NodeWatch
 from agent.peers import ProbeResult, decode_request, encode_result, probe_filter, result_topic
 from agent.probe_auth import check_request, sign_result_own
 from agent.runner import unfinished_marks
-from agent.watchdog import FeedPolicy, clean_stop_disarms, watch_marks
+from agent.watchdog import FeedPolicy, clean_stop_disarms
+from agent.watchdog_marks import watch_marks
 from hwsim.sim.api import SimClusterApi
 from hwsim.sim.broker import BrokerClient
 from hwsim.sim.settings import node_private_key

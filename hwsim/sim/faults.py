@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.cluster import MAINTENANCE_LABEL
-from agent.fencing import RESTART_POLICIES
+from agent.fencing_operation import RESTART_POLICIES
 from hwsim.sim.api import ApiChaos
 from hwsim.sim.bmc import ChannelFaults, ChannelKind
 from hwsim.sim.broker import DeliveryChaos

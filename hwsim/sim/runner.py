@@ -29,7 +29,7 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 
 from agent import metrics
-from agent.fencing import FINAL, Phase
+from agent.fencing_operation import FINAL, Phase
 from agent.policy import AlertKind, MaxUnhealthy
 from hwsim.sim.invariants import Violation
 from hwsim.sim.settings import NAMESPACE, SimSettings, settings_for

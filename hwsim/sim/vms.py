@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.cluster import MAINTENANCE_LABEL, VM_GROUP, VM_VERSION
-from agent.fencing import RESTART_POLICIES
+from agent.fencing_operation import RESTART_POLICIES
 
 if TYPE_CHECKING:
     from hwsim.sim.machines import Machine

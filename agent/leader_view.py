@@ -1,0 +1,155 @@
+"""The leader's status view: what `nodefence status` shows, published retained on the broker.
+
+`LeaderView` builds the view (nodes, alerts, BMC verdicts, fencing operations with the
+ColdStandby VMs still on nodes not proven off) at most once per `view_period` and publishes it
+on `view_topic`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+from agent import __version__
+from agent.cluster import ClusterError
+from agent.detector import NodeHealth
+from agent.fence_evidence import stamp
+from agent.fencing_operation import RESTART_POLICIES
+from agent.heartbeat_codec import PREFIX
+from agent.leader_broker import BrokerLost
+from agent.leader_state import LeaderState
+from agent.pause import Pause
+from agent.policy import PolicyDecision
+from agent.status_view import operation_entry
+
+log = logging.getLogger("nodefence.leader")
+
+
+def view_topic(cluster: str) -> str:
+    """Retained topic where the leader publishes its view for `nodefence status`."""
+    return f"{PREFIX}/{cluster}/leader/view"
+
+
+class LeaderView(LeaderState):
+    """Builds and publishes the status view."""
+
+    def _bmc_alerts(self) -> list[dict[str, object]]:
+        """The BMC alerts that hold now, as the view lists alerts."""
+        if self.bmc is None:
+            return []
+        out: list[dict[str, object]] = []
+        for node, verdict in sorted(self.bmc.book.nodes.items()):
+            if verdict.fenceable is False:
+                message = f"node {node} cannot be fenced: {verdict.reason}"
+                out.append({"kind": "cannot-be-fenced", "node": node, "message": message})
+        for node, checks in sorted(self.bmc.book.checks.items()):
+            for c in checks.values():
+                if not c.healthy:
+                    message = f"BMC {node}/{c.device} ({c.type}) fails its check: {c.problem}"
+                    out.append({"kind": "bmc-check-failed", "node": node, "message": message})
+        return out
+
+    async def _down_vms(self, nodes: set[str], now: float) -> dict[str, list[str]] | None:
+        """The ColdStandby VMs still on each of `nodes` (not proven off), for the view: read
+        at most every 5 s, only while there is such a node; None when they cannot be read."""
+        if not nodes:
+            return {}
+        read_at, found = self._vms_down
+        if found is None or now - read_at >= 5.0:
+            try:
+                vms = await self.api.list_vms()
+            except ClusterError as err:
+                log.warning("cannot read the VMs of dead nodes for the status view: %s", err)
+                found = None
+            else:
+                found = {}
+                for vm in vms:
+                    meta, spec = vm.get("metadata") or {}, vm.get("spec") or {}
+                    status = vm.get("status") or {}
+                    host = status.get("nodeName")
+                    policy = spec.get("runPolicy") or "AlwaysOnUnlessStoppedManually"
+                    if host and policy in RESTART_POLICIES and status.get("phase") != "Stopped":
+                        key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+                        found.setdefault(str(host), []).append(key)
+            self._vms_down = (now, found)
+        return None if found is None else {n: sorted(found.get(n, [])) for n in nodes}
+
+    async def _operations_view(self, dead: set[str], now: float) -> list[dict[str, object]]:
+        """The operations this leader runs or finished lately, for `nodefence status`."""
+        ex = self.executor
+        if ex is None:
+            return []
+        open_ops = [op for op in ex.operations.values() if not op.final]
+        unproven = {op.node for op in open_ops if not op.off_proven}
+        down = await self._down_vms(unproven | dead, now)
+        out = [
+            operation_entry(
+                op,
+                ex.store.started(op.node),
+                None,
+                None if down is None else down.get(op.node, []),
+            )
+            for op in sorted(open_ops, key=lambda o: o.node)
+        ]
+        for ended_at, op in ex.recently_finished(self.wall()):
+            out.append(operation_entry(op, None, stamp(ended_at), None))
+        return out
+
+    async def _publish_view(
+        self, decision: PolicyDecision, now: float, pause: Pause | None = None
+    ) -> None:
+        if not self._broker_up or now - self._view_at < self.view_period:
+            return
+        self._view_at = now
+        inventory = self.inventory() if self.inventory is not None else None
+        dead = {v.node for v in self.verdicts if v.health is NodeHealth.DEAD}
+        rows = []
+        for v in self.verdicts:
+            seen = self.kubelet_seen.get(v.node)
+            info = self.nodes.get(v.node)
+            rows.append(
+                {
+                    "node": v.node,
+                    "state": v.health.value,
+                    "heartbeatAge": None
+                    if v.since_last_heartbeat is None
+                    else round(v.since_last_heartbeat, 2),
+                    "kubeletAge": None if v.kubelet_age is None else round(v.kubelet_age, 2),
+                    "kubeletLeaseSeen": seen is not None,
+                    "ready": info.ready if info is not None else None,
+                    "reason": v.reason,
+                    "held": decision.held.get(v.node, ""),
+                    "maintenance": info.maintenance_mark if info is not None else "",
+                    "cordoned": bool(info and info.unschedulable),
+                    "inInventory": None if inventory is None else v.node in inventory,
+                    "agent": self.ingest.versions.get(v.node),
+                    "bmc": None if self.bmc is None else self.bmc.node_view(v.node),
+                }
+            )
+        problem = self.inventory_problem() if self.inventory_problem is not None else ""
+        view = {
+            "v": 1,
+            "leader": self.identity,
+            "version": __version__,
+            "profile": self.cfg.profile,
+            "period": self.view_period,
+            "frozen": decision.frozen,
+            "paused": None if pause is None else pause.as_json(),
+            "alerts": [
+                {"kind": a.kind.value, "node": a.node, "message": a.message}
+                for a in decision.alerts
+            ]
+            + self._bmc_alerts(),
+            "rejected": dict(self.stats.rejected),
+            "nodes": rows,
+            "operations": await self._operations_view(dead, now),
+            "inventory": None
+            if inventory is None
+            else {"nodes": len(inventory), "problem": problem},
+            "publishedAt": self.wall(),
+        }
+        with contextlib.suppress(BrokerLost):
+            await self.broker.publish(
+                view_topic(self.cfg.cluster), json.dumps(view).encode(), retain=True
+            )
