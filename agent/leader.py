@@ -37,6 +37,7 @@ from agent.config import AgentConfig
 from agent.detector import NodeHealth, NodeVerdict
 from agent.fence_evidence import stamp
 from agent.fence_executor import FenceExecutor
+from agent.fence_stop import StopKind, StopReason
 from agent.fencing import RESTART_POLICIES
 from agent.heartbeat_auth import AuthMode
 from agent.heartbeat_codec import PREFIX
@@ -624,17 +625,26 @@ class LeaderSide:
             if op is not None and op.off_proven:
                 if alive and not op.vms_let_go:
                     assert v is not None
-                    await self.executor.cancel_held(node, f"node alive again ({v.reason})")
+                    again = StopReason(StopKind.NODE_ALIVE, f"node alive again ({v.reason})")
+                    await self.executor.cancel_held(node, again)
                 else:
                     self.executor.go_on(node)
                 continue
             if node in maintenance and not (op and op.power_off_sent):
-                why = "node in maintenance (seen by a new leader that never decided to fence it)"
+                why = StopReason(
+                    StopKind.MAINTENANCE,
+                    "node in maintenance (seen by a new leader that never decided to fence it)",
+                )
             elif alive:
                 assert v is not None
-                why = f"node alive by the new leader's own evidence ({v.reason})"
+                why = StopReason(
+                    StopKind.NODE_ALIVE, f"node alive by the new leader's own evidence ({v.reason})"
+                )
             elif node not in self.nodes and self._nodes_listed:
-                why = "its Node no longer exists and this leader never decided to fence it"
+                why = StopReason(
+                    StopKind.NODE_GONE,
+                    "its Node no longer exists and this leader never decided to fence it",
+                )
             else:
                 if op and op.power_off_sent and v is not None and v.health is NodeHealth.DEAD:
                     self.executor.submit(node, now, self.nodes[node].uid)
