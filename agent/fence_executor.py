@@ -50,14 +50,7 @@ from agent.fence_power_walk import all_unreachable
 from agent.fence_steps import FenceSteps
 from agent.fence_stop import StopReason
 from agent.fence_store import Superseded
-from agent.fencing import (
-    Cancelled,
-    Event,
-    Operation,
-    Phase,
-    PoweredOnAgain,
-    apply,
-)
+from agent.fencing import Cancelled, Event, Operation, Phase, PoweredOnAgain, apply
 from agent.records import from_record, resumed
 
 log = logging.getLogger("nodefence.fencing")

@@ -24,13 +24,7 @@ from agent.fence_evidence import EvidenceBook
 from agent.fence_reports import FenceReporter
 from agent.fence_stop import lease_lost
 from agent.fence_store import RecordStore
-from agent.fencing import (
-    FINAL,
-    Cleanup,
-    Operation,
-    Phase,
-    Timing,
-)
+from agent.fencing import FINAL, Cleanup, Operation, Phase, Timing
 from agent.inventory import Inventory
 from agent.kube_cache import ClusterReads
 from agent.power import BackendFactory, StopWalk

@@ -11,14 +11,7 @@ from agent import metrics
 from agent.fence_executor_base import ExecutorBase
 from agent.fence_guard import WalkGuard
 from agent.fence_stop import NOT_JUDGED, WALK_LEASE_LOST
-from agent.fencing import (
-    Event,
-    FenceDone,
-    Operation,
-    PoweredOn,
-    PoweredOnAgain,
-    SelfFenced,
-)
+from agent.fencing import Event, FenceDone, Operation, PoweredOn, PoweredOnAgain, SelfFenced
 from agent.inventory import NodeInventory
 from agent.power import PowerFencer, StopWalk
 from agent.topology import Action as PowerAction
