@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import aiomqtt
 
@@ -18,7 +18,7 @@ from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.config import AgentConfig, BrokerConfig, ConfigError, load_config
 from agent.heartbeat_codec import valid_name
 from agent.inventory import InventoryError, load_inventory
-from agent.leader_view import view_topic
+from agent.leader_view_codec import LeaderView, decode, to_json, view_topic
 from agent.mqtt_client import make_client
 from agent.profiles import ProfileError
 
@@ -139,7 +139,7 @@ def run_fencer_command(args: argparse.Namespace, err: TextIO = sys.stderr) -> in
     return run_process(lambda stop: run_fencer(cfg, node, stop))
 
 
-async def _read_view_on(broker: BrokerConfig, cluster: str, wait: float) -> dict[str, Any] | None:
+async def _read_view_on(broker: BrokerConfig, cluster: str, wait: float) -> LeaderView | None:
     async with make_client(broker, f"nodefence-status-{os.getpid()}") as client:
         await client.subscribe(view_topic(cluster), qos=0)
         try:
@@ -147,14 +147,13 @@ async def _read_view_on(broker: BrokerConfig, cluster: str, wait: float) -> dict
                 async for message in client.messages:
                     payload = message.payload
                     if isinstance(payload, bytes):
-                        view: dict[str, Any] = json.loads(payload)
-                        return view
+                        return decode(payload)
         except TimeoutError:
             return None
     return None
 
 
-async def _read_view(cfg: AgentConfig, wait: float) -> dict[str, Any] | None:
+async def _read_view(cfg: AgentConfig, wait: float) -> LeaderView | None:
     """The leader's view from the first broker that has one (it publishes on every broker it
     reaches); raises the first broker's error when none can be reached."""
     tasks = [asyncio.ensure_future(_read_view_on(b, cfg.cluster, wait)) for b in cfg.brokers]
@@ -204,10 +203,15 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     if view is None:
         print(f"nodefence: no leader view within {args.wait:g} s (is an agent leading?)", file=err)
         return EXIT_FAILED
-    age = max(0.0, dt.datetime.now().timestamp() - float(view.get("publishedAt", 0)))
+    age = max(0.0, dt.datetime.now().timestamp() - view.published_at)
     said = report(view, age)
     if args.output == "json":
-        doc = {**view, "viewAge": round(age, 2), "stale": said.stale, "attention": said.attention}
+        doc = {
+            **to_json(view),
+            "viewAge": round(age, 2),
+            "stale": said.stale,
+            "attention": said.attention,
+        }
         json.dump(doc, out, indent=2)
         out.write("\n")
     else:

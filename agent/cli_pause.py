@@ -16,7 +16,7 @@ from typing import TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api, split_lease, who
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterApi, ClusterError, Forbidden
 from agent.pause import MAX_REASON, PAUSE_ANNOTATION, Pause
 
 
@@ -27,9 +27,7 @@ async def switch(
     An account that may not change the Lease (an agent pod's) is told whose to use."""
     try:
         return await _switch(api, namespace, name, pause, out, err)
-    except ClusterError as e:
-        if e.status != 403:
-            raise
+    except Forbidden as e:
         print(
             f"nodefence: your account may not change the Lease {namespace}/{name} ({e}): run"
             " pause and resume with your own kubeconfig (--kubeconfig, $KUBECONFIG or"

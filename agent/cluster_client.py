@@ -1,5 +1,6 @@
 """The one way nodefence calls the Kubernetes API: a client method in a worker thread, under a
-deadline, its failures as `ClusterError`. `ClusterApi` and each of its mixins (release, keys,
+deadline, its failures as `ClusterError` (the subclass its status stands for: `NotFound`,
+`Conflict`, ... see `agent.cluster_error`). `ClusterApi` and each of its mixins (release, keys,
 KubeVirt, watches) build on `ClientBase`."""
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
-from agent.cluster_error import ClusterError
+from agent.cluster_error import ClusterError, api_error
 
 T = TypeVar("T")
 
@@ -28,29 +28,28 @@ class ClientBase:
         self.coordination = k8s.CoordinationV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
 
-    async def _call(self, what: str, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """`fn()` in a worker thread, its failures as `ClusterError`, within `timeout` (the
-        client's deadline by default)."""
+    async def _call(
+        self, what: str, fn: Callable[[], T], timeout: float | None = None, *, refusal: bool = False
+    ) -> T:
+        """`fn()` in a worker thread, its failures as `ClusterError` (`api_error`; with
+        `refusal`, the message carries the server's reason), within `timeout` (the client's
+        deadline by default)."""
         deadline = self.timeout if timeout is None else timeout
 
         def guarded() -> T:
             try:
                 return fn()
-            except ClusterError:
-                raise  # already says what and why (a refusal in the server's words)
-            except ApiException as err:
-                raise ClusterError(f"{what}: {err.status} {err.reason}", err.status) from None
-            except Exception as err:  # urllib3 errors: connection refused, reset, ...
-                raise ClusterError(f"{what}: {type(err).__name__}: {err}") from None
+            except Exception as err:  # ApiException, urllib3's connection refused, reset, ...
+                raise api_error(what, err, refusal=refusal) from None
 
         try:
             return await asyncio.wait_for(asyncio.to_thread(guarded), deadline)
         except TimeoutError:
             raise ClusterError(f"{what}: no answer within {deadline:g} s") from None
 
-    async def _call_any(self, what: str, fn: Callable[[], Any]) -> Any:
+    async def _call_any(self, what: str, fn: Callable[[], Any], *, refusal: bool = False) -> Any:
         """`_call` for client methods typed as returning `object` (custom objects, reads)."""
-        return await self._call(what, fn)
+        return await self._call(what, fn, refusal=refusal)
 
     async def _call_json(self, what: str, fn: Callable[[], Any]) -> dict[str, Any]:
         """`_call` of a client method called with `_preload_content=False`: the body as

@@ -13,7 +13,7 @@ import logging
 from typing import Any, TypeVar
 
 from agent.cluster_client import ClientBase
-from agent.cluster_error import ClusterError
+from agent.cluster_error import Conflict
 from agent.node_keys import BadKey, decode_key, encode_key, fingerprint
 from agent.node_label import NODE_LABEL, node_label_value
 
@@ -89,8 +89,6 @@ class KeyCalls(ClientBase):
                     _request_timeout=self.timeout,
                 ),
             )
-        except ClusterError as err:
-            if err.status == 409:
-                return False
-            raise
+        except Conflict:
+            return False
         return True

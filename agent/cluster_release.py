@@ -2,7 +2,8 @@
 
 A mixin of `agent.cluster.ClusterApi` (which provides `_call`, the deadline-bounded client
 call): kept apart so the release, which only ever runs after a proven power-off, reads as one
-small surface. Like the rest of ClusterApi it returns plain values, never client models.
+small surface. Like the rest of ClusterApi it returns plain values, never client models: the
+pods to release as `PodInfo`, the attachments as `AttachmentInfo`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from agent.cluster_client import ClientBase
-from agent.cluster_error import ClusterError
+from agent.cluster_error import ClusterError, Conflict, NotFound
+from agent.cluster_pods import PodCalls
 
 T = TypeVar("T")
 OUT_OF_SERVICE_KEY = "node.kubernetes.io/out-of-service"
+OUT_OF_SERVICE_TAINT = {"key": OUT_OF_SERVICE_KEY, "value": "nodeshutdown", "effect": "NoExecute"}
 FENCED_ANNOTATION = "nodefence.io/fenced-by"  # the operation that tainted the node
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """One Pod bound to a fenced node, as its release deletes it."""
+
+    namespace: str
+    name: str
+    uid: str
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,23 @@ class AttachmentInfo:
     deleting: bool  # marked for deletion, waiting for the CSI attacher's finalizer
 
 
-class ReleaseCalls(ClientBase):
+def pod_infos(pods: list[dict[str, Any]]) -> list[PodInfo]:
+    """The Pods (the API's JSON) that carry a namespace, a name and a uid, as `PodInfo`."""
+    found = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        name, namespace, uid = meta.get("name"), meta.get("namespace"), meta.get("uid")
+        if name and namespace and uid:
+            found.append(PodInfo(str(namespace), str(name), str(uid)))
+    return found
+
+
+class ReleaseCalls(PodCalls):
     """Pods, VolumeAttachments and the out-of-service taint of one node."""
+
+    async def pods_to_release(self, node: str) -> list[PodInfo]:
+        """The Pods bound to `node` (`list_node_pods`) that a force-delete can name."""
+        return pod_infos(await self.list_node_pods(node))
 
     async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
         """Delete a pod with grace 0 (not waiting for a kubelet that is gone), only that
@@ -89,12 +115,40 @@ class ReleaseCalls(ClientBase):
                 f"read node {node}",
                 lambda: self.core.read_node(node, _request_timeout=self.timeout),
             )
-        except ClusterError as err:
-            if err.status == 404:
-                return []
-            raise
+        except NotFound:
+            return []
         attached = (obj.status.volumes_attached or []) if obj.status else []
         return [str(v.name) for v in attached]
+
+    async def taint_out_of_service(
+        self, node: str, uid: str | None = None, operation: str = ""
+    ) -> bool:
+        """Put the out-of-service NoExecute taint on the Node (idempotent) and, with
+        `operation`, nodefence's mark naming it. False when the Node no longer exists, or
+        (with `uid`) is another object than the one decided dead (`patch_node_taints`)."""
+
+        def tainted(obj: Any) -> dict[str, Any] | None:
+            taints = list(obj.spec.taints or []) if obj.spec else []
+            marked = not operation or (obj.metadata.annotations or {}).get(FENCED_ANNOTATION)
+            if marked and any(
+                t.key == OUT_OF_SERVICE_KEY and t.effect == "NoExecute" for t in taints
+            ):
+                return None
+            taints = [t for t in taints if t.key != OUT_OF_SERVICE_KEY]
+            meta: dict[str, Any] = {"resourceVersion": obj.metadata.resource_version}
+            if operation:
+                meta["annotations"] = {FENCED_ANNOTATION: operation}
+            return {
+                "metadata": meta,
+                "spec": {
+                    "taints": [
+                        *({"key": t.key, "value": t.value, "effect": t.effect} for t in taints),
+                        OUT_OF_SERVICE_TAINT,
+                    ]
+                },
+            }
+
+        return await self.patch_node_taints(f"taint node {node}", node, uid, tainted)
 
     async def remove_out_of_service(self, node: str, uid: str | None) -> bool:
         """Remove the out-of-service taint and nodefence's mark from the Node (only the
@@ -131,10 +185,8 @@ class ReleaseCalls(ClientBase):
                     f"read node {node}",
                     lambda: self.core.read_node(node, _request_timeout=self.timeout),
                 )
-            except ClusterError as err:
-                if err.status == 404:
-                    return False
-                raise
+            except NotFound:
+                return False
             if uid is not None and obj.metadata.uid != uid:
                 return False
             body = change(obj)
@@ -148,18 +200,15 @@ class ReleaseCalls(ClientBase):
                     ),
                 )
                 return True
-            except ClusterError as err:
-                if err.status == 404:
-                    return False
-                if err.status != 409:
-                    raise
+            except NotFound:
+                return False
+            except Conflict:
+                continue  # another writer changed the Node since the read: read it again
         raise ClusterError(f"{what}: kept conflicting with other writers")
 
     async def _gone_is_fine(self, what: str, fn: Callable[[], object]) -> bool:
         try:
             await self._call(what, fn)
-        except ClusterError as err:
-            if err.status in (404, 409):
-                return False  # gone already, or the uid precondition found another object
-            raise
+        except (NotFound, Conflict):
+            return False  # gone already, or the uid precondition found another object
         return True

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from agent.cluster_client import ClientBase
-from agent.cluster_error import ClusterError, refusal_words
+from agent.cluster_error import NotFound
 from agent.kubevirt_objects import GROUP, KUBEVIRT_PLURAL, VERSION, VMIM_PLURAL
 
 WHAT = {
@@ -64,10 +63,8 @@ class VirtCalls(ClientBase):
                     )
                 ),
             )
-        except ClusterError as err:
-            if err.status == 404:
-                return []
-            raise
+        except NotFound:
+            return []
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
@@ -80,10 +77,8 @@ class VirtCalls(ClientBase):
                     GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout
                 ),
             )
-        except ClusterError as err:
-            if err.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         found: dict[str, Any] = obj
         return found
 
@@ -94,24 +89,15 @@ class VirtCalls(ClientBase):
     async def create_kubevirt_migration(
         self, namespace: str, body: dict[str, Any]
     ) -> dict[str, Any]:
-        """Create a VirtualMachineInstanceMigration; a name already taken raises ClusterError
-        409. A refusal carries the server's words (KubeVirt's webhook says why: not
+        """Create a VirtualMachineInstanceMigration; a name already taken raises
+        `Conflict`. A refusal carries the server's words (KubeVirt's webhook says why: not
         migratable, another migration in flight, ...)."""
         name = body["metadata"]["name"]
-        what = f"create KubeVirt migration {namespace}/{name}"
-
-        def create() -> Any:
-            try:
-                return self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, VMIM_PLURAL, body, _request_timeout=self.timeout
-                )
-            except ApiException as err:
-                said = refusal_words(err.body)
-                if not said:
-                    raise
-                raise ClusterError(
-                    f"{what}: {err.status} {err.reason}: {said}", err.status
-                ) from None
-
-        created: dict[str, Any] = await self._call_any(what, create)
+        created: dict[str, Any] = await self._call_any(
+            f"create KubeVirt migration {namespace}/{name}",
+            lambda: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, VMIM_PLURAL, body, _request_timeout=self.timeout
+            ),
+            refusal=True,
+        )
         return created

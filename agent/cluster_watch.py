@@ -20,10 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes.client.exceptions import ApiException
-
 from agent.cluster_client import ClientBase
-from agent.cluster_error import ClusterError
+from agent.cluster_error import ClusterError, NotFound, api_error
 
 RawEvent = dict[str, Any]
 # A watch asks the server to end it after 5 to 10 minutes, as client-go's reflector does, so
@@ -66,20 +64,12 @@ class WatchStream(Protocol):
     async def next(self, timeout: float) -> list[RawEvent] | None:
         """Every event that arrived, waiting up to `timeout` seconds for the first: [] when
         none came in time, None once the stream has ended. Raises `ClusterError` if the
-        request failed (e.g. 410 Gone, 403)."""
+        request failed (`Gone`: its resourceVersion expired; `Forbidden`, ...)."""
         ...
 
     def close(self) -> None:
         """Stop reading (idempotent)."""
         ...
-
-
-def _error(what: str, err: Exception) -> ClusterError:
-    if isinstance(err, ApiException):
-        return ClusterError(f"{what}: {err.status} {err.reason}", err.status)
-    if isinstance(err, ClusterError):
-        return err
-    return ClusterError(f"{what}: {type(err).__name__}: {err}")
 
 
 def _lines(response: Any) -> Iterator[bytes]:
@@ -132,7 +122,7 @@ class ThreadStream:
                     self._signal()
         except Exception as err:  # read timeout, reset, an HTTP error: the stream ends
             if not self._closed:
-                self._error = _error(f"watch {self.what}", err)
+                self._error = api_error(f"watch {self.what}", err)
         finally:
             self._ended = True
             self._signal()
@@ -223,8 +213,8 @@ class WatchCalls(ClientBase):
 
         try:
             body = await self._call(f"list {c.what}", read, deadline)
-        except ClusterError as err:
-            if err.status == 404 and c.optional:
+        except NotFound:
+            if c.optional:
                 return Page([], "")
             raise
         meta = body.get("metadata") or {}

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import metrics
-from agent.cluster import ClusterApi, ClusterError, LeaseInfo
+from agent.cluster import ClusterApi, ClusterError, Conflict, LeaseInfo
 
 log = logging.getLogger("nodefence.election")
 
@@ -258,9 +258,10 @@ class LeaderElector:
                 standbys=self.standbys,
                 paused=self.observed_paused if rv is not None else "",
             )
+        except Conflict:
+            return False  # another writer was first: read the Lease again
         except ClusterError as err:
-            if err.status != 409:
-                log.warning("cannot write lease: %s", err)
+            log.warning("cannot write lease: %s", err)
             return False
         self._lease = lease
         self._observed = (lease.resource_version, now)

@@ -15,7 +15,8 @@ request of an operation, in this order:
    right before the first request is handed to its backend (`last_look`, called by the power
    walk with nothing awaited in between); a pause seen since (a later Lease renewal) withdraws
    the send there too: no power-off goes out once this process has read a pause.
-A stop is reported as the event the executor folds in (`stopped`), or as a lost Lease.
+A stop is reported as its typed reason (`stop`, `agent.fence_stop`) and, unless the Lease was
+lost or the walk waits for a resume, as the event the executor folds in (`stopped`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from agent.cluster import ClusterApi, ClusterError
+from agent.fence_stop import StopKind, StopReason, lease_lost, paused
 from agent.fence_store import RecordStore
 from agent.fencing import Timing, apply
 from agent.fencing_events import (
@@ -67,19 +69,27 @@ class WalkGuard:
         self.api = api
         self.clock = clock
         self.timing = timing
-        self.stopped: Event | None = None  # why the walk stopped, as an event to fold in
-        self.lost_lease = False
+        self.stop: StopReason | None = None  # why the walk stopped (None: it did not)
+        self.stopped: Event | None = None  # the stop as an event to fold in
         self.first_sent = op.power_off_sent  # a request of this operation went out
         self.on_confirmed = on_confirmed  # the Lease was confirmed ours before `step` (evidence)
         self.on_stored = on_stored  # the point of no return was stored (evidence)
         self.paused = paused  # fencing paused cluster-wide: its description, else None
-        self.stopped_by_pause = False  # stopped before anything was stored: waits for resume
         self.read_kubelet = read_kubelet  # reads the node's kubelet Lease fresh into the cache
 
-    def _stop(self, event: Event | None, why: str) -> StopWalk:
-        self.stopped = event
-        self.lost_lease = event is None
-        return StopWalk(why)
+    @property
+    def lost_lease(self) -> bool:
+        """The walk stopped because this process is not the leader any more."""
+        return self.stop is not None and self.stop.kind is StopKind.LEASE_LOST
+
+    @property
+    def stopped_by_pause(self) -> bool:
+        """The walk stopped at a pause before anything was stored: it waits for the resume."""
+        return self.stop is not None and self.stop.kind is StopKind.PAUSED and self.stopped is None
+
+    def _stop(self, reason: StopReason, event: Event | None = None) -> StopWalk:
+        self.stop, self.stopped = reason, event
+        return StopWalk(reason)
 
     def _life(self) -> str | None:
         assert self.decided_at is not None, "a first power-off needs this leader's decision"
@@ -90,21 +100,22 @@ class WalkGuard:
         if first:
             evidence = self._life()
             if evidence:
-                raise self._stop(NodeAlive(evidence), f"node came back ({evidence})")
+                back = StopReason(StopKind.NODE_ALIVE, f"node came back ({evidence})")
+                raise self._stop(back, NodeAlive(evidence))
             if self.in_maintenance(node):
-                raise self._stop(Maintenance(), "node entered maintenance")
+                entered = StopReason(StopKind.MAINTENANCE, "node entered maintenance")
+                raise self._stop(entered, Maintenance())
         try:
             await self.confirm_leader()
         except Exception as err:
-            raise self._stop(None, f"not the leader any more: {err}") from None
+            raise self._stop(lease_lost(err)) from None
         if self.on_confirmed is not None:
             self.on_confirmed(step)
         # Read with the Lease just confirmed. Also past the point of no return: a pause means
         # no more power-off requests; the walk waits (nothing more stored) until the resume.
         pause = self.paused()
         if pause is not None:
-            self.stopped_by_pause = True
-            raise StopWalk(f"fencing is {pause}")
+            raise self._stop(paused(pause))
         if not first:
             return
         sending = apply(self.op, PowerOffSending(), self.clock(), self.timing)
@@ -112,7 +123,9 @@ class WalkGuard:
             await self.store.save(sending, required=True)
         except ClusterError as err:
             why = f"PowerOffSending could not be stored, nothing sent: {err}"
-            raise self._stop(FenceDone(False, errors=(why,)), why) from None
+            raise self._stop(
+                StopReason(StopKind.NOT_STORED, why), FenceDone(False, errors=(why,))
+            ) from None
         self.op = sending
         if self.on_stored is not None:
             self.on_stored(sending)
@@ -120,19 +133,19 @@ class WalkGuard:
             info = await self.api.get_node(node)
         except ClusterError as err:
             why = f"cannot read Node {node} before the power-off, nothing sent: {err}"
-            raise self._stop(SendWithdrawn(why), why) from None
+            raise self._stop(StopReason(StopKind.UNREADABLE, why), SendWithdrawn(why)) from None
         if info is not None and sending.node_uid and info.uid != sending.node_uid:
             why = "node re-registered (a new Node object) before the power-off was sent"
-            raise self._stop(Cancelled(why), why)
+            raise self._stop(StopReason(StopKind.NODE_CHANGED, why), Cancelled(why))
         if info is not None and info.maintenance:
             why = "node entered maintenance before the power-off was sent"
-            raise self._stop(Cancelled(why), why)
+            raise self._stop(StopReason(StopKind.MAINTENANCE, why), Cancelled(why))
         if self.read_kubelet is not None:
             try:
                 await self.read_kubelet(node)
             except ClusterError as err:
                 why = f"cannot read the kubelet Lease of {node} before the power-off: {err}"
-                raise self._stop(SendWithdrawn(why), why) from None
+                raise self._stop(StopReason(StopKind.UNREADABLE, why), SendWithdrawn(why)) from None
 
     def last_look(self, device: str) -> None:
         """Right before a power-off request goes to `device`: the first one of the operation
@@ -143,9 +156,9 @@ class WalkGuard:
         evidence = self._life()
         if evidence:
             why = f"node came back before the power-off was sent ({evidence})"
-            raise self._stop(Cancelled(why), why)
+            raise self._stop(StopReason(StopKind.NODE_ALIVE, why), Cancelled(why))
         pause = self.paused()
         if pause is not None:
             why = f"fencing was paused before the request went out ({pause}): nothing sent"
-            raise self._stop(SendWithdrawn(why), why)
+            raise self._stop(StopReason(StopKind.PAUSED, why), SendWithdrawn(why))
         self.first_sent = True

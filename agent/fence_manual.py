@@ -28,10 +28,9 @@ async def node_facts(api: ClusterApi, namespace: str, node: str) -> tuple[NodeFa
     """The node as the cluster shows it now, and its Node object's uid ("" when none)."""
     info = await api.get_node(node)
     vms = []
-    for vm in await api.list_vms():
-        meta, status = vm.get("metadata") or {}, vm.get("status") or {}
-        if status.get("nodeName") == node and status.get("phase") in HOSTED:
-            vms.append(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+    for vm in await api.vm_placements():
+        if vm.node == node and vm.phase in HOSTED:
+            vms.append(vm.key)
     fencing = ""
     for rec in await api.list_records(namespace, node):
         op = from_record(rec)

@@ -26,12 +26,8 @@ log = logging.getLogger("nodefence.fencing")
 async def release_pods(api: ClusterApi, op: Operation) -> PodsReleased:
     """Force-delete (grace 0, uid precondition) every pod bound to the fenced node."""
     deleted = 0
-    for pod in await api.list_node_pods(op.node):
-        meta = pod.get("metadata") or {}
-        name, namespace, uid = meta.get("name"), meta.get("namespace"), meta.get("uid")
-        if not (name and namespace and uid):
-            continue
-        if await api.force_delete_pod(str(namespace), str(name), str(uid)):
+    for pod in await api.pods_to_release(op.node):
+        if await api.force_delete_pod(pod.namespace, pod.name, pod.uid):
             deleted += 1
     log.warning("fencing node=%s op=%s: force-deleted %d pods", op.node, op.id, deleted)
     return PodsReleased(deleted)

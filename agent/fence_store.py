@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterApi, ClusterError, Conflict
 from agent.fencing_operation import Operation
 from agent.records import to_record
 
@@ -84,11 +84,11 @@ class RecordStore:
             try:
                 saved = await self.api.save_record(self.namespace, body)
                 self._records[op.node] = saved
-            except ClusterError as err:
-                if err.status == 409 and await self._own_write_landed(op):
+            except Conflict:
+                if await self._own_write_landed(op):
                     continue
-                if err.status == 409:
-                    raise Superseded() from None
+                raise Superseded() from None
+            except ClusterError as err:
                 if required:
                     raise
                 log.error("cannot store the fencing record of %s: %s", op.node, err)

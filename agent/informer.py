@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from agent.cluster_error import ClusterError
+from agent.cluster_error import ClusterError, Gone
 from agent.cluster_watch import Collection, Page, WatchStream
 
 log = logging.getLogger("nodefence.informer")
@@ -170,8 +170,9 @@ class Cache(Generic[T]):
         return self._take(self.kind.key(obj), _version(obj), obj)
 
 
-class Gone(Exception):
-    """The watch's resourceVersion was compacted away (410): list again."""
+class Compacted(Exception):
+    """The watch stream said (an ERROR event, code 410) that its resourceVersion was
+    compacted away: list again at once (an HTTP 410 answer is a `Gone` error, backed off)."""
 
 
 OnChange = Callable[[list[Change[T]], float | None, float], None]
@@ -257,13 +258,13 @@ class Informer(Generic[T]):
                     continue
                 await asyncio.sleep(delay)
                 delay = min(self.retry_max, delay * 2)
-            except Gone:
+            except Compacted:
                 self.stats.gone += 1
                 self._listed = False
                 log.info("%s: watch version compacted away (410), listing again", self.what)
             except ClusterError as err:
                 self.stats.errors += 1
-                if err.status == 410:
+                if isinstance(err, Gone):
                     self.stats.gone += 1
                     self._listed = False
                 log.warning("%s: %s; again in %.1f s", self.what, err, delay)
@@ -335,7 +336,7 @@ class Informer(Generic[T]):
                 self._report(changes)
                 code = obj.get("code")
                 if code == 410:
-                    raise Gone()
+                    raise Compacted()
                 raise ClusterError(f"watch {self.what}: {obj.get('message') or obj}", code)
             self.stats.events += 1
             self.stats.by_type[kind] = self.stats.by_type.get(kind, 0) + 1

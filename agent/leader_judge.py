@@ -15,9 +15,10 @@ import logging
 from agent import metrics
 from agent.cluster import ClusterError
 from agent.detector import NodeHealth
+from agent.fence_stop import StopKind, StopReason
 from agent.leader_probes import LeaderProbes
 from agent.leader_state import raise_if_cancelling
-from agent.leader_view import LeaderView
+from agent.leader_view import ViewPublisher
 from agent.policy import (
     ClusterFacts,
     NodeWorkload,
@@ -32,7 +33,7 @@ from agent.workload import node_workload
 log = logging.getLogger("nodefence.leader")
 
 
-class LeaderJudge(LeaderProbes, LeaderView):
+class LeaderJudge(LeaderProbes, ViewPublisher):
     """One judging round, and the loop that runs it."""
 
     async def _judge_loop(self) -> None:
@@ -160,17 +161,26 @@ class LeaderJudge(LeaderProbes, LeaderView):
             if op is not None and op.off_proven:
                 if alive and not op.vms_let_go:
                     assert v is not None
-                    await self.executor.cancel_held(node, f"node alive again ({v.reason})")
+                    again = StopReason(StopKind.NODE_ALIVE, f"node alive again ({v.reason})")
+                    await self.executor.cancel_held(node, again)
                 else:
                     self.executor.go_on(node)
                 continue
             if node in maintenance and not (op and op.power_off_sent):
-                why = "node in maintenance (seen by a new leader that never decided to fence it)"
+                why = StopReason(
+                    StopKind.MAINTENANCE,
+                    "node in maintenance (seen by a new leader that never decided to fence it)",
+                )
             elif alive:
                 assert v is not None
-                why = f"node alive by the new leader's own evidence ({v.reason})"
+                why = StopReason(
+                    StopKind.NODE_ALIVE, f"node alive by the new leader's own evidence ({v.reason})"
+                )
             elif node not in self.nodes and self._nodes_listed:
-                why = "its Node no longer exists and this leader never decided to fence it"
+                why = StopReason(
+                    StopKind.NODE_GONE,
+                    "its Node no longer exists and this leader never decided to fence it",
+                )
             else:
                 if op and op.power_off_sent and v is not None and v.health is NodeHealth.DEAD:
                     self.executor.submit(node, now, self.nodes[node].uid)

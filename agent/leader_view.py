@@ -1,14 +1,13 @@
 """The leader's status view: what `nodefence status` shows, published retained on the broker.
 
-`LeaderView` builds the view (nodes, alerts, BMC verdicts, fencing operations with the
-ColdStandby VMs still on nodes not proven off) at most once per `view_period` and publishes it
-on `view_topic`.
+`ViewPublisher` builds the view (`agent.leader_view_codec.LeaderView`: nodes, alerts, BMC
+verdicts, fencing operations with the ColdStandby VMs still on nodes not proven off) at most
+once per `view_period` and publishes it on `view_topic`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 
 from agent import __version__
@@ -16,9 +15,18 @@ from agent.cluster import ClusterError
 from agent.detector import NodeHealth
 from agent.fence_evidence import stamp
 from agent.fencing_operation import RESTART_POLICIES
-from agent.heartbeat_codec import PREFIX
 from agent.leader_broker import BrokerLost
 from agent.leader_state import LeaderState
+from agent.leader_view_codec import (
+    Alert,
+    InventoryState,
+    LeaderView,
+    NodeRow,
+    OperationEntry,
+    PauseState,
+    encode,
+    view_topic,
+)
 from agent.pause import Pause
 from agent.policy import PolicyDecision
 from agent.status_view import operation_entry
@@ -26,29 +34,24 @@ from agent.status_view import operation_entry
 log = logging.getLogger("nodefence.leader")
 
 
-def view_topic(cluster: str) -> str:
-    """Retained topic where the leader publishes its view for `nodefence status`."""
-    return f"{PREFIX}/{cluster}/leader/view"
-
-
-class LeaderView(LeaderState):
+class ViewPublisher(LeaderState):
     """Builds and publishes the status view."""
 
-    def _bmc_alerts(self) -> list[dict[str, object]]:
+    def _bmc_alerts(self) -> tuple[Alert, ...]:
         """The BMC alerts that hold now, as the view lists alerts."""
         if self.bmc is None:
-            return []
-        out: list[dict[str, object]] = []
+            return ()
+        out: list[Alert] = []
         for node, verdict in sorted(self.bmc.book.nodes.items()):
             if verdict.fenceable is False:
                 message = f"node {node} cannot be fenced: {verdict.reason}"
-                out.append({"kind": "cannot-be-fenced", "node": node, "message": message})
+                out.append(Alert("cannot-be-fenced", node, message))
         for node, checks in sorted(self.bmc.book.checks.items()):
             for c in checks.values():
                 if not c.healthy:
                     message = f"BMC {node}/{c.device} ({c.type}) fails its check: {c.problem}"
-                    out.append({"kind": "bmc-check-failed", "node": node, "message": message})
-        return out
+                    out.append(Alert("bmc-check-failed", node, message))
+        return tuple(out)
 
     async def _down_vms(self, nodes: set[str], now: float) -> dict[str, list[str]] | None:
         """The ColdStandby VMs still on each of `nodes` (not proven off), for the view: read
@@ -58,24 +61,19 @@ class LeaderView(LeaderState):
         read_at, found = self._vms_down
         if found is None or now - read_at >= 5.0:
             try:
-                vms = await self.api.list_vms()
+                vms = await self.api.vm_placements()
             except ClusterError as err:
                 log.warning("cannot read the VMs of dead nodes for the status view: %s", err)
                 found = None
             else:
                 found = {}
                 for vm in vms:
-                    meta, spec = vm.get("metadata") or {}, vm.get("spec") or {}
-                    status = vm.get("status") or {}
-                    host = status.get("nodeName")
-                    policy = spec.get("runPolicy") or "AlwaysOnUnlessStoppedManually"
-                    if host and policy in RESTART_POLICIES and status.get("phase") != "Stopped":
-                        key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-                        found.setdefault(str(host), []).append(key)
+                    if vm.node and vm.run_policy in RESTART_POLICIES and vm.phase != "Stopped":
+                        found.setdefault(vm.node, []).append(vm.key)
             self._vms_down = (now, found)
         return None if found is None else {n: sorted(found.get(n, [])) for n in nodes}
 
-    async def _operations_view(self, dead: set[str], now: float) -> list[dict[str, object]]:
+    async def _operations_view(self, dead: set[str], now: float) -> list[OperationEntry]:
         """The operations this leader runs or finished lately, for `nodefence status`."""
         ex = self.executor
         if ex is None:
@@ -106,50 +104,41 @@ class LeaderView(LeaderState):
         dead = {v.node for v in self.verdicts if v.health is NodeHealth.DEAD}
         rows = []
         for v in self.verdicts:
-            seen = self.kubelet_seen.get(v.node)
             info = self.nodes.get(v.node)
             rows.append(
-                {
-                    "node": v.node,
-                    "state": v.health.value,
-                    "heartbeatAge": None
+                NodeRow(
+                    node=v.node,
+                    state=v.health.value,
+                    heartbeat_age=None
                     if v.since_last_heartbeat is None
                     else round(v.since_last_heartbeat, 2),
-                    "kubeletAge": None if v.kubelet_age is None else round(v.kubelet_age, 2),
-                    "kubeletLeaseSeen": seen is not None,
-                    "ready": info.ready if info is not None else None,
-                    "reason": v.reason,
-                    "held": decision.held.get(v.node, ""),
-                    "maintenance": info.maintenance_mark if info is not None else "",
-                    "cordoned": bool(info and info.unschedulable),
-                    "inInventory": None if inventory is None else v.node in inventory,
-                    "agent": self.ingest.versions.get(v.node),
-                    "bmc": None if self.bmc is None else self.bmc.node_view(v.node),
-                }
+                    kubelet_age=None if v.kubelet_age is None else round(v.kubelet_age, 2),
+                    kubelet_lease_seen=v.node in self.kubelet_seen,
+                    ready=info.ready if info is not None else None,
+                    reason=v.reason,
+                    held=decision.held.get(v.node, ""),
+                    maintenance=info.maintenance_mark if info is not None else "",
+                    cordoned=bool(info and info.unschedulable),
+                    in_inventory=None if inventory is None else v.node in inventory,
+                    agent=self.ingest.versions.get(v.node),
+                    bmc=None if self.bmc is None else self.bmc.node_view(v.node),
+                )
             )
         problem = self.inventory_problem() if self.inventory_problem is not None else ""
-        view = {
-            "v": 1,
-            "leader": self.identity,
-            "version": __version__,
-            "profile": self.cfg.profile,
-            "period": self.view_period,
-            "frozen": decision.frozen,
-            "paused": None if pause is None else pause.as_json(),
-            "alerts": [
-                {"kind": a.kind.value, "node": a.node, "message": a.message}
-                for a in decision.alerts
-            ]
+        view = LeaderView(
+            leader=self.identity,
+            version=__version__,
+            profile=self.cfg.profile,
+            period=self.view_period,
+            frozen=decision.frozen,
+            paused=None if pause is None else PauseState(pause.reason, pause.by, pause.since),
+            alerts=tuple(Alert(a.kind.value, a.node, a.message) for a in decision.alerts)
             + self._bmc_alerts(),
-            "rejected": dict(self.stats.rejected),
-            "nodes": rows,
-            "operations": await self._operations_view(dead, now),
-            "inventory": None
-            if inventory is None
-            else {"nodes": len(inventory), "problem": problem},
-            "publishedAt": self.wall(),
-        }
+            rejected=dict(self.stats.rejected),
+            nodes=tuple(rows),
+            operations=tuple(await self._operations_view(dead, now)),
+            inventory=None if inventory is None else InventoryState(len(inventory), problem),
+            published_at=self.wall(),
+        )
         with contextlib.suppress(BrokerLost):
-            await self.broker.publish(
-                view_topic(self.cfg.cluster), json.dumps(view).encode(), retain=True
-            )
+            await self.broker.publish(view_topic(self.cfg.cluster), encode(view), retain=True)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from agent.channels import ChannelErrors, cross_checked
+from agent.fence_stop import StopReason
 from agent.inventory import FencingPolicy, Level, NodeInventory
 from agent.topology import (
     Action,
@@ -37,10 +38,15 @@ LastLook = Callable[[str], None]
 
 
 class StopWalk(Exception):
-    """Raised by a guard to stop the walk at once (e.g. this process lost the leader Lease).
+    """Raised by a guard to stop the walk at once (e.g. this process lost the leader Lease),
+    with its typed `reason` (`agent.fence_stop`); its message is the reason's text.
 
     Unlike a `FenceError` it is not retried and does not escalate to the next level.
     """
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.text)
+        self.reason = reason
 
 
 class PowerFencer:

@@ -2,8 +2,9 @@
 what the command makes of a view: its lines, and what needs someone (the exit code).
 
 Pure: the leader builds entries from its state (`operation_entry`); the command passes the
-view and its age (`report`). A view older than `stale_after` is STALE: the leader that
-published it is gone (or reaches no broker), and every age in it is older by the view's age.
+view (`agent.leader_view_codec.LeaderView`, decoded) and its age (`report`). A view older than
+`stale_after` is STALE: the leader that published it is gone (or reaches no broker), and every
+age in it is older by the view's age.
 Someone must act (`Report.attention`, exit 1) when: the view is stale; a fence failed; VMs
 were not restarted (the deadline passed) or were left stopped by their runPolicy; a dead node
 is held only because fencing is paused; the inventory file was rejected; or an alert asks for
@@ -15,14 +16,13 @@ counted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.fence_outcome import longest_outage, still_down, stopped_clause, vm_summary
 from agent.fencing_operation import Operation, Phase
+from agent.leader_view_codec import LeaderView, NodeRow, OperationEntry
 
-Json = dict[str, Any]
 STALE_MIN = 3.0  # seconds; the leader publishes once a second
 ATTENTION_ALERTS = frozenset(
     {
@@ -41,29 +41,29 @@ _UNPROVEN = (Phase.PENDING, Phase.FENCING, Phase.FENCE_FAILED)
 
 def operation_entry(
     op: Operation, started: str | None, ended: str | None, waiting: Sequence[str] | None
-) -> Json:
+) -> OperationEntry:
     """One fencing operation as the view lists it. `waiting`: the ColdStandby VMs still on
     the node while its Off is not proven (read by the leader; None: unknown)."""
     if op.vms is not None:
-        down: list[str] | None = [v.key for v in still_down(op.vms, op.node)]
+        down: tuple[str, ...] | None = tuple(v.key for v in still_down(op.vms, op.node))
     else:
-        down = None if waiting is None else list(waiting)
-    return {
-        "node": op.node,
-        "id": op.id,
-        "phase": op.phase.value,
-        "attempts": op.attempts,
-        "reason": op.reason,
-        "lastError": op.errors[-1] if op.errors else "",
-        "offProven": op.off_proven,
-        "proof": op.proof,
-        "startedAt": started,
-        "endedAt": ended,
-        "vmsDown": down,
-        "vmsLeftStopped": stopped_clause(op.vms or ()),
-        "vms": vm_summary(op.vms, op.node) if op.vms is not None else "",
-        "outageSeconds": None if op.vms is None else longest_outage(op.vms),
-    }
+        down = None if waiting is None else tuple(waiting)
+    return OperationEntry(
+        node=op.node,
+        id=op.id,
+        phase=op.phase.value,
+        attempts=op.attempts,
+        reason=op.reason,
+        last_error=op.errors[-1] if op.errors else "",
+        off_proven=op.off_proven,
+        proof=op.proof,
+        started_at=started,
+        ended_at=ended,
+        vms_down=down,
+        vms_left_stopped=stopped_clause(op.vms or ()),
+        vms=vm_summary(op.vms, op.node) if op.vms is not None else "",
+        outage_seconds=None if op.vms is None else longest_outage(op.vms),
+    )
 
 
 @dataclass
@@ -75,50 +75,45 @@ class Report:
     stale: bool = False
 
 
-def stale_after(view: Mapping[str, Any]) -> float:
+def stale_after(view: LeaderView) -> float:
     """How old a view may be before it is STALE (three publishing periods, at least 3 s)."""
-    period = view.get("period")
-    period = float(period) if isinstance(period, int | float) else 1.0
-    return max(STALE_MIN, 3 * period)
+    return max(STALE_MIN, 3 * view.period)
 
 
-def _age(value: Any, plus: float) -> str:
-    return "-" if not isinstance(value, int | float) else f"{value + plus:.1f}s"
+def _age(value: float | None, plus: float) -> str:
+    return "-" if value is None else f"{value + plus:.1f}s"
 
 
-def _maint(row: Mapping[str, Any]) -> str:
-    mark = str(row.get("maintenance") or "")
-    if mark == "true":
+def _maint(row: NodeRow) -> str:
+    if row.maintenance == "true":
         return "yes"
-    if mark:
-        return mark
-    return "cordoned" if row.get("cordoned") else "-"
+    if row.maintenance:
+        return row.maintenance
+    return "cordoned" if row.cordoned else "-"
 
 
-def _bmc(row: Mapping[str, Any]) -> str:
-    bmc = row.get("bmc")
-    return str(bmc.get("summary") or "-") if isinstance(bmc, Mapping) else "-"
+def _bmc(row: NodeRow) -> str:
+    return str(row.bmc.get("summary") or "-") if row.bmc is not None else "-"
 
 
-def _table(view: Mapping[str, Any], age: float) -> list[str]:
+def _table(view: LeaderView, age: float) -> list[str]:
     rows = [["NODE", "STATE", "HEARTBEAT", "KUBELET", "READY", "MAINT", "BMC", "AGENT", "REASON"]]
-    for r in view.get("nodes") or []:
-        ready = {True: "True", False: "False"}.get(r.get("ready"), "Unknown")
-        state = str(r.get("state", "?"))
-        if r.get("inInventory") is False:
+    for r in view.nodes:
+        ready = "Unknown" if r.ready is None else str(r.ready)
+        state = r.state
+        if r.in_inventory is False:
             state += " (no BMC entry)"
         rows.append(
             [
-                str(r.get("node", "?")),
+                r.node,
                 state,
-                _age(r.get("heartbeatAge"), age),
-                _age(r.get("kubeletAge"), age),
+                _age(r.heartbeat_age, age),
+                _age(r.kubelet_age, age),
                 ready,
                 _maint(r),
                 _bmc(r),
-                str(r.get("agent") or "-"),
-                str(r.get("reason") or "")
-                + (f"; not fenced: {r['held']}" if r.get("held") else ""),
+                r.agent or "-",
+                r.reason + (f"; not fenced: {r.held}" if r.held else ""),
             ]
         )
     last = len(rows[0]) - 1
@@ -130,95 +125,94 @@ def _table(view: Mapping[str, Any], age: float) -> list[str]:
     return out
 
 
-def _operation_lines(op: Mapping[str, Any]) -> list[str]:
-    head = f"  {op.get('node')}  {op.get('phase')}"
-    if op.get("attempts"):
-        head += f"  attempt {op['attempts']}"
-    head += f"  op {op.get('id')}"
-    if op.get("endedAt"):
-        head += f"  ended {op['endedAt']}"
-    elif op.get("startedAt"):
-        head += f"  started {op['startedAt']}"
+def _operation_lines(op: OperationEntry) -> list[str]:
+    head = f"  {op.node}  {op.phase}"
+    if op.attempts:
+        head += f"  attempt {op.attempts}"
+    head += f"  op {op.id}"
+    if op.ended_at:
+        head += f"  ended {op.ended_at}"
+    elif op.started_at:
+        head += f"  started {op.started_at}"
     lines = [head]
-    if op.get("reason"):
-        lines.append(f"      {op['reason']}")
-    if op.get("phase") in ("FenceFailed", "Fencing", "Pending") and op.get("lastError"):
-        lines.append(f"      last error: {op['lastError']}")
-    down = op.get("vmsDown")
+    if op.reason:
+        lines.append(f"      {op.reason}")
+    if op.phase in ("FenceFailed", "Fencing", "Pending") and op.last_error:
+        lines.append(f"      last error: {op.last_error}")
+    down = op.vms_down
     if down:
         lines.append(f"      VMs down: {', '.join(down)}")
-    elif down is None and op.get("phase") in ("Pending", "Fencing", "FenceFailed"):
+    elif down is None and op.phase in ("Pending", "Fencing", "FenceFailed"):
         lines.append("      VMs down: not known (the leader could not read them)")
-    outage = op.get("outageSeconds")
-    if isinstance(outage, int | float):
-        lines.append(f"      longest VM outage: {outage:.1f} s from the node's last heartbeat")
+    if op.outage_seconds is not None:
+        lines.append(
+            f"      longest VM outage: {op.outage_seconds:.1f} s from the node's last heartbeat"
+        )
     return lines
 
 
-def _attention(view: Mapping[str, Any], stale: bool, age: float) -> list[str]:
+def _attention(view: LeaderView, stale: bool, age: float) -> list[str]:
     out = []
     if stale:
         out.append(
             f"the view is {age:.1f} s old: no leader publishes (it died, or reaches no broker);"
             " `kubectl -n nodefence get lease nodefence-leader` shows who holds the Lease"
         )
-    for op in view.get("operations") or []:
-        node, phase = op.get("node"), op.get("phase")
-        down = op.get("vmsDown")
+    for op in view.operations:
+        node, phase = op.node, op.phase
+        down = op.vms_down
         vms = f"; VMs down: {', '.join(down)}" if down else ""
         if phase == "FenceFailed":
             out.append(
-                f"{node}: fencing failed (attempt {op.get('attempts')}):"
-                f" {op.get('lastError') or op.get('reason')}{vms}"
+                f"{node}: fencing failed (attempt {op.attempts}): {op.last_error or op.reason}{vms}"
             )
         elif phase == "RecoveryIncomplete":
             out.append(f"{node}: VMs not running elsewhere after the fence{vms}")
-        if op.get("vmsLeftStopped"):
-            out.append(f"{node}: {op['vmsLeftStopped']}")
-    paused = view.get("paused")
-    if paused:
-        held = [r["node"] for r in view.get("nodes") or [] if r.get("state") == "dead"]
-        fencing = {op.get("node") for op in view.get("operations") or []}
+        if op.vms_left_stopped:
+            out.append(f"{node}: {op.vms_left_stopped}")
+    if view.paused is not None:
+        held = [r.node for r in view.nodes if r.state == "dead"]
+        fencing = {op.node for op in view.operations}
         held = [n for n in held if n not in fencing]
         if held:
             out.append(
                 f"fencing is paused and {', '.join(held)} {'is' if len(held) == 1 else 'are'}"
                 " dead: not fenced until `nodefence resume`"
             )
-    inventory = view.get("inventory")
-    if isinstance(inventory, Mapping) and inventory.get("problem"):
-        out.append(f"inventory: the newest version was rejected: {inventory['problem']}")
-    for a in view.get("alerts") or []:
-        if a.get("kind") in ATTENTION_ALERTS:
-            out.append(f"{a['kind']}: {a.get('message', '')}")
+    inventory = view.inventory
+    if inventory is not None and inventory.problem:
+        out.append(f"inventory: the newest version was rejected: {inventory.problem}")
+    for a in view.alerts:
+        if a.kind in ATTENTION_ALERTS:
+            out.append(f"{a.kind}: {a.message}")
     return out
 
 
-def report(view: Mapping[str, Any], age: float) -> Report:
+def report(view: LeaderView, age: float) -> Report:
     """The lines of `nodefence status` for `view`, published `age` seconds ago."""
     stale = age > stale_after(view)
     lines = [
-        f"leader: {view.get('leader')}  profile: {view.get('profile')}  view age: {age:.1f}s"
-        + (f"  version: {view['version']}" if view.get("version") else "")
-        + ("  FROZEN" if view.get("frozen") else "")
+        f"leader: {view.leader}  profile: {view.profile}  view age: {age:.1f}s"
+        + (f"  version: {view.version}" if view.version else "")
+        + ("  FROZEN" if view.frozen else "")
     ]
     if stale:
         lines.append(
             f"STALE: this view is {age:.1f} s old (published every"
-            f" {view.get('period', 1)} s): its leader is gone; the ages below include its age"
+            f" {view.period} s): its leader is gone; the ages below include its age"
         )
-    paused = view.get("paused")
-    if isinstance(paused, Mapping):
-        who = f" by {paused['by']}" if paused.get("by") else ""
-        since = f" since {paused['since']}" if paused.get("since") else ""
+    paused = view.paused
+    if paused is not None:
+        who = f" by {paused.by}" if paused.by else ""
+        since = f" since {paused.since}" if paused.since else ""
         lines.append(
-            f"PAUSED{who}{since}: {paused.get('reason')} (nodes are judged, none is fenced;"
+            f"PAUSED{who}{since}: {paused.reason} (nodes are judged, none is fenced;"
             " `nodefence resume` ends it)"
         )
     lines += _table(view, age)
-    ops = view.get("operations") or []
-    running = [op for op in ops if not op.get("endedAt")]
-    ended = [op for op in ops if op.get("endedAt")]
+    ops = view.operations
+    running = [op for op in ops if not op.ended_at]
+    ended = [op for op in ops if op.ended_at]
     if running:
         lines.append("Fencing:")
         for op in running:
@@ -227,16 +221,16 @@ def report(view: Mapping[str, Any], age: float) -> Report:
         lines.append("Recently fenced (by this leader):")
         for op in ended:
             lines += _operation_lines(op)
-    inventory = view.get("inventory")
-    if isinstance(inventory, Mapping):
-        said = f"inventory: {inventory.get('nodes')} nodes"
-        if inventory.get("problem"):
-            said += f"; newest version REJECTED, the previous one in force: {inventory['problem']}"
+    inventory = view.inventory
+    if inventory is not None:
+        said = f"inventory: {inventory.nodes} nodes"
+        if inventory.problem:
+            said += f"; newest version REJECTED, the previous one in force: {inventory.problem}"
         lines.append(said)
-    for a in view.get("alerts") or []:
-        lines.append(f"ALERT {a.get('kind')}: {a.get('message')}")
-    if view.get("rejected"):
-        rejected = ", ".join(f"{k}={v}" for k, v in sorted(view["rejected"].items()))
+    for a in view.alerts:
+        lines.append(f"ALERT {a.kind}: {a.message}")
+    if view.rejected:
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(view.rejected.items()))
         lines.append(f"rejected messages: {rejected}")
     attention = _attention(view, stale, age)
     if attention:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from agent.cluster import VM_GROUP, VM_VERSION, ClusterError
+from agent.cluster import VM_GROUP, VM_VERSION, ClusterError, Forbidden
 from agent.kubevirt_objects import GROUP as KUBEVIRT_GROUP
 from agent.kubevirt_objects import VERSION as KUBEVIRT_VERSION
 from agent.virt_driver import VirtDriver
@@ -119,8 +119,8 @@ class VirtLayer:
         for driver in await self.drivers():
             try:
                 found += await driver.list_vms()
-            except ClusterError as err:
-                if self.mode != AUTO or err.status != 403 or self.maintenance:
+            except Forbidden as err:
+                if self.mode != AUTO or self.maintenance:
                     raise
                 self._warn(driver.virt, err)
         return found

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent.cluster_error import ClusterError
+from agent.cluster_error import ClusterError, Conflict, NotFound
 from agent.kubevirt_objects import (
     LAUNCHER_SELECTOR,
     MIGRATION_JOB_LABEL,
@@ -137,10 +137,8 @@ class KubevirtDriver(VirtDriver):
                 created = await self.api.create_kubevirt_migration(
                     vm.namespace, migration_body(vm.namespace, vm.name, name, node)
                 )
-            except ClusterError as err:
-                if err.status == 409:
-                    continue
-                raise
+            except Conflict:
+                continue  # the name is taken: the next attempt's
             return migration_ref(created)
         raise VmopsError(
             f"cannot name a migration for {vm.key}: migrate-{vm.name}-* kept conflicting"
@@ -164,8 +162,10 @@ class KubevirtDriver(VirtDriver):
         pod = str(mine[0]["metadata"]["name"])
         try:
             why = await self.api.evict_pod(vm.namespace, pod)
+        except NotFound:
+            why = ""  # gone already: as good as evicted
         except ClusterError as err:
-            why = "" if err.status == 404 else str(err)
+            why = str(err)
         handed_over = EVACUATION in why
         if why and not handed_over:
             return OpRef(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterApi, Conflict
 from agent.vm_migration import OpRef, VmRef, vmop_body, vmop_name
 
 Clock = Callable[[], float]
@@ -53,9 +53,7 @@ async def create_evict(
             await api.create_vm_operation(
                 vm.namespace, vmop_body(vm.namespace, vm.name, name, node, force)
             )
-        except ClusterError as err:
-            if err.status == 409:
-                continue
-            raise
+        except Conflict:
+            continue  # the name is taken: the next attempt's
         return OpRef(vm.namespace, name, vm.name, "")
     raise VmopsError(f"cannot name an operation for {vm.key}: migrate-{vm.name}-* kept conflicting")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterApi, ClusterError, NotFound
 from agent.pod_drain import (
     PodAction,
     PodDrain,
@@ -231,8 +231,10 @@ async def drain_pods(
             namespace, name = key.split("/", 1)
             try:
                 why = await api.evict_pod(namespace, name)
+            except NotFound:
+                why = ""  # gone already: as good as evicted
             except ClusterError as err:
-                why = "" if err.status == 404 else str(err)
+                why = str(err)
             if not why:
                 evicted.append(key)
                 reporter.line(f"pod {key}: evicted")

@@ -9,8 +9,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.cluster import ClusterError, NodeInfo
-from agent.cluster_release import AttachmentInfo
+from agent.cluster import ClusterError, NodeInfo, PodInfo
+from agent.cluster_release import AttachmentInfo, pod_infos
 from backends.base import PowerBackend, PowerState
 from backends.errors import BmcUnreachable
 from backends.spec import DeviceSpec
@@ -125,6 +125,9 @@ class FakeApi:
             for ns, name, uid, on in self.pods
             if on == node
         ]
+
+    async def pods_to_release(self, node: str) -> list[PodInfo]:
+        return pod_infos(await self.list_node_pods(node))
 
     async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
         self.calls.append(f"delete_pod {name}")

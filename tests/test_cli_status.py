@@ -19,7 +19,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.leader_view import view_topic
+from agent.leader_view_codec import view_topic
 from hwsim.broker import MosquittoBroker
 from tests.conftest import REPO, run_cli
 

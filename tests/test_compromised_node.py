@@ -35,7 +35,7 @@ import yaml
 
 from agent.heartbeat_auth import sign_own
 from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic
-from agent.leader_view import view_topic
+from agent.leader_view_codec import view_topic
 from agent.node_identity import Identity, encode_identity, identity_topic, signed_bytes, with_mac
 from agent.node_key_file import read_key_file
 from agent.node_keys import agreed_key, decode_key, mac_of, public_of

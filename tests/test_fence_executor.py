@@ -16,6 +16,7 @@ import yaml
 
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_executor import FenceExecutor
+from agent.fence_stop import StopKind, StopReason
 from agent.fencing import Timing
 from agent.fencing_operation import Cleanup, Operation, Phase
 from agent.inventory import parse_inventory
@@ -255,7 +256,8 @@ async def test_a_resumed_operation_is_aborted_when_this_leader_sees_the_node_ali
     stored_op(api, sent)
     ex = make(tmp_path, api, machine, leader)
     await ex.resume()
-    await ex.cancel_held(N, "node alive by the new leader's own evidence (heartbeats)")
+    why = "node alive by the new leader's own evidence (heartbeats)"
+    await ex.cancel_held(N, StopReason(StopKind.NODE_ALIVE, why))
     st = record(api)["status"]
     assert st["phase"] == "Aborted" and "own evidence" in st["reason"]
     assert machine.offs == 0 and not ex.held()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from agent.fence_stop import StopKind, StopReason
 from agent.inventory import FencingPolicy, Level, NodeInventory
 from agent.power import PowerFencer, StopWalk
 from agent.topology import Action, Attempt, attempt_plan, combined_state
@@ -216,7 +217,7 @@ async def test_a_guard_that_refuses_stops_before_any_power_request() -> None:
     fencer, dev, _ = setup(["ipmi"])
 
     async def not_leader(step: str) -> None:
-        raise StopWalk(f"lost the lease before {step}")
+        raise StopWalk(StopReason(StopKind.LEASE_LOST, f"lost the lease before {step}"))
 
     fencer._guard = not_leader
     out = await fencer.run(Action.OFF)
