@@ -24,7 +24,7 @@ from agent.cluster import ClusterApi, ClusterError
 from agent.fence_advice import NodeFacts, warnings, what_dies
 from agent.inventory import Inventory, NodeInventory
 from agent.power import PowerFencer
-from agent.topology import Action, Outcome, Step
+from agent.topology import PowerOutcome, PowerRequest, Step
 from backends.spec import DeviceSpec
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def _describe(dev: DeviceSpec) -> str:
     return f"redfish {dev.base_url} auth {dev.auth}, {tls}, as {dev.username}"
 
 
-def _print_plan(node: NodeInventory, action: Action, out: TextIO) -> None:
+def _print_plan(node: NodeInventory, action: PowerRequest, out: TextIO) -> None:
     print(f"node {node.name}: action {action.value}", file=out)
     for li, level in enumerate(node.levels, start=1):
         for dev in level.devices:
@@ -58,8 +58,12 @@ def _step_line(step: Step) -> str:
     return line
 
 
-def _confirm(node: str, action: Action, dies: str, inp: TextIO, err: TextIO) -> bool:
-    verb = {Action.OFF: "power off", Action.REBOOT: "power-cycle", Action.ON: "power on"}
+def _confirm(node: str, action: PowerRequest, dies: str, inp: TextIO, err: TextIO) -> bool:
+    verb = {
+        PowerRequest.OFF: "power off",
+        PowerRequest.REBOOT: "power-cycle",
+        PowerRequest.ON: "power on",
+    }
     what = verb.get(action, action.value)
     if not inp.isatty():
         print(
@@ -149,10 +153,10 @@ class Progress:
 
 
 def _cluster_look(
-    args: argparse.Namespace, node: str, action: Action
+    args: argparse.Namespace, node: str, action: PowerRequest
 ) -> tuple[ClusterApi | None, NodeFacts | None, str, str]:
     """(API, what the cluster says of the node, its uid, why the cluster was not consulted)."""
-    if args.no_record or args.dry_run or action is Action.STATUS:
+    if args.no_record or args.dry_run or action is PowerRequest.STATUS:
         return None, None, "", ""
     from agent.cli_kube import kube_api
     from agent.fence_manual import node_facts
@@ -184,12 +188,12 @@ def run_fence(
     except KeyError as e:
         print(f"nodefence: {e.args[0]}", file=err)
         return EXIT_USAGE
-    action = Action(args.action)
+    action = PowerRequest(args.action)
     text = args.output == "text"
     if text:
         _print_plan(node, action, out)
     if args.dry_run:
-        action = Action.STATUS
+        action = PowerRequest.STATUS
         if text:
             print("dry run: reading the power state only, nothing is changed", file=out)
     try:
@@ -197,7 +201,9 @@ def run_fence(
         for warning in warnings(node.name, action, facts, os.environ.get("NODE_NAME")):
             print(f"WARNING: {warning}", file=err)
         already = (
-            _already_off(node, inventory, out if text else None) if action is Action.OFF else None
+            _already_off(node, inventory, out if text else None)
+            if action is PowerRequest.OFF
+            else None
         )
     except KeyboardInterrupt:
         print(
@@ -207,7 +213,7 @@ def run_fence(
         return EXIT_INTERRUPTED
     if already is not None:
         return _finish(args, already, None, api, uid, out, err, unrecorded, node)
-    if action is not Action.STATUS and not args.yes:
+    if action is not PowerRequest.STATUS and not args.yes:
         try:
             confirmed = _confirm(node.name, action, what_dies(node.name, action, facts), inp, err)
         except KeyboardInterrupt:
@@ -243,12 +249,14 @@ def run_fence(
     return _finish(args, outcome, record, api, uid, out, err, unrecorded, node)
 
 
-def _already_off(node: NodeInventory, inventory: Inventory, out: TextIO | None) -> Outcome | None:
+def _already_off(
+    node: NodeInventory, inventory: Inventory, out: TextIO | None
+) -> PowerOutcome | None:
     """An outcome when every device of the node reads Off now (nothing sent), else None."""
     if out is not None:
         print("reading the power state first (a node already off gets no power-off)", file=out)
         out.flush()
-    looked = asyncio.run(PowerFencer(node, inventory.policy).run(Action.STATUS))
+    looked = asyncio.run(PowerFencer(node, inventory.policy).run(PowerRequest.STATUS))
     if not looked.off_proven:
         return None
     if out is not None:
@@ -257,9 +265,9 @@ def _already_off(node: NodeInventory, inventory: Inventory, out: TextIO | None) 
         print(
             f"node {node.name} is already off (every device reads Off): no power-off sent", file=out
         )
-    return Outcome(
+    return PowerOutcome(
         node.name,
-        Action.OFF,
+        PowerRequest.OFF,
         success=True,
         state=looked.state,
         off_proven=True,
@@ -270,7 +278,7 @@ def _already_off(node: NodeInventory, inventory: Inventory, out: TextIO | None) 
 
 def _finish(
     args: argparse.Namespace,
-    outcome: Outcome,
+    outcome: PowerOutcome,
     record: ManualRecord | None,
     api: ClusterApi | None,
     uid: str,
@@ -284,7 +292,7 @@ def _finish(
     else:
         json.dump(_outcome_json(outcome), out, indent=2)
         out.write("\n")
-    if outcome.action is not Action.STATUS and not args.dry_run:
+    if outcome.action is not PowerRequest.STATUS and not args.dry_run:
         if api is not None:
             if record is None:  # already off: recorded with the read-back as its steps
                 from agent.cli_kube import who
@@ -303,7 +311,7 @@ def _store(
     api: ClusterApi,
     namespace: str,
     record: ManualRecord,
-    outcome: Outcome | None,
+    outcome: PowerOutcome | None,
     verdict: str,
     uid: str,
     err: TextIO,
@@ -316,27 +324,31 @@ def _store(
     print(f"recorded as FenceOperation {namespace}/{name} (`nodefence history`)", file=err)
 
 
-def _verdict(o: Outcome) -> str:
+def _verdict(o: PowerOutcome) -> str:
     where = f" by level {o.level}" if o.level else ""
-    if o.action is Action.STATUS:
+    if o.action is PowerRequest.STATUS:
         return f"power {o.state.value}" if o.success else f"UNKNOWN: {o.reason}"
     if o.success:
-        proven = {Action.OFF: "proven OFF", Action.ON: "proven ON", Action.REBOOT: "rebooted"}
+        proven = {
+            PowerRequest.OFF: "proven OFF",
+            PowerRequest.ON: "proven ON",
+            PowerRequest.REBOOT: "rebooted",
+        }
         verdict = f"{proven[o.action]}{where}"
-        if o.action is Action.OFF and not any(s.request == "off" for s in o.steps):
+        if o.action is PowerRequest.OFF and not any(s.request == "off" for s in o.steps):
             verdict = "already OFF: no power-off sent"
-        if o.action is Action.REBOOT:
+        if o.action is PowerRequest.REBOOT:
             verdict += " (off was proven before power-on)"
         return verdict
     verdict = f"FAILED to {o.action.value}: {o.reason}"
     if o.off_proven:
         verdict += " (the node IS proven off)"
-    elif o.action in (Action.OFF, Action.REBOOT):
+    elif o.action in (PowerRequest.OFF, PowerRequest.REBOOT):
         verdict += " (Off NOT proven)"
     return verdict
 
 
-def _outcome_json(o: Outcome) -> dict[str, Any]:
+def _outcome_json(o: PowerOutcome) -> dict[str, Any]:
     return {
         "node": o.node,
         "action": o.action.value,

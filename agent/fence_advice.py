@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.topology import Action
+from agent.topology import PowerRequest
 
 SHOWN = 5  # VM names listed before "and N more"
 
@@ -38,21 +38,23 @@ def vms_words(vms: tuple[str, ...]) -> str:
     return f"{len(vms)} VM{'s' if len(vms) != 1 else ''} ({listed})"
 
 
-def what_dies(node: str, action: Action, facts: NodeFacts | None) -> str:
+def what_dies(node: str, action: PowerRequest, facts: NodeFacts | None) -> str:
     """What the confirmation question says runs there ("" when unknown)."""
-    if facts is None or not facts.exists or action not in (Action.OFF, Action.REBOOT):
+    if facts is None or not facts.exists or action not in (PowerRequest.OFF, PowerRequest.REBOOT):
         return ""
     return f"{vms_words(facts.vms)} running on {node}"
 
 
-def warnings(node: str, action: Action, facts: NodeFacts | None, here: str | None) -> list[str]:
+def warnings(
+    node: str, action: PowerRequest, facts: NodeFacts | None, here: str | None
+) -> list[str]:
     """Why this manual fence may not be what its operator wants (see the module doc).
 
     `here`: the node this command runs on ($NODE_NAME in an agent pod), None elsewhere."""
-    if action not in (Action.OFF, Action.REBOOT):
+    if action not in (PowerRequest.OFF, PowerRequest.REBOOT):
         return []
     out = []
-    verb = "powering it off" if action is Action.OFF else "a power cycle"
+    verb = "powering it off" if action is PowerRequest.OFF else "a power cycle"
     if here == node:
         out.append(
             f"this command runs in {node}'s own agent pod: it dies with the power-off, before"
@@ -80,7 +82,7 @@ def warnings(node: str, action: Action, facts: NodeFacts | None, here: str | Non
             f" elsewhere). Wait for `nodefence maintenance enter {node}` to finish"
         )
     elif facts.ready:
-        fenced = "fences it too" if action is Action.OFF else "may fence it before it is back"
+        fenced = "fences it too" if action is PowerRequest.OFF else "may fence it before it is back"
         out.append(
             f"{node} is Ready and not in maintenance: {verb} kills {vms_words(facts.vms)}, and"
             f" nodefence's leader then declares it dead and {fenced} (its Node deleted, its"

@@ -19,7 +19,7 @@ from agent.fence_evidence import EvidenceBook
 from agent.fencing_operation import Operation, Phase
 from agent.inventory import NodeInventory
 from agent.records import from_record, to_record
-from agent.topology import Action, Outcome, Step
+from agent.topology import PowerOutcome, PowerRequest, Step
 
 HOSTED = ("Running", "Migrating", "Stopping")  # a VM whose processes run on its node
 
@@ -46,7 +46,7 @@ class ManualRecord:
     """The evidence of one manual fence as it runs, and its record once it is over."""
 
     def __init__(
-        self, node: NodeInventory, action: Action, who: str, wall: Callable[[], float]
+        self, node: NodeInventory, action: PowerRequest, who: str, wall: Callable[[], float]
     ) -> None:
         self.node = node
         self.action = action
@@ -61,7 +61,7 @@ class ManualRecord:
         self.seen.append(s)
         self.book.power_step(self.node.name, self.id, self.node, s)
 
-    def operation(self, outcome: Outcome | None, verdict: str, uid: str) -> Operation:
+    def operation(self, outcome: PowerOutcome | None, verdict: str, uid: str) -> Operation:
         """The final operation this fence was (`outcome` None: interrupted)."""
         proven = outcome is not None and outcome.off_proven
         sent = any(s.request in ("off", "on") and s.result == "sent" for s in self.seen)
@@ -77,11 +77,11 @@ class ManualRecord:
             reason=verdict,
             proof="read-back" if proven else "",
             node_uid=uid,
-            reboot=self.action is Action.REBOOT,
+            reboot=self.action is PowerRequest.REBOOT,
         )
 
     async def store(
-        self, api: ClusterApi, namespace: str, outcome: Outcome | None, verdict: str, uid: str
+        self, api: ClusterApi, namespace: str, outcome: PowerOutcome | None, verdict: str, uid: str
     ) -> str:
         """Create the record; returns its name."""
         op = self.operation(outcome, verdict, uid)
@@ -89,7 +89,7 @@ class ManualRecord:
             op,
             namespace,
             self.who,
-            action="on" if self.action is Action.ON else "off",
+            action="on" if self.action is PowerRequest.ON else "off",
             evidence=self.book.to_json(self.node.name, self.id),
             requested_by=self.who,
         )

@@ -15,13 +15,12 @@ from agent.fencing_events import Event, FenceDone, PoweredOn, PoweredOnAgain, Se
 from agent.fencing_operation import Operation
 from agent.inventory import NodeInventory
 from agent.power import PowerFencer, StopWalk
-from agent.topology import Action as PowerAction
-from agent.topology import Outcome
+from agent.topology import PowerOutcome, PowerRequest
 
 log = logging.getLogger("nodefence.fencing")
 
 
-def all_unreachable(node: NodeInventory, outcome: Outcome) -> bool:
+def all_unreachable(node: NodeInventory, outcome: PowerOutcome) -> bool:
     """True when the walk tried every device of the node and none of them answered."""
     devices = {d.name for level in node.levels for d in level.devices}
     tried = {s.device for s in outcome.steps}
@@ -75,7 +74,7 @@ class PowerWalks(ExecutorBase):
         proved = NodeInventory(node_inv.name, (node_inv.levels[op.level - 1],))
         outcome = await PowerFencer(
             proved, inventory.policy, factory=self.backend_factory, clock=self.clock
-        ).run(PowerAction.STATUS)
+        ).run(PowerRequest.STATUS)
         on = sorted({s.device for s in outcome.steps if s.result == "on"})
         if on:
             return PoweredOnAgain(f"{', '.join(on)} read On again")
@@ -136,7 +135,7 @@ class PowerWalks(ExecutorBase):
             clock=self.clock,
             on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
         )
-        outcome = await fencer.run(PowerAction.OFF)
+        outcome = await fencer.run(PowerRequest.OFF)
         if guard.stopped_by_pause:
             return None  # nothing more sent or stored: the next round waits for the resume
         self.evidence.step(
@@ -174,7 +173,7 @@ class PowerWalks(ExecutorBase):
             factory=self.backend_factory,
             clock=self.clock,
             on_step=lambda s: self.evidence.power_step(op.node, op.id, node_inv, s),
-        ).run(PowerAction.ON)
+        ).run(PowerRequest.ON)
         if not outcome.success:
             log.error("powering %s back on after the fence failed: %s", op.node, outcome.reason)
             return PoweredOn(False, "; ".join(outcome.errors) or "power-on not confirmed")

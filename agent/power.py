@@ -15,8 +15,8 @@ from agent.channels import ChannelErrors, cross_checked
 from agent.fence_stop import StopReason
 from agent.inventory import FencingPolicy, Level, NodeInventory
 from agent.topology import (
-    Action,
-    Outcome,
+    PowerOutcome,
+    PowerRequest,
     Step,
     attempt_plan,
     channel_errors,
@@ -83,19 +83,19 @@ class PowerFencer:
         self._last_look = last_look
         self._backends: dict[str, PowerBackend] = {}
         self._started = 0.0
-        self._outcome = Outcome(node.name, Action.STATUS)
+        self._outcome = PowerOutcome(node.name, PowerRequest.STATUS)
 
-    async def run(self, action: Action) -> Outcome:
+    async def run(self, action: PowerRequest) -> PowerOutcome:
         """Carry out `action`; never raises a `FenceError` (failures are in the outcome)."""
         self._started = self._clock()
-        self._outcome = Outcome(self.node.name, action)
+        self._outcome = PowerOutcome(self.node.name, action)
         try:
-            if action is Action.STATUS:
+            if action is PowerRequest.STATUS:
                 await self._status()
-            elif action is Action.ON:
+            elif action is PowerRequest.ON:
                 await self._walk_on()
             else:
-                await self._walk_off(then_on=action is Action.REBOOT)
+                await self._walk_off(then_on=action is PowerRequest.REBOOT)
         except StopWalk as stop:
             self._outcome.success = False
             self._outcome.errors.append(f"stopped: {stop}")

@@ -13,7 +13,7 @@ from agent.inventory import FencingPolicy, NodeInventory
 from backends.base import PowerState
 
 
-class Action(enum.Enum):
+class PowerRequest(enum.Enum):
     """What an operator or the leader asks of a node's power."""
 
     OFF = "off"
@@ -78,11 +78,11 @@ class Step:
 
 
 @dataclass
-class Outcome:
+class PowerOutcome:
     """The result of one action on one node."""
 
     node: str
-    action: Action
+    action: PowerRequest
     success: bool = False
     state: PowerState = PowerState.UNKNOWN
     off_proven: bool = False

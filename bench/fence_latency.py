@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.inventory import FencingPolicy, Level, NodeInventory  # noqa: E402
 from agent.power import PowerFencer  # noqa: E402
-from agent.topology import Action  # noqa: E402
+from agent.topology import PowerRequest  # noqa: E402
 from backends.base import PowerBackend  # noqa: E402
 from backends.ipmi import IpmiBackend  # noqa: E402
 from backends.ipmi_pool import POOL, WorkerPool  # noqa: E402
@@ -179,7 +179,7 @@ def run_all(
         inv = NodeInventory(node, (Level((spec,)),))
 
         def once() -> None:
-            out = asyncio.run(PowerFencer(inv, policy, factory=factory).run(Action.OFF))
+            out = asyncio.run(PowerFencer(inv, policy, factory=factory).run(PowerRequest.OFF))
             if not out.success:
                 raise RuntimeError(out.reason)
 

@@ -18,7 +18,7 @@ import yaml
 
 from agent.inventory import FencingPolicy, InventoryError, Level, NodeInventory, load_inventory
 from agent.power import PowerFencer
-from agent.topology import Action
+from agent.topology import PowerRequest
 from backends.base import PowerState
 from backends.errors import FenceAgentFailed, FenceError
 from backends.fence_agent import AgentRun, FenceAgentBackend, agent_input, read_status
@@ -144,7 +144,7 @@ async def test_an_off_that_exits_zero_is_no_proof_when_status_still_reads_on(
         "print('Status: ON'); sys.exit(0)\n",
     )
     node = NodeInventory("node-1", (Level((fake_device(lying),)),))
-    outcome = await PowerFencer(node, FencingPolicy(attempts=1)).run(Action.OFF)
+    outcome = await PowerFencer(node, FencingPolicy(attempts=1)).run(PowerRequest.OFF)
     assert not outcome.off_proven and not outcome.success
     assert [(s.request, s.result) for s in outcome.steps] == [
         ("off", "sent"),

@@ -15,7 +15,7 @@ import pytest
 from agent.fence_executor import all_unreachable
 from agent.inventory import FencingPolicy, Level, NodeInventory
 from agent.power import PowerFencer
-from agent.topology import Action
+from agent.topology import PowerRequest
 from backends.base import PowerState
 from backends.errors import (
     BmcAuthFailed,
@@ -347,7 +347,7 @@ async def test_a_walk_against_a_bmc_failing_tls_is_not_all_unreachable(
         timeouts=DeviceTimeouts(timeout=3.0, power_timeout=1.0, poll_interval=0.1),
     )
     node = NodeInventory("node-1", (Level((device,)),))
-    outcome = await PowerFencer(node, FencingPolicy(attempts=1)).run(Action.OFF)
+    outcome = await PowerFencer(node, FencingPolicy(attempts=1)).run(PowerRequest.OFF)
     assert not outcome.off_proven
     assert [s.result for s in outcome.steps] == ["tls"]
     assert not all_unreachable(node, outcome)

@@ -18,7 +18,7 @@ import pytest
 
 from agent.inventory import parse_inventory
 from agent.power import PowerFencer
-from agent.topology import Action, Outcome
+from agent.topology import PowerOutcome, PowerRequest
 from backends.base import CheckResult, PowerBackend, PowerState
 from backends.errors import (
     BmcAuthFailed,
@@ -157,7 +157,7 @@ def rig(
     return fencer, channels, world
 
 
-def results(out: Outcome, device: str, request: str = "confirm-off") -> list[str]:
+def results(out: PowerOutcome, device: str, request: str = "confirm-off") -> list[str]:
     return [s.result for s in out.steps if s.device == device and s.request == request]
 
 
@@ -180,7 +180,7 @@ async def test_an_errored_channel_beside_an_off_read_is_not_proof_of_off(
     # an error every time: it answered, so it cannot be skipped, and it never read Off.
     fencer, ch, world = rig([["ipmi"], ["redfish"]])
     ch["redfish"].always_fails = error
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert not world.host_on  # the host is off, but nothing proved it twice
     assert not out.success and not out.off_proven
     assert "node=n device=redfish" in out.reason
@@ -192,7 +192,7 @@ async def test_an_errored_channel_beside_an_off_read_is_not_proof_of_off(
 async def test_an_unreachable_channel_beside_an_off_read_is_skipped_and_says_so() -> None:
     fencer, ch, _ = rig([["ipmi"], ["redfish"]])
     ch["redfish"].always_fails = BmcUnreachable("no answer", node="n", device="redfish")
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.success and out.off_proven and out.level == 1
     (step,) = [s for s in out.steps if s.device == "redfish"]
     assert step.result == "unreachable" and "skipped" in step.detail
@@ -202,7 +202,7 @@ async def test_an_unreachable_channel_beside_an_off_read_is_skipped_and_says_so(
 async def test_an_errored_channel_that_reads_off_within_its_power_timeout_is_proof() -> None:
     fencer, ch, _ = rig([["ipmi"], ["redfish"]])
     ch["redfish"].read_errors = [BmcTimeout("stalled", node="n", device="redfish")] * 3
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.success and out.off_proven
     assert results(out, "redfish") == ["timeout"]
     assert results(out, "redfish", "verify-off") == ["off"]
@@ -224,7 +224,7 @@ async def test_channel_errors_ignore_skips_an_errored_channel_per_node_or_fencin
 ) -> None:
     fencer, ch, _ = rig([["ipmi"], ["redfish"]], node, **fencing)
     ch["redfish"].always_fails = BmcAuthFailed("login refused", node="n", device="redfish")
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.off_proven is proven
     if proven:
         (step,) = [s for s in out.steps if s.device == "redfish"]
@@ -234,7 +234,7 @@ async def test_channel_errors_ignore_skips_an_errored_channel_per_node_or_fencin
 async def test_ignore_does_not_skip_a_channel_that_reads_on() -> None:
     fencer, ch, world = rig([["ipmi"], ["redfish"]], channel_errors="ignore")
     lying_ipmi(ch["ipmi"])
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert world.host_on and not out.off_proven
     assert results(out, "redfish") == ["on"]
 
@@ -314,7 +314,7 @@ async def test_off_is_proven_through_the_channels_that_share_its_power(
                     ch[name].off_errors = [BmcAuthFailed("refused", node="n", device=name)]
         elif fault == "pdu-b-errors":
             ch["pdu-b"].always_fails = BmcProtocolError("HTTP 500", node="n", device="pdu-b")
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.off_proven is (proven_by is not None), out.errors
     assert out.success is (proven_by is not None)
     if proven_by is not None:
@@ -325,7 +325,7 @@ async def test_off_is_proven_through_the_channels_that_share_its_power(
 
 async def test_a_device_outside_the_group_is_reported_as_not_cross_checked() -> None:
     fencer, ch, world = rig(BMC_THEN_PDU, BMC_GROUPS)
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.off_proven and world.outlets_on["pdu"]
     assert ch["pdu"].reads == 0
     (step,) = [s for s in out.steps if s.device == "pdu"]
@@ -340,6 +340,6 @@ async def test_a_group_member_on_another_level_must_read_off() -> None:
         {"verify_all_channels": [["ipmi", "redfish"], ["pdu"]]},
     )
     lying_ipmi(ch["ipmi"])
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert world.host_on and not out.off_proven
     assert results(out, "redfish") == ["on"] and results(out, "pdu") == ["skipped"]

@@ -9,7 +9,7 @@ import pytest
 from agent.fence_stop import StopKind, StopReason
 from agent.inventory import FencingPolicy, Level, NodeInventory
 from agent.power import PowerFencer, StopWalk
-from agent.topology import Action, Attempt, attempt_plan, combined_state
+from agent.topology import Attempt, PowerRequest, attempt_plan, combined_state
 from backends.base import CheckResult, PowerBackend, PowerState
 from backends.errors import BmcAuthFailed, BmcUnreachable, FenceError
 from backends.spec import DeviceSpec, DeviceTimeouts, IpmiDevice, Secret
@@ -126,7 +126,7 @@ def test_a_node_is_off_only_when_every_device_reads_off(
 async def test_off_is_success_only_after_off_is_read_back() -> None:
     fencer, dev, _ = setup(["ipmi"])
     dev["ipmi"].off_after = 1.2
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.success and out.off_proven and out.level == 1
     assert dev["ipmi"].log[0] == "off" and dev["ipmi"].log.count("status") >= 3
     assert [s.request for s in out.steps] == ["off", "verify-off"]
@@ -135,7 +135,7 @@ async def test_off_is_success_only_after_off_is_read_back() -> None:
 async def test_stuck_on_bmc_is_a_verify_failure_not_success() -> None:
     fencer, dev, clock = setup(["ipmi"])
     dev["ipmi"].ignore_off = True
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert not out.success and not out.off_proven
     assert "not confirmed within power_timeout=5" in out.reason
     assert dev["ipmi"].log.count("off") == 2  # both attempts of the only level
@@ -145,7 +145,7 @@ async def test_stuck_on_bmc_is_a_verify_failure_not_success() -> None:
 async def test_transient_failure_is_retried_on_the_same_level() -> None:
     fencer, dev, clock = setup(["ipmi"])
     dev["ipmi"].fail_with = [BmcUnreachable("down", node="n", device="ipmi")]
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.success and out.level == 1 and dev["ipmi"].log.count("off") == 2
     assert clock.now >= 1.0  # backoff before the second attempt
 
@@ -153,7 +153,7 @@ async def test_transient_failure_is_retried_on_the_same_level() -> None:
 async def test_failing_first_level_escalates_to_the_second() -> None:
     fencer, dev, _ = setup(["ipmi"], ["redfish"], policy=FencingPolicy(verify_all_channels=False))
     dev["ipmi"].fail_with = [BmcAuthFailed("no", node="n", device="ipmi")] * 2
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.success and out.level == 2 and len(out.errors) == 2
     assert dev["redfish"].state is PowerState.OFF
 
@@ -161,7 +161,7 @@ async def test_failing_first_level_escalates_to_the_second() -> None:
 async def test_a_level_needs_every_device_off() -> None:
     fencer, dev, _ = setup(["pdu-a", "pdu-b"], policy=FencingPolicy(attempts=1))
     dev["pdu-b"].ignore_off = True
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert not out.success
     assert dev["pdu-a"].state is PowerState.OFF and dev["pdu-b"].state is PowerState.ON
 
@@ -169,7 +169,7 @@ async def test_a_level_needs_every_device_off() -> None:
 async def test_off_must_also_read_off_on_every_other_reachable_channel() -> None:
     fencer, dev, _ = setup(["ipmi"], ["redfish"], policy=FencingPolicy(attempts=1))
     # ipmi says Off early, but redfish still sees the machine On: not proven.
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert dev["ipmi"].state is PowerState.OFF and dev["redfish"].state is PowerState.ON
     assert not out.success and not out.off_proven
     assert any(s.device == "redfish" and s.request == "confirm-off" for s in out.steps)
@@ -178,14 +178,14 @@ async def test_off_must_also_read_off_on_every_other_reachable_channel() -> None
 async def test_an_unreachable_other_channel_does_not_block_the_proof() -> None:
     fencer, dev, _ = setup(["ipmi"], ["redfish"], policy=FencingPolicy(attempts=1))
     dev["redfish"].read_fail = BmcUnreachable("down", node="n", device="redfish")
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert out.success and out.off_proven
 
 
 async def test_reboot_powers_on_only_after_off_was_proven() -> None:
     fencer, dev, _ = setup(["ipmi"])
     dev["ipmi"].off_after = 0.7
-    out = await fencer.run(Action.REBOOT)
+    out = await fencer.run(PowerRequest.REBOOT)
     assert out.success and out.state is PowerState.ON
     log = dev["ipmi"].log
     first_off_read = max(i for i, e in enumerate(log[: log.index("on")]) if e == "status")
@@ -201,7 +201,7 @@ async def test_reboot_whose_power_on_fails_still_reports_the_node_proven_off() -
         raise BmcUnreachable("gone", node="n", device="ipmi")
 
     out_dev.power_on = broken_on  # type: ignore[method-assign]
-    out = await fencer.run(Action.REBOOT)
+    out = await fencer.run(PowerRequest.REBOOT)
     assert not out.success and out.off_proven and "proven off" in out.reason
     out_dev.power_on = original_on  # type: ignore[method-assign]
 
@@ -209,7 +209,7 @@ async def test_reboot_whose_power_on_fails_still_reports_the_node_proven_off() -
 async def test_status_reads_every_device() -> None:
     fencer, dev, _ = setup(["ipmi"], ["redfish"])
     dev["redfish"].read_fail = BmcUnreachable("down", node="n", device="redfish")
-    out = await fencer.run(Action.STATUS)
+    out = await fencer.run(PowerRequest.STATUS)
     assert out.success and out.state is PowerState.ON and len(out.steps) == 2
 
 
@@ -220,6 +220,6 @@ async def test_a_guard_that_refuses_stops_before_any_power_request() -> None:
         raise StopWalk(StopReason(StopKind.LEASE_LOST, f"lost the lease before {step}"))
 
     fencer._guard = not_leader
-    out = await fencer.run(Action.OFF)
+    out = await fencer.run(PowerRequest.OFF)
     assert not out.success and dev["ipmi"].log == []
     assert out.reason == "stopped: lost the lease before power-off"
