@@ -15,6 +15,7 @@ from typing import TextIO
 import aiomqtt
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_options import config_option
 from agent.config import AgentConfig, BrokerConfig, ConfigError, load_config
 from agent.heartbeat_codec import valid_name
 from agent.inventory import InventoryError, load_inventory
@@ -217,3 +218,42 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     else:
         print("\n".join(said.lines), file=out)
     return EXIT_FAILED if said.attention else EXIT_OK
+
+
+def _role_arguments(role: argparse.ArgumentParser, node_help: str) -> None:
+    config_option(role)
+    role.add_argument("--node", help=node_help)
+    role.add_argument(
+        "--log-level",
+        default=os.environ.get("NODEFENCE_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning"],
+        help="default: $NODEFENCE_LOG_LEVEL or info",
+    )
+
+
+def add_agent_arguments(agent: argparse.ArgumentParser) -> None:
+    """`nodefence agent`: its arguments."""
+    _role_arguments(agent, "this node's name (default: $NODE_NAME, as the DaemonSet sets it)")
+
+
+def add_fencer_arguments(fencer: argparse.ArgumentParser) -> None:
+    """`nodefence fencer`: its arguments."""
+    _role_arguments(
+        fencer, "the node this fencer runs on (default: $NODE_NAME, else $POD_NAME or the host)"
+    )
+
+
+def add_status_arguments(status: argparse.ArgumentParser) -> None:
+    """`nodefence status`: its arguments."""
+    status.description = (
+        "Print the leader's view (published over MQTT every second): per node its state,"
+        " heartbeat and kubelet Lease ages, maintenance, BMC checks and agent version; the"
+        " fencing operations with their phase, attempt, last error and the VMs down; a"
+        " pause; the inventory; alerts. Exit 0 when nothing needs anyone, 1 when someone"
+        " must act (a failed fence, VMs down or left stopped, a dead node held by a pause,"
+        " a rejected inventory, an alert that asks for it, a STALE view: its leader is"
+        " gone, or no view at all), 2 on bad input."
+    )
+    config_option(status)
+    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    status.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a view")

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_inventory import device_address, load_or_say
+from agent.cli_options import inventory_option
 from agent.inventory import Inventory
 from backends.errors import FenceError
 from backends.registry import build_backend
@@ -116,3 +117,15 @@ def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     for r in rows:
         if not (r["reachable"] and r["auth"] and r["reset"]):
             print(f"  {r['node']}/{r['device']}: {r['detail']}", file=out)
+
+
+def add_bmc_arguments(bmc: argparse.ArgumentParser) -> None:
+    """`nodefence bmc check`: its arguments."""
+    bmc_sub = bmc.add_subparsers(dest="bmc_command", required=True, metavar="BMC_COMMAND")
+    check = bmc_sub.add_parser(
+        "check",
+        help="probe every device: reachable, credentials, power state, reset supported",
+    )
+    check.add_argument("nodes", nargs="*", help="only these nodes (default: all)")
+    inventory_option(check)
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from agent.cli_exit_codes import EXIT_OK
+
 Words = dict[str, list[str]]  # "cmd" or "cmd sub" -> words completed there
 
 
@@ -79,3 +81,18 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
             f"complete -F {func} {prog}",
         ]
     )
+
+
+def add_completion_arguments(completion: argparse.ArgumentParser) -> None:
+    """`nodefence completion bash`: its arguments."""
+    completion.description = (
+        "bash: `source <(nodefence completion bash)`, or save it as "
+        "/etc/bash_completion.d/nodefence."
+    )
+    completion.add_argument("shell", choices=["bash"])
+
+
+def run_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`nodefence completion bash`: the script for every sub-command of `parser`."""
+    print(bash_completion(parser))
+    return EXIT_OK

@@ -17,6 +17,7 @@ import sys
 from typing import Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli_options import kubeconfig_option, records_namespace_option
 from agent.cluster import ClusterError
 from agent.fence_outcome import vm_summary, vms_from_record
 
@@ -198,3 +199,17 @@ def run_explain(
     else:
         print("\n".join(story(record)), file=out)
     return EXIT_OK
+
+
+def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
+    """`nodefence explain NODE|OPERATION`: its arguments."""
+    explain.description = (
+        "Tell the newest FenceOperation of NODE (or the one with that record name or "
+        "operation id) from its fence certificate: what the leader knew when it decided, "
+        "every power request and read-back per BMC channel, the Lease confirmations before "
+        "each irreversible step. -o json prints the record whole."
+    )
+    explain.add_argument("target", metavar="NODE|OPERATION", help="node name or operation")
+    records_namespace_option(explain)
+    explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    kubeconfig_option(explain)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from agent.cli_inventory import device_address, load_or_say
+from agent.cli_options import inventory_option, kubeconfig_option, records_namespace_option
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_advice import NodeFacts, warnings, what_dies
 from agent.inventory import Inventory, NodeInventory
@@ -370,3 +371,35 @@ def _outcome_json(o: PowerOutcome) -> dict[str, Any]:
             for s in o.steps
         ],
     }
+
+
+def add_fence_arguments(fence: argparse.ArgumentParser) -> None:
+    """`nodefence fence NODE`: its arguments."""
+    fence.description = (
+        "Switch a node's power through the levels of its BMC inventory entry and read "
+        "the state back. Exits 0 only when the asked-for state is proven."
+    )
+    fence.add_argument("node", help="node name as written in the inventory")
+    inventory_option(fence)
+    fence.add_argument(
+        "--action",
+        "-a",
+        choices=["off", "on", "reboot", "status"],
+        default="off",
+        help="off (default): power off and prove Off; reboot: off, proven, then on",
+    )
+    fence.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, show the plan and read the current power state; change nothing",
+    )
+    fence.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    fence.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    fence.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not look at the cluster: no warning about a live node, no FenceOperation"
+        " record for `nodefence history`",
+    )
+    records_namespace_option(fence)
+    kubeconfig_option(fence)

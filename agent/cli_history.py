@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api
+from agent.cli_options import kubeconfig_option, records_namespace_option
 from agent.cluster import ClusterError
 from agent.fence_outcome import longest_outage, vm_summary, vms_from_record
 
@@ -136,3 +137,16 @@ def run_history(
         file=out,
     )
     return EXIT_OK
+
+
+def add_history_arguments(history: argparse.ArgumentParser) -> None:
+    """`nodefence history [NODE]`: its arguments."""
+    history.description = (
+        "List the FenceOperation records, oldest first: start time (UTC, milliseconds),"
+        " node, origin (automatic or manual), outcome, proof, longest VM outage (from the"
+        " node's last heartbeat), reason. Events expire; the records stay until deleted."
+    )
+    history.add_argument("node", nargs="?", help="only this node's fences")
+    records_namespace_option(history)
+    history.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    kubeconfig_option(history)

@@ -16,10 +16,11 @@ from typing import Any, TextIO, TypeVar
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api
+from agent.cli_options import LEASE_HELP, VIRT_HELP, kubeconfig_option
 from agent.cluster import ClusterApi, ClusterError
 from agent.maintenance import NodeRow
 from agent.virt import VirtLayer
-from agent.virt_names import AUTO
+from agent.virt_names import AUTO, MODES
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -227,3 +228,99 @@ def _print_rows(rows: list[NodeRow], out: TextIO) -> None:
         ready = {True: "True", False: "False", None: "Unknown"}[r.ready]
         cordoned = "yes" if r.cordoned else "no"
         print(f"{r.node:<20} {r.state.value:<22} {cordoned:<9} {ready:<8} {r.vms}", file=out)
+
+
+def add_migrate_arguments(migrate: argparse.ArgumentParser) -> None:
+    """`nodefence migrate VM`: its arguments."""
+    migrate.description = (
+        "Create a VirtualMachineOperation of type Evict for the VM (for a KubeVirt VM: a "
+        "VirtualMachineInstanceMigration); with --wait follow it (Running -> Migrating -> "
+        "Running on another node) and exit 0 only when it moved."
+    )
+    migrate.add_argument("vm", help="VirtualMachine name")
+    migrate.add_argument("-n", "--namespace", default="default", help="its namespace")
+    migrate.add_argument("--wait", action="store_true", help="follow it until it is done")
+    migrate.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
+    )
+    migrate.add_argument(
+        "--force",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "spec.force of the Evict, as `d8 v evict --force`: converge by CPU throttling "
+            "(--no-force: never); default: the VM's liveMigrationPolicy decides "
+            "(Deckhouse only)"
+        ),
+    )
+    migrate.add_argument("--virtualization", choices=MODES, default=AUTO, help=VIRT_HELP)
+    kubeconfig_option(migrate)
+
+
+def add_maintenance_arguments(maint: argparse.ArgumentParser) -> None:
+    """`nodefence maintenance enter|exit|list`: their arguments."""
+    msub = maint.add_subparsers(dest="maintenance_command", required=True, metavar="ACTION")
+    enter = msub.add_parser(
+        "enter",
+        help="mark the node (never fenced), cordon it, live-migrate its VMs off, drain pods",
+        description=(
+            "Refuse a node that is not Ready, or whose VMs have no room elsewhere. Mark the "
+            "node nodefence.io/maintenance=draining (still guarded) and cordon it, hand "
+            "leadership off if it leads, evict every VM on it by VirtualMachineOperation Evict "
+            "(a KubeVirt VM as its evictionStrategy says: a VirtualMachineInstanceMigration, "
+            "or its launcher pod evicted) "
+            "(following operations that already exist) and wait for VMs migrating onto it, "
+            "until none is left, checked by a fresh look; then (unless --vms-only) evict the "
+            "other pods as `kubectl drain --ignore-daemonsets --delete-emptydir-data` does, "
+            "honouring PodDisruptionBudgets; only then mark it nodefence.io/maintenance=true "
+            "(never fenced: it may be powered off). On failure the node stays cordoned and "
+            "draining: guarded."
+        ),
+    )
+    enter.add_argument("node", help="node name")
+    enter.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for the whole drain (default 600)"
+    )
+    enter.add_argument("--vms-only", action="store_true", help="move the VMs, leave other pods")
+    enter.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="migrations at once (default 2, as KubeVirt's outbound migrations per node)",
+    )
+    enter.add_argument(
+        "--force",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="spec.force of every Evict (see `migrate --force`); default: each VM's policy",
+    )
+    enter.add_argument(
+        "--evict-unmanaged",
+        action="store_true",
+        help="also evict pods that no controller manages (kubectl drain's --force)",
+    )
+    enter.add_argument(
+        "--allow-not-ready",
+        action="store_true",
+        help="drain a node that is not Ready (it stays guarded until its VMs are gone)",
+    )
+    enter.add_argument(
+        "--lease",
+        default="nodefence/nodefence-leader",
+        metavar="NAMESPACE/NAME",
+        help=LEASE_HELP,
+    )
+    enter.add_argument("--virtualization", choices=MODES, default=AUTO, help=VIRT_HELP)
+    kubeconfig_option(enter)
+    leave = msub.add_parser(
+        "exit", help="clear the maintenance mark and undo the cordon `enter` made"
+    )
+    leave.add_argument("node", help="node name")
+    leave.add_argument(
+        "--force", action="store_true", help="even when the node is not Ready (it may be fenced)"
+    )
+    kubeconfig_option(leave)
+    show = msub.add_parser("list", help="nodes in maintenance: state, cordon, VMs left")
+    show.add_argument("--all", action="store_true", help="every node, not only marked ones")
+    show.add_argument("--virtualization", choices=MODES, default=AUTO, help=VIRT_HELP)
+    kubeconfig_option(show)

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api, split_lease, who
+from agent.cli_options import LEASE_HELP, kubeconfig_option
 from agent.cluster import ClusterApi, ClusterError, Forbidden
 from agent.pause import MAX_REASON, PAUSE_ANNOTATION, Pause
 
@@ -101,3 +102,21 @@ def run_pause(
     except ClusterError as e:
         print(f"nodefence: {e}", file=err)
         return EXIT_FAILED
+
+
+def add_pause_arguments(pause: argparse.ArgumentParser) -> None:
+    """`nodefence pause --reason ...`: its arguments."""
+    pause.description = (
+        "Pause fencing in the whole cluster (per node: `maintenance`). The leader keeps"
+        " detecting, reporting and alerting, and powers nobody off until `nodefence"
+        " resume`; a fence whose Off is proven finishes its cleanup. Stored as the"
+        " annotation nodefence.io/paused on the leader Lease: it outlives any leader."
+    )
+    pause.add_argument("--reason", required=True, help="why (shown by status and alerts)")
+    add_resume_arguments(pause)
+
+
+def add_resume_arguments(resume: argparse.ArgumentParser) -> None:
+    """`nodefence resume`: its arguments."""
+    resume.add_argument("--lease", default="nodefence/nodefence-leader", help=LEASE_HELP)
+    kubeconfig_option(resume)
