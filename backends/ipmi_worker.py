@@ -60,7 +60,8 @@ class _Channel:
 
 def serve(channel: _Channel, inbox: queue.SimpleQueue[Message]) -> None:
     """Answer requests in order until the process is ended."""
-    from backends import ipmi_pyghmi_patches  # slow: after the reader runs
+    # Slow imports: after the reader runs.
+    from backends import ipmi_pyghmi_patches
     from backends.ipmi_console import IpmiConsole, warm_up
 
     ipmi_pyghmi_patches.apply()
