@@ -84,9 +84,10 @@ def test_a_payload_that_is_not_a_json_object_is_a_value_error(payload: bytes) ->
 
 
 def test_the_status_command_loads_neither_the_leader_nor_the_kubernetes_client() -> None:
+    status = ["agent.cli", "agent.cli_agent", "agent.status_view", "agent.leader_view_codec"]
+    never = ["agent.leader", "kubernetes"]
     probe = (
-        "import sys, agent.cli, agent.cli_agent, agent.status_view, agent.leader_view_codec;"
-        " print(sorted(m for m in ('agent.leader', 'kubernetes') if m in sys.modules))"
+        f"import sys, {', '.join(status)}; print(sorted(m for m in {never!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
