@@ -20,6 +20,7 @@ from hwsim.migrations import MigrationLimits
 from hwsim.simcluster import ClusterSettings, SimCluster
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
+from tests.support.wait import eventually
 from tests.test_e2e_fencing import BASE, final_record, records, victim_of, vms_on
 
 Make = Callable[..., SimCluster]
@@ -106,16 +107,6 @@ def pods_on(cluster: SimCluster, node_name: str) -> set[str]:
     }
 
 
-async def until(cluster: SimCluster, what: str, predicate: Any, timeout: float) -> Any:
-    """`cluster.wait_for` that lets the event loop run (a CLI process may be streaming)."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(0.05)
-    return value
-
-
 # ---- migrate -----------------------------------------------------------------------------------
 
 
@@ -195,7 +186,7 @@ async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) 
         },
         "default",
     )
-    target = await until(cluster, "vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
+    target = await eventually("vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent.cli", "maintenance", "enter", target, "--vms-only",
         "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
@@ -363,10 +354,11 @@ async def test_the_leaders_node_hands_off_enters_maintenance_and_is_never_fenced
     cluster.wait_for("another leader", lambda: cluster.leader() not in (None, victim), 10)
     assert vms_on(cluster, victim) == []
     cluster.fleet[victim].cut_power()  # the planned work begins
-    await until(
-        cluster, "the leader's maintenance alert",
-        lambda: events_about(cluster, victim, "AlertMaintenance"), 30,
-    )  # fmt: skip
+    await eventually(
+        "the leader's maintenance alert",
+        lambda: events_about(cluster, victim, "AlertMaintenance"),
+        30,
+    )
     await asyncio.sleep(2)  # a fence would start right after the verdict: none may follow
     alert = events_about(cluster, victim, "AlertMaintenance")[0]
     assert "is in maintenance; not fenced" in alert["message"]
@@ -398,19 +390,18 @@ async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_saf
     cluster.nodes[slow].partition()
     final_record(cluster, slow, ("Fencing",), timeout=30)
     cluster.nodes[late].partition()
-    await until(cluster, f"{late}'s pending operation", lambda: records(cluster, late), 30)
+    await eventually(f"{late}'s pending operation", lambda: records(cluster, late), 30)
     cluster.kube.store.patch("nodes", late, {"metadata": {"labels": {LABEL: "true"}}})
     assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
-    await until(
-        cluster, f"{late} aborted",
-        lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
-    )  # fmt: skip
+    await eventually(
+        f"{late} aborted",
+        lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"],
+        40,
+    )
     [rec] = records(cluster, late)
     assert rec["status"]["reason"] == "node entered maintenance before the power-off was sent"
     assert not rec["status"]["powerOffSent"]
     assert cluster.fleet[late].power_state() == "on" and cluster.fleet[late].power_changes == 0
     assert any(n["metadata"]["name"] == late for n in cluster.kube.store.list("nodes")["items"])
     # The Event follows the stored record: wait for it.
-    await until(
-        cluster, "FenceAborted event", lambda: events_about(cluster, late, "FenceAborted"), 10
-    )
+    await eventually("FenceAborted event", lambda: events_about(cluster, late, "FenceAborted"), 10)

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -24,36 +24,13 @@ from agent.cluster import ClusterApi, ClusterError, LeaseInfo, load_api_client
 from agent.election import ElectionTiming, LeaderElector, NotLeader
 from hwsim.broker import free_port
 from hwsim.kube import KubeApiServer
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 NS = "nodefence"
 LEASE = "nodefence-leader"
 TIMING = ElectionTiming(lease_duration=2.0, renew_deadline=1.5, retry_period=0.2)
 # Slack for scheduling and HTTP round trips on a busy CI machine.
 SLACK = 0.5
-
-
-async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy `check()`, polled on the event loop; fails the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    server = KubeApiServer()
-    server.start_in_thread()
-    try:
-        server.store.create("namespaces", {"metadata": {"name": NS}})
-        yield server
-    finally:
-        server.stop_thread()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 from agent.cli_explain import pick, story
 from agent.fence_evidence import KEEP_FIRST, KEEP_LAST, Certificate, EvidenceBook
 from agent.fencing import Phase
-from tests.executor_fakes import FakeApi, FakeNode
+from tests.support.executor_fakes import FakeApi, FakeNode
 from tests.test_fence_executor import N, make, record, settle, world
 
 FACTS = {

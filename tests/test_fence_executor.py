@@ -11,7 +11,6 @@ import itertools
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
 import yaml
 
 from agent.cluster import ClusterApi, ClusterError
@@ -19,7 +18,8 @@ from agent.fence_executor import FenceExecutor
 from agent.fencing import Cleanup, Operation, Phase, Timing
 from agent.inventory import parse_inventory
 from agent.records import to_record
-from tests.executor_fakes import FakeApi, FakeMachine, FakeNode, factory
+from tests.support.executor_fakes import FakeApi, FakeMachine, FakeNode, factory
+from tests.support.wait import eventually
 
 N = "w1"
 INVENTORY = """
@@ -113,15 +113,6 @@ async def settle(executor: FenceExecutor, timeout: float = 5.0) -> None:
     await asyncio.wait_for(executor.wait_idle(), timeout)
 
 
-async def until(what: str, check: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
-
-
 # -- the last look before the power-off ----------------------------------------------------------
 
 
@@ -164,7 +155,7 @@ async def test_a_power_off_never_goes_out_when_the_point_of_no_return_cannot_be_
     api.fail_saves.append(("Fencing+sent", ClusterError("update: 500 Internal Server Error", 500)))
     ex = make(tmp_path, api, machine, leader)
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
+    await eventually("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
     assert machine.offs == 0
     assert not ex.operations[N].power_off_sent  # nothing was sent, and it says so
     await settle(ex)  # the retry stores it and goes on
@@ -203,7 +194,7 @@ async def test_an_unreadable_node_before_the_request_is_a_failed_attempt_not_a_p
     api.fail_get_node = 1
     ex = make(tmp_path, api, machine, leader)
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
+    await eventually("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
     assert machine.offs == 0 and not ex.operations[N].power_off_sent
     await settle(ex)
     assert machine.offs == 1
@@ -398,7 +389,7 @@ async def test_an_operation_stopped_by_a_failed_lease_check_is_resumed_on_the_le
     ex.confirm_leader = flaky
     loop_task = asyncio.create_task(ex.reconcile_loop())
     try:
-        await until("recovered", lambda: stored_phase(api) == "Recovered")
+        await eventually("recovered", lambda: stored_phase(api) == "Recovered")
     finally:
         loop_task.cancel()
     assert machine.offs == 1 and failed
@@ -419,7 +410,7 @@ async def test_a_record_changed_by_another_leader_makes_this_one_step_back(tmp_p
     api, machine, leader = world()
     ex = make(tmp_path, api, machine, leader)
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("stored", lambda: api.records)
+    await eventually("stored", lambda: api.records)
     rec = record(api)
     rec["status"]["leader"] = "leader-b_2"
     rec["metadata"]["resourceVersion"] = "999"  # someone else wrote it
@@ -575,8 +566,8 @@ async def test_cleanup_taint_keeps_the_node_and_untaints_it_once_ready_and_heart
         clock=lambda: clock[0],
     )
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("powered on", lambda: machine.ons == 1)
-    await until("waiting for the node", lambda: stored_phase(api) == "Returning")
+    await eventually("powered on", lambda: machine.ons == 1)
+    await eventually("waiting for the node", lambda: stored_phase(api) == "Returning")
     assert api.nodes[N].tainted and api.nodes[N].fenced_by  # kept, tainted, marked
     assert "delete_node" not in api.calls
     api.nodes[N].ready = True  # the kubelet is back, but no heartbeat of the agent yet
@@ -626,7 +617,7 @@ async def test_while_fencing_is_paused_no_power_off_goes_out_and_the_resume_fenc
     pause: list[str | None] = ["paused by alice: BMC firmware"]
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("the record of the waiting operation", lambda: stored_phase(api) == "Pending")
+    await eventually("the record of the waiting operation", lambda: stored_phase(api) == "Pending")
     await asyncio.sleep(0.2)  # many rounds of the executor's loop
     assert machine.offs == 0 and "save Fencing+sent" not in api.calls
     assert ex.busy(N) and phase_of(ex) is Phase.PENDING  # waiting, not failed, not aborted
@@ -655,7 +646,7 @@ async def test_a_pause_read_with_the_lease_renewal_before_the_first_request_stor
     leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await eventually("the walk stopped by the pause", lambda: pause[0] is not None)
     await asyncio.sleep(0.2)
     assert machine.offs == 0 and "save Fencing+sent" not in api.calls
     assert phase_of(ex) is Phase.PENDING
@@ -686,7 +677,7 @@ async def test_a_walk_past_the_point_of_no_return_sends_nothing_more_once_paused
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     await ex.resume()
     ex.submit(N, decided_at=10.0, uid="uid-1")  # this leader's own verdict: dead
-    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await eventually("the walk stopped by the pause", lambda: pause[0] is not None)
     await asyncio.sleep(0.2)
     assert machine.offs == 0 and phase_of(ex) is Phase.FENCING
     pause[0] = None

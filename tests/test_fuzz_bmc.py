@@ -7,7 +7,7 @@ The hwsim emulators serve damaged answers chosen by hypothesis (`RedfishBmc.tamp
 - claim a power-off request succeeded only when the BMC accepted it,
 - keep working once the BMC behaves again (no library thread or session left broken).
 One emulator of each kind serves the whole module; each example gets a fresh backend. The IPMI
-cases are in tests/ipmi_fuzz_cases.py and run in a child process (its docstring says why).
+cases are in tests/support/ipmi_fuzz_cases.py and run in a child process (its docstring says why).
 """
 
 from __future__ import annotations
@@ -453,11 +453,11 @@ def test_redfish_an_ambiguous_off_is_an_error(lab: Lab, body: bytes) -> None:
 
 
 def test_the_ipmi_cases_in_their_own_process() -> None:
-    """tests/ipmi_fuzz_cases.py in a child pytest (see its docstring for why)."""
-    cases = Path(__file__).with_name("ipmi_fuzz_cases.py")
+    """tests/support/ipmi_fuzz_cases.py in a child pytest (see its docstring for why)."""
+    cases = Path(__file__).parent / "support" / "ipmi_fuzz_cases.py"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
-        cwd=cases.parent.parent,
+        cwd=cases.parents[2],
         capture_output=True,
         text=True,
         timeout=600,

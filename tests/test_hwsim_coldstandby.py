@@ -12,10 +12,10 @@ and watch it through the official client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -34,24 +34,15 @@ from hwsim.kube.attachdetach import AttachDetachController
 from hwsim.kube.errors import Forbidden
 from hwsim.kube.podgc import PodGC
 from hwsim.vms import VM_LABEL, make_vm, place_vms
+from tests.support.clock import FakeClock
+from tests.support.wait import eventually_blocking
 
-T = TypeVar("T")
 Obj = dict[str, Any]
 VIRT = ("virtualization.deckhouse.io", "v1alpha2")
 BOOT = 2.0
 MIGRATION = 1.0
 MAX_WAIT = 30.0  # maxWaitForUnmountDuration, compressed from 6 minutes
 ATTACH = 0.4  # a few looks: the pod placed, its VolumeAttachment made, then marked attached
-
-
-class FakeClock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -143,7 +134,7 @@ class Rig:
 
 def make_rig(nodes: int = 3, store: ObjectStore | None = None, **options: Any) -> Rig:
     store = store or KubeApiServer().store  # in-process: the server's store, no socket here
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     names = [f"node-{i}" for i in range(1, nodes + 1)]
     power = dict.fromkeys(names, True)
     link = dict.fromkeys(names, True)
@@ -316,7 +307,7 @@ def test_an_out_of_service_taint_with_another_effect_changes_nothing(rig: Rig) -
 
 def test_a_node_that_is_only_not_ready_changes_nothing(rig: Rig) -> None:
     place_vms(rig.store, rig.ctl, 4, ["node-1"])
-    mono = FakeClock()
+    mono = FakeClock(1000.0)
     lifecycle = NodeLifecycleController(rig.store, node_monitor_grace=5, monotonic=mono)
     lifecycle.tick()
     rig.cut_power("node-1")
@@ -626,18 +617,6 @@ def test_operations_other_than_evict_fail_visibly(rig: Rig) -> None:
 # ---- the controller in its thread, seen through the official client ---------------------------
 
 
-def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy value of `check()`, polled until `timeout`; fails the test otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-
-
 @dataclass
 class Live:
     server: KubeApiServer
@@ -699,7 +678,7 @@ def test_the_official_client_follows_an_evict_to_completed(live: Live) -> None:
         )
         return str((got.get("status") or {}).get("phase") or "")
 
-    eventually(lambda: phase() in ("Completed", "Failed"))
+    eventually_blocking("the operation done", lambda: phase() in ("Completed", "Failed"))
     assert phase() == "Completed"
     vm = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", "vm-1")
     assert vm["status"]["phase"] == "Running" and vm["status"]["nodeName"] != "node-1"
@@ -712,7 +691,9 @@ def test_the_official_client_follows_an_evict_to_completed(live: Live) -> None:
         ]
 
     # The source pod is deleted gracefully; its kubelet finishes it.
-    eventually(lambda: nodes_of_pods() == [vm["status"]["nodeName"]])
+    eventually_blocking(
+        "the pod on the VM's node", lambda: nodes_of_pods() == [vm["status"]["nodeName"]]
+    )
 
 
 def test_the_threaded_controller_restarts_a_released_nodes_vm_elsewhere(live: Live) -> None:
@@ -729,8 +710,9 @@ def test_the_threaded_controller_restarts_a_released_nodes_vm_elsewhere(live: Li
         got: Obj = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", name)
         return got
 
-    status = eventually(
-        lambda: (s := vm("vm-1")["status"]).get("nodeName") not in (None, "node-1") and s
+    status = eventually_blocking(
+        "vm-1 elsewhere",
+        lambda: (s := vm("vm-1")["status"]).get("nodeName") not in (None, "node-1") and s,
     )
     assert (status["phase"], status["nodeName"]) in {("Running", "node-2"), ("Running", "node-3")}
     assert vm("vm-2")["status"]["phase"] == "Stopped"

@@ -17,23 +17,16 @@ from hwsim.kube.attachdetach import AttachDetachController, finalizer_for
 from hwsim.kube.controllers import ControllerTimers
 from hwsim.kube.podgc import OUT_OF_SERVICE, PodGC, TaintEvictionController
 from hwsim.kube.volumes import DEFAULT_DRIVER, attachment_name, create_disk
+from tests.support.clock import FakeClock
 
 Obj = dict[str, Any]
 VOLUME = f"kubernetes.io/csi/{DEFAULT_DRIVER}^0001-default-disk"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Cluster:
     store: ObjectStore
-    clock: Clock
+    clock: FakeClock
     power: dict[str, bool]
     kubelets: dict[str, SimKubelet] = field(default_factory=dict)
 
@@ -77,7 +70,7 @@ class Cluster:
 @pytest.fixture
 def cluster() -> Cluster:
     store = ObjectStore()
-    c = Cluster(store, Clock(), {"node-1": True, "node-2": True})
+    c = Cluster(store, FakeClock(1000.0), {"node-1": True, "node-2": True})
     for name in c.power:
         c.kubelets[name] = SimKubelet(store, name, lambda n=name: c.power[n])
         c.kubelets[name].tick()

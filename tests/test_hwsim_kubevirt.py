@@ -30,20 +30,11 @@ from hwsim.kubevirt.objects import (
     place_vms,
 )
 from hwsim.vm_views import vm_views
+from tests.support.clock import FakeClock
 
 Obj = dict[str, Any]
 BOOT = 2.0
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
-
-
-class FakeClock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -95,7 +86,7 @@ class Rig:
 def make_rig(profiles: tuple[VmProfile, ...], nodes: int = 3) -> Rig:
     store = KubeApiServer().store
     crds.install(store)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     names = [f"node-{i}" for i in range(1, nodes + 1)]
     power = dict.fromkeys(names, True)
     link = dict.fromkeys(names, True)

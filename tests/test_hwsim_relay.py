@@ -7,14 +7,14 @@ import http.server
 import socket
 import socketserver
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from hwsim.relay import TcpRelay
+from tests.support.wait import eventually_blocking
 
 SILENCE = 0.3
 
@@ -42,16 +42,6 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-def wait_for(cond: Callable[[], bool], within: float = 2.0) -> bool:
-    """Poll `cond` until it holds or `within` seconds pass."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def recv_or_eof(sock: socket.socket, timeout: float = 2.0) -> bytes:
@@ -136,7 +126,9 @@ def test_bytes_echo_through_the_relay(relay: TcpRelay) -> None:
         assert recv_or_eof(c) == b"ping"
         assert relay.connections_total == 1
         assert relay.connections_open == 1
-    assert wait_for(lambda: relay.connections_open == 0)
+    eventually_blocking(
+        "relay.connections_open == 0", lambda: relay.connections_open == 0, timeout=2.0
+    )
     assert relay.bytes_forwarded == 8
     assert not relay.is_cut
 
@@ -211,7 +203,9 @@ def test_heal_closes_held_connections_and_forwards_new_ones(relay: TcpRelay) -> 
     with connect(relay.port) as fresh:
         fresh.sendall(b"again")
         assert recv_or_eof(fresh) == b"again"
-    assert wait_for(lambda: relay.connections_open == 0)
+    eventually_blocking(
+        "relay.connections_open == 0", lambda: relay.connections_open == 0, timeout=2.0
+    )
 
 
 def test_reset_closes_existing_and_new_connections(relay: TcpRelay) -> None:
@@ -224,7 +218,9 @@ def test_reset_closes_existing_and_new_connections(relay: TcpRelay) -> None:
         with contextlib.suppress(OSError):
             old.sendall(b"b")
     assert connect_is_reset(relay.port)
-    assert wait_for(lambda: relay.connections_open == 0)
+    eventually_blocking(
+        "relay.connections_open == 0", lambda: relay.connections_open == 0, timeout=2.0
+    )
     relay.heal()
     with connect(relay.port) as healed:
         healed.sendall(b"c")
@@ -249,7 +245,7 @@ def test_target_down_closes_the_client(listener: socket.socket) -> None:
     try:
         with connect(r.port) as c:
             assert recv_or_eof(c) == b""
-        assert wait_for(lambda: r.connections_open == 0)
+        eventually_blocking("r.connections_open == 0", lambda: r.connections_open == 0, timeout=2.0)
         assert r.connections_total == 1
     finally:
         r.stop()

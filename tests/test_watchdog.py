@@ -22,6 +22,7 @@ from agent.watchdog import (
     watch_marks,
 )
 from hwsim.watchdog import EmulatedWatchdog
+from tests.support.wait import eventually
 
 CLAIM = WatchdogClaim(timeout=10.0, cut_off=6.0, feed_interval=1.0)
 EMULATED: dict[str, bool] = {"read_timeout": False}  # the emulated device is a FIFO: no ioctls
@@ -141,14 +142,6 @@ async def test_the_mark_watcher_counts_empty_answers_as_contact_and_stops_on_a_r
 # -- the feeder against the emulated device ----------------------------------------------------
 
 
-async def _until(what: str, check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
-
-
 async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
     tmp_path: Path,
 ) -> None:
@@ -164,14 +157,14 @@ async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
         await asyncio.sleep(0.2)
         assert not dev.armed and feeder.armed_claim() is None  # no contact yet: not armed
         policy.contact(time.monotonic())
-        await _until("armed", lambda: dev.armed and dev.feeds >= 2)
+        await eventually("armed", lambda: dev.armed and dev.feeds >= 2)
         assert feeder.armed_claim() == claim
         for _ in range(6):  # keep in contact for longer than timeout: no reset
             policy.contact(time.monotonic())
             await asyncio.sleep(0.1)
         assert not fired
         cut_at = time.monotonic()  # contact lost from here on
-        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert fired[0] - cut_at >= 0.4  # not before the device's own timeout
         assert "no broker or API server contact" in feeder.stop_reason
         assert feeder.armed_claim() is None  # heartbeats stop advertising it
@@ -202,10 +195,10 @@ async def test_a_clean_stop_announced_to_the_leader_disarms_the_device(tmp_path:
         )
         stop = asyncio.Event()
         task = asyncio.create_task(feeder.run(stop))
-        await _until("armed", lambda: dev.armed)
+        await eventually("armed", lambda: dev.armed)
         stop.set()
         await asyncio.wait_for(task, 2)
-        await _until("disarmed", lambda: not dev.armed)
+        await eventually("disarmed", lambda: not dev.armed)
         await asyncio.sleep(0.5)
         assert not fired and feeder.disarmed
     finally:
@@ -228,10 +221,10 @@ async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed
         )
         stop = asyncio.Event()
         task = asyncio.create_task(feeder.run(stop))
-        await _until("armed", lambda: dev.armed)
+        await eventually("armed", lambda: dev.armed)
         stop.set()
         await asyncio.wait_for(task, 2)
-        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
     finally:
         dev.stop()
@@ -257,11 +250,11 @@ async def test_a_clean_stop_of_a_cut_off_node_never_disarms_its_watchdog(tmp_pat
         )
         stop = asyncio.Event()
         task = asyncio.create_task(feeder.run(stop))
-        await _until("armed", lambda: dev.armed)
+        await eventually("armed", lambda: dev.armed)
         now[0] = 102.5  # silent for longer than cut_off_after
         stop.set()
         await asyncio.wait_for(task, 2)
-        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
     finally:
         dev.stop()
@@ -307,7 +300,7 @@ async def test_a_device_without_watchdog_ioctls_is_refused_and_left_disarmed(
         feeder = WatchdogFeeder(str(dev.path), policy, CLAIM)  # timeout read from the device
         with pytest.raises(WatchdogDeviceError, match="cannot read the timeout"):
             feeder.tick()
-        await _until("disarmed again", lambda: dev.disarms >= 1 and not dev.armed)
+        await eventually("disarmed again", lambda: dev.disarms >= 1 and not dev.armed)
     finally:
         dev.stop()
 

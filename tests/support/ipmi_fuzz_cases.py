@@ -6,7 +6,7 @@ lingered in it, stalling other tests' IPMI sessions. The backend now runs pyghmi
 process per backend and kills it when a call is abandoned (backends/ipmi.py;
 tests/test_backend_ipmi.py shows other sessions are not stalled), so nothing lingers; the
 child pytest stays only because this module cannot be collected on its own name. Run it
-alone with `python -m pytest tests/ipmi_fuzz_cases.py`.
+alone with `python -m pytest tests/support/ipmi_fuzz_cases.py`.
 """
 
 from __future__ import annotations
