@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from hwsim.migrations import MigrationLimits
 from hwsim.simcluster import ClusterSettings, SimCluster
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
+from tests.support.e2e import final_record, records, start, victim_of, vms_on
+from tests.support.timings import FENCING_RUN
 from tests.support.wait import eventually
-from tests.test_e2e_fencing import BASE, final_record, records, victim_of, vms_on
 
 Make = Callable[..., SimCluster]
 LABEL = "nodefence.io/maintenance"
@@ -332,10 +332,7 @@ async def test_exit_restores_scheduling(sim: Make) -> None:
 
 
 def start_with_leader(make: Make, **overrides: Any) -> SimCluster:
-    cluster = make(**{**BASE, "migration_delay": 0.5, **overrides})
-    cluster.wait_for("a leader", cluster.leader, 30)
-    time.sleep(5)  # past the leader's first judging window
-    return cluster
+    return start(make, **{"migration_delay": 0.5, **overrides})
 
 
 def events_about(cluster: SimCluster, name: str, reason: str) -> list[dict[str, Any]]:
@@ -382,7 +379,7 @@ async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_saf
         nodes=5,
         vms=5,
         power_timeout=16.0,
-        fencing={**BASE["fencing"], "max_parallel": 1},
+        fencing={**FENCING_RUN["fencing"], "max_parallel": 1},
     )
     slow = victim_of(cluster)
     late = victim_of(cluster, exclude=(slow,))
