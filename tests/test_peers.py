@@ -136,7 +136,9 @@ def test_topics_name_the_cluster_and_the_node() -> None:
         pytest.param(target(port=0), id="port-0"),
         pytest.param(target(port=65536), id="port-65536"),
         pytest.param(target(port=-1), id="port-negative"),
-        pytest.param(request(targets=[{"host": "h", "port": 1, "kind": "agent"}] * 9), id="9-targets"),
+        pytest.param(
+            request(targets=[{"host": "h", "port": 1, "kind": "agent"}] * 9), id="9-targets"
+        ),
         pytest.param(request(ts=-1), id="ts-negative"),
         pytest.param(request(ts=MAX_TS + 1), id="ts-too-large"),
         pytest.param(request(ts=1.5), id="ts-a-float"),
@@ -254,8 +256,18 @@ def test_a_result_replayed_from_another_request_is_not_admitted() -> None:
 
 @pytest.mark.parametrize(
     ("rid", "valid"),
-    [("a", True), ("x" * 64, True), ("~!#", True), ("", False), ("x" * 65, False)]
-    + [("a b", False), ("ä", False), ("a\n", False), (None, False), (12, False)],
+    [
+        ("a", True),
+        ("x" * 64, True),
+        ("~!#", True),
+        ("", False),
+        ("x" * 65, False),
+        ("a b", False),
+        ("ä", False),
+        ("a\n", False),
+        (None, False),
+        (12, False),
+    ],
 )
 def test_a_request_id_is_1_to_64_printable_ascii_characters(rid: object, valid: bool) -> None:
     assert valid_id(rid) is valid
