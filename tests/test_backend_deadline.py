@@ -93,9 +93,7 @@ async def test_the_call_runs_in_a_daemon_thread_named_for_the_bmc() -> None:
     assert thread.daemon and thread.name == "bmc:node-2/ipmi"
 
 
-async def test_an_overrun_releases_the_caller_at_its_deadline_with_a_timeout_naming_the_bmc() -> (
-    None
-):
+async def test_an_overrun_releases_the_caller_at_its_deadline_naming_the_bmc() -> None:
     call = Blocked()
     began = time.monotonic()
     try:
