@@ -88,6 +88,13 @@ def make(
     )
 
 
+def submitted(tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader) -> FenceExecutor:
+    """An executor (`make`) given node-1 (uid-1) to fence, declared dead at 10.0."""
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    return ex
+
+
 def world() -> tuple[FakeApi, FakeMachine, Leader]:
     api = FakeApi()
     api.nodes[N] = FakeNode("uid-1")
@@ -109,6 +116,13 @@ def record(api: FakeApi) -> dict[str, Any]:
     return rec
 
 
+def assert_aborted_before_the_power_off(api: FakeApi, machine: FakeMachine, why: str) -> None:
+    """The operation ended Aborted for a reason naming `why`, no power-off sent or done."""
+    st = record(api)["status"]
+    assert st["phase"] == "Aborted" and why in st["reason"]
+    assert not st["powerOffSent"] and machine.offs == 0
+
+
 async def settle(executor: FenceExecutor, timeout: float = 5.0) -> None:
     await asyncio.wait_for(executor.wait_idle(), timeout)
 
@@ -120,8 +134,7 @@ async def test_the_point_of_no_return_is_stored_before_the_last_looks_and_then_t
     tmp_path: Path,
 ) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     first_off = api.calls.index("power_off")
     before = api.calls[:first_off]
@@ -141,8 +154,7 @@ async def test_heartbeats_received_while_the_dead_verdict_was_being_reported_abo
     # Event was being written, before the executor started) is life after the decision.
     api, machine, leader = world()
     leader.heartbeat_at = 10.0
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Aborted"
     assert machine.offs == 0
@@ -153,8 +165,7 @@ async def test_a_power_off_never_goes_out_when_the_point_of_no_return_cannot_be_
 ) -> None:
     api, machine, leader = world()
     api.fail_saves.append(("Fencing+sent", ClusterError("update: 500 Internal Server Error", 500)))
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await eventually("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
     assert machine.offs == 0
     assert not ex.operations[N].power_off_sent  # nothing was sent, and it says so
@@ -166,12 +177,9 @@ async def test_maintenance_is_read_from_the_api_right_before_the_power_off(tmp_p
     # The leader's cached Node list still says "no maintenance"; the API already says so.
     api, machine, leader = world()
     api.nodes[N].maintenance = True
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
-    st = record(api)["status"]
-    assert st["phase"] == "Aborted" and "maintenance" in st["reason"]
-    assert not st["powerOffSent"] and machine.offs == 0
+    assert_aborted_before_the_power_off(api, machine, "maintenance")
 
 
 async def test_life_seen_after_the_point_of_no_return_was_stored_still_stops_the_request(
@@ -179,12 +187,9 @@ async def test_life_seen_after_the_point_of_no_return_was_stored_still_stops_the
 ) -> None:
     api, machine, leader = world()
     leader.heartbeat_after_save = True  # arrives during the Lease renewal and the record write
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
-    st = record(api)["status"]
-    assert st["phase"] == "Aborted" and "came back" in st["reason"]
-    assert not st["powerOffSent"] and machine.offs == 0
+    assert_aborted_before_the_power_off(api, machine, "came back")
 
 
 async def test_an_unreadable_node_before_the_request_is_a_failed_attempt_not_a_power_off(
@@ -192,8 +197,7 @@ async def test_an_unreadable_node_before_the_request_is_a_failed_attempt_not_a_p
 ) -> None:
     api, machine, leader = world()
     api.fail_get_node = 1
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await eventually("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
     assert machine.offs == 0 and not ex.operations[N].power_off_sent
     await settle(ex)
@@ -205,8 +209,7 @@ async def test_a_node_registered_again_since_the_decision_is_not_powered_off(
 ) -> None:
     api, machine, leader = world()
     api.nodes[N] = FakeNode("uid-2")  # the machine rebooted and its kubelet registered again
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Aborted" and machine.offs == 0
 
@@ -373,8 +376,7 @@ async def test_an_operation_stopped_by_a_failed_lease_check_is_resumed_on_the_le
     tmp_path: Path,
 ) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     # Fail the Lease check once, right at the taint (past the proof); nobody submits again
     # (the node will vanish from the detector once its Node is deleted).
     original = leader.confirm
@@ -400,16 +402,14 @@ async def test_a_record_write_that_timed_out_but_landed_is_not_taken_for_another
 ) -> None:
     api, machine, leader = world()
     api.land_then_fail.append("PoweredOff+sent")  # applied, but the client saw a timeout
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Recovered"  # not "stepping back" at the 409
 
 
 async def test_a_record_changed_by_another_leader_makes_this_one_step_back(tmp_path: Path) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await eventually("stored", lambda: api.records)
     rec = record(api)
     rec["status"]["leader"] = "leader-b_2"
@@ -423,8 +423,7 @@ async def test_a_record_changed_by_another_leader_makes_this_one_step_back(tmp_p
 
 async def test_a_node_that_rejoined_and_died_again_is_fenced_again(tmp_path: Path) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Recovered"
     ex.submit(N, decided_at=11.0, uid="uid-1")  # a stale verdict about the same Node
@@ -472,8 +471,7 @@ async def test_after_the_proof_it_taints_then_force_deletes_the_pods_then_remove
 ) -> None:
     api, machine, leader = world()
     with_workload(api)
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     released = [
         c
@@ -508,8 +506,7 @@ async def test_the_node_is_deleted_only_once_its_attachments_are_gone(tmp_path: 
     api, machine, leader = world()
     with_workload(api)
     api.detach_after = 3  # the CSI attacher takes a few looks to unpublish the volume
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     looks = after(api.calls, "delete_attachment csi-a")
     assert looks.count("list_attachments") == 4
@@ -540,8 +537,7 @@ async def test_no_pod_is_released_once_the_lease_is_lost_after_the_taint(tmp_pat
         await confirm()
 
     leader.confirm = lose_after_taint  # type: ignore[method-assign]
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert "taint" in api.calls and "list_pods" not in api.calls
     assert len([p for p in api.pods if p[3] == N]) == 2
@@ -599,8 +595,7 @@ async def test_attachments_someone_else_is_deleting_are_waited_for_at_the_check_
         return await listing(node)
 
     api.list_volume_attachments = timed  # type: ignore[method-assign]
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert len(looks) == 3
     assert not [c for c in api.calls if c.startswith("delete_attachment")]  # not ours to delete

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -145,10 +147,7 @@ async def test_the_mark_watcher_counts_empty_answers_as_contact_and_stops_on_a_r
 async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
     tmp_path: Path,
 ) -> None:
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.4, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
+    with emulated_device(tmp_path, 0.4) as (dev, fired):
         policy = FeedPolicy(cut_off=0.3)
         claim = WatchdogClaim(0.4, 0.3, 0.05)
         feeder = WatchdogFeeder(str(dev.path), policy, claim, **EMULATED)
@@ -171,8 +170,29 @@ async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
         stop.set()
         await asyncio.wait_for(task, 2)
         assert dev.disarms == 0  # a node that decided to reset never disarms
+
+
+@contextmanager
+def emulated_device(
+    tmp_path: Path, timeout: float
+) -> Iterator[tuple[EmulatedWatchdog, list[float]]]:
+    """An emulated watchdog device of `timeout` s, and the times it fired; stopped after."""
+    fired: list[float] = []
+    dev = EmulatedWatchdog(tmp_path / "watchdog", timeout, lambda: fired.append(time.monotonic()))
+    dev.start()
+    try:
+        yield dev, fired
     finally:
         dev.stop()
+
+
+async def armed_then_stopped(feeder: WatchdogFeeder, dev: EmulatedWatchdog) -> None:
+    """Run `feeder` until it has armed `dev`, then stop it cleanly (within 2 s)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(feeder.run(stop))
+    await eventually("armed", lambda: dev.armed)
+    stop.set()
+    await asyncio.wait_for(task, 2)
 
 
 async def _announced() -> bool:
@@ -184,25 +204,16 @@ async def _refused() -> bool:
 
 
 async def test_a_clean_stop_announced_to_the_leader_disarms_the_device(tmp_path: Path) -> None:
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
+    with emulated_device(tmp_path, 0.3) as (dev, fired):
         policy = FeedPolicy(cut_off=5.0)
         policy.contact(time.monotonic())
         feeder = WatchdogFeeder(
             str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_announced, **EMULATED
         )
-        stop = asyncio.Event()
-        task = asyncio.create_task(feeder.run(stop))
-        await eventually("armed", lambda: dev.armed)
-        stop.set()
-        await asyncio.wait_for(task, 2)
+        await armed_then_stopped(feeder, dev)
         await eventually("disarmed", lambda: not dev.armed)
         await asyncio.sleep(0.5)
         assert not fired and feeder.disarmed
-    finally:
-        dev.stop()
 
 
 async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed(
@@ -210,33 +221,21 @@ async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed
 ) -> None:
     # The leader would still count on this watchdog: disarming silently could make a machine
     # that is still on look self-fenced.
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
+    with emulated_device(tmp_path, 0.3) as (dev, fired):
         policy = FeedPolicy(cut_off=5.0)
         policy.contact(time.monotonic())
         feeder = WatchdogFeeder(
             str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_refused, **EMULATED
         )
-        stop = asyncio.Event()
-        task = asyncio.create_task(feeder.run(stop))
-        await eventually("armed", lambda: dev.armed)
-        stop.set()
-        await asyncio.wait_for(task, 2)
+        await armed_then_stopped(feeder, dev)
         await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
-    finally:
-        dev.stop()
 
 
 async def test_a_clean_stop_of_a_cut_off_node_never_disarms_its_watchdog(tmp_path: Path) -> None:
     # Cut off for longer than cut_off_after, stopped before a feeding tick noticed: it must
     # reset all the same (the leader counts on it), even if the stop is announced.
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.5, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
+    with emulated_device(tmp_path, 0.5) as (dev, fired):
         now = [100.0]
         policy = FeedPolicy(cut_off=2.0)
         policy.contact(100.0)
@@ -256,8 +255,6 @@ async def test_a_clean_stop_of_a_cut_off_node_never_disarms_its_watchdog(tmp_pat
         await asyncio.wait_for(task, 2)
         await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
-    finally:
-        dev.stop()
 
 
 def test_the_advertised_timeout_is_the_one_the_driver_applies(
