@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from hwsim.kube.errors import Forbidden
 from hwsim.kube.podgc import PodGC
 from hwsim.vms import VM_LABEL, make_vm, place_vms
 from tests.support.clock import FakeClock
+from tests.support.controller_rig import ControllerRig
 from tests.support.wait import eventually_blocking
 
 Obj = dict[str, Any]
@@ -45,35 +46,8 @@ MAX_WAIT = 30.0  # maxWaitForUnmountDuration, compressed from 6 minutes
 ATTACH = 0.4  # a few looks: the pod placed, its VolumeAttachment made, then marked attached
 
 
-@dataclass
-class Rig:
-    """A store with nodes registered by kubelets, and a controller on a fake clock."""
-
-    store: ObjectStore
-    clock: FakeClock
-    ctl: ColdStandbyController
-    power: dict[str, bool]
-    link: dict[str, bool]
-    attach: AttachDetachController
-    kubelets: dict[str, SimKubelet] = field(default_factory=dict)
-    gc: PodGC | None = None  # ticked by `run` when set
-
-    def step(self) -> None:
-        """One look of every controller: attach/detach, PodGC, the VM controller, kubelets."""
-        self.attach.tick()
-        if self.gc is not None:
-            self.gc.tick()
-        self.ctl.tick()
-        for kubelet in self.kubelets.values():
-            kubelet.sync_pods()
-
-    def run(self, seconds: float = 0.0, step: float = 0.1) -> None:
-        """Tick now, then every `step` until `seconds` have passed on the fake clock."""
-        self.step()
-        end = self.clock.now + seconds
-        while self.clock.now < end - 1e-9:
-            self.clock.now = min(end, self.clock.now + step)
-            self.step()
+class Rig(ControllerRig[ColdStandbyController]):
+    """The ColdStandby controller's rig (`ControllerRig`)."""
 
     def release(self, node: str, delete: bool = True) -> None:
         """What a fencer does once the node is off: out-of-service taint, its pods
@@ -148,10 +122,7 @@ def make_rig(nodes: int = 3, store: ObjectStore | None = None, **options: Any) -
     )
     attach = AttachDetachController(store, max_wait_for_unmount=MAX_WAIT, monotonic=clock)
     rig = Rig(store, clock, ctl, power, link, attach)
-    for name in names:
-        kubelet = SimKubelet(store, name, lambda n=name: power[n] and link[n])
-        kubelet.tick()
-        rig.kubelets[name] = kubelet
+    rig.start_kubelets()
     return rig
 
 
