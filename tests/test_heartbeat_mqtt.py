@@ -35,6 +35,7 @@ from agent.heartbeat_codec import (
 )
 from backends.spec import Secret
 from hwsim.broker import MosquittoBroker
+from tests.support.brokers import running_broker
 from tests.support.wait import eventually
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,12 +46,8 @@ PASSWORD = "pw-Zq81-never-logged"
 
 @pytest.fixture
 def secured_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt-auth", users={NODE: PASSWORD, "witness": "w"})
-    mqtt.start()
-    try:
+    with running_broker(tmp_path / "mqtt-auth", users={NODE: PASSWORD, "witness": "w"}) as mqtt:
         yield mqtt
-    finally:
-        mqtt.stop()
 
 
 @dataclass
@@ -366,16 +363,6 @@ async def test_a_wrong_password_never_connects_retries_with_backoff_and_is_never
 
 
 # -- several brokers ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
-    mqtt.start()
-    try:
-        yield mqtt
-    finally:
-        mqtt.stop()
 
 
 async def test_each_heartbeat_goes_to_every_broker_and_a_dead_one_delays_nobody(

@@ -15,7 +15,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -359,16 +359,6 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
 
 
 # -- two brokers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
-    mqtt.start()
-    try:
-        yield mqtt
-    finally:
-        mqtt.stop()
 
 
 async def test_with_two_brokers_each_heartbeat_counts_once_and_one_broker_lost_blinds_nobody(

@@ -17,6 +17,7 @@ from kubernetes import client
 from hwsim.broker import MosquittoBroker
 from hwsim.kube import KubeApiServer
 from hwsim.tls import TlsFiles, make_tls
+from tests.support.brokers import running_broker
 from tests.support.kube import AGENT_NAMESPACE, kube_server, official_client
 
 
@@ -43,12 +44,15 @@ def core(kube_api: client.ApiClient) -> client.CoreV1Api:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A mosquitto broker without logins."""
-    mqtt = MosquittoBroker(tmp_path / "mqtt")
-    mqtt.start()
-    try:
+    with running_broker(tmp_path / "mqtt") as mqtt:
         yield mqtt
-    finally:
-        mqtt.stop()
+
+
+@pytest.fixture
+def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A second mosquitto broker without logins."""
+    with running_broker(tmp_path / "mqtt-b") as mqtt:
+        yield mqtt
 
 
 @pytest.fixture(scope="module")
