@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,6 +137,37 @@ def test_rbac_grants_nothing_broad_and_no_secret() -> None:
     assert all(r.get("rules") and "aggregationRule" not in r for r in roles)
 
 
+@contextmanager
+def shipped_cluster(
+    tmp_path: Path, target: str, **settings: Any
+) -> Iterator[tuple[ShippedBrokerCluster, str]]:
+    """A cluster of four nodes with BMCs and eight VMs (short timings, `settings`) whose broker
+    enforces the shipped ACL and whose API holds `target`'s objects (kubectl apply), its node
+    agents and fencers started: (the cluster, the leader's node) once there is a leader."""
+    cluster = ShippedBrokerCluster(
+        tmp_path,
+        ClusterSettings(nodes=4, bmcs=True, vms=8, **settings, **RUN_TIMINGS),
+        shipped_acl(),
+    )
+    serve_rbac(cluster.kube)
+    try:
+        cluster.start(agents=False)
+        kubectl_apply(cluster.kubeconfig, rendered_text(target))
+        for node in cluster.nodes:
+            cluster.start_agent(node)
+        for node in cluster.fencer_hosts:
+            cluster.start_fencer(node)
+        yield cluster, cluster.wait_for("a leader", cluster.leader, 30)
+    finally:
+        cluster.stop()
+
+
+def recovered(cluster: ShippedBrokerCluster) -> list[Obj]:
+    """The FenceOperation records that reached Recovered."""
+    items = cluster.kube.store.list("fenceoperations", NAMESPACE)["items"]
+    return [r for r in items if (r.get("status") or {}).get("phase") == "Recovered"]
+
+
 def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
     tmp_path: Path,
 ) -> None:
@@ -141,20 +175,7 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
     # A busy kube-controller-manager: the attach/detach controller looks only every 2 s, so the
     # release finds the VolumeAttachments still there and deletes them itself.
     slow = ControllerTimers(attach_detach_loop=2.0)
-    cluster = ShippedBrokerCluster(
-        tmp_path,
-        ClusterSettings(nodes=4, bmcs=True, vms=8, timers=slow, **RUN_TIMINGS),
-        shipped_acl(),
-    )
-    serve_rbac(cluster.kube)
-    try:
-        cluster.start(agents=False)
-        kubectl_apply(cluster.kubeconfig, rendered_text("overlays/example"))
-        for node in cluster.nodes:
-            cluster.start_agent(node)
-        for node in cluster.fencer_hosts:
-            cluster.start_fencer(node)
-        leader = cluster.wait_for("a leader", cluster.leader, 30)
+    with shipped_cluster(tmp_path, "overlays/example", timers=slow) as (cluster, leader):
         restartable = [  # a victim whose VMs must run again elsewhere: recovery calls too
             vm["status"]["nodeName"]
             for vm in cluster.kube.store.list("virtualmachines")["items"]
@@ -163,12 +184,7 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
         ]
         victim = next(n for n in restartable if n != leader)
         cluster.fleet[victim].cut_power()
-
-        def recovered() -> list[Obj]:
-            items = cluster.kube.store.list("fenceoperations", NAMESPACE)["items"]
-            return [r for r in items if (r.get("status") or {}).get("phase") == "Recovered"]
-
-        (record,) = cluster.wait_for("a Recovered FenceOperation", recovered, 60)
+        (record,) = cluster.wait_for("a Recovered FenceOperation", lambda: recovered(cluster), 60)
         cluster.wait_for(  # Events about VMs go to the VMs' own namespaces
             "VM Events",
             lambda: [
@@ -178,8 +194,6 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
             ],
             10,
         )
-    finally:
-        cluster.stop()
     assert client_calls(cluster.kube, ACCOUNT) == []  # the node agents ask nothing
     calls = client_calls(cluster.kube, FENCER)
     assert calls and len(calls) == len(client_calls(cluster.kube))
@@ -203,20 +217,7 @@ def test_on_a_cluster_serving_both_vm_apis_the_fenced_nodes_vms_of_both_are_veri
     finds both APIs by discovery, verifies every restartable VM of either kind on the fenced
     node, and needs exactly what the overlay grants (the KubeVirt component included)."""
     docs = render("overlays/kubevirt")
-    cluster = ShippedBrokerCluster(
-        tmp_path,
-        ClusterSettings(nodes=4, bmcs=True, vms=8, virt="both", **RUN_TIMINGS),
-        shipped_acl(),
-    )
-    serve_rbac(cluster.kube)
-    try:
-        cluster.start(agents=False)
-        kubectl_apply(cluster.kubeconfig, rendered_text("overlays/kubevirt"))
-        for node in cluster.nodes:
-            cluster.start_agent(node)
-        for node in cluster.fencer_hosts:
-            cluster.start_fencer(node)
-        leader = cluster.wait_for("a leader", cluster.leader, 30)
+    with shipped_cluster(tmp_path, "overlays/kubevirt", virt="both") as (cluster, leader):
         must_return = [v for v in vm_views(cluster.kube.store) if v.restarts and v.running]
         victim = next(  # hosts a restartable VM of each API
             n
@@ -226,16 +227,9 @@ def test_on_a_cluster_serving_both_vm_apis_the_fenced_nodes_vms_of_both_are_veri
         )
         expected = {(v.api, v.name) for v in must_return if v.node == victim}
         cluster.fleet[victim].cut_power()
-
-        def recovered() -> list[Obj]:
-            items = cluster.kube.store.list("fenceoperations", NAMESPACE)["items"]
-            return [r for r in items if (r.get("status") or {}).get("phase") == "Recovered"]
-
-        (record,) = cluster.wait_for("a Recovered FenceOperation", recovered, 60)
+        (record,) = cluster.wait_for("a Recovered FenceOperation", lambda: recovered(cluster), 60)
         moved = {v.name: v for v in vm_views(cluster.kube.store)}
         split_brains = cluster.vm_violations()
-    finally:
-        cluster.stop()
     verified = {
         (vm["virtualization"], vm["name"])
         for vm in record["status"]["vms"]
