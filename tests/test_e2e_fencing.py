@@ -15,6 +15,7 @@ from tests.support.e2e import (
     assert_recovered_elsewhere,
     final_record,
     node_exists,
+    one_fence_slot_held,
     records,
     start,
     victim_of,
@@ -151,12 +152,7 @@ def test_heartbeats_back_before_the_power_off_request_abort_the_operation(
         power_timeout=12.0,
         fencing={**FENCING_RUN["fencing"], "max_parallel": 1},
     )
-    slow = victim_of(cluster)
-    back = victim_of(cluster, exclude=(slow,))
-    cluster.fleet[slow].set_faults(off_delay=9.0)  # its power walk holds the only slot
-    cluster.nodes[slow].partition()
-    final_record(cluster, slow, ("Fencing",), timeout=30)
-    cluster.nodes[back].partition()
+    _, back = one_fence_slot_held(cluster, off_delay=9.0)
     cluster.wait_for("second op", lambda: records(cluster, back), 30)
     cluster.nodes[back].heal()
     rec = final_record(cluster, back, ("Aborted",), timeout=60)

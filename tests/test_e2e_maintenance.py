@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from hwsim.migrations import DIRTY_ANNOTATION as DIRTY
 from hwsim.migrations import MigrationLimits
-from hwsim.simcluster import ClusterSettings, SimCluster
+from hwsim.simcluster import SimCluster
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
-from tests.support.e2e import final_record, records, start, victim_of, vms_on
+from tests.support.e2e import one_fence_slot_held, records, start, vms_on
 from tests.support.timings import FENCING_RUN
 from tests.support.wait import eventually
 
@@ -28,21 +27,15 @@ LABEL = "nodefence.io/maintenance"
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Callable[..., SimCluster]]:
+def sim(make_cluster: Make) -> Make:
     """A cluster of API emulator, kubelets and the VM controller, without agents (the
     commands under test need only the API)."""
-    started: list[SimCluster] = []
 
     def make(**settings: Any) -> SimCluster:
         settings.setdefault("migration_delay", 0.5)
-        cluster = SimCluster(tmp_path / f"sim{len(started)}", ClusterSettings(**settings))
-        started.append(cluster)
-        cluster.start(agents=False)
-        return cluster
+        return make_cluster(agents=False, **settings)
 
-    yield make
-    for cluster in started:
-        cluster.stop()
+    return make
 
 
 async def nodefence(cluster: SimCluster, *args: str) -> Any:
@@ -381,12 +374,7 @@ async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_saf
         power_timeout=16.0,
         fencing={**FENCING_RUN["fencing"], "max_parallel": 1},
     )
-    slow = victim_of(cluster)
-    late = victim_of(cluster, exclude=(slow,))
-    cluster.fleet[slow].set_faults(off_delay=12.0)
-    cluster.nodes[slow].partition()
-    final_record(cluster, slow, ("Fencing",), timeout=30)
-    cluster.nodes[late].partition()
+    slow, late = one_fence_slot_held(cluster, off_delay=12.0)
     await eventually(f"{late}'s pending operation", lambda: records(cluster, late), 30)
     cluster.kube.store.patch("nodes", late, {"metadata": {"labels": {LABEL: "true"}}})
     assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held

@@ -74,6 +74,19 @@ def final_record(
     return result
 
 
+def one_fence_slot_held(cluster: SimCluster, off_delay: float) -> tuple[str, str]:
+    """On a cluster fencing one node at a time (max_parallel 1): a first victim whose BMC
+    takes `off_delay` s to power off holds the only slot (its record Fencing), then a second
+    victim is cut off. Returns (the first, the second)."""
+    slow = victim_of(cluster)
+    second = victim_of(cluster, exclude=(slow,))
+    cluster.fleet[slow].set_faults(off_delay=off_delay)  # its power walk holds the only slot
+    cluster.nodes[slow].partition()
+    final_record(cluster, slow, ("Fencing",), timeout=30)
+    cluster.nodes[second].partition()
+    return slow, second
+
+
 def vms_on(cluster: SimCluster, node: str) -> list[dict[str, Any]]:
     """The VirtualMachines whose status puts them on `node`."""
     return [
