@@ -114,12 +114,18 @@ def test_a_node_registering_again_within_the_quarantine_keeps_its_pods(cluster: 
     assert "p" in cluster.pods()
 
 
-def test_a_terminating_pod_on_a_not_ready_out_of_service_node_is_force_deleted_at_once(
-    cluster: Cluster,
-) -> None:
+def terminating_pod_and_gc(cluster: Cluster) -> PodGC:
+    """Pod `p` on node-1, deleted gracefully (Terminating); a PodGC on the cluster's clock."""
     gc = PodGC(cluster.store, monotonic=cluster.clock)
     cluster.pod("p", "node-1")
     cluster.store.delete("pods", "p", "default")
+    return gc
+
+
+def test_a_terminating_pod_on_a_not_ready_out_of_service_node_is_force_deleted_at_once(
+    cluster: Cluster,
+) -> None:
+    gc = terminating_pod_and_gc(cluster)
     cluster.taint("node-1")
     gc.tick()
     assert "p" in cluster.pods()  # the node still reads Ready: PodGC waits
@@ -131,9 +137,7 @@ def test_a_terminating_pod_on_a_not_ready_out_of_service_node_is_force_deleted_a
 def test_a_terminating_pod_on_a_dead_node_without_the_taint_stays_terminating(
     cluster: Cluster,
 ) -> None:
-    gc = PodGC(cluster.store, monotonic=cluster.clock)
-    cluster.pod("p", "node-1")
-    cluster.store.delete("pods", "p", "default")
+    gc = terminating_pod_and_gc(cluster)
     cluster.not_ready("node-1")
     cluster.clock.now += 3600
     gc.tick()

@@ -10,6 +10,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -78,9 +79,9 @@ def connect_is_reset(port: int) -> bool:
         return True
 
 
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    server = _EchoServer(("127.0.0.1", 0), _Echo)
+@contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[int]:
+    """`server` answering in a thread; its port. Shut down and closed after."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -89,6 +90,12 @@ def echo_port() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    with serving(_EchoServer(("127.0.0.1", 0), _Echo)) as port:
+        yield port
 
 
 @pytest.fixture
@@ -290,14 +297,8 @@ def test_cut_before_start_applies_once_started(echo_port: int) -> None:
 def http_port() -> Iterator[int]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as port:
+        yield port
 
 
 def test_http_through_the_relay_and_a_client_timeout_when_cut(http_port: int) -> None:
