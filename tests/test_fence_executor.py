@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -621,24 +622,32 @@ async def test_while_fencing_is_paused_no_power_off_goes_out_and_the_resume_fenc
     assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
 
 
+def paused_at_a_renewal(
+    leader: Leader, when: Callable[[], bool] = lambda: True
+) -> list[str | None]:
+    """A pause for the executor's `paused` (`lambda: pause[0]`, the test lifts it by setting
+    None) that the leader's Lease renewal reads: set at the first renewal where `when()`."""
+    pause: list[str | None] = [None]
+    confirm = leader.confirm
+    paused_once: list[bool] = []
+
+    async def renew_and_read_the_pause() -> None:
+        await confirm()
+        if when() and not paused_once:
+            paused_once.append(True)
+            pause[0] = "paused: read with the renewal"
+
+    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    return pause
+
+
 async def test_a_pause_read_with_the_lease_renewal_before_the_first_request_stores_nothing(
     tmp_path: Path,
 ) -> None:
     # Not paused when the walk starts; the Lease renewal right before the point of no return
     # reads the pause: nothing stored, nothing sent, the operation waits.
     api, machine, leader = world()
-    pause: list[str | None] = [None]
-    confirm = leader.confirm
-
-    async def renew_and_read_the_pause() -> None:
-        await confirm()
-        if "save Pending" in api.calls and not paused_once:
-            paused_once.append(True)
-            pause[0] = "paused: read with the renewal"
-
-    paused_once: list[bool] = []
-
-    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    pause = paused_at_a_renewal(leader, when=lambda: "save Pending" in api.calls)
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     ex.submit(N, decided_at=10.0, uid="uid-1")
     await eventually("the walk stopped by the pause", lambda: pause[0] is not None)
@@ -658,17 +667,7 @@ async def test_a_walk_past_the_point_of_no_return_sends_nothing_more_once_paused
     # it, because only a first power-off looked at the pause.
     api, machine, leader = world()
     stored_op(api, Operation(N, "old1", phase=Phase.FENCING, power_off_sent=True, node_uid="uid-1"))
-    pause: list[str | None] = [None]
-    confirm = leader.confirm
-
-    async def renew_and_read_the_pause() -> None:
-        await confirm()
-        if not paused_once:
-            paused_once.append(True)
-            pause[0] = "paused: read with the renewal"
-
-    paused_once: list[bool] = []
-    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    pause = paused_at_a_renewal(leader)
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     await ex.resume()
     ex.submit(N, decided_at=10.0, uid="uid-1")  # this leader's own verdict: dead
