@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -40,6 +42,47 @@ def sim(make_cluster: Make) -> Make:
 
 async def nodefence(cluster: SimCluster, *args: str) -> Any:
     return await run_cli(*args, "--kubeconfig", str(cluster.kubeconfig))
+
+
+@dataclass
+class RunningCli:
+    """A `nodefence` command still running, its output read line by line as it comes."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+
+    async def until(self, text: str, what: str) -> None:
+        """Read output until a line holds `text`; fail saying `what` if the command ends first."""
+        assert self.proc.stdout is not None
+        while not any(text in line for line in self.lines):
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 40)
+            assert line, f"{what}:\n" + "".join(self.lines)
+            self.lines.append(line.decode())
+
+    async def rest(self) -> tuple[str, str]:
+        """Wait for the end (40 s at most): (all its output, its stderr when kept apart)."""
+        out, err = await asyncio.wait_for(self.proc.communicate(), 40)
+        return "".join(self.lines) + out.decode(), (err or b"").decode()
+
+
+@asynccontextmanager
+async def nodefence_running(
+    cluster: SimCluster, *args: str, stderr_too: bool = False
+) -> AsyncIterator[RunningCli]:
+    """`nodefence ARGS --kubeconfig <the cluster's>` as a process (stderr merged into stdout
+    with `stderr_too`); killed if still running when the block ends."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", *args, "--kubeconfig", str(cluster.kubeconfig),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if stderr_too else asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        yield RunningCli(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def node(cluster: SimCluster, name: str) -> dict[str, Any]:
@@ -180,27 +223,12 @@ async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) 
         "default",
     )
     target = await eventually("vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "maintenance", "enter", target, "--vms-only",
-        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    try:
-        while not any(" VMs: " in line for line in lines):  # the drain has looked
-            line = await asyncio.wait_for(proc.stdout.readline(), 40)
-            assert line, "enter ended before its drain looked:\n" + "".join(lines)
-            lines.append(line.decode())
+    enter = ("maintenance", "enter", target, "--vms-only", "--timeout", "40")
+    async with nodefence_running(cluster, *enter, stderr_too=True) as cli:
+        await cli.until(" VMs: ", "enter ended before its drain looked")  # the drain has looked
         busy(False)  # now it converges and lands on the node under maintenance
-        rest, _ = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out
+        out, _ = await cli.rest()
+    assert cli.proc.returncode == 0, out
     assert "vm default/vm-1: arriving from node-1" in out
     assert where(cluster)["vm-1"][1] not in ("", target), out  # moved off again
     assert where(cluster)["vm-1"][0] == "Running"
@@ -228,29 +256,14 @@ async def test_enter_moves_five_vms_off_never_onto_a_cordoned_node_and_drains_po
         },
         "default",
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "maintenance", "enter", "node-1",
-        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    try:
+    async with nodefence_running(
+        cluster, "maintenance", "enter", "node-1", "--timeout", "40"
+    ) as cli:
         # The budget refuses web-a until its replacement runs elsewhere, as a ReplicaSet would.
-        while not any("eviction refused" in line for line in lines):
-            line = await asyncio.wait_for(proc.stdout.readline(), 40)
-            assert line, "the command ended before trying to evict web-a:\n" + "".join(lines)
-            lines.append(line.decode())
+        await cli.until("eviction refused", "the command ended before trying to evict web-a")
         put_pod(cluster, "web-b", "node-2", "ReplicaSet", app="web")
-        rest, err = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out + err.decode()
+        out, err = await cli.rest()
+    assert cli.proc.returncode == 0, out + err
     for name in five:
         assert f"vm default/{name}: moved node-1 -> " in out
         phase, now_on = where(cluster)[name]

@@ -154,12 +154,18 @@ def test_a_powered_kubelet_deletes_its_terminating_pods_a_dead_one_never_does(
     assert core.read_namespaced_pod("dead", "default").metadata.deletion_timestamp is not None
 
 
-def test_after_a_reboot_pods_that_ran_before_with_restart_policy_never_are_failed(
-    kube: KubeApiServer, core: client.CoreV1Api
-) -> None:
+def registered_kubelet(kube: KubeApiServer) -> tuple[SimKubelet, list[bool]]:
+    """node-1's kubelet, its Node registered, up while `power[0]`: (kubelet, power)."""
     power = [True]
     kubelet = SimKubelet(kube.store, "node-1", lambda: power[0])
     kubelet.tick()
+    return kubelet, power
+
+
+def test_after_a_reboot_pods_that_ran_before_with_restart_policy_never_are_failed(
+    kube: KubeApiServer, core: client.CoreV1Api
+) -> None:
+    kubelet, power = registered_kubelet(kube)
     running(core, "launcher", restartPolicy="Never")
     running(core, "web", restartPolicy="Always")
     power[0] = False
@@ -200,9 +206,7 @@ def test_a_node_cut_off_and_back_did_not_reboot_its_pods_run_on(
 def test_the_kubelet_reports_its_pods_volumes_in_use_and_a_dead_one_leaves_them(
     kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
-    power = [True]
-    kubelet = SimKubelet(kube.store, "node-1", lambda: power[0])
-    kubelet.tick()
+    kubelet, power = registered_kubelet(kube)
     create_disk(kube.store, "disk-a", "default")
     volume = {"name": "d", "persistentVolumeClaim": {"claimName": "disk-a"}}
     running(core, "user", volumes=[volume])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -195,6 +195,20 @@ async def armed_then_stopped(feeder: WatchdogFeeder, dev: EmulatedWatchdog) -> N
     await asyncio.wait_for(task, 2)
 
 
+async def fed_then_stopped(
+    dev: EmulatedWatchdog, announce: Callable[[], Awaitable[bool]]
+) -> WatchdogFeeder:
+    """A feeder of `dev` (0.3 s device timeout, 5 s cut-off, just in contact) that arms it,
+    then stops cleanly, telling the leader through `announce`."""
+    policy = FeedPolicy(cut_off=5.0)
+    policy.contact(time.monotonic())
+    feeder = WatchdogFeeder(
+        str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=announce, **EMULATED
+    )
+    await armed_then_stopped(feeder, dev)
+    return feeder
+
+
 async def _announced() -> bool:
     return True
 
@@ -205,12 +219,7 @@ async def _refused() -> bool:
 
 async def test_a_clean_stop_announced_to_the_leader_disarms_the_device(tmp_path: Path) -> None:
     with emulated_device(tmp_path, 0.3) as (dev, fired):
-        policy = FeedPolicy(cut_off=5.0)
-        policy.contact(time.monotonic())
-        feeder = WatchdogFeeder(
-            str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_announced, **EMULATED
-        )
-        await armed_then_stopped(feeder, dev)
+        feeder = await fed_then_stopped(dev, announce=_announced)
         await eventually("disarmed", lambda: not dev.armed)
         await asyncio.sleep(0.5)
         assert not fired and feeder.disarmed
@@ -222,12 +231,7 @@ async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed
     # The leader would still count on this watchdog: disarming silently could make a machine
     # that is still on look self-fenced.
     with emulated_device(tmp_path, 0.3) as (dev, fired):
-        policy = FeedPolicy(cut_off=5.0)
-        policy.contact(time.monotonic())
-        feeder = WatchdogFeeder(
-            str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_refused, **EMULATED
-        )
-        await armed_then_stopped(feeder, dev)
+        feeder = await fed_then_stopped(dev, announce=_refused)
         await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
 
