@@ -21,7 +21,7 @@ from tests.support.e2e import (
     victim_of,
     vms_on,
 )
-from tests.support.timings import FENCING_RUN
+from tests.support.timings import ONE_FENCE_AT_A_TIME
 
 
 def test_power_loss_is_fenced_deleted_and_coldstandby_vms_run_elsewhere(make_cluster: Make) -> None:
@@ -145,13 +145,7 @@ def test_heartbeats_back_before_the_power_off_request_abort_the_operation(
 ) -> None:
     # One fence at a time; the first victim's slow BMC holds the slot while the second
     # victim's heartbeats come back, so its operation aborts before any request is sent.
-    cluster = start(
-        make_cluster,
-        nodes=5,
-        vms=5,
-        power_timeout=12.0,
-        fencing={**FENCING_RUN["fencing"], "max_parallel": 1},
-    )
+    cluster = start(make_cluster, power_timeout=12.0, **ONE_FENCE_AT_A_TIME)
     _, back = one_fence_slot_held(cluster, off_delay=9.0)
     cluster.wait_for("second op", lambda: records(cluster, back), 30)
     cluster.nodes[back].heal()

@@ -21,7 +21,7 @@ from hwsim.simcluster import SimCluster
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
 from tests.support.e2e import one_fence_slot_held, records, start, vms_on
-from tests.support.timings import FENCING_RUN
+from tests.support.timings import ONE_FENCE_AT_A_TIME
 from tests.support.wait import eventually
 
 Make = Callable[..., SimCluster]
@@ -380,13 +380,7 @@ async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_saf
     # (`nodefence maintenance enter` would refuse a failing node, or mark it `draining`, which
     # keeps it guarded), so when the slot frees the operation is aborted before any power
     # request is sent.
-    cluster = start_with_leader(
-        make_cluster,
-        nodes=5,
-        vms=5,
-        power_timeout=16.0,
-        fencing={**FENCING_RUN["fencing"], "max_parallel": 1},
-    )
+    cluster = start_with_leader(make_cluster, power_timeout=16.0, **ONE_FENCE_AT_A_TIME)
     slow, late = one_fence_slot_held(cluster, off_delay=12.0)
     await eventually(f"{late}'s pending operation", lambda: records(cluster, late), 30)
     cluster.kube.store.patch("nodes", late, {"metadata": {"labels": {LABEL: "true"}}})

@@ -35,7 +35,7 @@ from hwsim.kube.errors import Forbidden
 from hwsim.kube.podgc import PodGC
 from hwsim.vms import VM_LABEL, make_vm, place_vms
 from tests.support.clock import FakeClock
-from tests.support.controller_rig import ControllerRig
+from tests.support.controller_rig import ControllerRig, node_switches
 from tests.support.wait import eventually_blocking
 
 Obj = dict[str, Any]
@@ -109,9 +109,7 @@ class Rig(ControllerRig[ColdStandbyController]):
 def make_rig(nodes: int = 3, store: ObjectStore | None = None, **options: Any) -> Rig:
     store = store or KubeApiServer().store  # in-process: the server's store, no socket here
     clock = FakeClock(1000.0)
-    names = [f"node-{i}" for i in range(1, nodes + 1)]
-    power = dict.fromkeys(names, True)
-    link = dict.fromkeys(names, True)
+    _, power, link = node_switches(nodes)
     ctl = ColdStandbyController(
         store,
         lambda n: power.get(n, False),

@@ -30,7 +30,7 @@ from hwsim.kubevirt.objects import (
 )
 from hwsim.vm_views import vm_views
 from tests.support.clock import FakeClock
-from tests.support.controller_rig import ControllerRig
+from tests.support.controller_rig import ControllerRig, node_switches
 
 Obj = dict[str, Any]
 BOOT = 2.0
@@ -64,9 +64,7 @@ def make_rig(profiles: tuple[VmProfile, ...], nodes: int = 3) -> Rig:
     store = KubeApiServer().store
     crds.install(store)
     clock = FakeClock(1000.0)
-    names = [f"node-{i}" for i in range(1, nodes + 1)]
-    power = dict.fromkeys(names, True)
-    link = dict.fromkeys(names, True)
+    names, power, link = node_switches(nodes)
     ctl = KubevirtController(
         store,
         lambda n: power.get(n, False),

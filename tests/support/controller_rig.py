@@ -20,6 +20,12 @@ class Ticking(Protocol):
 C = TypeVar("C", bound=Ticking)
 
 
+def node_switches(nodes: int) -> tuple[list[str], dict[str, bool], dict[str, bool]]:
+    """node-1 .. node-N, each powered and on the network: (names, power, link)."""
+    names = [f"node-{i}" for i in range(1, nodes + 1)]
+    return names, dict.fromkeys(names, True), dict.fromkeys(names, True)
+
+
 @dataclass
 class ControllerRig(Generic[C]):
     """A store with nodes registered by kubelets, and controller `ctl` on a fake clock."""

@@ -24,6 +24,13 @@ RUN_TIMINGS: dict[str, Any] = {
 # The fencing end-to-end cluster: a run as above with BMCs and eight VMs.
 FENCING_RUN: dict[str, Any] = {**RUN_TIMINGS, "bmcs": True, "vms": 8}
 
+# Five nodes, five VMs, and one fence at a time (a second waits for the first's slot).
+ONE_FENCE_AT_A_TIME: dict[str, Any] = {
+    "nodes": 5,
+    "vms": 5,
+    "fencing": {**SHORT_FENCING, "max_parallel": 1},
+}
+
 # Self-fencing: a 2 s watchdog fed every 0.2 s, cut off 2 s after losing broker and API.
 WATCHDOG: dict[str, Any] = {
     "timeout": 2.0,
