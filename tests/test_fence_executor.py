@@ -1,5 +1,5 @@
-"""The fence executor's ordering rules, with in-memory edges (tests/executor_fakes.py): what is
-stored, read and checked before a power-off goes out; what a new leader does with operations
+"""The fence executor's ordering rules, with in-memory edges (tests/support/executor_fakes.py):
+what is stored, read and checked before a power-off goes out; what a new leader does with operations
 it did not decide; what picks a stopped operation up again; a write that timed out but landed;
 the Node object a fence may touch; after_proof reboot. End-to-end versions of the leader-change
 cases run on the simulated cluster (tests/test_e2e_safety.py)."""
@@ -10,97 +10,25 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import yaml
-
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterError
 from agent.fence_executor import FenceExecutor
-from agent.fencing import Cleanup, Operation, Phase, Timing
-from agent.inventory import parse_inventory
+from agent.fencing import Cleanup, Operation, Phase
 from agent.records import to_record
-from tests.support.executor_fakes import FakeApi, FakeMachine, FakeNode, factory
+from tests.support.executor_fakes import (
+    FakeApi,
+    FakeMachine,
+    FakeNode,
+    Leader,
+    N,
+    make,
+    record,
+    settle,
+    submitted,
+    world,
+)
 from tests.support.wait import eventually
-
-N = "w1"
-INVENTORY = """
-nodes:
-  w1:
-    levels:
-      - devices:
-          - {type: ipmi, name: ipmi, address: 127.0.0.1, port: 9, username: a, password_env: PW}
-"""
-TIMING = Timing(retry_base=0.05, retry_max=0.1, recovery_timeout=0.5)
-VMS = [
-    {
-        "metadata": {"namespace": "prod", "name": "a"},
-        "spec": {"runPolicy": "AlwaysOn"},
-        "status": {"phase": "Running", "nodeName": N},
-    }
-]
-
-
-class Leader:
-    """The leader-side callbacks the executor asks: Lease checks and life since a moment."""
-
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-        self.heartbeat_at: float | None = None  # leader clock of the node's last heartbeat
-        self.heartbeat_after_save = False  # a heartbeat arrives while PowerOffSending is stored
-        self.lease_failures = 0
-        self.leader = True
-
-    async def confirm(self) -> None:
-        self.calls.append("confirm_leader")
-        if self.lease_failures:
-            self.lease_failures -= 1
-            raise RuntimeError("lease renewal timed out")
-        if not self.leader:
-            raise RuntimeError("not the leader")
-
-    def alive_since(self, node: str, since: float, *, certain: bool = False) -> str | None:
-        self.calls.append("alive_check")
-        if self.heartbeat_after_save and any(c.startswith("save Fencing+sent") for c in self.calls):
-            return "heartbeat received 0.0 s ago"
-        if self.heartbeat_at is not None and self.heartbeat_at >= since:
-            return "heartbeat received 0.1 s ago"
-        return None
-
-
-def make(
-    tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader, **kw: Any
-) -> FenceExecutor:
-    inventory = parse_inventory(
-        yaml.safe_load(INVENTORY), path=tmp_path / "inv.yaml", env={"PW": "pw"}
-    )
-    return FenceExecutor(
-        cast(ClusterApi, api),
-        "nodefence",
-        kw.pop("identity", "leader-a_1"),
-        inventory=lambda: inventory,
-        confirm_leader=leader.confirm,
-        alive_since=leader.alive_since,
-        in_maintenance=lambda node: False,
-        timing=TIMING,
-        check_interval=0.01,
-        reconcile_interval=0.05,
-        backend_factory=factory(machine),
-        **kw,
-    )
-
-
-def submitted(tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader) -> FenceExecutor:
-    """An executor (`make`) given node-1 (uid-1) to fence, declared dead at 10.0."""
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
-    return ex
-
-
-def world() -> tuple[FakeApi, FakeMachine, Leader]:
-    api = FakeApi()
-    api.nodes[N] = FakeNode("uid-1")
-    api.vms = [dict(v) for v in VMS]
-    return api, FakeMachine(api.calls), Leader(api.calls)
 
 
 def phase_of(ex: FenceExecutor) -> Phase | None:
@@ -112,20 +40,11 @@ def stored_phase(api: FakeApi) -> str | None:
     return next((r["status"]["phase"] for r in api.records.values()), None)
 
 
-def record(api: FakeApi) -> dict[str, Any]:
-    [rec] = api.records.values()
-    return rec
-
-
 def assert_aborted_before_the_power_off(api: FakeApi, machine: FakeMachine, why: str) -> None:
     """The operation ended Aborted for a reason naming `why`, no power-off sent or done."""
     st = record(api)["status"]
     assert st["phase"] == "Aborted" and why in st["reason"]
     assert not st["powerOffSent"] and machine.offs == 0
-
-
-async def settle(executor: FenceExecutor, timeout: float = 5.0) -> None:
-    await asyncio.wait_for(executor.wait_idle(), timeout)
 
 
 # -- the last look before the power-off ----------------------------------------------------------
