@@ -22,7 +22,6 @@ class Deadline:
     """`within` seconds from now on the monotonic clock."""
 
     def __init__(self, within: float) -> None:
-        self.within = within
         self.at = time.monotonic() + within
 
     def passed(self) -> bool:
