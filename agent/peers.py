@@ -129,9 +129,9 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
         return None
     try:
         suspect, rid, peers = obj["suspect"], obj["id"], obj["peers"]
-        targets = tuple(Target(str(t["host"]), int(t["port"]), t["kind"]) for t in obj["targets"])
+        targets = tuple(Target(t["host"], t["port"], t["kind"]) for t in obj["targets"])
         ts, macs = obj.get("ts"), obj.get("macs") or {}
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError):
         return None
     ok = (
         isinstance(suspect, str)
@@ -139,8 +139,8 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
         and valid_id(rid)
         and isinstance(peers, list)
         and all(isinstance(p, str) for p in peers)
-        and all(0 < t.port < 65536 and t.kind in ("agent", "kubelet") for t in targets)
         and len(targets) <= 8
+        and all(_valid_target(t) for t in targets)
         and (ts is None or (type(ts) is int and 0 <= ts <= MAX_TS))
         and isinstance(macs, dict)
         and all(p in peers and _valid_mac(m) for p, m in macs.items())
@@ -149,6 +149,17 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
         return None
     signed = tuple((p, macs[p]) for p in peers if p in macs)
     return ProbeRequest(rid, suspect, tuple(peers), targets, ts, signed)
+
+
+def _valid_target(t: Target) -> bool:
+    # Types as sent, never coerced: a peer probes exactly what the fencer asked (and signed).
+    return (
+        isinstance(t.host, str)
+        and t.host != ""
+        and type(t.port) is int
+        and 0 < t.port < 65536
+        and t.kind in ("agent", "kubelet")
+    )
 
 
 def valid_id(rid: object) -> bool:

@@ -1,4 +1,5 @@
-"""Shared fixtures: emulated BMC fleets on free 127.0.0.1 ports, stopped even on failure."""
+"""Shared fixtures: emulated BMC fleets and simulated clusters on free 127.0.0.1 ports, stopped
+even on failure; the CLI as a process. The servers themselves: tests/support/fixtures.py."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ from hwsim.bmcs import BmcFleet
 from hwsim.fleet import Fleet
 from hwsim.simcluster import SimCluster
 from hwsim.simcluster_settings import ClusterSettings
+from tests.support.bmcs import running_bmcs
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The servers tests run against (broker, Kubernetes API, TLS files): tests/support/fixtures.py.
+pytest_plugins = ["tests.support.fixtures"]
 
 
 @dataclass
@@ -34,13 +39,8 @@ class RunningFleet:
 async def bmc_fleet(tmp_path: Path) -> AsyncIterator[RunningFleet]:
     """Three nodes, each with an IPMI and a Redfish (HTTPS) BMC, and their inventory."""
     fleet = Fleet.of_size(3)
-    bmcs = BmcFleet(fleet, tmp_path, power_timeout=1.5)
-    await bmcs.start()
-    try:
-        inventory = bmcs.write_inventory(tmp_path / "inventory.yaml")
-        yield RunningFleet(fleet, bmcs, inventory)
-    finally:
-        await bmcs.stop()
+    async with running_bmcs(fleet, tmp_path, power_timeout=1.5) as bmcs:
+        yield RunningFleet(fleet, bmcs, bmcs.write_inventory(tmp_path / "inventory.yaml"))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,7 @@ from hwsim.ipmi.packets import (
     split_rmcp,
 )
 from hwsim.machine import SimMachine
+from tests.support.wait import eventually, eventually_blocking, throughout
 
 PASSWORD = "ipmi-Pa55"
 
@@ -89,25 +90,6 @@ async def other_bmc() -> AsyncIterator[IpmiBmc]:
         yield server
     finally:
         await server.stop()
-
-
-async def eventually(what: str, check: Callable[[], bool], within: float) -> None:
-    """Wait until `check()` holds; fail the test if it does not within `within` seconds."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {within} s")
-        await asyncio.sleep(0.02)
-
-
-async def throughout(what: str, check: Callable[[], bool], seconds: float) -> None:
-    """`check()` holds at every look during the next `seconds` (a bounded watch for a
-    negative: something that must not happen in the time it would take to happen)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), what
-        await asyncio.sleep(0.02)
-    assert check(), what
 
 
 def backend(
@@ -344,7 +326,7 @@ async def test_a_close_after_abandoned_calls_leaves_no_session_on_the_bmc(bmc: I
     await eventually(
         "every session the backend opened is closed on the BMC",
         lambda: bmc.active_session_count == 0 and bmc.answers_pending == 0,
-        within=5.0,
+        timeout=5.0,
     )
     await throughout(
         "no session logs in again after close", lambda: bmc.active_session_count == 0, 1.0
@@ -397,7 +379,7 @@ async def test_a_cancelled_call_cannot_power_the_machine_off_later(bmc: IpmiBmc)
     bmc.machine.set_faults(slow=_SLOW_LOGIN)
     be = backend(bmc.port, timeout=5.0)
     call = asyncio.create_task(be.power_off())
-    await eventually("the login started", lambda: bmc.stats.received > 0, within=5.0)
+    await eventually("the login started", lambda: bmc.stats.received > 0, timeout=5.0)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -421,7 +403,7 @@ async def test_an_abandoned_call_ends_its_worker_and_the_next_call_starts_afresh
         with pytest.raises(BmcTimeout):
             await be.power_state()
         assert be.worker_pid is None
-        await eventually("the abandoned worker is gone", lambda: not alive(first), within=5.0)
+        await eventually("the abandoned worker is gone", lambda: not alive(first), timeout=5.0)
         bmc.machine.set_faults(slow=0.0)
         assert await be.power_state() is PowerState.ON
         assert be.worker_pid not in (None, first)
@@ -518,10 +500,9 @@ def test_workers_die_with_the_process_that_started_them() -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    deadline = time.monotonic() + 5.0
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"workers outlived their parent: {pids}"
-        time.sleep(0.02)
+    eventually_blocking(
+        f"workers {pids} gone with their parent", lambda: not any(alive(p) for p in pids)
+    )
 
 
 def alive(pid: int) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import socket
@@ -31,31 +30,18 @@ from backends.spec import DeviceTimeouts, RedfishDevice, Secret
 from hwsim.machine import SimMachine
 from hwsim.redfish import RawAnswer, RedfishBmc
 from hwsim.tls import TlsFiles, make_tls
+from tests.support.bmcs import StartBmc, redfish_bmcs
+from tests.support.clock import FakeClock
+from tests.support.wait import eventually
 
 USER, PASSWORD = "admin", "Pa55-w0rd-never-shown"
 SYSTEMS = "/redfish/v1/Systems"
 
-StartBmc = Callable[..., Awaitable[RedfishBmc]]
 MakeBackend = Callable[..., RedfishBackend]
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def machine(name: str = "node-1", clock: Callable[[], float] = time.monotonic) -> SimMachine:
     return SimMachine(name, f"{name}-uuid", clock=clock)
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +52,8 @@ def stranger_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture
 async def start_bmc() -> AsyncIterator[StartBmc]:
-    started: list[RedfishBmc] = []
-
-    async def start(machines: list[SimMachine] | None = None, **kwargs: Any) -> RedfishBmc:
-        bmc = RedfishBmc(machines or [machine()], USER, PASSWORD, **kwargs)
-        await bmc.start()
-        started.append(bmc)
-        return bmc
-
-    yield start
-    for bmc in started:
-        await bmc.stop()
+    async with redfish_bmcs(USER, PASSWORD, machine) as start:
+        yield start
 
 
 @pytest.fixture
@@ -103,13 +80,6 @@ async def backend_for() -> AsyncIterator[MakeBackend]:
     yield make
     for backend in made:
         await backend.close()
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 # --- happy paths ---------------------------------------------------------------------------
@@ -437,7 +407,7 @@ async def test_a_call_cut_off_by_its_deadline_leaves_no_session_behind(
     m.set_faults(unreachable=False)
     assert await backend.power_state() is PowerState.ON
     # The abandoned client logs its session out once its thread is released.
-    await wait_for(lambda: bmc.service.active_sessions() == 1)
+    await eventually("one session open", lambda: bmc.service.active_sessions() == 1)
 
 
 async def test_a_failing_bmc_fails_the_first_call_with_a_typed_error_and_a_later_one_succeeds(
@@ -468,7 +438,7 @@ async def test_a_stuck_on_bmc_acknowledges_power_off_but_keeps_reading_on(
 async def test_a_delayed_power_off_reads_off_only_after_the_delay(
     start_bmc: StartBmc, backend_for: MakeBackend
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     m = machine(clock=clock)
     m.set_faults(off_delay=5.0)
     backend = backend_for(await start_bmc([m]))

@@ -38,12 +38,18 @@ class Reports:
         return out
 
 
+def monitor_of(bmc_fleet: RunningFleet, parallel: int) -> tuple[BmcMonitor, Reports]:
+    """A monitor of the fleet's inventory checking `parallel` BMCs at once (rounds run by the
+    test), and what it reports."""
+    inventory = load_inventory(bmc_fleet.inventory)
+    reports = Reports()
+    return BmcMonitor(lambda: inventory, interval=60, parallel=parallel, report=reports), reports
+
+
 async def test_a_changed_password_turns_the_node_unfenceable_and_fixing_it_clears_it(
     bmc_fleet: RunningFleet,
 ) -> None:
-    inventory = load_inventory(bmc_fleet.inventory)
-    reports = Reports()
-    monitor = BmcMonitor(lambda: inventory, interval=60, parallel=4, report=reports)
+    monitor, reports = monitor_of(bmc_fleet, parallel=4)
     await monitor.check_round()
     assert reports.take() == []
     assert all(v.fenceable for v in monitor.book.nodes.values()), monitor.book.nodes
@@ -84,9 +90,7 @@ async def test_a_changed_password_turns_the_node_unfenceable_and_fixing_it_clear
 async def test_a_silent_ipmi_channel_does_not_make_a_node_unfenceable_when_redfish_works(
     bmc_fleet: RunningFleet,
 ) -> None:
-    inventory = load_inventory(bmc_fleet.inventory)
-    reports = Reports()
-    monitor = BmcMonitor(lambda: inventory, interval=60, parallel=6, report=reports)
+    monitor, reports = monitor_of(bmc_fleet, parallel=6)
     bmc_fleet.fleet["node-3"].set_faults(unreachable=True)
     await monitor.check_round()
     # Both interfaces of node-3's BMC are silent: nothing left to fence it with.

@@ -5,10 +5,9 @@ sockets."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
 import pytest
 import pytest_asyncio
@@ -22,20 +21,10 @@ from agent.leader import LeaderSide
 from agent.leader_broker import BrokerLost, OnMessage, OnUp
 from agent.policy import PolicyDecision
 from agent.profiles import DEFAULT
+from tests.support.clock import FakeClock
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 CLUSTER = "brokers-test"
-
-
-async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.005)
 
 
 class MemoryBroker:
@@ -70,17 +59,9 @@ class MemoryBroker:
         self._drop.set()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest_asyncio.fixture
-async def two() -> AsyncIterator[tuple[BrokerSet, MemoryBroker, MemoryBroker, Clock]]:
-    clock = Clock()
+async def two() -> AsyncIterator[tuple[BrokerSet, MemoryBroker, MemoryBroker, FakeClock]]:
+    clock = FakeClock()
     a, b = MemoryBroker(), MemoryBroker()
     brokers = BrokerSet({"a": a, "b": b}, reconnect_min=0.001, reconnect_max=0.01, clock=clock)
     clock.now = 10.0
@@ -94,7 +75,7 @@ async def two() -> AsyncIterator[tuple[BrokerSet, MemoryBroker, MemoryBroker, Cl
 
 
 async def test_losing_one_broker_of_two_is_no_gap_for_the_guards(
-    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, Clock],
+    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, FakeClock],
 ) -> None:
     brokers, _, b, clock = two
     assert brokers.any_up_since == 10.0 and brokers.all_up_since() == 10.0
@@ -113,7 +94,7 @@ async def test_losing_one_broker_of_two_is_no_gap_for_the_guards(
 
 
 async def test_losing_every_broker_is_a_gap_and_the_span_starts_again(
-    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, Clock],
+    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, FakeClock],
 ) -> None:
     brokers, a, b, clock = two
     clock.now = 20.0
@@ -131,7 +112,7 @@ async def test_losing_every_broker_is_a_gap_and_the_span_starts_again(
 
 
 async def test_publish_goes_to_every_broker_that_is_up(
-    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, Clock],
+    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, FakeClock],
 ) -> None:
     brokers, a, b, _ = two
     assert await brokers.publish("view", b"1", retain=True) == 2
@@ -150,7 +131,7 @@ def test_a_broker_set_needs_a_broker() -> None:
 # -- the watchdog proof over two brokers ---------------------------------------------------------
 
 
-def leader_over(brokers: BrokerSet, clock: Clock, tmp_path: Path) -> LeaderSide:
+def leader_over(brokers: BrokerSet, clock: FakeClock, tmp_path: Path) -> LeaderSide:
     doc = {"cluster": CLUSTER, "fencing": {"self_fence": True, "self_fence_margin": 1}}
     cfg = parse_config(doc, path=tmp_path / "agent.yaml", env={})
     listener = Listener(brokers, HeartbeatIngest(cfg, DEFAULT, clock=clock))
@@ -162,7 +143,7 @@ def leader_over(brokers: BrokerSet, clock: Clock, tmp_path: Path) -> LeaderSide:
     return side
 
 
-def armed_heartbeat(side: LeaderSide, node: str, clock: Clock, at: float) -> None:
+def armed_heartbeat(side: LeaderSide, node: str, clock: FakeClock, at: float) -> None:
     clock.now = at
     claim = WatchdogClaim(timeout=10.0, cut_off=5.0, feed_interval=1.0)
     hb = Heartbeat(node, int(at), "boot", 1.0, "test", wd=claim)
@@ -170,7 +151,7 @@ def armed_heartbeat(side: LeaderSide, node: str, clock: Clock, at: float) -> Non
 
 
 async def test_the_watchdog_proof_needs_every_broker_heard_since_the_last_heartbeat(
-    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, Clock], tmp_path: Path
+    two: tuple[BrokerSet, MemoryBroker, MemoryBroker, FakeClock], tmp_path: Path
 ) -> None:
     # The node's watchdog counts an echo from ANY broker as contact: a broker the leader did
     # not hear without a break may have carried heartbeats the leader never saw.
@@ -199,7 +180,7 @@ async def test_the_watchdog_proof_needs_every_broker_heard_since_the_last_heartb
 async def test_a_broker_that_goes_quiet_while_connected_stops_counting_for_the_proof() -> None:
     # A cut network drops packets and closes nothing: the session looks up until the keepalive
     # notices. Every agent heartbeats through every broker, so a quiet broker is a broken one.
-    clock = Clock()
+    clock = FakeClock()
     a, b = MemoryBroker(), MemoryBroker()
     brokers = BrokerSet({"a": a, "b": b}, clock=clock, silence=3.0)
     clock.now = 10.0

@@ -30,17 +30,7 @@ from backends.errors import (
     FenceError,
 )
 from backends.spec import DeviceSpec
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 @dataclass

@@ -14,7 +14,6 @@ import pytest
 from hwsim.chaos_invariants import InvariantChecker, RecordView, Snapshot, VmView
 from hwsim.chaos_schedule import (
     CLASSIC_KINDS,
-    END_ACTION,
     START_KIND,
     Action,
     ChaosSettings,
@@ -22,6 +21,7 @@ from hwsim.chaos_schedule import (
     make_schedule,
     open_episodes_at,
 )
+from tests.support.chaos import assert_every_episode_ends_in_the_run
 
 NODES = [f"node-{i}" for i in range(1, 7)]
 
@@ -52,13 +52,8 @@ def test_every_episode_ends_before_the_run_does_and_after_it_starts() -> None:
     settings = ChaosSettings()
     for seed in range(10):
         steps = make_schedule(seed, 120, NODES, settings)
-        starts = {s.episode: s for s in steps if s.action in END_ACTION}
-        ends = {s.episode: s for s in steps if s.action in END_ACTION.values()}
-        assert set(starts) == set(ends)
-        for ep, start in starts.items():
-            assert ends[ep].action is END_ACTION[start.action]
-            assert settings.warmup <= start.at < ends[ep].at <= 120 - settings.tail
-            assert ends[ep].node == start.node
+        for start, end in assert_every_episode_ends_in_the_run(steps, settings, 120).values():
+            assert end.node == start.node
 
 
 def test_every_classic_fault_kind_appears_over_enough_seeds() -> None:

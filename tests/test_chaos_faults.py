@@ -14,7 +14,6 @@ import pytest
 from hwsim.chaos_episodes import LEADER_SLOT, slots_of
 from hwsim.chaos_invariants import InvariantChecker, RecordView, Snapshot
 from hwsim.chaos_schedule import (
-    END_ACTION,
     ISSUE_12_ACTIONS,
     PHASE_KILLS,
     Action,
@@ -26,6 +25,7 @@ from hwsim.chaos_traps import MOMENTS, RecordTraps, Trap, moments_of
 from hwsim.kube.writefaults import AppliedWrite, WriteFault
 from hwsim.machine import Faults
 from hwsim.simcluster import node_of_identity
+from tests.support.chaos import assert_every_episode_ends_in_the_run, episodes
 
 NODES = [f"node-{i}" for i in range(1, 7)]
 PDU = ("node-6",)
@@ -68,10 +68,10 @@ def test_without_a_pdu_node_there_is_no_pdu_fault() -> None:
 
 def held_slots(steps: list[Step], t: float) -> list[tuple[int, frozenset[str]]]:
     """(episode, slots) of every episode open at `t`."""
-    starts = {s.episode: s for s in steps if s.action in END_ACTION}
-    ends = {s.episode: s.at for s in steps if s.action in END_ACTION.values()}
     return [
-        (ep, slots_of(st.action, st.node)) for ep, st in starts.items() if st.at <= t < ends[ep]
+        (ep, slots_of(start.action, start.node))
+        for ep, (start, end) in episodes(steps).items()
+        if start.at <= t < end.at
     ]
 
 
@@ -88,16 +88,11 @@ def test_watchdog_schedules_hold_at_most_max_faulty_slots_each_by_one_episode(se
 @pytest.mark.parametrize("seed", range(25))
 def test_every_watchdog_episode_ends_in_time_and_the_right_way(seed: int) -> None:
     steps = make_schedule(seed, 180, NODES, WATCHDOG)
-    starts = {s.episode: s for s in steps if s.action in END_ACTION}
-    ends = {s.episode: s for s in steps if s.action in END_ACTION.values()}
-    assert set(starts) == set(ends)
-    for ep, start in starts.items():
-        assert ends[ep].action is END_ACTION[start.action]
-        assert WATCHDOG.warmup <= start.at < ends[ep].at <= 180 - WATCHDOG.tail
-    assert len(steps) == 2 * len(starts) + sum(s.action is Action.BROKER_RESTART for s in steps)
+    found = assert_every_episode_ends_in_the_run(steps, WATCHDOG, 180)
+    assert len(steps) == 2 * len(found) + sum(s.action is Action.BROKER_RESTART for s in steps)
     for s in steps:
         if s.action is Action.AGENT_STOP and "cut_off_after" in s.params:
-            assert s.at + s.params["cut_off_after"] < ends[s.episode].at
+            assert s.at + s.params["cut_off_after"] < found[s.episode][1].at
 
 
 def test_a_phase_kill_holds_its_victim_and_the_leader_slot() -> None:

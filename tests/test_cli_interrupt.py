@@ -5,7 +5,7 @@ traceback; the wait for the read-back shows its progress. Emulated BMCs on 127.0
 from __future__ import annotations
 
 from tests.conftest import RunningFleet
-from tests.terminal import Terminal
+from tests.support.terminal import Terminal
 
 
 async def test_ctrl_c_while_waiting_for_the_read_back_says_what_was_sent_and_how_to_check(

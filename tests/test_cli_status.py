@@ -22,6 +22,7 @@ import pytest
 from agent.leader_view_codec import view_topic
 from hwsim.broker import MosquittoBroker
 from tests.conftest import REPO, run_cli
+from tests.support.brokers import running_broker
 
 NOW = time.time  # the view's publishedAt is the leader's wall clock
 
@@ -90,14 +91,10 @@ def failing_fence() -> dict[str, Any]:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[tuple[MosquittoBroker, Path]]:
-    b = MosquittoBroker(tmp_path / "mqtt")
-    b.start()
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(f"cluster: test\nbroker: {{port: {b.port}}}\n")
-    try:
+    with running_broker(tmp_path / "mqtt") as b:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(f"cluster: test\nbroker: {{port: {b.port}}}\n")
         yield b, cfg
-    finally:
-        b.stop()
 
 
 async def publish(b: MosquittoBroker, view: dict[str, Any], age: float = 0.0) -> None:

@@ -4,30 +4,19 @@ steps touch only the Node object that was decided dead, never one registered sin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.cluster import ClusterApi, load_api_client
+from agent.cluster import ClusterApi
 from hwsim.kube import KubeApiServer
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    server = KubeApiServer()
-    server.start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
+from tests.support.kube import cluster_api_of
 
 
 @pytest.fixture
 def api(kube: KubeApiServer, tmp_path: Path) -> ClusterApi:
-    kube.write_kubeconfig(tmp_path / "kubeconfig")
-    return ClusterApi(load_api_client(str(tmp_path / "kubeconfig")))
+    return cluster_api_of(kube, tmp_path)
 
 
 def node(name: str) -> dict[str, Any]:

@@ -50,22 +50,19 @@ from agent.probe_auth import sign_result_own
 from hwsim.kube import KubeApiServer, RequestRecord
 from hwsim.simcluster_settings import FENCER_USER, ClusterSettings
 from tests.conftest import run_cli
-from tests.test_deploy import (
+from tests.support.deploy import (
     ACCOUNT,
     FENCER,
     NAMESPACE,
-    RUN_TIMINGS,
     Obj,
     ShippedBrokerCluster,
     container,
-    denied,
-    grants_for,
     pod_spec,
-    rec,
     render,
-    serve_rbac,
     shipped_acl,
 )
+from tests.support.rbac import denied, grants_for, rec, serve_rbac
+from tests.support.timings import RUN_TIMINGS
 
 TARGET = "overlays/watchdog"  # the node agent's widest rights and mounts
 

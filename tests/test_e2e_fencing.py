@@ -6,93 +6,22 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 from hwsim.simcluster import SimCluster
-
-Make = Callable[..., SimCluster]
-BASE: dict[str, Any] = {
-    "lease_duration": 4.0,
-    "renew_deadline": 3.0,
-    "retry_period": 0.5,
-    "kubelet_lease_interval": 2.0,
-    "bmcs": True,
-    "vms": 8,
-    "boot_delay": 1.0,
-    "power_timeout": 3.0,
-    "fencing": {"recovery_timeout": 20, "retry_base": 1, "retry_max": 2},
-}
-RESTARTABLE = ("AlwaysOn", "AlwaysOnUnlessStoppedManually")
-
-
-def start(make: Make, **overrides: Any) -> SimCluster:
-    cluster = make(**{**BASE, **overrides})
-    # A deadline, not a wait: six processes (node agents and fencers) start on a busy machine.
-    cluster.wait_for("a leader", cluster.leader, 60)
-    time.sleep(5)  # past the leader's first judging window
-    return cluster
-
-
-def victim_of(cluster: SimCluster, exclude: tuple[str, ...] = ()) -> str:
-    leader = cluster.leader()
-    return next(n for n in sorted(cluster.nodes, reverse=True) if n != leader and n not in exclude)
-
-
-def records(cluster: SimCluster, node: str | None = None) -> list[dict[str, Any]]:
-    items = cluster.kube.store.list("fenceoperations", "nodefence")["items"]
-    return [r for r in items if node is None or r["spec"]["nodeName"] == node]
-
-
-def final_record(
-    cluster: SimCluster, node: str, phases: tuple[str, ...], timeout: float = 60
-) -> dict[str, Any]:
-    def found() -> dict[str, Any] | None:
-        for r in records(cluster, node):
-            if (r.get("status") or {}).get("phase") in phases:
-                return r
-        return None
-
-    result: dict[str, Any] = cluster.wait_for(f"{node} record in {phases}", found, timeout)
-    return result
-
-
-def vms_on(cluster: SimCluster, node: str) -> list[dict[str, Any]]:
-    return [
-        vm
-        for vm in cluster.kube.store.list("virtualmachines")["items"]
-        if (vm.get("status") or {}).get("nodeName") == node
-    ]
-
-
-def node_exists(cluster: SimCluster, node: str) -> bool:
-    return any(n["metadata"]["name"] == node for n in cluster.kube.store.list("nodes")["items"])
-
-
-def assert_recovered_elsewhere(
-    cluster: SimCluster, node: str, before: list[dict[str, Any]], rec: dict[str, Any]
-) -> None:
-    by_key = {
-        f"{v['metadata']['namespace']}/{v['metadata']['name']}": v
-        for v in cluster.kube.store.list("virtualmachines")["items"]
-    }
-    assert before, "the victim ran no VM: the test would prove nothing"
-    for vm in before:
-        key = f"{vm['metadata']['namespace']}/{vm['metadata']['name']}"
-        now = by_key[key]
-        status = now.get("status") or {}
-        if vm["spec"]["runPolicy"] in RESTARTABLE:
-            assert status.get("phase") == "Running" and status.get("nodeName") != node, key
-        else:
-            assert status.get("phase") != "Running", key
-    outcomes = {f"{v['namespace']}/{v['name']}": v for v in rec["status"]["vms"]}
-    assert set(outcomes) == {
-        f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in before
-    }
-    for out in outcomes.values():
-        if out["expectedRestart"]:
-            assert out["runningOn"] not in (None, node) and out["recoveredAfterSeconds"] >= 0
-    assert cluster.vm_controller.violations() == []
+from tests.support.e2e import (
+    RESTARTABLE,
+    Make,
+    assert_recovered_elsewhere,
+    final_record,
+    node_exists,
+    one_fence_slot_held,
+    records,
+    start,
+    victim_of,
+    vms_on,
+)
+from tests.support.timings import ONE_FENCE_AT_A_TIME
 
 
 def test_power_loss_is_fenced_deleted_and_coldstandby_vms_run_elsewhere(make_cluster: Make) -> None:
@@ -216,19 +145,8 @@ def test_heartbeats_back_before_the_power_off_request_abort_the_operation(
 ) -> None:
     # One fence at a time; the first victim's slow BMC holds the slot while the second
     # victim's heartbeats come back, so its operation aborts before any request is sent.
-    cluster = start(
-        make_cluster,
-        nodes=5,
-        vms=5,
-        power_timeout=12.0,
-        fencing={**BASE["fencing"], "max_parallel": 1},
-    )
-    slow = victim_of(cluster)
-    back = victim_of(cluster, exclude=(slow,))
-    cluster.fleet[slow].set_faults(off_delay=9.0)  # its power walk holds the only slot
-    cluster.nodes[slow].partition()
-    final_record(cluster, slow, ("Fencing",), timeout=30)
-    cluster.nodes[back].partition()
+    cluster = start(make_cluster, power_timeout=12.0, **ONE_FENCE_AT_A_TIME)
+    _, back = one_fence_slot_held(cluster, off_delay=9.0)
     cluster.wait_for("second op", lambda: records(cluster, back), 30)
     cluster.nodes[back].heal()
     rec = final_record(cluster, back, ("Aborted",), timeout=60)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,35 +18,71 @@ import pytest
 from hwsim.migration_state import DIRTY_ANNOTATION as DIRTY
 from hwsim.migration_state import MigrationLimits
 from hwsim.simcluster import SimCluster
-from hwsim.simcluster_settings import ClusterSettings
 from hwsim.vms import place_vms
 from tests.conftest import REPO, run_cli
-from tests.test_e2e_fencing import BASE, final_record, records, victim_of, vms_on
+from tests.support.e2e import one_fence_slot_held, records, start, vms_on
+from tests.support.timings import ONE_FENCE_AT_A_TIME
+from tests.support.wait import eventually
 
 Make = Callable[..., SimCluster]
 LABEL = "nodefence.io/maintenance"
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Callable[..., SimCluster]]:
+def sim(make_cluster: Make) -> Make:
     """A cluster of API emulator, kubelets and the VM controller, without agents (the
     commands under test need only the API)."""
-    started: list[SimCluster] = []
 
     def make(**settings: Any) -> SimCluster:
         settings.setdefault("migration_delay", 0.5)
-        cluster = SimCluster(tmp_path / f"sim{len(started)}", ClusterSettings(**settings))
-        started.append(cluster)
-        cluster.start(agents=False)
-        return cluster
+        return make_cluster(agents=False, **settings)
 
-    yield make
-    for cluster in started:
-        cluster.stop()
+    return make
 
 
 async def nodefence(cluster: SimCluster, *args: str) -> Any:
     return await run_cli(*args, "--kubeconfig", str(cluster.kubeconfig))
+
+
+@dataclass
+class RunningCli:
+    """A `nodefence` command still running, its output read line by line as it comes."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+
+    async def until(self, text: str, what: str) -> None:
+        """Read output until a line holds `text`; fail saying `what` if the command ends first."""
+        assert self.proc.stdout is not None
+        while not any(text in line for line in self.lines):
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 40)
+            assert line, f"{what}:\n" + "".join(self.lines)
+            self.lines.append(line.decode())
+
+    async def rest(self) -> tuple[str, str]:
+        """Wait for the end (40 s at most): (all its output, its stderr when kept apart)."""
+        out, err = await asyncio.wait_for(self.proc.communicate(), 40)
+        return "".join(self.lines) + out.decode(), (err or b"").decode()
+
+
+@asynccontextmanager
+async def nodefence_running(
+    cluster: SimCluster, *args: str, stderr_too: bool = False
+) -> AsyncIterator[RunningCli]:
+    """`nodefence ARGS --kubeconfig <the cluster's>` as a process (stderr merged into stdout
+    with `stderr_too`); killed if still running when the block ends."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", *args, "--kubeconfig", str(cluster.kubeconfig),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if stderr_too else asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        yield RunningCli(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def node(cluster: SimCluster, name: str) -> dict[str, Any]:
@@ -105,16 +141,6 @@ def pods_on(cluster: SimCluster, node_name: str) -> set[str]:
         for p in cluster.kube.store.list("pods")["items"]
         if (p.get("spec") or {}).get("nodeName") == node_name
     }
-
-
-async def until(cluster: SimCluster, what: str, predicate: Any, timeout: float) -> Any:
-    """`cluster.wait_for` that lets the event loop run (a CLI process may be streaming)."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(0.05)
-    return value
 
 
 # ---- migrate -----------------------------------------------------------------------------------
@@ -196,28 +222,13 @@ async def test_enter_never_reports_done_while_a_vm_is_still_arriving(sim: Make) 
         },
         "default",
     )
-    target = await until(cluster, "vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "maintenance", "enter", target, "--vms-only",
-        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    try:
-        while not any(" VMs: " in line for line in lines):  # the drain has looked
-            line = await asyncio.wait_for(proc.stdout.readline(), 40)
-            assert line, "enter ended before its drain looked:\n" + "".join(lines)
-            lines.append(line.decode())
+    target = await eventually("vm-1 migrating", lambda: migration_target(cluster, "vm-1"), 10)
+    enter = ("maintenance", "enter", target, "--vms-only", "--timeout", "40")
+    async with nodefence_running(cluster, *enter, stderr_too=True) as cli:
+        await cli.until(" VMs: ", "enter ended before its drain looked")  # the drain has looked
         busy(False)  # now it converges and lands on the node under maintenance
-        rest, _ = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out
+        out, _ = await cli.rest()
+    assert cli.proc.returncode == 0, out
     assert "vm default/vm-1: arriving from node-1" in out
     assert where(cluster)["vm-1"][1] not in ("", target), out  # moved off again
     assert where(cluster)["vm-1"][0] == "Running"
@@ -245,29 +256,14 @@ async def test_enter_moves_five_vms_off_never_onto_a_cordoned_node_and_drains_po
         },
         "default",
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "maintenance", "enter", "node-1",
-        "--timeout", "40", "--kubeconfig", str(cluster.kubeconfig),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    try:
+    async with nodefence_running(
+        cluster, "maintenance", "enter", "node-1", "--timeout", "40"
+    ) as cli:
         # The budget refuses web-a until its replacement runs elsewhere, as a ReplicaSet would.
-        while not any("eviction refused" in line for line in lines):
-            line = await asyncio.wait_for(proc.stdout.readline(), 40)
-            assert line, "the command ended before trying to evict web-a:\n" + "".join(lines)
-            lines.append(line.decode())
+        await cli.until("eviction refused", "the command ended before trying to evict web-a")
         put_pod(cluster, "web-b", "node-2", "ReplicaSet", app="web")
-        rest, err = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    out = "".join(lines) + rest.decode()
-    assert proc.returncode == 0, out + err.decode()
+        out, err = await cli.rest()
+    assert cli.proc.returncode == 0, out + err
     for name in five:
         assert f"vm default/{name}: moved node-1 -> " in out
         phase, now_on = where(cluster)[name]
@@ -342,10 +338,7 @@ async def test_exit_restores_scheduling(sim: Make) -> None:
 
 
 def start_with_leader(make: Make, **overrides: Any) -> SimCluster:
-    cluster = make(**{**BASE, "migration_delay": 0.5, **overrides})
-    cluster.wait_for("a leader", cluster.leader, 30)
-    time.sleep(5)  # past the leader's first judging window
-    return cluster
+    return start(make, **{"migration_delay": 0.5, **overrides})
 
 
 def events_about(cluster: SimCluster, name: str, reason: str) -> list[dict[str, Any]]:
@@ -364,10 +357,11 @@ async def test_the_leaders_node_hands_off_enters_maintenance_and_is_never_fenced
     cluster.wait_for("another leader", lambda: cluster.leader() not in (None, victim), 10)
     assert vms_on(cluster, victim) == []
     cluster.fleet[victim].cut_power()  # the planned work begins
-    await until(
-        cluster, "the leader's maintenance alert",
-        lambda: events_about(cluster, victim, "AlertMaintenance"), 30,
-    )  # fmt: skip
+    await eventually(
+        "the leader's maintenance alert",
+        lambda: events_about(cluster, victim, "AlertMaintenance"),
+        30,
+    )
     await asyncio.sleep(2)  # a fence would start right after the verdict: none may follow
     alert = events_about(cluster, victim, "AlertMaintenance")[0]
     assert "is in maintenance; not fenced" in alert["message"]
@@ -386,32 +380,20 @@ async def test_a_node_marked_in_maintenance_while_its_fence_waits_is_aborted_saf
     # (`nodefence maintenance enter` would refuse a failing node, or mark it `draining`, which
     # keeps it guarded), so when the slot frees the operation is aborted before any power
     # request is sent.
-    cluster = start_with_leader(
-        make_cluster,
-        nodes=5,
-        vms=5,
-        power_timeout=16.0,
-        fencing={**BASE["fencing"], "max_parallel": 1},
-    )
-    slow = victim_of(cluster)
-    late = victim_of(cluster, exclude=(slow,))
-    cluster.fleet[slow].set_faults(off_delay=12.0)
-    cluster.nodes[slow].partition()
-    final_record(cluster, slow, ("Fencing",), timeout=30)
-    cluster.nodes[late].partition()
-    await until(cluster, f"{late}'s pending operation", lambda: records(cluster, late), 30)
+    cluster = start_with_leader(make_cluster, power_timeout=16.0, **ONE_FENCE_AT_A_TIME)
+    slow, late = one_fence_slot_held(cluster, off_delay=12.0)
+    await eventually(f"{late}'s pending operation", lambda: records(cluster, late), 30)
     cluster.kube.store.patch("nodes", late, {"metadata": {"labels": {LABEL: "true"}}})
     assert records(cluster, slow)[0]["status"]["phase"] == "Fencing"  # slot still held
-    await until(
-        cluster, f"{late} aborted",
-        lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"], 40,
-    )  # fmt: skip
+    await eventually(
+        f"{late} aborted",
+        lambda: [r for r in records(cluster, late) if r["status"]["phase"] == "Aborted"],
+        40,
+    )
     [rec] = records(cluster, late)
     assert rec["status"]["reason"] == "node entered maintenance before the power-off was sent"
     assert not rec["status"]["powerOffSent"]
     assert cluster.fleet[late].power_state() == "on" and cluster.fleet[late].power_changes == 0
     assert any(n["metadata"]["name"] == late for n in cluster.kube.store.list("nodes")["items"])
     # The Event follows the stored record: wait for it.
-    await until(
-        cluster, "FenceAborted event", lambda: events_about(cluster, late, "FenceAborted"), 10
-    )
+    await eventually("FenceAborted event", lambda: events_about(cluster, late, "FenceAborted"), 10)

@@ -9,8 +9,8 @@ import time
 
 from agent.fencing_operation import Operation
 from agent.records import to_record
-from tests.test_e2e_fencing import Make, node_exists, records, start, victim_of, vms_on
-from tests.test_e2e_watchdog import SELF_FENCE, WATCHDOG
+from tests.support.e2e import Make, node_exists, records, start, victim_of, vms_on
+from tests.support.timings import SELF_FENCE, WATCHDOG
 
 
 def test_a_cleanly_stopped_agent_is_never_taken_as_self_fenced_while_its_machine_is_on(

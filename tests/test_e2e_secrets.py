@@ -16,7 +16,7 @@ import yaml
 
 from hwsim.simcluster import SimCluster
 from tests.conftest import run_cli
-from tests.test_e2e_fencing import Make, final_record, start, victim_of
+from tests.support.e2e import Make, final_record, start, victim_of
 
 
 def forms(secret: str, user: str | None = None) -> set[str]:

@@ -8,8 +8,7 @@ import threading
 import time
 from typing import Any
 
-from tests.test_e2e_fencing import (
-    BASE,
+from tests.support.e2e import (
     Make,
     assert_recovered_elsewhere,
     final_record,
@@ -19,14 +18,7 @@ from tests.test_e2e_fencing import (
     victim_of,
     vms_on,
 )
-
-WATCHDOG = {
-    "timeout": 2.0,
-    "cut_off_after": 2.0,
-    "feed_interval": 0.2,
-    "api_check_interval": 0.5,
-}
-SELF_FENCE = {**BASE["fencing"], "self_fence": True, "self_fence_margin": 1.0}
+from tests.support.timings import SELF_FENCE, WATCHDOG
 
 
 class PowerAtDeletion(threading.Thread):

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -24,36 +24,13 @@ from agent.cluster import ClusterApi, ClusterError, LeaseInfo, load_api_client
 from agent.election import ElectionTiming, LeaderElector, NotLeader
 from hwsim.broker import free_port
 from hwsim.kube import KubeApiServer
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 NS = "nodefence"
 LEASE = "nodefence-leader"
 TIMING = ElectionTiming(lease_duration=2.0, renew_deadline=1.5, retry_period=0.2)
 # Slack for scheduling and HTTP round trips on a busy CI machine.
 SLACK = 0.5
-
-
-async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy `check()`, polled on the event loop; fails the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    server = KubeApiServer()
-    server.start_in_thread()
-    try:
-        server.store.create("namespaces", {"metadata": {"name": NS}})
-        yield server
-    finally:
-        server.stop_thread()
 
 
 @pytest.fixture
@@ -93,6 +70,11 @@ def silent_kubeconfig(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
+def api_of(kubeconfig: Path) -> ClusterApi:
+    """A client of its own through `kubeconfig` (5 s per call)."""
+    return ClusterApi(load_api_client(str(kubeconfig)), timeout=5.0)
+
+
 @dataclass
 class Candidate:
     """One elector campaigning in a task, with a `lead()` that records when it runs."""
@@ -129,7 +111,7 @@ async def candidates(kubeconfig: Path) -> AsyncIterator[Callable[[int], list[Can
     def make(n: int, timing: ElectionTiming = TIMING) -> list[Candidate]:
         batch = []
         for _ in range(n):
-            api = ClusterApi(load_api_client(str(kubeconfig)), timeout=5.0)
+            api = api_of(kubeconfig)
             name = f"node-{len(made) + 1}"
             made.append(Candidate(LeaderElector(api, NS, LEASE, name, timing, node=name)))
             batch.append(made[-1])
@@ -182,6 +164,21 @@ async def sample_single_leader(
     return first
 
 
+async def leader_and_other(
+    kube: KubeApiServer, cands: list[Candidate]
+) -> tuple[Candidate, Candidate]:
+    """Start two candidates: (the one elected, the other)."""
+    leader = await elected(kube, cands, 0.3)
+    return leader, next(c for c in cands if c is not leader)
+
+
+async def elected(kube: KubeApiServer, cands: list[Candidate], seconds: float) -> Candidate:
+    """Start `cands`; their one leader, sampled for `seconds` (`sample_single_leader`)."""
+    for c in cands:
+        c.start()
+    return await sample_single_leader(kube, cands, seconds)
+
+
 # -- one leader at a time --------------------------------------------------------------------
 
 
@@ -190,9 +187,7 @@ async def test_n_candidates_elect_exactly_one_leader_that_the_lease_names(
     n: int, kube: KubeApiServer, candidates: Callable[[int], list[Candidate]]
 ) -> None:
     cands = candidates(n)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 2.0)
+    leader = await elected(kube, cands, 2.0)
     assert lease(kube)["leaseTransitions"] == 0
     assert all(not c.lead_started for c in cands if c is not leader)
 
@@ -222,9 +217,7 @@ async def test_lead_task_runs_only_while_leading_and_a_clean_stop_hands_over_at_
     kube: KubeApiServer, candidates: Callable[[int], list[Candidate]]
 ) -> None:
     cands = candidates(2)
-    for c in cands:
-        c.start()
-    first = await sample_single_leader(kube, cands, 0.5)
+    first = await elected(kube, cands, 0.5)
     second = next(c for c in cands if c is not first)
     assert first.leading and not second.lead_started
 
@@ -262,11 +255,7 @@ async def test_a_sole_leader_stopping_cleanly_clears_the_lease_holder(
 async def test_confirm_renews_for_the_leader_and_raises_not_leader_for_the_others(
     kube: KubeApiServer, candidates: Callable[[int], list[Candidate]]
 ) -> None:
-    cands = candidates(2)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 0.3)
-    other = next(c for c in cands if c is not leader)
+    leader, other = await leader_and_other(kube, candidates(2))
     before = kube.store.get("leases", LEASE, NS)["metadata"]["resourceVersion"]
 
     await leader.elector.confirm()
@@ -308,21 +297,23 @@ def track_writes(c: Candidate) -> list[float]:
     return accepted
 
 
+async def renewals_of(c: Candidate) -> list[float]:
+    """The start times of `c`'s accepted Lease writes from now on, once there is a first."""
+    renewals = track_writes(c)
+    await eventually("a tracked renewal", lambda: renewals)
+    return renewals
+
+
 async def test_a_leader_cut_from_the_api_server_stops_leading_before_anyone_can_take_over(
     kube: KubeApiServer,
     candidates: Callable[[int], list[Candidate]],
     dead_kubeconfig: Path,
 ) -> None:
-    cands = candidates(2)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 0.3)
-    other = next(c for c in cands if c is not leader)
-    renewals = track_writes(leader)
-    await eventually("a tracked renewal", lambda: renewals)
+    leader, other = await leader_and_other(kube, candidates(2))
+    renewals = await renewals_of(leader)
 
     # Connections to the API server are now refused, for the leader only.
-    leader.elector.api = ClusterApi(load_api_client(str(dead_kubeconfig)), timeout=5.0)
+    leader.elector.api = api_of(dead_kubeconfig)
     await eventually("the leader steps down", lambda: not leader.leading, 5)
     last_renewal = renewals[-1]
     stepped_down = leader.lead_ended[-1] - last_renewal
@@ -346,8 +337,7 @@ async def test_a_leader_whose_api_server_stops_the_whole_emulator_steps_down_in_
     (only,) = candidates(1)
     only.start()
     await eventually("leading", lambda: only.leading)
-    renewals = track_writes(only)
-    await eventually("a tracked renewal", lambda: renewals)
+    renewals = await renewals_of(only)
 
     kube.stop_thread()
     await eventually("the leader steps down", lambda: not only.leading, 5)
@@ -364,16 +354,11 @@ async def test_a_leader_whose_api_calls_hang_steps_down_within_the_renew_deadlin
     candidates: Callable[[int], list[Candidate]],
     silent_kubeconfig: Path,
 ) -> None:
-    cands = candidates(2)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 0.3)
-    other = next(c for c in cands if c is not leader)
-    renewals = track_writes(leader)
-    await eventually("a tracked renewal", lambda: renewals)
+    leader, other = await leader_and_other(kube, candidates(2))
+    renewals = await renewals_of(leader)
 
     # The API server now accepts connections but never answers this leader.
-    leader.elector.api = ClusterApi(load_api_client(str(silent_kubeconfig)), timeout=5.0)
+    leader.elector.api = api_of(silent_kubeconfig)
     await eventually("the other candidate leads", lambda: other.leading, 5)
     took_over = other.lead_started[0]
 
@@ -508,20 +493,10 @@ async def test_a_leader_killed_hard_is_replaced_after_the_lease_duration_not_bef
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cands = candidates(3)
-    for c in cands:
-        c.start()
-    victim = await sample_single_leader(kube, cands, 0.3)
-    renewals = track_writes(victim)
-    await eventually("a tracked renewal", lambda: renewals)
+    victim = await elected(kube, cands, 0.3)
+    renewals = await renewals_of(victim)
 
-    async def vanish() -> None:
-        """A killed process hands nothing back."""
-
-    monkeypatch.setattr(victim.elector, "_release", vanish)
-    assert victim.task is not None
-    victim.task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await victim.task
+    await kill(victim, monkeypatch)
     killed_at = time.monotonic()
     last_renewal = renewals[-1]
     assert lease(kube)["holderIdentity"] == victim.name  # nobody released it
@@ -549,7 +524,7 @@ async def test_two_agents_started_with_the_same_node_name_never_both_lead(
     cands = [
         Candidate(
             LeaderElector(
-                ClusterApi(load_api_client(str(kubeconfig)), timeout=5.0),
+                api_of(kubeconfig),
                 NS,
                 LEASE,
                 leader_identity("node-1"),
@@ -669,9 +644,7 @@ async def test_the_leader_names_warm_standbys_on_its_lease_and_they_know_it(
     kube: KubeApiServer, candidates: Callable[..., list[Candidate]]
 ) -> None:
     cands = candidates(3, WARM)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 0.3)
+    leader = await elected(kube, cands, 0.3)
     warm, cold = [c for c in cands if c is not leader]
     leader.elector.standbys = (warm.name,)
 
@@ -689,17 +662,14 @@ async def test_a_killed_leader_is_replaced_by_its_warm_standby_not_a_cold_candid
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cands = candidates(3, WARM)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 0.3)
+    leader = await elected(kube, cands, 0.3)
     # The last-started candidate, so winning is no accident of who asked first.
     warm = cands[-1] if cands[-1] is not leader else cands[-2]
     cold = next(c for c in cands if c not in (leader, warm))
     leader.elector.standbys = (warm.name,)
     await eventually("the standby knows", lambda: warm.elector.is_standby, 3)
     await eventually("the cold one read it", lambda: cold.elector.observed_standbys, 3)
-    renewals = track_writes(leader)
-    await eventually("a tracked renewal", lambda: renewals)
+    renewals = await renewals_of(leader)
 
     await kill(leader, monkeypatch)
     last_renewal = renewals[-1]
@@ -722,14 +692,11 @@ async def test_a_cold_candidate_still_takes_over_when_no_warm_standby_is_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cands = candidates(2, WARM)
-    for c in cands:
-        c.start()
-    leader = await sample_single_leader(kube, cands, 0.3)
+    leader = await elected(kube, cands, 0.3)
     cold = next(c for c in cands if c is not leader)
     leader.elector.standbys = ("node-gone",)  # its machine died with the leader's
     await eventually("the cold one read it", lambda: cold.elector.observed_standbys, 3)
-    renewals = track_writes(leader)
-    await eventually("a tracked renewal", lambda: renewals)
+    renewals = await renewals_of(leader)
 
     await kill(leader, monkeypatch)
     last_renewal = renewals[-1]

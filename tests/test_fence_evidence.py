@@ -1,7 +1,7 @@
 """The fence certificate (agent.fence_evidence): what every FenceOperation keeps of its
 decision and proof, how a new leader goes on with it, and how `nodefence explain` tells it.
-The executor runs with in-memory edges (tests/executor_fakes.py); the whole story from a real
-power loss is checked on the `power-loss` scenario (tests/test_scenarios.py)."""
+The executor runs with in-memory edges (tests/support/executor_fakes.py); the whole story from
+a real power loss is checked on the `power-loss` scenario (tests/test_scenarios.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 from agent.cli_explain import pick, story
 from agent.fence_evidence import KEEP_FIRST, KEEP_LAST, Certificate, EvidenceBook
 from agent.fencing_operation import Phase
-from tests.executor_fakes import FakeApi, FakeNode
-from tests.test_fence_executor import N, make, record, settle, world
+from tests.support.executor_fakes import FakeApi, FakeNode, N, make, record, settle, world
 
 FACTS = {
     "verdict": {"health": "dead", "reason": "no heartbeat for 4.1 s"},

@@ -1,5 +1,5 @@
-"""The fence executor's ordering rules, with in-memory edges (tests/executor_fakes.py): what is
-stored, read and checked before a power-off goes out; what a new leader does with operations
+"""The fence executor's ordering rules, with in-memory edges (tests/support/executor_fakes.py):
+what is stored, read and checked before a power-off goes out; what a new leader does with operations
 it did not decide; what picks a stopped operation up again; a write that timed out but landed;
 the Node object a fence may touch; after_proof reboot. End-to-end versions of the leader-change
 cases run on the simulated cluster (tests/test_e2e_safety.py)."""
@@ -8,93 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import pytest
-import yaml
-
-from agent.cluster import ClusterApi, ClusterError
+from agent.cluster import ClusterError
 from agent.fence_executor import FenceExecutor
 from agent.fence_stop import StopKind, StopReason
-from agent.fencing import Timing
 from agent.fencing_operation import Cleanup, Operation, Phase
-from agent.inventory import parse_inventory
 from agent.records import to_record
-from tests.executor_fakes import FakeApi, FakeMachine, FakeNode, factory
-
-N = "w1"
-INVENTORY = """
-nodes:
-  w1:
-    levels:
-      - devices:
-          - {type: ipmi, name: ipmi, address: 127.0.0.1, port: 9, username: a, password_env: PW}
-"""
-TIMING = Timing(retry_base=0.05, retry_max=0.1, recovery_timeout=0.5)
-VMS = [
-    {
-        "metadata": {"namespace": "prod", "name": "a"},
-        "spec": {"runPolicy": "AlwaysOn"},
-        "status": {"phase": "Running", "nodeName": N},
-    }
-]
-
-
-class Leader:
-    """The leader-side callbacks the executor asks: Lease checks and life since a moment."""
-
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-        self.heartbeat_at: float | None = None  # leader clock of the node's last heartbeat
-        self.heartbeat_after_save = False  # a heartbeat arrives while PowerOffSending is stored
-        self.lease_failures = 0
-        self.leader = True
-
-    async def confirm(self) -> None:
-        self.calls.append("confirm_leader")
-        if self.lease_failures:
-            self.lease_failures -= 1
-            raise RuntimeError("lease renewal timed out")
-        if not self.leader:
-            raise RuntimeError("not the leader")
-
-    def alive_since(self, node: str, since: float, *, certain: bool = False) -> str | None:
-        self.calls.append("alive_check")
-        if self.heartbeat_after_save and any(c.startswith("save Fencing+sent") for c in self.calls):
-            return "heartbeat received 0.0 s ago"
-        if self.heartbeat_at is not None and self.heartbeat_at >= since:
-            return "heartbeat received 0.1 s ago"
-        return None
-
-
-def make(
-    tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader, **kw: Any
-) -> FenceExecutor:
-    inventory = parse_inventory(
-        yaml.safe_load(INVENTORY), path=tmp_path / "inv.yaml", env={"PW": "pw"}
-    )
-    return FenceExecutor(
-        cast(ClusterApi, api),
-        "nodefence",
-        kw.pop("identity", "leader-a_1"),
-        inventory=lambda: inventory,
-        confirm_leader=leader.confirm,
-        alive_since=leader.alive_since,
-        in_maintenance=lambda node: False,
-        timing=TIMING,
-        check_interval=0.01,
-        reconcile_interval=0.05,
-        backend_factory=factory(machine),
-        **kw,
-    )
-
-
-def world() -> tuple[FakeApi, FakeMachine, Leader]:
-    api = FakeApi()
-    api.nodes[N] = FakeNode("uid-1")
-    api.vms = [dict(v) for v in VMS]
-    return api, FakeMachine(api.calls), Leader(api.calls)
+from tests.support.executor_fakes import (
+    FakeApi,
+    FakeMachine,
+    FakeNode,
+    Leader,
+    N,
+    make,
+    record,
+    settle,
+    submitted,
+    world,
+)
+from tests.support.wait import eventually
 
 
 def phase_of(ex: FenceExecutor) -> Phase | None:
@@ -106,22 +41,11 @@ def stored_phase(api: FakeApi) -> str | None:
     return next((r["status"]["phase"] for r in api.records.values()), None)
 
 
-def record(api: FakeApi) -> dict[str, Any]:
-    [rec] = api.records.values()
-    return rec
-
-
-async def settle(executor: FenceExecutor, timeout: float = 5.0) -> None:
-    await asyncio.wait_for(executor.wait_idle(), timeout)
-
-
-async def until(what: str, check: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
+def assert_aborted_before_the_power_off(api: FakeApi, machine: FakeMachine, why: str) -> None:
+    """The operation ended Aborted for a reason naming `why`, no power-off sent or done."""
+    st = record(api)["status"]
+    assert st["phase"] == "Aborted" and why in st["reason"]
+    assert not st["powerOffSent"] and machine.offs == 0
 
 
 # -- the last look before the power-off ----------------------------------------------------------
@@ -131,8 +55,7 @@ async def test_the_point_of_no_return_is_stored_before_the_last_looks_and_then_t
     tmp_path: Path,
 ) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     first_off = api.calls.index("power_off")
     before = api.calls[:first_off]
@@ -152,8 +75,7 @@ async def test_heartbeats_received_while_the_dead_verdict_was_being_reported_abo
     # Event was being written, before the executor started) is life after the decision.
     api, machine, leader = world()
     leader.heartbeat_at = 10.0
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Aborted"
     assert machine.offs == 0
@@ -164,9 +86,8 @@ async def test_a_power_off_never_goes_out_when_the_point_of_no_return_cannot_be_
 ) -> None:
     api, machine, leader = world()
     api.fail_saves.append(("Fencing+sent", ClusterError("update: 500 Internal Server Error", 500)))
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
+    ex = submitted(tmp_path, api, machine, leader)
+    await eventually("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
     assert machine.offs == 0
     assert not ex.operations[N].power_off_sent  # nothing was sent, and it says so
     await settle(ex)  # the retry stores it and goes on
@@ -177,12 +98,9 @@ async def test_maintenance_is_read_from_the_api_right_before_the_power_off(tmp_p
     # The leader's cached Node list still says "no maintenance"; the API already says so.
     api, machine, leader = world()
     api.nodes[N].maintenance = True
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
-    st = record(api)["status"]
-    assert st["phase"] == "Aborted" and "maintenance" in st["reason"]
-    assert not st["powerOffSent"] and machine.offs == 0
+    assert_aborted_before_the_power_off(api, machine, "maintenance")
 
 
 async def test_life_seen_after_the_point_of_no_return_was_stored_still_stops_the_request(
@@ -190,12 +108,9 @@ async def test_life_seen_after_the_point_of_no_return_was_stored_still_stops_the
 ) -> None:
     api, machine, leader = world()
     leader.heartbeat_after_save = True  # arrives during the Lease renewal and the record write
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
-    st = record(api)["status"]
-    assert st["phase"] == "Aborted" and "came back" in st["reason"]
-    assert not st["powerOffSent"] and machine.offs == 0
+    assert_aborted_before_the_power_off(api, machine, "came back")
 
 
 async def test_an_unreadable_node_before_the_request_is_a_failed_attempt_not_a_power_off(
@@ -203,9 +118,8 @@ async def test_an_unreadable_node_before_the_request_is_a_failed_attempt_not_a_p
 ) -> None:
     api, machine, leader = world()
     api.fail_get_node = 1
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
+    ex = submitted(tmp_path, api, machine, leader)
+    await eventually("a failed attempt", lambda: phase_of(ex) is Phase.FENCE_FAILED)
     assert machine.offs == 0 and not ex.operations[N].power_off_sent
     await settle(ex)
     assert machine.offs == 1
@@ -216,8 +130,7 @@ async def test_a_node_registered_again_since_the_decision_is_not_powered_off(
 ) -> None:
     api, machine, leader = world()
     api.nodes[N] = FakeNode("uid-2")  # the machine rebooted and its kubelet registered again
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Aborted" and machine.offs == 0
 
@@ -385,8 +298,7 @@ async def test_an_operation_stopped_by_a_failed_lease_check_is_resumed_on_the_le
     tmp_path: Path,
 ) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     # Fail the Lease check once, right at the taint (past the proof); nobody submits again
     # (the node will vanish from the detector once its Node is deleted).
     original = leader.confirm
@@ -401,7 +313,7 @@ async def test_an_operation_stopped_by_a_failed_lease_check_is_resumed_on_the_le
     ex.confirm_leader = flaky
     loop_task = asyncio.create_task(ex.reconcile_loop())
     try:
-        await until("recovered", lambda: stored_phase(api) == "Recovered")
+        await eventually("recovered", lambda: stored_phase(api) == "Recovered")
     finally:
         loop_task.cancel()
     assert machine.offs == 1 and failed
@@ -412,17 +324,15 @@ async def test_a_record_write_that_timed_out_but_landed_is_not_taken_for_another
 ) -> None:
     api, machine, leader = world()
     api.land_then_fail.append("PoweredOff+sent")  # applied, but the client saw a timeout
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Recovered"  # not "stepping back" at the 409
 
 
 async def test_a_record_changed_by_another_leader_makes_this_one_step_back(tmp_path: Path) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("stored", lambda: api.records)
+    ex = submitted(tmp_path, api, machine, leader)
+    await eventually("stored", lambda: api.records)
     rec = record(api)
     rec["status"]["leader"] = "leader-b_2"
     rec["metadata"]["resourceVersion"] = "999"  # someone else wrote it
@@ -435,8 +345,7 @@ async def test_a_record_changed_by_another_leader_makes_this_one_step_back(tmp_p
 
 async def test_a_node_that_rejoined_and_died_again_is_fenced_again(tmp_path: Path) -> None:
     api, machine, leader = world()
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert record(api)["status"]["phase"] == "Recovered"
     ex.submit(N, decided_at=11.0, uid="uid-1")  # a stale verdict about the same Node
@@ -484,8 +393,7 @@ async def test_after_the_proof_it_taints_then_force_deletes_the_pods_then_remove
 ) -> None:
     api, machine, leader = world()
     with_workload(api)
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     released = [
         c
@@ -520,8 +428,7 @@ async def test_the_node_is_deleted_only_once_its_attachments_are_gone(tmp_path: 
     api, machine, leader = world()
     with_workload(api)
     api.detach_after = 3  # the CSI attacher takes a few looks to unpublish the volume
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     looks = after(api.calls, "delete_attachment csi-a")
     assert looks.count("list_attachments") == 4
@@ -552,8 +459,7 @@ async def test_no_pod_is_released_once_the_lease_is_lost_after_the_taint(tmp_pat
         await confirm()
 
     leader.confirm = lose_after_taint  # type: ignore[method-assign]
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert "taint" in api.calls and "list_pods" not in api.calls
     assert len([p for p in api.pods if p[3] == N]) == 2
@@ -578,8 +484,8 @@ async def test_cleanup_taint_keeps_the_node_and_untaints_it_once_ready_and_heart
         clock=lambda: clock[0],
     )
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("powered on", lambda: machine.ons == 1)
-    await until("waiting for the node", lambda: stored_phase(api) == "Returning")
+    await eventually("powered on", lambda: machine.ons == 1)
+    await eventually("waiting for the node", lambda: stored_phase(api) == "Returning")
     assert api.nodes[N].tainted and api.nodes[N].fenced_by  # kept, tainted, marked
     assert "delete_node" not in api.calls
     api.nodes[N].ready = True  # the kubelet is back, but no heartbeat of the agent yet
@@ -611,8 +517,7 @@ async def test_attachments_someone_else_is_deleting_are_waited_for_at_the_check_
         return await listing(node)
 
     api.list_volume_attachments = timed  # type: ignore[method-assign]
-    ex = make(tmp_path, api, machine, leader)
-    ex.submit(N, decided_at=10.0, uid="uid-1")
+    ex = submitted(tmp_path, api, machine, leader)
     await settle(ex)
     assert len(looks) == 3
     assert not [c for c in api.calls if c.startswith("delete_attachment")]  # not ours to delete
@@ -629,7 +534,7 @@ async def test_while_fencing_is_paused_no_power_off_goes_out_and_the_resume_fenc
     pause: list[str | None] = ["paused by alice: BMC firmware"]
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("the record of the waiting operation", lambda: stored_phase(api) == "Pending")
+    await eventually("the record of the waiting operation", lambda: stored_phase(api) == "Pending")
     await asyncio.sleep(0.2)  # many rounds of the executor's loop
     assert machine.offs == 0 and "save Fencing+sent" not in api.calls
     assert ex.busy(N) and phase_of(ex) is Phase.PENDING  # waiting, not failed, not aborted
@@ -638,27 +543,35 @@ async def test_while_fencing_is_paused_no_power_off_goes_out_and_the_resume_fenc
     assert machine.offs == 1 and record(api)["status"]["phase"] == "Recovered"
 
 
+def paused_at_a_renewal(
+    leader: Leader, when: Callable[[], bool] = lambda: True
+) -> list[str | None]:
+    """A pause for the executor's `paused` (`lambda: pause[0]`, the test lifts it by setting
+    None) that the leader's Lease renewal reads: set at the first renewal where `when()`."""
+    pause: list[str | None] = [None]
+    confirm = leader.confirm
+    paused_once: list[bool] = []
+
+    async def renew_and_read_the_pause() -> None:
+        await confirm()
+        if when() and not paused_once:
+            paused_once.append(True)
+            pause[0] = "paused: read with the renewal"
+
+    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    return pause
+
+
 async def test_a_pause_read_with_the_lease_renewal_before_the_first_request_stores_nothing(
     tmp_path: Path,
 ) -> None:
     # Not paused when the walk starts; the Lease renewal right before the point of no return
     # reads the pause: nothing stored, nothing sent, the operation waits.
     api, machine, leader = world()
-    pause: list[str | None] = [None]
-    confirm = leader.confirm
-
-    async def renew_and_read_the_pause() -> None:
-        await confirm()
-        if "save Pending" in api.calls and not paused_once:
-            paused_once.append(True)
-            pause[0] = "paused: read with the renewal"
-
-    paused_once: list[bool] = []
-
-    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    pause = paused_at_a_renewal(leader, when=lambda: "save Pending" in api.calls)
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     ex.submit(N, decided_at=10.0, uid="uid-1")
-    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await eventually("the walk stopped by the pause", lambda: pause[0] is not None)
     await asyncio.sleep(0.2)
     assert machine.offs == 0 and "save Fencing+sent" not in api.calls
     assert phase_of(ex) is Phase.PENDING
@@ -675,21 +588,11 @@ async def test_a_walk_past_the_point_of_no_return_sends_nothing_more_once_paused
     # it, because only a first power-off looked at the pause.
     api, machine, leader = world()
     stored_op(api, Operation(N, "old1", phase=Phase.FENCING, power_off_sent=True, node_uid="uid-1"))
-    pause: list[str | None] = [None]
-    confirm = leader.confirm
-
-    async def renew_and_read_the_pause() -> None:
-        await confirm()
-        if not paused_once:
-            paused_once.append(True)
-            pause[0] = "paused: read with the renewal"
-
-    paused_once: list[bool] = []
-    leader.confirm = renew_and_read_the_pause  # type: ignore[method-assign]
+    pause = paused_at_a_renewal(leader)
     ex = make(tmp_path, api, machine, leader, paused=lambda: pause[0])
     await ex.resume()
     ex.submit(N, decided_at=10.0, uid="uid-1")  # this leader's own verdict: dead
-    await until("the walk stopped by the pause", lambda: pause[0] is not None)
+    await eventually("the walk stopped by the pause", lambda: pause[0] is not None)
     await asyncio.sleep(0.2)
     assert machine.offs == 0 and phase_of(ex) is Phase.FENCING
     pause[0] = None

@@ -7,7 +7,7 @@ The hwsim emulators serve damaged answers chosen by hypothesis (`RedfishBmc.tamp
 - claim a power-off request succeeded only when the BMC accepted it,
 - keep working once the BMC behaves again (no library thread or session left broken).
 One emulator of each kind serves the whole module; each example gets a fresh backend. The IPMI
-cases are in tests/ipmi_fuzz_cases.py and run in a child process (its docstring says why).
+cases are in tests/support/ipmi_fuzz_cases.py and run in a child process (its docstring says why).
 """
 
 from __future__ import annotations
@@ -149,6 +149,14 @@ def call(lab: Lab, backend: PowerBackend, what: str) -> Outcome:
 def close(lab: Lab, backend: PowerBackend) -> None:
     lab.reset()
     lab.run(backend.close())
+
+
+def call_once(lab: Lab, backend: PowerBackend, what: str) -> Outcome:
+    """`call` on a fresh `backend`, closed after (the BMC's damage lifted first)."""
+    try:
+        return call(lab, backend, what)
+    finally:
+        close(lab, backend)
 
 
 def still_healthy(lab: Lab, make: Callable[[Lab], PowerBackend]) -> None:
@@ -363,11 +371,7 @@ def test_redfish_status_never_reads_off_from_a_damaged_answer(
 ) -> None:
     lab.reset()
     install(lab, damage)
-    backend = redfish_backend(lab, auth)
-    try:
-        out = call(lab, backend, "power_state")
-    finally:
-        close(lab, backend)
+    out = call_once(lab, redfish_backend(lab, auth), "power_state")
     if out.error is None:
         assert out.value is PowerState.ON, f"{damage.note}: read {out.value}"
     still_healthy(lab, redfish_backend)
@@ -411,11 +415,7 @@ def test_redfish_a_huge_answer_is_refused_without_reading_it_all(lab: Lab, decla
             "system", RawAnswer(body=huge(), content_length=size if declared else None), "huge"
         ),
     )
-    backend = redfish_backend(lab)
-    try:
-        out = call(lab, backend, "power_state")
-    finally:
-        close(lab, backend)
+    out = call_once(lab, redfish_backend(lab), "power_state")
     assert isinstance(out.error, BmcProtocolError) and "limit" in out.error.message, out
     assert sent[0] < 20 << 20, f"the backend let the BMC send {sent[0] >> 20} MB"
     still_healthy(lab, redfish_backend)
@@ -425,11 +425,7 @@ def test_redfish_a_post_redirected_into_a_get_is_not_an_accepted_reset(lab: Lab)
     lab.reset()
     answer = RawAnswer(status=302, headers=(("Location", SYSTEM),), content_length=0)
     install(lab, HttpDamage("reset", answer, "302 to the system"))
-    backend = redfish_backend(lab)
-    try:
-        out = call(lab, backend, "power_off")
-    finally:
-        close(lab, backend)
+    out = call_once(lab, redfish_backend(lab), "power_off")
     assert isinstance(out.error, BmcProtocolError) and "redirected" in out.error.message, out
     assert lab.machine.power_state() == "on"
 
@@ -444,20 +440,16 @@ def test_redfish_a_post_redirected_into_a_get_is_not_an_accepted_reset(lab: Lab)
 def test_redfish_an_ambiguous_off_is_an_error(lab: Lab, body: bytes) -> None:
     lab.reset()
     install(lab, HttpDamage("system", RawAnswer(body=body, content_length=len(body)), "lenient"))
-    backend = redfish_backend(lab)
-    try:
-        out = call(lab, backend, "power_state")
-    finally:
-        close(lab, backend)
+    out = call_once(lab, redfish_backend(lab), "power_state")
     assert isinstance(out.error, BmcProtocolError), out
 
 
 def test_the_ipmi_cases_in_their_own_process() -> None:
-    """tests/ipmi_fuzz_cases.py in a child pytest (see its docstring for why)."""
-    cases = Path(__file__).with_name("ipmi_fuzz_cases.py")
+    """tests/support/ipmi_fuzz_cases.py in a child pytest (see its docstring for why)."""
+    cases = Path(__file__).parent / "support" / "ipmi_fuzz_cases.py"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
-        cwd=cases.parent.parent,
+        cwd=cases.parents[2],
         capture_output=True,
         text=True,
         timeout=600,

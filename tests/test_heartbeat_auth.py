@@ -3,8 +3,6 @@ mosquitto refusing forged, unsigned, stale and replayed heartbeats and counting 
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,8 +14,7 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cluster import ClusterApi, load_api_client
-from agent.config import AgentConfig, parse_config
+from agent.config import AgentConfig
 from agent.heartbeat_auth import AuthMode, HeartbeatVerifier, node_key, sign, signing_bytes
 from agent.heartbeat_codec import (
     Heartbeat,
@@ -33,9 +30,8 @@ from agent.leader import LeaderSide
 from agent.profiles import DEFAULT
 from hwsim.broker import MosquittoBroker
 from hwsim.kube import KubeApiServer
-from tests.test_leader_ingest import broker, cancel_and_wait, eventually, kube
-
-__all__ = ["broker", "kube"]  # fixtures used below
+from tests.support.leader import leader_config, running_leader
+from tests.support.wait import eventually
 
 CLUSTER_KEY = b"k" * 16 + b"0123456789abcdef0123"
 NOW = 1_800_000_000.0
@@ -171,30 +167,14 @@ CLUSTER = "auth-test"
 
 @pytest.fixture
 def cfg(kube: KubeApiServer, broker: MosquittoBroker, tmp_path: Path) -> AgentConfig:
-    kubeconfig = tmp_path / "kubeconfig"
-    kube.write_kubeconfig(kubeconfig)
-    keyfile = tmp_path / "heartbeat.key"
-    keyfile.write_bytes(CLUSTER_KEY)
-    doc = {
-        "cluster": CLUSTER,
-        "broker": {"port": broker.port, "reconnect_min": 0.05, "reconnect_max": 0.5},
-        "kubernetes": {"kubeconfig": str(kubeconfig)},
-        "auth": {"heartbeat_key_file": str(keyfile), "max_skew": 5},
-    }
-    return parse_config(doc, path=tmp_path / "agent.yaml", env=dict(os.environ))
+    return leader_config(CLUSTER, kube, broker, tmp_path, heartbeat_key=CLUSTER_KEY)
 
 
 @pytest_asyncio.fixture
 async def leader(cfg: AgentConfig) -> AsyncIterator[LeaderSide]:
     assert cfg.auth.mode == "required"  # the default once a key is configured
-    assert cfg.kube.kubeconfig is not None
-    side = LeaderSide(cfg, DEFAULT, ClusterApi(load_api_client(cfg.kube.kubeconfig)), "leader")
-    task = asyncio.create_task(side.run())
-    try:
-        await eventually("the leader subscribed", lambda: side.broker_up_since is not None, 10)
+    async with running_leader(cfg, DEFAULT, "leader") as (side, _):
         yield side
-    finally:
-        await cancel_and_wait(side, task)
 
 
 def live(node: str, seq: int, key: bytes = CLUSTER_KEY, boot: str = "b1") -> bytes:

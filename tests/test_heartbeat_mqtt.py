@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -35,44 +35,19 @@ from agent.heartbeat_codec import (
 )
 from backends.spec import Secret
 from hwsim.broker import MosquittoBroker
+from tests.support.brokers import running_broker
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = "test-cluster"
 NODE = "node-1"
 PASSWORD = "pw-Zq81-never-logged"
 
 
-async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy `check()`, polled on the event loop; fails the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt")
-    mqtt.start()
-    try:
-        yield mqtt
-    finally:
-        mqtt.stop()
-
-
 @pytest.fixture
 def secured_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt-auth", users={NODE: PASSWORD, "witness": "w"})
-    mqtt.start()
-    try:
+    with running_broker(tmp_path / "mqtt-auth", users={NODE: PASSWORD, "witness": "w"}) as mqtt:
         yield mqtt
-    finally:
-        mqtt.stop()
 
 
 @dataclass
@@ -388,16 +363,6 @@ async def test_a_wrong_password_never_connects_retries_with_backoff_and_is_never
 
 
 # -- several brokers ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
-    mqtt.start()
-    try:
-        yield mqtt
-    finally:
-        mqtt.stop()
 
 
 async def test_each_heartbeat_goes_to_every_broker_and_a_dead_one_delays_nobody(

@@ -12,17 +12,16 @@ and watch it through the official client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
 
 from hwsim.coldstandby import ColdStandbyController
 from hwsim.coldstandby_nodes import OUT_OF_SERVICE
-from hwsim.kube import KubeApiServer, NodeLifecycleController, ObjectStore, SimKubelet
+from hwsim.kube import KubeApiServer, NodeLifecycleController, SimKubelet
 from hwsim.kube.attachdetach import AttachDetachController
 from hwsim.kube.errors import Forbidden
 from hwsim.kube.podgc import PodGC
@@ -34,143 +33,24 @@ from hwsim.migration_state import (
     TARGET_UNSCHEDULABLE,
 )
 from hwsim.vms import VM_LABEL, make_vm, place_vms
-
-T = TypeVar("T")
-Obj = dict[str, Any]
-VIRT = ("virtualization.deckhouse.io", "v1alpha2")
-BOOT = 2.0
-MIGRATION = 1.0
-MAX_WAIT = 30.0  # maxWaitForUnmountDuration, compressed from 6 minutes
-ATTACH = 0.4  # a few looks: the pod placed, its VolumeAttachment made, then marked attached
-
-
-class FakeClock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Rig:
-    """A store with nodes registered by kubelets, and a controller on a fake clock."""
-
-    store: ObjectStore
-    clock: FakeClock
-    ctl: ColdStandbyController
-    power: dict[str, bool]
-    link: dict[str, bool]
-    attach: AttachDetachController
-    kubelets: dict[str, SimKubelet] = field(default_factory=dict)
-    gc: PodGC | None = None  # ticked by `run` when set
-
-    def step(self) -> None:
-        """One look of every controller: attach/detach, PodGC, the VM controller, kubelets."""
-        self.attach.tick()
-        if self.gc is not None:
-            self.gc.tick()
-        self.ctl.tick()
-        for kubelet in self.kubelets.values():
-            kubelet.sync_pods()
-
-    def run(self, seconds: float = 0.0, step: float = 0.1) -> None:
-        """Tick now, then every `step` until `seconds` have passed on the fake clock."""
-        self.step()
-        end = self.clock.now + seconds
-        while self.clock.now < end - 1e-9:
-            self.clock.now = min(end, self.clock.now + step)
-            self.step()
-
-    def release(self, node: str, delete: bool = True) -> None:
-        """What a fencer does once the node is off: out-of-service taint, its pods
-        force-deleted, the attach/detach controller lets go of its disks, the Node deleted."""
-        taint = {"key": OUT_OF_SERVICE, "value": "nodeshutdown", "effect": "NoExecute"}
-        self.set_node(node, taints=[taint])
-        for pod in self.store.list("pods", field_selector=f"spec.nodeName={node}")["items"]:
-            meta = pod["metadata"]
-            self.store.delete("pods", meta["name"], meta["namespace"], grace_period_seconds=0)
-        self.attach.tick()
-        if delete:
-            self.store.delete("nodes", node)
-
-    def fence(self, node: str) -> None:
-        """Power off, then `release`."""
-        self.cut_power(node)
-        self.release(node)
-
-    def vm(self, name: str) -> Obj:
-        return self.store.get("virtualmachines", name, "default")
-
-    def where(self, name: str) -> tuple[str, str | None]:
-        status = self.vm(name).get("status") or {}
-        return status.get("phase", ""), status.get("nodeName")
-
-    def pods(self, vm: str) -> list[tuple[str, str]]:
-        """(node, phase) of the VM's launcher pods, Terminating ones left out."""
-        items = self.store.list("pods", "default", label_selector=f"{VM_LABEL}={vm}")["items"]
-        return sorted(
-            (p["spec"]["nodeName"], p["status"]["phase"])
-            for p in items
-            if not p["metadata"].get("deletionTimestamp")
-        )
-
-    def cut_power(self, node: str) -> None:
-        self.power[node] = False
-
-    def partition(self, node: str) -> None:
-        self.link[node] = False
-
-    def set_node(self, node: str, **spec: Any) -> None:
-        self.store.patch("nodes", node, {"spec": spec})
-
-    def evict(self, vm: str, name: str = "", op_type: str = "Evict") -> str:
-        name = name or f"migrate-{vm}-{int(self.clock.now * 1000)}"
-        op = {
-            "apiVersion": "/".join(VIRT),
-            "kind": "VirtualMachineOperation",
-            "metadata": {"name": name},
-            "spec": {"virtualMachineName": vm, "type": op_type},
-        }
-        self.store.create("vmop", op, "default")
-        return name
-
-    def op(self, name: str) -> Obj:
-        return self.store.get("vmop", name, "default").get("status") or {}
-
-
-def make_rig(nodes: int = 3, store: ObjectStore | None = None, **options: Any) -> Rig:
-    store = store or KubeApiServer().store  # in-process: the server's store, no socket here
-    clock = FakeClock()
-    names = [f"node-{i}" for i in range(1, nodes + 1)]
-    power = dict.fromkeys(names, True)
-    link = dict.fromkeys(names, True)
-    ctl = ColdStandbyController(
-        store,
-        lambda n: power.get(n, False),
-        boot_delay=BOOT,
-        migration_delay=MIGRATION,
-        clock=clock,
-        **options,
-    )
-    attach = AttachDetachController(store, max_wait_for_unmount=MAX_WAIT, monotonic=clock)
-    rig = Rig(store, clock, ctl, power, link, attach)
-    for name in names:
-        kubelet = SimKubelet(store, name, lambda n=name: power[n] and link[n])
-        kubelet.tick()
-        rig.kubelets[name] = kubelet
-    return rig
+from tests.support.clock import FakeClock
+from tests.support.coldstandby_rig import (
+    ATTACH,
+    BOOT,
+    MAX_WAIT,
+    MIGRATION,
+    VIRT,
+    Obj,
+    Rig,
+    condition,
+    make_rig,
+)
+from tests.support.wait import eventually_blocking
 
 
 @pytest.fixture
 def rig() -> Rig:
     return make_rig()
-
-
-def condition(status: Obj, type_: str) -> Obj:
-    return next(c for c in status.get("conditions") or [] if c["type"] == type_)
 
 
 # ---- placement ------------------------------------------------------------------------------
@@ -316,7 +196,7 @@ def test_an_out_of_service_taint_with_another_effect_changes_nothing(rig: Rig) -
 
 def test_a_node_that_is_only_not_ready_changes_nothing(rig: Rig) -> None:
     place_vms(rig.store, rig.ctl, 4, ["node-1"])
-    mono = FakeClock()
+    mono = FakeClock(1000.0)
     lifecycle = NodeLifecycleController(rig.store, node_monitor_grace=5, monotonic=mono)
     lifecycle.tick()
     rig.cut_power("node-1")
@@ -626,18 +506,6 @@ def test_operations_other_than_evict_fail_visibly(rig: Rig) -> None:
 # ---- the controller in its thread, seen through the official client ---------------------------
 
 
-def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy value of `check()`, polled until `timeout`; fails the test otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-
-
 @dataclass
 class Live:
     server: KubeApiServer
@@ -699,7 +567,7 @@ def test_the_official_client_follows_an_evict_to_completed(live: Live) -> None:
         )
         return str((got.get("status") or {}).get("phase") or "")
 
-    eventually(lambda: phase() in ("Completed", "Failed"))
+    eventually_blocking("the operation done", lambda: phase() in ("Completed", "Failed"))
     assert phase() == "Completed"
     vm = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", "vm-1")
     assert vm["status"]["phase"] == "Running" and vm["status"]["nodeName"] != "node-1"
@@ -712,7 +580,9 @@ def test_the_official_client_follows_an_evict_to_completed(live: Live) -> None:
         ]
 
     # The source pod is deleted gracefully; its kubelet finishes it.
-    eventually(lambda: nodes_of_pods() == [vm["status"]["nodeName"]])
+    eventually_blocking(
+        "the pod on the VM's node", lambda: nodes_of_pods() == [vm["status"]["nodeName"]]
+    )
 
 
 def test_the_threaded_controller_restarts_a_released_nodes_vm_elsewhere(live: Live) -> None:
@@ -729,8 +599,9 @@ def test_the_threaded_controller_restarts_a_released_nodes_vm_elsewhere(live: Li
         got: Obj = live.crs.get_namespaced_custom_object(*VIRT, "default", "virtualmachines", name)
         return got
 
-    status = eventually(
-        lambda: (s := vm("vm-1")["status"]).get("nodeName") not in (None, "node-1") and s
+    status = eventually_blocking(
+        "vm-1 elsewhere",
+        lambda: (s := vm("vm-1")["status"]).get("nodeName") not in (None, "node-1") and s,
     )
     assert (status["phase"], status["nodeName"]) in {("Running", "node-2"), ("Running", "node-3")}
     assert vm("vm-2")["status"]["phase"] == "Stopped"

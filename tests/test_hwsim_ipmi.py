@@ -29,6 +29,7 @@ from hwsim.ipmi.packets import (
 )
 from hwsim.ipmi.session import Privilege, SequenceWindow, SessionState, SessionTable
 from hwsim.machine import SimMachine
+from tests.support.wait import eventually
 
 USER = "admin"
 PASSWORD = "s3cret"
@@ -103,14 +104,6 @@ def pyghmi_logged_out(cmd: Any) -> Iterator[Any]:
         yield cmd
     finally:
         cmd.ipmi_session.logout()
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `condition()` holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.01)
 
 
 class RawConsole(asyncio.DatagramProtocol):
@@ -287,7 +280,9 @@ async def test_pyghmi_reads_and_sets_power(bmc: IpmiBmc, machine: SimMachine) ->
     assert await asyncio.to_thread(drive) == ["on", "off", "on"]
     assert machine.power_state() == "on"
     assert machine.power_changes == 2
-    await eventually(lambda: bmc.session_count == 0)  # pyghmi's logout closed the session
+    await eventually(
+        "no session left", lambda: bmc.session_count == 0
+    )  # pyghmi's logout closed the session
 
 
 async def test_pyghmi_falls_back_to_suite_3_when_only_suite_3_is_offered(
@@ -575,7 +570,7 @@ async def test_garbage_datagrams_are_counted_and_ignored(bmc: IpmiBmc, console: 
     for datagram in malformed:
         console.send(bmc, datagram)
     console.send(bmc, encode_v20(PayloadType.IPMI, 0x1234, 1, good_message))  # no such session
-    await eventually(lambda: bmc.stats.received == len(malformed) + 1)
+    await eventually("every packet received", lambda: bmc.stats.received == len(malformed) + 1)
     assert bmc.stats.malformed == len(malformed)
     assert bmc.stats.unknown_session == 1
     assert bmc.stats.answered == 0

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,55 +33,27 @@ from hwsim.kube import (
     SimKubelet,
     path_column,
 )
+from tests.support.kube import kube_server
+from tests.support.wait import eventually_blocking
 
-T = TypeVar("T")
 VIRT = ("virtualization.deckhouse.io", "v1alpha2")
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 
-def eventually(check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy value of `check()`, polled until `timeout`; fails the test otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
+@pytest.fixture
+def kube() -> Iterator[KubeApiServer]:
+    with kube_server(bookmark_interval=0.2) as server:
+        yield server
 
 
 @pytest.fixture
-def server() -> Iterator[KubeApiServer]:
-    srv = KubeApiServer(bookmark_interval=0.2)
-    srv.start_in_thread()
-    try:
-        yield srv
-    finally:
-        srv.stop_thread()
-
-
-@pytest.fixture
-def api(server: KubeApiServer) -> Iterator[client.ApiClient]:
-    cfg = client.Configuration()
-    cfg.host = server.url
-    with client.ApiClient(cfg) as api_client:
-        yield api_client
-
-
-@pytest.fixture
-def core(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
-
-
-@pytest.fixture
-def crs(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
+def crs(kube_api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube_api)
 
 
 def raw(
-    server: KubeApiServer,
+    kube: KubeApiServer,
     method: str,
     path: str,
     body: Any = None,
@@ -89,7 +61,7 @@ def raw(
     accept: str = "application/json",
 ) -> tuple[int, Any]:
     """One plain HTTP request; (status, parsed JSON body)."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    conn = http.client.HTTPConnection(kube.host, kube.port, timeout=10)
     try:
         data = None if body is None else json.dumps(body).encode()
         conn.request(method, path, data, {"Content-Type": content_type, "Accept": accept})
@@ -152,7 +124,7 @@ def test_official_client_creates_reads_lists_patches_and_deletes_nodes(
 
 
 def test_objects_carry_uid_creation_time_generation_and_increasing_resource_versions(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     a = core.create_node(node("a"))
     b = core.create_node(node("b"))
@@ -162,7 +134,7 @@ def test_objects_carry_uid_creation_time_generation_and_increasing_resource_vers
     assert int(b.metadata.resource_version) > int(a.metadata.resource_version)
     listed = core.list_node()
     assert listed.metadata.resource_version == b.metadata.resource_version
-    assert server.store.resource_version == b.metadata.resource_version
+    assert kube.store.resource_version == b.metadata.resource_version
 
 
 def test_creating_a_taken_name_is_409_already_exists(core: client.CoreV1Api) -> None:
@@ -182,9 +154,9 @@ def test_generate_name_gets_a_random_suffix(core: client.CoreV1Api) -> None:
 
 
 def test_replacing_a_lease_with_a_stale_resource_version_is_409_conflict(
-    api: client.ApiClient,
+    kube_api: client.ApiClient,
 ) -> None:
-    leases = client.CoordinationV1Api(api)
+    leases = client.CoordinationV1Api(kube_api)
     body = {"metadata": {"name": "nodefence-leader"}, "spec": {"holderIdentity": "agent-a"}}
     lease = leases.create_namespaced_lease("kube-system", body)
     lease.spec.holder_identity = "agent-b"
@@ -293,11 +265,11 @@ def test_a_patch_carrying_a_stale_resource_version_is_a_conflict(core: client.Co
 
 
 def test_strategic_merge_patch_of_a_custom_resource_is_415_as_on_a_real_server(
-    server: KubeApiServer, crs: client.CustomObjectsApi
+    kube: KubeApiServer, crs: client.CustomObjectsApi
 ) -> None:
     crs.create_namespaced_custom_object(*VIRT, "default", "virtualmachines", vm_body("vm"))
     path = f"/apis/{'/'.join(VIRT)}/namespaces/default/virtualmachines/vm"
-    status, body = raw(server, "PATCH", path, {"spec": {"cpu": {"cores": 2}}}, STRATEGIC)
+    status, body = raw(kube, "PATCH", path, {"spec": {"cpu": {"cores": 2}}}, STRATEGIC)
     assert (status, body["reason"]) == (415, "UnsupportedMediaType")
 
 
@@ -403,24 +375,24 @@ def test_watch_without_a_resource_version_starts_with_the_current_objects(
 
 
 def test_watch_delivers_changes_made_while_it_is_open(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     rv = core.create_node(node("n")).metadata.resource_version
     w = watch.Watch()
     stream = w.stream(core.list_node, resource_version=rv, timeout_seconds=5)
-    server.store.patch("nodes", "n", {"spec": {"unschedulable": True}})
+    kube.store.patch("nodes", "n", {"spec": {"unschedulable": True}})
     event = next(stream)
     w.stop()
     assert (event["type"], event["object"].spec.unschedulable) == ("MODIFIED", True)
 
 
 def test_watch_with_a_compacted_resource_version_gets_410_gone(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     old = core.create_node(node("n")).metadata.resource_version
     core.patch_node("n", {"metadata": {"labels": {"x": "1"}}})
-    server.store.compact()
-    status, text = raw(server, "GET", f"/api/v1/nodes?watch=1&resourceVersion={old}")
+    kube.store.compact()
+    status, text = raw(kube, "GET", f"/api/v1/nodes?watch=1&resourceVersion={old}")
     event = json.loads(text.splitlines()[0]) if isinstance(text, str) else text
     assert status == 200  # as the real server: the watch opens, then an ERROR event says 410
     assert (event["type"], event["object"]["code"], event["object"]["reason"]) == (
@@ -557,12 +529,12 @@ def test_delete_with_a_stale_uid_precondition_is_409_and_deletes_nothing(
 
 
 def test_deleting_a_node_deletes_its_lease_through_owner_references(
-    core: client.CoreV1Api, api: client.ApiClient
+    core: client.CoreV1Api, kube_api: client.ApiClient
 ) -> None:
     uid = core.create_node(node("n")).metadata.uid
     owner = {"apiVersion": "v1", "kind": "Node", "name": "n", "uid": uid}
     lease = {"metadata": {"name": "n", "ownerReferences": [owner]}, "spec": {}}
-    leases = client.CoordinationV1Api(api)
+    leases = client.CoordinationV1Api(kube_api)
     leases.create_namespaced_lease("kube-node-lease", lease)
     core.delete_node("n")
     assert leases.list_namespaced_lease("kube-node-lease").items == []
@@ -576,7 +548,7 @@ def running_pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def test_eviction_is_201_and_a_budget_with_no_disruption_left_makes_it_429(
-    core: client.CoreV1Api, api: client.ApiClient
+    core: client.CoreV1Api, kube_api: client.ApiClient
 ) -> None:
     labels = {"app": "db"}
     for name in ("db-0", "db-1"):
@@ -586,7 +558,7 @@ def test_eviction_is_201_and_a_budget_with_no_disruption_left_makes_it_429(
         "metadata": {"name": "db"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
     }
-    client.PolicyV1Api(api).create_namespaced_pod_disruption_budget("default", pdb)
+    client.PolicyV1Api(kube_api).create_namespaced_pod_disruption_budget("default", pdb)
     eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "db-0"}}
     core.create_namespaced_pod_eviction("db-0", "default", eviction)
     # An evicted pod on a node is deleted gracefully: Terminating until its kubelet is done.
@@ -601,9 +573,9 @@ def test_eviction_is_201_and_a_budget_with_no_disruption_left_makes_it_429(
 
 
 def test_register_serves_a_new_crd_style_resource_with_its_columns(
-    server: KubeApiServer, crs: client.CustomObjectsApi
+    kube: KubeApiServer, crs: client.CustomObjectsApi
 ) -> None:
-    server.register(
+    kube.register(
         ResourceType(
             group="nodefence.io",
             version="v1alpha1",
@@ -617,7 +589,7 @@ def test_register_serves_a_new_crd_style_resource_with_its_columns(
     body = {"metadata": {"name": "node-1"}, "spec": {"node": "node-1"}}
     crs.create_namespaced_custom_object("nodefence.io", "v1alpha1", "default", "fencerecords", body)
     status, table = raw(
-        server,
+        kube,
         "GET",
         "/apis/nodefence.io/v1alpha1/namespaces/default/fencerecords",
         accept="application/json;as=Table;v=v1;g=meta.k8s.io",
@@ -630,7 +602,7 @@ def test_register_serves_a_new_crd_style_resource_with_its_columns(
 
 
 def test_creating_a_crd_serves_its_resource(
-    server: KubeApiServer, crs: client.CustomObjectsApi
+    kube: KubeApiServer, crs: client.CustomObjectsApi
 ) -> None:
     crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -652,14 +624,12 @@ def test_creating_a_crd_serves_its_resource(
 
 
 def test_every_request_is_recorded_with_verb_resource_namespace_name_and_subresource(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     core.create_node(node("n"))
     core.patch_node_status("n", {"status": {"phase": "Running"}})
     core.list_namespaced_pod("kube-system", label_selector="a=b")
-    seen = [
-        (r.verb, r.resource, r.namespace, r.name, r.subresource, r.code) for r in server.requests
-    ]
+    seen = [(r.verb, r.resource, r.namespace, r.name, r.subresource, r.code) for r in kube.requests]
     assert seen == [
         ("create", "nodes", "", "", "", 201),
         ("patch", "nodes", "", "n", "status", 200),
@@ -668,9 +638,9 @@ def test_every_request_is_recorded_with_verb_resource_namespace_name_and_subreso
 
 
 def test_the_kubeconfig_it_writes_works_with_the_official_client(
-    server: KubeApiServer, tmp_path: Path
+    kube: KubeApiServer, tmp_path: Path
 ) -> None:
-    server.write_kubeconfig(tmp_path / "config")
+    kube.write_kubeconfig(tmp_path / "config")
     with config.new_client_from_config(config_file=str(tmp_path / "config")) as api_client:
         names = [ns.metadata.name for ns in client.CoreV1Api(api_client).list_namespace().items]
     assert names == ["default", "kube-node-lease", "kube-public", "kube-system"]
@@ -704,15 +674,15 @@ async def test_the_server_and_a_kubelet_run_on_the_callers_event_loop() -> None:
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def kubectl_for(server: KubeApiServer, home: Path) -> Kubectl:
+def kubectl_for(kube: KubeApiServer, home: Path) -> Kubectl:
     """Run kubectl against `server` (through a kubeconfig and `--server`), HOME in `home`."""
-    server.write_kubeconfig(home / "kubeconfig")
+    kube.write_kubeconfig(home / "kubeconfig")
     env = {**os.environ, "HOME": str(home), "KUBECONFIG": str(home / "kubeconfig")}
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         assert KUBECTL is not None
         done = subprocess.run(
-            [KUBECTL, "--server", server.url, *args],
+            [KUBECTL, "--server", kube.url, *args],
             capture_output=True,
             text=True,
             env=env,
@@ -726,8 +696,8 @@ def kubectl_for(server: KubeApiServer, home: Path) -> Kubectl:
 
 
 @pytest.fixture
-def kubectl(server: KubeApiServer, tmp_path: Path) -> Kubectl:
-    return kubectl_for(server, tmp_path)
+def kubectl(kube: KubeApiServer, tmp_path: Path) -> Kubectl:
+    return kubectl_for(kube, tmp_path)
 
 
 def table(output: str) -> list[list[str]]:
@@ -736,11 +706,11 @@ def table(output: str) -> list[list[str]]:
 
 @needs_kubectl
 def test_kubectl_get_nodes_prints_status_roles_age_and_version(
-    server: KubeApiServer, kubectl: Kubectl
+    kube: KubeApiServer, kubectl: Kubectl
 ) -> None:
     body = node("node-1", {"node-role.kubernetes.io/worker": ""})
     body["status"]["nodeInfo"] = {"kubeletVersion": "v1.30.1"}
-    server.store.create("nodes", body)
+    kube.store.create("nodes", body)
     rows = table(kubectl("get", "nodes").stdout)
     assert rows[0] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
     assert rows[1][:3] == ["node-1", "Ready", "worker"] and rows[1][4] == "v1.30.1"
@@ -763,23 +733,23 @@ def test_kubectl_get_vm_prints_the_seeds_columns(tmp_path: Path) -> None:
 
 @needs_kubectl
 def test_kubectl_cordon_taint_and_uncordon_patch_the_node(
-    server: KubeApiServer, kubectl: Kubectl
+    kube: KubeApiServer, kubectl: Kubectl
 ) -> None:
-    server.store.create("nodes", node("node-1"))
+    kube.store.create("nodes", node("node-1"))
     kubectl("cordon", "node-1")
     assert table(kubectl("get", "nodes").stdout)[1][1] == "Ready,SchedulingDisabled"
     kubectl("taint", "node", "node-1", "maintenance=true:NoSchedule")
     kubectl("taint", "node", "node-1", "fenced=yes:NoExecute")
     kubectl("taint", "node", "node-1", "maintenance-")
-    taints = server.store.get("nodes", "node-1")["spec"]["taints"]
+    taints = kube.store.get("nodes", "node-1")["spec"]["taints"]
     assert [(t["key"], t["effect"]) for t in taints] == [("fenced", "NoExecute")]
     kubectl("uncordon", "node-1")
-    assert not server.store.get("nodes", "node-1")["spec"].get("unschedulable")
+    assert not kube.store.get("nodes", "node-1")["spec"].get("unschedulable")
 
 
 @needs_kubectl
 def test_kubectl_apply_creates_then_patches_a_vm_and_delete_removes_it(
-    server: KubeApiServer,
+    kube: KubeApiServer,
     kubectl: Kubectl,
     tmp_path: Path,
 ) -> None:
@@ -800,18 +770,18 @@ spec:
     assert "created" in kubectl("apply", "-f", str(manifest)).stdout
     manifest.write_text(text.replace("CORES", "4"))
     assert "configured" in kubectl("apply", "-f", str(manifest)).stdout
-    vm = server.store.get("vm", "linux-vm", "default")
+    vm = kube.store.get("vm", "linux-vm", "default")
     assert (vm["spec"]["cpu"], vm["metadata"]["generation"]) == ({"cores": 4}, 2)
     assert "deleted" in kubectl("delete", "-f", str(manifest)).stdout
-    assert server.store.list("vm")["items"] == []
+    assert kube.store.list("vm")["items"] == []
 
 
 @needs_kubectl
 def test_kubectl_reads_leases_in_kube_node_lease_through_the_kubeconfig(
-    server: KubeApiServer,
+    kube: KubeApiServer,
     kubectl: Kubectl,
 ) -> None:
-    kubelet = SimKubelet(server.store, "node-1", lambda: True)
+    kubelet = SimKubelet(kube.store, "node-1", lambda: True)
     kubelet.tick()
     rows = table(kubectl("get", "leases", "-n", "kube-node-lease").stdout)
     assert rows[0] == ["NAME", "HOLDER", "AGE"]
@@ -819,20 +789,22 @@ def test_kubectl_reads_leases_in_kube_node_lease_through_the_kubeconfig(
 
 
 @needs_kubectl
-def test_kubectl_get_watch_prints_a_change(server: KubeApiServer, tmp_path: Path) -> None:
+def test_kubectl_get_watch_prints_a_change(kube: KubeApiServer, tmp_path: Path) -> None:
     assert KUBECTL is not None
-    server.store.create("nodes", node("node-1"))
+    kube.store.create("nodes", node("node-1"))
     env = {**os.environ, "HOME": str(tmp_path)}
     with subprocess.Popen(
-        [KUBECTL, "--server", server.url, "get", "nodes", "-w", "--request-timeout=3s"],
+        [KUBECTL, "--server", kube.url, "get", "nodes", "-w", "--request-timeout=3s"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     ) as proc:
         try:
-            eventually(lambda: any(r.verb == "watch" for r in server.requests), timeout=10)
-            server.store.patch("nodes", "node-1", {"spec": {"unschedulable": True}})
+            eventually_blocking(
+                "a watch", lambda: any(r.verb == "watch" for r in kube.requests), timeout=10
+            )
+            kube.store.patch("nodes", "node-1", {"spec": {"unschedulable": True}})
             out, _ = proc.communicate(timeout=15)
         finally:
             proc.kill()
@@ -841,13 +813,13 @@ def test_kubectl_get_watch_prints_a_change(server: KubeApiServer, tmp_path: Path
 
 @needs_kubectl
 def test_kubectl_drain_evicts_vm_pods_and_a_budget_stops_it(
-    server: KubeApiServer,
+    kube: KubeApiServer,
     core: client.CoreV1Api,
     kubectl: Kubectl,
 ) -> None:
     # node-1's kubelet finishes what the evictions start: evicted pods are Terminating until
     # their kubelet deletes them, and drain waits for that.
-    kubelet = SimKubelet(server.store, "node-1", lambda: True, pod_sync_interval=0.05)
+    kubelet = SimKubelet(kube.store, "node-1", lambda: True, pod_sync_interval=0.05)
     kubelet.tick()
     vm_label = {"vm.kubevirt.internal.virtualization.deckhouse.io/name": "linux-vm"}
     owner = {
@@ -863,7 +835,7 @@ def test_kubectl_drain_evicts_vm_pods_and_a_budget_stops_it(
         core.create_namespaced_pod("default", pod)
         core.patch_namespaced_pod_status(name, "default", {"status": {"phase": "Running"}})
     budget = {"minAvailable": 1, "selector": {"matchLabels": vm_label}}
-    server.store.create("pdb", {"metadata": {"name": "vms"}, "spec": budget}, "default")
+    kube.store.create("pdb", {"metadata": {"name": "vms"}, "spec": budget}, "default")
     selector = "vm.kubevirt.internal.virtualization.deckhouse.io/name"
     kubelet.start_in_thread()
     try:
@@ -871,24 +843,24 @@ def test_kubectl_drain_evicts_vm_pods_and_a_budget_stops_it(
             "drain", "node-1", "--pod-selector", selector, "--timeout=1s", check=False
         )
         assert blocked.returncode != 0
-        assert len(server.store.list("pods")["items"]) == 1  # one eviction allowed, not two
-        server.store.delete("pdb", "vms", "default")
+        assert len(kube.store.list("pods")["items"]) == 1  # one eviction allowed, not two
+        kube.store.delete("pdb", "vms", "default")
         kubectl("drain", "node-1", "--pod-selector", selector, "--delete-emptydir-data")
     finally:
         kubelet.stop_thread()
-    assert server.store.list("pods")["items"] == []
-    assert server.store.get("nodes", "node-1")["spec"]["unschedulable"] is True
+    assert kube.store.list("pods")["items"] == []
+    assert kube.store.get("nodes", "node-1")["spec"]["unschedulable"] is True
 
 
 # ---- simulated kubelet and node lifecycle ---------------------------------------------------
 
 
 def test_sim_kubelet_registers_its_node_and_renews_its_lease_only_while_powered(
-    server: KubeApiServer, core: client.CoreV1Api, api: client.ApiClient
+    kube: KubeApiServer, core: client.CoreV1Api, kube_api: client.ApiClient
 ) -> None:
     clock, powered = FakeTime(), [True]
-    kubelet = SimKubelet(server.store, "node-1", lambda: powered[0], clock=clock.wall)
-    leases = client.CoordinationV1Api(api)
+    kubelet = SimKubelet(kube.store, "node-1", lambda: powered[0], clock=clock.wall)
+    leases = client.CoordinationV1Api(kube_api)
     kubelet.tick()
     registered = core.read_node("node-1")
     assert registered.metadata.labels["kubernetes.io/hostname"] == "node-1"
@@ -909,29 +881,31 @@ def test_sim_kubelet_registers_its_node_and_renews_its_lease_only_while_powered(
 
 
 def test_sim_kubelet_in_a_thread_stops_renewing_when_power_goes(
-    server: KubeApiServer,
+    kube: KubeApiServer,
 ) -> None:
     powered = [True]
-    kubelet = SimKubelet(server.store, "node-1", lambda: powered[0], lease_interval=0.02)
+    kubelet = SimKubelet(kube.store, "node-1", lambda: powered[0], lease_interval=0.02)
     kubelet.start_in_thread()
     try:
-        eventually(lambda: kubelet.renewals >= 3)
+        eventually_blocking("three renewals", lambda: kubelet.renewals >= 3)
         powered[0] = False
-        ticks = eventually(lambda: kubelet.ticks if not kubelet.booted else None)
+        ticks = eventually_blocking(
+            "ticks while not booted", lambda: kubelet.ticks if not kubelet.booted else None
+        )
         renewals = kubelet.renewals
-        eventually(lambda: kubelet.ticks >= ticks + 3)
+        eventually_blocking("three more ticks", lambda: kubelet.ticks >= ticks + 3)
         assert kubelet.renewals == renewals
     finally:
         kubelet.stop_thread()
 
 
 def test_node_lifecycle_marks_a_silent_node_unknown_and_unreachable_after_the_grace(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     clock, powered = FakeTime(), [True]
-    kubelet = SimKubelet(server.store, "node-1", lambda: powered[0], clock=clock.wall)
+    kubelet = SimKubelet(kube.store, "node-1", lambda: powered[0], clock=clock.wall)
     controller = NodeLifecycleController(
-        server.store, node_monitor_grace=40, clock=clock.wall, monotonic=clock.monotonic
+        kube.store, node_monitor_grace=40, clock=clock.wall, monotonic=clock.monotonic
     )
     kubelet.tick()
     controller.tick()
@@ -963,16 +937,16 @@ def test_node_lifecycle_marks_a_silent_node_unknown_and_unreachable_after_the_gr
 
 
 def test_a_node_deleted_while_its_kubelet_runs_comes_back_only_after_a_power_cycle(
-    server: KubeApiServer,
+    kube: KubeApiServer,
 ) -> None:
     powered = [True]
-    kubelet = SimKubelet(server.store, "node-1", lambda: powered[0])
+    kubelet = SimKubelet(kube.store, "node-1", lambda: powered[0])
     kubelet.tick()
-    server.store.delete("nodes", "node-1")
+    kube.store.delete("nodes", "node-1")
     kubelet.tick()
-    assert server.store.list("nodes")["items"] == []
+    assert kube.store.list("nodes")["items"] == []
     powered[0] = False
     kubelet.tick()
     powered[0] = True
     kubelet.tick()
-    assert [n["metadata"]["name"] for n in server.store.list("nodes")["items"]] == ["node-1"]
+    assert [n["metadata"]["name"] for n in kube.store.list("nodes")["items"]] == ["node-1"]

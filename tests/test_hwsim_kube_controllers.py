@@ -17,23 +17,16 @@ from hwsim.kube.attachdetach import AttachDetachController, finalizer_for
 from hwsim.kube.controllers import ControllerTimers
 from hwsim.kube.podgc import OUT_OF_SERVICE, PodGC, TaintEvictionController
 from hwsim.kube.volumes import DEFAULT_DRIVER, attachment_name, create_disk
+from tests.support.clock import FakeClock
 
 Obj = dict[str, Any]
 VOLUME = f"kubernetes.io/csi/{DEFAULT_DRIVER}^0001-default-disk"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Cluster:
     store: ObjectStore
-    clock: Clock
+    clock: FakeClock
     power: dict[str, bool]
     kubelets: dict[str, SimKubelet] = field(default_factory=dict)
 
@@ -77,7 +70,7 @@ class Cluster:
 @pytest.fixture
 def cluster() -> Cluster:
     store = ObjectStore()
-    c = Cluster(store, Clock(), {"node-1": True, "node-2": True})
+    c = Cluster(store, FakeClock(1000.0), {"node-1": True, "node-2": True})
     for name in c.power:
         c.kubelets[name] = SimKubelet(store, name, lambda n=name: c.power[n])
         c.kubelets[name].tick()
@@ -121,12 +114,18 @@ def test_a_node_registering_again_within_the_quarantine_keeps_its_pods(cluster: 
     assert "p" in cluster.pods()
 
 
-def test_a_terminating_pod_on_a_not_ready_out_of_service_node_is_force_deleted_at_once(
-    cluster: Cluster,
-) -> None:
+def terminating_pod_and_gc(cluster: Cluster) -> PodGC:
+    """Pod `p` on node-1, deleted gracefully (Terminating); a PodGC on the cluster's clock."""
     gc = PodGC(cluster.store, monotonic=cluster.clock)
     cluster.pod("p", "node-1")
     cluster.store.delete("pods", "p", "default")
+    return gc
+
+
+def test_a_terminating_pod_on_a_not_ready_out_of_service_node_is_force_deleted_at_once(
+    cluster: Cluster,
+) -> None:
+    gc = terminating_pod_and_gc(cluster)
     cluster.taint("node-1")
     gc.tick()
     assert "p" in cluster.pods()  # the node still reads Ready: PodGC waits
@@ -138,9 +137,7 @@ def test_a_terminating_pod_on_a_not_ready_out_of_service_node_is_force_deleted_a
 def test_a_terminating_pod_on_a_dead_node_without_the_taint_stays_terminating(
     cluster: Cluster,
 ) -> None:
-    gc = PodGC(cluster.store, monotonic=cluster.clock)
-    cluster.pod("p", "node-1")
-    cluster.store.delete("pods", "p", "default")
+    gc = terminating_pod_and_gc(cluster)
     cluster.not_ready("node-1")
     cluster.clock.now += 3600
     gc.tick()

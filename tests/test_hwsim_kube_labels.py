@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from hwsim.kube import JSON_PATCH, MERGE, STRATEGIC, BadRequest, Invalid, KubeApiServer, ObjectStore
+from tests.support.kube import kube_server
 
 CRD = Path(__file__).resolve().parents[1] / "deploy" / "base" / "crd-fenceoperations.yaml"
 LONG = "a" * 64
@@ -116,23 +116,9 @@ def test_a_label_value_that_is_not_a_string_is_a_bad_request() -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[KubeApiServer]:
-    srv = KubeApiServer()
-    srv.start_in_thread()
-    try:
-        srv.store.create("customresourcedefinitions", yaml.safe_load(CRD.read_text()))
-        srv.store.create("namespaces", {"metadata": {"name": "nodefence"}})
-        yield srv
-    finally:
-        srv.stop_thread()
-
-
-@pytest.fixture
-def api(server: KubeApiServer) -> Iterator[client.ApiClient]:
-    cfg = client.Configuration()
-    cfg.host = server.url
-    with client.ApiClient(cfg) as api_client:
-        yield api_client
+def kube() -> Iterator[KubeApiServer]:
+    with kube_server(crds=[CRD], namespaces=["nodefence"]) as server:
+        yield server
 
 
 def refused(call: Any) -> dict[str, Any]:
@@ -145,9 +131,9 @@ def refused(call: Any) -> dict[str, Any]:
 
 
 def test_create_update_and_every_patch_with_a_long_label_value_are_422(
-    api: client.ApiClient,
+    kube_api: client.ApiClient,
 ) -> None:
-    core = client.CoreV1Api(api)
+    core = client.CoreV1Api(kube_api)
     long_label = {"metadata": {"labels": {"zone": LONG}}}
     expected = f'Node "n1" is invalid: metadata.labels: Invalid value: "{LONG}": must be no more'
     expected += " than 63 characters"
@@ -155,7 +141,7 @@ def test_create_update_and_every_patch_with_a_long_label_value_are_422(
     assert refused(lambda: core.create_node(node({"zone": LONG})))["message"] == expected
     created = core.create_node(node({"zone": "a"}))
 
-    whole = api.sanitize_for_serialization(created)
+    whole = kube_api.sanitize_for_serialization(created)
     whole["metadata"]["labels"]["zone"] = LONG
     assert refused(lambda: core.replace_node("n1", whole))["message"] == expected
     assert refused(lambda: core.patch_node("n1", long_label))["message"] == expected
@@ -165,7 +151,7 @@ def test_create_update_and_every_patch_with_a_long_label_value_are_422(
         (long_label, STRATEGIC),
         (json_patch, JSON_PATCH),
     ):
-        status, body = raw_patch(api, "/api/v1/nodes/n1", patch, content_type)
+        status, body = raw_patch(kube_api, "/api/v1/nodes/n1", patch, content_type)
         assert (status, body["message"]) == (422, expected), content_type
 
     stored = core.read_node("n1").metadata
@@ -173,10 +159,12 @@ def test_create_update_and_every_patch_with_a_long_label_value_are_422(
     assert stored.resource_version == created.metadata.resource_version
 
 
-def raw_patch(api: client.ApiClient, path: str, body: Any, content_type: str) -> tuple[int, Any]:
-    resp = api.rest_client.pool_manager.request(
+def raw_patch(
+    kube_api: client.ApiClient, path: str, body: Any, content_type: str
+) -> tuple[int, Any]:
+    resp = kube_api.rest_client.pool_manager.request(
         "PATCH",
-        api.configuration.host + path,
+        kube_api.configuration.host + path,
         body=json.dumps(body).encode(),
         headers={"Content-Type": content_type},
     )
@@ -184,9 +172,9 @@ def raw_patch(api: client.ApiClient, path: str, body: Any, content_type: str) ->
 
 
 def test_a_custom_resource_with_a_long_label_value_is_422_with_its_group_kind(
-    api: client.ApiClient,
+    kube_api: client.ApiClient,
 ) -> None:
-    crs = client.CustomObjectsApi(api)
+    crs = client.CustomObjectsApi(kube_api)
     body = {
         "apiVersion": "nodefence.io/v1alpha1",
         "kind": "FenceOperation",
@@ -213,8 +201,8 @@ def test_a_custom_resource_with_a_long_label_value_is_422_with_its_group_kind(
     }
 
 
-def test_a_label_selector_naming_a_long_value_is_a_bad_request(api: client.ApiClient) -> None:
-    core = client.CoreV1Api(api)
+def test_a_label_selector_naming_a_long_value_is_a_bad_request(kube_api: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube_api)
     status = refused(lambda: core.list_node(label_selector=f"zone={LONG}"))
     assert status["reason"] == "BadRequest"
     assert status["message"] == (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +25,6 @@ from hwsim.simnode import SimNode
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 VIRT = ("virtualization.deckhouse.io", "v1alpha2")
-
-
-@pytest.fixture
-def server() -> Iterator[KubeApiServer]:
-    srv = KubeApiServer()
-    srv.start_in_thread()
-    try:
-        yield srv
-    finally:
-        srv.stop_thread()
-
-
-@pytest.fixture
-def api(server: KubeApiServer) -> Iterator[client.ApiClient]:
-    cfg = client.Configuration()
-    cfg.host = server.url
-    with client.ApiClient(cfg) as api_client:
-        yield api_client
-
-
-@pytest.fixture
-def core(api: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(api)
 
 
 def pod(name: str, node: str | None = "node-1", **spec: Any) -> dict[str, Any]:
@@ -67,10 +43,10 @@ def names(core: client.CoreV1Api) -> list[str]:
     return [p.metadata.name for p in core.list_namespaced_pod("default").items]
 
 
-def kubectl(server: KubeApiServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def kubectl(kube: KubeApiServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     assert KUBECTL is not None
     kubeconfig = tmp_path / "kubeconfig"
-    server.write_kubeconfig(kubeconfig)
+    kube.write_kubeconfig(kubeconfig)
     return subprocess.run(
         [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
         capture_output=True,
@@ -131,13 +107,13 @@ def test_an_unscheduled_or_finished_pod_is_deleted_at_once(core: client.CoreV1Ap
 
 @needs_kubectl
 def test_kubectl_delete_force_with_grace_zero_removes_a_pod_of_a_dead_node(
-    server: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
+    kube: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
 ) -> None:
     running(core, "stuck")
     core.delete_namespaced_pod("stuck", "default")
-    shown = kubectl(server, tmp_path, "get", "pod", "stuck")
+    shown = kubectl(kube, tmp_path, "get", "pod", "stuck")
     assert "Terminating" in shown.stdout, shown.stdout + shown.stderr
-    forced = kubectl(server, tmp_path, "delete", "pod", "stuck", "--grace-period=0", "--force")
+    forced = kubectl(kube, tmp_path, "delete", "pod", "stuck", "--grace-period=0", "--force")
     assert forced.returncode == 0, forced.stderr
     assert names(core) == []
 
@@ -161,10 +137,10 @@ def test_pods_get_the_default_not_ready_and_unreachable_tolerations(
 
 
 def test_a_powered_kubelet_deletes_its_terminating_pods_a_dead_one_never_does(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     power = {"node-1": True, "node-2": True}
-    kubelets = {n: SimKubelet(server.store, n, lambda n=n: power[n]) for n in power}
+    kubelets = {n: SimKubelet(kube.store, n, lambda n=n: power[n]) for n in power}
     for k in kubelets.values():
         k.tick()
     running(core, "alive", node="node-1")
@@ -178,12 +154,18 @@ def test_a_powered_kubelet_deletes_its_terminating_pods_a_dead_one_never_does(
     assert core.read_namespaced_pod("dead", "default").metadata.deletion_timestamp is not None
 
 
-def test_after_a_reboot_pods_that_ran_before_with_restart_policy_never_are_failed(
-    server: KubeApiServer, core: client.CoreV1Api
-) -> None:
+def registered_kubelet(kube: KubeApiServer) -> tuple[SimKubelet, list[bool]]:
+    """node-1's kubelet, its Node registered, up while `power[0]`: (kubelet, power)."""
     power = [True]
-    kubelet = SimKubelet(server.store, "node-1", lambda: power[0])
+    kubelet = SimKubelet(kube.store, "node-1", lambda: power[0])
     kubelet.tick()
+    return kubelet, power
+
+
+def test_after_a_reboot_pods_that_ran_before_with_restart_policy_never_are_failed(
+    kube: KubeApiServer, core: client.CoreV1Api
+) -> None:
+    kubelet, power = registered_kubelet(kube)
     running(core, "launcher", restartPolicy="Never")
     running(core, "web", restartPolicy="Always")
     power[0] = False
@@ -197,12 +179,12 @@ def test_after_a_reboot_pods_that_ran_before_with_restart_policy_never_are_faile
 
 
 def test_a_node_cut_off_and_back_did_not_reboot_its_pods_run_on(
-    server: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
+    kube: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
 ) -> None:
     """A partition heals without a reboot: the machine kept power, so the launcher pods (and
     the VMs in them) ran on; failing them would restart their VMs elsewhere: a split brain
     (chaos seed 41: vm-5 on node-2 and node-5 just after node-5's partition healed)."""
-    node = SimNode(SimMachine("node-1", "uuid-1"), server.store, tmp_path)
+    node = SimNode(SimMachine("node-1", "uuid-1"), kube.store, tmp_path)
     try:
         node.kubelet.tick()
         running(core, "launcher", restartPolicy="Never")
@@ -222,12 +204,10 @@ def test_a_node_cut_off_and_back_did_not_reboot_its_pods_run_on(
 
 
 def test_the_kubelet_reports_its_pods_volumes_in_use_and_a_dead_one_leaves_them(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
-    power = [True]
-    kubelet = SimKubelet(server.store, "node-1", lambda: power[0])
-    kubelet.tick()
-    create_disk(server.store, "disk-a", "default")
+    kubelet, power = registered_kubelet(kube)
+    create_disk(kube.store, "disk-a", "default")
     volume = {"name": "d", "persistentVolumeClaim": {"claimName": "disk-a"}}
     running(core, "user", volumes=[volume])
     kubelet.sync_pods()
@@ -242,8 +222,10 @@ def test_the_kubelet_reports_its_pods_volumes_in_use_and_a_dead_one_leaves_them(
 # ---- unconditional updates --------------------------------------------------------------------
 
 
-def test_replacing_a_lease_without_resource_version_is_422_invalid(api: client.ApiClient) -> None:
-    leases = client.CoordinationV1Api(api)
+def test_replacing_a_lease_without_resource_version_is_422_invalid(
+    kube_api: client.ApiClient,
+) -> None:
+    leases = client.CoordinationV1Api(kube_api)
     body = {"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}}
     leases.create_namespaced_lease("default", body)
     body["spec"]["holderIdentity"] = "b"
@@ -259,9 +241,9 @@ def test_replacing_a_lease_without_resource_version_is_422_invalid(api: client.A
 
 
 def test_replacing_a_custom_resource_without_resource_version_is_422(
-    api: client.ApiClient,
+    kube_api: client.ApiClient,
 ) -> None:
-    crs = client.CustomObjectsApi(api)
+    crs = client.CustomObjectsApi(kube_api)
     vm = {
         "apiVersion": "/".join(VIRT),
         "kind": "VirtualMachine",
@@ -288,10 +270,10 @@ def test_replacing_a_config_map_without_resource_version_is_applied(
 
 
 def test_a_dry_run_on_every_verb_answers_as_the_real_request_and_changes_nothing(
-    server: KubeApiServer, core: client.CoreV1Api
+    kube: KubeApiServer, core: client.CoreV1Api
 ) -> None:
     running(core, "p")
-    version = server.store.resource_version
+    version = kube.store.resource_version
     made = core.create_namespaced_pod("default", pod("q"), dry_run="All")
     assert made.metadata.uid and made.metadata.name == "q"
     patched = core.patch_namespaced_pod(
@@ -309,7 +291,7 @@ def test_a_dry_run_on_every_verb_answers_as_the_real_request_and_changes_nothing
     eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"}}
     core.create_namespaced_pod_eviction("p", "default", eviction, dry_run="All")
     core.delete_collection_namespaced_pod("default", dry_run="All")
-    assert server.store.resource_version == version  # nothing was written
+    assert kube.store.resource_version == version  # nothing was written
     stored = core.read_namespaced_pod("p", "default")
     assert stored.metadata.labels is None and stored.metadata.deletion_timestamp is None
 
@@ -326,14 +308,14 @@ def test_a_dry_run_still_fails_as_the_real_request_would(core: client.CoreV1Api)
 
 @needs_kubectl
 def test_kubectl_dry_run_server_deletes_and_drains_nothing(
-    server: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
+    kube: KubeApiServer, core: client.CoreV1Api, tmp_path: Path
 ) -> None:
-    SimKubelet(server.store, "node-1", lambda: True).tick()
+    SimKubelet(kube.store, "node-1", lambda: True).tick()
     running(core, "p")
-    result = kubectl(server, tmp_path, "delete", "pod", "p", "--dry-run=server")
+    result = kubectl(kube, tmp_path, "delete", "pod", "p", "--dry-run=server")
     assert result.returncode == 0 and "server dry run" in result.stdout, result.stderr
     result = kubectl(
-        server, tmp_path, "drain", "node-1", "--dry-run=server", "--force", "--timeout=5s"
+        kube, tmp_path, "drain", "node-1", "--dry-run=server", "--force", "--timeout=5s"
     )
     assert result.returncode == 0, result.stderr
     assert names(core) == ["p"]

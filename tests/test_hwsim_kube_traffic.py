@@ -5,24 +5,11 @@ from lists a real server answers from its watch cache."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Iterator
-
-import pytest
 
 from hwsim.kube import KubeApiServer
 from hwsim.kube.node_objects import kubelet_node
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    server = KubeApiServer()
-    server.start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
+from tests.support.wait import eventually_blocking
 
 
 def get(kube: KubeApiServer, path: str, agent: str) -> bytes:
@@ -60,14 +47,14 @@ def test_watch_events_are_counted_as_bytes_sent_to_the_watcher(kube: KubeApiServ
         kube.store.create("nodes", {"metadata": {"name": "node-2"}})
         line = response.readline()
         assert json.loads(line)["type"] == "ADDED"
-        deadline = time.monotonic() + 5
-        while kube.traffic.snapshot()["watcher"].bytes_out < len(line):
-            assert time.monotonic() < deadline, "the event's bytes were not counted"
-            time.sleep(0.01)
+        eventually_blocking(
+            "the event's bytes counted",
+            lambda: kube.traffic.snapshot()["watcher"].bytes_out >= len(line),
+        )
         seen = kube.traffic.snapshot()["watcher"]
         assert (seen.watches, seen.open_watches, seen.requests) == (1, 1, 1)
     kube.close_watches()
-    deadline = time.monotonic() + 5
-    while kube.traffic.snapshot()["watcher"].open_watches:
-        assert time.monotonic() < deadline, "the closed watch is still counted open"
-        time.sleep(0.01)
+    eventually_blocking(
+        "the closed watch no longer counted open",
+        lambda: not kube.traffic.snapshot()["watcher"].open_watches,
+    )

@@ -10,34 +10,25 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import yaml
-from kubernetes import client
 
 from agent.cluster import ClusterApi, ClusterError
 from hwsim.kube import KubeApiServer
 from hwsim.kube.writefaults import AppliedWrite, WriteFault
 from hwsim.simcluster_settings import CRD_PATHS
+from tests.support.kube import kube_server, official_client
 
 NS = "nodefence"
 
 
 @pytest.fixture
 def server() -> Iterator[KubeApiServer]:
-    srv = KubeApiServer()
-    srv.start_in_thread()
-    try:
-        srv.store.create("namespaces", {"metadata": {"name": NS}})
-        srv.store.create("customresourcedefinitions", yaml.safe_load(CRD_PATHS[0].read_text()))
+    with kube_server(namespaces=[NS], crds=[CRD_PATHS[0]]) as srv:
         yield srv
-    finally:
-        srv.stop_thread()
 
 
 @pytest_asyncio.fixture
 async def api(server: KubeApiServer) -> AsyncIterator[ClusterApi]:
-    cfg = client.Configuration()
-    cfg.host = server.url
-    with client.ApiClient(cfg) as api_client:
+    with official_client(server) as api_client:
         yield ClusterApi(api_client, timeout=0.5)
 
 

@@ -10,12 +10,11 @@ proven power-off).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from hwsim.kube import KubeApiServer, ObjectStore, SimKubelet
+from hwsim.kube import KubeApiServer
 from hwsim.kube.attachdetach import AttachDetachController
 from hwsim.kube.errors import BadRequest
 from hwsim.kubevirt import crds
@@ -30,47 +29,16 @@ from hwsim.kubevirt.objects import (
     place_vms,
 )
 from hwsim.vm_views import vm_views
+from tests.support.clock import FakeClock
+from tests.support.controller_rig import ControllerRig, node_switches
 
 Obj = dict[str, Any]
 BOOT = 2.0
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 
 
-class FakeClock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Rig:
-    """KubeVirt's CRDs on a store, nodes registered by kubelets, the controller on a fake clock."""
-
-    store: ObjectStore
-    clock: FakeClock
-    ctl: KubevirtController
-    power: dict[str, bool]
-    link: dict[str, bool]
-    attach: AttachDetachController
-    kubelets: dict[str, SimKubelet] = field(default_factory=dict)
-
-    def step(self) -> None:
-        self.attach.tick()
-        self.ctl.tick()
-        for kubelet in self.kubelets.values():
-            kubelet.sync_pods()
-
-    def run(self, seconds: float = 0.0, step: float = 0.1) -> None:
-        """Tick now, then every `step` until `seconds` have passed on the fake clock."""
-        self.step()
-        end = self.clock.now + seconds
-        while self.clock.now < end - 1e-9:
-            self.clock.now = min(end, self.clock.now + step)
-            self.step()
+class Rig(ControllerRig[KubevirtController]):
+    """KubeVirt's CRDs on a store and its controller (`ControllerRig`)."""
 
     def release(self, node: str) -> None:
         """What a fencer does once the node is off: out-of-service taint, its pods
@@ -95,10 +63,8 @@ class Rig:
 def make_rig(profiles: tuple[VmProfile, ...], nodes: int = 3) -> Rig:
     store = KubeApiServer().store
     crds.install(store)
-    clock = FakeClock()
-    names = [f"node-{i}" for i in range(1, nodes + 1)]
-    power = dict.fromkeys(names, True)
-    link = dict.fromkeys(names, True)
+    clock = FakeClock(1000.0)
+    names, power, link = node_switches(nodes)
     ctl = KubevirtController(
         store,
         lambda n: power.get(n, False),
@@ -108,10 +74,7 @@ def make_rig(profiles: tuple[VmProfile, ...], nodes: int = 3) -> Rig:
     )
     attach = AttachDetachController(store, max_wait_for_unmount=30.0, monotonic=clock)
     rig = Rig(store, clock, ctl, power, link, attach)
-    for name in names:
-        kubelet = SimKubelet(store, name, lambda n=name: power[n] and link[n])
-        kubelet.tick()
-        rig.kubelets[name] = kubelet
+    rig.start_kubelets()
     place_vms(store, ctl, len(profiles), names[:1] * len(profiles), profiles)
     rig.run(0.5)
     return rig

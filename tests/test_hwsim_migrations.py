@@ -27,7 +27,7 @@ from hwsim.migration_state import (
     MigrationLimits,
 )
 from hwsim.vms import VM_LABEL, place_vms
-from tests.test_hwsim_coldstandby import MIGRATION, Rig, condition, make_rig
+from tests.support.coldstandby_rig import MIGRATION, Rig, condition, make_rig
 
 Obj = dict[str, Any]
 

@@ -17,6 +17,7 @@ from backends.registry import build_backend
 from hwsim.bmcs import BmcFleet
 from hwsim.fleet import Fleet
 from hwsim.machine import Faults, SimMachine
+from tests.support.bmcs import running_bmcs
 
 
 @dataclass
@@ -31,15 +32,11 @@ class PduFleet:
 @pytest_asyncio.fixture
 async def pdu_fleet(tmp_path: Path) -> AsyncIterator[PduFleet]:
     fleet = Fleet.of_size(2)
-    bmcs = BmcFleet(fleet, tmp_path, power_timeout=1.0, pdus=("node-2",))
-    await bmcs.start()
-    try:
+    async with running_bmcs(fleet, tmp_path, power_timeout=1.0, pdus=("node-2",)) as bmcs:
         path = bmcs.write_inventory(tmp_path / "inventory.yaml")
         text = path.read_text().replace("timeout: 2\n", "timeout: 0.5\n", 1)
         path.write_text(text)
         yield PduFleet(fleet, bmcs, load_inventory(path, env={}))
-    finally:
-        await bmcs.stop()
 
 
 async def read(fleet: PduFleet, node: str, device: str) -> PowerState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,11 @@ import requests
 from hwsim.machine import SimMachine
 from hwsim.redfish import RedfishBmc
 from hwsim.tls import TlsFiles, make_tls
+from tests.support.bmcs import StartBmc, redfish_bmcs
 
 USER, PASSWORD = "admin", "s3cret-pw"
 SYSTEMS = "/redfish/v1/Systems"
 SESSIONS = "/redfish/v1/SessionService/Sessions"
-
-StartBmc = Callable[..., Awaitable[RedfishBmc]]
 
 
 def machine(name: str = "node-1", **faults: Any) -> SimMachine:
@@ -36,24 +35,10 @@ async def http(method: str, url: str, **kwargs: Any) -> requests.Response:
     return await asyncio.to_thread(requests.request, method, url, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
 @pytest.fixture
 async def start_bmc() -> AsyncIterator[StartBmc]:
-    started: list[RedfishBmc] = []
-
-    async def start(machines: list[SimMachine] | None = None, **kwargs: Any) -> RedfishBmc:
-        bmc = RedfishBmc(machines or [machine()], USER, PASSWORD, **kwargs)
-        await bmc.start()
-        started.append(bmc)
-        return bmc
-
-    yield start
-    for bmc in started:
-        await bmc.stop()
+    async with redfish_bmcs(USER, PASSWORD, machine) as start:
+        yield start
 
 
 async def test_service_root_is_public_and_links_systems_and_sessions(start_bmc: StartBmc) -> None:

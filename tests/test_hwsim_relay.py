@@ -7,14 +7,15 @@ import http.server
 import socket
 import socketserver
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from hwsim.relay import TcpRelay
+from tests.support.wait import eventually_blocking
 
 SILENCE = 0.3
 
@@ -42,16 +43,6 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-def wait_for(cond: Callable[[], bool], within: float = 2.0) -> bool:
-    """Poll `cond` until it holds or `within` seconds pass."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def recv_or_eof(sock: socket.socket, timeout: float = 2.0) -> bytes:
@@ -88,9 +79,9 @@ def connect_is_reset(port: int) -> bool:
         return True
 
 
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    server = _EchoServer(("127.0.0.1", 0), _Echo)
+@contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[int]:
+    """`server` answering in a thread; its port. Shut down and closed after."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -99,6 +90,12 @@ def echo_port() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    with serving(_EchoServer(("127.0.0.1", 0), _Echo)) as port:
+        yield port
 
 
 @pytest.fixture
@@ -136,7 +133,9 @@ def test_bytes_echo_through_the_relay(relay: TcpRelay) -> None:
         assert recv_or_eof(c) == b"ping"
         assert relay.connections_total == 1
         assert relay.connections_open == 1
-    assert wait_for(lambda: relay.connections_open == 0)
+    eventually_blocking(
+        "relay.connections_open == 0", lambda: relay.connections_open == 0, timeout=2.0
+    )
     assert relay.bytes_forwarded == 8
     assert not relay.is_cut
 
@@ -211,7 +210,9 @@ def test_heal_closes_held_connections_and_forwards_new_ones(relay: TcpRelay) -> 
     with connect(relay.port) as fresh:
         fresh.sendall(b"again")
         assert recv_or_eof(fresh) == b"again"
-    assert wait_for(lambda: relay.connections_open == 0)
+    eventually_blocking(
+        "relay.connections_open == 0", lambda: relay.connections_open == 0, timeout=2.0
+    )
 
 
 def test_reset_closes_existing_and_new_connections(relay: TcpRelay) -> None:
@@ -224,7 +225,9 @@ def test_reset_closes_existing_and_new_connections(relay: TcpRelay) -> None:
         with contextlib.suppress(OSError):
             old.sendall(b"b")
     assert connect_is_reset(relay.port)
-    assert wait_for(lambda: relay.connections_open == 0)
+    eventually_blocking(
+        "relay.connections_open == 0", lambda: relay.connections_open == 0, timeout=2.0
+    )
     relay.heal()
     with connect(relay.port) as healed:
         healed.sendall(b"c")
@@ -249,7 +252,7 @@ def test_target_down_closes_the_client(listener: socket.socket) -> None:
     try:
         with connect(r.port) as c:
             assert recv_or_eof(c) == b""
-        assert wait_for(lambda: r.connections_open == 0)
+        eventually_blocking("r.connections_open == 0", lambda: r.connections_open == 0, timeout=2.0)
         assert r.connections_total == 1
     finally:
         r.stop()
@@ -294,14 +297,8 @@ def test_cut_before_start_applies_once_started(echo_port: int) -> None:
 def http_port() -> Iterator[int]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as port:
+        yield port
 
 
 def test_http_through_the_relay_and_a_client_timeout_when_cut(http_port: int) -> None:

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hwsim.watchdog import EmulatedWatchdog
+from tests.support.wait import eventually_blocking
 
 TIMEOUT = 0.3
 SLACK = 0.25
@@ -30,16 +31,6 @@ class Expiries:
     def __call__(self) -> None:
         self.times.append(time.monotonic())
         self.event.set()
-
-
-def wait_for(cond: Callable[[], bool], within: float = 2.0) -> bool:
-    """Poll `cond` until it holds or `within` seconds pass."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 @pytest.fixture
@@ -82,7 +73,7 @@ def test_first_write_arms_and_feeds_keep_it_from_expiring(
     while time.monotonic() < end:
         os.write(writer, b"\0")
         time.sleep(TIMEOUT / 4)
-    assert wait_for(lambda: watchdog.feeds >= 10)
+    eventually_blocking("watchdog.feeds >= 10", lambda: watchdog.feeds >= 10, timeout=2.0)
     assert watchdog.armed
     assert watchdog.last_feed is not None
     assert watchdog.expiries == []
@@ -93,7 +84,7 @@ def test_silence_fires_once_not_before_timeout(
     watchdog: EmulatedWatchdog, writer: int, expired: Expiries
 ) -> None:
     os.write(writer, b"k")
-    assert wait_for(lambda: watchdog.armed)
+    eventually_blocking("watchdog.armed", lambda: watchdog.armed, timeout=2.0)
     fed_at = watchdog.last_feed
     assert fed_at is not None
     assert expired.event.wait(TIMEOUT + SLACK + 1.0)
@@ -107,9 +98,9 @@ def test_silence_fires_once_not_before_timeout(
 
 def test_magic_close_disarms(watchdog: EmulatedWatchdog, writer: int, expired: Expiries) -> None:
     os.write(writer, b"k")
-    assert wait_for(lambda: watchdog.armed)
+    eventually_blocking("watchdog.armed", lambda: watchdog.armed, timeout=2.0)
     os.write(writer, b"V")
-    assert wait_for(lambda: watchdog.disarms == 1)
+    eventually_blocking("watchdog.disarms == 1", lambda: watchdog.disarms == 1, timeout=2.0)
     assert not watchdog.armed
     time.sleep(TIMEOUT + SLACK)
     assert watchdog.expiries == []
@@ -123,7 +114,7 @@ def test_keepalive_after_expiry_arms_it_again(
     assert expired.event.wait(TIMEOUT + SLACK + 1.0)
     expired.event.clear()
     os.write(writer, b"k")
-    assert wait_for(lambda: watchdog.armed)
+    eventually_blocking("watchdog.armed", lambda: watchdog.armed, timeout=2.0)
     assert watchdog.feeds == 2
     assert expired.event.wait(TIMEOUT + SLACK + 1.0)
     assert len(watchdog.expiries) == 2
@@ -144,9 +135,9 @@ def test_on_expire_errors_are_logged_and_the_watchdog_keeps_running(
         fd = os.open(wd.path, os.O_WRONLY | os.O_NONBLOCK)
         try:
             os.write(fd, b"k")
-            assert wait_for(lambda: len(calls) == 1)
+            eventually_blocking("len(calls) == 1", lambda: len(calls) == 1, timeout=2.0)
             os.write(fd, b"k")
-            assert wait_for(lambda: len(calls) == 2)
+            eventually_blocking("len(calls) == 2", lambda: len(calls) == 2, timeout=2.0)
         finally:
             os.close(fd)
     finally:
@@ -167,7 +158,7 @@ def test_a_writer_in_another_process_feeds_then_magic_closes(
         "os.close(fd)\n"
     )
     subprocess.run([sys.executable, "-c", script, str(watchdog.path)], check=True, timeout=10)
-    assert wait_for(lambda: watchdog.disarms == 1)
+    eventually_blocking("watchdog.disarms == 1", lambda: watchdog.disarms == 1, timeout=2.0)
     assert watchdog.feeds == 8
     assert not watchdog.armed
     time.sleep(TIMEOUT + SLACK)
@@ -211,7 +202,7 @@ def test_start_replaces_a_stale_fifo_and_restarts(tmp_path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         os.write(fd, b"k")
-        assert wait_for(lambda: wd.feeds == 1)
+        eventually_blocking("wd.feeds == 1", lambda: wd.feeds == 1, timeout=2.0)
         wd.stop()
         with pytest.raises(BrokenPipeError):
             os.write(fd, b"k")
@@ -219,7 +210,7 @@ def test_start_replaces_a_stale_fifo_and_restarts(tmp_path: Path) -> None:
         wd.start()
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         os.write(fd, b"k")
-        assert wait_for(lambda: wd.feeds == 2)
+        eventually_blocking("wd.feeds == 2", lambda: wd.feeds == 2, timeout=2.0)
         os.close(fd)
     finally:
         wd.stop()

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
-from agent.cluster import ClusterApi, NodeInfo, load_api_client
+from agent.cluster import ClusterApi, NodeInfo
 from agent.informer import Cache, Change, Informer
 from agent.kube_cache import NODES
 from hwsim.kube import KubeApiServer
+from tests.support.kube import cluster_api_of, kube_server
+from tests.support.wait import eventually
 
 
 def node(name: str, version: str, ready: str = "True") -> dict[str, Any]:
@@ -79,26 +81,13 @@ def test_a_copy_offered_from_a_fresh_read_is_kept_over_an_older_watch_event() ->
 
 @pytest.fixture
 def kube() -> Iterator[KubeApiServer]:
-    server = KubeApiServer(bookmark_interval=0.2)
-    server.start_in_thread()
-    try:
+    with kube_server(bookmark_interval=0.2) as server:
         yield server
-    finally:
-        server.stop_thread()
 
 
 @pytest.fixture
 def api(kube: KubeApiServer, tmp_path: Path) -> ClusterApi:
-    kube.write_kubeconfig(tmp_path / "kubeconfig")
-    return ClusterApi(load_api_client(str(tmp_path / "kubeconfig"), "informer-test"))
-
-
-async def until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(0.02)
+    return cluster_api_of(kube, tmp_path, "informer-test")
 
 
 async def running(informer: Informer[Any], body: Callable[[], Awaitable[None]]) -> None:
@@ -125,16 +114,18 @@ async def test_an_informer_lists_once_then_follows_changes_by_watch(
     )
 
     async def body() -> None:
-        await until("first list", informer.synced.is_set)
-        await until("watching", lambda: informer.watching)
+        await eventually("first list", informer.synced.is_set, timeout=10.0)
+        await eventually("watching", lambda: informer.watching, timeout=10.0)
         kube.store.create("nodes", {"metadata": {"name": "w2"}})
         patch = {"status": {"conditions": [{"type": "Ready", "status": "False"}]}}
         kube.store.patch("nodes", "w1", patch, subresource="status")
-        await until("w2 and w1's change seen", lambda: ready_of(informer, "w1") is False)
-        await until("w2 seen", lambda: "w2" in informer.items())
-        await until("a bookmark", lambda: informer.stats.bookmarks > 0)
+        await eventually(
+            "w2 and w1's change seen", lambda: ready_of(informer, "w1") is False, timeout=10.0
+        )
+        await eventually("w2 seen", lambda: "w2" in informer.items(), timeout=10.0)
+        await eventually("a bookmark", lambda: informer.stats.bookmarks > 0, timeout=10.0)
         kube.store.delete("nodes", "w2")
-        await until("w2's deletion seen", lambda: "w2" not in informer.items())
+        await eventually("w2's deletion seen", lambda: "w2" not in informer.items(), timeout=10.0)
 
     await running(informer, body)
     assert informer.stats.lists == 1
@@ -151,13 +142,15 @@ async def test_after_a_410_the_informer_lists_again_and_misses_nothing(
     informer: Informer[NodeInfo] = Informer(api, NODES, clock=time.monotonic, retry_min=0.05)
 
     async def body() -> None:
-        await until("watching", lambda: informer.watching)
+        await eventually("watching", lambda: informer.watching, timeout=10.0)
         kube.close_watches()
         kube.store.create("nodes", {"metadata": {"name": "w-while-away"}})
         kube.store.delete("nodes", "w1")
         kube.store.compact()  # the watch's version is gone: 410 when it comes back
-        await until("relisted", lambda: informer.stats.lists >= 2)
-        await until("the change made while away", lambda: "w-while-away" in informer.items())
+        await eventually("relisted", lambda: informer.stats.lists >= 2, timeout=10.0)
+        await eventually(
+            "the change made while away", lambda: "w-while-away" in informer.items(), timeout=10.0
+        )
 
     await running(informer, body)
     assert informer.stats.gone >= 1

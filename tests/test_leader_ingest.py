@@ -10,46 +10,32 @@ version. Every wait is for a condition, with a deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import random
 import time
-import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import pytest
 import pytest_asyncio
 
 from agent.cluster import ClusterApi, load_api_client
-from agent.config import AgentConfig, parse_config
+from agent.config import AgentConfig
 from agent.heartbeat_codec import PREFIX, Heartbeat, encode_heartbeat, heartbeat_topic
 from agent.leader import LeaderSide
 from agent.profiles import DEFAULT
 from hwsim.broker import MosquittoBroker
 from hwsim.kube import KubeApiServer
+from tests.support.leader import cancel_and_wait, leader_config, running_leader
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 CLUSTER = "ingest-test"
 BOOT = "boot-a"
 _CANARY_SEQ = itertools.count()
-
-
-async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """The first truthy `check()`, polled on the event loop; fails the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 def beat(node: str, seq: int, boot: str = BOOT) -> bytes:
@@ -64,85 +50,15 @@ def raw(**fields: Any) -> bytes:
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    server = KubeApiServer()
-    server.start_in_thread()
-    try:
-        server.store.create("namespaces", {"metadata": {"name": "nodefence"}})  # Lease, Events
-        yield server
-    finally:
-        server.stop_thread()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt")
-    mqtt.start()
-    try:
-        yield mqtt
-    finally:
-        mqtt.stop()
-
-
-@pytest.fixture
 def cfg(kube: KubeApiServer, broker: MosquittoBroker, tmp_path: Path) -> AgentConfig:
-    kubeconfig = tmp_path / "kubeconfig"
-    kube.write_kubeconfig(kubeconfig)
-    doc = {
-        "cluster": CLUSTER,
-        "broker": {"port": broker.port, "reconnect_min": 0.05, "reconnect_max": 0.5},
-        "kubernetes": {"kubeconfig": str(kubeconfig)},
-    }
-    return parse_config(doc, path=tmp_path / "agent.yaml", env=dict(os.environ))
-
-
-def _children_of(side: LeaderSide) -> list[asyncio.Task[Any]]:
-    """The loop tasks `side.run()` started in its TaskGroup."""
-    found = []
-    for t in asyncio.all_tasks():
-        frame = getattr(t.get_coro(), "cr_frame", None)
-        if frame is not None and frame.f_locals.get("self") is side:
-            found.append(t)
-    return found
-
-
-async def cancel_and_wait(side: LeaderSide, task: asyncio.Task[None]) -> bool:
-    """Cancel the leader side's task and wait for it; True when one cancellation sufficed.
-
-    On Python 3.11 `asyncio.wait_for` (used inside aiomqtt's publish) can swallow a
-    cancellation that arrives just as the awaited operation completes; the loop that swallowed
-    it then runs on, and a TaskGroup never cancels a child twice. Then cancel the children
-    again, with a warning, rather than hang the suite.
-    """
-    task.cancel()
-    done, _ = await asyncio.wait([task], timeout=2)
-    if not done:
-        warnings.warn(
-            "LeaderSide ignored a cancellation (asyncio.wait_for race on Python 3.11)",
-            stacklevel=1,
-        )
-        deadline = time.monotonic() + 10
-        while not task.done() and time.monotonic() < deadline:
-            for child in _children_of(side):
-                child.cancel()
-            await asyncio.wait([task], timeout=0.1)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return bool(done)
+    return leader_config(CLUSTER, kube, broker, tmp_path)
 
 
 @pytest_asyncio.fixture
 async def leader(cfg: AgentConfig) -> AsyncIterator[tuple[LeaderSide, asyncio.Task[None]]]:
     """A running leader side, subscribed to the broker; cancelled at the end."""
-    assert cfg.kube.kubeconfig is not None
-    api = ClusterApi(load_api_client(cfg.kube.kubeconfig))
-    side = LeaderSide(cfg, DEFAULT, api, "leader-1")
-    task = asyncio.create_task(side.run())
-    try:
-        await eventually("the leader subscribed", lambda: side.broker_up_since is not None, 10)
-        yield side, task
-    finally:
-        await cancel_and_wait(side, task)
+    async with running_leader(cfg, DEFAULT, "leader-1") as running:
+        yield running
 
 
 @pytest_asyncio.fixture
@@ -443,16 +359,6 @@ async def test_a_node_uncordoned_while_marked_for_maintenance_raises_an_alert_an
 
 
 # -- two brokers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker_b(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    mqtt = MosquittoBroker(tmp_path / "mqtt-b")
-    mqtt.start()
-    try:
-        yield mqtt
-    finally:
-        mqtt.stop()
 
 
 async def test_with_two_brokers_each_heartbeat_counts_once_and_one_broker_lost_blinds_nobody(

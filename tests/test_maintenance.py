@@ -42,7 +42,8 @@ from agent.vmops import (
     exit_maintenance,
     migrate_vm,
 )
-from tests.maintenance_fakes import FakeApi, FakeClock, N, Recorder, as_api, cluster
+from tests.support.clock import FakeClock
+from tests.support.maintenance_fakes import FakeApi, N, Recorder, as_api, cluster, enter
 
 
 def vm(name: str, phase: str = "Running", node: str = N, target: str = "") -> VmRef:
@@ -384,15 +385,6 @@ def test_on_a_terminal_steps_are_redrawn_in_place_and_the_last_one_stays() -> No
 # ---- the commands against an in-memory API ---------------------------------------------------
 
 
-async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
-    rec = Recorder()
-    kw.setdefault("timeout", 30)
-    out = await enter_maintenance(
-        as_api(api), N, reporter=rec, poll=0, clock=FakeClock(), wall=lambda: 1700000000, **kw
-    )
-    return out.ok, list(out.lines), rec
-
-
 async def test_enter_marks_and_cordons_in_one_write_before_any_vm_moves() -> None:
     api = cluster()
     ok, lines, _ = await enter(api, vms_only=True)
@@ -502,7 +494,7 @@ async def test_migrate_follows_the_vm_to_its_new_node() -> None:
     rec = Recorder()
     out = await migrate_vm(
         as_api(api), "default", "vm-0", wait=True, timeout=10, reporter=rec, poll=0,
-        clock=FakeClock(), wall=lambda: 1700000000,
+        clock=FakeClock(step=0.1), wall=lambda: 1700000000,
     )  # fmt: skip
     assert out.ok and "from node-1 to node-2" in out.lines[0]
     assert "migrate-vm-0-1700000000" in rec.lines[0]
@@ -514,7 +506,7 @@ async def test_migrate_a_vm_that_cannot_move_exits_with_the_reason() -> None:
     api.unmovable = {"vm-0"}
     out = await migrate_vm(
         as_api(api), "default", "vm-0", wait=True, timeout=10, reporter=Recorder(), poll=0,
-        clock=FakeClock(),
+        clock=FakeClock(step=0.1),
     )  # fmt: skip
     assert not out.ok and "TargetUnschedulable: no room" in out.lines[0]
 

@@ -1,6 +1,6 @@
 """`nodefence maintenance` and `migrate` must never call a node safe while it is not (issue 21):
 each test here names the defect it guards against. They run against the in-memory API of
-`tests.maintenance_fakes`, whose controller and admission webhook behave as Deckhouse's."""
+`tests.support.maintenance_fakes`, whose controller and admission webhook behave as Deckhouse's."""
 
 from __future__ import annotations
 
@@ -10,17 +10,9 @@ import pytest
 
 from agent.cli import build_parser
 from agent.cluster import MAINTENANCE_LABEL, ClusterError
-from agent.vmops import VmopsError, enter_maintenance, exit_maintenance, migrate_vm
-from tests.maintenance_fakes import FakeApi, FakeClock, N, Recorder, as_api, cluster
-
-
-async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
-    rec = Recorder()
-    kw.setdefault("timeout", 30)
-    out = await enter_maintenance(
-        as_api(api), N, reporter=rec, poll=0, clock=FakeClock(), wall=lambda: 1700000000, **kw
-    )
-    return out.ok, list(out.lines), rec
+from agent.vmops import VmopsError, exit_maintenance, migrate_vm
+from tests.support.clock import FakeClock
+from tests.support.maintenance_fakes import FakeApi, N, Recorder, as_api, cluster, enter
 
 
 def on(api: FakeApi, vm: str) -> str:
@@ -121,14 +113,14 @@ async def test_enter_waits_for_another_operation_of_a_vm_rather_than_colliding()
 async def test_a_superseded_operation_is_final_for_migrate_wait() -> None:
     api = cluster(vms_on_node=1)
     api.supersede = {"vm-0"}
-    clock = FakeClock()
+    clock = FakeClock(step=0.1)
     out = await migrate_vm(
         as_api(api), "default", "vm-0", wait=True, timeout=300, reporter=Recorder(), poll=0,
         clock=clock, wall=lambda: 1700000000,
     )  # fmt: skip
     assert not out.ok
     assert "Superseded by stop-vm-0" in out.lines[0]
-    assert clock.t < 30  # it did not wait for the timeout
+    assert clock.now < 30  # it did not wait for the timeout
 
 
 # ---- 6: room for the VMs -------------------------------------------------------------------

@@ -23,6 +23,7 @@ from agent.mqtt_frames import (
 from agent.mqtt_ingest import IngestError, subscribe_stream
 from backends.spec import Secret
 from hwsim.broker import MosquittoBroker
+from tests.support.brokers import running_broker
 
 
 def publish_frame(topic: str, payload: bytes) -> bytes:
@@ -81,26 +82,18 @@ async def _collect(broker: BrokerConfig, want: int, timeout: float = 20) -> list
 
 
 async def test_every_message_published_arrives(tmp_path: Path) -> None:
-    broker = MosquittoBroker(tmp_path / "mqtt")
-    broker.start()
-    try:
+    with running_broker(tmp_path / "mqtt") as broker:
         got = await _collect(BrokerConfig(port=broker.port), 3000)
-    finally:
-        broker.stop()
     assert len(got) == 3000
 
 
 async def test_wrong_password_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
-    broker = MosquittoBroker(tmp_path / "mqtt", users={"leader": "right-pw"})
-    broker.start()
-    try:
+    with running_broker(tmp_path / "mqtt", users={"leader": "right-pw"}) as broker:
         bad = BrokerConfig(port=broker.port, username="leader", password=Secret("wrong-pw"))
         with pytest.raises(IngestError) as info:
             await subscribe_stream(bad, "x", ["t/+"], lambda t, p: None, lambda: None)
         good = BrokerConfig(port=broker.port, username="leader", password=Secret("right-pw"))
         got = await _collect(good, 10)
-    finally:
-        broker.stop()
     assert "bad user name or password" in str(info.value) or "not authorised" in str(info.value)
     assert "wrong-pw" not in str(info.value)
     assert len(got) == 10

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -19,8 +18,8 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cluster import HEALTH_ANNOTATION, ClusterApi, load_api_client
-from agent.config import AgentConfig, parse_config
+from agent.cluster import HEALTH_ANNOTATION
+from agent.config import AgentConfig
 from agent.detector import NodeVerdict
 from agent.heartbeat_auth import AuthMode, HeartbeatVerifier, node_key, sign
 from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic
@@ -48,9 +47,8 @@ from agent.probe_responder import Answering, answer_probes
 from agent.profiles import DEFAULT
 from hwsim.broker import MosquittoBroker
 from hwsim.kube import KubeApiServer
-from tests.test_leader_ingest import broker, cancel_and_wait, eventually, kube
-
-__all__ = ["broker", "kube"]  # fixtures used below
+from tests.support.leader import leader_config, running_leader
+from tests.support.wait import eventually
 
 CLUSTER = "probe-test"
 CLUSTER_KEY = b"p" * 16 + b"0123456789abcdef0123"
@@ -299,21 +297,12 @@ async def cluster(
         # Port 9 on loopback: nothing answers, as for a dead node.
         meta = {"name": name, "annotations": {HEALTH_ANNOTATION: "127.0.0.1:9"}}
         kube.store.create("nodes", {"metadata": meta})
-    kubeconfig = tmp_path / "kubeconfig"
-    kube.write_kubeconfig(kubeconfig)
-    keyfile = tmp_path / "heartbeat.key"
-    keyfile.write_bytes(CLUSTER_KEY)
-    doc = {
-        "cluster": CLUSTER,
-        "broker": {"port": broker.port, "reconnect_min": 0.05, "reconnect_max": 0.5},
-        "kubernetes": {"kubeconfig": str(kubeconfig)},
-        "auth": {"heartbeat_key_file": str(keyfile), "max_skew": 5},
-    }
-    cfg = parse_config(doc, path=tmp_path / "agent.yaml", env=dict(os.environ))
-    assert cfg.auth.mode == "required" and cfg.kube.kubeconfig is not None
-    side = LeaderSide(cfg, PROFILE, ClusterApi(load_api_client(cfg.kube.kubeconfig)), "leader")
-    task = asyncio.create_task(side.run())
-    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="peers") as client:
+    cfg = leader_config(CLUSTER, kube, broker, tmp_path, heartbeat_key=CLUSTER_KEY)
+    assert cfg.auth.mode == "required"
+    async with (
+        running_leader(cfg, PROFILE, "leader") as (side, _),
+        aiomqtt.Client("127.0.0.1", broker.port, identifier="peers") as client,
+    ):
 
         async def heartbeats() -> None:
             seq = 0
@@ -324,17 +313,13 @@ async def cluster(
                 seq += 1
                 await asyncio.sleep(0.3)  # the peers' heartbeat period, not a synchronisation
 
-        beating: asyncio.Task[None] | None = None
+        beating = asyncio.create_task(heartbeats())
         try:
-            await eventually("the leader subscribed", lambda: side.broker_up_since is not None)
-            beating = asyncio.create_task(heartbeats())
             yield Cluster(side, client, cfg)
         finally:
-            if beating is not None:
-                beating.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beating
-            await cancel_and_wait(side, task)
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
 
 
 def signed_beat(node: str, seq: int) -> bytes:

@@ -7,18 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cluster import ClusterApi, load_api_client
+from agent.cluster import ClusterApi
 from agent.fencing_operation import Operation, Phase
 from agent.heartbeat_codec import valid_name
 from agent.node_label import NODE_LABEL, node_label_value, valid_label_value
 from agent.records import from_record, record_name, to_record
 from agent.vm_migration import VMOP_NODE_LABEL, vmop_body
-from hwsim.kube import KubeApiServer
 from hwsim.kube.labels import value_problems
+from tests.support.kube import cluster_api_of, kube_server
 
 CRD = Path(__file__).resolve().parents[1] / "deploy" / "base" / "crd-fenceoperations.yaml"
 NAMESPACE = "nodefence"
@@ -29,15 +28,8 @@ assert len(LONGEST) == 253
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ClusterApi]:
-    server = KubeApiServer()
-    server.start_in_thread()
-    try:
-        server.store.create("customresourcedefinitions", yaml.safe_load(CRD.read_text()))
-        server.store.create("namespaces", {"metadata": {"name": NAMESPACE}})
-        server.write_kubeconfig(tmp_path / "kubeconfig")
-        yield ClusterApi(load_api_client(str(tmp_path / "kubeconfig")))
-    finally:
-        server.stop_thread()
+    with kube_server(crds=[CRD], namespaces=[NAMESPACE]) as server:
+        yield cluster_api_of(server, tmp_path)
 
 
 async def test_the_record_of_a_253_character_node_name_is_saved_and_found(api: ClusterApi) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import cast
 
 import pytest
 
 from agent.ingest import Listener
 from agent.standby import WarmListener, choose_standbys
-
-T = TypeVar("T")
+from tests.support.wait import eventually
 
 NODES = [f"node-{i}" for i in range(1, 8)]
 
@@ -54,17 +51,6 @@ def test_free_places_go_to_healthy_nodes_in_a_fixed_order_not_by_name() -> None:
     assert len(first) == 2 and "node-1" not in first
     many = {choose_standbys([], NODES, leader, 1)[0] for leader in NODES}
     assert len(many) > 1  # not always the same node
-
-
-async def eventually(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.005)
 
 
 class CountingListener:

@@ -13,17 +13,7 @@ from agent.topology import Attempt, PowerRequest, attempt_plan, combined_state
 from backends.base import CheckResult, PowerBackend, PowerState
 from backends.errors import BmcAuthFailed, BmcUnreachable, FenceError
 from backends.spec import DeviceSpec, DeviceTimeouts, IpmiDevice, Secret
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 @dataclass

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from agent.watchdog import FeedPolicy, SelfFenceFacts, self_fence_deadline, self
 from agent.watchdog_feeder import WatchdogDeviceError, WatchdogFeeder
 from agent.watchdog_marks import watch_marks
 from hwsim.watchdog import EmulatedWatchdog
+from tests.support.wait import eventually
 
 CLAIM = WatchdogClaim(timeout=10.0, cut_off=6.0, feed_interval=1.0)
 EMULATED: dict[str, bool] = {"read_timeout": False}  # the emulated device is a FIFO: no ioctls
@@ -135,21 +138,10 @@ async def test_the_mark_watcher_counts_empty_answers_as_contact_and_stops_on_a_r
 # -- the feeder against the emulated device ----------------------------------------------------
 
 
-async def _until(what: str, check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
-
-
 async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
     tmp_path: Path,
 ) -> None:
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.4, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
+    with emulated_device(tmp_path, 0.4) as (dev, fired):
         policy = FeedPolicy(cut_off=0.3)
         claim = WatchdogClaim(0.4, 0.3, 0.05)
         feeder = WatchdogFeeder(str(dev.path), policy, claim, **EMULATED)
@@ -158,22 +150,57 @@ async def test_the_feeder_arms_feeds_and_lets_the_device_fire_once_cut_off(
         await asyncio.sleep(0.2)
         assert not dev.armed and feeder.armed_claim() is None  # no contact yet: not armed
         policy.contact(time.monotonic())
-        await _until("armed", lambda: dev.armed and dev.feeds >= 2)
+        await eventually("armed", lambda: dev.armed and dev.feeds >= 2)
         assert feeder.armed_claim() == claim
         for _ in range(6):  # keep in contact for longer than timeout: no reset
             policy.contact(time.monotonic())
             await asyncio.sleep(0.1)
         assert not fired
         cut_at = time.monotonic()  # contact lost from here on
-        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert fired[0] - cut_at >= 0.4  # not before the device's own timeout
         assert "no broker or API server contact" in feeder.stop_reason
         assert feeder.armed_claim() is None  # heartbeats stop advertising it
         stop.set()
         await asyncio.wait_for(task, 2)
         assert dev.disarms == 0  # a node that decided to reset never disarms
+
+
+@contextmanager
+def emulated_device(
+    tmp_path: Path, timeout: float
+) -> Iterator[tuple[EmulatedWatchdog, list[float]]]:
+    """An emulated watchdog device of `timeout` s, and the times it fired; stopped after."""
+    fired: list[float] = []
+    dev = EmulatedWatchdog(tmp_path / "watchdog", timeout, lambda: fired.append(time.monotonic()))
+    dev.start()
+    try:
+        yield dev, fired
     finally:
         dev.stop()
+
+
+async def armed_then_stopped(feeder: WatchdogFeeder, dev: EmulatedWatchdog) -> None:
+    """Run `feeder` until it has armed `dev`, then stop it cleanly (within 2 s)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(feeder.run(stop))
+    await eventually("armed", lambda: dev.armed)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+
+async def fed_then_stopped(
+    dev: EmulatedWatchdog, announce: Callable[[], Awaitable[bool]]
+) -> WatchdogFeeder:
+    """A feeder of `dev` (0.3 s device timeout, 5 s cut-off, just in contact) that arms it,
+    then stops cleanly, telling the leader through `announce`."""
+    policy = FeedPolicy(cut_off=5.0)
+    policy.contact(time.monotonic())
+    feeder = WatchdogFeeder(
+        str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=announce, **EMULATED
+    )
+    await armed_then_stopped(feeder, dev)
+    return feeder
 
 
 async def _announced() -> bool:
@@ -185,25 +212,11 @@ async def _refused() -> bool:
 
 
 async def test_a_clean_stop_announced_to_the_leader_disarms_the_device(tmp_path: Path) -> None:
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
-        policy = FeedPolicy(cut_off=5.0)
-        policy.contact(time.monotonic())
-        feeder = WatchdogFeeder(
-            str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_announced, **EMULATED
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(feeder.run(stop))
-        await _until("armed", lambda: dev.armed)
-        stop.set()
-        await asyncio.wait_for(task, 2)
-        await _until("disarmed", lambda: not dev.armed)
+    with emulated_device(tmp_path, 0.3) as (dev, fired):
+        feeder = await fed_then_stopped(dev, announce=_announced)
+        await eventually("disarmed", lambda: not dev.armed)
         await asyncio.sleep(0.5)
         assert not fired and feeder.disarmed
-    finally:
-        dev.stop()
 
 
 async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed(
@@ -211,33 +224,16 @@ async def test_a_clean_stop_the_leader_cannot_learn_of_leaves_the_watchdog_armed
 ) -> None:
     # The leader would still count on this watchdog: disarming silently could make a machine
     # that is still on look self-fenced.
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.3, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
-        policy = FeedPolicy(cut_off=5.0)
-        policy.contact(time.monotonic())
-        feeder = WatchdogFeeder(
-            str(dev.path), policy, WatchdogClaim(0.3, 5.0, 0.05), announce=_refused, **EMULATED
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(feeder.run(stop))
-        await _until("armed", lambda: dev.armed)
-        stop.set()
-        await asyncio.wait_for(task, 2)
-        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+    with emulated_device(tmp_path, 0.3) as (dev, fired):
+        feeder = await fed_then_stopped(dev, announce=_refused)
+        await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
-    finally:
-        dev.stop()
 
 
 async def test_a_clean_stop_of_a_cut_off_node_never_disarms_its_watchdog(tmp_path: Path) -> None:
     # Cut off for longer than cut_off_after, stopped before a feeding tick noticed: it must
     # reset all the same (the leader counts on it), even if the stop is announced.
-    fired: list[float] = []
-    dev = EmulatedWatchdog(tmp_path / "watchdog", 0.5, lambda: fired.append(time.monotonic()))
-    dev.start()
-    try:
+    with emulated_device(tmp_path, 0.5) as (dev, fired):
         now = [100.0]
         policy = FeedPolicy(cut_off=2.0)
         policy.contact(100.0)
@@ -251,14 +247,12 @@ async def test_a_clean_stop_of_a_cut_off_node_never_disarms_its_watchdog(tmp_pat
         )
         stop = asyncio.Event()
         task = asyncio.create_task(feeder.run(stop))
-        await _until("armed", lambda: dev.armed)
+        await eventually("armed", lambda: dev.armed)
         now[0] = 102.5  # silent for longer than cut_off_after
         stop.set()
         await asyncio.wait_for(task, 2)
-        await _until("the watchdog fired", lambda: fired, timeout=3.0)
+        await eventually("the watchdog fired", lambda: fired, timeout=3.0)
         assert dev.disarms == 0 and not feeder.disarmed
-    finally:
-        dev.stop()
 
 
 def test_the_advertised_timeout_is_the_one_the_driver_applies(
@@ -301,7 +295,7 @@ async def test_a_device_without_watchdog_ioctls_is_refused_and_left_disarmed(
         feeder = WatchdogFeeder(str(dev.path), policy, CLAIM)  # timeout read from the device
         with pytest.raises(WatchdogDeviceError, match="cannot read the timeout"):
             feeder.tick()
-        await _until("disarmed again", lambda: dev.disarms >= 1 and not dev.armed)
+        await eventually("disarmed again", lambda: dev.disarms >= 1 and not dev.armed)
     finally:
         dev.stop()
 

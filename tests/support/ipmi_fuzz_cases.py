@@ -6,7 +6,7 @@ lingered in it, stalling other tests' IPMI sessions. The backend now runs pyghmi
 process per backend and kills it when a call is abandoned (backends/ipmi.py;
 tests/test_backend_ipmi.py shows other sessions are not stalled), so nothing lingers; the
 child pytest stays only because this module cannot be collected on its own name. Run it
-alone with `python -m pytest tests/ipmi_fuzz_cases.py`.
+alone with `python -m pytest tests/support/ipmi_fuzz_cases.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ from backends.base import PowerState
 from backends.errors import BmcProtocolError
 from hwsim.ipmi import IpmiTamper
 from hwsim.ipmi.packets import IpmiRequest, PayloadType, checksum
-from tests.test_fuzz_bmc import SOCKETS, Lab, call, close, ipmi_backend, lab, still_healthy
+from tests.test_fuzz_bmc import (
+    SOCKETS,
+    Lab,
+    call,
+    call_once,
+    close,
+    ipmi_backend,
+    lab,
+    still_healthy,
+)
 
 __all__ = ["lab"]  # the module's emulators, a fixture
 
@@ -121,17 +130,28 @@ def on_chassis(command: int) -> Callable[[IpmiRequest], bool]:
     return lambda r: (r.netfn, r.command) == (_NETFN_CHASSIS, command)
 
 
+def damage_answers(lab: Lab, damage: MessageDamage, command: int) -> list[tuple[bytes, bytes]]:
+    """From now on the BMC's answers to chassis `command` suffer `damage`; returns the list of
+    (answer, damaged answer) it fills as they go out."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    def mangle(request: IpmiRequest, message: bytes) -> bytes:
+        damaged = damage.apply(message)
+        seen.append((message, damaged))
+        return damaged
+
+    lab.reset()
+    lab.ipmi.tamper = IpmiTamper(message=mangle, applies=on_chassis(command))
+    return seen
+
+
 def test_ipmi_a_short_chassis_status_is_an_error_not_off(lab: Lab) -> None:
     lab.reset()
     damage = MessageDamage("data", b"\x00")
     lab.ipmi.tamper = IpmiTamper(
         message=lambda r, m: damage.apply(m), applies=on_chassis(_GET_STATUS)
     )
-    backend = ipmi_backend(lab)
-    try:
-        out = call(lab, backend, "power_state")
-    finally:
-        close(lab, backend)
+    out = call_once(lab, ipmi_backend(lab), "power_state")
     assert isinstance(out.error, BmcProtocolError) and "1 data byte" in out.error.message, out
 
 
@@ -141,11 +161,7 @@ def test_ipmi_an_off_with_a_bad_checksum_is_an_error_not_off(lab: Lab) -> None:
     lab.ipmi.tamper = IpmiTamper(
         message=lambda r, m: damage.apply(m), applies=on_chassis(_GET_STATUS)
     )
-    backend = ipmi_backend(lab)
-    try:
-        out = call(lab, backend, "power_state")
-    finally:
-        close(lab, backend)
+    out = call_once(lab, ipmi_backend(lab), "power_state")
     assert isinstance(out.error, BmcProtocolError) and "checksum" in out.error.message, out
 
 
@@ -154,20 +170,8 @@ def test_ipmi_an_off_with_a_bad_checksum_is_an_error_not_off(lab: Lab) -> None:
 def test_ipmi_status_reads_off_only_from_a_well_formed_off(
     lab: Lab, damage: MessageDamage, cipher: int
 ) -> None:
-    seen: list[tuple[bytes, bytes]] = []
-
-    def mangle(request: IpmiRequest, message: bytes) -> bytes:
-        damaged = damage.apply(message)
-        seen.append((message, damaged))
-        return damaged
-
-    lab.reset()
-    lab.ipmi.tamper = IpmiTamper(message=mangle, applies=on_chassis(_GET_STATUS))
-    backend = ipmi_backend(lab, cipher)
-    try:
-        out = call(lab, backend, "power_state")
-    finally:
-        close(lab, backend)
+    seen = damage_answers(lab, damage, _GET_STATUS)
+    out = call_once(lab, ipmi_backend(lab, cipher), "power_state")
     if not seen:  # the login itself missed its deadline (busy machine): nothing to judge
         assert out.error is not None
         return
@@ -183,20 +187,8 @@ def test_ipmi_status_reads_off_only_from_a_well_formed_off(
 def test_ipmi_power_off_succeeds_only_when_the_bmc_accepted(
     lab: Lab, damage: MessageDamage
 ) -> None:
-    seen: list[tuple[bytes, bytes]] = []
-
-    def mangle(request: IpmiRequest, message: bytes) -> bytes:
-        damaged = damage.apply(message)
-        seen.append((message, damaged))
-        return damaged
-
-    lab.reset()
-    lab.ipmi.tamper = IpmiTamper(message=mangle, applies=on_chassis(_CONTROL))
-    backend = ipmi_backend(lab)
-    try:
-        out = call(lab, backend, "power_off")
-    finally:
-        close(lab, backend)
+    seen = damage_answers(lab, damage, _CONTROL)
+    out = call_once(lab, ipmi_backend(lab), "power_off")
     if not seen:  # the login itself missed its deadline (busy machine): nothing to judge
         assert out.error is not None
         return

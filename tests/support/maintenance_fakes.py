@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError, LeaseInfo, NodeInfo
+from agent.vmops import enter_maintenance
+from tests.support.clock import FakeClock
 
 N = "node-1"
 VM_LABEL = "vm.kubevirt.internal.virtualization.deckhouse.io/name"
@@ -373,17 +375,6 @@ class Recorder:
         pass
 
 
-class FakeClock:
-    """A clock that advances a little at every look."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        self.t += 0.1
-        return self.t
-
-
 def cluster(vms_on_node: int = 3) -> FakeApi:
     """node-1 with `vms_on_node` VMs, node-2 with one, node-3 empty."""
     api = FakeApi()
@@ -397,3 +388,20 @@ def cluster(vms_on_node: int = 3) -> FakeApi:
 
 def as_api(fake: FakeApi) -> ClusterApi:
     return cast(ClusterApi, fake)
+
+
+async def enter(api: FakeApi, **kw: Any) -> tuple[bool, list[str], Recorder]:
+    """`enter_maintenance` of node-1 on `api` (a clock that moves, 30 s unless `timeout` is
+    given): (ok, the lines it printed, what it reported)."""
+    rec = Recorder()
+    kw.setdefault("timeout", 30)
+    out = await enter_maintenance(
+        as_api(api),
+        N,
+        reporter=rec,
+        poll=0,
+        clock=FakeClock(step=0.1),
+        wall=lambda: 1700000000,
+        **kw,
+    )
+    return out.ok, list(out.lines), rec

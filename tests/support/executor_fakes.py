@@ -1,16 +1,23 @@
-"""In-memory stand-ins for the fence executor's edges (the Kubernetes API and BMC backends),
-for unit tests of the executor's ordering rules. Each records what it was asked, in order, in
-one shared `calls` list so tests can assert what happened before what."""
+"""In-memory stand-ins for the fence executor's edges (the Kubernetes API, BMC backends and the
+leader's callbacks), for unit tests of the executor's ordering rules, and the world they build
+(`world`, `make`): node w1 with one VM and an IPMI device. Each records what it was asked, in
+order, in one shared `calls` list so tests can assert what happened before what."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from agent.cluster import ClusterError, NodeInfo, PodInfo
+import yaml
+
+from agent.cluster import ClusterApi, ClusterError, NodeInfo, PodInfo
 from agent.cluster_release import AttachmentInfo, pod_infos
+from agent.fence_executor import FenceExecutor
+from agent.fencing import Timing
+from agent.inventory import parse_inventory
 from backends.base import PowerBackend, PowerState
 from backends.errors import BmcUnreachable
 from backends.spec import DeviceSpec
@@ -234,3 +241,99 @@ def factory(machine: FakeMachine) -> Any:
         return FakeBackend(machine)
 
     return build
+
+
+N = "w1"
+
+
+INVENTORY = """
+nodes:
+  w1:
+    levels:
+      - devices:
+          - {type: ipmi, name: ipmi, address: 127.0.0.1, port: 9, username: a, password_env: PW}
+"""
+
+
+TIMING = Timing(retry_base=0.05, retry_max=0.1, recovery_timeout=0.5)
+
+
+VMS = [
+    {
+        "metadata": {"namespace": "prod", "name": "a"},
+        "spec": {"runPolicy": "AlwaysOn"},
+        "status": {"phase": "Running", "nodeName": N},
+    }
+]
+
+
+class Leader:
+    """The leader-side callbacks the executor asks: Lease checks and life since a moment."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.heartbeat_at: float | None = None  # leader clock of the node's last heartbeat
+        self.heartbeat_after_save = False  # a heartbeat arrives while PowerOffSending is stored
+        self.lease_failures = 0
+        self.leader = True
+
+    async def confirm(self) -> None:
+        self.calls.append("confirm_leader")
+        if self.lease_failures:
+            self.lease_failures -= 1
+            raise RuntimeError("lease renewal timed out")
+        if not self.leader:
+            raise RuntimeError("not the leader")
+
+    def alive_since(self, node: str, since: float, *, certain: bool = False) -> str | None:
+        self.calls.append("alive_check")
+        if self.heartbeat_after_save and any(c.startswith("save Fencing+sent") for c in self.calls):
+            return "heartbeat received 0.0 s ago"
+        if self.heartbeat_at is not None and self.heartbeat_at >= since:
+            return "heartbeat received 0.1 s ago"
+        return None
+
+
+def make(
+    tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader, **kw: Any
+) -> FenceExecutor:
+    inventory = parse_inventory(
+        yaml.safe_load(INVENTORY), path=tmp_path / "inv.yaml", env={"PW": "pw"}
+    )
+    return FenceExecutor(
+        cast(ClusterApi, api),
+        "nodefence",
+        kw.pop("identity", "leader-a_1"),
+        inventory=lambda: inventory,
+        confirm_leader=leader.confirm,
+        alive_since=leader.alive_since,
+        in_maintenance=lambda node: False,
+        timing=TIMING,
+        check_interval=0.01,
+        reconcile_interval=0.05,
+        backend_factory=factory(machine),
+        **kw,
+    )
+
+
+def submitted(tmp_path: Path, api: FakeApi, machine: FakeMachine, leader: Leader) -> FenceExecutor:
+    """An executor (`make`) given node-1 (uid-1) to fence, declared dead at 10.0."""
+    ex = make(tmp_path, api, machine, leader)
+    ex.submit(N, decided_at=10.0, uid="uid-1")
+    return ex
+
+
+def world() -> tuple[FakeApi, FakeMachine, Leader]:
+    api = FakeApi()
+    api.nodes[N] = FakeNode("uid-1")
+    api.vms = [dict(v) for v in VMS]
+    return api, FakeMachine(api.calls), Leader(api.calls)
+
+
+def record(api: FakeApi) -> dict[str, Any]:
+    [rec] = api.records.values()
+    return rec
+
+
+async def settle(executor: FenceExecutor, timeout: float = 5.0) -> None:
+    await asyncio.wait_for(executor.wait_idle(), timeout)
