@@ -15,7 +15,7 @@ from typing import TextIO
 import aiomqtt
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from agent.cli_options import config_option
+from agent.cli_options import config_option, output_option
 from agent.config import AgentConfig, BrokerConfig, ConfigError, load_config
 from agent.heartbeat_codec import valid_name
 from agent.inventory import InventoryError, load_inventory
@@ -255,5 +255,5 @@ def add_status_arguments(status: argparse.ArgumentParser) -> None:
         " gone, or no view at all), 2 on bad input."
     )
     config_option(status)
-    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    output_option(status)
     status.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a view")

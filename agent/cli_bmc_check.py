@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_inventory import device_address, load_or_say
-from agent.cli_options import inventory_option
+from agent.cli_options import inventory_option, output_option
 from agent.inventory import Inventory
 from backends.errors import FenceError
 from backends.registry import build_backend
@@ -128,4 +128,4 @@ def add_bmc_arguments(bmc: argparse.ArgumentParser) -> None:
     )
     check.add_argument("nodes", nargs="*", help="only these nodes (default: all)")
     inventory_option(check)
-    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    output_option(check)

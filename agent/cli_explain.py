@@ -17,7 +17,7 @@ import sys
 from typing import Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from agent.cli_options import kubeconfig_option, records_namespace_option
+from agent.cli_options import kubeconfig_option, output_option, records_namespace_option
 from agent.cluster import ClusterError
 from agent.fence_outcome import vm_summary, vms_from_record
 
@@ -211,5 +211,5 @@ def add_explain_arguments(explain: argparse.ArgumentParser) -> None:
     )
     explain.add_argument("target", metavar="NODE|OPERATION", help="node name or operation")
     records_namespace_option(explain)
-    explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    output_option(explain)
     kubeconfig_option(explain)

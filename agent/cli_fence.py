@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from agent.cli_inventory import device_address, load_or_say
-from agent.cli_options import inventory_option, kubeconfig_option, records_namespace_option
+from agent.cli_options import (
+    inventory_option,
+    kubeconfig_option,
+    output_option,
+    records_namespace_option,
+)
 from agent.cluster import ClusterApi, ClusterError
 from agent.fence_advice import NodeFacts, warnings, what_dies
 from agent.inventory import Inventory, NodeInventory
@@ -394,7 +399,7 @@ def add_fence_arguments(fence: argparse.ArgumentParser) -> None:
         help="validate, show the plan and read the current power state; change nothing",
     )
     fence.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    fence.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    output_option(fence)
     fence.add_argument(
         "--no-record",
         action="store_true",

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from agent.cli_exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from agent.cli_kube import kube_api
-from agent.cli_options import kubeconfig_option, records_namespace_option
+from agent.cli_options import kubeconfig_option, output_option, records_namespace_option
 from agent.cluster import ClusterError
 from agent.fence_outcome import longest_outage, vm_summary, vms_from_record
 
@@ -148,5 +148,5 @@ def add_history_arguments(history: argparse.ArgumentParser) -> None:
     )
     history.add_argument("node", nargs="?", help="only this node's fences")
     records_namespace_option(history)
-    history.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    output_option(history)
     kubeconfig_option(history)

@@ -50,3 +50,8 @@ def records_namespace_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-n", "--namespace", default="nodefence", help="where the records live (nodefence)"
     )
+
+
+def output_option(parser: argparse.ArgumentParser) -> None:
+    """`-o/--output text|json`."""
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
