@@ -387,3 +387,15 @@ def test_a_thousand_seeds_break_no_invariant() -> None:
         f"{len(failing)} seeds break invariants; replay one with"
         f" `nodefence-hwsim simulate --replay SEED -v`: {dict(list(failing.items())[:20])}"
     )
+
+
+@pytest.mark.parametrize("seed", [900862, 902030, 902369])
+def test_a_leader_that_takes_its_own_lease_again_carries_on_the_power_off_it_committed(
+    seed: int,
+) -> None:
+    # The leader declared the node dead and stored powerOffSent, then a pause cost it the
+    # Lease before the request went out; it took its own Lease again (same acquisition, so
+    # the same Lease term) and, as a new leader side, sent the power-off the record had
+    # committed to. The harness took the Lease acquisition as the term whose crossing exempts
+    # the walk but the leader side as the term whose declarations count: the two disagreed.
+    assert _details(seed, "wrong-fence", "without having declared") == []

@@ -65,7 +65,8 @@ class Candidate:
         self.last_lease_write: float | None = None  # virtual time of its last accepted write
         self.acquired_at: float | None = None  # when it last took the Lease from another
         self.pauses: list[tuple[float, float]] = []  # (from, to) virtual times
-        self.term_start: float | None = None  # when its current LeaderSide appeared
+        self.term_start: float | None = None  # the Lease acquisition its LeaderSide rests on
+        self.side_start: float | None = None  # when its current LeaderSide appeared
         self.seen_leader: LeaderSide | None = None
         self.ids = 0
         self.api = SimClusterApi(world.api, world.rng, reachable=lambda: not self.api_cut)

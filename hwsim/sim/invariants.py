@@ -10,12 +10,12 @@ Safety, checked as it happens:
   work reached it after that reset).
 - `wrong-fence`: leader L sends the first power-off of an operation (the requests of the first
   instant a power-off goes out for it, unless the operation was already past the point of no
-  return when L took it over) to node n, and L did not declare n dead in its
-  current term (`LeaderSide.stats.decisions`), or a heartbeat of n was accepted by L's ingest
-  after that declaration (a heartbeat still in flight does not count), or n has carried the
-  maintenance label for more than `MAINTENANCE_GRACE` seconds, or fencing was paused (the
-  leader Lease's pause annotation) before L's last accepted Lease write: a write accepted
-  after the pause was set rests on a read that saw it.
+  return when L's current leader side took it over, by L's own earlier side too) to node n, and
+  L did not declare n dead in its current leader side (`LeaderSide.stats.decisions`), or a heartbeat
+  of n was accepted by L's ingest after that declaration (a heartbeat still in flight does not
+  count), or n has carried the maintenance label for more than `MAINTENANCE_GRACE` seconds, or
+  fencing was paused (the leader Lease's pause annotation) before L's last accepted Lease write: a
+  write accepted after the pause was set rests on a read that saw it.
 - `two-leaders`: a process sends an irreversible request (power-off, taint, Node deletion)
   while its leadership is not current: its last accepted Lease write is more than
   renew_deadline of its *running* time ago, or another process acquired the Lease after it -
@@ -89,7 +89,8 @@ class Invariants(ApiListener):
         self.violations: list[Violation] = []
         self._by_proc: dict[SimProcess, Candidate] = {}
         self._terms: dict[str, _Term] = {}  # by process name
-        self._crossed: dict[str, tuple[str, float | None]] = {}  # record -> (process, term)
+        # record -> (process, leader side) that stored its powerOffSent first
+        self._crossed: dict[str, tuple[str, float | None]] = {}
         self._record_terms: dict[str, tuple[float, str]] = {}  # record -> newest writer term
         self._lease_by: dict[str, float] = {}  # holder -> last accepted Lease write
         self._first_off: dict[str, float] = {}  # record -> when its first power-off went out
@@ -124,6 +125,7 @@ class Invariants(ApiListener):
             acquired = cand.acquired_at
             now = self.world.loop.time()
             cand.term_start = (acquired if acquired is not None else now) if leader else None
+            cand.side_start = now if leader else None
             term.start = cand.term_start
             term.decisions = 0
             term.declared = {}
@@ -177,8 +179,11 @@ class Invariants(ApiListener):
         if first < w.loop.time():
             return  # a later request of a walk past the point of no return: the design
         crossed = self._crossed.get(name)
-        if crossed is not None and crossed != (cand.proc.name, cand.term_start):
-            return  # past the point of no return before this term: carrying on is the design
+        if crossed is not None and crossed != (cand.proc.name, cand.side_start):
+            # Past the point of no return before this leader side: carrying on is the design.
+            # Compared by leader side, not Lease term: a leader that takes its own Lease again
+            # keeps its term but starts a new side, whose declarations start empty.
+            return
         declared = self._terms[cand.proc.name].declared or {}
         heard = declared.get(node)
         m = w.machines[node]
@@ -274,7 +279,7 @@ class Invariants(ApiListener):
         self.world.faults.record_written(cand, status)
         term = self._term_at(cand, issued)
         if status.get("powerOffSent") and name not in self._crossed:
-            self._crossed[name] = (cand.proc.name, term)
+            self._crossed[name] = (cand.proc.name, cand.side_start)
         if term is None:
             return
         newest = self._record_terms.get(name)
