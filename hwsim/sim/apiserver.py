@@ -8,7 +8,9 @@ renewal; a write, so watches see it). Requests are applied by `hwsim.sim.api.Sim
 when they land; the harness (kubelets, operators, the VM controller) changes objects directly.
 Every write is also an event for the watches (`hwsim.sim.watches`), and objects are listed and
 watched as the API's JSON, which the real code turns into its values (`agent.kube_json`).
-`ApiListener` tells the invariants about every write that matters.
+A stored object is never changed in place: a write stores a new one (the watch history keeps
+the old), and every answer is a copy of its own. `ApiListener` tells the invariants about
+every write that matters.
 """
 
 from __future__ import annotations
@@ -244,25 +246,23 @@ class ApiServer:
             body = items.get(name)
             if body is not None:
                 rv = self._bump()
-                body["metadata"]["resourceVersion"] = str(rv)
-                self.watches.record(RECORDS, "MODIFIED", copy_json(body), rv)
+                items[name] = body = _with_version(body, rv)
+                self.watches.record(RECORDS, "MODIFIED", body, rv)
                 return True
         return False
 
     def create_vm(self, key: str, body: dict[str, Any]) -> None:
-        """The VM controller's VirtualMachine is created."""
+        """The VM controller's VirtualMachine is created (`body` becomes the server's)."""
         rv = self._bump()
-        body["metadata"]["resourceVersion"] = str(rv)
-        self.vms[key] = body
-        self.watches.record(VMS, "ADDED", copy_json(body), rv)
+        self.vms[key] = body = _with_version(body, rv)
+        self.watches.record(VMS, "ADDED", body, rv)
 
     def set_vm(self, key: str, phase: str, node: str | None) -> None:
         """The VM controller updates a VirtualMachine's status."""
-        vm = self.vms[key]
-        vm["status"] = {"phase": phase, "nodeName": node}
         rv = self._bump()
-        vm["metadata"]["resourceVersion"] = str(rv)
-        self.watches.record(VMS, "MODIFIED", copy_json(vm), rv)
+        vm = {**self.vms[key], "status": {"phase": phase, "nodeName": node}}
+        self.vms[key] = vm = _with_version(vm, rv)
+        self.watches.record(VMS, "MODIFIED", vm, rv)
 
     # -- the requests ClusterApi makes, applied when they land ---------------------------------
 
@@ -402,6 +402,8 @@ class ApiServer:
     def save_record(
         self, proc: SimProcess | None, issued: float, namespace: str, body: dict[str, Any]
     ) -> dict[str, Any]:
+        """Create or update a FenceOperation; `body` becomes the server's (the caller hands
+        over a copy of its own); the answer is a copy for the caller."""
         meta = body.get("metadata") or {}
         name = meta.get("name")
         if not isinstance(name, str) or not name:
@@ -423,15 +425,12 @@ class ApiServer:
                 raise ClusterError(f"update fence operation {name}: 409 Conflict", 409)
         elif current is not None:
             raise ClusterError(f"create fence operation {name}: 409 AlreadyExists", 409)
-        stored = copy_json(body)
-        stored["metadata"]["resourceVersion"] = str(self._bump())
+        rv = self._bump()
+        stored = _with_version(body, rv)
         if current is None:
             self.record_created[name] = self.loop.time()
         items[name] = stored
-        created = "ADDED" if current is None else "MODIFIED"
-        self.watches.record(
-            RECORDS, created, copy_json(stored), int(stored["metadata"]["resourceVersion"])
-        )
+        self.watches.record(RECORDS, "ADDED" if current is None else "MODIFIED", stored, rv)
         self.listener.record_written(proc, issued, name, stored)
         answer: dict[str, Any] = copy_json(stored)
         return answer
@@ -484,6 +483,12 @@ class ApiServer:
             self.trace.event("lease", f"holder {before or '-'} -> {holder or '-'}")
         self.listener.lease_written(proc, holder, before)
         return lease.info()
+
+
+def _with_version(obj: dict[str, Any], rv: int) -> dict[str, Any]:
+    """`obj` at resourceVersion `rv`: a new top level and metadata, the rest shared. Objects
+    the server stores are never changed in place (the watch history holds them)."""
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(rv)}}
 
 
 def _who(proc: SimProcess | None) -> str:

@@ -74,14 +74,24 @@ def matches(c: Collection, obj: Obj) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass
 class SimChange:
-    """One applied write."""
+    """One applied write. `obj` is the server's object as written, never changed afterwards
+    (every write stores a new one)."""
 
     rv: int
     resource: str
     type: str  # ADDED, MODIFIED, DELETED
     obj: Obj
+    _delivered: Obj | None = None
+
+    def delivered(self) -> Obj:
+        """The object the watches get: one copy of `obj`, made at the first delivery and
+        shared by every watch that gets this change (the informers only read what they
+        receive, `agent.informer.Cache`; the server's own object stays out of their reach)."""
+        if self._delivered is None:
+            self._delivered = copy_json(self.obj)
+        return self._delivered
 
 
 class SimWatch:
@@ -199,7 +209,8 @@ class WatchHub:
         return latency
 
     def record(self, resource: str, kind: str, obj: Obj, rv: int) -> None:
-        """A write was applied: keep it, and send it to every watch it concerns."""
+        """A write was applied: keep it, and send it to every watch it concerns. `obj` is
+        kept as it is: the caller never changes it afterwards."""
         change = SimChange(rv, resource, kind, obj)
         self.rv = max(self.rv, rv)
         self.history.append(change)
@@ -207,7 +218,7 @@ class WatchHub:
             self.compacted = self.history.popleft().rv
         for w in list(self.watches):
             if resource_of(w.collection) == resource and matches(w.collection, obj):
-                w.send({"type": kind, "object": copy_json(obj)}, self._latency(w.proc))
+                w.send({"type": kind, "object": change.delivered()}, self._latency(w.proc))
 
     def open(
         self,
@@ -233,7 +244,7 @@ class WatchHub:
         resource = resource_of(c)
         for change in self.history:
             if change.rv > since and change.resource == resource and matches(c, change.obj):
-                w.send({"type": change.type, "object": copy_json(change.obj)}, self._latency(proc))
+                w.send({"type": change.type, "object": change.delivered()}, self._latency(proc))
         return w
 
     def _bookmark(self) -> None:
