@@ -34,12 +34,17 @@ HISTORY = 400  # changes retained, like etcd between compactions
 BOOKMARKS = 10.0  # seconds between the bookmarks each watch gets (a real server: about 60)
 
 
+_CONTAINERS = (dict, list)
+
+
 def copy_json(obj: Any) -> Any:
-    """A deep copy of a JSON-like value (what a real client gets: its own objects)."""
+    """A deep copy of a JSON-like value (what a real client gets: its own objects): dicts and
+    lists are copied (as dicts and lists), anything else is shared."""
+    # Only containers recurse: a call per leaf value was most of the cost.
     if isinstance(obj, dict):
-        return {k: copy_json(v) for k, v in obj.items()}
+        return {k: copy_json(v) if isinstance(v, _CONTAINERS) else v for k, v in obj.items()}
     if isinstance(obj, list):
-        return [copy_json(v) for v in obj]
+        return [copy_json(v) if isinstance(v, _CONTAINERS) else v for v in obj]
     return obj
 
 
