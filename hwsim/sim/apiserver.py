@@ -36,7 +36,7 @@ from agent.cluster_watch import Collection, Page
 from agent.kube_json import node_info
 from hwsim.sim.trace import Trace
 from hwsim.sim.vloop import SimProcess, VirtualLoop
-from hwsim.sim.watches import WatchHub, copy_json, matches, resource_of
+from hwsim.sim.watches import ClientCopies, WatchHub, matches, resource_of
 
 NODES = "/nodes"
 LEASES = "coordination.k8s.io/leases"
@@ -146,6 +146,7 @@ class ApiServer:
         self.maintenance_since: dict[str, float] = {}  # node -> labelled since (virtual time)
         self.paused_since: float | None = None  # the leader Lease carries a pause since then
         self.listener = ApiListener()
+        self.copies = ClientCopies()  # what clients get of VMs and records
         self._uids = 0
         self._node_infos: dict[str, tuple[int, NodeInfo]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}  # node -> its Lease's grace ending
@@ -242,12 +243,13 @@ class ApiServer:
 
     def touch_record(self, name: str) -> bool:
         """Someone else (an operator, another controller) updates a record: a new rv."""
-        for items in self.records.values():
+        for namespace, items in self.records.items():
             body = items.get(name)
             if body is not None:
                 rv = self._bump()
                 items[name] = body = _with_version(body, rv)
-                self.watches.record(RECORDS, "MODIFIED", body, rv)
+                copy = self._record_copy(namespace, name, body)
+                self.watches.record(RECORDS, "MODIFIED", body, rv, copy)
                 return True
         return False
 
@@ -255,14 +257,14 @@ class ApiServer:
         """The VM controller's VirtualMachine is created (`body` becomes the server's)."""
         rv = self._bump()
         self.vms[key] = body = _with_version(body, rv)
-        self.watches.record(VMS, "ADDED", body, rv)
+        self.watches.record(VMS, "ADDED", body, rv, self.copies.of(f"{VMS}/{key}", body))
 
     def set_vm(self, key: str, phase: str, node: str | None) -> None:
         """The VM controller updates a VirtualMachine's status."""
         rv = self._bump()
         vm = {**self.vms[key], "status": {"phase": phase, "nodeName": node}}
         self.vms[key] = vm = _with_version(vm, rv)
-        self.watches.record(VMS, "MODIFIED", vm, rv)
+        self.watches.record(VMS, "MODIFIED", vm, rv, self.copies.of(f"{VMS}/{key}", vm))
 
     # -- the requests ClusterApi makes, applied when they land ---------------------------------
 
@@ -310,9 +312,9 @@ class ApiServer:
         elif resource == LEASES and c.namespace == NODE_LEASE_NAMESPACE:
             items = [lease_json(lease) for lease in self.kubelet_leases.values()]
         elif resource == VMS:
-            items = [copy_json(vm) for vm in self.vms.values()]
+            items = self.list_vms()
         elif resource == RECORDS and c.namespace is not None:
-            items = [copy_json(r) for r in self.records.get(c.namespace, {}).values()]
+            items = self.list_records(c.namespace, None)
         else:
             items = []  # nothing else is simulated (pods, VolumeAttachments)
         return Page([o for o in items if matches(c, o)], str(self.rv))
@@ -382,7 +384,7 @@ class ApiServer:
         self.listener.node_cleaned(proc, "delete", node)
 
     def list_vms(self) -> list[dict[str, Any]]:
-        return [copy_json(vm) for vm in self.vms.values()]
+        return [self.copies.of(f"{VMS}/{key}", vm) for key, vm in self.vms.items()]
 
     def served_groups(self) -> dict[str, tuple[str, ...]]:
         return {
@@ -392,10 +394,10 @@ class ApiServer:
         }
 
     def list_records(self, namespace: str, node: str | None) -> list[dict[str, Any]]:
-        items = self.records.get(namespace, {}).values()
+        items = self.records.get(namespace, {}).items()
         return [
-            copy_json(r)
-            for r in items
+            self._record_copy(namespace, name, r)
+            for name, r in items
             if node is None or r["metadata"].get("labels", {}).get("nodefence.io/node") == node
         ]
 
@@ -430,10 +432,14 @@ class ApiServer:
         if current is None:
             self.record_created[name] = self.loop.time()
         items[name] = stored
-        self.watches.record(RECORDS, "ADDED" if current is None else "MODIFIED", stored, rv)
+        answer = self._record_copy(namespace, name, stored)
+        self.watches.record(RECORDS, "ADDED" if current is None else "MODIFIED", stored, rv, answer)
         self.listener.record_written(proc, issued, name, stored)
-        answer: dict[str, Any] = copy_json(stored)
         return answer
+
+    def _record_copy(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        copy: dict[str, Any] = self.copies.of(f"{RECORDS}/{namespace}/{name}", body)
+        return copy
 
     def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         if namespace == NODE_LEASE_NAMESPACE:

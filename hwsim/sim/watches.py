@@ -91,12 +91,30 @@ class SimChange:
     _delivered: Obj | None = None
 
     def delivered(self) -> Obj:
-        """The object the watches get: one copy of `obj`, made at the first delivery and
-        shared by every watch that gets this change (the informers only read what they
-        receive, `agent.informer.Cache`; the server's own object stays out of their reach)."""
+        """The object the watches get: one copy of `obj` (made at the first delivery unless
+        the server gave one), shared by every watch that gets this change (the informers only
+        read what they receive, `agent.informer.Cache`; the server's own object stays out of
+        their reach)."""
         if self._delivered is None:
             self._delivered = copy_json(self.obj)
         return self._delivered
+
+
+class ClientCopies:
+    """The copy the clients get of each stored object: made once per version of the object
+    and shared by every answer, list and watch event that carries that version (the real code
+    only reads what the API gives it), so the server's own objects stay out of its reach."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[Obj, Obj]] = {}  # key -> (stored object, its copy)
+
+    def of(self, key: str, obj: Obj) -> Obj:
+        """The clients' copy of `obj`, the object stored under `key` now."""
+        held = self._by_key.get(key)
+        if held is None or held[0] is not obj:
+            held = (obj, copy_json(obj))
+            self._by_key[key] = held
+        return held[1]
 
 
 class SimWatch:
@@ -213,10 +231,13 @@ class WatchHub:
             latency += self.rng.random() * extra
         return latency
 
-    def record(self, resource: str, kind: str, obj: Obj, rv: int) -> None:
+    def record(
+        self, resource: str, kind: str, obj: Obj, rv: int, delivered: Obj | None = None
+    ) -> None:
         """A write was applied: keep it, and send it to every watch it concerns. `obj` is
-        kept as it is: the caller never changes it afterwards."""
-        change = SimChange(rv, resource, kind, obj)
+        kept as it is: the caller never changes it afterwards; `delivered`, if given, is the
+        copy of it the watches get (`ClientCopies`)."""
+        change = SimChange(rv, resource, kind, obj, delivered)
         self.rv = max(self.rv, rv)
         self.history.append(change)
         while len(self.history) > HISTORY:
