@@ -23,7 +23,9 @@ import contextvars
 import enum
 import heapq
 import itertools
+import logging
 from asyncio import format_helpers
+from asyncio.log import logger
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
@@ -147,15 +149,32 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self._steps_at_now = 0
         self.after_step: Callable[[SimProcess], None] | None = None
         self.harness = contextvars.copy_context()  # PROCESS is None here
-        self.set_task_factory(self._new_task)
 
-    def _new_task(
+    def create_task(  # type: ignore[override]
         self,
-        loop: asyncio.AbstractEventLoop,
         coro: Coroutine[Any, Any, T] | Generator[Any, None, T],
-        **kwargs: Any,
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
     ) -> SimTask:
-        return SimTask(coro, loop=self, **kwargs)
+        """A `SimTask` of `coro` (as asyncio's create_task with a task factory)."""
+        if self._closed:  # type: ignore[attr-defined]
+            raise RuntimeError("Event loop is closed")
+        task = (
+            SimTask(coro, loop=self)
+            if context is None
+            else SimTask(coro, loop=self, context=context)
+        )
+        if name is not None:
+            task.set_name(name)
+        return task
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """asyncio's, unless its logger would drop the message anyway (a run silences the
+        `asyncio` logger: every run ends with tasks destroyed while pending), so the message
+        is not built for nobody."""
+        if logger.isEnabledFor(logging.ERROR):
+            super().default_exception_handler(context)
 
     def time(self) -> float:
         """The virtual time in seconds since the loop started."""
