@@ -9,8 +9,8 @@ Every callback (a task step, a timer, a delivered message) runs in a `contextvar
 `PROCESS` variable in it names the simulated process it belongs to (None for the harness
 itself). A paused process's callbacks are parked and run, in their original order, when it
 resumes (what SIGSTOP or a long GC pause does); a killed process's callbacks never run again.
-`after_step(process)` is called after every callback of a process, so invariants that watch a
-process's state are checked after each of its steps.
+A process's `after_step`, when set, is called after every one of its callbacks, so invariants
+that watch a process's state are checked after each of its steps.
 
 Tasks hash by creation order instead of memory address, so sets of tasks (asyncio's TaskGroup
 cancels its children by iterating one) are walked in the same order in every run.
@@ -44,10 +44,11 @@ class ProcState(enum.Enum):
 class SimProcess:
     """A simulated OS process: a name, a state and the callbacks parked while paused."""
 
-    __slots__ = ("context", "name", "parked", "paused_at", "paused_total", "state")
+    __slots__ = ("after_step", "context", "name", "parked", "paused_at", "paused_total", "state")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.after_step: Callable[[], None] | None = None  # called after each of its callbacks
         self.state = ProcState.RUNNING
         self.parked: list[asyncio.Handle] = []
         self.paused_at: float | None = None
@@ -147,7 +148,6 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self._timer_seq = itertools.count()
         self.steps = 0
         self._steps_at_now = 0
-        self.after_step: Callable[[SimProcess], None] | None = None
         self.harness = contextvars.copy_context()  # PROCESS is None here
 
     def create_task(  # type: ignore[override]
@@ -296,7 +296,6 @@ class VirtualLoop(asyncio.BaseEventLoop):
                 timer._scheduled = False
                 if not timer._cancelled:
                     ready.append(timer)
-            after = self.after_step
             n = len(ready)
             self.steps += n
             self._steps_at_now += n
@@ -317,8 +316,10 @@ class VirtualLoop(asyncio.BaseEventLoop):
                     raise
                 except BaseException as exc:
                     self._callback_failed(handle, exc)
-                if proc is not None and after is not None:
-                    after(proc)
+                if proc is not None:
+                    after = proc.after_step
+                    if after is not None:
+                        after()
             if self._stopping:  # type: ignore[attr-defined]
                 return
 
