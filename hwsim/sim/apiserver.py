@@ -9,8 +9,9 @@ when they land; the harness (kubelets, operators, the VM controller) changes obj
 Every write is also an event for the watches (`hwsim.sim.watches`), and objects are listed and
 watched as the API's JSON, which the real code turns into its values (`agent.kube_json`).
 A stored object is never changed in place: a write stores a new one (the watch history keeps
-the old), and every answer is a copy of its own. `ApiListener` tells the invariants about
-every write that matters.
+the old), and clients get a copy of it (one per version, `hwsim.sim.watches.ClientCopies`).
+Its objects and their JSON are `hwsim.sim.api_objects`; `ApiListener` tells the invariants
+about every write that matters.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.cluster import (
-    HEALTH_ANNOTATION,
     MAINTENANCE_LABEL,
     NODE_LEASE_NAMESPACE,
     VM_GROUP,
@@ -31,100 +30,27 @@ from agent.cluster import (
     LeaseInfo,
     NodeInfo,
 )
-from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY
 from agent.cluster_watch import Collection, Page
 from agent.kube_json import node_info
+from hwsim.sim.api_objects import (
+    LEASES,
+    NODES,
+    RECORDS,
+    VMS,
+    ApiListener,
+    LeaseObject,
+    NodeObject,
+    lease_json,
+    node_json,
+    virtual_wall,
+    with_version,
+)
 from hwsim.sim.trace import Trace
 from hwsim.sim.vloop import SimProcess, VirtualLoop
 from hwsim.sim.watches import ClientCopies, WatchHub, matches, resource_of
 
-NODES = "/nodes"
-LEASES = "coordination.k8s.io/leases"
-VMS = "virtualization.deckhouse.io/virtualmachines"
-RECORDS = "nodefence.io/fenceoperations"
-
-EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # virtual time 0 on the API server's clock
 NODE_MONITOR_GRACE = 40.0
 MAX_LABEL_VALUE = 63
-
-
-def virtual_wall(seconds: float) -> dt.datetime:
-    """The API server's wall clock at virtual time `seconds`."""
-    return EPOCH + dt.timedelta(seconds=seconds)
-
-
-@dataclass
-class NodeObject:
-    """A Node as the server stores it."""
-
-    name: str
-    uid: str
-    resource_version: int
-    created_at: float
-    internal_ip: str
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    tainted: bool = False  # node.kubernetes.io/out-of-service
-    fenced_by: str = ""  # nodefence.io/fenced-by: the operation that tainted it
-    unschedulable: bool = False
-    ready: bool | None = None  # the Ready condition (None: Unknown), as the lifecycle sets it
-
-
-@dataclass
-class LeaseObject:
-    """A coordination.k8s.io/v1 Lease as the server stores it."""
-
-    name: str
-    namespace: str
-    resource_version: int
-    holder: str | None = None
-    renew_time: dt.datetime | None = None
-    acquire_time: dt.datetime | None = None
-    duration: int | None = None
-    transitions: int = 0
-    renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
-    standbys: tuple[str, ...] = ()  # the leader's named warm standbys (an annotation)
-    paused: str = ""  # the pause annotation (agent.pause)
-    _info: LeaseInfo | None = None
-
-    def info(self) -> LeaseInfo:
-        """As `ClusterApi` returns it (one object per resourceVersion)."""
-        cached = self._info
-        if cached is not None and cached.resource_version == str(self.resource_version):
-            return cached
-        self._info = LeaseInfo(
-            self.name,
-            self.namespace,
-            self.holder,
-            self.renew_time,
-            self.acquire_time,
-            self.duration,
-            self.transitions,
-            str(self.resource_version),
-            standbys=self.standbys,
-            paused=self.paused,
-        )
-        return self._info
-
-
-class ApiListener:
-    """What the harness wants to know about writes (all no-ops here)."""
-
-    def record_written(
-        self, proc: SimProcess | None, issued: float, name: str, body: dict[str, Any]
-    ) -> None:
-        """A FenceOperation write (sent at virtual time `issued`) was accepted."""
-
-    def step_issued(self, proc: SimProcess | None, verb: str, node: str) -> None:
-        """A process sends an irreversible request about a Node (taint, delete)."""
-
-    def node_cleaned(self, proc: SimProcess | None, verb: str, node: NodeObject) -> None:
-        """The out-of-service taint was put on a Node (`taint`) or it was deleted (`delete`)."""
-
-    def lease_written(
-        self, proc: SimProcess | None, holder: str | None, before: str | None
-    ) -> None:
-        """The leader Lease was written (`before`: the holder it replaced)."""
 
 
 class ApiServer:
@@ -158,7 +84,7 @@ class ApiServer:
     def _node_written(self, node: NodeObject, kind: str = "MODIFIED") -> None:
         """A write of `node`: a new resourceVersion, and an event for the watches."""
         node.resource_version = self._bump()
-        self.watches.record(NODES, kind, self.node_json(node), node.resource_version)
+        self.watches.record(NODES, kind, node_json(node), node.resource_version)
 
     # -- what the harness does directly (kubelets, operators, controllers) --------------------
 
@@ -247,7 +173,7 @@ class ApiServer:
             body = items.get(name)
             if body is not None:
                 rv = self._bump()
-                items[name] = body = _with_version(body, rv)
+                items[name] = body = with_version(body, rv)
                 copy = self._record_copy(namespace, name, body)
                 self.watches.record(RECORDS, "MODIFIED", body, rv, copy)
                 return True
@@ -256,50 +182,24 @@ class ApiServer:
     def create_vm(self, key: str, body: dict[str, Any]) -> None:
         """The VM controller's VirtualMachine is created (`body` becomes the server's)."""
         rv = self._bump()
-        self.vms[key] = body = _with_version(body, rv)
+        self.vms[key] = body = with_version(body, rv)
         self.watches.record(VMS, "ADDED", body, rv, self.copies.of(f"{VMS}/{key}", body))
 
     def set_vm(self, key: str, phase: str, node: str | None) -> None:
         """The VM controller updates a VirtualMachine's status."""
         rv = self._bump()
         vm = {**self.vms[key], "status": {"phase": phase, "nodeName": node}}
-        self.vms[key] = vm = _with_version(vm, rv)
+        self.vms[key] = vm = with_version(vm, rv)
         self.watches.record(VMS, "MODIFIED", vm, rv, self.copies.of(f"{VMS}/{key}", vm))
 
     # -- the requests ClusterApi makes, applied when they land ---------------------------------
-
-    def node_json(self, node: NodeObject) -> dict[str, Any]:
-        """A Node as the API's JSON: what the kubelet and nodefence's writes made of it."""
-        ready = {True: "True", False: "False", None: "Unknown"}[node.ready]
-        annotations = {**node.annotations, HEALTH_ANNOTATION: f"{node.internal_ip}:9440"}
-        if node.fenced_by:
-            annotations[FENCED_ANNOTATION] = node.fenced_by
-        taints = [{"key": OUT_OF_SERVICE_KEY, "effect": "NoExecute"}] if node.tainted else []
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": node.name,
-                "uid": node.uid,
-                "resourceVersion": str(node.resource_version),
-                "labels": dict(node.labels),
-                "annotations": annotations,
-            },
-            # The out-of-service taint is no cordon.
-            "spec": {"unschedulable": node.unschedulable, "taints": taints},
-            "status": {
-                "addresses": [{"type": "InternalIP", "address": node.internal_ip}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "conditions": [{"type": "Ready", "status": ready}],
-            },
-        }
 
     def node_info(self, node: NodeObject) -> NodeInfo:
         """A Node as `ClusterApi` returns it (cached per resourceVersion)."""
         cached = self._node_infos.get(node.name)
         if cached is not None and cached[0] == node.resource_version:
             return cached[1]
-        info = node_info(self.node_json(node))
+        info = node_info(node_json(node))
         self._node_infos[node.name] = (node.resource_version, info)
         return info
 
@@ -308,7 +208,7 @@ class ApiServer:
         resource = resource_of(c)
         items: list[dict[str, Any]]
         if resource == NODES:
-            items = [self.node_json(n) for n in self.nodes.values()]
+            items = [node_json(n) for n in self.nodes.values()]
         elif resource == LEASES and c.namespace == NODE_LEASE_NAMESPACE:
             items = [lease_json(lease) for lease in self.kubelet_leases.values()]
         elif resource == VMS:
@@ -372,7 +272,7 @@ class ApiServer:
         del self.nodes[name]
         self._node_infos.pop(name, None)
         node.resource_version = self._bump()
-        self.watches.record(NODES, "DELETED", self.node_json(node), node.resource_version)
+        self.watches.record(NODES, "DELETED", node_json(node), node.resource_version)
         lease = self.kubelet_leases.pop(name, None)  # garbage-collected with its Node
         if lease is not None:
             lease.resource_version = self._bump()
@@ -428,7 +328,7 @@ class ApiServer:
         elif current is not None:
             raise ClusterError(f"create fence operation {name}: 409 AlreadyExists", 409)
         rv = self._bump()
-        stored = _with_version(body, rv)
+        stored = with_version(body, rv)
         if current is None:
             self.record_created[name] = self.loop.time()
         items[name] = stored
@@ -491,30 +391,5 @@ class ApiServer:
         return lease.info()
 
 
-def _with_version(obj: dict[str, Any], rv: int) -> dict[str, Any]:
-    """`obj` at resourceVersion `rv`: a new top level and metadata, the rest shared. Objects
-    the server stores are never changed in place (the watch history holds them)."""
-    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(rv)}}
-
-
 def _who(proc: SimProcess | None) -> str:
     return proc.name if proc is not None else "harness"
-
-
-def lease_json(lease: LeaseObject) -> dict[str, Any]:
-    """A Lease as the API's JSON."""
-    renew = lease.renew_time.isoformat() if lease.renew_time is not None else None
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": lease.name,
-            "namespace": lease.namespace,
-            "resourceVersion": str(lease.resource_version),
-        },
-        "spec": {
-            "holderIdentity": lease.holder,
-            "renewTime": renew,
-            "leaseDurationSeconds": lease.duration,
-        },
-    }

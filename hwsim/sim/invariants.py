@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from agent.heartbeat_codec import node_from_topic
 from agent.leader_broker import OnMessage
 from agent.records import record_name
-from hwsim.sim.apiserver import ApiListener, NodeObject
+from hwsim.sim.api_objects import ApiListener, NodeObject
 from hwsim.sim.vloop import SimProcess
 
 if TYPE_CHECKING:
