@@ -255,7 +255,11 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
         obj["mac"] = hb.mac
     if hb.hmac is not None:
         obj["hmac"] = hb.hmac
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
+
+
+# One encoder for all heartbeats: json.dumps with options builds a new one on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _no_constants(name: str) -> Any:

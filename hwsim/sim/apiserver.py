@@ -8,7 +8,10 @@ renewal; a write, so watches see it). Requests are applied by `hwsim.sim.api.Sim
 when they land; the harness (kubelets, operators, the VM controller) changes objects directly.
 Every write is also an event for the watches (`hwsim.sim.watches`), and objects are listed and
 watched as the API's JSON, which the real code turns into its values (`agent.kube_json`).
-`ApiListener` tells the invariants about every write that matters.
+A stored object is never changed in place: a write stores a new one (the watch history keeps
+the old), and clients get a copy of it (one per version, `hwsim.sim.watches.ClientCopies`).
+Its objects and their JSON are `hwsim.sim.api_objects`; `ApiListener` tells the invariants
+about every write that matters.
 """
 
 from __future__ import annotations
@@ -16,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.cluster import (
-    HEALTH_ANNOTATION,
     MAINTENANCE_LABEL,
     NODE_LEASE_NAMESPACE,
     VM_GROUP,
@@ -29,100 +30,27 @@ from agent.cluster import (
     LeaseInfo,
     NodeInfo,
 )
-from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY
 from agent.cluster_watch import Collection, Page
 from agent.kube_json import node_info
+from hwsim.sim.api_objects import (
+    LEASES,
+    NODES,
+    RECORDS,
+    VMS,
+    ApiListener,
+    LeaseObject,
+    NodeObject,
+    lease_json,
+    node_json,
+    virtual_wall,
+    with_version,
+)
 from hwsim.sim.trace import Trace
 from hwsim.sim.vloop import SimProcess, VirtualLoop
-from hwsim.sim.watches import WatchHub, copy_json, matches, resource_of
+from hwsim.sim.watches import ClientCopies, WatchHub, matches, resource_of
 
-NODES = "/nodes"
-LEASES = "coordination.k8s.io/leases"
-VMS = "virtualization.deckhouse.io/virtualmachines"
-RECORDS = "nodefence.io/fenceoperations"
-
-EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # virtual time 0 on the API server's clock
 NODE_MONITOR_GRACE = 40.0
 MAX_LABEL_VALUE = 63
-
-
-def virtual_wall(seconds: float) -> dt.datetime:
-    """The API server's wall clock at virtual time `seconds`."""
-    return EPOCH + dt.timedelta(seconds=seconds)
-
-
-@dataclass
-class NodeObject:
-    """A Node as the server stores it."""
-
-    name: str
-    uid: str
-    resource_version: int
-    created_at: float
-    internal_ip: str
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    tainted: bool = False  # node.kubernetes.io/out-of-service
-    fenced_by: str = ""  # nodefence.io/fenced-by: the operation that tainted it
-    unschedulable: bool = False
-    ready: bool | None = None  # the Ready condition (None: Unknown), as the lifecycle sets it
-
-
-@dataclass
-class LeaseObject:
-    """A coordination.k8s.io/v1 Lease as the server stores it."""
-
-    name: str
-    namespace: str
-    resource_version: int
-    holder: str | None = None
-    renew_time: dt.datetime | None = None
-    acquire_time: dt.datetime | None = None
-    duration: int | None = None
-    transitions: int = 0
-    renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
-    standbys: tuple[str, ...] = ()  # the leader's named warm standbys (an annotation)
-    paused: str = ""  # the pause annotation (agent.pause)
-    _info: LeaseInfo | None = None
-
-    def info(self) -> LeaseInfo:
-        """As `ClusterApi` returns it (one object per resourceVersion)."""
-        cached = self._info
-        if cached is not None and cached.resource_version == str(self.resource_version):
-            return cached
-        self._info = LeaseInfo(
-            self.name,
-            self.namespace,
-            self.holder,
-            self.renew_time,
-            self.acquire_time,
-            self.duration,
-            self.transitions,
-            str(self.resource_version),
-            standbys=self.standbys,
-            paused=self.paused,
-        )
-        return self._info
-
-
-class ApiListener:
-    """What the harness wants to know about writes (all no-ops here)."""
-
-    def record_written(
-        self, proc: SimProcess | None, issued: float, name: str, body: dict[str, Any]
-    ) -> None:
-        """A FenceOperation write (sent at virtual time `issued`) was accepted."""
-
-    def step_issued(self, proc: SimProcess | None, verb: str, node: str) -> None:
-        """A process sends an irreversible request about a Node (taint, delete)."""
-
-    def node_cleaned(self, proc: SimProcess | None, verb: str, node: NodeObject) -> None:
-        """The out-of-service taint was put on a Node (`taint`) or it was deleted (`delete`)."""
-
-    def lease_written(
-        self, proc: SimProcess | None, holder: str | None, before: str | None
-    ) -> None:
-        """The leader Lease was written (`before`: the holder it replaced)."""
 
 
 class ApiServer:
@@ -144,6 +72,7 @@ class ApiServer:
         self.maintenance_since: dict[str, float] = {}  # node -> labelled since (virtual time)
         self.paused_since: float | None = None  # the leader Lease carries a pause since then
         self.listener = ApiListener()
+        self.copies = ClientCopies()  # what clients get of VMs and records
         self._uids = 0
         self._node_infos: dict[str, tuple[int, NodeInfo]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}  # node -> its Lease's grace ending
@@ -155,7 +84,7 @@ class ApiServer:
     def _node_written(self, node: NodeObject, kind: str = "MODIFIED") -> None:
         """A write of `node`: a new resourceVersion, and an event for the watches."""
         node.resource_version = self._bump()
-        self.watches.record(NODES, kind, self.node_json(node), node.resource_version)
+        self.watches.record(NODES, kind, node_json(node), node.resource_version)
 
     # -- what the harness does directly (kubelets, operators, controllers) --------------------
 
@@ -240,64 +169,37 @@ class ApiServer:
 
     def touch_record(self, name: str) -> bool:
         """Someone else (an operator, another controller) updates a record: a new rv."""
-        for items in self.records.values():
+        for namespace, items in self.records.items():
             body = items.get(name)
             if body is not None:
                 rv = self._bump()
-                body["metadata"]["resourceVersion"] = str(rv)
-                self.watches.record(RECORDS, "MODIFIED", copy_json(body), rv)
+                items[name] = body = with_version(body, rv)
+                copy = self._record_copy(namespace, name, body)
+                self.watches.record(RECORDS, "MODIFIED", body, rv, copy)
                 return True
         return False
 
     def create_vm(self, key: str, body: dict[str, Any]) -> None:
-        """The VM controller's VirtualMachine is created."""
+        """The VM controller's VirtualMachine is created (`body` becomes the server's)."""
         rv = self._bump()
-        body["metadata"]["resourceVersion"] = str(rv)
-        self.vms[key] = body
-        self.watches.record(VMS, "ADDED", copy_json(body), rv)
+        self.vms[key] = body = with_version(body, rv)
+        self.watches.record(VMS, "ADDED", body, rv, self.copies.of(f"{VMS}/{key}", body))
 
     def set_vm(self, key: str, phase: str, node: str | None) -> None:
         """The VM controller updates a VirtualMachine's status."""
-        vm = self.vms[key]
-        vm["status"] = {"phase": phase, "nodeName": node}
         rv = self._bump()
-        vm["metadata"]["resourceVersion"] = str(rv)
-        self.watches.record(VMS, "MODIFIED", copy_json(vm), rv)
+        vm = {**self.vms[key], "status": {"phase": phase, "nodeName": node}}
+        self.vms[key] = vm = with_version(vm, rv)
+        self.watches.record(VMS, "MODIFIED", vm, rv, self.copies.of(f"{VMS}/{key}", vm))
 
     # -- the requests ClusterApi makes, applied when they land ---------------------------------
-
-    def node_json(self, node: NodeObject) -> dict[str, Any]:
-        """A Node as the API's JSON: what the kubelet and nodefence's writes made of it."""
-        ready = {True: "True", False: "False", None: "Unknown"}[node.ready]
-        annotations = {**node.annotations, HEALTH_ANNOTATION: f"{node.internal_ip}:9440"}
-        if node.fenced_by:
-            annotations[FENCED_ANNOTATION] = node.fenced_by
-        taints = [{"key": OUT_OF_SERVICE_KEY, "effect": "NoExecute"}] if node.tainted else []
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": node.name,
-                "uid": node.uid,
-                "resourceVersion": str(node.resource_version),
-                "labels": dict(node.labels),
-                "annotations": annotations,
-            },
-            # The out-of-service taint is no cordon.
-            "spec": {"unschedulable": node.unschedulable, "taints": taints},
-            "status": {
-                "addresses": [{"type": "InternalIP", "address": node.internal_ip}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "conditions": [{"type": "Ready", "status": ready}],
-            },
-        }
 
     def node_info(self, node: NodeObject) -> NodeInfo:
         """A Node as `ClusterApi` returns it (cached per resourceVersion)."""
         cached = self._node_infos.get(node.name)
         if cached is not None and cached[0] == node.resource_version:
             return cached[1]
-        info = node_info(self.node_json(node))
+        info = node_info(node_json(node))
         self._node_infos[node.name] = (node.resource_version, info)
         return info
 
@@ -306,13 +208,13 @@ class ApiServer:
         resource = resource_of(c)
         items: list[dict[str, Any]]
         if resource == NODES:
-            items = [self.node_json(n) for n in self.nodes.values()]
+            items = [node_json(n) for n in self.nodes.values()]
         elif resource == LEASES and c.namespace == NODE_LEASE_NAMESPACE:
             items = [lease_json(lease) for lease in self.kubelet_leases.values()]
         elif resource == VMS:
-            items = [copy_json(vm) for vm in self.vms.values()]
+            items = self.list_vms()
         elif resource == RECORDS and c.namespace is not None:
-            items = [copy_json(r) for r in self.records.get(c.namespace, {}).values()]
+            items = self.list_records(c.namespace, None)
         else:
             items = []  # nothing else is simulated (pods, VolumeAttachments)
         return Page([o for o in items if matches(c, o)], str(self.rv))
@@ -370,7 +272,7 @@ class ApiServer:
         del self.nodes[name]
         self._node_infos.pop(name, None)
         node.resource_version = self._bump()
-        self.watches.record(NODES, "DELETED", self.node_json(node), node.resource_version)
+        self.watches.record(NODES, "DELETED", node_json(node), node.resource_version)
         lease = self.kubelet_leases.pop(name, None)  # garbage-collected with its Node
         if lease is not None:
             lease.resource_version = self._bump()
@@ -382,7 +284,7 @@ class ApiServer:
         self.listener.node_cleaned(proc, "delete", node)
 
     def list_vms(self) -> list[dict[str, Any]]:
-        return [copy_json(vm) for vm in self.vms.values()]
+        return [self.copies.of(f"{VMS}/{key}", vm) for key, vm in self.vms.items()]
 
     def served_groups(self) -> dict[str, tuple[str, ...]]:
         return {
@@ -392,16 +294,18 @@ class ApiServer:
         }
 
     def list_records(self, namespace: str, node: str | None) -> list[dict[str, Any]]:
-        items = self.records.get(namespace, {}).values()
+        items = self.records.get(namespace, {}).items()
         return [
-            copy_json(r)
-            for r in items
+            self._record_copy(namespace, name, r)
+            for name, r in items
             if node is None or r["metadata"].get("labels", {}).get("nodefence.io/node") == node
         ]
 
     def save_record(
         self, proc: SimProcess | None, issued: float, namespace: str, body: dict[str, Any]
     ) -> dict[str, Any]:
+        """Create or update a FenceOperation; `body` becomes the server's (the caller hands
+        over a copy of its own); the answer is a copy for the caller."""
         meta = body.get("metadata") or {}
         name = meta.get("name")
         if not isinstance(name, str) or not name:
@@ -423,18 +327,19 @@ class ApiServer:
                 raise ClusterError(f"update fence operation {name}: 409 Conflict", 409)
         elif current is not None:
             raise ClusterError(f"create fence operation {name}: 409 AlreadyExists", 409)
-        stored = copy_json(body)
-        stored["metadata"]["resourceVersion"] = str(self._bump())
+        rv = self._bump()
+        stored = with_version(body, rv)
         if current is None:
             self.record_created[name] = self.loop.time()
         items[name] = stored
-        created = "ADDED" if current is None else "MODIFIED"
-        self.watches.record(
-            RECORDS, created, copy_json(stored), int(stored["metadata"]["resourceVersion"])
-        )
+        answer = self._record_copy(namespace, name, stored)
+        self.watches.record(RECORDS, "ADDED" if current is None else "MODIFIED", stored, rv, answer)
         self.listener.record_written(proc, issued, name, stored)
-        answer: dict[str, Any] = copy_json(stored)
         return answer
+
+    def _record_copy(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        copy: dict[str, Any] = self.copies.of(f"{RECORDS}/{namespace}/{name}", body)
+        return copy
 
     def get_lease(self, namespace: str, name: str) -> LeaseInfo | None:
         if namespace == NODE_LEASE_NAMESPACE:
@@ -488,22 +393,3 @@ class ApiServer:
 
 def _who(proc: SimProcess | None) -> str:
     return proc.name if proc is not None else "harness"
-
-
-def lease_json(lease: LeaseObject) -> dict[str, Any]:
-    """A Lease as the API's JSON."""
-    renew = lease.renew_time.isoformat() if lease.renew_time is not None else None
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": lease.name,
-            "namespace": lease.namespace,
-            "resourceVersion": str(lease.resource_version),
-        },
-        "spec": {
-            "holderIdentity": lease.holder,
-            "renewTime": renew,
-            "leaseDurationSeconds": lease.duration,
-        },
-    }

@@ -82,6 +82,8 @@ class SimBroker:
         self.clients: dict[str, BrokerClient] = {}
         self.retained: dict[str, bytes] = {}
         self._subs: list[Subscription] = []
+        # topic -> the active subscriptions matching it, in subscription order (kept up to
+        # date on every subscribe and drop, so a topic is matched against the filters once)
         self._routes: dict[str, list[Subscription]] = {}
         self.down_until = 0.0
         self.chaos = DeliveryChaos()
@@ -115,7 +117,8 @@ class SimBroker:
             sub.active = False
         if client.subscriptions:
             self._subs = [s for s in self._subs if s.active]
-            self._routes.clear()
+            for topic, subs in self._routes.items():
+                self._routes[topic] = [s for s in subs if s.active]
         client.subscriptions = []
         if self.clients.get(client.name) is client:
             del self.clients[client.name]
@@ -141,7 +144,10 @@ class SimBroker:
         sub = Subscription(client, filt, deliver, context)
         client.subscriptions.append(sub)
         self._subs.append(sub)
-        self._routes.clear()
+        # The newest subscription comes last in every route, as in `_subs`.
+        for topic, subs in self._routes.items():
+            if topic_matches(filt, topic):
+                subs.append(sub)
         for topic, payload in list(self.retained.items()):
             if topic_matches(filt, topic):
                 self._schedule(sub, topic, payload)

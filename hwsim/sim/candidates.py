@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 from agent.inventory import Inventory
 from agent.leader import LeaderSide
-from agent.node_keys import Keyring, public_of
+from agent.node_keys import Keyring
 from agent.runner import LeaderCandidate, leader_candidate
 from backends.base import PowerBackend
 from backends.spec import DeviceSpec
 from hwsim.sim.api import SimClusterApi
 from hwsim.sim.bmc import SimPowerBackend
 from hwsim.sim.broker import SimLeaderBroker
-from hwsim.sim.settings import fencer_key, node_private_key
+from hwsim.sim.settings import fencer_key, node_public_key
 from hwsim.sim.vloop import ProcState, SimProcess, spawn
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class Candidate:
         self.keyring = (
             Keyring(
                 [fencer_key()],
-                pins={m: public_of(node_private_key(m)) for m in world.machines},
+                pins={m: node_public_key(m) for m in world.machines},
             )
             if world.settings.signed
             else None

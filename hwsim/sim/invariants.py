@@ -32,13 +32,14 @@ Liveness, checked when the faults have stopped (`hwsim.sim.runner`): `not-fenced
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.heartbeat_codec import node_from_topic
 from agent.leader_broker import OnMessage
 from agent.records import record_name
-from hwsim.sim.apiserver import ApiListener, NodeObject
+from hwsim.sim.api_objects import ApiListener, NodeObject
 from hwsim.sim.vloop import SimProcess
 
 if TYPE_CHECKING:
@@ -105,19 +106,18 @@ class Invariants(ApiListener):
         self.world.trace.event("VIOLATION", f"{invariant} {node}: {detail}")
 
     def track(self, cand: Candidate) -> None:
-        """A new candidate process."""
+        """A new candidate process: watched after each of its steps."""
         self._by_proc[cand.proc] = cand
-        self._terms[cand.proc.name] = _Term()
+        term = self._terms[cand.proc.name] = _Term()
+        cand.proc.after_step = functools.partial(self.after_step, cand, term)
 
     # -- after every step ----------------------------------------------------------------------
 
-    def after_step(self, proc: SimProcess) -> None:
-        """After a step of `proc`: did it start or end a leadership term, declare a node dead?"""
-        cand = self._by_proc.get(proc)
-        if cand is None:
-            return
+    def after_step(self, cand: Candidate, term: _Term) -> None:
+        """After a step of `cand` (its current `term`): did it start or end a leadership term,
+        declare a node dead?"""
+        proc = cand.proc
         leader = cand.lc.leader
-        term = self._terms[proc.name]
         if leader is not cand.seen_leader:
             cand.seen_leader = leader
             # A term starts with the Lease acquisition it rests on, which may be long before

@@ -124,7 +124,6 @@ def run_seed(
 
 def _play(world: World, s: SimSettings) -> RunResult:
     loop = world.loop
-    loop.after_step = world.invariants.after_step
     quiet_at = s.warmup + s.fault_phase
     state: dict[str, Any] = {"settled": False, "storm": False, "expected": set()}
 

@@ -9,6 +9,7 @@ only stretch a run (fence retries, recovery timeout, power_timeout, watchdog).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -31,16 +32,28 @@ CLUSTER = "sim"
 NAMESPACE = "nodefence"
 
 
+# The keys are made once per process: they are the same in every run, and every process
+# started in a run asks for them again.
+
+
+@functools.cache
 def fencer_key() -> X25519PrivateKey:
     """The candidates' fencer key in signed runs (test-only, the same in every run)."""
     return private_key(hashlib.sha256(b"nodefence simulation fencer key").digest())
 
 
+@functools.cache
 def node_private_key(node: str) -> X25519PrivateKey:
     """`node`'s own key in signed runs: fixed per name, so a seed stays one exact run (the
     key is on the machine's disk: a restarted agent signs with the same one, and the candidates
     start with every node's key pinned, as fencers that have run for a while)."""
     return private_key(hashlib.sha256(f"nodefence simulation node key {node}".encode()).digest())
+
+
+@functools.cache
+def node_public_key(node: str) -> bytes:
+    """The public key of `node_private_key(node)` (what the fencers pin)."""
+    return public_of(node_private_key(node))
 
 
 TOPOLOGIES = ("ipmi", "ipmi+redfish", "redfish", "pdu-pair")

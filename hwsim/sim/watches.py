@@ -34,12 +34,17 @@ HISTORY = 400  # changes retained, like etcd between compactions
 BOOKMARKS = 10.0  # seconds between the bookmarks each watch gets (a real server: about 60)
 
 
+_CONTAINERS = (dict, list)
+
+
 def copy_json(obj: Any) -> Any:
-    """A deep copy of a JSON-like value (what a real client gets: its own objects)."""
+    """A deep copy of a JSON-like value (what a real client gets: its own objects): dicts and
+    lists are copied (as dicts and lists), anything else is shared."""
+    # Only containers recurse: a call per leaf value was most of the cost.
     if isinstance(obj, dict):
-        return {k: copy_json(v) for k, v in obj.items()}
+        return {k: copy_json(v) if isinstance(v, _CONTAINERS) else v for k, v in obj.items()}
     if isinstance(obj, list):
-        return [copy_json(v) for v in obj]
+        return [copy_json(v) if isinstance(v, _CONTAINERS) else v for v in obj]
     return obj
 
 
@@ -74,14 +79,42 @@ def matches(c: Collection, obj: Obj) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass
 class SimChange:
-    """One applied write."""
+    """One applied write. `obj` is the server's object as written, never changed afterwards
+    (every write stores a new one)."""
 
     rv: int
     resource: str
     type: str  # ADDED, MODIFIED, DELETED
     obj: Obj
+    _delivered: Obj | None = None
+
+    def delivered(self) -> Obj:
+        """The object the watches get: one copy of `obj` (made at the first delivery unless
+        the server gave one), shared by every watch that gets this change (the informers only
+        read what they receive, `agent.informer.Cache`; the server's own object stays out of
+        their reach)."""
+        if self._delivered is None:
+            self._delivered = copy_json(self.obj)
+        return self._delivered
+
+
+class ClientCopies:
+    """The copy the clients get of each stored object: made once per version of the object
+    and shared by every answer, list and watch event that carries that version (the real code
+    only reads what the API gives it), so the server's own objects stay out of its reach."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[Obj, Obj]] = {}  # key -> (stored object, its copy)
+
+    def of(self, key: str, obj: Obj) -> Obj:
+        """The clients' copy of `obj`, the object stored under `key` now."""
+        held = self._by_key.get(key)
+        if held is None or held[0] is not obj:
+            held = (obj, copy_json(obj))
+            self._by_key[key] = held
+        return held[1]
 
 
 class SimWatch:
@@ -198,16 +231,20 @@ class WatchHub:
             latency += self.rng.random() * extra
         return latency
 
-    def record(self, resource: str, kind: str, obj: Obj, rv: int) -> None:
-        """A write was applied: keep it, and send it to every watch it concerns."""
-        change = SimChange(rv, resource, kind, obj)
+    def record(
+        self, resource: str, kind: str, obj: Obj, rv: int, delivered: Obj | None = None
+    ) -> None:
+        """A write was applied: keep it, and send it to every watch it concerns. `obj` is
+        kept as it is: the caller never changes it afterwards; `delivered`, if given, is the
+        copy of it the watches get (`ClientCopies`)."""
+        change = SimChange(rv, resource, kind, obj, delivered)
         self.rv = max(self.rv, rv)
         self.history.append(change)
         while len(self.history) > HISTORY:
             self.compacted = self.history.popleft().rv
         for w in list(self.watches):
             if resource_of(w.collection) == resource and matches(w.collection, obj):
-                w.send({"type": kind, "object": copy_json(obj)}, self._latency(w.proc))
+                w.send({"type": kind, "object": change.delivered()}, self._latency(w.proc))
 
     def open(
         self,
@@ -233,7 +270,7 @@ class WatchHub:
         resource = resource_of(c)
         for change in self.history:
             if change.rv > since and change.resource == resource and matches(c, change.obj):
-                w.send({"type": change.type, "object": copy_json(change.obj)}, self._latency(proc))
+                w.send({"type": change.type, "object": change.delivered()}, self._latency(proc))
         return w
 
     def _bookmark(self) -> None:
