@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -33,6 +32,7 @@ from hwsim.ipmi import IpmiBmc
 from hwsim.loop_thread import LoopThread
 from hwsim.machine import SimMachine
 from hwsim.redfish import RawAnswer, RedfishBmc
+from tests.conftest import REPO
 
 T = TypeVar("T")
 USER, PASSWORD = "admin", "fuzz-Pa55"
@@ -446,10 +446,10 @@ def test_redfish_an_ambiguous_off_is_an_error(lab: Lab, body: bytes) -> None:
 
 def test_the_ipmi_cases_in_their_own_process() -> None:
     """tests/support/ipmi_fuzz_cases.py in a child pytest (see its docstring for why)."""
-    cases = Path(__file__).parent / "support" / "ipmi_fuzz_cases.py"
+    cases = REPO / "tests" / "support" / "ipmi_fuzz_cases.py"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
-        cwd=cases.parents[2],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
