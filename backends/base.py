@@ -6,7 +6,7 @@ import abc
 import enum
 from dataclasses import dataclass
 
-from backends.errors import BmcAuthFailed, BmcUnreachable, FenceError
+from nodefence.backends.errors import BmcAuthFailed, BmcUnreachable, FenceError
 
 
 class PowerState(enum.Enum):
@@ -21,7 +21,7 @@ class PowerState(enum.Enum):
 class CheckResult:
     """What `check()` learned about a device: reachable, credentials accepted, power, reset.
 
-    `reason` is the failing error's reason (`backends.errors`), "" when nothing failed.
+    `reason` is the failing error's reason (`nodefence.backends.errors`), "" when nothing failed.
     """
 
     reachable: bool
@@ -46,9 +46,9 @@ def failed_check(err: FenceError, authenticated: bool) -> CheckResult:
 class PowerBackend(abc.ABC):
     """Power control of one node through one BMC channel.
 
-    Every method is bounded by the device's timeout and raises a `backends.errors.FenceError`
-    subclass on failure. `power_off`/`power_on` only *request* the change; proving it is the
-    caller's job (read back with `power_state`).
+    Every method is bounded by the device's timeout and raises a
+    `nodefence.backends.errors.FenceError` subclass on failure. `power_off`/`power_on` only
+    *request* the change; proving it is the caller's job (read back with `power_state`).
     """
 
     node: str

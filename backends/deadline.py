@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from backends.errors import BmcTimeout, BmcUnreachable, FenceError
+from nodefence.backends.errors import BmcTimeout, BmcUnreachable, FenceError
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ Proof of Off is the agent's own `status` read-back: `power_state` reads Off only
 agent printed `Status: OFF` AND exited 2, as the agent API defines it; `Status: ON` with
 exit 0 is On; anything else is an error. The exit code of `off` is never taken for a proof:
 `power_off` only requests (the agent's own wait is bounded by `power_timeout`), the caller
-reads back with `status` (`agent.power`).
+reads back with `status` (`nodefence.agent.fencing.power_executor`).
 
 An agent cannot tell us whether the device was silent or refused us ("Unable to
 connect/login to fencing device" means either), so its failures are `FenceAgentFailed`,
@@ -30,9 +30,9 @@ import re
 import signal
 from dataclasses import dataclass
 
-from backends.base import CheckResult, PowerBackend, PowerState
-from backends.errors import FenceAgentFailed, FenceError
-from backends.spec import FenceAgentDevice
+from nodefence.backends.base import CheckResult, PowerBackend, PowerState
+from nodefence.backends.errors import FenceAgentFailed, FenceError
+from nodefence.backends.spec import FenceAgentDevice
 
 AGENT_PATH = "/usr/sbin:/sbin:/usr/bin:/bin:/usr/local/sbin:/usr/local/bin"
 # What the agent is told on top of the inventory's options: wait for the state change no

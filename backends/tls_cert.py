@@ -15,7 +15,7 @@ import time
 
 from cryptography import x509
 
-from backends.errors import BmcTlsError, BmcUnreachable, FenceError
+from nodefence.backends.errors import BmcTlsError, BmcUnreachable, FenceError
 
 _CONTEXT: ssl.SSLContext | None = None
 

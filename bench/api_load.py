@@ -3,13 +3,14 @@
     python bench/api_load.py [--sizes 1000,5000] [--seconds 30] [--agents 50] [--smoke]
 
 Everything runs on 127.0.0.1 in this one run. Per size, the Kubernetes API emulator
-(`hwsim.kube`) holds that many Nodes of a real kubelet's size (`hwsim.kube.node_objects`,
-~14 KB each: labels, annotations, conditions, addresses, 60 images) and their kubelet Leases,
-and `KubeletFleet` plays the kubelets in the emulator: each Lease renewed every 10 s, each
-Node's status posted every 5 minutes, phases spread. Its writes are counted as the client
-"kubelet": the reference every other figure is compared with, measured in the same run.
+(`nodefence.hwsim.kube`) holds that many Nodes of a real kubelet's size
+(`nodefence.hwsim.kube.node_objects`, ~14 KB each: labels, annotations, conditions, addresses, 60
+images) and their kubelet Leases, and `KubeletFleet` plays the kubelets in the emulator: each Lease
+renewed every 10 s, each Node's status posted every 5 minutes, phases spread. Its writes are counted
+as the client "kubelet": the reference every other figure is compared with, measured in the same
+run.
 
-Clients, each named by its User-Agent and counted by the emulator (`hwsim.kube.traffic`:
+Clients, each named by its User-Agent and counted by the emulator (`nodefence.hwsim.kube.traffic`:
 requests, bytes sent and received, watches open, lists and quorum lists):
 - `nodefence-leader` (its own process): a `LeaderElector` renewing the leader Lease every
   `retry_period` (1 s, as shipped) and, while leading, the leader's `KubeCache` exactly as
@@ -65,9 +66,9 @@ def _cpu_seconds(pid: int) -> float:
 async def _leader_process(kubeconfig: str) -> None:
     """The leader: elector + KubeCache; prints `synced` once every first list is in, then
     runs until stdin closes."""
-    from agent.cluster import ClusterApi, load_api_client
-    from agent.election import ElectionTiming, LeaderElector
-    from agent.kube_cache import KubeCache
+    from nodefence.agent.kube.cache_watch import KubeCache
+    from nodefence.agent.kube.client import ClusterApi, load_api_client
+    from nodefence.agent.leader.election_client import ElectionTiming, LeaderElector
 
     api = ClusterApi(load_api_client(kubeconfig, LEADER))
     changes = {"nodes": 0, "leases": 0}
@@ -98,8 +99,8 @@ async def _leader_process(kubeconfig: str) -> None:
 
 async def _agents_process(kubeconfig: str, count: int) -> None:
     """`count` agents' own watches; prints `synced` once all have listed."""
-    from agent.cluster import HEALTH_ANNOTATION, ClusterApi, load_api_client
-    from agent.node_watch import NodeWatch
+    from nodefence.agent.kube.client import HEALTH_ANNOTATION, ClusterApi, load_api_client
+    from nodefence.agent.node.self_watch import NodeWatch
 
     api = ClusterApi(load_api_client(kubeconfig, AGENT))
     stop = asyncio.Event()
@@ -221,11 +222,11 @@ def run_size(size: int, seconds: float, agents: int, polls: int) -> dict[str, An
     """One size, every phase; the figures printed and returned."""
     import yaml
 
-    from agent.cluster import ClusterApi, load_api_client
-    from hwsim.kube import KubeApiServer
-    from hwsim.kube.errors import AlreadyExists
-    from hwsim.kube.node_objects import KUBELET, KubeletFleet, populate
-    from hwsim.simcluster_settings import CRD_PATHS
+    from nodefence.agent.kube.client import ClusterApi, load_api_client
+    from nodefence.hwsim.kube import KubeApiServer
+    from nodefence.hwsim.kube.errors import AlreadyExists
+    from nodefence.hwsim.kube.node_objects import KUBELET, KubeletFleet, populate
+    from nodefence.hwsim.simcluster_settings import CRD_PATHS
 
     print(f"== {size} nodes")
     kube = KubeApiServer(bookmark_interval=60.0)

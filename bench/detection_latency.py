@@ -40,7 +40,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 # agent/ and hwsim/ from the repository, and this bench's own modules beside this file: run as
-# a script, bench/ is on sys.path already; loaded by path (tests/test_bench_recovery.py), not.
+# a script, bench/ is on sys.path already; loaded by path (tests/bench/test_bench_recovery.py), not.
 sys.path[:0] = [str(REPO), str(BENCH)]
 
 from detection_latency_cpu import CpuMeter, child_pid  # noqa: E402
@@ -54,9 +54,9 @@ from detection_latency_leader import (  # noqa: E402
 from detection_latency_nodes import Kubelets, LoadGenerator, SimulatedNode, open_port  # noqa: E402
 from detection_latency_report import Round, report  # noqa: E402
 
-from agent.profiles import DetectionProfile  # noqa: E402
-from hwsim.broker import MosquittoBroker  # noqa: E402
-from hwsim.kube import KubeApiServer  # noqa: E402
+from nodefence.agent.detection.profiles import DetectionProfile  # noqa: E402
+from nodefence.hwsim.broker import MosquittoBroker  # noqa: E402
+from nodefence.hwsim.kube import KubeApiServer  # noqa: E402
 
 
 async def run_rounds(args: argparse.Namespace, work: Path) -> int:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, parse_config
-from agent.profiles import DetectionProfile, profile_from_mapping
+from nodefence.agent.config.agent_file import AgentConfig, parse_config
+from nodefence.agent.detection.profiles import DetectionProfile, profile_from_mapping
 
 CLUSTER = "bench"
 
@@ -43,8 +43,8 @@ def emit(obj: dict[str, Any]) -> None:
 
 def leader_process(broker_port: int, kubeconfig: str, profile_name: str) -> int:
     """Run the real LeaderSide; print each decision as a JSON line with the leader's clock."""
-    from agent.cluster import ClusterApi, load_api_client
-    from agent.leader import LeaderSide
+    from nodefence.agent.kube.client import ClusterApi, load_api_client
+    from nodefence.agent.leader.side_loop import LeaderSide
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     cfg = agent_config(broker_port, kubeconfig, profile_name)

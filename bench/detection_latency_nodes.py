@@ -14,19 +14,19 @@ from typing import Any
 import aiomqtt
 from detection_latency_leader import CLUSTER
 
-from agent import __version__
-from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic
-from agent.heartbeat_peer_probe import run_probe
-from agent.peers import (
+from nodefence.agent import __version__
+from nodefence.agent.detection.profiles import DetectionProfile
+from nodefence.agent.heartbeat.codec import Heartbeat, encode_heartbeat, heartbeat_topic
+from nodefence.agent.probes.peer_client import run_probe
+from nodefence.agent.probes.peers import (
     ProbeResult,
     decode_request,
     encode_result,
     probe_filter,
     result_topic,
 )
-from agent.profiles import DetectionProfile
-from hwsim.kube import KubeApiServer, SimKubelet
-from hwsim.simnode import KubeletPort
+from nodefence.hwsim.kube import KubeApiServer, SimKubelet
+from nodefence.hwsim.simnode import KubeletPort
 
 KUBELET_LEASE_INTERVAL = 10.0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from detection_latency_leader import Decision, LeaderProcess
 from detection_latency_nodes import KUBELET_LEASE_INTERVAL, LoadGenerator, SimulatedNode
 
-from agent.profiles import DetectionProfile
+from nodefence.agent.detection.profiles import DetectionProfile
 
 TARGET_P99_OVERHEAD = 0.5
 

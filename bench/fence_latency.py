@@ -36,18 +36,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.inventory import FencingPolicy, Level, NodeInventory  # noqa: E402
-from agent.power import PowerFencer  # noqa: E402
-from agent.topology import PowerRequest  # noqa: E402
-from backends.base import PowerBackend  # noqa: E402
-from backends.ipmi import IpmiBackend  # noqa: E402
-from backends.ipmi_pool import POOL, WorkerPool  # noqa: E402
-from backends.registry import build_backend  # noqa: E402
-from backends.spec import DeviceTimeouts, IpmiDevice, RedfishDevice, Secret  # noqa: E402
-from hwsim.fleet import Fleet  # noqa: E402
-from hwsim.ipmi import IpmiBmc  # noqa: E402
-from hwsim.redfish import RedfishBmc  # noqa: E402
-from hwsim.tls import make_tls  # noqa: E402
+from nodefence.agent.config.inventory_file import FencingPolicy, Level, NodeInventory  # noqa: E402
+from nodefence.agent.fencing.power_executor import PowerFencer  # noqa: E402
+from nodefence.agent.fencing.topology import PowerRequest  # noqa: E402
+from nodefence.backends.base import PowerBackend  # noqa: E402
+from nodefence.backends.ipmi.backend import IpmiBackend  # noqa: E402
+from nodefence.backends.ipmi.pool import POOL, WorkerPool  # noqa: E402
+from nodefence.backends.registry import build_backend  # noqa: E402
+from nodefence.backends.spec import DeviceTimeouts, IpmiDevice, RedfishDevice, Secret  # noqa: E402
+from nodefence.hwsim.fleet import Fleet  # noqa: E402
+from nodefence.hwsim.ipmi import IpmiBmc  # noqa: E402
+from nodefence.hwsim.redfish import RedfishBmc  # noqa: E402
+from nodefence.hwsim.tls import make_tls  # noqa: E402
 
 USER, PASSWORD = "admin", "bench-Pa55word"
 
@@ -230,7 +230,16 @@ def run_all(
         f"            username: {USER}\n            password_file: pw\n"
         "            poll_interval: 0.05\n"
     )
-    cli = [sys.executable, "-m", "agent.cli", "fence", "node-1", "-i", str(inventory), "--yes"]
+    cli = [
+        sys.executable,
+        "-m",
+        "nodefence.agent.cli.main",
+        "fence",
+        "node-1",
+        "-i",
+        str(inventory),
+        "--yes",
+    ]
 
     def nodefence_process() -> None:
         r = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=60)

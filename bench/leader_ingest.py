@@ -34,17 +34,17 @@ under cProfile and prints where its time goes (`--no-references` skips the first
 
 `--kube-live`: per size, the API emulator holds a Node of a real kubelet's size (~14 KB) and a
 kubelet Lease for every generated node, renewed every 10 s with each Node's status posted every
-5 minutes (`hwsim.kube.node_objects`), so the leader's informer caches list them at start and
-then watch every renewal while it takes the heartbeats; printed: the Nodes its cache holds, the
+5 minutes (`nodefence.hwsim.kube.node_objects`), so the leader's informer caches list them at start
+and then watch every renewal while it takes the heartbeats; printed: the Nodes its cache holds, the
 Lease events it watched, and the nodes it declared dead (must be 0: every node heartbeats).
 
 `--signed`: every heartbeat is signed as node agents sign it, each node under its own key
-(`agent.node_keys`: the node's X25519 key agreed with the fencer key, HMAC-SHA256 in `mac`, the
-sender's clock in `ts`), and the leader runs in mode `required` with a keyring in which every
-node's key is pinned (the fencer key and the node keys are made for the run, the node keys from a
-seed, so that the generators and the consumers agree without passing 10,000 keys around; the
-consumers derive every node's MAC key before the load starts, as a running fencer has them
-cached). It checks each signature and timestamp; the ingest-only reference checks them too.
+(`nodefence.agent.heartbeat.node_keys`: the node's X25519 key agreed with the fencer key,
+HMAC-SHA256 in `mac`, the sender's clock in `ts`), and the leader runs in mode `required` with a
+keyring in which every node's key is pinned (the fencer key and the node keys are made for the run,
+the node keys from a seed, so that the generators and the consumers agree without passing 10,000
+keys around; the consumers derive every node's MAC key before the load starts, as a running fencer
+has them cached). It checks each signature and timestamp; the ingest-only reference checks them too.
 Compare a run with and one without to see what authentication costs the leader.
 """
 
@@ -65,7 +65,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 # agent/ and hwsim/ from the repository, and this bench's own modules beside this file: run as
-# a script, bench/ is on sys.path already; loaded by path (tests/test_bench_recovery.py), not.
+# a script, bench/ is on sys.path already; loaded by path (tests/bench/test_bench_recovery.py), not.
 sys.path[:0] = [str(REPO), str(BENCH)]
 
 from leader_ingest_consumer import ROLES, consumer_process  # noqa: E402
@@ -73,8 +73,8 @@ from leader_ingest_load import generator_process  # noqa: E402
 from leader_ingest_measure import WARMUP, run_size  # noqa: E402
 from leader_ingest_report import print_profile, print_table, verdict  # noqa: E402
 
-from hwsim.broker import MosquittoBroker  # noqa: E402
-from hwsim.kube import KubeApiServer  # noqa: E402
+from nodefence.hwsim.broker import MosquittoBroker  # noqa: E402
+from nodefence.hwsim.kube import KubeApiServer  # noqa: E402
 
 
 async def run_all(args: argparse.Namespace, sizes: list[int], work: Path) -> int:
@@ -120,10 +120,10 @@ async def run_all(args: argparse.Namespace, sizes: list[int], work: Path) -> int
 class KubeLive:
     """`--kube-live`: an API emulator of its own for one size, holding a Node of a real
     kubelet's size and a kubelet Lease for every generated node, its kubelets renewing them
-    (`hwsim.kube.node_objects`), so the leader's caches list and watch a live cluster."""
+    (`nodefence.hwsim.kube.node_objects`), so the leader's caches list and watch a live cluster."""
 
     def __init__(self, nodes: int, work: Path) -> None:
-        from hwsim.kube.node_objects import KubeletFleet, populate
+        from nodefence.hwsim.kube.node_objects import KubeletFleet, populate
 
         self.server = KubeApiServer(bookmark_interval=60.0)
         self.server.start_in_thread()

@@ -55,17 +55,17 @@ def consumer_process(spec: dict[str, Any]) -> int:
     import cProfile
     import logging
 
-    from agent.cluster import ClusterApi, load_api_client
-    from agent.detector import FailureDetector
-    from agent.heartbeat_codec import (
+    from nodefence.agent.detection.detector import FailureDetector
+    from nodefence.agent.heartbeat.codec import (
         HeartbeatRejected,
         SequenceTracker,
         decode_heartbeat,
         heartbeat_filter,
         node_from_topic,
     )
-    from agent.leader import LeaderSide
-    from agent.mqtt_client import make_client
+    from nodefence.agent.kube.client import ClusterApi, load_api_client
+    from nodefence.agent.leader.side_loop import LeaderSide
+    from nodefence.agent.mqtt.client import make_client
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     cfg = agent_config(spec["ports"][0], spec["kubeconfig"], "default")
@@ -76,8 +76,8 @@ def consumer_process(spec: dict[str, Any]) -> int:
     verifier = None
     keyring = None
     if spec.get("key"):
-        from agent.config import AuthConfig
-        from agent.heartbeat_auth import AuthMode, HeartbeatVerifier
+        from nodefence.agent.config.agent_file import AuthConfig
+        from nodefence.agent.heartbeat.signing import AuthMode, HeartbeatVerifier
 
         cfg = dataclasses.replace(cfg, auth=AuthConfig("required"))
         keyring = pinned_keyring(spec)

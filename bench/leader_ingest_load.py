@@ -15,8 +15,8 @@ from typing import Any
 
 from detection_latency_leader import CLUSTER, emit
 
-from agent import __version__
-from agent.heartbeat_codec import Heartbeat, encode_heartbeat, heartbeat_topic
+from nodefence.agent import __version__
+from nodefence.agent.heartbeat.codec import Heartbeat, encode_heartbeat, heartbeat_topic
 
 
 def _remaining_length(n: int) -> bytes:
@@ -89,14 +89,14 @@ def node_names(first: int, count: int) -> list[str]:
 
 def node_private(seed: str, name: str) -> Any:
     """The run's private key of node `name` (from the seed: see `--signed`)."""
-    from agent.node_keys import private_key
+    from nodefence.agent.heartbeat.node_keys import private_key
 
     return private_key(hashlib.sha256(f"{seed}/{name}".encode()).digest())
 
 
 def pinned_keyring(spec: dict[str, Any]) -> Any:
     """The fencers' keyring with every node of the run pinned and its MAC key derived."""
-    from agent.node_keys import Keyring, decode_key, private_key, public_of
+    from nodefence.agent.heartbeat.node_keys import Keyring, decode_key, private_key, public_of
 
     keyring = Keyring([private_key(decode_key(spec["key"]))])
     keyring.load({n: public_of(node_private(spec["key"], n)) for n in node_names(0, spec["nodes"])})
@@ -108,8 +108,8 @@ def pinned_keyring(spec: dict[str, Any]) -> Any:
 def _signed_generator(spec: dict[str, Any], names: list[str]) -> int:
     """As `generator_process`, every payload signed like a node agent's, under its own key (no
     byte templates: the signature covers the sequence number and the timestamp)."""
-    from agent.heartbeat_auth import sign_own
-    from agent.node_keys import NodeSigner, decode_key, private_key, public_of
+    from nodefence.agent.heartbeat.node_keys import NodeSigner, decode_key, private_key, public_of
+    from nodefence.agent.heartbeat.signing import sign_own
 
     interval, count = spec["interval"], len(names)
     fencer_public = public_of(private_key(decode_key(spec["key"])))

@@ -26,10 +26,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.cluster import ClusterApi, load_api_client  # noqa: E402
-from agent.config import KubeConfig  # noqa: E402
-from agent.election import ElectionTiming, LeaderElector  # noqa: E402
-from hwsim.kube import KubeApiServer  # noqa: E402
+from nodefence.agent.config.agent_file import KubeConfig  # noqa: E402
+from nodefence.agent.kube.client import ClusterApi, load_api_client  # noqa: E402
+from nodefence.agent.leader.election_client import ElectionTiming, LeaderElector  # noqa: E402
+from nodefence.hwsim.kube import KubeApiServer  # noqa: E402
 
 NS, LEASE = "nodefence", "nodefence-leader"
 

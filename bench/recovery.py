@@ -4,7 +4,7 @@ a worker, for the leader's machine and for a broker's machine.
     python bench/recovery.py [--rounds 5] [--nodes 5] [--vms 10] [--boot-delay 1.0]
 
 Everything runs on 127.0.0.1 in this one run: the simulated cluster of the end-to-end tests
-(`hwsim.simcluster`: two mosquitto brokers, each living on a node, with passwords and the
+(`nodefence.hwsim.simcluster`: two mosquitto brokers, each living on a node, with passwords and the
 shipped ACL; the Kubernetes API emulator, emulated IPMI + Redfish BMCs, one simulated kubelet
 and one real `nodefence agent` process per node, the ColdStandby controller), with the
 detection profile `default` and the agent's default Lease timings (5 / 3 / 1 s, two warm
@@ -35,9 +35,10 @@ leader's and the broker's machine to the worker (target: Node deleted within 2x)
 
 Rounds: the victim is powered on again after its round (its agent, kubelet and any broker
 start, the Node re-registers) so the cluster stays whole; each victim carries at least
-`--per-victim` ColdStandby VMs (topped up with `hwsim.vms.place_vms` before its round). A
-leader round starts only once the Lease has named its warm standbys for long enough that they
-heard a full window. A round that does not finish starts a fresh cluster. No round starts after
+`--per-victim` ColdStandby VMs (topped up with `nodefence.hwsim.virtualization.vms.place_vms` before
+its round). A leader round starts only once the Lease has named its warm standbys for long enough
+that they heard a full window. A round that does not finish starts a fresh cluster. No round starts
+after
 `--max-seconds` (default 300) would be exceeded.
 """
 
@@ -55,7 +56,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 # agent/ and hwsim/ from the repository, and this bench's own modules beside this file: run as
-# a script, bench/ is on sys.path already; loaded by path (tests/test_bench_recovery.py), not.
+# a script, bench/ is on sys.path already; loaded by path (tests/bench/test_bench_recovery.py), not.
 sys.path[:0] = [str(REPO), str(BENCH)]
 
 from recovery_cluster import PROFILE, StandbyClock, pick_victim, rejoin, start_cluster  # noqa: E402
@@ -63,9 +64,9 @@ from recovery_observers import HeartbeatListener, Recorder  # noqa: E402
 from recovery_report import TARGET_RATIO, kind_ratios, print_round, report  # noqa: E402
 from recovery_rounds import KINDS, Round, run_round  # noqa: E402
 
-from agent.profiles import profile_from_mapping  # noqa: E402
-from hwsim.broker import find_mosquitto  # noqa: E402
-from hwsim.simcluster import SimCluster  # noqa: E402
+from nodefence.agent.detection.profiles import profile_from_mapping  # noqa: E402
+from nodefence.hwsim.broker import find_mosquitto  # noqa: E402
+from nodefence.hwsim.simcluster import SimCluster  # noqa: E402
 
 
 def run(args: argparse.Namespace, work: Path) -> int:

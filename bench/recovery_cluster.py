@@ -9,10 +9,10 @@ from pathlib import Path
 
 from recovery_observers import HeartbeatListener
 
-from agent.profiles import DetectionProfile
-from hwsim.kube.errors import NotFound
-from hwsim.simcluster import SimCluster
-from hwsim.simcluster_settings import ClusterSettings
+from nodefence.agent.detection.profiles import DetectionProfile
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.simcluster import SimCluster
+from nodefence.hwsim.simcluster_settings import ClusterSettings
 
 PROFILE = "default"
 

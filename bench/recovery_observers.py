@@ -12,11 +12,11 @@ from typing import Any
 
 import aiomqtt
 
-from agent.heartbeat_codec import heartbeat_filter, node_from_topic
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.watch import WatchEvent
-from hwsim.loop_thread import LoopThread
-from hwsim.simcluster import SimCluster
+from nodefence.agent.heartbeat.codec import heartbeat_filter, node_from_topic
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.watch import WatchEvent
+from nodefence.hwsim.loop_thread import LoopThread
+from nodefence.hwsim.simcluster import SimCluster
 
 
 class Recorder:

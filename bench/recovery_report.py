@@ -11,8 +11,8 @@ import statistics
 from recovery_cluster import PROFILE, settings
 from recovery_rounds import KINDS, Round
 
-from agent.profiles import DetectionProfile
-from hwsim.simcluster import SimCluster
+from nodefence.agent.detection.profiles import DetectionProfile
+from nodefence.hwsim.simcluster import SimCluster
 
 TARGET_OVERHEAD = 1.0
 TARGET_RATIO = 2.0  # the leader's / a broker's machine vs a worker: Node deleted within 2x

@@ -11,9 +11,9 @@ from typing import Any
 
 from recovery_observers import HeartbeatListener, Recorder
 
-from hwsim.kube.watch import WatchEvent
-from hwsim.simcluster import SimCluster
-from hwsim.vms import RESTARTED_POLICIES, place_vms
+from nodefence.hwsim.kube.watch import WatchEvent
+from nodefence.hwsim.simcluster import SimCluster
+from nodefence.hwsim.virtualization.vms import RESTARTED_POLICIES, place_vms
 
 KINDS = ("worker", "leader", "broker")
 FINAL_PHASES = ("Recovered", "RecoveryIncomplete", "Aborted")

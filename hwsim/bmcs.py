@@ -5,8 +5,8 @@ own HTTPS port (certificate signed by a CA generated for the run), all on 127.0.
 writes a nodefence inventory (level 1: IPMI, level 2: Redfish verified with the CA) with the
 password files beside it. The inventory is written only once every emulator listens.
 
-Machines named in `pdus` are also fed by a PDU outlet (`hwsim.pdu`) served over Redfish on a
-port of its own, the next level of that node's inventory (device `pdu`). Their inventory entry
+Machines named in `pdus` are also fed by a PDU outlet (`nodefence.hwsim.pdu`) served over Redfish on
+a port of its own, the next level of that node's inventory (device `pdu`). Their inventory entry
 says which devices read the same power (`verify_all_channels: [[ipmi, redfish], [pdu]]`) when
 `channel_groups` is set.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
-from hwsim.fleet import Fleet
-from hwsim.ipmi import IpmiBmc
-from hwsim.machine import SimMachine
-from hwsim.pdu import feed_from_outlet
-from hwsim.redfish import RedfishBmc
-from hwsim.tls import TlsFiles, make_tls
+from nodefence.hwsim.fleet import Fleet
+from nodefence.hwsim.ipmi import IpmiBmc
+from nodefence.hwsim.machine import SimMachine
+from nodefence.hwsim.pdu import feed_from_outlet
+from nodefence.hwsim.redfish import RedfishBmc
+from nodefence.hwsim.tls import TlsFiles, make_tls
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from hwsim.scenarios import SCENARIOS
+from nodefence.hwsim.scenarios.catalogue import SCENARIOS
 
 VIRTS = ("deckhouse", "kubevirt", "both")
 VIRT_HELP = (
@@ -171,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.nodes < 4:
             print("nodefence-hwsim: scenarios need at least 4 nodes", file=sys.stderr)
             return 2
-        from hwsim.broker import INSTALL_HINT, find_mosquitto
-        from hwsim.scenario_run import run_scenario
+        from nodefence.hwsim.broker import INSTALL_HINT, find_mosquitto
+        from nodefence.hwsim.scenarios.run import run_scenario
 
         try:
             find_mosquitto()
@@ -201,16 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return _run_simulate(args)
     if args.command == "demo":
-        from hwsim.demo import run_demo
+        from nodefence.hwsim.demo import run_demo
 
         return asyncio.run(run_demo(args.nodes, Path(args.workdir)))
     return 2
 
 
 async def _run_bmcs(args: argparse.Namespace) -> int:
-    from hwsim.bmcs import BmcFleet
-    from hwsim.control import ControlServer
-    from hwsim.fleet import Fleet
+    from nodefence.hwsim.bmcs import BmcFleet
+    from nodefence.hwsim.control import ControlServer
+    from nodefence.hwsim.fleet import Fleet
 
     inventory = Path(args.inventory_out).resolve()
     fleet = Fleet.of_size(args.nodes)
@@ -249,16 +249,16 @@ async def _run_bmcs(args: argparse.Namespace) -> int:
 def _run_cluster(args: argparse.Namespace) -> int:
     import threading
 
-    from hwsim.broker import INSTALL_HINT, find_mosquitto
-    from hwsim.simcluster import SimCluster
-    from hwsim.simcluster_settings import ClusterSettings
+    from nodefence.hwsim.broker import INSTALL_HINT, find_mosquitto
+    from nodefence.hwsim.simcluster import SimCluster
+    from nodefence.hwsim.simcluster_settings import ClusterSettings
 
     try:
         find_mosquitto()
     except FileNotFoundError:
         print(f"nodefence-hwsim: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from hwsim.control import ControlServer
+    from nodefence.hwsim.control import ControlServer
 
     workdir = Path(args.workdir).resolve()
     settings = ClusterSettings(nodes=args.nodes, vms=args.vms, bmcs=True, virt=args.virt)
@@ -316,9 +316,9 @@ def cluster_commands(
 def _run_chaos(args: argparse.Namespace) -> int:
     import threading
 
-    from hwsim.broker import INSTALL_HINT, find_mosquitto
-    from hwsim.chaos import ChaosOptions, run_chaos
-    from hwsim.chaos_schedule import ChaosSettings, watchdog_settings
+    from nodefence.hwsim.broker import INSTALL_HINT, find_mosquitto
+    from nodefence.hwsim.chaos.run import ChaosOptions, run_chaos
+    from nodefence.hwsim.chaos.schedule import ChaosSettings, watchdog_settings
 
     if args.nodes < 4 or not 1 <= args.max_faulty < args.nodes - 2:
         print(
@@ -365,7 +365,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         # One seed must print the same output in every process: string hashing (and so set
         # order) has to be the same too. Start again with PYTHONHASHSEED=0.
         env = {**os.environ, "PYTHONHASHSEED": "0"}
-        argv = [sys.executable, "-m", "hwsim.cli", *sys.argv[1:]]
+        argv = [sys.executable, "-m", "nodefence.hwsim.cli", *sys.argv[1:]]
         sys.stdout.flush()
         os.execve(sys.executable, argv, env)
     return simulate(args, sys.stdout)
@@ -373,7 +373,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 def simulate(args: argparse.Namespace, out: TextIO) -> int:
     """`simulate` in this process (as it is, hash seed included); returns the exit code."""
-    from hwsim.sim.report import replay, run_batch
+    from nodefence.hwsim.sim.report import replay, run_batch
 
     if args.replay is not None:
         result = replay(args.replay, args.verbose, out)

@@ -3,7 +3,7 @@ into emulated machines from another process.
 
 Endpoints (JSON, 127.0.0.1 only):
 - `GET /machines`: every machine with its power state and faults.
-- `POST /machines/NAME/faults` with a JSON object of `hwsim.machine.Faults` fields.
+- `POST /machines/NAME/faults` with a JSON object of `nodefence.hwsim.machine.Faults` fields.
 - `POST /machines/NAME/power` with `{"action": "cut" | "on" | "off"}` ("cut" is a power loss
   at the wall; "off"/"on" are what a BMC request would do).
 """
@@ -16,8 +16,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from hwsim.fleet import Fleet
-from hwsim.machine import Faults, SimMachine
+from nodefence.hwsim.fleet import Fleet
+from nodefence.hwsim.machine import Faults, SimMachine
 
 _FAULT_FIELDS = {f.name: f.type for f in dataclasses.fields(Faults)}
 

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwsim.bmcs import BmcFleet
-from hwsim.fleet import Fleet
+from nodefence.hwsim.bmcs import BmcFleet
+from nodefence.hwsim.fleet import Fleet
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class DemoStep:
 
 async def _nodefence(args: tuple[str, ...]) -> int:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", *args, stdin=asyncio.subprocess.DEVNULL
+        sys.executable, "-m", "nodefence.agent.cli.main", *args, stdin=asyncio.subprocess.DEVNULL
     )
     return await proc.wait()
 

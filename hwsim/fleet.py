@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-from hwsim.machine import SimMachine
+from nodefence.hwsim.machine import SimMachine
 
 
 class Fleet:

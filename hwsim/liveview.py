@@ -11,8 +11,8 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hwsim.simcluster import SimCluster
-from hwsim.vm_views import vm_views
+from nodefence.hwsim.simcluster import SimCluster
+from nodefence.hwsim.virtualization.vm_views import vm_views
 
 
 class LeaderViewFeed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from hwsim.machine import PowerLiteral, SimMachine
+from nodefence.hwsim.machine import PowerLiteral, SimMachine
 
 OUTLET_SUFFIX = "-outlet"
 

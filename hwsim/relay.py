@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hwsim.loop_thread import LoopThread
+from nodefence.hwsim.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
 

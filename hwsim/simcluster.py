@@ -20,8 +20,9 @@ first start), the fencers hold the fencer key and pin every node's key as NodeKe
 process talks to the API server with a token naming its ServiceAccount (`nodefence-agent`,
 `nodefence-fencer`), recorded with each request. Secrets are files under `<workdir>/secrets`.
 
-Its settings are `hwsim.simcluster_settings.ClusterSettings`; the files its processes start
-from are written by `hwsim.simcluster_configs`, its VM controllers run by `hwsim.simcluster_vms`.
+Its settings are `nodefence.hwsim.simcluster_settings.ClusterSettings`; the files its processes
+start from are written by `nodefence.hwsim.simcluster_configs`, its VM controllers run by
+`nodefence.hwsim.simcluster_vms`.
 """
 
 from __future__ import annotations
@@ -36,17 +37,17 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.cluster import STANDBYS_ANNOTATION
-from agent.node_keys import encode_key, public_of
-from hwsim.bmcs import BmcFleet
-from hwsim.broker import MosquittoBroker, free_port
-from hwsim.fleet import Fleet
-from hwsim.kube import KubeApiServer, NodeLifecycleController
-from hwsim.kube.controllers import ControllerManager
-from hwsim.kube.errors import AlreadyExists, NotFound
-from hwsim.loop_thread import LoopThread
-from hwsim.simcluster_configs import ConfigFiles
-from hwsim.simcluster_settings import (
+from nodefence.agent.heartbeat.node_keys import encode_key, public_of
+from nodefence.agent.kube.client import STANDBYS_ANNOTATION
+from nodefence.hwsim.bmcs import BmcFleet
+from nodefence.hwsim.broker import MosquittoBroker, free_port
+from nodefence.hwsim.fleet import Fleet
+from nodefence.hwsim.kube import KubeApiServer, NodeLifecycleController
+from nodefence.hwsim.kube.controllers import ControllerManager
+from nodefence.hwsim.kube.errors import AlreadyExists, NotFound
+from nodefence.hwsim.loop_thread import LoopThread
+from nodefence.hwsim.simcluster_configs import ConfigFiles
+from nodefence.hwsim.simcluster_settings import (
     ACL_PATH,
     CRD_PATHS,
     FENCER_USER,
@@ -54,8 +55,8 @@ from hwsim.simcluster_settings import (
     OBSERVER_ACL,
     ClusterSettings,
 )
-from hwsim.simcluster_vms import VmControllers
-from hwsim.simnode import SimNode
+from nodefence.hwsim.simcluster_vms import VmControllers
+from nodefence.hwsim.simnode import SimNode
 
 log = logging.getLogger("hwsim.cluster")
 
@@ -74,7 +75,7 @@ def agent_accepts_channel_groups() -> bool:
     """Whether this checkout's agent takes per-node `verify_all_channels` groups in its
     inventory (an agent that does not refuses the whole file, so the PDU nodes' entries are
     then written without them, and cannot prove Off while their outlet reads On)."""
-    from agent.inventory import InventoryError, parse_inventory
+    from nodefence.agent.config.inventory_file import InventoryError, parse_inventory
 
     device = {"type": "ipmi", "name": "bmc", "address": "127.0.0.1", "username": "u"}
     node = {"levels": [[{**device, "password_env": "P"}]], "verify_all_channels": [["bmc"]]}

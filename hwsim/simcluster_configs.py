@@ -1,6 +1,6 @@
 """The files a simulated cluster's processes start from: agent and fencer configs, kubeconfigs,
 secret files, written as the manifests would mount them (`ConfigFiles`, a mixin of
-`hwsim.simcluster.SimCluster`).
+`nodefence.hwsim.simcluster.SimCluster`).
 
 Each role gets the one config file of the manifests (`broker`, `detection`, `metrics` shared;
 `kubernetes`, `health`, `auth`, `watchdog` or `inventory`, `fencing` per role); with `links`,
@@ -14,16 +14,16 @@ from typing import Any
 
 import yaml
 
-from hwsim.broker import MosquittoBroker
-from hwsim.kube import KubeApiServer
-from hwsim.simcluster_settings import (
+from nodefence.hwsim.broker import MosquittoBroker
+from nodefence.hwsim.kube import KubeApiServer
+from nodefence.hwsim.simcluster_settings import (
     AGENT_ACCOUNT,
     FENCER_ACCOUNT,
     FENCER_USER,
     OBSERVER,
     ClusterSettings,
 )
-from hwsim.simnode import SimNode
+from nodefence.hwsim.simnode import SimNode
 
 
 class ConfigFiles:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwsim.kube.controllers import ControllerTimers
+from nodefence.hwsim.kube.controllers import ControllerTimers
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "base"
 CRD_PATHS = (DEPLOY / "crd-fenceoperations.yaml", DEPLOY / "crd-nodekeys.yaml")

@@ -1,17 +1,17 @@
 """The VM side of a simulated cluster: the Deckhouse ColdStandby and KubeVirt controllers, their
 VMs placed over the nodes, and the split brains they saw (`VmControllers`, a mixin of
-`hwsim.simcluster.SimCluster`).
+`nodefence.hwsim.simcluster.SimCluster`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hwsim.fleet import Fleet
-from hwsim.kube import KubeApiServer
-from hwsim.kube.errors import NotFound
-from hwsim.simcluster_settings import DECKHOUSE_GROUP, ClusterSettings
-from hwsim.simnode import SimNode
+from nodefence.hwsim.fleet import Fleet
+from nodefence.hwsim.kube import KubeApiServer
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.simcluster_settings import DECKHOUSE_GROUP, ClusterSettings
+from nodefence.hwsim.simnode import SimNode
 
 
 class VmControllers:
@@ -26,7 +26,7 @@ class VmControllers:
 
     def _serve_kubevirt(self) -> None:
         """Install KubeVirt's API; a KubeVirt-only cluster serves no Deckhouse VMs at all."""
-        from hwsim.kubevirt import crds
+        from nodefence.hwsim.kubevirt import crds
 
         store = self.kube.store
         if self.settings.virt == "kubevirt":
@@ -41,8 +41,8 @@ class VmControllers:
         return node in self.nodes and self.fleet[node].power_state() == "on"
 
     def _start_vms(self) -> None:
-        from hwsim.coldstandby import ColdStandbyController
-        from hwsim.vms import place_vms
+        from nodefence.hwsim.virtualization.coldstandby import ColdStandbyController
+        from nodefence.hwsim.virtualization.vms import place_vms
 
         s = self.settings
         if s.virt != "kubevirt":
@@ -64,8 +64,8 @@ class VmControllers:
             self._start_kubevirt()
 
     def _start_kubevirt(self) -> None:
-        from hwsim.kubevirt.controller import KubevirtController
-        from hwsim.kubevirt.objects import place_vms
+        from nodefence.hwsim.kubevirt.controller import KubevirtController
+        from nodefence.hwsim.kubevirt.objects import place_vms
 
         s = self.settings
         self.kubevirt_controller = KubevirtController(

@@ -19,10 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from hwsim.kube import ObjectStore, SimKubelet
-from hwsim.machine import PowerLiteral, SimMachine
-from hwsim.relay import TcpRelay
-from hwsim.watchdog import EmulatedWatchdog
+from nodefence.hwsim.kube import ObjectStore, SimKubelet
+from nodefence.hwsim.machine import PowerLiteral, SimMachine
+from nodefence.hwsim.relay import TcpRelay
+from nodefence.hwsim.watchdog import EmulatedWatchdog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -212,7 +212,7 @@ class SimNode:
         full = {**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": self.name, **env}
         with log_path.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", role, "--config", str(config)],
+                [sys.executable, "-m", "nodefence.agent.cli.main", role, "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from hwsim.bmcs import BmcFleet
-from hwsim.fleet import Fleet
-from hwsim.simcluster import SimCluster
-from hwsim.simcluster_settings import ClusterSettings
+from nodefence.hwsim.bmcs import BmcFleet
+from nodefence.hwsim.fleet import Fleet
+from nodefence.hwsim.simcluster import SimCluster
+from nodefence.hwsim.simcluster_settings import ClusterSettings
 from tests.support.bmcs import running_bmcs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,10 @@ class Result:
 
 
 async def run_cli(
-    *args: str, module: str = "agent.cli", timeout: float = 60, env: dict[str, str] | None = None
+    *args: str,
+    module: str = "nodefence.agent.cli.main",
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> Result:
     """Run `python -m MODULE ARGS` as a real process without blocking the event loop."""
     # No kubeconfig unless a test gives one: a manual fence never reaches a developer's cluster.

@@ -5,7 +5,7 @@ Usable with `ipmitool -I lanplus` (cipher suites 3 and 17) and pyghmi's client. 
 `handshake` (open session and RAKP), `commands` (IPMI commands), `server` (the UDP endpoint).
 """
 
-from hwsim.ipmi.server import IpmiBmc, IpmiTamper
-from hwsim.ipmi.stats import BmcStats
+from nodefence.hwsim.ipmi.server import IpmiBmc, IpmiTamper
+from nodefence.hwsim.ipmi.stats import BmcStats
 
 __all__ = ["BmcStats", "IpmiBmc", "IpmiTamper"]

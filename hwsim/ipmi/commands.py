@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from hwsim.ipmi.crypto import CipherSuite
-from hwsim.ipmi.packets import IpmiRequest
-from hwsim.ipmi.session import Privilege, Session, SessionTable
-from hwsim.ipmi.stats import BmcStats
-from hwsim.machine import SimMachine
+from nodefence.hwsim.ipmi.crypto import CipherSuite
+from nodefence.hwsim.ipmi.packets import IpmiRequest
+from nodefence.hwsim.ipmi.session import Privilege, Session, SessionTable
+from nodefence.hwsim.ipmi.stats import BmcStats
+from nodefence.hwsim.machine import SimMachine
 
 LAN_CHANNEL = 1
 CURRENT_CHANNEL = 0x0E

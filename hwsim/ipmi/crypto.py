@@ -18,7 +18,7 @@ from enum import IntEnum
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from hwsim.ipmi.packets import MalformedPacket
+from nodefence.hwsim.ipmi.packets import MalformedPacket
 
 AES_BLOCK = 16
 MAX_PASSWORD = 20

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from hwsim.ipmi import crypto
-from hwsim.ipmi.crypto import CipherSuite
-from hwsim.ipmi.packets import MalformedPacket
-from hwsim.ipmi.session import Peer, Privilege, Session, SessionState, SessionTable
+from nodefence.hwsim.ipmi import crypto
+from nodefence.hwsim.ipmi.crypto import CipherSuite
+from nodefence.hwsim.ipmi.packets import MalformedPacket
+from nodefence.hwsim.ipmi.session import Peer, Privilege, Session, SessionState, SessionTable
 
 MAX_USERNAME = 16
 

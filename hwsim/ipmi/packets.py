@@ -1,7 +1,7 @@
 """Wire formats of IPMI over LAN: RMCP, ASF presence ping, IPMI 1.5 and RMCP+ headers, messages.
 
 Pure encode/decode: no sockets and no keys. RMCP+ integrity codes and AES are computed by
-`hwsim.ipmi.crypto` over the bytes framed here. Every decoder raises `MalformedPacket` on
+`nodefence.hwsim.ipmi.crypto` over the bytes framed here. Every decoder raises `MalformedPacket` on
 truncated or inconsistent input, so the server drops and counts the datagram instead of failing.
 Section and table numbers refer to the IPMI v2.0 rev 1.1 specification.
 """

@@ -1,9 +1,10 @@
 """The emulated BMC: one asyncio UDP endpoint per `SimMachine`, speaking IPMI 2.0 RMCP+ (lanplus).
 
 Datagram flow: RMCP header -> ASF presence ping, session-less IPMI 1.5 discovery, RMCP+
-handshake (`hwsim.ipmi.handshake`) or an RMCP+ session packet (integrity checked, sequence
-checked, decrypted) -> command (`hwsim.ipmi.commands`) -> answer, encrypted and signed. Any
-datagram that cannot be decoded is dropped and counted in `IpmiBmc.stats`; none stops the server.
+handshake (`nodefence.hwsim.ipmi.handshake`) or an RMCP+ session packet (integrity checked, sequence
+checked, decrypted) -> command (`nodefence.hwsim.ipmi.commands`) -> answer, encrypted and signed.
+Any datagram that cannot be decoded is dropped and counted in `IpmiBmc.stats`; none stops the
+server.
 
 Faults are read from `machine.faults_of(channel)` for every datagram (the machine's faults plus
 those of this channel, "ipmi" by default): `unreachable` drops it silently, `slow` handles and
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from hwsim.ipmi import crypto
-from hwsim.ipmi.commands import Commands
-from hwsim.ipmi.handshake import MAX_USERNAME, Account, Answer, Handshake, RmcpStatus
-from hwsim.ipmi.packets import (
+from nodefence.hwsim.ipmi import crypto
+from nodefence.hwsim.ipmi.commands import Commands
+from nodefence.hwsim.ipmi.handshake import MAX_USERNAME, Account, Answer, Handshake, RmcpStatus
+from nodefence.hwsim.ipmi.packets import (
     AuthType,
     IpmiRequest,
     MalformedPacket,
@@ -46,9 +47,9 @@ from hwsim.ipmi.packets import (
     split_integrity_trailer,
     split_rmcp,
 )
-from hwsim.ipmi.session import Peer, SessionState, SessionTable
-from hwsim.ipmi.stats import BmcStats
-from hwsim.machine import SimMachine
+from nodefence.hwsim.ipmi.session import Peer, SessionState, SessionTable
+from nodefence.hwsim.ipmi.stats import BmcStats
+from nodefence.hwsim.machine import SimMachine
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any
 
-from hwsim.ipmi.crypto import CipherSuite, SessionKeys
+from nodefence.hwsim.ipmi.crypto import CipherSuite, SessionKeys
 
 Peer = tuple[Any, ...]  # (host, port) for IPv4, 4-tuple for IPv6
 SEQUENCE_WINDOW = 32  # how far behind the highest sequence number a late packet may arrive

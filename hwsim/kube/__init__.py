@@ -25,7 +25,7 @@ Terminating and returns the Pod, and a PUT without resourceVersion of a Lease or
 resource is 422.
 """
 
-from hwsim.kube.errors import (
+from nodefence.hwsim.kube.errors import (
     AlreadyExists,
     ApiError,
     BadRequest,
@@ -36,15 +36,15 @@ from hwsim.kube.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from hwsim.kube.kubelet import NODE_LEASE_NAMESPACE, SimKubelet
-from hwsim.kube.lifecycle import NodeLifecycleController
-from hwsim.kube.patch import JSON_PATCH, MERGE, STRATEGIC
-from hwsim.kube.request_parsing import RequestRecord
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.server import KubeApiServer
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.tables import Column, path_column
-from hwsim.kube.watch import Watcher, WatchEvent
+from nodefence.hwsim.kube.kubelet import NODE_LEASE_NAMESPACE, SimKubelet
+from nodefence.hwsim.kube.lifecycle import NodeLifecycleController
+from nodefence.hwsim.kube.patch import JSON_PATCH, MERGE, STRATEGIC
+from nodefence.hwsim.kube.request_parsing import RequestRecord
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.server import KubeApiServer
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.tables import Column, path_column
+from nodefence.hwsim.kube.watch import Watcher, WatchEvent
 
 __all__ = [
     "JSON_PATCH",

@@ -31,14 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hwsim.kube.errors import AlreadyExists, ApiError, NotFound
-from hwsim.kube.objects import timestamp, wall_clock
-from hwsim.kube.patch import STRATEGIC
-from hwsim.kube.periodic import Periodic, PeriodicController
-from hwsim.kube.podgc import OUT_OF_SERVICE, has_taint_key, node_ready
-from hwsim.kube.pods import is_terminal
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.volumes import PodVolume, attachment_name, pod_volumes
+from nodefence.hwsim.kube.errors import AlreadyExists, ApiError, NotFound
+from nodefence.hwsim.kube.objects import timestamp, wall_clock
+from nodefence.hwsim.kube.patch import STRATEGIC
+from nodefence.hwsim.kube.periodic import Periodic, PeriodicController
+from nodefence.hwsim.kube.podgc import OUT_OF_SERVICE, has_taint_key, node_ready
+from nodefence.hwsim.kube.pods import is_terminal
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.volumes import PodVolume, attachment_name, pod_volumes
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]

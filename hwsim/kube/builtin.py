@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.tables import AGE, NAME, Cell, Column, age_of, lookup, path_column
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.tables import AGE, NAME, Cell, Column, age_of, lookup, path_column
 
 Obj = dict[str, Any]
 

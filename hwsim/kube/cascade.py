@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.errors import NotFound
 
 if TYPE_CHECKING:
-    from hwsim.kube.store import ObjectStore
+    from nodefence.hwsim.kube.store import ObjectStore
 
 Obj = dict[str, Any]
 

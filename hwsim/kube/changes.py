@@ -10,11 +10,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from hwsim.kube.errors import Gone
-from hwsim.kube.objects import present
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.selectors import Selector
-from hwsim.kube.watch import Watcher, WatchEvent
+from nodefence.hwsim.kube.errors import Gone
+from nodefence.hwsim.kube.objects import present
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.selectors import Selector
+from nodefence.hwsim.kube.watch import Watcher, WatchEvent
 
 Obj = dict[str, Any]
 

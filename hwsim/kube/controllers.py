@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from hwsim.kube.attachdetach import AttachDetachController
-from hwsim.kube.podgc import PodGC, TaintEvictionController
-from hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.attachdetach import AttachDetachController
+from nodefence.hwsim.kube.podgc import PodGC, TaintEvictionController
+from nodefence.hwsim.kube.store import ObjectStore
 
 UPSTREAM_NOTE = "upstream defaults"
 

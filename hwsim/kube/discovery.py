@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwsim.kube.errors import NotFound
-from hwsim.kube.resources import Registry, ResourceType
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.resources import Registry, ResourceType
 
 Obj = dict[str, Any]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hwsim.kube.errors import BadRequest, InternalError, TooManyRequests
-from hwsim.kube.selectors import from_label_selector_object, labels_match
-from hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.errors import BadRequest, InternalError, TooManyRequests
+from nodefence.hwsim.kube.selectors import from_label_selector_object, labels_match
+from nodefence.hwsim.kube.store import ObjectStore
 
 Obj = dict[str, Any]
 

@@ -2,10 +2,10 @@
 
 Every request is appended to an audit list as a `RequestRecord` (verb, resource, namespace, name,
 subresource, response code), so tests can check what a client did, e.g. against RBAC rules.
-Every applied write goes to `write_hook` when one is set (`hwsim.kube.writefaults`).
+Every applied write goes to `write_hook` when one is set (`nodefence.hwsim.kube.writefaults`).
 
-What a request says is read by `hwsim.kube.request_parsing`; bodies are rendered by
-`hwsim.kube.representation`.
+What a request says is read by `nodefence.hwsim.kube.request_parsing`; bodies are rendered by
+`nodefence.hwsim.kube.representation`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hwsim.kube import discovery, openapi
-from hwsim.kube.errors import (
+from nodefence.hwsim.kube import discovery, openapi
+from nodefence.hwsim.kube.errors import (
     ApiError,
     BadRequest,
     Forbidden,
@@ -28,10 +28,10 @@ from hwsim.kube.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from hwsim.kube.eviction import evict
-from hwsim.kube.pods import is_pod
-from hwsim.kube.representation import represent
-from hwsim.kube.request_parsing import (
+from nodefence.hwsim.kube.eviction import evict
+from nodefence.hwsim.kube.pods import is_pod
+from nodefence.hwsim.kube.representation import represent
+from nodefence.hwsim.kube.request_parsing import (
     Authorizer,
     RequestRecord,
     bearer,
@@ -42,8 +42,8 @@ from hwsim.kube.request_parsing import (
     quorum_read,
     read_body,
 )
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.routing import (
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.routing import (
     Representation,
     Route,
     negotiate,
@@ -51,10 +51,10 @@ from hwsim.kube.routing import (
     truthy,
     verb_for,
 )
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.traffic import Traffic
-from hwsim.kube.watch import Watcher, WatchEvent
-from hwsim.kube.writefaults import WRITE_VERBS, AppliedWrite, WriteHook, act_out
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.traffic import Traffic
+from nodefence.hwsim.kube.watch import Watcher, WatchEvent
+from nodefence.hwsim.kube.writefaults import WRITE_VERBS, AppliedWrite, WriteHook, act_out
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)

@@ -23,13 +23,13 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from hwsim.kube.errors import AlreadyExists, Conflict, NotFound
-from hwsim.kube.objects import micro_timestamp, timestamp, wall_clock
-from hwsim.kube.patch import STRATEGIC
-from hwsim.kube.periodic import Periodic
-from hwsim.kube.pods import is_terminal, is_terminating
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.volumes import pod_volumes
+from nodefence.hwsim.kube.errors import AlreadyExists, Conflict, NotFound
+from nodefence.hwsim.kube.objects import micro_timestamp, timestamp, wall_clock
+from nodefence.hwsim.kube.patch import STRATEGIC
+from nodefence.hwsim.kube.periodic import Periodic
+from nodefence.hwsim.kube.pods import is_terminal, is_terminating
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.volumes import pod_volumes
 
 log = logging.getLogger(__name__)
 

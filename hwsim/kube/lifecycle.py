@@ -16,11 +16,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from hwsim.kube.errors import NotFound
-from hwsim.kube.kubelet import NODE_LEASE_NAMESPACE
-from hwsim.kube.objects import timestamp, wall_clock
-from hwsim.kube.periodic import Periodic
-from hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.kubelet import NODE_LEASE_NAMESPACE
+from nodefence.hwsim.kube.objects import timestamp, wall_clock
+from nodefence.hwsim.kube.periodic import Periodic
+from nodefence.hwsim.kube.store import ObjectStore
 
 Obj = dict[str, Any]
 UNREACHABLE = "node.kubernetes.io/unreachable"

@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from hwsim.kube.errors import NotFound
-from hwsim.kube.objects import micro_timestamp as _micro
-from hwsim.kube.objects import timestamp as _seconds
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.traffic import Traffic
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.objects import micro_timestamp as _micro
+from nodefence.hwsim.kube.objects import timestamp as _seconds
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.traffic import Traffic
 
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 KUBELET = "kubelet"  # the client name kubelets' writes are counted under

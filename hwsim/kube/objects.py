@@ -14,9 +14,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from hwsim.kube.errors import BadRequest, Invalid, conflict
-from hwsim.kube.labels import label_problems
-from hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.errors import BadRequest, Invalid, conflict
+from nodefence.hwsim.kube.labels import label_problems
+from nodefence.hwsim.kube.resources import ResourceType
 
 Obj = dict[str, Any]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from hwsim.kube.errors import NotFound
-from hwsim.kube.patch import JSON_PATCH, MERGE
-from hwsim.kube.resources import Registry, ResourceType
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.patch import JSON_PATCH, MERGE
+from nodefence.hwsim.kube.resources import Registry, ResourceType
 
 Obj = dict[str, Any]
 

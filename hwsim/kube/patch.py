@@ -16,7 +16,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from hwsim.kube.errors import BadRequest, Invalid, UnsupportedMediaType
+from nodefence.hwsim.kube.errors import BadRequest, Invalid, UnsupportedMediaType
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"

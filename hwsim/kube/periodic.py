@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from hwsim.kube.errors import ApiError
+from nodefence.hwsim.kube.errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hwsim.kube.errors import ApiError, Conflict, NotFound
-from hwsim.kube.objects import timestamp, wall_clock
-from hwsim.kube.patch import STRATEGIC
-from hwsim.kube.periodic import Periodic, PeriodicController
-from hwsim.kube.pods import is_terminal, is_terminating, tolerates
-from hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.errors import ApiError, Conflict, NotFound
+from nodefence.hwsim.kube.objects import timestamp, wall_clock
+from nodefence.hwsim.kube.patch import STRATEGIC
+from nodefence.hwsim.kube.periodic import Periodic, PeriodicController
+from nodefence.hwsim.kube.pods import is_terminal, is_terminating, tolerates
+from nodefence.hwsim.kube.store import ObjectStore
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from hwsim.kube.objects import timestamp
-from hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.objects import timestamp
+from nodefence.hwsim.kube.resources import ResourceType
 
 Obj = dict[str, Any]
 

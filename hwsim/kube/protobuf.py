@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Union
 
-from hwsim.kube.errors import BadRequest, UnsupportedMediaType
+from nodefence.hwsim.kube.errors import BadRequest, UnsupportedMediaType
 
 Obj = dict[str, Any]
 # A field type: "string", "bytes", "int", "bool", a message schema, or ("map"|"list", type).

@@ -1,5 +1,5 @@
 """A response body in the representation the client asked for: as stored (JSON), as the Table
-`kubectl get` prints, or as PartialObjectMetadata (see `hwsim.kube.routing.negotiate`).
+`kubectl get` prints, or as PartialObjectMetadata (see `nodefence.hwsim.kube.routing.negotiate`).
 """
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.routing import (
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.routing import (
     Representation,
 )
-from hwsim.kube.tables import build_table
+from nodefence.hwsim.kube.tables import build_table
 
 Obj = dict[str, Any]
 

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from hwsim.kube import protobuf
-from hwsim.kube.errors import BadRequest
+from nodefence.hwsim.kube import protobuf
+from nodefence.hwsim.kube.errors import BadRequest
 
 Obj = dict[str, Any]
 

@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from hwsim.kube.errors import BadRequest, NotFound
-from hwsim.kube.tables import AGE, NAME, Column, path_column
+from nodefence.hwsim.kube.errors import BadRequest, NotFound
+from nodefence.hwsim.kube.tables import AGE, NAME, Column, path_column
 
 Obj = dict[str, Any]
 

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hwsim.kube.errors import BadRequest
-from hwsim.kube.labels import key_problems, value_problems
-from hwsim.kube.tables import lookup
+from nodefence.hwsim.kube.errors import BadRequest
+from nodefence.hwsim.kube.labels import key_problems, value_problems
+from nodefence.hwsim.kube.tables import lookup
 
 Obj = dict[str, Any]
 

@@ -17,11 +17,11 @@ from types import TracebackType
 import yaml
 from aiohttp import web
 
-from hwsim.kube.httpapi import ApiHandler
-from hwsim.kube.request_parsing import Authorizer, RequestRecord
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.writefaults import WriteHook
+from nodefence.hwsim.kube.httpapi import ApiHandler
+from nodefence.hwsim.kube.request_parsing import Authorizer, RequestRecord
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.writefaults import WriteHook
 
 
 def _is_loopback(host: str) -> bool:
@@ -77,7 +77,8 @@ class KubeApiServer:
     @property
     def write_hook(self) -> WriteHook | None:
         """Called with every applied write; may return a `WriteFault` to act out before the
-        answer (see `hwsim.kube.writefaults`). Runs on the server's loop: keep it quick."""
+        answer (see `nodefence.hwsim.kube.writefaults`). Runs on the server's loop: keep it
+        quick."""
         return self._api.write_hook
 
     @write_hook.setter

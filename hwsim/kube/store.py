@@ -6,7 +6,7 @@ share it. Methods take a resource (a `ResourceType` or any name kubectl accepts:
 `ApiError`s the HTTP layer reports. Stored dicts are never mutated in place, so the history can
 keep references to them.
 
-What only reads (get, list, watch) is `hwsim.kube.store_reads.StoreReads`, its base.
+What only reads (get, list, watch) is `nodefence.hwsim.kube.store_reads.StoreReads`, its base.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from hwsim.kube import cascade, objects, pods
-from hwsim.kube.changes import Change
-from hwsim.kube.errors import STALE, AlreadyExists, BadRequest, NotFound, conflict
-from hwsim.kube.objects import present
-from hwsim.kube.patch import MERGE, apply_patch
-from hwsim.kube.resources import ResourceType, crd_for, established, types_from_crd
-from hwsim.kube.store_reads import DEFAULT_NAMESPACES, Obj, Resource, StoreReads
+from nodefence.hwsim.kube import cascade, objects, pods
+from nodefence.hwsim.kube.changes import Change
+from nodefence.hwsim.kube.errors import STALE, AlreadyExists, BadRequest, NotFound, conflict
+from nodefence.hwsim.kube.objects import present
+from nodefence.hwsim.kube.patch import MERGE, apply_patch
+from nodefence.hwsim.kube.resources import ResourceType, crd_for, established, types_from_crd
+from nodefence.hwsim.kube.store_reads import DEFAULT_NAMESPACES, Obj, Resource, StoreReads
 
 
 class ObjectStore(StoreReads):
@@ -188,8 +188,8 @@ class ObjectStore(StoreReads):
 
         `preconditions` (`uid`, `resourceVersion`) must match or the delete is a Conflict.
         Dependents (by ownerReferences) are deleted too, unless the policy is `Orphan`. A pod
-        bound to a node is deleted gracefully (`hwsim.kube.pods`): it stays, Terminating, until
-        deleted with grace 0.
+        bound to a node is deleted gracefully (`nodefence.hwsim.kube.pods`): it stays, Terminating,
+        until deleted with grace 0.
         """
         rt = self.resolve(resource)
         ns = objects.namespace_for(rt, namespace)

@@ -1,5 +1,5 @@
 """The object store's fields and everything that only reads them: get, list, watch (`StoreReads`,
-the base of `hwsim.kube.store.ObjectStore`, which writes).
+the base of `nodefence.hwsim.kube.store.ObjectStore`, which writes).
 
 Reads see the objects under the store lock; a watch replays the retained change history from a
 resourceVersion (or starts with every matching object), then follows every change.
@@ -12,20 +12,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from hwsim.kube import cascade, objects, pods
-from hwsim.kube.builtin import builtin_types
-from hwsim.kube.changes import ChangeLog, Subscription, bookmark
-from hwsim.kube.errors import not_found
-from hwsim.kube.objects import present, served_copy
-from hwsim.kube.resources import Registry, ResourceType
-from hwsim.kube.selectors import (
+from nodefence.hwsim.kube import cascade, objects, pods
+from nodefence.hwsim.kube.builtin import builtin_types
+from nodefence.hwsim.kube.changes import ChangeLog, Subscription, bookmark
+from nodefence.hwsim.kube.errors import not_found
+from nodefence.hwsim.kube.objects import present, served_copy
+from nodefence.hwsim.kube.resources import Registry, ResourceType
+from nodefence.hwsim.kube.selectors import (
     Selector,
     decode_continue,
     page,
     parse_field_selector,
     parse_label_selector,
 )
-from hwsim.kube.watch import Watcher, WatchEvent
+from nodefence.hwsim.kube.watch import Watcher, WatchEvent
 
 Obj = dict[str, Any]
 Resource = ResourceType | str

@@ -1,9 +1,9 @@
 """What each client costs the API server: requests, bytes and watches, by client.
 
 A client is named by its User-Agent (nodefence's agents send `nodefence/<role>`, see
-`agent.cluster.load_api_client`). The emulator counts every request it answers, the bytes of
-every body it sends (the events of a watch included, as they are written) and receives, and the
-watches each client holds open; `bench/api_load.py` reads these counters. Lists are split into
+`nodefence.agent.kube.client.load_api_client`). The emulator counts every request it answers, the
+bytes of every body it sends (the events of a watch included, as they are written) and receives, and
+the watches each client holds open; `bench/api_load.py` reads these counters. Lists are split into
 those a real API server answers from its watch cache (`resourceVersion=0`, or a continue token)
 and quorum reads (no resourceVersion: every object read from etcd).
 Thread-safe: the server writes from its event loop, a bench reads from its own thread.

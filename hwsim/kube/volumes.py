@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from hwsim.kube.errors import NotFound
-from hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.store import ObjectStore
 
 Obj = dict[str, Any]
 

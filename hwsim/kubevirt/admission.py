@@ -12,19 +12,26 @@ Answered before anything is stored, in the webhooks' own words:
   eviction through (the pod goes, the guest is shut down); LiveMigrate refuses it for an
   instance that cannot migrate; LiveMigrate, LiveMigrateIfPossible (when it can migrate) and
   External mark the instance (`status.evacuationNodeName`) and refuse: "Eviction triggered
-  evacuation of VMI". The evacuation controller (`hwsim.kubevirt.migrations`) then migrates
-  it; for External, an external controller is expected to act.
+  evacuation of VMI". The evacuation controller (`nodefence.hwsim.kubevirt.migrations`) then
+  migrates it; for External, an external controller is expected to act.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hwsim.kube.errors import ApiError, BadRequest, NotFound, TooManyRequests
-from hwsim.kube.resources import ResourceType
-from hwsim.kube.store import ObjectStore
-from hwsim.kubevirt.objects import APP_LABEL, DOMAIN_ANNOTATION, FINAL, KUBEVIRT, VMI, VMIM
-from hwsim.vm_admission import denied
+from nodefence.hwsim.kube.errors import ApiError, BadRequest, NotFound, TooManyRequests
+from nodefence.hwsim.kube.resources import ResourceType
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kubevirt.objects import (
+    APP_LABEL,
+    DOMAIN_ANNOTATION,
+    FINAL,
+    KUBEVIRT,
+    VMI,
+    VMIM,
+)
+from nodefence.hwsim.virtualization.vm_admission import denied
 
 Obj = dict[str, Any]
 MIGRATION_WEBHOOK = "migration-create-validator.kubevirt.io"

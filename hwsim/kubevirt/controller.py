@@ -1,6 +1,6 @@
 """`KubevirtController`: upstream KubeVirt's virt-controller and virt-handler, for what fencing
-and maintenance meet, with the two truths of `hwsim.coldstandby` (the API; `actual`, where the
-processes run).
+and maintenance meet, with the two truths of `nodefence.hwsim.virtualization.coldstandby` (the API;
+`actual`, where the processes run).
 
 - The VM controller (`pkg/virt-controller/watch/vm`) keeps one VirtualMachineInstance per
   VirtualMachine as its runStrategy says: Always creates one whenever there is none and deletes
@@ -22,10 +22,10 @@ processes run).
   fencer removes them. (KubeVirt's own node controller fails instances without a live pod
   once virt-handler's heartbeat is 5 minutes old; the pods of a dead node stay, so it changes
   nothing either.)
-- Migrations and evacuations: `hwsim.kubevirt.migrations`; virt-api's webhooks:
-  `hwsim.kubevirt.admission`, installed on the store with the controller.
+- Migrations and evacuations: `nodefence.hwsim.kubevirt.migrations`; virt-api's webhooks:
+  `nodefence.hwsim.kubevirt.admission`, installed on the store with the controller.
 
-Its statuses are built by `hwsim.kubevirt.status` (pure).
+Its statuses are built by `nodefence.hwsim.kubevirt.status` (pure).
 """
 
 from __future__ import annotations
@@ -37,14 +37,12 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from hwsim.coldstandby_nodes import choose_node, eligible_nodes, mapping_of, unavailable_message
-from hwsim.coldstandby_records import Recovery
-from hwsim.kube.errors import ApiError, NotFound
-from hwsim.kube.objects import timestamp
-from hwsim.kube.periodic import Periodic
-from hwsim.kube.pods import is_terminal
-from hwsim.kube.store import ObjectStore
-from hwsim.kubevirt.objects import (
+from nodefence.hwsim.kube.errors import ApiError, NotFound
+from nodefence.hwsim.kube.objects import timestamp
+from nodefence.hwsim.kube.periodic import Periodic
+from nodefence.hwsim.kube.pods import is_terminal
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kubevirt.objects import (
     APP_LABEL,
     FINAL,
     RESTARTED,
@@ -56,15 +54,22 @@ from hwsim.kubevirt.objects import (
     not_shared,
     vmi_for,
 )
-from hwsim.kubevirt.status import (
+from nodefence.hwsim.kubevirt.status import (
     run_strategy,
     running_vmi_status,
     vm_status,
     vmi_conditions,
     with_phase,
 )
-from hwsim.vm_start import Start, disks_ready
-from hwsim.vm_truth import ProcessTruth
+from nodefence.hwsim.virtualization.coldstandby_nodes import (
+    choose_node,
+    eligible_nodes,
+    mapping_of,
+    unavailable_message,
+)
+from nodefence.hwsim.virtualization.coldstandby_records import Recovery
+from nodefence.hwsim.virtualization.vm_start import Start, disks_ready
+from nodefence.hwsim.virtualization.vm_truth import ProcessTruth
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +104,8 @@ class KubevirtController:
         unschedulable_timeout: float = 300.0,
         progress_timeout: float = 150.0,
     ) -> None:
-        from hwsim.kubevirt.admission import KubevirtWebhooks
-        from hwsim.kubevirt.migrations import KubevirtMigrations
+        from nodefence.hwsim.kubevirt.admission import KubevirtWebhooks
+        from nodefence.hwsim.kubevirt.migrations import KubevirtMigrations
 
         self.store = store
         self.boot_delay = boot_delay
@@ -123,7 +128,8 @@ class KubevirtController:
         self.webhooks = KubevirtWebhooks(store)
         self.webhooks.install()
 
-    # ---- the truth, as `hwsim.coldstandby.ColdStandbyController` offers it -----------------
+    # ---- the truth, as `nodefence.hwsim.virtualization.coldstandby.ColdStandbyController` offers
+    # it -----------------
 
     def mark_running(self, namespace: str, name: str, node: str) -> None:
         """Record that the VM's processes run on `node` (if powered)."""

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwsim.kube.errors import AlreadyExists, NotFound
-from hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.errors import AlreadyExists, NotFound
+from nodefence.hwsim.kube.store import ObjectStore
 
 Obj = dict[str, Any]
 

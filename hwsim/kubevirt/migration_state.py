@@ -1,5 +1,5 @@
-"""A KubeVirt live migration's bookkeeping, for `hwsim.kubevirt.migrations`: the limits, the
-VirtualMachineInstanceMigration phases still unfinished, where an accepted migration is
+"""A KubeVirt live migration's bookkeeping, for `nodefence.hwsim.kubevirt.migrations`: the limits,
+the VirtualMachineInstanceMigration phases still unfinished, where an accepted migration is
 (`Stage`) and what is known of it (`Migration`).
 """
 

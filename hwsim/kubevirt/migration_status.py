@@ -1,6 +1,6 @@
 """How the KubeVirt migration controller writes what it did: the VirtualMachineInstanceMigration's
 phase (stamped), `migrationState` and Events, the instance's status, launcher pods
-(`MigrationWriter`, the base of `hwsim.kubevirt.migrations.KubevirtMigrations`).
+(`MigrationWriter`, the base of `nodefence.hwsim.kubevirt.migrations.KubevirtMigrations`).
 """
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from hwsim.coldstandby_nodes import mapping_of
-from hwsim.kube.errors import ApiError, NotFound
-from hwsim.kube.store import ObjectStore
-from hwsim.kubevirt.migration_state import Key, Obj
-from hwsim.kubevirt.objects import VMI, VMIM
+from nodefence.hwsim.kube.errors import ApiError, NotFound
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kubevirt.migration_state import Key, Obj
+from nodefence.hwsim.kubevirt.objects import VMI, VMIM
+from nodefence.hwsim.virtualization.coldstandby_nodes import mapping_of
 
 if TYPE_CHECKING:
-    from hwsim.kubevirt.controller import KubevirtController
+    from nodefence.hwsim.kubevirt.controller import KubevirtController
 
 log = logging.getLogger(__name__)
 

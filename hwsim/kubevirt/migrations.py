@@ -1,6 +1,6 @@
 """KubeVirt's live migrations (VirtualMachineInstanceMigration) and evacuations, as
 `pkg/virt-controller/watch/migration` and `watch/drain/evacuation` run them, for
-`hwsim.kubevirt.controller.KubevirtController`.
+`nodefence.hwsim.kubevirt.controller.KubevirtController`.
 
 A migration goes through upstream's phases: Pending (queued while `parallelMigrationsPerCluster`
 (5) or `parallelOutboundMigrationsPerNode` (2) are reached) -> Scheduling (its target pod, on the
@@ -15,10 +15,11 @@ makes no progress; `progress_timeout` (150 s) without any aborts it. A migration
 is deleted is aborted.
 
 Evacuation: an instance marked by the eviction webhook (`status.evacuationNodeName`, see
-`hwsim.kubevirt.admission`) gets a migration `kubevirt-evacuation-<random>` unless one is under
-way; the mark goes once it runs elsewhere.
+`nodefence.hwsim.kubevirt.admission`) gets a migration `kubevirt-evacuation-<random>` unless one is
+under way; the mark goes once it runs elsewhere.
 
-Its bookkeeping is `hwsim.kubevirt.migration_state`; its writes, `hwsim.kubevirt.migration_status`.
+Its bookkeeping is `nodefence.hwsim.kubevirt.migration_state`; its writes,
+`nodefence.hwsim.kubevirt.migration_status`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hwsim.coldstandby_nodes import eligible_nodes, is_out_of_service, unavailable_message
-from hwsim.kube.errors import ApiError, NotFound
-from hwsim.kubevirt.migration_state import (
+from nodefence.hwsim.kube.errors import ApiError, NotFound
+from nodefence.hwsim.kubevirt.migration_state import (
     EVACUATION_ANNOTATION,
     OUTBOUND_PER_NODE,
     PER_CLUSTER,
@@ -38,8 +38,8 @@ from hwsim.kubevirt.migration_state import (
     Obj,
     Stage,
 )
-from hwsim.kubevirt.migration_status import MigrationWriter
-from hwsim.kubevirt.objects import (
+from nodefence.hwsim.kubevirt.migration_status import MigrationWriter
+from nodefence.hwsim.kubevirt.objects import (
     FINAL,
     MIGRATION_VMI_LABEL,
     VMI,
@@ -47,10 +47,15 @@ from hwsim.kubevirt.objects import (
     launcher_pod,
     mark_pod_running,
 )
-from hwsim.vm_start import disks_ready, pod_gone
+from nodefence.hwsim.virtualization.coldstandby_nodes import (
+    eligible_nodes,
+    is_out_of_service,
+    unavailable_message,
+)
+from nodefence.hwsim.virtualization.vm_start import disks_ready, pod_gone
 
 if TYPE_CHECKING:
-    from hwsim.kubevirt.controller import KubevirtController
+    from nodefence.hwsim.kubevirt.controller import KubevirtController
 
 log = logging.getLogger(__name__)
 

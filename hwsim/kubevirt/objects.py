@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hwsim.kube.errors import NotFound
-from hwsim.kube.objects import timestamp
-from hwsim.kube.store import ObjectStore
-from hwsim.kube.volumes import SINGLE_NODE_MODES, create_disk
+from nodefence.hwsim.kube.errors import NotFound
+from nodefence.hwsim.kube.objects import timestamp
+from nodefence.hwsim.kube.store import ObjectStore
+from nodefence.hwsim.kube.volumes import SINGLE_NODE_MODES, create_disk
 
 Obj = dict[str, Any]
 
@@ -242,7 +242,7 @@ def place_vms(
     """Create `count` VirtualMachines over `nodes` round-robin, cycling `profiles`; every one
     but a Halted one Running there (its instance, its Ready launcher pod mounting its disk,
     registered with `controller`). Returns the VirtualMachines as stored."""
-    from hwsim.kubevirt.status import running_vmi_status, vm_status
+    from nodefence.hwsim.kubevirt.status import running_vmi_status, vm_status
 
     if not nodes:
         raise ValueError("place_vms needs at least one node")

@@ -1,15 +1,16 @@
 """KubeVirt's statuses as its controllers write them (pure): an instance Running on a node, a
 VirtualMachine's `printableStatus`/`ready`/`runStrategy` from its instance, phase transitions.
 
-Used by `hwsim.kubevirt.controller` and, to place VMs already running, `hwsim.kubevirt.objects`.
+Used by `nodefence.hwsim.kubevirt.controller` and, to place VMs already running,
+`nodefence.hwsim.kubevirt.objects`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hwsim.coldstandby_nodes import mapping_of
-from hwsim.kubevirt.objects import FINAL, condition
+from nodefence.hwsim.kubevirt.objects import FINAL, condition
+from nodefence.hwsim.virtualization.coldstandby_nodes import mapping_of
 
 Obj = dict[str, Any]
 

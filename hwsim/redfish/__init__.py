@@ -6,12 +6,12 @@
     await bmc.stop()
 
 Each `SimMachine` is one ComputerSystem (Id and Name = machine name, UUID = machine.uuid).
-The machine's `faults` shape every answer; see `hwsim.machine.Faults`.
+The machine's `faults` shape every answer; see `nodefence.hwsim.machine.Faults`.
 """
 
-from hwsim.redfish.resources import DEFAULT_RESET_TYPES, RESET_TYPES_ENUM
-from hwsim.redfish.server import RawAnswer, RedfishBmc, RedfishTamper
-from hwsim.redfish.service import RedfishOptions, RedfishService
+from nodefence.hwsim.redfish.resources import DEFAULT_RESET_TYPES, RESET_TYPES_ENUM
+from nodefence.hwsim.redfish.server import RawAnswer, RedfishBmc, RedfishTamper
+from nodefence.hwsim.redfish.service import RedfishOptions, RedfishService
 
 __all__ = [
     "DEFAULT_RESET_TYPES",

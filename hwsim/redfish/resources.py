@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-from hwsim.machine import SimMachine
+from nodefence.hwsim.machine import SimMachine
 
 Json = dict[str, Any]
 

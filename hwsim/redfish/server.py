@@ -24,12 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from hwsim.machine import SimMachine
-from hwsim.redfish.resources import DEFAULT_RESET_TYPES
-from hwsim.redfish.service import RedfishOptions, RedfishService, Reply, error
-from hwsim.tls import TlsFiles, server_context
+from nodefence.hwsim.machine import SimMachine
+from nodefence.hwsim.redfish.resources import DEFAULT_RESET_TYPES
+from nodefence.hwsim.redfish.service import RedfishOptions, RedfishService, Reply, error
+from nodefence.hwsim.tls import TlsFiles, server_context
 
-log = logging.getLogger("hwsim.redfish")
+log = logging.getLogger("nodefence.hwsim.redfish")
 
 _MAX_BODY = 1 << 20
 _HANDSHAKE_TIMEOUT = 10.0  # a client that connects over TLS and never says hello

@@ -1,7 +1,7 @@
 """What a Redfish BMC answers: authentication, sessions, routing and power actions.
 
 `RedfishService.handle` turns one parsed request into a `Reply`; it knows no sockets, so the
-transport (`hwsim.redfish.server`) owns threads, TLS and the transport-level faults
+transport (`nodefence.hwsim.redfish.server`) owns threads, TLS and the transport-level faults
 (`unreachable`, `slow`). The `fail_first`, `errors` and `wrong_credentials` faults are answered
 here. Faults are those the machine shows on this service's channel ("redfish" by default; a PDU
 outlet served over Redfish is the channel "pdu"), see `SimMachine.faults_of`.
@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from hwsim.machine import SimMachine
-from hwsim.redfish import resources as res
-from hwsim.redfish.resources import Json
+from nodefence.hwsim.machine import SimMachine
+from nodefence.hwsim.redfish import resources as res
+from nodefence.hwsim.redfish.resources import Json
 
 _OFF = frozenset({"ForceOff", "GracefulShutdown"})
 _ON = frozenset({"On", "ForceOn"})

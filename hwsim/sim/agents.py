@@ -2,17 +2,19 @@
 
 One `NodeAgent` per agent process on a machine. Its I/O is simulated (a broker client, an API
 client), its decisions are the real ones: heartbeats are built, signed and encoded by
-`agent.heartbeat_codec` / `agent.heartbeat_auth`; whether to feed the watchdog is the real
-`agent.watchdog.FeedPolicy`, fed by the heartbeat echo (`echo`) and by the real
-`agent.watchdog_marks` loop over the API: the agent's watches of its own records and Node
-(`agent.node_watch.NodeWatch`), and reads of its records (`agent.runner.unfinished_marks`) while
-no echo gives contact. Its callbacks run in its own process context: killing the process stops
-them all at once.
+`nodefence.agent.heartbeat.codec` / `nodefence.agent.heartbeat.signing`; whether to feed the
+watchdog is the real
+`nodefence.agent.node.watchdog_rules.FeedPolicy`, fed by the heartbeat echo (`echo`) and by the real
+`nodefence.agent.node.marks_watch` loop over the API: the agent's watches of its own records and
+Node (`nodefence.agent.node.self_watch.NodeWatch`), and reads of its records
+(`nodefence.agent.leader.candidate_runner.unfinished_marks`) while no echo gives contact. Its
+callbacks run in its own process context: killing the process stops them all at once.
 
-Like `agent.heartbeat.HeartbeatPublisher`: `online` retained on connect, `offline` as the Last
-Will and on a clean stop, reconnects with jittered exponential backoff. Like
-`agent.watchdog_feeder.WatchdogFeeder`: the device is armed by the first feed, heartbeats claim the
-watchdog only while it is armed and fed, a clean stop disarms it unless feeding stopped.
+Like `nodefence.agent.heartbeat.sender_loop.HeartbeatPublisher`: `online` retained on connect,
+`offline` as the Last Will and on a clean stop, reconnects with jittered exponential backoff. Like
+`nodefence.agent.node.watchdog_loop.WatchdogFeeder`: the device is armed by the first feed,
+heartbeats claim the watchdog only while it is armed and fed, a clean stop disarms it unless feeding
+stopped.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import asyncio
 import collections
 from typing import TYPE_CHECKING
 
-from agent import __version__
-from agent.heartbeat_auth import sign_own
-from agent.heartbeat_codec import (
+from nodefence.agent import __version__
+from nodefence.agent.heartbeat.codec import (
     Heartbeat,
     HeartbeatRejected,
     NodeState,
@@ -34,21 +35,28 @@ from agent.heartbeat_codec import (
     heartbeat_topic,
     status_topic,
 )
-from agent.node_keys import NodeSigner
-from agent.node_watch import NodeWatch
-from agent.peers import ProbeResult, decode_request, encode_result, probe_filter, result_topic
-from agent.probe_auth import check_request, sign_result_own
-from agent.runner import unfinished_marks
-from agent.watchdog import FeedPolicy, clean_stop_disarms
-from agent.watchdog_marks import watch_marks
-from hwsim.sim.api import SimClusterApi
-from hwsim.sim.broker import BrokerClient
-from hwsim.sim.settings import node_private_key
-from hwsim.sim.vloop import ProcState, SimProcess, spawn
+from nodefence.agent.heartbeat.node_keys import NodeSigner
+from nodefence.agent.heartbeat.signing import sign_own
+from nodefence.agent.leader.candidate_runner import unfinished_marks
+from nodefence.agent.node.marks_watch import watch_marks
+from nodefence.agent.node.self_watch import NodeWatch
+from nodefence.agent.node.watchdog_rules import FeedPolicy, clean_stop_disarms
+from nodefence.agent.probes.peers import (
+    ProbeResult,
+    decode_request,
+    encode_result,
+    probe_filter,
+    result_topic,
+)
+from nodefence.agent.probes.signing import check_request, sign_result_own
+from nodefence.hwsim.sim.api import SimClusterApi
+from nodefence.hwsim.sim.broker import BrokerClient
+from nodefence.hwsim.sim.settings import node_private_key
+from nodefence.hwsim.sim.vloop import ProcState, SimProcess, spawn
 
 if TYPE_CHECKING:
-    from hwsim.sim.machines import Machine
-    from hwsim.sim.world import World
+    from nodefence.hwsim.sim.machines import Machine
+    from nodefence.hwsim.sim.world import World
 
 
 class NodeAgent:
@@ -121,7 +129,8 @@ class NodeAgent:
 
     def stop_cleanly(self) -> None:
         """SIGTERM: announce `stopped` for this boot, disarm the watchdog only as the real
-        agent does (`agent.watchdog.clean_stop_disarms`: in contact, and announced), exit."""
+        agent does (`nodefence.agent.node.watchdog_rules.clean_stop_disarms`: in contact, and
+        announced), exit."""
         announced = False
         if self.client is not None and self.client.up and not self.machine.partitioned:
             announced = self.world.broker.publish(

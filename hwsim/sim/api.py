@@ -1,4 +1,5 @@
-"""`agent.cluster.ClusterApi` for the simulated processes, over `hwsim.sim.apiserver`.
+"""`nodefence.agent.kube.client.ClusterApi` for the simulated processes, over
+`nodefence.hwsim.sim.apiserver`.
 
 Each call is a request that lands on the server after a latency, even if the caller was
 cancelled, paused or killed meanwhile; its answer is read at once, unless it times out. While
@@ -16,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agent.cluster import ClusterApi, ClusterError, LeaseInfo, NodeInfo
-from agent.cluster_release import AttachmentInfo
-from agent.cluster_watch import Collection, Page, WatchStream
-from hwsim.sim.apiserver import ApiServer
-from hwsim.sim.vloop import PROCESS, SimProcess
-from hwsim.sim.watches import SimWatch, copy_json
+from nodefence.agent.kube.client import ClusterApi, ClusterError, LeaseInfo, NodeInfo
+from nodefence.agent.kube.release_client import AttachmentInfo
+from nodefence.agent.kube.watch_client import Collection, Page, WatchStream
+from nodefence.hwsim.sim.apiserver import ApiServer
+from nodefence.hwsim.sim.vloop import PROCESS, SimProcess
+from nodefence.hwsim.sim.watches import SimWatch, copy_json
 
 T = TypeVar("T")
 
@@ -137,7 +138,7 @@ class SimClusterApi(ClusterApi):
     async def open_watch(
         self, c: Collection, resource_version: str, *, stall_after: float = 90.0
     ) -> WatchStream:
-        """See `ClusterApi.open_watch` (`hwsim.sim.watches`)."""
+        """See `ClusterApi.open_watch` (`nodefence.hwsim.sim.watches`)."""
         proc = self._proc()
 
         def opened() -> SimWatch:
@@ -182,7 +183,7 @@ class SimClusterApi(ClusterApi):
         )
 
     # The simulation models VMs, not their pods or volumes: the release after a proven Off
-    # finds nothing to free (the VMs restart once the Node is deleted, see hwsim.sim.vms).
+    # finds nothing to free (the VMs restart once the Node is deleted, see nodefence.hwsim.sim.vms).
 
     async def list_node_pods(self, node: str, label_selector: str = "") -> list[dict[str, Any]]:
         """See `ClusterApi.list_node_pods` (no pods are simulated)."""

@@ -1,9 +1,9 @@
-"""The objects the simulated API server (`hwsim.sim.apiserver`) stores, and their JSON.
+"""The objects the simulated API server (`nodefence.hwsim.sim.apiserver`) stores, and their JSON.
 
 Nodes and Leases are kept as records (`NodeObject`, `LeaseObject`) and shown as the API's JSON
 (`node_json`, `lease_json`); VirtualMachines and FenceOperations are kept as their JSON. A
 stored object is never changed in place (`with_version`: a write makes a new one). Resources
-are named group/plural, as `hwsim.sim.watches.resource_of` names a collection's.
+are named group/plural, as `nodefence.hwsim.sim.watches.resource_of` names a collection's.
 `ApiListener` is what the harness (the invariants) hears of the writes that matter.
 """
 
@@ -13,9 +13,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.cluster import HEALTH_ANNOTATION, LeaseInfo
-from agent.cluster_release import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY
-from hwsim.sim.vloop import SimProcess
+from nodefence.agent.kube.client import HEALTH_ANNOTATION, LeaseInfo
+from nodefence.agent.kube.release_client import FENCED_ANNOTATION, OUT_OF_SERVICE_KEY
+from nodefence.hwsim.sim.vloop import SimProcess
 
 NODES = "/nodes"
 LEASES = "coordination.k8s.io/leases"
@@ -61,7 +61,7 @@ class LeaseObject:
     transitions: int = 0
     renewed_at: float = 0.0  # virtual time of the last renewal (kubelet Leases)
     standbys: tuple[str, ...] = ()  # the leader's named warm standbys (an annotation)
-    paused: str = ""  # the pause annotation (agent.pause)
+    paused: str = ""  # the pause annotation (nodefence.agent.fencing.pause)
     _info: LeaseInfo | None = None
 
     def info(self) -> LeaseInfo:

@@ -4,14 +4,15 @@ It keeps objects as a real one does: every write bumps a cluster-wide resourceVe
 update carrying a stale one is refused with 409, a missing object with 404, a create of an
 existing name with 409, a label value longer than 63 characters with 422. Node Ready follows
 the kubelet's Lease as the node lifecycle controller does (Unknown after 40 s without a
-renewal; a write, so watches see it). Requests are applied by `hwsim.sim.api.SimClusterApi`
-when they land; the harness (kubelets, operators, the VM controller) changes objects directly.
-Every write is also an event for the watches (`hwsim.sim.watches`), and objects are listed and
-watched as the API's JSON, which the real code turns into its values (`agent.kube_json`).
-A stored object is never changed in place: a write stores a new one (the watch history keeps
-the old), and clients get a copy of it (one per version, `hwsim.sim.watches.ClientCopies`).
-Its objects and their JSON are `hwsim.sim.api_objects`; `ApiListener` tells the invariants
-about every write that matters.
+renewal; a write, so watches see it). Requests are applied by
+`nodefence.hwsim.sim.api.SimClusterApi` when they land; the harness (kubelets, operators, the VM
+controller) changes objects directly. Every write is also an event for the watches
+(`nodefence.hwsim.sim.watches`), and objects are listed and watched as the API's JSON, which the
+real code turns into its values (`nodefence.agent.kube.json_codec`). A stored object is never
+changed in place: a write stores a new one (the watch history keeps the old), and clients get a copy
+of it (one per version, `nodefence.hwsim.sim.watches.ClientCopies`). Its objects and their JSON are
+`nodefence.hwsim.sim.api_objects`; `ApiListener` tells the invariants about every write that
+matters.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import datetime as dt
 import random
 from typing import Any
 
-from agent.cluster import (
+from nodefence.agent.kube.client import (
     MAINTENANCE_LABEL,
     NODE_LEASE_NAMESPACE,
     VM_GROUP,
@@ -30,9 +31,9 @@ from agent.cluster import (
     LeaseInfo,
     NodeInfo,
 )
-from agent.cluster_watch import Collection, Page
-from agent.kube_json import node_info
-from hwsim.sim.api_objects import (
+from nodefence.agent.kube.json_codec import node_info
+from nodefence.agent.kube.watch_client import Collection, Page
+from nodefence.hwsim.sim.api_objects import (
     LEASES,
     NODES,
     RECORDS,
@@ -45,9 +46,9 @@ from hwsim.sim.api_objects import (
     virtual_wall,
     with_version,
 )
-from hwsim.sim.trace import Trace
-from hwsim.sim.vloop import SimProcess, VirtualLoop
-from hwsim.sim.watches import ClientCopies, WatchHub, matches, resource_of
+from nodefence.hwsim.sim.trace import Trace
+from nodefence.hwsim.sim.vloop import SimProcess, VirtualLoop
+from nodefence.hwsim.sim.watches import ClientCopies, WatchHub, matches, resource_of
 
 NODE_MONITOR_GRACE = 40.0
 MAX_LABEL_VALUE = 63

@@ -23,19 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from backends.base import CheckResult, PowerBackend, PowerState
-from backends.errors import (
+from nodefence.backends.base import CheckResult, PowerBackend, PowerState
+from nodefence.backends.errors import (
     BmcAuthFailed,
     BmcProtocolError,
     BmcTimeout,
     BmcUnreachable,
     FenceError,
 )
-from backends.spec import DeviceSpec
-from hwsim.sim.vloop import VirtualLoop
+from nodefence.backends.spec import DeviceSpec
+from nodefence.hwsim.sim.vloop import VirtualLoop
 
 if TYPE_CHECKING:
-    from hwsim.sim.machines import Machine
+    from nodefence.hwsim.sim.machines import Machine
 
 
 class ChannelKind(enum.Enum):
@@ -128,7 +128,7 @@ PowerRequestListener = Callable[[str, str, str], None]  # node, device, verb
 
 
 class SimPowerBackend(PowerBackend):
-    """`backends.base.PowerBackend` over one simulated channel."""
+    """`nodefence.backends.base.PowerBackend` over one simulated channel."""
 
     def __init__(
         self,

@@ -16,9 +16,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.leader_broker import BrokerLost, OnMessage, OnUp
-from hwsim.sim.trace import Trace
-from hwsim.sim.vloop import SimProcess, VirtualLoop
+from nodefence.agent.mqtt.leader_broker_client import BrokerLost, OnMessage, OnUp
+from nodefence.hwsim.sim.trace import Trace
+from nodefence.hwsim.sim.vloop import SimProcess, VirtualLoop
 
 Deliver = Callable[[str, bytes], None]
 
@@ -213,7 +213,8 @@ DeliveryObserver = Callable[[SimProcess, str, bytes, OnMessage], None]
 
 
 class SimLeaderBroker:
-    """`agent.leader_broker.LeaderBroker` over the simulated broker, for one process.
+    """`nodefence.agent.mqtt.leader_broker_client.LeaderBroker` over the simulated broker, for one
+    process.
 
     `observe(proc, topic, payload, on_message)` is called for every delivered message instead
     of `on_message` itself, so the invariants can see what reached the leader's ingest.
@@ -235,7 +236,7 @@ class SimLeaderBroker:
         self.client: BrokerClient | None = None
 
     async def session(self, filters: list[str], on_message: OnMessage, on_up: OnUp) -> None:
-        """See `agent.leader_broker.LeaderBroker.session`."""
+        """See `nodefence.agent.mqtt.leader_broker_client.LeaderBroker.session`."""
         loop = self.broker.loop
         await asyncio.sleep(0.002 + self.broker.rng.random() * 0.01)  # CONNECT / CONNACK
         client = self.broker.connect(self.client_id) if self.reachable() else None
@@ -268,7 +269,7 @@ class SimLeaderBroker:
         raise BrokerLost("the ingest connection ended")  # pragma: no cover - lost raises
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """See `agent.leader_broker.LeaderBroker.publish`."""
+        """See `nodefence.agent.mqtt.leader_broker_client.LeaderBroker.publish`."""
         client = self.client
         if client is None or not self.broker.publish(client, topic, payload, retain):
             raise BrokerLost("not connected")

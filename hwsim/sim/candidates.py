@@ -1,4 +1,5 @@
-"""Leader candidates: processes running production's wiring (`agent.runner.leader_candidate`).
+"""Leader candidates: processes running production's wiring
+(`nodefence.agent.leader.candidate_runner.leader_candidate`).
 
 Each candidate is a simulated process with its own clocks (a small drift; its wall clock can
 be stepped), its own API client, broker connection and BMC backends, all simulated. Killing it
@@ -13,24 +14,25 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from agent.inventory import Inventory
-from agent.leader import LeaderSide
-from agent.node_keys import Keyring
-from agent.runner import LeaderCandidate, leader_candidate
-from backends.base import PowerBackend
-from backends.spec import DeviceSpec
-from hwsim.sim.api import SimClusterApi
-from hwsim.sim.bmc import SimPowerBackend
-from hwsim.sim.broker import SimLeaderBroker
-from hwsim.sim.settings import fencer_key, node_public_key
-from hwsim.sim.vloop import ProcState, SimProcess, spawn
+from nodefence.agent.config.inventory_file import Inventory
+from nodefence.agent.heartbeat.node_keys import Keyring
+from nodefence.agent.leader.candidate_runner import LeaderCandidate, leader_candidate
+from nodefence.agent.leader.side_loop import LeaderSide
+from nodefence.backends.base import PowerBackend
+from nodefence.backends.spec import DeviceSpec
+from nodefence.hwsim.sim.api import SimClusterApi
+from nodefence.hwsim.sim.bmc import SimPowerBackend
+from nodefence.hwsim.sim.broker import SimLeaderBroker
+from nodefence.hwsim.sim.settings import fencer_key, node_public_key
+from nodefence.hwsim.sim.vloop import ProcState, SimProcess, spawn
 
 if TYPE_CHECKING:
-    from hwsim.sim.world import World
+    from nodefence.hwsim.sim.world import World
 
 
 class StaticInventory:
-    """The inventory source of the simulation (`agent.runner.InventorySource`)."""
+    """The inventory source of the simulation
+    (`nodefence.agent.leader.candidate_runner.InventorySource`)."""
 
     def __init__(self, inventory: Inventory) -> None:
         self.inventory = inventory

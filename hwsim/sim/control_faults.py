@@ -1,4 +1,4 @@
-"""The faults of the control plane, drawn by `hwsim.sim.faults.FaultScheduler`.
+"""The faults of the control plane, drawn by `nodefence.hwsim.sim.faults.FaultScheduler`.
 
 The broker (restart, lossy delivery), the leader's broker connection, the API server (errors,
 timeouts, slowness, broken watches, silent watches and compaction, a leader cut off from it, a
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.fencing_operation import RESTART_POLICIES
-from hwsim.sim.api import ApiChaos
-from hwsim.sim.broker import DeliveryChaos
+from nodefence.agent.fencing.operation import RESTART_POLICIES
+from nodefence.hwsim.sim.api import ApiChaos
+from nodefence.hwsim.sim.broker import DeliveryChaos
 
 if TYPE_CHECKING:
-    from hwsim.sim.candidates import Candidate
-    from hwsim.sim.faults import FaultScheduler
+    from nodefence.hwsim.sim.candidates import Candidate
+    from nodefence.hwsim.sim.faults import FaultScheduler
 
 
 # -- broker and API ----------------------------------------------------------------------------

@@ -21,14 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.cluster import MAINTENANCE_LABEL
-from hwsim.sim import control_faults, machine_faults
-from hwsim.sim.bmc import ChannelFaults
-from hwsim.sim.machines import Machine
+from nodefence.agent.kube.client import MAINTENANCE_LABEL
+from nodefence.hwsim.sim import control_faults, machine_faults
+from nodefence.hwsim.sim.bmc import ChannelFaults
+from nodefence.hwsim.sim.machines import Machine
 
 if TYPE_CHECKING:
-    from hwsim.sim.candidates import Candidate
-    from hwsim.sim.world import World
+    from nodefence.hwsim.sim.candidates import Candidate
+    from nodefence.hwsim.sim.world import World
 
 KINDS: dict[str, int] = {
     "power-loss": 10,

@@ -26,7 +26,7 @@ Safety, checked as it happens:
 - `crash`: an exception left the real code and ended a candidate process.
 - `livelock`: callbacks kept running without virtual time passing (a busy loop).
 
-Liveness, checked when the faults have stopped (`hwsim.sim.runner`): `not-fenced` and
+Liveness, checked when the faults have stopped (`nodefence.hwsim.sim.runner`): `not-fenced` and
 `stuck-operation`.
 """
 
@@ -36,16 +36,16 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.heartbeat_codec import node_from_topic
-from agent.leader_broker import OnMessage
-from agent.records import record_name
-from hwsim.sim.api_objects import ApiListener, NodeObject
-from hwsim.sim.vloop import SimProcess
+from nodefence.agent.fencing.records import record_name
+from nodefence.agent.heartbeat.codec import node_from_topic
+from nodefence.agent.mqtt.leader_broker_client import OnMessage
+from nodefence.hwsim.sim.api_objects import ApiListener, NodeObject
+from nodefence.hwsim.sim.vloop import SimProcess
 
 if TYPE_CHECKING:
-    from hwsim.sim.candidates import Candidate
-    from hwsim.sim.machines import Machine
-    from hwsim.sim.world import World
+    from nodefence.hwsim.sim.candidates import Candidate
+    from nodefence.hwsim.sim.machines import Machine
+    from nodefence.hwsim.sim.world import World
 
 MAINTENANCE_GRACE = 2.0  # a label set this recently may not have been seen yet
 INVARIANTS = (

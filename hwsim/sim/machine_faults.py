@@ -1,4 +1,4 @@
-"""The faults of machines and their BMCs, drawn by `hwsim.sim.faults.FaultScheduler`.
+"""The faults of machines and their BMCs, drawn by `nodefence.hwsim.sim.faults.FaultScheduler`.
 
 Machines: power loss (for good, or repaired later), chassis (mains) loss, network partition,
 agent stop (SIGTERM, sometimes then cut off and lost) or kill, reboot, maintenance (labelled,
@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.cluster import MAINTENANCE_LABEL
-from hwsim.sim.bmc import ChannelFaults, ChannelKind
-from hwsim.sim.machines import Machine
+from nodefence.agent.kube.client import MAINTENANCE_LABEL
+from nodefence.hwsim.sim.bmc import ChannelFaults, ChannelKind
+from nodefence.hwsim.sim.machines import Machine
 
 if TYPE_CHECKING:
-    from hwsim.sim.faults import FaultScheduler
+    from nodefence.hwsim.sim.faults import FaultScheduler
 
 
 # -- machine faults ----------------------------------------------------------------------------

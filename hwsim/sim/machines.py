@@ -9,7 +9,8 @@ reaches nothing and nothing reaches it (its BMC is on a separate network and sti
 
 The watchdog is a device timer: armed by the first feed, it resets the machine (power cycle)
 `timeout` seconds after the last feed unless disarmed by a clean agent stop. Whether to feed is
-the real `agent.watchdog.FeedPolicy`'s decision, asked by the agent (`hwsim.sim.agents`).
+the real `nodefence.agent.node.watchdog_rules.FeedPolicy`'s decision, asked by the agent
+(`nodefence.hwsim.sim.agents`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hwsim.sim.agents import NodeAgent
-    from hwsim.sim.world import World
+    from nodefence.hwsim.sim.agents import NodeAgent
+    from nodefence.hwsim.sim.world import World
 
 KUBELET_RENEW = 10.0  # kube-node-lease renewals, as the kubelet does
 

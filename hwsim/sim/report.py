@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from hwsim.sim.runner import EVENTS_SHOWN, RunResult, run_seed
+from nodefence.hwsim.sim.runner import EVENTS_SHOWN, RunResult, run_seed
 
 DETAILED_FAILURES = 3  # failing seeds printed in full in a batch
 LOG_SHOWN = 15  # agent log lines printed with a failing seed

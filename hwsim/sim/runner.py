@@ -28,14 +28,14 @@ from typing import Any
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from agent import metrics
-from agent.fencing_operation import FINAL, Phase
-from agent.policy import AlertKind, MaxUnhealthy
-from hwsim.sim.invariants import Violation
-from hwsim.sim.settings import NAMESPACE, SimSettings, settings_for
-from hwsim.sim.trace import capture_agent_logs
-from hwsim.sim.vloop import Livelock
-from hwsim.sim.world import World
+from nodefence.agent.detection.policy import AlertKind, MaxUnhealthy
+from nodefence.agent.fencing.operation import FINAL, Phase
+from nodefence.agent.observe import metrics
+from nodefence.hwsim.sim.invariants import Violation
+from nodefence.hwsim.sim.settings import NAMESPACE, SimSettings, settings_for
+from nodefence.hwsim.sim.trace import capture_agent_logs
+from nodefence.hwsim.sim.vloop import Livelock
+from nodefence.hwsim.sim.world import World
 
 FINAL_PHASES = frozenset(p.value for p in FINAL)
 EVENTS_SHOWN = 40  # last events printed with a violation

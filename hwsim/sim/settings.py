@@ -16,17 +16,17 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.config import (
+from nodefence.agent.config.agent_file import (
     AgentConfig,
     AuthConfig,
     FencingConfig,
     KubeConfig,
     WatchdogConfig,
 )
-from agent.inventory import FencingPolicy, Inventory, Level, NodeInventory
-from agent.node_keys import private_key, public_of
-from backends.spec import DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
-from hwsim.sim.vms import RUN_POLICIES
+from nodefence.agent.config.inventory_file import FencingPolicy, Inventory, Level, NodeInventory
+from nodefence.agent.heartbeat.node_keys import private_key, public_of
+from nodefence.backends.spec import DeviceTimeouts, IpmiDevice, RedfishDevice, Secret
+from nodefence.hwsim.sim.vms import RUN_POLICIES
 
 CLUSTER = "sim"
 NAMESPACE = "nodefence"

@@ -1,4 +1,5 @@
-"""VirtualMachines and a small ColdStandby controller (as `hwsim.coldstandby` behaves).
+"""VirtualMachines and a small ColdStandby controller (as
+`nodefence.hwsim.virtualization.coldstandby` behaves).
 
 Each VM is an API object (`spec.runPolicy`, `status.phase` / `status.nodeName`) and, where it
 really runs, a process on a machine (`Machine.vms`). The controller only knows the API: when a
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.cluster import MAINTENANCE_LABEL, VM_GROUP, VM_VERSION
-from agent.fencing_operation import RESTART_POLICIES
+from nodefence.agent.fencing.operation import RESTART_POLICIES
+from nodefence.agent.kube.client import MAINTENANCE_LABEL, VM_GROUP, VM_VERSION
 
 if TYPE_CHECKING:
-    from hwsim.sim.machines import Machine
-    from hwsim.sim.world import World
+    from nodefence.hwsim.sim.machines import Machine
+    from nodefence.hwsim.sim.world import World
 
 RUN_POLICIES = ("AlwaysOn", "AlwaysOnUnlessStoppedManually", "Manual", "AlwaysOff")
 RETRY = 5.0  # seconds between placement attempts of a Pending VM

@@ -5,14 +5,14 @@ fanned out to the open watches it concerns, each event arriving after a latency 
 in order, and a BOOKMARK every `BOOKMARKS` seconds (the current resourceVersion, so a narrow
 watch that resumes is not sent to list again). A watch from a version older than the retained
 history gets 410 Gone, as from a real server (an ERROR event, then the end). The faults a real
-watch shows, for the informers of the real code (`agent.informer`) to survive:
+watch shows, for the informers of the real code (`nodefence.agent.kube.informer_loop`) to survive:
 - the server or the network ends a stream (`break_watches`): the informer watches again from
   the last version it saw, or lists again after a 410;
 - a gap (`gap`): a process's streams deliver nothing for a while (a congested API server, a
   stalled connection), then either everything held back arrives late or the streams break;
 - compaction (`compact`): the history is forgotten, so a watch that must resume lists again;
 - a process cut off from the API: its streams break at the next event, and it cannot open new
-  ones (its requests time out, `hwsim.sim.api`).
+  ones (its requests time out, `nodefence.hwsim.sim.api`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.cluster import ClusterError
-from agent.cluster_watch import Collection
-from hwsim.sim.trace import Trace
-from hwsim.sim.vloop import ProcState, SimProcess, VirtualLoop
+from nodefence.agent.kube.client import ClusterError
+from nodefence.agent.kube.watch_client import Collection
+from nodefence.hwsim.sim.trace import Trace
+from nodefence.hwsim.sim.vloop import ProcState, SimProcess, VirtualLoop
 
 Obj = dict[str, Any]
 HISTORY = 400  # changes retained, like etcd between compactions
@@ -93,8 +93,8 @@ class SimChange:
     def delivered(self) -> Obj:
         """The object the watches get: one copy of `obj` (made at the first delivery unless
         the server gave one), shared by every watch that gets this change (the informers only
-        read what they receive, `agent.informer.Cache`; the server's own object stays out of
-        their reach)."""
+        read what they receive, `nodefence.agent.kube.informer_loop.Cache`; the server's own object
+        stays out of their reach)."""
         if self._delivered is None:
             self._delivered = copy_json(self.obj)
         return self._delivered
@@ -118,7 +118,7 @@ class ClientCopies:
 
 
 class SimWatch:
-    """One open watch (`agent.cluster_watch.WatchStream`), fed by the hub."""
+    """One open watch (`nodefence.agent.kube.watch_client.WatchStream`), fed by the hub."""
 
     def __init__(
         self, hub: WatchHub, c: Collection, proc: SimProcess | None, reachable: Callable[[], bool]
@@ -177,7 +177,7 @@ class SimWatch:
             waiter.set_result(None)
 
     async def next(self, timeout: float) -> list[Obj] | None:
-        """See `agent.cluster_watch.WatchStream.next`."""
+        """See `nodefence.agent.kube.watch_client.WatchStream.next`."""
         if not self._events and not self.ended:
             loop = self.hub.loop
             waiter = self._waiter = loop.create_future()
@@ -198,7 +198,7 @@ class SimWatch:
         return []
 
     def close(self) -> None:
-        """See `agent.cluster_watch.WatchStream.close`."""
+        """See `nodefence.agent.kube.watch_client.WatchStream.close`."""
         if not self.ended:
             self.ended = True
             self.hub.closed(self)

@@ -1,7 +1,7 @@
 """One simulated cluster: the loop, the edges, the machines, the agents and the candidates.
 
-`World` builds everything a seed describes (`hwsim.sim.settings`) and owns the primitives the
-fault scheduler uses (power, network, processes). Every random choice is drawn from one
+`World` builds everything a seed describes (`nodefence.hwsim.sim.settings`) and owns the primitives
+the fault scheduler uses (power, network, processes). Every random choice is drawn from one
 `random.Random(seed)` in event order, so a seed is one exact run.
 """
 
@@ -10,20 +10,20 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from agent.profiles import DEFAULT
-from backends.base import PowerBackend
-from hwsim.sim.agents import NodeAgent
-from hwsim.sim.apiserver import ApiServer
-from hwsim.sim.bmc import Channel, ChannelKind
-from hwsim.sim.broker import SimBroker
-from hwsim.sim.candidates import Candidate, StaticInventory
-from hwsim.sim.faults import FaultScheduler
-from hwsim.sim.invariants import Invariants
-from hwsim.sim.machines import Machine
-from hwsim.sim.settings import SimSettings
-from hwsim.sim.trace import Trace
-from hwsim.sim.vloop import VirtualLoop
-from hwsim.sim.vms import VmController
+from nodefence.agent.detection.profiles import DEFAULT
+from nodefence.backends.base import PowerBackend
+from nodefence.hwsim.sim.agents import NodeAgent
+from nodefence.hwsim.sim.apiserver import ApiServer
+from nodefence.hwsim.sim.bmc import Channel, ChannelKind
+from nodefence.hwsim.sim.broker import SimBroker
+from nodefence.hwsim.sim.candidates import Candidate, StaticInventory
+from nodefence.hwsim.sim.faults import FaultScheduler
+from nodefence.hwsim.sim.invariants import Invariants
+from nodefence.hwsim.sim.machines import Machine
+from nodefence.hwsim.sim.settings import SimSettings
+from nodefence.hwsim.sim.trace import Trace
+from nodefence.hwsim.sim.vloop import VirtualLoop
+from nodefence.hwsim.sim.vms import VmController
 
 KEEPALIVE_LOSS = 15.0  # the broker drops a silent client after 1.5 x keepalive (10 s)
 RESTART_DELAY = (3.0, 10.0)  # a killed or crashed process is started again (a pod restart)

@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from hwsim.bmcs import BmcFleet
-from hwsim.fleet import Fleet
-from hwsim.machine import SimMachine
-from hwsim.redfish import RedfishBmc
+from nodefence.hwsim.bmcs import BmcFleet
+from nodefence.hwsim.fleet import Fleet
+from nodefence.hwsim.machine import SimMachine
+from nodefence.hwsim.redfish import RedfishBmc
 
 StartBmc = Callable[..., Awaitable[RedfishBmc]]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hwsim.broker import MosquittoBroker
+from nodefence.hwsim.broker import MosquittoBroker
 
 
 @contextmanager

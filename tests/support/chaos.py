@@ -1,8 +1,9 @@
-"""Reading a chaos schedule (`hwsim.chaos_schedule`) in tests: its episodes, start to end."""
+"""Reading a chaos schedule (`nodefence.hwsim.chaos.schedule`) in tests: its episodes, start to
+end."""
 
 from __future__ import annotations
 
-from hwsim.chaos_schedule import END_ACTION, ChaosSettings, Step
+from nodefence.hwsim.chaos.schedule import END_ACTION, ChaosSettings, Step
 
 
 def episodes(steps: list[Step]) -> dict[int, tuple[Step, Step]]:

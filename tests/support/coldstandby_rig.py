@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwsim.coldstandby import ColdStandbyController
-from hwsim.coldstandby_nodes import OUT_OF_SERVICE
-from hwsim.kube import KubeApiServer, ObjectStore
-from hwsim.kube.attachdetach import AttachDetachController
-from hwsim.vms import VM_LABEL
+from nodefence.hwsim.kube import KubeApiServer, ObjectStore
+from nodefence.hwsim.kube.attachdetach import AttachDetachController
+from nodefence.hwsim.virtualization.coldstandby import ColdStandbyController
+from nodefence.hwsim.virtualization.coldstandby_nodes import OUT_OF_SERVICE
+from nodefence.hwsim.virtualization.vms import VM_LABEL
 from tests.support.clock import FakeClock
 from tests.support.controller_rig import ControllerRig, node_switches
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from hwsim.kube import ObjectStore, SimKubelet
-from hwsim.kube.attachdetach import AttachDetachController
-from hwsim.kube.podgc import PodGC
+from nodefence.hwsim.kube import ObjectStore, SimKubelet
+from nodefence.hwsim.kube.attachdetach import AttachDetachController
+from nodefence.hwsim.kube.podgc import PodGC
 from tests.support.clock import FakeClock
 
 

@@ -19,10 +19,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.cluster import RECORD_GROUP, RECORD_VERSION
-from hwsim.broker import MosquittoBroker
-from hwsim.kube import KubeApiServer, RequestRecord
-from hwsim.simcluster import ClusterSettings, SimCluster
+from nodefence.agent.kube.client import RECORD_GROUP, RECORD_VERSION
+from nodefence.hwsim.broker import MosquittoBroker
+from nodefence.hwsim.kube import KubeApiServer, RequestRecord
+from nodefence.hwsim.simcluster import ClusterSettings, SimCluster
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

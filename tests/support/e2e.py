@@ -1,13 +1,13 @@
-"""End-to-end runs on a simulated cluster (`hwsim.simcluster.SimCluster`): start one and wait
-until its leader judges, pick a victim, read the fencing records and the VMs."""
+"""End-to-end runs on a simulated cluster (`nodefence.hwsim.simcluster.SimCluster`): start one and
+wait until its leader judges, pick a victim, read the fencing records and the VMs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from hwsim.liveview import LeaderViewFeed
-from hwsim.simcluster import SimCluster
+from nodefence.hwsim.liveview import LeaderViewFeed
+from nodefence.hwsim.simcluster import SimCluster
 from tests.support.timings import FENCING_RUN
 
 Make = Callable[..., SimCluster]

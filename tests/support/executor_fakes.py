@@ -13,14 +13,14 @@ from typing import Any, cast
 
 import yaml
 
-from agent.cluster import ClusterApi, ClusterError, NodeInfo, PodInfo
-from agent.cluster_release import AttachmentInfo, pod_infos
-from agent.fence_executor import FenceExecutor
-from agent.fencing import Timing
-from agent.inventory import parse_inventory
-from backends.base import PowerBackend, PowerState
-from backends.errors import BmcUnreachable
-from backends.spec import DeviceSpec
+from nodefence.agent.config.inventory_file import parse_inventory
+from nodefence.agent.fencing.executor import FenceExecutor
+from nodefence.agent.fencing.machine import Timing
+from nodefence.agent.kube.client import ClusterApi, ClusterError, NodeInfo, PodInfo
+from nodefence.agent.kube.release_client import AttachmentInfo, pod_infos
+from nodefence.backends.base import PowerBackend, PowerState
+from nodefence.backends.errors import BmcUnreachable
+from nodefence.backends.spec import DeviceSpec
 
 
 @dataclass

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from hwsim.broker import MosquittoBroker
-from hwsim.kube import KubeApiServer
-from hwsim.tls import TlsFiles, make_tls
+from nodefence.hwsim.broker import MosquittoBroker
+from nodefence.hwsim.kube import KubeApiServer
+from nodefence.hwsim.tls import TlsFiles, make_tls
 from tests.support.brokers import running_broker
 from tests.support.kube import AGENT_NAMESPACE, kube_server, official_client
 

@@ -1,10 +1,10 @@
-"""IPMI cases of the BMC fuzzing (see tests/test_fuzz_bmc.py), run in their own process.
+"""IPMI cases of the BMC fuzzing (see tests/backends/test_fuzz_bmc.py), run in their own process.
 
-tests/test_fuzz_bmc.py runs this file in a child pytest. That began as a workaround: pyghmi
+tests/backends/test_fuzz_bmc.py runs this file in a child pytest. That began as a workaround: pyghmi
 keeps process-wide session state, and calls the damaged examples abandoned at their deadline
 lingered in it, stalling other tests' IPMI sessions. The backend now runs pyghmi in a worker
-process per backend and kills it when a call is abandoned (backends/ipmi.py;
-tests/test_backend_ipmi.py shows other sessions are not stalled), so nothing lingers; the
+process per backend and kills it when a call is abandoned (backends/ipmi/backend.py;
+tests/backends/test_backend_ipmi.py shows other sessions are not stalled), so nothing lingers; the
 child pytest stays only because this module cannot be collected on its own name. Run it
 alone with `python -m pytest tests/support/ipmi_fuzz_cases.py`.
 """
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.base import PowerState
-from backends.errors import BmcProtocolError
-from hwsim.ipmi import IpmiTamper
-from hwsim.ipmi.packets import IpmiRequest, PayloadType, checksum
-from tests.test_fuzz_bmc import (
+from nodefence.backends.base import PowerState
+from nodefence.backends.errors import BmcProtocolError
+from nodefence.hwsim.ipmi import IpmiTamper
+from nodefence.hwsim.ipmi.packets import IpmiRequest, PayloadType, checksum
+from tests.backends.test_fuzz_bmc import (
     SOCKETS,
     Lab,
     call,
@@ -273,7 +273,7 @@ def test_ipmi_damaged_datagrams_never_read_off(lab: Lab, damage: WireDamage, sta
 
 
 # Once wedged for good by pyghmi's lock-order deadlock (two sessions timing out and resending
-# at once); one lock for both of its session tables fixed it (backends/ipmi_console.py).
+# at once); one lock for both of its session tables fixed it (backends/ipmi/console.py).
 @settings(SOCKETS, max_examples=12)
 @given(damage=wire_damage, command=st.sampled_from([_GET_STATUS, _CONTROL]))
 def test_ipmi_console_recovers_once_the_bmc_behaves(

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from agent.cluster import ClusterApi, load_api_client
-from hwsim.kube import KubeApiServer
+from nodefence.agent.kube.client import ClusterApi, load_api_client
+from nodefence.hwsim.kube import KubeApiServer
 
 AGENT_NAMESPACE = "nodefence"  # where the agent keeps its Lease, Events and fence records
 

@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.cluster import ClusterApi, load_api_client
-from agent.config import AgentConfig, parse_config
-from agent.leader import LeaderSide
-from agent.profiles import DetectionProfile
-from hwsim.broker import MosquittoBroker
-from hwsim.kube import KubeApiServer
+from nodefence.agent.config.agent_file import AgentConfig, parse_config
+from nodefence.agent.detection.profiles import DetectionProfile
+from nodefence.agent.kube.client import ClusterApi, load_api_client
+from nodefence.agent.leader.side_loop import LeaderSide
+from nodefence.hwsim.broker import MosquittoBroker
+from nodefence.hwsim.kube import KubeApiServer
 from tests.support.wait import eventually
 
 

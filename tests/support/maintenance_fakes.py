@@ -1,4 +1,5 @@
-"""An in-memory Kubernetes API for `agent.vmops`, with a tiny virtualization controller.
+"""An in-memory Kubernetes API for `nodefence.agent.maintenance.vmops_executor`, with a tiny
+virtualization controller.
 
 `FakeApi` answers the `ClusterApi` calls the maintenance commands make and behaves as Deckhouse
 Virtualization does where it matters to them: an Evict operation is Pending, then InProgress
@@ -16,8 +17,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from agent.cluster import MAINTENANCE_LABEL, ClusterApi, ClusterError, LeaseInfo, NodeInfo
-from agent.vmops import enter_maintenance
+from nodefence.agent.kube.client import (
+    MAINTENANCE_LABEL,
+    ClusterApi,
+    ClusterError,
+    LeaseInfo,
+    NodeInfo,
+)
+from nodefence.agent.maintenance.vmops_executor import enter_maintenance
 from tests.support.clock import FakeClock
 
 N = "node-1"

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hwsim.kube import KubeApiServer, RequestRecord, ResourceType
+from nodefence.hwsim.kube import KubeApiServer, RequestRecord, ResourceType
 from tests.support.deploy import Obj
 
 # -- the RBAC objects on the API emulator -----------------------------------------------------

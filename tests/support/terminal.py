@@ -22,13 +22,13 @@ def _controlling_terminal() -> None:
 
 
 class Terminal:
-    """`python -m agent.cli ARGS` on a fresh pseudo-terminal (see the module doc)."""
+    """`python -m nodefence.agent.cli.main ARGS` on a fresh pseudo-terminal (see the module doc)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.master, slave = os.openpty()
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "KUBECONFIG": os.devnull}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", *args],
+            [sys.executable, "-m", "nodefence.agent.cli.main", *args],
             stdin=slave,
             stdout=slave,
             stderr=slave,

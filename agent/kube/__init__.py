@@ -1,0 +1,1 @@
+"""The Kubernetes edge: the one client, its errors and types, informer caches."""

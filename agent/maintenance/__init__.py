@@ -1,0 +1,1 @@
+"""Maintenance mode and live migration: pure decisions and the executors around them."""

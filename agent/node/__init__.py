@@ -1,0 +1,1 @@
+"""What every node runs: the agent, its watchdog, its health endpoint, its watch of itself."""

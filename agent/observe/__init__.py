@@ -1,0 +1,1 @@
+"""What nodefence tells operators' tools: metrics and build information."""

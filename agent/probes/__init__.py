@@ -1,0 +1,1 @@
+"""Peer probes: other agents asked, over the node network, whether a silent node is alive."""

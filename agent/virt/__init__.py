@@ -1,0 +1,1 @@
+"""The virtualization layer: Deckhouse Virtualization and KubeVirt behind one driver."""

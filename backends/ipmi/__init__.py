@@ -1,0 +1,1 @@
+"""IPMI over LAN (pyghmi), each BMC session in a worker process of its own."""

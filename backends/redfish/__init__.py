@@ -1,0 +1,1 @@
+"""Redfish (the DMTF library), as ironic over sushy: model, transport, client, backend."""

@@ -1,0 +1,1 @@
+"""`nodefence-hwsim chaos`: seeded fault schedules against a running simulated cluster."""

@@ -1,0 +1,1 @@
+"""`nodefence-hwsim scenario`: scripted failures with a timeline and a verdict."""

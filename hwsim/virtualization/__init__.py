@@ -1,0 +1,1 @@
+"""The emulated Deckhouse Virtualization controller: VMs, launchers, migrations."""
