@@ -38,6 +38,8 @@ from tests.support.deploy import (
 from tests.support.rbac import denied, grants_for, rec, serve_rbac, unused
 from tests.support.timings import RUN_TIMINGS
 
+SLOW_ATTACH_DETACH = 5.0  # s: the release, not the controller, deletes the VolumeAttachments
+
 
 def kubectl_apply(kubeconfig: Path, manifests: str) -> str:
     result = subprocess.run(
@@ -172,9 +174,10 @@ def test_every_api_call_of_a_fencing_run_is_granted_and_every_grant_is_used(
     tmp_path: Path,
 ) -> None:
     docs = render("overlays/example")
-    # A busy kube-controller-manager: the attach/detach controller looks only every 2 s, so the
-    # release finds the VolumeAttachments still there and deletes them itself.
-    slow = ControllerTimers(attach_detach_loop=2.0)
+    # A busy kube-controller-manager: the attach/detach controller looks only every 5 s, so the
+    # release finds the VolumeAttachments still there and deletes them itself (at 2 s a loaded
+    # machine let the controller go first, and the grant to delete them went unused).
+    slow = ControllerTimers(attach_detach_loop=SLOW_ATTACH_DETACH)
     with shipped_cluster(tmp_path, "overlays/example", timers=slow) as (cluster, leader):
         restartable = [  # a victim whose VMs must run again elsewhere: recovery calls too
             vm["status"]["nodeName"]
@@ -217,7 +220,11 @@ def test_on_a_cluster_serving_both_vm_apis_the_fenced_nodes_vms_of_both_are_veri
     finds both APIs by discovery, verifies every restartable VM of either kind on the fenced
     node, and needs exactly what the overlay grants (the KubeVirt component included)."""
     docs = render("overlays/kubevirt")
-    with shipped_cluster(tmp_path, "overlays/kubevirt", virt="both") as (cluster, leader):
+    slow = ControllerTimers(attach_detach_loop=SLOW_ATTACH_DETACH)  # see the test above
+    with shipped_cluster(tmp_path, "overlays/kubevirt", virt="both", timers=slow) as (
+        cluster,
+        leader,
+    ):
         must_return = [v for v in vm_views(cluster.kube.store) if v.restarts and v.running]
         victim = next(  # hosts a restartable VM of each API
             n
