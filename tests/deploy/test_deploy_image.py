@@ -4,7 +4,14 @@ builder copies and nothing else."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from tests.support.deploy import REPO, pod_spec, render
 
@@ -97,3 +104,35 @@ def test_the_build_context_holds_what_the_builder_copies_and_nothing_else() -> N
     for private in ("tests/conftest.py", ".git/config", "run/x", "deploy/base/agent.yaml"):
         assert not dockerignore_keeps(private), private
     assert not dockerignore_keeps("agent/__pycache__/cli.cpython-311.pyc")
+
+
+@pytest.mark.timeout(240)
+def test_the_wheel_builds_from_what_the_builder_copies(tmp_path: Path) -> None:
+    """The image's wheel is built from the COPY sources alone: they must hold every folder
+    pyproject.toml maps into the `nodefence` package, and the wheel every module."""
+    (builder, _) = containerfile_stages()
+    src = tmp_path / "src"
+    for kw, arg in builder.instructions:
+        if kw != "COPY":
+            continue
+        *sources, dest = (a for a in arg.split() if not a.startswith("--"))
+        for source in sources:
+            target = src / dest if dest not in ("./", ".") else src
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO / source, target / Path(source).name)
+    build = ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheels")]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *build, str(src)],
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheels").glob("nodefence-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "nodefence/__init__.py" in names
+    assert "nodefence/agent/fencing/machine.py" in names
+    assert "nodefence/backends/ipmi/worker.py" in names
