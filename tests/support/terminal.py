@@ -8,17 +8,22 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import termios
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _controlling_terminal() -> None:
     # After setsid (start_new_session): the terminal on stdin becomes this session's.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # A person's shell starts a command with Ctrl-C at its default. A test run started in the
+    # background (a non-interactive shell's `&`) ignores SIGINT, every child inherits that, and
+    # Python then leaves it ignored: the command would never see the Ctrl-C typed at it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Terminal:
