@@ -399,7 +399,9 @@ async def test_a_call_cut_off_by_its_deadline_leaves_no_session_behind(
 ) -> None:
     m = machine()
     bmc = await start_bmc([m])
-    backend = backend_for(bmc, timeout=1.0, auth="session")
+    # 2 s: the call after the fault is a fresh login and a read, which a loaded machine has
+    # taken more than 1 s for (BmcTimeout in a full run at load 6).
+    backend = backend_for(bmc, timeout=2.0, auth="session")
     await backend.power_state()
     m.set_faults(unreachable=True)
     with pytest.raises(BmcUnreachable):
