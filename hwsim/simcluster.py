@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,7 @@ from nodefence.hwsim.simcluster_settings import (
     ClusterSettings,
 )
 from nodefence.hwsim.simcluster_vms import VmControllers
-from nodefence.hwsim.simnode import SimNode
+from nodefence.hwsim.simnode import REPO, SimNode
 
 log = logging.getLogger("hwsim.cluster")
 
@@ -252,6 +255,25 @@ class SimCluster(ConfigFiles, VmControllers):
         )
         inventory.write_text(text)
         self.settings.inventory = str(inventory)
+
+    def nodefence(self, *args: str) -> subprocess.Popen[str]:
+        """`nodefence ARGS --kubeconfig <this cluster's>` started as an operator runs it: stdin
+        closed, stdout and stderr merged into `stdout` (text). The caller waits for it."""
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nodefence.agent.cli.main",
+                *args,
+                "--kubeconfig",
+                str(self.kubeconfig),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            text=True,
+        )
 
     def stop(self) -> None:
         """Stop every process and server this cluster started (idempotent)."""

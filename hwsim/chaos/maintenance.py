@@ -4,9 +4,7 @@ ends, wait for the Node to be Ready, `maintenance exit NODE --force`."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +14,6 @@ from nodefence.hwsim.chaos.actions import FaultKind
 from nodefence.hwsim.machine import SimMachine
 from nodefence.hwsim.pdu import restore
 from nodefence.hwsim.simcluster import SimCluster
-from nodefence.hwsim.simnode import REPO
 
 
 @dataclass
@@ -55,16 +52,7 @@ class PlannedWork:
         self.say("maintenance-exit", node, "done" if code == 0 else f"exit {code}: {out[-200:]!r}")
 
     def _nodefence(self, *args: str) -> tuple[int, str]:
-        command = [sys.executable, "-m", "nodefence.agent.cli.main", *args]
-        command += ["--kubeconfig", str(self.cluster.kubeconfig)]
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            text=True,
-        )
+        proc = self.cluster.nodefence(*args)
         self.procs.append(proc)
         try:
             out, _ = proc.communicate(timeout=90)

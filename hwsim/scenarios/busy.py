@@ -11,9 +11,6 @@ not move with the controller's reason and exits non-zero; the node stays cordone
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from typing import Any, Protocol
 
@@ -62,7 +59,6 @@ def busy(store: Any, on: bool) -> None:
 
 def inject(cluster: SimCluster, tl: Says) -> list[str]:
     """Make the node busy, then run `nodefence maintenance enter` on it to the end."""
-    from nodefence.hwsim.simnode import REPO
 
     store, ctl = cluster.kube.store, cluster.vm_controller
     leader = cluster.leader()
@@ -97,24 +93,7 @@ def inject(cluster: SimCluster, tl: Says) -> list[str]:
     store.create("vmop", _vmop("queued-evict", queued), "default")
     tl.add(victim, f"VM {queued} has an Evict queued (vmop queued-evict, cluster limit 1)")
     tl.add(victim, "MAINTENANCE ENTER (nodefence maintenance enter --vms-only)")
-    command = [
-        sys.executable,
-        "-m",
-        "nodefence.agent.cli.main",
-        "maintenance",
-        "enter",
-        victim,
-        "--vms-only",
-    ]
-    command += ["--timeout", "40", "--kubeconfig", str(cluster.kubeconfig)]
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        text=True,
-    )
+    proc = cluster.nodefence("maintenance", "enter", victim, "--vms-only", "--timeout", "40")
     assert proc.stdout is not None
     output: list[str] = []
     with proc:

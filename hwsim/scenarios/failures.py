@@ -8,7 +8,6 @@ problems found once the scenario's wait is over ([] = as nodefence promises).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from nodefence.hwsim.scenarios.release import drain_then_cut, judge_release
@@ -191,31 +190,9 @@ def judge_rack_loss(cluster: SimCluster, victims: list[str]) -> list[str]:
 
 def maintenance(cluster: SimCluster, tl: Timeline) -> list[str]:
     """`nodefence maintenance enter` as an operator runs it, then the planned power cut."""
-    import os
-    import subprocess
-
-    from nodefence.hwsim.simnode import REPO
-
     victim = pick_victims(cluster, 1)[0]
     tl.add(victim, "MAINTENANCE ENTER (nodefence maintenance enter --vms-only)")
-    command = [
-        sys.executable,
-        "-m",
-        "nodefence.agent.cli.main",
-        "maintenance",
-        "enter",
-        victim,
-        "--vms-only",
-    ]
-    command += ["--timeout", "60", "--kubeconfig", str(cluster.kubeconfig)]
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        text=True,
-    )
+    proc = cluster.nodefence("maintenance", "enter", victim, "--vms-only", "--timeout", "60")
     assert proc.stdout is not None
     with proc:
         for line in proc.stdout:
