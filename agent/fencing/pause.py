@@ -55,7 +55,3 @@ class Pause:
         who = f" by {self.by}" if self.by else ""
         when = f" since {self.since}" if self.since else ""
         return f"paused{who}{when}: {self.reason}"
-
-    def as_json(self) -> dict[str, str]:
-        """For the leader's view (`nodefence status -o json`)."""
-        return {"reason": self.reason, "by": self.by, "since": self.since}
