@@ -17,6 +17,7 @@ import sys
 from typing import Any, TextIO
 
 from nodefence.agent.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from nodefence.agent.cli.kube_access import kube_api
 from nodefence.agent.cli.options import kubeconfig_option, output_option, records_namespace_option
 from nodefence.agent.fencing.outcome import vm_summary, vms_from_record
 from nodefence.agent.kube.client import ClusterError
@@ -174,8 +175,6 @@ def run_explain(
     args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
     """`nodefence explain`: 0 when the operation was found and told, 2 when unknown."""
-    from nodefence.agent.cli.kube_access import kube_api
-
     api = kube_api(args.kubeconfig, err)
     if api is None:
         return EXIT_USAGE
