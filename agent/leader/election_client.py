@@ -178,8 +178,11 @@ class LeaderElector:
                 # A hung API server must not stretch a renewal past the renew deadline: the
                 # leader side has to stop before anyone else may take the Lease.
                 left = self.timing.renew_deadline - (self._clock() - (self._last_renew or 0.0))
+                # asyncio.timeout, not wait_for: no task per renewal, and (unlike 3.11's
+                # wait_for) it never swallows a cancellation of this task.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._try_acquire_or_renew(), max(0.01, left))
+                    async with asyncio.timeout(max(0.01, left)):
+                        await self._try_acquire_or_renew()
                 if not self.is_leader:
                     log.warning(
                         "lost leadership: no renewal for %.1f s", self.timing.renew_deadline
@@ -297,5 +300,9 @@ class LeaderElector:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less once `stop` is set (a timeout, not wait_for: no task each time)."""
+    if stop.is_set():
+        return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -48,7 +48,7 @@ from nodefence.hwsim.sim.api_objects import (
 )
 from nodefence.hwsim.sim.trace import Trace
 from nodefence.hwsim.sim.vloop import SimProcess, VirtualLoop
-from nodefence.hwsim.sim.watches import ClientCopies, WatchHub, matches, resource_of
+from nodefence.hwsim.sim.watches import ClientCopies, Selector, WatchHub, resource_of
 
 NODE_MONITOR_GRACE = 40.0
 MAX_LABEL_VALUE = 63
@@ -218,7 +218,8 @@ class ApiServer:
             items = self.list_records(c.namespace, None)
         else:
             items = []  # nothing else is simulated (pods, VolumeAttachments)
-        return Page([o for o in items if matches(c, o)], str(self.rv))
+        selector = Selector(c)
+        return Page([o for o in items if selector.matches(o)], str(self.rv))
 
     def list_nodes(self) -> list[NodeInfo]:
         return [self.node_info(n) for n in self.nodes.values()]

@@ -65,18 +65,35 @@ def _pairs(selector: str) -> list[tuple[str, str]]:
 def matches(c: Collection, obj: Obj) -> bool:
     """Whether `obj` belongs to `c`: its namespace, its label and field selectors (equality
     only, what nodefence asks for)."""
-    meta = obj.get("metadata") or {}
-    if c.namespace is not None and meta.get("namespace") != c.namespace:
-        return False
-    labels = meta.get("labels") or {}
-    if any(labels.get(k) != v for k, v in _pairs(c.label_selector)):
-        return False
-    for key, value in _pairs(c.field_selector):
-        if key == "metadata.name" and meta.get("name") != value:
+    return Selector(c).matches(obj)
+
+
+class Selector:
+    """`matches` for one collection, its selectors parsed once (a watch is asked about every
+    write of its resource)."""
+
+    __slots__ = ("fields", "labels", "namespace")
+
+    def __init__(self, c: Collection) -> None:
+        self.namespace = c.namespace
+        self.labels = _pairs(c.label_selector)
+        self.fields = _pairs(c.field_selector)
+
+    def matches(self, obj: Obj) -> bool:
+        """Whether `obj` belongs to the collection (see `matches`)."""
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
             return False
-        if key == "metadata.namespace" and meta.get("namespace") != value:
-            return False
-    return True
+        if self.labels:
+            labels = meta.get("labels") or {}
+            if any(labels.get(k) != v for k, v in self.labels):
+                return False
+        for key, value in self.fields:
+            if key == "metadata.name" and meta.get("name") != value:
+                return False
+            if key == "metadata.namespace" and meta.get("namespace") != value:
+                return False
+        return True
 
 
 @dataclass
@@ -125,6 +142,8 @@ class SimWatch:
     ) -> None:
         self.hub = hub
         self.collection = c
+        self.resource = resource_of(c)
+        self.selector = Selector(c)
         self.proc = proc
         self.reachable = reachable
         self._events: deque[Obj] = deque()
@@ -243,7 +262,7 @@ class WatchHub:
         while len(self.history) > HISTORY:
             self.compacted = self.history.popleft().rv
         for w in list(self.watches):
-            if resource_of(w.collection) == resource and matches(w.collection, obj):
+            if w.resource == resource and w.selector.matches(obj):
                 w.send({"type": kind, "object": change.delivered()}, self._latency(w.proc))
 
     def open(
@@ -267,9 +286,9 @@ class WatchHub:
         if not self._bookmarking:
             self._bookmarking = True
             self.loop.call_later(BOOKMARKS, self._bookmark, context=self.loop.harness)
-        resource = resource_of(c)
+        resource, selector = w.resource, w.selector
         for change in self.history:
-            if change.rv > since and change.resource == resource and matches(c, change.obj):
+            if change.rv > since and change.resource == resource and selector.matches(change.obj):
                 w.send({"type": change.type, "object": change.delivered()}, self._latency(proc))
         return w
 
