@@ -97,7 +97,12 @@ class MaxUnhealthy:
         return f"{self.value}%" if self.percent else str(self.value)
 
 
-@dataclass(frozen=True)
+# `LeaderFacts`, `ClusterFacts` and `PolicyDecision` are built every judging round: they are
+# frozen dataclasses with a hand-written `__init__` that fills the instance dict directly (the
+# generated frozen `__init__` makes one `object.__setattr__` call per field, three times the cost).
+
+
+@dataclass(frozen=True, init=False)
 class LeaderFacts:
     """The deciding process's own situation, in its monotonic seconds.
 
@@ -112,6 +117,19 @@ class LeaderFacts:
     leader_since: float | None
     broker_up_since: float | None
     warm: bool = False
+
+    def __init__(
+        self,
+        now: float,
+        leader_since: float | None,
+        broker_up_since: float | None,
+        warm: bool = False,
+    ) -> None:
+        d = self.__dict__
+        d["now"] = now
+        d["leader_since"] = leader_since
+        d["broker_up_since"] = broker_up_since
+        d["warm"] = warm
 
     @property
     def broker_connected(self) -> bool:
@@ -128,7 +146,7 @@ class NodeWorkload:
     volumes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ClusterFacts:
     """What the cluster says about its nodes.
 
@@ -154,8 +172,33 @@ class ClusterFacts:
     deckhouse_fencing: Mapping[str, str] = field(default_factory=dict)
     paused: str | None = None
 
+    def __init__(
+        self,
+        max_unhealthy: MaxUnhealthy,
+        maintenance: frozenset[str] = frozenset(),
+        inventory: frozenset[str] = frozenset(),
+        expected_nodes: int | None = None,
+        cordoned: frozenset[str] = frozenset(),
+        deckhouse_maintenance: Mapping[str, str] | None = None,
+        workloads: Mapping[str, NodeWorkload] | None = None,
+        kept_out_of_service: Mapping[str, str] | None = None,
+        deckhouse_fencing: Mapping[str, str] | None = None,
+        paused: str | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["max_unhealthy"] = max_unhealthy
+        d["maintenance"] = maintenance
+        d["inventory"] = inventory
+        d["expected_nodes"] = expected_nodes
+        d["cordoned"] = cordoned
+        d["deckhouse_maintenance"] = {} if deckhouse_maintenance is None else deckhouse_maintenance
+        d["workloads"] = {} if workloads is None else workloads
+        d["kept_out_of_service"] = {} if kept_out_of_service is None else kept_out_of_service
+        d["deckhouse_fencing"] = {} if deckhouse_fencing is None else deckhouse_fencing
+        d["paused"] = paused
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class PolicyDecision:
     """One round's outcome: `fence` the nodes listed; DEAD nodes not fenced are in `held`.
 
@@ -166,6 +209,19 @@ class PolicyDecision:
     frozen: bool = False
     alerts: list[Alert] = field(default_factory=list)
     held: dict[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        fence: list[str] | None = None,
+        frozen: bool = False,
+        alerts: list[Alert] | None = None,
+        held: dict[str, str] | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["fence"] = [] if fence is None else fence
+        d["frozen"] = frozen
+        d["alerts"] = [] if alerts is None else alerts
+        d["held"] = {} if held is None else held
 
 
 def leader_guard(leader: LeaderFacts, fence_after: float) -> str | None:
