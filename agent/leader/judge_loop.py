@@ -164,10 +164,11 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
         taken and committed); one that sent nothing waits for a fence decision that passes
         every guard."""
         assert self.executor is not None
-        if leader_guard(self._facts(now), self.profile.fence_after) is not None:
+        held = self.executor.held()
+        if not held or leader_guard(self._facts(now), self.profile.fence_after) is not None:
             return
         verdicts = {v.node: v for v in self.verdicts}
-        for node in sorted(self.executor.held()):
+        for node in sorted(held):
             v = verdicts.get(node)
             op = self.executor.operations.get(node)
             alive = v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST)
@@ -201,8 +202,9 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
             await self.executor.cancel_held(node, why)
 
     async def _report(self, decision: PolicyDecision, now: float) -> None:
-        blind = leader_guard(self._facts(now), self.profile.fence_after)
-        for v in [] if blind else self.verdicts:  # a blind leader reports no node's state
+        blind: str | None = None
+        judged = False  # whether `blind` was asked: at the first change, before any await
+        for v in self.verdicts:
             before = self._reported.get(v.node)
             current = v.health
             if v.node in decision.fence:
@@ -211,6 +213,11 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
                 current = NodeHealth.SUSPECT  # DEAD but held: not declared
             if before == current:
                 continue
+            if not judged:
+                judged = True
+                blind = leader_guard(self._facts(now), self.profile.fence_after)
+            if blind:
+                break  # a blind leader reports no node's state
             self._reported[v.node] = current
             if current is NodeHealth.DEAD:
                 self.stats.decisions.append((now, v.node, "dead"))
@@ -250,5 +257,8 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
                     )
                 except ClusterError as err:
                     log.warning("cannot record event %s: %s", reason, err)
-        active = {(a.kind.value, a.node) for a in decision.alerts}
-        self._alerted &= active  # an alert that cleared may fire again later
+        # An alert that cleared may fire again later.
+        if decision.alerts:
+            self._alerted &= {(a.kind.value, a.node) for a in decision.alerts}
+        else:
+            self._alerted.clear()
