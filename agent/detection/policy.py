@@ -26,7 +26,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nodefence.agent.detection.detector import NodeHealth, NodeVerdict
+from nodefence.agent.detection.detector import UNHEALTHY, NodeHealth, NodeVerdict
 from nodefence.agent.detection.profiles import DetectionProfile
 
 
@@ -269,8 +269,13 @@ def storm_guard(
     """
     total = guarded_node_count(verdicts, cluster)
     limit = cluster.max_unhealthy.limit(total)
-    settled = cluster.maintenance | frozenset(cluster.kept_out_of_service)
-    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in settled)
+    settled = cluster.maintenance
+    if cluster.kept_out_of_service:
+        settled = settled | frozenset(cluster.kept_out_of_service)
+    unhealthy = 0
+    for v in verdicts:
+        if v.health in UNHEALTHY and v.node not in settled:
+            unhealthy += 1
     return (unhealthy, limit, total) if unhealthy > limit else None
 
 
@@ -279,7 +284,7 @@ def guarded_node_count(verdicts: Sequence[NodeVerdict], cluster: ClusterFacts) -
     per verdict) less those in maintenance, which are neither judged nor fenced. Counting them
     would let more of the nodes that are judged be fenced at once than the threshold says."""
     total = cluster.expected_nodes if cluster.expected_nodes is not None else len(verdicts)
-    away = len({v.node for v in verdicts} & cluster.maintenance)
+    away = len({v.node for v in verdicts} & cluster.maintenance) if cluster.maintenance else 0
     return max(0, total - away)
 
 
