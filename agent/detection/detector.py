@@ -195,15 +195,27 @@ def peer_reading(
     DEAD: at least min(quorum, available) fresh reports say unreachable, each newer than every
     fresh reachable report. ALIVE: the newest fresh report says reachable. Else UNKNOWN.
     """
-    fresh = {p: r for p, r in reports.items() if r.at > last_heartbeat and now - r.at <= window}
-    ok = {p: r.at for p, r in fresh.items() if r.reachable}
-    bad = {p: r.at for p, r in fresh.items() if not r.reachable}
-    latest_ok = max(ok.values(), default=None)
-    confirming = sorted(p for p, at in bad.items() if latest_ok is None or at > latest_ok)
+    # One pass over the reports (this runs for every silent node, every round).
+    ok = 0
+    latest_ok: float | None = None
+    peer = ""  # of the newest fresh reachable reports, the first by name
+    bad: list[tuple[str, float]] = []
+    latest_bad: float | None = None
+    for p, r in reports.items():
+        at = r.at
+        if at > last_heartbeat and now - at <= window:
+            if r.reachable:
+                ok += 1
+                if latest_ok is None or at > latest_ok or (at == latest_ok and p < peer):
+                    latest_ok, peer = at, p
+            else:
+                bad.append((p, at))
+                if latest_bad is None or at > latest_bad:
+                    latest_bad = at
+    confirming = sorted(p for p, at in bad if latest_ok is None or at > latest_ok)
     needed = min(quorum, available)
-    summary = PeerSummary(len(ok), len(bad), available, needed)
-    if latest_ok is not None and latest_ok >= max(bad.values(), default=latest_ok):
-        peer = min(p for p, at in ok.items() if at == latest_ok)
+    summary = PeerSummary(ok, len(bad), available, needed)
+    if latest_ok is not None and (latest_bad is None or latest_ok >= latest_bad):
         return Reading(
             Evidence.ALIVE, f"peer {peer} reached the agent {now - latest_ok:.1f} s ago"
         ), summary
