@@ -63,26 +63,26 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
                 if v.health is NodeHealth.SUSPECT or v.health is NodeHealth.DEAD:
                     await self._ask_peers(v.node, healthy, now)
         # What the cluster says of its nodes, gathered in one pass over them.
-        maintenance: list[str] = []
+        in_maintenance: list[str] = []
         marked: dict[str, tuple[bool, bool]] = {}
-        cordoned: list[str] = []
+        unschedulable: list[str] = []
         deckhouse: dict[str, str] = {}
         kept_out_of_service: dict[str, str] = {}
         deckhouse_fencing: dict[str, str] = {}
         for name, i in self.nodes.items():
             if i.maintenance:
-                maintenance.append(name)
+                in_maintenance.append(name)
                 marked[name] = (i.maintenance, i.unschedulable)
             if i.unschedulable:
-                cordoned.append(i.name)
+                unschedulable.append(i.name)
             if i.deckhouse_maintenance:
                 deckhouse[i.name] = i.deckhouse_maintenance
             if i.out_of_service and i.fenced_by:
                 kept_out_of_service[i.name] = i.fenced_by
             if i.deckhouse_fencing:
                 deckhouse_fencing[i.name] = i.deckhouse_fencing
-        in_maintenance = frozenset(maintenance)
-        unschedulable = frozenset(cordoned)
+        maintenance = frozenset(in_maintenance)
+        cordoned = frozenset(unschedulable)
         inventory = (
             self.inventory() if self.inventory is not None else frozenset(v.node for v in verdicts)
         )
@@ -91,17 +91,17 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
         planned = [
             v.node
             for v in verdicts
-            if v.health is NodeHealth.DEAD and (v.node in unschedulable or v.node in deckhouse)
+            if v.health is NodeHealth.DEAD and (v.node in cordoned or v.node in deckhouse)
         ]
         decision = decide(
             verdicts,
             self._facts(now),
             ClusterFacts(
                 self.max_unhealthy,
-                in_maintenance,
+                maintenance,
                 inventory,
                 expected_nodes=len(verdicts) or None,
-                cordoned=unschedulable,
+                cordoned=cordoned,
                 deckhouse_maintenance=deckhouse,
                 workloads=await self._workloads_of(planned, now) if planned else {},
                 kept_out_of_service=kept_out_of_service,
@@ -132,7 +132,7 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
             for node in decision.fence:  # no-op while its operation runs
                 if node in self.nodes:
                     self.executor.submit(node, now, self.nodes[node].uid)
-            await self._advance_held(in_maintenance, now)
+            await self._advance_held(maintenance, now)
             await self.executor.clear_orphan_taints(self.nodes.values(), now)
         await self._publish_view(decision, now, pause)
         return decision
