@@ -43,12 +43,22 @@ class Evidence(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
+# The classes built every judging round (`Reading`, `PeerSummary`, `NodeVerdict`) are frozen
+# dataclasses with a hand-written `__init__` that fills the instance dict directly: the
+# generated frozen `__init__` makes one `object.__setattr__` call per field, three times the cost.
+
+
+@dataclass(frozen=True, init=False)
 class Reading:
     """One signal's evidence and the reason, in words an operator reads."""
 
     evidence: Evidence
     reason: str
+
+    def __init__(self, evidence: Evidence, reason: str) -> None:
+        d = self.__dict__
+        d["evidence"] = evidence
+        d["reason"] = reason
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class PeerReport:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PeerSummary:
     """Fresh peer reports about one node: how many say reachable / unreachable, of how many."""
 
@@ -86,11 +96,20 @@ class PeerSummary:
     available: int = 0  # peers that can probe: healthy other nodes and fresh reporters
     needed: int = 0  # reports needed to confirm: min(peer_quorum, available)
 
+    def __init__(
+        self, reachable: int = 0, unreachable: int = 0, available: int = 0, needed: int = 0
+    ) -> None:
+        d = self.__dict__
+        d["reachable"] = reachable
+        d["unreachable"] = unreachable
+        d["available"] = available
+        d["needed"] = needed
+
 
 _NO_PEERS = PeerSummary()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class NodeVerdict:
     """The detector's view of one node at one instant; ages in seconds, None when unknown."""
 
@@ -101,6 +120,25 @@ class NodeVerdict:
     kubelet_ready: bool | None
     peers: PeerSummary
     reason: str
+
+    def __init__(
+        self,
+        node: str,
+        health: NodeHealth,
+        since_last_heartbeat: float | None,
+        kubelet_age: float | None,
+        kubelet_ready: bool | None,
+        peers: PeerSummary,
+        reason: str,
+    ) -> None:
+        d = self.__dict__
+        d["node"] = node
+        d["health"] = health
+        d["since_last_heartbeat"] = since_last_heartbeat
+        d["kubelet_age"] = kubelet_age
+        d["kubelet_ready"] = kubelet_ready
+        d["peers"] = peers
+        d["reason"] = reason
 
     @property
     def unhealthy(self) -> bool:
@@ -157,15 +195,27 @@ def peer_reading(
     DEAD: at least min(quorum, available) fresh reports say unreachable, each newer than every
     fresh reachable report. ALIVE: the newest fresh report says reachable. Else UNKNOWN.
     """
-    fresh = {p: r for p, r in reports.items() if r.at > last_heartbeat and now - r.at <= window}
-    ok = {p: r.at for p, r in fresh.items() if r.reachable}
-    bad = {p: r.at for p, r in fresh.items() if not r.reachable}
-    latest_ok = max(ok.values(), default=None)
-    confirming = sorted(p for p, at in bad.items() if latest_ok is None or at > latest_ok)
+    # One pass over the reports (this runs for every silent node, every round).
+    ok = 0
+    latest_ok: float | None = None
+    peer = ""  # of the newest fresh reachable reports, the first by name
+    bad: list[tuple[str, float]] = []
+    latest_bad: float | None = None
+    for p, r in reports.items():
+        at = r.at
+        if at > last_heartbeat and now - at <= window:
+            if r.reachable:
+                ok += 1
+                if latest_ok is None or at > latest_ok or (at == latest_ok and p < peer):
+                    latest_ok, peer = at, p
+            else:
+                bad.append((p, at))
+                if latest_bad is None or at > latest_bad:
+                    latest_bad = at
+    confirming = sorted(p for p, at in bad if latest_ok is None or at > latest_ok)
     needed = min(quorum, available)
-    summary = PeerSummary(len(ok), len(bad), available, needed)
-    if latest_ok is not None and latest_ok >= max(bad.values(), default=latest_ok):
-        peer = min(p for p, at in ok.items() if at == latest_ok)
+    summary = PeerSummary(ok, len(bad), available, needed)
+    if latest_ok is not None and (latest_bad is None or latest_ok >= latest_bad):
         return Reading(
             Evidence.ALIVE, f"peer {peer} reached the agent {now - latest_ok:.1f} s ago"
         ), summary
@@ -198,8 +248,9 @@ def judge(
     """
     readings = {Signal.PEERS: peers, Signal.KUBELET: kubelet}
     order = (Signal.PEERS, Signal.KUBELET)
+    overruling = profile.veto | profile.require
     for s in order:
-        if s in profile.veto | profile.require and readings[s].evidence is Evidence.ALIVE:
+        if s in overruling and readings[s].evidence is Evidence.ALIVE:
             return NodeHealth.AGENT_LOST, f"agent lost, node alive: {readings[s].reason}"
     required = set(profile.require)
     prefix = ""
@@ -293,30 +344,45 @@ class FailureDetector:
     def evaluate(self, now: float) -> list[NodeVerdict]:
         """Verdicts for every expected or heard node at `now`, sorted by node name."""
         p = self.profile
+        suspect_after = p.suspect_after
         healthy = {
             n
             for n, st in self._nodes.items()
-            if st.last_heartbeat is not None and now - st.last_heartbeat < p.suspect_after
+            if st.last_heartbeat is not None and now - st.last_heartbeat < suspect_after
         }
-        return [self._verdict(n, st, now, healthy) for n, st in sorted(self._nodes.items())]
+        kubelets = self._kubelet
+        verdicts: list[NodeVerdict] = []
+        for n, st in sorted(self._nodes.items()):
+            last = st.last_heartbeat
+            age = 0.0 if last is None else max(0.0, now - last)
+            if last is not None and age < suspect_after:
+                # The common case, kept O(1): a healthy node needs no second signal.
+                kubelet = kubelets.get(n)
+                verdicts.append(
+                    NodeVerdict(
+                        n,
+                        NodeHealth.HEALTHY,
+                        age,
+                        kubelet.age(now) if kubelet else None,
+                        kubelet.ready if kubelet else None,
+                        _NO_PEERS,
+                        f"last heartbeat {age:.1f} s ago",
+                    )
+                )
+            else:
+                verdicts.append(self._silent_verdict(n, st, now, healthy))
+        return verdicts
 
-    def _verdict(self, node: str, st: _Node, now: float, healthy: set[str]) -> NodeVerdict:
+    def _silent_verdict(self, node: str, st: _Node, now: float, healthy: set[str]) -> NodeVerdict:
+        """The verdict on a node not heard within `suspect_after` (or never heard)."""
         p = self.profile
         heard = st.last_heartbeat is not None
         ref = st.last_heartbeat if st.last_heartbeat is not None else st.since
         age = max(0.0, now - ref)
         kubelet = self._kubelet.get(node)
-        if heard and age < p.suspect_after:
-            # The common case, kept O(1): a healthy node needs no second signal.
-            return NodeVerdict(
-                node=node,
-                health=NodeHealth.HEALTHY,
-                since_last_heartbeat=age,
-                kubelet_age=kubelet.age(now) if kubelet else None,
-                kubelet_ready=kubelet.ready if kubelet else None,
-                peers=_NO_PEERS,
-                reason=f"last heartbeat {age:.1f} s ago",
-            )
+        kubelet_age = kubelet.age(now) if kubelet else None
+        kubelet_ready = kubelet.ready if kubelet else None
+        since_last_heartbeat = age if heard else None
         reports = self._peers.get(node, {})
         fresh_reporters = {
             peer for peer, r in reports.items() if r.at > ref and now - r.at <= p.peer_window
@@ -329,13 +395,7 @@ class FailureDetector:
 
         def verdict(health: NodeHealth, reason: str) -> NodeVerdict:
             return NodeVerdict(
-                node=node,
-                health=health,
-                since_last_heartbeat=age if heard else None,
-                kubelet_age=kubelet.age(now) if kubelet else None,
-                kubelet_ready=kubelet.ready if kubelet else None,
-                peers=summary,
-                reason=reason,
+                node, health, since_last_heartbeat, kubelet_age, kubelet_ready, summary, reason
             )
 
         silent = f"no heartbeat for {age:.1f} s" if heard else f"never heard in {age:.1f} s"
@@ -344,8 +404,6 @@ class FailureDetector:
                 NodeHealth.UNKNOWN,
                 f"{silent}; a new leader waits {p.fence_after:g} s before judging it",
             )
-        if heard and age < p.suspect_after:
-            return verdict(NodeHealth.HEALTHY, f"last heartbeat {age:.1f} s ago")
         if age < p.fence_after:
             hint = ""
             if st.announced_interval is not None and st.announced_interval >= p.suspect_after:

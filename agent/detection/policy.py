@@ -26,7 +26,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nodefence.agent.detection.detector import NodeHealth, NodeVerdict
+from nodefence.agent.detection.detector import UNHEALTHY, NodeHealth, NodeVerdict
 from nodefence.agent.detection.profiles import DetectionProfile
 
 
@@ -97,7 +97,12 @@ class MaxUnhealthy:
         return f"{self.value}%" if self.percent else str(self.value)
 
 
-@dataclass(frozen=True)
+# `LeaderFacts`, `ClusterFacts` and `PolicyDecision` are built every judging round: they are
+# frozen dataclasses with a hand-written `__init__` that fills the instance dict directly (the
+# generated frozen `__init__` makes one `object.__setattr__` call per field, three times the cost).
+
+
+@dataclass(frozen=True, init=False)
 class LeaderFacts:
     """The deciding process's own situation, in its monotonic seconds.
 
@@ -112,6 +117,19 @@ class LeaderFacts:
     leader_since: float | None
     broker_up_since: float | None
     warm: bool = False
+
+    def __init__(
+        self,
+        now: float,
+        leader_since: float | None,
+        broker_up_since: float | None,
+        warm: bool = False,
+    ) -> None:
+        d = self.__dict__
+        d["now"] = now
+        d["leader_since"] = leader_since
+        d["broker_up_since"] = broker_up_since
+        d["warm"] = warm
 
     @property
     def broker_connected(self) -> bool:
@@ -128,7 +146,7 @@ class NodeWorkload:
     volumes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ClusterFacts:
     """What the cluster says about its nodes.
 
@@ -154,8 +172,33 @@ class ClusterFacts:
     deckhouse_fencing: Mapping[str, str] = field(default_factory=dict)
     paused: str | None = None
 
+    def __init__(
+        self,
+        max_unhealthy: MaxUnhealthy,
+        maintenance: frozenset[str] = frozenset(),
+        inventory: frozenset[str] = frozenset(),
+        expected_nodes: int | None = None,
+        cordoned: frozenset[str] = frozenset(),
+        deckhouse_maintenance: Mapping[str, str] | None = None,
+        workloads: Mapping[str, NodeWorkload] | None = None,
+        kept_out_of_service: Mapping[str, str] | None = None,
+        deckhouse_fencing: Mapping[str, str] | None = None,
+        paused: str | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["max_unhealthy"] = max_unhealthy
+        d["maintenance"] = maintenance
+        d["inventory"] = inventory
+        d["expected_nodes"] = expected_nodes
+        d["cordoned"] = cordoned
+        d["deckhouse_maintenance"] = {} if deckhouse_maintenance is None else deckhouse_maintenance
+        d["workloads"] = {} if workloads is None else workloads
+        d["kept_out_of_service"] = {} if kept_out_of_service is None else kept_out_of_service
+        d["deckhouse_fencing"] = {} if deckhouse_fencing is None else deckhouse_fencing
+        d["paused"] = paused
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class PolicyDecision:
     """One round's outcome: `fence` the nodes listed; DEAD nodes not fenced are in `held`.
 
@@ -166,6 +209,19 @@ class PolicyDecision:
     frozen: bool = False
     alerts: list[Alert] = field(default_factory=list)
     held: dict[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        fence: list[str] | None = None,
+        frozen: bool = False,
+        alerts: list[Alert] | None = None,
+        held: dict[str, str] | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["fence"] = [] if fence is None else fence
+        d["frozen"] = frozen
+        d["alerts"] = [] if alerts is None else alerts
+        d["held"] = {} if held is None else held
 
 
 def leader_guard(leader: LeaderFacts, fence_after: float) -> str | None:
@@ -213,8 +269,13 @@ def storm_guard(
     """
     total = guarded_node_count(verdicts, cluster)
     limit = cluster.max_unhealthy.limit(total)
-    settled = cluster.maintenance | frozenset(cluster.kept_out_of_service)
-    unhealthy = sum(1 for v in verdicts if v.unhealthy and v.node not in settled)
+    settled = cluster.maintenance
+    if cluster.kept_out_of_service:
+        settled = settled | frozenset(cluster.kept_out_of_service)
+    unhealthy = 0
+    for v in verdicts:
+        if v.health in UNHEALTHY and v.node not in settled:
+            unhealthy += 1
     return (unhealthy, limit, total) if unhealthy > limit else None
 
 
@@ -223,7 +284,7 @@ def guarded_node_count(verdicts: Sequence[NodeVerdict], cluster: ClusterFacts) -
     per verdict) less those in maintenance, which are neither judged nor fenced. Counting them
     would let more of the nodes that are judged be fenced at once than the threshold says."""
     total = cluster.expected_nodes if cluster.expected_nodes is not None else len(verdicts)
-    away = len({v.node for v in verdicts} & cluster.maintenance)
+    away = len({v.node for v in verdicts} & cluster.maintenance) if cluster.maintenance else 0
     return max(0, total - away)
 
 

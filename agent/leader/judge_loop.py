@@ -9,7 +9,6 @@ resumed operations it did not decide, and publishes the view.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 
@@ -33,6 +32,8 @@ from nodefence.agent.observe import metrics
 
 log = logging.getLogger("nodefence.leader")
 
+_HEALTH_VALUES = tuple(h.value for h in NodeHealth)  # the label values of `metrics.NODES`
+
 
 class LeaderJudge(LeaderProbes, ViewPublisher):
     """One judging round, and the loop that runs it."""
@@ -55,73 +56,84 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
     async def judge_once(self) -> PolicyDecision:
         """One round: evaluate, probe suspects, decide, report what is new."""
         now = self.clock()
-        self.verdicts = self.detector.evaluate(now)
-        healthy = [v.node for v in self.verdicts if v.health is NodeHealth.HEALTHY]
-        for v in self.verdicts:
-            if v.health in (NodeHealth.SUSPECT, NodeHealth.DEAD):
-                await self._ask_peers(v.node, healthy, now)
-        maintenance = frozenset(n for n, info in self.nodes.items() if info.maintenance)
+        verdicts = self.verdicts = self.detector.evaluate(now)
+        healthy = [v.node for v in verdicts if v.health is NodeHealth.HEALTHY]
+        if len(healthy) < len(verdicts):
+            for v in verdicts:
+                if v.health is NodeHealth.SUSPECT or v.health is NodeHealth.DEAD:
+                    await self._ask_peers(v.node, healthy, now)
+        # What the cluster says of its nodes, gathered in one pass over them.
+        in_maintenance: list[str] = []
+        marked: dict[str, tuple[bool, bool]] = {}
+        unschedulable: list[str] = []
+        deckhouse: dict[str, str] = {}
+        kept_out_of_service: dict[str, str] = {}
+        deckhouse_fencing: dict[str, str] = {}
+        for name, i in self.nodes.items():
+            if i.maintenance:
+                in_maintenance.append(name)
+                marked[name] = (i.maintenance, i.unschedulable)
+            if i.unschedulable:
+                unschedulable.append(i.name)
+            if i.deckhouse_maintenance:
+                deckhouse[i.name] = i.deckhouse_maintenance
+            if i.out_of_service and i.fenced_by:
+                kept_out_of_service[i.name] = i.fenced_by
+            if i.deckhouse_fencing:
+                deckhouse_fencing[i.name] = i.deckhouse_fencing
+        maintenance = frozenset(in_maintenance)
+        cordoned = frozenset(unschedulable)
         inventory = (
-            self.inventory()
-            if self.inventory is not None
-            else frozenset(v.node for v in self.verdicts)
+            self.inventory() if self.inventory is not None else frozenset(v.node for v in verdicts)
         )
-        nodes = self.nodes.values()
         pause = self.paused()
         metrics.PAUSED.set(1 if pause is not None else 0)
-        cordoned = frozenset(i.name for i in nodes if i.unschedulable)
-        deckhouse = {i.name: i.deckhouse_maintenance for i in nodes if i.deckhouse_maintenance}
         planned = [
             v.node
-            for v in self.verdicts
+            for v in verdicts
             if v.health is NodeHealth.DEAD and (v.node in cordoned or v.node in deckhouse)
         ]
         decision = decide(
-            self.verdicts,
+            verdicts,
             self._facts(now),
             ClusterFacts(
                 self.max_unhealthy,
                 maintenance,
                 inventory,
-                expected_nodes=len(self.verdicts) or None,
+                expected_nodes=len(verdicts) or None,
                 cordoned=cordoned,
                 deckhouse_maintenance=deckhouse,
-                workloads=await self._workloads_of(planned, now),
-                kept_out_of_service={
-                    i.name: i.fenced_by for i in nodes if i.out_of_service and i.fenced_by
-                },
-                deckhouse_fencing={
-                    i.name: i.deckhouse_fencing for i in nodes if i.deckhouse_fencing
-                },
+                workloads=await self._workloads_of(planned, now) if planned else {},
+                kept_out_of_service=kept_out_of_service,
+                deckhouse_fencing=deckhouse_fencing,
                 paused=None if pause is None else pause.describe(),
             ),
             self.profile,
         )
-        decision.alerts.extend(
-            marked_schedulable_alerts(
-                {n: (info.maintenance, info.unschedulable) for n, info in self.nodes.items()}
-            )
-        )
-        decision.alerts.extend(key_mismatch_alerts(self.ingest.key_mismatches))
+        if marked:  # only a node marked for maintenance can be marked but schedulable
+            decision.alerts.extend(marked_schedulable_alerts(marked))
+        if self.ingest.key_mismatches:
+            decision.alerts.extend(key_mismatch_alerts(self.ingest.key_mismatches))
         self.last_decision = decision
         up = self.broker_up_since
         # Once it has listened suspect_after (even in a new leader's first window) it has heard
         # every fencer's retained presence: naming standbys need not wait for more.
         listened = up is not None and now - up >= self.profile.suspect_after
-        fencers = sorted(self.ingest.fencers)
-        if self.name_standbys is not None and listened and fencers:
-            self.name_standbys(fencers)
+        if self.name_standbys is not None and listened and self.ingest.fencers:
+            self.name_standbys(sorted(self.ingest.fencers))
         metrics.FROZEN.set(1 if decision.frozen else 0)
-        counts = collections.Counter(v.health.value for v in self.verdicts)
-        for state in NodeHealth:
-            metrics.NODES.labels(state.value).set(counts.get(state.value, 0))
+        counts = dict.fromkeys(_HEALTH_VALUES, 0)
+        for v in verdicts:
+            counts[v.health] += 1  # a NodeHealth is its value as a key
+        for value, count in counts.items():
+            metrics.NODES.labels(value).set(count)
         await self._report(decision, now)
         if self.executor is not None:
             for node in decision.fence:  # no-op while its operation runs
                 if node in self.nodes:
                     self.executor.submit(node, now, self.nodes[node].uid)
             await self._advance_held(maintenance, now)
-            await self.executor.clear_orphan_taints(nodes, now)
+            await self.executor.clear_orphan_taints(self.nodes.values(), now)
         await self._publish_view(decision, now, pause)
         return decision
 
@@ -152,10 +164,11 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
         taken and committed); one that sent nothing waits for a fence decision that passes
         every guard."""
         assert self.executor is not None
-        if leader_guard(self._facts(now), self.profile.fence_after) is not None:
+        held = self.executor.held()
+        if not held or leader_guard(self._facts(now), self.profile.fence_after) is not None:
             return
         verdicts = {v.node: v for v in self.verdicts}
-        for node in sorted(self.executor.held()):
+        for node in sorted(held):
             v = verdicts.get(node)
             op = self.executor.operations.get(node)
             alive = v is not None and v.health in (NodeHealth.HEALTHY, NodeHealth.AGENT_LOST)
@@ -189,8 +202,9 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
             await self.executor.cancel_held(node, why)
 
     async def _report(self, decision: PolicyDecision, now: float) -> None:
-        blind = leader_guard(self._facts(now), self.profile.fence_after)
-        for v in [] if blind else self.verdicts:  # a blind leader reports no node's state
+        blind: str | None = None
+        judged = False  # whether `blind` was asked: at the first change, before any await
+        for v in self.verdicts:
             before = self._reported.get(v.node)
             current = v.health
             if v.node in decision.fence:
@@ -199,6 +213,11 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
                 current = NodeHealth.SUSPECT  # DEAD but held: not declared
             if before == current:
                 continue
+            if not judged:
+                judged = True
+                blind = leader_guard(self._facts(now), self.profile.fence_after)
+            if blind:
+                break  # a blind leader reports no node's state
             self._reported[v.node] = current
             if current is NodeHealth.DEAD:
                 self.stats.decisions.append((now, v.node, "dead"))
@@ -238,5 +257,8 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
                     )
                 except ClusterError as err:
                     log.warning("cannot record event %s: %s", reason, err)
-        active = {(a.kind.value, a.node) for a in decision.alerts}
-        self._alerted &= active  # an alert that cleared may fire again later
+        # An alert that cleared may fire again later.
+        if decision.alerts:
+            self._alerted &= {(a.kind.value, a.node) for a in decision.alerts}
+        else:
+            self._alerted.clear()

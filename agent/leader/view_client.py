@@ -1,6 +1,6 @@
 """The leader's status view: what `nodefence status` shows, published retained on the broker.
 
-`ViewPublisher` builds the view (`nodefence.agent.leader.view_codec.LeaderView`: nodes, alerts, BMC
+`ViewPublisher` builds the view (`nodefence.agent.leader.view_codec.view_json`: nodes, alerts, BMC
 verdicts, fencing operations with the ColdStandby VMs still on nodes not proven off) at most
 once per `view_period` and publishes it on `view_topic`.
 """
@@ -22,11 +22,12 @@ from nodefence.agent.leader.status_view import operation_entry
 from nodefence.agent.leader.view_codec import (
     Alert,
     InventoryState,
-    LeaderView,
-    NodeRow,
     OperationEntry,
     PauseState,
-    encode,
+    encode_json,
+    operation_json,
+    row_json,
+    view_json,
     view_topic,
 )
 from nodefence.agent.mqtt.leader_broker_client import BrokerLost
@@ -37,10 +38,10 @@ log = logging.getLogger("nodefence.leader")
 class ViewPublisher(LeaderState):
     """Builds and publishes the status view."""
 
-    def _bmc_alerts(self) -> tuple[Alert, ...]:
+    def _bmc_alerts(self) -> list[Alert]:
         """The BMC alerts that hold now, as the view lists alerts."""
         if self.bmc is None:
-            return ()
+            return []
         out: list[Alert] = []
         for node, verdict in sorted(self.bmc.book.nodes.items()):
             if verdict.fenceable is False:
@@ -51,7 +52,7 @@ class ViewPublisher(LeaderState):
                 if not c.healthy:
                     message = f"BMC {node}/{c.device} ({c.type}) fails its check: {c.problem}"
                     out.append(Alert("bmc-check-failed", node, message))
-        return tuple(out)
+        return out
 
     async def _down_vms(self, nodes: set[str], now: float) -> dict[str, list[str]] | None:
         """The ColdStandby VMs still on each of `nodes` (not proven off), for the view: read
@@ -97,48 +98,50 @@ class ViewPublisher(LeaderState):
     async def _publish_view(
         self, decision: PolicyDecision, now: float, pause: Pause | None = None
     ) -> None:
-        if not self._broker_up or now - self._view_at < self.view_period:
+        if now - self._view_at < self.view_period or not self._broker_up:
             return
         self._view_at = now
         inventory = self.inventory() if self.inventory is not None else None
         dead = {v.node for v in self.verdicts if v.health is NodeHealth.DEAD}
+        nodes, held, seen = self.nodes, decision.held, self.kubelet_seen
+        versions, bmc = self.ingest.versions, self.bmc
         rows = []
         for v in self.verdicts:
-            info = self.nodes.get(v.node)
+            node = v.node
+            info = nodes.get(node)
+            age, kubelet_age = v.since_last_heartbeat, v.kubelet_age
             rows.append(
-                NodeRow(
-                    node=v.node,
-                    state=v.health.value,
-                    heartbeat_age=None
-                    if v.since_last_heartbeat is None
-                    else round(v.since_last_heartbeat, 2),
-                    kubelet_age=None if v.kubelet_age is None else round(v.kubelet_age, 2),
-                    kubelet_lease_seen=v.node in self.kubelet_seen,
-                    ready=info.ready if info is not None else None,
-                    reason=v.reason,
-                    held=decision.held.get(v.node, ""),
-                    maintenance=info.maintenance_mark if info is not None else "",
-                    cordoned=bool(info and info.unschedulable),
-                    in_inventory=None if inventory is None else v.node in inventory,
-                    agent=self.ingest.versions.get(v.node),
-                    bmc=None if self.bmc is None else self.bmc.node_view(v.node),
+                row_json(
+                    node,
+                    v.health.value,
+                    None if age is None else round(age, 2),
+                    None if kubelet_age is None else round(kubelet_age, 2),
+                    node in seen,
+                    info.ready if info is not None else None,
+                    v.reason,
+                    held.get(node, ""),
+                    info.maintenance_mark if info is not None else "",
+                    bool(info and info.unschedulable),
+                    None if inventory is None else node in inventory,
+                    versions.get(node),
+                    None if bmc is None else bmc.node_view(node),
                 )
             )
         problem = self.inventory_problem() if self.inventory_problem is not None else ""
-        view = LeaderView(
+        doc = view_json(
             leader=self.identity,
             version=__version__,
             profile=self.cfg.profile,
             period=self.view_period,
             frozen=decision.frozen,
             paused=None if pause is None else PauseState(pause.reason, pause.by, pause.since),
-            alerts=tuple(Alert(a.kind.value, a.node, a.message) for a in decision.alerts)
+            alerts=[Alert(a.kind.value, a.node, a.message) for a in decision.alerts]
             + self._bmc_alerts(),
-            rejected=dict(self.stats.rejected),
-            nodes=tuple(rows),
-            operations=tuple(await self._operations_view(dead, now)),
+            rejected=dict(self.stats.rejected),  # as it is now, not after the await below
+            nodes=rows,
+            operations=[operation_json(op) for op in await self._operations_view(dead, now)],
             inventory=None if inventory is None else InventoryState(len(inventory), problem),
             published_at=self.wall(),
         )
         with contextlib.suppress(BrokerLost):
-            await self.broker.publish(view_topic(self.cfg.cluster), encode(view), retain=True)
+            await self.broker.publish(view_topic(self.cfg.cluster), encode_json(doc), retain=True)

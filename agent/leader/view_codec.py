@@ -11,7 +11,7 @@ default, as an older or newer leader may write one field fewer or more) and rais
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,9 @@ from nodefence.agent.heartbeat.codec import PREFIX
 
 Json = dict[str, Any]
 VIEW_VERSION = 1
+# json.dumps' output; a view is a tree built fresh, so the check for cycles (a twentieth of the
+# encoding) finds nothing.
+_ENCODER = json.JSONEncoder(check_circular=False)
 
 
 def view_topic(cluster: str) -> str:
@@ -112,22 +115,56 @@ class LeaderView:
     v: int = VIEW_VERSION
 
 
-def _row_json(r: NodeRow) -> Json:
+def row_json(
+    node: str,
+    state: str,
+    heartbeat_age: float | None,
+    kubelet_age: float | None,
+    kubelet_lease_seen: bool,
+    ready: bool | None,
+    reason: str,
+    held: str,
+    maintenance: str,
+    cordoned: bool,
+    in_inventory: bool | None,
+    agent: str | None,
+    bmc: Json | None,
+) -> Json:
+    """One node row as the view's JSON: `NodeRow`'s fields, in its order (the leader builds its
+    rows with this directly, without a `NodeRow` in between)."""
     return {
-        "node": r.node,
-        "state": r.state,
-        "heartbeatAge": r.heartbeat_age,
-        "kubeletAge": r.kubelet_age,
-        "kubeletLeaseSeen": r.kubelet_lease_seen,
-        "ready": r.ready,
-        "reason": r.reason,
-        "held": r.held,
-        "maintenance": r.maintenance,
-        "cordoned": r.cordoned,
-        "inInventory": r.in_inventory,
-        "agent": r.agent,
-        "bmc": r.bmc,
+        "node": node,
+        "state": state,
+        "heartbeatAge": heartbeat_age,
+        "kubeletAge": kubelet_age,
+        "kubeletLeaseSeen": kubelet_lease_seen,
+        "ready": ready,
+        "reason": reason,
+        "held": held,
+        "maintenance": maintenance,
+        "cordoned": cordoned,
+        "inInventory": in_inventory,
+        "agent": agent,
+        "bmc": bmc,
     }
+
+
+def _row_json(r: NodeRow) -> Json:
+    return row_json(
+        r.node,
+        r.state,
+        r.heartbeat_age,
+        r.kubelet_age,
+        r.kubelet_lease_seen,
+        r.ready,
+        r.reason,
+        r.held,
+        r.maintenance,
+        r.cordoned,
+        r.in_inventory,
+        r.agent,
+        r.bmc,
+    )
 
 
 def operation_json(op: OperationEntry) -> Json:
@@ -150,34 +187,72 @@ def operation_json(op: OperationEntry) -> Json:
     }
 
 
-def to_json(view: LeaderView) -> Json:
-    """The view as JSON (the keys `nodefence status -o json` shows)."""
-    paused = view.paused
-    inventory = view.inventory
+def view_json(
+    *,
+    leader: str,
+    version: str,
+    profile: str,
+    period: float,
+    frozen: bool,
+    paused: PauseState | None,
+    alerts: Sequence[Alert],
+    rejected: Mapping[str, int],
+    nodes: list[Json],
+    operations: list[Json],
+    inventory: InventoryState | None,
+    published_at: float,
+    v: int = VIEW_VERSION,
+) -> Json:
+    """A view as JSON from `LeaderView`'s fields, its rows and operations already as JSON
+    (`row_json`, `operation_json`): what the leader publishes without building the view."""
     return {
-        "v": view.v,
-        "leader": view.leader,
-        "version": view.version,
-        "profile": view.profile,
-        "period": view.period,
-        "frozen": view.frozen,
+        "v": v,
+        "leader": leader,
+        "version": version,
+        "profile": profile,
+        "period": period,
+        "frozen": frozen,
         "paused": None
         if paused is None
         else {"reason": paused.reason, "by": paused.by, "since": paused.since},
-        "alerts": [{"kind": a.kind, "node": a.node, "message": a.message} for a in view.alerts],
-        "rejected": dict(view.rejected),
-        "nodes": [_row_json(r) for r in view.nodes],
-        "operations": [operation_json(op) for op in view.operations],
+        "alerts": [{"kind": a.kind, "node": a.node, "message": a.message} for a in alerts],
+        "rejected": dict(rejected),
+        "nodes": nodes,
+        "operations": operations,
         "inventory": None
         if inventory is None
         else {"nodes": inventory.nodes, "problem": inventory.problem},
-        "publishedAt": view.published_at,
+        "publishedAt": published_at,
     }
+
+
+def to_json(view: LeaderView) -> Json:
+    """The view as JSON (the keys `nodefence status -o json` shows)."""
+    return view_json(
+        leader=view.leader,
+        version=view.version,
+        profile=view.profile,
+        period=view.period,
+        frozen=view.frozen,
+        paused=view.paused,
+        alerts=view.alerts,
+        rejected=view.rejected,
+        nodes=[_row_json(r) for r in view.nodes],
+        operations=[operation_json(op) for op in view.operations],
+        inventory=view.inventory,
+        published_at=view.published_at,
+        v=view.v,
+    )
 
 
 def encode(view: LeaderView) -> bytes:
     """The view as the leader publishes it."""
-    return json.dumps(to_json(view)).encode()
+    return encode_json(to_json(view))
+
+
+def encode_json(doc: Json) -> bytes:
+    """A view already as JSON (`view_json`) as the leader publishes it."""
+    return _ENCODER.encode(doc).encode()
 
 
 def _str(v: Any, default: str = "") -> str:
