@@ -128,6 +128,7 @@ def leader_candidate(
     broker: LeaderBroker | None = None,
     backend_factory: BackendFactory = build_backend,
     tick: float | None = None,
+    view_period: float | None = None,
     identity: str | None = None,
     cert_days: CertDays = certificate_days_left,
     defer: Callable[[], bool] | None = None,
@@ -141,8 +142,10 @@ def leader_candidate(
     `run_agent` calls it with the production edges; the deterministic simulation
     (`nodefence.hwsim.sim`) with in-memory ones, so both run the same wiring. Without an inventory
     the leader only detects and reports (nothing is fenced). `tick` overrides the leader side's
-    judging pace (the simulation judges less often to run faster). `identity` is the Lease
-    holder identity (default: the node name and a per-process id, see `leader_identity`).
+    judging pace (the simulation judges less often to run faster), `view_period` how often it
+    publishes its status view (the simulation: less often, nobody reads it there). `identity`
+    is the Lease holder identity (default: the node name and a per-process id, see
+    `leader_identity`).
     `warm` builds the listener a warm standby keeps running (production; without it, every new
     leader starts cold with an empty history, and no standbys are named); with
     `every_candidate_warm` (the fencers: two or three, all listening) no candidate is cold, and
@@ -267,6 +270,8 @@ def leader_candidate(
         )
         if tick is not None:
             leader.tick = tick
+        if view_period is not None:
+            leader.view_period = view_period
         candidate.leader = leader
         try:
             await leader.run()

@@ -101,6 +101,7 @@ class Candidate:
             broker=self.broker,
             backend_factory=self.backend,
             tick=world.settings.tick,
+            view_period=world.settings.view_period,
             # as production's `<node>_<per-process id>`, but the same in every replay
             identity=f"{identity}_{generation:08x}",
             cert_days=_certificate_days,  # no real TLS handshake from inside the simulation
