@@ -113,36 +113,25 @@ def run_seed(
     if mutate is not None:
         mutate(world)
     capture_agent_logs(world.trace)
+    # No garbage collection during a run: a collection finalizes whatever unreachable
+    # coroutines and async generators it finds, and their finalizers schedule callbacks, so
+    # when it ran (after how many allocations, in this process) would change the run's steps.
+    # Once the world is garbage, the run's objects are collected at once: they are all in the
+    # youngest generations, so this walks what the run made, not the whole process.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        with _metrics_off(), _collector_off():
+        with _metrics_off():
             result = _play(world, settings)
     finally:
         capture_agent_logs(None)
         _tear_down(world)
-        del world  # garbage now: collected with the rest of the run, not promoted
-        _collect()
+        del world
+        gc.collect(1)
+        if collecting:
+            gc.enable()
     result.wall_seconds = time.perf_counter() - started
     return result
-
-
-@contextlib.contextmanager
-def _collector_off() -> Iterator[None]:
-    """No garbage collection during a run: a collection finalizes whatever unreachable
-    coroutines and async generators it finds, and their finalizers schedule callbacks, so
-    when it ran (after how many allocations, in this process) would change the run's steps."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _collect() -> None:
-    """Free the run's garbage, between runs: it is all in the youngest generations (nothing
-    was collected during the run), so this walks what the run made, not the whole process."""
-    gc.collect(1)
 
 
 def _play(world: World, s: SimSettings) -> RunResult:
