@@ -37,6 +37,7 @@ class BatchSummary:
     fenced: int = 0
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
+    reference: tuple[float, float] = (0.0, 0.0)  # `reference_seconds` before and after
 
     def add(self, r: RunResult) -> None:
         """Fold one run in."""
@@ -57,6 +58,26 @@ class BatchSummary:
         return 60.0 * self.runs / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
 
+def reference_seconds() -> float:
+    """CPU seconds of a fixed piece of pure Python (calls, attribute and dict reads, small
+    objects: what a run is made of): how fast this core is right now. CPU time on a shared
+    machine varies by a third between two identical batches; runs per minute divided by
+    this reference's speed does not."""
+    started = time.process_time()
+    table: dict[int, list[int]] = {}
+    for i in range(300_000):
+        key = i % 997
+        cell = table.get(key)
+        if cell is None:
+            cell = table[key] = [0]
+        cell[0] = max(cell[0], _step(i, key))
+    return time.process_time() - started
+
+
+def _step(i: int, key: int) -> int:
+    return (i * 31 + key) & 0xFFFF
+
+
 def replay_command(seed: int) -> str:
     """The command that replays `seed` exactly."""
     return f"nodefence-hwsim simulate --replay {seed} -v"
@@ -65,6 +86,7 @@ def replay_command(seed: int) -> str:
 def run_batch(seeds: Iterable[int], out: TextIO) -> BatchSummary:
     """Run `seeds`, print failing ones as they come and the totals at the end."""
     summary = BatchSummary()
+    before = reference_seconds()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     detailed = 0
     for seed in seeds:
@@ -83,6 +105,7 @@ def run_batch(seeds: Iterable[int], out: TextIO) -> BatchSummary:
                 print(f"seed {seed}: {_kinds(result)}  ({replay_command(seed)})", file=out)
     summary.cpu_seconds = time.process_time() - cpu0
     summary.wall_seconds = time.perf_counter() - wall0
+    summary.reference = (before, reference_seconds())
     print_summary(summary, out)
     return summary
 
@@ -130,6 +153,14 @@ def print_summary(s: BatchSummary, out: TextIO) -> None:
         f" {s.wall_seconds:.1f} s wall",
         file=out,
     )
+    if all(s.reference):
+        before, after = (round(x * 1000) for x in s.reference)
+        print(
+            f"this core's speed: the reference loop took {before} ms of CPU before the batch,"
+            f" {after} ms after (compare runs per minute between machines or days as ratios"
+            " to it)",
+            file=out,
+        )
 
 
 def replay(seed: int, verbose: bool, out: TextIO) -> RunResult:
