@@ -27,6 +27,8 @@ def topic_matches(filt: str, topic: str) -> bool:
     """Whether MQTT topic filter `filt` matches `topic`."""
     if filt == topic:
         return True
+    if "+" not in filt and "#" not in filt:
+        return False  # no wildcard: only the topic itself
     fparts = filt.split("/")
     tparts = topic.split("/")
     if topic.startswith("$") and fparts[0] in ("+", "#"):
