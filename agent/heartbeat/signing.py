@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from nodefence.agent.heartbeat.codec import Heartbeat, HeartbeatRejected, RejectReason
 from nodefence.agent.heartbeat.node_keys import Keyring, mac_matches, mac_of
@@ -52,31 +52,24 @@ def node_key(cluster_key: bytes, node: str) -> bytes:
 
 def signing_bytes(hb: Heartbeat) -> bytes:
     """The bytes a signature covers: every field but `hmac`, unambiguously joined."""
-    wd = "" if hb.wd is None else ",".join(repr(x) for x in hb.wd.to_json())
-    parts = (
-        "v1",
-        hb.node,
-        str(hb.seq),
-        hb.boot,
-        repr(hb.interval),
-        hb.agent,
-        "" if hb.ts is None else str(hb.ts),
-        wd,
-    )
+    wd = hb.wd
+    wd_text = "" if wd is None else f"{wd.timeout!r},{wd.cut_off!r},{wd.feed_interval!r}"
+    ts = "" if hb.ts is None else str(hb.ts)
     # No field can hold a newline (names and tokens are printable ASCII without spaces).
-    return "\n".join(parts).encode()
+    return (
+        f"v1\n{hb.node}\n{hb.seq}\n{hb.boot}\n{hb.interval!r}\n{hb.agent}\n{ts}\n{wd_text}".encode()
+    )
 
 
 def sign(hb: Heartbeat, key: bytes) -> Heartbeat:
     """`hb` with its `hmac` under `key` (a node key derived from the old cluster key)."""
-    mac = hmac.new(key, signing_bytes(hb), hashlib.sha256).hexdigest()
-    return replace(hb, hmac=mac)
+    return hb.with_hmac(hmac.new(key, signing_bytes(hb), hashlib.sha256).hexdigest())
 
 
 def sign_own(hb: Heartbeat, key: bytes) -> Heartbeat:
     """`hb` with its `mac` under `key` (the node's own key,
     `nodefence.agent.heartbeat.node_keys.NodeSigner`)."""
-    return replace(hb, mac=mac_of(key, signing_bytes(hb)))
+    return hb.with_mac(mac_of(key, signing_bytes(hb)))
 
 
 @dataclass

@@ -38,7 +38,6 @@ from nodefence.agent.heartbeat.codec import (
     decode_heartbeat,
     decode_status_boot,
     heartbeat_filter,
-    node_from_topic,
     status_filter,
     valid_name,
 )
@@ -139,7 +138,7 @@ class HeartbeatIngest:
     def on_message(self, topic: str, data: bytes) -> bool:
         """Handle a heartbeat or status message; False for any other topic."""
         if topic.startswith(self._heartbeats):
-            self._on_heartbeat(topic, data)
+            self._on_heartbeat(topic[len(self._heartbeats) :], topic, data)
             return True
         if topic.startswith(self._statuses):
             self._on_status(topic[len(self._statuses) :], data)
@@ -160,10 +159,10 @@ class HeartbeatIngest:
         self.stats.duplicates += 1
         metrics.DUPLICATES.inc()
 
-    def _on_heartbeat(self, topic: str, data: bytes) -> None:
+    def _on_heartbeat(self, node: str, topic: str, data: bytes) -> None:
+        """A heartbeat on `topic`, the heartbeat topic of `node` (not yet checked as a name)."""
         now = self.clock()
-        node = node_from_topic(self.cluster, topic)
-        if node is None:
+        if not valid_name(node):
             self._reject("bad_topic")
             return
         if node in self.gone:

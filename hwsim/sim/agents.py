@@ -83,6 +83,10 @@ class NodeAgent:
         self.client: BrokerClient | None = None
         self.seq = 0
         self.sent: collections.OrderedDict[int, float] = collections.OrderedDict()
+        # payload -> seq of the heartbeats published lately: an echo of one of them needs no
+        # decoding (anything else on the topic still goes through `decode_heartbeat`)
+        self.published: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self.results = result_topic(cfg.cluster, self.node)
         self.attempt = 0
         self.connect_at = 0.0
         self.stop = asyncio.Event()
@@ -194,7 +198,11 @@ class NodeAgent:
             self.sent.popitem(last=False)
         self.seq += 1
         if not m.partitioned and self.client is not None:
-            w.broker.publish(self.client, self.topic, encode_heartbeat(hb))
+            payload = encode_heartbeat(hb)
+            self.published[payload] = hb.seq
+            if len(self.published) > 64:
+                self.published.popitem(last=False)
+            w.broker.publish(self.client, self.topic, payload)
 
     def _connect(self) -> None:
         w = self.world
@@ -231,11 +239,15 @@ class NodeAgent:
     def _on_echo(self, topic: str, payload: bytes) -> None:
         if self.machine.partitioned or self.policy is None:
             return
-        try:
-            hb = decode_heartbeat(self.node, payload)
-        except HeartbeatRejected:
-            return
-        sent = self.sent.get(hb.seq) if hb.boot == self.boot else None
+        seq = self.published.get(payload)
+        if seq is not None:  # its own: decoding it would give this boot and this seq
+            sent = self.sent.get(seq)
+        else:
+            try:
+                hb = decode_heartbeat(self.node, payload)
+            except HeartbeatRejected:
+                return
+            sent = self.sent.get(hb.seq) if hb.boot == self.boot else None
         if sent is not None:
             self.policy.echo(sent)
 
@@ -268,6 +280,4 @@ class NodeAgent:
         result = ProbeResult(rid, self.node, suspect, reachable, ts=int(self.machine.wall() * 1000))
         if self.signer is not None:
             result = sign_result_own(result, self.signer.key)
-        self.world.broker.publish(
-            client, result_topic(self.world.cfg.cluster, self.node), encode_result(result)
-        )
+        self.world.broker.publish(client, self.results, encode_result(result))

@@ -27,6 +27,8 @@ def topic_matches(filt: str, topic: str) -> bool:
     """Whether MQTT topic filter `filt` matches `topic`."""
     if filt == topic:
         return True
+    if "+" not in filt and "#" not in filt:
+        return False  # no wildcard: only the topic itself
     fparts = filt.split("/")
     tparts = topic.split("/")
     if topic.startswith("$") and fparts[0] in ("+", "#"):
@@ -145,12 +147,19 @@ class SimBroker:
         client.subscriptions.append(sub)
         self._subs.append(sub)
         # The newest subscription comes last in every route, as in `_subs`.
-        for topic, subs in self._routes.items():
-            if topic_matches(filt, topic):
-                subs.append(sub)
-        for topic, payload in list(self.retained.items()):
-            if topic_matches(filt, topic):
-                self._schedule(sub, topic, payload)
+        if "+" in filt or "#" in filt:
+            for topic, subs in self._routes.items():
+                if topic_matches(filt, topic):
+                    subs.append(sub)
+            retained = [(t, p) for t, p in self.retained.items() if topic_matches(filt, t)]
+        else:  # a filter without wildcards matches its own topic only
+            route = self._routes.get(filt)
+            if route is not None:
+                route.append(sub)
+            payload = self.retained.get(filt)
+            retained = [] if payload is None else [(filt, payload)]
+        for topic, payload in retained:
+            self._schedule(sub, topic, payload)
 
     def publish(
         self, client: BrokerClient, topic: str, payload: bytes, retain: bool = False
