@@ -209,14 +209,13 @@ class Keyring:
         for node in changed:
             self._macs.pop(node, None)
             self.health.pop(node, None)
-        # The MAC keys of unchanged pins stay valid: keep them rather than run a
-        # Diffie-Hellman per node again on every reload.
-        gone = set(changed)
-        kept = {n: k for n, k in self._macs.items() if n not in gone}
-        self.pins = {}
+            if node not in pins:
+                del self.pins[node]
+        # An unchanged pin keeps its MAC keys (no Diffie-Hellman per node on every reload)
+        # and the endpoint its key announced (the leader probes the agent there).
         for node, public in pins.items():
             self.pinned(node, public)
-        self._macs.update(kept)
+        self.pins = dict(pins)  # in the store's order, as before
         return changed
 
     def pinned(self, node: str, public: bytes) -> None:

@@ -94,6 +94,23 @@ def test_first_sight_pins_and_then_no_other_key_is_taken_for_that_node() -> None
     assert ring.health["n"] == "10.0.0.2:9440"
 
 
+def test_a_reload_of_the_pins_keeps_the_endpoints_of_unchanged_ones_and_drops_the_others() -> None:
+    # The leader probes a suspect's agent at the endpoint its pinned key announced: a reload
+    # from the store (every 30 s) must not forget it while the pin stays the same.
+    ring = Keyring([FENCER])
+    a, b = (NodeSigner(n, private_key(secrets.token_bytes(32)), [FENCER_PUBLIC]) for n in "ab")
+    ring.load({"a": a.public, "b": b.public})
+    assert ring.consider(a.identity("10.0.0.1:9440")) is Sighting.KNOWN
+    assert ring.consider(b.identity("10.0.0.2:9440")) is Sighting.KNOWN
+    assert ring.load({"a": a.public, "b": b.public}) == []
+    assert ring.health == {"a": "10.0.0.1:9440", "b": "10.0.0.2:9440"}
+    new_b = NodeSigner("b", private_key(secrets.token_bytes(32)), [FENCER_PUBLIC])
+    assert ring.load({"a": a.public, "b": new_b.public}) == ["b"]
+    assert ring.health == {"a": "10.0.0.1:9440"}  # b's endpoint was announced by its old key
+    assert ring.load({"b": new_b.public}) == ["a"]
+    assert ring.health == {}
+
+
 def test_an_announcement_without_proof_of_its_key_is_refused() -> None:
     ring = Keyring([FENCER])
     victim_public = public_of(private_key(secrets.token_bytes(32)))  # a key it does not hold
