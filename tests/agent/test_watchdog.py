@@ -140,6 +140,56 @@ async def test_the_mark_watcher_counts_empty_answers_as_contact_and_stops_on_a_r
     assert "fence-n1-x" in p.stopped
 
 
+class _Seen:
+    """The agent's own watches, as `watch_marks` reads them (`SeenMarks`)."""
+
+    def __init__(self) -> None:
+        self.marks: list[str] = []
+        self.events: list[asyncio.Event] = []
+
+    def open_marks(self) -> list[str]:
+        return self.marks
+
+    def maintenance(self) -> bool | None:
+        return False
+
+    def subscribe(self) -> asyncio.Event:
+        self.events.append(asyncio.Event())
+        return self.events[-1]
+
+    def change(self, *marks: str) -> None:
+        self.marks = list(marks)
+        for e in self.events:
+            e.set()
+
+
+async def test_the_mark_watcher_wakes_at_a_change_and_at_stop_without_waiting_its_interval() -> (
+    None
+):
+    seen, stop = _Seen(), asyncio.Event()
+    p = FeedPolicy(cut_off=5.0)
+    p.contact(time.monotonic())  # the echo gives contact: no API read is due
+
+    async def marks() -> list[str]:
+        return []
+
+    before = len(asyncio.all_tasks())
+    watch = asyncio.create_task(watch_marks(marks, p, 3600.0, stop, seen=seen))
+    await asyncio.sleep(0.05)
+    seen.change("fence-n1-x")  # the watch shows a record: feeding stops at once
+    await asyncio.wait_for(watch, 5)
+    assert "fence-n1-x" in p.stopped
+    seen, p = _Seen(), FeedPolicy(cut_off=5.0)
+    p.contact(time.monotonic())
+    watch = asyncio.create_task(watch_marks(marks, p, 3600.0, stop, seen=seen))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(watch, 5)
+    assert not p.stopped
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before  # nothing left waiting on `stop`
+
+
 # -- the feeder against the emulated device ----------------------------------------------------
 
 
