@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nodefence.agent.kube.client import ClusterApi, ClusterError, Conflict, LeaseInfo
 from nodefence.agent.observe import metrics
@@ -97,6 +97,7 @@ class LeaderElector:
         self.observed_paused = ""
         # confirm() and the renew loop must not race each other into a self-inflicted 409.
         self._io = asyncio.Lock()
+        self._pause: _Pauses  # set by `run`, for its own waits and `_lead`'s
 
     @property
     def is_leader(self) -> bool:
@@ -144,6 +145,7 @@ class LeaderElector:
 
     async def run(self, lead: LeaderTask, stop: asyncio.Event) -> None:
         """Campaign until `stop`; run `lead()` in a task while leading, cancel it on loss."""
+        self._pause = _Pauses(stop)
         try:
             while not stop.is_set():
                 if not self.defer():
@@ -153,8 +155,9 @@ class LeaderElector:
                     if self._handed_off and not stop.is_set():
                         await self._release()
                 else:
-                    await _wait(stop, self._period())
+                    await self._pause.sleep(self._period())
         finally:
+            self._pause.close()
             await self._release()
 
     async def _lead(self, lead: LeaderTask, stop: asyncio.Event) -> None:
@@ -172,7 +175,7 @@ class LeaderElector:
                 if task.done():
                     task.result()  # a crashed leader side must surface, not linger
                     return
-                await _wait(stop, self.timing.retry_period)
+                await self._pause.sleep(self.timing.retry_period)
                 if stop.is_set():
                     break
                 # A hung API server must not stretch a renewal past the renew deadline: the
@@ -299,10 +302,43 @@ class LeaderElector:
             log.warning("could not release the lease (it will expire): %s", err)
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less once `stop` is set (a timeout, not wait_for: no task each time)."""
-    if stop.is_set():
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
+class _Pauses:
+    """The elector's waits between Lease reads: `seconds`, or less once `stop` is set. One
+    task watches `stop` for all of them; each wait is a timer, so an elapsed wait raises
+    nothing (a timeout per wait raised and caught a cancellation every retry period)."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._watch: asyncio.Task[Literal[True]] | None = None
+        self._waiting: asyncio.Future[None] | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        """Until `seconds` passed or `stop` is set."""
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        if self._watch is None:
+            watch = self._watch = asyncio.ensure_future(self._stop.wait())
+            watch.add_done_callback(self._stopped)
+        waiting = self._waiting = loop.create_future()
+        timer = loop.call_later(seconds, _wake, waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._waiting = None
+
+    def _stopped(self, _: object) -> None:
+        if self._waiting is not None:
+            _wake(self._waiting)
+
+    def close(self) -> None:
+        """Stop watching `stop` (the elector's run is over)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+
+def _wake(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)

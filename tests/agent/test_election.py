@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from nodefence.agent.kube.client import ClusterApi, ClusterError, LeaseInfo, load_api_client
+from nodefence.agent.leader import election_client
 from nodefence.agent.leader.election_client import ElectionTiming, LeaderElector, NotLeader
 from nodefence.hwsim.broker import free_port
 from nodefence.hwsim.kube import KubeApiServer
@@ -397,6 +398,23 @@ async def test_a_leader_side_that_swallows_one_cancellation_is_still_stopped_on_
                 break
             run.cancel()
             await asyncio.wait([run], timeout=0.1)
+
+
+async def test_the_electors_wait_ends_at_its_time_or_at_stop_and_leaves_no_task() -> None:
+    stop = asyncio.Event()
+    pauses = election_client._Pauses(stop)
+    before = len(asyncio.all_tasks())
+    started = time.monotonic()
+    await pauses.sleep(0.05)
+    assert 0.04 < time.monotonic() - started < 1.0
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    started = time.monotonic()
+    await pauses.sleep(30.0)  # cut short by stop
+    assert time.monotonic() - started < 1.0
+    await pauses.sleep(30.0)  # stop is set: no wait at all
+    pauses.close()
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before
 
 
 async def test_a_fractional_lease_duration_is_never_shortened_in_the_lease(
