@@ -37,7 +37,12 @@ _MAC = re.compile(r"[\x21-\x7e]+")
 TargetKind = Literal["agent", "kubelet"]
 
 
-@dataclass(frozen=True)
+# Requests and results are built for every message (each agent decodes every request): frozen
+# dataclasses with a hand-written `__init__` that fills the instance dict directly, as the
+# generated frozen `__init__` makes one `object.__setattr__` call per field (three times the cost).
+
+
+@dataclass(frozen=True, init=False)
 class Target:
     """One endpoint of the suspect to try."""
 
@@ -45,8 +50,14 @@ class Target:
     port: int
     kind: TargetKind
 
+    def __init__(self, host: str, port: int, kind: TargetKind) -> None:
+        d = self.__dict__
+        d["host"] = host
+        d["port"] = port
+        d["kind"] = kind
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class ProbeRequest:
     """The leader's request that `peers` probe `suspect` at `targets`."""
 
@@ -57,12 +68,29 @@ class ProbeRequest:
     ts: int | None = None
     macs: tuple[tuple[str, str], ...] = ()  # (peer, its signature), in `peers` order
 
+    def __init__(
+        self,
+        id: str,
+        suspect: str,
+        peers: tuple[str, ...],
+        targets: tuple[Target, ...],
+        ts: int | None = None,
+        macs: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        d = self.__dict__
+        d["id"] = id
+        d["suspect"] = suspect
+        d["peers"] = peers
+        d["targets"] = targets
+        d["ts"] = ts
+        d["macs"] = macs
+
     def mac_for(self, peer: str) -> str | None:
         """The signature meant for `peer`, if any."""
         return next((m for p, m in self.macs if p == peer), None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ProbeResult:
     """One peer's answer to request `id`; `ts` (peer wall clock, ms), `mac` (own key) and
     `hmac` (old cluster key) when signed."""
@@ -74,6 +102,25 @@ class ProbeResult:
     ts: int | None = None
     hmac: str | None = None
     mac: str | None = None
+
+    def __init__(
+        self,
+        id: str,
+        peer: str,
+        suspect: str,
+        reachable: bool,
+        ts: int | None = None,
+        hmac: str | None = None,
+        mac: str | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["id"] = id
+        d["peer"] = peer
+        d["suspect"] = suspect
+        d["reachable"] = reachable
+        d["ts"] = ts
+        d["hmac"] = hmac
+        d["mac"] = mac
 
 
 def probe_topic(cluster: str, suspect: str) -> str:
