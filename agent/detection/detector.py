@@ -299,7 +299,8 @@ class FailureDetector:
     def expect(self, node: str, now: float) -> None:
         """Track `node` from `now` even if it never sends: UNKNOWN for one `fence_after`, then
         judged as silent since `now`. No effect on a node already tracked."""
-        self._nodes.setdefault(node, _Node(since=now))
+        if node not in self._nodes:
+            self._nodes[node] = _Node(since=now)
 
     def forget(self, node: str) -> None:
         """Drop `node` and its facts (it left the cluster); its reports about others too."""
@@ -311,7 +312,9 @@ class FailureDetector:
 
     def observe(self, hb: Heartbeat, now: float) -> None:
         """Record a heartbeat the leader received at `now` (already decoded and de-duplicated)."""
-        st = self._nodes.setdefault(hb.node, _Node(since=now))
+        st = self._nodes.get(hb.node)
+        if st is None:  # (not `setdefault`: that would build a _Node for every heartbeat)
+            st = self._nodes[hb.node] = _Node(since=now)
         st.last_heartbeat = now if st.last_heartbeat is None else max(st.last_heartbeat, now)
         st.announced_interval = hb.interval
 
