@@ -35,6 +35,9 @@ MAX_PROBE_PAYLOAD = 4096
 _TOKEN = re.compile(r"[\x21-\x7e]{1,64}")  # request ids: printable ASCII, no spaces
 _MAC = re.compile(r"[\x21-\x7e]+")
 TargetKind = Literal["agent", "kubelet"]
+# One encoder for every payload (`json.dumps` with separators builds one per call); the cycle
+# check is off: a payload is a tree of fresh dicts and lists.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 # Requests and results are built for every message (each agent decodes every request): frozen
@@ -167,7 +170,7 @@ def encode_request(req: ProbeRequest) -> bytes:
         obj["ts"] = req.ts
     if req.macs:
         obj["macs"] = dict(req.macs)
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def decode_request(payload: bytes) -> ProbeRequest | None:
@@ -181,20 +184,26 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
         ts, macs = obj.get("ts"), obj.get("macs") or {}
     except (KeyError, TypeError):
         return None
-    ok = (
+    if not (
         isinstance(suspect, str)
         and valid_name(suspect)
         and valid_id(rid)
         and isinstance(peers, list)
-        and all(isinstance(p, str) for p in peers)
         and len(targets) <= 8
-        and all(_valid_target(t) for t in targets)
         and (ts is None or (type(ts) is int and 0 <= ts <= MAX_TS))
         and isinstance(macs, dict)
-        and all(p in peers and _valid_mac(m) for p, m in macs.items())
-    )
-    if not ok:
+    ):
         return None
+    # Every agent decodes every request: plain loops, not a generator per `all`.
+    for p in peers:
+        if not isinstance(p, str):
+            return None
+    for t in targets:
+        if not _valid_target(t):
+            return None
+    for p, m in macs.items():
+        if p not in peers or not _valid_mac(m):
+            return None
     signed = tuple((p, macs[p]) for p in peers if p in macs)
     return ProbeRequest(rid, suspect, tuple(peers), targets, ts, signed)
 
@@ -235,7 +244,7 @@ def encode_result(res: ProbeResult) -> bytes:
         obj["mac"] = res.mac
     if res.hmac is not None:
         obj["hmac"] = res.hmac
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def decode_result(topic_peer: str, payload: bytes) -> ProbeResult | None:
