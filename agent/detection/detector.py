@@ -43,9 +43,10 @@ class Evidence(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-# The classes built every judging round (`Reading`, `PeerSummary`, `NodeVerdict`) are frozen
-# dataclasses with a hand-written `__init__` that fills the instance dict directly: the
-# generated frozen `__init__` makes one `object.__setattr__` call per field, three times the cost.
+# The classes built every judging round (`Reading`, `PeerSummary`, `NodeVerdict`) or for every
+# fact observed (`KubeletFacts`, `PeerReport`) are frozen dataclasses with a hand-written
+# `__init__` that fills the instance dict directly: the generated frozen `__init__` makes one
+# `object.__setattr__` call per field, three times the cost.
 
 
 @dataclass(frozen=True, init=False)
@@ -61,7 +62,7 @@ class Reading:
         d["reason"] = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class KubeletFacts:
     """What the leader saw of a node's kubelet, in leader-monotonic seconds.
 
@@ -73,18 +74,29 @@ class KubeletFacts:
     ready: bool | None
     watched_since: float
 
+    def __init__(self, renewed_at: float | None, ready: bool | None, watched_since: float) -> None:
+        d = self.__dict__
+        d["renewed_at"] = renewed_at
+        d["ready"] = ready
+        d["watched_since"] = watched_since
+
     def age(self, now: float) -> float:
         """Seconds since a renewal was last seen (or since watching began, if none was)."""
         seen = self.renewed_at if self.renewed_at is not None else self.watched_since
         return max(0.0, now - seen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PeerReport:
     """A peer's latest probe of a node's agent health endpoint, stamped on receipt."""
 
     reachable: bool
     at: float
+
+    def __init__(self, reachable: bool, at: float) -> None:
+        d = self.__dict__
+        d["reachable"] = reachable
+        d["at"] = at
 
 
 @dataclass(frozen=True, init=False)
@@ -144,6 +156,10 @@ class NodeVerdict:
     def unhealthy(self) -> bool:
         """SUSPECT, DEAD or AGENT_LOST: counts towards the storm guard, wants peer probes."""
         return self.health in UNHEALTHY
+
+
+# A silent node's place in `FailureDetector.evaluate`'s list until its verdict is made.
+_PENDING = NodeVerdict("", NodeHealth.UNKNOWN, None, None, None, _NO_PEERS, "")
 
 
 def kubelet_reading(
@@ -246,27 +262,22 @@ def judge(
     profile requiring peers holds (SUSPECT) or requires the kubelet instead (`on_no_peers`).
     DEAD needs every required signal to say DEAD; otherwise SUSPECT, awaiting evidence.
     """
-    readings = {Signal.PEERS: peers, Signal.KUBELET: kubelet}
-    order = (Signal.PEERS, Signal.KUBELET)
-    overruling = profile.veto | profile.require
-    for s in order:
-        if s in overruling and readings[s].evidence is Evidence.ALIVE:
-            return NodeHealth.AGENT_LOST, f"agent lost, node alive: {readings[s].reason}"
-    required = set(profile.require)
+    # The signals in their order (peers, then kubelet), as pairs: no dict or set built per call.
+    readings = ((Signal.PEERS, peers), (Signal.KUBELET, kubelet))
+    veto, required = profile.veto, profile.require
+    for s, r in readings:
+        if (s in veto or s in required) and r.evidence is Evidence.ALIVE:
+            return NodeHealth.AGENT_LOST, f"agent lost, node alive: {r.reason}"
     prefix = ""
     if Signal.PEERS in required and peers_available == 0:
         if profile.on_no_peers is NoPeers.HOLD:
             return NodeHealth.SUSPECT, "no peer available to probe it; held (on_no_peers: hold)"
-        required = (required - {Signal.PEERS}) | {Signal.KUBELET}
+        required = frozenset((Signal.KUBELET,))  # (require - {peers}) | {kubelet}
         prefix = "no peer available to probe it, the kubelet decides (on_no_peers: kubelet); "
-    pending = [
-        readings[s].reason
-        for s in order
-        if s in required and readings[s].evidence is not Evidence.DEAD
-    ]
+    pending = [r.reason for s, r in readings if s in required and r.evidence is not Evidence.DEAD]
     if pending:
         return NodeHealth.SUSPECT, f"{prefix}awaiting second signal: {'; '.join(pending)}"
-    return NodeHealth.DEAD, prefix + "; ".join(readings[s].reason for s in order if s in required)
+    return NodeHealth.DEAD, prefix + "; ".join(r.reason for s, r in readings if s in required)
 
 
 @dataclass
@@ -288,7 +299,8 @@ class FailureDetector:
     def expect(self, node: str, now: float) -> None:
         """Track `node` from `now` even if it never sends: UNKNOWN for one `fence_after`, then
         judged as silent since `now`. No effect on a node already tracked."""
-        self._nodes.setdefault(node, _Node(since=now))
+        if node not in self._nodes:
+            self._nodes[node] = _Node(since=now)
 
     def forget(self, node: str) -> None:
         """Drop `node` and its facts (it left the cluster); its reports about others too."""
@@ -300,7 +312,9 @@ class FailureDetector:
 
     def observe(self, hb: Heartbeat, now: float) -> None:
         """Record a heartbeat the leader received at `now` (already decoded and de-duplicated)."""
-        st = self._nodes.setdefault(hb.node, _Node(since=now))
+        st = self._nodes.get(hb.node)
+        if st is None:  # (not `setdefault`: that would build a _Node for every heartbeat)
+            st = self._nodes[hb.node] = _Node(since=now)
         st.last_heartbeat = now if st.last_heartbeat is None else max(st.last_heartbeat, now)
         st.announced_interval = hb.interval
 
@@ -345,32 +359,40 @@ class FailureDetector:
         """Verdicts for every expected or heard node at `now`, sorted by node name."""
         p = self.profile
         suspect_after = p.suspect_after
-        healthy = {
-            n
-            for n, st in self._nodes.items()
-            if st.last_heartbeat is not None and now - st.last_heartbeat < suspect_after
-        }
         kubelets = self._kubelet
+        # One pass: a silent node's verdict needs the whole healthy set, so it is judged after
+        # the loop, into the place kept for it.
+        healthy_names: list[str] = []
+        silent: list[tuple[int, str, _Node]] = []
         verdicts: list[NodeVerdict] = []
         for n, st in sorted(self._nodes.items()):
             last = st.last_heartbeat
-            age = 0.0 if last is None else max(0.0, now - last)
-            if last is not None and age < suspect_after:
-                # The common case, kept O(1): a healthy node needs no second signal.
-                kubelet = kubelets.get(n)
-                verdicts.append(
-                    NodeVerdict(
-                        n,
-                        NodeHealth.HEALTHY,
-                        age,
-                        kubelet.age(now) if kubelet else None,
-                        kubelet.ready if kubelet else None,
-                        _NO_PEERS,
-                        f"last heartbeat {age:.1f} s ago",
+            if last is not None:
+                since = now - last
+                if since < suspect_after:
+                    healthy_names.append(n)
+                age = max(0.0, since)
+                if age < suspect_after:
+                    # The common case, kept O(1): a healthy node needs no second signal.
+                    kubelet = kubelets.get(n)
+                    verdicts.append(
+                        NodeVerdict(
+                            n,
+                            NodeHealth.HEALTHY,
+                            age,
+                            kubelet.age(now) if kubelet else None,
+                            kubelet.ready if kubelet else None,
+                            _NO_PEERS,
+                            f"last heartbeat {age:.1f} s ago",
+                        )
                     )
-                )
-            else:
-                verdicts.append(self._silent_verdict(n, st, now, healthy))
+                    continue
+            silent.append((len(verdicts), n, st))
+            verdicts.append(_PENDING)
+        if silent:
+            healthy = set(healthy_names)
+            for at, n, st in silent:
+                verdicts[at] = self._silent_verdict(n, st, now, healthy)
         return verdicts
 
     def _silent_verdict(self, node: str, st: _Node, now: float, healthy: set[str]) -> NodeVerdict:
@@ -384,13 +406,14 @@ class FailureDetector:
         kubelet_ready = kubelet.ready if kubelet else None
         since_last_heartbeat = age if heard else None
         reports = self._peers.get(node, {})
+        window = p.peer_window
         fresh_reporters = {
-            peer for peer, r in reports.items() if r.at > ref and now - r.at <= p.peer_window
+            peer for peer, r in reports.items() if r.at > ref and now - r.at <= window
         }
         # |healthy + fresh reporters| without the node itself, without copying `healthy`.
         available = len(healthy) - (node in healthy) + len(fresh_reporters - healthy - {node})
         peers, summary = peer_reading(
-            reports, ref, now, window=p.peer_window, available=available, quorum=p.peer_quorum
+            reports, ref, now, window=window, available=available, quorum=p.peer_quorum
         )
 
         def verdict(health: NodeHealth, reason: str) -> NodeVerdict:

@@ -37,7 +37,17 @@ _DECISIONS = 5
 
 def stamp(wall: float) -> str:
     """An RFC 3339 UTC time with milliseconds, as the record's other times."""
-    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return utc_text(dt.datetime.fromtimestamp(wall, dt.UTC), "milliseconds")
+
+
+def utc_text(at: dt.datetime, timespec: str) -> str:
+    """`at` (UTC) as `YYYY-MM-DDTHH:MM:SS.fff[fff]Z`, the fraction cut (not rounded) to
+    `timespec` ("milliseconds" or "microseconds"): `isoformat`, a fifth of `strftime`'s cost,
+    which gives the same text from year 1000 on (`strftime` does not pad earlier years)."""
+    if at.year >= 1000:
+        return at.isoformat(timespec=timespec)[:-6] + "Z"  # "+00:00" -> "Z"
+    text = at.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return (text[:-3] if timespec == "milliseconds" else text) + "Z"
 
 
 def bmc_identity(dev: DeviceSpec) -> Json:

@@ -9,7 +9,7 @@ resumes it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 from nodefence.agent.fencing.events import VmOutcome
 
@@ -59,7 +59,7 @@ class Action(enum.StrEnum):
     NONE = "none"  # final
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Operation:
     """One fencing operation: everything a successor leader needs to resume it."""
 
@@ -101,6 +101,84 @@ class Operation:
     # from the record's lastHeartbeatAt): each VM's outage is counted from it.
     last_heartbeat: float | None = None
 
+    def __init__(
+        self,
+        node: str,
+        id: str,
+        phase: Phase = Phase.PENDING,
+        power_off_sent: bool = False,
+        off_proven: bool = False,
+        level: int | None = None,
+        attempts: int = 0,
+        retry_at: float | None = None,
+        tainted: bool = False,
+        node_deleted: bool = False,
+        deleted_at: float | None = None,
+        recovery_deadline: float | None = None,
+        vms: tuple[VmOutcome, ...] | None = None,
+        errors: tuple[str, ...] = (),
+        reason: str = "",
+        capacity_warning: str = "",
+        proof: str = "",
+        node_uid: str = "",
+        reboot: bool = False,
+        powered_on: bool | None = None,
+        proven_at: float | None = None,
+        cleanup: Cleanup = Cleanup.DELETE,
+        release: bool = True,
+        pods_released: bool = False,
+        pods_deleted: int = 0,
+        attachments_released: bool = False,
+        attachments_removed: int = 0,
+        release_deadline: float | None = None,
+        released_at: float | None = None,
+        powered_on_at: float | None = None,
+        verdict: Phase | None = None,
+        returned: bool = False,
+        untainted: bool = False,
+        return_deadline: float | None = None,
+        last_heartbeat: float | None = None,
+    ) -> None:
+        # Built at every step of an operation (`dataclasses.replace`): filling the dict
+        # directly costs a third of the generated frozen `__init__` (one
+        # `object.__setattr__` per field).
+        d = self.__dict__
+        d["node"] = node
+        d["id"] = id
+        d["phase"] = phase
+        d["power_off_sent"] = power_off_sent
+        d["off_proven"] = off_proven
+        d["level"] = level
+        d["attempts"] = attempts
+        d["retry_at"] = retry_at
+        d["tainted"] = tainted
+        d["node_deleted"] = node_deleted
+        d["deleted_at"] = deleted_at
+        d["recovery_deadline"] = recovery_deadline
+        d["vms"] = vms
+        d["errors"] = errors
+        d["reason"] = reason
+        d["capacity_warning"] = capacity_warning
+        d["proof"] = proof
+        d["node_uid"] = node_uid
+        d["reboot"] = reboot
+        d["powered_on"] = powered_on
+        d["proven_at"] = proven_at
+        d["cleanup"] = cleanup
+        d["release"] = release
+        d["pods_released"] = pods_released
+        d["pods_deleted"] = pods_deleted
+        d["attachments_released"] = attachments_released
+        d["attachments_removed"] = attachments_removed
+        d["release_deadline"] = release_deadline
+        d["released_at"] = released_at
+        d["powered_on_at"] = powered_on_at
+        d["verdict"] = verdict
+        d["returned"] = returned
+        d["untainted"] = untainted
+        d["return_deadline"] = return_deadline
+        d["last_heartbeat"] = last_heartbeat
+
     @property
     def final(self) -> bool:
         """True once nothing more will happen."""
@@ -123,3 +201,21 @@ class Operation:
         """When the recovery clock started: the Node deleted (cleanup delete) or released
         (cleanup taint); None before."""
         return self.deleted_at if self.cleanup is Cleanup.DELETE else self.released_at
+
+
+def _init_takes_every_field() -> bool:
+    # The hand-written `Operation.__init__` must follow its fields (names, order, defaults):
+    # checked once at import, so a field added without its parameter fails loudly.
+    declared = fields(Operation)
+    code = Operation.__init__.__code__
+    defaults = [f.default for f in declared if f.default is not MISSING]
+    names = [f.name for f in declared]
+    return (
+        list(code.co_varnames[1 : code.co_argcount]) == names
+        and list(Operation.__init__.__defaults__ or ()) == defaults
+        and list(vars(Operation("", ""))) == names
+    )
+
+
+if not _init_takes_every_field():
+    raise TypeError("Operation.__init__ must take every field of Operation, in order, as declared")

@@ -95,12 +95,12 @@ class FenceSteps(PowerWalks):
                     await asyncio.sleep(self.check_interval)
                     continue
                 walked = self.operations[node]  # the power walk may have advanced it
-                if walked != op:
+                if walked is not op and walked != op:  # (the same object: equal, no compare)
                     op = stored = walked  # stored by the walk's guard
                 if event is None:
                     continue
                 after = apply(op, event, self.clock(), self.timing)
-                if after != op:
+                if after is not op and after != op:  # apply returns `op` when nothing changes
                     if after.phase is not op.phase:
                         self.evidence.step(
                             node, after.id, "phase", phase=after.phase.value, reason=after.reason

@@ -86,13 +86,21 @@ class Kind(Generic[T]):
     key: Callable[[Obj], str] = object_name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Change(Generic[T]):
     """One object's change: `old` None when it is new, `new` None when it was deleted."""
 
     key: str
     old: T | None
     new: T | None
+
+    def __init__(self, key: str, old: T | None, new: T | None) -> None:
+        # One per event: filling the dict directly costs a third of the generated frozen
+        # `__init__` (one `object.__setattr__` per field).
+        d = self.__dict__
+        d["key"] = key
+        d["old"] = old
+        d["new"] = new
 
 
 class Cache(Generic[T]):
@@ -330,8 +338,8 @@ class Informer(Generic[T]):
         for event in batch:
             kind = str(event.get("type") or "")
             obj = event.get("object")
-            if not isinstance(obj, Mapping):
-                continue
+            if type(obj) is not dict and not isinstance(obj, Mapping):
+                continue  # (a dict tested first: the Mapping ABC's check costs far more)
             if kind == "ERROR":
                 self._report(changes)
                 code = obj.get("code")

@@ -33,7 +33,15 @@ Obj = Mapping[str, Any]
 
 
 def _map(value: Any) -> Obj:
-    return value if isinstance(value, Mapping) else {}
+    # A dict first: `isinstance` against the Mapping ABC costs several times more.
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
+
+
+def _is_map(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+_READY = {"True": True, "False": False}
 
 
 def _list(value: Any) -> list[Any]:
@@ -61,17 +69,17 @@ def node_info(obj: Obj) -> NodeInfo:
         (
             str(a.get("address"))
             for a in _list(status.get("addresses"))
-            if isinstance(a, Mapping) and a.get("type") == "InternalIP"
+            if _is_map(a) and a.get("type") == "InternalIP"
         ),
         None,
     )
     kubelet = _map(_map(status.get("daemonEndpoints")).get("kubeletEndpoint"))
     ready: bool | None = None
     for cond in _list(status.get("conditions")):
-        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
-            ready = {"True": True, "False": False}.get(str(cond.get("status")))
+        if _is_map(cond) and cond.get("type") == "Ready":
+            ready = _READY.get(str(cond.get("status")))
     allocatable = _map(status.get("allocatable"))
-    taints = [t for t in _list(spec.get("taints")) if isinstance(t, Mapping)]
+    taints = [t for t in _list(spec.get("taints")) if _is_map(t)]
     fencing = ""
     if DECKHOUSE_FENCING_LABEL in labels:
         fencing = str(labels.get(DECKHOUSE_FENCING_MODE_LABEL) or "Watchdog")

@@ -57,11 +57,24 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
         """One round: evaluate, probe suspects, decide, report what is new."""
         now = self.clock()
         verdicts = self.verdicts = self.detector.evaluate(now)
-        healthy = [v.node for v in verdicts if v.health is NodeHealth.HEALTHY]
-        if len(healthy) < len(verdicts):
-            for v in verdicts:
-                if v.health is NodeHealth.SUSPECT or v.health is NodeHealth.DEAD:
-                    await self._ask_peers(v.node, healthy, now)
+        # The verdicts sorted out in one pass: the healthy (who may probe), the suspect or
+        # dead (to probe, in verdict order), the dead, and how many of each state.
+        healthy: list[str] = []
+        to_probe: list[str] = []
+        dead: list[str] = []
+        counts = dict.fromkeys(_HEALTH_VALUES, 0)
+        for v in verdicts:
+            health = v.health
+            counts[health] += 1  # a NodeHealth is its value as a key
+            if health is NodeHealth.HEALTHY:
+                healthy.append(v.node)
+            elif health is NodeHealth.SUSPECT:
+                to_probe.append(v.node)
+            elif health is NodeHealth.DEAD:
+                to_probe.append(v.node)
+                dead.append(v.node)
+        for node in to_probe:
+            await self._ask_peers(node, healthy, now)
         # What the cluster says of its nodes, gathered in one pass over them.
         in_maintenance: list[str] = []
         marked: dict[str, tuple[bool, bool]] = {}
@@ -88,11 +101,7 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
         )
         pause = self.paused()
         metrics.PAUSED.set(1 if pause is not None else 0)
-        planned = [
-            v.node
-            for v in verdicts
-            if v.health is NodeHealth.DEAD and (v.node in cordoned or v.node in deckhouse)
-        ]
+        planned = [n for n in dead if n in cordoned or n in deckhouse]
         decision = decide(
             verdicts,
             self._facts(now),
@@ -122,9 +131,6 @@ class LeaderJudge(LeaderProbes, ViewPublisher):
         if self.name_standbys is not None and listened and self.ingest.fencers:
             self.name_standbys(sorted(self.ingest.fencers))
         metrics.FROZEN.set(1 if decision.frozen else 0)
-        counts = dict.fromkeys(_HEALTH_VALUES, 0)
-        for v in verdicts:
-            counts[v.health] += 1  # a NodeHealth is its value as a key
         for value, count in counts.items():
             metrics.NODES.labels(value).set(count)
         await self._report(decision, now)

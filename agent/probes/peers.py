@@ -35,9 +35,17 @@ MAX_PROBE_PAYLOAD = 4096
 _TOKEN = re.compile(r"[\x21-\x7e]{1,64}")  # request ids: printable ASCII, no spaces
 _MAC = re.compile(r"[\x21-\x7e]+")
 TargetKind = Literal["agent", "kubelet"]
+# One encoder for every payload (`json.dumps` with separators builds one per call); the cycle
+# check is off: a payload is a tree of fresh dicts and lists.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
-@dataclass(frozen=True)
+# Requests and results are built for every message (each agent decodes every request): frozen
+# dataclasses with a hand-written `__init__` that fills the instance dict directly, as the
+# generated frozen `__init__` makes one `object.__setattr__` call per field (three times the cost).
+
+
+@dataclass(frozen=True, init=False)
 class Target:
     """One endpoint of the suspect to try."""
 
@@ -45,8 +53,14 @@ class Target:
     port: int
     kind: TargetKind
 
+    def __init__(self, host: str, port: int, kind: TargetKind) -> None:
+        d = self.__dict__
+        d["host"] = host
+        d["port"] = port
+        d["kind"] = kind
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class ProbeRequest:
     """The leader's request that `peers` probe `suspect` at `targets`."""
 
@@ -57,12 +71,29 @@ class ProbeRequest:
     ts: int | None = None
     macs: tuple[tuple[str, str], ...] = ()  # (peer, its signature), in `peers` order
 
+    def __init__(
+        self,
+        id: str,
+        suspect: str,
+        peers: tuple[str, ...],
+        targets: tuple[Target, ...],
+        ts: int | None = None,
+        macs: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        d = self.__dict__
+        d["id"] = id
+        d["suspect"] = suspect
+        d["peers"] = peers
+        d["targets"] = targets
+        d["ts"] = ts
+        d["macs"] = macs
+
     def mac_for(self, peer: str) -> str | None:
         """The signature meant for `peer`, if any."""
         return next((m for p, m in self.macs if p == peer), None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ProbeResult:
     """One peer's answer to request `id`; `ts` (peer wall clock, ms), `mac` (own key) and
     `hmac` (old cluster key) when signed."""
@@ -74,6 +105,25 @@ class ProbeResult:
     ts: int | None = None
     hmac: str | None = None
     mac: str | None = None
+
+    def __init__(
+        self,
+        id: str,
+        peer: str,
+        suspect: str,
+        reachable: bool,
+        ts: int | None = None,
+        hmac: str | None = None,
+        mac: str | None = None,
+    ) -> None:
+        d = self.__dict__
+        d["id"] = id
+        d["peer"] = peer
+        d["suspect"] = suspect
+        d["reachable"] = reachable
+        d["ts"] = ts
+        d["hmac"] = hmac
+        d["mac"] = mac
 
 
 def probe_topic(cluster: str, suspect: str) -> str:
@@ -120,7 +170,7 @@ def encode_request(req: ProbeRequest) -> bytes:
         obj["ts"] = req.ts
     if req.macs:
         obj["macs"] = dict(req.macs)
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def decode_request(payload: bytes) -> ProbeRequest | None:
@@ -134,20 +184,26 @@ def decode_request(payload: bytes) -> ProbeRequest | None:
         ts, macs = obj.get("ts"), obj.get("macs") or {}
     except (KeyError, TypeError):
         return None
-    ok = (
+    if not (
         isinstance(suspect, str)
         and valid_name(suspect)
         and valid_id(rid)
         and isinstance(peers, list)
-        and all(isinstance(p, str) for p in peers)
         and len(targets) <= 8
-        and all(_valid_target(t) for t in targets)
         and (ts is None or (type(ts) is int and 0 <= ts <= MAX_TS))
         and isinstance(macs, dict)
-        and all(p in peers and _valid_mac(m) for p, m in macs.items())
-    )
-    if not ok:
+    ):
         return None
+    # Every agent decodes every request: plain loops, not a generator per `all`.
+    for p in peers:
+        if not isinstance(p, str):
+            return None
+    for t in targets:
+        if not _valid_target(t):
+            return None
+    for p, m in macs.items():
+        if p not in peers or not _valid_mac(m):
+            return None
     signed = tuple((p, macs[p]) for p in peers if p in macs)
     return ProbeRequest(rid, suspect, tuple(peers), targets, ts, signed)
 
@@ -188,7 +244,7 @@ def encode_result(res: ProbeResult) -> bytes:
         obj["mac"] = res.mac
     if res.hmac is not None:
         obj["hmac"] = res.hmac
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def decode_result(topic_peer: str, payload: bytes) -> ProbeResult | None:
