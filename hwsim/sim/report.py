@@ -19,6 +19,7 @@ from typing import TextIO
 from nodefence.hwsim.sim.runner import EVENTS_SHOWN, RunResult, run_seed
 
 DETAILED_FAILURES = 3  # failing seeds printed in full in a batch
+REFERENCE_EVERY = 250  # runs between two timings of the reference loop
 LOG_SHOWN = 15  # agent log lines printed with a failing seed
 
 
@@ -37,7 +38,7 @@ class BatchSummary:
     fenced: int = 0
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
-    reference: tuple[float, float] = (0.0, 0.0)  # `reference_seconds` before and after
+    reference: list[float] = field(default_factory=list)  # `reference_seconds` samples
 
     def add(self, r: RunResult) -> None:
         """Fold one run in."""
@@ -84,9 +85,10 @@ def replay_command(seed: int) -> str:
 
 
 def run_batch(seeds: Iterable[int], out: TextIO) -> BatchSummary:
-    """Run `seeds`, print failing ones as they come and the totals at the end."""
+    """Run `seeds`, print failing ones as they come and the totals at the end; the reference
+    loop is timed before, every `REFERENCE_EVERY` runs and after (its time is not the runs')."""
     summary = BatchSummary()
-    before = reference_seconds()
+    summary.reference.append(reference_seconds())
     cpu0, wall0 = time.process_time(), time.perf_counter()
     detailed = 0
     for seed in seeds:
@@ -97,15 +99,18 @@ def run_batch(seeds: Iterable[int], out: TextIO) -> BatchSummary:
             gc.collect()
             gc.freeze()
         summary.add(result)
+        if summary.runs % REFERENCE_EVERY == 0:
+            summary.reference.append(reference_seconds())
         if result.violations:
             if detailed < DETAILED_FAILURES:
                 detailed += 1
                 print_failure(result, out)
             else:
                 print(f"seed {seed}: {_kinds(result)}  ({replay_command(seed)})", file=out)
-    summary.cpu_seconds = time.process_time() - cpu0
     summary.wall_seconds = time.perf_counter() - wall0
-    summary.reference = (before, reference_seconds())
+    summary.reference.append(reference_seconds())
+    # The samples taken between runs are not the runs' time.
+    summary.cpu_seconds = time.process_time() - cpu0 - sum(summary.reference[1:])
     print_summary(summary, out)
     return summary
 
@@ -153,12 +158,12 @@ def print_summary(s: BatchSummary, out: TextIO) -> None:
         f" {s.wall_seconds:.1f} s wall",
         file=out,
     )
-    if all(s.reference):
-        before, after = (round(x * 1000) for x in s.reference)
+    if s.reference:
+        samples = sorted(round(x * 1000) for x in s.reference)
         print(
-            f"this core's speed: the reference loop took {before} ms of CPU before the batch,"
-            f" {after} ms after (compare runs per minute between machines or days as ratios"
-            " to it)",
+            f"this core's speed: the reference loop took {samples[len(samples) // 2]} ms of CPU"
+            f" (median of {len(samples)} samples during the batch, {samples[0]}-{samples[-1]}"
+            " ms): compare runs per minute between machines or days as ratios to it",
             file=out,
         )
 
