@@ -30,6 +30,22 @@ if TYPE_CHECKING:
     from nodefence.hwsim.sim.world import World
 
 
+# (fencer public key, node, node public key) -> MAC key: the keys are the same in every run.
+_AGREED: dict[tuple[bytes, str, bytes], bytes] = {}
+
+
+class SimKeyring(Keyring):
+    """The real keyring, but each key agreement is made once per process, not once per
+    candidate of every run (its result depends only on the keys, which every run shares)."""
+
+    def _derive(self, i: int, node: str, public: bytes) -> bytes:
+        key = (self.fencer_publics[i], node, public)
+        mac = _AGREED.get(key)
+        if mac is None:
+            mac = _AGREED[key] = super()._derive(i, node, public)
+        return mac
+
+
 class StaticInventory:
     """The inventory source of the simulation
     (`nodefence.agent.leader.candidate_runner.InventorySource`)."""
@@ -82,7 +98,7 @@ class Candidate:
         self.stop = asyncio.Event()
         # Signed runs: the fencer key and every node's key pinned (each process its own copy).
         self.keyring = (
-            Keyring(
+            SimKeyring(
                 [fencer_key()],
                 pins={m: node_public_key(m) for m in world.machines},
             )
