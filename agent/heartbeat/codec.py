@@ -334,17 +334,7 @@ class Heartbeat:
 
 
 def _check_token(field: str, value: object, limit: int) -> None:
-    if type(value) is str:  # the common case, `valid_token` without a call
-        ok = (
-            len(value) <= limit
-            and value.isascii()
-            and value.isprintable()
-            and " " not in value
-            and value != ""
-        )
-    else:
-        ok = isinstance(value, str) and len(value) <= limit and valid_token(value)
-    if not ok:
+    if not (isinstance(value, str) and len(value) <= limit and valid_token(value)):
         raise ValueError(
             f"{field} must be 1..{limit} printable ASCII characters without spaces, got {value!r}"
         )
@@ -372,7 +362,8 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
     return (text + "}").encode()
 
 
-_REQUIRED = frozenset(("node", "seq", "boot", "interval", "agent"))
+_REQUIRED_KEYS = ("node", "seq", "boot", "interval", "agent")
+_REQUIRED = frozenset(_REQUIRED_KEYS)
 
 
 def _no_constants(name: str) -> Any:
@@ -419,7 +410,7 @@ def decode_heartbeat(topic_node: str, payload: bytes) -> Heartbeat:
             RejectReason.UNSUPPORTED_VERSION, f"v={version}, this agent reads v={VERSION}"
         )
     if not obj.keys() >= _REQUIRED:
-        missing = [k for k in ("node", "seq", "boot", "interval", "agent") if k not in obj]
+        missing = [k for k in _REQUIRED_KEYS if k not in obj]
         raise HeartbeatRejected(RejectReason.MALFORMED, f"missing {', '.join(missing)}")
     try:
         wd = obj.get("wd")

@@ -63,7 +63,7 @@ def signing_bytes(hb: Heartbeat) -> bytes:
 
 def sign(hb: Heartbeat, key: bytes) -> Heartbeat:
     """`hb` with its `hmac` under `key` (a node key derived from the old cluster key)."""
-    return hb.with_hmac(hmac.new(key, signing_bytes(hb), hashlib.sha256).hexdigest())
+    return hb.with_hmac(mac_of(key, signing_bytes(hb)))
 
 
 def sign_own(hb: Heartbeat, key: bytes) -> Heartbeat:

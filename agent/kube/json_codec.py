@@ -32,13 +32,13 @@ from nodefence.agent.kube.types import (
 Obj = Mapping[str, Any]
 
 
-def _map(value: Any) -> Obj:
-    # A dict first: `isinstance` against the Mapping ABC costs several times more.
-    return value if type(value) is dict or isinstance(value, Mapping) else {}
-
-
 def _is_map(value: Any) -> bool:
+    # A dict first: `isinstance` against the Mapping ABC costs several times more.
     return type(value) is dict or isinstance(value, Mapping)
+
+
+def _map(value: Any) -> Obj:
+    return value if _is_map(value) else {}
 
 
 _READY = {"True": True, "False": False}

@@ -62,15 +62,10 @@ def _pairs(selector: str) -> list[tuple[str, str]]:
     return out
 
 
-def matches(c: Collection, obj: Obj) -> bool:
-    """Whether `obj` belongs to `c`: its namespace, its label and field selectors (equality
-    only, what nodefence asks for)."""
-    return Selector(c).matches(obj)
-
-
 class Selector:
-    """`matches` for one collection, its selectors parsed once (a watch is asked about every
-    write of its resource)."""
+    """Which objects belong to a collection: its namespace, its label and field selectors
+    (equality only, what nodefence asks for), parsed once (a watch is asked about every write
+    of its resource)."""
 
     __slots__ = ("fields", "labels", "namespace")
 
@@ -80,7 +75,7 @@ class Selector:
         self.fields = _pairs(c.field_selector)
 
     def matches(self, obj: Obj) -> bool:
-        """Whether `obj` belongs to the collection (see `matches`)."""
+        """Whether `obj` belongs to the collection."""
         meta = obj.get("metadata") or {}
         if self.namespace is not None and meta.get("namespace") != self.namespace:
             return False
